@@ -1,0 +1,133 @@
+//! Crash simulation: a device that keeps writes in a volatile cache until
+//! `flush`, like a disk's write cache. [`CrashSim::crash`] cuts power: each
+//! unflushed write independently survives or is lost, and the last one may be
+//! torn (only a prefix of its 512-byte sectors lands). Tests reopen the pool
+//! on what survived.
+
+use super::{check_range, BlockDevice, MemDevice};
+use parking_lot::Mutex;
+use std::io;
+use std::sync::Arc;
+
+struct State {
+    durable: Vec<u8>,
+    /// Unflushed writes, oldest first.
+    pending: Vec<(u64, Vec<u8>)>,
+}
+
+/// A member whose unflushed writes can be lost.
+pub struct CrashDevice {
+    name: String,
+    state: Mutex<State>,
+}
+
+impl CrashDevice {
+    fn new(name: &str, size: u64) -> CrashDevice {
+        CrashDevice {
+            name: name.to_string(),
+            state: Mutex::new(State { durable: vec![0; size as usize], pending: Vec::new() }),
+        }
+    }
+}
+
+impl BlockDevice for CrashDevice {
+    fn size(&self) -> u64 {
+        self.state.lock().durable.len() as u64
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let st = self.state.lock();
+        check_range(st.durable.len() as u64, offset, buf.len())?;
+        let o = offset as usize;
+        buf.copy_from_slice(&st.durable[o..o + buf.len()]);
+        // Apply pending writes in order on top of the durable image.
+        let end = offset + buf.len() as u64;
+        for (woff, data) in &st.pending {
+            let wend = woff + data.len() as u64;
+            if *woff >= end || wend <= offset {
+                continue;
+            }
+            let s = (*woff).max(offset);
+            let e = wend.min(end);
+            buf[(s - offset) as usize..(e - offset) as usize]
+                .copy_from_slice(&data[(s - woff) as usize..(e - woff) as usize]);
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut st = self.state.lock();
+        check_range(st.durable.len() as u64, offset, buf.len())?;
+        st.pending.push((offset, buf.to_vec()));
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        let mut st = self.state.lock();
+        let pending = std::mem::take(&mut st.pending);
+        for (off, data) in pending {
+            let o = off as usize;
+            st.durable[o..o + data.len()].copy_from_slice(&data);
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// A set of crash-simulating members and a deterministic random source.
+pub struct CrashSim {
+    pub devices: Vec<Arc<CrashDevice>>,
+    rng: u64,
+}
+
+impl CrashSim {
+    pub fn new(count: usize, size: u64, seed: u64) -> CrashSim {
+        let devices =
+            (0..count).map(|i| Arc::new(CrashDevice::new(&format!("crash{i}"), size))).collect();
+        CrashSim { devices, rng: seed | 1 }
+    }
+
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Number of writes not yet flushed, over all members.
+    pub fn pending_writes(&self) -> usize {
+        self.devices.iter().map(|d| d.state.lock().pending.len()).sum()
+    }
+
+    /// Cut power: every unflushed write survives with probability 1/2, the
+    /// last surviving one on each member may be torn at a sector boundary.
+    /// Returns in-memory members holding what a reboot would find.
+    pub fn crash(&mut self) -> Vec<Arc<MemDevice>> {
+        let mut out = Vec::new();
+        for i in 0..self.devices.len() {
+            let (mut image, pending) = {
+                let st = self.devices[i].state.lock();
+                (st.durable.clone(), st.pending.clone())
+            };
+            let n = pending.len();
+            for (k, (off, data)) in pending.into_iter().enumerate() {
+                if self.next() % 2 == 0 {
+                    continue;
+                }
+                let mut len = data.len();
+                if k + 1 == n && len > 512 && self.next() % 2 == 0 {
+                    let sectors = len / 512;
+                    len = (self.next() as usize % sectors) * 512;
+                }
+                let o = off as usize;
+                image[o..o + len].copy_from_slice(&data[..len]);
+            }
+            out.push(Arc::new(MemDevice::from_bytes(&format!("crash{i}"), image)));
+        }
+        out
+    }
+}

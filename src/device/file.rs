@@ -1,0 +1,111 @@
+//! A member backed by a regular file (an image) or a block device node.
+
+use super::{check_range, BlockDevice};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
+
+/// A member device opened from a path. Holds an exclusive advisory lock
+/// (`flock`) for as long as it is open, so two vpool processes never write
+/// to the same member.
+pub struct FileDevice {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    is_block: bool,
+}
+
+impl FileDevice {
+    /// Open read-write and lock exclusively. Fails with `WouldBlock` if
+    /// another process holds the member.
+    pub fn open(path: &Path) -> io::Result<FileDevice> {
+        Self::open_with(path, true, true)
+    }
+
+    /// Open read-only without locking (for `inspect`, `check`, label scans).
+    pub fn open_readonly(path: &Path) -> io::Result<FileDevice> {
+        Self::open_with(path, false, false)
+    }
+
+    fn open_with(path: &Path, write: bool, lock: bool) -> io::Result<FileDevice> {
+        let file = OpenOptions::new().read(true).write(write).open(path)?;
+        if lock {
+            let fd = file.as_raw_fd();
+            // SAFETY: flock on a valid, owned file descriptor.
+            let rc = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::WouldBlock {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!("{} is in use by another vpool process", path.display()),
+                    ));
+                }
+                return Err(err);
+            }
+        }
+        let meta = file.metadata()?;
+        let is_block = meta.file_type().is_block_device();
+        let size = if is_block {
+            let mut sz: u64 = 0;
+            // SAFETY: BLKGETSIZE64 writes one u64 into `sz`.
+            unsafe { blkgetsize64(file.as_raw_fd(), &mut sz) }.map_err(io::Error::from)?;
+            sz
+        } else if meta.is_file() {
+            meta.len()
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is neither a block device nor a regular file", path.display()),
+            ));
+        };
+        Ok(FileDevice { file, path: path.to_path_buf(), size, is_block })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        check_range(self.size, offset, buf.len())?;
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        check_range(self.size, offset, buf.len())?;
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.is_block || len == 0 {
+            return Ok(());
+        }
+        // Punch a hole so image files stay sparse; failure is harmless.
+        let _ = nix::fcntl::fallocate(
+            self.file.as_raw_fd(),
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            offset as i64,
+            len as i64,
+        );
+        Ok(())
+    }
+
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+}

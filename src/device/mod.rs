@@ -1,0 +1,46 @@
+//! Device layer: one pool member. Byte-addressed read/write/flush/discard on a
+//! block device or regular file, plus in-memory and crash-simulating devices
+//! used by tests. Everything above talks to members only through [`BlockDevice`].
+
+mod crash;
+mod file;
+mod mem;
+
+pub use crash::{CrashDevice, CrashSim};
+pub use file::FileDevice;
+pub use mem::MemDevice;
+
+use std::io;
+use std::sync::Arc;
+
+/// One member of a pool. Implementations must be safe to call from many threads.
+pub trait BlockDevice: Send + Sync {
+    /// Usable size in bytes.
+    fn size(&self) -> u64;
+    /// Read exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write all of `buf` at `offset`. Not durable until [`BlockDevice::flush`].
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make every completed write durable.
+    fn flush(&self) -> io::Result<()>;
+    /// Tell the device a range is unused. Contents afterwards are unspecified.
+    fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// Human-readable identity (a path) for messages.
+    fn name(&self) -> String;
+}
+
+/// Shared handle to a member device.
+pub type DeviceRef = Arc<dyn BlockDevice>;
+
+/// Check that `[offset, offset+len)` lies inside a device of `size` bytes.
+pub(crate) fn check_range(size: u64, offset: u64, len: usize) -> io::Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("I/O at {offset}+{len} beyond device size {size}"),
+        )),
+    }
+}

@@ -1,0 +1,6 @@
+//! vpool: a userspace volume manager. Layers, bottom to top:
+//! [`device`] → [`raid`] → [`meta`] → [`thin`] → [`pool`]; the `vpool` binary's
+//! CLI sits on the pool facade.
+
+pub mod device;
+pub mod raid;

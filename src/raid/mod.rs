@@ -1,0 +1,12 @@
+//! Array layer: combines members into one linear address space according to a
+//! RAID level, and mirrors the metadata area across up to three members
+//! whatever the data level. The thin layer above sees only array offsets.
+
+mod array;
+mod geometry;
+mod mirror;
+pub mod parity;
+
+pub use array::Array;
+pub use geometry::{Geometry, RaidLevel};
+pub use mirror::MetaMirror;
