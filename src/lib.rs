@@ -4,3 +4,7 @@
 
 pub mod device;
 pub mod raid;
+pub mod error;
+pub mod meta;
+
+pub use error::{Error, Result};

@@ -1,0 +1,350 @@
+//! A copy-on-write, reference-counted B-tree with u64 keys and fixed-size
+//! values (the persistent-data design of dm-thin and btrfs). It knows nothing
+//! of what it stores: a [`NodeStore`] gives it blocks and reference counts.
+//!
+//! Rules: a block that the last committed transaction can reach is never
+//! modified; it is *shadowed* (copied to a new block) first. A block shared by
+//! several trees (refcount > 1) is shadowed by copying and raising the counts
+//! of everything it points at; an unshared one hands its children over to the
+//! copy. Snapshots share a whole tree by raising the root's count: O(1).
+
+use super::node::Node;
+use crate::error::Result;
+use std::sync::Arc;
+
+/// What a leaf value points at, for reference counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueKind {
+    /// Nothing.
+    Plain,
+    /// First 8 bytes (LE) are a data chunk number.
+    DataChunk,
+    /// First 8 bytes (LE) are the root block of another tree.
+    Subtree,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct TreeSpec {
+    pub owner: u64,
+    pub value_size: usize,
+    pub values: ValueKind,
+}
+
+/// Storage and reference counts for B-tree blocks.
+pub trait NodeStore {
+    fn read_node(&self, b: u64) -> Result<Arc<Node>>;
+    fn write_node(&mut self, b: u64, node: Node);
+    /// True if `b` was allocated in the running transaction.
+    fn is_new(&self, b: u64) -> bool;
+    fn alloc_block(&mut self) -> Result<u64>;
+    fn refcount(&self, b: u64) -> u32;
+    fn inc_block(&mut self, b: u64);
+    /// Lower the count; at zero the block is released (reusable after commit).
+    fn dec_block(&mut self, b: u64);
+    fn inc_value(&mut self, spec: &TreeSpec, v: &[u8]) -> Result<()>;
+    fn dec_value(&mut self, spec: &TreeSpec, v: &[u8]) -> Result<()>;
+}
+
+fn child_index(node: &Node, key: u64) -> usize {
+    match node.keys.binary_search(&key) {
+        Ok(i) => i,
+        Err(0) => 0,
+        Err(i) => i - 1,
+    }
+}
+
+fn inc_children<S: NodeStore>(s: &mut S, spec: &TreeSpec, node: &Node) -> Result<()> {
+    if node.is_leaf() {
+        for i in 0..node.len() {
+            s.inc_value(spec, node.value(i))?;
+        }
+    } else {
+        for &c in &node.children {
+            s.inc_block(c);
+        }
+    }
+    Ok(())
+}
+
+/// Make `b` writable in this transaction; returns the block to write to.
+pub fn shadow<S: NodeStore>(s: &mut S, spec: &TreeSpec, b: u64) -> Result<u64> {
+    if s.is_new(b) && s.refcount(b) == 1 {
+        return Ok(b);
+    }
+    let node = (*s.read_node(b)?).clone();
+    let nb = s.alloc_block()?;
+    if s.refcount(b) > 1 {
+        inc_children(s, spec, &node)?;
+    }
+    s.dec_block(b);
+    s.write_node(nb, node);
+    Ok(nb)
+}
+
+/// Look `key` up. Returns the value and whether any block on the path is
+/// shared with another tree.
+pub fn lookup<S: NodeStore>(s: &S, root: u64, key: u64) -> Result<Option<(Vec<u8>, bool)>> {
+    let mut b = root;
+    let mut shared = false;
+    while b != 0 {
+        shared |= s.refcount(b) > 1;
+        let node = s.read_node(b)?;
+        if node.is_leaf() {
+            return Ok(node.keys.binary_search(&key).ok().map(|i| (node.value(i).to_vec(), shared)));
+        }
+        if node.is_empty() {
+            return Ok(None);
+        }
+        b = node.children[child_index(&node, key)];
+    }
+    Ok(None)
+}
+
+/// Insert or replace. Returns the new root and the replaced value.
+pub fn insert<S: NodeStore>(
+    s: &mut S,
+    spec: &TreeSpec,
+    root: u64,
+    key: u64,
+    value: &[u8],
+) -> Result<(u64, Option<Vec<u8>>)> {
+    debug_assert_eq!(value.len(), spec.value_size);
+    if root == 0 {
+        let mut leaf = Node::leaf(spec.owner, spec.value_size);
+        leaf.keys.push(key);
+        leaf.values.extend_from_slice(value);
+        let b = s.alloc_block()?;
+        s.write_node(b, leaf);
+        return Ok((b, None));
+    }
+    let r = shadow(s, spec, root)?;
+    let (old, split) = insert_rec(s, spec, r, key, value)?;
+    if let Some((sep, right)) = split {
+        let left = s.read_node(r)?;
+        let mut top = Node::internal(spec.owner, spec.value_size, left.level + 1);
+        top.keys = vec![left.keys[0], sep];
+        top.children = vec![r, right];
+        let nb = s.alloc_block()?;
+        s.write_node(nb, top);
+        return Ok((nb, old));
+    }
+    Ok((r, old))
+}
+
+type Split = Option<(u64, u64)>;
+
+fn insert_rec<S: NodeStore>(
+    s: &mut S,
+    spec: &TreeSpec,
+    b: u64,
+    key: u64,
+    value: &[u8],
+) -> Result<(Option<Vec<u8>>, Split)> {
+    let mut node = (*s.read_node(b)?).clone();
+    let vs = node.value_size;
+    let old;
+    if node.is_leaf() {
+        match node.keys.binary_search(&key) {
+            Ok(i) => {
+                old = Some(node.value(i).to_vec());
+                node.values[i * vs..(i + 1) * vs].copy_from_slice(value);
+            }
+            Err(i) => {
+                old = None;
+                node.keys.insert(i, key);
+                node.values.splice(i * vs..i * vs, value.iter().copied());
+            }
+        }
+    } else {
+        let i = child_index(&node, key);
+        let c = shadow(s, spec, node.children[i])?;
+        node.children[i] = c;
+        if key < node.keys[i] {
+            node.keys[i] = key;
+        }
+        let (o, split) = insert_rec(s, spec, c, key, value)?;
+        old = o;
+        if let Some((sep, right)) = split {
+            node.keys.insert(i + 1, sep);
+            node.children.insert(i + 1, right);
+        }
+    }
+    let split = if node.len() > node.capacity() { Some(split_node(s, &mut node)?) } else { None };
+    s.write_node(b, node);
+    Ok((old, split))
+}
+
+/// Move the upper half of `node` into a new block. Returns (separator, block).
+fn split_node<S: NodeStore>(s: &mut S, node: &mut Node) -> Result<(u64, u64)> {
+    let mid = node.len() / 2;
+    let mut right = Node::internal(node.owner, node.value_size, node.level);
+    right.keys = node.keys.split_off(mid);
+    if node.is_leaf() {
+        right.values = node.values.split_off(mid * node.value_size);
+    } else {
+        right.children = node.children.split_off(mid);
+    }
+    let sep = right.keys[0];
+    let rb = s.alloc_block()?;
+    s.write_node(rb, right);
+    Ok((sep, rb))
+}
+
+/// Remove `key`. Returns the new root (0 when the tree became empty) and the
+/// removed value; the caller releases what the value referenced.
+pub fn remove<S: NodeStore>(
+    s: &mut S,
+    spec: &TreeSpec,
+    root: u64,
+    key: u64,
+) -> Result<(u64, Option<Vec<u8>>)> {
+    if root == 0 || lookup(s, root, key)?.is_none() {
+        return Ok((root, None));
+    }
+    let mut r = shadow(s, spec, root)?;
+    let (old, empty) = remove_rec(s, spec, r, key)?;
+    if empty {
+        s.dec_block(r);
+        return Ok((0, old));
+    }
+    // Collapse a root with a single child; the child keeps its reference.
+    loop {
+        let node = s.read_node(r)?;
+        if node.is_leaf() || node.len() != 1 {
+            break;
+        }
+        let child = node.children[0];
+        s.dec_block(r);
+        r = child;
+    }
+    Ok((r, old))
+}
+
+fn remove_rec<S: NodeStore>(
+    s: &mut S,
+    spec: &TreeSpec,
+    b: u64,
+    key: u64,
+) -> Result<(Option<Vec<u8>>, bool)> {
+    let mut node = (*s.read_node(b)?).clone();
+    let old;
+    if node.is_leaf() {
+        match node.keys.binary_search(&key) {
+            Ok(i) => {
+                let vs = node.value_size;
+                old = Some(node.value(i).to_vec());
+                node.keys.remove(i);
+                node.values.drain(i * vs..(i + 1) * vs);
+            }
+            Err(_) => old = None,
+        }
+    } else {
+        let i = child_index(&node, key);
+        let c = shadow(s, spec, node.children[i])?;
+        node.children[i] = c;
+        let (o, child_empty) = remove_rec(s, spec, c, key)?;
+        old = o;
+        if child_empty {
+            s.dec_block(c);
+            node.keys.remove(i);
+            node.children.remove(i);
+        }
+    }
+    let empty = node.is_empty();
+    s.write_node(b, node);
+    Ok((old, empty))
+}
+
+/// Drop one reference to the tree at `root`, freeing what no one else uses.
+pub fn dec_tree<S: NodeStore>(s: &mut S, spec: &TreeSpec, root: u64) -> Result<()> {
+    if root == 0 {
+        return Ok(());
+    }
+    if s.refcount(root) > 1 {
+        s.dec_block(root);
+        return Ok(());
+    }
+    let node = s.read_node(root)?;
+    if node.is_leaf() {
+        for i in 0..node.len() {
+            s.dec_value(spec, node.value(i))?;
+        }
+    } else {
+        for &c in &node.children {
+            dec_tree(s, spec, c)?;
+        }
+    }
+    s.dec_block(root);
+    Ok(())
+}
+
+/// Visit entries with `lo <= key < hi` in order. The visitor gets the key, the
+/// value and whether the path is shared; it returns false to stop.
+pub fn walk<S: NodeStore>(
+    s: &S,
+    root: u64,
+    lo: u64,
+    hi: u64,
+    f: &mut dyn FnMut(u64, &[u8], bool) -> Result<bool>,
+) -> Result<bool> {
+    walk_rec(s, root, lo, hi, false, f)
+}
+
+fn walk_rec<S: NodeStore>(
+    s: &S,
+    b: u64,
+    lo: u64,
+    hi: u64,
+    shared: bool,
+    f: &mut dyn FnMut(u64, &[u8], bool) -> Result<bool>,
+) -> Result<bool> {
+    if b == 0 {
+        return Ok(true);
+    }
+    let shared = shared || s.refcount(b) > 1;
+    let node = s.read_node(b)?;
+    if node.is_leaf() {
+        let start = node.keys.partition_point(|&k| k < lo);
+        for i in start..node.len() {
+            if node.keys[i] >= hi {
+                return Ok(false);
+            }
+            if !f(node.keys[i], node.value(i), shared)? {
+                return Ok(false);
+            }
+        }
+        return Ok(true);
+    }
+    let start = if node.is_empty() { 0 } else { child_index(&node, lo) };
+    for i in start..node.len() {
+        if node.keys[i] >= hi && i > start {
+            return Ok(false);
+        }
+        if !walk_rec(s, node.children[i], lo, hi, shared, f)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Every block of the tree, each once, with how many times it is reached from
+/// parents within the tree. For the checker.
+pub fn visit_blocks<S: NodeStore>(
+    s: &S,
+    root: u64,
+    f: &mut dyn FnMut(u64, &Node, bool) -> Result<()>,
+    seen: &mut std::collections::HashSet<u64>,
+) -> Result<()> {
+    if root == 0 {
+        return Ok(());
+    }
+    let first = seen.insert(root);
+    let node = s.read_node(root)?;
+    f(root, &node, first)?;
+    if first && !node.is_leaf() {
+        for &c in &node.children {
+            visit_blocks(s, c, f, seen)?;
+        }
+    }
+    Ok(())
+}

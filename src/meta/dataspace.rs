@@ -1,0 +1,145 @@
+//! The data space map in memory: one "in use" bit and one "shared" bit per
+//! data chunk, plus this transaction's reference-count changes. The persistent
+//! counts live in a B-tree (chunk → count, only non-zero entries) that the
+//! commit updates from `overlay`. Bits are rebuilt from that tree at open.
+
+use std::collections::{HashMap, HashSet};
+
+pub struct DataSpace {
+    total: u64,
+    used_bits: Vec<u64>,
+    shared_bits: Vec<u64>,
+    /// Counts changed in the running transaction (absolute values).
+    pub overlay: HashMap<u64, u32>,
+    allocated: HashSet<u64>,
+    decremented: HashSet<u64>,
+    freed: Vec<u64>,
+    used: u64,
+    hint: u64,
+}
+
+fn bit(v: &[u64], i: u64) -> bool {
+    v[(i / 64) as usize] & (1 << (i % 64)) != 0
+}
+
+fn set_bit(v: &mut [u64], i: u64, on: bool) {
+    let w = &mut v[(i / 64) as usize];
+    if on {
+        *w |= 1 << (i % 64);
+    } else {
+        *w &= !(1 << (i % 64));
+    }
+}
+
+impl DataSpace {
+    pub fn new(total: u64) -> DataSpace {
+        let words = total.div_ceil(64) as usize;
+        DataSpace {
+            total,
+            used_bits: vec![0; words],
+            shared_bits: vec![0; words],
+            overlay: HashMap::new(),
+            allocated: HashSet::new(),
+            decremented: HashSet::new(),
+            freed: Vec::new(),
+            used: 0,
+            hint: 0,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Chunks referenced by something (including ones released in the
+    /// running transaction until it commits? no: those are not counted).
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// Chunks released in this transaction, reusable after the commit.
+    pub fn pending_free(&self) -> u64 {
+        self.freed.len() as u64
+    }
+
+    /// Load one persistent entry at open.
+    pub fn load(&mut self, chunk: u64, count: u32) {
+        if chunk < self.total && count > 0 {
+            if !bit(&self.used_bits, chunk) {
+                self.used += 1;
+            }
+            set_bit(&mut self.used_bits, chunk, true);
+            set_bit(&mut self.shared_bits, chunk, count > 1);
+        }
+    }
+
+    pub fn in_use(&self, c: u64) -> bool {
+        c < self.total && bit(&self.used_bits, c)
+    }
+
+    /// May `c` be overwritten in place by its one owner? Not if shared now,
+    /// and not if it lost a reference in this transaction (the committed
+    /// state may still show it to someone else) unless it is new.
+    pub fn exclusive(&self, c: u64) -> bool {
+        !bit(&self.shared_bits, c) && (self.allocated.contains(&c) || !self.decremented.contains(&c))
+    }
+
+    pub fn alloc(&mut self) -> Option<u64> {
+        if self.total == 0 {
+            return None;
+        }
+        let words = self.used_bits.len() as u64;
+        let start = self.hint / 64;
+        for i in 0..=words {
+            let w = (start + i) % words;
+            let word = self.used_bits[w as usize];
+            if word == u64::MAX {
+                continue;
+            }
+            let c = w * 64 + (!word).trailing_zeros() as u64;
+            if c >= self.total {
+                continue;
+            }
+            set_bit(&mut self.used_bits, c, true);
+            self.overlay.insert(c, 1);
+            self.allocated.insert(c);
+            self.used += 1;
+            self.hint = c + 1;
+            return Some(c);
+        }
+        None
+    }
+
+    pub fn set_count(&mut self, c: u64, old: u32, new: u32) {
+        self.overlay.insert(c, new);
+        set_bit(&mut self.shared_bits, c, new > 1);
+        if new < old {
+            self.decremented.insert(c);
+        }
+        if old > 0 && new == 0 {
+            self.freed.push(c);
+            self.used -= 1;
+        } else if old == 0 && new > 0 {
+            if !bit(&self.used_bits, c) {
+                set_bit(&mut self.used_bits, c, true);
+            }
+            self.used += 1;
+        }
+    }
+
+    /// After a commit: released chunks become allocatable.
+    pub fn committed(&mut self) {
+        for c in std::mem::take(&mut self.freed) {
+            if self.overlay_count_is_zero(c) {
+                set_bit(&mut self.used_bits, c, false);
+            }
+        }
+        self.overlay.clear();
+        self.allocated.clear();
+        self.decremented.clear();
+    }
+
+    fn overlay_count_is_zero(&self, c: u64) -> bool {
+        self.overlay.get(&c).is_none_or(|&n| n == 0)
+    }
+}

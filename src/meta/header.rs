@@ -1,0 +1,131 @@
+//! The 64-byte header every metadata block (B-tree node, catalog block,
+//! space-map page) starts with. It makes each block self-identifying: kind,
+//! own block number, writing transaction, pool, owning tree, level, key range.
+
+use super::codec::*;
+
+pub const HEADER_SIZE: usize = 64;
+pub const FORMAT_VERSION: u16 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum BlockKind {
+    Node = 1,
+    Catalog = 2,
+    SpaceMap = 3,
+}
+
+impl BlockKind {
+    pub fn from_u16(v: u16) -> Option<BlockKind> {
+        Some(match v {
+            1 => BlockKind::Node,
+            2 => BlockKind::Catalog,
+            3 => BlockKind::SpaceMap,
+            _ => return None,
+        })
+    }
+
+    pub fn salt(self) -> u32 {
+        match self {
+            BlockKind::Node => salt::NODE,
+            BlockKind::Catalog => salt::CATALOG,
+            BlockKind::SpaceMap => salt::SPACE_MAP,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Header {
+    pub kind: u16,
+    pub blocknr: u64,
+    pub txid: u64,
+    pub pool_tag: u64,
+    pub owner: u64,
+    pub level: u8,
+    pub nr_entries: u16,
+    pub value_size: u16,
+    /// Lowest key in a node; payload length in a catalog block.
+    pub low_key: u64,
+    /// Next block of a catalog chain.
+    pub next: u64,
+}
+
+// Offsets (bytes) of header fields.
+const KIND: usize = 4;
+const VERSION: usize = 6;
+const BLOCKNR: usize = 8;
+const TXID: usize = 16;
+const POOL_TAG: usize = 24;
+const OWNER: usize = 32;
+const LEVEL: usize = 40;
+const NR_ENTRIES: usize = 42;
+const VALUE_SIZE: usize = 44;
+const LOW_KEY: usize = 48;
+const NEXT: usize = 56;
+
+impl Header {
+    pub fn write(&self, b: &mut [u8]) {
+        put_u16(b, KIND, self.kind);
+        put_u16(b, VERSION, FORMAT_VERSION);
+        put_u64(b, BLOCKNR, self.blocknr);
+        put_u64(b, TXID, self.txid);
+        put_u64(b, POOL_TAG, self.pool_tag);
+        put_u64(b, OWNER, self.owner);
+        b[LEVEL] = self.level;
+        b[LEVEL + 1] = 0;
+        put_u16(b, NR_ENTRIES, self.nr_entries);
+        put_u16(b, VALUE_SIZE, self.value_size);
+        put_u16(b, VALUE_SIZE + 2, 0);
+        put_u64(b, LOW_KEY, self.low_key);
+        put_u64(b, NEXT, self.next);
+    }
+
+    pub fn read(b: &[u8]) -> Header {
+        Header {
+            kind: get_u16(b, KIND),
+            blocknr: get_u64(b, BLOCKNR),
+            txid: get_u64(b, TXID),
+            pool_tag: get_u64(b, POOL_TAG),
+            owner: get_u64(b, OWNER),
+            level: b[LEVEL],
+            nr_entries: get_u16(b, NR_ENTRIES),
+            value_size: get_u16(b, VALUE_SIZE),
+            low_key: get_u64(b, LOW_KEY),
+            next: get_u64(b, NEXT),
+        }
+    }
+
+    /// Validate a whole block against what the reader expects. Returns why
+    /// it is unusable, never a partially trusted block.
+    pub fn validate(
+        b: &[u8],
+        kind: BlockKind,
+        blocknr: u64,
+        pool_tag: u64,
+        max_txid: u64,
+    ) -> Result<Header, String> {
+        if b.len() != BLOCK_SIZE {
+            return Err(format!("block is {} bytes, expected {BLOCK_SIZE}", b.len()));
+        }
+        let h = Header::read(b);
+        if h.kind != kind as u16 {
+            return Err(format!("kind {} where {:?} expected", h.kind, kind));
+        }
+        if !verify(b, kind.salt()) {
+            return Err("checksum mismatch".into());
+        }
+        if get_u16(b, VERSION) != FORMAT_VERSION {
+            return Err(format!("unsupported block version {}", get_u16(b, VERSION)));
+        }
+        if h.blocknr != blocknr {
+            return Err(format!("block claims number {} (misplaced write)", h.blocknr));
+        }
+        if h.pool_tag != pool_tag {
+            return Err("block belongs to another pool".into());
+        }
+        if h.txid > max_txid {
+            return Err(format!("written by transaction {} after the last commit {max_txid}", h.txid));
+        }
+        Ok(h)
+    }
+}

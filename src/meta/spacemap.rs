@@ -1,0 +1,174 @@
+//! The metadata space map: a reference count (u32) for every metadata block.
+//! It lives outside the B-trees, in a fixed region of pages with two slots
+//! each; a commit writes each changed page to the slot the last commit did
+//! not use and flips that page's selector bit in the new superblock. So it
+//! never needs itself to allocate, and a torn commit leaves the old pages
+//! whole. The whole map is held in memory (4 bytes per metadata block).
+
+use super::codec::*;
+use super::header::{BlockKind, Header, HEADER_SIZE};
+use std::collections::{BTreeSet, HashSet};
+
+pub const ENTRIES_PER_PAGE: usize = (BLOCK_SIZE - HEADER_SIZE) / 4;
+
+pub fn pages_for(blocks: u64) -> u32 {
+    (blocks as usize).div_ceil(ENTRIES_PER_PAGE) as u32
+}
+
+pub struct MetaSpaceMap {
+    counts: Vec<u32>,
+    dirty_pages: BTreeSet<usize>,
+    /// Blocks released in the running transaction: the committed state may
+    /// still reach them, so they are not reused before the commit.
+    freed: HashSet<u64>,
+    /// Blocks allocated in the running transaction.
+    allocated: HashSet<u64>,
+    hint: u64,
+    used: u64,
+}
+
+impl MetaSpaceMap {
+    /// A fresh map: only block 0 (the null block) is taken.
+    pub fn new(blocks: u64) -> MetaSpaceMap {
+        let mut counts = vec![0u32; blocks as usize];
+        counts[0] = u32::MAX;
+        let pages = pages_for(blocks) as usize;
+        MetaSpaceMap {
+            counts,
+            dirty_pages: (0..pages).collect(),
+            freed: HashSet::new(),
+            allocated: HashSet::new(),
+            hint: 1,
+            used: 0,
+        }
+    }
+
+    pub fn from_counts(counts: Vec<u32>) -> MetaSpaceMap {
+        let used = counts.iter().skip(1).filter(|&&c| c > 0).count() as u64;
+        MetaSpaceMap {
+            counts,
+            dirty_pages: BTreeSet::new(),
+            freed: HashSet::new(),
+            allocated: HashSet::new(),
+            hint: 1,
+            used,
+        }
+    }
+
+    pub fn blocks(&self) -> u64 {
+        self.counts.len() as u64
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    pub fn count(&self, b: u64) -> u32 {
+        self.counts.get(b as usize).copied().unwrap_or(0)
+    }
+
+    pub fn counts(&self) -> &[u32] {
+        &self.counts
+    }
+
+    pub fn is_new(&self, b: u64) -> bool {
+        self.allocated.contains(&b)
+    }
+
+    fn set(&mut self, b: u64, v: u32) {
+        let old = self.counts[b as usize];
+        if old == 0 && v > 0 {
+            self.used += 1;
+        } else if old > 0 && v == 0 {
+            self.used -= 1;
+        }
+        self.counts[b as usize] = v;
+        self.dirty_pages.insert(b as usize / ENTRIES_PER_PAGE);
+    }
+
+    pub fn alloc(&mut self) -> Option<u64> {
+        let n = self.counts.len() as u64;
+        for i in 0..n {
+            let b = (self.hint + i) % n;
+            if b != 0 && self.counts[b as usize] == 0 && !self.freed.contains(&b) {
+                self.set(b, 1);
+                self.allocated.insert(b);
+                self.hint = b + 1;
+                return Some(b);
+            }
+        }
+        None
+    }
+
+    pub fn inc(&mut self, b: u64) {
+        let c = self.count(b);
+        self.set(b, c.saturating_add(1));
+    }
+
+    pub fn dec(&mut self, b: u64) {
+        let c = self.count(b);
+        debug_assert!(c > 0, "metadata block {b} released twice");
+        if c == 0 {
+            return;
+        }
+        self.set(b, c - 1);
+        if c == 1 {
+            self.freed.insert(b);
+        }
+    }
+
+    /// Force a count (repair of leaks by the checker).
+    pub fn repair(&mut self, b: u64, v: u32) {
+        self.set(b, v);
+    }
+
+    pub fn dirty_pages(&self) -> Vec<usize> {
+        self.dirty_pages.iter().copied().collect()
+    }
+
+    /// Encode page `p` for slot address `slot_nr` (2p or 2p+1).
+    pub fn encode_page(&self, p: usize, slot_nr: u64, txid: u64, pool_tag: u64) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK_SIZE];
+        let first = p * ENTRIES_PER_PAGE;
+        let last = ((p + 1) * ENTRIES_PER_PAGE).min(self.counts.len());
+        let h = Header {
+            kind: BlockKind::SpaceMap as u16,
+            blocknr: slot_nr,
+            txid,
+            pool_tag,
+            owner: 0,
+            level: 0,
+            nr_entries: (last - first) as u16,
+            value_size: 4,
+            low_key: first as u64,
+            next: 0,
+        };
+        h.write(&mut b);
+        for (i, c) in self.counts[first..last].iter().enumerate() {
+            put_u32(&mut b, HEADER_SIZE + i * 4, *c);
+        }
+        seal(&mut b, BlockKind::SpaceMap.salt());
+        b
+    }
+
+    /// Decode a validated page into `counts`.
+    pub fn decode_page(b: &[u8], p: usize, counts: &mut [u32]) -> Result<(), String> {
+        let h = Header::read(b);
+        let first = p * ENTRIES_PER_PAGE;
+        let last = ((p + 1) * ENTRIES_PER_PAGE).min(counts.len());
+        if h.low_key != first as u64 || h.nr_entries as usize != last - first {
+            return Err(format!("space-map page {p} describes the wrong range"));
+        }
+        for i in 0..last - first {
+            counts[first + i] = get_u32(b, HEADER_SIZE + i * 4);
+        }
+        Ok(())
+    }
+
+    /// After a commit: released blocks become reusable, nothing is new.
+    pub fn committed(&mut self) {
+        self.dirty_pages.clear();
+        self.freed.clear();
+        self.allocated.clear();
+    }
+}

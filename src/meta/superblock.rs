@@ -1,0 +1,162 @@
+//! The superblock: the root of one committed transaction. Two slots per
+//! metadata copy, written alternately (slot = txid % 2); on open the valid
+//! superblock with the highest transaction id wins.
+
+use super::codec::*;
+
+pub const SB_MAGIC: u32 = 0x4253_5056; // "VPSB"
+pub const SB_VERSION: u32 = 1;
+/// Member states recorded in the superblock.
+pub const MEMBER_ONLINE: u8 = 0;
+/// Missing when a transaction committed: its contents are stale.
+pub const MEMBER_STALE: u8 = 1;
+const STATES: usize = 136;
+const SELECTOR: usize = 256;
+/// Most space-map pages a superblock can select between.
+pub const MAX_MSM_PAGES: usize = (BLOCK_SIZE - SELECTOR) * 8;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    pub txid: u64,
+    pub pool_uuid: [u8; 16],
+    pub volumes_root: u64,
+    pub dsm_root: u64,
+    pub catalog_head: u64,
+    pub catalog_bytes: u64,
+    pub data_chunks: u64,
+    pub used_chunks: u64,
+    pub meta_blocks: u64,
+    pub used_meta_blocks: u64,
+    pub next_volume_id: u64,
+    pub chunk_size: u64,
+    pub time: u64,
+    pub msm_pages: u32,
+    pub member_states: Vec<u8>,
+    /// Bit p set: space-map page p is current in slot 1, else slot 0.
+    pub selector: Vec<u8>,
+}
+
+impl Superblock {
+    pub fn slot_offset(meta_offset: u64, txid: u64) -> u64 {
+        meta_offset + (txid % 2) * BLOCK_SIZE as u64
+    }
+
+    pub fn selector_bit(&self, page: usize) -> usize {
+        ((self.selector[page / 8] >> (page % 8)) & 1) as usize
+    }
+
+    pub fn set_selector_bit(&mut self, page: usize, slot: usize) {
+        if slot == 1 {
+            self.selector[page / 8] |= 1 << (page % 8);
+        } else {
+            self.selector[page / 8] &= !(1 << (page % 8));
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK_SIZE];
+        put_u32(&mut b, 4, SB_MAGIC);
+        put_u32(&mut b, 8, SB_VERSION);
+        put_u64(&mut b, 16, self.txid);
+        b[24..40].copy_from_slice(&self.pool_uuid);
+        put_u64(&mut b, 40, self.volumes_root);
+        put_u64(&mut b, 48, self.dsm_root);
+        put_u64(&mut b, 56, self.catalog_head);
+        put_u64(&mut b, 64, self.catalog_bytes);
+        put_u64(&mut b, 72, self.data_chunks);
+        put_u64(&mut b, 80, self.used_chunks);
+        put_u64(&mut b, 88, self.meta_blocks);
+        put_u64(&mut b, 96, self.used_meta_blocks);
+        put_u64(&mut b, 104, self.next_volume_id);
+        put_u64(&mut b, 112, self.chunk_size);
+        put_u64(&mut b, 120, self.time);
+        put_u32(&mut b, 128, self.msm_pages);
+        put_u32(&mut b, 132, self.member_states.len() as u32);
+        for (i, s) in self.member_states.iter().enumerate().take(SELECTOR - STATES) {
+            b[STATES + i] = *s;
+        }
+        let n = self.selector.len().min(BLOCK_SIZE - SELECTOR);
+        b[SELECTOR..SELECTOR + n].copy_from_slice(&self.selector[..n]);
+        seal(&mut b, salt::SUPERBLOCK);
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Superblock, String> {
+        if b.len() < BLOCK_SIZE {
+            return Err("superblock shorter than 4096 bytes".into());
+        }
+        let b = &b[..BLOCK_SIZE];
+        if get_u32(b, 4) != SB_MAGIC {
+            return Err("no superblock (magic missing)".into());
+        }
+        if !verify(b, salt::SUPERBLOCK) {
+            return Err("superblock checksum mismatch".into());
+        }
+        if get_u32(b, 8) != SB_VERSION {
+            return Err(format!("superblock version {} is not supported", get_u32(b, 8)));
+        }
+        let msm_pages = get_u32(b, 128);
+        if msm_pages as usize > MAX_MSM_PAGES {
+            return Err(format!("superblock claims {msm_pages} space-map pages"));
+        }
+        let members = get_u32(b, 132) as usize;
+        if members > SELECTOR - STATES {
+            return Err(format!("superblock claims {members} members"));
+        }
+        let mut pool_uuid = [0u8; 16];
+        pool_uuid.copy_from_slice(&b[24..40]);
+        let sel_len = (msm_pages as usize).div_ceil(8);
+        Ok(Superblock {
+            txid: get_u64(b, 16),
+            pool_uuid,
+            volumes_root: get_u64(b, 40),
+            dsm_root: get_u64(b, 48),
+            catalog_head: get_u64(b, 56),
+            catalog_bytes: get_u64(b, 64),
+            data_chunks: get_u64(b, 72),
+            used_chunks: get_u64(b, 80),
+            meta_blocks: get_u64(b, 88),
+            used_meta_blocks: get_u64(b, 96),
+            next_volume_id: get_u64(b, 104),
+            chunk_size: get_u64(b, 112),
+            time: get_u64(b, 120),
+            msm_pages,
+            member_states: b[STATES..STATES + members].to_vec(),
+            selector: b[SELECTOR..SELECTOR + sel_len].to_vec(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn superblock_roundtrip() {
+        let mut sb = Superblock {
+            txid: 7,
+            pool_uuid: [9; 16],
+            volumes_root: 3,
+            dsm_root: 4,
+            catalog_head: 5,
+            catalog_bytes: 100,
+            data_chunks: 1000,
+            used_chunks: 10,
+            meta_blocks: 2048,
+            used_meta_blocks: 12,
+            next_volume_id: 2,
+            chunk_size: 65536,
+            time: 1,
+            msm_pages: 3,
+            member_states: vec![0, 1, 0],
+            selector: vec![0],
+        };
+        sb.set_selector_bit(2, 1);
+        let b = sb.encode();
+        let d = Superblock::decode(&b).unwrap();
+        assert_eq!(d, sb);
+        assert_eq!(d.selector_bit(2), 1);
+        assert_eq!(d.selector_bit(1), 0);
+        assert_eq!(Superblock::slot_offset(4096, 7), 4096 + 4096);
+    }
+}
