@@ -8,3 +8,7 @@ pub mod error;
 pub mod meta;
 
 pub use error::{Error, Result};
+pub mod thin;
+pub mod pool;
+
+pub use pool::{CreateOptions, Pool, Volume};

@@ -106,6 +106,8 @@ pub struct MetaStore {
     cache: Mutex<LruCache<u64, Arc<Node>>>,
     pub data: DataSpace,
     pool_name: String,
+    /// Damaged or unreadable superblock copies seen at open.
+    pub superblock_problems: Vec<String>,
 }
 
 fn corrupt(what: String) -> Error {
@@ -159,6 +161,7 @@ impl MetaStore {
             cache: Mutex::new(LruCache::new(cap)),
             data: DataSpace::new(data_chunks),
             pool_name: String::new(),
+            superblock_problems: Vec::new(),
         }
     }
 
@@ -267,6 +270,7 @@ impl MetaStore {
         s.catalog_head = sb.catalog_head;
         s.catalog_bytes = sb.catalog_bytes;
         s.next_volume_id = sb.next_volume_id;
+        s.superblock_problems = problems;
         s.member_states = sb.member_states.clone();
         s.member_states.resize(members, 0);
         s.committed = sb;
@@ -334,12 +338,14 @@ impl MetaStore {
         self.dirty.len()
     }
 
+    /// Anything to commit? A changed member state alone is not: it is
+    /// recorded with the first real change (a pool opened degraded and only
+    /// read leaves its missing member trusted).
     pub fn has_changes(&self) -> bool {
         !self.dirty.is_empty()
             || !self.data.overlay.is_empty()
             || self.catalog_dirty
             || !self.msm.dirty_pages().is_empty()
-            || self.member_states != self.committed.member_states
     }
 
     fn read_catalog(&self) -> Result<Catalog> {

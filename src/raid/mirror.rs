@@ -5,6 +5,7 @@
 //! then rewrites the copies that failed validation (repair on read).
 
 use crate::device::DeviceRef;
+use parking_lot::Mutex;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,6 +13,8 @@ pub struct MetaMirror {
     /// (member index in the pool, device); `None` when missing.
     copies: Vec<(usize, Option<DeviceRef>)>,
     repaired: AtomicU64,
+    /// Every copy found damaged, and whether it was rewritten: never silent.
+    events: Mutex<Vec<String>>,
 }
 
 /// Outcome of validating one copy of a metadata block.
@@ -19,7 +22,7 @@ pub type Validator<'a> = &'a mut dyn FnMut(&[u8]) -> Result<(), String>;
 
 impl MetaMirror {
     pub fn new(copies: Vec<(usize, Option<DeviceRef>)>) -> MetaMirror {
-        MetaMirror { copies, repaired: AtomicU64::new(0) }
+        MetaMirror { copies, repaired: AtomicU64::new(0), events: Mutex::new(Vec::new()) }
     }
 
     pub fn copies(&self) -> &[(usize, Option<DeviceRef>)] {
@@ -33,6 +36,11 @@ impl MetaMirror {
     /// Copies rewritten because they failed validation.
     pub fn repaired(&self) -> u64 {
         self.repaired.load(Ordering::Relaxed)
+    }
+
+    /// Damaged copies met so far (and what was done about them).
+    pub fn events(&self) -> Vec<String> {
+        self.events.lock().clone()
     }
 
     pub fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
@@ -65,17 +73,24 @@ impl MetaMirror {
             match dev.read_at(buf, offset) {
                 Ok(()) => match valid(buf) {
                     Ok(()) => {
-                        for b in bad {
-                            let d: &DeviceRef = b;
-                            if d.write_at(buf, offset).is_ok() {
-                                self.repaired.fetch_add(1, Ordering::Relaxed);
-                            }
+                        let mut events = self.events.lock();
+                        for (d, why) in bad {
+                            let d: &DeviceRef = d;
+                            let outcome = match d.write_at(buf, offset) {
+                                Ok(()) => {
+                                    self.repaired.fetch_add(1, Ordering::Relaxed);
+                                    "rewritten from a good copy".to_string()
+                                }
+                                Err(e) => format!("not rewritten: {e}"),
+                            };
+                            events.push(format!("{why} at offset {offset}; {outcome}"));
                         }
                         return Ok(());
                     }
                     Err(why) => {
-                        failures.push(format!("member {member} ({}): {why}", dev.name()));
-                        bad.push(dev);
+                        let msg = format!("member {member} ({}): {why}", dev.name());
+                        failures.push(msg.clone());
+                        bad.push((dev, msg));
                     }
                 },
                 Err(e) => failures.push(format!("member {member} ({}): {e}", dev.name())),

@@ -1,0 +1,163 @@
+//! Assembling a pool from member labels: order members by index, notice
+//! missing, stale and foreign members, and open degraded when the RAID level
+//! allows it.
+
+use super::create::{read_label_checked, write_label};
+use super::Pool;
+use crate::device::DeviceRef;
+use crate::error::{Error, Result};
+use crate::meta::label::Label;
+use crate::meta::store::DEFAULT_CACHE_NODES;
+use crate::meta::superblock::{MEMBER_ONLINE, MEMBER_STALE};
+use crate::meta::{MetaLayout, MetaStore};
+use crate::raid::{Array, Geometry, MetaMirror};
+use crate::thin::ThinPool;
+use uuid::Uuid;
+
+/// Pools found on a set of devices, by pool UUID.
+pub fn group_by_pool(devices: Vec<DeviceRef>) -> (Vec<(Label, Vec<(Label, DeviceRef)>)>, Vec<String>) {
+    let mut groups: Vec<(Label, Vec<(Label, DeviceRef)>)> = Vec::new();
+    let mut notes = Vec::new();
+    for dev in devices {
+        match read_label_checked(&dev) {
+            Ok((l, damage)) => match groups.iter_mut().find(|g| g.0.pool_uuid == l.pool_uuid) {
+                Some(g) => {
+                    notes.extend(damage.iter().cloned());
+                    repair_label(&dev, &l, &damage, &mut notes);
+                    g.1.push((l, dev))
+                }
+                None => {
+                    notes.extend(damage.iter().cloned());
+                    repair_label(&dev, &l, &damage, &mut notes);
+                    groups.push((l.clone(), vec![(l, dev)]))
+                }
+            },
+            Err(e) => notes.push(format!("{}: {e}", dev.name())),
+        }
+    }
+    (groups, notes)
+}
+
+impl Pool {
+    /// Open the pool whose members are among `devices`. Devices of other pools
+    /// are ignored with a warning; missing members make the pool degraded.
+    pub fn open(devices: Vec<DeviceRef>) -> Result<Pool> {
+        Pool::open_with(devices, None, DEFAULT_CACHE_NODES)
+    }
+
+    pub fn open_with(devices: Vec<DeviceRef>, want: Option<[u8; 16]>, cache_nodes: usize) -> Result<Pool> {
+        let (groups, notes) = group_by_pool(devices);
+        let mut warnings: Vec<String> = notes;
+        let group = match want {
+            Some(u) => groups.into_iter().find(|g| g.0.pool_uuid == u),
+            None => {
+                if groups.len() > 1 {
+                    let names: Vec<String> = groups.iter().map(|g| format!("'{}'", g.0.pool_name)).collect();
+                    return Err(Error::Invalid(format!(
+                        "the devices belong to several pools ({}); name the members of one",
+                        names.join(", ")
+                    )));
+                }
+                groups.into_iter().next()
+            }
+        };
+        let Some((first, found)) = group else {
+            return Err(Error::NotFound(format!("a vpool member among the given devices ({})", warnings.join("; "))));
+        };
+        let n = first.member_count();
+        let mut members: Vec<Option<DeviceRef>> = vec![None; n];
+        let mut labels: Vec<Option<Label>> = vec![None; n];
+        for (l, dev) in found {
+            let i = l.member_index as usize;
+            if !same_shape(&first, &l) {
+                warnings.push(format!("{}: label disagrees with the other members; ignored", dev.name()));
+                continue;
+            }
+            if l.member_uuid != first.members[i].uuid {
+                warnings.push(format!("{}: not the member recorded at position {i}; ignored", dev.name()));
+                continue;
+            }
+            if members[i].is_some() {
+                warnings.push(format!("{}: duplicate of member {i}; ignored", dev.name()));
+                continue;
+            }
+            members[i] = Some(dev);
+            labels[i] = Some(l);
+        }
+        let layout = MetaLayout { meta_offset: first.meta_offset, msm_pages: first.msm_pages, meta_blocks: first.meta_blocks };
+        let copies = |members: &Vec<Option<DeviceRef>>| {
+            MetaMirror::new((0..first.meta_copies as usize).map(|i| (i, members[i].clone())).collect())
+        };
+        let mut meta = MetaStore::open(copies(&members), layout, first.pool_uuid, n, cache_nodes)?;
+        // Members the metadata says missed writes must not be trusted.
+        let stale: Vec<usize> = (0..n)
+            .filter(|&i| members[i].is_some() && meta.member_states().get(i) == Some(&MEMBER_STALE))
+            .collect();
+        if !stale.is_empty() {
+            for &i in &stale {
+                let name = members[i].as_ref().map(|d| d.name()).unwrap_or_default();
+                warnings.push(format!(
+                    "member {i} ({name}) is stale: it was missing while the pool was written; it is not used and needs a rebuild"
+                ));
+                members[i] = None;
+            }
+            meta = MetaStore::open(copies(&members), layout, first.pool_uuid, n, cache_nodes)?;
+        }
+        let missing: Vec<usize> = (0..n).filter(|&i| members[i].is_none()).collect();
+        let tolerated = first.level.tolerated_failures(n);
+        if missing.len() > tolerated {
+            return Err(Error::Unavailable(format!(
+                "pool '{}' cannot be opened: {} of {n} members missing or stale ({}) and {} tolerates {tolerated}; attach the missing devices",
+                first.pool_name,
+                missing.len(),
+                missing.iter().map(|i| format!("member {i}, uuid {}", Uuid::from_bytes(first.members[*i].uuid))).collect::<Vec<_>>().join(", "),
+                first.level
+            )));
+        }
+        for &i in &missing {
+            if meta.member_states()[i] == MEMBER_ONLINE {
+                warnings.push(format!(
+                    "DEGRADED: member {i} (uuid {}) is missing; data is served from redundancy",
+                    Uuid::from_bytes(first.members[i].uuid)
+                ));
+            }
+            meta.set_member_state(i, MEMBER_STALE);
+        }
+        let geo = Geometry {
+            level: first.level,
+            stripe_unit: first.stripe_unit,
+            data_start: first.data_start,
+            member_data: first.members.iter().map(|m| m.data_size).collect(),
+        };
+        let chunk_size = first.chunk_size;
+        if meta.committed().chunk_size != chunk_size {
+            return Err(Error::Corrupt("superblock and label disagree on the chunk size".into()));
+        }
+        let array = Array::new(geo, members);
+        let thin = ThinPool::new(array, meta, chunk_size);
+        Ok(Pool::from_parts(first, thin, warnings))
+    }
+}
+
+/// Rewrite both label copies when one was damaged (best effort; read-only
+/// devices just keep the note).
+fn repair_label(dev: &DeviceRef, l: &Label, damage: &[String], notes: &mut Vec<String>) {
+    if damage.is_empty() {
+        return;
+    }
+    match write_label(dev, l) {
+        Ok(()) => notes.push(format!("{}: label rewritten from the good copy", dev.name())),
+        Err(e) => notes.push(format!("{}: label not rewritten ({e})", dev.name())),
+    }
+}
+
+fn same_shape(a: &Label, b: &Label) -> bool {
+    a.pool_uuid == b.pool_uuid
+        && a.level == b.level
+        && a.stripe_unit == b.stripe_unit
+        && a.chunk_size == b.chunk_size
+        && a.meta_offset == b.meta_offset
+        && a.meta_blocks == b.meta_blocks
+        && a.data_start == b.data_start
+        && a.members == b.members
+}

@@ -1,0 +1,141 @@
+//! What `pool status`, `pool list`, `vol list` and `snap list` show.
+
+use super::Pool;
+use crate::meta::superblock::MEMBER_STALE;
+use serde::Serialize;
+
+#[derive(Serialize, Clone, Debug)]
+pub struct MemberInfo {
+    pub index: usize,
+    pub device: Option<String>,
+    pub uuid: String,
+    /// online, missing or stale.
+    pub state: String,
+    pub data_bytes: u64,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct PoolInfo {
+    pub name: String,
+    pub uuid: String,
+    pub level: String,
+    /// online or degraded.
+    pub health: String,
+    pub members: Vec<MemberInfo>,
+    pub capacity: u64,
+    pub allocated: u64,
+    pub free: u64,
+    /// Sum of volume sizes (thin: may exceed capacity).
+    pub virtual_bytes: u64,
+    pub chunk_size: u64,
+    pub stripe_unit: u64,
+    pub volumes: usize,
+    pub snapshots: usize,
+    pub metadata_used: u64,
+    pub metadata_total: u64,
+    pub transaction: u64,
+    pub metadata_repairs: u64,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct VolumeInfo {
+    /// `pool/volume` or `pool/volume@snapshot`.
+    pub name: String,
+    pub kind: String,
+    pub size: u64,
+    /// Bytes of chunks this volume maps (shared ones included).
+    pub mapped: u64,
+    pub created: u64,
+    pub origin: Option<String>,
+    pub read_only: bool,
+}
+
+impl Pool {
+    pub fn info(&self) -> PoolInfo {
+        let thin = self.thin();
+        let meta = thin.meta.read();
+        let cat = meta.catalog();
+        let cs = thin.chunk_size;
+        let label = self.label();
+        let members: Vec<MemberInfo> = thin
+            .array
+            .members()
+            .iter()
+            .enumerate()
+            .map(|(i, dev)| MemberInfo {
+                index: i,
+                device: dev.as_ref().map(|d| d.name()),
+                uuid: uuid::Uuid::from_bytes(label.members[i].uuid).to_string(),
+                state: match (dev, meta.member_states().get(i)) {
+                    (Some(_), _) => "online".into(),
+                    (None, Some(&MEMBER_STALE)) if meta.committed().member_states.get(i) == Some(&MEMBER_STALE) => {
+                        "stale".into()
+                    }
+                    (None, _) => "missing".into(),
+                },
+                data_bytes: label.members[i].data_size,
+            })
+            .collect();
+        let degraded = members.iter().any(|m| m.state != "online");
+        let capacity = meta.data.total() * cs;
+        let allocated = meta.data.used() * cs;
+        PoolInfo {
+            name: self.name().to_string(),
+            uuid: self.uuid().to_string(),
+            level: label.level.to_string(),
+            health: if degraded { "degraded".into() } else { "online".into() },
+            members,
+            capacity,
+            allocated,
+            free: capacity.saturating_sub(allocated),
+            virtual_bytes: cat.volumes.iter().filter(|r| r.snapshot_of.is_none()).map(|r| r.size).sum(),
+            chunk_size: cs,
+            stripe_unit: label.stripe_unit,
+            volumes: cat.volumes.iter().filter(|r| r.snapshot_of.is_none()).count(),
+            snapshots: cat.volumes.iter().filter(|r| r.snapshot_of.is_some()).count(),
+            metadata_used: meta.msm().used() * 4096,
+            metadata_total: meta.msm().blocks() * 4096,
+            transaction: meta.committed().txid,
+            metadata_repairs: meta.mirror.repaired(),
+            warnings: self.warnings().to_vec(),
+        }
+    }
+
+    /// Volumes and snapshots, volumes first by name, each followed by its snapshots.
+    pub fn list(&self) -> Vec<VolumeInfo> {
+        let thin = self.thin();
+        let meta = thin.meta.read();
+        let cat = meta.catalog();
+        let cs = thin.chunk_size;
+        let mut vols: Vec<_> = cat.volumes.iter().filter(|r| r.snapshot_of.is_none()).collect();
+        vols.sort_by(|a, b| a.name.cmp(&b.name));
+        let mapped = |id| meta.volume_root(id).map(|v| v.mapped * cs).unwrap_or(0);
+        let mut out = Vec::new();
+        for v in vols {
+            out.push(VolumeInfo {
+                name: format!("{}/{}", self.name(), v.name),
+                kind: "volume".into(),
+                size: v.size,
+                mapped: mapped(v.id),
+                created: v.created,
+                origin: v.cloned_from.as_ref().map(|c| format!("{}/{c}", self.name())),
+                read_only: false,
+            });
+            let mut snaps: Vec<_> = cat.volumes.iter().filter(|r| r.snapshot_of == Some(v.id)).collect();
+            snaps.sort_by_key(|s| (s.created, s.id));
+            for s in snaps {
+                out.push(VolumeInfo {
+                    name: format!("{}/{}@{}", self.name(), v.name, s.name),
+                    kind: "snapshot".into(),
+                    size: s.size,
+                    mapped: mapped(s.id),
+                    created: s.created,
+                    origin: Some(format!("{}/{}", self.name(), v.name)),
+                    read_only: true,
+                });
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,44 @@
+//! Where things go on a member, decided once at pool creation and recorded
+//! in every label.
+
+use crate::error::{Error, Result};
+use crate::meta::codec::BLOCK_SIZE;
+use crate::meta::spacemap::pages_for;
+use crate::meta::superblock::MAX_MSM_PAGES;
+use crate::meta::MetaLayout;
+
+pub const MIB: u64 = 1 << 20;
+pub const DEFAULT_STRIPE_UNIT: u64 = 64 * 1024;
+/// Smallest member accepted.
+pub const MIN_MEMBER: u64 = 32 * MIB;
+const MIN_META_BLOCKS: u64 = 1024;
+
+#[derive(Clone, Debug)]
+pub struct MemberLayout {
+    pub meta: MetaLayout,
+    pub data_start: u64,
+}
+
+/// Size the metadata area for a member of `member_size` bytes: about 1/256
+/// of the member (4 MiB at least), enough for every chunk mapped several times over.
+pub fn plan(member_size: u64) -> Result<MemberLayout> {
+    if member_size < MIN_MEMBER {
+        return Err(Error::Invalid(format!(
+            "member of {} bytes is too small (at least {} MiB)",
+            member_size,
+            MIN_MEMBER / MIB
+        )));
+    }
+    let max_blocks = (MAX_MSM_PAGES as u64) * crate::meta::spacemap::ENTRIES_PER_PAGE as u64;
+    let meta_blocks = (member_size / 256 / BLOCK_SIZE as u64).clamp(MIN_META_BLOCKS, max_blocks);
+    let meta = MetaLayout { meta_offset: BLOCK_SIZE as u64, msm_pages: pages_for(meta_blocks), meta_blocks };
+    let data_start = (meta.meta_offset + meta.area_bytes()).div_ceil(MIB) * MIB;
+    Ok(MemberLayout { meta, data_start })
+}
+
+/// Data bytes a member holds: from `data_start` to before the backup label,
+/// rounded down to whole stripe units.
+pub fn member_data(member_size: u64, data_start: u64, stripe_unit: u64) -> u64 {
+    let end = (member_size / BLOCK_SIZE as u64 - 1) * BLOCK_SIZE as u64;
+    (end.saturating_sub(data_start) / stripe_unit) * stripe_unit
+}

@@ -1,0 +1,332 @@
+//! The pool facade: the one entry point for frontends. A [`Pool`] is a cheap
+//! shared handle, safe to use from many threads; volumes are reached by name
+//! and served through [`Volume`] handles.
+
+mod assemble;
+mod check;
+mod create;
+mod info;
+pub mod layout;
+pub mod names;
+mod volume;
+
+pub use assemble::group_by_pool;
+pub use check::CheckReport;
+pub use create::{read_label, write_label, CreateOptions};
+pub use info::{MemberInfo, PoolInfo, VolumeInfo};
+pub use volume::Volume;
+
+use crate::error::{Error, Result};
+use crate::meta::catalog::VolumeRecord;
+use crate::meta::label::{Label, PoolState};
+use crate::meta::store::now;
+use crate::thin::ThinPool;
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+pub(crate) struct Shared {
+    label: Label,
+    thin: ThinPool,
+    warnings: Vec<String>,
+    /// Serialises metadata operations (create, snapshot, remove...).
+    ops: Mutex<()>,
+}
+
+#[derive(Clone)]
+pub struct Pool {
+    pub(crate) s: Arc<Shared>,
+}
+
+impl Pool {
+    fn from_parts(label: Label, thin: ThinPool, warnings: Vec<String>) -> Pool {
+        Pool { s: Arc::new(Shared { label, thin, warnings, ops: Mutex::new(()) }) }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.s.label.pool_name
+    }
+
+    pub fn uuid(&self) -> uuid::Uuid {
+        uuid::Uuid::from_bytes(self.s.label.pool_uuid)
+    }
+
+    pub fn label(&self) -> &Label {
+        &self.s.label
+    }
+
+    /// Warnings from assembly (degraded, stale or foreign members...).
+    pub fn warnings(&self) -> &[String] {
+        &self.s.warnings
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.s.thin.chunk_size
+    }
+
+    pub(crate) fn thin(&self) -> &ThinPool {
+        &self.s.thin
+    }
+
+    /// Make every completed write durable (flush data, commit metadata).
+    pub fn commit(&self) -> Result<()> {
+        self.s.thin.commit()
+    }
+
+    /// Run a metadata operation: I/O paused, committed before returning.
+    fn metadata_op<T>(&self, f: impl FnOnce(&ThinPool) -> Result<T>) -> Result<T> {
+        let _ops = self.s.ops.lock();
+        let thin = &self.s.thin;
+        let _gate = thin.gate.write();
+        let out = f(thin)?;
+        thin.commit_locked()?;
+        Ok(out)
+    }
+
+    fn record(&self, volume: &str, snapshot: Option<&str>) -> Result<VolumeRecord> {
+        let meta = self.s.thin.meta.read();
+        let cat = meta.catalog();
+        let vol = cat
+            .volumes
+            .iter()
+            .find(|r| r.snapshot_of.is_none() && r.name == volume)
+            .ok_or_else(|| Error::NotFound(format!("volume '{}/{volume}' (see `vpool vol list`)", self.name())))?;
+        match snapshot {
+            None => Ok(vol.clone()),
+            Some(s) => cat
+                .volumes
+                .iter()
+                .find(|r| r.snapshot_of == Some(vol.id) && r.name == s)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::NotFound(format!("snapshot '{}/{volume}@{s}' (see `vpool snap list`)", self.name()))
+                }),
+        }
+    }
+
+    pub(crate) fn record_by_id(&self, id: u64) -> Option<VolumeRecord> {
+        let meta = self.s.thin.meta.read();
+        meta.catalog().volumes.iter().find(|r| r.id == id).cloned()
+    }
+
+    fn check_room_for(&self, size: u64) -> Result<Vec<String>> {
+        let info = self.info();
+        let mut warnings = Vec::new();
+        if info.virtual_bytes + size > info.capacity {
+            warnings.push(format!(
+                "pool '{}' is overprovisioned: volumes total {} bytes on {} bytes of space; writes fail with ENOSPC if it fills",
+                self.name(),
+                info.virtual_bytes + size,
+                info.capacity
+            ));
+        }
+        Ok(warnings)
+    }
+
+    fn add_record(&self, thin: &ThinPool, rec_fn: impl FnOnce(u64) -> VolumeRecord) -> Result<u64> {
+        let mut meta = thin.meta.write();
+        let id = meta.next_volume_id;
+        meta.next_volume_id += 1;
+        meta.catalog_mut().volumes.push(rec_fn(id));
+        Ok(id)
+    }
+
+    /// Create a thin volume. Returns warnings (overprovisioning).
+    pub fn create_volume(&self, name: &str, size: u64) -> Result<Vec<String>> {
+        names::validate("volume", name)?;
+        check_size(size)?;
+        if self.record(name, None).is_ok() {
+            return Err(Error::Exists(format!("volume '{}/{name}'", self.name())));
+        }
+        let warnings = self.check_room_for(size)?;
+        self.metadata_op(|thin| {
+            let id = self.add_record(thin, |id| new_record(id, name, None, None, size))?;
+            thin.create_volume(id)
+        })?;
+        Ok(warnings)
+    }
+
+    /// Take a read-only snapshot of a volume: O(1), shares every chunk.
+    pub fn snapshot(&self, volume: &str, snap: &str) -> Result<()> {
+        names::validate("snapshot", snap)?;
+        let vol = self.record(volume, None)?;
+        if self.record(volume, Some(snap)).is_ok() {
+            return Err(Error::Exists(format!("snapshot '{}/{volume}@{snap}'", self.name())));
+        }
+        self.metadata_op(|thin| {
+            let id = self.add_record(thin, |id| new_record(id, snap, Some(vol.id), None, vol.size))?;
+            thin.share_volume(vol.id, id)
+        })
+    }
+
+    /// A writable volume sharing every chunk of a snapshot (or volume).
+    pub fn clone_volume(&self, volume: &str, snap: Option<&str>, new: &str) -> Result<()> {
+        names::validate("volume", new)?;
+        let src = self.record(volume, snap)?;
+        if self.record(new, None).is_ok() {
+            return Err(Error::Exists(format!("volume '{}/{new}'", self.name())));
+        }
+        let from = match snap {
+            Some(s) => format!("{volume}@{s}"),
+            None => volume.to_string(),
+        };
+        self.metadata_op(|thin| {
+            let id = self.add_record(thin, |id| new_record(id, new, None, Some(from), src.size))?;
+            thin.share_volume(src.id, id)
+        })
+    }
+
+    /// Return a volume to a snapshot's contents and size. Other snapshots,
+    /// older or newer, are kept.
+    pub fn rollback(&self, volume: &str, snap: &str) -> Result<()> {
+        let vol = self.record(volume, None)?;
+        let s = self.record(volume, Some(snap))?;
+        self.metadata_op(|thin| {
+            thin.replace_volume(vol.id, s.id)?;
+            set_size(thin, vol.id, s.size);
+            Ok(())
+        })
+    }
+
+    /// Grow or shrink. Shrinking drops data beyond the new end, so it needs
+    /// `force` when any is mapped there. Snapshots keep their own size.
+    pub fn resize(&self, volume: &str, size: u64, force: bool) -> Result<()> {
+        check_size(size)?;
+        let vol = self.record(volume, None)?;
+        if size < vol.size {
+            let cs = self.chunk_size();
+            let mapped = self.s.thin.mapped_chunks(vol.id, size / cs, u64::MAX)?;
+            if !mapped.is_empty() && !force {
+                return Err(Error::Invalid(format!(
+                    "shrinking '{}/{volume}' from {} to {} bytes discards data written beyond the new end \
+                     ({} chunks); take a snapshot first if you need it, then repeat with --force",
+                    self.name(),
+                    vol.size,
+                    size,
+                    mapped.len()
+                )));
+            }
+        }
+        self.metadata_op(|thin| {
+            if size < vol.size {
+                thin.truncate(vol.id, size)?;
+            }
+            set_size(thin, vol.id, size);
+            Ok(())
+        })
+    }
+
+    /// Remove a volume. With snapshots it needs `recursive` (removes them too).
+    /// Clones are independent and stay.
+    pub fn remove_volume(&self, volume: &str, recursive: bool) -> Result<()> {
+        let vol = self.record(volume, None)?;
+        let snaps: Vec<VolumeRecord> = self.snapshots_of(vol.id);
+        if !snaps.is_empty() && !recursive {
+            return Err(Error::InUse(format!(
+                "volume '{}/{volume}' has {} snapshot(s) ({}); remove them first or pass --recursive",
+                self.name(),
+                snaps.len(),
+                snaps.iter().map(|s| s.name.clone()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        self.metadata_op(|thin| {
+            for r in snaps.iter().chain(std::iter::once(&vol)) {
+                thin.delete_volume(r.id)?;
+                thin.meta.write().catalog_mut().volumes.retain(|x| x.id != r.id);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn remove_snapshot(&self, volume: &str, snap: &str) -> Result<()> {
+        let s = self.record(volume, Some(snap))?;
+        self.metadata_op(|thin| {
+            thin.delete_volume(s.id)?;
+            thin.meta.write().catalog_mut().volumes.retain(|x| x.id != s.id);
+            Ok(())
+        })
+    }
+
+    fn snapshots_of(&self, id: u64) -> Vec<VolumeRecord> {
+        let meta = self.s.thin.meta.read();
+        meta.catalog().volumes.iter().filter(|r| r.snapshot_of == Some(id)).cloned().collect()
+    }
+
+    /// Open a volume (or, with `snap`, a read-only snapshot) for I/O.
+    pub fn volume(&self, volume: &str, snap: Option<&str>) -> Result<Volume> {
+        let r = self.record(volume, snap)?;
+        let name = match snap {
+            Some(s) => format!("{}/{volume}@{s}", self.name()),
+            None => format!("{}/{volume}", self.name()),
+        };
+        Ok(Volume::new(self.clone(), r.id, name, snap.is_some()))
+    }
+
+    /// Commit and mark every member exported: the pool may move to another host.
+    pub fn export(&self) -> Result<()> {
+        self.set_state(PoolState::Exported)
+    }
+
+    /// Mark an exported pool active again (after `import`).
+    pub fn activate(&self) -> Result<()> {
+        self.set_state(PoolState::Active)
+    }
+
+    fn set_state(&self, state: PoolState) -> Result<()> {
+        let _ops = self.s.ops.lock();
+        self.commit()?;
+        for (i, dev) in self.s.thin.array.members().iter().enumerate() {
+            if let Some(dev) = dev {
+                let mut l = self.s.label.clone();
+                l.member_index = i as u32;
+                l.member_uuid = l.members[i].uuid;
+                l.device_size = dev.size();
+                l.state = state;
+                write_label(dev, &l)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Erase the labels of every present member. The data is gone for vpool.
+    pub fn destroy(self) -> Result<()> {
+        let _ops = self.s.ops.lock();
+        let zero = vec![0u8; 4096];
+        for dev in self.s.thin.array.members().iter().flatten() {
+            let io = |e| Error::io(format!("erasing label on {}", dev.name()), e);
+            dev.write_at(&zero, 0).map_err(io)?;
+            dev.write_at(&zero, Label::backup_offset(dev.size())).map_err(io)?;
+            dev.write_at(&vec![0u8; 8192], self.s.label.meta_offset).map_err(io)?;
+            dev.flush().map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_size(size: u64) -> Result<()> {
+    if size == 0 || size % 4096 != 0 {
+        return Err(Error::Invalid(format!("volume size {size} must be a positive multiple of 4K")));
+    }
+    if size > 1 << 60 {
+        return Err(Error::Invalid("volume size above 1 EiB".into()));
+    }
+    Ok(())
+}
+
+fn set_size(thin: &ThinPool, id: u64, size: u64) {
+    let mut meta = thin.meta.write();
+    if let Some(r) = meta.catalog_mut().volumes.iter_mut().find(|r| r.id == id) {
+        r.size = size;
+    }
+}
+
+fn new_record(id: u64, name: &str, snapshot_of: Option<u64>, cloned_from: Option<String>, size: u64) -> VolumeRecord {
+    VolumeRecord {
+        id,
+        name: name.to_string(),
+        snapshot_of,
+        cloned_from,
+        size,
+        created: now(),
+        uuid: *uuid::Uuid::new_v4().as_bytes(),
+    }
+}

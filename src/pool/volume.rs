@@ -1,0 +1,139 @@
+//! A handle for I/O on one volume or snapshot. Cheap to clone; every call
+//! checks that the volume still exists and that the range is inside it.
+
+use super::Pool;
+use crate::error::{Error, Result};
+use crate::meta::codec::get_u64;
+
+#[derive(Clone)]
+pub struct Volume {
+    pool: Pool,
+    id: u64,
+    name: String,
+    read_only: bool,
+}
+
+impl Volume {
+    pub(crate) fn new(pool: Pool, id: u64, name: String, read_only: bool) -> Volume {
+        Volume { pool, id, name, read_only }
+    }
+
+    /// `pool/volume` or `pool/volume@snapshot`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Current size in bytes; an error once the volume is removed.
+    pub fn size(&self) -> Result<u64> {
+        self.pool
+            .record_by_id(self.id)
+            .map(|r| r.size)
+            .ok_or_else(|| Error::NotFound(format!("volume '{}' (it was removed)", self.name)))
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        let size = self.size()?;
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::Invalid(format!(
+                "I/O at {offset}+{len} is beyond the end of '{}' ({size} bytes)",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly(format!("snapshot '{}'", self.name)));
+        }
+        Ok(())
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let thin = self.pool.thin();
+        let _g = thin.io_guard();
+        self.check_range(offset, buf.len() as u64)?;
+        thin.read(self.id, offset, buf)
+    }
+
+    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
+        self.check_writable()?;
+        self.with_space_retry(|| {
+            let thin = self.pool.thin();
+            let _g = thin.io_guard();
+            self.check_range(offset, data.len() as u64)?;
+            thin.write(self.id, offset, data)
+        })
+    }
+
+    /// Release a range: it reads as zeros, whole chunks return to the pool.
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        self.with_space_retry(|| {
+            let thin = self.pool.thin();
+            let _g = thin.io_guard();
+            self.check_range(offset, len)?;
+            thin.discard(self.id, offset, len)
+        })
+    }
+
+    /// Zero a range. Whole chunks are unmapped (thin: zeros cost nothing).
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.discard(offset, len)
+    }
+
+    /// Make every completed write durable.
+    pub fn flush(&self) -> Result<()> {
+        self.pool.commit()
+    }
+
+    /// A write that ran out of space is retried once after a commit, which
+    /// makes chunks released in the running transaction reusable.
+    fn with_space_retry(&self, f: impl Fn() -> Result<()>) -> Result<()> {
+        let r = match f() {
+            Err(Error::NoSpace { .. }) if self.pool.thin().meta.read().data.pending_free() > 0 => {
+                self.pool.commit()?;
+                f()
+            }
+            r => r,
+        };
+        if r.is_ok() {
+            self.pool.thin().maybe_commit()?;
+        }
+        r
+    }
+
+    /// Mapped byte ranges (merged), in order: what holds data.
+    pub fn mapped_ranges(&self) -> Result<Vec<(u64, u64)>> {
+        let thin = self.pool.thin();
+        let _g = thin.io_guard();
+        let size = self.size()?;
+        let cs = thin.chunk_size;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for k in thin.mapped_chunks(self.id, 0, size.div_ceil(cs))? {
+            let start = k * cs;
+            let len = cs.min(size - start);
+            match out.last_mut() {
+                Some(last) if last.0 + last.1 == start => last.1 += len,
+                _ => out.push((start, len)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Physical chunk behind a virtual chunk (for tests and tools).
+    pub fn physical_chunk(&self, vchunk: u64) -> Result<Option<u64>> {
+        let thin = self.pool.thin();
+        let meta = thin.meta.read();
+        let root = meta.volume_root(self.id)?.root;
+        Ok(crate::meta::btree::lookup(&*meta, root, vchunk)?.map(|(v, _)| get_u64(&v, 0)))
+    }
+}

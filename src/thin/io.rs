@@ -1,0 +1,260 @@
+//! The thin data path. Locking, from outside in:
+//! - `gate` (read) for every I/O; metadata operations and commits take it for
+//!   write, so they see no I/O half done;
+//! - a per-(volume, chunk) lock, so a chunk's mapping changes under one writer;
+//! - `meta` (RwLock) only around mapping look-ups and updates, never around
+//!   data transfers. I/O to different chunks and volumes runs in parallel.
+
+use crate::error::{Error, Result};
+use crate::meta::btree;
+use crate::meta::codec::{get_u64, put_u64};
+use crate::meta::store::{mapping_spec, MetaStore};
+use crate::meta::VolumeRoot;
+use crate::raid::Array;
+use parking_lot::{RwLock, RwLockReadGuard};
+
+const CHUNK_LOCKS: usize = 1024;
+/// Commit on our own once this many metadata blocks are dirty (bounds memory).
+pub const AUTO_COMMIT_NODES: usize = 8192;
+/// Metadata blocks kept free so a commit can always complete.
+const META_RESERVE: u64 = 128;
+
+pub struct ThinPool {
+    pub array: Array,
+    pub meta: RwLock<MetaStore>,
+    pub gate: RwLock<()>,
+    chunk_locks: Vec<RwLock<()>>,
+    pub chunk_size: u64,
+}
+
+/// A physical mapping: chunk number and whether it may be overwritten in place.
+struct Mapping {
+    phys: u64,
+    exclusive: bool,
+}
+
+fn encode_mapping(phys: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    put_u64(&mut v, 0, phys);
+    v
+}
+
+impl ThinPool {
+    pub fn new(array: Array, meta: MetaStore, chunk_size: u64) -> ThinPool {
+        ThinPool {
+            array,
+            meta: RwLock::new(meta),
+            gate: RwLock::new(()),
+            chunk_locks: (0..CHUNK_LOCKS).map(|_| RwLock::new(())).collect(),
+            chunk_size,
+        }
+    }
+
+    fn chunk_lock(&self, vol: u64, vchunk: u64) -> &RwLock<()> {
+        let h = vol.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ vchunk.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        &self.chunk_locks[(h >> 20) as usize % CHUNK_LOCKS]
+    }
+
+    fn lookup(&self, vol: u64, vchunk: u64) -> Result<Option<Mapping>> {
+        let meta = self.meta.read();
+        let root = meta.volume_root(vol)?.root;
+        Ok(btree::lookup(&*meta, root, vchunk)?.map(|(v, path_shared)| {
+            let phys = get_u64(&v, 0);
+            Mapping { phys, exclusive: !path_shared && meta.data.exclusive(phys) }
+        }))
+    }
+
+    /// Pieces of `[offset, offset+len)` as (virtual chunk, offset in chunk, length).
+    fn pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> {
+        let cs = self.chunk_size;
+        let end = offset + len;
+        let mut pos = offset;
+        std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let within = pos % cs;
+            let n = (cs - within).min(end - pos);
+            let item = (pos / cs, within, n);
+            pos += n;
+            Some(item)
+        })
+    }
+
+    pub fn io_guard(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read()
+    }
+
+    /// Read; unmapped ranges read as zeros. Caller holds `io_guard`.
+    pub fn read(&self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut done = 0usize;
+        for (vchunk, within, n) in self.pieces(offset, buf.len() as u64) {
+            let piece = &mut buf[done..done + n as usize];
+            let _l = self.chunk_lock(vol, vchunk).read();
+            match self.lookup(vol, vchunk)? {
+                Some(m) => self
+                    .array
+                    .read(m.phys * self.chunk_size + within, piece)
+                    .map_err(|e| Error::io("reading data", e))?,
+                None => piece.fill(0),
+            }
+            done += n as usize;
+        }
+        Ok(())
+    }
+
+    /// Write. Caller holds `io_guard`.
+    pub fn write(&self, vol: u64, offset: u64, data: &[u8]) -> Result<()> {
+        let mut done = 0usize;
+        for (vchunk, within, n) in self.pieces(offset, data.len() as u64) {
+            self.write_piece(vol, vchunk, within, &data[done..done + n as usize])?;
+            done += n as usize;
+        }
+        Ok(())
+    }
+
+    fn write_piece(&self, vol: u64, vchunk: u64, within: u64, data: &[u8]) -> Result<()> {
+        let cs = self.chunk_size;
+        let _l = self.chunk_lock(vol, vchunk).write();
+        let old = self.lookup(vol, vchunk)?;
+        if let Some(m) = &old {
+            if m.exclusive {
+                return self
+                    .array
+                    .write(m.phys * cs + within, data)
+                    .map_err(|e| Error::io("writing data", e));
+            }
+        }
+        // Allocate a fresh chunk and write it whole: a full stripe on RAID5.
+        let newc = {
+            let mut meta = self.meta.write();
+            self.check_meta_room(&meta)?;
+            meta.data_alloc()?
+        };
+        let result = (|| {
+            let mut full;
+            let buf: &[u8] = if data.len() as u64 == cs {
+                data
+            } else {
+                full = vec![0u8; cs as usize];
+                if let Some(m) = &old {
+                    self.array
+                        .read(m.phys * cs, &mut full)
+                        .map_err(|e| Error::io("reading data for copy-on-write", e))?;
+                }
+                full[within as usize..within as usize + data.len()].copy_from_slice(data);
+                &full
+            };
+            self.array.write(newc * cs, buf).map_err(|e| Error::io("writing data", e))
+        })();
+        let mut meta = self.meta.write();
+        if let Err(e) = result {
+            meta.data_dec(newc)?;
+            return Err(e);
+        }
+        self.set_mapping(&mut meta, vol, vchunk, Some(newc))
+    }
+
+    fn check_meta_room(&self, meta: &MetaStore) -> Result<()> {
+        let msm = meta.msm();
+        let reserve = META_RESERVE + meta.data.overlay.len() as u64 / 64;
+        if msm.blocks() - 1 - msm.used() < reserve {
+            return Err(Error::NoSpace {
+                pool: meta.catalog().pool_name.clone(),
+                detail: format!(
+                    "the metadata area is full ({} of {} blocks used); remove snapshots or volumes",
+                    msm.used(),
+                    msm.blocks()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Point `vchunk` of `vol` at `phys` (or unmap it), releasing the old chunk.
+    fn set_mapping(&self, meta: &mut MetaStore, vol: u64, vchunk: u64, phys: Option<u64>) -> Result<()> {
+        let spec = mapping_spec(vol);
+        let mut vr = meta.volume_root(vol)?;
+        let (root, old) = match phys {
+            Some(p) => btree::insert(meta, &spec, vr.root, vchunk, &encode_mapping(p))?,
+            None => btree::remove(meta, &spec, vr.root, vchunk)?,
+        };
+        match (&old, phys) {
+            (None, Some(_)) => vr.mapped += 1,
+            (Some(_), None) => vr.mapped = vr.mapped.saturating_sub(1),
+            _ => {}
+        }
+        if let Some(o) = old {
+            meta.data_dec(get_u64(&o, 0))?;
+        }
+        vr.root = root;
+        meta.set_volume_root(vol, vr)
+    }
+
+    /// Make `[offset, offset+len)` read as zeros, releasing whole chunks.
+    /// Caller holds `io_guard`.
+    pub fn discard(&self, vol: u64, offset: u64, len: u64) -> Result<()> {
+        let cs = self.chunk_size;
+        for (vchunk, within, n) in self.pieces(offset, len) {
+            if n == cs {
+                continue;
+            }
+            if self.lookup(vol, vchunk)?.is_some() {
+                self.write_piece(vol, vchunk, within, &vec![0u8; n as usize])?;
+            }
+        }
+        let first = offset.div_ceil(cs);
+        let last = (offset + len) / cs;
+        if first < last {
+            self.unmap_range(vol, first, last)?;
+        }
+        Ok(())
+    }
+
+    /// Unmap whole chunks `[first, last)`. Cost grows with what is mapped.
+    pub fn unmap_range(&self, vol: u64, first: u64, last: u64) -> Result<()> {
+        let keys = self.mapped_chunks(vol, first, last)?;
+        for k in keys {
+            let _l = self.chunk_lock(vol, k).write();
+            let mut meta = self.meta.write();
+            self.set_mapping(&mut meta, vol, k, None)?;
+        }
+        Ok(())
+    }
+
+    /// Mapped virtual chunks of `vol` in `[first, last)`.
+    pub fn mapped_chunks(&self, vol: u64, first: u64, last: u64) -> Result<Vec<u64>> {
+        let meta = self.meta.read();
+        let root = meta.volume_root(vol)?.root;
+        let mut keys = Vec::new();
+        btree::walk(&*meta, root, first, last, &mut |k, _, _| {
+            keys.push(k);
+            Ok(true)
+        })?;
+        Ok(keys)
+    }
+
+    /// Flush data, then commit metadata: everything written before is durable.
+    pub fn commit(&self) -> Result<()> {
+        let _g = self.gate.write();
+        self.commit_locked()
+    }
+
+    /// Commit when the caller already holds the gate for write.
+    pub fn commit_locked(&self) -> Result<()> {
+        self.array.flush().map_err(|e| Error::io("flushing data", e))?;
+        self.meta.write().commit()
+    }
+
+    /// Commit if the running transaction holds a lot of dirty metadata.
+    pub fn maybe_commit(&self) -> Result<()> {
+        if self.meta.read().dirty_nodes() > AUTO_COMMIT_NODES {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    pub fn volume_root(&self, vol: u64) -> Result<VolumeRoot> {
+        self.meta.read().volume_root(vol)
+    }
+}

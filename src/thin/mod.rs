@@ -1,0 +1,9 @@
+//! Thin layer: volumes as sparse maps from virtual chunks to physical chunks
+//! of the array. Chunks are allocated on first write, copied on write when
+//! shared with a snapshot or clone, and released on discard. Knows volumes by
+//! id only; names live in the pool facade.
+
+mod io;
+mod ops;
+
+pub use io::ThinPool;

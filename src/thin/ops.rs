@@ -1,0 +1,57 @@
+//! Volume-level thin operations: create, share (snapshot/clone), replace
+//! (rollback), delete, truncate. Each runs with the I/O gate held for write;
+//! the pool facade commits right after, so a metadata operation is never
+//! mixed with data writes in one transaction.
+
+use super::io::ThinPool;
+use crate::error::Result;
+use crate::meta::btree;
+use crate::meta::store::mapping_spec;
+use crate::meta::VolumeRoot;
+
+impl ThinPool {
+    /// Register an empty volume under `id`.
+    pub fn create_volume(&self, id: u64) -> Result<()> {
+        self.meta.write().set_volume_root(id, VolumeRoot::default())
+    }
+
+    /// Make `new` share every chunk of `src`: O(1), one reference on the root.
+    pub fn share_volume(&self, src: u64, new: u64) -> Result<()> {
+        let mut meta = self.meta.write();
+        let vr = meta.volume_root(src)?;
+        if vr.root != 0 {
+            meta.msm_mut().inc(vr.root);
+        }
+        meta.set_volume_root(new, vr)
+    }
+
+    /// Make `dst` an exact copy of `src` (rollback), dropping `dst`'s old map.
+    pub fn replace_volume(&self, dst: u64, src: u64) -> Result<()> {
+        let mut meta = self.meta.write();
+        let sr = meta.volume_root(src)?;
+        let old = meta.volume_root(dst)?;
+        if sr.root != 0 {
+            meta.msm_mut().inc(sr.root);
+        }
+        meta.set_volume_root(dst, sr)?;
+        btree::dec_tree(&mut *meta, &mapping_spec(dst), old.root)
+    }
+
+    /// Drop a volume; chunks nobody else references become free.
+    pub fn delete_volume(&self, id: u64) -> Result<()> {
+        self.meta.write().remove_volume_root(id)
+    }
+
+    /// Forget everything at or beyond byte `size` (shrink).
+    pub fn truncate(&self, id: u64, size: u64) -> Result<()> {
+        let cs = self.chunk_size;
+        if size % cs != 0 {
+            let vchunk = size / cs;
+            if !self.mapped_chunks(id, vchunk, vchunk + 1)?.is_empty() {
+                // Zero the tail of the last chunk so a later grow reads zeros.
+                self.write(id, size, &vec![0u8; (cs - size % cs) as usize])?;
+            }
+        }
+        self.unmap_range(id, size.div_ceil(cs), u64::MAX)
+    }
+}
