@@ -52,3 +52,73 @@ fn write_snapshot_clone_rollback_reopen() {
         assert_eq!(pool.info().allocated, 0, "{level}: all space returned");
     }
 }
+
+/// Enough chunks for multi-level B-trees: snapshot, overwrite, discard,
+/// remove, and every count still adds up.
+#[test]
+fn deep_trees_share_and_free_correctly() {
+    let (pool, _devs) = small_pool(RaidLevel::Raid1, 400 * MIB);
+    let size = 160 * MIB;
+    pool.create_volume("big", size).unwrap();
+    let v = pool.volume("big", None).unwrap();
+    let data = pattern(size as usize, 9);
+    for (i, piece) in data.chunks(MIB as usize).enumerate() {
+        v.write_at(piece, i as u64 * MIB).unwrap();
+    }
+    pool.snapshot("big", "s").unwrap();
+    let chunk = pool.chunk_size();
+    let mut expect = data.clone();
+    // Overwrite every third chunk: copy-on-write splits shared leaves.
+    for c in (0..size / chunk).step_by(3) {
+        let d = pattern(100, c);
+        v.write_at(&d, c * chunk + 7).unwrap();
+        expect[(c * chunk + 7) as usize..(c * chunk + 107) as usize].copy_from_slice(&d);
+    }
+    v.discard(10 * MIB, 30 * MIB).unwrap();
+    expect[10 * MIB as usize..40 * MIB as usize].fill(0);
+    let mut got = vec![0u8; size as usize];
+    v.read_at(&mut got, 0).unwrap();
+    assert!(got == expect);
+    let s = pool.volume("big", Some("s")).unwrap();
+    s.read_at(&mut got, 0).unwrap();
+    assert!(got == data);
+    let r = pool.check(false).unwrap();
+    assert!(r.clean(), "{r:?}");
+    assert!(r.blocks_checked > 200, "trees should span many nodes: {}", r.blocks_checked);
+    pool.remove_snapshot("big", "s").unwrap();
+    pool.remove_volume("big", false).unwrap();
+    let r = pool.check(false).unwrap();
+    assert!(r.clean(), "{r:?}");
+    assert_eq!(pool.info().allocated, 0);
+}
+
+#[test]
+fn full_pool_gives_enospc_and_recovers() {
+    let (pool, _devs) = small_pool(RaidLevel::Raid0, 40 * MIB);
+    let cap = pool.info().capacity;
+    let warnings = pool.create_volume("a", cap * 2).unwrap();
+    assert!(warnings.iter().any(|w| w.contains("overprovisioned")));
+    let v = pool.volume("a", None).unwrap();
+    let block = vec![0xabu8; MIB as usize];
+    let mut written = 0u64;
+    let err = loop {
+        match v.write_at(&block, written) {
+            Ok(()) => written += MIB,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, Error::NoSpace { .. }), "{err}");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    assert!(written + MIB >= cap - 4 * MIB);
+    // What was written is intact.
+    let mut got = vec![0u8; MIB as usize];
+    for off in (0..written).step_by(MIB as usize) {
+        v.read_at(&mut got, off).unwrap();
+        assert!(got == block);
+    }
+    // Discard frees space; writing works again.
+    v.discard(0, 8 * MIB).unwrap();
+    v.write_at(&block, written).unwrap();
+    let r = pool.check(false).unwrap();
+    assert!(r.clean(), "{r:?}");
+}

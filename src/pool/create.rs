@@ -110,7 +110,8 @@ impl Pool {
         let sizes: Vec<u64> = devices.iter().map(|d| d.size()).collect();
         let min = sizes.iter().copied().min().unwrap_or(0);
         let max = sizes.iter().copied().max().unwrap_or(0);
-        let lay = plan(min)?;
+        let basis: u64 = if level == RaidLevel::Linear { sizes.iter().sum() } else { min };
+        let lay = plan(min, basis / su)?;
         if level != RaidLevel::Linear && max > min + min / 10 {
             warnings.push(format!(
                 "members differ in size ({} to {} bytes); {level} uses {} bytes of each",

@@ -19,9 +19,14 @@ pub struct MemberLayout {
     pub data_start: u64,
 }
 
-/// Size the metadata area for a member of `member_size` bytes: about 1/256
-/// of the member (4 MiB at least), enough for every chunk mapped several times over.
-pub fn plan(member_size: u64) -> Result<MemberLayout> {
+/// Metadata bytes reserved per data chunk: a mapping entry costs 16 bytes
+/// and a reference count 12, so this leaves room for each chunk to be mapped
+/// by several diverged snapshots.
+pub const META_BYTES_PER_CHUNK: u64 = 256;
+
+/// Size the metadata area for the smallest member of `member_size` bytes in
+/// a pool of about `chunks` data chunks (4 MiB at least).
+pub fn plan(member_size: u64, chunks: u64) -> Result<MemberLayout> {
     if member_size < MIN_MEMBER {
         return Err(Error::Invalid(format!(
             "member of {} bytes is too small (at least {} MiB)",
@@ -30,9 +35,15 @@ pub fn plan(member_size: u64) -> Result<MemberLayout> {
         )));
     }
     let max_blocks = (MAX_MSM_PAGES as u64) * crate::meta::spacemap::ENTRIES_PER_PAGE as u64;
-    let meta_blocks = (member_size / 256 / BLOCK_SIZE as u64).clamp(MIN_META_BLOCKS, max_blocks);
+    let meta_blocks = (chunks * META_BYTES_PER_CHUNK / BLOCK_SIZE as u64).clamp(MIN_META_BLOCKS, max_blocks);
     let meta = MetaLayout { meta_offset: BLOCK_SIZE as u64, msm_pages: pages_for(meta_blocks), meta_blocks };
     let data_start = (meta.meta_offset + meta.area_bytes()).div_ceil(MIB) * MIB;
+    if data_start + MIB > member_size {
+        return Err(Error::Invalid(format!(
+            "member of {member_size} bytes cannot hold {} MiB of metadata and data; use larger members or a larger --stripe-unit",
+            data_start / MIB
+        )));
+    }
     Ok(MemberLayout { meta, data_start })
 }
 

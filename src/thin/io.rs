@@ -157,7 +157,7 @@ impl ThinPool {
 
     fn check_meta_room(&self, meta: &MetaStore) -> Result<()> {
         let msm = meta.msm();
-        let reserve = META_RESERVE + meta.data.overlay.len() as u64 / 64;
+        let reserve = META_RESERVE + meta.data.overlay.len() as u64 / 128;
         if msm.blocks() - 1 - msm.used() < reserve {
             return Err(Error::NoSpace {
                 pool: meta.catalog().pool_name.clone(),
