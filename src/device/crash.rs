@@ -2,12 +2,28 @@
 //! `flush`, like a disk's write cache. [`CrashSim::crash`] cuts power: each
 //! unflushed write independently survives or is lost, and the last one may be
 //! torn (only a prefix of its 512-byte sectors lands). Tests reopen the pool
-//! on what survived.
+//! on what survived. A cut can also be armed to happen at the N-th write over
+//! all members: from then on writes and flushes are silently lost, exactly as
+//! if the power failed in the middle of whatever the pool was doing.
 
 use super::{check_range, BlockDevice, MemDevice};
 use parking_lot::Mutex;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// Write counter and armed cut point shared by the members of one simulation.
+#[derive(Default)]
+struct Power {
+    writes: AtomicU64,
+    cut_at: AtomicU64,
+}
+
+impl Power {
+    fn off(&self) -> bool {
+        self.writes.load(Ordering::SeqCst) >= self.cut_at.load(Ordering::SeqCst)
+    }
+}
 
 struct State {
     durable: Vec<u8>,
@@ -19,13 +35,15 @@ struct State {
 pub struct CrashDevice {
     name: String,
     state: Mutex<State>,
+    power: Arc<Power>,
 }
 
 impl CrashDevice {
-    fn new(name: &str, size: u64) -> CrashDevice {
+    fn new(name: &str, size: u64, power: Arc<Power>) -> CrashDevice {
         CrashDevice {
             name: name.to_string(),
             state: Mutex::new(State { durable: vec![0; size as usize], pending: Vec::new() }),
+            power,
         }
     }
 }
@@ -58,11 +76,17 @@ impl BlockDevice for CrashDevice {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut st = self.state.lock();
         check_range(st.durable.len() as u64, offset, buf.len())?;
-        st.pending.push((offset, buf.to_vec()));
+        let n = self.power.writes.fetch_add(1, Ordering::SeqCst);
+        if n < self.power.cut_at.load(Ordering::SeqCst) {
+            st.pending.push((offset, buf.to_vec()));
+        }
         Ok(())
     }
 
     fn flush(&self) -> io::Result<()> {
+        if self.power.off() {
+            return Ok(());
+        }
         let mut st = self.state.lock();
         let pending = std::mem::take(&mut st.pending);
         for (off, data) in pending {
@@ -80,14 +104,37 @@ impl BlockDevice for CrashDevice {
 /// A set of crash-simulating members and a deterministic random source.
 pub struct CrashSim {
     pub devices: Vec<Arc<CrashDevice>>,
+    power: Arc<Power>,
     rng: u64,
 }
 
 impl CrashSim {
     pub fn new(count: usize, size: u64, seed: u64) -> CrashSim {
-        let devices =
-            (0..count).map(|i| Arc::new(CrashDevice::new(&format!("crash{i}"), size))).collect();
-        CrashSim { devices, rng: seed | 1 }
+        let power = Arc::new(Power { writes: AtomicU64::new(0), cut_at: AtomicU64::new(u64::MAX) });
+        let devices = (0..count)
+            .map(|i| Arc::new(CrashDevice::new(&format!("crash{i}"), size, power.clone())))
+            .collect();
+        CrashSim { devices, power, rng: seed | 1 }
+    }
+
+    /// Writes issued so far over all members.
+    pub fn writes(&self) -> u64 {
+        self.power.writes.load(Ordering::SeqCst)
+    }
+
+    /// Lose power once `n` more writes have been issued.
+    pub fn cut_after(&self, n: u64) {
+        self.power.cut_at.store(self.writes() + n, Ordering::SeqCst);
+    }
+
+    /// Has the armed cut happened?
+    pub fn power_lost(&self) -> bool {
+        self.power.off()
+    }
+
+    /// A random number (deterministic per seed).
+    pub fn random(&mut self) -> u64 {
+        self.next()
     }
 
     fn next(&mut self) -> u64 {

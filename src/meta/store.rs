@@ -108,6 +108,8 @@ pub struct MetaStore {
     pool_name: String,
     /// Damaged or unreadable superblock copies seen at open.
     pub superblock_problems: Vec<String>,
+    /// What open did to recover from an interrupted commit.
+    pub recovery_notes: Vec<String>,
 }
 
 fn corrupt(what: String) -> Error {
@@ -162,6 +164,7 @@ impl MetaStore {
             data: DataSpace::new(data_chunks),
             pool_name: String::new(),
             superblock_problems: Vec::new(),
+            recovery_notes: Vec::new(),
         }
     }
 
@@ -270,7 +273,11 @@ impl MetaStore {
         s.catalog_head = sb.catalog_head;
         s.catalog_bytes = sb.catalog_bytes;
         s.next_volume_id = sb.next_volume_id;
-        s.superblock_problems = problems;
+        // Stale slots (an older transaction where the newest belongs) are
+        // normal after a crash mid-commit, not damage.
+        s.superblock_problems =
+            problems.into_iter().filter(|p| !p.contains("belongs to another pool or slot")).collect();
+        s.bring_superblocks_up_to_date(&sb);
         s.member_states = sb.member_states.clone();
         s.member_states.resize(members, 0);
         s.committed = sb;
@@ -289,6 +296,28 @@ impl MetaStore {
             s.data.load(k, c);
         }
         Ok(s)
+    }
+
+    /// A commit interrupted between superblock copies leaves some copies one
+    /// transaction behind; rewrite them (best effort on read-only devices).
+    fn bring_superblocks_up_to_date(&mut self, sb: &Superblock) {
+        let off = Superblock::slot_offset(self.layout.meta_offset, sb.txid);
+        let bytes = sb.encode();
+        for idx in 0..self.mirror.copies().len() {
+            let (member, Some(dev)) = &self.mirror.copies()[idx] else { continue };
+            let mut b = vec![0u8; BLOCK_SIZE];
+            let current = dev.read_at(&mut b, off).is_ok()
+                && Superblock::decode(&b).map(|x| x.txid == sb.txid && x.pool_uuid == sb.pool_uuid).unwrap_or(false);
+            if !current {
+                let done = dev.write_at(&bytes, off).and_then(|_| dev.flush()).is_ok();
+                self.recovery_notes.push(format!(
+                    "superblock copy on member {member} ({}) was behind transaction {}{}",
+                    dev.name(),
+                    sb.txid,
+                    if done { "; brought up to date" } else { "; could not be rewritten" }
+                ));
+            }
+        }
     }
 
     pub fn layout(&self) -> &MetaLayout {
