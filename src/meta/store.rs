@@ -262,7 +262,7 @@ impl MetaStore {
                 Header::validate(blk, BlockKind::SpaceMap, nr, tag, sb.txid).map(|_| ())
             };
             s.mirror
-                .read_valid(layout.msm_slot_offset(p, slot), &mut b, &mut check)
+                .read_valid(&format!("space-map page {p}"), layout.msm_slot_offset(p, slot), &mut b, &mut check)
                 .map_err(|e| corrupt(format!("space-map page {p}: {e}")))?;
             MetaSpaceMap::decode_page(&b, p, &mut counts).map_err(corrupt)?;
         }
@@ -430,7 +430,7 @@ impl MetaStore {
             Ok(())
         };
         self.mirror
-            .read_valid(self.layout.block_offset(b), &mut buf, &mut check)
+            .read_valid(&format!("metadata block {b} ({kind:?})"), self.layout.block_offset(b), &mut buf, &mut check)
             .map_err(|e| corrupt(format!("metadata block {b} ({kind:?}): {e}")))?;
         Ok(buf)
     }

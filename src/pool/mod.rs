@@ -251,6 +251,17 @@ impl Pool {
         meta.catalog().volumes.iter().filter(|r| r.snapshot_of == Some(id)).cloned().collect()
     }
 
+    /// Root block of a volume's mapping tree (for `inspect` and tests).
+    pub fn mapping_root(&self, volume: &str, snap: Option<&str>) -> Result<u64> {
+        let r = self.record(volume, snap)?;
+        Ok(self.s.thin.volume_root(r.id)?.root)
+    }
+
+    /// Byte offset of metadata block `b` on each metadata copy.
+    pub fn metadata_block_offset(&self, b: u64) -> u64 {
+        self.s.thin.meta.read().layout().block_offset(b)
+    }
+
     /// Open a volume (or, with `snap`, a read-only snapshot) for I/O.
     pub fn volume(&self, volume: &str, snap: Option<&str>) -> Result<Volume> {
         let r = self.record(volume, snap)?;

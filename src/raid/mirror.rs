@@ -65,7 +65,13 @@ impl MetaMirror {
     /// Read `buf.len()` bytes at `offset` from the first copy the validator
     /// accepts; repair copies that were rejected. Errors list every copy's
     /// failure.
-    pub fn read_valid(&self, offset: u64, buf: &mut [u8], valid: Validator) -> Result<(), String> {
+    pub fn read_valid(
+        &self,
+        what: &str,
+        offset: u64,
+        buf: &mut [u8],
+        valid: Validator,
+    ) -> Result<(), String> {
         let mut failures = Vec::new();
         let mut bad = Vec::new();
         for (member, dev) in &self.copies {
@@ -83,7 +89,7 @@ impl MetaMirror {
                                 }
                                 Err(e) => format!("not rewritten: {e}"),
                             };
-                            events.push(format!("{why} at offset {offset}; {outcome}"));
+                            events.push(format!("{what}: copy on {why}; {outcome}"));
                         }
                         return Ok(());
                     }
