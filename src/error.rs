@@ -7,7 +7,7 @@ use std::io;
 pub enum Error {
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
-    #[error("{0} not found")]
+    #[error("{0}")]
     NotFound(String),
     #[error("{0} already exists")]
     Exists(String),
@@ -31,7 +31,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(context: impl Into<String>, source: io::Error) -> Error {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// The errno a block or file client should see.

@@ -3,12 +3,14 @@
 //! CLI sits on the pool facade.
 
 pub mod device;
-pub mod raid;
 pub mod error;
 pub mod meta;
+pub mod raid;
 
 pub use error::{Error, Result};
-pub mod thin;
 pub mod pool;
+pub mod thin;
 
 pub use pool::{CreateOptions, Pool, Volume};
+pub mod cli;
+pub mod state;

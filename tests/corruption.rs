@@ -42,10 +42,19 @@ fn damaged_label_copy_is_named_and_rewritten() {
     let (devs, data, _, _) = setup();
     flip(&devs[0], 200);
     let pool = Pool::open(refs(&devs)).unwrap();
-    assert!(pool.warnings().iter().any(|w| w.contains("label copy at the start is damaged")), "{:?}", pool.warnings());
+    assert!(
+        pool.warnings()
+            .iter()
+            .any(|w| w.contains("label copy at the start is damaged")),
+        "{:?}",
+        pool.warnings()
+    );
     assert_eq!(read_all(&pool).unwrap(), data);
     let r = pool.check(false).unwrap();
-    assert!(r.damaged_copies.iter().any(|d| d.contains("label")), "{r:?}");
+    assert!(
+        r.damaged_copies.iter().any(|d| d.contains("label")),
+        "{r:?}"
+    );
     drop(pool);
     // Rewritten on open: a second open sees no damage.
     let pool = Pool::open(refs(&devs)).unwrap();
@@ -59,7 +68,12 @@ fn damaged_superblock_copy_opens_from_the_other() {
     let pool = Pool::open(refs(&devs)).unwrap();
     assert_eq!(read_all(&pool).unwrap(), data);
     let r = pool.check(false).unwrap();
-    assert!(r.damaged_copies.iter().any(|d| d.contains("superblock") && d.contains("checksum")), "{r:?}");
+    assert!(
+        r.damaged_copies
+            .iter()
+            .any(|d| d.contains("superblock") && d.contains("checksum")),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -71,7 +85,9 @@ fn damaged_node_copy_is_repaired_from_the_mirror() {
     assert_eq!(read_all(&pool).unwrap(), data);
     let r = pool.check(false).unwrap();
     assert!(
-        r.damaged_copies.iter().any(|d| d.contains("metadata block") && d.contains("checksum") && d.contains("rewritten")),
+        r.damaged_copies.iter().any(|d| d.contains("metadata block")
+            && d.contains("checksum")
+            && d.contains("rewritten")),
         "{r:?}"
     );
     assert!(r.errors.is_empty());
@@ -82,7 +98,12 @@ fn damaged_node_copy_is_repaired_from_the_mirror() {
     flip(&devs[1], node_off + 300);
     let pool = Pool::open(refs(&devs)).unwrap();
     let r = pool.check(false).unwrap();
-    assert!(r.damaged_copies.iter().any(|d| d.contains("metadata block") && d.contains("member 1")), "{r:?}");
+    assert!(
+        r.damaged_copies
+            .iter()
+            .any(|d| d.contains("metadata block") && d.contains("member 1")),
+        "{r:?}"
+    );
     pool.check(true).unwrap();
     drop(pool);
     let pool = Pool::open(refs(&devs)).unwrap();

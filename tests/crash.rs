@@ -17,7 +17,10 @@ type Model = BTreeMap<String, Vec<u8>>;
 type Dirty = BTreeMap<String, Vec<(usize, usize)>>;
 
 fn iterations() -> u64 {
-    std::env::var("VPOOL_CRASH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1200)
+    std::env::var("VPOOL_CRASH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1200)
 }
 
 fn one_run(level: RaidLevel, seed: u64) {
@@ -43,52 +46,55 @@ fn one_run(level: RaidLevel, seed: u64) {
         let name = names[(r as usize / 7) % names.len()].clone();
         let mut commits = false;
         let outcome: vpool::Result<()> = (|| {
-        match r % 10 {
-            0..=5 => {
-                let len = model[&name].len();
-                let off = (sim.random() as usize) % len;
-                let l = ((sim.random() as usize) % 70_000 + 1).min(len - off);
-                let data = pattern(l, r);
-                pool.volume(&name, None)?.write_at(&data, off as u64)?;
-                model.get_mut(&name).unwrap()[off..off + l].copy_from_slice(&data);
-                dirty.entry(name).or_default().push((off, off + l));
-            }
-            6 => {
-                let len = model[&name].len();
-                let off = (sim.random() as usize) % len;
-                let l = ((sim.random() as usize) % 300_000 + 1).min(len - off);
-                pool.volume(&name, None)?.discard(off as u64, l as u64)?;
-                model.get_mut(&name).unwrap()[off..off + l].fill(0);
-                dirty.entry(name).or_default().push((off, off + l));
-            }
-            7 => {
-                commits = true;
-                pool.commit()?;
-            }
-            8 => {
-                // A snapshot is a new volume-like entity we track as a clone.
-                let new = format!("c{step}");
-                commits = true;
-                pool.snapshot(&name, &format!("s{step}"))?;
-                let content = model[&name].clone();
-                model.insert(new.clone(), content);
-                pool.clone_volume(&name, Some(&format!("s{step}")), &new)?;
-                pool.remove_snapshot(&name, &format!("s{step}"))?;
-            }
-            _ => {
-                commits = true;
-                if model.len() > 1 {
-                    model.remove(&name);
-                    pool.remove_volume(&name, true)?;
-                } else {
+            match r % 10 {
+                0..=5 => {
+                    let len = model[&name].len();
+                    let off = (sim.random() as usize) % len;
+                    let l = ((sim.random() as usize) % 70_000 + 1).min(len - off);
+                    let data = pattern(l, r);
+                    pool.volume(&name, None)?.write_at(&data, off as u64)?;
+                    model.get_mut(&name).unwrap()[off..off + l].copy_from_slice(&data);
+                    dirty.entry(name).or_default().push((off, off + l));
+                }
+                6 => {
+                    let len = model[&name].len();
+                    let off = (sim.random() as usize) % len;
+                    let l = ((sim.random() as usize) % 300_000 + 1).min(len - off);
+                    pool.volume(&name, None)?.discard(off as u64, l as u64)?;
+                    model.get_mut(&name).unwrap()[off..off + l].fill(0);
+                    dirty.entry(name).or_default().push((off, off + l));
+                }
+                7 => {
+                    commits = true;
                     pool.commit()?;
                 }
+                8 => {
+                    // A snapshot is a new volume-like entity we track as a clone.
+                    let new = format!("c{step}");
+                    commits = true;
+                    pool.snapshot(&name, &format!("s{step}"))?;
+                    let content = model[&name].clone();
+                    model.insert(new.clone(), content);
+                    pool.clone_volume(&name, Some(&format!("s{step}")), &new)?;
+                    pool.remove_snapshot(&name, &format!("s{step}"))?;
+                }
+                _ => {
+                    commits = true;
+                    if model.len() > 1 {
+                        model.remove(&name);
+                        pool.remove_volume(&name, true)?;
+                    } else {
+                        pool.commit()?;
+                    }
+                }
             }
-        }
-        Ok(())
+            Ok(())
         })();
         if let Err(e) = outcome {
-            assert!(sim.power_lost(), "{level} seed {seed}: error without a power cut: {e}");
+            assert!(
+                sim.power_lost(),
+                "{level} seed {seed}: error without a power cut: {e}"
+            );
         }
         if sim.power_lost() {
             if commits {
@@ -107,13 +113,28 @@ fn one_run(level: RaidLevel, seed: u64) {
     let pool = Pool::open(members.clone())
         .unwrap_or_else(|e| panic!("{level} seed {seed}: pool must open after a crash: {e}"));
     let report = pool.check(false).unwrap();
-    assert!(report.errors.is_empty(), "{level} seed {seed}: {:?}", report.errors);
-    assert!(report.damaged_copies.is_empty(), "{level} seed {seed}: {:?}", report.damaged_copies);
-    let names: Vec<String> = pool.list().iter().filter(|v| v.kind == "volume").map(|v| v.name[5..].to_string()).collect();
+    assert!(
+        report.errors.is_empty(),
+        "{level} seed {seed}: {:?}",
+        report.errors
+    );
+    assert!(
+        report.damaged_copies.is_empty(),
+        "{level} seed {seed}: {:?}",
+        report.damaged_copies
+    );
+    let names: Vec<String> = pool
+        .list()
+        .iter()
+        .filter(|v| v.kind == "volume")
+        .map(|v| v.name[5..].to_string())
+        .collect();
     let expect = if names == durable.keys().cloned().collect::<Vec<_>>() {
         &durable
     } else {
-        candidate.as_ref().unwrap_or_else(|| panic!("{level} seed {seed}: volumes {names:?} match no committed state"))
+        candidate.as_ref().unwrap_or_else(|| {
+            panic!("{level} seed {seed}: volumes {names:?} match no committed state")
+        })
     };
     assert_eq!(names, expect.keys().cloned().collect::<Vec<_>>());
     for (name, content) in expect {
@@ -126,7 +147,10 @@ fn one_run(level: RaidLevel, seed: u64) {
         }
         for i in 0..content.len() {
             if !unknown[i] && got[i] != content[i] {
-                panic!("{level} seed {seed}: volume {name} byte {i}: {} != flushed {}", got[i], content[i]);
+                panic!(
+                    "{level} seed {seed}: volume {name} byte {i}: {} != flushed {}",
+                    got[i], content[i]
+                );
             }
         }
     }
@@ -135,7 +159,10 @@ fn one_run(level: RaidLevel, seed: u64) {
     let r = pool.check(false).unwrap();
     assert!(r.clean(), "{level} seed {seed}: {r:?}");
     let any = expect.keys().next().unwrap().clone();
-    pool.volume(&any, None).unwrap().write_at(&[1u8; 8192], 0).unwrap();
+    pool.volume(&any, None)
+        .unwrap()
+        .write_at(&[1u8; 8192], 0)
+        .unwrap();
     pool.commit().unwrap();
 }
 

@@ -5,7 +5,12 @@ use common::*;
 use vpool::raid::RaidLevel;
 use vpool::{Error, Pool};
 
-const LEVELS: [RaidLevel; 4] = [RaidLevel::Linear, RaidLevel::Raid0, RaidLevel::Raid1, RaidLevel::Raid5];
+const LEVELS: [RaidLevel; 4] = [
+    RaidLevel::Linear,
+    RaidLevel::Raid0,
+    RaidLevel::Raid1,
+    RaidLevel::Raid5,
+];
 
 #[test]
 fn write_snapshot_clone_rollback_reopen() {
@@ -84,7 +89,11 @@ fn deep_trees_share_and_free_correctly() {
     assert!(got == data);
     let r = pool.check(false).unwrap();
     assert!(r.clean(), "{r:?}");
-    assert!(r.blocks_checked > 200, "trees should span many nodes: {}", r.blocks_checked);
+    assert!(
+        r.blocks_checked > 200,
+        "trees should span many nodes: {}",
+        r.blocks_checked
+    );
     pool.remove_snapshot("big", "s").unwrap();
     pool.remove_volume("big", false).unwrap();
     let r = pool.check(false).unwrap();

@@ -13,18 +13,44 @@ use vpool::Pool;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { vol: usize, off: u64, len: usize, seed: u64 },
-    Discard { vol: usize, off: u64, len: u64 },
-    Snapshot { vol: usize },
-    Clone { snap: usize },
-    Rollback { snap: usize },
-    Resize { vol: usize, size: u64 },
-    RemoveVolume { vol: usize },
-    RemoveSnapshot { snap: usize },
-    Create { size: u64 },
+    Write {
+        vol: usize,
+        off: u64,
+        len: usize,
+        seed: u64,
+    },
+    Discard {
+        vol: usize,
+        off: u64,
+        len: u64,
+    },
+    Snapshot {
+        vol: usize,
+    },
+    Clone {
+        snap: usize,
+    },
+    Rollback {
+        snap: usize,
+    },
+    Resize {
+        vol: usize,
+        size: u64,
+    },
+    RemoveVolume {
+        vol: usize,
+    },
+    RemoveSnapshot {
+        snap: usize,
+    },
+    Create {
+        size: u64,
+    },
     Commit,
     Reopen,
-    LoseMember { member: usize },
+    LoseMember {
+        member: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -67,18 +93,29 @@ impl Harness {
 
     fn pick_vol(&self, i: usize) -> Option<String> {
         let n = self.vols.len();
-        (n > 0).then(|| self.vols.keys().nth(i % n).cloned()).flatten()
+        (n > 0)
+            .then(|| self.vols.keys().nth(i % n).cloned())
+            .flatten()
     }
 
     fn pick_snap(&self, i: usize) -> Option<(String, String)> {
         let n = self.snaps.len();
-        (n > 0).then(|| self.snaps.keys().nth(i % n).cloned()).flatten()
+        (n > 0)
+            .then(|| self.snaps.keys().nth(i % n).cloned())
+            .flatten()
     }
 
     fn apply(&mut self, op: &Op, level: RaidLevel) {
         match op.clone() {
-            Op::Write { vol, off, len, seed } => {
-                let Some(name) = self.pick_vol(vol) else { return };
+            Op::Write {
+                vol,
+                off,
+                len,
+                seed,
+            } => {
+                let Some(name) = self.pick_vol(vol) else {
+                    return;
+                };
                 let model = self.vols.get_mut(&name).unwrap();
                 if model.is_empty() {
                     return;
@@ -86,49 +123,72 @@ impl Harness {
                 let off = off % model.len() as u64;
                 let len = len.min(model.len() - off as usize);
                 let data = pattern(len, seed);
-                self.pool.volume(&name, None).unwrap().write_at(&data, off).unwrap();
+                self.pool
+                    .volume(&name, None)
+                    .unwrap()
+                    .write_at(&data, off)
+                    .unwrap();
                 model[off as usize..off as usize + len].copy_from_slice(&data);
             }
             Op::Discard { vol, off, len } => {
-                let Some(name) = self.pick_vol(vol) else { return };
+                let Some(name) = self.pick_vol(vol) else {
+                    return;
+                };
                 let model = self.vols.get_mut(&name).unwrap();
                 let off = off % model.len() as u64;
                 let len = len.min(model.len() as u64 - off);
-                self.pool.volume(&name, None).unwrap().discard(off, len).unwrap();
+                self.pool
+                    .volume(&name, None)
+                    .unwrap()
+                    .discard(off, len)
+                    .unwrap();
                 model[off as usize..(off + len) as usize].fill(0);
             }
             Op::Snapshot { vol } => {
-                let Some(name) = self.pick_vol(vol) else { return };
+                let Some(name) = self.pick_vol(vol) else {
+                    return;
+                };
                 let s = format!("s{}", self.next);
                 self.next += 1;
                 self.pool.snapshot(&name, &s).unwrap();
-                self.snaps.insert((name.clone(), s), self.vols[&name].clone());
+                self.snaps
+                    .insert((name.clone(), s), self.vols[&name].clone());
             }
             Op::Clone { snap } => {
-                let Some((v, s)) = self.pick_snap(snap) else { return };
+                let Some((v, s)) = self.pick_snap(snap) else {
+                    return;
+                };
                 let new = format!("c{}", self.next);
                 self.next += 1;
                 self.pool.clone_volume(&v, Some(&s), &new).unwrap();
                 self.vols.insert(new, self.snaps[&(v, s)].clone());
             }
             Op::Rollback { snap } => {
-                let Some((v, s)) = self.pick_snap(snap) else { return };
+                let Some((v, s)) = self.pick_snap(snap) else {
+                    return;
+                };
                 self.pool.rollback(&v, &s).unwrap();
                 self.vols.insert(v.clone(), self.snaps[&(v, s)].clone());
             }
             Op::Resize { vol, size } => {
-                let Some(name) = self.pick_vol(vol) else { return };
+                let Some(name) = self.pick_vol(vol) else {
+                    return;
+                };
                 self.pool.resize(&name, size, true).unwrap();
                 self.vols.get_mut(&name).unwrap().resize(size as usize, 0);
             }
             Op::RemoveVolume { vol } => {
-                let Some(name) = self.pick_vol(vol) else { return };
+                let Some(name) = self.pick_vol(vol) else {
+                    return;
+                };
                 self.pool.remove_volume(&name, true).unwrap();
                 self.vols.remove(&name);
                 self.snaps.retain(|(v, _), _| *v != name);
             }
             Op::RemoveSnapshot { snap } => {
-                let Some((v, s)) = self.pick_snap(snap) else { return };
+                let Some((v, s)) = self.pick_snap(snap) else {
+                    return;
+                };
                 self.pool.remove_snapshot(&v, &s).unwrap();
                 self.snaps.remove(&(v, s));
             }
@@ -194,7 +254,10 @@ fn run(level: RaidLevel, ops: Vec<Op>) {
     }
     h.verify();
     let report = h.pool.check(false).unwrap();
-    assert!(report.errors.is_empty() && report.leaked_blocks == 0 && report.leaked_chunks == 0, "{report:?}");
+    assert!(
+        report.errors.is_empty() && report.leaked_blocks == 0 && report.leaked_chunks == 0,
+        "{report:?}"
+    );
     // Everything removed: all space comes back.
     let names: Vec<String> = h.vols.keys().cloned().collect();
     for n in names {
@@ -202,12 +265,21 @@ fn run(level: RaidLevel, ops: Vec<Op>) {
     }
     assert_eq!(h.pool.info().allocated, 0);
     let report = h.pool.check(false).unwrap();
-    assert!(report.errors.is_empty() && report.leaked_blocks == 0, "{report:?}");
-    assert_eq!(h.pool.info().metadata_used, h.pool.info().metadata_used.min(4096 * 4));
+    assert!(
+        report.errors.is_empty() && report.leaked_blocks == 0,
+        "{report:?}"
+    );
+    assert_eq!(
+        h.pool.info().metadata_used,
+        h.pool.info().metadata_used.min(4096 * 4)
+    );
 }
 
 fn cases() -> u32 {
-    std::env::var("VPOOL_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48)
+    std::env::var("VPOOL_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48)
 }
 
 macro_rules! level_test {

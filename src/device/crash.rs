@@ -42,7 +42,10 @@ impl CrashDevice {
     fn new(name: &str, size: u64, power: Arc<Power>) -> CrashDevice {
         CrashDevice {
             name: name.to_string(),
-            state: Mutex::new(State { durable: vec![0; size as usize], pending: Vec::new() }),
+            state: Mutex::new(State {
+                durable: vec![0; size as usize],
+                pending: Vec::new(),
+            }),
             power,
         }
     }
@@ -110,11 +113,18 @@ pub struct CrashSim {
 
 impl CrashSim {
     pub fn new(count: usize, size: u64, seed: u64) -> CrashSim {
-        let power = Arc::new(Power { writes: AtomicU64::new(0), cut_at: AtomicU64::new(u64::MAX) });
+        let power = Arc::new(Power {
+            writes: AtomicU64::new(0),
+            cut_at: AtomicU64::new(u64::MAX),
+        });
         let devices = (0..count)
             .map(|i| Arc::new(CrashDevice::new(&format!("crash{i}"), size, power.clone())))
             .collect();
-        CrashSim { devices, power, rng: seed | 1 }
+        CrashSim {
+            devices,
+            power,
+            rng: seed | 1,
+        }
     }
 
     /// Writes issued so far over all members.
@@ -147,7 +157,10 @@ impl CrashSim {
 
     /// Number of writes not yet flushed, over all members.
     pub fn pending_writes(&self) -> usize {
-        self.devices.iter().map(|d| d.state.lock().pending.len()).sum()
+        self.devices
+            .iter()
+            .map(|d| d.state.lock().pending.len())
+            .sum()
     }
 
     /// Cut power: every unflushed write survives with probability 1/2, the

@@ -60,10 +60,18 @@ impl FileDevice {
         } else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{} is neither a block device nor a regular file", path.display()),
+                format!(
+                    "{} is neither a block device nor a regular file",
+                    path.display()
+                ),
             ));
         };
-        Ok(FileDevice { file, path: path.to_path_buf(), size, is_block })
+        Ok(FileDevice {
+            file,
+            path: path.to_path_buf(),
+            size,
+            is_block,
+        })
     }
 
     pub fn path(&self) -> &Path {

@@ -11,11 +11,17 @@ pub struct MemDevice {
 
 impl MemDevice {
     pub fn new(name: &str, size: u64) -> MemDevice {
-        MemDevice { name: name.to_string(), data: RwLock::new(vec![0u8; size as usize]) }
+        MemDevice {
+            name: name.to_string(),
+            data: RwLock::new(vec![0u8; size as usize]),
+        }
     }
 
     pub fn from_bytes(name: &str, data: Vec<u8>) -> MemDevice {
-        MemDevice { name: name.to_string(), data: RwLock::new(data) }
+        MemDevice {
+            name: name.to_string(),
+            data: RwLock::new(data),
+        }
     }
 
     /// A copy of the whole contents.

@@ -90,7 +90,11 @@ pub fn lookup<S: NodeStore>(s: &S, root: u64, key: u64) -> Result<Option<(Vec<u8
         shared |= s.refcount(b) > 1;
         let node = s.read_node(b)?;
         if node.is_leaf() {
-            return Ok(node.keys.binary_search(&key).ok().map(|i| (node.value(i).to_vec(), shared)));
+            return Ok(node
+                .keys
+                .binary_search(&key)
+                .ok()
+                .map(|i| (node.value(i).to_vec(), shared)));
         }
         if node.is_empty() {
             return Ok(None);
@@ -169,7 +173,11 @@ fn insert_rec<S: NodeStore>(
             node.children.insert(i + 1, right);
         }
     }
-    let split = if node.len() > node.capacity() { Some(split_node(s, &mut node)?) } else { None };
+    let split = if node.len() > node.capacity() {
+        Some(split_node(s, &mut node)?)
+    } else {
+        None
+    };
     s.write_node(b, node);
     Ok((old, split))
 }
@@ -315,7 +323,11 @@ fn walk_rec<S: NodeStore>(
         }
         return Ok(true);
     }
-    let start = if node.is_empty() { 0 } else { child_index(&node, lo) };
+    let start = if node.is_empty() {
+        0
+    } else {
+        child_index(&node, lo)
+    };
     for i in start..node.len() {
         if node.keys[i] >= hi && i > start {
             return Ok(false);

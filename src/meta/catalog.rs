@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 /// bincode 1.3's legacy encoding (fixed-width LE integers), with a size limit
 /// on decode so a damaged length cannot make us allocate without bound.
 fn bincode_options() -> impl Options {
-    bincode::options().with_fixint_encoding().allow_trailing_bytes()
+    bincode::options()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
 }
 
 pub const ENVELOPE_MAGIC: u32 = 0x5441_4356; // "VCAT"
@@ -71,7 +73,10 @@ impl Catalog {
         if crc32fast::hash(payload) != word(16) {
             return Err("catalog checksum mismatch".into());
         }
-        bincode_options().with_limit(len as u64).deserialize(payload).map_err(|e| format!("catalog record: {e}"))
+        bincode_options()
+            .with_limit(len as u64)
+            .deserialize(payload)
+            .map_err(|e| format!("catalog record: {e}"))
     }
 }
 
@@ -97,15 +102,19 @@ mod tests {
         };
         let b = c.encode();
         let expected_payload: Vec<u8> = [
-            &4u64.to_le_bytes()[..], b"tank",            // pool_name
-            &1u64.to_le_bytes()[..],                     // volumes.len
-            &1u64.to_le_bytes()[..],                     // id
-            &2u64.to_le_bytes()[..], b"db",              // name
-            &[0u8][..],                                  // snapshot_of: None
-            &[1u8][..], &3u64.to_le_bytes()[..], b"a@b", // cloned_from: Some
-            &4096u64.to_le_bytes()[..],                  // size
-            &2u64.to_le_bytes()[..],                     // created
-            &[7u8; 16][..],                              // uuid
+            &4u64.to_le_bytes()[..],
+            b"tank",                 // pool_name
+            &1u64.to_le_bytes()[..], // volumes.len
+            &1u64.to_le_bytes()[..], // id
+            &2u64.to_le_bytes()[..],
+            b"db",      // name
+            &[0u8][..], // snapshot_of: None
+            &[1u8][..],
+            &3u64.to_le_bytes()[..],
+            b"a@b",                     // cloned_from: Some
+            &4096u64.to_le_bytes()[..], // size
+            &2u64.to_le_bytes()[..],    // created
+            &[7u8; 16][..],             // uuid
         ]
         .concat();
         assert_eq!(&b[ENVELOPE_HEADER..], &expected_payload[..]);

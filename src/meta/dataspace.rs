@@ -81,7 +81,8 @@ impl DataSpace {
     /// and not if it lost a reference in this transaction (the committed
     /// state may still show it to someone else) unless it is new.
     pub fn exclusive(&self, c: u64) -> bool {
-        !bit(&self.shared_bits, c) && (self.allocated.contains(&c) || !self.decremented.contains(&c))
+        !bit(&self.shared_bits, c)
+            && (self.allocated.contains(&c) || !self.decremented.contains(&c))
     }
 
     pub fn alloc(&mut self) -> Option<u64> {

@@ -118,13 +118,19 @@ impl Header {
             return Err(format!("unsupported block version {}", get_u16(b, VERSION)));
         }
         if h.blocknr != blocknr {
-            return Err(format!("block claims number {} (misplaced write)", h.blocknr));
+            return Err(format!(
+                "block claims number {} (misplaced write)",
+                h.blocknr
+            ));
         }
         if h.pool_tag != pool_tag {
             return Err("block belongs to another pool".into());
         }
         if h.txid > max_txid {
-            return Err(format!("written by transaction {} after the last commit {max_txid}", h.txid));
+            return Err(format!(
+                "written by transaction {} after the last commit {max_txid}",
+                h.txid
+            ));
         }
         Ok(h)
     }

@@ -127,7 +127,9 @@ impl Label {
         }
         let version = get_u32(b, VERSION);
         if version != LABEL_VERSION {
-            return Err(format!("label version {version} is not supported (this vpool reads {LABEL_VERSION})"));
+            return Err(format!(
+                "label version {version} is not supported (this vpool reads {LABEL_VERSION})"
+            ));
         }
         let count = get_u32(b, MEMBER_COUNT) as usize;
         if count == 0 || count > MAX_MEMBERS {
@@ -146,7 +148,8 @@ impl Label {
         };
         let stripe_unit = get_u64(b, STRIPE_UNIT);
         let chunk_size = get_u64(b, CHUNK_SIZE);
-        if stripe_unit == 0 || stripe_unit % 4096 != 0 || chunk_size == 0 || chunk_size % 4096 != 0 {
+        if stripe_unit == 0 || stripe_unit % 4096 != 0 || chunk_size == 0 || chunk_size % 4096 != 0
+        {
             return Err("label has an invalid stripe unit or chunk size".into());
         }
         let name_bytes = &b[NAME..NAME + 64];
@@ -158,7 +161,10 @@ impl Label {
                 let o = TABLE + i * ENTRY;
                 let mut uuid = [0u8; 16];
                 uuid.copy_from_slice(&b[o..o + 16]);
-                MemberEntry { uuid, data_size: get_u64(b, o + 16) }
+                MemberEntry {
+                    uuid,
+                    data_size: get_u64(b, o + 16),
+                }
             })
             .collect();
         let mut pool_uuid = [0u8; 16];
@@ -211,7 +217,13 @@ mod tests {
             data_start: 1 << 24,
             created: 1_700_000_000,
             pool_name: "tank".into(),
-            members: vec![MemberEntry { uuid: [3; 16], data_size: 1 << 29 }; 3],
+            members: vec![
+                MemberEntry {
+                    uuid: [3; 16],
+                    data_size: 1 << 29
+                };
+                3
+            ],
         }
     }
 

@@ -20,11 +20,25 @@ pub struct Node {
 
 impl Node {
     pub fn leaf(owner: u64, value_size: usize) -> Node {
-        Node { level: 0, owner, value_size, keys: vec![], values: vec![], children: vec![] }
+        Node {
+            level: 0,
+            owner,
+            value_size,
+            keys: vec![],
+            values: vec![],
+            children: vec![],
+        }
     }
 
     pub fn internal(owner: u64, value_size: usize, level: u8) -> Node {
-        Node { level, owner, value_size, keys: vec![], values: vec![], children: vec![] }
+        Node {
+            level,
+            owner,
+            value_size,
+            keys: vec![],
+            values: vec![],
+            children: vec![],
+        }
     }
 
     pub fn is_leaf(&self) -> bool {

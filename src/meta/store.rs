@@ -33,15 +33,26 @@ pub const DSM_OWNER: u64 = u64::MAX - 2;
 pub const DEFAULT_CACHE_NODES: usize = 16384;
 
 /// Tree of volumes: id → (mapping root, mapped chunks, reserved).
-pub const VOLUMES_SPEC: TreeSpec =
-    TreeSpec { owner: VOLUMES_OWNER, value_size: 32, values: ValueKind::Subtree };
+pub const VOLUMES_SPEC: TreeSpec = TreeSpec {
+    owner: VOLUMES_OWNER,
+    value_size: 32,
+    values: ValueKind::Subtree,
+};
 /// Data reference counts: chunk → count (u32), only non-zero counts stored.
-pub const DSM_SPEC: TreeSpec = TreeSpec { owner: DSM_OWNER, value_size: 4, values: ValueKind::Plain };
+pub const DSM_SPEC: TreeSpec = TreeSpec {
+    owner: DSM_OWNER,
+    value_size: 4,
+    values: ValueKind::Plain,
+};
 
 /// Mapping tree of one volume: virtual chunk → (physical chunk u64,
 /// checksum u32 reserved for data checksums, flags u32).
 pub fn mapping_spec(owner: u64) -> TreeSpec {
-    TreeSpec { owner, value_size: 16, values: ValueKind::DataChunk }
+    TreeSpec {
+        owner,
+        value_size: 16,
+        values: ValueKind::DataChunk,
+    }
 }
 
 /// Where the metadata area sits on each copy.
@@ -84,7 +95,10 @@ impl VolumeRoot {
     }
 
     pub fn decode(v: &[u8]) -> VolumeRoot {
-        VolumeRoot { root: get_u64(v, 0), mapped: get_u64(v, 8) }
+        VolumeRoot {
+            root: get_u64(v, 0),
+            mapped: get_u64(v, 8),
+        }
     }
 }
 
@@ -180,10 +194,20 @@ impl MetaStore {
         members: usize,
         cache_nodes: usize,
     ) -> Result<MetaStore> {
-        let mut s =
-            MetaStore::blank(mirror, layout, pool_uuid, data_chunks, chunk_size, members, cache_nodes);
+        let mut s = MetaStore::blank(
+            mirror,
+            layout,
+            pool_uuid,
+            data_chunks,
+            chunk_size,
+            members,
+            cache_nodes,
+        );
         s.pool_name = pool_name.to_string();
-        s.catalog = Catalog { pool_name: pool_name.to_string(), volumes: vec![] };
+        s.catalog = Catalog {
+            pool_name: pool_name.to_string(),
+            volumes: vec![],
+        };
         s.catalog_dirty = true;
         s.commit()?;
         Ok(s)
@@ -237,10 +261,15 @@ impl MetaStore {
     ) -> Result<MetaStore> {
         let (sb, problems) = MetaStore::read_superblocks(&mirror, &layout, pool_uuid);
         let sb = sb.ok_or_else(|| {
-            corrupt(format!("no valid superblock on any metadata copy ({})", problems.join("; ")))
+            corrupt(format!(
+                "no valid superblock on any metadata copy ({})",
+                problems.join("; ")
+            ))
         })?;
         if sb.msm_pages != layout.msm_pages || sb.meta_blocks != layout.meta_blocks {
-            return Err(corrupt("superblock and label disagree on the metadata area size".into()));
+            return Err(corrupt(
+                "superblock and label disagree on the metadata area size".into(),
+            ));
         }
         let mut s = MetaStore::blank(
             mirror,
@@ -262,7 +291,12 @@ impl MetaStore {
                 Header::validate(blk, BlockKind::SpaceMap, nr, tag, sb.txid).map(|_| ())
             };
             s.mirror
-                .read_valid(&format!("space-map page {p}"), layout.msm_slot_offset(p, slot), &mut b, &mut check)
+                .read_valid(
+                    &format!("space-map page {p}"),
+                    layout.msm_slot_offset(p, slot),
+                    &mut b,
+                    &mut check,
+                )
                 .map_err(|e| corrupt(format!("space-map page {p}: {e}")))?;
             MetaSpaceMap::decode_page(&b, p, &mut counts).map_err(corrupt)?;
         }
@@ -275,8 +309,10 @@ impl MetaStore {
         s.next_volume_id = sb.next_volume_id;
         // Stale slots (an older transaction where the newest belongs) are
         // normal after a crash mid-commit, not damage.
-        s.superblock_problems =
-            problems.into_iter().filter(|p| !p.contains("belongs to another pool or slot")).collect();
+        s.superblock_problems = problems
+            .into_iter()
+            .filter(|p| !p.contains("belongs to another pool or slot"))
+            .collect();
         s.bring_superblocks_up_to_date(&sb);
         s.member_states = sb.member_states.clone();
         s.member_states.resize(members, 0);
@@ -291,7 +327,9 @@ impl MetaStore {
         })?;
         for (k, c) in entries {
             if k >= s.data.total() {
-                return Err(corrupt(format!("reference count for chunk {k} beyond the pool")));
+                return Err(corrupt(format!(
+                    "reference count for chunk {k} beyond the pool"
+                )));
             }
             s.data.load(k, c);
         }
@@ -304,17 +342,25 @@ impl MetaStore {
         let off = Superblock::slot_offset(self.layout.meta_offset, sb.txid);
         let bytes = sb.encode();
         for idx in 0..self.mirror.copies().len() {
-            let (member, Some(dev)) = &self.mirror.copies()[idx] else { continue };
+            let (member, Some(dev)) = &self.mirror.copies()[idx] else {
+                continue;
+            };
             let mut b = vec![0u8; BLOCK_SIZE];
             let current = dev.read_at(&mut b, off).is_ok()
-                && Superblock::decode(&b).map(|x| x.txid == sb.txid && x.pool_uuid == sb.pool_uuid).unwrap_or(false);
+                && Superblock::decode(&b)
+                    .map(|x| x.txid == sb.txid && x.pool_uuid == sb.pool_uuid)
+                    .unwrap_or(false);
             if !current {
                 let done = dev.write_at(&bytes, off).and_then(|_| dev.flush()).is_ok();
                 self.recovery_notes.push(format!(
                     "superblock copy on member {member} ({}) was behind transaction {}{}",
                     dev.name(),
                     sb.txid,
-                    if done { "; brought up to date" } else { "; could not be rewritten" }
+                    if done {
+                        "; brought up to date"
+                    } else {
+                        "; could not be rewritten"
+                    }
                 ));
             }
         }
@@ -417,7 +463,9 @@ impl MetaStore {
     /// Read one metadata block from the first valid copy.
     pub fn read_block(&self, b: u64, kind: BlockKind) -> Result<Vec<u8>> {
         if b == 0 || b >= self.layout.meta_blocks {
-            return Err(corrupt(format!("reference to metadata block {b} outside the area")));
+            return Err(corrupt(format!(
+                "reference to metadata block {b} outside the area"
+            )));
         }
         let mut buf = vec![0u8; BLOCK_SIZE];
         let (tag, max) = (self.pool_tag, self.committed.txid);
@@ -430,7 +478,12 @@ impl MetaStore {
             Ok(())
         };
         self.mirror
-            .read_valid(&format!("metadata block {b} ({kind:?})"), self.layout.block_offset(b), &mut buf, &mut check)
+            .read_valid(
+                &format!("metadata block {b} ({kind:?})"),
+                self.layout.block_offset(b),
+                &mut buf,
+                &mut check,
+            )
             .map_err(|e| corrupt(format!("metadata block {b} ({kind:?}): {e}")))?;
         Ok(buf)
     }
@@ -478,7 +531,8 @@ impl MetaStore {
         }
         let txid = self.committed.txid + 1;
         // Fold data reference counts into their tree.
-        let mut changes: Vec<(u64, u32)> = self.data.overlay.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut changes: Vec<(u64, u32)> =
+            self.data.overlay.iter().map(|(k, v)| (*k, *v)).collect();
         changes.sort_unstable();
         for (chunk, count) in changes {
             let root = self.dsm_root;
@@ -496,13 +550,19 @@ impl MetaStore {
         dirty.sort_unstable_by_key(|(b, _)| *b);
         for (b, node) in &dirty {
             let bytes = node.encode(*b, txid, self.pool_tag);
-            self.mirror.write(self.layout.block_offset(*b), &bytes).map_err(io)?;
+            self.mirror
+                .write(self.layout.block_offset(*b), &bytes)
+                .map_err(io)?;
         }
         let mut sb = self.committed.clone();
         for p in self.msm.dirty_pages() {
             let slot = 1 - self.committed.selector_bit(p);
-            let page = self.msm.encode_page(p, (2 * p + slot) as u64, txid, self.pool_tag);
-            self.mirror.write(self.layout.msm_slot_offset(p, slot), &page).map_err(io)?;
+            let page = self
+                .msm
+                .encode_page(p, (2 * p + slot) as u64, txid, self.pool_tag);
+            self.mirror
+                .write(self.layout.msm_slot_offset(p, slot), &page)
+                .map_err(io)?;
             sb.set_selector_bit(p, slot);
         }
         self.mirror.flush().map_err(io)?;
@@ -518,7 +578,10 @@ impl MetaStore {
         sb.time = now();
         let bytes = sb.encode();
         self.mirror
-            .write(Superblock::slot_offset(self.layout.meta_offset, txid), &bytes)
+            .write(
+                Superblock::slot_offset(self.layout.meta_offset, txid),
+                &bytes,
+            )
             .map_err(io)?;
         self.mirror.flush().map_err(io)?;
         // Committed: the new state is the one to protect from now on.
@@ -539,7 +602,9 @@ impl MetaStore {
         if let Some(n) = self.data.overlay.get(&c) {
             return Ok(*n);
         }
-        Ok(btree::lookup(self, self.dsm_root, c)?.map(|(v, _)| get_u32(&v, 0)).unwrap_or(0))
+        Ok(btree::lookup(self, self.dsm_root, c)?
+            .map(|(v, _)| get_u32(&v, 0))
+            .unwrap_or(0))
     }
 
     pub fn data_alloc(&mut self) -> Result<u64> {
@@ -556,7 +621,9 @@ impl MetaStore {
     pub fn data_inc(&mut self, c: u64) -> Result<()> {
         let n = self.data_count(c)?;
         if n == 0 {
-            return Err(corrupt(format!("data chunk {c} is referenced but marked free")));
+            return Err(corrupt(format!(
+                "data chunk {c} is referenced but marked free"
+            )));
         }
         self.data.set_count(c, n, n + 1);
         Ok(())

@@ -72,7 +72,12 @@ impl Superblock {
         put_u64(&mut b, 120, self.time);
         put_u32(&mut b, 128, self.msm_pages);
         put_u32(&mut b, 132, self.member_states.len() as u32);
-        for (i, s) in self.member_states.iter().enumerate().take(SELECTOR - STATES) {
+        for (i, s) in self
+            .member_states
+            .iter()
+            .enumerate()
+            .take(SELECTOR - STATES)
+        {
             b[STATES + i] = *s;
         }
         let n = self.selector.len().min(BLOCK_SIZE - SELECTOR);
@@ -93,7 +98,10 @@ impl Superblock {
             return Err("superblock checksum mismatch".into());
         }
         if get_u32(b, 8) != SB_VERSION {
-            return Err(format!("superblock version {} is not supported", get_u32(b, 8)));
+            return Err(format!(
+                "superblock version {} is not supported",
+                get_u32(b, 8)
+            ));
         }
         let msm_pages = get_u32(b, 128);
         if msm_pages as usize > MAX_MSM_PAGES {

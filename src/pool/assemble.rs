@@ -15,7 +15,9 @@ use crate::thin::ThinPool;
 use uuid::Uuid;
 
 /// Pools found on a set of devices, by pool UUID.
-pub fn group_by_pool(devices: Vec<DeviceRef>) -> (Vec<(Label, Vec<(Label, DeviceRef)>)>, Vec<String>) {
+pub fn group_by_pool(
+    devices: Vec<DeviceRef>,
+) -> (Vec<(Label, Vec<(Label, DeviceRef)>)>, Vec<String>) {
     let mut groups: Vec<(Label, Vec<(Label, DeviceRef)>)> = Vec::new();
     let mut notes = Vec::new();
     for dev in devices {
@@ -45,14 +47,21 @@ impl Pool {
         Pool::open_with(devices, None, DEFAULT_CACHE_NODES)
     }
 
-    pub fn open_with(devices: Vec<DeviceRef>, want: Option<[u8; 16]>, cache_nodes: usize) -> Result<Pool> {
+    pub fn open_with(
+        devices: Vec<DeviceRef>,
+        want: Option<[u8; 16]>,
+        cache_nodes: usize,
+    ) -> Result<Pool> {
         let (groups, notes) = group_by_pool(devices);
         let mut warnings: Vec<String> = notes;
         let group = match want {
             Some(u) => groups.into_iter().find(|g| g.0.pool_uuid == u),
             None => {
                 if groups.len() > 1 {
-                    let names: Vec<String> = groups.iter().map(|g| format!("'{}'", g.0.pool_name)).collect();
+                    let names: Vec<String> = groups
+                        .iter()
+                        .map(|g| format!("'{}'", g.0.pool_name))
+                        .collect();
                     return Err(Error::Invalid(format!(
                         "the devices belong to several pools ({}); name the members of one",
                         names.join(", ")
@@ -62,7 +71,10 @@ impl Pool {
             }
         };
         let Some((first, found)) = group else {
-            return Err(Error::NotFound(format!("a vpool member among the given devices ({})", warnings.join("; "))));
+            return Err(Error::NotFound(format!(
+                "no vpool member among the given devices ({})",
+                warnings.join("; ")
+            )));
         };
         let n = first.member_count();
         let mut members: Vec<Option<DeviceRef>> = vec![None; n];
@@ -70,11 +82,17 @@ impl Pool {
         for (l, dev) in found {
             let i = l.member_index as usize;
             if !same_shape(&first, &l) {
-                warnings.push(format!("{}: label disagrees with the other members; ignored", dev.name()));
+                warnings.push(format!(
+                    "{}: label disagrees with the other members; ignored",
+                    dev.name()
+                ));
                 continue;
             }
             if l.member_uuid != first.members[i].uuid {
-                warnings.push(format!("{}: not the member recorded at position {i}; ignored", dev.name()));
+                warnings.push(format!(
+                    "{}: not the member recorded at position {i}; ignored",
+                    dev.name()
+                ));
                 continue;
             }
             if members[i].is_some() {
@@ -84,9 +102,17 @@ impl Pool {
             members[i] = Some(dev);
             labels[i] = Some(l);
         }
-        let layout = MetaLayout { meta_offset: first.meta_offset, msm_pages: first.msm_pages, meta_blocks: first.meta_blocks };
+        let layout = MetaLayout {
+            meta_offset: first.meta_offset,
+            msm_pages: first.msm_pages,
+            meta_blocks: first.meta_blocks,
+        };
         let copies = |members: &Vec<Option<DeviceRef>>| {
-            MetaMirror::new((0..first.meta_copies as usize).map(|i| (i, members[i].clone())).collect())
+            MetaMirror::new(
+                (0..first.meta_copies as usize)
+                    .map(|i| (i, members[i].clone()))
+                    .collect(),
+            )
         };
         let mut meta = MetaStore::open(copies(&members), layout, first.pool_uuid, n, cache_nodes)?;
         // Members the metadata says missed writes must not be trusted.
@@ -131,7 +157,9 @@ impl Pool {
         };
         let chunk_size = first.chunk_size;
         if meta.committed().chunk_size != chunk_size {
-            return Err(Error::Corrupt("superblock and label disagree on the chunk size".into()));
+            return Err(Error::Corrupt(
+                "superblock and label disagree on the chunk size".into(),
+            ));
         }
         let array = Array::new(geo, members);
         let thin = ThinPool::new(array, meta, chunk_size);
@@ -146,7 +174,10 @@ fn repair_label(dev: &DeviceRef, l: &Label, damage: &[String], notes: &mut Vec<S
         return;
     }
     match write_label(dev, l) {
-        Ok(()) => notes.push(format!("{}: label rewritten from the good copy", dev.name())),
+        Ok(()) => notes.push(format!(
+            "{}: label rewritten from the good copy",
+            dev.name()
+        )),
         Err(e) => notes.push(format!("{}: label not rewritten ({e})", dev.name())),
     }
 }

@@ -33,7 +33,10 @@ pub struct CheckReport {
 
 impl CheckReport {
     pub fn clean(&self) -> bool {
-        self.errors.is_empty() && self.damaged_copies.is_empty() && self.leaked_blocks == 0 && self.leaked_chunks == 0
+        self.errors.is_empty()
+            && self.damaged_copies.is_empty()
+            && self.leaked_blocks == 0
+            && self.leaked_chunks == 0
     }
 }
 
@@ -46,9 +49,19 @@ impl Pool {
         let _gate = thin.gate.write();
         thin.commit_locked()?;
         let mut meta = thin.meta.write();
-        let mut r = CheckReport { pool: self.name().into(), transaction: meta.committed().txid, ..Default::default() };
-        r.damaged_copies.extend(self.warnings().iter().filter(|w| w.contains("label")).cloned());
-        r.damaged_copies.extend(meta.superblock_problems.iter().cloned());
+        let mut r = CheckReport {
+            pool: self.name().into(),
+            transaction: meta.committed().txid,
+            ..Default::default()
+        };
+        r.damaged_copies.extend(
+            self.warnings()
+                .iter()
+                .filter(|w| w.contains("label"))
+                .cloned(),
+        );
+        r.damaged_copies
+            .extend(meta.superblock_problems.iter().cloned());
         let (expected_meta, expected_data, stored_data) = count_references(&meta, &mut r)?;
         r.damaged_copies.extend(meta.mirror.events());
         check_copies(&meta, &expected_meta, &mut r, repair);
@@ -58,7 +71,9 @@ impl Pool {
         for (b, &stored) in msm_counts.iter().enumerate().skip(1) {
             let exp = expected_meta.get(&(b as u64)).copied().unwrap_or(0);
             if stored < exp {
-                r.errors.push(format!("metadata block {b}: referenced {exp} times but counted {stored}"));
+                r.errors.push(format!(
+                    "metadata block {b}: referenced {exp} times but counted {stored}"
+                ));
             } else if stored > exp {
                 r.leaked_blocks += 1;
                 fixes.push((b as u64, exp));
@@ -67,12 +82,18 @@ impl Pool {
         // Data chunk counts.
         let total = meta.data.total();
         let mut data_fixes = Vec::new();
-        let all: HashSet<u64> = expected_data.keys().chain(stored_data.keys()).copied().collect();
+        let all: HashSet<u64> = expected_data
+            .keys()
+            .chain(stored_data.keys())
+            .copied()
+            .collect();
         for c in all {
             let exp = expected_data.get(&c).copied().unwrap_or(0);
             let stored = stored_data.get(&c).copied().unwrap_or(0);
             if c >= total {
-                r.errors.push(format!("data chunk {c} is beyond the pool's {total} chunks"));
+                r.errors.push(format!(
+                    "data chunk {c} is beyond the pool's {total} chunks"
+                ));
             } else if stored < exp {
                 r.errors.push(if stored == 0 {
                     format!("data chunk {c} is mapped {exp} times but marked free")
@@ -112,45 +133,60 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
     // Volumes tree, and the mapping trees its leaves point at.
     let mut roots: BTreeMap<u64, VolumeRoot> = BTreeMap::new();
     let mut seen = HashSet::new();
-    btree::visit_blocks(meta, meta.volumes_root, &mut |b, node: &Node, first| {
-        *exp_meta.entry(b).or_default() += 1;
-        if first && node.is_leaf() {
-            for i in 0..node.len() {
-                roots.insert(node.keys[i], VolumeRoot::decode(node.value(i)));
+    btree::visit_blocks(
+        meta,
+        meta.volumes_root,
+        &mut |b, node: &Node, first| {
+            *exp_meta.entry(b).or_default() += 1;
+            if first && node.is_leaf() {
+                for i in 0..node.len() {
+                    roots.insert(node.keys[i], VolumeRoot::decode(node.value(i)));
+                }
             }
-        }
-        Ok(())
-    }, &mut seen)?;
+            Ok(())
+        },
+        &mut seen,
+    )?;
     let total = meta.data.total();
     let cat = meta.catalog();
     for rec in &cat.volumes {
         if !roots.contains_key(&rec.id) {
-            r.errors.push(format!("catalog volume '{}' (id {}) has no mapping entry", rec.name, rec.id));
+            r.errors.push(format!(
+                "catalog volume '{}' (id {}) has no mapping entry",
+                rec.name, rec.id
+            ));
         }
     }
     let mut mapping_seen = HashSet::new();
     for (id, vr) in &roots {
         r.volumes_checked += 1;
         let Some(rec) = cat.volumes.iter().find(|v| v.id == *id) else {
-            r.errors.push(format!("mapping tree for volume id {id} is not in the catalog"));
+            r.errors.push(format!(
+                "mapping tree for volume id {id} is not in the catalog"
+            ));
             continue;
         };
         let limit = rec.size.div_ceil(meta.committed().chunk_size);
         let mut mapped = 0u64;
         let mut beyond = 0u64;
-        btree::visit_blocks(meta, vr.root, &mut |b, node: &Node, first| {
-            *exp_meta.entry(b).or_default() += 1;
-            if first && node.is_leaf() {
-                for i in 0..node.len() {
-                    let phys = get_u64(node.value(i), 0);
-                    *exp_data.entry(phys).or_default() += 1;
-                    if phys >= total {
-                        beyond += 1;
+        btree::visit_blocks(
+            meta,
+            vr.root,
+            &mut |b, node: &Node, first| {
+                *exp_meta.entry(b).or_default() += 1;
+                if first && node.is_leaf() {
+                    for i in 0..node.len() {
+                        let phys = get_u64(node.value(i), 0);
+                        *exp_data.entry(phys).or_default() += 1;
+                        if phys >= total {
+                            beyond += 1;
+                        }
                     }
                 }
-            }
-            Ok(())
-        }, &mut mapping_seen)?;
+                Ok(())
+            },
+            &mut mapping_seen,
+        )?;
         btree::walk(meta, vr.root, 0, u64::MAX, &mut |k, _, _| {
             mapped += 1;
             if k >= limit {
@@ -159,22 +195,33 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
             Ok(true)
         })?;
         if beyond > 0 {
-            r.errors.push(format!("volume '{}': {beyond} mappings beyond its size or the pool", rec.name));
+            r.errors.push(format!(
+                "volume '{}': {beyond} mappings beyond its size or the pool",
+                rec.name
+            ));
         }
         if mapped != vr.mapped {
-            r.errors.push(format!("volume '{}': {} chunks mapped but {} recorded", rec.name, mapped, vr.mapped));
+            r.errors.push(format!(
+                "volume '{}': {} chunks mapped but {} recorded",
+                rec.name, mapped, vr.mapped
+            ));
         }
     }
     let mut dsm_seen = HashSet::new();
-    btree::visit_blocks(meta, meta.dsm_root(), &mut |b, node: &Node, first| {
-        *exp_meta.entry(b).or_default() += 1;
-        if first && node.is_leaf() {
-            for i in 0..node.len() {
-                stored_data.insert(node.keys[i], get_u32(node.value(i), 0));
+    btree::visit_blocks(
+        meta,
+        meta.dsm_root(),
+        &mut |b, node: &Node, first| {
+            *exp_meta.entry(b).or_default() += 1;
+            if first && node.is_leaf() {
+                for i in 0..node.len() {
+                    stored_data.insert(node.keys[i], get_u32(node.value(i), 0));
+                }
             }
-        }
-        Ok(())
-    }, &mut dsm_seen)?;
+            Ok(())
+        },
+        &mut dsm_seen,
+    )?;
     r.blocks_checked = exp_meta.len() as u64;
     Ok((exp_meta, exp_data, stored_data))
 }
@@ -185,22 +232,42 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
     let layout = *meta.layout();
     let sb = meta.committed().clone();
     let tag = meta.pool_tag();
-    let mut items: Vec<(u64, String, Box<dyn Fn(&[u8]) -> std::result::Result<(), String>>)> = Vec::new();
+    let mut items: Vec<(
+        u64,
+        String,
+        Box<dyn Fn(&[u8]) -> std::result::Result<(), String>>,
+    )> = Vec::new();
     let off = Superblock::slot_offset(layout.meta_offset, sb.txid);
     let want = sb.txid;
-    items.push((off, "current superblock".into(), Box::new(move |b: &[u8]| {
-        let s = Superblock::decode(b)?;
-        if s.txid != want { Err(format!("holds transaction {} not {want}", s.txid)) } else { Ok(()) }
-    })));
+    items.push((
+        off,
+        "current superblock".into(),
+        Box::new(move |b: &[u8]| {
+            let s = Superblock::decode(b)?;
+            if s.txid != want {
+                Err(format!("holds transaction {} not {want}", s.txid))
+            } else {
+                Ok(())
+            }
+        }),
+    ));
     for p in 0..layout.msm_pages as usize {
         let slot = sb.selector_bit(p);
         let nr = (2 * p + slot) as u64;
         let max = sb.txid;
-        items.push((layout.msm_slot_offset(p, slot), format!("space-map page {p}"), Box::new(move |b: &[u8]| {
-            Header::validate(b, BlockKind::SpaceMap, nr, tag, max).map(|_| ())
-        })));
+        items.push((
+            layout.msm_slot_offset(p, slot),
+            format!("space-map page {p}"),
+            Box::new(move |b: &[u8]| {
+                Header::validate(b, BlockKind::SpaceMap, nr, tag, max).map(|_| ())
+            }),
+        ));
     }
-    let catalog: HashSet<u64> = meta.catalog_blocks().unwrap_or_default().into_iter().collect();
+    let catalog: HashSet<u64> = meta
+        .catalog_blocks()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let mut blocks: Vec<u64> = expected.keys().copied().collect();
     blocks.sort_unstable();
     for b in blocks {
@@ -210,13 +277,17 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
             BlockKind::Node
         };
         let max = sb.txid;
-        items.push((layout.block_offset(b), format!("metadata block {b} ({kind:?})"), Box::new(move |blk: &[u8]| {
-            Header::validate(blk, kind, b, tag, max)?;
-            if kind == BlockKind::Node {
-                Node::decode(blk)?;
-            }
-            Ok(())
-        })));
+        items.push((
+            layout.block_offset(b),
+            format!("metadata block {b} ({kind:?})"),
+            Box::new(move |blk: &[u8]| {
+                Header::validate(blk, kind, b, tag, max)?;
+                if kind == BlockKind::Node {
+                    Node::decode(blk)?;
+                }
+                Ok(())
+            }),
+        ));
     }
     let copies = meta.mirror.copies().len();
     for (offset, what, valid) in items {
@@ -226,14 +297,27 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
             let (member, dev) = &meta.mirror.copies()[idx];
             let Some(dev) = dev else { continue };
             let mut buf = vec![0u8; BLOCK_SIZE];
-            let res = meta.mirror.read_copy(idx, offset, &mut buf).map_err(|e| e.to_string()).and_then(|_| valid(&buf));
+            let res = meta
+                .mirror
+                .read_copy(idx, offset, &mut buf)
+                .map_err(|e| e.to_string())
+                .and_then(|_| valid(&buf));
             match res {
                 Ok(()) => good = Some(buf),
-                Err(why) => bad.push((idx, format!("{what}, copy on member {member} ({}): {why}", dev.name()))),
+                Err(why) => bad.push((
+                    idx,
+                    format!("{what}, copy on member {member} ({}): {why}", dev.name()),
+                )),
             }
         }
         match &good {
-            None => r.errors.push(format!("{what}: no valid copy ({})", bad.iter().map(|b| b.1.clone()).collect::<Vec<_>>().join("; "))),
+            None => r.errors.push(format!(
+                "{what}: no valid copy ({})",
+                bad.iter()
+                    .map(|b| b.1.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
             Some(g) => {
                 for (idx, msg) in bad {
                     r.damaged_copies.push(msg);

@@ -22,7 +22,12 @@ pub struct CreateOptions {
 
 impl CreateOptions {
     pub fn new(level: RaidLevel) -> CreateOptions {
-        CreateOptions { level, stripe_unit: DEFAULT_STRIPE_UNIT, force: false, cache_nodes: DEFAULT_CACHE_NODES }
+        CreateOptions {
+            level,
+            stripe_unit: DEFAULT_STRIPE_UNIT,
+            force: false,
+            cache_nodes: DEFAULT_CACHE_NODES,
+        }
     }
 }
 
@@ -41,18 +46,30 @@ pub fn read_label_checked(dev: &DeviceRef) -> std::result::Result<(Label, Vec<St
     let mut found = Vec::new();
     for (what, off) in [("start", 0), ("end", Label::backup_offset(size))] {
         let mut b = vec![0u8; 4096];
-        let r = dev.read_at(&mut b, off).map_err(|e| e.to_string()).and_then(|_| Label::decode(&b));
+        let r = dev
+            .read_at(&mut b, off)
+            .map_err(|e| e.to_string())
+            .and_then(|_| Label::decode(&b));
         found.push((what, r));
     }
     let good = found.iter().find_map(|(_, r)| r.as_ref().ok().cloned());
     match good {
-        None => Err(found.into_iter().filter_map(|(w, r)| r.err().map(|e| format!("label at {w}: {e}"))).collect::<Vec<_>>().join("; ")),
+        None => Err(found
+            .into_iter()
+            .filter_map(|(w, r)| r.err().map(|e| format!("label at {w}: {e}")))
+            .collect::<Vec<_>>()
+            .join("; ")),
         Some(l) => {
             let mut notes = Vec::new();
             for (w, r) in found {
                 match r {
-                    Err(e) => notes.push(format!("{}: label copy at the {w} is damaged ({e})", dev.name())),
-                    Ok(other) if other != l => notes.push(format!("{}: label copy at the {w} differs", dev.name())),
+                    Err(e) => notes.push(format!(
+                        "{}: label copy at the {w} is damaged ({e})",
+                        dev.name()
+                    )),
+                    Ok(other) if other != l => {
+                        notes.push(format!("{}: label copy at the {w} differs", dev.name()))
+                    }
                     Ok(_) => {}
                 }
             }
@@ -66,13 +83,18 @@ pub fn write_label(dev: &DeviceRef, label: &Label) -> Result<()> {
     let b = label.encode();
     let io = |e| Error::io(format!("writing label on {}", dev.name()), e);
     dev.write_at(&b, 0).map_err(io)?;
-    dev.write_at(&b, Label::backup_offset(dev.size())).map_err(io)?;
+    dev.write_at(&b, Label::backup_offset(dev.size()))
+        .map_err(io)?;
     dev.flush().map_err(io)
 }
 
 impl Pool {
     /// Create a pool on `devices`. Returns the pool and warnings for the user.
-    pub fn create(name: &str, devices: Vec<DeviceRef>, opts: &CreateOptions) -> Result<(Pool, Vec<String>)> {
+    pub fn create(
+        name: &str,
+        devices: Vec<DeviceRef>,
+        opts: &CreateOptions,
+    ) -> Result<(Pool, Vec<String>)> {
         names::validate("pool", name)?;
         let level = opts.level;
         let n = devices.len();
@@ -83,11 +105,15 @@ impl Pool {
             )));
         }
         if n > MAX_MEMBERS {
-            return Err(Error::Invalid(format!("at most {MAX_MEMBERS} members per pool")));
+            return Err(Error::Invalid(format!(
+                "at most {MAX_MEMBERS} members per pool"
+            )));
         }
         let su = opts.stripe_unit;
         if su < 4096 || !su.is_power_of_two() {
-            return Err(Error::Invalid("stripe unit must be a power of two of at least 4K".into()));
+            return Err(Error::Invalid(
+                "stripe unit must be a power of two of at least 4K".into(),
+            ));
         }
         let mut names_seen = std::collections::HashSet::new();
         for dev in &devices {
@@ -110,7 +136,11 @@ impl Pool {
         let sizes: Vec<u64> = devices.iter().map(|d| d.size()).collect();
         let min = sizes.iter().copied().min().unwrap_or(0);
         let max = sizes.iter().copied().max().unwrap_or(0);
-        let basis: u64 = if level == RaidLevel::Linear { sizes.iter().sum() } else { min };
+        let basis: u64 = if level == RaidLevel::Linear {
+            sizes.iter().sum()
+        } else {
+            min
+        };
         let lay = plan(min, basis / su)?;
         if level != RaidLevel::Linear && max > min + min / 10 {
             warnings.push(format!(
@@ -120,18 +150,34 @@ impl Pool {
         }
         let member_data_sizes: Vec<u64> = sizes
             .iter()
-            .map(|&s| member_data(if level == RaidLevel::Linear { s } else { min }, lay.data_start, su))
+            .map(|&s| {
+                member_data(
+                    if level == RaidLevel::Linear { s } else { min },
+                    lay.data_start,
+                    su,
+                )
+            })
             .collect();
-        let geo = Geometry { level, stripe_unit: su, data_start: lay.data_start, member_data: member_data_sizes.clone() };
+        let geo = Geometry {
+            level,
+            stripe_unit: su,
+            data_start: lay.data_start,
+            member_data: member_data_sizes.clone(),
+        };
         let chunk_size = geo.stripe_width();
         let data_chunks = geo.capacity() / chunk_size;
         if data_chunks == 0 {
-            return Err(Error::Invalid("members are too small to hold any data".into()));
+            return Err(Error::Invalid(
+                "members are too small to hold any data".into(),
+            ));
         }
         let pool_uuid = *uuid::Uuid::new_v4().as_bytes();
         let entries: Vec<MemberEntry> = member_data_sizes
             .iter()
-            .map(|&d| MemberEntry { uuid: *uuid::Uuid::new_v4().as_bytes(), data_size: d })
+            .map(|&d| MemberEntry {
+                uuid: *uuid::Uuid::new_v4().as_bytes(),
+                data_size: d,
+            })
             .collect();
         let meta_copies = n.min(3) as u32;
         let created = now();
@@ -157,14 +203,28 @@ impl Pool {
             .collect();
         // Metadata first, labels last: a member without a label is not a pool member.
         let mirror = MetaMirror::new(
-            (0..meta_copies as usize).map(|i| (i, Some(devices[i].clone()))).collect(),
+            (0..meta_copies as usize)
+                .map(|i| (i, Some(devices[i].clone())))
+                .collect(),
         );
-        let meta = MetaStore::create(mirror, lay.meta, pool_uuid, name, data_chunks, chunk_size, n, opts.cache_nodes)?;
+        let meta = MetaStore::create(
+            mirror,
+            lay.meta,
+            pool_uuid,
+            name,
+            data_chunks,
+            chunk_size,
+            n,
+            opts.cache_nodes,
+        )?;
         for (dev, label) in devices.iter().zip(&labels) {
             write_label(dev, label)?;
         }
         let array = Array::new(geo, devices.into_iter().map(Some).collect());
         let thin = ThinPool::new(array, meta, chunk_size);
-        Ok((Pool::from_parts(labels[0].clone(), thin, warnings.clone()), warnings))
+        Ok((
+            Pool::from_parts(labels[0].clone(), thin, warnings.clone()),
+            warnings,
+        ))
     }
 }

@@ -69,7 +69,9 @@ impl Pool {
                 uuid: uuid::Uuid::from_bytes(label.members[i].uuid).to_string(),
                 state: match (dev, meta.member_states().get(i)) {
                     (Some(_), _) => "online".into(),
-                    (None, Some(&MEMBER_STALE)) if meta.committed().member_states.get(i) == Some(&MEMBER_STALE) => {
+                    (None, Some(&MEMBER_STALE))
+                        if meta.committed().member_states.get(i) == Some(&MEMBER_STALE) =>
+                    {
                         "stale".into()
                     }
                     (None, _) => "missing".into(),
@@ -84,16 +86,33 @@ impl Pool {
             name: self.name().to_string(),
             uuid: self.uuid().to_string(),
             level: label.level.to_string(),
-            health: if degraded { "degraded".into() } else { "online".into() },
+            health: if degraded {
+                "degraded".into()
+            } else {
+                "online".into()
+            },
             members,
             capacity,
             allocated,
             free: capacity.saturating_sub(allocated),
-            virtual_bytes: cat.volumes.iter().filter(|r| r.snapshot_of.is_none()).map(|r| r.size).sum(),
+            virtual_bytes: cat
+                .volumes
+                .iter()
+                .filter(|r| r.snapshot_of.is_none())
+                .map(|r| r.size)
+                .sum(),
             chunk_size: cs,
             stripe_unit: label.stripe_unit,
-            volumes: cat.volumes.iter().filter(|r| r.snapshot_of.is_none()).count(),
-            snapshots: cat.volumes.iter().filter(|r| r.snapshot_of.is_some()).count(),
+            volumes: cat
+                .volumes
+                .iter()
+                .filter(|r| r.snapshot_of.is_none())
+                .count(),
+            snapshots: cat
+                .volumes
+                .iter()
+                .filter(|r| r.snapshot_of.is_some())
+                .count(),
             metadata_used: meta.msm().used() * 4096,
             metadata_total: meta.msm().blocks() * 4096,
             transaction: meta.committed().txid,
@@ -108,7 +127,11 @@ impl Pool {
         let meta = thin.meta.read();
         let cat = meta.catalog();
         let cs = thin.chunk_size;
-        let mut vols: Vec<_> = cat.volumes.iter().filter(|r| r.snapshot_of.is_none()).collect();
+        let mut vols: Vec<_> = cat
+            .volumes
+            .iter()
+            .filter(|r| r.snapshot_of.is_none())
+            .collect();
         vols.sort_by(|a, b| a.name.cmp(&b.name));
         let mapped = |id| meta.volume_root(id).map(|v| v.mapped * cs).unwrap_or(0);
         let mut out = Vec::new();
@@ -119,10 +142,17 @@ impl Pool {
                 size: v.size,
                 mapped: mapped(v.id),
                 created: v.created,
-                origin: v.cloned_from.as_ref().map(|c| format!("{}/{c}", self.name())),
+                origin: v
+                    .cloned_from
+                    .as_ref()
+                    .map(|c| format!("{}/{c}", self.name())),
                 read_only: false,
             });
-            let mut snaps: Vec<_> = cat.volumes.iter().filter(|r| r.snapshot_of == Some(v.id)).collect();
+            let mut snaps: Vec<_> = cat
+                .volumes
+                .iter()
+                .filter(|r| r.snapshot_of == Some(v.id))
+                .collect();
             snaps.sort_by_key(|s| (s.created, s.id));
             for s in snaps {
                 out.push(VolumeInfo {

@@ -35,8 +35,13 @@ pub fn plan(member_size: u64, chunks: u64) -> Result<MemberLayout> {
         )));
     }
     let max_blocks = (MAX_MSM_PAGES as u64) * crate::meta::spacemap::ENTRIES_PER_PAGE as u64;
-    let meta_blocks = (chunks * META_BYTES_PER_CHUNK / BLOCK_SIZE as u64).clamp(MIN_META_BLOCKS, max_blocks);
-    let meta = MetaLayout { meta_offset: BLOCK_SIZE as u64, msm_pages: pages_for(meta_blocks), meta_blocks };
+    let meta_blocks =
+        (chunks * META_BYTES_PER_CHUNK / BLOCK_SIZE as u64).clamp(MIN_META_BLOCKS, max_blocks);
+    let meta = MetaLayout {
+        meta_offset: BLOCK_SIZE as u64,
+        msm_pages: pages_for(meta_blocks),
+        meta_blocks,
+    };
     let data_start = (meta.meta_offset + meta.area_bytes()).div_ceil(MIB) * MIB;
     if data_start + MIB > member_size {
         return Err(Error::Invalid(format!(

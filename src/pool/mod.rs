@@ -39,7 +39,14 @@ pub struct Pool {
 
 impl Pool {
     fn from_parts(label: Label, thin: ThinPool, warnings: Vec<String>) -> Pool {
-        Pool { s: Arc::new(Shared { label, thin, warnings, ops: Mutex::new(()) }) }
+        Pool {
+            s: Arc::new(Shared {
+                label,
+                thin,
+                warnings,
+                ops: Mutex::new(()),
+            }),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -89,7 +96,12 @@ impl Pool {
             .volumes
             .iter()
             .find(|r| r.snapshot_of.is_none() && r.name == volume)
-            .ok_or_else(|| Error::NotFound(format!("volume '{}/{volume}' (see `vpool vol list`)", self.name())))?;
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "volume '{}/{volume}' not found (`vpool vol list` shows the volumes)",
+                    self.name()
+                ))
+            })?;
         match snapshot {
             None => Ok(vol.clone()),
             Some(s) => cat
@@ -98,7 +110,7 @@ impl Pool {
                 .find(|r| r.snapshot_of == Some(vol.id) && r.name == s)
                 .cloned()
                 .ok_or_else(|| {
-                    Error::NotFound(format!("snapshot '{}/{volume}@{s}' (see `vpool snap list`)", self.name()))
+                    Error::NotFound(format!("snapshot '{}/{volume}@{s}' not found (`vpool snap list` shows the snapshots)", self.name()))
                 }),
         }
     }
@@ -150,10 +162,15 @@ impl Pool {
         names::validate("snapshot", snap)?;
         let vol = self.record(volume, None)?;
         if self.record(volume, Some(snap)).is_ok() {
-            return Err(Error::Exists(format!("snapshot '{}/{volume}@{snap}'", self.name())));
+            return Err(Error::Exists(format!(
+                "snapshot '{}/{volume}@{snap}'",
+                self.name()
+            )));
         }
         self.metadata_op(|thin| {
-            let id = self.add_record(thin, |id| new_record(id, snap, Some(vol.id), None, vol.size))?;
+            let id = self.add_record(thin, |id| {
+                new_record(id, snap, Some(vol.id), None, vol.size)
+            })?;
             thin.share_volume(vol.id, id)
         })
     }
@@ -231,7 +248,11 @@ impl Pool {
         self.metadata_op(|thin| {
             for r in snaps.iter().chain(std::iter::once(&vol)) {
                 thin.delete_volume(r.id)?;
-                thin.meta.write().catalog_mut().volumes.retain(|x| x.id != r.id);
+                thin.meta
+                    .write()
+                    .catalog_mut()
+                    .volumes
+                    .retain(|x| x.id != r.id);
             }
             Ok(())
         })
@@ -241,14 +262,23 @@ impl Pool {
         let s = self.record(volume, Some(snap))?;
         self.metadata_op(|thin| {
             thin.delete_volume(s.id)?;
-            thin.meta.write().catalog_mut().volumes.retain(|x| x.id != s.id);
+            thin.meta
+                .write()
+                .catalog_mut()
+                .volumes
+                .retain(|x| x.id != s.id);
             Ok(())
         })
     }
 
     fn snapshots_of(&self, id: u64) -> Vec<VolumeRecord> {
         let meta = self.s.thin.meta.read();
-        meta.catalog().volumes.iter().filter(|r| r.snapshot_of == Some(id)).cloned().collect()
+        meta.catalog()
+            .volumes
+            .iter()
+            .filter(|r| r.snapshot_of == Some(id))
+            .cloned()
+            .collect()
     }
 
     /// Root block of a volume's mapping tree (for `inspect` and tests).
@@ -305,8 +335,10 @@ impl Pool {
         for dev in self.s.thin.array.members().iter().flatten() {
             let io = |e| Error::io(format!("erasing label on {}", dev.name()), e);
             dev.write_at(&zero, 0).map_err(io)?;
-            dev.write_at(&zero, Label::backup_offset(dev.size())).map_err(io)?;
-            dev.write_at(&vec![0u8; 8192], self.s.label.meta_offset).map_err(io)?;
+            dev.write_at(&zero, Label::backup_offset(dev.size()))
+                .map_err(io)?;
+            dev.write_at(&vec![0u8; 8192], self.s.label.meta_offset)
+                .map_err(io)?;
             dev.flush().map_err(io)?;
         }
         Ok(())
@@ -315,7 +347,9 @@ impl Pool {
 
 fn check_size(size: u64) -> Result<()> {
     if size == 0 || size % 4096 != 0 {
-        return Err(Error::Invalid(format!("volume size {size} must be a positive multiple of 4K")));
+        return Err(Error::Invalid(format!(
+            "volume size {size} must be a positive multiple of 4K"
+        )));
     }
     if size > 1 << 60 {
         return Err(Error::Invalid("volume size above 1 EiB".into()));
@@ -330,7 +364,13 @@ fn set_size(thin: &ThinPool, id: u64, size: u64) {
     }
 }
 
-fn new_record(id: u64, name: &str, snapshot_of: Option<u64>, cloned_from: Option<String>, size: u64) -> VolumeRecord {
+fn new_record(
+    id: u64,
+    name: &str,
+    snapshot_of: Option<u64>,
+    cloned_from: Option<String>,
+    size: u64,
+) -> VolumeRecord {
     VolumeRecord {
         id,
         name: name.to_string(),

@@ -7,7 +7,12 @@ pub const MAX_NAME_LEN: usize = 63;
 
 /// Letters, digits and `_ - . : +`; not starting with `-` or `.`; 1..=63 bytes.
 pub fn validate(kind: &str, name: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::Invalid(format!("invalid {kind} name '{}': {why}", name.escape_debug())));
+    let bad = |why: &str| {
+        Err(Error::Invalid(format!(
+            "invalid {kind} name '{}': {why}",
+            name.escape_debug()
+        )))
+    };
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -17,7 +22,10 @@ pub fn validate(kind: &str, name: &str) -> Result<()> {
     if name.starts_with('-') || name.starts_with('.') {
         return bad("it must not start with '-' or '.'");
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "_-.:+".contains(*c))) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_-.:+".contains(*c)))
+    {
         return bad(&format!(
             "character '{}' is not allowed (use letters, digits and _ - . : +)",
             c.escape_debug()
@@ -37,7 +45,9 @@ pub struct VolPath {
 impl VolPath {
     pub fn parse(s: &str) -> Result<VolPath> {
         let Some((pool, rest)) = s.split_once('/') else {
-            return Err(Error::Invalid(format!("'{s}' is not of the form POOL/VOLUME")));
+            return Err(Error::Invalid(format!(
+                "'{s}' is not of the form POOL/VOLUME"
+            )));
         };
         let (volume, snapshot) = match rest.split_once('@') {
             Some((v, snap)) => (v, Some(snap.to_string())),
@@ -48,14 +58,20 @@ impl VolPath {
         if let Some(snap) = &snapshot {
             validate("snapshot", snap)?;
         }
-        Ok(VolPath { pool: pool.into(), volume: volume.into(), snapshot })
+        Ok(VolPath {
+            pool: pool.into(),
+            volume: volume.into(),
+            snapshot,
+        })
     }
 
     /// Parse and require a snapshot part.
     pub fn parse_snapshot(s: &str) -> Result<VolPath> {
         let p = VolPath::parse(s)?;
         if p.snapshot.is_none() {
-            return Err(Error::Invalid(format!("'{s}' names no snapshot (use POOL/VOLUME@SNAPSHOT)")));
+            return Err(Error::Invalid(format!(
+                "'{s}' names no snapshot (use POOL/VOLUME@SNAPSHOT)"
+            )));
         }
         Ok(p)
     }
@@ -64,7 +80,9 @@ impl VolPath {
     pub fn parse_volume(s: &str) -> Result<VolPath> {
         let p = VolPath::parse(s)?;
         if p.snapshot.is_some() {
-            return Err(Error::Invalid(format!("'{s}' is a snapshot; a volume is needed here")));
+            return Err(Error::Invalid(format!(
+                "'{s}' is a snapshot; a volume is needed here"
+            )));
         }
         Ok(p)
     }

@@ -15,7 +15,12 @@ pub struct Volume {
 
 impl Volume {
     pub(crate) fn new(pool: Pool, id: u64, name: String, read_only: bool) -> Volume {
-        Volume { pool, id, name, read_only }
+        Volume {
+            pool,
+            id,
+            name,
+            read_only,
+        }
     }
 
     /// `pool/volume` or `pool/volume@snapshot`.
@@ -36,7 +41,9 @@ impl Volume {
         self.pool
             .record_by_id(self.id)
             .map(|r| r.size)
-            .ok_or_else(|| Error::NotFound(format!("volume '{}' (it was removed)", self.name)))
+            .ok_or_else(|| {
+                Error::NotFound(format!("volume '{}' not found (it was removed)", self.name))
+            })
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {

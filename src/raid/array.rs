@@ -54,10 +54,16 @@ impl Array {
     }
 
     fn check(&self, offset: u64, len: usize) -> io::Result<()> {
-        if offset.checked_add(len as u64).is_none_or(|e| e > self.capacity()) {
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|e| e > self.capacity())
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("array I/O at {offset}+{len} beyond capacity {}", self.capacity()),
+                format!(
+                    "array I/O at {offset}+{len} beyond capacity {}",
+                    self.capacity()
+                ),
             ));
         }
         Ok(())
@@ -269,8 +275,9 @@ mod tests {
     use std::sync::Arc;
 
     fn array(level: RaidLevel, n: usize) -> (Array, Vec<Arc<MemDevice>>) {
-        let devs: Vec<Arc<MemDevice>> =
-            (0..n).map(|i| Arc::new(MemDevice::new(&format!("m{i}"), 1 << 20))).collect();
+        let devs: Vec<Arc<MemDevice>> = (0..n)
+            .map(|i| Arc::new(MemDevice::new(&format!("m{i}"), 1 << 20)))
+            .collect();
         let geo = Geometry {
             level,
             stripe_unit: 4096,
@@ -282,7 +289,9 @@ mod tests {
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     #[test]

@@ -71,7 +71,11 @@ impl FromStr for RaidLevel {
             "raid0" | "stripe" => RaidLevel::Raid0,
             "raid1" | "mirror" => RaidLevel::Raid1,
             "raid5" => RaidLevel::Raid5,
-            _ => return Err(format!("unknown RAID level '{s}' (use linear, raid0, raid1 or raid5)")),
+            _ => {
+                return Err(format!(
+                    "unknown RAID level '{s}' (use linear, raid0, raid1 or raid5)"
+                ))
+            }
         })
     }
 }
@@ -156,7 +160,12 @@ impl Geometry {
         while pos < end {
             let (member, moff, room) = self.locate(pos);
             let n = room.min(end - pos);
-            out.push(Extent { member, offset: moff, len: n, buf_offset: pos - offset });
+            out.push(Extent {
+                member,
+                offset: moff,
+                len: n,
+                buf_offset: pos - offset,
+            });
             pos += n;
         }
         out
@@ -177,9 +186,7 @@ impl Geometry {
                 }
                 (self.members() - 1, self.data_start, 0)
             }
-            RaidLevel::Raid1 => {
-                (0, self.data_start + pos, self.min_member() - pos)
-            }
+            RaidLevel::Raid1 => (0, self.data_start + pos, self.min_member() - pos),
             RaidLevel::Raid0 | RaidLevel::Raid5 => {
                 let width = self.stripe_width();
                 let stripe = pos / width;
@@ -202,7 +209,12 @@ mod tests {
     use super::*;
 
     fn geo(level: RaidLevel, n: usize) -> Geometry {
-        Geometry { level, stripe_unit: 4096, data_start: 1 << 20, member_data: vec![1 << 20; n] }
+        Geometry {
+            level,
+            stripe_unit: 4096,
+            data_start: 1 << 20,
+            member_data: vec![1 << 20; n],
+        }
     }
 
     #[test]
@@ -228,7 +240,11 @@ mod tests {
         assert_eq!(ex[1].member, 0);
         assert_eq!(ex[1].offset, (1 << 20) + 4096);
         assert_eq!(ex.iter().map(|e| e.len).sum::<u64>(), 8192);
-        let l = Geometry { level: RaidLevel::Linear, member_data: vec![8192, 4096], ..g };
+        let l = Geometry {
+            level: RaidLevel::Linear,
+            member_data: vec![8192, 4096],
+            ..g
+        };
         let ex = l.map(4096, 8192);
         assert_eq!(ex.len(), 2);
         assert_eq!((ex[1].member, ex[1].offset), (1, 1 << 20));

@@ -22,7 +22,11 @@ pub type Validator<'a> = &'a mut dyn FnMut(&[u8]) -> Result<(), String>;
 
 impl MetaMirror {
     pub fn new(copies: Vec<(usize, Option<DeviceRef>)>) -> MetaMirror {
-        MetaMirror { copies, repaired: AtomicU64::new(0), events: Mutex::new(Vec::new()) }
+        MetaMirror {
+            copies,
+            repaired: AtomicU64::new(0),
+            events: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn copies(&self) -> &[(usize, Option<DeviceRef>)] {

@@ -51,17 +51,23 @@ impl ThinPool {
     }
 
     fn chunk_lock(&self, vol: u64, vchunk: u64) -> &RwLock<()> {
-        let h = vol.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ vchunk.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let h =
+            vol.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ vchunk.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         &self.chunk_locks[(h >> 20) as usize % CHUNK_LOCKS]
     }
 
     fn lookup(&self, vol: u64, vchunk: u64) -> Result<Option<Mapping>> {
         let meta = self.meta.read();
         let root = meta.volume_root(vol)?.root;
-        Ok(btree::lookup(&*meta, root, vchunk)?.map(|(v, path_shared)| {
-            let phys = get_u64(&v, 0);
-            Mapping { phys, exclusive: !path_shared && meta.data.exclusive(phys) }
-        }))
+        Ok(
+            btree::lookup(&*meta, root, vchunk)?.map(|(v, path_shared)| {
+                let phys = get_u64(&v, 0);
+                Mapping {
+                    phys,
+                    exclusive: !path_shared && meta.data.exclusive(phys),
+                }
+            }),
+        )
     }
 
     /// Pieces of `[offset, offset+len)` as (virtual chunk, offset in chunk, length).
@@ -145,7 +151,9 @@ impl ThinPool {
                 full[within as usize..within as usize + data.len()].copy_from_slice(data);
                 &full
             };
-            self.array.write(newc * cs, buf).map_err(|e| Error::io("writing data", e))
+            self.array
+                .write(newc * cs, buf)
+                .map_err(|e| Error::io("writing data", e))
         })();
         let mut meta = self.meta.write();
         if let Err(e) = result {
@@ -172,7 +180,13 @@ impl ThinPool {
     }
 
     /// Point `vchunk` of `vol` at `phys` (or unmap it), releasing the old chunk.
-    fn set_mapping(&self, meta: &mut MetaStore, vol: u64, vchunk: u64, phys: Option<u64>) -> Result<()> {
+    fn set_mapping(
+        &self,
+        meta: &mut MetaStore,
+        vol: u64,
+        vchunk: u64,
+        phys: Option<u64>,
+    ) -> Result<()> {
         let spec = mapping_spec(vol);
         let mut vr = meta.volume_root(vol)?;
         let (root, old) = match phys {
@@ -242,7 +256,9 @@ impl ThinPool {
 
     /// Commit when the caller already holds the gate for write.
     pub fn commit_locked(&self) -> Result<()> {
-        self.array.flush().map_err(|e| Error::io("flushing data", e))?;
+        self.array
+            .flush()
+            .map_err(|e| Error::io("flushing data", e))?;
         self.meta.write().commit()
     }
 

@@ -9,7 +9,9 @@ use vpool::{CreateOptions, Pool};
 pub const MIB: u64 = 1 << 20;
 
 pub fn mem_devices(n: usize, size: u64) -> Vec<Arc<MemDevice>> {
-    (0..n).map(|i| Arc::new(MemDevice::new(&format!("mem{i}"), size))).collect()
+    (0..n)
+        .map(|i| Arc::new(MemDevice::new(&format!("mem{i}"), size)))
+        .collect()
 }
 
 pub fn refs(devs: &[Arc<MemDevice>]) -> Vec<DeviceRef> {

@@ -1,0 +1,85 @@
+//! The host's state directory: which pools this host knows and where their
+//! members are. Only a cache: `pool import --scan` rebuilds it from labels.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct KnownPool {
+    pub uuid: String,
+    pub members: Vec<PathBuf>,
+}
+
+#[derive(Serialize, Deserialize, Default, Debug)]
+pub struct StateFile {
+    pub pools: BTreeMap<String, KnownPool>,
+}
+
+pub struct StateDir {
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl StateDir {
+    /// Open (creating if needed) and lock the state directory for the
+    /// lifetime of the returned value.
+    pub fn open(dir: &Path) -> Result<StateDir> {
+        fs::create_dir_all(dir).map_err(|e| {
+            Error::io(format!("creating state directory {} (set --state-dir or VPOOL_STATE_DIR to a writable place)", dir.display()), e)
+        })?;
+        let lock_path = dir.join("state.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
+        // SAFETY: flock on an owned descriptor; blocks until other vpool commands finish.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::io(
+                "locking the state directory",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("pools.json")
+    }
+
+    pub fn load(&self) -> Result<StateFile> {
+        match fs::read(self.file()) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                Error::Invalid(format!(
+                    "{} is damaged ({e}); rebuild it with `vpool pool import --scan DIR`",
+                    self.file().display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
+            Err(e) => Err(Error::io(format!("reading {}", self.file().display()), e)),
+        }
+    }
+
+    /// Write atomically (temp file, fsync, rename).
+    pub fn save(&self, st: &StateFile) -> Result<()> {
+        let tmp = self.dir.join("pools.json.tmp");
+        let body = serde_json::to_vec_pretty(st).map_err(|e| Error::Invalid(e.to_string()))?;
+        let io = |e| Error::io(format!("writing {}", tmp.display()), e);
+        let f = File::create(&tmp).map_err(io)?;
+        std::io::Write::write_all(&mut &f, &body).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        fs::rename(&tmp, self.file()).map_err(|e| Error::io("saving pools.json", e))
+    }
+}
