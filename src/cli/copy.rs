@@ -52,7 +52,7 @@ pub fn import(vol: &Volume, from: &Path, offset: u64) -> anyhow::Result<()> {
             format_size((offset + size).div_ceil(1 << 20) << 20)
         );
     }
-    if offset % 512 != 0 {
+    if !offset.is_multiple_of(512) {
         bail!("--offset must be a multiple of 512 bytes");
     }
     let mut progress = Progress::new(&format!("importing into {}", vol.name()), size);

@@ -69,11 +69,7 @@ impl Progress {
         match &self.bar {
             Some(b) => b.set_position(done),
             None => {
-                let decile = if self.total == 0 {
-                    10
-                } else {
-                    done * 10 / self.total
-                };
+                let decile = (done * 10).checked_div(self.total).unwrap_or(10);
                 if decile > self.last_decile {
                     self.last_decile = decile;
                     eprintln!("{}: {}%", self.what, decile * 10);

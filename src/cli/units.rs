@@ -34,7 +34,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         let digits: u64 = frac.parse().map_err(|_| err())?;
         let scale = 10u64.checked_pow(frac.len() as u32).ok_or_else(err)?;
         let part = (digits as u128 * (1u128 << shift)) / scale as u128;
-        if (digits as u128 * (1u128 << shift)) % scale as u128 != 0 {
+        if !(digits as u128 * (1u128 << shift)).is_multiple_of(scale as u128) {
             return Err(format!("'{s}' is not a whole number of bytes"));
         }
         value = value.checked_add(part as u64).ok_or_else(err)?;

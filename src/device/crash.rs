@@ -175,11 +175,11 @@ impl CrashSim {
             };
             let n = pending.len();
             for (k, (off, data)) in pending.into_iter().enumerate() {
-                if self.next() % 2 == 0 {
+                if self.next().is_multiple_of(2) {
                     continue;
                 }
                 let mut len = data.len();
-                if k + 1 == n && len > 512 && self.next() % 2 == 0 {
+                if k + 1 == n && len > 512 && self.next().is_multiple_of(2) {
                     let sectors = len / 512;
                     len = (self.next() as usize % sectors) * 512;
                 }

@@ -30,6 +30,9 @@ pub struct TreeSpec {
     pub values: ValueKind,
 }
 
+/// Visitor of `walk`: key, value, path shared; returns false to stop.
+pub type Visitor<'a> = &'a mut dyn FnMut(u64, &[u8], bool) -> Result<bool>;
+
 /// Storage and reference counts for B-tree blocks.
 pub trait NodeStore {
     fn read_node(&self, b: u64) -> Result<Arc<Node>>;
@@ -288,13 +291,7 @@ pub fn dec_tree<S: NodeStore>(s: &mut S, spec: &TreeSpec, root: u64) -> Result<(
 
 /// Visit entries with `lo <= key < hi` in order. The visitor gets the key, the
 /// value and whether the path is shared; it returns false to stop.
-pub fn walk<S: NodeStore>(
-    s: &S,
-    root: u64,
-    lo: u64,
-    hi: u64,
-    f: &mut dyn FnMut(u64, &[u8], bool) -> Result<bool>,
-) -> Result<bool> {
+pub fn walk<S: NodeStore>(s: &S, root: u64, lo: u64, hi: u64, f: Visitor) -> Result<bool> {
     walk_rec(s, root, lo, hi, false, f)
 }
 
@@ -304,7 +301,7 @@ fn walk_rec<S: NodeStore>(
     lo: u64,
     hi: u64,
     shared: bool,
-    f: &mut dyn FnMut(u64, &[u8], bool) -> Result<bool>,
+    f: Visitor,
 ) -> Result<bool> {
     if b == 0 {
         return Ok(true);

@@ -148,7 +148,10 @@ impl Label {
         };
         let stripe_unit = get_u64(b, STRIPE_UNIT);
         let chunk_size = get_u64(b, CHUNK_SIZE);
-        if stripe_unit == 0 || stripe_unit % 4096 != 0 || chunk_size == 0 || chunk_size % 4096 != 0
+        if stripe_unit == 0
+            || !stripe_unit.is_multiple_of(4096)
+            || chunk_size == 0
+            || !chunk_size.is_multiple_of(4096)
         {
             return Err("label has an invalid stripe unit or chunk size".into());
         }

@@ -14,11 +14,12 @@ use crate::raid::{Array, Geometry, MetaMirror};
 use crate::thin::ThinPool;
 use uuid::Uuid;
 
-/// Pools found on a set of devices, by pool UUID.
-pub fn group_by_pool(
-    devices: Vec<DeviceRef>,
-) -> (Vec<(Label, Vec<(Label, DeviceRef)>)>, Vec<String>) {
-    let mut groups: Vec<(Label, Vec<(Label, DeviceRef)>)> = Vec::new();
+/// One pool found on devices: its first label, then each member's label and device.
+pub type FoundPool = (Label, Vec<(Label, DeviceRef)>);
+
+/// Pools found on a set of devices, by pool UUID, and notes on the rest.
+pub fn group_by_pool(devices: Vec<DeviceRef>) -> (Vec<FoundPool>, Vec<String>) {
+    let mut groups: Vec<FoundPool> = Vec::new();
     let mut notes = Vec::new();
     for dev in devices {
         match read_label_checked(&dev) {

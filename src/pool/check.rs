@@ -123,6 +123,13 @@ impl Pool {
 
 type Counts = HashMap<u64, u32>;
 
+/// A metadata location to verify on every copy: offset, description, validator.
+type CopyCheck = (
+    u64,
+    String,
+    Box<dyn Fn(&[u8]) -> std::result::Result<(), String>>,
+);
+
 fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Counts, Counts)> {
     let mut exp_meta: Counts = HashMap::new();
     let mut exp_data: Counts = HashMap::new();
@@ -232,11 +239,7 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
     let layout = *meta.layout();
     let sb = meta.committed().clone();
     let tag = meta.pool_tag();
-    let mut items: Vec<(
-        u64,
-        String,
-        Box<dyn Fn(&[u8]) -> std::result::Result<(), String>>,
-    )> = Vec::new();
+    let mut items: Vec<CopyCheck> = Vec::new();
     let off = Superblock::slot_offset(layout.meta_offset, sb.txid);
     let want = sb.txid;
     items.push((

@@ -346,7 +346,7 @@ impl Pool {
 }
 
 fn check_size(size: u64) -> Result<()> {
-    if size == 0 || size % 4096 != 0 {
+    if size == 0 || !size.is_multiple_of(4096) {
         return Err(Error::Invalid(format!(
             "volume size {size} must be a positive multiple of 4K"
         )));

@@ -166,7 +166,7 @@ impl Array {
             let stripe_end = ((stripe + 1) * width).min(end);
             let piece = &buf[(pos - offset) as usize..(stripe_end - offset) as usize];
             let _guard = self.stripe_locks[(stripe as usize) % STRIPE_LOCKS].lock();
-            if pos % width == 0 && piece.len() as u64 == width {
+            if pos.is_multiple_of(width) && piece.len() as u64 == width {
                 self.write_full_stripe(stripe, piece)?;
             } else {
                 self.write_partial_stripe(pos, piece)?;

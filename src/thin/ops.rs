@@ -45,7 +45,7 @@ impl ThinPool {
     /// Forget everything at or beyond byte `size` (shrink).
     pub fn truncate(&self, id: u64, size: u64) -> Result<()> {
         let cs = self.chunk_size;
-        if size % cs != 0 {
+        if !size.is_multiple_of(cs) {
             let vchunk = size / cs;
             if !self.mapped_chunks(id, vchunk, vchunk + 1)?.is_empty() {
                 // Zero the tail of the last chunk so a later grow reads zeros.
