@@ -65,10 +65,11 @@ impl Catalog {
         }
         let mut l = [0u8; 8];
         l.copy_from_slice(&b[8..16]);
-        let len = u64::from_le_bytes(l) as usize;
-        if b.len() < ENVELOPE_HEADER + len {
+        let len = u64::from_le_bytes(l);
+        if len > (b.len() - ENVELOPE_HEADER) as u64 {
             return Err("catalog payload truncated".into());
         }
+        let len = len as usize;
         let payload = &b[ENVELOPE_HEADER..ENVELOPE_HEADER + len];
         if crc32fast::hash(payload) != word(16) {
             return Err("catalog checksum mismatch".into());

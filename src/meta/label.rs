@@ -156,7 +156,10 @@ impl Label {
             return Err("label has an invalid stripe unit or chunk size".into());
         }
         let name_bytes = &b[NAME..NAME + 64];
-        let end = name_bytes.iter().position(|&c| c == 0).unwrap_or(64);
+        let end = name_bytes
+            .iter()
+            .position(|&c| c == 0)
+            .ok_or("pool name in label is not terminated")?;
         let pool_name = String::from_utf8(name_bytes[..end].to_vec())
             .map_err(|_| "pool name in label is not UTF-8".to_string())?;
         let members = (0..count)
@@ -178,7 +181,7 @@ impl Label {
         if meta_copies == 0 || meta_copies as usize > count {
             return Err(format!("label says {meta_copies} metadata copies"));
         }
-        Ok(Label {
+        let l = Label {
             pool_uuid,
             member_uuid,
             member_index,
@@ -195,7 +198,62 @@ impl Label {
             created: get_u64(b, CREATED),
             pool_name,
             members,
-        })
+        };
+        l.check_geometry()?;
+        Ok(l)
+    }
+
+    /// Reject geometry no vpool writes, before anything computes with it.
+    fn check_geometry(&self) -> Result<(), String> {
+        let su = self.stripe_unit;
+        if !su.is_power_of_two() || !(4096..=1 << 30).contains(&su) {
+            return Err(format!(
+                "label stripe unit {su} is not a power of two between 4K and 1G"
+            ));
+        }
+        let n = self.members.len();
+        if n < self.level.min_members() {
+            return Err(format!(
+                "label says {n} members, fewer than {} needs",
+                self.level
+            ));
+        }
+        let data_members = match self.level {
+            RaidLevel::Linear | RaidLevel::Raid1 => 1,
+            RaidLevel::Raid0 => n as u64,
+            RaidLevel::Raid5 => n as u64 - 1,
+        };
+        if self.chunk_size != su * data_members {
+            return Err(format!(
+                "label chunk size {} does not match the geometry",
+                self.chunk_size
+            ));
+        }
+        let max_blocks =
+            (super::superblock::MAX_MSM_PAGES * super::spacemap::ENTRIES_PER_PAGE) as u64;
+        if self.meta_offset != BLOCK_SIZE as u64
+            || self.meta_blocks == 0
+            || self.meta_blocks > max_blocks
+            || self.msm_pages != super::spacemap::pages_for(self.meta_blocks)
+        {
+            return Err("label describes an impossible metadata area".into());
+        }
+        let meta_end = self.meta_offset
+            + (2 + 2 * self.msm_pages as u64 + self.meta_blocks) * BLOCK_SIZE as u64;
+        if self.data_start < meta_end
+            || self.data_start % BLOCK_SIZE as u64 != 0
+            || self.data_start > 1 << 60
+        {
+            return Err("label data area overlaps the metadata area".into());
+        }
+        if self
+            .members
+            .iter()
+            .any(|m| m.data_size % su != 0 || m.data_size > 1 << 60)
+        {
+            return Err("label member data size is not whole stripe units".into());
+        }
+        Ok(())
     }
 }
 
@@ -217,7 +275,7 @@ mod tests {
             meta_blocks: 4096,
             msm_pages: 5,
             meta_copies: 3,
-            data_start: 1 << 24,
+            data_start: 1 << 25,
             created: 1_700_000_000,
             pool_name: "tank".into(),
             members: vec![

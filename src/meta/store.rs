@@ -257,6 +257,7 @@ impl MetaStore {
         layout: MetaLayout,
         pool_uuid: [u8; 16],
         members: usize,
+        data_chunks: u64,
         cache_nodes: usize,
     ) -> Result<MetaStore> {
         let (sb, problems) = MetaStore::read_superblocks(&mirror, &layout, pool_uuid);
@@ -270,6 +271,12 @@ impl MetaStore {
             return Err(corrupt(
                 "superblock and label disagree on the metadata area size".into(),
             ));
+        }
+        if sb.data_chunks != data_chunks {
+            return Err(corrupt(format!(
+                "superblock counts {} data chunks, the labels' geometry {data_chunks}",
+                sb.data_chunks
+            )));
         }
         let mut s = MetaStore::blank(
             mirror,

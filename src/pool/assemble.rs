@@ -115,7 +115,22 @@ impl Pool {
                     .collect(),
             )
         };
-        let mut meta = MetaStore::open(copies(&members), layout, first.pool_uuid, n, cache_nodes)?;
+        let data_chunks = Geometry {
+            level: first.level,
+            stripe_unit: first.stripe_unit,
+            data_start: first.data_start,
+            member_data: first.members.iter().map(|m| m.data_size).collect(),
+        }
+        .capacity()
+            / first.chunk_size;
+        let mut meta = MetaStore::open(
+            copies(&members),
+            layout,
+            first.pool_uuid,
+            n,
+            data_chunks,
+            cache_nodes,
+        )?;
         // Members the metadata says missed writes must not be trusted.
         let stale: Vec<usize> = (0..n)
             .filter(|&i| members[i].is_some() && meta.member_states().get(i) == Some(&MEMBER_STALE))
@@ -128,7 +143,14 @@ impl Pool {
                 ));
                 members[i] = None;
             }
-            meta = MetaStore::open(copies(&members), layout, first.pool_uuid, n, cache_nodes)?;
+            meta = MetaStore::open(
+                copies(&members),
+                layout,
+                first.pool_uuid,
+                n,
+                data_chunks,
+                cache_nodes,
+            )?;
         }
         let missing: Vec<usize> = (0..n).filter(|&i| members[i].is_none()).collect();
         let tolerated = first.level.tolerated_failures(n);

@@ -1,0 +1,7 @@
+#![no_main]
+//! Decode arbitrary bytes as a label: must not panic.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    vpool::meta::fuzzing::label(data);
+});
