@@ -56,20 +56,29 @@ fn images(dir: &Path, prefix: &str, n: usize, size: u64) -> Vec<PathBuf> {
         .map(|i| {
             let p = dir.join(format!("{prefix}{i}.img"));
             let _ = std::fs::remove_file(&p);
-            std::fs::File::create(&p).and_then(|f| f.set_len(size)).expect("create image");
+            std::fs::File::create(&p)
+                .and_then(|f| f.set_len(size))
+                .expect("create image");
             p
         })
         .collect()
 }
 
 fn open_files(paths: &[PathBuf]) -> Vec<DeviceRef> {
-    paths.iter().map(|p| Arc::new(FileDevice::open(p).expect("open")) as DeviceRef).collect()
+    paths
+        .iter()
+        .map(|p| Arc::new(FileDevice::open(p).expect("open")) as DeviceRef)
+        .collect()
 }
 
 fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(|l| l.to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .map(|l| l.to_string())
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
@@ -117,7 +126,8 @@ fn parallel_read(pool: &Pool, vol: &str, bytes: u64, io: u64, threads: u64) -> f
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    v.read_at(&mut buf, t * share + (x % count) * io).expect("read");
+                    v.read_at(&mut buf, t * share + (x % count) * io)
+                        .expect("read");
                 }
             });
         }
@@ -127,7 +137,8 @@ fn parallel_read(pool: &Pool, vol: &str, bytes: u64, io: u64, threads: u64) -> f
 
 fn throughput(dir: &Path, level: RaidLevel, threads: u64) {
     let paths = images(dir, &format!("tp-{level}-"), 3, 1200 * MIB);
-    let (pool, _) = Pool::create("bench", open_files(&paths), &CreateOptions::new(level)).expect("create");
+    let (pool, _) =
+        Pool::create("bench", open_files(&paths), &CreateOptions::new(level)).expect("create");
     let size = GIB;
     pool.create_volume("seq", size).expect("vol");
     let t = parallel_write(&pool, "seq", size, MIB, threads, false);
@@ -152,14 +163,26 @@ fn throughput(dir: &Path, level: RaidLevel, threads: u64) {
 }
 
 /// A pool whose data writes are dropped, with `mapped` bytes mapped in one volume.
-fn metadata_scale_pool(dir: &Path, prefix: &str, level: RaidLevel, member: u64, mapped: u64) -> (Pool, Vec<PathBuf>) {
+fn metadata_scale_pool(
+    dir: &Path,
+    prefix: &str,
+    level: RaidLevel,
+    member: u64,
+    mapped: u64,
+) -> (Pool, Vec<PathBuf>) {
     let paths = images(dir, prefix, 2, member);
-    let (pool, _) = Pool::create("scale", open_files(&paths), &CreateOptions::new(level)).expect("create");
+    let (pool, _) =
+        Pool::create("scale", open_files(&paths), &CreateOptions::new(level)).expect("create");
     let data_start = pool.label().data_start;
     drop(pool);
     let devs: Vec<DeviceRef> = paths
         .iter()
-        .map(|p| Arc::new(MetadataOnly { inner: FileDevice::open(p).expect("open"), data_start }) as DeviceRef)
+        .map(|p| {
+            Arc::new(MetadataOnly {
+                inner: FileDevice::open(p).expect("open"),
+                data_start,
+            }) as DeviceRef
+        })
         .collect();
     let pool = Pool::open(devs).expect("open");
     pool.create_volume("v", mapped).expect("vol");
@@ -173,7 +196,8 @@ fn metadata_scale_pool(dir: &Path, prefix: &str, level: RaidLevel, member: u64, 
 }
 
 fn snapshot_time(dir: &Path, mapped: u64) {
-    let (pool, paths) = metadata_scale_pool(dir, "snap-", RaidLevel::Raid0, mapped / 2 + 8 * GIB, mapped);
+    let (pool, paths) =
+        metadata_scale_pool(dir, "snap-", RaidLevel::Raid0, mapped / 2 + 8 * GIB, mapped);
     let chunks = pool.list()[0].mapped / pool.chunk_size();
     let mut times = Vec::new();
     for i in 0..5 {
@@ -192,18 +216,36 @@ fn snapshot_time(dir: &Path, mapped: u64) {
 fn open_scale(dir: &Path) {
     let chunk = 128 * 1024u64;
     let chunks = 1u64 << 20;
-    let (pool, paths) = metadata_scale_pool(dir, "open-", RaidLevel::Raid0, chunks * chunk / 2 + 8 * GIB, chunks * chunk);
+    let (pool, paths) = metadata_scale_pool(
+        dir,
+        "open-",
+        RaidLevel::Raid0,
+        chunks * chunk / 2 + 8 * GIB,
+        chunks * chunk,
+    );
     let mapped = pool.list()[0].mapped / pool.chunk_size();
     drop(pool);
     let exe = std::env::current_exe().expect("exe");
     let mut times = Vec::new();
     let mut rss = 0;
     for _ in 0..5 {
-        let out = std::process::Command::new(&exe).arg("--open-only").args(&paths).output().expect("spawn");
+        let out = std::process::Command::new(&exe)
+            .arg("--open-only")
+            .args(&paths)
+            .output()
+            .expect("spawn");
         let text = String::from_utf8_lossy(&out.stdout);
         let mut parts = text.split_whitespace();
-        times.push(parts.next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN));
-        rss = parts.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        times.push(
+            parts
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN),
+        );
+        rss = parts
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
     }
     times.sort_by(|a, b| a.total_cmp(b));
     println!("| {mapped} | {:.0} ms | {} MiB |", times[2], rss / 1024);
@@ -213,7 +255,10 @@ fn open_scale(dir: &Path) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.first().map(|a| a.as_str()) == Some("--open-only") {
         let paths: Vec<PathBuf> = args[1..].iter().map(PathBuf::from).collect();
         let before = rss_kib("VmRSS:");

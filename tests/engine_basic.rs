@@ -131,3 +131,46 @@ fn full_pool_gives_enospc_and_recovers() {
     let r = pool.check(false).unwrap();
     assert!(r.clean(), "{r:?}");
 }
+
+/// Removed volumes give their space back to image files (hole punching).
+#[test]
+fn removed_data_is_discarded_on_image_members() {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Arc;
+    use vpool::device::{DeviceRef, FileDevice};
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<_> = (0..2)
+        .map(|i| {
+            let p = dir.path().join(format!("m{i}.img"));
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(256 * MIB)
+                .unwrap();
+            p
+        })
+        .collect();
+    let devs: Vec<DeviceRef> = paths
+        .iter()
+        .map(|p| Arc::new(FileDevice::open(p).unwrap()) as DeviceRef)
+        .collect();
+    let (pool, _) =
+        Pool::create("tank", devs, &vpool::CreateOptions::new(RaidLevel::Raid1)).unwrap();
+    let used = || {
+        paths
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().blocks() * 512)
+            .sum::<u64>()
+    };
+    pool.create_volume("v", 128 * MIB).unwrap();
+    let v = pool.volume("v", None).unwrap();
+    v.write_at(&pattern(64 * MIB as usize, 4), 0).unwrap();
+    v.flush().unwrap();
+    let full = used();
+    assert!(full >= 128 * MIB, "{full}");
+    pool.remove_volume("v", false).unwrap();
+    let after = used();
+    assert!(
+        after < full - 100 * MIB,
+        "space not returned: {full} -> {after}"
+    );
+}

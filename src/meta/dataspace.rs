@@ -14,6 +14,8 @@ pub struct DataSpace {
     allocated: HashSet<u64>,
     decremented: HashSet<u64>,
     freed: Vec<u64>,
+    /// Chunks whose release the last commit made final (to discard on the members).
+    released: Vec<u64>,
     used: u64,
     hint: u64,
 }
@@ -42,6 +44,7 @@ impl DataSpace {
             allocated: HashSet::new(),
             decremented: HashSet::new(),
             freed: Vec::new(),
+            released: Vec::new(),
             used: 0,
             hint: 0,
         }
@@ -133,11 +136,19 @@ impl DataSpace {
         for c in std::mem::take(&mut self.freed) {
             if self.overlay_count_is_zero(c) {
                 set_bit(&mut self.used_bits, c, false);
+                self.released.push(c);
             }
         }
         self.overlay.clear();
         self.allocated.clear();
         self.decremented.clear();
+    }
+
+    /// Chunks released for good by the last commits, sorted; clears the list.
+    pub fn take_released(&mut self) -> Vec<u64> {
+        let mut r = std::mem::take(&mut self.released);
+        r.sort_unstable();
+        r
     }
 
     fn overlay_count_is_zero(&self, c: u64) -> bool {

@@ -209,10 +209,17 @@ impl ThinPool {
     /// Caller holds `io_guard`.
     pub fn discard(&self, vol: u64, offset: u64, len: u64) -> Result<()> {
         let cs = self.chunk_size;
-        for (vchunk, within, n) in self.pieces(offset, len) {
-            if n == cs {
-                continue;
-            }
+        // Only the first and last pieces can be partial chunks.
+        let end = offset + len;
+        let mut partial = Vec::new();
+        let head_n = (cs - offset % cs).min(len);
+        if head_n != cs && len > 0 {
+            partial.push((offset / cs, offset % cs, head_n));
+        }
+        if end % cs != 0 && end / cs != offset / cs {
+            partial.push((end / cs, 0, end % cs));
+        }
+        for (vchunk, within, n) in partial {
             if self.lookup(vol, vchunk)?.is_some() {
                 self.write_piece(vol, vchunk, within, &vec![0u8; n as usize])?;
             }
@@ -259,7 +266,24 @@ impl ThinPool {
         self.array
             .flush()
             .map_err(|e| Error::io("flushing data", e))?;
-        self.meta.write().commit()
+        let released = {
+            let mut meta = self.meta.write();
+            meta.commit()?;
+            meta.data.take_released()
+        };
+        // No committed state refers to these chunks any more: let the members
+        // reclaim the space (image files get sparse again). Best effort.
+        let cs = self.chunk_size;
+        let mut i = 0;
+        while i < released.len() {
+            let mut j = i + 1;
+            while j < released.len() && released[j] == released[j - 1] + 1 {
+                j += 1;
+            }
+            let _ = self.array.discard(released[i] * cs, (j - i) as u64 * cs);
+            i = j;
+        }
+        Ok(())
     }
 
     /// Commit if the running transaction holds a lot of dirty metadata.
