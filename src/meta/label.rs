@@ -241,7 +241,7 @@ impl Label {
         let meta_end = self.meta_offset
             + (2 + 2 * self.msm_pages as u64 + self.meta_blocks) * BLOCK_SIZE as u64;
         if self.data_start < meta_end
-            || self.data_start % BLOCK_SIZE as u64 != 0
+            || !self.data_start.is_multiple_of(BLOCK_SIZE as u64)
             || self.data_start > 1 << 60
         {
             return Err("label data area overlaps the metadata area".into());

@@ -216,7 +216,7 @@ impl ThinPool {
         if head_n != cs && len > 0 {
             partial.push((offset / cs, offset % cs, head_n));
         }
-        if end % cs != 0 && end / cs != offset / cs {
+        if !end.is_multiple_of(cs) && end / cs != offset / cs {
             partial.push((end / cs, 0, end % cs));
         }
         for (vchunk, within, n) in partial {
