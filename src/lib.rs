@@ -4,6 +4,7 @@
 
 pub mod device;
 pub mod error;
+pub mod frontend;
 pub mod meta;
 pub mod raid;
 
@@ -13,4 +14,6 @@ pub mod thin;
 
 pub use pool::{CreateOptions, Pool, Volume};
 pub mod cli;
+pub mod control;
+pub mod daemon;
 pub mod state;

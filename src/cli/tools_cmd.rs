@@ -2,7 +2,8 @@
 
 use super::output::{json, table};
 use super::units::format_size;
-use super::{absolute, open_members};
+use super::{absolute, Ctx};
+use crate::control::open_members;
 use crate::device::{BlockDevice, DeviceRef, FileDevice};
 use crate::meta::label::Label;
 use crate::meta::superblock::Superblock;
@@ -27,8 +28,14 @@ pub struct CheckArgs {
     json: bool,
 }
 
-pub fn check(a: CheckArgs) -> anyhow::Result<()> {
-    let devs = open_members(&a.devices, false)?;
+pub fn check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<()> {
+    let devs = open_members(&a.devices).map_err(|e| {
+        if crate::control::client::connect(&ctx.state_dir).is_some() {
+            e.context("a vpool daemon is running: stop it to check its pools offline")
+        } else {
+            e
+        }
+    })?;
     let pool = Pool::open(devs)?;
     if !a.json {
         for w in pool.warnings() {

@@ -1,14 +1,12 @@
 //! `vpool vol ...` and `vpool snap ...`
 
-use super::copy;
 use super::output::{json, table};
 use super::pool_cmd::{parse_size_arg, JsonArg};
-use super::units::{format_size, parse_size};
-use super::{open_pool, Ctx};
-use crate::pool::names::{validate, VolPath};
+use super::units::format_size;
+use super::{absolute, dispatch, report, Ctx};
+use crate::control::Request;
+use crate::pool::names::VolPath;
 use crate::pool::VolumeInfo;
-use crate::state::StateDir;
-use anyhow::bail;
 use clap::Subcommand;
 use std::path::PathBuf;
 
@@ -103,94 +101,34 @@ pub enum SnapCmd {
 }
 
 pub fn run(ctx: &Ctx, cmd: VolCmd) -> anyhow::Result<()> {
-    let state = StateDir::open(&ctx.state_dir)?;
-    match cmd {
-        VolCmd::Create { path, size } => {
-            let p = VolPath::parse_volume(&path)?;
-            let pool = open_pool(&state, &p.pool)?;
-            for w in pool.create_volume(&p.volume, size)? {
-                eprintln!("WARNING: {w}");
-            }
-            println!("created volume '{p}' ({})", format_size(size));
-        }
-        VolCmd::List { pool, json: j } => {
-            let rows = collect(&state, pool.as_deref(), |v| v.kind == "volume")?;
-            print_list(&rows, j.json)?;
-        }
-        VolCmd::Import { path, from, offset } => {
-            let p = VolPath::parse_volume(&path)?;
-            let pool = open_pool(&state, &p.pool)?;
-            let vol = pool.volume(&p.volume, None)?;
-            copy::import(&vol, &from, offset)?;
-        }
-        VolCmd::Export { path, to, force } => {
-            let p = VolPath::parse(&path)?;
-            let pool = open_pool(&state, &p.pool)?;
-            let vol = pool.volume(&p.volume, p.snapshot.as_deref())?;
-            copy::export(&vol, &to, force)?;
-        }
-        VolCmd::Clone { source, target } => {
-            let s = VolPath::parse_snapshot(&source)?;
-            let t = VolPath::parse_volume(&target)?;
-            if s.pool != t.pool {
-                bail!(
-                    "a clone lives in the pool of its snapshot: '{}' is not in pool '{}'",
-                    target,
-                    s.pool
-                );
-            }
-            let pool = open_pool(&state, &s.pool)?;
-            pool.clone_volume(&s.volume, s.snapshot.as_deref(), &t.volume)?;
-            println!("cloned '{s}' as '{t}'");
-        }
-        VolCmd::Rollback { path } => {
-            let p = VolPath::parse_snapshot(&path)?;
-            let pool = open_pool(&state, &p.pool)?;
-            pool.rollback(&p.volume, p.snapshot.as_deref().unwrap_or_default())?;
-            println!("rolled '{}/{}' back to '{p}'", p.pool, p.volume);
-        }
-        VolCmd::Resize { path, size, force } => {
-            let p = VolPath::parse_volume(&path)?;
-            let pool = open_pool(&state, &p.pool)?;
-            let current = pool.volume(&p.volume, None)?.size()?;
-            let new = if let Some(rest) = size.strip_prefix('+') {
-                current.checked_add(parse_size(rest).map_err(anyhow::Error::msg)?)
-            } else if let Some(rest) = size.strip_prefix('-') {
-                current.checked_sub(parse_size(rest).map_err(anyhow::Error::msg)?)
-            } else {
-                Some(parse_size(&size).map_err(anyhow::Error::msg)?)
-            };
-            let Some(new) = new.filter(|&n| n > 0) else {
-                bail!("'{size}' would make the volume size zero or negative");
-            };
-            pool.resize(&p.volume, new, force)?;
-            println!(
-                "resized '{p}' from {} to {}",
-                format_size(current),
-                format_size(new)
-            );
-        }
-        VolCmd::Remove { path, recursive } => {
-            let p = VolPath::parse_volume(&path)?;
-            let pool = open_pool(&state, &p.pool)?;
-            pool.remove_volume(&p.volume, recursive)?;
-            println!("removed volume '{p}'");
-        }
-    }
+    let req = match cmd {
+        VolCmd::Create { path, size } => Request::VolCreate { path, size },
+        VolCmd::List { pool, json: j } => return list(ctx, Request::VolList { pool }, j.json),
+        VolCmd::Import { path, from, offset } => Request::VolImport {
+            path,
+            from: absolute(&from),
+            offset,
+        },
+        VolCmd::Export { path, to, force } => Request::VolExport {
+            path,
+            to: absolute(&to),
+            force,
+        },
+        VolCmd::Clone { source, target } => Request::VolClone { source, target },
+        VolCmd::Rollback { path } => Request::VolRollback { path },
+        VolCmd::Resize { path, size, force } => Request::VolResize { path, size, force },
+        VolCmd::Remove { path, recursive } => Request::VolRemove { path, recursive },
+    };
+    report(&dispatch(ctx, req)?);
     Ok(())
 }
 
 pub fn run_snap(ctx: &Ctx, cmd: SnapCmd) -> anyhow::Result<()> {
-    let state = StateDir::open(&ctx.state_dir)?;
-    match cmd {
-        SnapCmd::Create { path } => {
-            let p = VolPath::parse_snapshot(&path)?;
-            let pool = open_pool(&state, &p.pool)?;
-            pool.snapshot(&p.volume, p.snapshot.as_deref().unwrap_or_default())?;
-            println!("created snapshot '{p}'");
-        }
+    let req = match cmd {
+        SnapCmd::Create { path } => Request::SnapCreate { path },
+        SnapCmd::Remove { path } => Request::SnapRemove { path },
         SnapCmd::List { filter, json: j } => {
-            let (pool, vol) = match filter.as_deref() {
+            let (pool, volume) = match filter.as_deref() {
                 Some(f) if f.contains('/') => {
                     let p = VolPath::parse_volume(f)?;
                     (Some(p.pool), Some(p.volume))
@@ -198,46 +136,19 @@ pub fn run_snap(ctx: &Ctx, cmd: SnapCmd) -> anyhow::Result<()> {
                 Some(f) => (Some(f.to_string()), None),
                 None => (None, None),
             };
-            let prefix = vol.map(|v| format!("{}/{v}@", pool.clone().unwrap_or_default()));
-            let rows = collect(&state, pool.as_deref(), |v| {
-                v.kind == "snapshot" && prefix.as_ref().is_none_or(|p| v.name.starts_with(p))
-            })?;
-            print_list(&rows, j.json)?;
+            return list(ctx, Request::SnapList { pool, volume }, j.json);
         }
-        SnapCmd::Remove { path } => {
-            let p = VolPath::parse_snapshot(&path)?;
-            let pool = open_pool(&state, &p.pool)?;
-            pool.remove_snapshot(&p.volume, p.snapshot.as_deref().unwrap_or_default())?;
-            println!("removed snapshot '{p}'");
-        }
-    }
+    };
+    report(&dispatch(ctx, req)?);
     Ok(())
 }
 
-fn collect(
-    state: &StateDir,
-    pool: Option<&str>,
-    keep: impl Fn(&VolumeInfo) -> bool,
-) -> anyhow::Result<Vec<VolumeInfo>> {
-    let names: Vec<String> = match pool {
-        Some(p) => {
-            validate("pool", p)?;
-            vec![p.to_string()]
-        }
-        None => state.load()?.pools.keys().cloned().collect(),
-    };
-    let mut rows = Vec::new();
-    for n in names {
-        let pool = open_pool(state, &n)?;
-        rows.extend(pool.list().into_iter().filter(|v| keep(v)));
-    }
-    Ok(rows)
-}
-
-fn print_list(rows: &[VolumeInfo], as_json: bool) -> anyhow::Result<()> {
+fn list(ctx: &Ctx, req: Request, as_json: bool) -> anyhow::Result<()> {
+    let resp = dispatch(ctx, req)?;
     if as_json {
-        return json(&rows);
+        return json(&resp.data);
     }
+    let rows: Vec<VolumeInfo> = serde_json::from_value(resp.data)?;
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|v| {

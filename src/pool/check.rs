@@ -15,7 +15,7 @@ use crate::meta::MetaStore;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-#[derive(Serialize, Debug, Default, Clone)]
+#[derive(Serialize, serde::Deserialize, Debug, Default, Clone)]
 pub struct CheckReport {
     pub pool: String,
     pub transaction: u64,

@@ -4,7 +4,7 @@ use super::Pool;
 use crate::meta::superblock::MEMBER_STALE;
 use serde::Serialize;
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, serde::Deserialize, Clone, Debug)]
 pub struct MemberInfo {
     pub index: usize,
     pub device: Option<String>,
@@ -14,7 +14,7 @@ pub struct MemberInfo {
     pub data_bytes: u64,
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, serde::Deserialize, Clone, Debug)]
 pub struct PoolInfo {
     pub name: String,
     pub uuid: String,
@@ -38,7 +38,7 @@ pub struct PoolInfo {
     pub warnings: Vec<String>,
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, serde::Deserialize, Clone, Debug)]
 pub struct VolumeInfo {
     /// `pool/volume` or `pool/volume@snapshot`.
     pub name: String,

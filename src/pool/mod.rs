@@ -79,6 +79,15 @@ impl Pool {
         self.s.thin.commit()
     }
 
+    /// Commit only if the running transaction changed metadata (background
+    /// commits; a client's flush uses [`Pool::commit`], which always flushes).
+    pub fn commit_if_dirty(&self) -> Result<()> {
+        if self.s.thin.meta.read().has_changes() {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
     /// Run a metadata operation: I/O paused, committed before returning.
     fn metadata_op<T>(&self, f: impl FnOnce(&ThinPool) -> Result<T>) -> Result<T> {
         let _ops = self.s.ops.lock();
@@ -329,7 +338,7 @@ impl Pool {
     }
 
     /// Erase the labels of every present member. The data is gone for vpool.
-    pub fn destroy(self) -> Result<()> {
+    pub fn destroy(&self) -> Result<()> {
         let _ops = self.s.ops.lock();
         let zero = vec![0u8; 4096];
         for dev in self.s.thin.array.members().iter().flatten() {

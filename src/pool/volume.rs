@@ -136,6 +136,47 @@ impl Volume {
         Ok(out)
     }
 
+    /// Allocation of `[offset, offset+len)` as (length, mapped) extents,
+    /// adjacent ones merged, at most `max` of them (the last may then cover
+    /// less than the whole range).
+    pub fn allocation(&self, offset: u64, len: u64, max: usize) -> Result<Vec<(u64, bool)>> {
+        let thin = self.pool.thin();
+        let _g = thin.io_guard();
+        self.check_range(offset, len)?;
+        let cs = thin.chunk_size;
+        let end = offset + len;
+        let mapped = thin.mapped_chunks(self.id, offset / cs, end.div_ceil(cs))?;
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        let push = |from: u64, to: u64, m: bool, out: &mut Vec<(u64, bool)>| {
+            if to <= from {
+                return;
+            }
+            match out.last_mut() {
+                Some(last) if last.1 == m => last.0 += to - from,
+                _ => out.push((to - from, m)),
+            }
+        };
+        let mut pos = offset;
+        for k in mapped {
+            let (s, e) = ((k * cs).max(offset), ((k + 1) * cs).min(end));
+            push(pos, s, false, &mut out);
+            push(s, e, true, &mut out);
+            pos = e;
+        }
+        push(pos, end, false, &mut out);
+        // Descriptor lengths are u32 on the wire: split what is longer.
+        let mut split = Vec::new();
+        for (mut l, m) in out {
+            while l > 0 {
+                let n = l.min(u32::MAX as u64 - 4095);
+                split.push((n, m));
+                l -= n;
+            }
+        }
+        split.truncate(max.max(1));
+        Ok(split)
+    }
+
     /// Physical chunk behind a virtual chunk (for tests and tools).
     pub fn physical_chunk(&self, vchunk: u64) -> Result<Option<u64>> {
         let thin = self.pool.thin();

@@ -1,7 +1,7 @@
 //! Copying raw images into and out of volumes, sparse both ways.
 
-use super::output::Progress;
-use super::units::format_size;
+use super::Engine;
+use crate::cli::units::format_size;
 use crate::error::Error;
 use crate::Volume;
 use anyhow::{anyhow, bail, Context};
@@ -37,12 +37,18 @@ fn data_segments(f: &File, size: u64) -> Vec<(u64, u64)> {
     out
 }
 
-pub fn import(vol: &Volume, from: &Path, offset: u64) -> anyhow::Result<()> {
+/// Copy a raw image into a volume. Returns the summary line.
+pub fn import(
+    engine: &dyn Engine,
+    vol: &Volume,
+    from: &Path,
+    offset: u64,
+) -> anyhow::Result<String> {
     let f = File::open(from).with_context(|| format!("opening {}", from.display()))?;
     let size = f.metadata()?.len();
     let vsize = vol.size()?;
     if offset.checked_add(size).is_none_or(|e| e > vsize) {
-        bail!(
+        bail!(Error::Invalid(format!(
             "{} is {} bytes; at offset {offset} it does not fit in '{}' ({} bytes). Grow it first: vpool vol resize {} --size {}",
             from.display(),
             size,
@@ -50,12 +56,14 @@ pub fn import(vol: &Volume, from: &Path, offset: u64) -> anyhow::Result<()> {
             vsize,
             vol.name(),
             format_size((offset + size).div_ceil(1 << 20) << 20)
-        );
+        )));
     }
     if !offset.is_multiple_of(512) {
-        bail!("--offset must be a multiple of 512 bytes");
+        bail!(Error::Invalid(
+            "--offset must be a multiple of 512 bytes".into()
+        ));
     }
-    let mut progress = Progress::new(&format!("importing into {}", vol.name()), size);
+    let mut progress = engine.progress(&format!("importing into {}", vol.name()), size);
     let mut buf = vec![0u8; BLOCK as usize];
     let (mut copied, mut skipped, mut done) = (0u64, 0u64, 0u64);
     let segments = data_segments(&f, size);
@@ -107,17 +115,17 @@ pub fn import(vol: &Volume, from: &Path, offset: u64) -> anyhow::Result<()> {
         }
         return Err(e);
     }
-    println!(
+    Ok(format!(
         "imported {} into '{}': {} copied, {} skipped as zero",
         format_size(size),
         vol.name(),
         format_size(copied),
         format_size(skipped)
-    );
-    Ok(())
+    ))
 }
 
-pub fn export(vol: &Volume, to: &Path, force: bool) -> anyhow::Result<()> {
+/// Copy a volume or snapshot out to a sparse raw image. Returns the summary line.
+pub fn export(engine: &dyn Engine, vol: &Volume, to: &Path, force: bool) -> anyhow::Result<String> {
     let size = vol.size()?;
     let mut opts = OpenOptions::new();
     opts.write(true);
@@ -128,7 +136,10 @@ pub fn export(vol: &Volume, to: &Path, force: bool) -> anyhow::Result<()> {
     }
     let f = opts.open(to).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow!("{} exists; pass --force to overwrite it", to.display())
+            anyhow!(Error::Exists(format!(
+                "{}; pass --force to overwrite it",
+                to.display()
+            )))
         } else {
             anyhow!("creating {}: {e}", to.display())
         }
@@ -136,7 +147,7 @@ pub fn export(vol: &Volume, to: &Path, force: bool) -> anyhow::Result<()> {
     f.set_len(size)?;
     let ranges = vol.mapped_ranges()?;
     let mapped: u64 = ranges.iter().map(|r| r.1).sum();
-    let mut progress = Progress::new(&format!("exporting {}", vol.name()), mapped);
+    let mut progress = engine.progress(&format!("exporting {}", vol.name()), mapped);
     let mut buf = vec![0u8; BLOCK as usize];
     let (mut copied, mut done) = (0u64, 0u64);
     for (start, len) in ranges {
@@ -155,12 +166,11 @@ pub fn export(vol: &Volume, to: &Path, force: bool) -> anyhow::Result<()> {
     }
     f.sync_all()?;
     progress.finish();
-    println!(
+    Ok(format!(
         "exported '{}' to {}: {} copied, {} skipped as zero",
         vol.name(),
         to.display(),
         format_size(copied),
         format_size(size - copied)
-    );
-    Ok(())
+    ))
 }

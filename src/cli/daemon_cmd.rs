@@ -1,0 +1,63 @@
+//! `vpool daemon`
+
+use super::Ctx;
+use crate::daemon::{run as run_engine, DaemonConfig};
+use anyhow::Context;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// TCP address for NBD clients ("off" to disable).
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    nbd_listen: String,
+    /// Unix socket for NBD clients (default STATE_DIR/nbd.sock; "off" to disable).
+    #[arg(long)]
+    nbd_socket: Option<String>,
+    /// Allow NBD on a non-loopback address (NBD has no authentication).
+    #[arg(long)]
+    allow_remote: bool,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Seconds between background commits.
+    #[arg(long, default_value = "5")]
+    commit_interval: u64,
+}
+
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("vpool={level},{level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+pub fn run_daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<()> {
+    init_logging(&a.log_level);
+    let nbd_listen = match a.nbd_listen.as_str() {
+        "off" | "none" => None,
+        s => Some(s.parse::<SocketAddr>().with_context(|| {
+            format!("--nbd-listen '{s}' is not an address like 127.0.0.1:10809")
+        })?),
+    };
+    let nbd_socket = match a.nbd_socket.as_deref() {
+        Some("off") | Some("none") => None,
+        Some(p) => Some(PathBuf::from(p)),
+        None => Some(ctx.state_dir.join("nbd.sock")),
+    };
+    run_engine(DaemonConfig {
+        state_dir: super::absolute(&ctx.state_dir),
+        nbd_listen,
+        nbd_socket,
+        allow_remote: a.allow_remote,
+        commit_interval: Duration::from_secs(a.commit_interval.max(1)),
+    })
+}
+
+pub fn run(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<()> {
+    run_daemon(ctx, a)
+}

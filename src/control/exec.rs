@@ -1,0 +1,399 @@
+//! Carrying out a [`Request`] against an [`Engine`].
+
+use super::{copy, Engine, Request, Response};
+use crate::cli::units::{format_size, parse_size};
+use crate::device::{DeviceRef, FileDevice};
+use crate::meta::label::PoolState;
+use crate::pool::group_by_pool;
+use crate::pool::names::{validate, VolPath};
+use crate::pool::VolumeInfo;
+use crate::{CreateOptions, Pool};
+use anyhow::{anyhow, bail};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn ok(message: String) -> anyhow::Result<Response> {
+    Ok(Response {
+        message: Some(message),
+        ..Default::default()
+    })
+}
+
+fn data<T: Serialize>(v: &T) -> anyhow::Result<Response> {
+    Ok(Response {
+        data: serde_json::to_value(v)?,
+        ..Default::default()
+    })
+}
+
+/// One row of `pool list`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct PoolRow {
+    pub name: String,
+    pub health: String,
+    pub level: Option<String>,
+    pub size: u64,
+    pub allocated: u64,
+    pub free: u64,
+    pub virtual_bytes: u64,
+    pub error: Option<String>,
+}
+
+/// A pool found by `pool import` scanning.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Importable {
+    pub name: String,
+    pub uuid: String,
+    pub level: String,
+    pub state: String,
+    pub members_found: usize,
+    pub members_total: usize,
+    pub devices: Vec<String>,
+}
+
+pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
+    match req {
+        Request::PoolCreate {
+            name,
+            raid,
+            devices,
+            stripe_unit,
+            force,
+        } => {
+            if engine.pool_names()?.contains(&name) {
+                bail!(crate::Error::Exists(format!(
+                    "pool '{name}' (see `vpool pool list`)"
+                )));
+            }
+            let devs = open_members(&devices)?;
+            let mut opts = CreateOptions::new(raid);
+            opts.stripe_unit = stripe_unit;
+            opts.force = force;
+            let (pool, warnings) = Pool::create(&name, devs, &opts)?;
+            let i = pool.info();
+            engine.adopt(&name, pool, devices)?;
+            Ok(Response {
+                message: Some(format!(
+                    "created pool '{name}': {} over {} members, {} usable, chunk {}",
+                    i.level,
+                    i.members.len(),
+                    format_size(i.capacity),
+                    format_size(i.chunk_size)
+                )),
+                warnings,
+                ..Default::default()
+            })
+        }
+        Request::PoolList => {
+            let mut rows = Vec::new();
+            for name in engine.pool_names()? {
+                rows.push(match engine.pool(&name) {
+                    Ok(p) => {
+                        let i = p.info();
+                        PoolRow {
+                            name,
+                            health: i.health,
+                            level: Some(i.level),
+                            size: i.capacity,
+                            allocated: i.allocated,
+                            free: i.free,
+                            virtual_bytes: i.virtual_bytes,
+                            error: None,
+                        }
+                    }
+                    Err(e) => PoolRow {
+                        name,
+                        health: "unavailable".into(),
+                        level: None,
+                        size: 0,
+                        allocated: 0,
+                        free: 0,
+                        virtual_bytes: 0,
+                        error: Some(format!("{e:#}")),
+                    },
+                });
+            }
+            data(&rows)
+        }
+        Request::PoolStatus { name } => data(&engine.pool(&name)?.info()),
+        Request::PoolExport { name } => {
+            engine.pool(&name)?.export()?;
+            engine.release(&name)?;
+            ok(format!("exported pool '{name}'; its members can be moved and imported with `vpool pool import`"))
+        }
+        Request::PoolImport {
+            name,
+            scan,
+            devices,
+            force,
+        } => import(engine, name, scan, devices, force),
+        Request::PoolDestroy { name, force } => {
+            let vols = engine.pool(&name)?.info().volumes;
+            if vols > 0 && !force {
+                bail!(crate::Error::InUse(format!(
+                    "pool '{name}' still holds {vols} volume(s); remove them first or pass --force to destroy them with the pool"
+                )));
+            }
+            engine.pool(&name)?.destroy()?;
+            engine.release(&name)?;
+            ok(format!("destroyed pool '{name}'"))
+        }
+        Request::PoolCheck { name, repair } => data(&engine.pool(&name)?.check(repair)?),
+        Request::VolCreate { path, size } => {
+            let p = VolPath::parse_volume(&path)?;
+            let warnings = engine.pool(&p.pool)?.create_volume(&p.volume, size)?;
+            Ok(Response {
+                message: Some(format!("created volume '{p}' ({})", format_size(size))),
+                warnings,
+                ..Default::default()
+            })
+        }
+        Request::VolList { pool } => {
+            data(&collect(engine, pool.as_deref(), |v| v.kind == "volume")?)
+        }
+        Request::SnapList { pool, volume } => {
+            let prefix = volume.map(|v| format!("{}/{v}@", pool.clone().unwrap_or_default()));
+            data(&collect(engine, pool.as_deref(), |v| {
+                v.kind == "snapshot" && prefix.as_ref().is_none_or(|p| v.name.starts_with(p))
+            })?)
+        }
+        Request::VolImport { path, from, offset } => {
+            let p = VolPath::parse_volume(&path)?;
+            let vol = engine.pool(&p.pool)?.volume(&p.volume, None)?;
+            ok(copy::import(engine, &vol, &from, offset)?)
+        }
+        Request::VolExport { path, to, force } => {
+            let p = VolPath::parse(&path)?;
+            let vol = engine
+                .pool(&p.pool)?
+                .volume(&p.volume, p.snapshot.as_deref())?;
+            ok(copy::export(engine, &vol, &to, force)?)
+        }
+        Request::VolClone { source, target } => {
+            let s = VolPath::parse_snapshot(&source)?;
+            let t = VolPath::parse_volume(&target)?;
+            if s.pool != t.pool {
+                bail!(crate::Error::Invalid(format!(
+                    "a clone lives in the pool of its snapshot: '{target}' is not in pool '{}'",
+                    s.pool
+                )));
+            }
+            engine
+                .pool(&s.pool)?
+                .clone_volume(&s.volume, s.snapshot.as_deref(), &t.volume)?;
+            ok(format!("cloned '{s}' as '{t}'"))
+        }
+        Request::VolRollback { path } => {
+            let p = VolPath::parse_snapshot(&path)?;
+            engine
+                .pool(&p.pool)?
+                .rollback(&p.volume, p.snapshot.as_deref().unwrap_or_default())?;
+            ok(format!("rolled '{}/{}' back to '{p}'", p.pool, p.volume))
+        }
+        Request::VolResize { path, size, force } => {
+            let p = VolPath::parse_volume(&path)?;
+            let pool = engine.pool(&p.pool)?;
+            let current = pool.volume(&p.volume, None)?.size()?;
+            let invalid = |e: String| anyhow!(crate::Error::Invalid(e));
+            let new = if let Some(rest) = size.strip_prefix('+') {
+                current.checked_add(parse_size(rest).map_err(invalid)?)
+            } else if let Some(rest) = size.strip_prefix('-') {
+                current.checked_sub(parse_size(rest).map_err(invalid)?)
+            } else {
+                Some(parse_size(&size).map_err(invalid)?)
+            };
+            let Some(new) = new.filter(|&n| n > 0) else {
+                bail!(crate::Error::Invalid(format!(
+                    "'{size}' would make the volume size zero or negative"
+                )));
+            };
+            pool.resize(&p.volume, new, force)?;
+            ok(format!(
+                "resized '{p}' from {} to {}",
+                format_size(current),
+                format_size(new)
+            ))
+        }
+        Request::VolRemove { path, recursive } => {
+            let p = VolPath::parse_volume(&path)?;
+            engine.pool(&p.pool)?.remove_volume(&p.volume, recursive)?;
+            ok(format!("removed volume '{p}'"))
+        }
+        Request::SnapCreate { path } => {
+            let p = VolPath::parse_snapshot(&path)?;
+            engine
+                .pool(&p.pool)?
+                .snapshot(&p.volume, p.snapshot.as_deref().unwrap_or_default())?;
+            ok(format!("created snapshot '{p}'"))
+        }
+        Request::SnapRemove { path } => {
+            let p = VolPath::parse_snapshot(&path)?;
+            engine
+                .pool(&p.pool)?
+                .remove_snapshot(&p.volume, p.snapshot.as_deref().unwrap_or_default())?;
+            ok(format!("removed snapshot '{p}'"))
+        }
+    }
+}
+
+fn collect(
+    engine: &dyn Engine,
+    pool: Option<&str>,
+    keep: impl Fn(&VolumeInfo) -> bool,
+) -> anyhow::Result<Vec<VolumeInfo>> {
+    let names = match pool {
+        Some(p) => {
+            validate("pool", p)?;
+            vec![p.to_string()]
+        }
+        None => engine.pool_names()?,
+    };
+    let mut rows = Vec::new();
+    for n in names {
+        rows.extend(engine.pool(&n)?.list().into_iter().filter(|v| keep(v)));
+    }
+    Ok(rows)
+}
+
+/// Open member devices read-write and locked.
+pub fn open_members(paths: &[PathBuf]) -> anyhow::Result<Vec<DeviceRef>> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for p in paths {
+        if !seen.insert(crate::cli::absolute(p)) {
+            bail!(crate::Error::Invalid(format!(
+                "{} is listed twice",
+                p.display()
+            )));
+        }
+        match FileDevice::open(p) {
+            Ok(d) => out.push(Arc::new(d) as DeviceRef),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!(crate::Error::NotFound(format!(
+                    "{}: no such file or device (for an image file: truncate -s 1G {})",
+                    p.display(),
+                    p.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                bail!(crate::Error::InUse(format!(
+                    "{e}; wait for it to finish (or stop the daemon that owns the pool)"
+                )));
+            }
+            Err(e) => bail!(crate::Error::io(p.display().to_string(), e)),
+        }
+    }
+    Ok(out)
+}
+
+fn scan_paths(scan: &[PathBuf], devices: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = devices.to_vec();
+    for dir in scan {
+        let rd = std::fs::read_dir(dir).map_err(|e| anyhow!("scanning {}: {e}", dir.display()))?;
+        let mut found: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        found.sort();
+        paths.extend(found.into_iter().filter(|p| {
+            use std::os::unix::fs::FileTypeExt;
+            std::fs::metadata(p)
+                .map(|m| m.is_file() || m.file_type().is_block_device())
+                .unwrap_or(false)
+        }));
+    }
+    if paths.is_empty() {
+        bail!(crate::Error::Invalid(
+            "nothing to scan: give --scan DIR (a directory of images or /dev) or --device PATH"
+                .into()
+        ));
+    }
+    Ok(paths)
+}
+
+fn import(
+    engine: &dyn Engine,
+    name: Option<String>,
+    scan: Vec<PathBuf>,
+    devices: Vec<PathBuf>,
+    force: bool,
+) -> anyhow::Result<Response> {
+    let paths = scan_paths(&scan, &devices)?;
+    let mut devs: Vec<DeviceRef> = Vec::new();
+    for p in &paths {
+        if let Ok(d) = FileDevice::open_readonly(p) {
+            devs.push(Arc::new(d));
+        }
+    }
+    let (groups, _) = group_by_pool(devs);
+    let found: Vec<Importable> = groups
+        .iter()
+        .filter(|g| g.0.state != PoolState::Destroyed)
+        .map(|(l, members)| Importable {
+            name: l.pool_name.clone(),
+            uuid: uuid::Uuid::from_bytes(l.pool_uuid).to_string(),
+            level: l.level.to_string(),
+            state: if members.iter().any(|m| m.0.state == PoolState::Active) {
+                "active".into()
+            } else {
+                "exported".into()
+            },
+            members_found: members.len(),
+            members_total: l.member_count(),
+            devices: members.iter().map(|m| m.1.name()).collect(),
+        })
+        .collect();
+    let Some(want) = name else {
+        return data(&found);
+    };
+    let matches: Vec<&Importable> = found
+        .iter()
+        .filter(|f| f.name == want || f.uuid == want)
+        .collect();
+    let target = match matches.as_slice() {
+        [] => bail!(crate::Error::NotFound(format!(
+            "no pool named '{want}' on the scanned devices (run without a name to list them)"
+        ))),
+        [one] => *one,
+        _ => bail!(crate::Error::Invalid(format!(
+            "several pools are named '{want}'; import by UUID"
+        ))),
+    };
+    if engine.pool_names()?.contains(&target.name) {
+        bail!(crate::Error::Exists(format!(
+            "a pool named '{}' on this host",
+            target.name
+        )));
+    }
+    if target.state == "active" && !force {
+        bail!(crate::Error::InUse(format!(
+            "pool '{}' was not exported: it may be in use on another host. If it is not, import it with --force",
+            target.name
+        )));
+    }
+    let member_paths: Vec<PathBuf> = target
+        .devices
+        .iter()
+        .map(|d| crate::cli::absolute(&PathBuf::from(d)))
+        .collect();
+    let devs = open_members(&member_paths)?;
+    let uuid = uuid::Uuid::parse_str(&target.uuid)?;
+    let pool = Pool::open_with(
+        devs,
+        Some(*uuid.as_bytes()),
+        crate::meta::store::DEFAULT_CACHE_NODES,
+    )?;
+    let warnings = pool.warnings().to_vec();
+    pool.activate()?;
+    let degraded = pool.info().health != "online";
+    engine.adopt(&target.name, pool, member_paths)?;
+    Ok(Response {
+        message: Some(format!(
+            "imported pool '{}' ({} of {} members){}",
+            target.name,
+            target.members_found,
+            target.members_total,
+            if degraded { ", DEGRADED" } else { "" }
+        )),
+        warnings,
+        ..Default::default()
+    })
+}

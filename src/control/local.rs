@@ -1,0 +1,115 @@
+//! The engine the CLI uses when no daemon runs: pools are opened from the
+//! state directory's member lists, directly on the devices (locked), for the
+//! length of one command.
+
+use super::{Engine, ProgressSink};
+use crate::cli::output::Progress;
+use crate::error::Error;
+use crate::state::{KnownPool, StateDir};
+use crate::Pool;
+use anyhow::Context;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub struct LocalEngine {
+    state: StateDir,
+    open: Mutex<HashMap<String, Pool>>,
+}
+
+impl LocalEngine {
+    pub fn new(state_dir: &Path) -> anyhow::Result<LocalEngine> {
+        Ok(LocalEngine {
+            state: StateDir::open(state_dir)?,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// Open a pool the state file lists; warnings go to stderr.
+pub fn open_known(state: &StateDir, name: &str) -> anyhow::Result<Pool> {
+    let st = state.load()?;
+    let known = st.pools.get(name).ok_or_else(|| {
+        Error::NotFound(format!(
+            "pool '{name}' not found (known pools: {}; to bring in a pool from its disks: vpool pool import --scan DIR)",
+            if st.pools.is_empty() { "none".to_string() } else { st.pools.keys().cloned().collect::<Vec<_>>().join(", ") }
+        ))
+    })?;
+    let mut devs = Vec::new();
+    for p in &known.members {
+        if !p.exists() {
+            eprintln!(
+                "WARNING: member {} of pool '{name}' is missing",
+                p.display()
+            );
+            continue;
+        }
+        devs.extend(super::exec::open_members(std::slice::from_ref(p))?);
+    }
+    let uuid = uuid::Uuid::parse_str(&known.uuid).context("state file holds a bad pool uuid")?;
+    let pool = Pool::open_with(
+        devs,
+        Some(*uuid.as_bytes()),
+        crate::meta::store::DEFAULT_CACHE_NODES,
+    )
+    .with_context(|| format!("opening pool '{name}'"))?;
+    for w in pool.warnings() {
+        eprintln!("WARNING: {w}");
+    }
+    Ok(pool)
+}
+
+impl Engine for LocalEngine {
+    fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    fn pool(&self, name: &str) -> anyhow::Result<Pool> {
+        if let Some(p) = self.open.lock().get(name) {
+            return Ok(p.clone());
+        }
+        let pool = open_known(&self.state, name)?;
+        self.open.lock().insert(name.to_string(), pool.clone());
+        Ok(pool)
+    }
+
+    fn pool_names(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self.state.load()?.pools.keys().cloned().collect())
+    }
+
+    fn adopt(&self, name: &str, pool: Pool, members: Vec<PathBuf>) -> anyhow::Result<()> {
+        let mut st = self.state.load()?;
+        st.pools.insert(
+            name.to_string(),
+            KnownPool {
+                uuid: pool.uuid().to_string(),
+                members: members.iter().map(|p| crate::cli::absolute(p)).collect(),
+            },
+        );
+        self.state.save(&st)?;
+        self.open.lock().insert(name.to_string(), pool);
+        Ok(())
+    }
+
+    fn release(&self, name: &str) -> anyhow::Result<Pool> {
+        let pool = self.pool(name)?;
+        self.open.lock().remove(name);
+        let mut st = self.state.load()?;
+        st.pools.remove(name);
+        self.state.save(&st)?;
+        Ok(pool)
+    }
+
+    fn progress(&self, what: &str, total: u64) -> Box<dyn ProgressSink> {
+        Box::new(Progress::new(what, total))
+    }
+}
+
+impl ProgressSink for Progress {
+    fn set(&mut self, done: u64) {
+        Progress::set(self, done)
+    }
+    fn finish(&mut self) {
+        Progress::finish(self)
+    }
+}

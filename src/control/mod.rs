@@ -1,0 +1,88 @@
+//! The control layer: one implementation of every operation, used by the
+//! CLI when no daemon runs (on the devices directly) and by the daemon's
+//! control API. Requests are data ([`Request`]); an [`Engine`] says where
+//! pools come from.
+
+pub mod client;
+pub mod copy;
+mod exec;
+pub mod local;
+mod request;
+
+pub use exec::{execute, open_members, Importable, PoolRow};
+pub use request::{decode_component, Request, Route};
+
+use crate::error::Error;
+use crate::Pool;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What an operation returns: a line for people, warnings, and data for scripts.
+#[derive(Serialize, Deserialize, Debug, Default, Clone)]
+pub struct Response {
+    pub message: Option<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// Where pools come from.
+pub trait Engine: Send + Sync {
+    fn state_dir(&self) -> &Path;
+    /// An open pool by name.
+    fn pool(&self, name: &str) -> anyhow::Result<Pool>;
+    /// Names of the pools this host knows.
+    fn pool_names(&self) -> anyhow::Result<Vec<String>>;
+    /// A pool was created or imported: remember it.
+    fn adopt(&self, name: &str, pool: Pool, members: Vec<PathBuf>) -> anyhow::Result<()>;
+    /// A pool is being exported or destroyed: forget it and hand it over.
+    fn release(&self, name: &str) -> anyhow::Result<Pool>;
+    /// Report progress of a long copy (a bar on a terminal for the CLI).
+    fn progress(&self, what: &str, total: u64) -> Box<dyn ProgressSink>;
+}
+
+pub trait ProgressSink {
+    fn set(&mut self, done: u64);
+    fn finish(&mut self);
+}
+
+/// Progress nobody watches (the daemon).
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn set(&mut self, _: u64) {}
+    fn finish(&mut self) {}
+}
+
+/// Classify an error for HTTP status codes and hints.
+pub fn error_kind(e: &anyhow::Error) -> &'static str {
+    for cause in e.chain() {
+        if let Some(err) = cause.downcast_ref::<Error>() {
+            return match err {
+                Error::NotFound(_) => "not_found",
+                Error::Exists(_) => "exists",
+                Error::Invalid(_) => "invalid",
+                Error::NoSpace { .. } => "no_space",
+                Error::Corrupt(_) => "corrupt",
+                Error::ReadOnly(_) => "read_only",
+                Error::InUse(_) => "in_use",
+                Error::Unavailable(_) => "unavailable",
+                Error::Io { .. } => "io",
+            };
+        }
+    }
+    "invalid"
+}
+
+/// Advice printed under an error, by kind.
+pub fn hint_for(kind: &str) -> Option<String> {
+    match kind {
+        "no_space" => Some(
+            "free space with `vpool vol remove`, `vpool snap remove` or a discard, or add members to the pool".into(),
+        ),
+        "corrupt" => Some("run `vpool check MEMBERS...` to see the extent of the damage".into()),
+        "unavailable" => Some("`vpool pool status` lists the members and which are missing".into()),
+        _ => None,
+    }
+}

@@ -1,0 +1,386 @@
+//! Every operation the CLI can ask for, as data: executed locally on the
+//! devices, or sent to the daemon as HTTP/JSON. `route` and `from_http` map
+//! requests to the versioned REST API and back, in one place.
+
+use crate::raid::RaidLevel;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    PoolCreate {
+        name: String,
+        raid: RaidLevel,
+        devices: Vec<PathBuf>,
+        stripe_unit: u64,
+        force: bool,
+    },
+    PoolList,
+    PoolStatus {
+        name: String,
+    },
+    PoolExport {
+        name: String,
+    },
+    PoolImport {
+        name: Option<String>,
+        scan: Vec<PathBuf>,
+        devices: Vec<PathBuf>,
+        force: bool,
+    },
+    PoolDestroy {
+        name: String,
+        force: bool,
+    },
+    PoolCheck {
+        name: String,
+        repair: bool,
+    },
+    VolCreate {
+        path: String,
+        size: u64,
+    },
+    VolList {
+        pool: Option<String>,
+    },
+    VolImport {
+        path: String,
+        from: PathBuf,
+        offset: u64,
+    },
+    VolExport {
+        path: String,
+        to: PathBuf,
+        force: bool,
+    },
+    VolClone {
+        source: String,
+        target: String,
+    },
+    VolRollback {
+        path: String,
+    },
+    /// `size` is `SIZE`, `+SIZE` or `-SIZE`.
+    VolResize {
+        path: String,
+        size: String,
+        force: bool,
+    },
+    VolRemove {
+        path: String,
+        recursive: bool,
+    },
+    SnapCreate {
+        path: String,
+    },
+    SnapList {
+        pool: Option<String>,
+        volume: Option<String>,
+    },
+    SnapRemove {
+        path: String,
+    },
+}
+
+/// An HTTP request for the control API.
+pub struct Route {
+    pub method: &'static str,
+    pub path: String,
+    pub body: Option<serde_json::Value>,
+}
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:+".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub fn decode_component(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `pool/vol[@snap]` as path segments `pool/vol[@snap]`, each encoded.
+fn vol_path(p: &str) -> String {
+    p.split('/').map(enc).collect::<Vec<_>>().join("/")
+}
+
+fn query(pairs: &[(&str, Option<&String>)]) -> String {
+    let q: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", enc(v))))
+        .collect();
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    }
+}
+
+impl Request {
+    /// Does this request change anything?
+    pub fn mutates(&self) -> bool {
+        !matches!(
+            self,
+            Request::PoolList
+                | Request::PoolStatus { .. }
+                | Request::VolList { .. }
+                | Request::SnapList { .. }
+        ) && !matches!(self, Request::PoolImport { name: None, .. })
+    }
+
+    pub fn route(&self) -> Route {
+        let body = serde_json::to_value(self).ok();
+        let r = |method, path: String, body| Route { method, path, body };
+        match self {
+            Request::PoolList => r("GET", "/v1/pools".into(), None),
+            Request::PoolCreate { .. } => r("POST", "/v1/pools".into(), body),
+            Request::PoolStatus { name } => r("GET", format!("/v1/pools/{}", enc(name)), None),
+            Request::PoolExport { name } => {
+                r("POST", format!("/v1/pools/{}/export", enc(name)), None)
+            }
+            Request::PoolImport { .. } => r("POST", "/v1/import".into(), body),
+            Request::PoolDestroy { name, force } => r(
+                "DELETE",
+                format!(
+                    "/v1/pools/{}{}",
+                    enc(name),
+                    if *force { "?force=true" } else { "" }
+                ),
+                None,
+            ),
+            Request::PoolCheck { name, .. } => {
+                r("POST", format!("/v1/pools/{}/check", enc(name)), body)
+            }
+            Request::VolCreate { .. } => r("POST", "/v1/volumes".into(), body),
+            Request::VolList { pool } => r(
+                "GET",
+                format!("/v1/volumes{}", query(&[("pool", pool.as_ref())])),
+                None,
+            ),
+            Request::VolImport { path, .. } => r(
+                "POST",
+                format!("/v1/volumes/{}/import", vol_path(path)),
+                body,
+            ),
+            Request::VolExport { path, .. } => r(
+                "POST",
+                format!("/v1/volumes/{}/export", vol_path(path)),
+                body,
+            ),
+            Request::VolClone { source, .. } => r(
+                "POST",
+                format!("/v1/volumes/{}/clone", vol_path(source)),
+                body,
+            ),
+            Request::VolRollback { path } => r(
+                "POST",
+                format!("/v1/volumes/{}/rollback", vol_path(path)),
+                None,
+            ),
+            Request::VolResize { path, .. } => r(
+                "POST",
+                format!("/v1/volumes/{}/resize", vol_path(path)),
+                body,
+            ),
+            Request::VolRemove { path, recursive } => r(
+                "DELETE",
+                format!(
+                    "/v1/volumes/{}{}",
+                    vol_path(path),
+                    if *recursive { "?recursive=true" } else { "" }
+                ),
+                None,
+            ),
+            Request::SnapCreate { .. } => r("POST", "/v1/snapshots".into(), body),
+            Request::SnapList { pool, volume } => r(
+                "GET",
+                format!(
+                    "/v1/snapshots{}",
+                    query(&[("pool", pool.as_ref()), ("volume", volume.as_ref())])
+                ),
+                None,
+            ),
+            Request::SnapRemove { path } => {
+                r("DELETE", format!("/v1/snapshots/{}", vol_path(path)), None)
+            }
+        }
+    }
+
+    /// The request an HTTP call stands for. Bodies carry the whole request
+    /// (`{"vol_create": {...}}`); paths and queries carry the rest.
+    pub fn from_http(method: &str, url: &str, body: &[u8]) -> Result<Request, String> {
+        let (path, q) = url.split_once('?').unwrap_or((url, ""));
+        let params: Vec<(String, String)> = q
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                Some((decode_component(k)?, decode_component(v)?))
+            })
+            .collect();
+        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let flag = |k: &str| param(k).is_some_and(|v| v == "true" || v == "1");
+        let segs: Vec<String> = path
+            .trim_start_matches('/')
+            .split('/')
+            .map(|s| decode_component(s).ok_or_else(|| format!("bad escape in '{s}'")))
+            .collect::<Result<_, _>>()?;
+        let segs: Vec<&str> = segs.iter().map(|s| s.as_str()).collect();
+        let from_body = || -> Result<Request, String> {
+            serde_json::from_slice(body).map_err(|e| format!("request body: {e}"))
+        };
+        let req = match (method, segs.as_slice()) {
+            ("GET", ["v1", "pools"]) => Request::PoolList,
+            ("POST", ["v1", "pools"])
+            | ("POST", ["v1", "import"])
+            | ("POST", ["v1", "volumes"])
+            | ("POST", ["v1", "snapshots"]) => from_body()?,
+            ("GET", ["v1", "pools", name]) => Request::PoolStatus {
+                name: name.to_string(),
+            },
+            ("DELETE", ["v1", "pools", name]) => Request::PoolDestroy {
+                name: name.to_string(),
+                force: flag("force"),
+            },
+            ("POST", ["v1", "pools", name, "export"]) => Request::PoolExport {
+                name: name.to_string(),
+            },
+            ("POST", ["v1", "pools", _, "check"]) => from_body()?,
+            ("GET", ["v1", "volumes"]) => Request::VolList {
+                pool: param("pool"),
+            },
+            ("GET", ["v1", "snapshots"]) => Request::SnapList {
+                pool: param("pool"),
+                volume: param("volume"),
+            },
+            ("DELETE", ["v1", "volumes", pool, vol]) => Request::VolRemove {
+                path: format!("{pool}/{vol}"),
+                recursive: flag("recursive"),
+            },
+            ("DELETE", ["v1", "snapshots", pool, vol]) => Request::SnapRemove {
+                path: format!("{pool}/{vol}"),
+            },
+            ("POST", ["v1", "volumes", pool, vol, "rollback"]) => Request::VolRollback {
+                path: format!("{pool}/{vol}"),
+            },
+            ("POST", ["v1", "volumes", _, _, "import" | "export" | "clone" | "resize"]) => {
+                from_body()?
+            }
+            _ => return Err(format!("no such call: {method} {path} (see docs/API.md)")),
+        };
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_survives_its_route() {
+        let reqs = vec![
+            Request::PoolCreate {
+                name: "t".into(),
+                raid: RaidLevel::Raid5,
+                devices: vec!["/a".into()],
+                stripe_unit: 65536,
+                force: false,
+            },
+            Request::PoolList,
+            Request::PoolStatus { name: "t a".into() },
+            Request::PoolExport { name: "t".into() },
+            Request::PoolImport {
+                name: None,
+                scan: vec!["/d".into()],
+                devices: vec![],
+                force: true,
+            },
+            Request::PoolDestroy {
+                name: "t".into(),
+                force: true,
+            },
+            Request::PoolCheck {
+                name: "t".into(),
+                repair: false,
+            },
+            Request::VolCreate {
+                path: "t/v".into(),
+                size: 4096,
+            },
+            Request::VolList {
+                pool: Some("t".into()),
+            },
+            Request::VolList { pool: None },
+            Request::VolImport {
+                path: "t/v".into(),
+                from: "/x".into(),
+                offset: 0,
+            },
+            Request::VolExport {
+                path: "t/v@s".into(),
+                to: "/y".into(),
+                force: false,
+            },
+            Request::VolClone {
+                source: "t/v@s".into(),
+                target: "t/w".into(),
+            },
+            Request::VolRollback {
+                path: "t/v@s".into(),
+            },
+            Request::VolResize {
+                path: "t/v".into(),
+                size: "+1G".into(),
+                force: false,
+            },
+            Request::VolRemove {
+                path: "t/v".into(),
+                recursive: true,
+            },
+            Request::SnapCreate {
+                path: "t/v@s".into(),
+            },
+            Request::SnapList {
+                pool: Some("t".into()),
+                volume: Some("v".into()),
+            },
+            Request::SnapRemove {
+                path: "t/v@s".into(),
+            },
+        ];
+        for req in reqs {
+            let r = req.route();
+            let body = r
+                .body
+                .map(|b| serde_json::to_vec(&b).unwrap())
+                .unwrap_or_default();
+            assert_eq!(
+                Request::from_http(r.method, &r.path, &body).unwrap(),
+                req,
+                "{} {}",
+                r.method,
+                r.path
+            );
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The daemon's pools: opened once at start, shared by the control API and
+//! the NBD server. Also the NBD export list.
+
+use crate::control::{Engine, NoProgress, ProgressSink};
+use crate::error::Error;
+use crate::frontend::nbd::Exports;
+use crate::pool::names::VolPath;
+use crate::state::{KnownPool, StateDir};
+use crate::{Pool, Volume};
+use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub struct DaemonEngine {
+    state_dir: PathBuf,
+    pools: RwLock<BTreeMap<String, Pool>>,
+    /// Pools that failed to open at start, with why.
+    pub unavailable: RwLock<BTreeMap<String, String>>,
+}
+
+impl DaemonEngine {
+    /// Open every pool the state directory lists. A pool that cannot open is
+    /// logged loudly and reported as unavailable; the others are served.
+    pub fn start(state_dir: &Path) -> anyhow::Result<DaemonEngine> {
+        let state = StateDir::open(state_dir)?;
+        let mut pools = BTreeMap::new();
+        let mut unavailable = BTreeMap::new();
+        for name in state.load()?.pools.keys() {
+            match crate::control::local::open_known(&state, name) {
+                Ok(p) => {
+                    for w in p.warnings() {
+                        tracing::warn!(pool = %name, "{w}");
+                    }
+                    if p.info().health != "online" {
+                        tracing::error!(pool = %name, "pool is DEGRADED: serving from redundancy; see `vpool pool status {name}`");
+                    }
+                    tracing::info!(pool = %name, "pool imported");
+                    pools.insert(name.clone(), p);
+                }
+                Err(e) => {
+                    tracing::error!(pool = %name, "pool cannot be opened: {e:#}");
+                    unavailable.insert(name.clone(), format!("{e:#}"));
+                }
+            }
+        }
+        Ok(DaemonEngine {
+            state_dir: state_dir.to_path_buf(),
+            pools: RwLock::new(pools),
+            unavailable: RwLock::new(unavailable),
+        })
+    }
+
+    pub fn all(&self) -> Vec<(String, Pool)> {
+        self.pools
+            .read()
+            .iter()
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect()
+    }
+}
+
+impl Engine for DaemonEngine {
+    fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    fn pool(&self, name: &str) -> anyhow::Result<Pool> {
+        if let Some(p) = self.pools.read().get(name) {
+            return Ok(p.clone());
+        }
+        if let Some(why) = self.unavailable.read().get(name) {
+            return Err(Error::Unavailable(format!(
+                "pool '{name}' could not be opened when the daemon started: {why}"
+            ))
+            .into());
+        }
+        Err(Error::NotFound(format!("pool '{name}' not found (see `vpool pool list`)")).into())
+    }
+
+    fn pool_names(&self) -> anyhow::Result<Vec<String>> {
+        let mut names: Vec<String> = self.pools.read().keys().cloned().collect();
+        names.extend(self.unavailable.read().keys().cloned());
+        names.sort();
+        Ok(names)
+    }
+
+    fn adopt(&self, name: &str, pool: Pool, members: Vec<PathBuf>) -> anyhow::Result<()> {
+        let state = StateDir::open(&self.state_dir)?;
+        let mut st = state.load()?;
+        st.pools.insert(
+            name.to_string(),
+            KnownPool {
+                uuid: pool.uuid().to_string(),
+                members: members.iter().map(|p| crate::cli::absolute(p)).collect(),
+            },
+        );
+        state.save(&st)?;
+        self.pools.write().insert(name.to_string(), pool);
+        tracing::info!(pool = %name, "pool added");
+        Ok(())
+    }
+
+    fn release(&self, name: &str) -> anyhow::Result<Pool> {
+        let pool = self.pool(name)?;
+        self.pools.write().remove(name);
+        let state = StateDir::open(&self.state_dir)?;
+        let mut st = state.load()?;
+        st.pools.remove(name);
+        state.save(&st)?;
+        tracing::info!(pool = %name, "pool released");
+        Ok(pool)
+    }
+
+    fn progress(&self, _what: &str, _total: u64) -> Box<dyn ProgressSink> {
+        Box::new(NoProgress)
+    }
+}
+
+impl Exports for DaemonEngine {
+    fn list(&self) -> Vec<String> {
+        self.all()
+            .iter()
+            .flat_map(|(_, p)| p.list().into_iter().map(|v| v.name))
+            .collect()
+    }
+
+    fn open(&self, name: &str) -> Option<Volume> {
+        let p = VolPath::parse(name).ok()?;
+        let pool = self.pools.read().get(&p.pool)?.clone();
+        pool.volume(&p.volume, p.snapshot.as_deref()).ok()
+    }
+}

@@ -1,0 +1,149 @@
+//! The vpool daemon: owns every pool of its state directory, serves volumes
+//! over NBD (TCP and a unix socket), answers the control API, commits in the
+//! background, and shuts down cleanly on SIGTERM/SIGINT.
+
+mod api;
+mod engine;
+
+pub use engine::DaemonEngine;
+
+use crate::frontend::nbd::NbdServer;
+use anyhow::{bail, Context};
+use nix::sys::signal::{SigSet, Signal};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    /// TCP address for NBD; `None` disables TCP.
+    pub nbd_listen: Option<SocketAddr>,
+    /// Unix socket for NBD; `None` disables it.
+    pub nbd_socket: Option<PathBuf>,
+    /// Allow a non-loopback NBD address.
+    pub allow_remote: bool,
+    /// Background commit interval.
+    pub commit_interval: Duration,
+}
+
+/// Remove a socket file nobody listens on (left by a killed daemon).
+fn clear_stale_socket(path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!("{} is in use by another process", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Run until SIGTERM or SIGINT.
+pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    // One daemon per state directory.
+    let lock_path = cfg.state_dir.join("daemon.lock");
+    let mut lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)?;
+    // SAFETY: flock on an owned descriptor.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let pid = std::fs::read_to_string(&lock_path).unwrap_or_default();
+        bail!(
+            "another vpool daemon (pid {}) runs for {}",
+            pid.trim(),
+            cfg.state_dir.display()
+        );
+    }
+    lock.set_len(0)?;
+    writeln!(lock, "{}", std::process::id())?;
+
+    // Signals are taken synchronously by this thread; block them everywhere first.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().context("blocking signals")?;
+
+    let engine = Arc::new(DaemonEngine::start(&cfg.state_dir)?);
+    let nbd = NbdServer::new(engine.clone());
+    if let Some(addr) = cfg.nbd_listen {
+        if !addr.ip().is_loopback() && !cfg.allow_remote {
+            bail!("refusing to serve NBD on {addr}: it is not a loopback address and NBD has no authentication; pass --allow-remote if you mean it");
+        }
+        let l = TcpListener::bind(addr).with_context(|| format!("binding NBD on {addr}"))?;
+        tracing::info!("NBD listening on {}", l.local_addr()?);
+        nbd.listen_tcp(l)?;
+    }
+    if let Some(path) = &cfg.nbd_socket {
+        clear_stale_socket(path)?;
+        let l = UnixListener::bind(path)
+            .with_context(|| format!("binding NBD socket {}", path.display()))?;
+        tracing::info!("NBD listening on {}", path.display());
+        nbd.listen_unix(l)?;
+    }
+    let api_path = crate::control::client::socket_path(&cfg.state_dir);
+    clear_stale_socket(&api_path)?;
+    let api = api::ApiServer::start(&api_path, engine.clone())?;
+    tracing::info!("control API on {}", api_path.display());
+
+    // Background commits bound how much unflushed work a crash can lose.
+    let stop_commits = Arc::new(AtomicBool::new(false));
+    let committer = {
+        let engine = engine.clone();
+        let stop = stop_commits.clone();
+        let every = cfg.commit_interval;
+        std::thread::spawn(move || {
+            let mut waited = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                waited += Duration::from_millis(100);
+                if waited < every {
+                    continue;
+                }
+                waited = Duration::ZERO;
+                for (name, pool) in engine.all() {
+                    if let Err(e) = pool.commit_if_dirty() {
+                        tracing::error!(pool = %name, "background commit failed: {e}");
+                    }
+                }
+            }
+        })
+    };
+    tracing::info!("vpool daemon ready ({} pools)", engine.all().len());
+
+    let sig = signals.wait().context("waiting for signals")?;
+    tracing::info!("{sig:?} received: shutting down");
+    api.stop();
+    nbd.stop();
+    stop_commits.store(true, Ordering::Relaxed);
+    let _ = committer.join();
+    let mut failed = false;
+    for (name, pool) in engine.all() {
+        match pool.commit() {
+            Ok(()) => tracing::info!(pool = %name, "committed and closed"),
+            Err(e) => {
+                failed = true;
+                tracing::error!(pool = %name, "final commit failed: {e}");
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&api_path);
+    if let Some(p) = &cfg.nbd_socket {
+        let _ = std::fs::remove_file(p);
+    }
+    if failed {
+        bail!("shut down with errors: see the log above");
+    }
+    tracing::info!("clean shutdown");
+    Ok(())
+}

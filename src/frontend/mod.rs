@@ -1,0 +1,3 @@
+//! Frontends: how clients reach volumes. They use only the pool facade.
+
+pub mod nbd;

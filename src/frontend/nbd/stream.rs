@@ -1,0 +1,64 @@
+//! One client connection, over TCP or a unix socket.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+pub trait Stream: Read + Write + Send + Sync + 'static {
+    fn try_clone_stream(&self) -> io::Result<Box<dyn Stream>>;
+    /// Stop reading (graceful shutdown) or everything.
+    fn shutdown(&self, how: Shutdown);
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    fn peer(&self) -> String;
+}
+
+impl Stream for TcpStream {
+    fn try_clone_stream(&self) -> io::Result<Box<dyn Stream>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+    fn shutdown(&self, how: Shutdown) {
+        let _ = TcpStream::shutdown(self, how);
+    }
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, t)
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_write_timeout(self, t)
+    }
+    fn peer(&self) -> String {
+        self.peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "tcp".into())
+    }
+}
+
+impl Stream for UnixStream {
+    fn try_clone_stream(&self) -> io::Result<Box<dyn Stream>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+    fn shutdown(&self, how: Shutdown) {
+        let _ = UnixStream::shutdown(self, how);
+    }
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, t)
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_write_timeout(self, t)
+    }
+    fn peer(&self) -> String {
+        "unix".into()
+    }
+}
+
+/// Read and drop `n` bytes with a small buffer (an oversized payload we refuse).
+pub fn skip(r: &mut dyn Read, mut n: u64) -> io::Result<()> {
+    let mut buf = [0u8; 64 * 1024];
+    while n > 0 {
+        let k = (n as usize).min(buf.len());
+        r.read_exact(&mut buf[..k])?;
+        n -= k as u64;
+    }
+    Ok(())
+}
