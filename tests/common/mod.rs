@@ -6,6 +6,9 @@ use vpool::device::{DeviceRef, MemDevice};
 use vpool::raid::RaidLevel;
 use vpool::{CreateOptions, Pool};
 
+pub mod daemon;
+pub mod nbd_client;
+
 pub const MIB: u64 = 1 << 20;
 
 pub fn mem_devices(n: usize, size: u64) -> Vec<Arc<MemDevice>> {

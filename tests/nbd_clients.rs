@@ -1,0 +1,207 @@
+//! End to end over NBD with real clients from Debian packages (qemu-utils,
+//! libnbd-bin, fio): the `vpool daemon` serving thin volumes.
+
+mod common;
+use common::daemon::*;
+use common::{pattern, MIB};
+use std::process::Command;
+
+fn setup(level: &str, members: usize, vol_size: &str) -> (tempfile::TempDir, Daemon) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    make_pool(&state, level, members, 1 << 30, &[]);
+    let d = Daemon::start(&state);
+    d.vpool_ok(&["vol", "create", "tank/db", "--size", vol_size]);
+    (dir, d)
+}
+
+#[test]
+fn qemu_io_patterns_across_chunk_and_stripe_boundaries() {
+    require("qemu-io", "qemu-utils");
+    let (_dir, d) = setup("raid5", 3, "64M");
+    // Chunks are 128K (two 64K stripe units): straddle units, chunks and stripes.
+    let spots: [(u64, u64, u8); 8] = [
+        (0, 4096, 0x11),
+        (65536 - 512, 1024, 0x22),
+        (131072 - 4096, 8192, 0x33),
+        (3 * 65536 + 100 * 512, 200 * 1024, 0x44),
+        (MIB - 512, 3 * MIB, 0x55),
+        (10 * MIB + 7 * 512, 512, 0x66),
+        (20 * MIB, 4 * MIB, 0x77),
+        (64 * MIB - 65536, 65536, 0x88),
+    ];
+    let mut args: Vec<String> = vec!["-f".into(), "raw".into()];
+    for (off, len, p) in spots {
+        args.push("-c".into());
+        args.push(format!("write -P {p} {off} {len}"));
+    }
+    for (off, len, p) in spots {
+        args.push("-c".into());
+        args.push(format!("read -P {p} {off} {len}"));
+    }
+    args.push("-c".into());
+    args.push("read -P 0 40M 1M".into());
+    args.push(d.unix_uri("tank/db"));
+    let out = ok(Command::new("qemu-io").args(&args), 120);
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+    assert_eq!(out.matches("read ").count(), spots.len() + 1, "{out}");
+
+    // qemu-img convert in and compare.
+    let img = d.state.join("src.raw");
+    std::fs::write(&img, pattern(64 * MIB as usize, 3)).unwrap();
+    ok(
+        Command::new("qemu-img").args([
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            img.to_str().unwrap(),
+            &d.uri("tank/db"),
+        ]),
+        120,
+    );
+    ok(
+        Command::new("qemu-img").args([
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            img.to_str().unwrap(),
+            &d.uri("tank/db"),
+        ]),
+        120,
+    );
+    let info = ok(
+        Command::new("qemu-img").args(["info", &d.uri("tank/db")]),
+        60,
+    );
+    assert!(info.contains("64 MiB"), "{info}");
+}
+
+fn sha(path: &std::path::Path) -> u32 {
+    crc32fast::hash(&std::fs::read(path).unwrap())
+}
+
+#[test]
+fn nbdcopy_in_and_out_and_map_and_list() {
+    require("nbdcopy", "libnbd-bin");
+    require("nbdinfo", "libnbd-bin");
+    let (_dir, d) = setup("raid0", 3, "256M");
+    let src = d.state.join("random.raw");
+    std::fs::write(&src, pattern(256 * MIB as usize, 9)).unwrap();
+    ok(
+        Command::new("nbdcopy").args([src.to_str().unwrap(), &d.uri("tank/db")]),
+        300,
+    );
+    let out = d.state.join("back.raw");
+    ok(
+        Command::new("nbdcopy").args([&d.uri("tank/db"), out.to_str().unwrap()]),
+        300,
+    );
+    assert_eq!(sha(&src), sha(&out), "nbdcopy round trip");
+
+    // A sparse map: new volume, two written regions, one trimmed back.
+    // Raid0 over 3 members: 192K chunks, so 3M is 16 whole chunks.
+    d.vpool_ok(&["vol", "create", "tank/sparse", "--size", "64M"]);
+    ok(
+        Command::new("qemu-io").args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 1 0 3M",
+            "-c",
+            "write -P 2 6M 6M",
+            "-c",
+            "discard 9M 3M",
+            &d.unix_uri("tank/sparse"),
+        ]),
+        60,
+    );
+    let map = ok(
+        Command::new("nbdinfo").args(["--map", "--json", &d.uri("tank/sparse")]),
+        60,
+    );
+    let v: serde_json::Value = serde_json::from_str(&map).unwrap();
+    let data: Vec<(u64, u64)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"].as_u64() == Some(0))
+        .map(|e| (e["offset"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(data, vec![(0, 3 * MIB), (6 * MIB, 3 * MIB)], "map: {map}");
+
+    d.vpool_ok(&["snap", "create", "tank/db@before"]);
+    let list = ok(
+        Command::new("nbdinfo").args(["--list", "--json", &d.uri("")]),
+        60,
+    );
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let names: Vec<&str> = v["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["export-name"].as_str().unwrap())
+        .collect();
+    for want in ["tank/db", "tank/db@before", "tank/sparse"] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    let snap = v["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["export-name"] == "tank/db@before")
+        .unwrap();
+    assert_eq!(snap["is_read_only"], true, "{snap}");
+}
+
+fn fio(d: &Daemon, export: &str, rw: &str, bs: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "--name=vpool".to_string(),
+        "--ioengine=nbd".into(),
+        format!("--uri={}", d.uri(export)),
+        format!("--rw={rw}"),
+        format!("--bs={bs}"),
+        "--iodepth=16".into(),
+        "--numjobs=2".into(),
+        "--size=48M".into(),
+        "--offset_increment=64M".into(),
+        "--verify=crc32c".into(),
+        "--randrepeat=1".into(),
+        "--group_reporting".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    ok(Command::new("fio").args(&args), 600)
+}
+
+#[test]
+fn fio_verify_multi_conn_survives_sigkill() {
+    require("fio", "fio");
+    for (level, n) in [("raid0", 3), ("raid1", 2), ("raid5", 3)] {
+        let (_dir, mut d) = setup(level, n, "256M");
+        // Write, flush at the end (end_fsync), verify.
+        fio(&d, "tank/db", "randwrite", "4k", &["--end_fsync=1"]);
+        fio(
+            &d,
+            "tank/db",
+            "write",
+            "1M",
+            &["--offset=128M", "--end_fsync=1"],
+        );
+        d.kill();
+        d.restart();
+        // Everything flushed before the kill verifies.
+        fio(&d, "tank/db", "randwrite", "4k", &["--verify_only"]);
+        fio(
+            &d,
+            "tank/db",
+            "write",
+            "1M",
+            &["--offset=128M", "--verify_only"],
+        );
+        assert!(d.log().contains("pool imported"), "{level}");
+    }
+}
