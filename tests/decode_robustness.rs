@@ -53,6 +53,7 @@ proptest! {
         fuzzing::superblock(&data);
         fuzzing::node(&data);
         fuzzing::catalog(&data);
+        fuzzing::nbd(&data);
     }
 
     #[test]

@@ -205,3 +205,56 @@ fn fio_verify_multi_conn_survives_sigkill() {
         assert!(d.log().contains("pool imported"), "{level}");
     }
 }
+
+#[test]
+fn quickstart_serves_the_demo_pool() {
+    require("nbdinfo", "libnbd-bin");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(vpool_bin())
+        .args([
+            "quickstart",
+            "--dir",
+            dir.path().join("demo").to_str().unwrap(),
+            "--nbd-listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "quickstart did not start serving"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let list = run(
+        Command::new("nbdinfo").args(["--list", &format!("nbd://127.0.0.1:{port}")]),
+        60,
+    );
+    let read = run(
+        Command::new("qemu-io").args([
+            "-f",
+            "raw",
+            "-r",
+            "-c",
+            "read -v 0 17",
+            &format!("nbd://127.0.0.1:{port}/demo/vol1"),
+        ]),
+        60,
+    );
+    // SAFETY: our own child, by PID.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(String::from_utf8_lossy(&list.stdout).contains("demo/vol1@first"));
+    assert!(
+        String::from_utf8_lossy(&read.stdout).contains("hello.from.vpool"),
+        "{}",
+        String::from_utf8_lossy(&read.stdout)
+    );
+    assert!(status.success(), "clean shutdown on SIGTERM");
+}

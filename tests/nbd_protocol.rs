@@ -254,3 +254,26 @@ fn client_that_never_reads_replies_is_bounded() {
     drop(c);
     still_serving(&d);
 }
+
+#[test]
+fn removed_or_resized_volume_while_connected() {
+    let (_dir, d) = setup();
+    d.vpool_ok(&["vol", "create", "tank/tmp", "--size", "8M"]);
+    let mut c = Client::open(d.port, "tank/tmp", false);
+    assert_eq!(c.write(0, &[1u8; 4096]), 0);
+    // Grown: this connection keeps the size it negotiated; I/O beyond it is
+    // refused until the client reconnects and sees the new size.
+    d.vpool_ok(&["vol", "resize", "tank/tmp", "--size", "16M"]);
+    let again = Client::open(d.port, "tank/tmp", false);
+    assert_eq!(again.size, 16 << 20);
+    assert_eq!(c.read(0, 4096).unwrap(), vec![1u8; 4096]);
+    // Shrunk below an old offset: that I/O now fails with EINVAL.
+    d.vpool_ok(&["vol", "resize", "tank/tmp", "--size", "4M", "--force"]);
+    assert_eq!(c.read(6 << 20, 4096), Err(22));
+    // Removed: every request gets EIO; the connection stays up until the client leaves.
+    d.vpool_ok(&["vol", "remove", "tank/tmp"]);
+    assert_eq!(c.read(0, 4096), Err(5));
+    assert_eq!(c.write(0, &[2u8; 4096]), 5);
+    drop(c);
+    still_serving(&d);
+}

@@ -6,9 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests need (the storage engine's tests need none yet;
-# frontends add NBD clients, e2fsprogs, containers...).
-PACKAGES=(ca-certificates)
+# System packages the tests need: real NBD clients (qemu-io, qemu-img,
+# nbdinfo, nbdcopy, nbdfuse, fio), FUSE, and the filesystem tools used on top.
+PACKAGES=(ca-certificates qemu-utils libnbd-bin nbdfuse fio fuse3 e2fsprogs util-linux mount)
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}"
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -43,7 +43,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
     timeout 1200 cargo install cargo-fuzz --locked
 fi
 fuzzed=0
-for target in decode_label decode_superblock decode_node decode_catalog; do
+for target in decode_label decode_superblock decode_node decode_catalog decode_nbd; do
     (cd fuzz && RUSTC_BOOTSTRAP=1 timeout $((FUZZ_SECONDS + 600)) \
         cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 2>&1 | tail -n 3)
     fuzzed=$((fuzzed + 1))

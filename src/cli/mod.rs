@@ -2,7 +2,7 @@
 //! command becomes a [`Request`]: sent to the running daemon when there is
 //! one, carried out directly on the devices otherwise.
 
-mod daemon_cmd;
+pub mod daemon_cmd;
 pub mod output;
 mod pool_cmd;
 mod tools_cmd;

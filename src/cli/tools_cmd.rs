@@ -335,75 +335,95 @@ pub struct QuickstartArgs {
     /// Directory for the demo's image files and state.
     #[arg(long, default_value = "vpool-demo")]
     dir: PathBuf,
+    /// TCP address the demo daemon serves NBD on.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    nbd_listen: String,
+    /// Only create the demo pool; do not start the daemon.
+    #[arg(long)]
+    no_serve: bool,
 }
 
 pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let dir = absolute(&a.dir);
     let state_dir = dir.join("state");
-    let state = StateDir::open(&state_dir)?;
-    let mut st = state.load()?;
-    let env = format!("VPOOL_STATE_DIR={}", state_dir.display());
-    if !st.pools.contains_key("demo") {
-        let mut paths = Vec::new();
-        for i in 1..=3 {
-            let p = dir.join(format!("d{i}.img"));
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&p)?;
-            if f.metadata()?.len() == 0 {
-                f.set_len(1 << 30)?;
+    {
+        let state = StateDir::open(&state_dir)?;
+        let mut st = state.load()?;
+        if !st.pools.contains_key("demo") {
+            let mut paths = Vec::new();
+            for i in 1..=3 {
+                let p = dir.join(format!("d{i}.img"));
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&p)?;
+                if f.metadata()?.len() == 0 {
+                    f.set_len(1 << 30)?;
+                }
+                paths.push(p);
             }
-            paths.push(p);
+            let devs: Vec<DeviceRef> = paths
+                .iter()
+                .map(|p| FileDevice::open(p).map(|d| Arc::new(d) as DeviceRef))
+                .collect::<Result<_, _>>()?;
+            let mut opts = CreateOptions::new(RaidLevel::Raid5);
+            opts.force = true;
+            let (pool, _) = Pool::create("demo", devs, &opts)?;
+            pool.create_volume("vol1", 4 << 30)?;
+            let v = pool.volume("vol1", None)?;
+            v.write_at(b"hello from vpool\n", 0)?;
+            pool.snapshot("vol1", "first")?;
+            st.pools.insert(
+                "demo".into(),
+                KnownPool {
+                    uuid: pool.uuid().to_string(),
+                    members: paths,
+                },
+            );
+            state.save(&st)?;
+            println!(
+                "created a demo pool 'demo' (raid5 over three 1G sparse image files in {})",
+                dir.display()
+            );
+            println!("with a 4G thin volume demo/vol1 and a snapshot demo/vol1@first.\n");
+        } else {
+            println!("using the demo pool in {}\n", dir.display());
         }
-        let devs: Vec<DeviceRef> = paths
-            .iter()
-            .map(|p| FileDevice::open(p).map(|d| Arc::new(d) as DeviceRef))
-            .collect::<Result<_, _>>()?;
-        let mut opts = CreateOptions::new(RaidLevel::Raid5);
-        opts.force = true;
-        let (pool, _) = Pool::create("demo", devs, &opts)?;
-        pool.create_volume("vol1", 4 << 30)?;
-        let v = pool.volume("vol1", None)?;
-        v.write_at(b"hello from vpool\n", 0)?;
-        pool.snapshot("vol1", "first")?;
-        st.pools.insert(
-            "demo".into(),
-            KnownPool {
-                uuid: pool.uuid().to_string(),
-                members: paths,
-            },
-        );
-        state.save(&st)?;
-        println!(
-            "created a demo pool 'demo' (raid5 over three 1G sparse image files in {})",
-            dir.display()
-        );
-        println!("with a 4G thin volume demo/vol1 and a snapshot demo/vol1@first.\n");
-    } else {
-        println!("the demo pool already exists in {}\n", dir.display());
     }
-    drop(state);
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or("vpool".into());
-    println!("Try it (the state directory is set through the environment):");
-    println!("  export {env}");
+    let addr = &a.nbd_listen;
+    let sock = state_dir.join("nbd.sock");
+    println!("In another terminal:");
+    println!("  export VPOOL_STATE_DIR={}", state_dir.display());
     println!("  {exe} pool status demo");
-    println!("  {exe} vol list");
     println!("  {exe} vol create demo/db --size 10G");
-    println!("  {exe} snap create demo/db@empty");
-    println!(
-        "  {exe} vol export demo/vol1@first --to {}/first.raw",
-        dir.display()
-    );
-    println!(
-        "  {exe} check {}/d1.img {}/d2.img {}/d3.img",
-        dir.display(),
-        dir.display(),
-        dir.display()
-    );
-    Ok(())
+    println!("  qemu-img info nbd://{addr}/demo/vol1");
+    println!("  qemu-io -f raw -c 'write -P 0xab 0 4M' -c 'read -P 0xab 0 4M' 'nbd+unix:///demo/db?socket={}'", sock.display());
+    println!("  nbdinfo --list nbd://{addr}");
+    println!("  nbdinfo --map nbd://{addr}/demo/db");
+    println!("  mkdir -p /tmp/vpool-mnt && nbdfuse /tmp/vpool-mnt/db nbd://{addr}/demo/db &   # then: losetup -f --show /tmp/vpool-mnt/db");
+    println!("  {exe} snap create demo/db@before");
+    if a.no_serve {
+        println!(
+            "\nStart serving with: {exe} --state-dir {} daemon --nbd-listen {addr}",
+            state_dir.display()
+        );
+        return Ok(());
+    }
+    println!("\nServing now (Ctrl-C stops the daemon cleanly)...\n");
+    crate::cli::daemon_cmd::init_logging("info");
+    let nbd_listen = addr
+        .parse()
+        .with_context(|| format!("--nbd-listen '{addr}' is not an address"))?;
+    crate::daemon::run(crate::daemon::DaemonConfig {
+        state_dir,
+        nbd_listen: Some(nbd_listen),
+        nbd_socket: Some(sock),
+        allow_remote: false,
+        commit_interval: std::time::Duration::from_secs(5),
+    })
 }

@@ -1,0 +1,7 @@
+#![no_main]
+//! Parse arbitrary bytes as NBD request headers and option payloads: must not panic.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    vpool::meta::fuzzing::nbd(data);
+});
