@@ -10,13 +10,13 @@ use super::stream::{skip, Stream};
 use crate::error::Error;
 use crate::Volume;
 use parking_lot::{Condvar, Mutex};
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-const WORKERS: usize = 4;
+const WORKERS: usize = 16;
 /// Payload bytes a connection may hold in flight.
 const BUDGET: u64 = 96 << 20;
 /// Least a request is charged, so many tiny requests are bounded too.
@@ -105,12 +105,14 @@ pub fn serve(stream: Box<dyn Stream>, neg: Negotiated, stopping: &AtomicBool) ->
 }
 
 fn read_loop(
-    mut stream: Box<dyn Stream>,
+    stream: Box<dyn Stream>,
     shared: &Shared,
     tx: &mpsc::Sender<Job>,
     allocation: bool,
     stopping: &AtomicBool,
 ) -> io::Result<()> {
+    // Buffered: a small write's header and payload cost one read syscall.
+    let mut stream = BufReader::with_capacity(256 << 10, stream);
     let mut hdr = [0u8; Request::SIZE];
     loop {
         if shared.dead.load(Ordering::Relaxed) {
@@ -139,7 +141,7 @@ fn read_loop(
         let mut cost = MIN_COST;
         if req.kind == CMD_WRITE {
             if req.length > MAX_PAYLOAD {
-                skip(&mut *stream, req.length as u64)?;
+                skip(&mut stream, req.length as u64)?;
                 error = Some(EINVAL);
             } else {
                 cost = cost.max(req.length as u64);
@@ -326,11 +328,18 @@ fn execute(shared: &Shared, req: &Request, data: &mut Vec<u8>) -> Result<Payload
     Ok(Payload::None)
 }
 
+/// Header and body in one vectored write (one syscall for most replies).
 fn send(shared: &Shared, header: &[u8], body: &[u8]) -> io::Result<()> {
     let mut w = shared.writer.lock();
-    w.write_all(header)?;
-    if !body.is_empty() {
-        w.write_all(body)?;
+    let (mut h, mut b) = (header, body);
+    while !h.is_empty() || !b.is_empty() {
+        let n = w.write_vectored(&[IoSlice::new(h), IoSlice::new(b)])?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_h = n.min(h.len());
+        h = &h[from_h..];
+        b = &b[n - from_h..];
     }
     Ok(())
 }
