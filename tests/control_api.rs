@@ -226,3 +226,29 @@ fn cli_goes_through_the_daemon_and_runs_beside_io() {
         "CLI requests reached the daemon"
     );
 }
+
+#[test]
+fn one_daemon_per_state_dir_and_degraded_start_is_loud() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    make_pool(&state, "raid1", 2, 256 << 20, &[]);
+    let mut d = Daemon::start(&state);
+    d.vpool_ok(&["vol", "create", "tank/db", "--size", "16M"]);
+    // A second daemon on the same state directory refuses to start.
+    let second = run(
+        Command::new(vpool_bin()).args(["--state-dir", state.to_str().unwrap(), "daemon", "--nbd-listen", &format!("127.0.0.1:{}", free_port())]),
+        60,
+    );
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another vpool daemon"), "{}", String::from_utf8_lossy(&second.stderr));
+    d.stop();
+    // A member goes missing: the pool starts degraded, loudly, and serves.
+    std::fs::remove_file(state.join("d1.img")).unwrap();
+    d.restart();
+    assert!(d.log().contains("DEGRADED"), "{}", d.log());
+    let status: Value = serde_json::from_str(&d.vpool_ok(&["pool", "status", "tank", "--json"])).unwrap();
+    assert_eq!(status["health"], "degraded");
+    let mut c = common::nbd_client::Client::open(d.port, "tank/db", false);
+    assert_eq!(c.write(0, &[3u8; 4096]), 0);
+    assert_eq!(c.read(0, 4096).unwrap(), vec![3u8; 4096]);
+}
