@@ -236,17 +236,28 @@ fn one_daemon_per_state_dir_and_degraded_start_is_loud() {
     d.vpool_ok(&["vol", "create", "tank/db", "--size", "16M"]);
     // A second daemon on the same state directory refuses to start.
     let second = run(
-        Command::new(vpool_bin()).args(["--state-dir", state.to_str().unwrap(), "daemon", "--nbd-listen", &format!("127.0.0.1:{}", free_port())]),
+        Command::new(vpool_bin()).args([
+            "--state-dir",
+            state.to_str().unwrap(),
+            "daemon",
+            "--nbd-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ]),
         60,
     );
     assert!(!second.status.success());
-    assert!(String::from_utf8_lossy(&second.stderr).contains("another vpool daemon"), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another vpool daemon"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     d.stop();
     // A member goes missing: the pool starts degraded, loudly, and serves.
     std::fs::remove_file(state.join("d1.img")).unwrap();
     d.restart();
     assert!(d.log().contains("DEGRADED"), "{}", d.log());
-    let status: Value = serde_json::from_str(&d.vpool_ok(&["pool", "status", "tank", "--json"])).unwrap();
+    let status: Value =
+        serde_json::from_str(&d.vpool_ok(&["pool", "status", "tank", "--json"])).unwrap();
     assert_eq!(status["health"], "degraded");
     let mut c = common::nbd_client::Client::open(d.port, "tank/db", false);
     assert_eq!(c.write(0, &[3u8; 4096]), 0);
