@@ -25,6 +25,9 @@ pub struct DaemonArgs {
     /// Seconds between background commits.
     #[arg(long, default_value = "5")]
     commit_interval: u64,
+    /// Mount every volume as a file under DIR (FUSE; needs root and /dev/fuse).
+    #[arg(long, value_name = "DIR")]
+    fuse_mount: Option<PathBuf>,
 }
 
 pub fn init_logging(level: &str) {
@@ -55,6 +58,7 @@ pub fn run_daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<()> {
         nbd_socket,
         allow_remote: a.allow_remote,
         commit_interval: Duration::from_secs(a.commit_interval.max(1)),
+        fuse_mount: a.fuse_mount.map(|p| super::absolute(&p)),
     })
 }
 

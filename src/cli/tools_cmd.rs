@@ -425,5 +425,6 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<()> {
         nbd_socket: Some(sock),
         allow_remote: false,
         commit_interval: std::time::Duration::from_secs(5),
+        fuse_mount: None,
     })
 }

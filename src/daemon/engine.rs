@@ -124,6 +124,10 @@ impl Exports for DaemonEngine {
             .collect()
     }
 
+    fn pools(&self) -> Vec<String> {
+        self.pools.read().keys().cloned().collect()
+    }
+
     fn open(&self, name: &str) -> Option<Volume> {
         let p = VolPath::parse(name).ok()?;
         let pool = self.pools.read().get(&p.pool)?.clone();

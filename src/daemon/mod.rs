@@ -30,6 +30,8 @@ pub struct DaemonConfig {
     pub allow_remote: bool,
     /// Background commit interval.
     pub commit_interval: Duration,
+    /// Where to mount volumes as files (FUSE); `None`: no FUSE mount.
+    pub fuse_mount: Option<PathBuf>,
 }
 
 /// Remove a socket file nobody listens on (left by a killed daemon).
@@ -91,6 +93,14 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         tracing::info!("NBD listening on {}", path.display());
         nbd.listen_unix(l)?;
     }
+    let fuse = match &cfg.fuse_mount {
+        Some(dir) => Some(crate::frontend::fuse::FuseMount::mount(
+            dir,
+            engine.clone(),
+            4,
+        )?),
+        None => None,
+    };
     let api_path = crate::control::client::socket_path(&cfg.state_dir);
     clear_stale_socket(&api_path)?;
     let api = api::ApiServer::start(&api_path, engine.clone())?;
@@ -125,6 +135,9 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     tracing::info!("{sig:?} received: shutting down");
     api.stop();
     nbd.stop();
+    if let Some(f) = fuse {
+        f.unmount();
+    }
     stop_commits.store(true, Ordering::Relaxed);
     let _ = committer.join();
     let mut failed = false;

@@ -84,15 +84,22 @@ pub struct Daemon {
     child: Option<Child>,
     pub state: PathBuf,
     pub port: u16,
+    extra: Vec<String>,
 }
 
 impl Daemon {
     pub fn start(state: &Path) -> Daemon {
+        Daemon::start_with(state, &[])
+    }
+
+    /// Start with extra `vpool daemon` arguments (e.g. `--fuse-mount DIR`).
+    pub fn start_with(state: &Path, extra: &[&str]) -> Daemon {
         let port = free_port();
         let mut d = Daemon {
             child: None,
             state: state.to_path_buf(),
             port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         d.spawn();
         d
@@ -114,6 +121,7 @@ impl Daemon {
                 "--log-level",
                 "debug",
             ])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -27,6 +27,16 @@ pub trait Exports: Send + Sync + 'static {
     fn list(&self) -> Vec<String>;
     /// Open an export by name.
     fn open(&self, name: &str) -> Option<Volume>;
+    /// Pool names (for the FUSE directory level).
+    fn pools(&self) -> Vec<String> {
+        let mut p: Vec<String> = self
+            .list()
+            .iter()
+            .filter_map(|n| n.split('/').next().map(String::from))
+            .collect();
+        p.dedup();
+        p
+    }
 }
 
 /// How long a client may take over the handshake.

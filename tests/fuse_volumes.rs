@@ -1,0 +1,253 @@
+//! Needs root, FUSE and loop devices (packages fuse3, e2fsprogs): volumes as
+//! files through the daemon's FUSE mount, used by the kernel's loop driver
+//! and ext4.
+
+mod common;
+use common::daemon::*;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+#[derive(Default)]
+struct Cleanup(Vec<Box<dyn FnOnce()>>);
+
+impl Cleanup {
+    fn push(&mut self, f: impl FnOnce() + 'static) {
+        self.0.push(Box::new(f));
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        while let Some(f) = self.0.pop() {
+            f();
+        }
+    }
+}
+
+fn mounted(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == path.to_str())
+}
+
+fn files() -> Vec<(String, Vec<u8>)> {
+    (0..30)
+        .map(|i| {
+            (
+                format!("d{}/sub{}/f{i}", i % 3, i % 5),
+                common::pattern(50_000 + i * 91_001, 100 + i as u64),
+            )
+        })
+        .collect()
+}
+
+fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
+    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+}
+
+#[test]
+fn ext4_on_loop_on_fuse_file_across_restart() {
+    require("mkfs.ext4", "e2fsprogs");
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: this test needs FUSE (run as root)"
+    );
+    for (level, n) in [("raid1", 2), ("raid5", 3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mnt = dir.path().join("volumes");
+        make_pool(&state, level, n, 1 << 30, &[]);
+        let mut d = Daemon::start_with(&state, &["--fuse-mount", mnt.to_str().unwrap()]);
+        let mut guard = Cleanup::default();
+        let m = mnt.clone();
+        guard.push(move || {
+            let _ = run(Command::new("umount").args(["-l", m.to_str().unwrap()]), 30);
+        });
+        d.vpool_ok(&["vol", "create", "tank/db", "--size", "256M"]);
+        let file = mnt.join("tank/db");
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().len(),
+            256 << 20,
+            "{level}"
+        );
+        let fsdir = dir.path().join("fs");
+        std::fs::create_dir_all(&fsdir).unwrap();
+        {
+            let mut g = Cleanup::default();
+            let dev = ok(
+                Command::new("losetup").args([
+                    "--find",
+                    "--show",
+                    "--direct-io=on",
+                    file.to_str().unwrap(),
+                ]),
+                60,
+            )
+            .trim()
+            .to_string();
+            let dv = dev.clone();
+            g.push(move || {
+                let _ = run(Command::new("losetup").args(["-d", &dv]), 30);
+            });
+            ok(Command::new("mkfs.ext4").args(["-q", "-F", &dev]), 120);
+            ok(
+                Command::new("mount").args([&dev, fsdir.to_str().unwrap()]),
+                60,
+            );
+            let fd = fsdir.clone();
+            g.push(move || {
+                let _ = run(Command::new("umount").arg(&fd), 30);
+            });
+            for (name, data) in files() {
+                let p = fsdir.join(&name);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(&p, &data).unwrap();
+            }
+            ok(&mut Command::new("sync"), 60);
+            ok(Command::new("umount").arg(&fsdir), 60);
+            let fsck = run(Command::new("fsck.ext4").args(["-fn", &dev]), 120);
+            assert!(
+                fsck.status.success(),
+                "{level}: fsck: {}",
+                String::from_utf8_lossy(&fsck.stdout)
+            );
+        }
+        d.stop();
+        assert!(
+            !mounted(&mnt),
+            "{level}: the FUSE mount is gone after shutdown"
+        );
+        d.restart();
+        {
+            let mut g = Cleanup::default();
+            let dev = ok(
+                Command::new("losetup").args([
+                    "--find",
+                    "--show",
+                    "--direct-io=on",
+                    "-r",
+                    file.to_str().unwrap(),
+                ]),
+                60,
+            )
+            .trim()
+            .to_string();
+            let dv = dev.clone();
+            g.push(move || {
+                let _ = run(Command::new("losetup").args(["-d", &dv]), 30);
+            });
+            ok(
+                Command::new("mount").args(["-o", "ro", &dev, fsdir.to_str().unwrap()]),
+                60,
+            );
+            let fd = fsdir.clone();
+            g.push(move || {
+                let _ = run(Command::new("umount").arg(&fd), 30);
+            });
+            for (name, data) in files() {
+                assert!(
+                    std::fs::read(fsdir.join(&name)).unwrap() == data,
+                    "{level}: {name} after restart"
+                );
+            }
+        }
+        d.stop();
+    }
+}
+
+#[test]
+fn fuse_files_follow_the_volumes() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: this test needs FUSE (run as root)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mnt = dir.path().join("volumes");
+    make_pool(&state, "raid0", 2, 512 << 20, &[]);
+    let mut d = Daemon::start_with(&state, &["--fuse-mount", mnt.to_str().unwrap()]);
+    let mut guard = Cleanup::default();
+    let m = mnt.clone();
+    guard.push(move || {
+        let _ = run(Command::new("umount").args(["-l", m.to_str().unwrap()]), 30);
+    });
+    d.vpool_ok(&["vol", "create", "tank/db", "--size", "8M"]);
+    let file = mnt.join("tank/db");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .unwrap();
+    f.write_all_at(&[7u8; 8192], 4096).unwrap();
+    f.sync_all().unwrap();
+    d.vpool_ok(&["snap", "create", "tank/db@s"]);
+    let names: Vec<String> = std::fs::read_dir(mnt.join("tank"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"db".to_string()) && names.contains(&"db@s".to_string()),
+        "{names:?}"
+    );
+    // Size follows a resize at once.
+    d.vpool_ok(&["vol", "resize", "tank/db", "--size", "16M"]);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 16 << 20);
+    // Writes past the end, truncate, create, remove, rename: refused.
+    assert_eq!(
+        errno_of(f.write_all_at(&[1u8; 4096], 16 << 20)),
+        libc::EFBIG
+    );
+    assert_eq!(errno_of(f.set_len(1 << 20)), libc::EPERM);
+    assert_eq!(
+        errno_of(std::fs::File::create(mnt.join("tank/new"))),
+        libc::EPERM
+    );
+    assert_eq!(errno_of(std::fs::remove_file(&file)), libc::EPERM);
+    assert_eq!(
+        errno_of(std::fs::rename(&file, mnt.join("tank/other"))),
+        libc::EPERM
+    );
+    // Snapshots are read-only files with the old contents.
+    assert_eq!(
+        errno_of(OpenOptions::new().write(true).open(mnt.join("tank/db@s"))),
+        libc::EROFS
+    );
+    let mut buf = vec![0u8; 8192];
+    std::fs::File::open(mnt.join("tank/db@s"))
+        .unwrap()
+        .read_exact_at(&mut buf, 4096)
+        .unwrap();
+    assert_eq!(buf, vec![7u8; 8192]);
+    // Punching a hole reads back zeros.
+    let r = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            4096,
+            8192,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    f.read_exact_at(&mut buf, 4096).unwrap();
+    assert_eq!(buf, vec![0u8; 8192]);
+    let mut w = OpenOptions::new().write(true).open(&file).unwrap();
+    w.write_all(b"hello").unwrap();
+    w.sync_all().unwrap(); // fsync: durable from here, whatever happens to the daemon
+    drop((f, w));
+    // A killed daemon leaves a stale mount; the next start cleans it.
+    d.kill();
+    assert!(mounted(&mnt));
+    d.restart();
+    assert!(d.log().contains("stale FUSE mount"), "{}", d.log());
+    let mut head = [0u8; 5];
+    std::fs::File::open(&file)
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    assert_eq!(&head, b"hello");
+    d.stop();
+}
