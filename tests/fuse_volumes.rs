@@ -251,3 +251,109 @@ fn fuse_files_follow_the_volumes() {
     assert_eq!(&head, b"hello");
     d.stop();
 }
+
+#[test]
+fn online_grow_under_a_mounted_filesystem() {
+    // XFS: ext4 grows online only with CAP_SYS_RESOURCE, which this machine's
+    // root lacks (vpool then reports resize2fs's refusal, and the volume grows).
+    require("xfs_growfs", "xfsprogs");
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: this test needs FUSE (run as root)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mnt = dir.path().join("volumes");
+    make_pool(&state, "raid5", 3, 1 << 30, &[]);
+    let d = Daemon::start_with(&state, &["--fuse-mount", mnt.to_str().unwrap()]);
+    let mut g = Cleanup::default();
+    let m = mnt.clone();
+    g.push(move || {
+        let _ = run(Command::new("umount").args(["-l", m.to_str().unwrap()]), 30);
+    });
+    d.vpool_ok(&["vol", "create", "tank/db", "--size", "320M"]);
+    let file = mnt.join("tank/db");
+    let dev = ok(
+        Command::new("losetup").args([
+            "--find",
+            "--show",
+            "--direct-io=on",
+            file.to_str().unwrap(),
+        ]),
+        60,
+    )
+    .trim()
+    .to_string();
+    let dv = dev.clone();
+    g.push(move || {
+        let _ = run(Command::new("losetup").args(["-d", &dv]), 30);
+    });
+    ok(Command::new("mkfs.xfs").args(["-q", "-f", &dev]), 120);
+    let fsdir = dir.path().join("fs");
+    std::fs::create_dir_all(&fsdir).unwrap();
+    ok(
+        Command::new("mount").args([&dev, fsdir.to_str().unwrap()]),
+        60,
+    );
+    let fd = fsdir.clone();
+    g.push(move || {
+        let _ = run(Command::new("umount").arg(&fd), 30);
+    });
+    let statfs_size = |p: &Path| {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+        s.f_blocks * s.f_frsize
+    };
+    let before = statfs_size(&fsdir);
+    // A writer that verifies everything it writes, running through the grow.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    g.push(move || s.store(true, std::sync::atomic::Ordering::Relaxed));
+    let writer = {
+        let stop = stop.clone();
+        let fsdir = fsdir.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let data = common::pattern(512 * 1024, i);
+                let p = fsdir.join(format!("w{}", i % 150));
+                std::fs::write(&p, &data).expect("write during grow");
+                assert!(
+                    std::fs::read(&p).expect("read during grow") == data,
+                    "verify {i}"
+                );
+                i += 1;
+            }
+            i
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Shrinking under the mounted filesystem is refused.
+    let o = d.vpool(&["vol", "resize", "tank/db", "--size", "256M"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("mounted on"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Grow, and let vpool grow the loop device and the filesystem.
+    let out = d.vpool_ok(&["vol", "resize", "tank/db", "--size", "+256M", "--resize-fs"]);
+    assert!(
+        out.contains("losetup -c") && out.contains("xfs_growfs grew"),
+        "{out}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = writer.join().expect("the writer never fails");
+    assert!(rounds > 5);
+    let after = statfs_size(&fsdir);
+    assert!(after > before + (200 << 20), "df: {before} -> {after}");
+    ok(Command::new("umount").arg(&fsdir), 60);
+    let check = run(Command::new("xfs_repair").args(["-n", &dev]), 120);
+    assert!(
+        check.status.success(),
+        "xfs_repair -n: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}

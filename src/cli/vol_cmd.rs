@@ -64,9 +64,13 @@ pub enum VolCmd {
         path: String,
         #[arg(long, short = 's', allow_hyphen_values = true)]
         size: String,
-        /// Allow a shrink that discards written data.
+        /// Allow a shrink that discards written data or is under a mounted filesystem.
         #[arg(long, short = 'f')]
         force: bool,
+        /// After a grow, also grow the filesystem on a loop device over the
+        /// volume's FUSE file (losetup -c, then resize2fs or xfs_growfs).
+        #[arg(long)]
+        resize_fs: bool,
     },
     /// Remove a volume; its space returns to the pool.
     #[command(alias = "rm")]
@@ -116,7 +120,17 @@ pub fn run(ctx: &Ctx, cmd: VolCmd) -> anyhow::Result<()> {
         },
         VolCmd::Clone { source, target } => Request::VolClone { source, target },
         VolCmd::Rollback { path } => Request::VolRollback { path },
-        VolCmd::Resize { path, size, force } => Request::VolResize { path, size, force },
+        VolCmd::Resize {
+            path,
+            size,
+            force,
+            resize_fs,
+        } => Request::VolResize {
+            path,
+            size,
+            force,
+            resize_fs,
+        },
         VolCmd::Remove { path, recursive } => Request::VolRemove { path, recursive },
     };
     report(&dispatch(ctx, req)?);

@@ -191,7 +191,12 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
                 .rollback(&p.volume, p.snapshot.as_deref().unwrap_or_default())?;
             ok(format!("rolled '{}/{}' back to '{p}'", p.pool, p.volume))
         }
-        Request::VolResize { path, size, force } => {
+        Request::VolResize {
+            path,
+            size,
+            force,
+            resize_fs,
+        } => {
             let p = VolPath::parse_volume(&path)?;
             let pool = engine.pool(&p.pool)?;
             let current = pool.volume(&p.volume, None)?.size()?;
@@ -208,12 +213,39 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
                     "'{size}' would make the volume size zero or negative"
                 )));
             };
+            let file = engine.fuse_dir().map(|d| d.join(&p.pool).join(&p.volume));
+            if new < current && !force {
+                if let Some(u) = file
+                    .iter()
+                    .flat_map(|f| super::resizefs::loop_users(f))
+                    .find(|u| u.mountpoint.is_some())
+                {
+                    bail!(crate::Error::InUse(format!(
+                        "'{p}' backs {} mounted on {} ({}): shrinking under a mounted filesystem destroys it. \
+                         Shrink the filesystem first and unmount it, or pass --force",
+                        u.device,
+                        u.mountpoint.unwrap_or_default(),
+                        u.fstype.unwrap_or_default()
+                    )));
+                }
+            }
             pool.resize(&p.volume, new, force)?;
-            ok(format!(
+            let mut msg = format!(
                 "resized '{p}' from {} to {}",
                 format_size(current),
                 format_size(new)
-            ))
+            );
+            if resize_fs && new > current {
+                match &file {
+                    Some(f) => {
+                        for line in super::resizefs::grow(f) {
+                            msg.push_str(&format!("\n  {line}"));
+                        }
+                    }
+                    None => msg.push_str("\n  --resize-fs: volumes are not mounted as files (start the daemon with --fuse-mount)"),
+                }
+            }
+            ok(msg)
         }
         Request::VolRemove { path, recursive } => {
             let p = VolPath::parse_volume(&path)?;

@@ -8,6 +8,7 @@ pub mod copy;
 mod exec;
 pub mod local;
 mod request;
+pub mod resizefs;
 
 pub use exec::{execute, open_members, Importable, PoolRow};
 pub use request::{decode_component, Request, Route};
@@ -38,6 +39,10 @@ pub trait Engine: Send + Sync {
     fn adopt(&self, name: &str, pool: Pool, members: Vec<PathBuf>) -> anyhow::Result<()>;
     /// A pool is being exported or destroyed: forget it and hand it over.
     fn release(&self, name: &str) -> anyhow::Result<Pool>;
+    /// Where volumes are mounted as files (FUSE), if they are.
+    fn fuse_dir(&self) -> Option<PathBuf> {
+        None
+    }
     /// Report progress of a long copy (a bar on a terminal for the CLI).
     fn progress(&self, what: &str, total: u64) -> Box<dyn ProgressSink>;
 }

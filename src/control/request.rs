@@ -66,6 +66,9 @@ pub enum Request {
         path: String,
         size: String,
         force: bool,
+        /// Also grow the filesystem on a loop device over the FUSE file.
+        #[serde(default)]
+        resize_fs: bool,
     },
     VolRemove {
         path: String,
@@ -352,6 +355,7 @@ mod tests {
                 path: "t/v".into(),
                 size: "+1G".into(),
                 force: false,
+                resize_fs: true,
             },
             Request::VolRemove {
                 path: "t/v".into(),

@@ -16,6 +16,8 @@ pub struct DaemonEngine {
     pools: RwLock<BTreeMap<String, Pool>>,
     /// Pools that failed to open at start, with why.
     pub unavailable: RwLock<BTreeMap<String, String>>,
+    /// The FUSE mount directory, once mounted.
+    pub fuse: RwLock<Option<PathBuf>>,
 }
 
 impl DaemonEngine {
@@ -47,6 +49,7 @@ impl DaemonEngine {
             state_dir: state_dir.to_path_buf(),
             pools: RwLock::new(pools),
             unavailable: RwLock::new(unavailable),
+            fuse: RwLock::new(None),
         })
     }
 
@@ -109,6 +112,10 @@ impl Engine for DaemonEngine {
         state.save(&st)?;
         tracing::info!(pool = %name, "pool released");
         Ok(pool)
+    }
+
+    fn fuse_dir(&self) -> Option<PathBuf> {
+        self.fuse.read().clone()
     }
 
     fn progress(&self, _what: &str, _total: u64) -> Box<dyn ProgressSink> {

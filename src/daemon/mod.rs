@@ -94,11 +94,11 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         nbd.listen_unix(l)?;
     }
     let fuse = match &cfg.fuse_mount {
-        Some(dir) => Some(crate::frontend::fuse::FuseMount::mount(
-            dir,
-            engine.clone(),
-            4,
-        )?),
+        Some(dir) => {
+            let m = crate::frontend::fuse::FuseMount::mount(dir, engine.clone(), 4)?;
+            *engine.fuse.write() = Some(dir.clone());
+            Some(m)
+        }
         None => None,
     };
     let api_path = crate::control::client::socket_path(&cfg.state_dir);

@@ -1,0 +1,136 @@
+//! Filesystems over a volume's FUSE file: which loop devices use it, whether
+//! they are mounted, and growing them after the volume grows (`losetup -c`,
+//! then `resize2fs` or `xfs_growfs`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A loop device backed by a volume file, and where it is mounted.
+#[derive(Debug, Clone)]
+pub struct LoopUse {
+    pub device: String,
+    pub mountpoint: Option<String>,
+    pub fstype: Option<String>,
+}
+
+/// Loop devices whose backing file is `file`.
+pub fn loop_users(file: &Path) -> Vec<LoopUse> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return out;
+    };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        if Path::new(backing.trim()) != file {
+            continue;
+        }
+        let device = format!("/dev/{name}");
+        let (mountpoint, fstype) = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                let dash = f.iter().position(|x| *x == "-")?;
+                (f.get(dash + 2) == Some(&device.as_str()))
+                    .then(|| (f[4].to_string(), f[dash + 1].to_string()))
+            })
+            .map(|(m, t)| (Some(m), Some(t)))
+            .unwrap_or((None, None));
+        out.push(LoopUse {
+            device,
+            mountpoint,
+            fstype,
+        });
+    }
+    out
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) if s.success() => return Ok(()),
+            Ok(Some(s)) => {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return Err(format!("{cmd:?} failed ({s}): {}", err.trim()));
+            }
+            Ok(None) if start.elapsed() > Duration::from_secs(600) => {
+                let _ = child.kill();
+                return Err(format!("{cmd:?} timed out"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// After a grow: refresh each loop device's size and grow the filesystem on
+/// it where vpool knows how. Returns what was done, one line each.
+pub fn grow(file: &PathBuf) -> Vec<String> {
+    let users = loop_users(file);
+    if users.is_empty() {
+        return vec![format!(
+            "no loop device uses {}: nothing else to grow",
+            file.display()
+        )];
+    }
+    let mut done = Vec::new();
+    for u in users {
+        match run(Command::new("losetup").args(["-c", &u.device])) {
+            Ok(()) => done.push(format!(
+                "losetup -c {}: the loop device has the new size",
+                u.device
+            )),
+            Err(e) => {
+                done.push(format!("could not refresh {}: {e}", u.device));
+                continue;
+            }
+        }
+        let r = match (u.fstype.as_deref(), u.mountpoint.as_deref()) {
+            (Some("ext2" | "ext3" | "ext4"), _) => {
+                Some(("resize2fs", run(Command::new("resize2fs").arg(&u.device))))
+            }
+            (Some("xfs"), Some(m)) => Some(("xfs_growfs", run(Command::new("xfs_growfs").arg(m)))),
+            (Some(t), _) => {
+                done.push(format!(
+                    "{} holds a {t} filesystem: grow it with its own tool",
+                    u.device
+                ));
+                None
+            }
+            (None, _) => {
+                done.push(format!(
+                    "{} is not mounted: grow its filesystem when you use it",
+                    u.device
+                ));
+                None
+            }
+        };
+        match r {
+            Some((tool, Ok(()))) => done.push(format!(
+                "{tool} grew the filesystem on {} (mounted on {})",
+                u.device,
+                u.mountpoint.unwrap_or_default()
+            )),
+            Some((tool, Err(e))) => done.push(format!("{tool} on {} failed: {e}", u.device)),
+            None => {}
+        }
+    }
+    done
+}
