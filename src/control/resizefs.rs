@@ -2,7 +2,7 @@
 //! they are mounted, and growing them after the volume grows (`losetup -c`,
 //! then `resize2fs` or `xfs_growfs`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -82,7 +82,7 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 
 /// After a grow: refresh each loop device's size and grow the filesystem on
 /// it where vpool knows how. Returns what was done, one line each.
-pub fn grow(file: &PathBuf) -> Vec<String> {
+pub fn grow(file: &Path) -> Vec<String> {
     let users = loop_users(file);
     if users.is_empty() {
         return vec![format!(
