@@ -3,6 +3,7 @@
 //! and ext4.
 
 mod common;
+use common::cleanup::Cleanup;
 use common::daemon::*;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -10,21 +11,25 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-#[derive(Default)]
-struct Cleanup(Vec<Box<dyn FnOnce()>>);
-
-impl Cleanup {
-    fn push(&mut self, f: impl FnOnce() + 'static) {
-        self.0.push(Box::new(f));
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        while let Some(f) = self.0.pop() {
-            f();
-        }
-    }
+/// A pool with a daemon that mounts volumes as files under `dir/volumes`;
+/// the mount is detached at cleanup whatever happens.
+fn fuse_daemon(
+    dir: &Path,
+    level: &str,
+    members: usize,
+    size: u64,
+    g: &mut Cleanup,
+) -> (Daemon, std::path::PathBuf) {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: this test needs FUSE (run as root)"
+    );
+    let state = dir.join("state");
+    let mnt = dir.join("volumes");
+    make_pool(&state, level, members, size, &[]);
+    let d = Daemon::start_with(&state, &["--fuse-mount", mnt.to_str().unwrap()]);
+    g.unmount_later(&mnt);
+    (d, mnt)
 }
 
 fn mounted(path: &Path) -> bool {
@@ -58,15 +63,8 @@ fn ext4_on_loop_on_fuse_file_across_restart() {
     );
     for (level, n) in [("raid1", 2), ("raid5", 3)] {
         let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        let mnt = dir.path().join("volumes");
-        make_pool(&state, level, n, 1 << 30, &[]);
-        let mut d = Daemon::start_with(&state, &["--fuse-mount", mnt.to_str().unwrap()]);
         let mut guard = Cleanup::default();
-        let m = mnt.clone();
-        guard.push(move || {
-            let _ = run(Command::new("umount").args(["-l", m.to_str().unwrap()]), 30);
-        });
+        let (mut d, mnt) = fuse_daemon(dir.path(), level, n, 1 << 30, &mut guard);
         d.vpool_ok(&["vol", "create", "tank/db", "--size", "256M"]);
         let file = mnt.join("tank/db");
         assert_eq!(
@@ -78,30 +76,9 @@ fn ext4_on_loop_on_fuse_file_across_restart() {
         std::fs::create_dir_all(&fsdir).unwrap();
         {
             let mut g = Cleanup::default();
-            let dev = ok(
-                Command::new("losetup").args([
-                    "--find",
-                    "--show",
-                    "--direct-io=on",
-                    file.to_str().unwrap(),
-                ]),
-                60,
-            )
-            .trim()
-            .to_string();
-            let dv = dev.clone();
-            g.push(move || {
-                let _ = run(Command::new("losetup").args(["-d", &dv]), 30);
-            });
+            let dev = g.losetup(&file, &["--direct-io=on"]);
             ok(Command::new("mkfs.ext4").args(["-q", "-F", &dev]), 120);
-            ok(
-                Command::new("mount").args([&dev, fsdir.to_str().unwrap()]),
-                60,
-            );
-            let fd = fsdir.clone();
-            g.push(move || {
-                let _ = run(Command::new("umount").arg(&fd), 30);
-            });
+            g.mount(&dev, &fsdir, false);
             for (name, data) in files() {
                 let p = fsdir.join(&name);
                 std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -124,30 +101,8 @@ fn ext4_on_loop_on_fuse_file_across_restart() {
         d.restart();
         {
             let mut g = Cleanup::default();
-            let dev = ok(
-                Command::new("losetup").args([
-                    "--find",
-                    "--show",
-                    "--direct-io=on",
-                    "-r",
-                    file.to_str().unwrap(),
-                ]),
-                60,
-            )
-            .trim()
-            .to_string();
-            let dv = dev.clone();
-            g.push(move || {
-                let _ = run(Command::new("losetup").args(["-d", &dv]), 30);
-            });
-            ok(
-                Command::new("mount").args(["-o", "ro", &dev, fsdir.to_str().unwrap()]),
-                60,
-            );
-            let fd = fsdir.clone();
-            g.push(move || {
-                let _ = run(Command::new("umount").arg(&fd), 30);
-            });
+            let dev = g.losetup(&file, &["--direct-io=on", "-r"]);
+            g.mount(&dev, &fsdir, true);
             for (name, data) in files() {
                 assert!(
                     std::fs::read(fsdir.join(&name)).unwrap() == data,
@@ -166,15 +121,8 @@ fn fuse_files_follow_the_volumes() {
         "/dev/fuse is missing: this test needs FUSE (run as root)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let mnt = dir.path().join("volumes");
-    make_pool(&state, "raid0", 2, 512 << 20, &[]);
-    let mut d = Daemon::start_with(&state, &["--fuse-mount", mnt.to_str().unwrap()]);
     let mut guard = Cleanup::default();
-    let m = mnt.clone();
-    guard.push(move || {
-        let _ = run(Command::new("umount").args(["-l", m.to_str().unwrap()]), 30);
-    });
+    let (mut d, mnt) = fuse_daemon(dir.path(), "raid0", 2, 512 << 20, &mut guard);
     d.vpool_ok(&["vol", "create", "tank/db", "--size", "8M"]);
     let file = mnt.join("tank/db");
     let f = OpenOptions::new()
@@ -262,43 +210,15 @@ fn online_grow_under_a_mounted_filesystem() {
         "/dev/fuse is missing: this test needs FUSE (run as root)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let mnt = dir.path().join("volumes");
-    make_pool(&state, "raid5", 3, 1 << 30, &[]);
-    let d = Daemon::start_with(&state, &["--fuse-mount", mnt.to_str().unwrap()]);
     let mut g = Cleanup::default();
-    let m = mnt.clone();
-    g.push(move || {
-        let _ = run(Command::new("umount").args(["-l", m.to_str().unwrap()]), 30);
-    });
+    let (d, mnt) = fuse_daemon(dir.path(), "raid5", 3, 1 << 30, &mut g);
     d.vpool_ok(&["vol", "create", "tank/db", "--size", "320M"]);
     let file = mnt.join("tank/db");
-    let dev = ok(
-        Command::new("losetup").args([
-            "--find",
-            "--show",
-            "--direct-io=on",
-            file.to_str().unwrap(),
-        ]),
-        60,
-    )
-    .trim()
-    .to_string();
-    let dv = dev.clone();
-    g.push(move || {
-        let _ = run(Command::new("losetup").args(["-d", &dv]), 30);
-    });
+    let dev = g.losetup(&file, &["--direct-io=on"]);
     ok(Command::new("mkfs.xfs").args(["-q", "-f", &dev]), 120);
     let fsdir = dir.path().join("fs");
     std::fs::create_dir_all(&fsdir).unwrap();
-    ok(
-        Command::new("mount").args([&dev, fsdir.to_str().unwrap()]),
-        60,
-    );
-    let fd = fsdir.clone();
-    g.push(move || {
-        let _ = run(Command::new("umount").arg(&fd), 30);
-    });
+    g.mount(&dev, &fsdir, false);
     let statfs_size = |p: &Path| {
         let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };

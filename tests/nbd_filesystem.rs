@@ -3,33 +3,12 @@
 //! snapshot taken under load that is one point in time.
 
 mod common;
+use common::cleanup::Cleanup;
 use common::daemon::*;
 use common::nbd_client::Client;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Undo steps run in reverse order on drop, even when the test fails.
-#[derive(Default)]
-struct Cleanup(Vec<Box<dyn FnOnce()>>);
-
-impl Cleanup {
-    fn push(&mut self, f: impl FnOnce() + 'static) {
-        self.0.push(Box::new(f));
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        while let Some(f) = self.0.pop() {
-            f();
-        }
-    }
-}
-
-fn quiet(cmd: &mut Command) {
-    let _ = run(cmd, 60);
-}
 
 /// nbdfuse serving `uri` as MNT/db; returns the file and the nbdfuse child.
 fn nbdfuse(mnt: &Path, uri: &str, guard: &mut Cleanup) -> PathBuf {
@@ -49,7 +28,7 @@ fn nbdfuse(mnt: &Path, uri: &str, guard: &mut Cleanup) -> PathBuf {
     let pid = child.id() as i32;
     let m = mnt.to_path_buf();
     guard.push(move || {
-        quiet(Command::new("fusermount3").arg("-u").arg(&m));
+        let _ = run(Command::new("fusermount3").arg("-u").arg(&m), 60);
         // SAFETY: our own child, by PID.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let mut child = child;
@@ -64,29 +43,6 @@ fn nbdfuse(mnt: &Path, uri: &str, guard: &mut Cleanup) -> PathBuf {
         std::thread::sleep(Duration::from_millis(20));
     }
     mnt.join("db")
-}
-
-fn losetup(file: &Path, guard: &mut Cleanup) -> String {
-    let dev = ok(
-        Command::new("losetup").args(["--find", "--show", file.to_str().unwrap()]),
-        60,
-    )
-    .trim()
-    .to_string();
-    let d = dev.clone();
-    guard.push(move || quiet(Command::new("losetup").args(["-d", &d])));
-    dev
-}
-
-fn mount(dev: &str, dir: &Path, ro: bool, guard: &mut Cleanup) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut cmd = Command::new("mount");
-    if ro {
-        cmd.args(["-o", "ro"]);
-    }
-    ok(cmd.arg(dev).arg(dir), 60);
-    let d = dir.to_path_buf();
-    guard.push(move || quiet(Command::new("umount").arg(&d)));
 }
 
 fn files() -> Vec<(String, Vec<u8>)> {
@@ -125,9 +81,9 @@ fn ext4_over_nbdfuse_survives_daemon_restart() {
         {
             let mut g = Cleanup::default();
             let file = nbdfuse(&dir.path().join("mnt"), &d.uri("tank/db"), &mut g);
-            let dev = losetup(&file, &mut g);
+            let dev = g.losetup(&file, &[]);
             ok(Command::new("mkfs.ext4").args(["-q", "-F", &dev]), 120);
-            mount(&dev, &fsdir, false, &mut g);
+            g.mount(&dev, &fsdir, false);
             for (name, data) in files() {
                 let p = fsdir.join(&name);
                 std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -147,8 +103,8 @@ fn ext4_over_nbdfuse_survives_daemon_restart() {
         {
             let mut g = Cleanup::default();
             let file = nbdfuse(&dir.path().join("mnt"), &d.uri("tank/db"), &mut g);
-            let dev = losetup(&file, &mut g);
-            mount(&dev, &fsdir, true, &mut g);
+            let dev = g.losetup(&file, &[]);
+            g.mount(&dev, &fsdir, true);
             for (name, data) in files() {
                 assert!(
                     std::fs::read(fsdir.join(&name)).unwrap() == data,

@@ -90,6 +90,10 @@ pub fn grow(file: &Path) -> Vec<String> {
             file.display()
         )];
     }
+    // The kernel caches the FUSE file's size; a stat makes it ask again (our
+    // attributes have no TTL), so the loop device and the I/O past the old
+    // end see the new size.
+    let _ = std::fs::metadata(file);
     let mut done = Vec::new();
     for u in users {
         match run(Command::new("losetup").args(["-c", &u.device])) {

@@ -84,14 +84,14 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         }
         let l = TcpListener::bind(addr).with_context(|| format!("binding NBD on {addr}"))?;
         tracing::info!("NBD listening on {}", l.local_addr()?);
-        nbd.listen_tcp(l)?;
+        nbd.listen(l)?;
     }
     if let Some(path) = &cfg.nbd_socket {
         clear_stale_socket(path)?;
         let l = UnixListener::bind(path)
             .with_context(|| format!("binding NBD socket {}", path.display()))?;
         tracing::info!("NBD listening on {}", path.display());
-        nbd.listen_unix(l)?;
+        nbd.listen(l)?;
     }
     let fuse = match &cfg.fuse_mount {
         Some(dir) => {

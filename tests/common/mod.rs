@@ -6,6 +6,7 @@ use vpool::device::{DeviceRef, MemDevice};
 use vpool::raid::RaidLevel;
 use vpool::{CreateOptions, Pool};
 
+pub mod cleanup;
 pub mod daemon;
 pub mod nbd_client;
 

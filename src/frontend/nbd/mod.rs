@@ -39,6 +39,36 @@ pub trait Exports: Send + Sync + 'static {
     }
 }
 
+/// A socket that NBD clients connect to.
+pub trait Listener: Send + 'static {
+    fn nonblocking(&self) -> io::Result<()>;
+    /// Accept one client, as a blocking stream.
+    fn accept_stream(&self) -> io::Result<Box<dyn Stream>>;
+}
+
+impl Listener for TcpListener {
+    fn nonblocking(&self) -> io::Result<()> {
+        self.set_nonblocking(true)
+    }
+    fn accept_stream(&self) -> io::Result<Box<dyn Stream>> {
+        let (s, _) = self.accept()?;
+        s.set_nonblocking(false)?;
+        s.set_nodelay(true)?;
+        Ok(Box::new(s))
+    }
+}
+
+impl Listener for UnixListener {
+    fn nonblocking(&self) -> io::Result<()> {
+        self.set_nonblocking(true)
+    }
+    fn accept_stream(&self) -> io::Result<Box<dyn Stream>> {
+        let (s, _) = self.accept()?;
+        s.set_nonblocking(false)?;
+        Ok(Box::new(s))
+    }
+}
+
 /// How long a client may take over the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -61,39 +91,15 @@ impl NbdServer {
         })
     }
 
-    /// Accept TCP clients until `stop`.
-    pub fn listen_tcp(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
-        listener.set_nonblocking(true)?;
+    /// Accept clients on `listener` (TCP or unix) until `stop`.
+    pub fn listen<L: Listener>(self: &Arc<Self>, listener: L) -> io::Result<()> {
+        listener.nonblocking()?;
         let me = self.clone();
         let t = std::thread::Builder::new()
-            .name("nbd-tcp".into())
+            .name("nbd-accept".into())
             .spawn(move || {
-                me.accept_loop(|| match listener.accept() {
-                    Ok((s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_nodelay(true);
-                        Ok(Some(Box::new(s) as Box<dyn Stream>))
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                    Err(e) => Err(e),
-                })
-            })?;
-        self.threads.lock().push(t);
-        Ok(())
-    }
-
-    /// Accept unix-socket clients until `stop`.
-    pub fn listen_unix(self: &Arc<Self>, listener: UnixListener) -> io::Result<()> {
-        listener.set_nonblocking(true)?;
-        let me = self.clone();
-        let t = std::thread::Builder::new()
-            .name("nbd-unix".into())
-            .spawn(move || {
-                me.accept_loop(|| match listener.accept() {
-                    Ok((s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        Ok(Some(Box::new(s) as Box<dyn Stream>))
-                    }
+                me.accept_loop(|| match listener.accept_stream() {
+                    Ok(s) => Ok(Some(s)),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
                     Err(e) => Err(e),
                 })
