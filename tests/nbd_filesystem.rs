@@ -1,4 +1,4 @@
-//! Needs root, FUSE and loop devices (packages nbdfuse, fuse3, e2fsprogs):
+//! Needs root, FUSE and loop devices (packages libnbd-bin, fuse3, e2fsprogs):
 //! a real ext4 filesystem over NBD through nbdfuse and a loop device, and a
 //! snapshot taken under load that is one point in time.
 
@@ -58,7 +58,7 @@ fn files() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn ext4_over_nbdfuse_survives_daemon_restart() {
-    require("nbdfuse", "nbdfuse");
+    require("nbdfuse", "libnbd-bin");
     require("mkfs.ext4", "e2fsprogs");
     require("fusermount3", "fuse3");
     assert!(

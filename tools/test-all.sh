@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests need: real NBD clients (qemu-io, qemu-img,
-# nbdinfo, nbdcopy, nbdfuse, fio), FUSE, and the filesystem tools used on top.
-PACKAGES=(ca-certificates qemu-utils libnbd-bin nbdfuse fio fuse3 e2fsprogs xfsprogs util-linux mount)
+# nbdinfo, nbdcopy and nbdfuse from libnbd-bin, fio), FUSE, and the filesystem tools used on top.
+PACKAGES=(ca-certificates qemu-utils libnbd-bin fio fuse3 e2fsprogs xfsprogs util-linux mount)
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}"
 
 log() { printf '\n==> %s\n' "$*"; }
