@@ -62,6 +62,7 @@ pub enum VolCmd {
     Resize {
         /// POOL/VOLUME
         path: String,
+        /// New size: SIZE, +SIZE or -SIZE (binary units: 20G, +10G).
         #[arg(long, short = 's', allow_hyphen_values = true)]
         size: String,
         /// Allow a shrink that discards written data or is under a mounted filesystem.
