@@ -424,6 +424,17 @@ fn cli_bad_inputs_change_nothing() {
         "zero or negative",
     );
     e.ok(&["vol", "resize", "tank/db", "--size", "10M", "--force"]);
+    e.fails(
+        &["vol", "resize", "tank/nope", "--size", "1G"],
+        "volume 'tank/nope' not found",
+    );
+    e.fails(
+        &["vol", "resize", "tank/db", "--size", "0"],
+        "zero or negative",
+    );
+    // Beyond what the pool can back: allowed (thin), with a warning.
+    let o = e.run(&["vol", "resize", "tank/db", "--size", "100G"]);
+    assert!(o.ok && o.stderr.contains("overprovisioned"), "{}", o.stderr);
 
     // Members of very different sizes: a warning, the smallest size is used.
     let small_img = e.image("small.img", 200 << 20);

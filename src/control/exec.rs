@@ -229,7 +229,7 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
                     )));
                 }
             }
-            pool.resize(&p.volume, new, force)?;
+            let warnings = pool.resize(&p.volume, new, force)?;
             let mut msg = format!(
                 "resized '{p}' from {} to {}",
                 format_size(current),
@@ -245,7 +245,11 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
                     None => msg.push_str("\n  --resize-fs: volumes are not mounted as files (start the daemon with --fuse-mount)"),
                 }
             }
-            ok(msg)
+            Ok(Response {
+                message: Some(msg),
+                warnings,
+                ..Default::default()
+            })
         }
         Request::VolRemove { path, recursive } => {
             let p = VolPath::parse_volume(&path)?;

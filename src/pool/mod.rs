@@ -215,9 +215,15 @@ impl Pool {
 
     /// Grow or shrink. Shrinking drops data beyond the new end, so it needs
     /// `force` when any is mapped there. Snapshots keep their own size.
-    pub fn resize(&self, volume: &str, size: u64, force: bool) -> Result<()> {
+    /// Returns warnings (a grow past what the pool can back: allowed, thin).
+    pub fn resize(&self, volume: &str, size: u64, force: bool) -> Result<Vec<String>> {
         check_size(size)?;
         let vol = self.record(volume, None)?;
+        let warnings = if size > vol.size {
+            self.check_room_for(size - vol.size)?
+        } else {
+            Vec::new()
+        };
         if size < vol.size {
             let cs = self.chunk_size();
             let mapped = self.s.thin.mapped_chunks(vol.id, size / cs, u64::MAX)?;
@@ -238,7 +244,8 @@ impl Pool {
             }
             set_size(thin, vol.id, size);
             Ok(())
-        })
+        })?;
+        Ok(warnings)
     }
 
     /// Remove a volume. With snapshots it needs `recursive` (removes them too).
