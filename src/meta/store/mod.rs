@@ -1,0 +1,290 @@
+//! The metadata store: transactions over the metadata area. It owns the node
+//! cache, the blocks dirtied by the running transaction, both space maps and
+//! the catalog, and commits them in the order that keeps the last committed
+//! state intact at every instant:
+//!
+//! 1. (caller) flush the data members,
+//! 2. fold this transaction's data reference counts into their B-tree,
+//! 3. write new catalog blocks, dirty B-tree nodes and changed space-map
+//!    pages (to the slot the last commit did not use), flush,
+//! 4. write the superblock into slot `txid % 2` of every copy, flush.
+//!
+//! A crash before step 4 completes leaves the previous superblock, which
+//! reaches only blocks that nothing in steps 2–3 overwrote.
+
+use super::btree::{self, NodeStore, TreeSpec, ValueKind};
+use super::catalog::Catalog;
+use super::codec::*;
+use super::dataspace::DataSpace;
+use super::header::{BlockKind, Header, HEADER_SIZE};
+use super::node::Node;
+use super::spacemap::{MetaSpaceMap, ENTRIES_PER_PAGE};
+use super::superblock::Superblock;
+use crate::error::{Error, Result};
+use crate::raid::MetaMirror;
+use lru::LruCache;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+pub const VOLUMES_OWNER: u64 = u64::MAX - 1;
+pub const DSM_OWNER: u64 = u64::MAX - 2;
+pub const DEFAULT_CACHE_NODES: usize = 16384;
+
+/// Tree of volumes: id → (mapping root, mapped chunks, reserved).
+pub const VOLUMES_SPEC: TreeSpec = TreeSpec {
+    owner: VOLUMES_OWNER,
+    value_size: 32,
+    values: ValueKind::Subtree,
+};
+/// Data reference counts: chunk → count (u32), only non-zero counts stored.
+pub const DSM_SPEC: TreeSpec = TreeSpec {
+    owner: DSM_OWNER,
+    value_size: 4,
+    values: ValueKind::Plain,
+};
+
+/// Mapping tree of one volume: virtual chunk → (physical chunk u64,
+/// checksum u32 reserved for data checksums, flags u32).
+pub fn mapping_spec(owner: u64) -> TreeSpec {
+    TreeSpec {
+        owner,
+        value_size: 16,
+        values: ValueKind::DataChunk,
+    }
+}
+
+/// Where the metadata area sits on each copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetaLayout {
+    /// Superblock slot 0; slot 1 follows, then the space-map pages.
+    pub meta_offset: u64,
+    pub msm_pages: u32,
+    pub meta_blocks: u64,
+}
+
+impl MetaLayout {
+    pub fn msm_slot_offset(&self, page: usize, slot: usize) -> u64 {
+        self.meta_offset + (2 + 2 * page as u64 + slot as u64) * BLOCK_SIZE as u64
+    }
+
+    pub fn block_offset(&self, b: u64) -> u64 {
+        self.meta_offset + (2 + 2 * self.msm_pages as u64 + b) * BLOCK_SIZE as u64
+    }
+
+    /// Bytes from `meta_offset` to the end of the metadata area.
+    pub fn area_bytes(&self) -> u64 {
+        (2 + 2 * self.msm_pages as u64 + self.meta_blocks) * BLOCK_SIZE as u64
+    }
+}
+
+/// Per-volume entry of the volumes tree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VolumeRoot {
+    pub root: u64,
+    pub mapped: u64,
+}
+
+impl VolumeRoot {
+    pub fn encode(&self) -> [u8; 32] {
+        let mut v = [0u8; 32];
+        put_u64(&mut v, 0, self.root);
+        put_u64(&mut v, 8, self.mapped);
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> VolumeRoot {
+        VolumeRoot {
+            root: get_u64(v, 0),
+            mapped: get_u64(v, 8),
+        }
+    }
+}
+
+pub struct MetaStore {
+    pub(crate) mirror: MetaMirror,
+    layout: MetaLayout,
+    pool_tag: u64,
+    committed: Superblock,
+    pub volumes_root: u64,
+    dsm_root: u64,
+    catalog_head: u64,
+    catalog_bytes: u64,
+    pub next_volume_id: u64,
+    catalog: Catalog,
+    catalog_dirty: bool,
+    member_states: Vec<u8>,
+    msm: MetaSpaceMap,
+    dirty: HashMap<u64, Arc<Node>>,
+    cache: Mutex<LruCache<u64, Arc<Node>>>,
+    pub data: DataSpace,
+    pool_name: String,
+    /// Damaged or unreadable superblock copies seen at open.
+    pub superblock_problems: Vec<String>,
+    /// What open did to recover from an interrupted commit.
+    pub recovery_notes: Vec<String>,
+}
+
+fn corrupt(what: String) -> Error {
+    Error::Corrupt(what)
+}
+
+impl MetaStore {
+    fn blank(
+        mirror: MetaMirror,
+        layout: MetaLayout,
+        pool_uuid: [u8; 16],
+        data_chunks: u64,
+        chunk_size: u64,
+        members: usize,
+        cache_nodes: usize,
+    ) -> MetaStore {
+        let committed = Superblock {
+            txid: 0,
+            pool_uuid,
+            volumes_root: 0,
+            dsm_root: 0,
+            catalog_head: 0,
+            catalog_bytes: 0,
+            data_chunks,
+            used_chunks: 0,
+            meta_blocks: layout.meta_blocks,
+            used_meta_blocks: 0,
+            next_volume_id: 1,
+            chunk_size,
+            time: 0,
+            msm_pages: layout.msm_pages,
+            member_states: vec![0; members],
+            selector: vec![0; (layout.msm_pages as usize).div_ceil(8)],
+        };
+        let cap = NonZeroUsize::new(cache_nodes.max(64)).unwrap_or(NonZeroUsize::MIN);
+        MetaStore {
+            mirror,
+            layout,
+            pool_tag: pool_tag(&pool_uuid),
+            committed,
+            volumes_root: 0,
+            dsm_root: 0,
+            catalog_head: 0,
+            catalog_bytes: 0,
+            next_volume_id: 1,
+            catalog: Catalog::default(),
+            catalog_dirty: false,
+            member_states: vec![0; members],
+            msm: MetaSpaceMap::new(layout.meta_blocks),
+            dirty: HashMap::new(),
+            cache: Mutex::new(LruCache::new(cap)),
+            data: DataSpace::new(data_chunks),
+            pool_name: String::new(),
+            superblock_problems: Vec::new(),
+            recovery_notes: Vec::new(),
+        }
+    }
+
+    /// Format a new metadata area and commit transaction 1.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        mirror: MetaMirror,
+        layout: MetaLayout,
+        pool_uuid: [u8; 16],
+        pool_name: &str,
+        data_chunks: u64,
+        chunk_size: u64,
+        members: usize,
+        cache_nodes: usize,
+    ) -> Result<MetaStore> {
+        let mut s = MetaStore::blank(
+            mirror,
+            layout,
+            pool_uuid,
+            data_chunks,
+            chunk_size,
+            members,
+            cache_nodes,
+        );
+        s.pool_name = pool_name.to_string();
+        s.catalog = Catalog {
+            pool_name: pool_name.to_string(),
+            volumes: vec![],
+        };
+        s.catalog_dirty = true;
+        s.commit()?;
+        Ok(s)
+    }
+
+    pub fn layout(&self) -> &MetaLayout {
+        &self.layout
+    }
+
+    pub fn pool_tag(&self) -> u64 {
+        self.pool_tag
+    }
+
+    pub fn committed(&self) -> &Superblock {
+        &self.committed
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn catalog_mut(&mut self) -> &mut Catalog {
+        self.catalog_dirty = true;
+        &mut self.catalog
+    }
+
+    pub fn member_states(&self) -> &[u8] {
+        &self.member_states
+    }
+
+    pub fn set_member_state(&mut self, member: usize, state: u8) {
+        if member < self.member_states.len() {
+            self.member_states[member] = state;
+        }
+    }
+
+    pub fn msm(&self) -> &MetaSpaceMap {
+        &self.msm
+    }
+
+    pub fn msm_mut(&mut self) -> &mut MetaSpaceMap {
+        &mut self.msm
+    }
+
+    pub fn dsm_root(&self) -> u64 {
+        self.dsm_root
+    }
+
+    pub fn dirty_nodes(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Anything to commit? A changed member state alone is not: it is
+    /// recorded with the first real change (a pool opened degraded and only
+    /// read leaves its missing member trusted).
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty()
+            || !self.data.overlay.is_empty()
+            || self.catalog_dirty
+            || !self.msm.dirty_pages().is_empty()
+    }
+}
+
+pub fn pool_tag(uuid: &[u8; 16]) -> u64 {
+    get_u64(uuid, 0)
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Entries per space-map page (re-exported for docs and checks).
+pub const MSM_ENTRIES_PER_PAGE: usize = ENTRIES_PER_PAGE;
+
+mod commit;
+mod open;
+mod refs;

@@ -1,0 +1,231 @@
+//! Opening the committed state: superblocks, space-map pages, catalog, and
+//! reading metadata blocks from the first valid copy.
+
+use super::*;
+
+impl MetaStore {
+    /// Read every valid superblock copy; the highest transaction wins.
+    pub fn read_superblocks(
+        mirror: &MetaMirror,
+        layout: &MetaLayout,
+        pool_uuid: [u8; 16],
+    ) -> (Option<Superblock>, Vec<String>) {
+        let mut best: Option<Superblock> = None;
+        let mut problems = Vec::new();
+        for (idx, (member, dev)) in mirror.copies().iter().enumerate() {
+            if dev.is_none() {
+                continue;
+            }
+            for slot in 0..2u64 {
+                let mut b = vec![0u8; BLOCK_SIZE];
+                let off = Superblock::slot_offset(layout.meta_offset, slot);
+                if let Err(e) = mirror.read_copy(idx, off, &mut b) {
+                    problems.push(format!("member {member} superblock slot {slot}: {e}"));
+                    continue;
+                }
+                match Superblock::decode(&b) {
+                    Ok(sb) if sb.pool_uuid == pool_uuid && sb.txid % 2 == slot => {
+                        if best.as_ref().is_none_or(|x| sb.txid > x.txid) {
+                            best = Some(sb);
+                        }
+                    }
+                    Ok(_) => problems.push(format!(
+                        "member {member} superblock slot {slot}: belongs to another pool or slot"
+                    )),
+                    Err(e) if b.iter().all(|&x| x == 0) => {
+                        let _ = e; // never written: normal for slot 1 of a new pool
+                    }
+                    Err(e) => problems.push(format!("member {member} superblock slot {slot}: {e}")),
+                }
+            }
+        }
+        (best, problems)
+    }
+
+    /// Open the committed state.
+    pub fn open(
+        mirror: MetaMirror,
+        layout: MetaLayout,
+        pool_uuid: [u8; 16],
+        members: usize,
+        data_chunks: u64,
+        cache_nodes: usize,
+    ) -> Result<MetaStore> {
+        let (sb, problems) = MetaStore::read_superblocks(&mirror, &layout, pool_uuid);
+        let sb = sb.ok_or_else(|| {
+            corrupt(format!(
+                "no valid superblock on any metadata copy ({})",
+                problems.join("; ")
+            ))
+        })?;
+        if sb.msm_pages != layout.msm_pages || sb.meta_blocks != layout.meta_blocks {
+            return Err(corrupt(
+                "superblock and label disagree on the metadata area size".into(),
+            ));
+        }
+        if sb.data_chunks != data_chunks {
+            return Err(corrupt(format!(
+                "superblock counts {} data chunks, the labels' geometry {data_chunks}",
+                sb.data_chunks
+            )));
+        }
+        let mut s = MetaStore::blank(
+            mirror,
+            layout,
+            pool_uuid,
+            sb.data_chunks,
+            sb.chunk_size,
+            members,
+            cache_nodes,
+        );
+        // Space-map pages, each from its selected slot.
+        let mut counts = vec![0u32; layout.meta_blocks as usize];
+        let tag = s.pool_tag;
+        for p in 0..layout.msm_pages as usize {
+            let slot = sb.selector_bit(p);
+            let nr = (2 * p + slot) as u64;
+            let mut b = vec![0u8; BLOCK_SIZE];
+            let mut check = |blk: &[u8]| {
+                Header::validate(blk, BlockKind::SpaceMap, nr, tag, sb.txid).map(|_| ())
+            };
+            s.mirror
+                .read_valid(
+                    &format!("space-map page {p}"),
+                    layout.msm_slot_offset(p, slot),
+                    &mut b,
+                    &mut check,
+                )
+                .map_err(|e| corrupt(format!("space-map page {p}: {e}")))?;
+            MetaSpaceMap::decode_page(&b, p, &mut counts).map_err(corrupt)?;
+        }
+        counts[0] = u32::MAX;
+        s.msm = MetaSpaceMap::from_counts(counts);
+        s.volumes_root = sb.volumes_root;
+        s.dsm_root = sb.dsm_root;
+        s.catalog_head = sb.catalog_head;
+        s.catalog_bytes = sb.catalog_bytes;
+        s.next_volume_id = sb.next_volume_id;
+        // Stale slots (an older transaction where the newest belongs) are
+        // normal after a crash mid-commit, not damage.
+        s.superblock_problems = problems
+            .into_iter()
+            .filter(|p| !p.contains("belongs to another pool or slot"))
+            .collect();
+        s.bring_superblocks_up_to_date(&sb);
+        s.member_states = sb.member_states.clone();
+        s.member_states.resize(members, 0);
+        s.committed = sb;
+        s.catalog = s.read_catalog()?;
+        s.pool_name = s.catalog.pool_name.clone();
+        // Rebuild the in-memory data space map from the persistent counts.
+        let mut entries = Vec::new();
+        btree::walk(&s, s.dsm_root, 0, u64::MAX, &mut |k, v, _| {
+            entries.push((k, get_u32(v, 0)));
+            Ok(true)
+        })?;
+        for (k, c) in entries {
+            if k >= s.data.total() {
+                return Err(corrupt(format!(
+                    "reference count for chunk {k} beyond the pool"
+                )));
+            }
+            s.data.load(k, c);
+        }
+        Ok(s)
+    }
+
+    /// A commit interrupted between superblock copies leaves some copies one
+    /// transaction behind; rewrite them (best effort on read-only devices).
+    fn bring_superblocks_up_to_date(&mut self, sb: &Superblock) {
+        let off = Superblock::slot_offset(self.layout.meta_offset, sb.txid);
+        let bytes = sb.encode();
+        for idx in 0..self.mirror.copies().len() {
+            let (member, Some(dev)) = &self.mirror.copies()[idx] else {
+                continue;
+            };
+            let mut b = vec![0u8; BLOCK_SIZE];
+            let current = dev.read_at(&mut b, off).is_ok()
+                && Superblock::decode(&b)
+                    .map(|x| x.txid == sb.txid && x.pool_uuid == sb.pool_uuid)
+                    .unwrap_or(false);
+            if !current {
+                let done = dev.write_at(&bytes, off).and_then(|_| dev.flush()).is_ok();
+                self.recovery_notes.push(format!(
+                    "superblock copy on member {member} ({}) was behind transaction {}{}",
+                    dev.name(),
+                    sb.txid,
+                    if done {
+                        "; brought up to date"
+                    } else {
+                        "; could not be rewritten"
+                    }
+                ));
+            }
+        }
+    }
+
+    fn read_catalog(&self) -> Result<Catalog> {
+        let mut bytes = Vec::with_capacity(self.catalog_bytes as usize);
+        let mut b = self.catalog_head;
+        let mut hops = 0u64;
+        while b != 0 {
+            hops += 1;
+            if hops > self.layout.meta_blocks {
+                return Err(corrupt("catalog chain loops".into()));
+            }
+            let blk = self.read_block(b, BlockKind::Catalog)?;
+            let h = Header::read(&blk);
+            let n = (h.low_key as usize).min(BLOCK_SIZE - HEADER_SIZE);
+            bytes.extend_from_slice(&blk[HEADER_SIZE..HEADER_SIZE + n]);
+            b = h.next;
+        }
+        if bytes.len() as u64 != self.catalog_bytes {
+            return Err(corrupt(format!(
+                "catalog is {} bytes, superblock says {}",
+                bytes.len(),
+                self.catalog_bytes
+            )));
+        }
+        Catalog::decode(&bytes).map_err(|e| corrupt(format!("catalog: {e}")))
+    }
+
+    /// Blocks of the committed catalog chain.
+    pub fn catalog_blocks(&self) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        let mut b = self.catalog_head;
+        while b != 0 && out.len() as u64 <= self.layout.meta_blocks {
+            out.push(b);
+            let blk = self.read_block(b, BlockKind::Catalog)?;
+            b = Header::read(&blk).next;
+        }
+        Ok(out)
+    }
+
+    /// Read one metadata block from the first valid copy.
+    pub fn read_block(&self, b: u64, kind: BlockKind) -> Result<Vec<u8>> {
+        if b == 0 || b >= self.layout.meta_blocks {
+            return Err(corrupt(format!(
+                "reference to metadata block {b} outside the area"
+            )));
+        }
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        let (tag, max) = (self.pool_tag, self.committed.txid);
+        let mut check = |blk: &[u8]| {
+            let h = Header::validate(blk, kind, b, tag, max)?;
+            if kind == BlockKind::Node {
+                Node::decode(blk)?;
+            }
+            let _ = h;
+            Ok(())
+        };
+        self.mirror
+            .read_valid(
+                &format!("metadata block {b} ({kind:?})"),
+                self.layout.block_offset(b),
+                &mut buf,
+                &mut check,
+            )
+            .map_err(|e| corrupt(format!("metadata block {b} ({kind:?}): {e}")))?;
+        Ok(buf)
+    }
+}

@@ -1,0 +1,150 @@
+//! Reference counts: data chunks, the volumes tree, and the block store the
+//! B-trees run on.
+
+use super::*;
+
+impl MetaStore {
+    // ---- data chunk reference counts ----
+
+    pub fn data_count(&self, c: u64) -> Result<u32> {
+        if let Some(n) = self.data.overlay.get(&c) {
+            return Ok(*n);
+        }
+        Ok(btree::lookup(self, self.dsm_root, c)?
+            .map(|(v, _)| get_u32(&v, 0))
+            .unwrap_or(0))
+    }
+
+    pub fn data_alloc(&mut self) -> Result<u64> {
+        self.data.alloc().ok_or_else(|| Error::NoSpace {
+            pool: self.pool_name.clone(),
+            detail: format!(
+                "all {} data chunks are in use ({} freed, reusable after the next commit)",
+                self.data.total(),
+                self.data.pending_free()
+            ),
+        })
+    }
+
+    pub fn data_inc(&mut self, c: u64) -> Result<()> {
+        let n = self.data_count(c)?;
+        if n == 0 {
+            return Err(corrupt(format!(
+                "data chunk {c} is referenced but marked free"
+            )));
+        }
+        self.data.set_count(c, n, n + 1);
+        Ok(())
+    }
+
+    pub fn data_dec(&mut self, c: u64) -> Result<()> {
+        let n = self.data_count(c)?;
+        if n == 0 {
+            return Err(corrupt(format!("data chunk {c} released twice")));
+        }
+        self.data.set_count(c, n, n - 1);
+        Ok(())
+    }
+
+    // ---- volumes tree ----
+
+    pub fn volume_root(&self, id: u64) -> Result<VolumeRoot> {
+        Ok(btree::lookup(self, self.volumes_root, id)?
+            .map(|(v, _)| VolumeRoot::decode(&v))
+            .unwrap_or_default())
+    }
+
+    /// Replace a volume's entry. The volumes tree owns one reference to the
+    /// mapping root; the caller has already accounted for it.
+    pub fn set_volume_root(&mut self, id: u64, vr: VolumeRoot) -> Result<()> {
+        let root = self.volumes_root;
+        // Insert without touching reference counts of the old/new roots.
+        let (nr, _old) = btree::insert(self, &VOLUMES_SPEC, root, id, &vr.encode())?;
+        self.volumes_root = nr;
+        Ok(())
+    }
+
+    pub fn remove_volume_root(&mut self, id: u64) -> Result<()> {
+        let root = self.volumes_root;
+        let (nr, old) = btree::remove(self, &VOLUMES_SPEC, root, id)?;
+        self.volumes_root = nr;
+        if let Some(v) = old {
+            let r = VolumeRoot::decode(&v).root;
+            btree::dec_tree(self, &mapping_spec(id), r)?;
+        }
+        Ok(())
+    }
+}
+
+impl NodeStore for MetaStore {
+    fn read_node(&self, b: u64) -> Result<Arc<Node>> {
+        if let Some(n) = self.dirty.get(&b) {
+            return Ok(n.clone());
+        }
+        if let Some(n) = self.cache.lock().get(&b) {
+            return Ok(n.clone());
+        }
+        let blk = self.read_block(b, BlockKind::Node)?;
+        let node = Arc::new(Node::decode(&blk).map_err(|e| corrupt(format!("node {b}: {e}")))?);
+        self.cache.lock().put(b, node.clone());
+        Ok(node)
+    }
+
+    fn write_node(&mut self, b: u64, node: Node) {
+        self.dirty.insert(b, Arc::new(node));
+    }
+
+    fn is_new(&self, b: u64) -> bool {
+        self.msm.is_new(b)
+    }
+
+    fn alloc_block(&mut self) -> Result<u64> {
+        let b = self.msm.alloc().ok_or_else(|| Error::NoSpace {
+            pool: self.pool_name.clone(),
+            detail: format!(
+                "the metadata area is full ({} blocks of {} KiB)",
+                self.layout.meta_blocks,
+                BLOCK_SIZE / 1024
+            ),
+        })?;
+        self.cache.lock().pop(&b);
+        Ok(b)
+    }
+
+    fn refcount(&self, b: u64) -> u32 {
+        self.msm.count(b)
+    }
+
+    fn inc_block(&mut self, b: u64) {
+        self.msm.inc(b);
+    }
+
+    fn dec_block(&mut self, b: u64) {
+        self.msm.dec(b);
+        if self.msm.count(b) == 0 {
+            self.dirty.remove(&b);
+        }
+    }
+
+    fn inc_value(&mut self, spec: &TreeSpec, v: &[u8]) -> Result<()> {
+        match spec.values {
+            ValueKind::Plain => Ok(()),
+            ValueKind::DataChunk => self.data_inc(get_u64(v, 0)),
+            ValueKind::Subtree => {
+                let r = get_u64(v, 0);
+                if r != 0 {
+                    self.msm.inc(r);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn dec_value(&mut self, spec: &TreeSpec, v: &[u8]) -> Result<()> {
+        match spec.values {
+            ValueKind::Plain => Ok(()),
+            ValueKind::DataChunk => self.data_dec(get_u64(v, 0)),
+            ValueKind::Subtree => btree::dec_tree(self, &mapping_spec(0), get_u64(v, 0)),
+        }
+    }
+}
