@@ -115,22 +115,24 @@ impl Pool {
                     .collect(),
             )
         };
-        let data_chunks = Geometry {
+        let geo = Geometry {
             level: first.level,
             stripe_unit: first.stripe_unit,
             data_start: first.data_start,
             member_data: first.members.iter().map(|m| m.data_size).collect(),
-        }
-        .capacity()
-            / first.chunk_size;
-        let mut meta = MetaStore::open(
-            copies(&members),
-            layout,
-            first.pool_uuid,
-            n,
-            data_chunks,
-            cache_nodes,
-        )?;
+        };
+        let data_chunks = geo.capacity() / first.chunk_size;
+        let open_meta = |members: &Vec<Option<DeviceRef>>| {
+            MetaStore::open(
+                copies(members),
+                layout,
+                first.pool_uuid,
+                n,
+                data_chunks,
+                cache_nodes,
+            )
+        };
+        let mut meta = open_meta(&members)?;
         // Members the metadata says missed writes must not be trusted.
         let stale: Vec<usize> = (0..n)
             .filter(|&i| members[i].is_some() && meta.member_states().get(i) == Some(&MEMBER_STALE))
@@ -143,14 +145,7 @@ impl Pool {
                 ));
                 members[i] = None;
             }
-            meta = MetaStore::open(
-                copies(&members),
-                layout,
-                first.pool_uuid,
-                n,
-                data_chunks,
-                cache_nodes,
-            )?;
+            meta = open_meta(&members)?;
         }
         let missing: Vec<usize> = (0..n).filter(|&i| members[i].is_none()).collect();
         let tolerated = first.level.tolerated_failures(n);
@@ -172,12 +167,6 @@ impl Pool {
             }
             meta.set_member_state(i, MEMBER_STALE);
         }
-        let geo = Geometry {
-            level: first.level,
-            stripe_unit: first.stripe_unit,
-            data_start: first.data_start,
-            member_data: first.members.iter().map(|m| m.data_size).collect(),
-        };
         let chunk_size = first.chunk_size;
         if meta.committed().chunk_size != chunk_size {
             return Err(Error::Corrupt(

@@ -137,33 +137,22 @@ fn read_loop(
         } else {
             validate(shared, &req, allocation)
         };
+        let oversized = req.kind == CMD_WRITE && req.length > MAX_PAYLOAD;
         let mut data = Vec::new();
         let mut cost = MIN_COST;
-        if req.kind == CMD_WRITE {
-            if req.length > MAX_PAYLOAD {
-                skip(&mut stream, req.length as u64)?;
-                error = Some(EINVAL);
-            } else {
-                cost = cost.max(req.length as u64);
-                shared.budget.acquire(cost);
-                data = take_buffer(shared, req.length as usize);
-                stream.read_exact(&mut data)?;
-                return_or_queue(
-                    tx,
-                    Job {
-                        req,
-                        data,
-                        error,
-                        cost,
-                    },
-                )?;
-                continue;
-            }
-        } else if req.kind == CMD_READ && error.is_none() {
+        if oversized {
+            // Too big to hold: drop the payload unread-into-memory and refuse.
+            skip(&mut stream, req.length as u64)?;
+            error = Some(EINVAL);
+        } else if req.kind == CMD_WRITE || (req.kind == CMD_READ && error.is_none()) {
             cost = cost.max(req.length as u64);
         }
         shared.budget.acquire(cost);
-        data.clear();
+        if req.kind == CMD_WRITE && !oversized {
+            // Read even when the request is refused, so the stream stays in step.
+            data = take_buffer(shared, req.length as usize);
+            stream.read_exact(&mut data)?;
+        }
         return_or_queue(
             tx,
             Job {
