@@ -77,21 +77,7 @@ fn ext4_on_loop_on_fuse_file_across_restart() {
         {
             let mut g = Cleanup::default();
             let dev = g.losetup(&file, &["--direct-io=on"]);
-            ok(Command::new("mkfs.ext4").args(["-q", "-F", &dev]), 120);
-            g.mount(&dev, &fsdir, false);
-            for (name, data) in files() {
-                let p = fsdir.join(&name);
-                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                std::fs::write(&p, &data).unwrap();
-            }
-            ok(&mut Command::new("sync"), 60);
-            ok(Command::new("umount").arg(&fsdir), 60);
-            let fsck = run(Command::new("fsck.ext4").args(["-fn", &dev]), 120);
-            assert!(
-                fsck.status.success(),
-                "{level}: fsck: {}",
-                String::from_utf8_lossy(&fsck.stdout)
-            );
+            common::fs::ext4_with_files(&dev, &fsdir, &files(), &mut g, level);
         }
         d.stop();
         assert!(
@@ -103,12 +89,7 @@ fn ext4_on_loop_on_fuse_file_across_restart() {
             let mut g = Cleanup::default();
             let dev = g.losetup(&file, &["--direct-io=on", "-r"]);
             g.mount(&dev, &fsdir, true);
-            for (name, data) in files() {
-                assert!(
-                    std::fs::read(fsdir.join(&name)).unwrap() == data,
-                    "{level}: {name} after restart"
-                );
-            }
+            common::fs::assert_files(&fsdir, &files(), &format!("{level} after restart"));
         }
         d.stop();
     }

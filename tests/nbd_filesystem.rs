@@ -82,21 +82,7 @@ fn ext4_over_nbdfuse_survives_daemon_restart() {
             let mut g = Cleanup::default();
             let file = nbdfuse(&dir.path().join("mnt"), &d.uri("tank/db"), &mut g);
             let dev = g.losetup(&file, &[]);
-            ok(Command::new("mkfs.ext4").args(["-q", "-F", &dev]), 120);
-            g.mount(&dev, &fsdir, false);
-            for (name, data) in files() {
-                let p = fsdir.join(&name);
-                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                std::fs::write(&p, &data).unwrap();
-            }
-            ok(&mut Command::new("sync"), 60);
-            ok(Command::new("umount").arg(&fsdir), 60);
-            let fsck = run(Command::new("fsck.ext4").args(["-fn", &dev]), 120);
-            assert!(
-                fsck.status.success(),
-                "{level}: fsck: {}",
-                String::from_utf8_lossy(&fsck.stdout)
-            );
+            common::fs::ext4_with_files(&dev, &fsdir, &files(), &mut g, level);
         }
         d.stop();
         d.restart();
@@ -105,12 +91,7 @@ fn ext4_over_nbdfuse_survives_daemon_restart() {
             let file = nbdfuse(&dir.path().join("mnt"), &d.uri("tank/db"), &mut g);
             let dev = g.losetup(&file, &[]);
             g.mount(&dev, &fsdir, true);
-            for (name, data) in files() {
-                assert!(
-                    std::fs::read(fsdir.join(&name)).unwrap() == data,
-                    "{level}: {name} after restart"
-                );
-            }
+            common::fs::assert_files(&fsdir, &files(), &format!("{level} after restart"));
         }
     }
 }

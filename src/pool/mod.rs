@@ -124,9 +124,14 @@ impl Pool {
         }
     }
 
-    pub(crate) fn record_by_id(&self, id: u64) -> Option<VolumeRecord> {
+    /// A volume's size, without copying its record (on every I/O).
+    pub(crate) fn size_by_id(&self, id: u64) -> Option<u64> {
         let meta = self.s.thin.meta.read();
-        meta.catalog().volumes.iter().find(|r| r.id == id).cloned()
+        meta.catalog()
+            .volumes
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.size)
     }
 
     fn check_room_for(&self, size: u64) -> Result<Vec<String>> {

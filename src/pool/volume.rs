@@ -38,12 +38,9 @@ impl Volume {
 
     /// Current size in bytes; an error once the volume is removed.
     pub fn size(&self) -> Result<u64> {
-        self.pool
-            .record_by_id(self.id)
-            .map(|r| r.size)
-            .ok_or_else(|| {
-                Error::NotFound(format!("volume '{}' not found (it was removed)", self.name))
-            })
+        self.pool.size_by_id(self.id).ok_or_else(|| {
+            Error::NotFound(format!("volume '{}' not found (it was removed)", self.name))
+        })
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {

@@ -8,6 +8,7 @@ use vpool::{CreateOptions, Pool};
 
 pub mod cleanup;
 pub mod daemon;
+pub mod fs;
 pub mod nbd_client;
 
 pub const MIB: u64 = 1 << 20;
