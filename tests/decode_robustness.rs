@@ -31,6 +31,7 @@ fn valid_label() -> Vec<u8> {
             };
             2
         ],
+        generation: 0,
     }
     .encode()
 }

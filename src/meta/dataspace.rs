@@ -50,6 +50,16 @@ impl DataSpace {
         }
     }
 
+    /// Make chunks up to `total` allocatable (the array grew).
+    pub fn grow(&mut self, total: u64) {
+        if total > self.total {
+            let words = total.div_ceil(64) as usize;
+            self.used_bits.resize(words, 0);
+            self.shared_bits.resize(words, 0);
+            self.total = total;
+        }
+    }
+
     pub fn total(&self) -> u64 {
         self.total
     }

@@ -45,6 +45,9 @@ pub struct Label {
     pub created: u64,
     pub pool_name: String,
     pub members: Vec<MemberEntry>,
+    /// Bumped each time the member table changes; on assembly the newest
+    /// table wins (0 on pools that never changed their members).
+    pub generation: u64,
 }
 
 const MAGIC: usize = 4;
@@ -65,6 +68,7 @@ const META_COPIES: usize = 108;
 const DATA_START: usize = 112;
 const CREATED: usize = 120;
 const NAME: usize = 128; // 64 bytes, NUL padded
+const GENERATION: usize = 192;
 const TABLE: usize = 256; // MAX_MEMBERS x (uuid 16 + data_size 8)
 const ENTRY: usize = 24;
 
@@ -101,6 +105,7 @@ impl Label {
         put_u32(&mut b, META_COPIES, self.meta_copies);
         put_u64(&mut b, DATA_START, self.data_start);
         put_u64(&mut b, CREATED, self.created);
+        put_u64(&mut b, GENERATION, self.generation);
         let name = self.pool_name.as_bytes();
         let n = name.len().min(MAX_NAME);
         b[NAME..NAME + n].copy_from_slice(&name[..n]);
@@ -198,6 +203,7 @@ impl Label {
             created: get_u64(b, CREATED),
             pool_name,
             members,
+            generation: get_u64(b, GENERATION),
         };
         l.check_geometry()?;
         Ok(l)
@@ -223,7 +229,9 @@ impl Label {
             RaidLevel::Raid0 => n as u64,
             RaidLevel::Raid5 => n as u64 - 1,
         };
-        if self.chunk_size != su * data_members {
+        // The chunk is one full stripe at creation; adding members widens
+        // the stripe, the chunk stays.
+        if !self.chunk_size.is_multiple_of(su) || self.chunk_size > su * data_members {
             return Err(format!(
                 "label chunk size {} does not match the geometry",
                 self.chunk_size
@@ -285,6 +293,7 @@ mod tests {
                 };
                 3
             ],
+            generation: 0,
         }
     }
 

@@ -6,11 +6,16 @@ use super::codec::*;
 
 pub const SB_MAGIC: u32 = 0x4253_5056; // "VPSB"
 pub const SB_VERSION: u32 = 1;
+/// Written while a layout transition (reshape, resync) is in progress, so
+/// that a reader that does not know transitions refuses the pool.
+pub const SB_VERSION_TRANSITION: u32 = 2;
 /// Member states recorded in the superblock.
 pub const MEMBER_ONLINE: u8 = 0;
 /// Missing when a transaction committed: its contents are stale.
 pub const MEMBER_STALE: u8 = 1;
 const STATES: usize = 136;
+const MAX_STATES: usize = 64;
+const TRANSITION: usize = 200;
 const SELECTOR: usize = 256;
 /// Most space-map pages a superblock can select between.
 pub const MAX_MSM_PAGES: usize = (BLOCK_SIZE - SELECTOR) * 8;
@@ -34,7 +39,34 @@ pub struct Superblock {
     pub member_states: Vec<u8>,
     /// Bit p set: space-map page p is current in slot 1, else slot 0.
     pub selector: Vec<u8>,
+    /// A layout change in progress (adding a member), with its checkpoint.
+    pub transition: Option<SbTransition>,
 }
+
+/// Checkpoint of a layout transition, recorded with every commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SbTransition {
+    /// [`TRANSITION_RESTRIPE`] or [`TRANSITION_RESYNC`].
+    pub kind: u32,
+    /// Members before the change (the new ones follow them).
+    pub old_members: u32,
+    /// Array bytes already in the new layout.
+    pub pos: u64,
+    /// Restripe: [`PHASE_START`], [`PHASE_BACKUP`] or [`PHASE_MAIN`].
+    pub phase: u32,
+    /// Where the backup of the first rows sits on the new member, and its length.
+    pub backup_offset: u64,
+    pub backup_len: u64,
+}
+
+pub const TRANSITION_RESTRIPE: u32 = 1;
+pub const TRANSITION_RESYNC: u32 = 2;
+/// Nothing moved yet.
+pub const PHASE_START: u32 = 0;
+/// The first rows are saved at `backup_offset`; rewriting them is in progress.
+pub const PHASE_BACKUP: u32 = 1;
+/// Rows are moved in place, `pos` is the checkpoint.
+pub const PHASE_MAIN: u32 = 2;
 
 impl Superblock {
     pub fn slot_offset(meta_offset: u64, txid: u64) -> u64 {
@@ -56,7 +88,12 @@ impl Superblock {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; BLOCK_SIZE];
         put_u32(&mut b, 4, SB_MAGIC);
-        put_u32(&mut b, 8, SB_VERSION);
+        let version = if self.transition.is_some() {
+            SB_VERSION_TRANSITION
+        } else {
+            SB_VERSION
+        };
+        put_u32(&mut b, 8, version);
         put_u64(&mut b, 16, self.txid);
         b[24..40].copy_from_slice(&self.pool_uuid);
         put_u64(&mut b, 40, self.volumes_root);
@@ -72,13 +109,16 @@ impl Superblock {
         put_u64(&mut b, 120, self.time);
         put_u32(&mut b, 128, self.msm_pages);
         put_u32(&mut b, 132, self.member_states.len() as u32);
-        for (i, s) in self
-            .member_states
-            .iter()
-            .enumerate()
-            .take(SELECTOR - STATES)
-        {
+        for (i, s) in self.member_states.iter().enumerate().take(MAX_STATES) {
             b[STATES + i] = *s;
+        }
+        if let Some(t) = &self.transition {
+            put_u32(&mut b, TRANSITION, t.kind);
+            put_u32(&mut b, TRANSITION + 4, t.old_members);
+            put_u64(&mut b, TRANSITION + 8, t.pos);
+            put_u32(&mut b, TRANSITION + 16, t.phase);
+            put_u64(&mut b, TRANSITION + 24, t.backup_offset);
+            put_u64(&mut b, TRANSITION + 32, t.backup_len);
         }
         let n = self.selector.len().min(BLOCK_SIZE - SELECTOR);
         b[SELECTOR..SELECTOR + n].copy_from_slice(&self.selector[..n]);
@@ -97,23 +137,38 @@ impl Superblock {
         if !verify(b, salt::SUPERBLOCK) {
             return Err("superblock checksum mismatch".into());
         }
-        if get_u32(b, 8) != SB_VERSION {
-            return Err(format!(
-                "superblock version {} is not supported",
-                get_u32(b, 8)
-            ));
+        let version = get_u32(b, 8);
+        if version != SB_VERSION && version != SB_VERSION_TRANSITION {
+            return Err(format!("superblock version {version} is not supported"));
         }
         let msm_pages = get_u32(b, 128);
         if msm_pages as usize > MAX_MSM_PAGES {
             return Err(format!("superblock claims {msm_pages} space-map pages"));
         }
         let members = get_u32(b, 132) as usize;
-        if members > SELECTOR - STATES {
+        if members > MAX_STATES {
             return Err(format!("superblock claims {members} members"));
         }
         let mut pool_uuid = [0u8; 16];
         pool_uuid.copy_from_slice(&b[24..40]);
         let sel_len = (msm_pages as usize).div_ceil(8);
+        let transition = if version == SB_VERSION_TRANSITION {
+            let t = SbTransition {
+                kind: get_u32(b, TRANSITION),
+                old_members: get_u32(b, TRANSITION + 4),
+                pos: get_u64(b, TRANSITION + 8),
+                phase: get_u32(b, TRANSITION + 16),
+                backup_offset: get_u64(b, TRANSITION + 24),
+                backup_len: get_u64(b, TRANSITION + 32),
+            };
+            let kind_ok = t.kind == TRANSITION_RESTRIPE || t.kind == TRANSITION_RESYNC;
+            if !kind_ok || t.phase > PHASE_MAIN || t.old_members as usize >= members.max(1) {
+                return Err(format!("superblock records an impossible transition {t:?}"));
+            }
+            Some(t)
+        } else {
+            None
+        };
         Ok(Superblock {
             txid: get_u64(b, 16),
             pool_uuid,
@@ -131,6 +186,7 @@ impl Superblock {
             msm_pages,
             member_states: b[STATES..STATES + members].to_vec(),
             selector: b[SELECTOR..SELECTOR + sel_len].to_vec(),
+            transition,
         })
     }
 }
@@ -158,6 +214,7 @@ mod tests {
             msm_pages: 3,
             member_states: vec![0, 1, 0],
             selector: vec![0],
+            transition: None,
         };
         sb.set_selector_bit(2, 1);
         let b = sb.encode();
@@ -166,5 +223,17 @@ mod tests {
         assert_eq!(d.selector_bit(2), 1);
         assert_eq!(d.selector_bit(1), 0);
         assert_eq!(Superblock::slot_offset(4096, 7), 4096 + 4096);
+        assert_eq!(get_u32(&b, 8), SB_VERSION);
+        sb.transition = Some(SbTransition {
+            kind: TRANSITION_RESTRIPE,
+            old_members: 2,
+            pos: 1 << 20,
+            phase: PHASE_MAIN,
+            backup_offset: 12288,
+            backup_len: 8192,
+        });
+        let b = sb.encode();
+        assert_eq!(get_u32(&b, 8), SB_VERSION_TRANSITION);
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
     }
 }

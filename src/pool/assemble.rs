@@ -27,6 +27,10 @@ pub fn group_by_pool(devices: Vec<DeviceRef>) -> (Vec<FoundPool>, Vec<String>) {
                 Some(g) => {
                     notes.extend(damage.iter().cloned());
                     repair_label(&dev, &l, &damage, &mut notes);
+                    // The newest member table describes the pool.
+                    if l.generation > g.0.generation {
+                        g.0 = l.clone();
+                    }
                     g.1.push((l, dev))
                 }
                 None => {
@@ -81,7 +85,6 @@ impl Pool {
         let mut members: Vec<Option<DeviceRef>> = vec![None; n];
         let mut labels: Vec<Option<Label>> = vec![None; n];
         for (l, dev) in found {
-            let i = l.member_index as usize;
             if !same_shape(&first, &l) {
                 warnings.push(format!(
                     "{}: label disagrees with the other members; ignored",
@@ -89,12 +92,27 @@ impl Pool {
                 ));
                 continue;
             }
-            if l.member_uuid != first.members[i].uuid {
+            let Some(i) = first.members.iter().position(|m| m.uuid == l.member_uuid) else {
                 warnings.push(format!(
-                    "{}: not the member recorded at position {i}; ignored",
+                    "{}: not in the pool's current member table (a former member?); ignored",
                     dev.name()
                 ));
                 continue;
+            };
+            if l.generation != first.generation || l.members != first.members {
+                // A member change was interrupted before this label was rewritten.
+                let mut newer = first.clone();
+                newer.member_index = i as u32;
+                newer.member_uuid = l.member_uuid;
+                newer.device_size = dev.size();
+                newer.state = l.state;
+                match write_label(&dev, &newer) {
+                    Ok(()) => warnings.push(format!(
+                        "{}: label brought up to the current member table",
+                        dev.name()
+                    )),
+                    Err(e) => warnings.push(format!("{}: old label kept ({e})", dev.name())),
+                }
             }
             if members[i].is_some() {
                 warnings.push(format!("{}: duplicate of member {i}; ignored", dev.name()));
@@ -173,9 +191,12 @@ impl Pool {
                 "superblock and label disagree on the chunk size".into(),
             ));
         }
-        let array = Array::new(geo, members);
+        let state = super::grow::resume_state(&first, geo, members, &mut meta, &mut warnings)?;
+        let array = Array::with_state(state);
         let thin = ThinPool::new(array, meta, chunk_size);
-        Ok(Pool::from_parts(first, thin, warnings))
+        let pool = Pool::from_parts(first, thin, warnings);
+        pool.recover_transition()?;
+        Ok(pool)
     }
 }
 
@@ -202,5 +223,4 @@ fn same_shape(a: &Label, b: &Label) -> bool {
         && a.meta_offset == b.meta_offset
         && a.meta_blocks == b.meta_blocks
         && a.data_start == b.data_start
-        && a.members == b.members
 }

@@ -50,7 +50,7 @@ impl Pool {
         thin.commit_locked()?;
         let mut meta = thin.meta.write();
         let mut r = CheckReport {
-            pool: self.name().into(),
+            pool: self.name(),
             transaction: meta.committed().txid,
             ..Default::default()
         };

@@ -199,6 +199,7 @@ impl Pool {
                 created,
                 pool_name: name.to_string(),
                 members: entries.clone(),
+                generation: 0,
             })
             .collect();
         // Metadata first, labels last: a member without a label is not a pool member.

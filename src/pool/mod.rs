@@ -5,15 +5,18 @@
 mod assemble;
 mod check;
 mod create;
+mod grow;
 mod info;
 pub mod layout;
 pub mod names;
+mod reshape;
 mod volume;
 
 pub use assemble::group_by_pool;
 pub use check::CheckReport;
 pub use create::{read_label, write_label, CreateOptions};
 pub use info::{MemberInfo, PoolInfo, VolumeInfo};
+pub use reshape::JobInfo;
 pub use volume::Volume;
 
 use crate::error::{Error, Result};
@@ -21,15 +24,18 @@ use crate::meta::catalog::VolumeRecord;
 use crate::meta::label::{Label, PoolState};
 use crate::meta::store::now;
 use crate::thin::ThinPool;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::sync::Arc;
 
 pub(crate) struct Shared {
-    label: Label,
+    /// Changes only when members are added (then under `ops`).
+    label: RwLock<Label>,
     thin: ThinPool,
     warnings: Vec<String>,
     /// Serialises metadata operations (create, snapshot, remove...).
     ops: Mutex<()>,
+    /// The background job moving data for a layout change.
+    job: Mutex<reshape::JobControl>,
 }
 
 #[derive(Clone)]
@@ -41,24 +47,26 @@ impl Pool {
     fn from_parts(label: Label, thin: ThinPool, warnings: Vec<String>) -> Pool {
         Pool {
             s: Arc::new(Shared {
-                label,
+                label: RwLock::new(label),
                 thin,
                 warnings,
                 ops: Mutex::new(()),
+                job: Mutex::new(reshape::JobControl::default()),
             }),
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.s.label.pool_name
+    pub fn name(&self) -> String {
+        self.s.label.read().pool_name.clone()
     }
 
     pub fn uuid(&self) -> uuid::Uuid {
-        uuid::Uuid::from_bytes(self.s.label.pool_uuid)
+        uuid::Uuid::from_bytes(self.s.label.read().pool_uuid)
     }
 
-    pub fn label(&self) -> &Label {
-        &self.s.label
+    /// The pool's label as of now (the member table grows with `pool add`).
+    pub fn label(&self) -> Label {
+        self.s.label.read().clone()
     }
 
     /// Warnings from assembly (degraded, stale or foreign members...).
@@ -338,7 +346,7 @@ impl Pool {
         self.commit()?;
         for (i, dev) in self.s.thin.array.members().iter().enumerate() {
             if let Some(dev) = dev {
-                let mut l = self.s.label.clone();
+                let mut l = self.label();
                 l.member_index = i as u32;
                 l.member_uuid = l.members[i].uuid;
                 l.device_size = dev.size();
@@ -358,7 +366,7 @@ impl Pool {
             dev.write_at(&zero, 0).map_err(io)?;
             dev.write_at(&zero, Label::backup_offset(dev.size()))
                 .map_err(io)?;
-            dev.write_at(&vec![0u8; 8192], self.s.label.meta_offset)
+            dev.write_at(&vec![0u8; 8192], self.label().meta_offset)
                 .map_err(io)?;
             dev.flush().map_err(io)?;
         }

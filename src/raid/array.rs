@@ -5,72 +5,216 @@
 use super::geometry::{Geometry, RaidLevel};
 use super::parity::xor_into;
 use crate::device::DeviceRef;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 const STRIPE_LOCKS: usize = 512;
 
 pub struct Array {
-    geo: Geometry,
-    /// `None` for a member that is missing (the array runs degraded).
-    members: Vec<Option<DeviceRef>>,
+    state: RwLock<ArrayState>,
     stripe_locks: Vec<Mutex<()>>,
     next_mirror: AtomicUsize,
+}
+
+/// The members and their layout. Changes only while no I/O runs (the thin
+/// layer's gate is held for write), so a reader sees one consistent state.
+#[derive(Clone)]
+pub struct ArrayState {
+    /// The layout the array is in, or moving to during a transition.
+    pub geo: Geometry,
+    /// `None` for a member that is missing (the array runs degraded).
+    pub members: Vec<Option<DeviceRef>>,
+    pub transition: Option<Transition>,
+}
+
+/// An array on its way from one layout to another, `pos` bytes in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub kind: TransitionKind,
+    /// Array bytes below `pos` are in the new layout, the rest in the old one.
+    pub pos: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransitionKind {
+    /// Restripe onto more members (raid0/raid5 reshape); `old` is the layout
+    /// of the first `old.members()` members.
+    Restripe { old: Geometry },
+    /// A new mirror being filled: written like the others, never read.
+    Resync { member: usize },
 }
 
 fn missing(what: &str) -> io::Error {
     io::Error::other(format!("{what}: member missing and no redundancy left"))
 }
 
+/// One layout over a set of members: where the I/O routines work.
+struct View<'a> {
+    geo: &'a Geometry,
+    members: &'a [Option<DeviceRef>],
+    /// A mirror not to read from (being resynced).
+    no_read: Option<usize>,
+    locks: &'a [Mutex<()>],
+    next_mirror: &'a AtomicUsize,
+}
+
 impl Array {
     pub fn new(geo: Geometry, members: Vec<Option<DeviceRef>>) -> Array {
-        Array {
+        Array::with_state(ArrayState {
             geo,
             members,
+            transition: None,
+        })
+    }
+
+    pub fn with_state(state: ArrayState) -> Array {
+        Array {
+            state: RwLock::new(state),
             stripe_locks: (0..STRIPE_LOCKS).map(|_| Mutex::new(())).collect(),
             next_mirror: AtomicUsize::new(0),
         }
     }
 
-    pub fn geometry(&self) -> &Geometry {
-        &self.geo
+    /// A copy of the current state (cheap: members are shared handles).
+    pub fn state(&self) -> ArrayState {
+        self.state.read().clone()
     }
 
+    /// Replace the state. Callers make sure no I/O is in flight.
+    pub fn set_state(&self, state: ArrayState) {
+        *self.state.write() = state;
+    }
+
+    /// Move a running transition forward (or end it with `None`).
+    pub fn set_transition(&self, t: Option<Transition>) {
+        self.state.write().transition = t;
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.state.read().geo.clone()
+    }
+
+    /// Capacity of the layout the array is in or moving to.
     pub fn capacity(&self) -> u64 {
-        self.geo.capacity()
+        self.state.read().geo.capacity()
     }
 
-    pub fn members(&self) -> &[Option<DeviceRef>] {
-        &self.members
+    pub fn members(&self) -> Vec<Option<DeviceRef>> {
+        self.state.read().members.clone()
     }
 
     pub fn missing_count(&self) -> usize {
-        self.members.iter().filter(|m| m.is_none()).count()
+        self.state
+            .read()
+            .members
+            .iter()
+            .filter(|m| m.is_none())
+            .count()
     }
 
-    fn dev(&self, m: usize) -> Option<&DeviceRef> {
-        self.members[m].as_ref()
-    }
-
-    fn check(&self, offset: u64, len: usize) -> io::Result<()> {
-        if offset
-            .checked_add(len as u64)
-            .is_none_or(|e| e > self.capacity())
-        {
+    fn check(&self, st: &ArrayState, offset: u64, len: usize) -> io::Result<()> {
+        let cap = st.geo.capacity();
+        if offset.checked_add(len as u64).is_none_or(|e| e > cap) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "array I/O at {offset}+{len} beyond capacity {}",
-                    self.capacity()
-                ),
+                format!("array I/O at {offset}+{len} beyond capacity {cap}"),
             ));
         }
         Ok(())
     }
 
+    /// Split an I/O by layout: `f(view, offset, buffer range)` for each part.
+    fn dispatch(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(&View, u64, std::ops::Range<usize>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let st = self.state.read();
+        self.check(&st, offset, len)?;
+        let view = |geo, members, no_read| View {
+            geo,
+            members,
+            no_read,
+            locks: &self.stripe_locks,
+            next_mirror: &self.next_mirror,
+        };
+        match &st.transition {
+            None => f(&view(&st.geo, &st.members, None), offset, 0..len),
+            Some(Transition {
+                kind: TransitionKind::Resync { member },
+                ..
+            }) => f(&view(&st.geo, &st.members, Some(*member)), offset, 0..len),
+            Some(Transition {
+                kind: TransitionKind::Restripe { old },
+                pos,
+            }) => {
+                let end = offset + len as u64;
+                let split = (*pos).clamp(offset, end);
+                if split > offset {
+                    let n = (split - offset) as usize;
+                    f(&view(&st.geo, &st.members, None), offset, 0..n)?;
+                }
+                if end > split {
+                    let old_members = &st.members[..old.members()];
+                    let a = (split - offset) as usize;
+                    f(&view(old, old_members, None), split, a..len)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.check(offset, buf.len())?;
+        self.dispatch(offset, buf.len(), |v, off, r| v.read(off, &mut buf[r]))
+    }
+
+    pub fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.dispatch(offset, buf.len(), |v, off, r| v.write(off, &buf[r]))
+    }
+
+    pub fn flush(&self) -> io::Result<()> {
+        for dev in self.members().iter().flatten() {
+            dev.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Best-effort discard of an array range (lets image files stay sparse).
+    /// Only for levels where a range maps to whole member ranges with no
+    /// parity, and not while the layout is changing.
+    pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let st = self.state.read();
+        if st.transition.is_some() {
+            return Ok(());
+        }
+        match st.geo.level {
+            RaidLevel::Raid1 => {
+                for dev in st.members.iter().flatten() {
+                    dev.discard(st.geo.data_start + offset, len)?;
+                }
+            }
+            RaidLevel::Linear | RaidLevel::Raid0 => {
+                for e in st.geo.map(offset, len) {
+                    if let Some(dev) = &st.members[e.member] {
+                        dev.discard(e.offset, e.len)?;
+                    }
+                }
+            }
+            // Discarding RAID5 data would break parity of the stripe.
+            RaidLevel::Raid5 => {}
+        }
+        Ok(())
+    }
+}
+
+impl View<'_> {
+    fn dev(&self, m: usize) -> Option<&DeviceRef> {
+        self.members[m].as_ref()
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         match self.geo.level {
             RaidLevel::Raid1 => self.read_mirror(offset, buf),
             RaidLevel::Linear | RaidLevel::Raid0 => {
@@ -101,7 +245,11 @@ impl Array {
         let moff = self.geo.data_start + offset;
         let mut last_err = None;
         for i in 0..n {
-            if let Some(dev) = self.dev((start + i) % n) {
+            let m = (start + i) % n;
+            if Some(m) == self.no_read {
+                continue;
+            }
+            if let Some(dev) = self.dev(m) {
                 match dev.read_at(buf, moff) {
                     Ok(()) => return Ok(()),
                     Err(e) => last_err = Some(e),
@@ -111,11 +259,15 @@ impl Array {
         Err(last_err.unwrap_or_else(|| missing("read")))
     }
 
+    fn lock(&self, stripe: u64) -> parking_lot::MutexGuard<'_, ()> {
+        self.locks[(stripe as usize) % STRIPE_LOCKS].lock()
+    }
+
     /// Rebuild the bytes of a missing member at `moff` from all the others
     /// (data units and parity of the same stripe row).
     fn reconstruct(&self, missing_member: usize, moff: u64, out: &mut [u8]) -> io::Result<()> {
         let stripe = (moff - self.geo.data_start) / self.geo.stripe_unit;
-        let _guard = self.stripe_locks[(stripe as usize) % STRIPE_LOCKS].lock();
+        let _guard = self.lock(stripe);
         out.fill(0);
         let mut tmp = vec![0u8; out.len()];
         for m in 0..self.members.len() {
@@ -129,8 +281,7 @@ impl Array {
         Ok(())
     }
 
-    pub fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.check(offset, buf.len())?;
+    fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         match self.geo.level {
             RaidLevel::Raid1 => {
                 let moff = self.geo.data_start + offset;
@@ -165,7 +316,7 @@ impl Array {
             let stripe = pos / width;
             let stripe_end = ((stripe + 1) * width).min(end);
             let piece = &buf[(pos - offset) as usize..(stripe_end - offset) as usize];
-            let _guard = self.stripe_locks[(stripe as usize) % STRIPE_LOCKS].lock();
+            let _guard = self.lock(stripe);
             if pos.is_multiple_of(width) && piece.len() as u64 == width {
                 self.write_full_stripe(stripe, piece)?;
             } else {
@@ -234,35 +385,6 @@ impl Array {
                 }
                 (None, None) => return Err(missing("degraded write")),
             }
-        }
-        Ok(())
-    }
-
-    pub fn flush(&self) -> io::Result<()> {
-        for dev in self.members.iter().flatten() {
-            dev.flush()?;
-        }
-        Ok(())
-    }
-
-    /// Best-effort discard of an array range (lets image files stay sparse).
-    /// Only for levels where a range maps to whole member ranges with no parity.
-    pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        match self.geo.level {
-            RaidLevel::Raid1 => {
-                for dev in self.members.iter().flatten() {
-                    dev.discard(self.geo.data_start + offset, len)?;
-                }
-            }
-            RaidLevel::Linear | RaidLevel::Raid0 => {
-                for e in self.geo.map(offset, len) {
-                    if let Some(dev) = self.dev(e.member) {
-                        dev.discard(e.offset, e.len)?;
-                    }
-                }
-            }
-            // Discarding RAID5 data would break parity of the stripe.
-            RaidLevel::Raid5 => {}
         }
         Ok(())
     }

@@ -7,6 +7,6 @@ mod geometry;
 mod mirror;
 pub mod parity;
 
-pub use array::Array;
+pub use array::{Array, ArrayState, Transition, TransitionKind};
 pub use geometry::{Geometry, RaidLevel};
 pub use mirror::MetaMirror;

@@ -91,6 +91,8 @@ impl MetaStore {
         sb.used_meta_blocks = self.msm.used();
         sb.next_volume_id = self.next_volume_id;
         sb.member_states = self.member_states.clone();
+        sb.data_chunks = self.data.total();
+        sb.transition = self.transition;
         sb.time = now();
         let bytes = sb.encode();
         self.mirror
@@ -103,6 +105,7 @@ impl MetaStore {
         // Committed: the new state is the one to protect from now on.
         self.committed = sb;
         self.catalog_dirty = false;
+        self.shape_dirty = false;
         self.msm.committed();
         self.data.committed();
         let mut cache = self.cache.lock();

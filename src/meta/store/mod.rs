@@ -19,7 +19,7 @@ use super::dataspace::DataSpace;
 use super::header::{BlockKind, Header, HEADER_SIZE};
 use super::node::Node;
 use super::spacemap::{MetaSpaceMap, ENTRIES_PER_PAGE};
-use super::superblock::Superblock;
+use super::superblock::{SbTransition, Superblock};
 use crate::error::{Error, Result};
 use crate::raid::MetaMirror;
 use lru::LruCache;
@@ -115,6 +115,10 @@ pub struct MetaStore {
     catalog: Catalog,
     catalog_dirty: bool,
     member_states: Vec<u8>,
+    /// Layout transition checkpoint to record with the next commit.
+    transition: Option<SbTransition>,
+    /// Member count, member states, data chunks or transition changed.
+    shape_dirty: bool,
     msm: MetaSpaceMap,
     dirty: HashMap<u64, Arc<Node>>,
     cache: Mutex<LruCache<u64, Arc<Node>>>,
@@ -157,6 +161,7 @@ impl MetaStore {
             msm_pages: layout.msm_pages,
             member_states: vec![0; members],
             selector: vec![0; (layout.msm_pages as usize).div_ceil(8)],
+            transition: None,
         };
         let cap = NonZeroUsize::new(cache_nodes.max(64)).unwrap_or(NonZeroUsize::MIN);
         MetaStore {
@@ -172,6 +177,8 @@ impl MetaStore {
             catalog: Catalog::default(),
             catalog_dirty: false,
             member_states: vec![0; members],
+            transition: None,
+            shape_dirty: false,
             msm: MetaSpaceMap::new(layout.meta_blocks),
             dirty: HashMap::new(),
             cache: Mutex::new(LruCache::new(cap)),
@@ -244,6 +251,30 @@ impl MetaStore {
         }
     }
 
+    pub fn transition(&self) -> Option<SbTransition> {
+        self.transition
+    }
+
+    /// Record a transition checkpoint (or its end) with the next commit.
+    pub fn set_transition(&mut self, t: Option<SbTransition>) {
+        self.transition = t;
+        self.shape_dirty = true;
+    }
+
+    /// The pool now has `n` members; new ones start online.
+    pub fn set_member_count(&mut self, n: usize) {
+        self.member_states.resize(n, 0);
+        self.shape_dirty = true;
+    }
+
+    /// More data chunks became usable (a member was added).
+    pub fn grow_data(&mut self, chunks: u64) {
+        if chunks > self.data.total() {
+            self.data.grow(chunks);
+            self.shape_dirty = true;
+        }
+    }
+
     pub fn msm(&self) -> &MetaSpaceMap {
         &self.msm
     }
@@ -268,6 +299,7 @@ impl MetaStore {
             || !self.data.overlay.is_empty()
             || self.catalog_dirty
             || !self.msm.dirty_pages().is_empty()
+            || self.shape_dirty
     }
 }
 

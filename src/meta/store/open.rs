@@ -63,9 +63,10 @@ impl MetaStore {
                 "superblock and label disagree on the metadata area size".into(),
             ));
         }
-        if sb.data_chunks != data_chunks {
+        // Fewer is normal while a new member's space is being made usable.
+        if sb.data_chunks > data_chunks {
             return Err(corrupt(format!(
-                "superblock counts {} data chunks, the labels' geometry {data_chunks}",
+                "superblock counts {} data chunks, the labels' geometry only {data_chunks}",
                 sb.data_chunks
             )));
         }
@@ -114,6 +115,7 @@ impl MetaStore {
         s.bring_superblocks_up_to_date(&sb);
         s.member_states = sb.member_states.clone();
         s.member_states.resize(members, 0);
+        s.transition = sb.transition;
         s.committed = sb;
         s.catalog = s.read_catalog()?;
         s.pool_name = s.catalog.pool_name.clone();

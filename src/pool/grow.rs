@@ -1,0 +1,269 @@
+//! Adding a member to a pool online (`pool add`): a linear pool just gains
+//! the space; a raid1 pool gains a mirror that is resynced in the
+//! background; raid0 and raid5 pools are restriped onto the new member in
+//! the background (see `reshape`). The member table lives in every label; a
+//! change bumps the labels' generation, and the newest table wins at
+//! assembly, so a crash halfway through rewriting labels is harmless.
+
+use super::create::{read_label, write_label};
+use super::layout::{member_data, META_BYTES_PER_CHUNK};
+use super::Pool;
+use crate::device::DeviceRef;
+use crate::error::{Error, Result};
+use crate::meta::codec::BLOCK_SIZE;
+use crate::meta::label::{Label, MemberEntry, PoolState, MAX_MEMBERS};
+use crate::meta::superblock::{SbTransition, PHASE_START, TRANSITION_RESTRIPE, TRANSITION_RESYNC};
+use crate::meta::MetaStore;
+use crate::raid::{ArrayState, Geometry, RaidLevel, Transition, TransitionKind};
+
+/// The layout the first `n` members had before a member was added.
+pub(crate) fn old_geometry(geo: &Geometry, n: usize) -> Geometry {
+    Geometry {
+        member_data: geo.member_data[..n].to_vec(),
+        ..geo.clone()
+    }
+}
+
+/// Rows of the new member needed at the start of a restripe: the first
+/// rows of the new layout overwrite old rows whose data has not moved yet,
+/// so they are copied to the new member first (see `reshape`).
+pub(crate) fn backup_rows(old: &Geometry) -> u64 {
+    let d = old.data_members();
+    d + d * (d + 1)
+}
+
+fn transition_of(t: &SbTransition, geo: &Geometry) -> Transition {
+    let kind = if t.kind == TRANSITION_RESYNC {
+        TransitionKind::Resync {
+            member: t.old_members as usize,
+        }
+    } else {
+        TransitionKind::Restripe {
+            old: old_geometry(geo, t.old_members as usize),
+        }
+    };
+    Transition { kind, pos: t.pos }
+}
+
+fn start_transition(level: RaidLevel, old_members: usize) -> Option<SbTransition> {
+    let kind = match level {
+        RaidLevel::Linear => return None,
+        RaidLevel::Raid1 => TRANSITION_RESYNC,
+        RaidLevel::Raid0 | RaidLevel::Raid5 => TRANSITION_RESTRIPE,
+    };
+    Some(SbTransition {
+        kind,
+        old_members: old_members as u32,
+        pos: 0,
+        phase: PHASE_START,
+        backup_offset: 0,
+        backup_len: 0,
+    })
+}
+
+/// The array state to open with: the recorded transition, or the one a
+/// `pool add` interrupted before its first commit left behind (labels list
+/// more members than the superblock knows).
+pub(crate) fn resume_state(
+    label: &Label,
+    geo: Geometry,
+    members: Vec<Option<crate::device::DeviceRef>>,
+    meta: &mut MetaStore,
+    warnings: &mut Vec<String>,
+) -> Result<ArrayState> {
+    let n = label.member_count();
+    let known = meta.committed().member_states.len();
+    let mut t = meta.transition();
+    if t.is_none() && known < n && known > 0 {
+        warnings.push(format!(
+            "an interrupted `pool add` ({known} to {n} members) is taken up again"
+        ));
+        if n - known != 1 && label.level != RaidLevel::Linear {
+            return Err(Error::Corrupt(format!(
+                "labels list {n} members, the metadata {known}: only one member is added at a time"
+            )));
+        }
+        meta.set_member_count(n);
+        t = start_transition(label.level, known);
+        meta.set_transition(t);
+    }
+    if let Some(t) = &t {
+        if t.old_members as usize + 1 != n {
+            return Err(Error::Corrupt(format!(
+                "a transition from {} members is recorded but the labels list {n}",
+                t.old_members
+            )));
+        }
+        if members.iter().any(|m| m.is_none()) {
+            warnings.push(
+                "a member is missing while the pool changes layout: the change waits until every member is present"
+                    .into(),
+            );
+        }
+    } else {
+        // Linear growth is immediate; make sure the space is there.
+        meta.grow_data(geo.capacity() / label.chunk_size);
+    }
+    let transition = t.as_ref().map(|t| transition_of(t, &geo));
+    Ok(ArrayState {
+        geo,
+        members,
+        transition,
+    })
+}
+
+impl Pool {
+    /// Add `dev` as a new member. Linear pools grow at once; raid1, raid0 and
+    /// raid5 start a background job (see [`Pool::job`]). Returns notes for
+    /// the user.
+    pub fn add_member(&self, dev: DeviceRef, force: bool) -> Result<Vec<String>> {
+        let _ops = self.s.ops.lock();
+        let label = self.label();
+        let thin = &self.s.thin;
+        let state = thin.array.state();
+        let n = label.member_count();
+        let name = self.name();
+        if let Some(t) = &state.transition {
+            return Err(Error::InUse(format!(
+                "pool '{name}' is still moving data for its last change ({}% done); add the next member when `vpool pool status {name}` shows no job",
+                t.pos * 100 / state.geo.capacity().max(1)
+            )));
+        }
+        if state.members.iter().any(|m| m.is_none()) {
+            return Err(Error::Invalid(format!(
+                "pool '{name}' is degraded; bring back or replace the missing member before adding one"
+            )));
+        }
+        if n >= MAX_MEMBERS {
+            return Err(Error::Invalid(format!(
+                "pool '{name}' already has the most members a pool can have ({MAX_MEMBERS})"
+            )));
+        }
+        if state
+            .members
+            .iter()
+            .flatten()
+            .any(|m| m.name() == dev.name())
+        {
+            return Err(Error::Exists(format!(
+                "{} is already a member of pool '{name}'",
+                dev.name()
+            )));
+        }
+        if let Ok(l) = read_label(&dev) {
+            if l.pool_uuid == label.pool_uuid {
+                return Err(Error::Exists(format!(
+                    "{} is already a member of pool '{name}'",
+                    dev.name()
+                )));
+            }
+            if l.state != PoolState::Destroyed && !force {
+                return Err(Error::InUse(format!(
+                    "{} belongs to pool '{}'; destroy that pool first or pass --force to overwrite it",
+                    dev.name(),
+                    l.pool_name
+                )));
+            }
+        }
+        let geo = state.geo.clone();
+        let su = geo.stripe_unit;
+        let available = member_data(dev.size(), geo.data_start, su);
+        let data_size = match label.level {
+            RaidLevel::Linear => {
+                if available < label.chunk_size {
+                    return Err(Error::Invalid(format!(
+                        "{} ({} bytes) is too small: members of '{name}' keep their first {} bytes for metadata",
+                        dev.name(),
+                        dev.size(),
+                        geo.data_start
+                    )));
+                }
+                available
+            }
+            _ => {
+                let need = geo.member_data[0];
+                if available < need {
+                    let bytes = geo.data_start + need + BLOCK_SIZE as u64;
+                    return Err(Error::Invalid(format!(
+                        "{} ({} bytes) is smaller than the members of '{name}' need: use a device of at least {bytes} bytes",
+                        dev.name(),
+                        dev.size()
+                    )));
+                }
+                need
+            }
+        };
+        let mut new_geo = geo.clone();
+        new_geo.member_data.push(data_size);
+        if matches!(label.level, RaidLevel::Raid0 | RaidLevel::Raid5)
+            && geo.member_data[0] / su < backup_rows(&geo)
+        {
+            return Err(Error::Invalid(format!(
+                "pool '{name}' is too small to restripe ({} stripe rows, {} needed)",
+                geo.member_data[0] / su,
+                backup_rows(&geo)
+            )));
+        }
+        let mut notes = Vec::new();
+        let chunks = new_geo.capacity() / label.chunk_size;
+        let meta_need = chunks * META_BYTES_PER_CHUNK / BLOCK_SIZE as u64;
+        if meta_need > label.meta_blocks {
+            notes.push(format!(
+                "the metadata area was sized for a smaller pool ({} blocks, {} suggested for {} chunks): heavy snapshot use may fill it before the data space",
+                label.meta_blocks, meta_need, chunks
+            ));
+        }
+        let mut new_label = label.clone();
+        new_label.members.push(MemberEntry {
+            uuid: *uuid::Uuid::new_v4().as_bytes(),
+            data_size,
+        });
+        new_label.generation += 1;
+        let _gate = thin.gate.write();
+        thin.commit_locked()?;
+        // The new member's label first, then the others: until the commit
+        // below, assembly takes the newest table and infers the change.
+        let mut devices = state.members.clone();
+        devices.push(Some(dev));
+        for (i, d) in devices.iter().enumerate().rev() {
+            if let Some(d) = d {
+                let mut l = new_label.clone();
+                l.member_index = i as u32;
+                l.member_uuid = l.members[i].uuid;
+                l.device_size = d.size();
+                write_label(d, &l)?;
+            }
+        }
+        *self.s.label.write() = new_label;
+        let t = start_transition(label.level, n);
+        {
+            let mut meta = thin.meta.write();
+            meta.set_member_count(n + 1);
+            meta.set_transition(t);
+            if t.is_none() {
+                meta.grow_data(chunks);
+            }
+        }
+        thin.array.set_state(ArrayState {
+            geo: new_geo.clone(),
+            members: devices,
+            transition: t.as_ref().map(|t| transition_of(t, &new_geo)),
+        });
+        thin.commit_locked()?;
+        notes.push(match label.level {
+            RaidLevel::Linear => format!(
+                "pool '{name}' grew to {} bytes",
+                chunks * label.chunk_size
+            ),
+            RaidLevel::Raid1 => format!(
+                "new mirror added to '{name}'; it is resynced in the background (`vpool pool status {name}`)"
+            ),
+            _ => format!(
+                "'{name}' is being restriped onto {} members in the background; capacity grows to {} bytes as it completes (`vpool pool status {name}`)",
+                n + 1,
+                chunks * label.chunk_size
+            ),
+        });
+        Ok(notes)
+    }
+}

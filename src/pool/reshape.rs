@@ -1,0 +1,315 @@
+//! The background job of a layout change: resync of a new raid1 mirror, or
+//! restripe of a raid0/raid5 array onto one more member (md's "reshape").
+//!
+//! Array addresses never change: byte `x` of the array is in the new layout
+//! when `x < pos`, in the old one otherwise. A step moves whole rows of the
+//! new layout with client I/O paused (the gate is held for write, a few
+//! milliseconds), flushes, and commits `pos` with the metadata. Crash safety
+//! of a restripe rests on one rule: a step writing new rows `r1..r2` may only
+//! overwrite old rows whose data is already below the committed `pos`, i.e.
+//! `r2 * old_width <= pos`. Then the step's source (old rows at or past
+//! `r2`) is intact, and redoing it after a crash gives the same result.
+//! The first rows cannot satisfy the rule (`pos` is 0), so their data is
+//! first saved to the new member (which holds nothing yet), the checkpoint
+//! says so, and after a crash they are rewritten from that copy.
+
+use super::grow::backup_rows;
+use super::Pool;
+use crate::error::{Error, Result};
+use crate::meta::superblock::{SbTransition, PHASE_BACKUP, PHASE_MAIN, PHASE_START};
+use crate::raid::{ArrayState, Geometry, Transition, TransitionKind};
+use crate::thin::ThinPool;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Bytes moved per step (client I/O waits for one step at most).
+pub const STEP_BYTES: u64 = 8 << 20;
+
+#[derive(Default)]
+pub(crate) struct JobControl {
+    pub paused: bool,
+    pub running: bool,
+    /// When this process started moving data, and from which position.
+    started: Option<(Instant, u64)>,
+}
+
+/// A running layout change, as `pool status` and `job list` show it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct JobInfo {
+    pub pool: String,
+    /// `resync` (new mirror) or `reshape` (restripe onto a new member).
+    pub kind: String,
+    /// running, paused or waiting (no process is working on it).
+    pub state: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    pub percent: f64,
+    /// Array bytes per second since this process started the job.
+    pub rate: u64,
+    pub eta_seconds: Option<u64>,
+}
+
+impl Pool {
+    /// The layout change in progress, if any.
+    pub fn job(&self) -> Option<JobInfo> {
+        let st = self.s.thin.array.state();
+        let t = st.transition?;
+        let total = st.geo.capacity();
+        let ctl = self.s.job.lock();
+        let rate = match ctl.started {
+            Some((at, from)) if at.elapsed().as_secs_f64() > 0.5 => {
+                (t.pos.saturating_sub(from) as f64 / at.elapsed().as_secs_f64()) as u64
+            }
+            _ => 0,
+        };
+        Some(JobInfo {
+            pool: self.name(),
+            kind: match t.kind {
+                TransitionKind::Resync { .. } => "resync".into(),
+                TransitionKind::Restripe { .. } => "reshape".into(),
+            },
+            state: if ctl.paused {
+                "paused".into()
+            } else if ctl.running {
+                "running".into()
+            } else {
+                "waiting".into()
+            },
+            done_bytes: t.pos,
+            total_bytes: total,
+            percent: (t.pos as f64 * 100.0 / total.max(1) as f64 * 10.0).floor() / 10.0,
+            rate,
+            eta_seconds: (rate > 0).then(|| (total - t.pos) / rate),
+        })
+    }
+
+    /// Stop (or allow) the background job between steps. A paused job is
+    /// taken up again when the pool is next opened.
+    pub fn set_job_paused(&self, paused: bool) -> Result<()> {
+        if self.s.thin.array.state().transition.is_none() {
+            return Err(Error::NotFound(format!(
+                "pool '{}' has no job running",
+                self.name()
+            )));
+        }
+        self.s.job.lock().paused = paused;
+        Ok(())
+    }
+
+    /// Run the job until it completes, `stop` is set or it is paused.
+    /// `progress` is called after every step. Returns true when complete.
+    pub fn run_job(&self, stop: &AtomicBool, mut progress: impl FnMut(&JobInfo)) -> Result<bool> {
+        {
+            let mut ctl = self.s.job.lock();
+            if ctl.running {
+                return Ok(false);
+            }
+            ctl.running = true;
+            let pos = self.s.thin.array.state().transition.map_or(0, |t| t.pos);
+            ctl.started = Some((Instant::now(), pos));
+        }
+        let result = (|| loop {
+            if stop.load(Ordering::Relaxed) || self.s.job.lock().paused {
+                return Ok(false);
+            }
+            if self.job_step(STEP_BYTES)? {
+                return Ok(true);
+            }
+            if let Some(info) = self.job() {
+                progress(&info);
+            }
+        })();
+        let mut ctl = self.s.job.lock();
+        ctl.running = false;
+        ctl.started = None;
+        result
+    }
+
+    /// One step of the job. Returns true when there is nothing left to do.
+    pub fn job_step(&self, max_bytes: u64) -> Result<bool> {
+        let thin = &self.s.thin;
+        let _gate = thin.gate.write();
+        let st = thin.array.state();
+        let Some(t) = st.transition.clone() else {
+            return Ok(true);
+        };
+        if st.members.iter().any(|m| m.is_none()) {
+            return Err(Error::Unavailable(format!(
+                "pool '{}' cannot finish its layout change with a member missing; attach it and reopen the pool",
+                self.name()
+            )));
+        }
+        let sbt = thin.meta.read().transition().ok_or_else(|| {
+            Error::Corrupt("array and metadata disagree on the layout change".into())
+        })?;
+        match &t.kind {
+            TransitionKind::Resync { member } => resync_step(thin, &st, *member, sbt, max_bytes)?,
+            TransitionKind::Restripe { old } => restripe_step(thin, &st, old, sbt, max_bytes)?,
+        }
+        Ok(thin.array.state().transition.is_none())
+    }
+
+    /// At open: a restripe that crashed while rewriting its first rows left
+    /// them only in the backup copy; put them back before any I/O.
+    pub(crate) fn recover_transition(&self) -> Result<()> {
+        let thin = &self.s.thin;
+        let phase = thin.meta.read().transition().map(|t| t.phase);
+        if phase == Some(PHASE_BACKUP) {
+            self.job_step(STEP_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::io(what, e)
+}
+
+/// Record the new position (array and metadata) and commit it durably.
+fn checkpoint(thin: &ThinPool, st: &ArrayState, mut sbt: SbTransition, pos: u64) -> Result<()> {
+    let total = st.geo.capacity();
+    let cs = thin.chunk_size;
+    let finished = pos >= total;
+    {
+        let mut meta = thin.meta.write();
+        sbt.pos = pos;
+        // Space becomes usable as the data moving out of it is done.
+        meta.grow_data(if finished { total / cs } else { pos / cs });
+        meta.set_transition((!finished).then_some(sbt));
+    }
+    let kind = st.transition.as_ref().map(|t| t.kind.clone());
+    thin.array.set_transition(
+        kind.filter(|_| !finished)
+            .map(|kind| Transition { kind, pos }),
+    );
+    thin.commit_locked()
+}
+
+/// Copy the chunks in use in `[from, to)` from the in-sync mirrors to the
+/// new one.
+fn resync_step(
+    thin: &ThinPool,
+    st: &ArrayState,
+    member: usize,
+    sbt: SbTransition,
+    max_bytes: u64,
+) -> Result<()> {
+    let cs = thin.chunk_size;
+    let total = st.geo.capacity();
+    let from = sbt.pos;
+    let to = (from + max_bytes.max(cs)).min(total);
+    let dev = st.members[member]
+        .clone()
+        .ok_or_else(|| Error::Unavailable("new mirror missing".into()))?;
+    let mut buf = vec![0u8; cs as usize];
+    for c in from / cs..to.div_ceil(cs) {
+        if !thin.meta.read().data.in_use(c) {
+            continue;
+        }
+        let off = c * cs;
+        let len = cs.min(total - off) as usize;
+        thin.array
+            .read(off, &mut buf[..len])
+            .map_err(io("reading for resync"))?;
+        dev.write_at(&buf[..len], st.geo.data_start + off)
+            .map_err(io("writing the new mirror"))?;
+    }
+    checkpoint(thin, st, sbt, to)
+}
+
+/// Read array bytes `[from, to)` in the old layout into `buf`, reading only
+/// chunks in use (the rest is left zero: its content does not matter, and
+/// zeros keep RAID5 parity right).
+fn read_used(thin: &ThinPool, from: u64, to: u64, buf: &mut [u8]) -> Result<()> {
+    let cs = thin.chunk_size;
+    let mut pos = from;
+    while pos < to {
+        let c = pos / cs;
+        let end = ((c + 1) * cs).min(to);
+        if thin.meta.read().data.in_use(c) {
+            let piece = &mut buf[(pos - from) as usize..(end - from) as usize];
+            thin.array
+                .read(pos, piece)
+                .map_err(io("reading for reshape"))?;
+        }
+        pos = end;
+    }
+    Ok(())
+}
+
+fn restripe_step(
+    thin: &ThinPool,
+    st: &ArrayState,
+    old: &Geometry,
+    mut sbt: SbTransition,
+    max_bytes: u64,
+) -> Result<()> {
+    let new = &st.geo;
+    let su = new.stripe_unit;
+    let (ow, nw) = (old.stripe_width(), new.stripe_width());
+    let old_end = old.capacity();
+    let total = new.capacity();
+    let new_member = old.members();
+    let dev = st.members[new_member]
+        .clone()
+        .ok_or_else(|| Error::Unavailable("new member missing".into()))?;
+    match sbt.phase {
+        PHASE_START | PHASE_BACKUP => {
+            // The first rows: through a copy on the new member.
+            let d = old.data_members();
+            let len = d * nw;
+            let backup_at = new.data_start + d * su;
+            debug_assert!(d + len / su <= backup_rows(old) + d);
+            let mut buf = vec![0u8; len as usize];
+            if sbt.phase == PHASE_START {
+                read_used(thin, 0, len.min(old_end), &mut buf)?;
+                dev.write_at(&buf, backup_at)
+                    .map_err(io("saving the first rows"))?;
+                dev.flush().map_err(io("saving the first rows"))?;
+                sbt.phase = PHASE_BACKUP;
+                sbt.backup_offset = backup_at;
+                sbt.backup_len = len;
+                thin.meta.write().set_transition(Some(sbt));
+                thin.commit_locked()?;
+            } else {
+                dev.read_at(&mut buf, sbt.backup_offset)
+                    .map_err(io("reading the saved first rows"))?;
+            }
+            thin.array.set_transition(Some(Transition {
+                kind: TransitionKind::Restripe { old: old.clone() },
+                pos: len,
+            }));
+            thin.array
+                .write(0, &buf)
+                .map_err(io("writing the first rows"))?;
+            sbt.phase = PHASE_MAIN;
+            checkpoint(thin, st, sbt, len)
+        }
+        _ => {
+            let pos = sbt.pos;
+            let r1 = pos / nw;
+            let rows = total / nw;
+            // The rule: new rows below r2 overwrite only old rows already moved.
+            let r2 = (pos / ow).min(r1 + (max_bytes / nw).max(1)).min(rows);
+            if r2 <= r1 {
+                return Err(Error::Corrupt(format!(
+                    "reshape checkpoint {pos} does not allow progress"
+                )));
+            }
+            let (from, to) = (r1 * nw, r2 * nw);
+            let mut buf = vec![0u8; (to - from) as usize];
+            if from < old_end {
+                read_used(thin, from, to.min(old_end), &mut buf)?;
+            }
+            thin.array.set_transition(Some(Transition {
+                kind: TransitionKind::Restripe { old: old.clone() },
+                pos: to,
+            }));
+            thin.array
+                .write(from, &buf)
+                .map_err(io("writing reshaped rows"))?;
+            checkpoint(thin, st, sbt, to)
+        }
+    }
+}
