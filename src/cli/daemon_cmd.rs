@@ -28,6 +28,10 @@ pub struct DaemonArgs {
     /// Mount every volume as a file under DIR (FUSE; needs root and /dev/fuse).
     #[arg(long, value_name = "DIR")]
     fuse_mount: Option<PathBuf>,
+    /// Most array bytes per second a background job (reshape, resync) moves,
+    /// e.g. 200M; 0 for no limit. Clients keep the rest of the bandwidth.
+    #[arg(long, default_value = "0", value_parser = super::pool_cmd::parse_size_arg)]
+    job_rate_limit: u64,
 }
 
 pub fn init_logging(level: &str) {
@@ -59,6 +63,7 @@ pub fn run_daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<()> {
         allow_remote: a.allow_remote,
         commit_interval: Duration::from_secs(a.commit_interval.max(1)),
         fuse_mount: a.fuse_mount.map(|p| super::absolute(&p)),
+        job_rate_limit: a.job_rate_limit,
     })
 }
 

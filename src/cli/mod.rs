@@ -3,6 +3,7 @@
 //! one, carried out directly on the devices otherwise.
 
 pub mod daemon_cmd;
+mod job_cmd;
 pub mod output;
 mod pool_cmd;
 mod tools_cmd;
@@ -43,6 +44,9 @@ pub enum Command {
     /// Create, list and remove snapshots.
     #[command(subcommand, alias = "snapshot")]
     Snap(vol_cmd::SnapCmd),
+    /// Follow, pause and resume background jobs (reshape, resync).
+    #[command(subcommand)]
+    Job(job_cmd::JobCmd),
     /// Check a pool's metadata offline: every checksum, every reference count, leaks.
     Check(tools_cmd::CheckArgs),
     /// Dump a member's labels and superblocks.
@@ -65,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pool(c) => pool_cmd::run(&ctx, c),
         Command::Vol(c) => vol_cmd::run(&ctx, c),
         Command::Snap(c) => vol_cmd::run_snap(&ctx, c),
+        Command::Job(c) => job_cmd::run(&ctx, c),
         Command::Check(a) => tools_cmd::check(&ctx, a),
         Command::Inspect(a) => tools_cmd::inspect(a),
         Command::Daemon(a) => daemon_cmd::run(&ctx, a),

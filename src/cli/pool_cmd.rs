@@ -34,6 +34,20 @@ pub enum PoolCmd {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Add members online: linear pools grow at once; raid1 gains a mirror
+    /// (resynced), raid0/raid5 are restriped onto the new member, in the
+    /// background with a running daemon.
+    Add {
+        name: String,
+        #[arg(required = true)]
+        devices: Vec<PathBuf>,
+        /// Overwrite a device that carries another pool's label.
+        #[arg(long, short = 'f')]
+        force: bool,
+        /// With a daemon: follow the data movement until it completes.
+        #[arg(long, short = 'w')]
+        wait: bool,
+    },
     /// Close a pool and mark its members exported, ready to move.
     Export { name: String },
     /// Find pools on devices by their labels; with NAME (or UUID), import it.
@@ -131,6 +145,22 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
             }
             print_status(&serde_json::from_value(resp.data)?);
         }
+        PoolCmd::Add {
+            name,
+            devices,
+            force,
+            wait,
+        } => {
+            let req = Request::PoolAdd {
+                name: name.clone(),
+                devices: abs_all(&devices),
+                force,
+            };
+            report(&dispatch(ctx, req)?);
+            if wait {
+                super::job_cmd::wait(ctx, &name)?;
+            }
+        }
         PoolCmd::Export { name } => report(&dispatch(ctx, Request::PoolExport { name })?),
         PoolCmd::Import {
             name,
@@ -217,6 +247,9 @@ fn print_status(i: &PoolInfo) {
         i.metadata_repairs
     );
     println!("  vols: {} volumes, {} snapshots", i.volumes, i.snapshots);
+    if let Some(j) = &i.job {
+        println!("   job: {}", super::job_cmd::describe(j));
+    }
     for w in &i.warnings {
         println!("  note: {w}");
     }

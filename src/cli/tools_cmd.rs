@@ -426,5 +426,6 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<()> {
         allow_remote: false,
         commit_interval: std::time::Duration::from_secs(5),
         fuse_mount: None,
+        job_rate_limit: 0,
     })
 }

@@ -140,6 +140,14 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
             ok(format!("destroyed pool '{name}'"))
         }
         Request::PoolCheck { name, repair } => data(&engine.pool(&name)?.check(repair)?),
+        Request::PoolAdd {
+            name,
+            devices,
+            force,
+        } => super::members::pool_add(engine, &name, devices, force),
+        Request::JobList => super::members::job_list(engine),
+        Request::JobPause { pool } => super::members::job_pause(engine, &pool),
+        Request::JobResume { pool } => super::members::job_resume(engine, &pool),
         Request::VolCreate { path, size } => {
             let p = VolPath::parse_volume(&path)?;
             let warnings = engine.pool(&p.pool)?.create_volume(&p.volume, size)?;

@@ -77,6 +77,15 @@ impl Engine for LocalEngine {
         Ok(self.state.load()?.pools.keys().cloned().collect())
     }
 
+    fn member_paths(&self, name: &str) -> anyhow::Result<Vec<PathBuf>> {
+        let st = self.state.load()?;
+        Ok(st
+            .pools
+            .get(name)
+            .map(|k| k.members.clone())
+            .unwrap_or_default())
+    }
+
     fn adopt(&self, name: &str, pool: Pool, members: Vec<PathBuf>) -> anyhow::Result<()> {
         let mut st = self.state.load()?;
         st.pools.insert(
@@ -102,6 +111,23 @@ impl Engine for LocalEngine {
 
     fn progress(&self, what: &str, total: u64) -> Box<dyn ProgressSink> {
         Box::new(Progress::new(what, total))
+    }
+
+    /// No daemon: move the data now, with a progress bar. Interrupting is
+    /// safe: the job resumes where its last checkpoint left it.
+    fn run_job(&self, name: &str, pool: &Pool) -> anyhow::Result<String> {
+        let Some(info) = pool.job() else {
+            return Ok(format!("pool '{name}' has no job to run"));
+        };
+        let mut bar = Progress::new(&format!("{} {name}", info.kind), info.total_bytes);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let done = pool.run_job(&stop, |i| bar.set(i.done_bytes))?;
+        bar.finish();
+        Ok(if done {
+            format!("{} of pool '{name}' complete", info.kind)
+        } else {
+            format!("{} of pool '{name}' paused", info.kind)
+        })
     }
 }
 

@@ -7,6 +7,7 @@ pub mod client;
 pub mod copy;
 mod exec;
 pub mod local;
+mod members;
 mod request;
 pub mod resizefs;
 
@@ -35,6 +36,8 @@ pub trait Engine: Send + Sync {
     fn pool(&self, name: &str) -> anyhow::Result<Pool>;
     /// Names of the pools this host knows.
     fn pool_names(&self) -> anyhow::Result<Vec<String>>;
+    /// The member paths this host remembers for a pool.
+    fn member_paths(&self, name: &str) -> anyhow::Result<Vec<PathBuf>>;
     /// A pool was created or imported: remember it.
     fn adopt(&self, name: &str, pool: Pool, members: Vec<PathBuf>) -> anyhow::Result<()>;
     /// A pool is being exported or destroyed: forget it and hand it over.
@@ -45,6 +48,9 @@ pub trait Engine: Send + Sync {
     }
     /// Report progress of a long copy (a bar on a terminal for the CLI).
     fn progress(&self, what: &str, total: u64) -> Box<dyn ProgressSink>;
+    /// Run a pool's layout-change job: in the background in the daemon
+    /// (returns at once), to completion here in the CLI. Returns a note.
+    fn run_job(&self, name: &str, pool: &Pool) -> anyhow::Result<String>;
 }
 
 pub trait ProgressSink {

@@ -37,6 +37,21 @@ pub enum Request {
         name: String,
         repair: bool,
     },
+    /// Add members (online): several for linear, one at a time otherwise.
+    PoolAdd {
+        name: String,
+        devices: Vec<PathBuf>,
+        force: bool,
+    },
+    /// Layout changes in progress, on every pool.
+    JobList,
+    JobPause {
+        pool: String,
+    },
+    /// Continue a paused or waiting job (without a daemon: run it here).
+    JobResume {
+        pool: String,
+    },
     VolCreate {
         path: String,
         size: u64,
@@ -146,6 +161,7 @@ impl Request {
             self,
             Request::PoolList
                 | Request::PoolStatus { .. }
+                | Request::JobList
                 | Request::VolList { .. }
                 | Request::SnapList { .. }
         ) && !matches!(self, Request::PoolImport { name: None, .. })
@@ -173,6 +189,14 @@ impl Request {
             ),
             Request::PoolCheck { name, .. } => {
                 r("POST", format!("/v1/pools/{}/check", enc(name)), body)
+            }
+            Request::PoolAdd { name, .. } => {
+                r("POST", format!("/v1/pools/{}/members", enc(name)), body)
+            }
+            Request::JobList => r("GET", "/v1/jobs".into(), None),
+            Request::JobPause { pool } => r("POST", format!("/v1/jobs/{}/pause", enc(pool)), None),
+            Request::JobResume { pool } => {
+                r("POST", format!("/v1/jobs/{}/resume", enc(pool)), None)
             }
             Request::VolCreate { .. } => r("POST", "/v1/volumes".into(), body),
             Request::VolList { pool } => r(
@@ -268,7 +292,14 @@ impl Request {
             ("POST", ["v1", "pools", name, "export"]) => Request::PoolExport {
                 name: name.to_string(),
             },
-            ("POST", ["v1", "pools", _, "check"]) => from_body()?,
+            ("POST", ["v1", "pools", _, "check" | "members"]) => from_body()?,
+            ("GET", ["v1", "jobs"]) => Request::JobList,
+            ("POST", ["v1", "jobs", pool, "pause"]) => Request::JobPause {
+                pool: pool.to_string(),
+            },
+            ("POST", ["v1", "jobs", pool, "resume"]) => Request::JobResume {
+                pool: pool.to_string(),
+            },
             ("GET", ["v1", "volumes"]) => Request::VolList {
                 pool: param("pool"),
             },
@@ -326,6 +357,14 @@ mod tests {
                 name: "t".into(),
                 repair: false,
             },
+            Request::PoolAdd {
+                name: "t".into(),
+                devices: vec!["/d4".into()],
+                force: false,
+            },
+            Request::JobList,
+            Request::JobPause { pool: "t".into() },
+            Request::JobResume { pool: "t".into() },
             Request::VolCreate {
                 path: "t/v".into(),
                 size: 4096,

@@ -7,9 +7,12 @@ use crate::frontend::nbd::Exports;
 use crate::pool::names::VolPath;
 use crate::state::{KnownPool, StateDir};
 use crate::{Pool, Volume};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 pub struct DaemonEngine {
     state_dir: PathBuf,
@@ -18,12 +21,16 @@ pub struct DaemonEngine {
     pub unavailable: RwLock<BTreeMap<String, String>>,
     /// The FUSE mount directory, once mounted.
     pub fuse: RwLock<Option<PathBuf>>,
+    /// Background layout-change jobs, by pool.
+    jobs: Mutex<BTreeMap<String, JoinHandle<()>>>,
+    stop_jobs: Arc<AtomicBool>,
+    job_rate_limit: u64,
 }
 
 impl DaemonEngine {
     /// Open every pool the state directory lists. A pool that cannot open is
     /// logged loudly and reported as unavailable; the others are served.
-    pub fn start(state_dir: &Path) -> anyhow::Result<DaemonEngine> {
+    pub fn start(state_dir: &Path, job_rate_limit: u64) -> anyhow::Result<DaemonEngine> {
         let state = StateDir::open(state_dir)?;
         let mut pools = BTreeMap::new();
         let mut unavailable = BTreeMap::new();
@@ -45,12 +52,57 @@ impl DaemonEngine {
                 }
             }
         }
-        Ok(DaemonEngine {
+        let engine = DaemonEngine {
             state_dir: state_dir.to_path_buf(),
             pools: RwLock::new(pools),
             unavailable: RwLock::new(unavailable),
             fuse: RwLock::new(None),
-        })
+            jobs: Mutex::new(BTreeMap::new()),
+            stop_jobs: Arc::new(AtomicBool::new(false)),
+            job_rate_limit,
+        };
+        for (name, pool) in engine.all() {
+            if pool.job().is_some() {
+                tracing::warn!(pool = %name, "an unfinished layout change is taken up again");
+                engine.spawn_job(&name, &pool);
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Start the pool's job on a thread of its own, unless one runs.
+    fn spawn_job(&self, name: &str, pool: &Pool) {
+        let mut jobs = self.jobs.lock();
+        if jobs.get(name).is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        pool.set_job_rate_limit(self.job_rate_limit);
+        let key = name.to_string();
+        let (name, pool, stop) = (name.to_string(), pool.clone(), self.stop_jobs.clone());
+        let handle = std::thread::spawn(move || {
+            let mut next_log = 0.0;
+            let result = pool.run_job(&stop, |info| {
+                if info.percent >= next_log {
+                    tracing::info!(pool = %name, "{}: {:.1}% ({} MB/s)", info.kind, info.percent, info.rate / 1_000_000);
+                    next_log = info.percent + 10.0;
+                }
+            });
+            match result {
+                Ok(true) => tracing::info!(pool = %name, "layout change complete"),
+                Ok(false) => tracing::info!(pool = %name, "layout change paused"),
+                Err(e) => tracing::error!(pool = %name, "layout change stopped: {e}"),
+            }
+        });
+        jobs.insert(key, handle);
+    }
+
+    /// Stop every job after its current step (at shutdown).
+    pub fn stop_jobs(&self) {
+        self.stop_jobs.store(true, Ordering::Relaxed);
+        let jobs = std::mem::take(&mut *self.jobs.lock());
+        for (_, h) in jobs {
+            let _ = h.join();
+        }
     }
 
     pub fn all(&self) -> Vec<(String, Pool)> {
@@ -87,6 +139,15 @@ impl Engine for DaemonEngine {
         Ok(names)
     }
 
+    fn member_paths(&self, name: &str) -> anyhow::Result<Vec<PathBuf>> {
+        let st = StateDir::open(&self.state_dir)?.load()?;
+        Ok(st
+            .pools
+            .get(name)
+            .map(|k| k.members.clone())
+            .unwrap_or_default())
+    }
+
     fn adopt(&self, name: &str, pool: Pool, members: Vec<PathBuf>) -> anyhow::Result<()> {
         let state = StateDir::open(&self.state_dir)?;
         let mut st = state.load()?;
@@ -120,6 +181,13 @@ impl Engine for DaemonEngine {
 
     fn progress(&self, _what: &str, _total: u64) -> Box<dyn ProgressSink> {
         Box::new(NoProgress)
+    }
+
+    fn run_job(&self, name: &str, pool: &Pool) -> anyhow::Result<String> {
+        self.spawn_job(name, pool);
+        Ok(format!(
+            "the daemon moves the data in the background: `vpool pool status {name}` shows progress"
+        ))
     }
 }
 

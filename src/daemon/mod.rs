@@ -32,6 +32,8 @@ pub struct DaemonConfig {
     pub commit_interval: Duration,
     /// Where to mount volumes as files (FUSE); `None`: no FUSE mount.
     pub fuse_mount: Option<PathBuf>,
+    /// Bytes per second background jobs may move (0: no limit).
+    pub job_rate_limit: u64,
 }
 
 /// Remove a socket file nobody listens on (left by a killed daemon).
@@ -76,7 +78,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     signals.add(Signal::SIGINT);
     signals.thread_block().context("blocking signals")?;
 
-    let engine = Arc::new(DaemonEngine::start(&cfg.state_dir)?);
+    let engine = Arc::new(DaemonEngine::start(&cfg.state_dir, cfg.job_rate_limit)?);
     let nbd = NbdServer::new(engine.clone());
     if let Some(addr) = cfg.nbd_listen {
         if !addr.ip().is_loopback() && !cfg.allow_remote {
@@ -138,6 +140,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     if let Some(f) = fuse {
         f.unmount();
     }
+    engine.stop_jobs();
     stop_commits.store(true, Ordering::Relaxed);
     let _ = committer.join();
     let mut failed = false;

@@ -8,6 +8,7 @@
 use super::create::{read_label, write_label};
 use super::layout::{member_data, META_BYTES_PER_CHUNK};
 use super::Pool;
+use crate::cli::units::format_size;
 use crate::device::DeviceRef;
 use crate::error::{Error, Result};
 use crate::meta::codec::BLOCK_SIZE;
@@ -114,9 +115,9 @@ pub(crate) fn resume_state(
 
 impl Pool {
     /// Add `dev` as a new member. Linear pools grow at once; raid1, raid0 and
-    /// raid5 start a background job (see [`Pool::job`]). Returns notes for
-    /// the user.
-    pub fn add_member(&self, dev: DeviceRef, force: bool) -> Result<Vec<String>> {
+    /// raid5 start a background job (see [`Pool::job`]). Returns what
+    /// happened and warnings.
+    pub fn add_member(&self, dev: DeviceRef, force: bool) -> Result<(String, Vec<String>)> {
         let _ops = self.s.ops.lock();
         let label = self.label();
         let thin = &self.s.thin;
@@ -204,11 +205,11 @@ impl Pool {
                 backup_rows(&geo)
             )));
         }
-        let mut notes = Vec::new();
+        let mut warnings = Vec::new();
         let chunks = new_geo.capacity() / label.chunk_size;
         let meta_need = chunks * META_BYTES_PER_CHUNK / BLOCK_SIZE as u64;
         if meta_need > label.meta_blocks {
-            notes.push(format!(
+            warnings.push(format!(
                 "the metadata area was sized for a smaller pool ({} blocks, {} suggested for {} chunks): heavy snapshot use may fill it before the data space",
                 label.meta_blocks, meta_need, chunks
             ));
@@ -250,20 +251,15 @@ impl Pool {
             transition: t.as_ref().map(|t| transition_of(t, &new_geo)),
         });
         thin.commit_locked()?;
-        notes.push(match label.level {
-            RaidLevel::Linear => format!(
-                "pool '{name}' grew to {} bytes",
-                chunks * label.chunk_size
-            ),
-            RaidLevel::Raid1 => format!(
-                "new mirror added to '{name}'; it is resynced in the background (`vpool pool status {name}`)"
-            ),
+        let size = format_size(chunks * label.chunk_size);
+        let message = match label.level {
+            RaidLevel::Linear => format!("pool '{name}' grew to {size}"),
+            RaidLevel::Raid1 => format!("pool '{name}' has a new mirror, to be resynced"),
             _ => format!(
-                "'{name}' is being restriped onto {} members in the background; capacity grows to {} bytes as it completes (`vpool pool status {name}`)",
-                n + 1,
-                chunks * label.chunk_size
+                "pool '{name}' is restriped onto {} members; its capacity grows to {size} as the reshape completes",
+                n + 1
             ),
-        });
-        Ok(notes)
+        };
+        Ok((message, warnings))
     }
 }

@@ -36,6 +36,9 @@ pub struct PoolInfo {
     pub transaction: u64,
     pub metadata_repairs: u64,
     pub warnings: Vec<String>,
+    /// A layout change in progress (`pool add`).
+    #[serde(default)]
+    pub job: Option<super::JobInfo>,
 }
 
 #[derive(Serialize, serde::Deserialize, Clone, Debug)]
@@ -53,6 +56,7 @@ pub struct VolumeInfo {
 
 impl Pool {
     pub fn info(&self) -> PoolInfo {
+        let job = self.job();
         let thin = self.thin();
         let meta = thin.meta.read();
         let cat = meta.catalog();
@@ -83,6 +87,7 @@ impl Pool {
         let capacity = meta.data.total() * cs;
         let allocated = meta.data.used() * cs;
         PoolInfo {
+            job,
             name: self.name().to_string(),
             uuid: self.uuid().to_string(),
             level: label.level.to_string(),

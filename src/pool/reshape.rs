@@ -30,6 +30,8 @@ pub const STEP_BYTES: u64 = 8 << 20;
 pub(crate) struct JobControl {
     pub paused: bool,
     pub running: bool,
+    /// Array bytes per second at most (0: no limit).
+    pub rate_limit: u64,
     /// When this process started moving data, and from which position.
     started: Option<(Instant, u64)>,
 }
@@ -97,6 +99,11 @@ impl Pool {
         Ok(())
     }
 
+    /// Limit the job to `bytes_per_sec` (0: as fast as the members allow).
+    pub fn set_job_rate_limit(&self, bytes_per_sec: u64) {
+        self.s.job.lock().rate_limit = bytes_per_sec;
+    }
+
     /// Run the job until it completes, `stop` is set or it is paused.
     /// `progress` is called after every step. Returns true when complete.
     pub fn run_job(&self, stop: &AtomicBool, mut progress: impl FnMut(&JobInfo)) -> Result<bool> {
@@ -118,12 +125,27 @@ impl Pool {
             }
             if let Some(info) = self.job() {
                 progress(&info);
+                self.throttle(&info);
             }
         })();
         let mut ctl = self.s.job.lock();
         ctl.running = false;
         ctl.started = None;
         result
+    }
+
+    /// Sleep as long as the job is ahead of its rate limit.
+    fn throttle(&self, info: &JobInfo) {
+        let ctl = self.s.job.lock();
+        let (limit, started) = (ctl.rate_limit, ctl.started);
+        drop(ctl);
+        if let (true, Some((at, from))) = (limit > 0, started) {
+            let due = info.done_bytes.saturating_sub(from) as f64 / limit as f64;
+            let ahead = due - at.elapsed().as_secs_f64();
+            if ahead > 0.0 {
+                std::thread::sleep(std::time::Duration::from_secs_f64(ahead.min(5.0)));
+            }
+        }
     }
 
     /// One step of the job. Returns true when there is nothing left to do.

@@ -1,0 +1,78 @@
+//! Member and job requests: `pool add`, `job list/pause/resume`.
+
+use super::{exec::open_members, Engine, Response};
+use crate::raid::RaidLevel;
+use anyhow::bail;
+use std::path::PathBuf;
+
+pub fn pool_add(
+    engine: &dyn Engine,
+    name: &str,
+    devices: Vec<PathBuf>,
+    force: bool,
+) -> anyhow::Result<Response> {
+    let pool = engine.pool(name)?;
+    if devices.is_empty() {
+        bail!(crate::Error::Invalid("name the device(s) to add".into()));
+    }
+    if devices.len() > 1 && pool.label().level != RaidLevel::Linear {
+        bail!(crate::Error::Invalid(format!(
+            "{} pools take one new member at a time: add the next when the reshape or resync finishes",
+            pool.label().level
+        )));
+    }
+    let devs = open_members(&devices)?;
+    let mut warnings = Vec::new();
+    let mut known = engine.member_paths(name)?;
+    let mut lines = Vec::new();
+    for (dev, path) in devs.into_iter().zip(&devices) {
+        let (line, w) = pool.add_member(dev, force)?;
+        lines.push(line);
+        warnings.extend(w);
+        known.push(path.clone());
+        // Remember the member right away: a crash after this point still
+        // finds every member at the next start.
+        engine.adopt(name, pool.clone(), known.clone())?;
+    }
+    if pool.job().is_some() {
+        lines.push(engine.run_job(name, &pool)?);
+    }
+    let message = lines.join("\n");
+    Ok(Response {
+        message: Some(message),
+        warnings,
+        data: serde_json::to_value(pool.info())?,
+    })
+}
+
+pub fn job_list(engine: &dyn Engine) -> anyhow::Result<Response> {
+    let mut jobs = Vec::new();
+    for name in engine.pool_names()? {
+        if let Ok(pool) = engine.pool(&name) {
+            jobs.extend(pool.job());
+        }
+    }
+    Ok(Response {
+        data: serde_json::to_value(jobs)?,
+        ..Default::default()
+    })
+}
+
+pub fn job_pause(engine: &dyn Engine, name: &str) -> anyhow::Result<Response> {
+    engine.pool(name)?.set_job_paused(true)?;
+    Ok(Response {
+        message: Some(format!(
+            "job on pool '{name}' paused after its current step; `vpool job resume {name}` continues it (so does the next daemon start)"
+        )),
+        ..Default::default()
+    })
+}
+
+pub fn job_resume(engine: &dyn Engine, name: &str) -> anyhow::Result<Response> {
+    let pool = engine.pool(name)?;
+    pool.set_job_paused(false)?;
+    Ok(Response {
+        message: Some(engine.run_job(name, &pool)?),
+        ..Default::default()
+    })
+}
