@@ -21,9 +21,18 @@ pub fn pool_add(
             pool.label().level
         )));
     }
+    let mut known = engine.member_paths(name)?;
+    for d in &devices {
+        let abs = crate::cli::absolute(d);
+        if known.iter().any(|k| crate::cli::absolute(k) == abs) {
+            bail!(crate::Error::Exists(format!(
+                "{} is already a member of pool '{name}'",
+                d.display()
+            )));
+        }
+    }
     let devs = open_members(&devices)?;
     let mut warnings = Vec::new();
-    let mut known = engine.member_paths(name)?;
     let mut lines = Vec::new();
     for (dev, path) in devs.into_iter().zip(&devices) {
         let (line, w) = pool.add_member(dev, force)?;

@@ -1,0 +1,256 @@
+//! Needs root and FUSE (package fuse3): `pool add` through the real daemon
+//! while a client writes and verifies through the FUSE file, on every
+//! level; SIGKILL in the middle of a raid5 reshape, restart, resume, verify.
+
+mod common;
+use common::cleanup::Cleanup;
+use common::daemon::*;
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+fn daemon_with_fuse(
+    dir: &Path,
+    level: &str,
+    n: usize,
+    size: u64,
+    extra: &[&str],
+    g: &mut Cleanup,
+) -> (Daemon, PathBuf) {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: this test needs FUSE (run as root)"
+    );
+    let state = dir.join("state");
+    let mnt = dir.join("volumes");
+    make_pool(&state, level, n, size, &["--stripe-unit", "16K"]);
+    let mut args = vec!["--fuse-mount", mnt.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let d = Daemon::start_with(&state, &args);
+    g.unmount_later(&mnt);
+    (d, mnt)
+}
+
+fn status(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&d.vpool_ok(&["pool", "status", "tank", "--json"])).unwrap()
+}
+
+/// Block `i` of the volume holds `pattern(MIB, seed_of_block)`.
+fn block(i: u64, round: u64) -> Vec<u8> {
+    common::pattern(MIB as usize, i * 1000 + round)
+}
+
+fn read_block(f: &std::fs::File, i: u64) -> Vec<u8> {
+    let mut b = vec![0u8; MIB as usize];
+    f.read_exact_at(&mut b, i * MIB).unwrap();
+    b
+}
+
+#[test]
+fn pool_add_on_every_level_under_a_verifying_writer() {
+    for (level, n) in [("linear", 2), ("raid0", 2), ("raid1", 2), ("raid5", 3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = Cleanup::default();
+        let (d, mnt) = daemon_with_fuse(dir.path(), level, n, 160 * MIB, &[], &mut g);
+        let before = status(&d)["capacity"].as_u64().unwrap();
+        d.vpool_ok(&["vol", "create", "tank/v", "--size", "96M"]);
+        let file = mnt.join("tank/v");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+            .unwrap();
+        let blocks = 96u64;
+        for i in 0..blocks {
+            f.write_all_at(&block(i, 0), i * MIB).unwrap();
+        }
+        f.sync_all().unwrap();
+        // A writer rewrites blocks and reads each back, through the whole add.
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        g.push(move || s.store(true, Ordering::Relaxed));
+        let writer = {
+            let stop = stop.clone();
+            let f = f.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let mut rounds = vec![0u64; blocks as usize];
+                let mut k = 0u64;
+                while !stop.load(Ordering::Relaxed) || k < 20 {
+                    let i = (k * 37) % blocks;
+                    rounds[i as usize] = k + 1;
+                    let data = block(i, k + 1);
+                    f.write_all_at(&data, i * MIB)
+                        .expect("write during pool add");
+                    assert!(read_block(&f, i) == data, "block {i} verify");
+                    k += 1;
+                }
+                rounds
+            })
+        };
+        let extra = dir.path().join("state/new.img");
+        std::fs::File::create(&extra)
+            .unwrap()
+            .set_len(160 * MIB)
+            .unwrap();
+        let out = d.vpool_ok(&["pool", "add", "tank", extra.to_str().unwrap(), "--wait"]);
+        assert!(out.contains("no job running"), "{level}: {out}");
+        stop.store(true, Ordering::Relaxed);
+        let rounds = writer.join().expect("the writer never fails");
+        for i in 0..blocks {
+            assert!(
+                read_block(&f, i) == block(i, rounds[i as usize]),
+                "{level}: block {i} after the add"
+            );
+        }
+        let st = status(&d);
+        assert_eq!(st["members"].as_array().unwrap().len(), n + 1, "{level}");
+        let after = st["capacity"].as_u64().unwrap();
+        if level == "raid1" {
+            assert_eq!(after, before);
+        } else {
+            assert!(after > before + 100 * MIB, "{level}: {before} -> {after}");
+        }
+        let jobs = d.vpool_ok(&["job", "list"]);
+        assert!(jobs.contains("no jobs"), "{jobs}");
+        drop(f);
+        let mut d = d;
+        d.stop();
+        // The state file lists the new member: the pool opens with it.
+        let out = ok(
+            std::process::Command::new(vpool_bin())
+                .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
+                .args(["pool", "status", "tank"]),
+            60,
+        );
+        assert!(out.contains("new.img") && out.contains("ONLINE"), "{out}");
+    }
+}
+
+#[test]
+fn sigkill_during_raid5_reshape_resumes_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Cleanup::default();
+    // 60 MB/s: the reshape of ~1.1 GB takes long enough to kill it at chosen points.
+    let (mut d, mnt) = daemon_with_fuse(
+        dir.path(),
+        "raid5",
+        3,
+        384 * MIB,
+        &["--job-rate-limit", "60M"],
+        &mut g,
+    );
+    d.vpool_ok(&["vol", "create", "tank/v", "--size", "600M"]);
+    let blocks = 400u64;
+    {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(mnt.join("tank/v"))
+            .unwrap();
+        for i in 0..blocks {
+            f.write_all_at(&block(i, 0), i * MIB).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let extra = dir.path().join("state/new.img");
+    std::fs::File::create(&extra)
+        .unwrap()
+        .set_len(384 * MIB)
+        .unwrap();
+    d.vpool_ok(&["pool", "add", "tank", extra.to_str().unwrap()]);
+    let mut seen = Vec::new();
+    for target in [15.0, 45.0, 75.0] {
+        let start = Instant::now();
+        loop {
+            let st = status(&d);
+            let pct = st["job"]["percent"].as_f64().unwrap_or(100.0);
+            if pct >= target {
+                seen.push(pct);
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "reshape stuck at {pct}%"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d.kill();
+        // A killed daemon leaves its FUSE mount behind; the restart cleans it.
+        d.restart();
+        let st = status(&d);
+        assert!(
+            st["job"].is_object(),
+            "the reshape resumes after SIGKILL at {target}%: {st}"
+        );
+        // Every block reads back while the reshape goes on.
+        let f = OpenOptions::new()
+            .read(true)
+            .open(mnt.join("tank/v"))
+            .unwrap();
+        for i in (0..blocks).step_by(7) {
+            assert!(
+                read_block(&f, i) == block(i, 0),
+                "block {i} after kill at {target}%"
+            );
+        }
+    }
+    let out = d.vpool_ok(&["job", "wait", "tank"]);
+    assert!(out.contains("no job running"), "{out}");
+    let f = OpenOptions::new()
+        .read(true)
+        .open(mnt.join("tank/v"))
+        .unwrap();
+    for i in 0..blocks {
+        assert!(
+            read_block(&f, i) == block(i, 0),
+            "block {i} after the reshape"
+        );
+    }
+    drop(f);
+    assert!(seen.iter().all(|p| *p < 100.0), "{seen:?}");
+    d.stop();
+    let state = dir.path().join("state");
+    let members: Vec<String> = (0..3)
+        .map(|i| state.join(format!("d{i}.img")).display().to_string())
+        .chain(std::iter::once(extra.display().to_string()))
+        .collect();
+    let mut args = vec!["check".to_string()];
+    args.extend(members);
+    let out = ok(std::process::Command::new(vpool_bin()).args(&args), 120);
+    assert!(out.contains("no errors") || out.contains("clean"), "{out}");
+}
+
+#[test]
+fn pool_add_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    make_pool(&state, "raid5", 3, 64 * MIB, &[]);
+    let d = Daemon::start(&state);
+    let member = state.join("d0.img");
+    let o = d.vpool(&["pool", "add", "tank", member.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already a member"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let small = state.join("small.img");
+    std::fs::File::create(&small)
+        .unwrap()
+        .set_len(40 * MIB)
+        .unwrap();
+    let o = d.vpool(&["pool", "add", "tank", small.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("at least"), "{err}");
+    let o = d.vpool(&["pool", "add", "tank", "/nonexistent/x.img"]);
+    assert!(!o.status.success());
+    let o = d.vpool(&["job", "pause", "tank"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no job"), "{err}");
+    let st = status(&d);
+    assert_eq!(st["members"].as_array().unwrap().len(), 3);
+}
