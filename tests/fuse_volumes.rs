@@ -258,3 +258,55 @@ fn online_grow_under_a_mounted_filesystem() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+#[test]
+fn vpool_mount_and_umount_against_a_running_daemon() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: this test needs FUSE (run as root)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Cleanup::default();
+    let state = dir.path().join("state");
+    let mnt = dir.path().join("files");
+    make_pool(&state, "raid1", 2, 64 << 20, &[]);
+    // Without a daemon, the CLI says what to run.
+    let o = run(
+        Command::new(vpool_bin())
+            .args(["--state-dir", state.to_str().unwrap(), "mount"])
+            .arg(&mnt),
+        60,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("vpool daemon"), "{err}");
+    let mut d = Daemon::start(&state);
+    g.unmount_later(&mnt);
+    d.vpool_ok(&["vol", "create", "tank/v", "--size", "8M"]);
+    let out = d.vpool_ok(&["mount", mnt.to_str().unwrap()]);
+    assert!(out.contains("mounted"), "{out}");
+    assert!(mounted(&mnt));
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(mnt.join("tank/v"))
+        .unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 8 << 20);
+    f.write_all_at(b"mounted later", 4096).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let o = d.vpool(&["mount", dir.path().join("other").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already mounted"));
+    d.vpool_ok(&["umount"]);
+    assert!(!mounted(&mnt));
+    // Mount again; the daemon unmounts it at shutdown.
+    d.vpool_ok(&["mount", mnt.to_str().unwrap()]);
+    let mut b = [0u8; 13];
+    std::fs::File::open(mnt.join("tank/v"))
+        .unwrap()
+        .read_exact_at(&mut b, 4096)
+        .unwrap();
+    assert_eq!(&b, b"mounted later");
+    d.stop();
+    assert!(!mounted(&mnt));
+}

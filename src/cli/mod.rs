@@ -47,6 +47,11 @@ pub enum Command {
     /// Follow, pause and resume background jobs (reshape, resync).
     #[command(subcommand)]
     Job(job_cmd::JobCmd),
+    /// Mount every volume as a file under DIR (needs the running daemon).
+    Mount { dir: PathBuf },
+    /// Undo `vpool mount`.
+    #[command(alias = "unmount")]
+    Umount,
     /// Check a pool's metadata offline: every checksum, every reference count, leaks.
     Check(tools_cmd::CheckArgs),
     /// Dump a member's labels and superblocks.
@@ -70,6 +75,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vol(c) => vol_cmd::run(&ctx, c),
         Command::Snap(c) => vol_cmd::run_snap(&ctx, c),
         Command::Job(c) => job_cmd::run(&ctx, c),
+        Command::Mount { dir } => {
+            let dir = absolute(&dir);
+            report(&dispatch(&ctx, Request::Mount { dir })?);
+            Ok(())
+        }
+        Command::Umount => {
+            report(&dispatch(&ctx, Request::Unmount)?);
+            Ok(())
+        }
         Command::Check(a) => tools_cmd::check(&ctx, a),
         Command::Inspect(a) => tools_cmd::inspect(a),
         Command::Daemon(a) => daemon_cmd::run(&ctx, a),

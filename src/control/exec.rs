@@ -146,6 +146,8 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
             force,
         } => super::members::pool_add(engine, &name, devices, force),
         Request::JobList => super::members::job_list(engine),
+        Request::Mount { dir } => ok(engine.mount_fuse(&dir)?),
+        Request::Unmount => ok(engine.unmount_fuse()?),
         Request::JobPause { pool } => super::members::job_pause(engine, &pool),
         Request::JobResume { pool } => super::members::job_resume(engine, &pool),
         Request::VolCreate { path, size } => {

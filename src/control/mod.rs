@@ -46,6 +46,18 @@ pub trait Engine: Send + Sync {
     fn fuse_dir(&self) -> Option<PathBuf> {
         None
     }
+    /// Mount every volume as a file under `dir` (FUSE), for as long as the
+    /// daemon runs.
+    fn mount_fuse(&self, _dir: &Path) -> anyhow::Result<String> {
+        anyhow::bail!(crate::Error::Unavailable(
+            "volumes are mounted as files by the daemon: run `vpool daemon --fuse-mount DIR`, or `vpool mount DIR` while it runs".into()
+        ))
+    }
+    fn unmount_fuse(&self) -> anyhow::Result<String> {
+        anyhow::bail!(crate::Error::Unavailable(
+            "no daemon runs, so nothing is mounted".into()
+        ))
+    }
     /// Report progress of a long copy (a bar on a terminal for the CLI).
     fn progress(&self, what: &str, total: u64) -> Box<dyn ProgressSink>;
     /// Run a pool's layout-change job: in the background in the daemon

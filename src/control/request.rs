@@ -52,6 +52,11 @@ pub enum Request {
     JobResume {
         pool: String,
     },
+    /// Mount every volume as a file under `dir` (daemon only).
+    Mount {
+        dir: PathBuf,
+    },
+    Unmount,
     VolCreate {
         path: String,
         size: u64,
@@ -194,6 +199,8 @@ impl Request {
                 r("POST", format!("/v1/pools/{}/members", enc(name)), body)
             }
             Request::JobList => r("GET", "/v1/jobs".into(), None),
+            Request::Mount { .. } => r("POST", "/v1/mount".into(), body),
+            Request::Unmount => r("DELETE", "/v1/mount".into(), None),
             Request::JobPause { pool } => r("POST", format!("/v1/jobs/{}/pause", enc(pool)), None),
             Request::JobResume { pool } => {
                 r("POST", format!("/v1/jobs/{}/resume", enc(pool)), None)
@@ -294,6 +301,8 @@ impl Request {
             },
             ("POST", ["v1", "pools", _, "check" | "members"]) => from_body()?,
             ("GET", ["v1", "jobs"]) => Request::JobList,
+            ("POST", ["v1", "mount"]) => from_body()?,
+            ("DELETE", ["v1", "mount"]) => Request::Unmount,
             ("POST", ["v1", "jobs", pool, "pause"]) => Request::JobPause {
                 pool: pool.to_string(),
             },
@@ -363,6 +372,10 @@ mod tests {
                 force: false,
             },
             Request::JobList,
+            Request::Mount {
+                dir: "/run/vpool/volumes".into(),
+            },
+            Request::Unmount,
             Request::JobPause { pool: "t".into() },
             Request::JobResume { pool: "t".into() },
             Request::VolCreate {

@@ -3,6 +3,7 @@
 
 use crate::control::{Engine, NoProgress, ProgressSink};
 use crate::error::Error;
+use crate::frontend::fuse::FuseMount;
 use crate::frontend::nbd::Exports;
 use crate::pool::names::VolPath;
 use crate::state::{KnownPool, StateDir};
@@ -12,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::{OnceLock, Weak};
 use std::thread::JoinHandle;
 
 pub struct DaemonEngine {
@@ -21,6 +23,9 @@ pub struct DaemonEngine {
     pub unavailable: RwLock<BTreeMap<String, String>>,
     /// The FUSE mount directory, once mounted.
     pub fuse: RwLock<Option<PathBuf>>,
+    fuse_mount: Mutex<Option<FuseMount>>,
+    /// This engine, for the FUSE file system to serve (set once shared).
+    me: OnceLock<Weak<DaemonEngine>>,
     /// Background layout-change jobs, by pool.
     jobs: Mutex<BTreeMap<String, JoinHandle<()>>>,
     stop_jobs: Arc<AtomicBool>,
@@ -57,6 +62,8 @@ impl DaemonEngine {
             pools: RwLock::new(pools),
             unavailable: RwLock::new(unavailable),
             fuse: RwLock::new(None),
+            fuse_mount: Mutex::new(None),
+            me: OnceLock::new(),
             jobs: Mutex::new(BTreeMap::new()),
             stop_jobs: Arc::new(AtomicBool::new(false)),
             job_rate_limit,
@@ -68,6 +75,19 @@ impl DaemonEngine {
             }
         }
         Ok(engine)
+    }
+
+    /// Remember the shared handle (the FUSE file system needs one).
+    pub fn set_shared(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+    }
+
+    /// Unmount the volumes' FUSE mount, if any (at shutdown).
+    pub fn unmount_all(&self) {
+        if let Some(m) = self.fuse_mount.lock().take() {
+            m.unmount();
+        }
+        *self.fuse.write() = None;
     }
 
     /// Start the pool's job on a thread of its own, unless one runs.
@@ -177,6 +197,35 @@ impl Engine for DaemonEngine {
 
     fn fuse_dir(&self) -> Option<PathBuf> {
         self.fuse.read().clone()
+    }
+
+    fn mount_fuse(&self, dir: &Path) -> anyhow::Result<String> {
+        let mut slot = self.fuse_mount.lock();
+        if let Some(cur) = self.fuse.read().clone() {
+            anyhow::bail!(Error::InUse(format!(
+                "volumes are already mounted under {}; `vpool umount` first",
+                cur.display()
+            )));
+        }
+        let me = self
+            .me
+            .get()
+            .and_then(|w| w.upgrade())
+            .ok_or_else(|| anyhow::anyhow!("daemon engine not shared yet"))?;
+        *slot = Some(FuseMount::mount(dir, me, 4)?);
+        *self.fuse.write() = Some(dir.to_path_buf());
+        Ok(format!(
+            "volumes mounted as files under {} (one directory per pool)",
+            dir.display()
+        ))
+    }
+
+    fn unmount_fuse(&self) -> anyhow::Result<String> {
+        let Some(dir) = self.fuse.read().clone() else {
+            anyhow::bail!(Error::NotFound("volumes are not mounted".into()));
+        };
+        self.unmount_all();
+        Ok(format!("unmounted {}", dir.display()))
     }
 
     fn progress(&self, _what: &str, _total: u64) -> Box<dyn ProgressSink> {

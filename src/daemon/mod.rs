@@ -95,14 +95,10 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         tracing::info!("NBD listening on {}", path.display());
         nbd.listen(l)?;
     }
-    let fuse = match &cfg.fuse_mount {
-        Some(dir) => {
-            let m = crate::frontend::fuse::FuseMount::mount(dir, engine.clone(), 4)?;
-            *engine.fuse.write() = Some(dir.clone());
-            Some(m)
-        }
-        None => None,
-    };
+    engine.set_shared();
+    if let Some(dir) = &cfg.fuse_mount {
+        crate::control::Engine::mount_fuse(&*engine, dir)?;
+    }
     let api_path = crate::control::client::socket_path(&cfg.state_dir);
     clear_stale_socket(&api_path)?;
     let api = api::ApiServer::start(&api_path, engine.clone())?;
@@ -137,9 +133,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     tracing::info!("{sig:?} received: shutting down");
     api.stop();
     nbd.stop();
-    if let Some(f) = fuse {
-        f.unmount();
-    }
+    engine.unmount_all();
     engine.stop_jobs();
     stop_commits.store(true, Ordering::Relaxed);
     let _ = committer.join();
