@@ -201,13 +201,6 @@ fn crash_run(level: RaidLevel, seed: u64) {
             }
         }
     };
-    if std::env::var("GROW_DEBUG").is_ok() {
-        eprintln!(
-            "cut={cut} i={i} job={:?} warnings={:?}",
-            pool.job(),
-            pool.warnings()
-        );
-    }
     check_bytes(&pool, "after reopen");
     pool.run_job(&AtomicBool::new(false), |_| {})
         .unwrap_or_else(|e| panic!("{level} seed {seed}: job must resume: {e}"));
@@ -216,14 +209,6 @@ fn crash_run(level: RaidLevel, seed: u64) {
     let r = pool.check(false).unwrap();
     assert!(r.errors.is_empty(), "{level} seed {seed}: {r:?}");
     assert_eq!(pool.info().members.len(), n + 1);
-}
-
-#[test]
-fn debug_one() {
-    if let Ok(s) = std::env::var("GROW_DEBUG") {
-        let (l, seed) = s.split_once(':').unwrap();
-        crash_run(l.parse().unwrap(), seed.parse().unwrap());
-    }
 }
 
 fn crash_iters() -> u64 {
