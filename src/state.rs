@@ -19,6 +19,16 @@ pub struct StateFile {
     pub pools: BTreeMap<String, KnownPool>,
 }
 
+impl StateFile {
+    /// The member paths remembered for pool `name` (none if unknown).
+    pub fn members_of(&self, name: &str) -> Vec<PathBuf> {
+        self.pools
+            .get(name)
+            .map(|k| k.members.clone())
+            .unwrap_or_default()
+    }
+}
+
 pub struct StateDir {
     dir: PathBuf,
     _lock: File,

@@ -78,12 +78,7 @@ impl Engine for LocalEngine {
     }
 
     fn member_paths(&self, name: &str) -> anyhow::Result<Vec<PathBuf>> {
-        let st = self.state.load()?;
-        Ok(st
-            .pools
-            .get(name)
-            .map(|k| k.members.clone())
-            .unwrap_or_default())
+        Ok(self.state.load()?.members_of(name))
     }
 
     fn adopt(&self, name: &str, pool: Pool, members: Vec<PathBuf>) -> anyhow::Result<()> {

@@ -160,12 +160,7 @@ impl Engine for DaemonEngine {
     }
 
     fn member_paths(&self, name: &str) -> anyhow::Result<Vec<PathBuf>> {
-        let st = StateDir::open(&self.state_dir)?.load()?;
-        Ok(st
-            .pools
-            .get(name)
-            .map(|k| k.members.clone())
-            .unwrap_or_default())
+        Ok(StateDir::open(&self.state_dir)?.load()?.members_of(name))
     }
 
     fn adopt(&self, name: &str, pool: Pool, members: Vec<PathBuf>) -> anyhow::Result<()> {

@@ -200,7 +200,7 @@ impl Pool {
             && geo.member_data[0] / su < backup_rows(&geo)
         {
             return Err(Error::Invalid(format!(
-                "pool '{name}' is too small to restripe ({} stripe rows, {} needed)",
+                "pool '{name}' is too small to restripe ({} stripe rows, {} needed); recreate it on larger members or with a smaller --stripe-unit",
                 geo.member_data[0] / su,
                 backup_rows(&geo)
             )));

@@ -104,15 +104,6 @@ impl Array {
         self.state.read().members.clone()
     }
 
-    pub fn missing_count(&self) -> usize {
-        self.state
-            .read()
-            .members
-            .iter()
-            .filter(|m| m.is_none())
-            .count()
-    }
-
     fn check(&self, st: &ArrayState, offset: u64, len: usize) -> io::Result<()> {
         let cap = st.geo.capacity();
         if offset.checked_add(len as u64).is_none_or(|e| e > cap) {
@@ -429,7 +420,7 @@ mod tests {
             let mut members: Vec<Option<DeviceRef>> =
                 devs.iter().map(|d| Some(d.clone() as DeviceRef)).collect();
             members[missing_member] = None;
-            let degraded = Array::new(a.geometry().clone(), members);
+            let degraded = Array::new(a.geometry(), members);
             let mut got = vec![0u8; expect.len()];
             degraded.read(0, &mut got).unwrap();
             assert_eq!(got, expect, "missing member {missing_member}");
@@ -448,7 +439,7 @@ mod tests {
         let data = pattern(10000, 3);
         a.write(12345, &data).unwrap();
         let members = vec![None, None, Some(devs[2].clone() as DeviceRef)];
-        let d = Array::new(a.geometry().clone(), members);
+        let d = Array::new(a.geometry(), members);
         let mut got = vec![0u8; data.len()];
         d.read(12345, &mut got).unwrap();
         assert_eq!(got, data);
