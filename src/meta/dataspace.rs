@@ -18,6 +18,8 @@ pub struct DataSpace {
     released: Vec<u64>,
     used: u64,
     hint: u64,
+    /// Allocate only below this chunk (a member is being removed).
+    limit: Option<u64>,
 }
 
 fn bit(v: &[u64], i: u64) -> bool {
@@ -47,6 +49,7 @@ impl DataSpace {
             released: Vec::new(),
             used: 0,
             hint: 0,
+            limit: None,
         }
     }
 
@@ -58,6 +61,50 @@ impl DataSpace {
             self.shared_bits.resize(words, 0);
             self.total = total;
         }
+    }
+
+    /// Make chunks at or past `total` unusable (the array shrank). The
+    /// caller made sure none of them is in use.
+    pub fn shrink(&mut self, total: u64) {
+        if total < self.total {
+            let words = total.div_ceil(64) as usize;
+            self.used_bits.truncate(words);
+            self.shared_bits.truncate(words);
+            self.total = total;
+            self.hint = 0;
+        }
+    }
+
+    /// Allocate only below `limit` from now on (`None`: anywhere).
+    pub fn set_limit(&mut self, limit: Option<u64>) {
+        self.limit = limit;
+        self.hint = 0;
+    }
+
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
+    /// Chunks new data can go to: below the limit, if one is set.
+    pub fn usable(&self) -> u64 {
+        self.limit.map_or(self.total, |l| l.min(self.total))
+    }
+
+    /// Up to `max` chunks in use at or past `from`, in order.
+    pub fn used_from(&self, from: u64, max: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut c = from;
+        while c < self.total && out.len() < max {
+            if c % 64 == 0 && self.used_bits[(c / 64) as usize] == 0 {
+                c += 64;
+                continue;
+            }
+            if bit(&self.used_bits, c) {
+                out.push(c);
+            }
+            c += 1;
+        }
+        out
     }
 
     pub fn total(&self) -> u64 {
@@ -99,10 +146,11 @@ impl DataSpace {
     }
 
     pub fn alloc(&mut self) -> Option<u64> {
-        if self.total == 0 {
+        let total = self.usable();
+        if total == 0 {
             return None;
         }
-        let words = self.used_bits.len() as u64;
+        let words = total.div_ceil(64);
         let start = self.hint / 64;
         for i in 0..=words {
             let w = (start + i) % words;
@@ -111,7 +159,7 @@ impl DataSpace {
                 continue;
             }
             let c = w * 64 + (!word).trailing_zeros() as u64;
-            if c >= self.total {
+            if c >= total {
                 continue;
             }
             set_bit(&mut self.used_bits, c, true);

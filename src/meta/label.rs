@@ -230,8 +230,13 @@ impl Label {
             RaidLevel::Raid5 => n as u64 - 1,
         };
         // The chunk is one full stripe at creation; adding members widens
-        // the stripe, the chunk stays.
-        if !self.chunk_size.is_multiple_of(su) || self.chunk_size > su * data_members {
+        // the stripe, the chunk stays. Removing a raid0 member narrows the
+        // stripe under it (harmless without parity).
+        let widest = match self.level {
+            RaidLevel::Raid0 => su * MAX_MEMBERS as u64,
+            _ => su * data_members,
+        };
+        if !self.chunk_size.is_multiple_of(su) || self.chunk_size > widest {
             return Err(format!(
                 "label chunk size {} does not match the geometry",
                 self.chunk_size

@@ -46,13 +46,16 @@ pub struct Superblock {
 /// Checkpoint of a layout transition, recorded with every commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SbTransition {
-    /// [`TRANSITION_RESTRIPE`] or [`TRANSITION_RESYNC`].
+    /// [`TRANSITION_RESTRIPE`], [`TRANSITION_RESYNC`] or [`TRANSITION_SHRINK`].
     pub kind: u32,
-    /// Members before the change (the new ones follow them).
+    /// Members before the change (an added one follows them).
     pub old_members: u32,
+    /// Shrink: index of the member being removed (0 otherwise).
+    pub removed: u32,
     /// Array bytes already in the new layout.
     pub pos: u64,
-    /// Restripe: [`PHASE_START`], [`PHASE_BACKUP`] or [`PHASE_MAIN`].
+    /// Restripe: [`PHASE_START`], [`PHASE_BACKUP`] or [`PHASE_MAIN`];
+    /// shrink: [`PHASE_EVACUATE`], [`PHASE_MAIN`], [`PHASE_BACKUP`], [`PHASE_DONE`].
     pub phase: u32,
     /// Where the backup of the first rows sits on the new member, and its length.
     pub backup_offset: u64,
@@ -61,12 +64,18 @@ pub struct SbTransition {
 
 pub const TRANSITION_RESTRIPE: u32 = 1;
 pub const TRANSITION_RESYNC: u32 = 2;
+/// A member leaves (`pool remove`): evacuate, then restripe downwards.
+pub const TRANSITION_SHRINK: u32 = 3;
 /// Nothing moved yet.
 pub const PHASE_START: u32 = 0;
 /// The first rows are saved at `backup_offset`; rewriting them is in progress.
 pub const PHASE_BACKUP: u32 = 1;
 /// Rows are moved in place, `pos` is the checkpoint.
 pub const PHASE_MAIN: u32 = 2;
+/// Shrink: data chunks above the new capacity are being relocated below it.
+pub const PHASE_EVACUATE: u32 = 3;
+/// Shrink: the data is in the new layout; labels and member table remain.
+pub const PHASE_DONE: u32 = 4;
 
 impl Superblock {
     pub fn slot_offset(meta_offset: u64, txid: u64) -> u64 {
@@ -117,6 +126,7 @@ impl Superblock {
             put_u32(&mut b, TRANSITION + 4, t.old_members);
             put_u64(&mut b, TRANSITION + 8, t.pos);
             put_u32(&mut b, TRANSITION + 16, t.phase);
+            put_u32(&mut b, TRANSITION + 20, t.removed);
             put_u64(&mut b, TRANSITION + 24, t.backup_offset);
             put_u64(&mut b, TRANSITION + 32, t.backup_len);
         }
@@ -158,11 +168,22 @@ impl Superblock {
                 old_members: get_u32(b, TRANSITION + 4),
                 pos: get_u64(b, TRANSITION + 8),
                 phase: get_u32(b, TRANSITION + 16),
+                removed: get_u32(b, TRANSITION + 20),
                 backup_offset: get_u64(b, TRANSITION + 24),
                 backup_len: get_u64(b, TRANSITION + 32),
             };
-            let kind_ok = t.kind == TRANSITION_RESTRIPE || t.kind == TRANSITION_RESYNC;
-            if !kind_ok || t.phase > PHASE_MAIN || t.old_members as usize >= members.max(1) {
+            let ok = match t.kind {
+                TRANSITION_RESTRIPE | TRANSITION_RESYNC => {
+                    t.phase <= PHASE_MAIN && (t.old_members as usize) < members.max(1)
+                }
+                TRANSITION_SHRINK => {
+                    t.phase <= PHASE_DONE
+                        && t.old_members as usize == members
+                        && t.removed < t.old_members
+                }
+                _ => false,
+            };
+            if !ok {
                 return Err(format!("superblock records an impossible transition {t:?}"));
             }
             Some(t)
@@ -229,11 +250,30 @@ mod tests {
             old_members: 2,
             pos: 1 << 20,
             phase: PHASE_MAIN,
+            removed: 0,
             backup_offset: 12288,
             backup_len: 8192,
         });
         let b = sb.encode();
         assert_eq!(get_u32(&b, 8), SB_VERSION_TRANSITION);
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
+        // A shrink names the leaving member; it must be one of the members.
+        sb.transition = Some(SbTransition {
+            kind: TRANSITION_SHRINK,
+            old_members: 3,
+            removed: 1,
+            pos: 0,
+            phase: PHASE_EVACUATE,
+            backup_offset: 0,
+            backup_len: 0,
+        });
+        let b = sb.encode();
+        assert_eq!(get_u32(&b, TRANSITION + 20), 1);
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
+        if let Some(t) = sb.transition.as_mut() {
+            t.removed = 3;
+        }
+        let err = Superblock::decode(&sb.encode()).unwrap_err();
+        assert!(err.contains("impossible transition"), "{err}");
     }
 }

@@ -13,7 +13,9 @@ use crate::device::DeviceRef;
 use crate::error::{Error, Result};
 use crate::meta::codec::BLOCK_SIZE;
 use crate::meta::label::{Label, MemberEntry, PoolState, MAX_MEMBERS};
-use crate::meta::superblock::{SbTransition, PHASE_START, TRANSITION_RESTRIPE, TRANSITION_RESYNC};
+use crate::meta::superblock::{
+    SbTransition, PHASE_START, TRANSITION_RESTRIPE, TRANSITION_RESYNC, TRANSITION_SHRINK,
+};
 use crate::meta::MetaStore;
 use crate::raid::{ArrayState, Geometry, RaidLevel, Transition, TransitionKind};
 
@@ -57,6 +59,7 @@ fn start_transition(level: RaidLevel, old_members: usize) -> Option<SbTransition
         old_members: old_members as u32,
         pos: 0,
         phase: PHASE_START,
+        removed: 0,
         backup_offset: 0,
         backup_len: 0,
     })
@@ -75,6 +78,15 @@ pub(crate) fn resume_state(
     let n = label.member_count();
     let known = meta.committed().member_states.len();
     let mut t = meta.transition();
+    if let Some(t) = t.filter(|t| t.kind == TRANSITION_SHRINK) {
+        if members.iter().any(|m| m.is_none()) {
+            warnings.push(
+                "a member is missing while a member is being removed: the removal waits until every member is present"
+                    .into(),
+            );
+        }
+        return super::shrink::resume_shrink(label, geo, members, &t, meta);
+    }
     if t.is_none() && known < n && known > 0 {
         warnings.push(format!(
             "an interrupted `pool add` ({known} to {n} members) is taken up again"
@@ -124,10 +136,10 @@ impl Pool {
         let state = thin.array.state();
         let n = label.member_count();
         let name = self.name();
-        if let Some(t) = &state.transition {
+        if let Some(job) = self.job() {
             return Err(Error::InUse(format!(
-                "pool '{name}' is still moving data for its last change ({}% done); add the next member when `vpool pool status {name}` shows no job",
-                t.pos * 100 / state.geo.capacity().max(1)
+                "pool '{name}' is still moving data for its last change ({}, {}% done); add the next member when `vpool pool status {name}` shows no job",
+                job.kind, job.percent
             )));
         }
         if state.members.iter().any(|m| m.is_none()) {
@@ -152,7 +164,8 @@ impl Pool {
             )));
         }
         if let Ok(l) = read_label(&dev) {
-            if l.pool_uuid == label.pool_uuid {
+            let listed = label.members.iter().any(|m| m.uuid == l.member_uuid);
+            if l.pool_uuid == label.pool_uuid && listed {
                 return Err(Error::Exists(format!(
                     "{} is already a member of pool '{name}'",
                     dev.name()

@@ -10,6 +10,7 @@ mod info;
 pub mod layout;
 pub mod names;
 mod reshape;
+mod shrink;
 mod volume;
 
 pub use assemble::group_by_pool;

@@ -15,7 +15,10 @@
 
 use super::Pool;
 use crate::error::{Error, Result};
-use crate::meta::superblock::{SbTransition, PHASE_BACKUP, PHASE_MAIN, PHASE_START};
+use crate::meta::superblock::{
+    SbTransition, PHASE_BACKUP, PHASE_DONE, PHASE_MAIN, PHASE_START, TRANSITION_RESYNC,
+    TRANSITION_SHRINK,
+};
 use crate::raid::{ArrayState, Geometry, Transition, TransitionKind};
 use crate::thin::ThinPool;
 use serde::{Deserialize, Serialize};
@@ -31,22 +34,25 @@ pub(crate) struct JobControl {
     pub running: bool,
     /// Array bytes per second at most (0: no limit).
     pub rate_limit: u64,
-    /// When this process started moving data, and from which position.
-    started: Option<(Instant, u64)>,
+    /// When this process started working on the job, and the bytes it has
+    /// moved since.
+    started: Option<Instant>,
+    pub(crate) moved: u64,
 }
 
 /// A running layout change, as `pool status` and `job list` show it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct JobInfo {
     pub pool: String,
-    /// `resync` (new mirror) or `reshape` (restripe onto a new member).
+    /// `resync` (new mirror), `reshape` (restripe onto a new member),
+    /// `evacuate` or `remove` (the two phases of `pool remove`).
     pub kind: String,
     /// running, paused or waiting (no process is working on it).
     pub state: String,
     pub done_bytes: u64,
     pub total_bytes: u64,
     pub percent: f64,
-    /// Array bytes per second since this process started the job.
+    /// Bytes per second moved since this process started the job.
     pub rate: u64,
     pub eta_seconds: Option<u64>,
 }
@@ -54,22 +60,18 @@ pub struct JobInfo {
 impl Pool {
     /// The layout change in progress, if any.
     pub fn job(&self) -> Option<JobInfo> {
-        let st = self.s.thin.array.state();
-        let t = st.transition?;
-        let total = st.geo.capacity();
+        let sbt = self.s.thin.meta.read().transition()?;
+        let (kind, done, total) = self.job_progress(&sbt);
         let ctl = self.s.job.lock();
         let rate = match ctl.started {
-            Some((at, from)) if at.elapsed().as_secs_f64() > 0.5 => {
-                (t.pos.saturating_sub(from) as f64 / at.elapsed().as_secs_f64()) as u64
+            Some(at) if at.elapsed().as_secs_f64() > 0.5 => {
+                (ctl.moved as f64 / at.elapsed().as_secs_f64()) as u64
             }
             _ => 0,
         };
         Some(JobInfo {
             pool: self.name(),
-            kind: match t.kind {
-                TransitionKind::Resync { .. } => "resync".into(),
-                TransitionKind::Restripe { .. } => "reshape".into(),
-            },
+            kind: kind.into(),
             state: if ctl.paused {
                 "paused".into()
             } else if ctl.running {
@@ -77,18 +79,27 @@ impl Pool {
             } else {
                 "waiting".into()
             },
-            done_bytes: t.pos,
+            done_bytes: done,
             total_bytes: total,
-            percent: (t.pos as f64 * 100.0 / total.max(1) as f64 * 10.0).floor() / 10.0,
+            percent: (done as f64 * 100.0 / total.max(1) as f64 * 10.0).floor() / 10.0,
             rate,
-            eta_seconds: (rate > 0).then(|| (total - t.pos) / rate),
+            eta_seconds: (rate > 0).then(|| total.saturating_sub(done) / rate),
         })
+    }
+
+    /// (kind, bytes done, bytes in all) of the recorded transition.
+    fn job_progress(&self, sbt: &SbTransition) -> (&'static str, u64, u64) {
+        match sbt.kind {
+            TRANSITION_SHRINK => self.shrink_progress(sbt),
+            TRANSITION_RESYNC => ("resync", sbt.pos, self.s.thin.array.capacity()),
+            _ => ("reshape", sbt.pos, self.s.thin.array.capacity()),
+        }
     }
 
     /// Stop (or allow) the background job between steps. A paused job is
     /// taken up again when the pool is next opened.
     pub fn set_job_paused(&self, paused: bool) -> Result<()> {
-        if self.s.thin.array.state().transition.is_none() {
+        if self.s.thin.meta.read().transition().is_none() {
             return Err(Error::NotFound(format!(
                 "pool '{}' has no job running",
                 self.name()
@@ -112,8 +123,8 @@ impl Pool {
                 return Ok(false);
             }
             ctl.running = true;
-            let pos = self.s.thin.array.state().transition.map_or(0, |t| t.pos);
-            ctl.started = Some((Instant::now(), pos));
+            ctl.started = Some(Instant::now());
+            ctl.moved = 0;
         }
         let result = (|| loop {
             if stop.load(Ordering::Relaxed) || self.s.job.lock().paused {
@@ -124,7 +135,7 @@ impl Pool {
             }
             if let Some(info) = self.job() {
                 progress(&info);
-                self.throttle(&info);
+                self.throttle();
             }
         })();
         let mut ctl = self.s.job.lock();
@@ -134,12 +145,12 @@ impl Pool {
     }
 
     /// Sleep as long as the job is ahead of its rate limit.
-    fn throttle(&self, info: &JobInfo) {
+    fn throttle(&self) {
         let ctl = self.s.job.lock();
-        let (limit, started) = (ctl.rate_limit, ctl.started);
+        let (limit, started, moved) = (ctl.rate_limit, ctl.started, ctl.moved);
         drop(ctl);
-        if let (true, Some((at, from))) = (limit > 0, started) {
-            let due = info.done_bytes.saturating_sub(from) as f64 / limit as f64;
+        if let (true, Some(at)) = (limit > 0, started) {
+            let due = moved as f64 / limit as f64;
             let ahead = due - at.elapsed().as_secs_f64();
             if ahead > 0.0 {
                 std::thread::sleep(std::time::Duration::from_secs_f64(ahead.min(5.0)));
@@ -151,39 +162,58 @@ impl Pool {
     pub fn job_step(&self, max_bytes: u64) -> Result<bool> {
         let thin = &self.s.thin;
         let _gate = thin.gate.write();
-        let st = thin.array.state();
-        let Some(t) = st.transition.clone() else {
+        let Some(sbt) = thin.meta.read().transition() else {
             return Ok(true);
         };
+        let st = thin.array.state();
         if st.members.iter().any(|m| m.is_none()) {
             return Err(Error::Unavailable(format!(
                 "pool '{}' cannot finish its layout change with a member missing; attach it and reopen the pool",
                 self.name()
             )));
         }
-        let sbt = thin.meta.read().transition().ok_or_else(|| {
-            Error::Corrupt("array and metadata disagree on the layout change".into())
-        })?;
-        match &t.kind {
-            TransitionKind::Resync { member } => resync_step(thin, &st, *member, sbt, max_bytes)?,
-            TransitionKind::Restripe { old } => restripe_step(thin, &st, old, sbt, max_bytes)?,
-        }
-        Ok(thin.array.state().transition.is_none())
+        let moved = if sbt.kind == TRANSITION_SHRINK {
+            self.shrink_step(&st, sbt, max_bytes)?
+        } else {
+            let t = st.transition.clone().ok_or_else(|| {
+                Error::Corrupt("array and metadata disagree on the layout change".into())
+            })?;
+            match &t.kind {
+                TransitionKind::Resync { member } => {
+                    resync_step(thin, &st, *member, sbt, max_bytes)?
+                }
+                TransitionKind::Restripe { old } => restripe_step(thin, &st, old, sbt, max_bytes)?,
+                TransitionKind::Shrink { .. } => {
+                    return Err(Error::Corrupt(
+                        "array and metadata disagree on the layout change".into(),
+                    ))
+                }
+            }
+        };
+        self.s.job.lock().moved += moved;
+        Ok(thin.meta.read().transition().is_none())
     }
 
-    /// At open: a restripe that crashed while rewriting its first rows left
-    /// them only in the backup copy; put them back before any I/O.
+    /// At open: a restripe that crashed while rewriting its first (or, when
+    /// shrinking, last) rows left them only in the backup copy; put them back
+    /// before any I/O. A shrink whose data had all moved finishes its member
+    /// table change.
     pub(crate) fn recover_transition(&self) -> Result<()> {
         let thin = &self.s.thin;
-        let phase = thin.meta.read().transition().map(|t| t.phase);
-        if phase == Some(PHASE_BACKUP) {
-            self.job_step(STEP_BYTES)?;
+        loop {
+            let t = thin.meta.read().transition();
+            match t {
+                Some(t) if t.phase == PHASE_BACKUP => self.job_step(STEP_BYTES)?,
+                Some(t) if t.kind == TRANSITION_SHRINK && t.phase == PHASE_DONE => {
+                    self.job_step(STEP_BYTES)?
+                }
+                _ => return Ok(()),
+            };
         }
-        Ok(())
     }
 }
 
-fn io(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+pub(super) fn io(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::io(what, e)
 }
 
@@ -215,7 +245,7 @@ fn resync_step(
     member: usize,
     sbt: SbTransition,
     max_bytes: u64,
-) -> Result<()> {
+) -> Result<u64> {
     let cs = thin.chunk_size;
     let total = st.geo.capacity();
     let from = sbt.pos;
@@ -236,13 +266,14 @@ fn resync_step(
         dev.write_at(&buf[..len], st.geo.data_start + off)
             .map_err(io("writing the new mirror"))?;
     }
-    checkpoint(thin, st, sbt, to)
+    checkpoint(thin, st, sbt, to)?;
+    Ok(to - from)
 }
 
 /// Read array bytes `[from, to)` in the old layout into `buf`, reading only
 /// chunks in use (the rest is left zero: its content does not matter, and
 /// zeros keep RAID5 parity right).
-fn read_used(thin: &ThinPool, from: u64, to: u64, buf: &mut [u8]) -> Result<()> {
+pub(super) fn read_used(thin: &ThinPool, from: u64, to: u64, buf: &mut [u8]) -> Result<()> {
     let cs = thin.chunk_size;
     let mut pos = from;
     while pos < to {
@@ -265,7 +296,7 @@ fn restripe_step(
     old: &Geometry,
     mut sbt: SbTransition,
     max_bytes: u64,
-) -> Result<()> {
+) -> Result<u64> {
     let new = &st.geo;
     let su = new.stripe_unit;
     let (ow, nw) = (old.stripe_width(), new.stripe_width());
@@ -306,7 +337,8 @@ fn restripe_step(
                 .write(0, &buf)
                 .map_err(io("writing the first rows"))?;
             sbt.phase = PHASE_MAIN;
-            checkpoint(thin, st, sbt, len)
+            checkpoint(thin, st, sbt, len)?;
+            Ok(len)
         }
         _ => {
             let pos = sbt.pos;
@@ -331,7 +363,8 @@ fn restripe_step(
             thin.array
                 .write(from, &buf)
                 .map_err(io("writing reshaped rows"))?;
-            checkpoint(thin, st, sbt, to)
+            checkpoint(thin, st, sbt, to)?;
+            Ok(to - from)
         }
     }
 }

@@ -43,6 +43,45 @@ pub enum TransitionKind {
     Restripe { old: Geometry },
     /// A new mirror being filled: written like the others, never read.
     Resync { member: usize },
+    /// Restripe onto one member fewer (`pool remove`), from the top down:
+    /// bytes at or past `pos` are in the new layout, the rest in `old`,
+    /// which also spans the leaving member `removed` (held in `dev`).
+    Shrink {
+        old: Geometry,
+        removed: usize,
+        dev: LeavingMember,
+    },
+}
+
+/// The member a shrink removes: still read (and, for its backup, written)
+/// until the shrink is done. Compared by identity.
+#[derive(Clone)]
+pub struct LeavingMember(pub DeviceRef);
+
+impl PartialEq for LeavingMember {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for LeavingMember {}
+
+impl std::fmt::Debug for LeavingMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LeavingMember({})", self.0.name())
+    }
+}
+
+/// The old member list of a shrink: the new one with the leaving member
+/// put back at its index.
+pub fn members_before_shrink(
+    members: &[Option<DeviceRef>],
+    removed: usize,
+    dev: &LeavingMember,
+) -> Vec<Option<DeviceRef>> {
+    let mut v = members.to_vec();
+    v.insert(removed.min(v.len()), Some(dev.0.clone()));
+    v
 }
 
 fn missing(what: &str) -> io::Error {
@@ -100,8 +139,17 @@ impl Array {
         self.state.read().geo.capacity()
     }
 
+    /// Every member in the order of the labels' member table: during a
+    /// shrink, the leaving member is still listed at its index.
     pub fn members(&self) -> Vec<Option<DeviceRef>> {
-        self.state.read().members.clone()
+        let st = self.state.read();
+        match &st.transition {
+            Some(Transition {
+                kind: TransitionKind::Shrink { removed, dev, .. },
+                ..
+            }) => members_before_shrink(&st.members, *removed, dev),
+            _ => st.members.clone(),
+        }
     }
 
     fn check(&self, st: &ArrayState, offset: u64, len: usize) -> io::Result<()> {
@@ -151,6 +199,29 @@ impl Array {
                     let old_members = &st.members[..old.members()];
                     let a = (split - offset) as usize;
                     f(&view(old, old_members, None), split, a..len)?;
+                }
+                Ok(())
+            }
+            Some(Transition {
+                kind: TransitionKind::Shrink { old, removed, dev },
+                pos,
+            }) => {
+                let end = offset + len as u64;
+                let split = (*pos).clamp(offset, end);
+                if split > offset {
+                    let old_members = members_before_shrink(&st.members, *removed, dev);
+                    let old_view = View {
+                        geo: old,
+                        members: &old_members,
+                        no_read: None,
+                        locks: &self.stripe_locks,
+                        next_mirror: &self.next_mirror,
+                    };
+                    f(&old_view, offset, 0..(split - offset) as usize)?;
+                }
+                if end > split {
+                    let a = (split - offset) as usize;
+                    f(&view(&st.geo, &st.members, None), split, a..len)?;
                 }
                 Ok(())
             }

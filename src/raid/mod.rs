@@ -7,6 +7,8 @@ mod geometry;
 mod mirror;
 pub mod parity;
 
-pub use array::{Array, ArrayState, Transition, TransitionKind};
+pub use array::{
+    members_before_shrink, Array, ArrayState, LeavingMember, Transition, TransitionKind,
+};
 pub use geometry::{Geometry, RaidLevel};
 pub use mirror::MetaMirror;

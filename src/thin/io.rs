@@ -33,7 +33,7 @@ struct Mapping {
     exclusive: bool,
 }
 
-fn encode_mapping(phys: u64) -> [u8; 16] {
+pub(super) fn encode_mapping(phys: u64) -> [u8; 16] {
     let mut v = [0u8; 16];
     put_u64(&mut v, 0, phys);
     v

@@ -5,5 +5,6 @@
 
 mod io;
 mod ops;
+mod relocate;
 
 pub use io::ThinPool;

@@ -275,6 +275,38 @@ impl MetaStore {
         }
     }
 
+    /// Fewer data chunks are usable (a member left); none past `chunks` is in use.
+    pub fn shrink_data(&mut self, chunks: u64) {
+        if chunks < self.data.total() {
+            self.data.shrink(chunks);
+            self.shape_dirty = true;
+        }
+    }
+
+    /// The member at `index` left the pool: later members move down one.
+    pub fn remove_member_state(&mut self, index: usize) {
+        if index < self.member_states.len() {
+            self.member_states.remove(index);
+            self.shape_dirty = true;
+        }
+    }
+
+    /// Replace the set of members holding the metadata area (after the
+    /// area was copied to any new one).
+    pub fn set_mirror(&mut self, mirror: MetaMirror) {
+        self.mirror = mirror;
+    }
+
+    /// Every volume and snapshot id with a mapping tree.
+    pub fn volume_ids(&self) -> Result<Vec<u64>> {
+        let mut ids = Vec::new();
+        btree::walk(self, self.volumes_root, 0, u64::MAX, &mut |k, _, _| {
+            ids.push(k);
+            Ok(true)
+        })?;
+        Ok(ids)
+    }
+
     pub fn msm(&self) -> &MetaSpaceMap {
         &self.msm
     }

@@ -1,0 +1,114 @@
+//! Moving data chunks (for `pool remove`): every chunk in use at or past a
+//! limit is copied to a free chunk below it, and every mapping that points
+//! at it, in every volume and snapshot, is repointed in the same
+//! transaction. Chunks shared by snapshots stay shared (one copy, all
+//! references moved together); B-tree nodes that were shared get their own
+//! copies where they changed.
+//!
+//! Crash safety: the copy goes to a chunk that is free in the committed
+//! state, and the old chunk is not touched, so a crash before the commit
+//! leaves the committed trees pointing at intact data, and one after it
+//! leaves them pointing at flushed copies.
+
+use super::io::{encode_mapping, ThinPool};
+use crate::error::{Error, Result};
+use crate::meta::btree;
+use crate::meta::codec::get_u64;
+use crate::meta::store::mapping_spec;
+use std::collections::HashMap;
+
+/// What one evacuation step did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evacuated {
+    /// Chunks moved below the limit in this step.
+    pub moved: u64,
+    /// Chunks still in use at or past the limit.
+    pub left: u64,
+}
+
+impl ThinPool {
+    /// Chunks in use at or past `limit`.
+    pub fn used_past(&self, limit: u64) -> u64 {
+        self.meta.read().data.used_from(limit, usize::MAX).len() as u64
+    }
+
+    /// Move up to `max_chunks` chunks in use at or past `limit` below it,
+    /// then commit. The allocator must already be limited to `limit`.
+    /// Caller holds the gate for write.
+    pub fn evacuate_step(&self, limit: u64, max_chunks: usize) -> Result<Evacuated> {
+        // Chunks released but not yet committed still look used: commit first.
+        if self.meta.read().has_changes() {
+            self.commit_locked()?;
+        }
+        let picked = self.meta.read().data.used_from(limit, max_chunks.max(1));
+        if picked.is_empty() {
+            return Ok(Evacuated::default());
+        }
+        let wanted: std::collections::HashSet<u64> = picked.iter().copied().collect();
+        // Every reference to the picked chunks: (volume, virtual chunk, chunk).
+        let mut refs = Vec::new();
+        {
+            let meta = self.meta.read();
+            for id in meta.volume_ids()? {
+                let root = meta.volume_root(id)?.root;
+                btree::walk(&*meta, root, 0, u64::MAX, &mut |k, v, _| {
+                    let phys = get_u64(v, 0);
+                    if wanted.contains(&phys) {
+                        refs.push((id, k, phys));
+                    }
+                    Ok(true)
+                })?;
+            }
+        }
+        let cs = self.chunk_size;
+        let mut buf = vec![0u8; cs as usize];
+        let mut to: HashMap<u64, u64> = HashMap::new();
+        for &c in &picked {
+            if !refs.iter().any(|r| r.2 == c) {
+                return Err(Error::Corrupt(format!(
+                    "data chunk {c} is marked in use but no volume maps it; run `vpool check` before removing a member"
+                )));
+            }
+            let dst = self.meta.write().data_alloc()?;
+            to.insert(c, dst);
+            self.array
+                .read(c * cs, &mut buf)
+                .map_err(|e| Error::io("reading a chunk to move", e))?;
+            self.array
+                .write(dst * cs, &buf)
+                .map_err(|e| Error::io("writing a moved chunk", e))?;
+        }
+        {
+            let mut meta = self.meta.write();
+            for &(id, k, c) in &refs {
+                let dst = to[&c];
+                let mut vr = meta.volume_root(id)?;
+                let (root, old) = btree::insert(
+                    &mut *meta,
+                    &mapping_spec(id),
+                    vr.root,
+                    k,
+                    &encode_mapping(dst),
+                )?;
+                if old.as_deref().map(|o| get_u64(o, 0)) != Some(c) {
+                    return Err(Error::Corrupt(format!(
+                        "volume {id} chunk {k} changed while being moved"
+                    )));
+                }
+                meta.data_inc(dst)?;
+                meta.data_dec(c)?;
+                vr.root = root;
+                meta.set_volume_root(id, vr)?;
+            }
+            // Drop the reference the allocation itself held.
+            for &dst in to.values() {
+                meta.data_dec(dst)?;
+            }
+        }
+        self.commit_locked()?;
+        Ok(Evacuated {
+            moved: picked.len() as u64,
+            left: self.used_past(limit),
+        })
+    }
+}

@@ -1,0 +1,301 @@
+//! Removing members online (`pool remove`): linear (middle and last
+//! member), raid0 and raid1, with writes interleaved with the background
+//! job, power cuts at random points of the evacuation and the restripe
+//! down, and the bad inputs.
+
+mod common;
+use common::*;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use vpool::device::{CrashSim, DeviceRef, MemDevice};
+use vpool::raid::RaidLevel;
+use vpool::{CreateOptions, Pool};
+
+fn create(level: RaidLevel, devs: Vec<DeviceRef>) -> Pool {
+    let mut opts = CreateOptions::new(level);
+    opts.stripe_unit = 4096;
+    Pool::create("tank", devs, &opts).expect("create").0
+}
+
+fn read_all(pool: &Pool, vol: &str, snap: Option<&str>, len: usize) -> Vec<u8> {
+    let mut got = vec![0u8; len];
+    pool.volume(vol, snap)
+        .unwrap()
+        .read_at(&mut got, 0)
+        .unwrap();
+    got
+}
+
+fn verify(pool: &Pool, model: &[u8], what: &str) {
+    let got = read_all(pool, "a", None, model.len());
+    if let Some(i) = (0..model.len()).find(|&i| got[i] != model[i]) {
+        panic!("{what}: byte {i} reads {} instead of {}", got[i], model[i]);
+    }
+}
+
+fn write(pool: &Pool, model: &mut [u8], off: usize, len: usize, seed: u64) {
+    let len = len.min(model.len() - off);
+    let data = pattern(len, seed);
+    pool.volume("a", None)
+        .unwrap()
+        .write_at(&data, off as u64)
+        .unwrap();
+    model[off..off + len].copy_from_slice(&data);
+}
+
+/// A volume as large as the pool, written whole, then mostly discarded
+/// from the bottom: the chunks left in use sit at the top of the array,
+/// where the removal must move them from. A snapshot shares them.
+fn fill_top(pool: &Pool) -> (Vec<u8>, Vec<u8>) {
+    let cap = pool.info().capacity as usize;
+    pool.create_volume("a", cap as u64).unwrap();
+    let mut model = vec![0u8; cap];
+    write(pool, &mut model, 0, cap, 1);
+    pool.commit().unwrap();
+    let cut = cap * 7 / 10;
+    pool.volume("a", None)
+        .unwrap()
+        .discard(0, cut as u64)
+        .unwrap();
+    model[..cut].fill(0);
+    pool.commit().unwrap();
+    pool.snapshot("a", "s").unwrap();
+    let snap = model.clone();
+    write(pool, &mut model, cap - 300_000, 100_000, 2);
+    (model, snap)
+}
+
+fn remove_while_writing(level: RaidLevel, members: usize, leaving: usize) {
+    let what = format!("{level} {members} members, removing {leaving}");
+    let devs = mem_devices(members, 32 * MIB);
+    let pool = create(level, refs(&devs));
+    let before = pool.info().capacity;
+    let (mut model, snap) = fill_top(&pool);
+    let message = pool.remove_member(leaving).unwrap();
+    assert!(message.contains("mem"), "{message}");
+    let mut i = 0u64;
+    let mut kinds = Vec::new();
+    while !pool.job_step(256 * 1024).unwrap() {
+        i += 1;
+        if let Some(j) = pool.job() {
+            if kinds.last() != Some(&j.kind) {
+                kinds.push(j.kind.clone());
+            }
+            assert!(j.done_bytes <= j.total_bytes, "{what}: {j:?}");
+        }
+        let off = ((i * 7_777_777) % model.len() as u64) as usize;
+        write(&pool, &mut model, off, 40_000, 100 + i);
+        if i.is_multiple_of(7) {
+            verify(&pool, &model, &format!("{what}: during the job"));
+        }
+    }
+    if level != RaidLevel::Raid1 {
+        assert!(kinds.contains(&"evacuate".to_string()), "{what}: {kinds:?}");
+    }
+    assert!(pool.job().is_none());
+    verify(&pool, &model, &format!("{what}: after the job"));
+    let info = pool.info();
+    assert_eq!(info.members.len(), members - 1, "{what}");
+    if level != RaidLevel::Raid1 {
+        assert!(
+            info.capacity < before,
+            "{what}: {before} -> {}",
+            info.capacity
+        );
+    }
+    let r = pool.check(false).unwrap();
+    assert!(r.clean(), "{what}: {r:?}");
+    pool.commit().unwrap();
+    drop(pool);
+    // The pool opens from the remaining members alone.
+    let rest: Vec<DeviceRef> = (0..members)
+        .filter(|&m| m != leaving)
+        .map(|m| devs[m].clone() as DeviceRef)
+        .collect();
+    let pool = Pool::open(rest).unwrap();
+    assert!(pool.warnings().is_empty(), "{what}: {:?}", pool.warnings());
+    verify(&pool, &model, &format!("{what}: reopened"));
+    assert!(
+        read_all(&pool, "a", Some("s"), snap.len()) == snap,
+        "{what}: snapshot changed"
+    );
+    assert!(pool.check(false).unwrap().clean());
+    // The former member is free again: adding it back needs no --force.
+    pool.add_member(devs[leaving].clone() as DeviceRef, false)
+        .unwrap();
+    pool.run_job(&AtomicBool::new(false), |_| {}).unwrap();
+    verify(&pool, &model, &format!("{what}: added back"));
+    assert_eq!(pool.info().members.len(), members);
+}
+
+#[test]
+fn remove_middle_member_of_linear() {
+    remove_while_writing(RaidLevel::Linear, 3, 1);
+}
+
+#[test]
+fn remove_first_and_last_member_of_linear() {
+    remove_while_writing(RaidLevel::Linear, 3, 2);
+    remove_while_writing(RaidLevel::Linear, 2, 0);
+}
+
+#[test]
+fn remove_member_of_raid0() {
+    remove_while_writing(RaidLevel::Raid0, 3, 1);
+    remove_while_writing(RaidLevel::Raid0, 4, 3);
+}
+
+#[test]
+fn remove_mirror_of_raid1() {
+    remove_while_writing(RaidLevel::Raid1, 3, 0);
+}
+
+/// A metadata copy moves when one of the first three members leaves a
+/// pool of more than three: the pool must open from the new copies alone.
+#[test]
+fn removing_a_metadata_member_moves_the_copy() {
+    let devs = mem_devices(4, 32 * MIB);
+    let pool = create(RaidLevel::Linear, refs(&devs));
+    pool.create_volume("a", 4 * MIB).unwrap();
+    let mut model = vec![0u8; 4 * MIB as usize];
+    write(&pool, &mut model, 0, 4 * MIB as usize, 3);
+    pool.remove_member(0).unwrap();
+    pool.run_job(&AtomicBool::new(false), |_| {}).unwrap();
+    assert_eq!(pool.label().meta_copies, 3);
+    drop(pool);
+    let pool = Pool::open(refs(&devs[1..])).unwrap();
+    verify(&pool, &model, "after removing member 0");
+    assert!(pool.check(false).unwrap().clean());
+}
+
+/// Power cut at a random write during the removal; reopen, finish, verify.
+fn crash_run(level: RaidLevel, members: usize, leaving: usize, seed: u64) {
+    let mut sim = CrashSim::new(members, 32 * MIB, seed);
+    let devs: Vec<DeviceRef> = sim.devices.iter().map(|d| d.clone() as DeviceRef).collect();
+    let pool = create(level, devs.clone());
+    let (mut model, _) = fill_top(&pool);
+    pool.commit().unwrap();
+    let mut durable = model.clone();
+    // Bytes written since the last commit known to have completed.
+    let mut dirty = vec![false; model.len()];
+    pool.remove_member(leaving).unwrap();
+    let range = if seed.is_multiple_of(3) {
+        30_000
+    } else {
+        2_000
+    };
+    let cut = sim.random() % range + 1;
+    sim.cut_after(cut);
+    let mut i = 0;
+    loop {
+        let r = pool.job_step(128 * 1024);
+        if sim.power_lost() {
+            break;
+        }
+        durable.copy_from_slice(&model);
+        dirty.fill(false);
+        if r.unwrap() {
+            break;
+        }
+        i += 1;
+        let off = (sim.random() % model.len() as u64) as usize;
+        let len = 20_000.min(model.len() - off);
+        write(&pool, &mut model, off, len, seed + i);
+        dirty[off..off + len].fill(true);
+        if sim.power_lost() {
+            break;
+        }
+    }
+    drop(pool);
+    let after: Vec<Arc<MemDevice>> = sim.crash();
+    let what = format!("{level} seed {seed}");
+    let pool = Pool::open(after.iter().map(|d| d.clone() as DeviceRef).collect())
+        .unwrap_or_else(|e| panic!("{what}: must open after a cut: {e}"));
+    let check_bytes = |pool: &Pool, stage: &str| {
+        let got = read_all(pool, "a", None, durable.len());
+        for j in 0..got.len() {
+            if !dirty[j] && got[j] != durable[j] {
+                panic!("{what} {stage}: byte {j}: {} != {}", got[j], durable[j]);
+            }
+        }
+    };
+    check_bytes(&pool, "after reopen");
+    pool.run_job(&AtomicBool::new(false), |_| {})
+        .unwrap_or_else(|e| panic!("{what}: job must resume: {e}"));
+    assert!(pool.job().is_none());
+    check_bytes(&pool, "after the job resumed");
+    let r = pool.check(false).unwrap();
+    assert!(r.errors.is_empty(), "{what}: {r:?}");
+    assert_eq!(pool.info().members.len(), members - 1);
+    drop(pool);
+    let rest: Vec<DeviceRef> = (0..members)
+        .filter(|&m| m != leaving)
+        .map(|m| after[m].clone() as DeviceRef)
+        .collect();
+    let pool = Pool::open(rest).unwrap_or_else(|e| panic!("{what}: without the member: {e}"));
+    check_bytes(&pool, "without the removed member");
+}
+
+fn crash_iters() -> u64 {
+    std::env::var("VPOOL_CRASH_ITERS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(40, |n| (n / 30).max(4))
+}
+
+#[test]
+fn power_cut_while_removing_from_raid0() {
+    for i in 0..crash_iters() {
+        crash_run(RaidLevel::Raid0, 3, (i % 3) as usize, 11_000 + i * 43);
+    }
+}
+
+#[test]
+fn power_cut_while_removing_from_linear() {
+    for i in 0..crash_iters() {
+        crash_run(RaidLevel::Linear, 3, (i % 2) as usize, 13_000 + i * 47);
+    }
+}
+
+#[test]
+fn bad_removals_are_refused() {
+    // raid5 cannot shrink.
+    let pool = create(RaidLevel::Raid5, refs(&mem_devices(3, 32 * MIB)));
+    let e = pool.remove_member(1).unwrap_err();
+    assert!(e.to_string().contains("raid5"), "{e}");
+    // The fewest members a level can have.
+    let pool = create(RaidLevel::Raid0, refs(&mem_devices(2, 32 * MIB)));
+    let e = pool.remove_member(1).unwrap_err();
+    assert!(e.to_string().contains("fewest"), "{e}");
+    let pool = create(RaidLevel::Linear, refs(&mem_devices(1, 32 * MIB)));
+    let e = pool.remove_member(0).unwrap_err();
+    assert!(e.to_string().contains("fewest"), "{e}");
+    // Not enough room on the others.
+    let devs = mem_devices(4, 32 * MIB);
+    let pool = create(RaidLevel::Linear, refs(&devs[..2]));
+    let cap = pool.info().capacity;
+    pool.create_volume("a", cap).unwrap();
+    let mut model = vec![0u8; cap as usize];
+    write(&pool, &mut model, 0, (cap * 3 / 4) as usize, 5);
+    pool.commit().unwrap();
+    let e = pool.remove_member(1).unwrap_err();
+    assert!(e.to_string().contains("free"), "{e}");
+    assert!(pool.job().is_none());
+    // No such member.
+    assert!(pool.remove_member(7).is_err());
+    // One change at a time.
+    pool.add_member(devs[2].clone() as DeviceRef, false)
+        .unwrap();
+    pool.volume("a", None).unwrap().discard(0, cap / 2).unwrap();
+    model[..(cap / 2) as usize].fill(0);
+    pool.commit().unwrap();
+    pool.remove_member(0).unwrap();
+    let e = pool.remove_member(1).unwrap_err();
+    assert!(e.to_string().contains("still moving data"), "{e}");
+    let e = pool
+        .add_member(devs[3].clone() as DeviceRef, false)
+        .unwrap_err();
+    assert!(e.to_string().contains("still moving data"), "{e}");
+    pool.run_job(&AtomicBool::new(false), |_| {}).unwrap();
+    verify(&pool, &model, "after the refused requests");
+}
