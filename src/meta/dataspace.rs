@@ -95,7 +95,7 @@ impl DataSpace {
         let mut out = Vec::new();
         let mut c = from;
         while c < self.total && out.len() < max {
-            if c % 64 == 0 && self.used_bits[(c / 64) as usize] == 0 {
+            if c.is_multiple_of(64) && self.used_bits[(c / 64) as usize] == 0 {
                 c += 64;
                 continue;
             }
