@@ -13,7 +13,7 @@ use vpool::{CreateOptions, Pool};
 
 fn create(level: RaidLevel, devs: Vec<DeviceRef>) -> Pool {
     let mut opts = CreateOptions::new(level);
-    opts.stripe_unit = 4096;
+    opts.stripe_unit = 16 * 1024;
     Pool::create("tank", devs, &opts).expect("create").0
 }
 
@@ -168,53 +168,96 @@ fn removing_a_metadata_member_moves_the_copy() {
     assert!(pool.check(false).unwrap().clean());
 }
 
-/// Power cut at a random write during the removal; reopen, finish, verify.
-fn crash_run(level: RaidLevel, members: usize, leaving: usize, seed: u64) {
+/// Where a power cut falls: anywhere in the job, or inside one of its last
+/// steps (the raid0 copy on the leaving member, the label change).
+#[derive(Clone, Copy)]
+enum Cut {
+    Anywhere,
+    LastSteps(usize),
+}
+
+/// Power cut during the removal; reopen, finish, verify. A dry run of the
+/// same scenario (same seed, so the same writes) finds where each job step
+/// starts, in member writes, so the cut can be aimed.
+fn crash_run(level: RaidLevel, members: usize, leaving: usize, seed: u64, at: Cut) {
+    let steps = scenario(level, members, leaving, seed, None);
+    let end = *steps.last().unwrap_or(&1);
+    let r = seed.wrapping_mul(2_654_435_761) >> 7;
+    let cut = match at {
+        Cut::Anywhere => r % end,
+        Cut::LastSteps(k) => {
+            let from = steps[steps.len().saturating_sub(k + 1)];
+            from + r % (end - from).max(1)
+        }
+    };
+    scenario(level, members, leaving, seed, Some(cut + 1));
+}
+
+/// Run the removal with client writes between steps. Without a cut,
+/// returns the member writes counted from the job's start at the start of
+/// each step, and at the end; with one, checks the pool after the cut.
+fn scenario(
+    level: RaidLevel,
+    members: usize,
+    leaving: usize,
+    seed: u64,
+    cut: Option<u64>,
+) -> Vec<u64> {
     let mut sim = CrashSim::new(members, 32 * MIB, seed);
     let devs: Vec<DeviceRef> = sim.devices.iter().map(|d| d.clone() as DeviceRef).collect();
     let pool = create(level, devs.clone());
     let (mut model, _) = fill_top(&pool);
     pool.commit().unwrap();
     let mut durable = model.clone();
-    // Bytes written since the last commit known to have completed.
-    let mut dirty = vec![false; model.len()];
+    // Ranges written since the last commit known to have completed.
+    let mut dirty: Vec<(usize, usize)> = Vec::new();
     pool.remove_member(leaving).unwrap();
-    let range = if seed.is_multiple_of(3) {
-        30_000
-    } else {
-        2_000
-    };
-    let cut = sim.random() % range + 1;
-    sim.cut_after(cut);
+    let start = sim.writes();
+    sim.cut_after(cut.unwrap_or(u64::MAX / 2));
     let mut i = 0;
+    let mut steps = Vec::new();
     loop {
-        let r = pool.job_step(128 * 1024);
+        steps.push(sim.writes() - start);
+        let r = pool.job_step(256 * 1024);
         if sim.power_lost() {
             break;
         }
-        durable.copy_from_slice(&model);
-        dirty.fill(false);
+        for (off, len) in dirty.drain(..) {
+            durable[off..off + len].copy_from_slice(&model[off..off + len]);
+        }
         if r.unwrap() {
             break;
         }
         i += 1;
-        let off = (sim.random() % model.len() as u64) as usize;
+        // Low (fresh chunks) or high (copy-on-write from the snapshot), in
+        // bounded areas so the pool never fills.
+        let area = 4 * MIB as usize;
+        let base = if i % 2 == 0 { 0 } else { model.len() - area };
+        let off = base + (sim.random() % area as u64) as usize;
         let len = 20_000.min(model.len() - off);
         write(&pool, &mut model, off, len, seed + i);
-        dirty[off..off + len].fill(true);
+        dirty.push((off, len));
         if sim.power_lost() {
             break;
         }
     }
+    if cut.is_none() {
+        steps.push(sim.writes() - start);
+        return steps;
+    }
     drop(pool);
     let after: Vec<Arc<MemDevice>> = sim.crash();
-    let what = format!("{level} seed {seed}");
+    let what = format!("{level} seed {seed} cut {cut:?}");
     let pool = Pool::open(after.iter().map(|d| d.clone() as DeviceRef).collect())
         .unwrap_or_else(|e| panic!("{what}: must open after a cut: {e}"));
+    let mut unknown = vec![false; durable.len()];
+    for &(off, len) in &dirty {
+        unknown[off..off + len].fill(true);
+    }
     let check_bytes = |pool: &Pool, stage: &str| {
         let got = read_all(pool, "a", None, durable.len());
         for j in 0..got.len() {
-            if !dirty[j] && got[j] != durable[j] {
+            if !unknown[j] && got[j] != durable[j] {
                 panic!("{what} {stage}: byte {j}: {} != {}", got[j], durable[j]);
             }
         }
@@ -234,26 +277,51 @@ fn crash_run(level: RaidLevel, members: usize, leaving: usize, seed: u64) {
         .collect();
     let pool = Pool::open(rest).unwrap_or_else(|e| panic!("{what}: without the member: {e}"));
     check_bytes(&pool, "without the removed member");
+    Vec::new()
 }
 
 fn crash_iters() -> u64 {
     std::env::var("VPOOL_CRASH_ITERS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .map_or(40, |n| (n / 30).max(4))
+        .map_or(24, |n| (n / 50).max(4))
 }
 
 #[test]
 fn power_cut_while_removing_from_raid0() {
     for i in 0..crash_iters() {
-        crash_run(RaidLevel::Raid0, 3, (i % 3) as usize, 11_000 + i * 43);
+        // Half anywhere in the job, half in its last rows (the copy on the
+        // leaving member and the label change).
+        let at = if i % 2 == 0 {
+            Cut::Anywhere
+        } else {
+            Cut::LastSteps(3)
+        };
+        crash_run(
+            RaidLevel::Raid0,
+            3,
+            (i / 2 % 3) as usize,
+            11_000 + i * 43,
+            at,
+        );
     }
 }
 
 #[test]
 fn power_cut_while_removing_from_linear() {
     for i in 0..crash_iters() {
-        crash_run(RaidLevel::Linear, 3, (i % 2) as usize, 13_000 + i * 47);
+        let at = if i % 2 == 0 {
+            Cut::Anywhere
+        } else {
+            Cut::LastSteps(3)
+        };
+        crash_run(
+            RaidLevel::Linear,
+            3,
+            (i / 2 % 2) as usize,
+            13_000 + i * 47,
+            at,
+        );
     }
 }
 

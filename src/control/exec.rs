@@ -145,6 +145,7 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
             devices,
             force,
         } => super::members::pool_add(engine, &name, devices, force),
+        Request::PoolRemove { name, device } => super::members::pool_remove(engine, &name, &device),
         Request::JobList => super::members::job_list(engine),
         Request::Mount { dir } => ok(engine.mount_fuse(&dir)?),
         Request::Unmount => ok(engine.unmount_fuse()?),

@@ -1,4 +1,4 @@
-//! Member and job requests: `pool add`, `job list/pause/resume`.
+//! Member and job requests: `pool add`, `pool remove`, `job list/pause/resume`.
 
 use super::{exec::open_members, Engine, Response};
 use crate::raid::RaidLevel;
@@ -51,6 +51,38 @@ pub fn pool_add(
         message: Some(message),
         warnings,
         data: serde_json::to_value(pool.info())?,
+    })
+}
+
+pub fn pool_remove(
+    engine: &dyn Engine,
+    name: &str,
+    device: &std::path::Path,
+) -> anyhow::Result<Response> {
+    let pool = engine.pool(name)?;
+    let abs = crate::cli::absolute(device);
+    let names: Vec<Option<String>> = pool
+        .member_devices()
+        .iter()
+        .map(|d| d.as_ref().map(|d| d.name()))
+        .collect();
+    let Some(k) = names.iter().position(|n| {
+        n.as_ref()
+            .is_some_and(|n| crate::cli::absolute(std::path::Path::new(n)) == abs)
+    }) else {
+        let list: Vec<String> = names.iter().flatten().cloned().collect();
+        bail!(crate::Error::NotFound(format!(
+            "{} is not a member of pool '{name}' (members: {})",
+            device.display(),
+            list.join(", ")
+        )));
+    };
+    let mut lines = vec![pool.remove_member(k)?];
+    lines.push(engine.run_job(name, &pool)?);
+    Ok(Response {
+        message: Some(lines.join("\n")),
+        data: serde_json::to_value(pool.info())?,
+        ..Default::default()
     })
 }
 

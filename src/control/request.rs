@@ -43,6 +43,11 @@ pub enum Request {
         devices: Vec<PathBuf>,
         force: bool,
     },
+    /// Remove a member online: its data is moved to the others first.
+    PoolRemove {
+        name: String,
+        device: PathBuf,
+    },
     /// Layout changes in progress, on every pool.
     JobList,
     JobPause {
@@ -198,6 +203,11 @@ impl Request {
             Request::PoolAdd { name, .. } => {
                 r("POST", format!("/v1/pools/{}/members", enc(name)), body)
             }
+            Request::PoolRemove { name, .. } => r(
+                "POST",
+                format!("/v1/pools/{}/members/remove", enc(name)),
+                body,
+            ),
             Request::JobList => r("GET", "/v1/jobs".into(), None),
             Request::Mount { .. } => r("POST", "/v1/mount".into(), body),
             Request::Unmount => r("DELETE", "/v1/mount".into(), None),
@@ -299,7 +309,8 @@ impl Request {
             ("POST", ["v1", "pools", name, "export"]) => Request::PoolExport {
                 name: name.to_string(),
             },
-            ("POST", ["v1", "pools", _, "check" | "members"]) => from_body()?,
+            ("POST", ["v1", "pools", _, "check" | "members"])
+            | ("POST", ["v1", "pools", _, "members", "remove"]) => from_body()?,
             ("GET", ["v1", "jobs"]) => Request::JobList,
             ("POST", ["v1", "mount"]) => from_body()?,
             ("DELETE", ["v1", "mount"]) => Request::Unmount,
@@ -370,6 +381,10 @@ mod tests {
                 name: "t".into(),
                 devices: vec!["/d4".into()],
                 force: false,
+            },
+            Request::PoolRemove {
+                name: "t".into(),
+                device: "/d2".into(),
             },
             Request::JobList,
             Request::Mount {

@@ -79,6 +79,11 @@ impl Pool {
         self.s.thin.chunk_size
     }
 
+    /// The member devices in the member table's order (`None`: missing).
+    pub fn member_devices(&self) -> Vec<Option<crate::device::DeviceRef>> {
+        self.s.thin.array.members()
+    }
+
     pub(crate) fn thin(&self) -> &ThinPool {
         &self.s.thin
     }

@@ -34,6 +34,9 @@ use crate::meta::MetaStore;
 use crate::raid::TransitionKind;
 use crate::raid::{ArrayState, Geometry, LeavingMember, MetaMirror, RaidLevel, Transition};
 
+/// Fewest chunks an evacuation step moves (each step walks every tree).
+const EVACUATE_MIN_BATCH: u64 = 64;
+
 /// Most metadata copies a pool keeps (as at creation).
 const MAX_META_COPIES: usize = 3;
 
@@ -248,7 +251,9 @@ impl Pool {
                 let old = st.geo.clone();
                 let new = without(&old, k);
                 let limit = new.capacity() / cs;
-                let ev = thin.evacuate_step(limit, (max_bytes / cs).max(1) as usize)?;
+                // Each step walks every mapping tree once: move a batch.
+                let batch = (max_bytes / cs).max(EVACUATE_MIN_BATCH) as usize;
+                let ev = thin.evacuate_step(limit, batch)?;
                 sbt.pos += ev.moved * cs;
                 if ev.left > 0 {
                     thin.meta.write().set_transition(Some(sbt));
