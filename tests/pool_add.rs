@@ -1,6 +1,7 @@
-//! Needs root and FUSE (package fuse3): `pool add` through the real daemon
-//! while a client writes and verifies through the FUSE file, on every
-//! level; SIGKILL in the middle of a raid5 reshape, restart, resume, verify.
+//! Needs root and FUSE (package fuse3): `pool add` and `pool remove`
+//! through the real daemon while a client writes and verifies through the
+//! FUSE file, on every level they support; SIGKILL in the middle of a raid5
+//! reshape and of a raid0 member removal, restart, resume, verify.
 
 mod common;
 use common::cleanup::Cleanup;
@@ -51,6 +52,44 @@ fn read_block(f: &std::fs::File, i: u64) -> Vec<u8> {
     b
 }
 
+/// Rewrite blocks and read each back until `stop` (and at least 20
+/// rounds); returns the round each block was last written in.
+fn verifying_writer(
+    f: &std::fs::File,
+    blocks: u64,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u64>> {
+    let f = f.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut rounds = vec![0u64; blocks as usize];
+        let mut k = 0u64;
+        while !stop.load(Ordering::Relaxed) || k < 20 {
+            let i = (k * 37) % blocks;
+            rounds[i as usize] = k + 1;
+            let data = block(i, k + 1);
+            f.write_all_at(&data, i * MIB)
+                .expect("write during the layout change");
+            assert!(read_block(&f, i) == data, "block {i} verify");
+            k += 1;
+        }
+        rounds
+    })
+}
+
+/// Write every block of `tank/v` once and sync; returns the open file.
+fn fill_volume(mnt: &Path, blocks: u64) -> std::fs::File {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(mnt.join("tank/v"))
+        .unwrap();
+    for i in 0..blocks {
+        f.write_all_at(&block(i, 0), i * MIB).unwrap();
+    }
+    f.sync_all().unwrap();
+    f
+}
+
 #[test]
 fn pool_add_on_every_level_under_a_verifying_writer() {
     for (level, n) in [("linear", 2), ("raid0", 2), ("raid1", 2), ("raid5", 3)] {
@@ -74,24 +113,7 @@ fn pool_add_on_every_level_under_a_verifying_writer() {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         g.push(move || s.store(true, Ordering::Relaxed));
-        let writer = {
-            let stop = stop.clone();
-            let f = f.try_clone().unwrap();
-            std::thread::spawn(move || {
-                let mut rounds = vec![0u64; blocks as usize];
-                let mut k = 0u64;
-                while !stop.load(Ordering::Relaxed) || k < 20 {
-                    let i = (k * 37) % blocks;
-                    rounds[i as usize] = k + 1;
-                    let data = block(i, k + 1);
-                    f.write_all_at(&data, i * MIB)
-                        .expect("write during pool add");
-                    assert!(read_block(&f, i) == data, "block {i} verify");
-                    k += 1;
-                }
-                rounds
-            })
-        };
+        let writer = verifying_writer(&f, blocks, stop.clone());
         let extra = dir.path().join("state/new.img");
         std::fs::File::create(&extra)
             .unwrap()
@@ -253,4 +275,180 @@ fn pool_add_bad_input() {
     assert!(!o.status.success() && err.contains("no job"), "{err}");
     let st = status(&d);
     assert_eq!(st["members"].as_array().unwrap().len(), 3);
+}
+
+fn members_in_state_file(state: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(state.join("pools.json")).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v["pools"]["tank"]["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn pool_remove_under_a_verifying_writer() {
+    // linear: the first member holds all the data, so all of it moves;
+    // raid0: every stripe is rewritten onto two members.
+    for (level, leaving) in [("linear", 0), ("raid0", 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut g = Cleanup::default();
+        let (d, mnt) = daemon_with_fuse(dir.path(), level, 3, 160 * MIB, &[], &mut g);
+        let before = status(&d)["capacity"].as_u64().unwrap();
+        d.vpool_ok(&["vol", "create", "tank/v", "--size", "96M"]);
+        let blocks = 96u64;
+        let f = fill_volume(&mnt, blocks);
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        g.push(move || s.store(true, Ordering::Relaxed));
+        let writer = verifying_writer(&f, blocks, stop.clone());
+        let gone = state.join(format!("d{leaving}.img"));
+        let out = d.vpool_ok(&["pool", "remove", "tank", gone.to_str().unwrap(), "--wait"]);
+        assert!(
+            out.contains("removing") && out.contains("no job running"),
+            "{level}: {out}"
+        );
+        stop.store(true, Ordering::Relaxed);
+        let rounds = writer.join().expect("the writer never fails");
+        for i in 0..blocks {
+            assert!(
+                read_block(&f, i) == block(i, rounds[i as usize]),
+                "{level}: block {i} after the removal"
+            );
+        }
+        let st = status(&d);
+        let members = st["members"].as_array().unwrap();
+        assert_eq!(members.len(), 2, "{level}: {st}");
+        assert!(!st.to_string().contains(&format!("d{leaving}.img")), "{st}");
+        let after = st["capacity"].as_u64().unwrap();
+        assert!(after < before * 3 / 4, "{level}: {before} -> {after}");
+        // The state file forgets the device once the job is done.
+        let known = members_in_state_file(&state);
+        assert_eq!(known.len(), 2, "{level}: {known:?}");
+        assert!(!known
+            .iter()
+            .any(|m| m.ends_with(&format!("d{leaving}.img"))));
+        drop(f);
+        let mut d = d;
+        d.stop();
+        d.restart();
+        let f = OpenOptions::new()
+            .read(true)
+            .open(mnt.join("tank/v"))
+            .unwrap();
+        for i in 0..blocks {
+            assert!(
+                read_block(&f, i) == block(i, rounds[i as usize]),
+                "{level}: block {i} after restart"
+            );
+        }
+        drop(f);
+        // The former member can join again without --force.
+        d.vpool_ok(&["pool", "add", "tank", gone.to_str().unwrap(), "--wait"]);
+        assert_eq!(status(&d)["members"].as_array().unwrap().len(), 3);
+    }
+}
+
+#[test]
+fn sigkill_during_raid0_member_removal_resumes_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut g = Cleanup::default();
+    let (mut d, mnt) = daemon_with_fuse(
+        dir.path(),
+        "raid0",
+        3,
+        256 * MIB,
+        &["--job-rate-limit", "60M"],
+        &mut g,
+    );
+    d.vpool_ok(&["vol", "create", "tank/v", "--size", "400M"]);
+    let blocks = 300u64;
+    drop(fill_volume(&mnt, blocks));
+    let gone = state.join("d2.img");
+    d.vpool_ok(&["pool", "remove", "tank", gone.to_str().unwrap()]);
+    for target in [20.0, 60.0] {
+        let start = Instant::now();
+        loop {
+            let st = status(&d);
+            let job = &st["job"];
+            let pct = job["percent"].as_f64().unwrap_or(100.0);
+            if job["kind"] == "remove" && pct >= target || job.is_null() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "removal stuck: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d.kill();
+        d.restart();
+        let st = status(&d);
+        assert!(
+            st["job"].is_object(),
+            "the removal resumes after SIGKILL at {target}%: {st}"
+        );
+        let f = OpenOptions::new()
+            .read(true)
+            .open(mnt.join("tank/v"))
+            .unwrap();
+        for i in (0..blocks).step_by(5) {
+            assert!(
+                read_block(&f, i) == block(i, 0),
+                "block {i} after kill at {target}%"
+            );
+        }
+    }
+    let out = d.vpool_ok(&["job", "wait", "tank"]);
+    assert!(out.contains("no job running"), "{out}");
+    let f = OpenOptions::new()
+        .read(true)
+        .open(mnt.join("tank/v"))
+        .unwrap();
+    for i in 0..blocks {
+        assert!(read_block(&f, i) == block(i, 0), "block {i} after removal");
+    }
+    drop(f);
+    d.stop();
+    // Offline check from the two remaining members alone.
+    let members: Vec<String> = (0..2)
+        .map(|i| state.join(format!("d{i}.img")).display().to_string())
+        .collect();
+    let mut args = vec!["check".to_string()];
+    args.extend(members);
+    let out = ok(std::process::Command::new(vpool_bin()).args(&args), 120);
+    assert!(out.contains("no errors") || out.contains("clean"), "{out}");
+}
+
+#[test]
+fn pool_remove_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    make_pool(&state, "raid5", 3, 64 * MIB, &[]);
+    let d = Daemon::start(&state);
+    let expect_err = |args: &[&str], want: &str| {
+        let o = d.vpool(args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
+    };
+    let member = state.join("d1.img");
+    expect_err(
+        &["pool", "remove", "tank", member.to_str().unwrap()],
+        "raid5",
+    );
+    expect_err(
+        &["pool", "remove", "tank", "/nonexistent/x.img"],
+        "not a member",
+    );
+    expect_err(
+        &["pool", "remove", "nopool", member.to_str().unwrap()],
+        "not found",
+    );
+    assert_eq!(status(&d)["members"].as_array().unwrap().len(), 3);
 }

@@ -48,6 +48,15 @@ pub enum PoolCmd {
         #[arg(long, short = 'w')]
         wait: bool,
     },
+    /// Remove a member online: its data moves to the other members first
+    /// (linear, raid0: like pvmove + vgreduce; raid1: drops a mirror).
+    Remove {
+        name: String,
+        device: PathBuf,
+        /// With a daemon: follow the data movement until it completes.
+        #[arg(long, short = 'w')]
+        wait: bool,
+    },
     /// Close a pool and mark its members exported, ready to move.
     Export { name: String },
     /// Find pools on devices by their labels; with NAME (or UUID), import it.
@@ -155,6 +164,16 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
                 name: name.clone(),
                 devices: abs_all(&devices),
                 force,
+            };
+            report(&dispatch(ctx, req)?);
+            if wait {
+                super::job_cmd::wait(ctx, &name)?;
+            }
+        }
+        PoolCmd::Remove { name, device, wait } => {
+            let req = Request::PoolRemove {
+                name: name.clone(),
+                device: crate::cli::absolute(&device),
             };
             report(&dispatch(ctx, req)?);
             if wait {

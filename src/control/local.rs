@@ -56,6 +56,7 @@ pub fn open_known(state: &StateDir, name: &str) -> anyhow::Result<Pool> {
     for w in pool.warnings() {
         eprintln!("WARNING: {w}");
     }
+    forget_former_members(state, name, &pool)?;
     Ok(pool)
 }
 
@@ -114,16 +115,55 @@ impl Engine for LocalEngine {
         let Some(info) = pool.job() else {
             return Ok(format!("pool '{name}' has no job to run"));
         };
-        let mut bar = Progress::new(&format!("{} {name}", info.kind), info.total_bytes);
+        let mut kind = info.kind.clone();
+        let mut bar = Progress::new(&format!("{kind} {name}"), info.total_bytes);
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let done = pool.run_job(&stop, |i| bar.set(i.done_bytes))?;
+        let done = pool.run_job(&stop, |i| {
+            // A removal has two phases, each with its own bar.
+            if i.kind != kind {
+                bar.finish();
+                kind = i.kind.clone();
+                bar = Progress::new(&format!("{kind} {name}"), i.total_bytes);
+            }
+            bar.set(i.done_bytes)
+        })?;
         bar.finish();
+        if done {
+            forget_former_members(&self.state, name, pool)?;
+        }
         Ok(if done {
-            format!("{} of pool '{name}' complete", info.kind)
+            format!("{} of pool '{name}' complete", kind)
         } else {
-            format!("{} of pool '{name}' paused", info.kind)
+            format!("{} of pool '{name}' paused", kind)
         })
     }
+}
+
+/// Drop from the state file the paths of devices that left the pool (after
+/// `pool remove`). Only when every member is present: a missing member's
+/// path must stay so that it is found when it comes back.
+pub fn forget_former_members(state: &StateDir, name: &str, pool: &Pool) -> anyhow::Result<()> {
+    let devices = pool.member_devices();
+    if pool.job().is_some() || devices.iter().any(|d| d.is_none()) {
+        return Ok(());
+    }
+    let current: Vec<PathBuf> = devices
+        .iter()
+        .flatten()
+        .map(|d| crate::cli::absolute(Path::new(&d.name())))
+        .collect();
+    let mut st = state.load()?;
+    let Some(known) = st.pools.get_mut(name) else {
+        return Ok(());
+    };
+    let before = known.members.len();
+    known
+        .members
+        .retain(|p| current.contains(&crate::cli::absolute(p)));
+    if known.members.len() != before {
+        state.save(&st)?;
+    }
+    Ok(())
 }
 
 impl ProgressSink for Progress {

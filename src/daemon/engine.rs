@@ -99,6 +99,7 @@ impl DaemonEngine {
         pool.set_job_rate_limit(self.job_rate_limit);
         let key = name.to_string();
         let (name, pool, stop) = (name.to_string(), pool.clone(), self.stop_jobs.clone());
+        let state_dir = self.state_dir.clone();
         let handle = std::thread::spawn(move || {
             let mut next_log = 0.0;
             let result = pool.run_job(&stop, |info| {
@@ -108,7 +109,17 @@ impl DaemonEngine {
                 }
             });
             match result {
-                Ok(true) => tracing::info!(pool = %name, "layout change complete"),
+                Ok(true) => {
+                    tracing::info!(pool = %name, "layout change complete");
+                    let pruned = StateDir::open(&state_dir)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|s| {
+                            crate::control::local::forget_former_members(&s, &name, &pool)
+                        });
+                    if let Err(e) = pruned {
+                        tracing::warn!(pool = %name, "state file not updated: {e:#}");
+                    }
+                }
                 Ok(false) => tracing::info!(pool = %name, "layout change paused"),
                 Err(e) => tracing::error!(pool = %name, "layout change stopped: {e}"),
             }
