@@ -108,6 +108,9 @@ pub struct MetaStore {
     pool_tag: u64,
     committed: Superblock,
     pub volumes_root: u64,
+    /// The volumes tree's entries, kept in step with it: the data path
+    /// finds a volume's mapping root without walking the tree.
+    roots: HashMap<u64, VolumeRoot>,
     dsm_root: u64,
     catalog_head: u64,
     catalog_bytes: u64,
@@ -170,6 +173,7 @@ impl MetaStore {
             pool_tag: pool_tag(&pool_uuid),
             committed,
             volumes_root: 0,
+            roots: HashMap::new(),
             dsm_root: 0,
             catalog_head: 0,
             catalog_bytes: 0,
@@ -299,12 +303,20 @@ impl MetaStore {
 
     /// Every volume and snapshot id with a mapping tree.
     pub fn volume_ids(&self) -> Result<Vec<u64>> {
-        let mut ids = Vec::new();
-        btree::walk(self, self.volumes_root, 0, u64::MAX, &mut |k, _, _| {
-            ids.push(k);
+        let mut ids: Vec<u64> = self.roots.keys().copied().collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Load the volumes tree into `roots` (at open).
+    pub(crate) fn load_roots(&mut self) -> Result<()> {
+        let mut roots = HashMap::new();
+        btree::walk(self, self.volumes_root, 0, u64::MAX, &mut |k, v, _| {
+            roots.insert(k, VolumeRoot::decode(v));
             Ok(true)
         })?;
-        Ok(ids)
+        self.roots = roots;
+        Ok(())
     }
 
     pub fn msm(&self) -> &MetaSpaceMap {

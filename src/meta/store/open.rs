@@ -118,6 +118,7 @@ impl MetaStore {
         s.transition = sb.transition;
         s.committed = sb;
         s.catalog = s.read_catalog()?;
+        s.load_roots()?;
         s.pool_name = s.catalog.pool_name.clone();
         // Rebuild the in-memory data space map from the persistent counts.
         let mut entries = Vec::new();

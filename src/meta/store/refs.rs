@@ -49,9 +49,7 @@ impl MetaStore {
     // ---- volumes tree ----
 
     pub fn volume_root(&self, id: u64) -> Result<VolumeRoot> {
-        Ok(btree::lookup(self, self.volumes_root, id)?
-            .map(|(v, _)| VolumeRoot::decode(&v))
-            .unwrap_or_default())
+        Ok(self.roots.get(&id).copied().unwrap_or_default())
     }
 
     /// Replace a volume's entry. The volumes tree owns one reference to the
@@ -61,6 +59,7 @@ impl MetaStore {
         // Insert without touching reference counts of the old/new roots.
         let (nr, _old) = btree::insert(self, &VOLUMES_SPEC, root, id, &vr.encode())?;
         self.volumes_root = nr;
+        self.roots.insert(id, vr);
         Ok(())
     }
 
@@ -68,6 +67,7 @@ impl MetaStore {
         let root = self.volumes_root;
         let (nr, old) = btree::remove(self, &VOLUMES_SPEC, root, id)?;
         self.volumes_root = nr;
+        self.roots.remove(&id);
         if let Some(v) = old {
             let r = VolumeRoot::decode(&v).root;
             btree::dec_tree(self, &mapping_spec(id), r)?;
