@@ -8,36 +8,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use vpool::device::{CrashSim, DeviceRef, MemDevice};
 use vpool::raid::RaidLevel;
-use vpool::{CreateOptions, Pool};
-
-const VOL: u64 = 6 * MIB;
+use vpool::Pool;
 
 fn create(level: RaidLevel, devs: Vec<DeviceRef>) -> Pool {
-    let mut opts = CreateOptions::new(level);
-    opts.stripe_unit = 4096;
-    Pool::create("tank", devs, &opts).expect("create").0
+    create_with_unit(level, devs, 4096)
 }
 
-fn verify(pool: &Pool, model: &[u8], what: &str) {
-    let mut got = vec![0u8; model.len()];
-    pool.volume("a", None)
-        .unwrap()
-        .read_at(&mut got, 0)
-        .unwrap();
-    if let Some(i) = (0..model.len()).find(|&i| got[i] != model[i]) {
-        panic!("{what}: byte {i} reads {} instead of {}", got[i], model[i]);
-    }
-}
-
-fn write(pool: &Pool, model: &mut [u8], off: usize, len: usize, seed: u64) {
-    let len = len.min(model.len() - off);
-    let data = pattern(len, seed);
-    pool.volume("a", None)
-        .unwrap()
-        .write_at(&data, off as u64)
-        .unwrap();
-    model[off..off + len].copy_from_slice(&data);
-}
+const VOL: u64 = 6 * MIB;
 
 #[test]
 fn add_member_on_every_level_while_writing() {
@@ -53,10 +30,10 @@ fn add_member_on_every_level_while_writing() {
         let before = pool.info().capacity;
         pool.create_volume("a", VOL).unwrap();
         let mut model = vec![0u8; VOL as usize];
-        write(&pool, &mut model, 0, 3 * MIB as usize, 1);
+        model_write(&pool, &mut model, 0, 3 * MIB as usize, 1);
         pool.snapshot("a", "s").unwrap();
         let snap = model.clone();
-        write(&pool, &mut model, 100_000, 200_000, 2);
+        model_write(&pool, &mut model, 100_000, 200_000, 2);
         pool.commit().unwrap();
         let (message, _) = pool
             .add_member(devs[n].clone() as DeviceRef, false)
@@ -67,13 +44,13 @@ fn add_member_on_every_level_while_writing() {
         while !pool.job_step(256 * 1024).unwrap() {
             i += 1;
             let off = ((i * 7_777_777) % VOL) as usize;
-            write(&pool, &mut model, off, 50_000, 100 + i);
+            model_write(&pool, &mut model, off, 50_000, 100 + i);
             if i.is_multiple_of(5) {
-                verify(&pool, &model, &format!("{level} during the job"));
+                model_verify(&pool, &model, &format!("{level} during the job"));
             }
         }
         assert!(pool.job().is_none());
-        verify(&pool, &model, &format!("{level} after the job"));
+        model_verify(&pool, &model, &format!("{level} after the job"));
         let info = pool.info();
         assert_eq!(info.members.len(), n + 1);
         match level {
@@ -91,7 +68,7 @@ fn add_member_on_every_level_while_writing() {
         // Reopen from the new member table; for raid1 the new mirror alone
         // plus one old one must hold everything.
         let pool = Pool::open(refs(&devs)).unwrap();
-        verify(&pool, &model, &format!("{level} reopened"));
+        model_verify(&pool, &model, &format!("{level} reopened"));
         let s = pool.volume("a", Some("s")).unwrap();
         let mut got = vec![0u8; VOL as usize];
         s.read_at(&mut got, 0).unwrap();
@@ -101,13 +78,13 @@ fn add_member_on_every_level_while_writing() {
             drop(pool);
             let only_new = vec![devs[0].clone() as DeviceRef, devs[n].clone() as DeviceRef];
             let pool = Pool::open(only_new).unwrap();
-            verify(&pool, &model, "raid1 from the new mirror");
+            model_verify(&pool, &model, "raid1 from the new mirror");
         }
         if level == RaidLevel::Raid5 {
             drop(pool);
             // One member missing after the reshape: parity is right everywhere.
             let pool = Pool::open(refs(&devs[1..])).unwrap();
-            verify(&pool, &model, "raid5 degraded after reshape");
+            model_verify(&pool, &model, "raid5 degraded after reshape");
         }
     }
 }
@@ -126,16 +103,16 @@ fn new_capacity_is_usable() {
         // Fill the whole new capacity: every chunk must be writable.
         pool.create_volume("a", cap).unwrap();
         let mut model = vec![0u8; cap as usize];
-        write(&pool, &mut model, 0, cap as usize, 9);
+        model_write(&pool, &mut model, 0, cap as usize, 9);
         pool.commit().unwrap();
         assert!(cap > old);
         drop(pool);
         let pool = Pool::open(refs(&devs)).unwrap();
-        verify(&pool, &model, &format!("{level} full"));
+        model_verify(&pool, &model, &format!("{level} full"));
         if level == RaidLevel::Raid5 {
             drop(pool);
             let pool = Pool::open(refs(&devs[..n])).unwrap();
-            verify(&pool, &model, "raid5 full, new member missing");
+            model_verify(&pool, &model, "raid5 full, new member missing");
         }
     }
 }
@@ -148,7 +125,7 @@ fn crash_run(level: RaidLevel, seed: u64) {
     let pool = create(level, devs[..n].to_vec());
     pool.create_volume("a", VOL).unwrap();
     let mut model = vec![0u8; VOL as usize];
-    write(&pool, &mut model, 0, VOL as usize - 300_000, seed);
+    model_write(&pool, &mut model, 0, VOL as usize - 300_000, seed);
     pool.commit().unwrap();
     let mut durable = model.clone();
     // Bytes written since the last commit known to have completed.
@@ -176,7 +153,7 @@ fn crash_run(level: RaidLevel, seed: u64) {
         i += 1;
         let off = (sim.random() % VOL) as usize;
         let len = 30_000.min(VOL as usize - off);
-        write(&pool, &mut model, off, len, seed + i);
+        model_write(&pool, &mut model, off, len, seed + i);
         dirty[off..off + len].fill(true);
         if sim.power_lost() {
             break;

@@ -153,6 +153,78 @@ fn pool_add_on_every_level_under_a_verifying_writer() {
     }
 }
 
+/// SIGKILL the daemon once the job of `kind` passes each target percent,
+/// restart it, check the job resumed and every `stride`-th block reads back;
+/// then wait for the job and check every block. Returns the percents seen
+/// at each kill.
+fn kill_during_job(
+    d: &mut Daemon,
+    mnt: &Path,
+    kind: &str,
+    targets: &[f64],
+    blocks: u64,
+    stride: usize,
+) -> Vec<f64> {
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .open(mnt.join("tank/v"))
+            .unwrap()
+    };
+    let mut seen = Vec::new();
+    for &target in targets {
+        let start = Instant::now();
+        loop {
+            let st = status(d);
+            let job = &st["job"];
+            let pct = job["percent"].as_f64().unwrap_or(100.0);
+            if job.is_null() || job["kind"] == kind && pct >= target {
+                seen.push(pct);
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{kind} stuck: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d.kill();
+        // A killed daemon leaves its FUSE mount behind; the restart cleans it.
+        d.restart();
+        let st = status(d);
+        assert!(
+            st["job"].is_object(),
+            "the {kind} resumes after SIGKILL at {target}%: {st}"
+        );
+        // Every block reads back while the job goes on.
+        let f = open();
+        for i in (0..blocks).step_by(stride) {
+            assert!(
+                read_block(&f, i) == block(i, 0),
+                "block {i} after kill at {target}%"
+            );
+        }
+    }
+    let out = d.vpool_ok(&["job", "wait", "tank"]);
+    assert!(out.contains("no job running"), "{out}");
+    let f = open();
+    for i in 0..blocks {
+        assert!(
+            read_block(&f, i) == block(i, 0),
+            "block {i} after the {kind}"
+        );
+    }
+    seen
+}
+
+/// `vpool check` without a daemon on exactly these member files is clean.
+fn offline_check_clean(members: &[PathBuf]) {
+    let mut cmd = std::process::Command::new(vpool_bin());
+    cmd.arg("check").args(members);
+    let out = ok(&mut cmd, 120);
+    assert!(out.contains("no errors") || out.contains("clean"), "{out}");
+}
+
 #[test]
 fn sigkill_during_raid5_reshape_resumes_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -168,82 +240,20 @@ fn sigkill_during_raid5_reshape_resumes_and_loses_nothing() {
     );
     d.vpool_ok(&["vol", "create", "tank/v", "--size", "600M"]);
     let blocks = 400u64;
-    {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(mnt.join("tank/v"))
-            .unwrap();
-        for i in 0..blocks {
-            f.write_all_at(&block(i, 0), i * MIB).unwrap();
-        }
-        f.sync_all().unwrap();
-    }
+    drop(fill_volume(&mnt, blocks));
     let extra = dir.path().join("state/new.img");
     std::fs::File::create(&extra)
         .unwrap()
         .set_len(384 * MIB)
         .unwrap();
     d.vpool_ok(&["pool", "add", "tank", extra.to_str().unwrap()]);
-    let mut seen = Vec::new();
-    for target in [15.0, 45.0, 75.0] {
-        let start = Instant::now();
-        loop {
-            let st = status(&d);
-            let pct = st["job"]["percent"].as_f64().unwrap_or(100.0);
-            if pct >= target {
-                seen.push(pct);
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "reshape stuck at {pct}%"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d.kill();
-        // A killed daemon leaves its FUSE mount behind; the restart cleans it.
-        d.restart();
-        let st = status(&d);
-        assert!(
-            st["job"].is_object(),
-            "the reshape resumes after SIGKILL at {target}%: {st}"
-        );
-        // Every block reads back while the reshape goes on.
-        let f = OpenOptions::new()
-            .read(true)
-            .open(mnt.join("tank/v"))
-            .unwrap();
-        for i in (0..blocks).step_by(7) {
-            assert!(
-                read_block(&f, i) == block(i, 0),
-                "block {i} after kill at {target}%"
-            );
-        }
-    }
-    let out = d.vpool_ok(&["job", "wait", "tank"]);
-    assert!(out.contains("no job running"), "{out}");
-    let f = OpenOptions::new()
-        .read(true)
-        .open(mnt.join("tank/v"))
-        .unwrap();
-    for i in 0..blocks {
-        assert!(
-            read_block(&f, i) == block(i, 0),
-            "block {i} after the reshape"
-        );
-    }
-    drop(f);
+    let seen = kill_during_job(&mut d, &mnt, "reshape", &[15.0, 45.0, 75.0], blocks, 7);
     assert!(seen.iter().all(|p| *p < 100.0), "{seen:?}");
     d.stop();
     let state = dir.path().join("state");
-    let members: Vec<String> = (0..3)
-        .map(|i| state.join(format!("d{i}.img")).display().to_string())
-        .chain(std::iter::once(extra.display().to_string()))
-        .collect();
-    let mut args = vec!["check".to_string()];
-    args.extend(members);
-    let out = ok(std::process::Command::new(vpool_bin()).args(&args), 120);
-    assert!(out.contains("no errors") || out.contains("clean"), "{out}");
+    let mut members: Vec<PathBuf> = (0..3).map(|i| state.join(format!("d{i}.img"))).collect();
+    members.push(extra);
+    offline_check_clean(&members);
 }
 
 #[test]
@@ -372,58 +382,12 @@ fn sigkill_during_raid0_member_removal_resumes_and_loses_nothing() {
     drop(fill_volume(&mnt, blocks));
     let gone = state.join("d2.img");
     d.vpool_ok(&["pool", "remove", "tank", gone.to_str().unwrap()]);
-    for target in [20.0, 60.0] {
-        let start = Instant::now();
-        loop {
-            let st = status(&d);
-            let job = &st["job"];
-            let pct = job["percent"].as_f64().unwrap_or(100.0);
-            if job["kind"] == "remove" && pct >= target || job.is_null() {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "removal stuck: {st}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d.kill();
-        d.restart();
-        let st = status(&d);
-        assert!(
-            st["job"].is_object(),
-            "the removal resumes after SIGKILL at {target}%: {st}"
-        );
-        let f = OpenOptions::new()
-            .read(true)
-            .open(mnt.join("tank/v"))
-            .unwrap();
-        for i in (0..blocks).step_by(5) {
-            assert!(
-                read_block(&f, i) == block(i, 0),
-                "block {i} after kill at {target}%"
-            );
-        }
-    }
-    let out = d.vpool_ok(&["job", "wait", "tank"]);
-    assert!(out.contains("no job running"), "{out}");
-    let f = OpenOptions::new()
-        .read(true)
-        .open(mnt.join("tank/v"))
-        .unwrap();
-    for i in 0..blocks {
-        assert!(read_block(&f, i) == block(i, 0), "block {i} after removal");
-    }
-    drop(f);
+    let seen = kill_during_job(&mut d, &mnt, "remove", &[20.0, 60.0], blocks, 5);
+    assert!(seen.iter().all(|p| *p < 100.0), "{seen:?}");
     d.stop();
     // Offline check from the two remaining members alone.
-    let members: Vec<String> = (0..2)
-        .map(|i| state.join(format!("d{i}.img")).display().to_string())
-        .collect();
-    let mut args = vec!["check".to_string()];
-    args.extend(members);
-    let out = ok(std::process::Command::new(vpool_bin()).args(&args), 120);
-    assert!(out.contains("no errors") || out.contains("clean"), "{out}");
+    let members: Vec<PathBuf> = (0..2).map(|i| state.join(format!("d{i}.img"))).collect();
+    offline_check_clean(&members);
 }
 
 #[test]

@@ -9,38 +9,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use vpool::device::{CrashSim, DeviceRef, MemDevice};
 use vpool::raid::RaidLevel;
-use vpool::{CreateOptions, Pool};
+use vpool::Pool;
 
 fn create(level: RaidLevel, devs: Vec<DeviceRef>) -> Pool {
-    let mut opts = CreateOptions::new(level);
-    opts.stripe_unit = 16 * 1024;
-    Pool::create("tank", devs, &opts).expect("create").0
-}
-
-fn read_all(pool: &Pool, vol: &str, snap: Option<&str>, len: usize) -> Vec<u8> {
-    let mut got = vec![0u8; len];
-    pool.volume(vol, snap)
-        .unwrap()
-        .read_at(&mut got, 0)
-        .unwrap();
-    got
-}
-
-fn verify(pool: &Pool, model: &[u8], what: &str) {
-    let got = read_all(pool, "a", None, model.len());
-    if let Some(i) = (0..model.len()).find(|&i| got[i] != model[i]) {
-        panic!("{what}: byte {i} reads {} instead of {}", got[i], model[i]);
-    }
-}
-
-fn write(pool: &Pool, model: &mut [u8], off: usize, len: usize, seed: u64) {
-    let len = len.min(model.len() - off);
-    let data = pattern(len, seed);
-    pool.volume("a", None)
-        .unwrap()
-        .write_at(&data, off as u64)
-        .unwrap();
-    model[off..off + len].copy_from_slice(&data);
+    create_with_unit(level, devs, 16 * 1024)
 }
 
 /// A volume as large as the pool, written whole, then mostly discarded
@@ -50,7 +22,7 @@ fn fill_top(pool: &Pool) -> (Vec<u8>, Vec<u8>) {
     let cap = pool.info().capacity as usize;
     pool.create_volume("a", cap as u64).unwrap();
     let mut model = vec![0u8; cap];
-    write(pool, &mut model, 0, cap, 1);
+    model_write(pool, &mut model, 0, cap, 1);
     pool.commit().unwrap();
     let cut = cap * 7 / 10;
     pool.volume("a", None)
@@ -61,7 +33,7 @@ fn fill_top(pool: &Pool) -> (Vec<u8>, Vec<u8>) {
     pool.commit().unwrap();
     pool.snapshot("a", "s").unwrap();
     let snap = model.clone();
-    write(pool, &mut model, cap - 300_000, 100_000, 2);
+    model_write(pool, &mut model, cap - 300_000, 100_000, 2);
     (model, snap)
 }
 
@@ -84,16 +56,16 @@ fn remove_while_writing(level: RaidLevel, members: usize, leaving: usize) {
             assert!(j.done_bytes <= j.total_bytes, "{what}: {j:?}");
         }
         let off = ((i * 7_777_777) % model.len() as u64) as usize;
-        write(&pool, &mut model, off, 40_000, 100 + i);
+        model_write(&pool, &mut model, off, 40_000, 100 + i);
         if i.is_multiple_of(7) {
-            verify(&pool, &model, &format!("{what}: during the job"));
+            model_verify(&pool, &model, &format!("{what}: during the job"));
         }
     }
     if level != RaidLevel::Raid1 {
         assert!(kinds.contains(&"evacuate".to_string()), "{what}: {kinds:?}");
     }
     assert!(pool.job().is_none());
-    verify(&pool, &model, &format!("{what}: after the job"));
+    model_verify(&pool, &model, &format!("{what}: after the job"));
     let info = pool.info();
     assert_eq!(info.members.len(), members - 1, "{what}");
     if level != RaidLevel::Raid1 {
@@ -114,9 +86,9 @@ fn remove_while_writing(level: RaidLevel, members: usize, leaving: usize) {
         .collect();
     let pool = Pool::open(rest).unwrap();
     assert!(pool.warnings().is_empty(), "{what}: {:?}", pool.warnings());
-    verify(&pool, &model, &format!("{what}: reopened"));
+    model_verify(&pool, &model, &format!("{what}: reopened"));
     assert!(
-        read_all(&pool, "a", Some("s"), snap.len()) == snap,
+        read_vol(&pool, "a", Some("s"), snap.len()) == snap,
         "{what}: snapshot changed"
     );
     assert!(pool.check(false).unwrap().clean());
@@ -124,7 +96,7 @@ fn remove_while_writing(level: RaidLevel, members: usize, leaving: usize) {
     pool.add_member(devs[leaving].clone() as DeviceRef, false)
         .unwrap();
     pool.run_job(&AtomicBool::new(false), |_| {}).unwrap();
-    verify(&pool, &model, &format!("{what}: added back"));
+    model_verify(&pool, &model, &format!("{what}: added back"));
     assert_eq!(pool.info().members.len(), members);
 }
 
@@ -158,13 +130,13 @@ fn removing_a_metadata_member_moves_the_copy() {
     let pool = create(RaidLevel::Linear, refs(&devs));
     pool.create_volume("a", 4 * MIB).unwrap();
     let mut model = vec![0u8; 4 * MIB as usize];
-    write(&pool, &mut model, 0, 4 * MIB as usize, 3);
+    model_write(&pool, &mut model, 0, 4 * MIB as usize, 3);
     pool.remove_member(0).unwrap();
     pool.run_job(&AtomicBool::new(false), |_| {}).unwrap();
     assert_eq!(pool.label().meta_copies, 3);
     drop(pool);
     let pool = Pool::open(refs(&devs[1..])).unwrap();
-    verify(&pool, &model, "after removing member 0");
+    model_verify(&pool, &model, "after removing member 0");
     assert!(pool.check(false).unwrap().clean());
 }
 
@@ -235,7 +207,7 @@ fn scenario(
         let base = if i % 2 == 0 { 0 } else { model.len() - area };
         let off = base + (sim.random() % area as u64) as usize;
         let len = 20_000.min(model.len() - off);
-        write(&pool, &mut model, off, len, seed + i);
+        model_write(&pool, &mut model, off, len, seed + i);
         dirty.push((off, len));
         if sim.power_lost() {
             break;
@@ -255,7 +227,7 @@ fn scenario(
         unknown[off..off + len].fill(true);
     }
     let check_bytes = |pool: &Pool, stage: &str| {
-        let got = read_all(pool, "a", None, durable.len());
+        let got = read_vol(pool, "a", None, durable.len());
         for j in 0..got.len() {
             if !unknown[j] && got[j] != durable[j] {
                 panic!("{what} {stage}: byte {j}: {} != {}", got[j], durable[j]);
@@ -287,42 +259,29 @@ fn crash_iters() -> u64 {
         .map_or(24, |n| (n / 50).max(4))
 }
 
-#[test]
-fn power_cut_while_removing_from_raid0() {
+/// `crash_iters()` removals of member `i / 2 % members`: half with the cut
+/// anywhere in the job, half inside its last steps (the raid0 copy on the
+/// leaving member, the label change).
+fn crash_series(level: RaidLevel, leavers: u64, first_seed: u64, stride: u64) {
     for i in 0..crash_iters() {
-        // Half anywhere in the job, half in its last rows (the copy on the
-        // leaving member and the label change).
         let at = if i % 2 == 0 {
             Cut::Anywhere
         } else {
             Cut::LastSteps(3)
         };
-        crash_run(
-            RaidLevel::Raid0,
-            3,
-            (i / 2 % 3) as usize,
-            11_000 + i * 43,
-            at,
-        );
+        let leaving = (i / 2 % leavers) as usize;
+        crash_run(level, 3, leaving, first_seed + i * stride, at);
     }
 }
 
 #[test]
+fn power_cut_while_removing_from_raid0() {
+    crash_series(RaidLevel::Raid0, 3, 11_000, 43);
+}
+
+#[test]
 fn power_cut_while_removing_from_linear() {
-    for i in 0..crash_iters() {
-        let at = if i % 2 == 0 {
-            Cut::Anywhere
-        } else {
-            Cut::LastSteps(3)
-        };
-        crash_run(
-            RaidLevel::Linear,
-            3,
-            (i / 2 % 2) as usize,
-            13_000 + i * 47,
-            at,
-        );
-    }
+    crash_series(RaidLevel::Linear, 2, 13_000, 47);
 }
 
 #[test]
@@ -344,7 +303,7 @@ fn bad_removals_are_refused() {
     let cap = pool.info().capacity;
     pool.create_volume("a", cap).unwrap();
     let mut model = vec![0u8; cap as usize];
-    write(&pool, &mut model, 0, (cap * 3 / 4) as usize, 5);
+    model_write(&pool, &mut model, 0, (cap * 3 / 4) as usize, 5);
     pool.commit().unwrap();
     let e = pool.remove_member(1).unwrap_err();
     assert!(e.to_string().contains("free"), "{e}");
@@ -365,5 +324,5 @@ fn bad_removals_are_refused() {
         .unwrap_err();
     assert!(e.to_string().contains("still moving data"), "{e}");
     pool.run_job(&AtomicBool::new(false), |_| {}).unwrap();
-    verify(&pool, &model, "after the refused requests");
+    model_verify(&pool, &model, "after the refused requests");
 }

@@ -73,6 +73,16 @@ const TABLE: usize = 256; // MAX_MEMBERS x (uuid 16 + data_size 8)
 const ENTRY: usize = 24;
 
 impl Label {
+    /// This pool's label as member `i` (of the member table) writes it, on
+    /// a device of `device_size` bytes.
+    pub fn for_member(&self, i: usize, device_size: u64) -> Label {
+        let mut l = self.clone();
+        l.member_index = i as u32;
+        l.member_uuid = l.members[i].uuid;
+        l.device_size = device_size;
+        l
+    }
+
     /// Offset of the second copy on a device of `size` bytes.
     pub fn backup_offset(size: u64) -> u64 {
         (size / BLOCK_SIZE as u64 - 1) * BLOCK_SIZE as u64

@@ -101,10 +101,7 @@ impl Pool {
             };
             if l.generation != first.generation || l.members != first.members {
                 // A member change was interrupted before this label was rewritten.
-                let mut newer = first.clone();
-                newer.member_index = i as u32;
-                newer.member_uuid = l.member_uuid;
-                newer.device_size = dev.size();
+                let mut newer = first.for_member(i, dev.size());
                 newer.state = l.state;
                 match write_label(&dev, &newer) {
                     Ok(()) => warnings.push(format!(

@@ -241,11 +241,7 @@ impl Pool {
         devices.push(Some(dev));
         for (i, d) in devices.iter().enumerate().rev() {
             if let Some(d) = d {
-                let mut l = new_label.clone();
-                l.member_index = i as u32;
-                l.member_uuid = l.members[i].uuid;
-                l.device_size = d.size();
-                write_label(d, &l)?;
+                write_label(d, &new_label.for_member(i, d.size()))?;
             }
         }
         *self.s.label.write() = new_label;

@@ -352,10 +352,7 @@ impl Pool {
         self.commit()?;
         for (i, dev) in self.s.thin.array.members().iter().enumerate() {
             if let Some(dev) = dev {
-                let mut l = self.label();
-                l.member_index = i as u32;
-                l.member_uuid = l.members[i].uuid;
-                l.device_size = dev.size();
+                let mut l = self.label().for_member(i, dev.size());
                 l.state = state;
                 write_label(dev, &l)?;
             }

@@ -41,7 +41,7 @@ const EVACUATE_MIN_BATCH: u64 = 64;
 const MAX_META_COPIES: usize = 3;
 
 /// The layout without member `k`.
-pub(crate) fn without(geo: &Geometry, k: usize) -> Geometry {
+fn without(geo: &Geometry, k: usize) -> Geometry {
     let mut g = geo.clone();
     g.member_data.remove(k);
     g
@@ -110,18 +110,22 @@ pub(crate) fn resume_shrink(
             transition: None,
         });
     }
-    let dev = members[k].clone().ok_or_else(|| {
-        Error::Unavailable(format!(
-            "member {k} is being removed and its data is not all moved yet: attach it (uuid {}) to open the pool",
-            uuid::Uuid::from_bytes(label.members[k].uuid)
-        ))
-    })?;
-    let pos = if t.phase == PHASE_DONE { 0 } else { t.pos };
-    Ok(ArrayState {
-        transition: Some(Transition {
-            kind: shrink_kind(&geo, k, dev),
-            pos,
+    let transition = match (&members[k], t.phase) {
+        (Some(dev), phase) => Some(Transition {
+            kind: shrink_kind(&geo, k, dev.clone()),
+            pos: if phase == PHASE_DONE { 0 } else { t.pos },
         }),
+        // Everything has moved: the member table changes without it.
+        (None, PHASE_DONE) => None,
+        (None, _) => {
+            return Err(Error::Unavailable(format!(
+                "member {k} is being removed and its data is not all moved yet: attach it (uuid {}) to open the pool",
+                uuid::Uuid::from_bytes(label.members[k].uuid)
+            )))
+        }
+    };
+    Ok(ArrayState {
+        transition,
         members: without_member(&members, k),
         geo: new,
     })
@@ -183,7 +187,7 @@ impl Pool {
         let rows = old.member_data[0] / old.stripe_unit;
         if level == RaidLevel::Raid0 && rows < (n * n) as u64 {
             return Err(Error::Invalid(format!(
-                "pool '{name}' is too small to restripe ({rows} stripe rows, {} needed)",
+                "pool '{name}' is too small to restripe ({rows} stripe rows, {} needed); recreate it on larger members or with a smaller --stripe-unit",
                 n * n
             )));
         }
@@ -414,35 +418,24 @@ impl Pool {
         let k = sbt.removed as usize;
         let label = self.label();
         if label.member_count() == sbt.old_members as usize {
-            let leaving = match &st.transition {
-                Some(Transition {
-                    kind: TransitionKind::Shrink { dev, .. },
-                    ..
-                }) => dev.0.clone(),
-                _ => {
-                    return Err(Error::Corrupt(
-                        "array and metadata disagree on the member removal".into(),
-                    ))
-                }
-            };
             let new_label = self.move_metadata_copies(&label, k, &st.members)?;
             for (i, d) in st.members.iter().enumerate() {
                 if let Some(d) = d {
-                    let mut l = new_label.clone();
-                    l.member_index = i as u32;
-                    l.member_uuid = l.members[i].uuid;
-                    l.device_size = d.size();
-                    write_label(d, &l)?;
+                    write_label(d, &new_label.for_member(i, d.size()))?;
                 }
             }
-            // The leaving member keeps a label that says it is free to reuse.
-            let mut l = label.clone();
-            l.state = PoolState::Destroyed;
-            l.member_index = k as u32;
-            l.member_uuid = l.members[k].uuid;
-            l.device_size = leaving.size();
-            if let Err(e) = write_label(&leaving, &l) {
-                tracing::warn!("{}: label not marked free ({e})", leaving.name());
+            // The leaving member (if still attached) keeps a label that says
+            // it is free to reuse.
+            if let Some(Transition {
+                kind: TransitionKind::Shrink { dev, .. },
+                ..
+            }) = &st.transition
+            {
+                let mut l = label.for_member(k, dev.0.size());
+                l.state = PoolState::Destroyed;
+                if let Err(e) = write_label(&dev.0, &l) {
+                    tracing::warn!("{}: label not marked free ({e})", dev.0.name());
+                }
             }
             *self.s.label.write() = new_label;
         }

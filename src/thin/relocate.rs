@@ -63,7 +63,7 @@ impl ThinPool {
         let cs = self.chunk_size;
         let mut buf = vec![0u8; cs as usize];
         let mut to: HashMap<u64, u64> = HashMap::new();
-        for &c in &picked {
+        let copied = picked.iter().try_for_each(|&c| {
             if !refs.iter().any(|r| r.2 == c) {
                 return Err(Error::Corrupt(format!(
                     "data chunk {c} is marked in use but no volume maps it; run `vpool check` before removing a member"
@@ -76,7 +76,15 @@ impl ThinPool {
                 .map_err(|e| Error::io("reading a chunk to move", e))?;
             self.array
                 .write(dst * cs, &buf)
-                .map_err(|e| Error::io("writing a moved chunk", e))?;
+                .map_err(|e| Error::io("writing a moved chunk", e))
+        });
+        if let Err(e) = copied {
+            // Nothing maps the copies yet: give them back.
+            let mut meta = self.meta.write();
+            for &dst in to.values() {
+                meta.data_dec(dst)?;
+            }
+            return Err(e);
         }
         {
             let mut meta = self.meta.write();

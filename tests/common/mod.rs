@@ -52,3 +52,39 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A pool with the given stripe unit (small units: many rows to move).
+pub fn create_with_unit(level: RaidLevel, devs: Vec<DeviceRef>, stripe_unit: u64) -> Pool {
+    let mut opts = CreateOptions::new(level);
+    opts.stripe_unit = stripe_unit;
+    Pool::create("tank", devs, &opts).expect("create").0
+}
+
+/// The first `len` bytes of `vol` (or its snapshot).
+pub fn read_vol(pool: &Pool, vol: &str, snap: Option<&str>, len: usize) -> Vec<u8> {
+    let mut got = vec![0u8; len];
+    pool.volume(vol, snap)
+        .unwrap()
+        .read_at(&mut got, 0)
+        .unwrap();
+    got
+}
+
+/// Volume "a" reads exactly as `model`.
+pub fn model_verify(pool: &Pool, model: &[u8], what: &str) {
+    let got = read_vol(pool, "a", None, model.len());
+    if let Some(i) = (0..model.len()).find(|&i| got[i] != model[i]) {
+        panic!("{what}: byte {i} reads {} instead of {}", got[i], model[i]);
+    }
+}
+
+/// Write a pattern to volume "a" and to `model` alike.
+pub fn model_write(pool: &Pool, model: &mut [u8], off: usize, len: usize, seed: u64) {
+    let len = len.min(model.len() - off);
+    let data = pattern(len, seed);
+    pool.volume("a", None)
+        .unwrap()
+        .write_at(&data, off as u64)
+        .unwrap();
+    model[off..off + len].copy_from_slice(&data);
+}
