@@ -3,10 +3,12 @@
 //! used by tests. Everything above talks to members only through [`BlockDevice`].
 
 mod crash;
+mod fault;
 mod file;
 mod mem;
 
 pub use crash::{CrashDevice, CrashSim};
+pub use fault::{FaultDevice, FaultPlan};
 pub use file::FileDevice;
 pub use mem::MemDevice;
 

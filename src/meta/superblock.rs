@@ -13,6 +13,12 @@ pub const SB_VERSION_TRANSITION: u32 = 2;
 pub const MEMBER_ONLINE: u8 = 0;
 /// Missing when a transaction committed: its contents are stale.
 pub const MEMBER_STALE: u8 = 1;
+/// Failed while serving (I/O errors) or by `pool fail`: not used again
+/// until replaced or cleared (which rebuilds it).
+pub const MEMBER_FAILED: u8 = 2;
+/// Being rebuilt (the transition's `removed` names it): in sync below the
+/// transition's `pos`.
+pub const MEMBER_REBUILDING: u8 = 3;
 const STATES: usize = 136;
 const MAX_STATES: usize = 64;
 const TRANSITION: usize = 200;
@@ -50,7 +56,8 @@ pub struct SbTransition {
     pub kind: u32,
     /// Members before the change (an added one follows them).
     pub old_members: u32,
-    /// Shrink: index of the member being removed (0 otherwise).
+    /// Shrink: index of the member being removed; rebuild: of the member
+    /// being rebuilt (0 otherwise).
     pub removed: u32,
     /// Array bytes already in the new layout.
     pub pos: u64,
@@ -66,6 +73,9 @@ pub const TRANSITION_RESTRIPE: u32 = 1;
 pub const TRANSITION_RESYNC: u32 = 2;
 /// A member leaves (`pool remove`): evacuate, then restripe downwards.
 pub const TRANSITION_SHRINK: u32 = 3;
+/// A failed member's replacement is rebuilt from the others (`pool
+/// replace`, `pool clear`); `removed` is its index, `pos` the checkpoint.
+pub const TRANSITION_REBUILD: u32 = 4;
 /// Nothing moved yet.
 pub const PHASE_START: u32 = 0;
 /// The first rows are saved at `backup_offset`; rewriting them is in progress.
@@ -178,6 +188,11 @@ impl Superblock {
                 }
                 TRANSITION_SHRINK => {
                     t.phase <= PHASE_DONE
+                        && t.old_members as usize == members
+                        && t.removed < t.old_members
+                }
+                TRANSITION_REBUILD => {
+                    t.phase == PHASE_MAIN
                         && t.old_members as usize == members
                         && t.removed < t.old_members
                 }

@@ -3,14 +3,15 @@
 //! allows it.
 
 use super::create::{read_label_checked, write_label};
+use super::rebuild::{mirror_for, out_of_service};
 use super::Pool;
 use crate::device::DeviceRef;
 use crate::error::{Error, Result};
 use crate::meta::label::Label;
 use crate::meta::store::DEFAULT_CACHE_NODES;
-use crate::meta::superblock::{MEMBER_ONLINE, MEMBER_STALE};
+use crate::meta::superblock::{MEMBER_ONLINE, MEMBER_STALE, TRANSITION_REBUILD};
 use crate::meta::{MetaLayout, MetaStore};
-use crate::raid::{Array, Geometry, MetaMirror};
+use crate::raid::{Array, Geometry};
 use crate::thin::ThinPool;
 use uuid::Uuid;
 
@@ -123,13 +124,7 @@ impl Pool {
             msm_pages: first.msm_pages,
             meta_blocks: first.meta_blocks,
         };
-        let copies = |members: &Vec<Option<DeviceRef>>| {
-            MetaMirror::new(
-                (0..first.meta_copies as usize)
-                    .map(|i| (i, members[i].clone()))
-                    .collect(),
-            )
-        };
+
         let geo = Geometry {
             level: first.level,
             stripe_unit: first.stripe_unit,
@@ -137,9 +132,9 @@ impl Pool {
             member_data: first.members.iter().map(|m| m.data_size).collect(),
         };
         let data_chunks = geo.capacity() / first.chunk_size;
-        let open_meta = |members: &Vec<Option<DeviceRef>>| {
+        let open_meta = |members: &Vec<Option<DeviceRef>>, rebuilding: Option<usize>| {
             MetaStore::open(
-                copies(members),
+                mirror_for(&first, members, rebuilding),
                 layout,
                 first.pool_uuid,
                 n,
@@ -147,20 +142,28 @@ impl Pool {
                 cache_nodes,
             )
         };
-        let mut meta = open_meta(&members)?;
-        // Members the metadata says missed writes must not be trusted.
-        let stale: Vec<usize> = (0..n)
-            .filter(|&i| members[i].is_some() && meta.member_states().get(i) == Some(&MEMBER_STALE))
-            .collect();
-        if !stale.is_empty() {
-            for &i in &stale {
-                let name = members[i].as_ref().map(|d| d.name()).unwrap_or_default();
+        let mut meta = open_meta(&members, None)?;
+        // Members the metadata says missed writes must not be trusted, and a
+        // member being rebuilt holds no metadata copy yet.
+        let mut excluded = Vec::new();
+        for (i, slot) in members.iter_mut().enumerate() {
+            let Some(why) = out_of_service(meta.member_states().get(i)) else {
+                continue;
+            };
+            if let Some(dev) = slot.take() {
                 warnings.push(format!(
-                    "member {i} ({name}) is stale: it was missing while the pool was written; it is not used and needs a rebuild"
+                    "member {i} ({}) is {why}; it is not used: `vpool pool replace` it, or `vpool pool clear` to rebuild onto it",
+                    dev.name()
                 ));
-                members[i] = None;
+                excluded.push((i, dev));
             }
-            meta = open_meta(&members)?;
+        }
+        let rebuilding = meta
+            .transition()
+            .filter(|t| t.kind == TRANSITION_REBUILD)
+            .map(|t| t.removed as usize);
+        if !excluded.is_empty() || rebuilding.is_some() {
+            meta = open_meta(&members, rebuilding)?;
         }
         let missing: Vec<usize> = (0..n).filter(|&i| members[i].is_none()).collect();
         let tolerated = first.level.tolerated_failures(n);
@@ -179,8 +182,8 @@ impl Pool {
                     "DEGRADED: member {i} (uuid {}) is missing; data is served from redundancy",
                     Uuid::from_bytes(first.members[i].uuid)
                 ));
+                meta.set_member_state(i, MEMBER_STALE);
             }
-            meta.set_member_state(i, MEMBER_STALE);
         }
         let chunk_size = first.chunk_size;
         if meta.committed().chunk_size != chunk_size {
@@ -190,6 +193,9 @@ impl Pool {
         }
         let state = super::grow::resume_state(&first, geo, members, &mut meta, &mut warnings)?;
         let array = Array::with_state(state);
+        for (i, dev) in excluded {
+            array.keep_failed_device(i, dev);
+        }
         let thin = ThinPool::new(array, meta, chunk_size);
         let pool = Pool::from_parts(first, thin, warnings);
         pool.recover_transition()?;

@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::meta::codec::BLOCK_SIZE;
 use crate::meta::label::{Label, MemberEntry, PoolState, MAX_MEMBERS};
 use crate::meta::superblock::{
-    SbTransition, PHASE_START, TRANSITION_RESTRIPE, TRANSITION_RESYNC, TRANSITION_SHRINK,
+    SbTransition, PHASE_START, TRANSITION_REBUILD, TRANSITION_RESTRIPE, TRANSITION_RESYNC,
+    TRANSITION_SHRINK,
 };
 use crate::meta::MetaStore;
 use crate::raid::{ArrayState, Geometry, RaidLevel, Transition, TransitionKind};
@@ -78,6 +79,28 @@ pub(crate) fn resume_state(
     let n = label.member_count();
     let known = meta.committed().member_states.len();
     let mut t = meta.transition();
+    if let Some(t) = t.filter(|t| t.kind == TRANSITION_REBUILD) {
+        let k = t.removed as usize;
+        if t.old_members as usize != n {
+            return Err(Error::Corrupt(format!(
+                "a rebuild of member {k} of {} is recorded but the labels list {n}",
+                t.old_members
+            )));
+        }
+        if members[k].is_none() {
+            warnings.push(format!(
+                "member {k}, being rebuilt, is missing: the rebuild waits until it is attached (or `vpool pool replace` it)"
+            ));
+        }
+        return Ok(ArrayState {
+            geo,
+            members,
+            transition: Some(Transition {
+                kind: TransitionKind::Rebuild { member: k },
+                pos: t.pos,
+            }),
+        });
+    }
     if let Some(t) = t.filter(|t| t.kind == TRANSITION_SHRINK) {
         if members.iter().any(|m| m.is_none()) {
             warnings.push(

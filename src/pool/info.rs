@@ -1,7 +1,8 @@
 //! What `pool status`, `pool list`, `vol list` and `snap list` show.
 
 use super::Pool;
-use crate::meta::superblock::MEMBER_STALE;
+use crate::meta::superblock::{MEMBER_FAILED, MEMBER_REBUILDING, MEMBER_STALE};
+pub use crate::raid::health::ErrorCounts;
 use serde::Serialize;
 
 #[derive(Serialize, serde::Deserialize, Clone, Debug)]
@@ -9,9 +10,13 @@ pub struct MemberInfo {
     pub index: usize,
     pub device: Option<String>,
     pub uuid: String,
-    /// online, missing or stale.
+    /// online, missing, stale (missed writes while missing), failed, or
+    /// rebuilding.
     pub state: String,
     pub data_bytes: u64,
+    /// I/O and checksum errors since the pool was opened or cleared.
+    #[serde(default)]
+    pub errors: ErrorCounts,
 }
 
 #[derive(Serialize, serde::Deserialize, Clone, Debug)]
@@ -19,8 +24,12 @@ pub struct PoolInfo {
     pub name: String,
     pub uuid: String,
     pub level: String,
-    /// online or degraded.
+    /// online, degraded (a member out of service or rebuilding) or failed
+    /// (redundancy exhausted: no more writes).
     pub health: String,
+    /// Member failures and the reason a failed pool stopped, in order.
+    #[serde(default)]
+    pub events: Vec<String>,
     pub members: Vec<MemberInfo>,
     pub capacity: u64,
     pub allocated: u64,
@@ -62,25 +71,36 @@ impl Pool {
         let cat = meta.catalog();
         let cs = thin.chunk_size;
         let label = self.label();
+        let health = thin.array.health();
         let members: Vec<MemberInfo> = thin
             .array
             .members()
             .iter()
             .enumerate()
-            .map(|(i, dev)| MemberInfo {
-                index: i,
-                device: dev.as_ref().map(|d| d.name()),
-                uuid: uuid::Uuid::from_bytes(label.members[i].uuid).to_string(),
-                state: match (dev, meta.member_states().get(i)) {
-                    (Some(_), _) => "online".into(),
-                    (None, Some(&MEMBER_STALE))
-                        if meta.committed().member_states.get(i) == Some(&MEMBER_STALE) =>
-                    {
-                        "stale".into()
-                    }
-                    (None, _) => "missing".into(),
-                },
-                data_bytes: label.members[i].data_size,
+            .map(|(i, dev)| {
+                let failed = health.is_failed(i);
+                let state = meta.member_states().get(i).copied();
+                MemberInfo {
+                    index: i,
+                    device: dev
+                        .clone()
+                        .or_else(|| thin.array.failed_device(i))
+                        .map(|d| d.name()),
+                    uuid: uuid::Uuid::from_bytes(label.members[i].uuid).to_string(),
+                    state: match (dev, state) {
+                        _ if failed || state == Some(MEMBER_FAILED) => "failed".into(),
+                        (Some(_), Some(MEMBER_REBUILDING)) => "rebuilding".into(),
+                        (Some(_), _) => "online".into(),
+                        (None, Some(MEMBER_STALE))
+                            if meta.committed().member_states.get(i) == Some(&MEMBER_STALE) =>
+                        {
+                            "stale".into()
+                        }
+                        (None, _) => "missing".into(),
+                    },
+                    data_bytes: label.members[i].data_size,
+                    errors: health.errors(i),
+                }
             })
             .collect();
         let degraded = members.iter().any(|m| m.state != "online");
@@ -91,11 +111,14 @@ impl Pool {
             name: self.name().to_string(),
             uuid: self.uuid().to_string(),
             level: label.level.to_string(),
-            health: if degraded {
+            health: if health.is_broken() {
+                "failed".into()
+            } else if degraded {
                 "degraded".into()
             } else {
                 "online".into()
             },
+            events: health.events(),
             members,
             capacity,
             allocated,

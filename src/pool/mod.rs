@@ -9,6 +9,7 @@ mod grow;
 mod info;
 pub mod layout;
 pub mod names;
+mod rebuild;
 mod reshape;
 mod shrink;
 mod volume;
@@ -96,7 +97,7 @@ impl Pool {
     /// Commit only if the running transaction changed metadata (background
     /// commits; a client's flush uses [`Pool::commit`], which always flushes).
     pub fn commit_if_dirty(&self) -> Result<()> {
-        if self.s.thin.meta.read().has_changes() {
+        if self.s.thin.meta.read().has_changes() || self.s.thin.array.health().has_unrecorded() {
             self.commit()?;
         }
         Ok(())

@@ -16,8 +16,8 @@
 use super::Pool;
 use crate::error::{Error, Result};
 use crate::meta::superblock::{
-    SbTransition, PHASE_BACKUP, PHASE_DONE, PHASE_MAIN, PHASE_START, TRANSITION_RESYNC,
-    TRANSITION_SHRINK,
+    SbTransition, PHASE_BACKUP, PHASE_DONE, PHASE_MAIN, PHASE_START, TRANSITION_REBUILD,
+    TRANSITION_RESYNC, TRANSITION_SHRINK,
 };
 use crate::raid::{ArrayState, Geometry, Transition, TransitionKind};
 use crate::thin::ThinPool;
@@ -45,7 +45,8 @@ pub(crate) struct JobControl {
 pub struct JobInfo {
     pub pool: String,
     /// `resync` (new mirror), `reshape` (restripe onto a new member),
-    /// `evacuate` or `remove` (the two phases of `pool remove`).
+    /// `evacuate` or `remove` (the two phases of `pool remove`), `rebuild`
+    /// (a replaced or cleared member).
     pub kind: String,
     /// running, paused or waiting (no process is working on it).
     pub state: String,
@@ -92,6 +93,10 @@ impl Pool {
         match sbt.kind {
             TRANSITION_SHRINK => self.shrink_progress(sbt),
             TRANSITION_RESYNC => ("resync", sbt.pos, self.s.thin.array.capacity()),
+            TRANSITION_REBUILD => {
+                let (done, total) = self.rebuild_progress(sbt);
+                ("rebuild", done, total)
+            }
             _ => ("reshape", sbt.pos, self.s.thin.array.capacity()),
         }
     }
@@ -174,6 +179,8 @@ impl Pool {
         }
         let moved = if sbt.kind == TRANSITION_SHRINK {
             self.shrink_step(&st, sbt, max_bytes)?
+        } else if sbt.kind == TRANSITION_REBUILD {
+            self.rebuild_step(&st, sbt, max_bytes)?
         } else {
             let t = st.transition.clone().ok_or_else(|| {
                 Error::Corrupt("array and metadata disagree on the layout change".into())
@@ -183,7 +190,7 @@ impl Pool {
                     resync_step(thin, &st, *member, sbt, max_bytes)?
                 }
                 TransitionKind::Restripe { old } => restripe_step(thin, &st, old, sbt, max_bytes)?,
-                TransitionKind::Shrink { .. } => {
+                TransitionKind::Shrink { .. } | TransitionKind::Rebuild { .. } => {
                     return Err(Error::Corrupt(
                         "array and metadata disagree on the layout change".into(),
                     ))

@@ -21,6 +21,7 @@
 //!    destroyed, and the transition is cleared.
 
 use super::create::write_label;
+use super::rebuild::copy_metadata_area;
 use super::reshape::{io, read_used};
 use super::Pool;
 use crate::cli::units::format_size;
@@ -470,32 +471,13 @@ impl Pool {
         let copies = new_label.members.len().min(MAX_META_COPIES);
         new_label.meta_copies = copies as u32;
         let mut meta = thin.meta.write();
-        let area = meta.layout().area_bytes();
-        let source = meta
-            .mirror
-            .copies()
-            .iter()
-            .find_map(|(_, d)| d.clone())
-            .ok_or_else(|| Error::Unavailable("no metadata copy present".into()))?;
         for (j, d) in members.iter().enumerate().take(copies) {
             let old_index = if j < k { j } else { j + 1 };
             let Some(d) = d else { continue };
             if old_index < old_copies {
                 continue;
             }
-            let mut buf = vec![0u8; 1 << 20];
-            let mut off = 0;
-            while off < area {
-                let n = (area - off).min(buf.len() as u64) as usize;
-                let at = label.meta_offset + off;
-                source
-                    .read_at(&mut buf[..n], at)
-                    .map_err(io("reading the metadata area"))?;
-                d.write_at(&buf[..n], at)
-                    .map_err(io("copying the metadata area"))?;
-                off += n as u64;
-            }
-            d.flush().map_err(io("copying the metadata area"))?;
+            copy_metadata_area(&meta, label.meta_offset, d)?;
         }
         meta.set_mirror(MetaMirror::new(
             (0..copies).map(|j| (j, members[j].clone())).collect(),

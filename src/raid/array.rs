@@ -1,13 +1,16 @@
 //! Data I/O over the members of an array: striping, mirroring, RAID5 parity
-//! (full-stripe writes without reads, read-modify-write otherwise) and
-//! degraded operation with one member missing.
+//! (full-stripe writes without reads, read-modify-write otherwise),
+//! degraded operation with one member missing, members failed while
+//! serving (see [`super::health`]) and rebuilds onto a replacement.
 
 use super::geometry::{Geometry, RaidLevel};
+use super::health::{Dir, Fault, FaultResult, Health};
 use super::parity::xor_into;
 use crate::device::DeviceRef;
 use parking_lot::{Mutex, RwLock};
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 const STRIPE_LOCKS: usize = 512;
 
@@ -15,6 +18,10 @@ pub struct Array {
     state: RwLock<ArrayState>,
     stripe_locks: Vec<Mutex<()>>,
     next_mirror: AtomicUsize,
+    health: Arc<Health>,
+    /// Devices of members failed while serving, by member index (for
+    /// status, `pool clear` and `pool replace` by path).
+    failed_devs: Mutex<Vec<(usize, DeviceRef)>>,
 }
 
 /// The members and their layout. Changes only while no I/O runs (the thin
@@ -43,6 +50,10 @@ pub enum TransitionKind {
     Restripe { old: Geometry },
     /// A new mirror being filled: written like the others, never read.
     Resync { member: usize },
+    /// A replacement for a failed member being filled from the others:
+    /// below `pos` it is in sync, at or past `pos` it is left out (raid5
+    /// reads reconstruct its units; writes skip it).
+    Rebuild { member: usize },
     /// Restripe onto one member fewer (`pool remove`), from the top down:
     /// bytes at or past `pos` are in the new layout, the rest in `old`,
     /// which also spans the leaving member `removed` (held in `dev`).
@@ -84,6 +95,17 @@ pub fn members_before_shrink(
     v
 }
 
+/// Tell `health` which members the array lacks.
+fn shape_of(health: &Health, st: &ArrayState) {
+    let absent = st
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| m.is_none() && *i < 64)
+        .fold(0u64, |acc, (i, _)| acc | (1 << i));
+    health.set_shape(st.geo.level, st.members.len(), absent);
+}
+
 fn missing(what: &str) -> io::Error {
     io::Error::other(format!("{what}: member missing and no redundancy left"))
 }
@@ -94,6 +116,12 @@ struct View<'a> {
     members: &'a [Option<DeviceRef>],
     /// A mirror not to read from (being resynced).
     no_read: Option<usize>,
+    /// A member left out entirely (not yet rebuilt at these addresses).
+    absent: Option<usize>,
+    /// Member indices are the pool's (not during a shrink): members may
+    /// be failed on errors.
+    tolerant: bool,
+    health: &'a Health,
     locks: &'a [Mutex<()>],
     next_mirror: &'a AtomicUsize,
 }
@@ -108,11 +136,75 @@ impl Array {
     }
 
     pub fn with_state(state: ArrayState) -> Array {
+        let health = Arc::new(Health::default());
+        shape_of(&health, &state);
         Array {
             state: RwLock::new(state),
             stripe_locks: (0..STRIPE_LOCKS).map(|_| Mutex::new(())).collect(),
             next_mirror: AtomicUsize::new(0),
+            health,
+            failed_devs: Mutex::new(Vec::new()),
         }
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Take members failed while serving out of the member list (caller
+    /// pauses I/O). Returns their indices.
+    pub fn absorb_failures(&self) -> Vec<usize> {
+        let mask = self.health.failed_mask();
+        if mask == 0 {
+            return Vec::new();
+        }
+        let mut st = self.state.write();
+        let mut out = Vec::new();
+        for (i, m) in st.members.iter_mut().enumerate() {
+            if i < 64 && mask & (1 << i) != 0 {
+                if let Some(dev) = m.take() {
+                    self.failed_devs.lock().push((i, dev));
+                    out.push(i);
+                }
+            }
+        }
+        shape_of(&self.health, &st);
+        out
+    }
+
+    /// Remember the device of a member kept out of service at assembly
+    /// (`pool clear` can rebuild onto it).
+    pub fn keep_failed_device(&self, member: usize, dev: DeviceRef) {
+        self.failed_devs.lock().push((member, dev));
+    }
+
+    /// The device a failed member had, if known.
+    pub fn failed_device(&self, member: usize) -> Option<DeviceRef> {
+        let devs = self.failed_devs.lock();
+        devs.iter()
+            .rev()
+            .find(|d| d.0 == member)
+            .map(|d| d.1.clone())
+    }
+
+    /// Put `dev` in as member `member` (a replacement or a cleared member)
+    /// with `transition` (its rebuild). Caller pauses I/O.
+    pub fn replace_member(&self, member: usize, dev: DeviceRef, transition: Option<Transition>) {
+        let mut st = self.state.write();
+        st.members[member] = Some(dev);
+        st.transition = transition;
+        self.failed_devs.lock().retain(|d| d.0 != member);
+        self.health.unfail(member);
+        shape_of(&self.health, &st);
+    }
+
+    /// Mark a member failed by hand (`pool fail`), as if its I/O failed.
+    pub fn fail_member(&self, member: usize, why: &str) {
+        let name = self.state.read().members[member]
+            .as_ref()
+            .map(|d| d.name())
+            .unwrap_or_default();
+        self.health.fail(member, &name, why);
     }
 
     /// A copy of the current state (cheap: members are shared handles).
@@ -122,6 +214,7 @@ impl Array {
 
     /// Replace the state. Callers make sure no I/O is in flight.
     pub fn set_state(&self, state: ArrayState) {
+        shape_of(&self.health, &state);
         *self.state.write() = state;
     }
 
@@ -152,6 +245,24 @@ impl Array {
         }
     }
 
+    fn view<'a>(
+        &'a self,
+        geo: &'a Geometry,
+        members: &'a [Option<DeviceRef>],
+        no_read: Option<usize>,
+    ) -> View<'a> {
+        View {
+            geo,
+            members,
+            no_read,
+            absent: None,
+            tolerant: true,
+            health: &self.health,
+            locks: &self.stripe_locks,
+            next_mirror: &self.next_mirror,
+        }
+    }
+
     fn check(&self, st: &ArrayState, offset: u64, len: usize) -> io::Result<()> {
         let cap = st.geo.capacity();
         if offset.checked_add(len as u64).is_none_or(|e| e > cap) {
@@ -172,19 +283,33 @@ impl Array {
     ) -> io::Result<()> {
         let st = self.state.read();
         self.check(&st, offset, len)?;
-        let view = |geo, members, no_read| View {
-            geo,
-            members,
-            no_read,
-            locks: &self.stripe_locks,
-            next_mirror: &self.next_mirror,
-        };
+        let view = |geo, members, no_read| self.view(geo, members, no_read);
         match &st.transition {
             None => f(&view(&st.geo, &st.members, None), offset, 0..len),
             Some(Transition {
                 kind: TransitionKind::Resync { member },
                 ..
             }) => f(&view(&st.geo, &st.members, Some(*member)), offset, 0..len),
+            Some(Transition {
+                kind: TransitionKind::Rebuild { member },
+                pos,
+            }) => {
+                let end = offset + len as u64;
+                let split = (*pos).clamp(offset, end);
+                if split > offset {
+                    let n = (split - offset) as usize;
+                    f(&view(&st.geo, &st.members, None), offset, 0..n)?;
+                }
+                if end > split {
+                    let a = (split - offset) as usize;
+                    let v = View {
+                        absent: Some(*member),
+                        ..view(&st.geo, &st.members, None)
+                    };
+                    f(&v, split, a..len)?;
+                }
+                Ok(())
+            }
             Some(Transition {
                 kind: TransitionKind::Restripe { old },
                 pos,
@@ -211,17 +336,18 @@ impl Array {
                 if split > offset {
                     let old_members = members_before_shrink(&st.members, *removed, dev);
                     let old_view = View {
-                        geo: old,
-                        members: &old_members,
-                        no_read: None,
-                        locks: &self.stripe_locks,
-                        next_mirror: &self.next_mirror,
+                        tolerant: false,
+                        ..self.view(old, &old_members, None)
                     };
                     f(&old_view, offset, 0..(split - offset) as usize)?;
                 }
                 if end > split {
                     let a = (split - offset) as usize;
-                    f(&view(&st.geo, &st.members, None), split, a..len)?;
+                    let new_view = View {
+                        tolerant: false,
+                        ..view(&st.geo, &st.members, None)
+                    };
+                    f(&new_view, split, a..len)?;
                 }
                 Ok(())
             }
@@ -233,14 +359,65 @@ impl Array {
     }
 
     pub fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.check_writable()?;
         self.dispatch(offset, buf.len(), |v, off, r| v.write(off, &buf[r]))
     }
 
+    /// Refuse writes once redundancy ran out (see [`Health::set_broken`]).
+    pub fn check_writable(&self) -> io::Result<()> {
+        match self.health.is_broken() {
+            false => Ok(()),
+            true => Err(io::Error::new(
+                io::ErrorKind::ReadOnlyFilesystem,
+                format!(
+                    "the pool is failed: {}",
+                    self.health.broken().unwrap_or_default()
+                ),
+            )),
+        }
+    }
+
+    /// Flush every member in use. A member whose flush fails is failed
+    /// like one whose write failed.
     pub fn flush(&self) -> io::Result<()> {
-        for dev in self.members().iter().flatten() {
-            dev.flush()?;
+        let members = self.members();
+        let st = self.state.read();
+        let shrinking = matches!(
+            st.transition,
+            Some(Transition {
+                kind: TransitionKind::Shrink { .. },
+                ..
+            })
+        );
+        let no_read = match st.transition {
+            Some(Transition {
+                kind: TransitionKind::Resync { member },
+                ..
+            }) => Some(member),
+            _ => None,
+        };
+        let view = View {
+            tolerant: !shrinking,
+            ..self.view(&st.geo, &members, no_read)
+        };
+        for m in 0..members.len() {
+            if let Some(dev) = view.dev(m) {
+                match view.io(m, dev, Dir::Write, || dev.flush()) {
+                    Ok(()) | Err(Fault::MemberFailed) => {}
+                    Err(Fault::Io(e)) => return Err(e),
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Rebuild member `target`'s bytes at member offsets `[moff, moff+len)`
+    /// from the other members (see [`TransitionKind::Rebuild`]). Caller
+    /// pauses client I/O.
+    pub fn rebuild(&self, target: usize, moff: u64, len: usize) -> io::Result<()> {
+        let st = self.state.read();
+        let view = self.view(&st.geo, &st.members, None);
+        view.degrading(|| view.rebuild(target, moff, len))
     }
 
     /// Best-effort discard of an array range (lets image files stay sparse).
@@ -254,13 +431,13 @@ impl Array {
         match st.geo.level {
             RaidLevel::Raid1 => {
                 for dev in st.members.iter().flatten() {
-                    dev.discard(st.geo.data_start + offset, len)?;
+                    let _ = dev.discard(st.geo.data_start + offset, len);
                 }
             }
             RaidLevel::Linear | RaidLevel::Raid0 => {
                 for e in st.geo.map(offset, len) {
                     if let Some(dev) = &st.members[e.member] {
-                        dev.discard(e.offset, e.len)?;
+                        let _ = dev.discard(e.offset, e.len);
                     }
                 }
             }
@@ -273,26 +450,95 @@ impl Array {
 
 impl View<'_> {
     fn dev(&self, m: usize) -> Option<&DeviceRef> {
+        if Some(m) == self.absent || (self.tolerant && self.health.is_failed(m)) {
+            return None;
+        }
         self.members[m].as_ref()
     }
 
+    /// Whether the array can go on without member `m` (which just failed).
+    fn can_fail(&self, m: usize) -> bool {
+        if !self.tolerant {
+            return false;
+        }
+        let others = (0..self.members.len()).filter(|&i| i != m);
+        match self.geo.level {
+            RaidLevel::Raid1 => others
+                .filter(|&i| Some(i) != self.no_read)
+                .any(|i| self.dev(i).is_some()),
+            RaidLevel::Raid5 => others.clone().all(|i| self.dev(i).is_some()),
+            RaidLevel::Linear | RaidLevel::Raid0 => false,
+        }
+    }
+
+    /// One member I/O, retried once. A member that fails twice is failed
+    /// when the array can do without it ([`Fault::MemberFailed`]: redo the
+    /// work degraded); otherwise the error stands, and a redundant pool
+    /// stops taking writes.
+    fn io(
+        &self,
+        m: usize,
+        dev: &DeviceRef,
+        dir: Dir,
+        f: impl FnMut() -> io::Result<()>,
+    ) -> FaultResult<()> {
+        let Err(e) = self.health.attempt(m, dir, f) else {
+            return Ok(());
+        };
+        if e.kind() == io::ErrorKind::InvalidInput {
+            return Err(Fault::Io(e));
+        }
+        if self.can_fail(m) {
+            self.health
+                .fail(m, &dev.name(), &format!("{dir:?} error: {e}"));
+            return Err(Fault::MemberFailed);
+        }
+        if self.tolerant && self.geo.level.tolerated_failures(self.members.len()) > 0 {
+            self.health.set_broken(format!(
+                "member {m} ({}) failed ({e}) and no redundancy is left; the pool takes no more writes",
+                dev.name()
+            ));
+        }
+        Err(Fault::Io(io::Error::new(
+            e.kind(),
+            format!("member {m} ({}): {e}", dev.name()),
+        )))
+    }
+
+    /// Run `f` until no member fails under it (each retry has one member
+    /// fewer, so this ends).
+    fn degrading(&self, mut f: impl FnMut() -> FaultResult<()>) -> io::Result<()> {
+        loop {
+            match f() {
+                Ok(()) => return Ok(()),
+                Err(Fault::MemberFailed) => continue,
+                Err(Fault::Io(e)) => return Err(e),
+            }
+        }
+    }
+
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.degrading(|| self.try_read(offset, buf))
+    }
+
+    fn try_read(&self, offset: u64, buf: &mut [u8]) -> FaultResult<()> {
         match self.geo.level {
             RaidLevel::Raid1 => self.read_mirror(offset, buf),
             RaidLevel::Linear | RaidLevel::Raid0 => {
                 for e in self.geo.map(offset, buf.len() as u64) {
                     let dev = self.dev(e.member).ok_or_else(|| missing("read"))?;
-                    let b = e.buf_offset as usize;
-                    dev.read_at(&mut buf[b..b + e.len as usize], e.offset)?;
+                    let piece = &mut buf[e.buf_offset as usize..(e.buf_offset + e.len) as usize];
+                    self.io(e.member, dev, Dir::Read, || dev.read_at(piece, e.offset))?;
                 }
                 Ok(())
             }
             RaidLevel::Raid5 => {
                 for e in self.geo.map(offset, buf.len() as u64) {
-                    let b = e.buf_offset as usize;
-                    let piece = &mut buf[b..b + e.len as usize];
+                    let piece = &mut buf[e.buf_offset as usize..(e.buf_offset + e.len) as usize];
                     match self.dev(e.member) {
-                        Some(dev) => dev.read_at(piece, e.offset)?,
+                        Some(dev) => {
+                            self.io(e.member, dev, Dir::Read, || dev.read_at(piece, e.offset))?
+                        }
                         None => self.reconstruct(e.member, e.offset, piece)?,
                     }
                 }
@@ -301,24 +547,25 @@ impl View<'_> {
         }
     }
 
-    fn read_mirror(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_mirror(&self, offset: u64, buf: &mut [u8]) -> FaultResult<()> {
         let n = self.members.len();
         let start = self.next_mirror.fetch_add(1, Ordering::Relaxed) % n;
         let moff = self.geo.data_start + offset;
-        let mut last_err = None;
         for i in 0..n {
             let m = (start + i) % n;
             if Some(m) == self.no_read {
                 continue;
             }
             if let Some(dev) = self.dev(m) {
-                match dev.read_at(buf, moff) {
+                match self.io(m, dev, Dir::Read, || dev.read_at(buf, moff)) {
                     Ok(()) => return Ok(()),
-                    Err(e) => last_err = Some(e),
+                    // Failed and marked: the next mirror serves the read.
+                    Err(Fault::MemberFailed) => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
-        Err(last_err.unwrap_or_else(|| missing("read")))
+        Err(missing("read").into())
     }
 
     fn lock(&self, stripe: u64) -> parking_lot::MutexGuard<'_, ()> {
@@ -327,17 +574,23 @@ impl View<'_> {
 
     /// Rebuild the bytes of a missing member at `moff` from all the others
     /// (data units and parity of the same stripe row).
-    fn reconstruct(&self, missing_member: usize, moff: u64, out: &mut [u8]) -> io::Result<()> {
+    fn reconstruct(&self, missing_member: usize, moff: u64, out: &mut [u8]) -> FaultResult<()> {
         let stripe = (moff - self.geo.data_start) / self.geo.stripe_unit;
         let _guard = self.lock(stripe);
+        self.xor_others(missing_member, moff, out)
+    }
+
+    /// `out` = XOR of every member but `skip` at member offset `moff`: the
+    /// content `skip` must have there. Caller holds the stripe lock.
+    fn xor_others(&self, skip: usize, moff: u64, out: &mut [u8]) -> FaultResult<()> {
         out.fill(0);
         let mut tmp = vec![0u8; out.len()];
         for m in 0..self.members.len() {
-            if m == missing_member {
+            if m == skip {
                 continue;
             }
             let dev = self.dev(m).ok_or_else(|| missing("degraded read"))?;
-            dev.read_at(&mut tmp, moff)?;
+            self.io(m, dev, Dir::Read, || dev.read_at(&mut tmp, moff))?;
             xor_into(out, &tmp);
         }
         Ok(())
@@ -345,28 +598,35 @@ impl View<'_> {
 
     fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         match self.geo.level {
-            RaidLevel::Raid1 => {
-                let moff = self.geo.data_start + offset;
-                let mut wrote = false;
-                for dev in self.members.iter().flatten() {
-                    dev.write_at(buf, moff)?;
-                    wrote = true;
-                }
-                if wrote {
-                    Ok(())
-                } else {
-                    Err(missing("write"))
-                }
-            }
-            RaidLevel::Linear | RaidLevel::Raid0 => {
+            RaidLevel::Raid1 => self.degrading(|| self.write_mirrors(offset, buf)),
+            RaidLevel::Linear | RaidLevel::Raid0 => self.degrading(|| {
                 for e in self.geo.map(offset, buf.len() as u64) {
                     let dev = self.dev(e.member).ok_or_else(|| missing("write"))?;
-                    let b = e.buf_offset as usize;
-                    dev.write_at(&buf[b..b + e.len as usize], e.offset)?;
+                    let piece = &buf[e.buf_offset as usize..(e.buf_offset + e.len) as usize];
+                    self.io(e.member, dev, Dir::Write, || dev.write_at(piece, e.offset))?;
                 }
                 Ok(())
-            }
+            }),
             RaidLevel::Raid5 => self.write_raid5(offset, buf),
+        }
+    }
+
+    fn write_mirrors(&self, offset: u64, buf: &[u8]) -> FaultResult<()> {
+        let moff = self.geo.data_start + offset;
+        let mut wrote = false;
+        for m in 0..self.members.len() {
+            if let Some(dev) = self.dev(m) {
+                match self.io(m, dev, Dir::Write, || dev.write_at(buf, moff)) {
+                    Ok(()) => wrote = true,
+                    Err(Fault::MemberFailed) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if wrote {
+            Ok(())
+        } else {
+            Err(missing("write").into())
         }
     }
 
@@ -379,18 +639,21 @@ impl View<'_> {
             let stripe_end = ((stripe + 1) * width).min(end);
             let piece = &buf[(pos - offset) as usize..(stripe_end - offset) as usize];
             let _guard = self.lock(stripe);
-            if pos.is_multiple_of(width) && piece.len() as u64 == width {
-                self.write_full_stripe(stripe, piece)?;
-            } else {
-                self.write_partial_stripe(pos, piece)?;
-            }
+            // Redone whole when a member fails under it: see write_partial_stripe.
+            self.degrading(|| {
+                if pos.is_multiple_of(width) && piece.len() as u64 == width {
+                    self.write_full_stripe(stripe, piece)
+                } else {
+                    self.write_partial_stripe(pos, piece)
+                }
+            })?;
             pos = stripe_end;
         }
         Ok(())
     }
 
     /// Full-stripe write: parity from the new data alone, no reads.
-    fn write_full_stripe(&self, stripe: u64, data: &[u8]) -> io::Result<()> {
+    fn write_full_stripe(&self, stripe: u64, data: &[u8]) -> FaultResult<()> {
         let su = self.geo.stripe_unit as usize;
         let moff = self.geo.data_start + stripe * self.geo.stripe_unit;
         let mut parity = data[..su].to_vec();
@@ -398,12 +661,14 @@ impl View<'_> {
             xor_into(&mut parity, unit);
         }
         for (d, unit) in data.chunks(su).enumerate() {
-            if let Some(dev) = self.dev(self.geo.data_member(stripe, d as u64)) {
-                dev.write_at(unit, moff)?;
+            let m = self.geo.data_member(stripe, d as u64);
+            if let Some(dev) = self.dev(m) {
+                self.io(m, dev, Dir::Write, || dev.write_at(unit, moff))?;
             }
         }
-        if let Some(dev) = self.dev(self.geo.parity_member(stripe)) {
-            dev.write_at(&parity, moff)?;
+        let pm = self.geo.parity_member(stripe);
+        if let Some(dev) = self.dev(pm) {
+            self.io(pm, dev, Dir::Write, || dev.write_at(&parity, moff))?;
         }
         Ok(())
     }
@@ -412,43 +677,74 @@ impl View<'_> {
     /// stripe lock. Healthy: new parity = old parity ^ old data ^ new data.
     /// Data member missing: parity = new data ^ the other data units.
     /// Parity member missing: write the data only.
-    fn write_partial_stripe(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+    /// Redoing it after a member failed halfway is safe: a piece whose data
+    /// and parity were both written reads back as new data, and the
+    /// healthy formula then leaves its parity unchanged.
+    fn write_partial_stripe(&self, offset: u64, buf: &[u8]) -> FaultResult<()> {
         for e in self.geo.map(offset, buf.len() as u64) {
             let stripe = (e.offset - self.geo.data_start) / self.geo.stripe_unit;
             let pm = self.geo.parity_member(stripe);
             let b = e.buf_offset as usize;
             let new = &buf[b..b + e.len as usize];
-            let data_dev = self.dev(e.member);
-            let parity_dev = self.dev(pm);
-            match (data_dev, parity_dev) {
+            let (dm, at) = (e.member, e.offset);
+            match (self.dev(dm), self.dev(pm)) {
                 (Some(dd), Some(pd)) => {
                     let mut parity = vec![0u8; new.len()];
                     let mut old = vec![0u8; new.len()];
-                    pd.read_at(&mut parity, e.offset)?;
-                    dd.read_at(&mut old, e.offset)?;
+                    self.io(pm, pd, Dir::Read, || pd.read_at(&mut parity, at))?;
+                    self.io(dm, dd, Dir::Read, || dd.read_at(&mut old, at))?;
                     xor_into(&mut parity, &old);
                     xor_into(&mut parity, new);
-                    dd.write_at(new, e.offset)?;
-                    pd.write_at(&parity, e.offset)?;
+                    self.io(dm, dd, Dir::Write, || dd.write_at(new, at))?;
+                    self.io(pm, pd, Dir::Write, || pd.write_at(&parity, at))?;
                 }
-                (Some(dd), None) => dd.write_at(new, e.offset)?,
+                (Some(dd), None) => self.io(dm, dd, Dir::Write, || dd.write_at(new, at))?,
                 (None, Some(pd)) => {
                     let mut parity = new.to_vec();
                     let mut tmp = vec![0u8; new.len()];
                     for m in 0..self.members.len() {
-                        if m == e.member || m == pm {
+                        if m == dm || m == pm {
                             continue;
                         }
                         let dev = self.dev(m).ok_or_else(|| missing("degraded write"))?;
-                        dev.read_at(&mut tmp, e.offset)?;
+                        self.io(m, dev, Dir::Read, || dev.read_at(&mut tmp, at))?;
                         xor_into(&mut parity, &tmp);
                     }
-                    pd.write_at(&parity, e.offset)?;
+                    self.io(pm, pd, Dir::Write, || pd.write_at(&parity, at))?;
                 }
-                (None, None) => return Err(missing("degraded write")),
+                (None, None) => return Err(missing("degraded write").into()),
             }
         }
         Ok(())
+    }
+
+    /// Rewrite member `target`'s rows `[moff, moff + len)` from the others:
+    /// a copy of a mirror (raid1) or the XOR of the rest of each stripe
+    /// row (raid5). Caller pauses client I/O.
+    fn rebuild(&self, target: usize, moff: u64, len: usize) -> FaultResult<()> {
+        let dev = self.members[target]
+            .as_ref()
+            .ok_or_else(|| missing("rebuild target"))?;
+        let mut buf = vec![0u8; len];
+        match self.geo.level {
+            RaidLevel::Raid1 => {
+                let src = (0..self.members.len())
+                    .filter(|&m| m != target && Some(m) != self.no_read)
+                    .find(|&m| self.dev(m).is_some())
+                    .ok_or_else(|| missing("rebuild source"))?;
+                let Some(s) = self.dev(src) else {
+                    return Err(missing("rebuild source").into());
+                };
+                self.io(src, s, Dir::Read, || s.read_at(&mut buf, moff))?;
+            }
+            RaidLevel::Raid5 => self.xor_others(target, moff, &mut buf)?,
+            RaidLevel::Linear | RaidLevel::Raid0 => {
+                return Err(Fault::Io(io::Error::other(
+                    "linear and raid0 arrays have no redundancy to rebuild from",
+                )))
+            }
+        }
+        self.io(target, dev, Dir::Write, || dev.write_at(&buf, moff))
     }
 }
 

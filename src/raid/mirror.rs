@@ -4,14 +4,20 @@
 //! a read tries the copies in turn until the caller's validator accepts one,
 //! then rewrites the copies that failed validation (repair on read).
 
+use super::health::{Dir, Health};
 use crate::device::DeviceRef;
 use parking_lot::Mutex;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 pub struct MetaMirror {
     /// (member index in the pool, device); `None` when missing.
     copies: Vec<(usize, Option<DeviceRef>)>,
+    /// The array's member health: copies on failed members are skipped,
+    /// and a copy that cannot be written fails its member when the array
+    /// can do without it.
+    health: Arc<Health>,
     repaired: AtomicU64,
     /// Every copy found damaged, and whether it was rewritten: never silent.
     events: Mutex<Vec<String>>,
@@ -24,17 +30,64 @@ impl MetaMirror {
     pub fn new(copies: Vec<(usize, Option<DeviceRef>)>) -> MetaMirror {
         MetaMirror {
             copies,
+            health: Arc::new(Health::default()),
             repaired: AtomicU64::new(0),
             events: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Share the array's member health (see the field).
+    pub fn attach(&mut self, health: Arc<Health>) {
+        self.health = health;
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     pub fn copies(&self) -> &[(usize, Option<DeviceRef>)] {
         &self.copies
     }
 
+    /// Copies in use: present, on members not failed.
+    fn live(&self) -> impl Iterator<Item = (usize, &DeviceRef)> {
+        self.copies.iter().filter_map(|(m, d)| match d {
+            Some(d) if !self.health.is_failed(*m) => Some((*m, d)),
+            _ => None,
+        })
+    }
+
     pub fn present(&self) -> usize {
-        self.copies.iter().filter(|c| c.1.is_some()).count()
+        self.live().count()
+    }
+
+    /// Run `f` on every live copy; a copy that fails twice fails its
+    /// member if the array can do without it, else the error stands.
+    fn each_copy(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&DeviceRef) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut done = 0;
+        for (m, dev) in self.live() {
+            match self.health.attempt(m, Dir::Write, || f(dev)) {
+                Ok(()) => done += 1,
+                Err(e) if e.kind() != io::ErrorKind::InvalidInput && self.health.may_fail(m) => {
+                    self.health
+                        .fail(m, &dev.name(), &format!("metadata {what} error: {e}"));
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("metadata copy on member {m} ({}): {e}", dev.name()),
+                    ))
+                }
+            }
+        }
+        if done == 0 {
+            return Err(io::Error::other("no copy of the metadata area is present"));
+        }
+        Ok(())
     }
 
     /// Copies rewritten because they failed validation.
@@ -48,22 +101,11 @@ impl MetaMirror {
     }
 
     pub fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        let mut wrote = 0;
-        for dev in self.copies.iter().filter_map(|c| c.1.as_ref()) {
-            dev.write_at(buf, offset)?;
-            wrote += 1;
-        }
-        if wrote == 0 {
-            return Err(io::Error::other("no copy of the metadata area is present"));
-        }
-        Ok(())
+        self.each_copy("write", |dev| dev.write_at(buf, offset))
     }
 
     pub fn flush(&self) -> io::Result<()> {
-        for dev in self.copies.iter().filter_map(|c| c.1.as_ref()) {
-            dev.flush()?;
-        }
-        Ok(())
+        self.each_copy("flush", |dev| dev.flush())
     }
 
     /// Read `buf.len()` bytes at `offset` from the first copy the validator
@@ -78,9 +120,11 @@ impl MetaMirror {
     ) -> Result<(), String> {
         let mut failures = Vec::new();
         let mut bad = Vec::new();
-        for (member, dev) in &self.copies {
-            let Some(dev) = dev else { continue };
-            match dev.read_at(buf, offset) {
+        for (member, dev) in self.live() {
+            match self
+                .health
+                .attempt(member, Dir::Read, || dev.read_at(buf, offset))
+            {
                 Ok(()) => match valid(buf) {
                     Ok(()) => {
                         let mut events = self.events.lock();

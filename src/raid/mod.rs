@@ -4,6 +4,7 @@
 
 mod array;
 mod geometry;
+pub mod health;
 mod mirror;
 pub mod parity;
 

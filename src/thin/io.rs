@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::meta::btree;
 use crate::meta::codec::{get_u64, put_u64};
 use crate::meta::store::{mapping_spec, MetaStore};
+use crate::meta::superblock::MEMBER_FAILED;
 use crate::meta::VolumeRoot;
 use crate::raid::Array;
 use parking_lot::{RwLock, RwLockReadGuard};
@@ -40,7 +41,8 @@ pub(super) fn encode_mapping(phys: u64) -> [u8; 16] {
 }
 
 impl ThinPool {
-    pub fn new(array: Array, meta: MetaStore, chunk_size: u64) -> ThinPool {
+    pub fn new(array: Array, mut meta: MetaStore, chunk_size: u64) -> ThinPool {
+        meta.mirror.attach(array.health().clone());
         ThinPool {
             array,
             meta: RwLock::new(meta),
@@ -266,11 +268,21 @@ impl ThinPool {
         self.array
             .flush()
             .map_err(|e| Error::io("flushing data", e))?;
-        let released = {
+        let mut released = Vec::new();
+        // A member that fails during a commit misses it: commit again at
+        // once, so the superblock says so before anything else happens.
+        loop {
             let mut meta = self.meta.write();
+            self.array.health().take_unrecorded();
+            for m in self.array.absorb_failures() {
+                meta.set_member_state(m, MEMBER_FAILED);
+            }
             meta.commit()?;
-            meta.data.take_released()
-        };
+            released.extend(meta.data.take_released());
+            if !self.array.health().has_unrecorded() {
+                break;
+            }
+        }
         // No committed state refers to these chunks any more: let the members
         // reclaim the space (image files get sparse again). Best effort.
         let cs = self.chunk_size;

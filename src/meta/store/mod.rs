@@ -250,8 +250,9 @@ impl MetaStore {
     }
 
     pub fn set_member_state(&mut self, member: usize, state: u8) {
-        if member < self.member_states.len() {
+        if member < self.member_states.len() && self.member_states[member] != state {
             self.member_states[member] = state;
+            self.shape_dirty = true;
         }
     }
 
@@ -297,8 +298,14 @@ impl MetaStore {
 
     /// Replace the set of members holding the metadata area (after the
     /// area was copied to any new one).
-    pub fn set_mirror(&mut self, mirror: MetaMirror) {
+    /// Use another set of metadata copies (keeping the member health).
+    pub fn set_mirror(&mut self, mut mirror: MetaMirror) {
+        mirror.attach(self.mirror.health().clone());
         self.mirror = mirror;
+    }
+
+    pub fn mirror(&self) -> &MetaMirror {
+        &self.mirror
     }
 
     /// Every volume and snapshot id with a mapping tree.

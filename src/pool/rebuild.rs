@@ -1,0 +1,408 @@
+//! Member failure and rebuild: `pool fail` (as `mdadm --fail`), `pool
+//! replace` (a new device takes a failed member's place and is rebuilt
+//! from the others in the background), `pool clear` (reset error counters;
+//! a failed member that is back is rebuilt in place).
+//!
+//! A rebuild is a transition of kind REBUILD with a checkpoint `pos`: array
+//! bytes below it are in sync on the new member, the rest are served from
+//! redundancy (raid5 reconstructs the member's units, writes skip it).
+//! Each step rebuilds the stripe rows of the chunks in use in the next
+//! range (a thin pool rebuilds only what it stores), flushes, and commits
+//! `pos`; a crash resumes from the last commit. The replacement holds a
+//! metadata copy only once the rebuild ends: until then it is left out of
+//! the metadata mirror, and its copy is written last.
+
+use super::create::{read_label, write_label};
+use super::layout::member_data;
+use super::reshape::io;
+use super::Pool;
+use crate::device::DeviceRef;
+use crate::error::{Error, Result};
+use crate::meta::label::{Label, PoolState};
+use crate::meta::superblock::{
+    SbTransition, MEMBER_FAILED, MEMBER_ONLINE, MEMBER_REBUILDING, MEMBER_STALE, PHASE_MAIN,
+    TRANSITION_REBUILD,
+};
+use crate::meta::MetaStore;
+use crate::raid::{ArrayState, MetaMirror, RaidLevel, Transition, TransitionKind};
+
+/// Copy the whole metadata area from a live copy to `dest`, durably.
+/// Caller holds the metadata lock for write (no block changes meanwhile).
+pub(super) fn copy_metadata_area(
+    meta: &MetaStore,
+    meta_offset: u64,
+    dest: &DeviceRef,
+) -> Result<()> {
+    let area = meta.layout().area_bytes();
+    let health = meta.mirror().health().clone();
+    let source = meta
+        .mirror()
+        .copies()
+        .iter()
+        .find_map(|(m, d)| d.clone().filter(|_| !health.is_failed(*m)))
+        .ok_or_else(|| Error::Unavailable("no metadata copy present".into()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < area {
+        let n = (area - off).min(buf.len() as u64) as usize;
+        let at = meta_offset + off;
+        source
+            .read_at(&mut buf[..n], at)
+            .map_err(io("reading the metadata area"))?;
+        dest.write_at(&buf[..n], at)
+            .map_err(io("copying the metadata area"))?;
+        off += n as u64;
+    }
+    dest.flush().map_err(io("copying the metadata area"))
+}
+
+/// The metadata copies of a pool: members `0..copies`, leaving out a
+/// member being rebuilt (its area is written when the rebuild ends).
+pub(crate) fn mirror_for(
+    label: &Label,
+    members: &[Option<DeviceRef>],
+    rebuilding: Option<usize>,
+) -> MetaMirror {
+    MetaMirror::new(
+        (0..label.meta_copies as usize)
+            .map(|i| (i, members[i].clone().filter(|_| Some(i) != rebuilding)))
+            .collect(),
+    )
+}
+
+fn rebuild_record(k: usize, n: usize) -> SbTransition {
+    SbTransition {
+        kind: TRANSITION_REBUILD,
+        old_members: n as u32,
+        removed: k as u32,
+        pos: 0,
+        phase: PHASE_MAIN,
+        backup_offset: 0,
+        backup_len: 0,
+    }
+}
+
+impl Pool {
+    /// The member whose device is at `path` (present, or failed while this
+    /// process served it).
+    pub fn member_by_path(&self, path: &std::path::Path) -> Option<usize> {
+        let abs = crate::cli::absolute(path);
+        let same = |d: &DeviceRef| crate::cli::absolute(std::path::Path::new(&d.name())) == abs;
+        let devs = self.member_devices();
+        (0..devs.len()).find(|&i| {
+            devs[i].as_ref().is_some_and(same)
+                || self.s.thin.array.failed_device(i).is_some_and(|d| same(&d))
+        })
+    }
+
+    /// Members not in service (missing, stale or failed).
+    pub fn members_out(&self) -> Vec<usize> {
+        let devs = self.member_devices();
+        (0..devs.len())
+            .filter(|&i| devs[i].is_none() || self.s.thin.array.health().is_failed(i))
+            .collect()
+    }
+
+    fn redundant_or_refuse(&self, what: &str) -> Result<RaidLevel> {
+        let level = self.label().level;
+        if level.tolerated_failures(self.label().member_count()) == 0 {
+            return Err(Error::Invalid(format!(
+                "pool '{}' is {level}: it has no redundancy to {what}; `vpool pool remove` moves data off a member instead",
+                self.name()
+            )));
+        }
+        Ok(level)
+    }
+
+    /// Mark member `k` failed by hand (`pool fail`, as `mdadm --fail`):
+    /// the pool runs degraded without it until it is replaced or cleared.
+    pub fn fail_member(&self, k: usize) -> Result<String> {
+        let _ops = self.s.ops.lock();
+        self.redundant_or_refuse("lose a member")?;
+        let name = self.name();
+        let thin = &self.s.thin;
+        let dev = thin.array.members().get(k).cloned().flatten();
+        let health = thin.array.health();
+        let Some(dev) = dev.filter(|_| !health.is_failed(k)) else {
+            return Err(Error::Invalid(format!(
+                "member {k} of pool '{name}' is already out of service"
+            )));
+        };
+        let sbt = thin.meta.read().transition();
+        let rebuilding_k =
+            sbt.is_some_and(|t| t.kind == TRANSITION_REBUILD && t.removed as usize == k);
+        if sbt.is_some() && !rebuilding_k {
+            return Err(Error::InUse(format!(
+                "pool '{name}' is changing its layout; fail a member when `vpool pool status {name}` shows no job"
+            )));
+        }
+        if !rebuilding_k && !health.may_fail(k) {
+            return Err(Error::Invalid(format!(
+                "pool '{name}' would lose data without {}: other members are already out of service ({}); replace them first",
+                dev.name(),
+                self.members_out()
+                    .iter()
+                    .map(|i| format!("member {i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let _gate = thin.gate.write();
+        thin.array.fail_member(k, "failed by `vpool pool fail`");
+        if rebuilding_k {
+            thin.meta.write().set_transition(None);
+            thin.array.set_transition(None);
+        }
+        thin.commit_locked()?;
+        Ok(format!(
+            "member {k} ({}) of pool '{name}' is failed; the pool runs degraded: `vpool pool replace {name} {} NEW-DEVICE` rebuilds onto a new device",
+            dev.name(),
+            dev.name()
+        ))
+    }
+
+    /// Put `dev` in place of member `k` (failed, missing or stale; an
+    /// online member is failed first) and start rebuilding it.
+    pub fn replace_member(
+        &self,
+        k: usize,
+        dev: DeviceRef,
+        force: bool,
+    ) -> Result<(String, Vec<String>)> {
+        let name = self.name();
+        let mut warnings = Vec::new();
+        if self
+            .member_devices()
+            .iter()
+            .flatten()
+            .any(|m| m.name() == dev.name())
+        {
+            return Err(Error::Exists(format!(
+                "{} is already a member of pool '{name}'",
+                dev.name()
+            )));
+        }
+        let label = self.label();
+        if let Ok(l) = read_label(&dev) {
+            let listed = label.members.iter().any(|m| m.uuid == l.member_uuid);
+            if l.pool_uuid == label.pool_uuid && listed {
+                return Err(Error::Exists(format!(
+                    "{} is already a member of pool '{name}'",
+                    dev.name()
+                )));
+            }
+            if l.state != PoolState::Destroyed && l.pool_uuid != label.pool_uuid && !force {
+                return Err(Error::InUse(format!(
+                    "{} belongs to pool '{}'; destroy that pool first or pass --force to overwrite it",
+                    dev.name(),
+                    l.pool_name
+                )));
+            }
+        }
+        let geo = self.s.thin.array.geometry();
+        let need = geo.member_data.get(k).copied().unwrap_or(0);
+        if member_data(dev.size(), geo.data_start, geo.stripe_unit) < need {
+            return Err(Error::Invalid(format!(
+                "{} ({} bytes) is smaller than member {k} of '{name}' needs: use a device of at least {} bytes",
+                dev.name(),
+                dev.size(),
+                geo.data_start + need + crate::meta::codec::BLOCK_SIZE as u64
+            )));
+        }
+        if !self.members_out().contains(&k) {
+            self.fail_member(k)?;
+            warnings.push(format!(
+                "member {k} was in service: it is failed first, so the pool has less redundancy until the rebuild ends"
+            ));
+        }
+        let mut new_label = label.clone();
+        new_label.members[k].uuid = *uuid::Uuid::new_v4().as_bytes();
+        new_label.generation += 1;
+        let msg = self.start_rebuild(k, dev, Some(new_label))?;
+        Ok((msg, warnings))
+    }
+
+    /// Reset member `k`'s error counters (`pool clear`). A member out of
+    /// service whose device is still attached is rebuilt in place.
+    pub fn clear_member(&self, k: usize) -> Result<String> {
+        let name = self.name();
+        let thin = &self.s.thin;
+        thin.array.health().clear_errors(k);
+        if !self.members_out().contains(&k) {
+            return Ok(format!(
+                "error counters of member {k} of pool '{name}' reset"
+            ));
+        }
+        let Some(dev) = thin.array.failed_device(k) else {
+            return Err(Error::Unavailable(format!(
+                "member {k} of pool '{name}' is missing: attach its device and restart, or `vpool pool replace {name}` it"
+            )));
+        };
+        self.redundant_or_refuse("rebuild from")?;
+        let msg = self.start_rebuild(k, dev, None)?;
+        Ok(format!("error counters reset; {msg}"))
+    }
+
+    /// Record the rebuild of member `k` onto `dev`, then give `dev` the
+    /// member's label (with `new_label`'s member table when it is a new
+    /// device). The order makes a crash in between safe: a recorded
+    /// rebuild whose labels still name the old device rebuilds onto that
+    /// device if it is present, and waits for a member otherwise.
+    fn start_rebuild(&self, k: usize, dev: DeviceRef, new_label: Option<Label>) -> Result<String> {
+        let _ops = self.s.ops.lock();
+        let name = self.name();
+        let thin = &self.s.thin;
+        if thin
+            .meta
+            .read()
+            .transition()
+            .is_some_and(|t| t.kind != TRANSITION_REBUILD)
+        {
+            return Err(Error::InUse(format!(
+                "pool '{name}' is changing its layout; wait for `vpool pool status {name}` to show no job"
+            )));
+        }
+        let level = self.redundant_or_refuse("rebuild from")?;
+        let others_out = self.members_out().into_iter().filter(|&i| i != k).count();
+        let n = self.label().member_count();
+        if others_out > 0 && (level == RaidLevel::Raid5 || others_out + 1 >= n) {
+            return Err(Error::Unavailable(format!(
+                "pool '{name}' has other members out of service: nothing left to rebuild member {k} from"
+            )));
+        }
+        let _gate = thin.gate.write();
+        thin.commit_locked()?;
+        let sbt = rebuild_record(k, n);
+        let rebuild = Transition {
+            kind: TransitionKind::Rebuild { member: k },
+            pos: 0,
+        };
+        {
+            let mut meta = thin.meta.write();
+            meta.set_transition(Some(sbt));
+            meta.set_member_state(k, MEMBER_REBUILDING);
+            let mirror = mirror_for(&self.label(), &thin.array.members(), Some(k));
+            meta.set_mirror(mirror);
+        }
+        thin.array.set_transition(Some(rebuild.clone()));
+        thin.commit_locked()?;
+        let label = new_label.unwrap_or_else(|| self.label());
+        write_label(&dev, &label.for_member(k, dev.size()))?;
+        for (i, d) in thin.array.members().iter().enumerate() {
+            if let (Some(d), true) = (d, i != k) {
+                write_label(d, &label.for_member(i, d.size()))?;
+            }
+        }
+        *self.s.label.write() = label;
+        let shown = dev.name();
+        thin.array.replace_member(k, dev, Some(rebuild));
+        Ok(format!(
+            "rebuilding member {k} of pool '{name}' onto {shown} in the background"
+        ))
+    }
+
+    /// (bytes done, bytes in all) of a rebuild.
+    pub(super) fn rebuild_progress(&self, sbt: &SbTransition) -> (u64, u64) {
+        (sbt.pos, self.s.thin.array.capacity())
+    }
+
+    /// One step of a rebuild: the rows of the chunks in use in the next
+    /// `max_bytes` of the array. Returns the bytes rebuilt.
+    pub(super) fn rebuild_step(
+        &self,
+        st: &ArrayState,
+        mut sbt: SbTransition,
+        max_bytes: u64,
+    ) -> Result<u64> {
+        let thin = &self.s.thin;
+        let k = sbt.removed as usize;
+        let geo = &st.geo;
+        let cs = thin.chunk_size;
+        let total = geo.capacity();
+        let width = geo.stripe_width();
+        let target = st.members[k]
+            .clone()
+            .ok_or_else(|| Error::Unavailable(format!("member {k}, being rebuilt, is missing")))?;
+        // Steps end on stripe rows, so no row is half in sync.
+        let from = sbt.pos;
+        let to = (from + max_bytes.max(cs))
+            .div_ceil(width)
+            .saturating_mul(width)
+            .min(total);
+        let mut moved = 0;
+        let mut c = from / cs;
+        while c * cs < to {
+            if !thin.meta.read().data.in_use(c) {
+                c += 1;
+                continue;
+            }
+            let start = c;
+            while (c * cs) < to && thin.meta.read().data.in_use(c) {
+                c += 1;
+            }
+            let (a0, a1) = ((start * cs).max(from), (c * cs).min(to));
+            let (r0, r1) = (a0 / width, a1.div_ceil(width));
+            let unit = match geo.level {
+                RaidLevel::Raid1 => width,
+                _ => geo.stripe_unit,
+            };
+            let mut m0 = geo.data_start + r0 * unit;
+            let m1 = (geo.data_start + r1 * unit).min(geo.data_start + geo.member_data[k]);
+            while m0 < m1 {
+                let len = (m1 - m0).min(4 << 20);
+                thin.array
+                    .rebuild(k, m0, len as usize)
+                    .map_err(io("rebuilding"))?;
+                m0 += len;
+            }
+            moved += a1 - a0;
+        }
+        if thin.array.health().is_failed(k) {
+            return Err(Error::Unavailable(format!(
+                "the new member {k} ({}) failed during its rebuild; replace it with another device",
+                target.name()
+            )));
+        }
+        target.flush().map_err(io("flushing the rebuilt member"))?;
+        sbt.pos = to;
+        if to >= total {
+            self.finish_rebuild(k, &target)?;
+        } else {
+            thin.meta.write().set_transition(Some(sbt));
+            thin.array.set_transition(Some(Transition {
+                kind: TransitionKind::Rebuild { member: k },
+                pos: to,
+            }));
+            thin.commit_locked()?;
+        }
+        Ok(moved)
+    }
+
+    /// Every row is in sync: the member gets its metadata copy (if it
+    /// holds one) and goes back in service.
+    fn finish_rebuild(&self, k: usize, target: &DeviceRef) -> Result<()> {
+        let thin = &self.s.thin;
+        let label = self.label();
+        {
+            let mut meta = thin.meta.write();
+            if k < label.meta_copies as usize {
+                copy_metadata_area(&meta, label.meta_offset, target)?;
+            }
+            let mirror = mirror_for(&label, &thin.array.members(), None);
+            meta.set_mirror(mirror);
+            meta.set_transition(None);
+            meta.set_member_state(k, MEMBER_ONLINE);
+        }
+        thin.array.set_transition(None);
+        thin.commit_locked()
+    }
+}
+
+/// Whether a member in `state` is kept out of service at assembly.
+pub(crate) fn out_of_service(state: Option<&u8>) -> Option<&'static str> {
+    match state {
+        Some(&MEMBER_STALE) => Some("stale: it was missing while the pool was written"),
+        Some(&MEMBER_FAILED) => Some("failed (I/O errors or `vpool pool fail`)"),
+        _ => None,
+    }
+}

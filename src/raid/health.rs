@@ -1,0 +1,223 @@
+//! Member health: I/O error counters, members failed while serving, and the
+//! pool's failed state when redundancy runs out. Shared by the data path
+//! ([`super::Array`]) and the metadata mirror, checked on every member I/O
+//! (one atomic load), changed only on errors.
+//!
+//! A member I/O that fails is retried once. If it fails again and the array
+//! can do without the member, the member is marked failed: from then on it
+//! is treated as missing (reads reconstruct, writes go to the survivors),
+//! and the next commit records it in the superblock. If the array cannot do
+//! without it, the I/O fails with EIO, and on a redundant level the pool
+//! stops accepting writes (`broken`): never silent garbage.
+
+use super::RaidLevel;
+use parking_lot::Mutex;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Most members a pool can have (one bit each in the failed mask).
+const SLOTS: usize = 64;
+
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorCounts {
+    pub read: u64,
+    pub write: u64,
+    /// Data whose checksum did not match (found by reads and scrubs).
+    pub checksum: u64,
+}
+
+pub struct Health {
+    failed: AtomicU64,
+    /// Level, member count and members missing from the member list: what
+    /// decides whether one more member may fail.
+    shape: Mutex<(Option<RaidLevel>, usize, u64)>,
+    /// A failure not yet recorded in the superblock.
+    unrecorded: AtomicBool,
+    read_errors: Vec<AtomicU64>,
+    write_errors: Vec<AtomicU64>,
+    checksum_errors: Vec<AtomicU64>,
+    /// Why the pool refuses writes (redundancy exhausted), if it does.
+    broken: Mutex<Option<String>>,
+    is_broken: AtomicBool,
+    /// Failures, in order, for logs and `pool status`.
+    events: Mutex<Vec<String>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        let counters = || (0..SLOTS).map(|_| AtomicU64::new(0)).collect();
+        Health {
+            failed: AtomicU64::new(0),
+            shape: Mutex::new((None, 0, 0)),
+            unrecorded: AtomicBool::new(false),
+            read_errors: counters(),
+            write_errors: counters(),
+            checksum_errors: counters(),
+            broken: Mutex::new(None),
+            is_broken: AtomicBool::new(false),
+            events: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// Which way an I/O went, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    Read,
+    Write,
+}
+
+impl Health {
+    pub fn is_failed(&self, member: usize) -> bool {
+        member < SLOTS && self.failed.load(Ordering::Acquire) & (1 << member) != 0
+    }
+
+    /// Members failed while serving, as a bit mask.
+    pub fn failed_mask(&self) -> u64 {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Record the array's level and which members it lacks.
+    pub fn set_shape(&self, level: RaidLevel, members: usize, absent: u64) {
+        *self.shape.lock() = (Some(level), members, absent);
+    }
+
+    /// Whether the array keeps every byte without `member` (and without
+    /// the members already missing or failed).
+    pub fn may_fail(&self, member: usize) -> bool {
+        let (level, n, absent) = *self.shape.lock();
+        let gone = absent | self.failed_mask();
+        let bit = 1u64.checked_shl(member as u32).unwrap_or(0);
+        if gone & bit != 0 {
+            return true;
+        }
+        match level {
+            Some(RaidLevel::Raid1) => ((gone | bit).count_ones() as usize) < n,
+            Some(RaidLevel::Raid5) => gone == 0,
+            _ => false,
+        }
+    }
+
+    /// Mark `member` failed. Returns false if it already was.
+    pub fn fail(&self, member: usize, dev: &str, why: &str) -> bool {
+        if member >= SLOTS {
+            return false;
+        }
+        let bit = 1u64 << member;
+        if self.failed.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+            return false;
+        }
+        self.unrecorded.store(true, Ordering::Release);
+        let msg = format!("member {member} ({dev}) FAILED: {why}; the pool runs degraded");
+        eprintln!("vpool: {msg}");
+        self.events.lock().push(msg);
+        true
+    }
+
+    /// Forget a failure (the member was replaced or brought back).
+    pub fn unfail(&self, member: usize) {
+        if member < SLOTS {
+            self.failed.fetch_and(!(1u64 << member), Ordering::AcqRel);
+        }
+    }
+
+    /// Failures not yet in the superblock (clears the flag).
+    pub fn take_unrecorded(&self) -> bool {
+        self.unrecorded.swap(false, Ordering::AcqRel)
+    }
+
+    pub fn has_unrecorded(&self) -> bool {
+        self.unrecorded.load(Ordering::Acquire)
+    }
+
+    pub fn count(&self, member: usize, dir: Dir) {
+        let v = match dir {
+            Dir::Read => &self.read_errors,
+            Dir::Write => &self.write_errors,
+        };
+        if let Some(c) = v.get(member) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn count_checksum(&self, member: usize) {
+        if let Some(c) = self.checksum_errors.get(member) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn errors(&self, member: usize) -> ErrorCounts {
+        let get = |v: &Vec<AtomicU64>| v.get(member).map_or(0, |c| c.load(Ordering::Relaxed));
+        ErrorCounts {
+            read: get(&self.read_errors),
+            write: get(&self.write_errors),
+            checksum: get(&self.checksum_errors),
+        }
+    }
+
+    /// Reset a member's error counters (`pool clear`).
+    pub fn clear_errors(&self, member: usize) {
+        for v in [&self.read_errors, &self.write_errors, &self.checksum_errors] {
+            if let Some(c) = v.get(member) {
+                c.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Stop accepting writes: a member the array cannot do without failed.
+    pub fn set_broken(&self, why: String) {
+        let mut b = self.broken.lock();
+        if b.is_none() {
+            eprintln!("vpool: POOL FAILED: {why}");
+            self.events.lock().push(format!("pool failed: {why}"));
+            *b = Some(why);
+            self.is_broken.store(true, Ordering::Release);
+        }
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.is_broken.load(Ordering::Acquire)
+    }
+
+    pub fn broken(&self) -> Option<String> {
+        self.broken.lock().clone()
+    }
+
+    pub fn events(&self) -> Vec<String> {
+        self.events.lock().clone()
+    }
+
+    /// Run a member I/O, retrying once. Every error is counted; the second
+    /// is returned.
+    pub fn attempt(
+        &self,
+        member: usize,
+        dir: Dir,
+        mut f: impl FnMut() -> io::Result<()>,
+    ) -> io::Result<()> {
+        match f() {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(e),
+            Err(_) => {
+                self.count(member, dir);
+                f().inspect_err(|_| self.count(member, dir))
+            }
+        }
+    }
+}
+
+/// The error a member I/O ended with, and whether the member was failed
+/// because of it (the caller then redoes its work without the member).
+pub enum Fault {
+    /// The member is now failed; redo the operation degraded.
+    MemberFailed,
+    Io(io::Error),
+}
+
+impl From<io::Error> for Fault {
+    fn from(e: io::Error) -> Fault {
+        Fault::Io(e)
+    }
+}
+
+pub type FaultResult<T> = Result<T, Fault>;

@@ -1,0 +1,445 @@
+//! Member faults in service, through the fault-injection device: a member
+//! that vanishes, fails writes, fails reads, dies after a number of writes
+//! or errs transiently, on raid1 and raid5 pools, with every byte checked
+//! against a model during and after, and after reopening with and without
+//! the faulty member. Then `pool fail`, `pool replace` and `pool clear`
+//! with their rebuilds, and the bad inputs.
+
+mod common;
+use common::*;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use vpool::device::{DeviceRef, FaultDevice, FaultPlan, MemDevice};
+use vpool::raid::RaidLevel;
+use vpool::Pool;
+
+const VOL: usize = 6 << 20;
+
+struct Rig {
+    pool: Pool,
+    mem: Vec<Arc<MemDevice>>,
+    plans: Vec<FaultPlan>,
+    model: Vec<u8>,
+}
+
+fn rig(level: RaidLevel, n: usize) -> Rig {
+    let mem = mem_devices(n, 32 * MIB);
+    let mut plans = Vec::new();
+    let mut devs: Vec<DeviceRef> = Vec::new();
+    for m in &mem {
+        let (d, p) = FaultDevice::wrap(m.clone() as DeviceRef);
+        devs.push(d);
+        plans.push(p);
+    }
+    let pool = create_with_unit(level, devs, 16 * 1024);
+    pool.create_volume("a", VOL as u64).unwrap();
+    let mut model = vec![0u8; VOL];
+    model_write(&pool, &mut model, 0, VOL, 1);
+    pool.commit().unwrap();
+    Rig {
+        pool,
+        mem,
+        plans,
+        model,
+    }
+}
+
+fn state(pool: &Pool, m: usize) -> String {
+    pool.info().members[m].state.clone()
+}
+
+/// Mixed writes (full chunks and small pieces) and verified reads.
+fn churn(pool: &Pool, model: &mut [u8], rounds: u64, seed: u64) {
+    for i in 0..rounds {
+        let off = ((i * 1_234_567 + seed * 7_654_321) % model.len() as u64) as usize;
+        let len = if i % 3 == 0 { 300_000 } else { 5_000 };
+        model_write(pool, model, off, len, seed * 1000 + i);
+        let mut got = vec![0u8; 100_000.min(model.len() - off)];
+        pool.volume("a", None)
+            .unwrap()
+            .read_at(&mut got, off as u64)
+            .unwrap();
+        assert_eq!(got, model[off..off + got.len()], "read back at {off}");
+        if i % 5 == 4 {
+            pool.commit().unwrap();
+        }
+    }
+}
+
+fn open(mem: &[Arc<MemDevice>], skip: Option<usize>) -> Pool {
+    let devs: Vec<DeviceRef> = (0..mem.len())
+        .filter(|&i| Some(i) != skip)
+        .map(|i| mem[i].clone() as DeviceRef)
+        .collect();
+    Pool::open(devs).expect("reopen")
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Vanish,
+    WriteErrors,
+    ReadErrors,
+    DiesAfterWrites,
+}
+
+fn inject(plan: &FaultPlan, f: Fault) {
+    match f {
+        Fault::Vanish => plan.vanish(),
+        Fault::WriteErrors => plan.fail_writes(0..u64::MAX),
+        Fault::ReadErrors => plan.fail_reads(0..u64::MAX),
+        Fault::DiesAfterWrites => plan.die_after_writes(7),
+    }
+}
+
+fn member_fails_in_service(level: RaidLevel, n: usize, victim: usize, fault: Fault) {
+    let what = format!("{level} x{n}, member {victim}, {fault:?}");
+    let Rig {
+        pool,
+        mem,
+        plans,
+        mut model,
+    } = rig(level, n);
+    inject(&plans[victim], fault);
+    churn(&pool, &mut model, 30, 3);
+    // Reads alone must find a read fault: read everything.
+    model_verify(&pool, &model, &what);
+    pool.commit().unwrap();
+    let info = pool.info();
+    assert_eq!(info.members[victim].state, "failed", "{what}: {info:?}");
+    assert_eq!(info.health, "degraded", "{what}");
+    let e = info.members[victim].errors;
+    assert!(e.read + e.write >= 2, "{what}: errors counted: {e:?}");
+    assert!(info.events.iter().any(|e| e.contains("FAILED")), "{what}");
+    for (i, m) in info.members.iter().enumerate() {
+        if i != victim {
+            assert_eq!(m.state, "online", "{what}: member {i}");
+        }
+    }
+    drop(pool);
+    // The member comes back (the fault was transient) with stale data: the
+    // superblock says it failed, so it is not used.
+    let pool = open(&mem, None);
+    assert_eq!(state(&pool, victim), "failed", "{what}: after reopen");
+    assert!(
+        pool.warnings().iter().any(|w| w.contains("failed")),
+        "{what}: {:?}",
+        pool.warnings()
+    );
+    model_verify(
+        &pool,
+        &model,
+        &format!("{what}: reopened with the member back"),
+    );
+    drop(pool);
+    let pool = open(&mem, Some(victim));
+    model_verify(
+        &pool,
+        &model,
+        &format!("{what}: reopened without the member"),
+    );
+}
+
+#[test]
+fn raid1_member_failures_in_service_lose_nothing() {
+    for (i, f) in [
+        Fault::Vanish,
+        Fault::WriteErrors,
+        Fault::ReadErrors,
+        Fault::DiesAfterWrites,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        member_fails_in_service(RaidLevel::Raid1, 2, i % 2, f);
+        member_fails_in_service(RaidLevel::Raid1, 3, i % 3, f);
+    }
+}
+
+#[test]
+fn raid5_member_failures_in_service_lose_nothing() {
+    for (i, f) in [
+        Fault::Vanish,
+        Fault::WriteErrors,
+        Fault::ReadErrors,
+        Fault::DiesAfterWrites,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        member_fails_in_service(RaidLevel::Raid5, 3, i % 3, f);
+        member_fails_in_service(RaidLevel::Raid5, 4, (i + 1) % 4, f);
+    }
+}
+
+#[test]
+fn a_transient_error_is_retried_and_counted() {
+    let Rig {
+        pool,
+        plans,
+        mut model,
+        ..
+    } = rig(RaidLevel::Raid5, 3);
+    plans[1].transient(1);
+    churn(&pool, &mut model, 5, 9);
+    let info = pool.info();
+    assert_eq!(info.members[1].state, "online");
+    assert_eq!(info.health, "online");
+    let e = info.members[1].errors;
+    assert_eq!(e.read + e.write, 1, "{e:?}");
+    pool.clear_member(1).unwrap();
+    assert_eq!(pool.info().members[1].errors.read, 0);
+    assert_eq!(pool.info().members[1].errors.write, 0);
+}
+
+#[test]
+fn a_second_failure_stops_writes_and_never_returns_garbage() {
+    for level in [RaidLevel::Raid5, RaidLevel::Raid1] {
+        let Rig {
+            pool,
+            plans,
+            mut model,
+            ..
+        } = rig(level, 3);
+        let second = if level == RaidLevel::Raid1 { 1 } else { 2 };
+        plans[0].vanish();
+        if level == RaidLevel::Raid1 {
+            plans[2].vanish();
+        }
+        churn(&pool, &mut model, 10, 4);
+        pool.commit().unwrap();
+        assert_eq!(pool.info().health, "degraded", "{level}");
+        // Now the last redundancy goes, for part of the member.
+        plans[second].fail_reads(0..u64::MAX);
+        plans[second].fail_writes(0..u64::MAX);
+        let vol = pool.volume("a", None).unwrap();
+        let w = vol.write_at(&pattern(50_000, 5), 0);
+        assert!(
+            w.is_err(),
+            "{level}: a write with no redundancy left must fail"
+        );
+        assert_eq!(pool.info().health, "failed", "{level}");
+        // Every read either fails or returns the right bytes.
+        let mut errors = 0;
+        for off in (0..VOL).step_by(64 * 1024) {
+            let mut got = vec![0u8; 64 * 1024];
+            match vol.read_at(&mut got, off as u64) {
+                Ok(()) => assert_eq!(
+                    got,
+                    model[off..off + got.len()],
+                    "{level}: garbage at {off}"
+                ),
+                Err(_) => errors += 1,
+            }
+        }
+        assert!(errors > 0, "{level}");
+        let e = vol.write_at(&pattern(10, 6), 0).unwrap_err().to_string();
+        assert!(e.contains("failed"), "{level}: {e}");
+    }
+}
+
+#[test]
+fn linear_and_raid0_fail_the_io_and_keep_the_member() {
+    for level in [RaidLevel::Linear, RaidLevel::Raid0] {
+        let Rig { pool, plans, .. } = rig(level, 2);
+        // Data (not the metadata copy) on member 0, where linear starts.
+        plans[0].fail_reads(pool.label().data_start..u64::MAX);
+        let vol = pool.volume("a", None).unwrap();
+        let mut any_err = false;
+        for off in (0..VOL).step_by(1 << 20) {
+            let mut got = vec![0u8; 1 << 20];
+            any_err |= vol.read_at(&mut got, off as u64).is_err();
+        }
+        assert!(any_err, "{level}: reads from the bad member must fail");
+        let info = pool.info();
+        assert_eq!(info.members[0].state, "online", "{level}");
+        assert_eq!(info.health, "online", "{level}");
+        assert!(info.members[0].errors.read > 0, "{level}");
+        assert!(
+            pool.fail_member(0).is_err(),
+            "{level}: no redundancy to fail"
+        );
+        plans[0].heal();
+        let mut got = vec![0u8; 4096];
+        vol.read_at(&mut got, 0).unwrap();
+    }
+}
+
+/// Run the job to the end with client writes between steps.
+fn rebuild_while_writing(pool: &Pool, model: &mut [u8], seed: u64) {
+    let mut i = 0;
+    while !pool.job_step(512 * 1024).unwrap() {
+        i += 1;
+        let off = ((i * 2_345_678 + seed) % model.len() as u64) as usize;
+        model_write(pool, model, off, 30_000, seed + i);
+        if i % 4 == 0 {
+            pool.commit().unwrap();
+        }
+        let j = pool.job().unwrap();
+        assert_eq!(j.kind, "rebuild");
+    }
+    assert!(pool.job().is_none());
+    model_verify(pool, model, "after the rebuild");
+}
+
+/// Fail `k`, write degraded, replace it with a blank device, rebuild while
+/// writing; then every other member must be able to fail in turn.
+fn replace_and_rebuild(level: RaidLevel, n: usize, k: usize) {
+    let what = format!("{level} x{n} replacing {k}");
+    let Rig {
+        pool,
+        mut mem,
+        mut model,
+        ..
+    } = rig(level, n);
+    let msg = pool.fail_member(k).unwrap();
+    assert!(msg.contains("pool replace"), "{msg}");
+    churn(&pool, &mut model, 8, 5);
+    let new = Arc::new(MemDevice::new("fresh", 32 * MIB));
+    let (msg, warnings) = pool.replace_member(k, new.clone(), false).unwrap();
+    assert!(msg.contains("rebuilding"), "{msg}");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(state(&pool, k), "rebuilding", "{what}");
+    rebuild_while_writing(&pool, &mut model, 77);
+    assert_eq!(state(&pool, k), "online", "{what}");
+    assert_eq!(pool.info().health, "online", "{what}");
+    pool.commit().unwrap();
+    drop(pool);
+    let old = std::mem::replace(&mut mem[k], new);
+    // The old device is a former member now; the pool opens without it.
+    let mut with_old: Vec<DeviceRef> = mem.iter().map(|d| d.clone() as DeviceRef).collect();
+    with_old.push(old as DeviceRef);
+    let pool = Pool::open(with_old).unwrap();
+    assert_eq!(
+        pool.info().health,
+        "online",
+        "{what}: {:?}",
+        pool.warnings()
+    );
+    model_verify(&pool, &model, &what);
+    drop(pool);
+    for other in 0..n {
+        let pool = open(&mem, Some(other));
+        model_verify(
+            &pool,
+            &model,
+            &format!("{what}: then without member {other}"),
+        );
+    }
+}
+
+#[test]
+fn replace_rebuilds_raid1_and_raid5() {
+    replace_and_rebuild(RaidLevel::Raid1, 2, 0);
+    replace_and_rebuild(RaidLevel::Raid1, 3, 2);
+    replace_and_rebuild(RaidLevel::Raid5, 3, 0);
+    replace_and_rebuild(RaidLevel::Raid5, 4, 2);
+}
+
+#[test]
+fn a_rebuild_covers_only_allocated_chunks() {
+    let mem = mem_devices(3, 64 * MIB);
+    let pool = create_with_unit(RaidLevel::Raid5, refs(&mem), 16 * 1024);
+    pool.create_volume("a", 4 * MIB).unwrap();
+    let mut model = vec![0u8; 4 * MIB as usize];
+    let len = model.len();
+    model_write(&pool, &mut model, 0, len, 3);
+    pool.fail_member(1).unwrap();
+    let fresh = Arc::new(MemDevice::new("fresh", 64 * MIB));
+    pool.replace_member(1, fresh.clone(), false).unwrap();
+    let stop = AtomicBool::new(false);
+    pool.run_job(&stop, |_| {}).unwrap();
+    assert_eq!(pool.info().health, "online");
+    model_verify(&pool, &model, "after the rebuild");
+    // The blank device got the member's share of the 4 MiB written (half
+    // of it, on 3-member raid5), not of the whole 120 MiB pool.
+    let data_start = pool.label().data_start as usize;
+    let bytes = fresh.snapshot();
+    let written = bytes[data_start..bytes.len() - 64 * 1024]
+        .chunks(4096)
+        .filter(|b| b.iter().any(|&x| x != 0))
+        .count()
+        * 4096;
+    assert!(
+        (2 * MIB as usize..3 * MIB as usize).contains(&written),
+        "rebuilt {written} bytes of data"
+    );
+}
+
+#[test]
+fn clear_rebuilds_a_member_that_came_back() {
+    let Rig {
+        pool,
+        mem,
+        plans,
+        mut model,
+    } = rig(RaidLevel::Raid5, 3);
+    plans[1].vanish();
+    churn(&pool, &mut model, 10, 8);
+    assert_eq!(state(&pool, 1), "failed");
+    plans[1].heal();
+    let msg = pool.clear_member(1).unwrap();
+    assert!(msg.contains("rebuilding"), "{msg}");
+    rebuild_while_writing(&pool, &mut model, 99);
+    assert_eq!(pool.info().members[1].errors.read, 0);
+    drop(pool);
+    for other in [0, 2] {
+        let pool = open(&mem, Some(other));
+        model_verify(&pool, &model, &format!("without member {other}"));
+    }
+}
+
+#[test]
+fn a_failed_member_is_cleared_after_a_restart() {
+    let Rig {
+        pool,
+        mem,
+        plans,
+        mut model,
+    } = rig(RaidLevel::Raid1, 2);
+    plans[0].fail_writes(0..u64::MAX);
+    churn(&pool, &mut model, 6, 2);
+    pool.commit().unwrap();
+    drop(pool);
+    let pool = open(&mem, None);
+    assert_eq!(state(&pool, 0), "failed");
+    pool.clear_member(0).unwrap();
+    pool.run_job(&AtomicBool::new(false), |_| {}).unwrap();
+    assert_eq!(pool.info().health, "online");
+    drop(pool);
+    let pool = open(&mem, Some(1));
+    model_verify(&pool, &model, "the cleared member alone");
+}
+
+#[test]
+fn bad_fail_and_replace_requests_change_nothing() {
+    let Rig { pool, mem, .. } = rig(RaidLevel::Raid5, 3);
+    // Replacing with a device that is too small.
+    let small = Arc::new(MemDevice::new("small", 2 * MIB));
+    let e = pool
+        .replace_member(0, small, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("smaller"), "{e}");
+    // With a member of the pool.
+    let e = pool
+        .replace_member(0, mem[1].clone() as DeviceRef, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already a member"), "{e}");
+    assert_eq!(pool.info().health, "online");
+    pool.fail_member(0).unwrap();
+    // A second member of a raid5 pool cannot be failed.
+    let e = pool.fail_member(1).unwrap_err().to_string();
+    assert!(e.contains("would lose data"), "{e}");
+    let e = pool.fail_member(0).unwrap_err().to_string();
+    assert!(e.contains("already out of service"), "{e}");
+    // A device of another pool needs --force.
+    let other = mem_devices(2, 32 * MIB);
+    let _p = create_with_unit(RaidLevel::Raid1, refs(&other), 16 * 1024);
+    let e = pool
+        .replace_member(0, other[0].clone() as DeviceRef, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--force"), "{e}");
+    assert_eq!(state(&pool, 0), "failed");
+}
