@@ -57,6 +57,38 @@ pub enum PoolCmd {
         #[arg(long, short = 'w')]
         wait: bool,
     },
+    /// Mark a member failed (as `mdadm --fail`), e.g. before pulling its
+    /// disk: the pool runs degraded without it (raid1, raid5).
+    Fail {
+        name: String,
+        /// The member: its device path, index (as in `pool status`) or uuid.
+        member: String,
+    },
+    /// Rebuild a member onto a new device, online (raid1, raid5). A member
+    /// still in service is failed first.
+    Replace {
+        name: String,
+        /// The member: its device path, index (as in `pool status`) or uuid.
+        member: String,
+        /// The new device.
+        device: PathBuf,
+        /// Overwrite a device that carries another pool's label.
+        #[arg(long, short = 'f')]
+        force: bool,
+        /// With a daemon: follow the rebuild until it completes.
+        #[arg(long, short = 'w')]
+        wait: bool,
+    },
+    /// Reset error counters (of one member, or all). A failed member whose
+    /// device is attached is rebuilt in place, as after a transient fault.
+    Clear {
+        name: String,
+        /// The member: its device path, index or uuid (default: all).
+        member: Option<String>,
+        /// With a daemon: follow a rebuild until it completes.
+        #[arg(long, short = 'w')]
+        wait: bool,
+    },
     /// Close a pool and mark its members exported, ready to move.
     Export { name: String },
     /// Find pools on devices by their labels; with NAME (or UUID), import it.
@@ -180,6 +212,41 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
                 super::job_cmd::wait(ctx, &name)?;
             }
         }
+        PoolCmd::Fail { name, member } => {
+            let req = Request::PoolFail {
+                name,
+                member: member_spec(&member),
+            };
+            report(&dispatch(ctx, req)?);
+        }
+        PoolCmd::Replace {
+            name,
+            member,
+            device,
+            force,
+            wait,
+        } => {
+            let req = Request::PoolReplace {
+                name: name.clone(),
+                member: member_spec(&member),
+                device: crate::cli::absolute(&device),
+                force,
+            };
+            report(&dispatch(ctx, req)?);
+            if wait {
+                super::job_cmd::wait(ctx, &name)?;
+            }
+        }
+        PoolCmd::Clear { name, member, wait } => {
+            let req = Request::PoolClear {
+                name: name.clone(),
+                member: member.as_deref().map(member_spec),
+            };
+            report(&dispatch(ctx, req)?);
+            if wait {
+                super::job_cmd::wait(ctx, &name)?;
+            }
+        }
         PoolCmd::Export { name } => report(&dispatch(ctx, Request::PoolExport { name })?),
         PoolCmd::Import {
             name,
@@ -231,13 +298,42 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A member named by index or uuid goes as is; a path is made absolute.
+fn member_spec(s: &str) -> String {
+    if s.parse::<usize>().is_ok() || uuid::Uuid::parse_str(s).is_ok() {
+        s.to_string()
+    } else {
+        crate::cli::absolute(std::path::Path::new(s))
+            .display()
+            .to_string()
+    }
+}
+
 fn print_status(i: &PoolInfo) {
     println!("  pool: {}", i.name);
     println!("  uuid: {}", i.uuid);
     println!(" state: {}", i.health.to_uppercase());
-    if i.health != "online" {
-        println!("status: DEGRADED: one or more members are missing or stale. Data is served from redundancy;");
-        println!("        a second failure would lose data. Reattach the member or replace it.");
+    match i.health.as_str() {
+        "failed" => {
+            println!(
+                "status: FAILED: a member failed with no redundancy left; writes are refused and"
+            );
+            println!("        reads of data on it fail. Attach the missing members and restart.");
+        }
+        "degraded" => {
+            println!(
+                "status: DEGRADED: one or more members are missing, failed or rebuilding. Data is"
+            );
+            println!("        served from redundancy; a second failure would lose data.");
+            println!(
+                "action: reattach the member, or `vpool pool replace {} MEMBER NEW-DEVICE`.",
+                i.name
+            );
+        }
+        _ => {}
+    }
+    for e in &i.events {
+        println!(" event: {e}");
     }
     println!(
         "  raid: {} (stripe unit {}, chunk {})",
@@ -281,10 +377,18 @@ fn print_status(i: &PoolInfo) {
                 m.index.to_string(),
                 m.device.clone().unwrap_or("-".into()),
                 m.state.to_uppercase(),
+                m.errors.read.to_string(),
+                m.errors.write.to_string(),
+                m.errors.checksum.to_string(),
                 format_size(m.data_bytes),
                 m.uuid.clone(),
             ]
         })
         .collect();
-    table(&["MEMBER", "DEVICE", "STATE", "DATA", "UUID"], &rows);
+    table(
+        &[
+            "MEMBER", "DEVICE", "STATE", "READ", "WRITE", "CKSUM", "DATA", "UUID",
+        ],
+        &rows,
+    );
 }

@@ -146,6 +146,16 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
             force,
         } => super::members::pool_add(engine, &name, devices, force),
         Request::PoolRemove { name, device } => super::members::pool_remove(engine, &name, &device),
+        Request::PoolFail { name, member } => super::health::pool_fail(engine, &name, &member),
+        Request::PoolReplace {
+            name,
+            member,
+            device,
+            force,
+        } => super::health::pool_replace(engine, &name, &member, &device, force),
+        Request::PoolClear { name, member } => {
+            super::health::pool_clear(engine, &name, member.as_deref())
+        }
         Request::JobList => super::members::job_list(engine),
         Request::Mount { dir } => ok(engine.mount_fuse(&dir)?),
         Request::Unmount => ok(engine.unmount_fuse()?),

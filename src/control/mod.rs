@@ -6,6 +6,7 @@
 pub mod client;
 pub mod copy;
 mod exec;
+mod health;
 pub mod local;
 mod members;
 mod request;

@@ -48,6 +48,25 @@ pub enum Request {
         name: String,
         device: PathBuf,
     },
+    /// Mark a member failed (as `mdadm --fail`). `member`: its device
+    /// path, index or uuid.
+    PoolFail {
+        name: String,
+        member: String,
+    },
+    /// Rebuild a member onto a new device, online.
+    PoolReplace {
+        name: String,
+        member: String,
+        device: PathBuf,
+        force: bool,
+    },
+    /// Reset error counters (of one member, or all); a member out of
+    /// service whose device is attached is rebuilt in place.
+    PoolClear {
+        name: String,
+        member: Option<String>,
+    },
     /// Layout changes in progress, on every pool.
     JobList,
     JobPause {
@@ -208,6 +227,21 @@ impl Request {
                 format!("/v1/pools/{}/members/remove", enc(name)),
                 body,
             ),
+            Request::PoolFail { name, .. } => r(
+                "POST",
+                format!("/v1/pools/{}/members/fail", enc(name)),
+                body,
+            ),
+            Request::PoolReplace { name, .. } => r(
+                "POST",
+                format!("/v1/pools/{}/members/replace", enc(name)),
+                body,
+            ),
+            Request::PoolClear { name, .. } => r(
+                "POST",
+                format!("/v1/pools/{}/members/clear", enc(name)),
+                body,
+            ),
             Request::JobList => r("GET", "/v1/jobs".into(), None),
             Request::Mount { .. } => r("POST", "/v1/mount".into(), body),
             Request::Unmount => r("DELETE", "/v1/mount".into(), None),
@@ -310,7 +344,9 @@ impl Request {
                 name: name.to_string(),
             },
             ("POST", ["v1", "pools", _, "check" | "members"])
-            | ("POST", ["v1", "pools", _, "members", "remove"]) => from_body()?,
+            | ("POST", ["v1", "pools", _, "members", "remove" | "fail" | "replace" | "clear"]) => {
+                from_body()?
+            }
             ("GET", ["v1", "jobs"]) => Request::JobList,
             ("POST", ["v1", "mount"]) => from_body()?,
             ("DELETE", ["v1", "mount"]) => Request::Unmount,
@@ -385,6 +421,20 @@ mod tests {
             Request::PoolRemove {
                 name: "t".into(),
                 device: "/d2".into(),
+            },
+            Request::PoolFail {
+                name: "t".into(),
+                member: "/d2".into(),
+            },
+            Request::PoolReplace {
+                name: "t".into(),
+                member: "1".into(),
+                device: "/d5".into(),
+                force: true,
+            },
+            Request::PoolClear {
+                name: "t".into(),
+                member: None,
             },
             Request::JobList,
             Request::Mount {

@@ -323,12 +323,21 @@ impl Pool {
         let target = st.members[k]
             .clone()
             .ok_or_else(|| Error::Unavailable(format!("member {k}, being rebuilt, is missing")))?;
-        // Steps end on stripe rows, so no row is half in sync.
+        // A step covers `max_bytes` of chunks in use (free ranges are
+        // skipped, not counted) and ends on a stripe row, so no row is half
+        // in sync.
         let from = sbt.pos;
-        let to = (from + max_bytes.max(cs))
-            .div_ceil(width)
-            .saturating_mul(width)
-            .min(total);
+        let to = {
+            let meta = thin.meta.read();
+            let (mut c, mut used) = (from / cs, 0);
+            while c * cs < total && used < max_bytes.max(cs) {
+                if meta.data.in_use(c) {
+                    used += cs;
+                }
+                c += 1;
+            }
+            (c * cs).div_ceil(width).saturating_mul(width).min(total)
+        };
         let mut moved = 0;
         let mut c = from / cs;
         while c * cs < to {

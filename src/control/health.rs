@@ -1,0 +1,119 @@
+//! Member health requests: `pool fail`, `pool replace`, `pool clear`.
+
+use super::{exec::open_members, Engine, Response};
+use crate::Pool;
+use anyhow::bail;
+use std::path::{Path, PathBuf};
+
+/// The member a user named: a device path, a member index or a uuid.
+fn resolve(pool: &Pool, name: &str, spec: &str) -> anyhow::Result<usize> {
+    let n = pool.label().member_count();
+    if let Ok(i) = spec.parse::<usize>() {
+        if i < n {
+            return Ok(i);
+        }
+    }
+    if let Ok(u) = uuid::Uuid::parse_str(spec) {
+        if let Some(i) = pool
+            .label()
+            .members
+            .iter()
+            .position(|m| m.uuid == *u.as_bytes())
+        {
+            return Ok(i);
+        }
+    }
+    if let Some(i) = pool.member_by_path(Path::new(spec)) {
+        return Ok(i);
+    }
+    let info = pool.info();
+    let list: Vec<String> = info
+        .members
+        .iter()
+        .map(|m| {
+            format!(
+                "{}: {} ({})",
+                m.index,
+                m.device
+                    .clone()
+                    .unwrap_or_else(|| format!("uuid {}", m.uuid)),
+                m.state
+            )
+        })
+        .collect();
+    bail!(crate::Error::NotFound(format!(
+        "{spec} is not a member of pool '{name}'; name a member by its device, index or uuid (members: {})",
+        list.join(", ")
+    )))
+}
+
+fn status(pool: &Pool, message: String, warnings: Vec<String>) -> anyhow::Result<Response> {
+    Ok(Response {
+        message: Some(message),
+        warnings,
+        data: serde_json::to_value(pool.info())?,
+    })
+}
+
+pub fn pool_fail(engine: &dyn Engine, name: &str, member: &str) -> anyhow::Result<Response> {
+    let pool = engine.pool(name)?;
+    let k = resolve(&pool, name, member)?;
+    let message = pool.fail_member(k)?;
+    status(&pool, message, Vec::new())
+}
+
+pub fn pool_replace(
+    engine: &dyn Engine,
+    name: &str,
+    member: &str,
+    device: &Path,
+    force: bool,
+) -> anyhow::Result<Response> {
+    let pool = engine.pool(name)?;
+    let k = resolve(&pool, name, member)?;
+    let mut known = engine.member_paths(name)?;
+    let abs = crate::cli::absolute(device);
+    if known.iter().any(|p| crate::cli::absolute(p) == abs) && pool.member_by_path(device).is_some()
+    {
+        bail!(crate::Error::Exists(format!(
+            "{} is already a member of pool '{name}'",
+            device.display()
+        )));
+    }
+    let dev = open_members(&[device.to_path_buf()])?.remove(0);
+    let (line, warnings) = pool.replace_member(k, dev, force)?;
+    // Remember the new device at once: a restart mid-rebuild finds it.
+    known.push(PathBuf::from(&abs));
+    engine.adopt(name, pool.clone(), known)?;
+    let job = engine.run_job(name, &pool)?;
+    status(&pool, format!("{line}\n{job}"), warnings)
+}
+
+pub fn pool_clear(
+    engine: &dyn Engine,
+    name: &str,
+    member: Option<&str>,
+) -> anyhow::Result<Response> {
+    let pool = engine.pool(name)?;
+    let targets: Vec<usize> = match member {
+        Some(m) => vec![resolve(&pool, name, m)?],
+        None => (0..pool.label().member_count()).collect(),
+    };
+    let mut lines = Vec::new();
+    let mut rebuilding = false;
+    for k in targets {
+        match pool.clear_member(k) {
+            Ok(line) => {
+                rebuilding |= line.contains("rebuilding");
+                lines.push(line);
+            }
+            // Clearing every member: one that is missing is only reported.
+            Err(e) if member.is_none() => lines.push(format!("member {k}: {e}")),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if rebuilding {
+        lines.push(engine.run_job(name, &pool)?);
+    }
+    status(&pool, lines.join("\n"), Vec::new())
+}
