@@ -231,7 +231,7 @@ fn a_second_failure_stops_writes_and_never_returns_garbage() {
                 Err(_) => errors += 1,
             }
         }
-        assert!(errors > 0, "{level}");
+        assert!(errors > 0, "{level}: {:?}", pool.info().members);
         let e = vol.write_at(&pattern(10, 6), 0).unwrap_err().to_string();
         assert!(e.contains("failed"), "{level}: {e}");
     }

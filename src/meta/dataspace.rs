@@ -145,6 +145,12 @@ impl DataSpace {
             && (self.allocated.contains(&c) || !self.decremented.contains(&c))
     }
 
+    /// Was `c` allocated in the running transaction (so no committed state
+    /// refers to it)?
+    pub fn is_new(&self, c: u64) -> bool {
+        self.allocated.contains(&c)
+    }
+
     pub fn alloc(&mut self) -> Option<u64> {
         let total = self.usable();
         if total == 0 {

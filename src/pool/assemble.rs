@@ -3,7 +3,7 @@
 //! allows it.
 
 use super::create::{read_label_checked, write_label};
-use super::rebuild::{mirror_for, out_of_service};
+use super::rebuild::{mirror_for, out_of_service, rebuild_target};
 use super::Pool;
 use crate::device::DeviceRef;
 use crate::error::{Error, Result};
@@ -158,10 +158,20 @@ impl Pool {
                 excluded.push((i, dev));
             }
         }
-        let rebuilding = meta
-            .transition()
-            .filter(|t| t.kind == TRANSITION_REBUILD)
-            .map(|t| t.removed as usize);
+        let rebuild = meta.transition().filter(|t| t.kind == TRANSITION_REBUILD);
+        let rebuilding = rebuild.map(|t| t.removed as usize);
+        if let Some(t) = rebuild {
+            let k = t.removed as usize;
+            if k < n && first.members[k].uuid != rebuild_target(&t) {
+                // Crashed between recording a replacement and labelling it.
+                if let Some(dev) = members[k].take() {
+                    excluded.push((k, dev));
+                }
+                warnings.push(format!(
+                    "member {k}: its replacement was recorded but not labelled before the pool stopped; run `vpool pool replace` again"
+                ));
+            }
+        }
         if !excluded.is_empty() || rebuilding.is_some() {
             meta = open_meta(&members, rebuilding)?;
         }

@@ -70,16 +70,31 @@ pub(crate) fn mirror_for(
     )
 }
 
-fn rebuild_record(k: usize, n: usize) -> SbTransition {
+/// The record of a rebuild of member `k` onto the member whose uuid is
+/// `target` (kept in the two backup fields, unused by rebuilds).
+fn rebuild_record(k: usize, n: usize, target: [u8; 16]) -> SbTransition {
+    let half = |r: std::ops::Range<usize>| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&target[r]);
+        u64::from_le_bytes(b)
+    };
     SbTransition {
         kind: TRANSITION_REBUILD,
         old_members: n as u32,
         removed: k as u32,
         pos: 0,
         phase: PHASE_MAIN,
-        backup_offset: 0,
-        backup_len: 0,
+        backup_offset: half(0..8),
+        backup_len: half(8..16),
     }
+}
+
+/// The member uuid a rebuild record names (see [`rebuild_record`]).
+pub(crate) fn rebuild_target(t: &SbTransition) -> [u8; 16] {
+    let mut u = [0u8; 16];
+    u[..8].copy_from_slice(&t.backup_offset.to_le_bytes());
+    u[8..].copy_from_slice(&t.backup_len.to_le_bytes());
+    u
 }
 
 impl Pool {
@@ -243,11 +258,12 @@ impl Pool {
         Ok(format!("error counters reset; {msg}"))
     }
 
-    /// Record the rebuild of member `k` onto `dev`, then give `dev` the
-    /// member's label (with `new_label`'s member table when it is a new
-    /// device). The order makes a crash in between safe: a recorded
-    /// rebuild whose labels still name the old device rebuilds onto that
-    /// device if it is present, and waits for a member otherwise.
+    /// Record the rebuild of member `k` onto `dev` (by its member uuid),
+    /// then give `dev` the member's label (with `new_label`'s member table
+    /// when it is a new device). A crash in between leaves a record whose
+    /// uuid no label carries yet: assembly then leaves member `k` out (the
+    /// old device is never rebuilt onto by mistake), and `pool replace`
+    /// starts over.
     fn start_rebuild(&self, k: usize, dev: DeviceRef, new_label: Option<Label>) -> Result<String> {
         let _ops = self.s.ops.lock();
         let name = self.name();
@@ -270,9 +286,10 @@ impl Pool {
                 "pool '{name}' has other members out of service: nothing left to rebuild member {k} from"
             )));
         }
+        let label = new_label.unwrap_or_else(|| self.label());
         let _gate = thin.gate.write();
         thin.commit_locked()?;
-        let sbt = rebuild_record(k, n);
+        let sbt = rebuild_record(k, n, label.members[k].uuid);
         let rebuild = Transition {
             kind: TransitionKind::Rebuild { member: k },
             pos: 0,
@@ -286,7 +303,6 @@ impl Pool {
         }
         thin.array.set_transition(Some(rebuild.clone()));
         thin.commit_locked()?;
-        let label = new_label.unwrap_or_else(|| self.label());
         write_label(&dev, &label.for_member(k, dev.size()))?;
         for (i, d) in thin.array.members().iter().enumerate() {
             if let (Some(d), true) = (d, i != k) {

@@ -131,15 +131,26 @@ impl Pool {
             ctl.started = Some(Instant::now());
             ctl.moved = 0;
         }
+        let thin = &self.s.thin;
+        let mut seen = thin.io_count();
         let result = (|| loop {
             if stop.load(Ordering::Relaxed) || self.s.job.lock().paused {
                 return Ok(false);
             }
+            // Clients were active since the last step: after this one, give
+            // them as much time as the step held their I/O.
+            let busy = thin.io_count() != seen;
+            let t0 = Instant::now();
             if self.job_step(STEP_BYTES)? {
                 return Ok(true);
             }
+            let took = t0.elapsed();
+            seen = thin.io_count();
             if let Some(info) = self.job() {
                 progress(&info);
+                if busy {
+                    std::thread::sleep(took);
+                }
                 self.throttle();
             }
         })();

@@ -223,6 +223,13 @@ impl Array {
         self.state.write().transition = t;
     }
 
+    /// Whether the thin layer must not overwrite committed chunks in
+    /// place (raid5: a torn partial-stripe write would corrupt the rest of
+    /// the stripe if a member is then lost).
+    pub fn redirects_writes(&self) -> bool {
+        self.state.read().geo.level == RaidLevel::Raid5
+    }
+
     pub fn geometry(&self) -> Geometry {
         self.state.read().geo.clone()
     }

@@ -13,6 +13,7 @@ use crate::meta::superblock::MEMBER_FAILED;
 use crate::meta::VolumeRoot;
 use crate::raid::Array;
 use parking_lot::{RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const CHUNK_LOCKS: usize = 1024;
 /// Commit on our own once this many metadata blocks are dirty (bounds memory).
@@ -26,12 +27,16 @@ pub struct ThinPool {
     pub gate: RwLock<()>,
     chunk_locks: Vec<RwLock<()>>,
     pub chunk_size: u64,
+    /// Client reads and writes so far: background jobs yield when it moves.
+    io_count: AtomicU64,
 }
 
 /// A physical mapping: chunk number and whether it may be overwritten in place.
 struct Mapping {
     phys: u64,
     exclusive: bool,
+    /// Allocated in the running transaction: no committed state refers to it.
+    new: bool,
 }
 
 pub(super) fn encode_mapping(phys: u64) -> [u8; 16] {
@@ -49,6 +54,7 @@ impl ThinPool {
             gate: RwLock::new(()),
             chunk_locks: (0..CHUNK_LOCKS).map(|_| RwLock::new(())).collect(),
             chunk_size,
+            io_count: AtomicU64::new(0),
         }
     }
 
@@ -67,6 +73,7 @@ impl ThinPool {
                 Mapping {
                     phys,
                     exclusive: !path_shared && meta.data.exclusive(phys),
+                    new: meta.data.is_new(phys),
                 }
             }),
         )
@@ -89,12 +96,18 @@ impl ThinPool {
         })
     }
 
+    /// Client reads and writes so far.
+    pub fn io_count(&self) -> u64 {
+        self.io_count.load(Ordering::Relaxed)
+    }
+
     pub fn io_guard(&self) -> RwLockReadGuard<'_, ()> {
         self.gate.read()
     }
 
     /// Read; unmapped ranges read as zeros. Caller holds `io_guard`.
     pub fn read(&self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.io_count.fetch_add(1, Ordering::Relaxed);
         let mut done = 0usize;
         for (vchunk, within, n) in self.pieces(offset, buf.len() as u64) {
             let piece = &mut buf[done..done + n as usize];
@@ -113,6 +126,10 @@ impl ThinPool {
 
     /// Write. Caller holds `io_guard`.
     pub fn write(&self, vol: u64, offset: u64, data: &[u8]) -> Result<()> {
+        self.io_count.fetch_add(1, Ordering::Relaxed);
+        self.array
+            .check_writable()
+            .map_err(|e| Error::io("writing data", e))?;
         let mut done = 0usize;
         for (vchunk, within, n) in self.pieces(offset, data.len() as u64) {
             self.write_piece(vol, vchunk, within, &data[done..done + n as usize])?;
@@ -126,7 +143,10 @@ impl ThinPool {
         let _l = self.chunk_lock(vol, vchunk).write();
         let old = self.lookup(vol, vchunk)?;
         if let Some(m) = &old {
-            if m.exclusive {
+            // RAID5 never rewrites part of a stripe that committed data
+            // lives in (the write hole): such a chunk is written afresh
+            // elsewhere, whole, and the old one freed at the commit.
+            if m.exclusive && (m.new || !self.array.redirects_writes()) {
                 return self
                     .array
                     .write(m.phys * cs + within, data)
