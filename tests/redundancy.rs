@@ -1,0 +1,118 @@
+//! Redundancy end to end through the real daemon and fio (package fio):
+//! on raid1 and raid5 pools, `fio --ioengine=nbd --verify=crc32c` runs
+//! while a member is failed by `vpool pool fail`, then while `vpool pool
+//! replace` rebuilds onto a new image; fio verifies during and after; then
+//! the daemon restarts with another member's image gone (degraded start)
+//! and everything still verifies, read in part from the rebuilt member.
+
+mod common;
+use common::daemon::*;
+use std::process::Command;
+
+fn fio(uri: &str, rw: &str, offset: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "--name=vpool".to_string(),
+        "--ioengine=nbd".into(),
+        format!("--uri={uri}"),
+        format!("--rw={rw}"),
+        "--bs=4k".into(),
+        "--iodepth=8".into(),
+        "--numjobs=2".into(),
+        "--size=24M".into(),
+        format!("--offset={offset}"),
+        "--offset_increment=32M".into(),
+        "--verify=crc32c".into(),
+        "--randrepeat=1".into(),
+        "--group_reporting".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    ok(Command::new("fio").args(&args), 600)
+}
+
+/// Run fio (write, then verify) on a thread while `during` runs.
+fn fio_while(uri: &str, offset: &str, during: impl FnOnce()) {
+    let (uri, offset) = (uri.to_string(), offset.to_string());
+    let t = std::thread::spawn(move || fio(&uri, "randwrite", &offset, &["--end_fsync=1"]));
+    // Let fio get going first.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    during();
+    let out = t.join().expect("fio thread");
+    assert!(out.contains("vpool"), "{out}");
+}
+
+fn member_state(d: &Daemon, index: usize) -> (String, String) {
+    let out = d.vpool_ok(&["pool", "status", "tank", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let m = &v["members"][index];
+    (
+        m["state"].as_str().unwrap_or("").to_string(),
+        m["device"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+fn health(d: &Daemon) -> String {
+    let out = d.vpool_ok(&["pool", "status", "tank", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["health"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn fio_verifies_through_fail_replace_and_a_degraded_start() {
+    require("fio", "fio");
+    for (level, n) in [("raid1", 2), ("raid5", 3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        make_pool(&state, level, n, 512 << 20, &[]);
+        let mut d = Daemon::start(&state);
+        d.vpool_ok(&["vol", "create", "tank/db", "--size", "256M"]);
+        let uri = d.uri("tank/db");
+        let victim = state.join("d1.img");
+        let victim_s = victim.display().to_string();
+        // 1. A member fails while fio writes.
+        fio_while(&uri, "0", || {
+            let out = d.vpool_ok(&["pool", "fail", "tank", &victim_s]);
+            assert!(out.contains("pool replace"), "{level}: {out}");
+        });
+        assert_eq!(member_state(&d, 1).0, "failed", "{level}");
+        assert_eq!(health(&d), "degraded", "{level}");
+        fio(&uri, "randwrite", "0", &["--verify_only"]);
+        // A second member cannot be failed on raid5.
+        if level == "raid5" {
+            let out = d.vpool(&["pool", "fail", "tank", "0"]);
+            assert!(!out.status.success(), "{level}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("would lose data"), "{level}: {err}");
+        }
+        // 2. Replace it while fio writes elsewhere; the rebuild runs in the
+        // daemon, online.
+        let new = state.join("new.img");
+        std::fs::File::create(&new)
+            .unwrap()
+            .set_len(512 << 20)
+            .unwrap();
+        let new_s = new.display().to_string();
+        fio_while(&uri, "8M", || {
+            let out = d.vpool_ok(&["pool", "replace", "tank", &victim_s, &new_s, "--wait"]);
+            assert!(out.contains("rebuild"), "{level}: {out}");
+        });
+        d.vpool_ok(&["job", "wait", "tank"]);
+        assert_eq!(
+            member_state(&d, 1),
+            ("online".into(), new_s.clone()),
+            "{level}"
+        );
+        assert_eq!(health(&d), "online", "{level}");
+        fio(&uri, "randwrite", "0", &["--verify_only"]);
+        fio(&uri, "randwrite", "8M", &["--verify_only"]);
+        // 3. Degraded start: another member's image is gone.
+        d.stop();
+        std::fs::remove_file(state.join("d0.img")).unwrap();
+        d.restart();
+        assert_eq!(health(&d), "degraded", "{level}");
+        assert_eq!(member_state(&d, 0).0, "missing", "{level}");
+        fio(&d.uri("tank/db"), "randwrite", "0", &["--verify_only"]);
+        fio(&d.uri("tank/db"), "randwrite", "8M", &["--verify_only"]);
+        let status = d.vpool_ok(&["pool", "status", "tank"]);
+        assert!(status.contains("DEGRADED"), "{level}: {status}");
+    }
+}
