@@ -250,7 +250,9 @@ impl Pool {
                 label.meta_blocks, meta_need, chunks
             ));
         }
-        if label.level == RaidLevel::Raid5 && !label.chunk_size.is_multiple_of(new_geo.stripe_width()) {
+        if label.level == RaidLevel::Raid5
+            && !label.chunk_size.is_multiple_of(new_geo.stripe_width())
+        {
             warnings.push(format!(
                 "after this reshape a stripe row ({} bytes) is wider than a chunk ({} bytes): a power cut during a small write followed by the loss of a member can then damage a neighbouring chunk of the same row (the RAID5 write hole, closed for pools whose rows match their chunks)",
                 new_geo.stripe_width(),

@@ -223,11 +223,14 @@ impl Array {
         self.state.write().transition = t;
     }
 
-    /// Whether the thin layer must not overwrite committed chunks in
-    /// place (raid5: a torn partial-stripe write would corrupt the rest of
-    /// the stripe if a member is then lost).
-    pub fn redirects_writes(&self) -> bool {
-        self.state.read().geo.level == RaidLevel::Raid5
+    /// May the thin layer overwrite `len` bytes of a committed chunk of
+    /// `chunk_size` in place? Not on raid5 unless the write is whole stripe
+    /// rows: a torn partial-stripe write would corrupt the rest of the
+    /// stripe if a member is then lost (the write hole).
+    pub fn overwrite_in_place(&self, len: u64, chunk_size: u64) -> bool {
+        let st = self.state.read();
+        st.geo.level != RaidLevel::Raid5
+            || (len == chunk_size && chunk_size.is_multiple_of(st.geo.stripe_width()))
     }
 
     pub fn geometry(&self) -> Geometry {
