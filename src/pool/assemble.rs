@@ -24,6 +24,12 @@ pub fn group_by_pool(devices: Vec<DeviceRef>) -> (Vec<FoundPool>, Vec<String>) {
     let mut notes = Vec::new();
     for dev in devices {
         match read_label_checked(&dev) {
+            Ok((l, _)) if dev.size() < l.device_size => notes.push(format!(
+                "{}: {} bytes, smaller than the {} its label records: truncated or a different device? not used",
+                dev.name(),
+                dev.size(),
+                l.device_size
+            )),
             Ok((l, damage)) => match groups.iter_mut().find(|g| g.0.pool_uuid == l.pool_uuid) {
                 Some(g) => {
                     notes.extend(damage.iter().cloned());
@@ -61,7 +67,19 @@ impl Pool {
         let (groups, notes) = group_by_pool(devices);
         let mut warnings: Vec<String> = notes;
         let group = match want {
-            Some(u) => groups.into_iter().find(|g| g.0.pool_uuid == u),
+            Some(u) => {
+                for g in groups.iter().filter(|g| g.0.pool_uuid != u) {
+                    for (_, dev) in &g.1 {
+                        warnings.push(format!(
+                            "{}: a member of another pool ('{}', uuid {}); ignored",
+                            dev.name(),
+                            g.0.pool_name,
+                            Uuid::from_bytes(g.0.pool_uuid)
+                        ));
+                    }
+                }
+                groups.into_iter().find(|g| g.0.pool_uuid == u)
+            }
             None => {
                 if groups.len() > 1 {
                     let names: Vec<String> = groups
