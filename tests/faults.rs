@@ -443,3 +443,75 @@ fn bad_fail_and_replace_requests_change_nothing() {
     assert!(e.contains("--force"), "{e}");
     assert_eq!(state(&pool, 0), "failed");
 }
+
+#[test]
+fn a_hot_spare_replaces_a_failed_member() {
+    for (level, n) in [(RaidLevel::Raid1, 2), (RaidLevel::Raid5, 3)] {
+        let Rig {
+            pool,
+            mut mem,
+            plans,
+            mut model,
+        } = rig(level, n);
+        let spare = Arc::new(MemDevice::new("spare", 32 * MIB));
+        let msg = pool.add_spare(spare.clone(), false).unwrap();
+        assert!(msg.contains("hot spare"), "{msg}");
+        assert_eq!(pool.info().spares, ["spare"]);
+        // Nothing to do while every member is in service.
+        assert!(pool.use_spares().unwrap().is_none());
+        plans[1].vanish();
+        churn(&pool, &mut model, 8, 6);
+        let started = pool.use_spares().unwrap().expect("the spare must be used");
+        assert!(started.contains("spare"), "{level}: {started}");
+        assert!(pool.info().spares.is_empty(), "{level}");
+        rebuild_while_writing(&pool, &mut model, 55);
+        assert_eq!(pool.info().members[1].device.as_deref(), Some("spare"));
+        assert_eq!(pool.info().health, "online", "{level}");
+        drop(pool);
+        mem[1] = spare;
+        for lost in 0..n {
+            let pool = open(&mem, Some(lost));
+            model_verify(
+                &pool,
+                &model,
+                &format!("{level}: spare in, member {lost} lost"),
+            );
+        }
+    }
+}
+
+#[test]
+fn spares_are_found_again_at_open_and_can_be_removed() {
+    let Rig { pool, mem, .. } = rig(RaidLevel::Raid5, 3);
+    let spare = Arc::new(MemDevice::new("spare", 32 * MIB));
+    pool.add_spare(spare.clone(), false).unwrap();
+    assert!(pool.add_spare(spare.clone(), false).is_err(), "twice");
+    let small = Arc::new(MemDevice::new("small", 2 * MIB));
+    assert!(pool
+        .add_spare(small, false)
+        .unwrap_err()
+        .to_string()
+        .contains("smaller"));
+    drop(pool);
+    let mut devs: Vec<DeviceRef> = vec![spare.clone()];
+    devs.extend(mem.iter().map(|d| d.clone() as DeviceRef));
+    let pool = Pool::open(devs).unwrap();
+    assert_eq!(pool.info().spares, ["spare"], "{:?}", pool.warnings());
+    assert_eq!(pool.info().health, "online");
+    assert!(pool.remove_spare(std::path::Path::new("spare")).unwrap());
+    assert!(pool.info().spares.is_empty());
+    // Its label is free now: another pool may take it without --force.
+    let linear = create_with_unit(
+        RaidLevel::Raid1,
+        vec![spare as DeviceRef, Arc::new(MemDevice::new("x", 32 * MIB))],
+        16 * 1024,
+    );
+    assert_eq!(linear.info().health, "online");
+    // Linear pools have no use for spares.
+    let Rig { pool, .. } = rig(RaidLevel::Linear, 2);
+    let e = pool
+        .add_spare(Arc::new(MemDevice::new("s2", 32 * MIB)), false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no redundancy"), "{e}");
+}

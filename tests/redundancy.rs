@@ -116,3 +116,42 @@ fn fio_verifies_through_fail_replace_and_a_degraded_start() {
         assert!(status.contains("DEGRADED"), "{level}: {status}");
     }
 }
+
+#[test]
+fn a_hot_spare_takes_a_failed_members_place_in_the_daemon() {
+    require("fio", "fio");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    make_pool(&state, "raid5", 3, 512 << 20, &[]);
+    let d = Daemon::start(&state);
+    d.vpool_ok(&["vol", "create", "tank/db", "--size", "128M"]);
+    let spare = state.join("spare.img");
+    std::fs::File::create(&spare)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    let spare_s = spare.display().to_string();
+    let out = d.vpool_ok(&["pool", "add", "tank", "--spare", &spare_s]);
+    assert!(out.contains("hot spare"), "{out}");
+    let status = d.vpool_ok(&["pool", "status", "tank"]);
+    assert!(status.contains(&format!("spare: {spare_s}")), "{status}");
+    let uri = d.uri("tank/db");
+    fio(&uri, "randwrite", "0", &["--end_fsync=1"]);
+    d.vpool_ok(&["pool", "fail", "tank", "2"]);
+    // The daemon notices within a tick and rebuilds onto the spare.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (state_2, dev_2) = member_state(&d, 2);
+        if state_2 == "online" && dev_2 == spare_s && health(&d) == "online" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spare did not take over: {state_2} {dev_2}\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(d.log().contains("hot spare"), "{}", d.log());
+    fio(&uri, "randwrite", "0", &["--verify_only"]);
+}

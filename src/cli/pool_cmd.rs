@@ -47,6 +47,9 @@ pub enum PoolCmd {
         /// With a daemon: follow the data movement until it completes.
         #[arg(long, short = 'w')]
         wait: bool,
+        /// Add as hot spares (raid1, raid5): used when a member fails.
+        #[arg(long)]
+        spare: bool,
     },
     /// Remove a member online: its data moves to the other members first
     /// (linear, raid0: like pvmove + vgreduce; raid1: drops a mirror).
@@ -191,11 +194,13 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
             devices,
             force,
             wait,
+            spare,
         } => {
             let req = Request::PoolAdd {
                 name: name.clone(),
                 devices: abs_all(&devices),
                 force,
+                spare,
             };
             report(&dispatch(ctx, req)?);
             if wait {
@@ -334,6 +339,9 @@ fn print_status(i: &PoolInfo) {
     }
     for e in &i.events {
         println!(" event: {e}");
+    }
+    for s in &i.spares {
+        println!(" spare: {s} (available)");
     }
     println!(
         "  raid: {} (stripe unit {}, chunk {})",

@@ -144,7 +144,14 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
             name,
             devices,
             force,
+            spare: false,
         } => super::members::pool_add(engine, &name, devices, force),
+        Request::PoolAdd {
+            name,
+            devices,
+            force,
+            spare: true,
+        } => super::health::pool_add_spares(engine, &name, devices, force),
         Request::PoolRemove { name, device } => super::members::pool_remove(engine, &name, &device),
         Request::PoolFail { name, member } => super::health::pool_fail(engine, &name, &member),
         Request::PoolReplace {

@@ -55,6 +55,33 @@ fn status(pool: &Pool, message: String, warnings: Vec<String>) -> anyhow::Result
     })
 }
 
+pub fn pool_add_spares(
+    engine: &dyn Engine,
+    name: &str,
+    devices: Vec<PathBuf>,
+    force: bool,
+) -> anyhow::Result<Response> {
+    let pool = engine.pool(name)?;
+    if devices.is_empty() {
+        bail!(crate::Error::Invalid(
+            "name the device(s) to add as spares".into()
+        ));
+    }
+    let mut known = engine.member_paths(name)?;
+    let mut lines = Vec::new();
+    for (dev, path) in open_members(&devices)?.into_iter().zip(&devices) {
+        lines.push(pool.add_spare(dev, force)?);
+        known.push(crate::cli::absolute(path));
+        engine.adopt(name, pool.clone(), known.clone())?;
+    }
+    // A pool already degraded takes the spare at once.
+    if let Some(line) = pool.use_spares()? {
+        lines.push(line);
+        lines.push(engine.run_job(name, &pool)?);
+    }
+    status(&pool, lines.join("\n"), Vec::new())
+}
+
 pub fn pool_fail(engine: &dyn Engine, name: &str, member: &str) -> anyhow::Result<Response> {
     let pool = engine.pool(name)?;
     let k = resolve(&pool, name, member)?;

@@ -150,6 +150,7 @@ pub fn forget_former_members(state: &StateDir, name: &str, pool: &Pool) -> anyho
     let current: Vec<PathBuf> = devices
         .iter()
         .flatten()
+        .chain(pool.spares().iter())
         .map(|d| crate::cli::absolute(Path::new(&d.name())))
         .collect();
     let mut st = state.load()?;

@@ -60,6 +60,16 @@ pub fn pool_remove(
     device: &std::path::Path,
 ) -> anyhow::Result<Response> {
     let pool = engine.pool(name)?;
+    if pool.remove_spare(device)? {
+        return Ok(Response {
+            message: Some(format!(
+                "{} is no longer a spare of pool '{name}' (its label is marked free)",
+                device.display()
+            )),
+            data: serde_json::to_value(pool.info())?,
+            ..Default::default()
+        });
+    }
     let abs = crate::cli::absolute(device);
     let names: Vec<Option<String>> = pool
         .member_devices()

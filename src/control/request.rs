@@ -42,6 +42,9 @@ pub enum Request {
         name: String,
         devices: Vec<PathBuf>,
         force: bool,
+        /// Add the devices as hot spares instead (raid1, raid5).
+        #[serde(default)]
+        spare: bool,
     },
     /// Remove a member online: its data is moved to the others first.
     PoolRemove {
@@ -417,6 +420,7 @@ mod tests {
                 name: "t".into(),
                 devices: vec!["/d4".into()],
                 force: false,
+                spare: true,
             },
             Request::PoolRemove {
                 name: "t".into(),

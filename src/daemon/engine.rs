@@ -91,7 +91,7 @@ impl DaemonEngine {
     }
 
     /// Start the pool's job on a thread of its own, unless one runs.
-    fn spawn_job(&self, name: &str, pool: &Pool) {
+    pub(super) fn spawn_job(&self, name: &str, pool: &Pool) {
         let mut jobs = self.jobs.lock();
         if jobs.get(name).is_some_and(|h| !h.is_finished()) {
             return;

@@ -112,9 +112,27 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         let every = cfg.commit_interval;
         std::thread::spawn(move || {
             let mut waited = Duration::ZERO;
+            let mut last_error = std::collections::HashMap::new();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 waited += Duration::from_millis(100);
+                // Member failures are recorded at once, and a hot spare
+                // takes a failed member's place.
+                for (name, pool) in engine.all() {
+                    match pool.use_spares() {
+                        Ok(Some(msg)) => {
+                            tracing::warn!(pool = %name, "{msg}");
+                            engine.spawn_job(&name, &pool);
+                        }
+                        Ok(None) => {}
+                        // Said once, not every tick.
+                        Err(e) if last_error.get(&name) != Some(&e.to_string()) => {
+                            tracing::error!(pool = %name, "{e}");
+                            last_error.insert(name.clone(), e.to_string());
+                        }
+                        Err(_) => {}
+                    }
+                }
                 if waited < every {
                     continue;
                 }

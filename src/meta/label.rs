@@ -16,6 +16,9 @@ pub enum PoolState {
     Active = 1,
     Exported = 2,
     Destroyed = 3,
+    /// A hot spare of the pool: not in the member table; takes a failed
+    /// member's place automatically.
+    Spare = 4,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,6 +162,7 @@ impl Label {
             1 => PoolState::Active,
             2 => PoolState::Exported,
             3 => PoolState::Destroyed,
+            4 => PoolState::Spare,
             s => return Err(format!("unknown pool state {s}")),
         };
         let stripe_unit = get_u64(b, STRIPE_UNIT);

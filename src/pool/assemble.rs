@@ -7,7 +7,7 @@ use super::rebuild::{mirror_for, out_of_service, rebuild_target};
 use super::Pool;
 use crate::device::DeviceRef;
 use crate::error::{Error, Result};
-use crate::meta::label::Label;
+use crate::meta::label::{Label, PoolState};
 use crate::meta::store::DEFAULT_CACHE_NODES;
 use crate::meta::superblock::{MEMBER_ONLINE, MEMBER_STALE, TRANSITION_REBUILD};
 use crate::meta::{MetaLayout, MetaStore};
@@ -34,8 +34,10 @@ pub fn group_by_pool(devices: Vec<DeviceRef>) -> (Vec<FoundPool>, Vec<String>) {
                 Some(g) => {
                     notes.extend(damage.iter().cloned());
                     repair_label(&dev, &l, &damage, &mut notes);
-                    // The newest member table describes the pool.
-                    if l.generation > g.0.generation {
+                    // The newest member table describes the pool (a
+                    // spare's copy of it only when nothing else does).
+                    let spare = l.state == PoolState::Spare;
+                    if (l.generation > g.0.generation && !spare) || g.0.state == PoolState::Spare {
                         g.0 = l.clone();
                     }
                     g.1.push((l, dev))
@@ -103,12 +105,17 @@ impl Pool {
         let n = first.member_count();
         let mut members: Vec<Option<DeviceRef>> = vec![None; n];
         let mut labels: Vec<Option<Label>> = vec![None; n];
+        let mut spares = Vec::new();
         for (l, dev) in found {
             if !same_shape(&first, &l) {
                 warnings.push(format!(
                     "{}: label disagrees with the other members; ignored",
                     dev.name()
                 ));
+                continue;
+            }
+            if l.state == PoolState::Spare {
+                spares.push(dev);
                 continue;
             }
             let Some(i) = first.members.iter().position(|m| m.uuid == l.member_uuid) else {
@@ -226,6 +233,7 @@ impl Pool {
         }
         let thin = ThinPool::new(array, meta, chunk_size);
         let pool = Pool::from_parts(first, thin, warnings);
+        *pool.s.spares.lock() = spares;
         pool.recover_transition()?;
         Ok(pool)
     }

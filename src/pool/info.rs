@@ -30,6 +30,9 @@ pub struct PoolInfo {
     /// Member failures and the reason a failed pool stopped, in order.
     #[serde(default)]
     pub events: Vec<String>,
+    /// Hot spares (devices).
+    #[serde(default)]
+    pub spares: Vec<String>,
     pub members: Vec<MemberInfo>,
     pub capacity: u64,
     pub allocated: u64,
@@ -119,6 +122,7 @@ impl Pool {
                 "online".into()
             },
             events: health.events(),
+            spares: self.spares().iter().map(|d| d.name()).collect(),
             members,
             capacity,
             allocated,

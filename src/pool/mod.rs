@@ -12,6 +12,7 @@ pub mod names;
 mod rebuild;
 mod reshape;
 mod shrink;
+mod spare;
 mod volume;
 
 pub use assemble::group_by_pool;
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     ops: Mutex<()>,
     /// The background job moving data for a layout change.
     job: Mutex<reshape::JobControl>,
+    /// Hot spares: labelled for this pool, used when a member fails.
+    spares: Mutex<Vec<crate::device::DeviceRef>>,
 }
 
 #[derive(Clone)]
@@ -54,6 +57,7 @@ impl Pool {
                 warnings,
                 ops: Mutex::new(()),
                 job: Mutex::new(reshape::JobControl::default()),
+                spares: Mutex::new(Vec::new()),
             }),
         }
     }

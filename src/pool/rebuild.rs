@@ -118,7 +118,7 @@ impl Pool {
             .collect()
     }
 
-    fn redundant_or_refuse(&self, what: &str) -> Result<RaidLevel> {
+    pub(super) fn redundant_or_refuse(&self, what: &str) -> Result<RaidLevel> {
         let level = self.label().level;
         if level.tolerated_failures(self.label().member_count()) == 0 {
             return Err(Error::Invalid(format!(
@@ -184,8 +184,28 @@ impl Pool {
         dev: DeviceRef,
         force: bool,
     ) -> Result<(String, Vec<String>)> {
-        let name = self.name();
         let mut warnings = Vec::new();
+        let geo = self.s.thin.array.geometry();
+        let need = geo.member_data.get(k).copied().unwrap_or(0);
+        self.check_new_device(&dev, need, force)?;
+        if !self.members_out().contains(&k) {
+            self.fail_member(k)?;
+            warnings.push(format!(
+                "member {k} was in service: it is failed first, so the pool has less redundancy until the rebuild ends"
+            ));
+        }
+        let mut new_label = self.label();
+        new_label.members[k].uuid = *uuid::Uuid::new_v4().as_bytes();
+        new_label.generation += 1;
+        self.s.spares.lock().retain(|s| s.name() != dev.name());
+        let msg = self.start_rebuild(k, dev, Some(new_label))?;
+        Ok((msg, warnings))
+    }
+
+    /// Refuse a device that is a member, belongs to another pool (unless
+    /// `force`), or holds fewer than `need` data bytes.
+    pub(super) fn check_new_device(&self, dev: &DeviceRef, need: u64, force: bool) -> Result<()> {
+        let name = self.name();
         if self
             .member_devices()
             .iter()
@@ -198,15 +218,16 @@ impl Pool {
             )));
         }
         let label = self.label();
-        if let Ok(l) = read_label(&dev) {
-            let listed = label.members.iter().any(|m| m.uuid == l.member_uuid);
-            if l.pool_uuid == label.pool_uuid && listed {
+        if let Ok(l) = read_label(dev) {
+            let ours = l.pool_uuid == label.pool_uuid;
+            if ours && label.members.iter().any(|m| m.uuid == l.member_uuid) {
                 return Err(Error::Exists(format!(
                     "{} is already a member of pool '{name}'",
                     dev.name()
                 )));
             }
-            if l.state != PoolState::Destroyed && l.pool_uuid != label.pool_uuid && !force {
+            let reusable = l.state == PoolState::Destroyed || (ours && l.state == PoolState::Spare);
+            if !reusable && !ours && !force {
                 return Err(Error::InUse(format!(
                     "{} belongs to pool '{}'; destroy that pool first or pass --force to overwrite it",
                     dev.name(),
@@ -215,26 +236,15 @@ impl Pool {
             }
         }
         let geo = self.s.thin.array.geometry();
-        let need = geo.member_data.get(k).copied().unwrap_or(0);
         if member_data(dev.size(), geo.data_start, geo.stripe_unit) < need {
             return Err(Error::Invalid(format!(
-                "{} ({} bytes) is smaller than member {k} of '{name}' needs: use a device of at least {} bytes",
+                "{} ({} bytes) is smaller than the members of '{name}' need: use a device of at least {} bytes",
                 dev.name(),
                 dev.size(),
                 geo.data_start + need + crate::meta::codec::BLOCK_SIZE as u64
             )));
         }
-        if !self.members_out().contains(&k) {
-            self.fail_member(k)?;
-            warnings.push(format!(
-                "member {k} was in service: it is failed first, so the pool has less redundancy until the rebuild ends"
-            ));
-        }
-        let mut new_label = label.clone();
-        new_label.members[k].uuid = *uuid::Uuid::new_v4().as_bytes();
-        new_label.generation += 1;
-        let msg = self.start_rebuild(k, dev, Some(new_label))?;
-        Ok((msg, warnings))
+        Ok(())
     }
 
     /// Reset member `k`'s error counters (`pool clear`). A member out of
