@@ -82,6 +82,13 @@ enum Fault {
     DiesAfterWrites,
 }
 
+const FAULTS: [Fault; 4] = [
+    Fault::Vanish,
+    Fault::WriteErrors,
+    Fault::ReadErrors,
+    Fault::DiesAfterWrites,
+];
+
 fn inject(plan: &FaultPlan, f: Fault) {
     match f {
         Fault::Vanish => plan.vanish(),
@@ -141,15 +148,7 @@ fn member_fails_in_service(level: RaidLevel, n: usize, victim: usize, fault: Fau
 
 #[test]
 fn raid1_member_failures_in_service_lose_nothing() {
-    for (i, f) in [
-        Fault::Vanish,
-        Fault::WriteErrors,
-        Fault::ReadErrors,
-        Fault::DiesAfterWrites,
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, f) in FAULTS.into_iter().enumerate() {
         member_fails_in_service(RaidLevel::Raid1, 2, i % 2, f);
         member_fails_in_service(RaidLevel::Raid1, 3, i % 3, f);
     }
@@ -157,15 +156,7 @@ fn raid1_member_failures_in_service_lose_nothing() {
 
 #[test]
 fn raid5_member_failures_in_service_lose_nothing() {
-    for (i, f) in [
-        Fault::Vanish,
-        Fault::WriteErrors,
-        Fault::ReadErrors,
-        Fault::DiesAfterWrites,
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, f) in FAULTS.into_iter().enumerate() {
         member_fails_in_service(RaidLevel::Raid5, 3, i % 3, f);
         member_fails_in_service(RaidLevel::Raid5, 4, (i + 1) % 4, f);
     }

@@ -5,14 +5,14 @@
 //! change bumps the labels' generation, and the newest table wins at
 //! assembly, so a crash halfway through rewriting labels is harmless.
 
-use super::create::{read_label, write_label};
+use super::create::write_label;
 use super::layout::{member_data, META_BYTES_PER_CHUNK};
 use super::Pool;
 use crate::cli::units::format_size;
 use crate::device::DeviceRef;
 use crate::error::{Error, Result};
 use crate::meta::codec::BLOCK_SIZE;
-use crate::meta::label::{Label, MemberEntry, PoolState, MAX_MEMBERS};
+use crate::meta::label::{Label, MemberEntry, MAX_MEMBERS};
 use crate::meta::superblock::{
     SbTransition, PHASE_START, TRANSITION_REBUILD, TRANSITION_RESTRIPE, TRANSITION_RESYNC,
     TRANSITION_SHRINK,
@@ -175,33 +175,8 @@ impl Pool {
                 "pool '{name}' already has the most members a pool can have ({MAX_MEMBERS})"
             )));
         }
-        if state
-            .members
-            .iter()
-            .flatten()
-            .any(|m| m.name() == dev.name())
-        {
-            return Err(Error::Exists(format!(
-                "{} is already a member of pool '{name}'",
-                dev.name()
-            )));
-        }
-        if let Ok(l) = read_label(&dev) {
-            let listed = label.members.iter().any(|m| m.uuid == l.member_uuid);
-            if l.pool_uuid == label.pool_uuid && listed {
-                return Err(Error::Exists(format!(
-                    "{} is already a member of pool '{name}'",
-                    dev.name()
-                )));
-            }
-            if l.state != PoolState::Destroyed && !force {
-                return Err(Error::InUse(format!(
-                    "{} belongs to pool '{}'; destroy that pool first or pass --force to overwrite it",
-                    dev.name(),
-                    l.pool_name
-                )));
-            }
-        }
+        // Sizes are checked below, per level.
+        self.check_new_device(&dev, 0, force)?;
         let geo = state.geo.clone();
         let su = geo.stripe_unit;
         let available = member_data(dev.size(), geo.data_start, su);

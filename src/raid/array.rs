@@ -95,6 +95,19 @@ pub fn members_before_shrink(
     v
 }
 
+/// The parts of an I/O at `offset` of `len` bytes below and at or past
+/// `pos`: (array offset, buffer range) each.
+type Part = Option<(u64, std::ops::Range<usize>)>;
+fn split_at(offset: u64, len: usize, pos: u64) -> (Part, Part) {
+    let end = offset + len as u64;
+    let split = pos.clamp(offset, end);
+    let at = (split - offset) as usize;
+    (
+        (split > offset).then_some((offset, 0..at)),
+        (end > split).then_some((split, at..len)),
+    )
+}
+
 /// Tell `health` which members the array lacks.
 fn shape_of(health: &Health, st: &ArrayState) {
     let absent = st
@@ -304,19 +317,16 @@ impl Array {
                 kind: TransitionKind::Rebuild { member },
                 pos,
             }) => {
-                let end = offset + len as u64;
-                let split = (*pos).clamp(offset, end);
-                if split > offset {
-                    let n = (split - offset) as usize;
-                    f(&view(&st.geo, &st.members, None), offset, 0..n)?;
+                let (below, above) = split_at(offset, len, *pos);
+                if let Some((o, r)) = below {
+                    f(&view(&st.geo, &st.members, None), o, r)?;
                 }
-                if end > split {
-                    let a = (split - offset) as usize;
+                if let Some((o, r)) = above {
                     let v = View {
                         absent: Some(*member),
                         ..view(&st.geo, &st.members, None)
                     };
-                    f(&v, split, a..len)?;
+                    f(&v, o, r)?;
                 }
                 Ok(())
             }
@@ -324,16 +334,12 @@ impl Array {
                 kind: TransitionKind::Restripe { old },
                 pos,
             }) => {
-                let end = offset + len as u64;
-                let split = (*pos).clamp(offset, end);
-                if split > offset {
-                    let n = (split - offset) as usize;
-                    f(&view(&st.geo, &st.members, None), offset, 0..n)?;
+                let (below, above) = split_at(offset, len, *pos);
+                if let Some((o, r)) = below {
+                    f(&view(&st.geo, &st.members, None), o, r)?;
                 }
-                if end > split {
-                    let old_members = &st.members[..old.members()];
-                    let a = (split - offset) as usize;
-                    f(&view(old, old_members, None), split, a..len)?;
+                if let Some((o, r)) = above {
+                    f(&view(old, &st.members[..old.members()], None), o, r)?;
                 }
                 Ok(())
             }
@@ -341,23 +347,21 @@ impl Array {
                 kind: TransitionKind::Shrink { old, removed, dev },
                 pos,
             }) => {
-                let end = offset + len as u64;
-                let split = (*pos).clamp(offset, end);
-                if split > offset {
+                let (below, above) = split_at(offset, len, *pos);
+                if let Some((o, r)) = below {
                     let old_members = members_before_shrink(&st.members, *removed, dev);
                     let old_view = View {
                         tolerant: false,
                         ..self.view(old, &old_members, None)
                     };
-                    f(&old_view, offset, 0..(split - offset) as usize)?;
+                    f(&old_view, o, r)?;
                 }
-                if end > split {
-                    let a = (split - offset) as usize;
+                if let Some((o, r)) = above {
                     let new_view = View {
                         tolerant: false,
                         ..view(&st.geo, &st.members, None)
                     };
-                    f(&new_view, split, a..len)?;
+                    f(&new_view, o, r)?;
                 }
                 Ok(())
             }
