@@ -1,13 +1,15 @@
 //! Property test: random sequences of volume operations, checked byte for
 //! byte against a trivial model (a Vec<u8> per volume and snapshot), on every
-//! RAID level, including raid1/raid5 losing a member partway through.
+//! RAID level, including raid1/raid5 losing a member partway through, or a
+//! member failing in service (one injected fault per run: it vanishes, fails
+//! its reads, fails its writes, or dies after a few writes).
 
 mod common;
 use common::*;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use vpool::device::{DeviceRef, MemDevice};
+use vpool::device::{DeviceRef, FaultDevice, FaultPlan, MemDevice};
 use vpool::raid::RaidLevel;
 use vpool::Pool;
 
@@ -51,6 +53,11 @@ enum Op {
     LoseMember {
         member: usize,
     },
+    /// A member starts failing while the pool serves (raid1/raid5).
+    Fault {
+        member: usize,
+        kind: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -69,12 +76,16 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Commit),
         1 => Just(Op::Reopen),
         1 => (0usize..3).prop_map(|member| Op::LoseMember { member }),
+        1 => (0usize..3, 0u8..4).prop_map(|(member, kind)| Op::Fault { member, kind }),
     ]
 }
 
 struct Harness {
     pool: Pool,
     devs: Vec<Arc<MemDevice>>,
+    /// The fault plans of the devices the pool was created on.
+    plans: Vec<FaultPlan>,
+    faulted: bool,
     lost: Option<usize>,
     vols: BTreeMap<String, Vec<u8>>,
     snaps: BTreeMap<(String, String), Vec<u8>>,
@@ -200,9 +211,22 @@ impl Harness {
             }
             Op::Commit => self.pool.commit().unwrap(),
             Op::Reopen => self.reopen(),
+            Op::Fault { member, kind } => {
+                let redundant = matches!(level, RaidLevel::Raid1 | RaidLevel::Raid5);
+                if redundant && self.lost.is_none() && !self.faulted && !self.plans.is_empty() {
+                    self.faulted = true;
+                    let plan = &self.plans[member % self.plans.len()];
+                    match kind {
+                        0 => plan.vanish(),
+                        1 => plan.fail_reads(0..u64::MAX),
+                        2 => plan.fail_writes(0..u64::MAX),
+                        _ => plan.die_after_writes(3),
+                    }
+                }
+            }
             Op::LoseMember { member } => {
                 let redundant = matches!(level, RaidLevel::Raid1 | RaidLevel::Raid5);
-                if redundant && self.lost.is_none() {
+                if redundant && self.lost.is_none() && !self.faulted {
                     self.pool.commit().unwrap();
                     self.lost = Some(member % self.devs.len());
                     self.reopen();
@@ -212,8 +236,11 @@ impl Harness {
         }
     }
 
+    /// Close and open again, on the plain devices: a member that failed
+    /// in service is back, with stale data, and must not be used.
     fn reopen(&mut self) {
         self.pool.commit().unwrap();
+        self.plans.clear();
         let members = self.members();
         self.pool = Pool::open(members).unwrap();
     }
@@ -236,11 +263,21 @@ impl Harness {
 }
 
 fn run(level: RaidLevel, ops: Vec<Op>) {
-    let (pool, devs) = small_pool(level, 40 * MIB);
+    let devs = mem_devices(members_for(level), 40 * MIB);
+    let (faulty, plans): (Vec<DeviceRef>, Vec<FaultPlan>) = devs
+        .iter()
+        .map(|d| {
+            let (f, p) = FaultDevice::wrap(d.clone() as DeviceRef);
+            (f as DeviceRef, p)
+        })
+        .unzip();
+    let pool = create_with_unit(level, faulty, 4096);
     pool.create_volume("v0", 4 * MIB).unwrap();
     let mut h = Harness {
         pool,
         devs,
+        plans,
+        faulted: false,
         lost: None,
         vols: [("v0".to_string(), vec![0u8; 4 * MIB as usize])].into(),
         snaps: BTreeMap::new(),

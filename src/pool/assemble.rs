@@ -167,12 +167,21 @@ impl Pool {
                 cache_nodes,
             )
         };
-        let mut meta = open_meta(&members, None)?;
-        // Members the metadata says missed writes must not be trusted, and a
+        // The newest superblock first: members it says missed writes must not
+        // be trusted, not even for metadata (their copy is stale), and a
         // member being rebuilt holds no metadata copy yet.
+        let (sb, _) = MetaStore::read_superblocks(
+            &mirror_for(&first, &members, None),
+            &layout,
+            first.pool_uuid,
+        );
+        let states = sb.as_ref().map(|s| s.member_states.clone()).unwrap_or_default();
+        let rebuild = sb
+            .and_then(|s| s.transition)
+            .filter(|t| t.kind == TRANSITION_REBUILD);
         let mut excluded = Vec::new();
         for (i, slot) in members.iter_mut().enumerate() {
-            let Some(why) = out_of_service(meta.member_states().get(i)) else {
+            let Some(why) = out_of_service(states.get(i)) else {
                 continue;
             };
             if let Some(dev) = slot.take() {
@@ -183,7 +192,6 @@ impl Pool {
                 excluded.push((i, dev));
             }
         }
-        let rebuild = meta.transition().filter(|t| t.kind == TRANSITION_REBUILD);
         let rebuilding = rebuild.map(|t| t.removed as usize);
         if let Some(t) = rebuild {
             let k = t.removed as usize;
@@ -197,9 +205,7 @@ impl Pool {
                 ));
             }
         }
-        if !excluded.is_empty() || rebuilding.is_some() {
-            meta = open_meta(&members, rebuilding)?;
-        }
+        let mut meta = open_meta(&members, rebuilding)?;
         let missing: Vec<usize> = (0..n).filter(|&i| members[i].is_none()).collect();
         let tolerated = first.level.tolerated_failures(n);
         if missing.len() > tolerated {
