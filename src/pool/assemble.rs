@@ -175,7 +175,10 @@ impl Pool {
             &layout,
             first.pool_uuid,
         );
-        let states = sb.as_ref().map(|s| s.member_states.clone()).unwrap_or_default();
+        let states = sb
+            .as_ref()
+            .map(|s| s.member_states.clone())
+            .unwrap_or_default();
         let rebuild = sb
             .and_then(|s| s.transition)
             .filter(|t| t.kind == TRANSITION_REBUILD);
