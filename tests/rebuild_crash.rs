@@ -43,10 +43,11 @@ fn scenario(level: RaidLevel, n: usize, k: usize, seed: u64, cut: Option<u64>) -
             if sim.power_lost() {
                 break;
             }
-            for (off, len) in dirty.drain(..) {
-                durable[off..off + len].copy_from_slice(&model[off..off + len]);
-            }
+            // Steps do not commit each time; the last one does.
             if r.unwrap() {
+                for (off, len) in dirty.drain(..) {
+                    durable[off..off + len].copy_from_slice(&model[off..off + len]);
+                }
                 break;
             }
             i += 1;
@@ -57,7 +58,14 @@ fn scenario(level: RaidLevel, n: usize, k: usize, seed: u64, cut: Option<u64>) -
                 break;
             }
             if i % 3 == 0 {
-                pool.commit().unwrap();
+                let c = pool.commit();
+                if sim.power_lost() {
+                    break;
+                }
+                c.unwrap();
+                for (off, len) in dirty.drain(..) {
+                    durable[off..off + len].copy_from_slice(&model[off..off + len]);
+                }
             }
         }
     }

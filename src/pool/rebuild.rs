@@ -26,6 +26,9 @@ use crate::meta::superblock::{
 use crate::meta::MetaStore;
 use crate::raid::{ArrayState, MetaMirror, RaidLevel, Transition, TransitionKind};
 
+/// Array bytes a rebuild moves between committed checkpoints.
+const CHECKPOINT_BYTES: u64 = 256 << 20;
+
 /// Copy the whole metadata area from a live copy to `dest`, durably.
 /// Caller holds the metadata lock for write (no block changes meanwhile).
 pub(super) fn copy_metadata_area(
@@ -398,17 +401,23 @@ impl Pool {
                 target.name()
             )));
         }
-        target.flush().map_err(io("flushing the rebuilt member"))?;
         sbt.pos = to;
         if to >= total {
             self.finish_rebuild(k, &target)?;
         } else {
+            // Any commit (this one, a client's flush, the background one)
+            // flushes the new member before it records `pos`, so the
+            // checkpoint need not be committed every step; a crash redoes
+            // at most CHECKPOINT_BYTES.
+            let committed = thin.meta.read().committed().transition.map_or(0, |t| t.pos);
             thin.meta.write().set_transition(Some(sbt));
             thin.array.set_transition(Some(Transition {
                 kind: TransitionKind::Rebuild { member: k },
                 pos: to,
             }));
-            thin.commit_locked()?;
+            if to - committed.min(to) >= CHECKPOINT_BYTES {
+                thin.commit_locked()?;
+            }
         }
         Ok(moved)
     }

@@ -138,7 +138,7 @@ impl Pool {
                 return Ok(false);
             }
             // Clients were active since the last step: after this one, give
-            // them as much time as the step held their I/O.
+            // them twice the time the step held their I/O.
             let busy = thin.io_count() != seen;
             let t0 = Instant::now();
             if self.job_step(STEP_BYTES)? {
@@ -149,7 +149,7 @@ impl Pool {
             if let Some(info) = self.job() {
                 progress(&info);
                 if busy {
-                    std::thread::sleep(took);
+                    std::thread::sleep(took * 2);
                 }
                 self.throttle();
             }

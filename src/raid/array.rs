@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 const STRIPE_LOCKS: usize = 512;
+/// Reconstructions at least this large read the members in parallel.
+const PARALLEL_READ_MIN: usize = 1 << 20;
 
 pub struct Array {
     state: RwLock<ArrayState>,
@@ -597,15 +599,48 @@ impl View<'_> {
     /// `out` = XOR of every member but `skip` at member offset `moff`: the
     /// content `skip` must have there. Caller holds the stripe lock.
     fn xor_others(&self, skip: usize, moff: u64, out: &mut [u8]) -> FaultResult<()> {
-        out.fill(0);
-        let mut tmp = vec![0u8; out.len()];
-        for m in 0..self.members.len() {
-            if m == skip {
-                continue;
-            }
+        let others: Vec<usize> = (0..self.members.len()).filter(|&m| m != skip).collect();
+        let read = |m: usize, buf: &mut [u8]| -> FaultResult<()> {
             let dev = self.dev(m).ok_or_else(|| missing("degraded read"))?;
-            self.io(m, dev, Dir::Read, || dev.read_at(&mut tmp, moff))?;
-            xor_into(out, &tmp);
+            self.io(m, dev, Dir::Read, || dev.read_at(buf, moff))
+        };
+        let Some((&first, rest)) = others.split_first() else {
+            return Err(missing("degraded read").into());
+        };
+        if out.len() < PARALLEL_READ_MIN {
+            read(first, out)?;
+            let mut tmp = vec![0u8; out.len()];
+            for &m in rest {
+                read(m, &mut tmp)?;
+                xor_into(out, &tmp);
+            }
+            return Ok(());
+        }
+        // Large (rebuilds): read the members at once, one thread each.
+        let len = out.len();
+        let (mine, theirs) = std::thread::scope(|s| {
+            let handles: Vec<_> = rest
+                .iter()
+                .map(|&m| {
+                    s.spawn(move || {
+                        let mut b = vec![0u8; len];
+                        read(m, &mut b).map(|()| b)
+                    })
+                })
+                .collect();
+            let mine = read(first, out);
+            let theirs: Vec<FaultResult<Vec<u8>>> = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("a member read panicked").into()))
+                })
+                .collect();
+            (mine, theirs)
+        });
+        mine?;
+        for b in theirs {
+            xor_into(out, &b?);
         }
         Ok(())
     }
