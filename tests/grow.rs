@@ -188,30 +188,23 @@ fn crash_run(level: RaidLevel, seed: u64) {
     assert_eq!(pool.info().members.len(), n + 1);
 }
 
-fn crash_iters() -> u64 {
-    std::env::var("VPOOL_CRASH_ITERS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(60, |n| (n / 20).max(5))
-}
-
 #[test]
 fn power_cut_during_raid5_reshape() {
-    for i in 0..crash_iters() {
+    for i in 0..crash_iters(60, 20, 5) {
         crash_run(RaidLevel::Raid5, 5000 + i * 31);
     }
 }
 
 #[test]
 fn power_cut_during_raid0_reshape() {
-    for i in 0..crash_iters() {
+    for i in 0..crash_iters(60, 20, 5) {
         crash_run(RaidLevel::Raid0, 7000 + i * 37);
     }
 }
 
 #[test]
 fn power_cut_during_raid1_resync() {
-    for i in 0..crash_iters() / 2 {
+    for i in 0..crash_iters(60, 20, 5) / 2 {
         crash_run(RaidLevel::Raid1, 9000 + i * 41);
     }
 }

@@ -119,18 +119,11 @@ fn scenario(level: RaidLevel, n: usize, k: usize, seed: u64, cut: Option<u64>) -
     Vec::new()
 }
 
-fn crash_iters() -> u64 {
-    std::env::var("VPOOL_CRASH_ITERS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(16, |n| (n / 50).max(4))
-}
-
 /// Cuts aimed with a dry run of the same seed: half anywhere from the
 /// replace to the end, half inside the first or last two steps (the
 /// record, the labels, the metadata copy and the final commit).
 fn series(level: RaidLevel, n: usize, first_seed: u64) {
-    for i in 0..crash_iters() {
+    for i in 0..crash_iters(16, 50, 4) {
         let seed = first_seed + i * 31;
         let k = (i as usize) % n;
         let steps = scenario(level, n, k, seed, None);

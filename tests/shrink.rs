@@ -252,18 +252,11 @@ fn scenario(
     Vec::new()
 }
 
-fn crash_iters() -> u64 {
-    std::env::var("VPOOL_CRASH_ITERS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(24, |n| (n / 50).max(4))
-}
-
-/// `crash_iters()` removals of member `i / 2 % members`: half with the cut
+/// `crash_iters(24, 50, 4)` removals of member `i / 2 % members`: half with the cut
 /// anywhere in the job, half inside its last steps (the raid0 copy on the
 /// leaving member, the label change).
 fn crash_series(level: RaidLevel, leavers: u64, first_seed: u64, stride: u64) {
-    for i in 0..crash_iters() {
+    for i in 0..crash_iters(24, 50, 4) {
         let at = if i % 2 == 0 {
             Cut::Anywhere
         } else {

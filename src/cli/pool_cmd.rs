@@ -387,16 +387,13 @@ fn print_status(i: &PoolInfo) {
                 m.state.to_uppercase(),
                 m.errors.read.to_string(),
                 m.errors.write.to_string(),
-                m.errors.checksum.to_string(),
                 format_size(m.data_bytes),
                 m.uuid.clone(),
             ]
         })
         .collect();
     table(
-        &[
-            "MEMBER", "DEVICE", "STATE", "READ", "WRITE", "CKSUM", "DATA", "UUID",
-        ],
+        &["MEMBER", "DEVICE", "STATE", "READ", "WRITE", "DATA", "UUID"],
         &rows,
     );
 }

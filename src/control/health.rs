@@ -98,10 +98,8 @@ pub fn pool_replace(
 ) -> anyhow::Result<Response> {
     let pool = engine.pool(name)?;
     let k = resolve(&pool, name, member)?;
-    let mut known = engine.member_paths(name)?;
-    let abs = crate::cli::absolute(device);
-    if known.iter().any(|p| crate::cli::absolute(p) == abs) && pool.member_by_path(device).is_some()
-    {
+    // Checked before opening it: a member's device is locked by the pool.
+    if pool.member_by_path(device).is_some() {
         bail!(crate::Error::Exists(format!(
             "{} is already a member of pool '{name}'",
             device.display()
@@ -110,7 +108,8 @@ pub fn pool_replace(
     let dev = open_members(&[device.to_path_buf()])?.remove(0);
     let (line, warnings) = pool.replace_member(k, dev, force)?;
     // Remember the new device at once: a restart mid-rebuild finds it.
-    known.push(PathBuf::from(&abs));
+    let mut known = engine.member_paths(name)?;
+    known.push(crate::cli::absolute(device));
     engine.adopt(name, pool.clone(), known)?;
     let job = engine.run_job(name, &pool)?;
     status(&pool, format!("{line}\n{job}"), warnings)
@@ -127,19 +126,15 @@ pub fn pool_clear(
         None => (0..pool.label().member_count()).collect(),
     };
     let mut lines = Vec::new();
-    let mut rebuilding = false;
     for k in targets {
         match pool.clear_member(k) {
-            Ok(line) => {
-                rebuilding |= line.contains("rebuilding");
-                lines.push(line);
-            }
+            Ok(line) => lines.push(line),
             // Clearing every member: one that is missing is only reported.
             Err(e) if member.is_none() => lines.push(format!("member {k}: {e}")),
             Err(e) => return Err(e.into()),
         }
     }
-    if rebuilding {
+    if pool.job().is_some() {
         lines.push(engine.run_job(name, &pool)?);
     }
     status(&pool, lines.join("\n"), Vec::new())

@@ -70,17 +70,13 @@ pub fn pool_remove(
             ..Default::default()
         });
     }
-    let abs = crate::cli::absolute(device);
-    let names: Vec<Option<String>> = pool
-        .member_devices()
-        .iter()
-        .map(|d| d.as_ref().map(|d| d.name()))
-        .collect();
-    let Some(k) = names.iter().position(|n| {
-        n.as_ref()
-            .is_some_and(|n| crate::cli::absolute(std::path::Path::new(n)) == abs)
-    }) else {
-        let list: Vec<String> = names.iter().flatten().cloned().collect();
+    let Some(k) = pool.member_by_path(device) else {
+        let list: Vec<String> = pool
+            .member_devices()
+            .iter()
+            .flatten()
+            .map(|d| d.name())
+            .collect();
         bail!(crate::Error::NotFound(format!(
             "{} is not a member of pool '{name}' (members: {})",
             device.display(),

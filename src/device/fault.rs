@@ -195,3 +195,59 @@ impl BlockDevice for FaultDevice {
         self.inner.name()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::MemDevice;
+
+    fn dev() -> (Arc<FaultDevice>, FaultPlan) {
+        FaultDevice::wrap(Arc::new(MemDevice::new("m", 1 << 16)))
+    }
+
+    #[test]
+    fn each_fault_does_what_it_says() {
+        let (d, p) = dev();
+        let mut b = [0u8; 512];
+        d.write_at(&[7u8; 512], 4096).unwrap();
+        // Ranges: only I/O touching them fails.
+        p.fail_reads(4096..4097);
+        assert!(d.read_at(&mut b, 4096).is_err());
+        d.read_at(&mut b, 0).unwrap();
+        p.fail_writes(0..512);
+        assert!(d.write_at(&b, 256).is_err());
+        d.write_at(&b, 8192).unwrap();
+        p.heal();
+        // Transient: n failures, then fine.
+        p.transient(2);
+        assert!(d.read_at(&mut b, 0).is_err());
+        assert!(d.read_at(&mut b, 0).is_err());
+        d.read_at(&mut b, 0).unwrap();
+        // Every n-th I/O.
+        p.fail_every(Some(3));
+        let fails = (0..9).filter(|_| d.read_at(&mut b, 0).is_err()).count();
+        assert_eq!(fails, 3);
+        p.heal();
+        // Bit flips on the way, the medium unchanged.
+        p.flip_on_read(4100);
+        d.read_at(&mut b, 4096).unwrap();
+        assert_eq!((b[3], b[4], b[5]), (7, 6, 7));
+        p.heal();
+        d.read_at(&mut b, 4096).unwrap();
+        assert_eq!(b[4], 7);
+        // Dies after n writes; then everything fails with ENODEV.
+        p.die_after_writes(2);
+        d.write_at(&b, 0).unwrap();
+        d.write_at(&b, 0).unwrap();
+        let e = d.write_at(&b, 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENODEV));
+        assert!(d.read_at(&mut b, 0).is_err() && d.flush().is_err());
+        assert_eq!(p.injected(), 2, "since the last heal");
+        // Latency.
+        p.heal();
+        p.set_latency(Some(Duration::from_millis(20)));
+        let t = std::time::Instant::now();
+        d.read_at(&mut b, 0).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(20));
+    }
+}

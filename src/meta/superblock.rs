@@ -9,6 +9,11 @@ pub const SB_VERSION: u32 = 1;
 /// Written while a layout transition (reshape, resync) is in progress, so
 /// that a reader that does not know transitions refuses the pool.
 pub const SB_VERSION_TRANSITION: u32 = 2;
+/// Written while a member is failed or being rebuilt (states 2 and 3), so
+/// that a reader that does not know those states refuses the pool instead
+/// of trusting a failed member's stale data. Carries a transition (or kind
+/// 0 for none) like version 2.
+pub const SB_VERSION_HEALTH: u32 = 3;
 /// Member states recorded in the superblock.
 pub const MEMBER_ONLINE: u8 = 0;
 /// Missing when a transaction committed: its contents are stale.
@@ -107,7 +112,9 @@ impl Superblock {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; BLOCK_SIZE];
         put_u32(&mut b, 4, SB_MAGIC);
-        let version = if self.transition.is_some() {
+        let version = if self.member_states.iter().any(|&s| s > MEMBER_STALE) {
+            SB_VERSION_HEALTH
+        } else if self.transition.is_some() {
             SB_VERSION_TRANSITION
         } else {
             SB_VERSION
@@ -158,7 +165,7 @@ impl Superblock {
             return Err("superblock checksum mismatch".into());
         }
         let version = get_u32(b, 8);
-        if version != SB_VERSION && version != SB_VERSION_TRANSITION {
+        if !(SB_VERSION..=SB_VERSION_HEALTH).contains(&version) {
             return Err(format!("superblock version {version} is not supported"));
         }
         let msm_pages = get_u32(b, 128);
@@ -172,7 +179,9 @@ impl Superblock {
         let mut pool_uuid = [0u8; 16];
         pool_uuid.copy_from_slice(&b[24..40]);
         let sel_len = (msm_pages as usize).div_ceil(8);
-        let transition = if version == SB_VERSION_TRANSITION {
+        let transition = if version == SB_VERSION_TRANSITION
+            || (version == SB_VERSION_HEALTH && get_u32(b, TRANSITION) != 0)
+        {
             let t = SbTransition {
                 kind: get_u32(b, TRANSITION),
                 old_members: get_u32(b, TRANSITION + 4),
@@ -290,5 +299,25 @@ mod tests {
         }
         let err = Superblock::decode(&sb.encode()).unwrap_err();
         assert!(err.contains("impossible transition"), "{err}");
+        // A failed member needs version 3, with or without a transition.
+        sb.transition = None;
+        sb.member_states = vec![0, 2, 0];
+        let b = sb.encode();
+        assert_eq!(get_u32(&b, 8), SB_VERSION_HEALTH);
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
+        sb.member_states = vec![3, 0, 0];
+        sb.transition = Some(SbTransition {
+            kind: TRANSITION_REBUILD,
+            old_members: 3,
+            removed: 0,
+            pos: 1 << 20,
+            phase: PHASE_MAIN,
+            backup_offset: 0x0102_0304_0506_0708,
+            backup_len: 9,
+        });
+        let b = sb.encode();
+        assert_eq!(get_u32(&b, 8), SB_VERSION_HEALTH);
+        assert_eq!(get_u32(&b, TRANSITION), TRANSITION_REBUILD);
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
     }
 }

@@ -14,7 +14,7 @@ pub struct MemberInfo {
     /// rebuilding.
     pub state: String,
     pub data_bytes: u64,
-    /// I/O and checksum errors since the pool was opened or cleared.
+    /// I/O errors since the pool was opened or cleared.
     #[serde(default)]
     pub errors: ErrorCounts,
 }

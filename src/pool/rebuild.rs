@@ -7,8 +7,10 @@
 //! bytes below it are in sync on the new member, the rest are served from
 //! redundancy (raid5 reconstructs the member's units, writes skip it).
 //! Each step rebuilds the stripe rows of the chunks in use in the next
-//! range (a thin pool rebuilds only what it stores), flushes, and commits
-//! `pos`; a crash resumes from the last commit. The replacement holds a
+//! range (a thin pool rebuilds only what it stores) and moves `pos`, which
+//! the next commit records (every commit flushes the new member first; the
+//! rebuild forces one every `CHECKPOINT_BYTES`); a crash resumes from the
+//! last recorded `pos`. The replacement holds a
 //! metadata copy only once the rebuild ends: until then it is left out of
 //! the metadata mirror, and its copy is written last.
 

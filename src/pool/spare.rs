@@ -76,11 +76,11 @@ impl Pool {
         if self.s.job.lock().running || self.s.thin.meta.read().transition().is_some() {
             return Ok(None);
         }
-        let Some(&k) = self.members_out().first() else {
-            return Ok(None);
-        };
         let spare = self.s.spares.lock().first().cloned();
         let Some(dev) = spare else {
+            return Ok(None);
+        };
+        let Some(&k) = self.members_out().first() else {
             return Ok(None);
         };
         let shown = dev.name();

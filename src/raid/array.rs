@@ -511,7 +511,7 @@ impl View<'_> {
         }
         if self.tolerant && self.geo.level.tolerated_failures(self.members.len()) > 0 {
             self.health.set_broken(format!(
-                "member {m} ({}) failed ({e}) and no redundancy is left; the pool takes no more writes",
+                "member {m} ({}) failed ({e}) and no redundancy is left; the pool takes no more writes: reattach or replace the failed members, then restart the daemon (or reopen the pool)",
                 dev.name()
             ));
         }
@@ -599,24 +599,23 @@ impl View<'_> {
     /// `out` = XOR of every member but `skip` at member offset `moff`: the
     /// content `skip` must have there. Caller holds the stripe lock.
     fn xor_others(&self, skip: usize, moff: u64, out: &mut [u8]) -> FaultResult<()> {
-        let others: Vec<usize> = (0..self.members.len()).filter(|&m| m != skip).collect();
+        let mut others = (0..self.members.len()).filter(|&m| m != skip);
         let read = |m: usize, buf: &mut [u8]| -> FaultResult<()> {
             let dev = self.dev(m).ok_or_else(|| missing("degraded read"))?;
             self.io(m, dev, Dir::Read, || dev.read_at(buf, moff))
         };
-        let Some((&first, rest)) = others.split_first() else {
-            return Err(missing("degraded read").into());
-        };
+        let first = others.next().ok_or_else(|| missing("degraded read"))?;
         if out.len() < PARALLEL_READ_MIN {
             read(first, out)?;
             let mut tmp = vec![0u8; out.len()];
-            for &m in rest {
+            for m in others {
                 read(m, &mut tmp)?;
                 xor_into(out, &tmp);
             }
             return Ok(());
         }
         // Large (rebuilds): read the members at once, one thread each.
+        let rest: Vec<usize> = others.collect();
         let len = out.len();
         let (mine, theirs) = std::thread::scope(|s| {
             let handles: Vec<_> = rest

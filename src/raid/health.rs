@@ -22,8 +22,6 @@ const SLOTS: usize = 64;
 pub struct ErrorCounts {
     pub read: u64,
     pub write: u64,
-    /// Data whose checksum did not match (found by reads and scrubs).
-    pub checksum: u64,
 }
 
 pub struct Health {
@@ -35,7 +33,6 @@ pub struct Health {
     unrecorded: AtomicBool,
     read_errors: Vec<AtomicU64>,
     write_errors: Vec<AtomicU64>,
-    checksum_errors: Vec<AtomicU64>,
     /// Why the pool refuses writes (redundancy exhausted), if it does.
     broken: Mutex<Option<String>>,
     is_broken: AtomicBool,
@@ -52,7 +49,6 @@ impl Default for Health {
             unrecorded: AtomicBool::new(false),
             read_errors: counters(),
             write_errors: counters(),
-            checksum_errors: counters(),
             broken: Mutex::new(None),
             is_broken: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
@@ -140,24 +136,17 @@ impl Health {
         }
     }
 
-    pub fn count_checksum(&self, member: usize) {
-        if let Some(c) = self.checksum_errors.get(member) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     pub fn errors(&self, member: usize) -> ErrorCounts {
         let get = |v: &Vec<AtomicU64>| v.get(member).map_or(0, |c| c.load(Ordering::Relaxed));
         ErrorCounts {
             read: get(&self.read_errors),
             write: get(&self.write_errors),
-            checksum: get(&self.checksum_errors),
         }
     }
 
     /// Reset a member's error counters (`pool clear`).
     pub fn clear_errors(&self, member: usize) {
-        for v in [&self.read_errors, &self.write_errors, &self.checksum_errors] {
+        for v in [&self.read_errors, &self.write_errors] {
             if let Some(c) = v.get(member) {
                 c.store(0, Ordering::Relaxed);
             }

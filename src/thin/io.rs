@@ -146,8 +146,7 @@ impl ThinPool {
             // RAID5 never rewrites part of a stripe that committed data
             // lives in (the write hole): such a chunk is written afresh
             // elsewhere, whole, and the old one freed at the commit.
-            let in_place = m.new || self.array.overwrite_in_place(data.len() as u64, cs);
-            if m.exclusive && in_place {
+            if m.exclusive && (m.new || self.array.overwrite_in_place(data.len() as u64, cs)) {
                 return self
                     .array
                     .write(m.phys * cs + within, data)

@@ -53,6 +53,15 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// How many power cuts a crash test makes: `default`, or with
+/// `VPOOL_CRASH_ITERS=n` set, `n / divisor` (at least `min`).
+pub fn crash_iters(default: u64, divisor: u64, min: u64) -> u64 {
+    std::env::var("VPOOL_CRASH_ITERS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(default, |n| (n / divisor).max(min))
+}
+
 /// A pool with the given stripe unit (small units: many rows to move).
 pub fn create_with_unit(level: RaidLevel, devs: Vec<DeviceRef>, stripe_unit: u64) -> Pool {
     let mut opts = CreateOptions::new(level);

@@ -297,8 +297,7 @@ impl MetaStore {
     }
 
     /// Replace the set of members holding the metadata area (after the
-    /// area was copied to any new one).
-    /// Use another set of metadata copies (keeping the member health).
+    /// area was copied to any new one), keeping the member health.
     pub fn set_mirror(&mut self, mut mirror: MetaMirror) {
         mirror.attach(self.mirror.health().clone());
         self.mirror = mirror;
