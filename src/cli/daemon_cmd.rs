@@ -1,7 +1,8 @@
 //! `vpool daemon`
 
 use super::Ctx;
-use crate::daemon::{run as run_engine, DaemonConfig};
+use crate::daemon::{run as run_engine, DaemonConfig, DockerConfig};
+use crate::frontend::docker::DriverConfig;
 use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
@@ -32,6 +33,22 @@ pub struct DaemonArgs {
     /// e.g. 200M; 0 for no limit. Clients keep the rest of the bandwidth.
     #[arg(long, default_value = "0", value_parser = super::pool_cmd::parse_size_arg)]
     job_rate_limit: u64,
+    /// Serve Docker's (and Podman's) volume plugin protocol on SOCKET; Docker
+    /// names the driver after the socket file (vpool.sock: `-d vpool`).
+    #[arg(long, value_name = "SOCKET", num_args = 0..=1,
+          default_missing_value = "/run/docker/plugins/vpool.sock")]
+    docker_plugin: Option<PathBuf>,
+    /// Where Docker volumes are mounted (default STATE_DIR/docker).
+    #[arg(long, value_name = "DIR")]
+    docker_root: Option<PathBuf>,
+    /// The pool for Docker volumes created without `-o pool=` (default:
+    /// the only pool).
+    #[arg(long, value_name = "POOL")]
+    docker_pool: Option<String>,
+    /// The size of Docker volumes created without `-o size=` (thin: no
+    /// space is used until written).
+    #[arg(long, default_value = "10G", value_parser = super::pool_cmd::parse_size_arg)]
+    docker_default_size: u64,
 }
 
 pub fn init_logging(level: &str) {
@@ -56,14 +73,28 @@ pub fn run_daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<()> {
         Some(p) => Some(PathBuf::from(p)),
         None => Some(ctx.state_dir.join("nbd.sock")),
     };
+    let state_dir = super::absolute(&ctx.state_dir);
+    let docker = a.docker_plugin.map(|socket| DockerConfig {
+        socket: super::absolute(&socket),
+        driver: DriverConfig {
+            root: a
+                .docker_root
+                .map(|p| super::absolute(&p))
+                .unwrap_or_else(|| state_dir.join("docker")),
+            default_pool: a.docker_pool,
+            default_size: a.docker_default_size,
+            fuse_fallback: state_dir.join("files"),
+        },
+    });
     run_engine(DaemonConfig {
-        state_dir: super::absolute(&ctx.state_dir),
+        state_dir,
         nbd_listen,
         nbd_socket,
         allow_remote: a.allow_remote,
         commit_interval: Duration::from_secs(a.commit_interval.max(1)),
         fuse_mount: a.fuse_mount.map(|p| super::absolute(&p)),
         job_rate_limit: a.job_rate_limit,
+        docker,
     })
 }
 

@@ -427,5 +427,6 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<()> {
         commit_interval: std::time::Duration::from_secs(5),
         fuse_mount: None,
         job_rate_limit: 0,
+        docker: None,
     })
 }

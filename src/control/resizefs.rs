@@ -3,8 +3,8 @@
 //! then `resize2fs` or `xfs_growfs`).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// A loop device backed by a volume file, and where it is mounted.
 #[derive(Debug, Clone)]
@@ -53,31 +53,7 @@ pub fn loop_users(file: &Path) -> Vec<LoopUse> {
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) if s.success() => return Ok(()),
-            Ok(Some(s)) => {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                return Err(format!("{cmd:?} failed ({s}): {}", err.trim()));
-            }
-            Ok(None) if start.elapsed() > Duration::from_secs(600) => {
-                let _ = child.kill();
-                return Err(format!("{cmd:?} timed out"));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
+    crate::frontend::host::run(cmd, Duration::from_secs(600)).map(|_| ())
 }
 
 /// After a grow: refresh each loop device's size and grow the filesystem on

@@ -230,6 +230,18 @@ impl Engine for DaemonEngine {
         let Some(dir) = self.fuse.read().clone() else {
             anyhow::bail!(Error::NotFound("volumes are not mounted".into()));
         };
+        let users = crate::frontend::host::loops_under(&dir);
+        if !users.is_empty() {
+            let list: Vec<String> = users
+                .iter()
+                .map(|(dev, f)| format!("{dev} ({})", f.display()))
+                .collect();
+            anyhow::bail!(Error::InUse(format!(
+                "loop devices use volume files under {}: {}. Unmount their filesystems and `losetup -d` them first (Docker volumes: stop their containers)",
+                dir.display(),
+                list.join(", ")
+            )));
+        }
         self.unmount_all();
         Ok(format!("unmounted {}", dir.display()))
     }

@@ -7,6 +7,7 @@ mod engine;
 
 pub use engine::DaemonEngine;
 
+use crate::frontend::docker::{DriverConfig, PluginServer};
 use crate::frontend::nbd::NbdServer;
 use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
@@ -34,6 +35,15 @@ pub struct DaemonConfig {
     pub fuse_mount: Option<PathBuf>,
     /// Bytes per second background jobs may move (0: no limit).
     pub job_rate_limit: u64,
+    /// Serve Docker's volume plugin protocol; `None`: do not.
+    pub docker: Option<DockerConfig>,
+}
+
+/// The Docker/Podman volume plugin's settings.
+pub struct DockerConfig {
+    /// `/run/docker/plugins/NAME.sock`: Docker knows the driver as NAME.
+    pub socket: PathBuf,
+    pub driver: DriverConfig,
 }
 
 /// Remove a socket file nobody listens on (left by a killed daemon).
@@ -99,6 +109,16 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     if let Some(dir) = &cfg.fuse_mount {
         crate::control::Engine::mount_fuse(&*engine, dir)?;
     }
+    let plugin = match cfg.docker {
+        Some(d) => {
+            clear_stale_socket(&d.socket)?;
+            let driver = crate::frontend::docker::Driver::new(engine.clone(), d.driver)?;
+            let server = PluginServer::start(&d.socket, driver)?;
+            tracing::info!("Docker volume plugin on {}", d.socket.display());
+            Some(server)
+        }
+        None => None,
+    };
     let api_path = crate::control::client::socket_path(&cfg.state_dir);
     clear_stale_socket(&api_path)?;
     let api = api::ApiServer::start(&api_path, engine.clone())?;
@@ -150,6 +170,9 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let sig = signals.wait().context("waiting for signals")?;
     tracing::info!("{sig:?} received: shutting down");
     api.stop();
+    if let Some(p) = plugin {
+        p.stop();
+    }
     nbd.stop();
     engine.unmount_all();
     engine.stop_jobs();

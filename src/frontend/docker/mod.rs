@@ -1,0 +1,217 @@
+//! Docker's (and Podman's) legacy volume plugin protocol: HTTP POST with
+//! JSON bodies on a unix socket. Docker finds the plugin by the socket's
+//! name under `/run/docker/plugins/` (`vpool.sock` is driver `vpool`).
+//! Every answer is JSON; a failure is HTTP 500 with `{"Err": message}`,
+//! which Docker shows to the user as it is.
+
+mod driver;
+mod registry;
+
+pub use driver::{Driver, DriverConfig};
+
+use anyhow::Context;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const MAX_BODY: u64 = 1 << 20;
+const WORKERS: usize = 4;
+const CONTENT_TYPE: &[u8] = b"application/vnd.docker.plugins.v1.2+json";
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct Call {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    opts: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "ID")]
+    id: String,
+}
+
+pub struct PluginServer {
+    server: Arc<tiny_http::Server>,
+    threads: Vec<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+    driver: Arc<Driver>,
+    socket: PathBuf,
+}
+
+impl PluginServer {
+    pub fn start(socket: &Path, driver: Driver) -> anyhow::Result<PluginServer> {
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let server = Arc::new(
+            tiny_http::Server::http_unix(socket)
+                .map_err(|e| anyhow::anyhow!("plugin socket {}: {e}", socket.display()))?,
+        );
+        let driver = Arc::new(driver);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let threads = (0..WORKERS)
+            .map(|_| {
+                let (server, driver, stopping) = (server.clone(), driver.clone(), stopping.clone());
+                std::thread::spawn(move || {
+                    while !stopping.load(Ordering::Relaxed) {
+                        match server.recv_timeout(Duration::from_millis(200)) {
+                            Ok(Some(req)) => handle(&driver, req),
+                            Ok(None) => {}
+                            Err(_) => break,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Ok(PluginServer {
+            server,
+            threads,
+            stopping,
+            driver,
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    /// Stop answering, unmount every volume, remove the socket.
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.server.unblock();
+        for t in self.threads {
+            let _ = t.join();
+        }
+        self.driver.shutdown();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn respond(req: tiny_http::Request, status: u16, body: &Value) {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = tiny_http::Response::from_data(bytes).with_status_code(status);
+    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], CONTENT_TYPE) {
+        r.add_header(h);
+    }
+    let _ = req.respond(r);
+}
+
+fn handle(driver: &Driver, mut req: tiny_http::Request) {
+    let url = req.url().to_string();
+    let mut body = Vec::new();
+    let read = req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body);
+    if read.is_err() || body.len() as u64 > MAX_BODY {
+        return respond(
+            req,
+            400,
+            &json!({"Err": "request body too large or unreadable"}),
+        );
+    }
+    let call: Call = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        Call::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(c) => c,
+            Err(e) => return respond(req, 400, &json!({"Err": format!("bad JSON: {e}")})),
+        }
+    };
+    let method = url.trim_start_matches('/');
+    let answer = dispatch(driver, method, call);
+    match answer {
+        Ok(Some(v)) => respond(req, 200, &v),
+        Ok(None) => respond(
+            req,
+            404,
+            &json!({"Err": format!("vpool's volume plugin has no call '{method}'")}),
+        ),
+        Err(e) => {
+            tracing::info!("{method}: {e:#}");
+            respond(req, 500, &json!({"Err": format!("{e:#}")}))
+        }
+    }
+}
+
+fn need_name(c: &Call) -> anyhow::Result<&str> {
+    if c.name.is_empty() {
+        anyhow::bail!(crate::Error::Invalid("the call names no volume".into()));
+    }
+    Ok(&c.name)
+}
+
+fn view_json(v: driver::VolumeView) -> Value {
+    json!({
+        "Name": v.name,
+        "Mountpoint": v.mountpoint.map(|p| p.display().to_string()).unwrap_or_default(),
+        "CreatedAt": rfc3339(v.created),
+        "Status": v.status,
+    })
+}
+
+/// One plugin call; `None` for a call the protocol does not have.
+fn dispatch(driver: &Driver, method: &str, c: Call) -> anyhow::Result<Option<Value>> {
+    let path_json = |p: Option<PathBuf>| json!({"Mountpoint": p.map(|p| p.display().to_string()).unwrap_or_default(), "Err": ""});
+    Ok(Some(match method {
+        "Plugin.Activate" => json!({"Implements": ["VolumeDriver"]}),
+        "VolumeDriver.Capabilities" => json!({"Capabilities": {"Scope": "local"}}),
+        "VolumeDriver.Create" => {
+            driver.create(need_name(&c)?, &c.opts.clone().unwrap_or_default())?;
+            tracing::info!("Create {}", c.name);
+            json!({"Err": ""})
+        }
+        "VolumeDriver.Remove" => {
+            driver.remove(need_name(&c)?)?;
+            json!({"Err": ""})
+        }
+        "VolumeDriver.Mount" => {
+            let p = driver.mount(need_name(&c)?, &c.id)?;
+            tracing::info!("Mount {} for {}", c.name, c.id);
+            path_json(Some(p))
+        }
+        "VolumeDriver.Unmount" => {
+            driver.unmount(need_name(&c)?, &c.id)?;
+            tracing::info!("Unmount {} for {}", c.name, c.id);
+            json!({"Err": ""})
+        }
+        "VolumeDriver.Path" => path_json(driver.path(need_name(&c)?)?),
+        "VolumeDriver.Get" => json!({"Volume": view_json(driver.get(need_name(&c)?)?), "Err": ""}),
+        "VolumeDriver.List" => {
+            let vols: Vec<Value> = driver.list().into_iter().map(view_json).collect();
+            json!({"Volumes": vols, "Err": ""})
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// Unix seconds as an RFC 3339 UTC time, as Docker prints `CreatedAt`.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+}

@@ -1,0 +1,140 @@
+//! The Docker volumes vpool serves, kept in `STATE_DIR/docker.json`: which
+//! pool and vpool volume each name maps to, its filesystem, and the mount
+//! IDs that hold it (Docker does not count mounts; the plugin must). Saved
+//! atomically after every change, so names and counts survive a restart.
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Record {
+    pub pool: String,
+    /// The vpool volume's name in `pool` (Docker names may be longer).
+    pub volume: String,
+    /// The filesystem made at first mount (`ext4` or `xfs`).
+    pub fs: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// Mount IDs (Docker) or container IDs (Podman) using the volume.
+    #[serde(default)]
+    pub mounts: BTreeSet<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+struct File {
+    version: u32,
+    volumes: BTreeMap<String, Record>,
+}
+
+pub struct Registry {
+    path: PathBuf,
+    pub volumes: BTreeMap<String, Record>,
+}
+
+impl Registry {
+    pub fn load(state_dir: &Path) -> anyhow::Result<Registry> {
+        let path = state_dir.join("docker.json");
+        let volumes = match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice::<File>(&bytes)
+                    .with_context(|| {
+                        format!(
+                            "{} is damaged: fix or remove it (it lists the Docker volumes; the data is in the pools)",
+                            path.display()
+                        )
+                    })?
+                    .volumes
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(Registry { path, volumes })
+    }
+
+    /// Write atomically: a temp file, fsync, rename, fsync the directory.
+    pub fn save(&self) -> anyhow::Result<()> {
+        let file = File {
+            version: 1,
+            volumes: self.volumes.clone(),
+        };
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(&file)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("saving {}", self.path.display()))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// The vpool volume name for a Docker volume name: the same when it is a
+/// valid vpool name; Docker's 64-character anonymous names are shortened
+/// with a checksum of the whole name so they stay distinct.
+pub fn volume_name(docker: &str) -> anyhow::Result<String> {
+    if docker.is_empty() || docker.contains('/') {
+        anyhow::bail!(crate::Error::Invalid(format!(
+            "invalid volume name '{docker}'"
+        )));
+    }
+    if crate::pool::names::validate("volume", docker).is_ok() {
+        return Ok(docker.to_string());
+    }
+    let max = crate::pool::names::MAX_NAME_LEN;
+    if docker.len() > max {
+        let short = format!(
+            "{}-{:08x}",
+            &docker[..max - 9],
+            crc32fast::hash(docker.as_bytes())
+        );
+        crate::pool::names::validate("volume", &short)?;
+        return Ok(short);
+    }
+    crate::pool::names::validate("volume", docker)?;
+    Ok(docker.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_valid_distinct_volume_names() {
+        assert_eq!(volume_name("pgdata").unwrap(), "pgdata");
+        let a = "a".repeat(64);
+        let b = format!("{}b", "a".repeat(63));
+        let (va, vb) = (volume_name(&a).unwrap(), volume_name(&b).unwrap());
+        assert!(va.len() <= 63 && vb.len() <= 63);
+        assert_ne!(va, vb);
+        assert!(volume_name("a/b").is_err());
+        assert!(volume_name("").is_err());
+        assert!(volume_name("bad name").is_err());
+    }
+
+    #[test]
+    fn registry_round_trips_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::load(dir.path()).unwrap();
+        assert!(r.volumes.is_empty());
+        let rec = Record {
+            pool: "tank".into(),
+            volume: "v".into(),
+            fs: "ext4".into(),
+            created: 7,
+            mounts: ["m1".to_string()].into_iter().collect(),
+        };
+        r.volumes.insert("v".into(), rec.clone());
+        r.save().unwrap();
+        let back = Registry::load(dir.path()).unwrap();
+        assert_eq!(back.volumes.get("v"), Some(&rec));
+        std::fs::write(dir.path().join("docker.json"), b"{oops").unwrap();
+        let err = Registry::load(dir.path()).err().unwrap();
+        assert!(format!("{err:#}").contains("damaged"), "{err:#}");
+    }
+}
