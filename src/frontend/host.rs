@@ -132,6 +132,24 @@ pub fn fs_type(dev: &str) -> Result<Option<String>, String> {
 /// The filesystems vpool formats volumes with.
 pub const FILESYSTEMS: &[&str] = &["ext4", "xfs"];
 
+/// Refuse a filesystem whose mkfs is not installed, naming the package.
+pub fn check_mkfs(fs: &str) -> Result<(), String> {
+    let tool = format!("mkfs.{fs}");
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(&tool).is_file()))
+        .unwrap_or(false);
+    if found {
+        return Ok(());
+    }
+    let package = match fs {
+        "xfs" => "xfsprogs",
+        _ => "e2fsprogs",
+    };
+    Err(format!(
+        "{tool} is not installed on this host: install {package} (apt-get install {package})"
+    ))
+}
+
 /// Make a filesystem on a fresh thin volume without writing what already
 /// reads as zeros (no discard, lazy inode tables): an empty filesystem then
 /// costs a few MiB of the pool, not a share of the volume's size.

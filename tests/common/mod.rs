@@ -10,6 +10,7 @@ pub mod cleanup;
 pub mod daemon;
 pub mod fs;
 pub mod nbd_client;
+pub mod plugin;
 
 pub const MIB: u64 = 1 << 20;
 

@@ -158,6 +158,7 @@ impl Driver {
                 host::FILESYSTEMS.join(", ")
             )));
         }
+        host::check_mkfs(fs).map_err(|e| anyhow!(Error::Unavailable(e)))?;
         let size = opts
             .get("size")
             .map(|s| parse_size(s).map_err(|e| anyhow!(Error::Invalid(format!("size: {e}")))))
