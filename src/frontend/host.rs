@@ -79,6 +79,13 @@ pub fn loops_of(file: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The backing file of a loop device, if it has one.
+pub fn loop_backing(dev: &str) -> Option<String> {
+    let name = dev.strip_prefix("/dev/")?;
+    let b = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).ok()?;
+    Some(b.trim().to_string())
+}
+
 /// Loop devices whose backing file lies under `dir`, with that file.
 pub fn loops_under(dir: &Path) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();

@@ -56,12 +56,16 @@ pub fn call_err(socket: &Path, method: &str, body: &str, want: &str) {
     );
 }
 
-/// Loop devices whose backing file lies under `dir`.
+/// Loop devices whose backing file lies under `dir`, or reads `/tank/VOL`:
+/// what the kernel shows once the FUSE mount above the file was detached
+/// (a loop device leaked by a daemon that died).
 pub fn loops_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
         if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
-            if Path::new(b.trim()).starts_with(dir) {
+            let b = Path::new(b.trim());
+            let detached = b.starts_with("/tank") && b.components().count() == 3;
+            if b.starts_with(dir) || detached {
                 out.push(format!("/dev/{}", e.file_name().to_string_lossy()));
             }
         }

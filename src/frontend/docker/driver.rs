@@ -76,8 +76,8 @@ impl Driver {
     /// read a FUSE file that is gone. Detach them; mount IDs are kept, and a
     /// volume is mounted again at its next `Mount`.
     fn clear_stale(&self) {
-        let reg = self.reg.lock();
-        for name in reg.volumes.keys() {
+        let mut reg = self.reg.lock();
+        for (name, rec) in reg.volumes.iter_mut() {
             let mp = self.mountpoint(name);
             if let Some((dev, _)) = host::mount_of(&mp) {
                 tracing::warn!(
@@ -88,23 +88,32 @@ impl Driver {
                     tracing::error!("{e}");
                 }
             }
+            // Its backing file reads `/POOL/VOLUME` once the dead FUSE
+            // mount above it was detached (the daemon's own mount does that).
+            let file = format!("/{}/{}", rec.pool, rec.volume);
+            if let Some(dev) = rec.device.take() {
+                if host::loop_backing(&dev).is_some_and(|b| b.ends_with(&file)) {
+                    tracing::warn!("detaching {dev} (over {file}) left by an earlier daemon");
+                    if let Err(e) = host::loop_detach(&dev) {
+                        tracing::error!("{e}");
+                    }
+                }
+            }
+        }
+        if let Err(e) = reg.save() {
+            tracing::error!("{e:#}");
+        }
+        for (dev, file) in host::loops_under(&self.cfg.fuse_fallback) {
+            tracing::warn!(
+                "detaching {dev} (over {}) left by an earlier daemon",
+                file.display()
+            );
+            if let Err(e) = host::loop_detach(&dev) {
+                tracing::error!("{e}");
+            }
         }
         if let Err(e) = crate::frontend::fuse::clear_stale_mount(&self.cfg.fuse_fallback) {
             tracing::error!("{e:#}");
-        }
-        for dir in [self.engine.fuse_dir(), Some(self.cfg.fuse_fallback.clone())]
-            .into_iter()
-            .flatten()
-        {
-            for (dev, file) in host::loops_under(&dir) {
-                tracing::warn!(
-                    "detaching {dev} (over {}) left by an earlier daemon",
-                    file.display()
-                );
-                if let Err(e) = host::loop_detach(&dev) {
-                    tracing::error!("{e}");
-                }
-            }
         }
     }
 
@@ -206,6 +215,7 @@ impl Driver {
                 fs,
                 created,
                 mounts: Default::default(),
+                device: None,
             },
         );
         reg.save()?;
@@ -280,7 +290,10 @@ impl Driver {
         let mut reg = self.reg.lock();
         let rec = lookup(&reg, name)?.clone();
         if !self.mounted(name) {
-            self.attach(name, &rec)?;
+            let dev = self.attach(name, &rec)?;
+            if let Some(r) = reg.volumes.get_mut(name) {
+                r.device = Some(dev);
+            }
         }
         let data = self.data_dir(name);
         if !data.is_dir() {
@@ -293,7 +306,8 @@ impl Driver {
         Ok(data)
     }
 
-    fn attach(&self, name: &str, rec: &Record) -> anyhow::Result<()> {
+    /// Returns the loop device.
+    fn attach(&self, name: &str, rec: &Record) -> anyhow::Result<String> {
         let file = self.files_dir()?.join(&rec.pool).join(&rec.volume);
         if !file.exists() {
             bail!(Error::NotFound(format!(
@@ -323,7 +337,7 @@ impl Driver {
             bail!("attaching Docker volume '{name}': {e}");
         }
         tracing::info!("Docker volume {name} mounted ({dev})");
-        Ok(())
+        Ok(dev)
     }
 
     /// Let go of `id`; the last one unmounts and detaches.
@@ -337,6 +351,9 @@ impl Driver {
         }
         if let Some(r) = reg.volumes.get_mut(name) {
             r.mounts = left;
+            if !self.mounted(name) {
+                r.device = None;
+            }
         }
         reg.save()?;
         Ok(())
@@ -405,8 +422,8 @@ impl Driver {
     /// At daemon shutdown: unmount every volume (the FUSE files go away
     /// with the daemon). Mount IDs are kept for the next start.
     pub fn shutdown(&self) {
-        let reg = self.reg.lock();
-        for (name, rec) in &reg.volumes {
+        let mut reg = self.reg.lock();
+        for (name, rec) in reg.volumes.iter_mut() {
             if self.mounted(name) {
                 if !rec.mounts.is_empty() {
                     tracing::warn!(
@@ -414,10 +431,14 @@ impl Driver {
                         rec.mounts.len()
                     );
                 }
-                if let Err(e) = self.detach(name, rec) {
-                    tracing::error!("{e:#}");
+                match self.detach(name, rec) {
+                    Ok(()) => rec.device = None,
+                    Err(e) => tracing::error!("{e:#}"),
                 }
             }
+        }
+        if let Err(e) = reg.save() {
+            tracing::error!("{e:#}");
         }
     }
 }

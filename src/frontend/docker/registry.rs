@@ -21,6 +21,10 @@ pub struct Record {
     /// Mount IDs (Docker) or container IDs (Podman) using the volume.
     #[serde(default)]
     pub mounts: BTreeSet<String>,
+    /// The loop device while mounted, so one left by a killed daemon is
+    /// found again even after its FUSE mount was detached.
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Default)]
@@ -128,6 +132,7 @@ mod tests {
             fs: "ext4".into(),
             created: 7,
             mounts: ["m1".to_string()].into_iter().collect(),
+            device: Some("/dev/loop7".into()),
         };
         r.volumes.insert("v".into(), rec.clone());
         r.save().unwrap();
