@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests need: real NBD clients (qemu-io, qemu-img,
-# nbdinfo, nbdcopy and nbdfuse from libnbd-bin, fio), FUSE, and the filesystem tools used on top.
-PACKAGES=(ca-certificates qemu-utils libnbd-bin fio fuse3 e2fsprogs xfsprogs util-linux mount)
+# nbdinfo, nbdcopy and nbdfuse from libnbd-bin, fio), FUSE, the filesystem tools used on top,
+# and the container engines the volume plugin is tested with (busybox-static makes their image).
+PACKAGES=(ca-certificates qemu-utils libnbd-bin fio fuse3 e2fsprogs xfsprogs util-linux mount
+    docker.io podman runc busybox-static)
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}"
 
 log() { printf '\n==> %s\n' "$*"; }
