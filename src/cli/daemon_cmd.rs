@@ -3,6 +3,7 @@
 use super::Ctx;
 use crate::daemon::{run as run_engine, DaemonConfig, DockerConfig};
 use crate::frontend::docker::DriverConfig;
+use crate::frontend::snapshotter::Config as SnapshotterConfig;
 use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
@@ -49,6 +50,18 @@ pub struct DaemonArgs {
     /// space is used until written).
     #[arg(long, default_value = "10G", value_parser = super::pool_cmd::parse_size_arg)]
     docker_default_size: u64,
+    /// Serve containerd's snapshot service on SOCKET (a proxy plugin:
+    /// image layers and containers as chains of thin volumes).
+    #[arg(long, value_name = "SOCKET", num_args = 0..=1,
+          default_missing_value = "/run/vpool/snapshotter.sock")]
+    snapshotter: Option<PathBuf>,
+    /// The pool of the snapshotter's volumes (default: the only pool).
+    #[arg(long, value_name = "POOL")]
+    snapshotter_pool: Option<String>,
+    /// The size of each layer's volume (thin: only what a layer writes is
+    /// used); a container's root filesystem has this size.
+    #[arg(long, default_value = "10G", value_parser = super::pool_cmd::parse_size_arg)]
+    snapshotter_size: u64,
 }
 
 pub fn init_logging(level: &str) {
@@ -86,6 +99,16 @@ pub fn run_daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<()> {
             fuse_fallback: state_dir.join("files"),
         },
     });
+    let snapshotter = a.snapshotter.map(|socket| {
+        (
+            super::absolute(&socket),
+            SnapshotterConfig {
+                pool: a.snapshotter_pool,
+                size: a.snapshotter_size,
+                fuse_fallback: state_dir.join("files"),
+            },
+        )
+    });
     run_engine(DaemonConfig {
         state_dir,
         nbd_listen,
@@ -95,6 +118,7 @@ pub fn run_daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<()> {
         fuse_mount: a.fuse_mount.map(|p| super::absolute(&p)),
         job_rate_limit: a.job_rate_limit,
         docker,
+        snapshotter,
     })
 }
 

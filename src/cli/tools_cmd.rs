@@ -428,5 +428,6 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<()> {
         fuse_mount: None,
         job_rate_limit: 0,
         docker: None,
+        snapshotter: None,
     })
 }

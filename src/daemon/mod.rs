@@ -9,6 +9,7 @@ pub use engine::DaemonEngine;
 
 use crate::frontend::docker::{DriverConfig, PluginServer};
 use crate::frontend::nbd::NbdServer;
+use crate::frontend::snapshotter::{Config as SnapshotterConfig, Snapshotter, SnapshotterServer};
 use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
 use std::fs::OpenOptions;
@@ -37,6 +38,8 @@ pub struct DaemonConfig {
     pub job_rate_limit: u64,
     /// Serve Docker's volume plugin protocol; `None`: do not.
     pub docker: Option<DockerConfig>,
+    /// Serve containerd's snapshot service on this socket; `None`: do not.
+    pub snapshotter: Option<(PathBuf, SnapshotterConfig)>,
 }
 
 /// The Docker/Podman volume plugin's settings.
@@ -119,6 +122,16 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let snapshotter = match cfg.snapshotter {
+        Some((socket, c)) => {
+            clear_stale_socket(&socket)?;
+            let s = Snapshotter::new(engine.clone(), c)?;
+            let server = SnapshotterServer::start(&socket, s)?;
+            tracing::info!("containerd snapshotter on {}", socket.display());
+            Some(server)
+        }
+        None => None,
+    };
     let api_path = crate::control::client::socket_path(&cfg.state_dir);
     clear_stale_socket(&api_path)?;
     let api = api::ApiServer::start(&api_path, engine.clone())?;
@@ -172,6 +185,9 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     api.stop();
     if let Some(p) = plugin {
         p.stop();
+    }
+    if let Some(s) = snapshotter {
+        s.stop();
     }
     nbd.stop();
     engine.unmount_all();

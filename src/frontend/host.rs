@@ -53,6 +53,24 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Result<String, String> {
     }
 }
 
+/// The directory of volume files (the daemon's FUSE mount), mounting it at
+/// `fallback` if the daemon was started without `--fuse-mount`.
+pub fn volume_files(
+    engine: &dyn crate::control::Engine,
+    fallback: &Path,
+) -> anyhow::Result<PathBuf> {
+    if let Some(d) = engine.fuse_dir() {
+        return Ok(d);
+    }
+    let mounted = engine.mount_fuse(fallback);
+    // Two frontends may race to mount it: the loser finds it mounted.
+    match (engine.fuse_dir(), mounted) {
+        (Some(d), _) => Ok(d),
+        (None, Err(e)) => Err(e),
+        (None, Ok(_)) => anyhow::bail!("volume files are not mounted"),
+    }
+}
+
 const SHORT: Duration = Duration::from_secs(60);
 /// mkfs on a large volume writes its tables: give it time.
 const LONG: Duration = Duration::from_secs(600);

@@ -4,3 +4,4 @@ pub mod docker;
 pub mod fuse;
 pub mod host;
 pub mod nbd;
+pub mod snapshotter;

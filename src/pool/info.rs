@@ -67,6 +67,29 @@ pub struct VolumeInfo {
 }
 
 impl Pool {
+    /// Bytes of chunks `volume` maps that `parent` (the volume it was
+    /// cloned from) does not map to the same place: what the volume alone
+    /// costs the pool. Every mapped chunk without a parent.
+    pub fn own_bytes(&self, volume: &str, parent: Option<&str>) -> crate::Result<u64> {
+        let v = self.volume(volume, None)?;
+        let p = parent.map(|p| self.volume(p, None)).transpose()?;
+        let cs = self.chunk_size();
+        let mut own = 0;
+        for (off, len) in v.mapped_ranges()? {
+            for k in off / cs..(off + len).div_ceil(cs) {
+                let mine = v.physical_chunk(k)?;
+                let shared = match &p {
+                    Some(p) if k * cs < p.size()? => p.physical_chunk(k)? == mine,
+                    _ => false,
+                };
+                if !shared {
+                    own += cs;
+                }
+            }
+        }
+        Ok(own)
+    }
+
     pub fn info(&self) -> PoolInfo {
         let job = self.job();
         let thin = self.thin();

@@ -117,15 +117,8 @@ impl Driver {
         }
     }
 
-    /// The directory of volume files, mounting it if the daemon has none.
     fn files_dir(&self) -> anyhow::Result<PathBuf> {
-        if let Some(d) = self.engine.fuse_dir() {
-            return Ok(d);
-        }
-        self.engine.mount_fuse(&self.cfg.fuse_fallback)?;
-        self.engine
-            .fuse_dir()
-            .ok_or_else(|| anyhow!("volume files are not mounted"))
+        host::volume_files(&*self.engine, &self.cfg.fuse_fallback)
     }
 
     fn pick_pool(&self, asked: Option<&String>) -> anyhow::Result<String> {

@@ -1,0 +1,366 @@
+//! containerd's snapshot model on thin volumes (as its devmapper
+//! snapshotter does it): a snapshot without a parent is a new thin volume
+//! with a fresh ext4; every other snapshot is an O(1) clone of its committed
+//! parent. containerd mounts the volume's FUSE file itself (`ext4` with the
+//! `loop` option; `ro` for views).
+
+use super::filter::{self, Fields};
+use super::store::{now_nanos, Kind, Record, Store, VOLUME_PREFIX};
+use crate::control::Engine;
+use crate::error::Error;
+use crate::frontend::host;
+use anyhow::{anyhow, bail};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct Config {
+    /// The pool layers live in (default: the only pool).
+    pub pool: Option<String>,
+    /// The size of a layer's volume (thin: only what is written is used).
+    pub size: u64,
+    /// Where volume files are mounted if the daemon has no `--fuse-mount`.
+    pub fuse_fallback: PathBuf,
+}
+
+/// What `Stat`, `Update` and `List` return.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub name: String,
+    pub parent: String,
+    pub kind: Kind,
+    pub created: u64,
+    pub updated: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A mount for containerd to perform.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountSpec {
+    pub fstype: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+pub struct Snapshotter {
+    engine: Arc<dyn Engine>,
+    cfg: Config,
+    pool: String,
+    /// One lock over the records: calls are short except a first layer's
+    /// mkfs, and one lock keeps parents and children consistent.
+    store: Mutex<Store>,
+}
+
+fn not_found(key: &str) -> anyhow::Error {
+    anyhow!(Error::NotFound(format!("snapshot '{key}' does not exist")))
+}
+
+fn info(name: &str, r: &Record) -> Info {
+    Info {
+        name: name.to_string(),
+        parent: r.parent.clone(),
+        kind: r.kind,
+        created: r.created,
+        updated: r.updated,
+        labels: r.labels.clone(),
+    }
+}
+
+impl Snapshotter {
+    /// Load the records and make them agree with the pool: records whose
+    /// volume is gone are dropped, volumes without a record (a crash between
+    /// the two) are removed.
+    pub fn new(engine: Arc<dyn Engine>, cfg: Config) -> anyhow::Result<Snapshotter> {
+        let pool = match &cfg.pool {
+            Some(p) => p.clone(),
+            None => match engine.pool_names()?.as_slice() {
+                [one] => one.clone(),
+                [] => bail!("the snapshotter needs a pool: create one (`vpool pool create`) before starting the daemon"),
+                many => bail!(
+                    "several pools exist ({}): choose the snapshotter's with --snapshotter-pool",
+                    many.join(", ")
+                ),
+            },
+        };
+        let s = Snapshotter {
+            store: Mutex::new(Store::load(engine.state_dir())?),
+            engine,
+            cfg,
+            pool,
+        };
+        s.reconcile()?;
+        Ok(s)
+    }
+
+    fn reconcile(&self) -> anyhow::Result<()> {
+        let pool = self.engine.pool(&self.pool)?;
+        let mut st = self.store.lock();
+        let have: Vec<String> = pool
+            .list()
+            .into_iter()
+            .filter_map(|v| v.name.split_once('/').map(|(_, n)| n.to_string()))
+            .collect();
+        let before = st.snapshots.len();
+        st.snapshots.retain(|k, r| {
+            let keep = have.contains(&r.volume);
+            if !keep {
+                tracing::error!(
+                    "snapshot '{k}': its volume {} is gone; record dropped",
+                    r.volume
+                );
+            }
+            keep
+        });
+        if st.snapshots.len() != before {
+            st.save()?;
+        }
+        let owned: Vec<&String> = st.snapshots.values().map(|r| &r.volume).collect();
+        let mut orphans: Vec<String> = have
+            .iter()
+            .filter(|v| v.starts_with(VOLUME_PREFIX) && !owned.contains(v))
+            .cloned()
+            .collect();
+        // Leaves first: retry until nothing more goes.
+        while !orphans.is_empty() {
+            let n = orphans.len();
+            orphans.retain(|v| match pool.remove_volume(v, true) {
+                Ok(()) => {
+                    tracing::warn!(
+                        "removed volume {}/{v}: no snapshot record (a crash before it was saved)",
+                        self.pool
+                    );
+                    false
+                }
+                Err(_) => true,
+            });
+            if orphans.len() == n {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&self, volume: &str) -> anyhow::Result<PathBuf> {
+        Ok(host::volume_files(&*self.engine, &self.cfg.fuse_fallback)?
+            .join(&self.pool)
+            .join(volume))
+    }
+
+    fn mounts_of(&self, r: &Record) -> anyhow::Result<Vec<MountSpec>> {
+        let mut options = vec!["loop".to_string()];
+        options.push(if r.kind == Kind::View { "ro" } else { "rw" }.into());
+        // Keep a thin volume thin: ext4 must not zero inode tables (they
+        // read as zeros already).
+        options.push("noinit_itable".into());
+        Ok(vec![MountSpec {
+            fstype: "ext4".into(),
+            source: self.file(&r.volume)?.display().to_string(),
+            options,
+        }])
+    }
+
+    /// `Prepare` (an active snapshot) or `View` (read-only).
+    pub fn create(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+        kind: Kind,
+    ) -> anyhow::Result<Vec<MountSpec>> {
+        if key.is_empty() {
+            bail!(Error::Invalid("a snapshot needs a key".into()));
+        }
+        let mut st = self.store.lock();
+        if st.snapshots.contains_key(key) {
+            bail!(Error::Exists(format!("snapshot '{key}' already exists")));
+        }
+        let parent_volume = if parent.is_empty() {
+            None
+        } else {
+            let p = st.snapshots.get(parent).ok_or_else(|| {
+                anyhow!(Error::NotFound(format!(
+                    "parent snapshot '{parent}' does not exist"
+                )))
+            })?;
+            if p.kind != Kind::Committed {
+                bail!(Error::Invalid(format!(
+                    "parent '{parent}' is {}, not committed",
+                    p.kind.as_str()
+                )));
+            }
+            Some(p.volume.clone())
+        };
+        let volume = st.new_volume();
+        let pool = self.engine.pool(&self.pool)?;
+        match &parent_volume {
+            Some(pv) => pool.clone_volume(pv, None, &volume)?,
+            None => {
+                for w in pool.create_volume(&volume, self.cfg.size)? {
+                    tracing::warn!("snapshot '{key}': {w}");
+                }
+                let made = self.file(&volume).and_then(|f| {
+                    host::mkfs("ext4", &f.display().to_string(), "layer").map_err(|e| anyhow!(e))
+                });
+                if let Err(e) = made {
+                    let _ = pool.remove_volume(&volume, true);
+                    return Err(e.context(format!("making the filesystem of snapshot '{key}'")));
+                }
+            }
+        }
+        let now = now_nanos();
+        let rec = Record {
+            kind,
+            parent: parent.to_string(),
+            volume,
+            created: now,
+            updated: now,
+            labels,
+        };
+        let mounts = self.mounts_of(&rec)?;
+        st.snapshots.insert(key.to_string(), rec);
+        st.save()?;
+        Ok(mounts)
+    }
+
+    pub fn mounts(&self, key: &str) -> anyhow::Result<Vec<MountSpec>> {
+        let st = self.store.lock();
+        let r = st.snapshots.get(key).ok_or_else(|| not_found(key))?;
+        if r.kind == Kind::Committed {
+            bail!(Error::InUse(format!(
+                "snapshot '{key}' is committed: committed snapshots are not mounted (prepare a child)"
+            )));
+        }
+        self.mounts_of(r)
+    }
+
+    pub fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: BTreeMap<String, String>,
+    ) -> anyhow::Result<()> {
+        let mut st = self.store.lock();
+        let r = st.snapshots.get(key).ok_or_else(|| not_found(key))?;
+        if r.kind != Kind::Active {
+            bail!(Error::InUse(format!(
+                "snapshot '{key}' is {}: only active snapshots are committed",
+                r.kind.as_str()
+            )));
+        }
+        if name.is_empty() {
+            bail!(Error::Invalid("a commit needs a name".into()));
+        }
+        if st.snapshots.contains_key(name) {
+            bail!(Error::Exists(format!("snapshot '{name}' already exists")));
+        }
+        // The layer is durable before containerd learns it is committed.
+        self.engine.pool(&self.pool)?.commit()?;
+        let mut r = st.snapshots.remove(key).ok_or_else(|| not_found(key))?;
+        r.kind = Kind::Committed;
+        r.labels = labels;
+        r.updated = now_nanos();
+        st.snapshots.insert(name.to_string(), r);
+        st.save()?;
+        Ok(())
+    }
+
+    pub fn remove(&self, key: &str) -> anyhow::Result<()> {
+        let mut st = self.store.lock();
+        if !st.snapshots.contains_key(key) {
+            return Err(not_found(key));
+        }
+        if st.has_children(key) {
+            bail!(Error::InUse(format!(
+                "snapshot '{key}' has children: remove them first"
+            )));
+        }
+        let r = st.snapshots.remove(key).ok_or_else(|| not_found(key))?;
+        st.save()?;
+        match self.engine.pool(&self.pool)?.remove_volume(&r.volume, true) {
+            Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+            // The record is gone: the next start removes the volume.
+            Err(e) => {
+                tracing::error!(
+                    "snapshot '{key}' removed, its volume {} not yet: {e}",
+                    r.volume
+                );
+                Ok(())
+            }
+        }
+    }
+
+    pub fn stat(&self, key: &str) -> anyhow::Result<Info> {
+        let st = self.store.lock();
+        let r = st.snapshots.get(key).ok_or_else(|| not_found(key))?;
+        Ok(info(key, r))
+    }
+
+    /// Only labels change: with no paths, all of them are replaced; with
+    /// `labels` likewise; with `labels.KEY` that one is set or removed.
+    pub fn update(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        paths: &[String],
+    ) -> anyhow::Result<Info> {
+        let mut st = self.store.lock();
+        let r = st.snapshots.get_mut(name).ok_or_else(|| not_found(name))?;
+        let mut next = r.labels.clone();
+        if paths.is_empty() || paths.iter().any(|p| p == "labels") {
+            next = labels.clone();
+        }
+        for p in paths {
+            if p == "labels" {
+                continue;
+            }
+            let Some(k) = p.strip_prefix("labels.") else {
+                bail!(Error::Invalid(format!(
+                    "cannot update '{p}': only labels change (name, parent, kind and times are fixed)"
+                )));
+            };
+            match labels.get(k) {
+                Some(v) => next.insert(k.to_string(), v.clone()),
+                None => next.remove(k),
+            };
+        }
+        r.labels = next;
+        r.updated = now_nanos();
+        let out = info(name, r);
+        st.save()?;
+        Ok(out)
+    }
+
+    pub fn list(&self, filters: &[String]) -> anyhow::Result<Vec<Info>> {
+        let parsed = filters
+            .iter()
+            .map(|f| filter::parse(f).map_err(|e| anyhow!(Error::Invalid(e))))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let st = self.store.lock();
+        Ok(st
+            .snapshots
+            .iter()
+            .filter(|(k, r)| {
+                filter::any_matches(
+                    &parsed,
+                    &Fields {
+                        name: k,
+                        parent: &r.parent,
+                        kind: r.kind.as_str(),
+                        labels: &r.labels,
+                    },
+                )
+            })
+            .map(|(k, r)| info(k, r))
+            .collect())
+    }
+
+    /// Bytes of the pool the snapshot's own chunks take (chunks shared with
+    /// its parent are the parent's).
+    pub fn usage(&self, key: &str) -> anyhow::Result<u64> {
+        let st = self.store.lock();
+        let r = st.snapshots.get(key).ok_or_else(|| not_found(key))?;
+        let parent = st.snapshots.get(&r.parent).map(|p| p.volume.as_str());
+        Ok(self.engine.pool(&self.pool)?.own_bytes(&r.volume, parent)?)
+    }
+}

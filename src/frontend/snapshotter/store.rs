@@ -1,0 +1,119 @@
+//! The snapshotter's records, in `STATE_DIR/snapshotter.json`: containerd's
+//! keys and names (one namespace), kinds, parents, labels and times, and the
+//! thin volume behind each. Saved atomically after every change. The volume
+//! is made before its record is saved and removed after its record is
+//! dropped, so after a crash a volume may lack a record (it is removed at the
+//! next start) but a record never lacks its volume.
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    View,
+    Active,
+    Committed,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::View => "view",
+            Kind::Active => "active",
+            Kind::Committed => "committed",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Record {
+    pub kind: Kind,
+    /// The parent's name ("" for none).
+    pub parent: String,
+    /// The thin volume in the snapshotter's pool.
+    pub volume: String,
+    /// Unix nanoseconds.
+    pub created: u64,
+    pub updated: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct File {
+    version: u32,
+    next_id: u64,
+    snapshots: BTreeMap<String, Record>,
+}
+
+pub struct Store {
+    path: PathBuf,
+    pub next_id: u64,
+    pub snapshots: BTreeMap<String, Record>,
+}
+
+/// Prefix of the volumes the snapshotter owns.
+pub const VOLUME_PREFIX: &str = "ctrd-";
+
+impl Store {
+    pub fn load(state_dir: &Path) -> anyhow::Result<Store> {
+        let path = state_dir.join("snapshotter.json");
+        let file = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice::<File>(&b).with_context(|| {
+                format!(
+                    "{} is damaged: fix or remove it (it maps containerd's snapshots to volumes)",
+                    path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(Store {
+            path,
+            next_id: file.next_id.max(1),
+            snapshots: file.snapshots,
+        })
+    }
+
+    /// Write atomically: a temp file, fsync, rename, fsync the directory.
+    pub fn save(&self) -> anyhow::Result<()> {
+        let file = File {
+            version: 1,
+            next_id: self.next_id,
+            snapshots: self.snapshots.clone(),
+        };
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(&file)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("saving {}", self.path.display()))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// A fresh volume name.
+    pub fn new_volume(&mut self) -> String {
+        let id = self.next_id;
+        self.next_id += 1;
+        format!("{VOLUME_PREFIX}{id}")
+    }
+
+    pub fn has_children(&self, name: &str) -> bool {
+        self.snapshots.values().any(|r| r.parent == name)
+    }
+}
+
+pub fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
