@@ -1,0 +1,408 @@
+//! Needs root, FUSE and loop devices (packages fuse3, e2fsprogs): the
+//! containerd snapshot service spoken to the real daemon with a gRPC client,
+//! every RPC and its error codes, without containerd (`containers.rs` runs
+//! the real one).
+
+mod common;
+use common::cleanup::Cleanup;
+use common::daemon::*;
+use common::plugin::undo_plugin_mounts;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::Code;
+use vpool::frontend::snapshotter::proto::api::snapshots_client::SnapshotsClient;
+use vpool::frontend::snapshotter::proto::api::*;
+use vpool::frontend::snapshotter::proto::Mount;
+
+type Client = SnapshotsClient<Channel>;
+
+/// Every call is bounded in time.
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(120), f)
+        .await
+        .expect("a snapshotter call took over 120 s")
+}
+
+async fn connect(sock: PathBuf) -> Client {
+    let endpoint = Endpoint::try_from("http://snapshotter.invalid").unwrap();
+    let ch = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
+        let p = sock.clone();
+        async move {
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::connect(p).await?,
+            ))
+        }
+    }));
+    SnapshotsClient::new(within(ch).await.expect("connect to the snapshotter"))
+}
+
+fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn prepare(c: &mut Client, key: &str, parent: &str) -> Result<Vec<Mount>, tonic::Status> {
+    within(c.prepare(PrepareSnapshotRequest {
+        key: key.into(),
+        parent: parent.into(),
+        ..Default::default()
+    }))
+    .await
+    .map(|r| r.into_inner().mounts)
+}
+
+async fn stat(c: &mut Client, key: &str) -> Result<Info, tonic::Status> {
+    within(c.stat(StatSnapshotRequest {
+        key: key.into(),
+        ..Default::default()
+    }))
+    .await
+    .map(|r| r.into_inner().info.expect("info"))
+}
+
+async fn commit(c: &mut Client, name: &str, key: &str) -> Result<(), tonic::Status> {
+    within(c.commit(CommitSnapshotRequest {
+        name: name.into(),
+        key: key.into(),
+        labels: labels(&[("containerd.io/snapshot.ref", name)]),
+        ..Default::default()
+    }))
+    .await
+    .map(|_| ())
+}
+
+async fn remove(c: &mut Client, key: &str) -> Result<(), tonic::Status> {
+    within(c.remove(RemoveSnapshotRequest {
+        key: key.into(),
+        ..Default::default()
+    }))
+    .await
+    .map(|_| ())
+}
+
+async fn usage(c: &mut Client, key: &str) -> i64 {
+    within(c.usage(UsageRequest {
+        key: key.into(),
+        ..Default::default()
+    }))
+    .await
+    .expect("usage")
+    .into_inner()
+    .size
+}
+
+async fn list(c: &mut Client, filters: &[&str]) -> Result<Vec<String>, tonic::Status> {
+    let mut stream = within(c.list(ListSnapshotsRequest {
+        filters: filters.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }))
+    .await?
+    .into_inner();
+    let mut names = Vec::new();
+    while let Some(batch) = within(stream.message()).await? {
+        names.extend(batch.info.into_iter().map(|i| i.name));
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
+    r.expect_err("the call should fail").code()
+}
+
+/// Mount what the snapshotter returned, as containerd does, run `f` on
+/// the directory, unmount.
+fn with_mounted(m: &[Mount], dir: &Path, f: impl FnOnce(&Path)) {
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].r#type, "ext4");
+    std::fs::create_dir_all(dir).unwrap();
+    let mut g = Cleanup::default();
+    ok(
+        Command::new("mount")
+            .args(["-t", "ext4", "-o", &m[0].options.join(",")])
+            .arg(&m[0].source)
+            .arg(dir),
+        60,
+    );
+    g.unmount_later(dir);
+    f(dir);
+    ok(Command::new("umount").arg(dir), 60);
+}
+
+fn volumes(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&d.vpool_ok(&["vol", "list", "--json"])).unwrap()
+}
+
+#[test]
+fn every_rpc_and_its_error_codes() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: run as root with FUSE"
+    );
+    require("mkfs.ext4", "e2fsprogs");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut g = Cleanup::default();
+    make_pool(&state, "raid1", 2, 1 << 30, &[]);
+    undo_plugin_mounts(&mut g, &state.join("none"), &state.join("files"));
+    let sock = dir.path().join("snap.sock");
+    let mut d = Daemon::start_with(
+        &state,
+        &[
+            "--snapshotter",
+            sock.to_str().unwrap(),
+            "--snapshotter-size",
+            "2G",
+        ],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mnt = dir.path().join("mnt");
+    let payload = common::pattern(1 << 20, 3);
+
+    rt.block_on(async {
+        let mut c = connect(sock.clone()).await;
+        // A first layer: a new volume with a fresh ext4.
+        let m = prepare(&mut c, "default/1/extract-a", "").await.unwrap();
+        assert_eq!(m[0].options, vec!["loop", "rw", "noinit_itable"]);
+        assert!(m[0].source.ends_with("/tank/ctrd-1"), "{:?}", m[0]);
+        assert_eq!(
+            code(prepare(&mut c, "default/1/extract-a", "").await),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            code(prepare(&mut c, "x", "default/1/extract-a").await),
+            Code::InvalidArgument,
+            "an active parent"
+        );
+        assert_eq!(code(prepare(&mut c, "x", "ghost").await), Code::NotFound);
+        assert_eq!(code(prepare(&mut c, "", "").await), Code::InvalidArgument);
+        let i = stat(&mut c, "default/1/extract-a").await.unwrap();
+        assert_eq!(i.kind, Kind::Active as i32);
+        with_mounted(&m, &mnt, |d| {
+            std::fs::write(d.join("base-file"), &payload).unwrap()
+        });
+
+        // Commit: the key becomes a committed name.
+        assert_eq!(code(commit(&mut c, "l1", "ghost").await), Code::NotFound);
+        commit(&mut c, "default/2/sha256:l1", "default/1/extract-a")
+            .await
+            .unwrap();
+        assert_eq!(
+            code(stat(&mut c, "default/1/extract-a").await),
+            Code::NotFound
+        );
+        let i = stat(&mut c, "default/2/sha256:l1").await.unwrap();
+        assert_eq!((i.kind, i.parent.as_str()), (Kind::Committed as i32, ""));
+        assert_eq!(
+            i.labels
+                .get("containerd.io/snapshot.ref")
+                .map(String::as_str),
+            Some("default/2/sha256:l1")
+        );
+        let mounts = within(c.mounts(MountsRequest {
+            key: "default/2/sha256:l1".into(),
+            ..Default::default()
+        }))
+        .await;
+        assert_eq!(
+            code(mounts),
+            Code::FailedPrecondition,
+            "committed snapshots are not mounted"
+        );
+
+        // A container's layer and a view: clones of the committed layer.
+        let m = prepare(&mut c, "default/3/ctr", "default/2/sha256:l1")
+            .await
+            .unwrap();
+        with_mounted(&m, &mnt, |d| {
+            assert_eq!(std::fs::read(d.join("base-file")).unwrap(), payload);
+            std::fs::write(d.join("mine"), common::pattern(2 << 20, 4)).unwrap();
+        });
+        prepare(&mut c, "default/3/other", "").await.unwrap();
+        assert_eq!(
+            code(commit(&mut c, "default/2/sha256:l1", "default/3/other").await),
+            Code::AlreadyExists
+        );
+        let v = within(c.view(ViewSnapshotRequest {
+            key: "default/4/view".into(),
+            parent: "default/2/sha256:l1".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .mounts;
+        assert!(v[0].options.contains(&"ro".to_string()));
+        with_mounted(&v, &mnt, |d| {
+            assert_eq!(std::fs::read(d.join("base-file")).unwrap(), payload)
+        });
+        assert_eq!(
+            code(commit(&mut c, "n", "default/4/view").await),
+            Code::FailedPrecondition,
+            "views are not committed"
+        );
+        let again = within(c.mounts(MountsRequest {
+            key: "default/3/ctr".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        assert_eq!(again.into_inner().mounts[0].source, m[0].source);
+
+        // Usage counts a layer's own chunks only.
+        let (base, ctr, view) = (
+            usage(&mut c, "default/2/sha256:l1").await,
+            usage(&mut c, "default/3/ctr").await,
+            usage(&mut c, "default/4/view").await,
+        );
+        assert!(
+            base >= 1 << 20,
+            "the base layer holds its 1 MiB file: {base}"
+        );
+        assert!(
+            (2 << 20..base + (2 << 20)).contains(&ctr),
+            "the container layer holds its 2 MiB file, not its parent's: {ctr} (base {base})"
+        );
+        assert!(view < 1 << 20, "a view writes (almost) nothing: {view}");
+
+        // Remove: not with children; unknown keys are NotFound.
+        assert_eq!(
+            code(remove(&mut c, "default/2/sha256:l1").await),
+            Code::FailedPrecondition
+        );
+        assert_eq!(code(remove(&mut c, "ghost").await), Code::NotFound);
+
+        // Update: labels only.
+        let upd = |lb: HashMap<String, String>, paths: &[&str]| UpdateSnapshotRequest {
+            info: Some(Info {
+                name: "default/2/sha256:l1".into(),
+                labels: lb,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|s| s.to_string()).collect(),
+            }),
+            ..Default::default()
+        };
+        let i = within(c.update(upd(labels(&[("a", "1"), ("b", "2")]), &[])))
+            .await
+            .unwrap()
+            .into_inner()
+            .info
+            .unwrap();
+        assert_eq!(i.labels, labels(&[("a", "1"), ("b", "2")]));
+        let i = within(c.update(upd(labels(&[("c", "3")]), &["labels.a", "labels.c"])))
+            .await
+            .unwrap()
+            .into_inner()
+            .info
+            .unwrap();
+        assert_eq!(i.labels, labels(&[("b", "2"), ("c", "3")]));
+        assert_eq!(
+            code(within(c.update(upd(HashMap::new(), &["parent"]))).await),
+            Code::InvalidArgument
+        );
+        let mut ghost = upd(HashMap::new(), &[]);
+        ghost.info.as_mut().unwrap().name = "ghost".into();
+        assert_eq!(code(within(c.update(ghost)).await), Code::NotFound);
+
+        // List, with containerd's filters.
+        let all = list(&mut c, &[]).await.unwrap();
+        assert_eq!(
+            all,
+            vec![
+                "default/2/sha256:l1",
+                "default/3/ctr",
+                "default/3/other",
+                "default/4/view"
+            ]
+        );
+        assert_eq!(
+            list(&mut c, &["kind==committed"]).await.unwrap(),
+            vec!["default/2/sha256:l1"]
+        );
+        assert_eq!(
+            list(&mut c, &[r#"labels."b"==2"#, "kind==view"])
+                .await
+                .unwrap(),
+            vec!["default/2/sha256:l1", "default/4/view"]
+        );
+        assert_eq!(
+            list(&mut c, &["parent==default/2/sha256:l1,kind==active"])
+                .await
+                .unwrap(),
+            vec!["default/3/ctr"]
+        );
+        assert_eq!(
+            code(list(&mut c, &["name~=ctr"]).await),
+            Code::InvalidArgument
+        );
+        within(c.cleanup(CleanupRequest::default())).await.unwrap();
+    });
+
+    // The layer chain is a chain of thin clones.
+    let vols = volumes(&d);
+    let origin = |n: &str| {
+        vols.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == n)
+            .unwrap()["origin"]
+            .clone()
+    };
+    assert_eq!(origin("tank/ctrd-2"), "tank/ctrd-1");
+    assert_eq!(origin("tank/ctrd-4"), "tank/ctrd-1");
+
+    // Records survive SIGKILL; a volume without a record (a crash between
+    // the two) is removed at the next start.
+    d.kill();
+    let o = Command::new(vpool_bin())
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["vol", "create", "tank/ctrd-99", "--size", "1G"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    d.restart();
+    assert!(
+        !d.vpool_ok(&["vol", "list"]).contains("ctrd-99"),
+        "the orphan volume is removed"
+    );
+    rt.block_on(async {
+        let mut c = connect(sock.clone()).await;
+        let i = stat(&mut c, "default/2/sha256:l1").await.unwrap();
+        assert_eq!(i.labels, labels(&[("b", "2"), ("c", "3")]));
+        let m = within(c.mounts(MountsRequest {
+            key: "default/3/ctr".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .mounts;
+        with_mounted(&m, &mnt, |d| {
+            assert_eq!(
+                std::fs::read(d.join("mine")).unwrap(),
+                common::pattern(2 << 20, 4)
+            )
+        });
+        for k in [
+            "default/3/ctr",
+            "default/4/view",
+            "default/3/other",
+            "default/2/sha256:l1",
+        ] {
+            remove(&mut c, k).await.unwrap();
+        }
+        assert!(list(&mut c, &[]).await.unwrap().is_empty());
+    });
+    assert!(
+        !d.vpool_ok(&["vol", "list"]).contains("ctrd-"),
+        "removing snapshots removes their volumes"
+    );
+    d.stop();
+}
