@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # nbdinfo, nbdcopy and nbdfuse from libnbd-bin, fio), FUSE, the filesystem tools used on top,
 # and the container engines the volume plugin is tested with (busybox-static makes their image).
 PACKAGES=(ca-certificates qemu-utils libnbd-bin fio fuse3 e2fsprogs xfsprogs util-linux mount
-    docker.io podman runc busybox-static)
+    docker.io containerd podman runc busybox-static umoci)
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}"
 
 log() { printf '\n==> %s\n' "$*"; }
