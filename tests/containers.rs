@@ -696,7 +696,7 @@ fn containerd_runs_images_on_vpool_layers() {
         "the top layer uses kilobytes: {child_size} ({usage})"
     );
     assert!(
-        size_of(&child["Parent"].as_str().unwrap().to_string()).ends_with("MiB"),
+        size_of(child["Parent"].as_str().unwrap()).ends_with("MiB"),
         "{usage}"
     );
 
