@@ -489,10 +489,13 @@ fn busybox_tar_source() -> &'static str {
 struct Containerd {
     child: Child,
     dir: PathBuf,
+    /// Task IDs: runc keeps its state under /run for every containerd, so
+    /// they are unique per test run.
+    tasks: [String; 2],
 }
 
 impl Containerd {
-    fn start(dir: &Path, snapshotter: &Path) -> Containerd {
+    fn start(dir: &Path, snapshotter: &Path, tag: &str) -> Containerd {
         require("containerd", "containerd");
         require("ctr", "containerd");
         std::fs::create_dir_all(dir).unwrap();
@@ -515,9 +518,11 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("spawn containerd");
+        let id = |n: u32| format!("vp-{tag}-{}-t{n}", std::process::id());
         let c = Containerd {
             child,
             dir: dir.to_path_buf(),
+            tasks: [id(1), id(2)],
         };
         let start = Instant::now();
         while !c.ctr(&["version"]).status.success() {
@@ -579,7 +584,7 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        for t in ["vp-t1", "vp-t2"] {
+        for t in self.tasks.clone().iter().map(String::as_str) {
             let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", t]);
             let _ = self.ctr(&["task", "rm", "-f", t]);
             let _ = self.ctr(&["container", "rm", t]);
@@ -600,6 +605,15 @@ fn ctrd_volumes(d: &Daemon) -> Vec<serde_json::Value> {
 
 #[test]
 fn containerd_runs_images_on_vpool_layers() {
+    containerd_case(false);
+}
+
+#[test]
+fn containerd_runs_images_on_overlay_layers() {
+    containerd_case(true);
+}
+
+fn containerd_case(overlay: bool) {
     require("runc", "runc");
     assert!(
         Path::new("/dev/fuse").exists(),
@@ -611,9 +625,19 @@ fn containerd_runs_images_on_vpool_layers() {
     make_pool(&state, "raid1", 2, 2 << 30, &[]);
     undo_plugin_mounts(&mut g, &state.join("none"), &state.join("files"));
     let sock = dir.path().join("snap.sock");
-    let mut d = Daemon::start_with(&state, &["--snapshotter", sock.to_str().unwrap()]);
+    let mode = if overlay { "overlay" } else { "block" };
+    let mut d = Daemon::start_with(
+        &state,
+        &[
+            "--snapshotter",
+            sock.to_str().unwrap(),
+            "--snapshotter-mode",
+            mode,
+        ],
+    );
+    undo_plugin_mounts(&mut g, &state.join("snapshotter"), &state.join("files"));
     let image = oci_image(dir.path());
-    let c = Containerd::start(&dir.path().join("containerd"), &sock);
+    let c = Containerd::start(&dir.path().join("containerd"), &sock, mode);
 
     c.ok_retrying(&[
         "images",
@@ -630,7 +654,7 @@ fn containerd_runs_images_on_vpool_layers() {
         "vpooltest",
         "--rm",
         "localhost/vpbb:latest",
-        "vp-t1",
+        &c.tasks[0],
         "sh",
         "-c",
         "cat /hello; echo written > /w; cat /w",
@@ -640,7 +664,7 @@ fn containerd_runs_images_on_vpool_layers() {
         vec!["layer2", "written"]
     );
 
-    // Two committed layers, a chain of thin clones in the pool; the
+    // Two committed layers (block mode: a chain of thin clones); the
     // container's own layer is gone with the container.
     let start = Instant::now();
     while ctrd_volumes(&d).len() != 2 {
@@ -654,15 +678,27 @@ fn containerd_runs_images_on_vpool_layers() {
     let keys = c.snapshots();
     assert_eq!(keys.len(), 2, "{keys:?}");
     let vols = ctrd_volumes(&d);
-    let top = vols
-        .iter()
-        .find(|v| !v["origin"].is_null())
-        .expect("the top layer is a clone");
-    let base = vols
-        .iter()
-        .find(|v| v["origin"].is_null())
-        .expect("the base layer");
-    assert_eq!(top["origin"], base["name"]);
+    if overlay {
+        assert!(
+            vols.iter().all(|v| v["origin"].is_null()),
+            "overlay layers are volumes of their own"
+        );
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for v in &vols {
+            let name = v["name"].as_str().unwrap().trim_start_matches("tank/");
+            let dir = state.join("snapshotter").join(name);
+            assert!(
+                mounted.contains(&format!(" {} ", dir.display())),
+                "layer {name} is mounted"
+            );
+        }
+    }
+    let top = vols.iter().find(|v| !v["origin"].is_null());
+    let base = vols.iter().find(|v| v["origin"].is_null());
+    if !overlay {
+        let top = top.expect("the top layer is a clone");
+        assert_eq!(top["origin"], base.expect("the base layer")["name"]);
+    }
     // ctr's view agrees: one layer is the other's parent, and the top
     // layer's usage is its own chunks (the 7-byte file and some metadata),
     // not its parent's busybox.
@@ -691,9 +727,10 @@ fn containerd_runs_images_on_vpool_layers() {
             .join(" ")
     };
     let child_size = size_of(child["Name"].as_str().unwrap());
+    // In overlay mode the top layer is a filesystem of its own: a few MiB.
     assert!(
-        child_size.ends_with("KiB"),
-        "the top layer uses kilobytes: {child_size} ({usage})"
+        child_size.ends_with(if overlay { "MiB" } else { "KiB" }),
+        "the top layer's usage: {child_size} ({usage})"
     );
     assert!(
         size_of(child["Parent"].as_str().unwrap()).ends_with("MiB"),
@@ -709,7 +746,7 @@ fn containerd_runs_images_on_vpool_layers() {
         "vpooltest",
         "--rm",
         "localhost/vpbb:latest",
-        "vp-t2",
+        &c.tasks[1],
         "cat",
         "/hello",
     ]);

@@ -406,3 +406,155 @@ fn every_rpc_and_its_error_codes() {
     );
     d.stop();
 }
+
+/// Mount a list of mounts the way containerd does (bind or overlay).
+fn mount_spec(m: &Mount, dir: &Path, g: &mut Cleanup) {
+    std::fs::create_dir_all(dir).unwrap();
+    let opts = m.options.join(",");
+    let mut cmd = Command::new("mount");
+    match m.r#type.as_str() {
+        "bind" => cmd.args(["--bind", &m.source]).arg(dir),
+        t => cmd.args(["-t", t, "-o", &opts, &m.source]).arg(dir),
+    };
+    ok(&mut cmd, 60);
+    g.unmount_later(dir);
+    if m.options.iter().any(|o| o == "ro") && m.r#type == "bind" {
+        ok(
+            Command::new("mount")
+                .args(["-o", "remount,bind,ro"])
+                .arg(dir),
+            60,
+        );
+    }
+}
+
+fn mount_options(dir: &Path) -> Option<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == dir.to_str())
+        .and_then(|l| l.split(' ').nth(5).map(str::to_string))
+}
+
+#[test]
+fn overlay_mode_layers_are_volumes_joined_by_overlayfs() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: run as root with FUSE"
+    );
+    require("mkfs.ext4", "e2fsprogs");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut g = Cleanup::default();
+    make_pool(&state, "raid1", 2, 1 << 30, &[]);
+    let layers = state.join("snapshotter");
+    undo_plugin_mounts(&mut g, &layers, &state.join("files"));
+    let sock = dir.path().join("snap.sock");
+    let args = [
+        "--snapshotter",
+        sock.to_str().unwrap(),
+        "--snapshotter-size",
+        "1G",
+        "--snapshotter-mode",
+        "overlay",
+    ];
+    let mut d = Daemon::start_with(&state, &args);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let payload = common::pattern(1 << 20, 9);
+
+    rt.block_on(async {
+        let mut c = connect(sock.clone()).await;
+        // A base layer: its own directory, bound read-write.
+        let m = prepare(&mut c, "base-key", "").await.unwrap();
+        assert_eq!(
+            (m[0].r#type.as_str(), m[0].options.clone()),
+            ("bind", vec!["rbind".to_string(), "rw".into()])
+        );
+        assert_eq!(m[0].source, layers.join("ctrd-1/fs").display().to_string());
+        {
+            let mut g = Cleanup::default();
+            mount_spec(&m[0], &dir.path().join("m1"), &mut g);
+            std::fs::write(dir.path().join("m1/base-file"), &payload).unwrap();
+            std::fs::write(dir.path().join("m1/to-delete"), b"x").unwrap();
+        }
+        commit(&mut c, "base", "base-key").await.unwrap();
+        let opts =
+            mount_options(&layers.join("ctrd-1")).expect("the committed layer stays mounted");
+        assert!(
+            opts.split(',').any(|o| o == "ro"),
+            "committed layers are read-only: {opts}"
+        );
+
+        // A child: overlayfs, the parent as lower directory.
+        let m = prepare(&mut c, "ctr", "base").await.unwrap();
+        assert_eq!(m[0].r#type, "overlay");
+        assert_eq!(
+            m[0].options[2],
+            format!("lowerdir={}", layers.join("ctrd-1/fs").display())
+        );
+        {
+            let mut g = Cleanup::default();
+            let mnt = dir.path().join("m2");
+            mount_spec(&m[0], &mnt, &mut g);
+            assert_eq!(std::fs::read(mnt.join("base-file")).unwrap(), payload);
+            std::fs::remove_file(mnt.join("to-delete")).unwrap();
+            std::fs::write(mnt.join("mine"), b"child").unwrap();
+        }
+        assert!(
+            layers.join("ctrd-1/fs/to-delete").exists(),
+            "the lower layer is untouched"
+        );
+        // A view of one layer is that layer, read-only.
+        let v = within(c.view(ViewSnapshotRequest {
+            key: "v".into(),
+            parent: "base".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .mounts;
+        assert_eq!(
+            (v[0].r#type.as_str(), v[0].options[1].as_str()),
+            ("bind", "ro")
+        );
+        assert_eq!(
+            usage(&mut c, "v").await,
+            0,
+            "a view of a layer has no volume"
+        );
+        assert!(usage(&mut c, "base").await >= 1 << 20);
+        assert_eq!(code(remove(&mut c, "base").await), Code::FailedPrecondition);
+    });
+
+    // SIGKILL: the next start detaches the dead layer mounts and mounts
+    // them again.
+    d.kill();
+    d.restart();
+    let opts = mount_options(&layers.join("ctrd-1")).expect("remounted at start");
+    assert!(opts.split(',').any(|o| o == "ro"), "{opts}");
+    assert_eq!(
+        std::fs::read(layers.join("ctrd-1/fs/base-file")).unwrap(),
+        payload
+    );
+    assert_eq!(
+        std::fs::read(layers.join("ctrd-2/fs/mine")).unwrap(),
+        b"child"
+    );
+    rt.block_on(async {
+        let mut c = connect(sock.clone()).await;
+        for k in ["v", "ctr", "base"] {
+            remove(&mut c, k).await.unwrap();
+        }
+    });
+    assert!(
+        mount_options(&layers.join("ctrd-1")).is_none()
+            && mount_options(&layers.join("ctrd-2")).is_none()
+    );
+    assert!(
+        common::plugin::loops_under(&state.join("files")).is_empty(),
+        "loop devices detached"
+    );
+    assert!(!d.vpool_ok(&["vol", "list"]).contains("ctrd-"));
+    d.stop();
+}

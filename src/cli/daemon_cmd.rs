@@ -62,6 +62,17 @@ pub struct DaemonArgs {
     /// used); a container's root filesystem has this size.
     #[arg(long, default_value = "10G", value_parser = super::pool_cmd::parse_size_arg)]
     snapshotter_size: u64,
+    /// block: a container's root is one ext4 cloned from its image's top
+    /// layer (no copy-up); overlay: each layer an ext4 of its own, joined by
+    /// overlayfs (page cache shared between containers). See ARCHITECTURE.md.
+    #[arg(long, value_enum, default_value = "block")]
+    snapshotter_mode: SnapshotterMode,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum SnapshotterMode {
+    Block,
+    Overlay,
 }
 
 pub fn init_logging(level: &str) {
@@ -106,6 +117,8 @@ pub fn run_daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<()> {
                 pool: a.snapshotter_pool,
                 size: a.snapshotter_size,
                 fuse_fallback: state_dir.join("files"),
+                overlay: a.snapshotter_mode == SnapshotterMode::Overlay,
+                root: state_dir.join("snapshotter"),
             },
         )
     });

@@ -211,6 +211,7 @@ impl Snapshots for Service {
 
 /// The gRPC server, on a thread with its own runtime.
 pub struct SnapshotterServer {
+    snapshotter: Arc<Snapshotter>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     socket: PathBuf,
@@ -234,7 +235,8 @@ impl SnapshotterServer {
         };
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let svc = SnapshotsServer::new(Service(Arc::new(snapshotter)));
+        let snapshotter = Arc::new(snapshotter);
+        let svc = SnapshotsServer::new(Service(snapshotter.clone()));
         let thread = std::thread::spawn(move || {
             let serve = tonic::transport::Server::builder()
                 .add_service(svc)
@@ -250,6 +252,7 @@ impl SnapshotterServer {
             rt.shutdown_timeout(std::time::Duration::from_secs(5));
         });
         Ok(SnapshotterServer {
+            snapshotter,
             stop: Some(tx),
             thread: Some(thread),
             socket: socket.to_path_buf(),
@@ -263,6 +266,7 @@ impl SnapshotterServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.snapshotter.shutdown();
         let _ = std::fs::remove_file(&self.socket);
     }
 }

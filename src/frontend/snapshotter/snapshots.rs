@@ -1,10 +1,12 @@
-//! containerd's snapshot model on thin volumes (as its devmapper
-//! snapshotter does it): a snapshot without a parent is a new thin volume
+//! containerd's snapshot model on thin volumes. Block mode (as containerd's
+//! devmapper snapshotter): a snapshot without a parent is a new thin volume
 //! with a fresh ext4; every other snapshot is an O(1) clone of its committed
-//! parent. containerd mounts the volume's FUSE file itself (`ext4` with the
-//! `loop` option; `ro` for views).
+//! parent; containerd mounts the volume's FUSE file itself (`ext4` with the
+//! `loop` option; `ro` for views). Overlay mode (`overlay.rs`): every layer
+//! is a volume of its own, mounted by vpool, and containers get overlayfs.
 
 use super::filter::{self, Fields};
+use super::overlay;
 use super::store::{now_nanos, Kind, Record, Store, VOLUME_PREFIX};
 use crate::control::Engine;
 use crate::error::Error;
@@ -22,6 +24,11 @@ pub struct Config {
     pub size: u64,
     /// Where volume files are mounted if the daemon has no `--fuse-mount`.
     pub fuse_fallback: PathBuf,
+    /// New layer chains in overlay mode (each snapshot keeps the mode it
+    /// was made in).
+    pub overlay: bool,
+    /// Overlay mode: where layers are mounted.
+    pub root: PathBuf,
 }
 
 /// What `Stat`, `Update` and `List` return.
@@ -90,7 +97,63 @@ impl Snapshotter {
             pool,
         };
         s.reconcile()?;
+        s.mount_layers();
         Ok(s)
+    }
+
+    fn layer_dir(&self, r: &Record) -> PathBuf {
+        overlay::layer_dir(&self.cfg.root, &r.volume)
+    }
+
+    /// Overlay mode: mount every layer (mounts left by a killed daemon are
+    /// detached first). A layer that cannot be mounted is logged; its
+    /// snapshot's calls then fail.
+    fn mount_layers(&self) {
+        let mut st = self.store.lock();
+        for (key, r) in st.snapshots.iter_mut() {
+            if !r.overlay || r.volume.is_empty() {
+                continue;
+            }
+            let dir = overlay::layer_dir(&self.cfg.root, &r.volume);
+            if host::mount_of(&dir).is_some() {
+                let _ = host::detach(&dir);
+            }
+            let file = format!("/{}/{}", self.pool, r.volume);
+            if let Some(dev) = r.device.take() {
+                if host::loop_backing(&dev).is_some_and(|b| b.ends_with(&file)) {
+                    let _ = host::loop_detach(&dev);
+                }
+            }
+            let ro = r.kind == Kind::Committed;
+            let attached =
+                host::volume_files(&*self.engine, &self.cfg.fuse_fallback).and_then(|d| {
+                    overlay::attach(&d.join(&self.pool).join(&r.volume), &dir, false, ro)
+                });
+            match attached {
+                Ok(dev) => r.device = Some(dev),
+                Err(e) => tracing::error!("snapshot '{key}': cannot mount its layer: {e:#}"),
+            }
+        }
+        if let Err(e) = st.save() {
+            tracing::error!("{e:#}");
+        }
+    }
+
+    /// At daemon shutdown: unmount the overlay layers (their files go away
+    /// with the daemon).
+    pub fn shutdown(&self) {
+        let mut st = self.store.lock();
+        for r in st.snapshots.values_mut() {
+            if r.overlay && !r.volume.is_empty() {
+                overlay::detach(
+                    &overlay::layer_dir(&self.cfg.root, &r.volume),
+                    r.device.take().as_deref(),
+                );
+            }
+        }
+        if let Err(e) = st.save() {
+            tracing::error!("{e:#}");
+        }
     }
 
     fn reconcile(&self) -> anyhow::Result<()> {
@@ -103,7 +166,7 @@ impl Snapshotter {
             .collect();
         let before = st.snapshots.len();
         st.snapshots.retain(|k, r| {
-            let keep = have.contains(&r.volume);
+            let keep = r.volume.is_empty() || have.contains(&r.volume);
             if !keep {
                 tracing::error!(
                     "snapshot '{k}': its volume {} is gone; record dropped",
@@ -147,7 +210,21 @@ impl Snapshotter {
             .join(volume))
     }
 
-    fn mounts_of(&self, r: &Record) -> anyhow::Result<Vec<MountSpec>> {
+    fn mounts_of(&self, st: &Store, r: &Record) -> anyhow::Result<Vec<MountSpec>> {
+        if r.overlay {
+            let mut lowers = Vec::new();
+            let mut p = st.snapshots.get(&r.parent);
+            while let Some(x) = p {
+                lowers.push(self.layer_dir(x));
+                p = st.snapshots.get(&x.parent);
+            }
+            let own = (!r.volume.is_empty()).then(|| self.layer_dir(r));
+            return Ok(overlay::mounts(
+                own.as_deref(),
+                &lowers,
+                r.kind == Kind::View,
+            ));
+        }
         let mut options = vec!["loop".to_string()];
         options.push(if r.kind == Kind::View { "ro" } else { "rw" }.into());
         // Keep a thin volume thin: ext4 must not zero inode tables (they
@@ -175,7 +252,7 @@ impl Snapshotter {
         if st.snapshots.contains_key(key) {
             bail!(Error::Exists(format!("snapshot '{key}' already exists")));
         }
-        let parent_volume = if parent.is_empty() {
+        let parent_rec = if parent.is_empty() {
             None
         } else {
             let p = st.snapshots.get(parent).ok_or_else(|| {
@@ -189,12 +266,16 @@ impl Snapshotter {
                     p.kind.as_str()
                 )));
             }
-            Some(p.volume.clone())
+            Some(p.clone())
         };
+        let use_overlay = parent_rec.as_ref().map_or(self.cfg.overlay, |p| p.overlay);
+        if use_overlay {
+            return self.create_overlay(&mut st, key, parent, parent_rec.is_some(), labels, kind);
+        }
         let volume = st.new_volume();
         let pool = self.engine.pool(&self.pool)?;
-        match &parent_volume {
-            Some(pv) => pool.clone_volume(pv, None, &volume)?,
+        match &parent_rec {
+            Some(p) => pool.clone_volume(&p.volume, None, &volume)?,
             None => {
                 for w in pool.create_volume(&volume, self.cfg.size)? {
                     tracing::warn!("snapshot '{key}': {w}");
@@ -216,8 +297,53 @@ impl Snapshotter {
             created: now,
             updated: now,
             labels,
+            overlay: false,
+            device: None,
         };
-        let mounts = self.mounts_of(&rec)?;
+        let mounts = self.mounts_of(&st, &rec)?;
+        st.snapshots.insert(key.to_string(), rec);
+        st.save()?;
+        Ok(mounts)
+    }
+
+    /// Overlay mode: a fresh volume for the layer, mounted by vpool (a view
+    /// of existing layers needs none).
+    fn create_overlay(
+        &self,
+        st: &mut Store,
+        key: &str,
+        parent: &str,
+        has_parent: bool,
+        labels: BTreeMap<String, String>,
+        kind: Kind,
+    ) -> anyhow::Result<Vec<MountSpec>> {
+        let now = now_nanos();
+        let mut rec = Record {
+            kind,
+            parent: parent.to_string(),
+            volume: String::new(),
+            created: now,
+            updated: now,
+            labels,
+            overlay: true,
+            device: None,
+        };
+        if !(kind == Kind::View && has_parent) {
+            rec.volume = st.new_volume();
+            let pool = self.engine.pool(&self.pool)?;
+            for w in pool.create_volume(&rec.volume, self.cfg.size)? {
+                tracing::warn!("snapshot '{key}': {w}");
+            }
+            let file = self.file(&rec.volume)?;
+            match overlay::attach(&file, &self.layer_dir(&rec), true, false) {
+                Ok(dev) => rec.device = Some(dev),
+                Err(e) => {
+                    let _ = pool.remove_volume(&rec.volume, true);
+                    return Err(e.context(format!("making the layer of snapshot '{key}'")));
+                }
+            }
+        }
+        let mounts = self.mounts_of(st, &rec)?;
         st.snapshots.insert(key.to_string(), rec);
         st.save()?;
         Ok(mounts)
@@ -231,7 +357,7 @@ impl Snapshotter {
                 "snapshot '{key}' is committed: committed snapshots are not mounted (prepare a child)"
             )));
         }
-        self.mounts_of(r)
+        self.mounts_of(&st, r)
     }
 
     pub fn commit(
@@ -253,6 +379,10 @@ impl Snapshotter {
         }
         if st.snapshots.contains_key(name) {
             bail!(Error::Exists(format!("snapshot '{name}' already exists")));
+        }
+        // Overlay: the layer is a lower directory from now on.
+        if r.overlay && !r.volume.is_empty() {
+            overlay::remount_ro(&self.layer_dir(r))?;
         }
         // The layer is durable before containerd learns it is committed.
         self.engine.pool(&self.pool)?.commit()?;
@@ -277,6 +407,12 @@ impl Snapshotter {
         }
         let r = st.snapshots.remove(key).ok_or_else(|| not_found(key))?;
         st.save()?;
+        if r.volume.is_empty() {
+            return Ok(());
+        }
+        if r.overlay {
+            overlay::detach(&self.layer_dir(&r), r.device.as_deref());
+        }
         match self.engine.pool(&self.pool)?.remove_volume(&r.volume, true) {
             Ok(()) | Err(Error::NotFound(_)) => Ok(()),
             // The record is gone: the next start removes the volume.
@@ -360,7 +496,15 @@ impl Snapshotter {
     pub fn usage(&self, key: &str) -> anyhow::Result<u64> {
         let st = self.store.lock();
         let r = st.snapshots.get(key).ok_or_else(|| not_found(key))?;
-        let parent = st.snapshots.get(&r.parent).map(|p| p.volume.as_str());
+        if r.volume.is_empty() {
+            return Ok(0);
+        }
+        // Overlay layers share nothing with their parents.
+        let parent = st
+            .snapshots
+            .get(&r.parent)
+            .filter(|_| !r.overlay)
+            .map(|p| p.volume.as_str());
         Ok(self.engine.pool(&self.pool)?.own_bytes(&r.volume, parent)?)
     }
 }

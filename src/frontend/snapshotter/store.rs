@@ -41,6 +41,13 @@ pub struct Record {
     pub updated: u64,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Overlay mode: the volume holds this layer only and vpool mounts it.
+    #[serde(default)]
+    pub overlay: bool,
+    /// Overlay mode: the loop device while mounted (found again after a
+    /// killed daemon, as the Docker plugin does).
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
