@@ -131,7 +131,7 @@ mod tests {
                 "lowerdir=/r/b/fs:/r/c/fs"
             ]
         );
-        let m = mounts(None, &[b.clone()], true);
+        let m = mounts(None, std::slice::from_ref(&b), true);
         assert_eq!(
             (m[0].fstype.as_str(), m[0].options[1].as_str()),
             ("bind", "ro")
