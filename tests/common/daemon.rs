@@ -105,7 +105,21 @@ impl Daemon {
         d
     }
 
+    /// Start the daemon. Another process may take the free port between
+    /// `free_port` and the daemon's bind: then try another port.
     fn spawn(&mut self) {
+        for _ in 0..5 {
+            if self.try_spawn() {
+                return;
+            }
+            self.port = free_port();
+        }
+        panic!("no free NBD port after 5 tries: {}", self.log());
+    }
+
+    /// False when the port was taken; panics on any other failure.
+    fn try_spawn(&mut self) -> bool {
+        let logged = self.log().len();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -133,10 +147,15 @@ impl Daemon {
             if std::os::unix::net::UnixStream::connect(self.state.join("vpool.sock")).is_ok()
                 && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
             {
-                return;
+                return true;
             }
             if let Some(Ok(Some(s))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("daemon exited early ({s}): {}", self.log());
+                self.child = None;
+                let log = self.log();
+                if log[logged.min(log.len())..].contains("Address already in use") {
+                    return false;
+                }
+                panic!("daemon exited early ({s}): {log}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -16,14 +16,11 @@ pub fn layer_dir(root: &Path, volume: &str) -> PathBuf {
     root.join(volume)
 }
 
-/// Attach a layer's volume file and mount it at its directory (making the
-/// filesystem first when `fresh`). Returns the loop device.
-pub fn attach(file: &Path, dir: &Path, fresh: bool, read_only: bool) -> anyhow::Result<String> {
+/// Attach a layer's volume file (holding an ext4) and mount it at its
+/// directory. Returns the loop device.
+pub fn attach(file: &Path, dir: &Path, read_only: bool) -> anyhow::Result<String> {
     let dev = host::loop_attach(file).map_err(|e| anyhow!(e))?;
     let done = (|| -> anyhow::Result<()> {
-        if fresh {
-            host::mkfs("ext4", &dev, "layer").map_err(|e| anyhow!(e))?;
-        }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         host::mount(&dev, "ext4", dir).map_err(|e| anyhow!(e))?;
         for sub in ["fs", "work"] {

@@ -7,7 +7,7 @@
 
 use super::filter::{self, Fields};
 use super::overlay;
-use super::store::{now_nanos, Kind, Record, Store, VOLUME_PREFIX};
+use super::store::{now_nanos, Kind, Record, Store, TEMPLATE, VOLUME_PREFIX};
 use crate::control::Engine;
 use crate::error::Error;
 use crate::frontend::host;
@@ -125,10 +125,8 @@ impl Snapshotter {
                 }
             }
             let ro = r.kind == Kind::Committed;
-            let attached =
-                host::volume_files(&*self.engine, &self.cfg.fuse_fallback).and_then(|d| {
-                    overlay::attach(&d.join(&self.pool).join(&r.volume), &dir, false, ro)
-                });
+            let attached = host::volume_files(&*self.engine, &self.cfg.fuse_fallback)
+                .and_then(|d| overlay::attach(&d.join(&self.pool).join(&r.volume), &dir, ro));
             match attached {
                 Ok(dev) => r.device = Some(dev),
                 Err(e) => tracing::error!("snapshot '{key}': cannot mount its layer: {e:#}"),
@@ -181,7 +179,7 @@ impl Snapshotter {
         let owned: Vec<&String> = st.snapshots.values().map(|r| &r.volume).collect();
         let mut orphans: Vec<String> = have
             .iter()
-            .filter(|v| v.starts_with(VOLUME_PREFIX) && !owned.contains(v))
+            .filter(|v| v.starts_with(VOLUME_PREFIX) && *v != TEMPLATE && !owned.contains(v))
             .cloned()
             .collect();
         // Leaves first: retry until nothing more goes.
@@ -276,18 +274,7 @@ impl Snapshotter {
         let pool = self.engine.pool(&self.pool)?;
         match &parent_rec {
             Some(p) => pool.clone_volume(&p.volume, None, &volume)?,
-            None => {
-                for w in pool.create_volume(&volume, self.cfg.size)? {
-                    tracing::warn!("snapshot '{key}': {w}");
-                }
-                let made = self.file(&volume).and_then(|f| {
-                    host::mkfs("ext4", &f.display().to_string(), "layer").map_err(|e| anyhow!(e))
-                });
-                if let Err(e) = made {
-                    let _ = pool.remove_volume(&volume, true);
-                    return Err(e.context(format!("making the filesystem of snapshot '{key}'")));
-                }
-            }
+            None => self.fresh_volume(key, &volume)?,
         }
         let now = now_nanos();
         let rec = Record {
@@ -304,6 +291,32 @@ impl Snapshotter {
         st.snapshots.insert(key.to_string(), rec);
         st.save()?;
         Ok(mounts)
+    }
+
+    /// A volume with a fresh, empty ext4: a clone of the template volume,
+    /// made (one mkfs) the first time or when the layer size changed.
+    fn fresh_volume(&self, key: &str, volume: &str) -> anyhow::Result<()> {
+        let pool = self.engine.pool(&self.pool)?;
+        let current = pool.volume(TEMPLATE, None).and_then(|v| v.size());
+        if current.as_ref().ok() != Some(&self.cfg.size) {
+            if current.is_ok() {
+                pool.remove_volume(TEMPLATE, true)?;
+            }
+            for w in pool.create_volume(TEMPLATE, self.cfg.size)? {
+                tracing::warn!("snapshot '{key}': {w}");
+            }
+            let made = self.file(TEMPLATE).and_then(|f| {
+                host::mkfs("ext4", &f.display().to_string(), "layer").map_err(|e| anyhow!(e))
+            });
+            if let Err(e) = made {
+                let _ = pool.remove_volume(TEMPLATE, true);
+                return Err(e.context(format!("making the filesystem of snapshot '{key}'")));
+            }
+            // Durable before any clone of it is.
+            pool.commit()?;
+        }
+        pool.clone_volume(TEMPLATE, None, volume)?;
+        Ok(())
     }
 
     /// Overlay mode: a fresh volume for the layer, mounted by vpool (a view
@@ -331,11 +344,9 @@ impl Snapshotter {
         if !(kind == Kind::View && has_parent) {
             rec.volume = st.new_volume();
             let pool = self.engine.pool(&self.pool)?;
-            for w in pool.create_volume(&rec.volume, self.cfg.size)? {
-                tracing::warn!("snapshot '{key}': {w}");
-            }
+            self.fresh_volume(key, &rec.volume)?;
             let file = self.file(&rec.volume)?;
-            match overlay::attach(&file, &self.layer_dir(&rec), true, false) {
+            match overlay::attach(&file, &self.layer_dir(&rec), false) {
                 Ok(dev) => rec.device = Some(dev),
                 Err(e) => {
                     let _ = pool.remove_volume(&rec.volume, true);
@@ -499,12 +510,16 @@ impl Snapshotter {
         if r.volume.is_empty() {
             return Ok(0);
         }
-        // Overlay layers share nothing with their parents.
+        // A block-mode layer is a clone of its parent; an overlay layer, or
+        // a first layer, a clone of the empty template.
         let parent = st
             .snapshots
             .get(&r.parent)
             .filter(|_| !r.overlay)
-            .map(|p| p.volume.as_str());
-        Ok(self.engine.pool(&self.pool)?.own_bytes(&r.volume, parent)?)
+            .map_or(TEMPLATE, |p| p.volume.as_str());
+        let pool = self.engine.pool(&self.pool)?;
+        // A layer made before the template existed (or with another size).
+        let parent = Some(parent).filter(|p| pool.volume(p, None).is_ok());
+        Ok(pool.own_bytes(&r.volume, parent)?)
     }
 }
