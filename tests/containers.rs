@@ -741,6 +741,28 @@ fn containerd_case(overlay: bool) {
         "{usage}"
     );
 
+    // `ctr snapshots prepare` and `rm` make and remove a volume.
+    let top_key = child["Name"].as_str().unwrap().to_string();
+    c.ok(&[
+        "snapshots",
+        "--snapshotter",
+        "vpooltest",
+        "prepare",
+        "vp-extra",
+        &top_key,
+    ]);
+    assert_eq!(ctrd_volumes(&d).len(), 3, "a prepared snapshot is a volume");
+    c.ok(&["snapshots", "--snapshotter", "vpooltest", "rm", "vp-extra"]);
+    let start = Instant::now();
+    while ctrd_volumes(&d).len() != 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            ctrd_volumes(&d)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // Across a vpool restart, the image runs again.
     d.stop();
     d.restart();
