@@ -19,6 +19,23 @@ pub struct StateFile {
     pub pools: BTreeMap<String, KnownPool>,
 }
 
+/// Replace `path` with `body` atomically: a temp file beside it, fsync,
+/// rename, fsync the directory. A crash leaves the old file or the new one.
+pub fn write_atomic(path: &Path, body: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let io = |e| Error::io(format!("writing {}", tmp.display()), e);
+    let f = File::create(&tmp).map_err(io)?;
+    std::io::Write::write_all(&mut &f, body).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(format!("saving {}", path.display()), e))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
 impl StateFile {
     /// The member paths remembered for pool `name` (none if unknown).
     pub fn members_of(&self, name: &str) -> Vec<PathBuf> {
@@ -82,14 +99,9 @@ impl StateDir {
         }
     }
 
-    /// Write atomically (temp file, fsync, rename).
+    /// Write atomically.
     pub fn save(&self, st: &StateFile) -> Result<()> {
-        let tmp = self.dir.join("pools.json.tmp");
         let body = serde_json::to_vec_pretty(st).map_err(|e| Error::Invalid(e.to_string()))?;
-        let io = |e| Error::io(format!("writing {}", tmp.display()), e);
-        let f = File::create(&tmp).map_err(io)?;
-        std::io::Write::write_all(&mut &f, &body).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        fs::rename(&tmp, self.file()).map_err(|e| Error::io("saving pools.json", e))
+        write_atomic(&self.file(), &body)
     }
 }

@@ -91,6 +91,29 @@ fn unmount_under(dir: &Path) {
     }
 }
 
+/// Wait up to a minute for a daemon to answer; fail with its log.
+fn wait_started(what: &str, log: &Path, ready: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what} did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A client's stdout, or a failure naming the call and its stderr.
+fn stdout_ok(tool: &str, args: &[&str], o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
 fn stop_pid(pid: i32, grace: Duration) {
     // SAFETY: signalling a process this test started, by PID.
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -134,15 +157,9 @@ impl Dockerd {
             child,
             dir: dir.to_path_buf(),
         };
-        let start = Instant::now();
-        while !d.docker(&["info"]).status.success() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "dockerd did not start: {}",
-                std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_started("dockerd", &dir.join("dockerd.log"), || {
+            d.docker(&["info"]).status.success()
+        });
         d
     }
 
@@ -158,13 +175,9 @@ impl Dockerd {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.docker(args);
-        assert!(
-            o.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
+        stdout_ok("docker", args, self.docker(args))
+            .trim()
+            .to_string()
     }
 
     fn err(&self, args: &[&str], want: &str) {
@@ -348,15 +361,8 @@ fn podman_volumes_on_vpool() {
             180,
         )
     };
-    let pok = |args: &[&str]| -> String {
-        let o = podman(args);
-        assert!(
-            o.status.success(),
-            "podman {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    };
+    let pok =
+        |args: &[&str]| -> String { stdout_ok("podman", args, podman(args)).trim().to_string() };
     {
         let pd = pd.clone();
         g.push(move || unmount_under(&pd));
@@ -526,15 +532,9 @@ impl Containerd {
             dir: dir.to_path_buf(),
             tasks: [id(1), id(2)],
         };
-        let start = Instant::now();
-        while !c.ctr(&["version"]).status.success() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "containerd did not start: {}",
-                std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_started("containerd", &dir.join("containerd.log"), || {
+            c.ctr(&["version"]).status.success()
+        });
         c
     }
 
@@ -544,13 +544,7 @@ impl Containerd {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.ctr(args);
-        assert!(
-            o.status.success(),
-            "ctr {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).to_string()
+        stdout_ok("ctr", args, self.ctr(args))
     }
 
     /// containerd dials the snapshotter lazily and, after a failed dial,

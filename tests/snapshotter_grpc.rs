@@ -137,28 +137,29 @@ fn volumes(d: &Daemon) -> serde_json::Value {
     serde_json::from_str(&d.vpool_ok(&["vol", "list", "--json"])).unwrap()
 }
 
-#[test]
-fn every_rpc_and_its_error_codes() {
+/// A raid1 pool and a daemon serving the snapshotter on `dir/snap.sock`
+/// (with `extra` arguments); its mounts are undone at cleanup.
+fn snapshotter_daemon(dir: &Path, extra: &[&str], g: &mut Cleanup) -> (Daemon, PathBuf, PathBuf) {
     assert!(
         Path::new("/dev/fuse").exists(),
         "/dev/fuse is missing: run as root with FUSE"
     );
     require("mkfs.ext4", "e2fsprogs");
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let mut g = Cleanup::default();
+    let state = dir.join("state");
     make_pool(&state, "raid1", 2, 1 << 30, &[]);
-    undo_plugin_mounts(&mut g, &state.join("none"), &state.join("files"));
-    let sock = dir.path().join("snap.sock");
-    let mut d = Daemon::start_with(
-        &state,
-        &[
-            "--snapshotter",
-            sock.to_str().unwrap(),
-            "--snapshotter-size",
-            "2G",
-        ],
-    );
+    undo_plugin_mounts(g, &state.join("snapshotter"), &state.join("files"));
+    let sock = dir.join("snap.sock");
+    let mut args = vec!["--snapshotter", sock.to_str().unwrap()];
+    args.extend(extra);
+    (Daemon::start_with(&state, &args), state, sock)
+}
+
+#[test]
+fn every_rpc_and_its_error_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Cleanup::default();
+    let (mut d, state, sock) =
+        snapshotter_daemon(dir.path(), &["--snapshotter-size", "2G"], &mut g);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mnt = dir.path().join("mnt");
     let payload = common::pattern(1 << 20, 3);
@@ -441,27 +442,11 @@ fn mount_options(dir: &Path) -> Option<String> {
 
 #[test]
 fn overlay_mode_layers_are_volumes_joined_by_overlayfs() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "/dev/fuse is missing: run as root with FUSE"
-    );
-    require("mkfs.ext4", "e2fsprogs");
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
     let mut g = Cleanup::default();
-    make_pool(&state, "raid1", 2, 1 << 30, &[]);
+    let extra = ["--snapshotter-size", "1G", "--snapshotter-mode", "overlay"];
+    let (mut d, state, sock) = snapshotter_daemon(dir.path(), &extra, &mut g);
     let layers = state.join("snapshotter");
-    undo_plugin_mounts(&mut g, &layers, &state.join("files"));
-    let sock = dir.path().join("snap.sock");
-    let args = [
-        "--snapshotter",
-        sock.to_str().unwrap(),
-        "--snapshotter-size",
-        "1G",
-        "--snapshotter-mode",
-        "overlay",
-    ];
-    let mut d = Daemon::start_with(&state, &args);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let payload = common::pattern(1 << 20, 9);
 

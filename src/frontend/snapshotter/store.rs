@@ -8,7 +8,6 @@
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,23 +88,14 @@ impl Store {
         })
     }
 
-    /// Write atomically: a temp file, fsync, rename, fsync the directory.
+    /// Write atomically.
     pub fn save(&self) -> anyhow::Result<()> {
         let file = File {
             version: 1,
             next_id: self.next_id,
             snapshots: self.snapshots.clone(),
         };
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(&file)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("saving {}", self.path.display()))?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+        crate::state::write_atomic(&self.path, &serde_json::to_vec_pretty(&file)?)?;
         Ok(())
     }
 
