@@ -8,6 +8,7 @@ use vpool::{CreateOptions, Pool};
 
 pub mod cleanup;
 pub mod daemon;
+pub mod engines;
 pub mod fs;
 pub mod nbd_client;
 pub mod plugin;

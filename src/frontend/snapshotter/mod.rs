@@ -5,6 +5,7 @@
 //! address = "/run/vpool/snapshotter.sock"`.
 
 mod filter;
+mod lifecycle;
 mod overlay;
 pub mod proto;
 mod service;
