@@ -198,6 +198,27 @@ fn every_call_and_its_errors() {
         r#"{"Name":"web"}"#,
         "is mounted for 2 container(s)",
     );
+    // The CLI cannot pull the volume from under its filesystem either.
+    for args in [
+        &["vol", "remove", "tank/web"][..],
+        &["pool", "export", "tank"],
+        &["pool", "destroy", "tank", "--force"],
+    ] {
+        let o = s.d.vpool(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("refused while loop devices use it"),
+            "{args:?}: {err}"
+        );
+    }
+    s.d.vpool_ok(&["snap", "create", "tank/web@s"]);
+    let o = s.d.vpool(&["vol", "rollback", "tank/web@s"]);
+    assert!(
+        !o.status.success(),
+        "a rollback under a mounted filesystem is refused"
+    );
+    s.d.vpool_ok(&["snap", "remove", "tank/web@s"]);
+    assert!(s.d.vpool_ok(&["vol", "list"]).contains("tank/web"));
     call_ok(sock, "VolumeDriver.Unmount", r#"{"Name":"web","ID":"one"}"#);
     assert!(is_mounted(&s.root.join("web")), "one ID still holds it");
     assert!(data.join("index.html").exists());

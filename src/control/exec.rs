@@ -1,5 +1,6 @@
 //! Carrying out a [`Request`] against an [`Engine`].
 
+use super::resizefs::refuse_in_use;
 use super::{copy, Engine, Request, Response};
 use crate::cli::units::{format_size, parse_size};
 use crate::device::{DeviceRef, FileDevice};
@@ -118,6 +119,7 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
         }
         Request::PoolStatus { name } => data(&engine.pool(&name)?.info()),
         Request::PoolExport { name } => {
+            refuse_in_use(engine, &name, None, &format!("exporting pool '{name}'"))?;
             engine.pool(&name)?.export()?;
             engine.release(&name)?;
             ok(format!("exported pool '{name}'; its members can be moved and imported with `vpool pool import`"))
@@ -135,6 +137,7 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
                     "pool '{name}' still holds {vols} volume(s); remove them first or pass --force to destroy them with the pool"
                 )));
             }
+            refuse_in_use(engine, &name, None, &format!("destroying pool '{name}'"))?;
             engine.pool(&name)?.destroy()?;
             engine.release(&name)?;
             ok(format!("destroyed pool '{name}'"))
@@ -214,6 +217,8 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
         }
         Request::VolRollback { path } => {
             let p = VolPath::parse_snapshot(&path)?;
+            let what = format!("rolling back '{}/{}'", p.pool, p.volume);
+            refuse_in_use(engine, &p.pool, Some((&p.volume, false)), &what)?;
             engine
                 .pool(&p.pool)?
                 .rollback(&p.volume, p.snapshot.as_deref().unwrap_or_default())?;
@@ -281,6 +286,12 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
         }
         Request::VolRemove { path, recursive } => {
             let p = VolPath::parse_volume(&path)?;
+            refuse_in_use(
+                engine,
+                &p.pool,
+                Some((&p.volume, true)),
+                &format!("removing '{p}'"),
+            )?;
             engine.pool(&p.pool)?.remove_volume(&p.volume, recursive)?;
             ok(format!("removed volume '{p}'"))
         }
@@ -293,6 +304,13 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
         }
         Request::SnapRemove { path } => {
             let p = VolPath::parse_snapshot(&path)?;
+            let file = format!("{}@{}", p.volume, p.snapshot.as_deref().unwrap_or_default());
+            refuse_in_use(
+                engine,
+                &p.pool,
+                Some((&file, false)),
+                &format!("removing '{p}'"),
+            )?;
             engine
                 .pool(&p.pool)?
                 .remove_snapshot(&p.volume, p.snapshot.as_deref().unwrap_or_default())?;

@@ -52,6 +52,51 @@ pub fn loop_users(file: &Path) -> Vec<LoopUse> {
     out
 }
 
+/// Refuse `what` while loop devices use the pool's volume files: all of them
+/// (`vol` None), or one volume's (with its snapshots' when the flag is
+/// set). A filesystem on such a device would lose it; the daemon's Docker
+/// volumes and container layers are such filesystems.
+pub fn refuse_in_use(
+    engine: &dyn super::Engine,
+    pool: &str,
+    vol: Option<(&str, bool)>,
+    what: &str,
+) -> anyhow::Result<()> {
+    let Some(dir) = engine.fuse_dir() else {
+        return Ok(());
+    };
+    let users: Vec<(String, std::path::PathBuf)> =
+        crate::frontend::host::loops_under(&dir.join(pool))
+            .into_iter()
+            .filter(|(_, f)| {
+                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                match vol {
+                    None => true,
+                    Some((v, snaps)) => name == v || (snaps && name.starts_with(&format!("{v}@"))),
+                }
+            })
+            .collect();
+    if users.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = users
+        .iter()
+        .map(|(dev, f)| {
+            let at = crate::control::resizefs::loop_users(f)
+                .into_iter()
+                .find(|u| &u.device == dev)
+                .and_then(|u| u.mountpoint)
+                .map(|m| format!("mounted on {m}"))
+                .unwrap_or_else(|| "not mounted".into());
+            format!("{dev} over {} ({at})", f.display())
+        })
+        .collect();
+    anyhow::bail!(crate::Error::InUse(format!(
+        "{what} is refused while loop devices use it: {}. Unmount the filesystem and `losetup -d` the device first (Docker volumes and container layers: stop their containers)",
+        list.join(", ")
+    )))
+}
+
 fn run(cmd: &mut Command) -> Result<(), String> {
     crate::frontend::host::run(cmd, Duration::from_secs(600)).map(|_| ())
 }
