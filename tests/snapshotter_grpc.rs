@@ -552,3 +552,101 @@ fn overlay_mode_layers_are_volumes_joined_by_overlayfs() {
     );
     d.stop();
 }
+
+/// Volume names the records in `snapshotter.json` use.
+fn recorded_volumes(state: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(state.join("snapshotter.json")).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let mut out: Vec<String> = v["snapshots"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter_map(|r| r["volume"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.retain(|n| !n.is_empty());
+    out.sort();
+    out
+}
+
+#[test]
+fn records_and_volumes_agree_after_sigkill_mid_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Cleanup::default();
+    let (mut d, state, sock) =
+        snapshotter_daemon(dir.path(), &["--snapshotter-size", "256M"], &mut g);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (round, delay_ms) in [150u64, 400, 900].into_iter().enumerate() {
+        // A client prepares, commits and removes as fast as it can ...
+        let client = {
+            let sock = sock.clone();
+            rt.spawn(async move {
+                let mut c = connect(sock).await;
+                for i in 0.. {
+                    let (key, name) = (format!("r{round}-k{i}"), format!("r{round}-n{i}"));
+                    let parent = if i > 0 {
+                        format!("r{round}-n{}", i - 1)
+                    } else {
+                        String::new()
+                    };
+                    if prepare(&mut c, &key, &parent).await.is_err()
+                        || commit(&mut c, &name, &key).await.is_err()
+                    {
+                        break;
+                    }
+                    if i % 3 == 2 {
+                        let _ = prepare(&mut c, &format!("{key}-x"), &name).await;
+                        if remove(&mut c, &format!("{key}-x")).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            })
+        };
+        // ... until the daemon is killed under it.
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        d.kill();
+        rt.block_on(async { within(client).await.unwrap() });
+        d.restart();
+        // Every record has its volume, and every snapshot volume a record.
+        let recorded = recorded_volumes(&state);
+        let vols = volumes(&d);
+        let mut in_pool: Vec<String> = vols
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["name"].as_str())
+            .filter_map(|n| n.strip_prefix("tank/"))
+            .filter(|n| n.starts_with("ctrd-") && *n != "ctrd-empty")
+            .map(str::to_string)
+            .collect();
+        in_pool.sort();
+        assert_eq!(
+            recorded, in_pool,
+            "round {round}: records and volumes differ after a SIGKILL"
+        );
+        assert!(
+            !recorded.is_empty() || round > 0,
+            "the client got some work done before the kill"
+        );
+        // Never a record without its volume (reconcile would drop it, and
+        // containerd would lose a snapshot it was told exists).
+        assert!(
+            !d.log().contains("record dropped"),
+            "round {round}: a record outlived its volume"
+        );
+        // And the survivors still work: a child of the newest committed layer.
+        rt.block_on(async {
+            let mut c = connect(sock.clone()).await;
+            let committed = list(&mut c, &["kind==committed"]).await.unwrap();
+            if let Some(top) = committed.last() {
+                prepare(&mut c, &format!("after-{round}"), top)
+                    .await
+                    .unwrap();
+                remove(&mut c, &format!("after-{round}")).await.unwrap();
+            }
+        });
+    }
+    d.stop();
+}
