@@ -355,10 +355,32 @@ fn clones_and_restarts_keep_data_and_clean_up() {
         r#"{"Name":"from-snap","Opts":{"snapshot-of":"tank/db@s1"}}"#,
     );
 
+    call_ok(
+        &sock,
+        "VolumeDriver.Create",
+        r#"{"Name":"doomed","Opts":{}}"#,
+    );
+
     // SIGKILL: the mount, its loop device and the FUSE mount are left dead.
     ok(&mut Command::new("sync"), 60);
     s.d.kill();
+    // As if the kill came in the middle of removing "doomed": the record
+    // says so, the volume is still there. The next start finishes it.
+    let reg = s.d.state.join("docker.json");
+    let mut j: serde_json::Value = serde_json::from_slice(&std::fs::read(&reg).unwrap()).unwrap();
+    j["volumes"]["doomed"]["removing"] = serde_json::json!(true);
+    std::fs::write(&reg, serde_json::to_vec(&j).unwrap()).unwrap();
     s.d.restart();
+    call_err(
+        &sock,
+        "VolumeDriver.Get",
+        r#"{"Name":"doomed"}"#,
+        "no vpool Docker volume",
+    );
+    assert!(
+        !s.d.vpool_ok(&["vol", "list"]).contains("tank/doomed"),
+        "an interrupted removal is finished"
+    );
     assert!(
         !is_mounted(&s.root.join("db")),
         "a stale mount is detached at start"

@@ -77,6 +77,32 @@ impl Driver {
     /// volume is mounted again at its next `Mount`.
     fn clear_stale(&self) {
         let mut reg = self.reg.lock();
+        // Removals a crash interrupted are finished.
+        let pending: Vec<(String, Record)> = reg
+            .volumes
+            .iter()
+            .filter(|(_, r)| r.removing)
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        for (name, rec) in pending {
+            let removed = self
+                .engine
+                .pool(&rec.pool)
+                .map(|p| p.remove_volume(&rec.volume, false));
+            match removed {
+                Ok(Ok(()) | Err(Error::NotFound(_))) => {
+                    tracing::warn!("Docker volume {name}: finished its interrupted removal");
+                    reg.volumes.remove(&name);
+                }
+                Ok(Err(e)) => {
+                    tracing::error!("Docker volume {name}: removal not finished: {e}");
+                    if let Some(r) = reg.volumes.get_mut(&name) {
+                        r.removing = false;
+                    }
+                }
+                Err(e) => tracing::error!("Docker volume {name}: removal not finished: {e:#}"),
+            }
+        }
         for (name, rec) in reg.volumes.iter_mut() {
             let mp = self.mountpoint(name);
             if let Some((dev, _)) = host::mount_of(&mp) {
@@ -209,6 +235,7 @@ impl Driver {
                 created,
                 mounts: Default::default(),
                 device: None,
+                removing: false,
             },
         );
         reg.save()?;
@@ -261,14 +288,19 @@ impl Driver {
                 rec.mounts.len().max(1)
             )));
         }
-        match self.engine.pool(&rec.pool) {
-            Ok(pool) => match pool.remove_volume(&rec.volume, false) {
-                Ok(()) => {}
-                // Removed already with the CLI: only the name is left.
-                Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e.into()),
-            },
-            Err(e) => return Err(e.context(format!("removing volume '{name}'"))),
+        let pool = self
+            .engine
+            .pool(&rec.pool)
+            .with_context(|| format!("removing volume '{name}'"))?;
+        set_removing(&mut reg, name, true)?;
+        match pool.remove_volume(&rec.volume, false) {
+            Ok(()) => {}
+            // Removed already with the CLI: only the name is left.
+            Err(Error::NotFound(_)) => {}
+            Err(e) => {
+                set_removing(&mut reg, name, false)?;
+                return Err(e.into());
+            }
         }
         reg.volumes.remove(name);
         reg.save()?;
@@ -434,6 +466,13 @@ impl Driver {
             tracing::error!("{e:#}");
         }
     }
+}
+
+fn set_removing(reg: &mut Registry, name: &str, on: bool) -> anyhow::Result<()> {
+    if let Some(r) = reg.volumes.get_mut(name) {
+        r.removing = on;
+    }
+    reg.save()
 }
 
 fn lookup<'a>(reg: &'a Registry, name: &str) -> anyhow::Result<&'a Record> {

@@ -24,6 +24,11 @@ pub struct Record {
     /// found again even after its FUSE mount was detached.
     #[serde(default)]
     pub device: Option<String>,
+    /// `Remove` has begun: the volume is being removed. A start that finds
+    /// this finishes the removal, so a crash in the middle neither leaves a
+    /// name without its volume nor lets a removed volume come back.
+    #[serde(default)]
+    pub removing: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Default)]
@@ -123,6 +128,7 @@ mod tests {
             created: 7,
             mounts: ["m1".to_string()].into_iter().collect(),
             device: Some("/dev/loop7".into()),
+            removing: false,
         };
         r.volumes.insert("v".into(), rec.clone());
         r.save().unwrap();
