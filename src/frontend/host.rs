@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Run a command for at most `limit`; its stdout on success, a message
 /// naming the command and its stderr otherwise.
@@ -31,17 +31,23 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Result<String, String> {
     };
     let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
     let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if start.elapsed() > limit => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{cmd:?} timed out after {}s", limit.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("{cmd:?}: {e}")),
+    // A thread waits for the child, so its exit is seen at once (polling
+    // cost up to a poll interval per command: 10 ms on every losetup and
+    // mount of a container layer).
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = match rx.recv_timeout(limit) {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("{cmd:?}: {e}")),
+        Err(_) => {
+            // SAFETY: our own child, not yet reaped (the waiter thread reaps
+            // it after this kill), so the PID is still its.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = rx.recv();
+            return Err(format!("{cmd:?} timed out after {}s", limit.as_secs()));
         }
     };
     let out = out.join().unwrap_or_default();
@@ -254,5 +260,34 @@ impl Drop for Frozen {
         if let Err(e) = run(Command::new("fsfreeze").arg("-u").arg(&self.0), SHORT) {
             tracing::error!("could not thaw {}: {e}", self.0.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_returns_output_errors_and_stops_at_the_limit() {
+        let out = run(Command::new("sh").args(["-c", "echo hi"]), SHORT).unwrap();
+        assert_eq!(out, "hi\n");
+        let err = run(
+            Command::new("sh").args(["-c", "echo bad >&2; exit 3"]),
+            SHORT,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("exit status: 3") && err.contains("bad"),
+            "{err}"
+        );
+        let err = run(&mut Command::new("no-such-program-here"), SHORT).unwrap_err();
+        assert!(err.contains("is its package installed"), "{err}");
+        let start = std::time::Instant::now();
+        let err = run(Command::new("sleep").arg("30"), Duration::from_millis(200)).unwrap_err();
+        assert!(err.contains("timed out"), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the child was killed at the limit"
+        );
     }
 }
