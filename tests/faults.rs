@@ -206,9 +206,9 @@ fn a_second_failure_stops_writes_and_never_returns_garbage() {
         let w = vol.write_at(&pattern(50_000, 5), 0);
         assert!(
             w.is_err(),
-            "{level}: a write with no redundancy left must fail"
+            "{level}: a write with no redundancy left must fail: {w:?}"
         );
-        assert_eq!(pool.info().health, "failed", "{level}");
+        assert_eq!(pool.info().health, "failed", "{level}: {w:?}");
         // Every read either fails or returns the right bytes.
         let mut errors = 0;
         for off in (0..VOL).step_by(64 * 1024) {

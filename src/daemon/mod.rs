@@ -196,7 +196,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let _ = committer.join();
     let mut failed = false;
     for (name, pool) in engine.all() {
-        match pool.commit() {
+        match pool.close() {
             Ok(()) => tracing::info!(pool = %name, "committed and closed"),
             Err(e) => {
                 failed = true;

@@ -39,6 +39,7 @@ pub mod salt {
     pub const NODE: u32 = 0x4e4f_4445; // "NODE"
     pub const CATALOG: u32 = 0x4341_544c; // "CATL"
     pub const SPACE_MAP: u32 = 0x534d_4150; // "SMAP"
+    pub const INTENT: u32 = 0x494e_544e; // "INTN"
 }
 
 /// Checksum of a 4 KiB structure whose first 4 bytes hold the checksum.

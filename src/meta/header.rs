@@ -13,6 +13,8 @@ pub enum BlockKind {
     Node = 1,
     Catalog = 2,
     SpaceMap = 3,
+    /// The write-intent bitmap of a checksummed pool (rewritten in place).
+    Intent = 4,
 }
 
 impl BlockKind {
@@ -21,6 +23,7 @@ impl BlockKind {
             1 => BlockKind::Node,
             2 => BlockKind::Catalog,
             3 => BlockKind::SpaceMap,
+            4 => BlockKind::Intent,
             _ => return None,
         })
     }
@@ -30,6 +33,7 @@ impl BlockKind {
             BlockKind::Node => salt::NODE,
             BlockKind::Catalog => salt::CATALOG,
             BlockKind::SpaceMap => salt::SPACE_MAP,
+            BlockKind::Intent => salt::INTENT,
         }
     }
 }

@@ -14,6 +14,10 @@ pub const SB_VERSION_TRANSITION: u32 = 2;
 /// of trusting a failed member's stale data. Carries a transition (or kind
 /// 0 for none) like version 2.
 pub const SB_VERSION_HEALTH: u32 = 3;
+/// A pool with per-block data checksums: version 3's fields plus the root
+/// of the checksum tree and the write-intent block. Older readers refuse it
+/// (they would write data without updating its checksums).
+pub const SB_VERSION_CSUM: u32 = 4;
 /// Member states recorded in the superblock.
 pub const MEMBER_ONLINE: u8 = 0;
 /// Missing when a transaction committed: its contents are stale.
@@ -27,6 +31,8 @@ pub const MEMBER_REBUILDING: u8 = 3;
 const STATES: usize = 136;
 const MAX_STATES: usize = 64;
 const TRANSITION: usize = 200;
+const CSUM_ROOT: usize = 240;
+const INTENT_BLOCK: usize = 248;
 const SELECTOR: usize = 256;
 /// Most space-map pages a superblock can select between.
 pub const MAX_MSM_PAGES: usize = (BLOCK_SIZE - SELECTOR) * 8;
@@ -52,6 +58,16 @@ pub struct Superblock {
     pub selector: Vec<u8>,
     /// A layout change in progress (adding a member), with its checkpoint.
     pub transition: Option<SbTransition>,
+    /// Data checksums: the checksum tree's root (0 while empty) and the
+    /// write-intent block. `None` for a pool without data checksums.
+    pub csum: Option<SbCsum>,
+}
+
+/// Where a checksummed pool keeps its data checksums and write intents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SbCsum {
+    pub root: u64,
+    pub intent_block: u64,
 }
 
 /// Checkpoint of a layout transition, recorded with every commit.
@@ -112,7 +128,9 @@ impl Superblock {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; BLOCK_SIZE];
         put_u32(&mut b, 4, SB_MAGIC);
-        let version = if self.member_states.iter().any(|&s| s > MEMBER_STALE) {
+        let version = if self.csum.is_some() {
+            SB_VERSION_CSUM
+        } else if self.member_states.iter().any(|&s| s > MEMBER_STALE) {
             SB_VERSION_HEALTH
         } else if self.transition.is_some() {
             SB_VERSION_TRANSITION
@@ -147,6 +165,10 @@ impl Superblock {
             put_u64(&mut b, TRANSITION + 24, t.backup_offset);
             put_u64(&mut b, TRANSITION + 32, t.backup_len);
         }
+        if let Some(c) = &self.csum {
+            put_u64(&mut b, CSUM_ROOT, c.root);
+            put_u64(&mut b, INTENT_BLOCK, c.intent_block);
+        }
         let n = self.selector.len().min(BLOCK_SIZE - SELECTOR);
         b[SELECTOR..SELECTOR + n].copy_from_slice(&self.selector[..n]);
         seal(&mut b, salt::SUPERBLOCK);
@@ -165,7 +187,7 @@ impl Superblock {
             return Err("superblock checksum mismatch".into());
         }
         let version = get_u32(b, 8);
-        if !(SB_VERSION..=SB_VERSION_HEALTH).contains(&version) {
+        if !(SB_VERSION..=SB_VERSION_CSUM).contains(&version) {
             return Err(format!("superblock version {version} is not supported"));
         }
         let msm_pages = get_u32(b, 128);
@@ -180,7 +202,7 @@ impl Superblock {
         pool_uuid.copy_from_slice(&b[24..40]);
         let sel_len = (msm_pages as usize).div_ceil(8);
         let transition = if version == SB_VERSION_TRANSITION
-            || (version == SB_VERSION_HEALTH && get_u32(b, TRANSITION) != 0)
+            || (version >= SB_VERSION_HEALTH && get_u32(b, TRANSITION) != 0)
         {
             let t = SbTransition {
                 kind: get_u32(b, TRANSITION),
@@ -232,6 +254,10 @@ impl Superblock {
             member_states: b[STATES..STATES + members].to_vec(),
             selector: b[SELECTOR..SELECTOR + sel_len].to_vec(),
             transition,
+            csum: (version == SB_VERSION_CSUM).then(|| SbCsum {
+                root: get_u64(b, CSUM_ROOT),
+                intent_block: get_u64(b, INTENT_BLOCK),
+            }),
         })
     }
 }
@@ -260,6 +286,7 @@ mod tests {
             member_states: vec![0, 1, 0],
             selector: vec![0],
             transition: None,
+            csum: None,
         };
         sb.set_selector_bit(2, 1);
         let b = sb.encode();
@@ -319,5 +346,18 @@ mod tests {
         assert_eq!(get_u32(&b, 8), SB_VERSION_HEALTH);
         assert_eq!(get_u32(&b, TRANSITION), TRANSITION_REBUILD);
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
+        // Data checksums: version 4, with or without a transition.
+        sb.csum = Some(SbCsum {
+            root: 77,
+            intent_block: 5,
+        });
+        let b = sb.encode();
+        assert_eq!(get_u32(&b, 8), SB_VERSION_CSUM);
+        assert_eq!(get_u64(&b, CSUM_ROOT), 77);
+        assert_eq!(get_u64(&b, INTENT_BLOCK), 5);
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
+        sb.transition = None;
+        sb.member_states = vec![0, 0, 0];
+        assert_eq!(Superblock::decode(&sb.encode()).unwrap(), sb);
     }
 }

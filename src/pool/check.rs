@@ -229,6 +229,20 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
         },
         &mut dsm_seen,
     )?;
+    // Data checksums: their tree, and the intent block (never freed).
+    let mut csum_seen = HashSet::new();
+    btree::visit_blocks(
+        meta,
+        meta.csum_root(),
+        &mut |b, _: &Node, _| {
+            *exp_meta.entry(b).or_default() += 1;
+            Ok(())
+        },
+        &mut csum_seen,
+    )?;
+    if let Some(b) = meta.intent_block() {
+        *exp_meta.entry(b).or_default() += 1;
+    }
     r.blocks_checked = exp_meta.len() as u64;
     Ok((exp_meta, exp_data, stored_data))
 }
@@ -276,6 +290,8 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
     for b in blocks {
         let kind = if catalog.contains(&b) {
             BlockKind::Catalog
+        } else if meta.intent_block() == Some(b) {
+            BlockKind::Intent
         } else {
             BlockKind::Node
         };

@@ -18,6 +18,8 @@ pub struct CreateOptions {
     /// Overwrite members that carry another pool's label.
     pub force: bool,
     pub cache_nodes: usize,
+    /// Keep a checksum of every 4 KiB data block (on by default).
+    pub checksums: bool,
 }
 
 impl CreateOptions {
@@ -27,6 +29,7 @@ impl CreateOptions {
             stripe_unit: DEFAULT_STRIPE_UNIT,
             force: false,
             cache_nodes: DEFAULT_CACHE_NODES,
+            checksums: true,
         }
     }
 }
@@ -141,7 +144,23 @@ impl Pool {
         } else {
             min
         };
-        let lay = plan(min, basis / su)?;
+        let data_members = match level {
+            RaidLevel::Linear | RaidLevel::Raid1 => 1,
+            RaidLevel::Raid0 => n as u64,
+            RaidLevel::Raid5 => n as u64 - 1,
+        };
+        let chunk = su
+            * if level == RaidLevel::Linear {
+                1
+            } else {
+                data_members
+            };
+        let lay = plan(
+            min,
+            basis / su,
+            basis * data_members,
+            opts.checksums.then_some(chunk),
+        )?;
         if level != RaidLevel::Linear && max > min + min / 10 {
             warnings.push(format!(
                 "members differ in size ({} to {} bytes); {level} uses {} bytes of each",
@@ -217,6 +236,7 @@ impl Pool {
             chunk_size,
             n,
             opts.cache_nodes,
+            opts.checksums,
         )?;
         for (dev, label) in devices.iter().zip(&labels) {
             write_label(dev, label)?;

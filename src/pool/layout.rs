@@ -24,9 +24,20 @@ pub struct MemberLayout {
 /// by several diverged snapshots.
 pub const META_BYTES_PER_CHUNK: u64 = 256;
 
+/// Metadata bytes reserved per 64 KiB of data for its checksums: one tree
+/// entry (8-byte key, 64 bytes of CRC32s), twice, so a transaction can
+/// rewrite every checksum leaf while the committed ones stay intact.
+pub const CSUM_META_BYTES_PER_GROUP: u64 = 2 * 72;
+
 /// Size the metadata area for the smallest member of `member_size` bytes in
-/// a pool of about `chunks` data chunks (4 MiB at least).
-pub fn plan(member_size: u64, chunks: u64) -> Result<MemberLayout> {
+/// a pool of about `chunks` data chunks and `data_bytes` of data, with room
+/// for the checksums of `chunk_size` chunks if `checksums` (4 MiB at least).
+pub fn plan(
+    member_size: u64,
+    chunks: u64,
+    data_bytes: u64,
+    chunk_size: Option<u64>,
+) -> Result<MemberLayout> {
     if member_size < MIN_MEMBER {
         return Err(Error::Invalid(format!(
             "member of {} bytes is too small (at least {} MiB)",
@@ -35,8 +46,16 @@ pub fn plan(member_size: u64, chunks: u64) -> Result<MemberLayout> {
         )));
     }
     let max_blocks = (MAX_MSM_PAGES as u64) * crate::meta::spacemap::ENTRIES_PER_PAGE as u64;
-    let meta_blocks =
-        (chunks * META_BYTES_PER_CHUNK / BLOCK_SIZE as u64).clamp(MIN_META_BLOCKS, max_blocks);
+    // One checksum entry per 64 KiB of each chunk (a smaller chunk has one).
+    let csum_bytes = match chunk_size {
+        Some(cs) => {
+            let per_chunk = cs.div_ceil(crate::meta::store::csum::GROUP_BYTES);
+            data_bytes / cs.max(1) * per_chunk * CSUM_META_BYTES_PER_GROUP
+        }
+        None => 0,
+    };
+    let meta_blocks = ((chunks * META_BYTES_PER_CHUNK + csum_bytes) / BLOCK_SIZE as u64)
+        .clamp(MIN_META_BLOCKS, max_blocks);
     let meta = MetaLayout {
         meta_offset: BLOCK_SIZE as u64,
         msm_pages: pages_for(meta_blocks),

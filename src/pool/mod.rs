@@ -98,10 +98,16 @@ impl Pool {
         self.s.thin.commit()
     }
 
+    /// The last commit before the pool is let go: also clears the write
+    /// intents, so the next open has nothing to resync.
+    pub fn close(&self) -> Result<()> {
+        self.s.thin.close()
+    }
+
     /// Commit only if the running transaction changed metadata (background
     /// commits; a client's flush uses [`Pool::commit`], which always flushes).
     pub fn commit_if_dirty(&self) -> Result<()> {
-        if self.s.thin.meta.read().has_changes() || self.s.thin.array.health().has_unrecorded() {
+        if self.s.thin.has_changes() || self.s.thin.array.health().has_unrecorded() {
             self.commit()?;
         }
         Ok(())

@@ -12,6 +12,9 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+mod copies;
+pub use copies::Copy;
+
 const STRIPE_LOCKS: usize = 512;
 /// Reconstructions at least this large read the members in parallel.
 const PARALLEL_READ_MIN: usize = 1 << 20;

@@ -22,6 +22,10 @@ const SLOTS: usize = 64;
 pub struct ErrorCounts {
     pub read: u64,
     pub write: u64,
+    /// Data blocks this member returned that failed their checksum (or
+    /// parity that disagreed with the data), found by reads and scrubs.
+    #[serde(default)]
+    pub checksum: u64,
 }
 
 pub struct Health {
@@ -33,6 +37,7 @@ pub struct Health {
     unrecorded: AtomicBool,
     read_errors: Vec<AtomicU64>,
     write_errors: Vec<AtomicU64>,
+    csum_errors: Vec<AtomicU64>,
     /// Why the pool refuses writes (redundancy exhausted), if it does.
     broken: Mutex<Option<String>>,
     is_broken: AtomicBool,
@@ -49,6 +54,7 @@ impl Default for Health {
             unrecorded: AtomicBool::new(false),
             read_errors: counters(),
             write_errors: counters(),
+            csum_errors: counters(),
             broken: Mutex::new(None),
             is_broken: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
@@ -76,6 +82,14 @@ impl Health {
     /// Record the array's level and which members it lacks.
     pub fn set_shape(&self, level: RaidLevel, members: usize, absent: u64) {
         *self.shape.lock() = (Some(level), members, absent);
+    }
+
+    /// Does the array's level keep redundancy (raid1, raid5)?
+    pub fn redundant(&self) -> bool {
+        matches!(
+            self.shape.lock().0,
+            Some(RaidLevel::Raid1 | RaidLevel::Raid5)
+        )
     }
 
     /// Whether the array keeps every byte without `member` (and without
@@ -136,17 +150,34 @@ impl Health {
         }
     }
 
+    /// A block of `member` failed its checksum (or its parity was wrong).
+    pub fn count_checksum(&self, member: usize) {
+        if let Some(c) = self.csum_errors.get(member) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Log a data-integrity event (a repair or an unrecoverable block).
+    pub fn event(&self, what: String) {
+        eprintln!("vpool: {what}");
+        let mut ev = self.events.lock();
+        if ev.len() < 1000 {
+            ev.push(what);
+        }
+    }
+
     pub fn errors(&self, member: usize) -> ErrorCounts {
         let get = |v: &Vec<AtomicU64>| v.get(member).map_or(0, |c| c.load(Ordering::Relaxed));
         ErrorCounts {
             read: get(&self.read_errors),
             write: get(&self.write_errors),
+            checksum: get(&self.csum_errors),
         }
     }
 
     /// Reset a member's error counters (`pool clear`).
     pub fn clear_errors(&self, member: usize) {
-        for v in [&self.read_errors, &self.write_errors] {
+        for v in [&self.read_errors, &self.write_errors, &self.csum_errors] {
             if let Some(c) = v.get(member) {
                 c.store(0, Ordering::Relaxed);
             }

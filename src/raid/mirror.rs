@@ -77,10 +77,18 @@ impl MetaMirror {
                         .fail(m, &dev.name(), &format!("metadata {what} error: {e}"));
                 }
                 Err(e) => {
+                    // As in the data path: a redundant pool that cannot
+                    // lose this member stops taking writes.
+                    if e.kind() != io::ErrorKind::InvalidInput && self.health.redundant() {
+                        self.health.set_broken(format!(
+                            "member {m} ({}) failed ({e}) writing metadata and no redundancy is left; the pool takes no more writes: reattach or replace the failed members, then restart the daemon (or reopen the pool)",
+                            dev.name()
+                        ));
+                    }
                     return Err(io::Error::new(
                         e.kind(),
                         format!("metadata copy on member {m} ({}): {e}", dev.name()),
-                    ))
+                    ));
                 }
             }
         }

@@ -9,7 +9,7 @@ mod mirror;
 pub mod parity;
 
 pub use array::{
-    members_before_shrink, Array, ArrayState, LeavingMember, Transition, TransitionKind,
+    members_before_shrink, Array, ArrayState, Copy, LeavingMember, Transition, TransitionKind,
 };
 pub use geometry::{Geometry, RaidLevel};
 pub use mirror::MetaMirror;

@@ -5,6 +5,8 @@
 //! - `meta` (RwLock) only around mapping look-ups and updates, never around
 //!   data transfers. I/O to different chunks and volumes runs in parallel.
 
+use super::csum::Csums;
+use super::intent::Intent;
 use crate::error::{Error, Result};
 use crate::meta::btree;
 use crate::meta::codec::{get_u64, put_u64};
@@ -29,6 +31,10 @@ pub struct ThinPool {
     pub chunk_size: u64,
     /// Client reads and writes so far: background jobs yield when it moves.
     io_count: AtomicU64,
+    /// Data checksums of the running transaction (checksummed pools).
+    pub(crate) csums: Option<Csums>,
+    /// Write intents (checksummed pools).
+    pub(crate) intent: Option<Intent>,
 }
 
 /// A physical mapping: chunk number and whether it may be overwritten in place.
@@ -48,6 +54,23 @@ pub(super) fn encode_mapping(phys: u64) -> [u8; 16] {
 impl ThinPool {
     pub fn new(array: Array, mut meta: MetaStore, chunk_size: u64) -> ThinPool {
         meta.mirror.attach(array.health().clone());
+        let csums = meta.has_csums().then(Csums::new);
+        let intent = meta.has_csums().then(|| {
+            let recorded = match meta.read_intent() {
+                Ok(r) => r,
+                // Torn: every region may hold unrecorded writes.
+                Err(e) => {
+                    meta.recovery_notes.push(format!(
+                        "the write-intent block is unreadable ({e}): every region is resynced"
+                    ));
+                    Some((0, vec![0xff; crate::meta::store::csum::INTENT_BYTES]))
+                }
+            };
+            Intent::new(
+                meta.data.total(),
+                recorded.as_ref().map(|(rc, b)| (*rc, b.as_slice())),
+            )
+        });
         ThinPool {
             array,
             meta: RwLock::new(meta),
@@ -55,6 +78,8 @@ impl ThinPool {
             chunk_locks: (0..CHUNK_LOCKS).map(|_| RwLock::new(())).collect(),
             chunk_size,
             io_count: AtomicU64::new(0),
+            csums,
+            intent,
         }
     }
 
@@ -113,10 +138,7 @@ impl ThinPool {
             let piece = &mut buf[done..done + n as usize];
             let _l = self.chunk_lock(vol, vchunk).read();
             match self.lookup(vol, vchunk)? {
-                Some(m) => self
-                    .array
-                    .read(m.phys * self.chunk_size + within, piece)
-                    .map_err(|e| Error::io("reading data", e))?,
+                Some(m) => self.read_chunk(m.phys, within, piece)?,
                 None => piece.fill(0),
             }
             done += n as usize;
@@ -147,10 +169,10 @@ impl ThinPool {
             // lives in (the write hole): such a chunk is written afresh
             // elsewhere, whole, and the old one freed at the commit.
             if m.exclusive && (m.new || self.array.overwrite_in_place(data.len() as u64, cs)) {
-                return self
-                    .array
-                    .write(m.phys * cs + within, data)
-                    .map_err(|e| Error::io("writing data", e));
+                if let (false, Some(intent)) = (m.new, &self.intent) {
+                    intent.mark(&self.meta, m.phys)?;
+                }
+                return self.write_in_place(m.phys, within, data);
             }
         }
         // Allocate a fresh chunk and write it whole: a full stripe on RAID5.
@@ -166,16 +188,15 @@ impl ThinPool {
             } else {
                 full = vec![0u8; cs as usize];
                 if let Some(m) = &old {
-                    self.array
-                        .read(m.phys * cs, &mut full)
-                        .map_err(|e| Error::io("reading data for copy-on-write", e))?;
+                    self.read_verified(m.phys, 0, &mut full)?;
                 }
                 full[within as usize..within as usize + data.len()].copy_from_slice(data);
                 &full
             };
             self.array
                 .write(newc * cs, buf)
-                .map_err(|e| Error::io("writing data", e))
+                .map_err(|e| Error::io("writing data", e))?;
+            self.record(newc, 0, buf)
         })();
         let mut meta = self.meta.write();
         if let Err(e) = result {
@@ -285,9 +306,26 @@ impl ThinPool {
 
     /// Commit when the caller already holds the gate for write.
     pub fn commit_locked(&self) -> Result<()> {
+        self.commit_inner(false)
+    }
+
+    /// Commit and clear every write intent: nothing is left to resync.
+    /// The daemon's last commit before it exits.
+    pub fn close(&self) -> Result<()> {
+        let _g = self.gate.write();
+        self.commit_inner(true)
+    }
+
+    /// Anything for a commit to record (metadata, checksums, intents)?
+    pub fn has_changes(&self) -> bool {
+        self.meta.read().has_changes() || self.csums.as_ref().is_some_and(|c| c.has_pending())
+    }
+
+    pub(crate) fn commit_inner(&self, close: bool) -> Result<()> {
         self.array
             .flush()
             .map_err(|e| Error::io("flushing data", e))?;
+        self.fold_csums()?;
         let mut released = Vec::new();
         // A member that fails during a commit misses it: commit again at
         // once, so the superblock says so before anything else happens.
@@ -302,6 +340,10 @@ impl ThinPool {
             if !self.array.health().has_unrecorded() {
                 break;
             }
+        }
+        self.forget_csums(&released);
+        if let Some(intent) = &self.intent {
+            intent.committed(&self.meta.read(), close)?;
         }
         // No committed state refers to these chunks any more: let the members
         // reclaim the space (image files get sparse again). Best effort.
@@ -328,5 +370,51 @@ impl ThinPool {
 
     pub fn volume_root(&self, vol: u64) -> Result<VolumeRoot> {
         self.meta.read().volume_root(vol)
+    }
+}
+
+const BLK: u64 = crate::meta::store::csum::CSUM_BLOCK;
+
+impl ThinPool {
+    /// Read bytes `[within, within + len)` of chunk `phys`, verified against
+    /// their checksums (whole 4 KiB blocks are read to check them).
+    pub(crate) fn read_chunk(&self, phys: u64, within: u64, piece: &mut [u8]) -> Result<()> {
+        let len = piece.len() as u64;
+        let (a0, a1) = (within / BLK * BLK, (within + len).div_ceil(BLK) * BLK);
+        if self.csums.is_none() || (a0 == within && a1 == within + len) {
+            return self.read_verified(phys, within, piece);
+        }
+        let mut tmp = vec![0u8; (a1 - a0) as usize];
+        self.read_verified(phys, a0, &mut tmp)?;
+        let at = (within - a0) as usize;
+        piece.copy_from_slice(&tmp[at..at + piece.len()]);
+        Ok(())
+    }
+
+    /// Overwrite part of a chunk where it is, keeping its checksums: a
+    /// write that does not cover whole 4 KiB blocks is widened with the
+    /// blocks' current (verified) contents.
+    fn write_in_place(&self, phys: u64, within: u64, data: &[u8]) -> Result<()> {
+        let cs = self.chunk_size;
+        let write = |at: u64, buf: &[u8]| {
+            self.array
+                .write(phys * cs + at, buf)
+                .map_err(|e| Error::io("writing data", e))
+        };
+        if self.csums.is_none() {
+            return write(within, data);
+        }
+        let len = data.len() as u64;
+        let (a0, a1) = (within / BLK * BLK, (within + len).div_ceil(BLK) * BLK);
+        if a0 == within && a1 == within + len {
+            write(within, data)?;
+            return self.record(phys, within, data);
+        }
+        let mut tmp = vec![0u8; (a1 - a0) as usize];
+        self.read_verified(phys, a0, &mut tmp)?;
+        let at = (within - a0) as usize;
+        tmp[at..at + data.len()].copy_from_slice(data);
+        write(a0, &tmp)?;
+        self.record(phys, a0, &tmp)
     }
 }

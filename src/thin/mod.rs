@@ -3,8 +3,11 @@
 //! shared with a snapshot or clone, and released on discard. Knows volumes by
 //! id only; names live in the pool facade.
 
+pub mod csum;
+pub mod intent;
 mod io;
 mod ops;
 mod relocate;
+pub mod resync;
 
 pub use io::ThinPool;

@@ -71,12 +71,12 @@ impl ThinPool {
             }
             let dst = self.meta.write().data_alloc()?;
             to.insert(c, dst);
-            self.array
-                .read(c * cs, &mut buf)
-                .map_err(|e| Error::io("reading a chunk to move", e))?;
+            // Verified: a bad copy is repaired, not moved with fresh checksums.
+            self.read_verified(c, 0, &mut buf)?;
             self.array
                 .write(dst * cs, &buf)
-                .map_err(|e| Error::io("writing a moved chunk", e))
+                .map_err(|e| Error::io("writing a moved chunk", e))?;
+            self.record(dst, 0, &buf)
         });
         if let Err(e) = copied {
             // Nothing maps the copies yet: give them back.

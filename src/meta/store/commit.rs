@@ -93,6 +93,7 @@ impl MetaStore {
         sb.member_states = self.member_states.clone();
         sb.data_chunks = self.data.total();
         sb.transition = self.transition;
+        sb.csum = self.csum;
         sb.time = now();
         let bytes = sb.encode();
         self.mirror

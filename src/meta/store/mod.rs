@@ -19,7 +19,7 @@ use super::dataspace::DataSpace;
 use super::header::{BlockKind, Header, HEADER_SIZE};
 use super::node::Node;
 use super::spacemap::{MetaSpaceMap, ENTRIES_PER_PAGE};
-use super::superblock::{SbTransition, Superblock};
+use super::superblock::{SbCsum, SbTransition, Superblock};
 use crate::error::{Error, Result};
 use crate::raid::MetaMirror;
 use lru::LruCache;
@@ -126,6 +126,8 @@ pub struct MetaStore {
     dirty: HashMap<u64, Arc<Node>>,
     cache: Mutex<LruCache<u64, Arc<Node>>>,
     pub data: DataSpace,
+    /// Data checksums (checksum-tree root, intent block), if the pool has them.
+    csum: Option<SbCsum>,
     pool_name: String,
     /// Damaged or unreadable superblock copies seen at open.
     pub superblock_problems: Vec<String>,
@@ -165,6 +167,7 @@ impl MetaStore {
             member_states: vec![0; members],
             selector: vec![0; (layout.msm_pages as usize).div_ceil(8)],
             transition: None,
+            csum: None,
         };
         let cap = NonZeroUsize::new(cache_nodes.max(64)).unwrap_or(NonZeroUsize::MIN);
         MetaStore {
@@ -187,6 +190,7 @@ impl MetaStore {
             dirty: HashMap::new(),
             cache: Mutex::new(LruCache::new(cap)),
             data: DataSpace::new(data_chunks),
+            csum: None,
             pool_name: String::new(),
             superblock_problems: Vec::new(),
             recovery_notes: Vec::new(),
@@ -204,6 +208,7 @@ impl MetaStore {
         chunk_size: u64,
         members: usize,
         cache_nodes: usize,
+        checksums: bool,
     ) -> Result<MetaStore> {
         let mut s = MetaStore::blank(
             mirror,
@@ -220,6 +225,15 @@ impl MetaStore {
             volumes: vec![],
         };
         s.catalog_dirty = true;
+        if checksums {
+            // The intent block is allocated once and never freed.
+            let intent_block = s.alloc_block()?;
+            s.csum = Some(SbCsum {
+                root: 0,
+                intent_block,
+            });
+            s.write_intent(0, &[], false)?;
+        }
         s.commit()?;
         Ok(s)
     }
@@ -350,6 +364,7 @@ impl MetaStore {
             || self.catalog_dirty
             || !self.msm.dirty_pages().is_empty()
             || self.shape_dirty
+            || self.csum.map(|c| c.root) != self.committed.csum.map(|c| c.root)
     }
 }
 
@@ -368,5 +383,6 @@ pub fn now() -> u64 {
 pub const MSM_ENTRIES_PER_PAGE: usize = ENTRIES_PER_PAGE;
 
 mod commit;
+pub mod csum;
 mod open;
 mod refs;

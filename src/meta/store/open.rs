@@ -116,6 +116,7 @@ impl MetaStore {
         s.member_states = sb.member_states.clone();
         s.member_states.resize(members, 0);
         s.transition = sb.transition;
+        s.csum = sb.csum;
         s.committed = sb;
         s.catalog = s.read_catalog()?;
         s.load_roots()?;

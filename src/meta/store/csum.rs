@@ -1,0 +1,152 @@
+//! Data checksums in the metadata: a copy-on-write B-tree keyed by physical
+//! data location (one entry per 64 KiB group of a chunk: 16 CRC32s of its
+//! 4 KiB blocks), and the write-intent block, a bitmap of data regions that
+//! may hold writes the last commit does not describe (see `thin::intent`).
+//! The tree is committed with everything else; the intent block is
+//! rewritten in place between commits.
+
+use super::*;
+
+pub const CSUM_OWNER: u64 = u64::MAX - 3;
+/// Bytes of data one checksum covers.
+pub const CSUM_BLOCK: u64 = 4096;
+/// Checksums per tree entry.
+pub const CSUM_GROUP: usize = 16;
+/// Data bytes one tree entry covers.
+pub const GROUP_BYTES: u64 = CSUM_BLOCK * CSUM_GROUP as u64;
+
+/// Checksum tree: (chunk << 16 | group) → 16 × u32 CRC32 (LE).
+pub const CSUM_SPEC: TreeSpec = TreeSpec {
+    owner: CSUM_OWNER,
+    value_size: 4 * CSUM_GROUP,
+    values: ValueKind::Plain,
+};
+
+pub type Group = [u32; CSUM_GROUP];
+
+/// Key of the group holding byte `within` of physical chunk `chunk`.
+pub fn csum_key(chunk: u64, within: u64) -> u64 {
+    (chunk << 16) | (within / GROUP_BYTES)
+}
+
+/// Bitmap bytes an intent block holds.
+pub const INTENT_BYTES: usize = BLOCK_SIZE - HEADER_SIZE;
+
+impl MetaStore {
+    /// Does this pool keep data checksums?
+    pub fn has_csums(&self) -> bool {
+        self.csum.is_some()
+    }
+
+    pub fn csum_get(&self, key: u64) -> Result<Option<Group>> {
+        let Some(c) = &self.csum else {
+            return Ok(None);
+        };
+        Ok(btree::lookup(self, c.root, key)?.map(|(v, _)| {
+            let mut g = [0u32; CSUM_GROUP];
+            for (i, x) in g.iter_mut().enumerate() {
+                *x = get_u32(&v, 4 * i);
+            }
+            g
+        }))
+    }
+
+    pub fn csum_put(&mut self, key: u64, g: &Group) -> Result<()> {
+        let Some(mut c) = self.csum else {
+            return Ok(());
+        };
+        let mut v = [0u8; 4 * CSUM_GROUP];
+        for (i, x) in g.iter().enumerate() {
+            put_u32(&mut v, 4 * i, *x);
+        }
+        c.root = btree::insert(self, &CSUM_SPEC, c.root, key, &v)?.0;
+        self.csum = Some(c);
+        Ok(())
+    }
+
+    /// Drop every entry of chunk `chunk` (it was freed).
+    pub fn csum_forget_chunk(&mut self, chunk: u64) -> Result<()> {
+        let Some(mut c) = self.csum else {
+            return Ok(());
+        };
+        let mut keys = Vec::new();
+        btree::walk(
+            self,
+            c.root,
+            chunk << 16,
+            (chunk + 1) << 16,
+            &mut |k, _, _| {
+                keys.push(k);
+                Ok(true)
+            },
+        )?;
+        for k in keys {
+            c.root = btree::remove(self, &CSUM_SPEC, c.root, k)?.0;
+        }
+        self.csum = Some(c);
+        Ok(())
+    }
+
+    /// Every checksum-tree key in `[lo, hi)`.
+    pub fn csum_keys(&self, lo: u64, hi: u64) -> Result<Vec<u64>> {
+        let Some(c) = &self.csum else {
+            return Ok(Vec::new());
+        };
+        let mut keys = Vec::new();
+        btree::walk(self, c.root, lo, hi, &mut |k, _, _| {
+            keys.push(k);
+            Ok(true)
+        })?;
+        Ok(keys)
+    }
+
+    pub fn csum_root(&self) -> u64 {
+        self.csum.map(|c| c.root).unwrap_or(0)
+    }
+
+    pub fn intent_block(&self) -> Option<u64> {
+        self.csum.map(|c| c.intent_block)
+    }
+
+    /// Rewrite the intent block on every metadata copy; with `durable`,
+    /// flush before returning (a bit must be on the medium before the write
+    /// it announces).
+    pub fn write_intent(&self, region_chunks: u64, bits: &[u8], durable: bool) -> Result<()> {
+        let Some(b) = self.intent_block() else {
+            return Ok(());
+        };
+        let mut blk = vec![0u8; BLOCK_SIZE];
+        Header {
+            kind: BlockKind::Intent as u16,
+            blocknr: b,
+            txid: self.committed.txid,
+            pool_tag: self.pool_tag,
+            low_key: region_chunks,
+            ..Header::default()
+        }
+        .write(&mut blk);
+        let n = bits.len().min(INTENT_BYTES);
+        blk[HEADER_SIZE..HEADER_SIZE + n].copy_from_slice(&bits[..n]);
+        seal(&mut blk, BlockKind::Intent.salt());
+        let io = |e| Error::io("writing the write-intent block", e);
+        self.mirror
+            .write(self.layout.block_offset(b), &blk)
+            .map_err(io)?;
+        if durable {
+            self.mirror.flush().map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// The recorded intents: (chunks per region, bitmap). An intent block
+    /// that no copy holds intact (a torn rewrite) is an error: the caller
+    /// then treats every region as dirty.
+    pub fn read_intent(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        let Some(b) = self.intent_block() else {
+            return Ok(None);
+        };
+        let blk = self.read_block(b, BlockKind::Intent)?;
+        let h = Header::read(&blk);
+        Ok(Some((h.low_key, blk[HEADER_SIZE..].to_vec())))
+    }
+}

@@ -1,0 +1,196 @@
+//! The independent copies of a range of array bytes, for checking data
+//! against its checksum and repairing the copy that is wrong: each mirror of
+//! a raid1 array; on raid5 the data unit as stored and as reconstructed from
+//! the other members of its row. Linear and raid0 arrays have one copy, so
+//! do arrays in a layout change (only their normal read is used then).
+
+use super::{Array, Transition, TransitionKind, View};
+use crate::raid::health::{Dir, Fault};
+use crate::raid::parity::xor_into;
+use crate::raid::RaidLevel;
+use std::io;
+
+/// One way to read a range: as member `member` stores it (`direct`), or as
+/// the other members of its raid5 row say it should be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Copy {
+    pub member: usize,
+    pub direct: bool,
+}
+
+fn io_err(f: Fault) -> io::Error {
+    match f {
+        Fault::MemberFailed => io::Error::other("member failed during the read"),
+        Fault::Io(e) => e,
+    }
+}
+
+impl Array {
+    /// The copies of `[offset, offset + len)`, which must lie in one
+    /// stripe unit. Empty when the array is changing layout, except for a
+    /// raid1 mirror being filled or rebuilt: it is listed where it is in
+    /// sync already (below the transition's position), the others always.
+    pub fn copies(&self, offset: u64, len: usize) -> Vec<Copy> {
+        let st = self.state.read();
+        let filling = match &st.transition {
+            None => None,
+            Some(Transition {
+                kind: TransitionKind::Resync { member } | TransitionKind::Rebuild { member },
+                pos,
+            }) if st.geo.level == RaidLevel::Raid1 => {
+                (offset + len as u64 > *pos).then_some(*member)
+            }
+            Some(_) => return Vec::new(),
+        };
+        let v = self.view(&st.geo, &st.members, None);
+        match st.geo.level {
+            RaidLevel::Raid1 => (0..st.members.len())
+                .filter(|&m| v.dev(m).is_some() && Some(m) != filling)
+                .map(|member| Copy {
+                    member,
+                    direct: true,
+                })
+                .collect(),
+            _ => {
+                let ext = st.geo.map(offset, len as u64);
+                let [e] = ext.as_slice() else {
+                    return Vec::new();
+                };
+                let mut out = Vec::new();
+                if v.dev(e.member).is_some() {
+                    out.push(Copy {
+                        member: e.member,
+                        direct: true,
+                    });
+                }
+                let others_present = (0..st.members.len())
+                    .filter(|&m| m != e.member)
+                    .all(|m| v.dev(m).is_some());
+                if st.geo.level == RaidLevel::Raid5 && others_present {
+                    out.push(Copy {
+                        member: e.member,
+                        direct: false,
+                    });
+                }
+                out
+            }
+        }
+    }
+
+    /// Read `buf.len()` bytes at array `offset` from one copy.
+    pub fn read_copy(&self, c: Copy, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let st = self.state.read();
+        let v = self.view(&st.geo, &st.members, None);
+        let moff = member_offset(&v, c.member, offset, buf.len())?;
+        if c.direct {
+            let dev = v
+                .dev(c.member)
+                .ok_or_else(|| io::Error::other("member missing"))?;
+            v.io(c.member, dev, Dir::Read, || dev.read_at(buf, moff))
+                .map_err(io_err)
+        } else {
+            v.reconstruct(c.member, moff, buf).map_err(io_err)
+        }
+    }
+
+    /// Write good bytes over a direct copy that was found bad. Parity is
+    /// left alone: it already agrees with the good data.
+    pub fn rewrite_copy(&self, c: Copy, offset: u64, good: &[u8]) -> io::Result<()> {
+        let st = self.state.read();
+        let v = self.view(&st.geo, &st.members, None);
+        let moff = member_offset(&v, c.member, offset, good.len())?;
+        let dev = v
+            .dev(c.member)
+            .ok_or_else(|| io::Error::other("member missing"))?;
+        let _guard = (st.geo.level == RaidLevel::Raid5)
+            .then(|| v.lock((moff - st.geo.data_start) / st.geo.stripe_unit));
+        v.io(c.member, dev, Dir::Write, || dev.write_at(good, moff))
+            .map_err(io_err)
+    }
+
+    /// RAID5: compare the parity of the rows under `[offset, offset+len)`
+    /// (whole stripe rows) with the XOR of their data units; with `repair`,
+    /// rewrite parity that disagrees. Returns the 4 KiB parity blocks that
+    /// disagreed, with their parity member. Other levels: nothing to do.
+    pub fn check_parity(
+        &self,
+        offset: u64,
+        len: u64,
+        repair: bool,
+    ) -> io::Result<Vec<(usize, u64)>> {
+        let st = self.state.read();
+        if st.geo.level != RaidLevel::Raid5
+            || st.transition.is_some()
+            || st.members.iter().any(|m| m.is_none())
+        {
+            return Ok(Vec::new());
+        }
+        let v = self.view(&st.geo, &st.members, None);
+        if (0..st.members.len()).any(|m| v.dev(m).is_none()) {
+            return Ok(Vec::new());
+        }
+        let su = st.geo.stripe_unit;
+        let width = st.geo.stripe_width();
+        let mut bad = Vec::new();
+        let (mut calc, mut disk) = (vec![0u8; su as usize], vec![0u8; su as usize]);
+        let mut unit = vec![0u8; su as usize];
+        for row in offset / width..(offset + len).div_ceil(width) {
+            let moff = st.geo.data_start + row * su;
+            let _guard = v.lock(row);
+            calc.fill(0);
+            for d in 0..st.geo.data_members() {
+                let m = st.geo.data_member(row, d);
+                read_member(&v, m, moff, &mut unit)?;
+                xor_into(&mut calc, &unit);
+            }
+            let pm = st.geo.parity_member(row);
+            read_member(&v, pm, moff, &mut disk)?;
+            for (i, (a, b)) in calc.chunks(4096).zip(disk.chunks(4096)).enumerate() {
+                if a != b {
+                    bad.push((pm, moff + i as u64 * 4096));
+                }
+            }
+            if repair && calc != disk {
+                let dev = v
+                    .dev(pm)
+                    .ok_or_else(|| io::Error::other("member missing"))?;
+                v.io(pm, dev, Dir::Write, || dev.write_at(&calc, moff))
+                    .map_err(io_err)?;
+            }
+        }
+        Ok(bad)
+    }
+
+    /// The member holding array byte `offset` (the first mirror on raid1).
+    pub fn member_at(&self, offset: u64) -> usize {
+        let st = self.state.read();
+        match st.geo.level {
+            RaidLevel::Raid1 => 0,
+            _ => st.geo.map(offset, 1).first().map_or(0, |e| e.member),
+        }
+    }
+
+    /// Is the array in a layout change (copies are not compared then)?
+    pub fn in_transition(&self) -> bool {
+        self.state.read().transition.is_some()
+    }
+}
+
+fn read_member(v: &View, m: usize, moff: u64, buf: &mut [u8]) -> io::Result<()> {
+    let dev = v.dev(m).ok_or_else(|| io::Error::other("member missing"))?;
+    v.io(m, dev, Dir::Read, || dev.read_at(buf, moff))
+        .map_err(io_err)
+}
+
+/// Where `member` holds array bytes `[offset, offset+len)`.
+fn member_offset(v: &View, member: usize, offset: u64, len: usize) -> io::Result<u64> {
+    if v.geo.level == RaidLevel::Raid1 {
+        return Ok(v.geo.data_start + offset);
+    }
+    match v.geo.map(offset, len as u64).as_slice() {
+        [e] if e.member == member => Ok(e.offset),
+        _ => Err(io::Error::other(
+            "a checked range must lie in one stripe unit",
+        )),
+    }
+}

@@ -1,0 +1,236 @@
+//! Data checksums in the data path. Every 4 KiB block written gets a CRC32,
+//! kept in memory for the running transaction and folded into the
+//! checksum tree at the commit. A read verifies each block; a block that
+//! fails is read from the other copies (raid1 mirrors, raid5
+//! reconstruction), the first copy that matches is returned and written
+//! over the bad ones, and the member is counted. Without a good copy the
+//! read fails with EIO: never silent garbage.
+
+use super::ThinPool;
+use crate::error::{Error, Result};
+use crate::meta::store::csum::{csum_key, Group, CSUM_BLOCK, CSUM_GROUP, GROUP_BYTES};
+use crate::raid::Copy;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const SHARDS: usize = 64;
+const BLK: usize = CSUM_BLOCK as usize;
+
+/// Checksums written in the running transaction, and what was found.
+pub struct Csums {
+    pending: Vec<Mutex<HashMap<u64, Group>>>,
+    /// Chunks released by the last commit: their entries go at the next one.
+    forget: Mutex<Vec<u64>>,
+    pub repaired: AtomicU64,
+    pub unrecoverable: AtomicU64,
+}
+
+/// What checking one block found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BlockCheck {
+    /// Copies that failed the checksum (each counted on its member).
+    pub bad_copies: u64,
+    /// Of those, rewritten from a good copy.
+    pub repaired: u64,
+    /// No copy matched.
+    pub unrecoverable: bool,
+}
+
+pub fn crc(block: &[u8]) -> u32 {
+    crc32fast::hash(block)
+}
+
+impl Csums {
+    pub fn new() -> Csums {
+        Csums {
+            pending: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            forget: Mutex::new(Vec::new()),
+            repaired: AtomicU64::new(0),
+            unrecoverable: AtomicU64::new(0),
+        }
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.pending.iter().any(|s| !s.lock().is_empty()) || !self.forget.lock().is_empty()
+    }
+
+    fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Group>> {
+        &self.pending[(key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize % SHARDS]
+    }
+}
+
+impl Default for Csums {
+    fn default() -> Self {
+        Csums::new()
+    }
+}
+
+impl ThinPool {
+    /// The checksums of the group holding byte `within` of chunk `phys`.
+    fn group(&self, cs: &Csums, key: u64) -> Result<Option<Group>> {
+        if let Some(g) = cs.shard(key).lock().get(&key) {
+            return Ok(Some(*g));
+        }
+        self.meta.read().csum_get(key)
+    }
+
+    /// Checksum of block `within` (4 KiB aligned) of chunk `phys`, if known.
+    pub(crate) fn block_csum(&self, phys: u64, within: u64) -> Result<Option<u32>> {
+        let Some(cs) = &self.csums else {
+            return Ok(None);
+        };
+        let slot = ((within % GROUP_BYTES) / CSUM_BLOCK) as usize;
+        Ok(self.group(cs, csum_key(phys, within))?.map(|g| g[slot]))
+    }
+
+    /// Record the checksums of `data`, just written at byte `within` of
+    /// chunk `phys` (both 4 KiB aligned).
+    pub(crate) fn record(&self, phys: u64, within: u64, data: &[u8]) -> Result<()> {
+        let Some(cs) = &self.csums else {
+            return Ok(());
+        };
+        let mut at = within;
+        for block in data.chunks(BLK) {
+            let key = csum_key(phys, at);
+            let slot = ((at % GROUP_BYTES) / CSUM_BLOCK) as usize;
+            let base = cs.shard(key).lock().get(&key).copied();
+            let mut g = match base {
+                Some(g) => g,
+                None => self.meta.read().csum_get(key)?.unwrap_or([0; CSUM_GROUP]),
+            };
+            g[slot] = crc(block);
+            cs.shard(key).lock().insert(key, g);
+            at += BLK as u64;
+        }
+        Ok(())
+    }
+
+    /// Read `buf` at byte `within` of chunk `phys` (4 KiB aligned) and
+    /// verify it, repairing bad copies.
+    pub(crate) fn read_verified(&self, phys: u64, within: u64, buf: &mut [u8]) -> Result<()> {
+        let off = phys * self.chunk_size + within;
+        self.array
+            .read(off, buf)
+            .map_err(|e| Error::io("reading data", e))?;
+        if self.csums.is_none() {
+            return Ok(());
+        }
+        let mut at = within;
+        for block in buf.chunks_mut(BLK) {
+            if let Some(want) = self.block_csum(phys, at)? {
+                if crc(block) != want {
+                    let r = self.heal_block(phys * self.chunk_size + at, block, want, true)?;
+                    if r.unrecoverable {
+                        return Err(Error::io(
+                            "reading data",
+                            std::io::Error::other(format!(
+                                "checksum mismatch in data chunk {phys} at byte {at} and no copy of it is good"
+                            )),
+                        ));
+                    }
+                }
+            }
+            at += BLK as u64;
+        }
+        Ok(())
+    }
+
+    /// Check every copy of the block at array offset `off` against `want`;
+    /// leave a good one in `block`. With `repair`, rewrite the bad copies.
+    pub(crate) fn heal_block(
+        &self,
+        off: u64,
+        block: &mut [u8],
+        want: u32,
+        repair: bool,
+    ) -> Result<BlockCheck> {
+        let mut out = BlockCheck::default();
+        let copies = self.array.copies(off, block.len());
+        let mut bad: Vec<Copy> = Vec::new();
+        let mut good: Option<Vec<u8>> = None;
+        let mut tmp = vec![0u8; block.len()];
+        for c in &copies {
+            if self.array.read_copy(*c, off, &mut tmp).is_ok() && crc(&tmp) == want {
+                if good.is_none() {
+                    good = Some(tmp.clone());
+                }
+            } else {
+                bad.push(*c);
+            }
+        }
+        let health = self.array.health();
+        for c in &bad {
+            health.count_checksum(c.member);
+            out.bad_copies += 1;
+        }
+        if copies.is_empty() {
+            health.count_checksum(self.array.member_at(off));
+            out.bad_copies += 1;
+        }
+        let Some(g) = good else {
+            out.unrecoverable = true;
+            if let Some(cs) = &self.csums {
+                cs.unrecoverable.fetch_add(1, Ordering::Relaxed);
+            }
+            health.event(format!(
+                "data block at pool offset {off} failed its checksum on every copy ({} copies): unrecoverable",
+                copies.len()
+            ));
+            return Ok(out);
+        };
+        block.copy_from_slice(&g);
+        for c in bad.iter().filter(|c| c.direct) {
+            if !repair {
+                continue;
+            }
+            match self.array.rewrite_copy(*c, off, &g) {
+                Ok(()) => {
+                    out.repaired += 1;
+                    if let Some(cs) = &self.csums {
+                        cs.repaired.fetch_add(1, Ordering::Relaxed);
+                    }
+                    health.event(format!(
+                        "data block at pool offset {off}: bad copy on member {} rewritten from a good copy",
+                        c.member
+                    ));
+                }
+                Err(e) => health.event(format!(
+                    "data block at pool offset {off}: bad copy on member {} could not be rewritten: {e}",
+                    c.member
+                )),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fold this transaction's checksums into the checksum tree (caller
+    /// holds the gate for write), after dropping the entries of chunks the
+    /// last commit released.
+    pub(crate) fn fold_csums(&self) -> Result<()> {
+        let Some(cs) = &self.csums else {
+            return Ok(());
+        };
+        let forget = std::mem::take(&mut *cs.forget.lock());
+        let mut meta = self.meta.write();
+        for c in forget {
+            meta.csum_forget_chunk(c)?;
+        }
+        let mut all: Vec<(u64, Group)> = Vec::new();
+        for s in &cs.pending {
+            all.extend(s.lock().drain());
+        }
+        all.sort_unstable_by_key(|(k, _)| *k);
+        for (k, g) in all {
+            meta.csum_put(k, &g)?;
+        }
+        Ok(())
+    }
+
+    /// Chunks the commit released: their checksums go with the next commit.
+    pub(crate) fn forget_csums(&self, released: &[u64]) {
+        if let Some(cs) = &self.csums {
+            cs.forget.lock().extend_from_slice(released);
+        }
+    }
+}

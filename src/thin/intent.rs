@@ -1,0 +1,134 @@
+//! Write intents: which data regions may hold writes that the last commit
+//! does not describe. Chunks the last commit refers to are overwritten in
+//! place on linear, raid0 and raid1 pools (and by whole-row writes on
+//! raid5); a crash in the middle leaves mirrors that differ and blocks
+//! whose committed checksum no longer matches. Before the first such write
+//! to a region, its bit is set in the intent block and flushed (md's
+//! write-intent bitmap); after a crash, only the regions whose bits are set
+//! are resynced (see `resync`), not the whole pool.
+//!
+//! Bits are cleared lazily: a commit keeps the bits of regions written in
+//! the transaction it committed (they are likely written again) and clears
+//! the others; a clean close clears them all.
+
+use crate::error::Result;
+use crate::meta::store::csum::INTENT_BYTES;
+use crate::meta::MetaStore;
+use parking_lot::{Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Regions a bitmap holds.
+pub const REGIONS: u64 = INTENT_BYTES as u64 * 8;
+/// A pool may grow this much (members added) with regions still distinct.
+const GROWTH: u64 = 16;
+
+pub struct Intent {
+    pub region_chunks: u64,
+    /// Bits set on the medium (or being set: then `lock` is held).
+    on_disk: Vec<AtomicU64>,
+    /// Regions written in place in the running transaction.
+    touched: Vec<AtomicU64>,
+    lock: Mutex<()>,
+}
+
+fn words() -> usize {
+    (REGIONS / 64) as usize
+}
+
+fn test(v: &[AtomicU64], r: u64) -> bool {
+    v[(r / 64) as usize].load(Ordering::Acquire) & (1 << (r % 64)) != 0
+}
+
+fn set(v: &[AtomicU64], r: u64) {
+    v[(r / 64) as usize].fetch_or(1 << (r % 64), Ordering::AcqRel);
+}
+
+fn to_bytes(v: &[AtomicU64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(INTENT_BYTES);
+    for w in v {
+        out.extend_from_slice(&w.load(Ordering::Acquire).to_le_bytes());
+    }
+    out.truncate(INTENT_BYTES);
+    out
+}
+
+impl Intent {
+    /// The intents of a pool of `data_chunks` chunks, as recorded (`None`:
+    /// a fresh pool) with `region_chunks` chunks per region.
+    pub fn new(data_chunks: u64, recorded: Option<(u64, &[u8])>) -> Intent {
+        let region_chunks = match recorded {
+            Some((rc, _)) if rc > 0 => rc,
+            _ => (data_chunks * GROWTH).div_ceil(REGIONS).max(1),
+        };
+        let on_disk: Vec<AtomicU64> = (0..words()).map(|_| AtomicU64::new(0)).collect();
+        if let Some((_, bits)) = recorded {
+            for (i, b) in bits.iter().enumerate().take(INTENT_BYTES) {
+                on_disk[i / 8].fetch_or((*b as u64) << (8 * (i % 8)), Ordering::Relaxed);
+            }
+        }
+        Intent {
+            region_chunks,
+            on_disk,
+            touched: (0..words()).map(|_| AtomicU64::new(0)).collect(),
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn region(&self, chunk: u64) -> u64 {
+        (chunk / self.region_chunks).min(REGIONS - 1)
+    }
+
+    /// Regions whose bits are set (to resync after a crash).
+    pub fn dirty_regions(&self) -> Vec<u64> {
+        (0..REGIONS).filter(|&r| test(&self.on_disk, r)).collect()
+    }
+
+    /// Chunks of region `r`.
+    pub fn chunks_of(&self, r: u64, total: u64) -> std::ops::Range<u64> {
+        let start = r * self.region_chunks;
+        let end = if r == REGIONS - 1 {
+            total
+        } else {
+            ((r + 1) * self.region_chunks).min(total)
+        };
+        start.min(total)..end
+    }
+
+    /// Make sure the intent to overwrite `chunk` in place is on the medium.
+    pub fn mark(&self, meta: &RwLock<MetaStore>, chunk: u64) -> Result<()> {
+        let r = self.region(chunk);
+        set(&self.touched, r);
+        if test(&self.on_disk, r) {
+            return Ok(());
+        }
+        let _l = self.lock.lock();
+        if test(&self.on_disk, r) {
+            return Ok(());
+        }
+        let mut bits = to_bytes(&self.on_disk);
+        bits[(r / 8) as usize] |= 1 << (r % 8);
+        meta.read().write_intent(self.region_chunks, &bits, true)?;
+        set(&self.on_disk, r);
+        Ok(())
+    }
+
+    /// After a commit (no I/O in flight): keep only the bits of regions the
+    /// committed transaction wrote; with `all`, clear every bit (clean
+    /// close, or a resync done) and wait for it to be on the medium.
+    pub fn committed(&self, meta: &MetaStore, all: bool) -> Result<()> {
+        let _l = self.lock.lock();
+        let mut changed = false;
+        for (d, t) in self.on_disk.iter().zip(&self.touched) {
+            let keep = if all { 0 } else { t.swap(0, Ordering::AcqRel) };
+            if all {
+                t.store(0, Ordering::Release);
+            }
+            let old = d.swap(keep, Ordering::AcqRel);
+            changed |= old != keep;
+        }
+        if changed {
+            meta.write_intent(self.region_chunks, &to_bytes(&self.on_disk), all)?;
+        }
+        Ok(())
+    }
+}
