@@ -23,6 +23,10 @@ pub enum PoolCmd {
         /// Overwrite devices that belong to another pool.
         #[arg(long, short = 'f')]
         force: bool,
+        /// Keep a CRC32 of every 4 KiB data block, verified on every read
+        /// and by `pool scrub` (on or off; cannot be changed later).
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        checksums: String,
         #[arg(required = true)]
         devices: Vec<PathBuf>,
     },
@@ -66,6 +70,15 @@ pub enum PoolCmd {
         name: String,
         /// The member: its device path, index (as in `pool status`) or uuid.
         member: String,
+    },
+    /// Read every block in use from every copy, check it against its
+    /// checksum (and raid5 parity against the data), and rewrite bad copies
+    /// from good ones. Volumes stay online.
+    Scrub {
+        name: String,
+        /// Count what is wrong, change nothing.
+        #[arg(long)]
+        check_only: bool,
     },
     /// Rebuild a member onto a new device, online (raid1, raid5). A member
     /// still in service is failed first.
@@ -141,6 +154,7 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
             raid,
             stripe_unit,
             force,
+            checksums,
             devices,
         } => {
             let req = Request::PoolCreate {
@@ -149,6 +163,7 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
                 devices: abs_all(&devices),
                 stripe_unit,
                 force,
+                checksums: checksums == "on",
             };
             report(&dispatch(ctx, req)?);
         }
@@ -216,6 +231,9 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
             if wait {
                 super::job_cmd::wait(ctx, &name)?;
             }
+        }
+        PoolCmd::Scrub { name, check_only } => {
+            report(&dispatch(ctx, Request::PoolScrub { name, check_only })?);
         }
         PoolCmd::Fail { name, member } => {
             let req = Request::PoolFail {
@@ -373,6 +391,41 @@ fn print_status(i: &PoolInfo) {
     if let Some(j) = &i.job {
         println!("   job: {}", super::job_cmd::describe(j));
     }
+    println!(
+        " check: {}",
+        if i.checksums {
+            "data checksums on (CRC32 per 4 KiB block)"
+        } else {
+            "no data checksums (pool created with --checksums off or by an older vpool)"
+        }
+    );
+    if let Some(s) = &i.scrub {
+        let r = &s.report;
+        let what = if s.check_only {
+            "check-only scrub"
+        } else {
+            "scrub"
+        };
+        match s.state.as_str() {
+            "running" => println!(
+                " scrub: {what} running, {:.1}% ({} of {} chunks), {}/s",
+                s.percent,
+                s.done_chunks,
+                s.total_chunks,
+                format_size(s.rate)
+            ),
+            state => println!(
+                " scrub: {what} {state} after {:.1}s: {} checked, {} blocks with a bad copy, {} repaired, {} unrecoverable, {} parity errors{}",
+                s.seconds,
+                format_size(r.bytes),
+                r.bad_blocks,
+                r.repaired,
+                r.unrecoverable,
+                r.parity_errors,
+                s.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+            ),
+        }
+    }
     for w in &i.warnings {
         println!("  note: {w}");
     }
@@ -387,13 +440,16 @@ fn print_status(i: &PoolInfo) {
                 m.state.to_uppercase(),
                 m.errors.read.to_string(),
                 m.errors.write.to_string(),
+                m.errors.checksum.to_string(),
                 format_size(m.data_bytes),
                 m.uuid.clone(),
             ]
         })
         .collect();
     table(
-        &["MEMBER", "DEVICE", "STATE", "READ", "WRITE", "DATA", "UUID"],
+        &[
+            "MEMBER", "DEVICE", "STATE", "READ", "WRITE", "CKSUM", "DATA", "UUID",
+        ],
         &rows,
     );
 }

@@ -52,7 +52,10 @@ pub fn call(state_dir: &Path, req: &Request) -> Option<anyhow::Result<Response>>
 fn exchange(mut stream: UnixStream, req: &Request) -> anyhow::Result<Response> {
     let long = matches!(
         req,
-        Request::VolImport { .. } | Request::VolExport { .. } | Request::PoolCheck { .. }
+        Request::VolImport { .. }
+            | Request::VolExport { .. }
+            | Request::PoolCheck { .. }
+            | Request::PoolScrub { .. }
     );
     stream.set_read_timeout(if long {
         None

@@ -61,6 +61,7 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
             devices,
             stripe_unit,
             force,
+            checksums,
         } => {
             if engine.pool_names()?.contains(&name) {
                 bail!(crate::Error::Exists(format!(
@@ -71,6 +72,7 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
             let mut opts = CreateOptions::new(raid);
             opts.stripe_unit = stripe_unit;
             opts.force = force;
+            opts.checksums = checksums;
             let (pool, warnings) = Pool::create(&name, devs, &opts)?;
             let i = pool.info();
             engine.adopt(&name, pool, devices)?;
@@ -165,6 +167,9 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
         } => super::health::pool_replace(engine, &name, &member, &device, force),
         Request::PoolClear { name, member } => {
             super::health::pool_clear(engine, &name, member.as_deref())
+        }
+        Request::PoolScrub { name, check_only } => {
+            super::health::pool_scrub(engine, &name, check_only)
         }
         Request::JobList => super::members::job_list(engine),
         Request::Mount { dir } => ok(engine.mount_fuse(&dir)?),

@@ -82,6 +82,50 @@ pub fn pool_add_spares(
     status(&pool, lines.join("\n"), Vec::new())
 }
 
+pub fn pool_scrub(engine: &dyn Engine, name: &str, check_only: bool) -> anyhow::Result<Response> {
+    let pool = engine.pool(name)?;
+    let total = pool.info().allocated / pool.info().chunk_size.max(1);
+    let mut bar = engine.progress(&format!("scrub {name}"), total);
+    let r = pool.scrub(check_only, |done, _| bar.set(done))?;
+    bar.finish();
+    let verb = if check_only { "found" } else { "repaired" };
+    let mut lines = vec![format!(
+        "scrubbed {} in {} chunks: {} blocks checked, {} with a bad copy, {} {verb}, {} unrecoverable",
+        crate::cli::units::format_size(r.bytes),
+        r.chunks,
+        r.blocks,
+        r.bad_blocks,
+        if check_only { r.bad_blocks } else { r.repaired },
+        r.unrecoverable
+    )];
+    if r.parity_errors > 0 {
+        lines.push(format!(
+            "{} raid5 parity blocks disagreed with the data{}",
+            r.parity_errors,
+            if check_only {
+                ""
+            } else {
+                " and were rewritten"
+            }
+        ));
+    }
+    if r.unverified > 0 {
+        lines.push(format!(
+            "{} blocks have no checksum (the pool was created without them): only mirrors and parity were compared{}",
+            r.unverified,
+            if r.mismatched > 0 { format!(", {} mirror blocks differ", r.mismatched) } else { String::new() }
+        ));
+    }
+    if r.unrecoverable > 0 {
+        lines.push(
+            "blocks with no good copy read as errors: restore the affected volumes from a backup (`vpool pool status` lists the events)".into(),
+        );
+    } else if check_only && r.bad_blocks + r.parity_errors > 0 {
+        lines.push(format!("run `vpool pool scrub {name}` to repair them"));
+    }
+    status(&pool, lines.join("\n"), Vec::new())
+}
+
 pub fn pool_fail(engine: &dyn Engine, name: &str, member: &str) -> anyhow::Result<Response> {
     let pool = engine.pool(name)?;
     let k = resolve(&pool, name, member)?;

@@ -6,6 +6,10 @@ use crate::raid::RaidLevel;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+fn yes() -> bool {
+    true
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
@@ -15,6 +19,9 @@ pub enum Request {
         devices: Vec<PathBuf>,
         stripe_unit: u64,
         force: bool,
+        /// Data checksums (default on).
+        #[serde(default = "yes")]
+        checksums: bool,
     },
     PoolList,
     PoolStatus {
@@ -69,6 +76,13 @@ pub enum Request {
     PoolClear {
         name: String,
         member: Option<String>,
+    },
+    /// Read every block in use from every copy and check it against its
+    /// checksum (and raid5 parity); repair from redundancy unless
+    /// `check_only`. Returns when done.
+    PoolScrub {
+        name: String,
+        check_only: bool,
     },
     /// Layout changes in progress, on every pool.
     JobList,
@@ -245,6 +259,9 @@ impl Request {
                 format!("/v1/pools/{}/members/clear", enc(name)),
                 body,
             ),
+            Request::PoolScrub { name, .. } => {
+                r("POST", format!("/v1/pools/{}/scrub", enc(name)), body)
+            }
             Request::JobList => r("GET", "/v1/jobs".into(), None),
             Request::Mount { .. } => r("POST", "/v1/mount".into(), body),
             Request::Unmount => r("DELETE", "/v1/mount".into(), None),
@@ -398,6 +415,7 @@ mod tests {
                 devices: vec!["/a".into()],
                 stripe_unit: 65536,
                 force: false,
+                checksums: false,
             },
             Request::PoolList,
             Request::PoolStatus { name: "t a".into() },
@@ -439,6 +457,10 @@ mod tests {
             Request::PoolClear {
                 name: "t".into(),
                 member: None,
+            },
+            Request::PoolScrub {
+                name: "t".into(),
+                check_only: true,
             },
             Request::JobList,
             Request::Mount {

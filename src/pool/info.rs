@@ -51,6 +51,15 @@ pub struct PoolInfo {
     /// A layout change in progress (`pool add`).
     #[serde(default)]
     pub job: Option<super::JobInfo>,
+    /// Where the data area starts on each member (bytes).
+    #[serde(default)]
+    pub data_start: u64,
+    /// Every 4 KiB data block carries a checksum.
+    #[serde(default)]
+    pub checksums: bool,
+    /// The running or last scrub since the pool was opened.
+    #[serde(default)]
+    pub scrub: Option<super::ScrubStatus>,
 }
 
 #[derive(Serialize, serde::Deserialize, Clone, Debug)]
@@ -134,6 +143,9 @@ impl Pool {
         let allocated = meta.data.used() * cs;
         PoolInfo {
             job,
+            checksums: meta.has_csums(),
+            data_start: label.data_start,
+            scrub: self.scrub_status(),
             name: self.name().to_string(),
             uuid: self.uuid().to_string(),
             level: label.level.to_string(),

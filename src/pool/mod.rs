@@ -11,6 +11,7 @@ pub mod layout;
 pub mod names;
 mod rebuild;
 mod reshape;
+mod scrub;
 mod shrink;
 mod spare;
 mod volume;
@@ -20,6 +21,7 @@ pub use check::CheckReport;
 pub use create::{read_label, write_label, CreateOptions};
 pub use info::{MemberInfo, PoolInfo, VolumeInfo};
 pub use reshape::JobInfo;
+pub use scrub::{ScrubReport, ScrubStatus};
 pub use volume::Volume;
 
 use crate::error::{Error, Result};
@@ -41,6 +43,8 @@ pub(crate) struct Shared {
     job: Mutex<reshape::JobControl>,
     /// Hot spares: labelled for this pool, used when a member fails.
     spares: Mutex<Vec<crate::device::DeviceRef>>,
+    /// The running or last scrub.
+    scrub: Mutex<Option<scrub::ScrubStatus>>,
 }
 
 #[derive(Clone)]
@@ -58,6 +62,7 @@ impl Pool {
                 ops: Mutex::new(()),
                 job: Mutex::new(reshape::JobControl::default()),
                 spares: Mutex::new(Vec::new()),
+                scrub: Mutex::new(None),
             }),
         }
     }

@@ -155,7 +155,9 @@ impl ThinPool {
                 if good.is_none() {
                     good = Some(tmp.clone());
                 }
-            } else {
+            } else if c.direct {
+                // (A raid5 reconstruction that fails means bad parity or
+                // another bad unit: scrub's parity check finds it.)
                 bad.push(*c);
             }
         }

@@ -9,5 +9,6 @@ mod io;
 mod ops;
 mod relocate;
 pub mod resync;
+pub mod scrub;
 
 pub use io::ThinPool;

@@ -1,0 +1,162 @@
+//! Scrub: read every chunk in use from every copy, check each 4 KiB block
+//! against its checksum, rewrite bad copies from a good one, and check
+//! raid5 parity against the data. Client I/O waits for one step at a time.
+
+use super::csum::crc;
+use super::ThinPool;
+use crate::error::{Error, Result};
+use crate::meta::store::csum::CSUM_BLOCK;
+use crate::raid::RaidLevel;
+use serde::{Deserialize, Serialize};
+
+const BLK: usize = CSUM_BLOCK as usize;
+
+/// What a scrub found and did.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Data blocks checked (each against every copy).
+    pub blocks: u64,
+    /// Blocks with at least one bad copy.
+    pub bad_blocks: u64,
+    /// Bad copies rewritten from a good one.
+    pub repaired: u64,
+    /// Blocks no copy of which matched their checksum.
+    pub unrecoverable: u64,
+    /// RAID5 parity blocks (4 KiB) that disagreed with the data.
+    pub parity_errors: u64,
+    /// Parity blocks rewritten.
+    pub parity_repaired: u64,
+    /// Blocks without a checksum (a pool created without them): only
+    /// mirrors and parity were compared.
+    pub unverified: u64,
+    /// Mirror blocks that differ where no checksum says which is right.
+    pub mismatched: u64,
+}
+
+impl ThinPool {
+    /// Scrub up to `max` chunks in use from chunk `from`; returns the chunk
+    /// to go on from (`None`: done).
+    pub fn scrub_step(
+        &self,
+        from: u64,
+        max: usize,
+        repair: bool,
+        r: &mut ScrubReport,
+    ) -> Result<Option<u64>> {
+        let _gate = self.gate.write();
+        if self.array.in_transition() {
+            return Err(Error::InUse(
+                "a layout change is running; scrub once it is done (`vpool job list`)".into(),
+            ));
+        }
+        let chunks = self.meta.read().data.used_from(from, max);
+        let Some(&last) = chunks.last() else {
+            return Ok(None);
+        };
+        for c in chunks {
+            self.scrub_chunk(c, repair, r)?;
+        }
+        self.array
+            .flush()
+            .map_err(|e| Error::io("flushing scrub repairs", e))?;
+        Ok(Some(last + 1))
+    }
+
+    fn scrub_chunk(&self, c: u64, repair: bool, r: &mut ScrubReport) -> Result<()> {
+        let cs = self.chunk_size;
+        let geo = self.array.geometry();
+        let unit = if geo.level == RaidLevel::Raid1 {
+            cs
+        } else {
+            geo.stripe_unit.min(cs)
+        };
+        let io = |e| Error::io("scrubbing", e);
+        let health = self.array.health();
+        let bad_before = r.bad_blocks;
+        for u0 in (0..cs).step_by(unit as usize) {
+            let off = c * cs + u0;
+            let len = unit.min(cs - u0) as usize;
+            let copies = self.array.copies(off, len);
+            let mut reads = Vec::with_capacity(copies.len());
+            for cp in &copies {
+                let mut b = vec![0u8; len];
+                let ok = self.array.read_copy(*cp, off, &mut b).is_ok();
+                reads.push((*cp, ok.then_some(b)));
+            }
+            for (i, within) in (u0..u0 + len as u64).step_by(BLK).enumerate() {
+                let at = i * BLK;
+                let block = |b: &Option<Vec<u8>>| b.as_ref().map(|b| b[at..at + BLK].to_vec());
+                r.blocks += 1;
+                let Some(want) = self.block_csum(c, within)? else {
+                    r.unverified += 1;
+                    let direct: Vec<Vec<u8>> = reads
+                        .iter()
+                        .filter(|(cp, _)| cp.direct)
+                        .filter_map(|(_, b)| block(b))
+                        .collect();
+                    if direct.windows(2).any(|w| w[0] != w[1]) {
+                        r.mismatched += 1;
+                    }
+                    continue;
+                };
+                let good = reads
+                    .iter()
+                    .filter_map(|(_, b)| block(b))
+                    .find(|b| crc(b) == want);
+                // Only stored copies are bad: a raid5 reconstruction that
+                // fails while the data unit is good means bad parity, which
+                // the parity check below finds.
+                let bad: Vec<_> = reads
+                    .iter()
+                    .filter(|(cp, b)| cp.direct && block(b).is_none_or(|b| crc(&b) != want))
+                    .map(|(cp, _)| *cp)
+                    .collect();
+                if bad.is_empty() && good.is_some() {
+                    continue;
+                }
+                r.bad_blocks += 1;
+                for cp in &bad {
+                    health.count_checksum(cp.member);
+                }
+                let Some(good) = good else {
+                    r.unrecoverable += 1;
+                    if bad.is_empty() {
+                        health.count_checksum(self.array.member_at(off + at as u64));
+                    }
+                    health.event(format!(
+                        "scrub: data block at pool offset {} has no good copy",
+                        off + at as u64
+                    ));
+                    continue;
+                };
+                for cp in bad.iter().filter(|cp| cp.direct) {
+                    if repair {
+                        self.array
+                            .rewrite_copy(*cp, off + at as u64, &good)
+                            .map_err(io)?;
+                        r.repaired += 1;
+                    }
+                }
+            }
+        }
+        // Parity last, against data that is right: repaired, or (checking
+        // only) intact; rows with bad data are judged after their repair.
+        let bad = if repair || r.bad_blocks == bad_before {
+            self.array.check_parity(c * cs, cs, repair).map_err(io)?
+        } else {
+            Vec::new()
+        };
+        for (m, _) in &bad {
+            health.count_checksum(*m);
+        }
+        r.parity_errors += bad.len() as u64;
+        if repair {
+            r.parity_repaired += bad.len() as u64;
+        }
+        r.chunks += 1;
+        r.bytes += cs;
+        Ok(())
+    }
+}
