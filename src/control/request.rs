@@ -363,7 +363,7 @@ impl Request {
             ("POST", ["v1", "pools", name, "export"]) => Request::PoolExport {
                 name: name.to_string(),
             },
-            ("POST", ["v1", "pools", _, "check" | "members"])
+            ("POST", ["v1", "pools", _, "check" | "members" | "scrub"])
             | ("POST", ["v1", "pools", _, "members", "remove" | "fail" | "replace" | "clear"]) => {
                 from_body()?
             }
