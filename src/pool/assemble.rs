@@ -241,16 +241,18 @@ impl Pool {
             array.keep_failed_device(i, dev);
         }
         let thin = ThinPool::new(array, meta, chunk_size);
-        let r = thin.resync_intents()?;
+        let pool = Pool::from_parts(first, thin, warnings);
+        *pool.s.spares.lock() = spares;
+        // Layout first (rows a restripe left in its backup copy are put
+        // back), then the regions the crash left with writes in flight.
+        pool.recover_transition()?;
+        let r = pool.s.thin.resync_intents()?;
         if r.regions > 0 {
-            warnings.push(format!(
+            pool.s.warnings.write().push(format!(
                 "the pool was not closed cleanly: resynced {} chunks in {} regions with writes in flight ({} blocks made consistent, {} kept an unflushed write)",
                 r.chunks, r.regions, r.blocks_fixed, r.blocks_new
             ));
         }
-        let pool = Pool::from_parts(first, thin, warnings);
-        *pool.s.spares.lock() = spares;
-        pool.recover_transition()?;
         Ok(pool)
     }
 }

@@ -184,7 +184,7 @@ impl Pool {
             metadata_total: meta.msm().blocks() * 4096,
             transaction: meta.committed().txid,
             metadata_repairs: meta.mirror.repaired(),
-            warnings: self.warnings().to_vec(),
+            warnings: self.warnings(),
         }
     }
 

@@ -36,7 +36,7 @@ pub(crate) struct Shared {
     /// Changes only when members are added (then under `ops`).
     label: RwLock<Label>,
     thin: ThinPool,
-    warnings: Vec<String>,
+    warnings: RwLock<Vec<String>>,
     /// Serialises metadata operations (create, snapshot, remove...).
     ops: Mutex<()>,
     /// The background job moving data for a layout change.
@@ -58,7 +58,7 @@ impl Pool {
             s: Arc::new(Shared {
                 label: RwLock::new(label),
                 thin,
-                warnings,
+                warnings: RwLock::new(warnings),
                 ops: Mutex::new(()),
                 job: Mutex::new(reshape::JobControl::default()),
                 spares: Mutex::new(Vec::new()),
@@ -81,8 +81,8 @@ impl Pool {
     }
 
     /// Warnings from assembly (degraded, stale or foreign members...).
-    pub fn warnings(&self) -> &[String] {
-        &self.s.warnings
+    pub fn warnings(&self) -> Vec<String> {
+        self.s.warnings.read().clone()
     }
 
     pub fn chunk_size(&self) -> u64 {

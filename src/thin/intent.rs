@@ -29,6 +29,9 @@ pub struct Intent {
     /// Regions written in place in the running transaction.
     touched: Vec<AtomicU64>,
     lock: Mutex<()>,
+    /// Bits read at open stay set until the resync has run (commits made
+    /// before it, by a layout change's recovery, must not clear them).
+    hold: std::sync::atomic::AtomicBool,
 }
 
 fn words() -> usize {
@@ -66,16 +69,23 @@ impl Intent {
                 on_disk[i / 8].fetch_or((*b as u64) << (8 * (i % 8)), Ordering::Relaxed);
             }
         }
+        let dirty = on_disk.iter().any(|w| w.load(Ordering::Relaxed) != 0);
         Intent {
             region_chunks,
             on_disk,
             touched: (0..words()).map(|_| AtomicU64::new(0)).collect(),
             lock: Mutex::new(()),
+            hold: std::sync::atomic::AtomicBool::new(dirty),
         }
     }
 
     pub fn region(&self, chunk: u64) -> u64 {
         (chunk / self.region_chunks).min(REGIONS - 1)
+    }
+
+    /// The resync is done (or was not needed): bits may be cleared.
+    pub fn release(&self) {
+        self.hold.store(false, Ordering::Release);
     }
 
     /// Regions whose bits are set (to resync after a crash).
@@ -117,6 +127,9 @@ impl Intent {
     /// close, or a resync done) and wait for it to be on the medium.
     pub fn committed(&self, meta: &MetaStore, all: bool) -> Result<()> {
         let _l = self.lock.lock();
+        if self.hold.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut changed = false;
         for (d, t) in self.on_disk.iter().zip(&self.touched) {
             let keep = if all { 0 } else { t.swap(0, Ordering::AcqRel) };

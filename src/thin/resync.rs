@@ -31,6 +31,7 @@ impl ThinPool {
         let mut out = Resynced::default();
         let regions = intent.dirty_regions();
         if regions.is_empty() {
+            intent.release();
             return Ok(out);
         }
         let _gate = self.gate.write();
@@ -44,6 +45,7 @@ impl ThinPool {
                 }
             }
         }
+        intent.release();
         self.commit_inner(true)?;
         Ok(out)
     }
