@@ -2,14 +2,16 @@
 //! byte against a trivial model (a Vec<u8> per volume and snapshot), on every
 //! RAID level, including raid1/raid5 losing a member partway through, or a
 //! member failing in service (one injected fault per run: it vanishes, fails
-//! its reads, fails its writes, or dies after a few writes).
+//! its reads, fails its writes, or dies after a few writes), or bytes of one
+//! member's data area overwritten behind the pool's back (found by the
+//! checksums, served from redundancy, repaired by a scrub).
 
 mod common;
 use common::*;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use vpool::device::{DeviceRef, FaultDevice, FaultPlan, MemDevice};
+use vpool::device::{BlockDevice, DeviceRef, FaultDevice, FaultPlan, MemDevice};
 use vpool::raid::RaidLevel;
 use vpool::Pool;
 
@@ -58,6 +60,12 @@ enum Op {
         member: usize,
         kind: u8,
     },
+    /// Garbage over `len` bytes of a member's data area (raid1/raid5).
+    Damage {
+        member: usize,
+        off: u64,
+        len: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -77,6 +85,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         1 => (0usize..3).prop_map(|member| Op::LoseMember { member }),
         1 => (0usize..3, 0u8..4).prop_map(|(member, kind)| Op::Fault { member, kind }),
+        2 => (0usize..3, any::<u64>(), 1usize..40_000).prop_map(|(member, off, len)| Op::Damage { member, off, len }),
     ]
 }
 
@@ -87,6 +96,8 @@ struct Harness {
     plans: Vec<FaultPlan>,
     faulted: bool,
     lost: Option<usize>,
+    /// The one member whose bytes are damaged.
+    damaged: Option<usize>,
     vols: BTreeMap<String, Vec<u8>>,
     snaps: BTreeMap<(String, String), Vec<u8>>,
     next: usize,
@@ -213,7 +224,12 @@ impl Harness {
             Op::Reopen => self.reopen(),
             Op::Fault { member, kind } => {
                 let redundant = matches!(level, RaidLevel::Raid1 | RaidLevel::Raid5);
-                if redundant && self.lost.is_none() && !self.faulted && !self.plans.is_empty() {
+                if redundant
+                    && self.lost.is_none()
+                    && !self.faulted
+                    && self.damaged.is_none()
+                    && !self.plans.is_empty()
+                {
                     self.faulted = true;
                     let plan = &self.plans[member % self.plans.len()];
                     match kind {
@@ -224,9 +240,22 @@ impl Harness {
                     }
                 }
             }
+            Op::Damage { member, off, len } => {
+                let redundant = matches!(level, RaidLevel::Raid1 | RaidLevel::Raid5);
+                if !redundant || self.lost.is_some() || self.faulted {
+                    return;
+                }
+                let m = *self.damaged.get_or_insert(member % self.devs.len());
+                let label = self.pool.label();
+                // The first MiBs: where the data is (chunks are allocated low).
+                let span = (label.members[m].data_size - len as u64).min(3 << 20);
+                let at = label.data_start + off % span;
+                let bytes: Vec<u8> = pattern(len, off).iter().map(|b| b ^ 0xa5).collect();
+                self.devs[m].write_at(&bytes, at).unwrap();
+            }
             Op::LoseMember { member } => {
                 let redundant = matches!(level, RaidLevel::Raid1 | RaidLevel::Raid5);
-                if redundant && self.lost.is_none() && !self.faulted {
+                if redundant && self.lost.is_none() && !self.faulted && self.damaged.is_none() {
                     self.pool.commit().unwrap();
                     self.lost = Some(member % self.devs.len());
                     self.reopen();
@@ -279,6 +308,7 @@ fn run(level: RaidLevel, ops: Vec<Op>) {
         plans,
         faulted: false,
         lost: None,
+        damaged: None,
         vols: [("v0".to_string(), vec![0u8; 4 * MIB as usize])].into(),
         snaps: BTreeMap::new(),
         next: 1,
@@ -289,6 +319,16 @@ fn run(level: RaidLevel, ops: Vec<Op>) {
             h.verify();
         }
     }
+    h.verify();
+    // Damage the reads did not meet is repaired by a scrub, all of it.
+    let fix = h.pool.scrub(false, |_, _| {}).unwrap();
+    assert_eq!(fix.unrecoverable, 0, "{fix:?}");
+    let again = h.pool.scrub(true, |_, _| {}).unwrap();
+    assert_eq!(
+        again.bad_blocks + again.parity_errors,
+        0,
+        "{fix:?} then {again:?}"
+    );
     h.verify();
     let report = h.pool.check(false).unwrap();
     assert!(

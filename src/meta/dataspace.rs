@@ -195,6 +195,20 @@ impl DataSpace {
         }
     }
 
+    /// Chunks whose count fell to zero in the running transaction (the
+    /// commit releases them).
+    pub fn freed_now(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .freed
+            .iter()
+            .copied()
+            .filter(|&c| self.overlay_count_is_zero(c))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// After a commit: released chunks become allocatable.
     pub fn committed(&mut self) {
         for c in std::mem::take(&mut self.freed) {

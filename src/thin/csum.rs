@@ -20,8 +20,6 @@ const BLK: usize = CSUM_BLOCK as usize;
 /// Checksums written in the running transaction, and what was found.
 pub struct Csums {
     pending: Vec<Mutex<HashMap<u64, Group>>>,
-    /// Chunks released by the last commit: their entries go at the next one.
-    forget: Mutex<Vec<u64>>,
     pub repaired: AtomicU64,
     pub unrecoverable: AtomicU64,
 }
@@ -45,14 +43,13 @@ impl Csums {
     pub fn new() -> Csums {
         Csums {
             pending: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            forget: Mutex::new(Vec::new()),
             repaired: AtomicU64::new(0),
             unrecoverable: AtomicU64::new(0),
         }
     }
 
     pub fn has_pending(&self) -> bool {
-        self.pending.iter().any(|s| !s.lock().is_empty()) || !self.forget.lock().is_empty()
+        self.pending.iter().any(|s| !s.lock().is_empty())
     }
 
     fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Group>> {
@@ -207,32 +204,31 @@ impl ThinPool {
     }
 
     /// Fold this transaction's checksums into the checksum tree (caller
-    /// holds the gate for write), after dropping the entries of chunks the
-    /// last commit released.
+    /// holds the gate for write), after dropping the entries of chunks this
+    /// transaction frees (the committed tree keeps them until the commit;
+    /// the chunks are not reused before it).
     pub(crate) fn fold_csums(&self) -> Result<()> {
         let Some(cs) = &self.csums else {
             return Ok(());
         };
-        let forget = std::mem::take(&mut *cs.forget.lock());
         let mut meta = self.meta.write();
-        for c in forget {
+        let freed = meta.data.freed_now();
+        for &c in &freed {
             meta.csum_forget_chunk(c)?;
         }
+        // A chunk written and freed in this transaction keeps nothing.
         let mut all: Vec<(u64, Group)> = Vec::new();
         for s in &cs.pending {
-            all.extend(s.lock().drain());
+            all.extend(
+                s.lock()
+                    .drain()
+                    .filter(|(k, _)| freed.binary_search(&(k >> 16)).is_err()),
+            );
         }
         all.sort_unstable_by_key(|(k, _)| *k);
         for (k, g) in all {
             meta.csum_put(k, &g)?;
         }
         Ok(())
-    }
-
-    /// Chunks the commit released: their checksums go with the next commit.
-    pub(crate) fn forget_csums(&self, released: &[u64]) {
-        if let Some(cs) = &self.csums {
-            cs.forget.lock().extend_from_slice(released);
-        }
     }
 }

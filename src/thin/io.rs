@@ -341,7 +341,6 @@ impl ThinPool {
                 break;
             }
         }
-        self.forget_csums(&released);
         if let Some(intent) = &self.intent {
             intent.committed(&self.meta.read(), close)?;
         }
