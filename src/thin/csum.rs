@@ -87,18 +87,30 @@ impl ThinPool {
         let Some(cs) = &self.csums else {
             return Ok(());
         };
+        // One group (16 blocks) at a time: one look-up, one insert.
         let mut at = within;
-        for block in data.chunks(BLK) {
+        let mut rest = data;
+        while !rest.is_empty() {
             let key = csum_key(phys, at);
-            let slot = ((at % GROUP_BYTES) / CSUM_BLOCK) as usize;
-            let base = cs.shard(key).lock().get(&key).copied();
+            let first = ((at % GROUP_BYTES) / CSUM_BLOCK) as usize;
+            let n = (CSUM_GROUP - first).min(rest.len() / BLK);
+            let whole = first == 0 && n == CSUM_GROUP;
+            let base = if whole {
+                None
+            } else {
+                cs.shard(key).lock().get(&key).copied()
+            };
             let mut g = match base {
                 Some(g) => g,
+                None if whole => [0; CSUM_GROUP],
                 None => self.meta.read().csum_get(key)?.unwrap_or([0; CSUM_GROUP]),
             };
-            g[slot] = crc(block);
+            for (i, block) in rest[..n * BLK].chunks(BLK).enumerate() {
+                g[first + i] = crc(block);
+            }
             cs.shard(key).lock().insert(key, g);
-            at += BLK as u64;
+            rest = &rest[n * BLK..];
+            at += (n * BLK) as u64;
         }
         Ok(())
     }
@@ -114,8 +126,23 @@ impl ThinPool {
             return Ok(());
         }
         let mut at = within;
+        let mut group: Option<(u64, Option<Group>)> = None;
+        let cs = self.csums.as_ref();
         for block in buf.chunks_mut(BLK) {
-            if let Some(want) = self.block_csum(phys, at)? {
+            let key = csum_key(phys, at);
+            let g = match group {
+                Some((k, g)) if k == key => g,
+                _ => {
+                    let g = match cs {
+                        Some(cs) => self.group(cs, key)?,
+                        None => None,
+                    };
+                    group = Some((key, g));
+                    g
+                }
+            };
+            let slot = ((at % GROUP_BYTES) / CSUM_BLOCK) as usize;
+            if let Some(want) = g.map(|g| g[slot]) {
                 if crc(block) != want {
                     let r = self.heal_block(phys * self.chunk_size + at, block, want, true)?;
                     if r.unrecoverable {
