@@ -172,6 +172,7 @@ impl Pool {
         if rebuilding_k {
             thin.meta.write().set_transition(None);
             thin.array.set_transition(None);
+            thin.array.set_replacing(None);
         }
         thin.commit_locked()?;
         Ok(format!(
@@ -181,8 +182,9 @@ impl Pool {
         ))
     }
 
-    /// Put `dev` in place of member `k` (failed, missing or stale; an
-    /// online member is failed first) and start rebuilding it.
+    /// Put `dev` in place of member `k` and start rebuilding it. A member
+    /// still in service keeps serving the rows not yet rebuilt (md's
+    /// `--replace`): the pool keeps its redundancy throughout.
     pub fn replace_member(
         &self,
         k: usize,
@@ -193,17 +195,33 @@ impl Pool {
         let geo = self.s.thin.array.geometry();
         let need = geo.member_data.get(k).copied().unwrap_or(0);
         self.check_new_device(&dev, need, force)?;
-        if !self.members_out().contains(&k) {
-            self.fail_member(k)?;
-            warnings.push(format!(
-                "member {k} was in service: it is failed first, so the pool has less redundancy until the rebuild ends"
-            ));
-        }
+        let thin = &self.s.thin;
+        let old = if self.members_out().contains(&k) {
+            None
+        } else {
+            self.redundant_or_refuse("replace a member of")?;
+            if thin.meta.read().transition().is_some() {
+                return Err(Error::InUse(format!(
+                    "pool '{}' is changing its layout; replace a member when `vpool pool status {}` shows no job",
+                    self.name(),
+                    self.name()
+                )));
+            }
+            let old = thin.array.members().get(k).cloned().flatten();
+            if let Some(o) = &old {
+                warnings.push(format!(
+                    "member {k} ({}) is in service: it keeps serving until its rows are rebuilt onto {}, so the pool keeps its redundancy; after a restart mid-rebuild it is left out",
+                    o.name(),
+                    dev.name()
+                ));
+            }
+            old
+        };
         let mut new_label = self.label();
         new_label.members[k].uuid = *uuid::Uuid::new_v4().as_bytes();
         new_label.generation += 1;
         self.s.spares.lock().retain(|s| s.name() != dev.name());
-        let msg = self.start_rebuild(k, dev, Some(new_label))?;
+        let msg = self.start_rebuild_replacing(k, dev, Some(new_label), old)?;
         Ok((msg, warnings))
     }
 
@@ -280,6 +298,18 @@ impl Pool {
     /// old device is never rebuilt onto by mistake), and `pool replace`
     /// starts over.
     fn start_rebuild(&self, k: usize, dev: DeviceRef, new_label: Option<Label>) -> Result<String> {
+        self.start_rebuild_replacing(k, dev, new_label, None)
+    }
+
+    /// Start rebuilding member `k` onto `dev`; `old`, if given, is the
+    /// member's current device, which serves the rows not yet rebuilt.
+    fn start_rebuild_replacing(
+        &self,
+        k: usize,
+        dev: DeviceRef,
+        new_label: Option<Label>,
+        old: Option<DeviceRef>,
+    ) -> Result<String> {
         let _ops = self.s.ops.lock();
         let name = self.name();
         let thin = &self.s.thin;
@@ -313,7 +343,13 @@ impl Pool {
             let mut meta = thin.meta.write();
             meta.set_transition(Some(sbt));
             meta.set_member_state(k, MEMBER_REBUILDING);
-            let mirror = mirror_for(&self.label(), &thin.array.members(), Some(k));
+            // A member replaced in service keeps its metadata copy (it is
+            // current) until the new device gets one at the end.
+            let leave_out = if old.is_some() { None } else { Some(k) };
+            let mut mirror = mirror_for(&self.label(), &thin.array.members(), leave_out);
+            if old.is_some() {
+                mirror.set_shadow(k);
+            }
             meta.set_mirror(mirror);
         }
         thin.array.set_transition(Some(rebuild.clone()));
@@ -326,6 +362,7 @@ impl Pool {
         }
         *self.s.label.write() = label;
         let shown = dev.name();
+        thin.array.set_replacing(old);
         thin.array.replace_member(k, dev, Some(rebuild));
         Ok(format!(
             "rebuilding member {k} of pool '{name}' onto {shown} in the background"
@@ -440,6 +477,7 @@ impl Pool {
             meta.set_member_state(k, MEMBER_ONLINE);
         }
         thin.array.set_transition(None);
+        thin.array.set_replacing(None);
         thin.commit_locked()
     }
 }

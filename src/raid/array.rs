@@ -9,7 +9,7 @@ use super::parity::xor_into;
 use crate::device::DeviceRef;
 use parking_lot::{Mutex, RwLock};
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 mod copies;
@@ -27,6 +27,11 @@ pub struct Array {
     /// Devices of members failed while serving, by member index (for
     /// status, `pool clear` and `pool replace` by path).
     failed_devs: Mutex<Vec<(usize, DeviceRef)>>,
+    /// A member being replaced while in service (md's `--replace`): during
+    /// its rebuild, the old device still serves the rows not yet rebuilt,
+    /// so the pool keeps its redundancy. Dropped at the first error on it.
+    replacing: Mutex<Option<DeviceRef>>,
+    replacing_failed: AtomicBool,
 }
 
 /// The members and their layout. Changes only while no I/O runs (the thin
@@ -142,6 +147,11 @@ struct View<'a> {
     health: &'a Health,
     locks: &'a [Mutex<()>],
     next_mirror: &'a AtomicUsize,
+    /// The member index a device being replaced serves in this view: its
+    /// errors set `shadow_failed` (which leaves it out from then on)
+    /// instead of failing the member, whose index the new device holds.
+    shadow: Option<usize>,
+    shadow_failed: &'a AtomicBool,
 }
 
 impl Array {
@@ -162,7 +172,21 @@ impl Array {
             next_mirror: AtomicUsize::new(0),
             health,
             failed_devs: Mutex::new(Vec::new()),
+            replacing: Mutex::new(None),
+            replacing_failed: AtomicBool::new(false),
         }
+    }
+
+    /// Keep `old` serving member `k`'s rows past the rebuild's position
+    /// (set with the rebuild's transition; `None` when it ends).
+    pub fn set_replacing(&self, old: Option<DeviceRef>) {
+        *self.replacing.lock() = old;
+        self.replacing_failed.store(false, Ordering::Release);
+    }
+
+    /// The device being replaced while in service, if any.
+    pub fn replacing(&self) -> Option<DeviceRef> {
+        self.replacing.lock().clone()
     }
 
     pub fn health(&self) -> &Arc<Health> {
@@ -288,6 +312,8 @@ impl Array {
             health: &self.health,
             locks: &self.stripe_locks,
             next_mirror: &self.next_mirror,
+            shadow: None,
+            shadow_failed: &self.replacing_failed,
         }
     }
 
@@ -327,6 +353,29 @@ impl Array {
                     f(&view(&st.geo, &st.members, None), o, r)?;
                 }
                 if let Some((o, r)) = above {
+                    let old = self.replacing.lock().clone();
+                    if let Some(old) = old {
+                        // The old device still serves these rows. Its
+                        // errors are not failures of member `k` (that index
+                        // is the new device): it is left out from then on.
+                        let mut members = st.members.clone();
+                        members[*member] = Some(old.clone());
+                        let v = View {
+                            shadow: Some(*member),
+                            ..self.view(&st.geo, &members, None)
+                        };
+                        let r = f(&v, o, r);
+                        if self.replacing_failed.load(Ordering::Acquire) {
+                            let mut rep = self.replacing.lock();
+                            if rep.take().is_some() {
+                                self.health.event(format!(
+                                    "member {member} ({}), being replaced, failed; its rows are now rebuilt from the other members",
+                                    old.name()
+                                ));
+                            }
+                        }
+                        return r;
+                    }
                     let v = View {
                         absent: Some(*member),
                         ..view(&st.geo, &st.members, None)
@@ -469,6 +518,9 @@ impl Array {
 
 impl View<'_> {
     fn dev(&self, m: usize) -> Option<&DeviceRef> {
+        if Some(m) == self.shadow && self.shadow_failed.load(Ordering::Acquire) {
+            return None;
+        }
         if Some(m) == self.absent || (self.tolerant && self.health.is_failed(m)) {
             return None;
         }
@@ -504,6 +556,11 @@ impl View<'_> {
         let Err(e) = self.health.attempt(m, dir, f) else {
             return Ok(());
         };
+        if Some(m) == self.shadow && e.kind() != io::ErrorKind::InvalidInput {
+            // Redo without the replaced device (see `View::shadow`).
+            self.shadow_failed.store(true, Ordering::Release);
+            return Err(Fault::MemberFailed);
+        }
         if e.kind() == io::ErrorKind::InvalidInput {
             return Err(Fault::Io(e));
         }

@@ -8,7 +8,7 @@ use super::health::{Dir, Health};
 use crate::device::DeviceRef;
 use parking_lot::Mutex;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct MetaMirror {
@@ -21,6 +21,11 @@ pub struct MetaMirror {
     repaired: AtomicU64,
     /// Every copy found damaged, and whether it was rewritten: never silent.
     events: Mutex<Vec<String>>,
+    /// A copy on a device being replaced in service (member index): an
+    /// error leaves the copy out instead of failing the member, whose
+    /// index the new device holds.
+    shadow: Option<usize>,
+    shadow_dead: AtomicBool,
 }
 
 /// Outcome of validating one copy of a metadata block.
@@ -33,7 +38,14 @@ impl MetaMirror {
             health: Arc::new(Health::default()),
             repaired: AtomicU64::new(0),
             events: Mutex::new(Vec::new()),
+            shadow: None,
+            shadow_dead: AtomicBool::new(false),
         }
+    }
+
+    /// The copy of member `m` is on a device being replaced (see `shadow`).
+    pub fn set_shadow(&mut self, m: usize) {
+        self.shadow = Some(m);
     }
 
     /// Share the array's member health (see the field).
@@ -51,8 +63,11 @@ impl MetaMirror {
 
     /// Copies in use: present, on members not failed.
     fn live(&self) -> impl Iterator<Item = (usize, &DeviceRef)> {
-        self.copies.iter().filter_map(|(m, d)| match d {
-            Some(d) if !self.health.is_failed(*m) => Some((*m, d)),
+        let dead = self
+            .shadow
+            .filter(|_| self.shadow_dead.load(Ordering::Acquire));
+        self.copies.iter().filter_map(move |(m, d)| match d {
+            Some(d) if !self.health.is_failed(*m) && Some(*m) != dead => Some((*m, d)),
             _ => None,
         })
     }
@@ -72,6 +87,13 @@ impl MetaMirror {
         for (m, dev) in self.live() {
             match self.health.attempt(m, Dir::Write, || f(dev)) {
                 Ok(()) => done += 1,
+                Err(e) if Some(m) == self.shadow => {
+                    self.shadow_dead.store(true, Ordering::Release);
+                    self.health.event(format!(
+                        "member {m} ({}), being replaced, failed a metadata {what} ({e}); its copy is left out",
+                        dev.name()
+                    ));
+                }
                 Err(e) if e.kind() != io::ErrorKind::InvalidInput && self.health.may_fail(m) => {
                     self.health
                         .fail(m, &dev.name(), &format!("metadata {what} error: {e}"));
