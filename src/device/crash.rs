@@ -38,19 +38,6 @@ pub struct CrashDevice {
     power: Arc<Power>,
 }
 
-impl CrashDevice {
-    fn new(name: &str, size: u64, power: Arc<Power>) -> CrashDevice {
-        CrashDevice {
-            name: name.to_string(),
-            state: Mutex::new(State {
-                durable: vec![0; size as usize],
-                pending: Vec::new(),
-            }),
-            power,
-        }
-    }
-}
-
 impl BlockDevice for CrashDevice {
     fn size(&self) -> u64 {
         self.state.lock().durable.len() as u64
@@ -113,12 +100,28 @@ pub struct CrashSim {
 
 impl CrashSim {
     pub fn new(count: usize, size: u64, seed: u64) -> CrashSim {
+        CrashSim::from_images((0..count).map(|_| vec![0; size as usize]).collect(), seed)
+    }
+
+    /// Members that start out holding `images` (what an earlier crash left).
+    pub fn from_images(images: Vec<Vec<u8>>, seed: u64) -> CrashSim {
         let power = Arc::new(Power {
             writes: AtomicU64::new(0),
             cut_at: AtomicU64::new(u64::MAX),
         });
-        let devices = (0..count)
-            .map(|i| Arc::new(CrashDevice::new(&format!("crash{i}"), size, power.clone())))
+        let devices = images
+            .into_iter()
+            .enumerate()
+            .map(|(i, durable)| {
+                Arc::new(CrashDevice {
+                    name: format!("crash{i}"),
+                    state: Mutex::new(State {
+                        durable,
+                        pending: Vec::new(),
+                    }),
+                    power: power.clone(),
+                })
+            })
             .collect();
         CrashSim {
             devices,

@@ -115,6 +115,45 @@ impl ThinPool {
         Ok(())
     }
 
+    /// Record the checksums of chunk `newc`, a copy of chunk `old` (just
+    /// read and verified; `None`: zeros) with `[within, within + len)`
+    /// overwritten: the copied blocks keep `old`'s checksums, only the
+    /// blocks the write touched are computed. `full` is the new content.
+    pub(crate) fn record_cow(
+        &self,
+        newc: u64,
+        old: Option<u64>,
+        full: &[u8],
+        within: u64,
+        len: u64,
+    ) -> Result<()> {
+        let Some(cs) = &self.csums else {
+            return Ok(());
+        };
+        static ZERO: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let zero = *ZERO.get_or_init(|| crc(&[0u8; BLK]));
+        let (a0, a1) = (within / CSUM_BLOCK * CSUM_BLOCK, within + len);
+        let mut at = 0u64;
+        while at < full.len() as u64 {
+            let blocks = (((full.len() as u64 - at) / CSUM_BLOCK) as usize).min(CSUM_GROUP);
+            let base = match old {
+                Some(o) => self.group(cs, csum_key(o, at))?,
+                None => Some([zero; CSUM_GROUP]),
+            };
+            let mut g = base.unwrap_or([0; CSUM_GROUP]);
+            for (i, slot) in g.iter_mut().enumerate().take(blocks) {
+                let b = at + i as u64 * CSUM_BLOCK;
+                if base.is_none() || (b + CSUM_BLOCK > a0 && b < a1) {
+                    *slot = crc(&full[b as usize..(b + CSUM_BLOCK) as usize]);
+                }
+            }
+            let key = csum_key(newc, at);
+            cs.shard(key).lock().insert(key, g);
+            at += GROUP_BYTES;
+        }
+        Ok(())
+    }
+
     /// Read `buf` at byte `within` of chunk `phys` (4 KiB aligned) and
     /// verify it, repairing bad copies.
     pub(crate) fn read_verified(&self, phys: u64, within: u64, buf: &mut [u8]) -> Result<()> {

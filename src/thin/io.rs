@@ -196,7 +196,12 @@ impl ThinPool {
             self.array
                 .write(newc * cs, buf)
                 .map_err(|e| Error::io("writing data", e))?;
-            self.record(newc, 0, buf)
+            if data.len() as u64 == cs {
+                self.record(newc, 0, buf)
+            } else {
+                let from = old.as_ref().map(|m| m.phys);
+                self.record_cow(newc, from, buf, within, data.len() as u64)
+            }
         })();
         let mut meta = self.meta.write();
         if let Err(e) = result {
