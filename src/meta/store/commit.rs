@@ -109,9 +109,8 @@ impl MetaStore {
         self.shape_dirty = false;
         self.msm.committed();
         self.data.committed();
-        let mut cache = self.cache.lock();
         for (b, node) in dirty {
-            cache.put(b, node);
+            self.cache_of(b).lock().put(b, node);
         }
         Ok(())
     }

@@ -31,6 +31,7 @@ use std::sync::Arc;
 pub const VOLUMES_OWNER: u64 = u64::MAX - 1;
 pub const DSM_OWNER: u64 = u64::MAX - 2;
 pub const DEFAULT_CACHE_NODES: usize = 16384;
+const CACHE_SHARDS: usize = 16;
 
 /// Tree of volumes: id → (mapping root, mapped chunks, reserved).
 pub const VOLUMES_SPEC: TreeSpec = TreeSpec {
@@ -124,7 +125,9 @@ pub struct MetaStore {
     shape_dirty: bool,
     msm: MetaSpaceMap,
     dirty: HashMap<u64, Arc<Node>>,
-    cache: Mutex<LruCache<u64, Arc<Node>>>,
+    /// Clean nodes, in shards (by block number) so that parallel look-ups
+    /// do not queue on one lock.
+    cache: Vec<Mutex<LruCache<u64, Arc<Node>>>>,
     pub data: DataSpace,
     /// Data checksums (checksum-tree root, intent block), if the pool has them.
     csum: Option<SbCsum>,
@@ -140,6 +143,11 @@ fn corrupt(what: String) -> Error {
 }
 
 impl MetaStore {
+    /// The cache shard of block `b`.
+    pub(crate) fn cache_of(&self, b: u64) -> &Mutex<LruCache<u64, Arc<Node>>> {
+        &self.cache[(b as usize) % CACHE_SHARDS]
+    }
+
     fn blank(
         mirror: MetaMirror,
         layout: MetaLayout,
@@ -169,7 +177,8 @@ impl MetaStore {
             transition: None,
             csum: None,
         };
-        let cap = NonZeroUsize::new(cache_nodes.max(64)).unwrap_or(NonZeroUsize::MIN);
+        let cap =
+            NonZeroUsize::new((cache_nodes / CACHE_SHARDS).max(64)).unwrap_or(NonZeroUsize::MIN);
         MetaStore {
             mirror,
             layout,
@@ -188,7 +197,9 @@ impl MetaStore {
             shape_dirty: false,
             msm: MetaSpaceMap::new(layout.meta_blocks),
             dirty: HashMap::new(),
-            cache: Mutex::new(LruCache::new(cap)),
+            cache: (0..CACHE_SHARDS)
+                .map(|_| Mutex::new(LruCache::new(cap)))
+                .collect(),
             data: DataSpace::new(data_chunks),
             csum: None,
             pool_name: String::new(),

@@ -81,12 +81,12 @@ impl NodeStore for MetaStore {
         if let Some(n) = self.dirty.get(&b) {
             return Ok(n.clone());
         }
-        if let Some(n) = self.cache.lock().get(&b) {
+        if let Some(n) = self.cache_of(b).lock().get(&b) {
             return Ok(n.clone());
         }
         let blk = self.read_block(b, BlockKind::Node)?;
         let node = Arc::new(Node::decode(&blk).map_err(|e| corrupt(format!("node {b}: {e}")))?);
-        self.cache.lock().put(b, node.clone());
+        self.cache_of(b).lock().put(b, node.clone());
         Ok(node)
     }
 
@@ -107,7 +107,7 @@ impl NodeStore for MetaStore {
                 BLOCK_SIZE / 1024
             ),
         })?;
-        self.cache.lock().pop(&b);
+        self.cache_of(b).lock().pop(&b);
         Ok(b)
     }
 
