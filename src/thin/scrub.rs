@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 const BLK: usize = CSUM_BLOCK as usize;
 
+/// One copy of a stripe unit as read, and the CRC32 of each of its blocks.
+type CopyRead = (Vec<u8>, Vec<u32>);
+
 /// What a scrub found and did.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScrubReport {
@@ -79,22 +82,29 @@ impl ThinPool {
             let off = c * cs + u0;
             let len = unit.min(cs - u0) as usize;
             let copies = self.array.copies(off, len);
-            let mut reads = Vec::with_capacity(copies.len());
+            // Each copy read once, each of its blocks checksummed once.
+            let mut reads: Vec<(crate::raid::Copy, Option<CopyRead>)> =
+                Vec::with_capacity(copies.len());
             for cp in &copies {
                 let mut b = vec![0u8; len];
                 let ok = self.array.read_copy(*cp, off, &mut b).is_ok();
-                reads.push((*cp, ok.then_some(b)));
+                let sums: Vec<u32> = if ok {
+                    b.chunks(BLK).map(crc).collect()
+                } else {
+                    Vec::new()
+                };
+                reads.push((*cp, ok.then_some((b, sums))));
             }
             for (i, within) in (u0..u0 + len as u64).step_by(BLK).enumerate() {
                 let at = i * BLK;
-                let block = |b: &Option<Vec<u8>>| b.as_ref().map(|b| b[at..at + BLK].to_vec());
+                let sum = |x: &Option<CopyRead>| x.as_ref().map(|(_, s)| s[i]);
                 r.blocks += 1;
                 let Some(want) = self.block_csum(c, within)? else {
                     r.unverified += 1;
-                    let direct: Vec<Vec<u8>> = reads
+                    let direct: Vec<u32> = reads
                         .iter()
                         .filter(|(cp, _)| cp.direct)
-                        .filter_map(|(_, b)| block(b))
+                        .filter_map(|(_, x)| sum(x))
                         .collect();
                     if direct.windows(2).any(|w| w[0] != w[1]) {
                         r.mismatched += 1;
@@ -103,14 +113,14 @@ impl ThinPool {
                 };
                 let good = reads
                     .iter()
-                    .filter_map(|(_, b)| block(b))
-                    .find(|b| crc(b) == want);
+                    .find(|(_, x)| sum(x) == Some(want))
+                    .and_then(|(_, x)| x.as_ref().map(|(b, _)| b[at..at + BLK].to_vec()));
                 // Only stored copies are bad: a raid5 reconstruction that
                 // fails while the data unit is good means bad parity, which
                 // the parity check below finds.
                 let bad: Vec<_> = reads
                     .iter()
-                    .filter(|(cp, b)| cp.direct && block(b).is_none_or(|b| crc(&b) != want))
+                    .filter(|(cp, x)| cp.direct && sum(x) != Some(want))
                     .map(|(cp, _)| *cp)
                     .collect();
                 if bad.is_empty() && good.is_some() {
