@@ -84,7 +84,8 @@ pub fn pool_add_spares(
 
 pub fn pool_scrub(engine: &dyn Engine, name: &str, check_only: bool) -> anyhow::Result<Response> {
     let pool = engine.pool(name)?;
-    let total = pool.info().allocated / pool.info().chunk_size.max(1);
+    let info = pool.info();
+    let total = info.allocated / info.chunk_size.max(1);
     let mut bar = engine.progress(&format!("scrub {name}"), total);
     let r = pool.scrub(check_only, |done, _| bar.set(done))?;
     bar.finish();

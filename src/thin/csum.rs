@@ -188,7 +188,7 @@ impl ThinPool {
                         return Err(Error::io(
                             "reading data",
                             std::io::Error::other(format!(
-                                "checksum mismatch in data chunk {phys} at byte {at} and no copy of it is good"
+                                "checksum mismatch in data chunk {phys} at byte {at} and no copy of it is good: restore this data from a backup (`vpool pool status` lists the event)"
                             )),
                         ));
                     }

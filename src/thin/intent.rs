@@ -132,10 +132,8 @@ impl Intent {
         }
         let mut changed = false;
         for (d, t) in self.on_disk.iter().zip(&self.touched) {
-            let keep = if all { 0 } else { t.swap(0, Ordering::AcqRel) };
-            if all {
-                t.store(0, Ordering::Release);
-            }
+            let touched = t.swap(0, Ordering::AcqRel);
+            let keep = if all { 0 } else { touched };
             let old = d.swap(keep, Ordering::AcqRel);
             changed |= old != keep;
         }

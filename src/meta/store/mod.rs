@@ -47,7 +47,7 @@ pub const DSM_SPEC: TreeSpec = TreeSpec {
 };
 
 /// Mapping tree of one volume: virtual chunk → (physical chunk u64,
-/// checksum u32 reserved for data checksums, flags u32).
+/// u32 reserved (data checksums are in the checksum tree), flags u32).
 pub fn mapping_spec(owner: u64) -> TreeSpec {
     TreeSpec {
         owner,
