@@ -224,9 +224,10 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
             let p = VolPath::parse_snapshot(&path)?;
             let what = format!("rolling back '{}/{}'", p.pool, p.volume);
             refuse_in_use(engine, &p.pool, Some((&p.volume, false)), &what)?;
-            engine
-                .pool(&p.pool)?
-                .rollback(&p.volume, p.snapshot.as_deref().unwrap_or_default())?;
+            let pool = engine.pool(&p.pool)?;
+            pool.rollback(&p.volume, p.snapshot.as_deref().unwrap_or_default())?;
+            // A snapshot keeps its own size: the volume may have changed size.
+            engine.volume_resized(&p.pool, &p.volume, pool.volume(&p.volume, None)?.size()?);
             ok(format!("rolled '{}/{}' back to '{p}'", p.pool, p.volume))
         }
         Request::VolResize {
@@ -268,6 +269,7 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
                 }
             }
             let warnings = pool.resize(&p.volume, new, force)?;
+            engine.volume_resized(&p.pool, &p.volume, new);
             let mut msg = format!(
                 "resized '{p}' from {} to {}",
                 format_size(current),

@@ -59,6 +59,8 @@ pub trait Engine: Send + Sync {
             "no daemon runs, so nothing is mounted".into()
         ))
     }
+    /// A volume's size changed: files that show it (FUSE) must follow.
+    fn volume_resized(&self, _pool: &str, _volume: &str, _size: u64) {}
     /// Report progress of a long copy (a bar on a terminal for the CLI).
     fn progress(&self, what: &str, total: u64) -> Box<dyn ProgressSink>;
     /// Run a pool's layout-change job: in the background in the daemon

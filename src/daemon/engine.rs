@@ -246,6 +246,12 @@ impl Engine for DaemonEngine {
         Ok(format!("unmounted {}", dir.display()))
     }
 
+    fn volume_resized(&self, pool: &str, volume: &str, size: u64) {
+        if let Some(m) = self.fuse_mount.lock().as_ref() {
+            m.size_changed(&format!("{pool}/{volume}"), size);
+        }
+    }
+
     fn progress(&self, _what: &str, _total: u64) -> Box<dyn ProgressSink> {
         Box::new(NoProgress)
     }

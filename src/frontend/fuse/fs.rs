@@ -28,15 +28,24 @@ enum Node {
     Volume(String),
 }
 
+/// Inode numbers, shared with the mount (which tells the kernel about size
+/// changes by inode).
 #[derive(Default)]
-struct Inodes {
+pub struct Inodes {
     by_node: HashMap<Node, u64>,
     by_ino: HashMap<u64, Node>,
 }
 
+impl Inodes {
+    /// The inode of `pool/volume`, if the kernel has looked it up.
+    pub fn volume(&self, name: &str) -> Option<u64> {
+        self.by_node.get(&Node::Volume(name.to_string())).copied()
+    }
+}
+
 pub struct VolumeFs {
     exports: Arc<dyn Exports>,
-    inodes: Mutex<Inodes>,
+    inodes: Arc<Mutex<Inodes>>,
     next_ino: AtomicU64,
     handles: Mutex<HashMap<u64, Volume>>,
     next_fh: AtomicU64,
@@ -64,7 +73,7 @@ impl VolumeFs {
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         VolumeFs {
             exports,
-            inodes: Mutex::new(inodes),
+            inodes: Arc::new(Mutex::new(inodes)),
             next_ino: AtomicU64::new(2),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -72,6 +81,10 @@ impl VolumeFs {
             uid,
             gid,
         }
+    }
+
+    pub fn inodes(&self) -> Arc<Mutex<Inodes>> {
+        self.inodes.clone()
     }
 
     fn ino(&self, node: Node) -> u64 {

@@ -1,14 +1,18 @@
 //! Mounting, unmounting, and cleaning up a mount left by a killed daemon.
 
-use super::fs::VolumeFs;
+use super::fs::{Inodes, VolumeFs};
 use crate::frontend::nbd::Exports;
 use anyhow::{bail, Context};
-use fuser::{BackgroundSession, Config, MountOption, SessionACL};
+use fuser::{BackgroundSession, Config, INodeNo, MountOption, Notifier, SessionACL};
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub struct FuseMount {
     session: Option<BackgroundSession>,
+    notifier: Notifier,
+    exports: Arc<dyn Exports>,
+    inodes: Arc<Mutex<Inodes>>,
     path: PathBuf,
 }
 
@@ -72,18 +76,56 @@ impl FuseMount {
         cfg.acl = SessionACL::All;
         cfg.n_threads = Some(threads.max(1));
         cfg.clone_fd = true;
-        let session =
-            fuser::spawn_mount(VolumeFs::new(exports), path, &cfg).with_context(|| {
-                format!(
-                    "mounting FUSE at {} (needs /dev/fuse and root)",
-                    path.display()
-                )
-            })?;
+        let fs = VolumeFs::new(exports.clone());
+        let inodes = fs.inodes();
+        let session = fuser::spawn_mount(fs, path, &cfg).with_context(|| {
+            format!(
+                "mounting FUSE at {} (needs /dev/fuse and root)",
+                path.display()
+            )
+        })?;
         tracing::info!("volumes mounted as files under {}", path.display());
         Ok(FuseMount {
+            notifier: session.notifier(),
+            exports,
             session: Some(session),
+            inodes,
             path: path.to_path_buf(),
         })
+    }
+
+    /// A volume's size changed (resize, rollback): make the kernel's size of
+    /// its file follow before the change is reported.
+    ///
+    /// Attributes are never cached (TTL 0), but the kernel keeps the size of
+    /// an open file in its inode, and takes a GETATTR reply's size only if no
+    /// write finished while that GETATTR was in flight. Under a busy writer
+    /// the inode kept the old size after `losetup -c` had read the new one,
+    /// and the loop device's reads past the old size failed (a read at or
+    /// past the inode's size returns nothing, which loop turns into EIO).
+    /// A store of the volume's last byte extends the inode's size the way a
+    /// write there would (the kernel ignores an empty store); it leaves a
+    /// partial page that is not up to date, which the invalidation drops.
+    /// A shrink shows at the next `stat`; until then the daemon answers
+    /// reads past the end short and refuses writes there.
+    pub fn size_changed(&self, volume: &str, size: u64) {
+        let Some(ino) = self.inodes.lock().volume(volume) else {
+            return; // the kernel never looked the file up
+        };
+        let Some(end) = size.checked_sub(1) else {
+            return;
+        };
+        let mut last = [0u8; 1];
+        let read = self
+            .exports
+            .open(volume)
+            .ok_or_else(|| std::io::Error::other("volume is gone"))
+            .and_then(|v| v.read_at(&mut last, end).map_err(std::io::Error::other));
+        let grown = read.and_then(|()| self.notifier.store(INodeNo(ino), end, &last));
+        let inval = self.notifier.inval_inode(INodeNo(ino), 0, 0);
+        if let Err(e) = grown.and(inval) {
+            tracing::warn!("telling the kernel that {volume} is now {size} bytes: {e}");
+        }
     }
 
     /// Unmount (lazily if a loop device still holds a file) and stop the threads.
