@@ -310,3 +310,57 @@ fn vpool_mount_and_umount_against_a_running_daemon() {
     d.stop();
     assert!(!mounted(&mnt));
 }
+
+/// fio with 32 requests in flight (libaio, direct), on the volume file and
+/// on a loop device over it: the kernel sends the requests to the daemon
+/// concurrently (FUSE_ASYNC_DIO), they complete out of order, and every
+/// block reads back as written. Then the same data through the other path.
+#[test]
+fn deep_queues_through_the_file_and_a_loop_device_verify() {
+    require("fio", "fio");
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Cleanup::default();
+    let (d, mnt) = fuse_daemon(dir.path(), "raid5", 3, 256 << 20, &mut g);
+    d.vpool_ok(&["vol", "create", "tank/a", "--size", "64M"]);
+    d.vpool_ok(&["vol", "create", "tank/b", "--size", "64M"]);
+    let fio = |target: &str, rw: &str, bs: &str, extra: &[&str]| {
+        ok(
+            Command::new("fio")
+                .args([
+                    "--name=deep",
+                    &format!("--filename={target}"),
+                    "--ioengine=libaio",
+                    "--direct=1",
+                    "--iodepth=32",
+                    &format!("--rw={rw}"),
+                    &format!("--bs={bs}"),
+                    "--size=64M",
+                    "--verify=crc32c",
+                    "--output-format=terse",
+                ])
+                .args(extra),
+            300,
+        )
+    };
+    let file = mnt.join("tank/a");
+    let file = file.to_str().unwrap();
+    // Random 4 KiB and 64 KiB writes with mixed sizes, straight on the file.
+    fio(file, "randwrite", "4k", &["--bsrange=4k-64k"]);
+    // The same blocks, verified through a loop device over the file.
+    let dev = g.losetup(&mnt.join("tank/a"), &["--direct-io=on"]);
+    fio(
+        &dev,
+        "randwrite",
+        "4k",
+        &["--bsrange=4k-64k", "--verify_only"],
+    );
+    // Sequential 1 MiB writes through a loop device over the other volume.
+    let dev_b = g.losetup(&mnt.join("tank/b"), &["--direct-io=on"]);
+    fio(&dev_b, "write", "1M", &[]);
+    fio(
+        mnt.join("tank/b").to_str().unwrap(),
+        "write",
+        "1M",
+        &["--verify_only"],
+    );
+}

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 /// Attributes are not cached: a resized volume shows its new size at once.
 const TTL: Duration = Duration::ZERO;
 const MAX_WRITE: u32 = 1 << 20;
+const MAX_BACKGROUND: u16 = 64;
 
 /// What an inode stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -152,6 +153,18 @@ impl VolumeFs {
 impl Filesystem for VolumeFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
+        // Without FUSE_ASYNC_DIO the kernel runs an asynchronous direct
+        // request (libaio, io_uring, a loop device with direct I/O) to the end
+        // before it returns to the submitter: one request in flight per
+        // client thread, whatever its queue depth. libfuse asks for it by
+        // default; fuser does not.
+        if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO) {
+            tracing::warn!("the kernel lacks FUSE capabilities {missing:?}: direct I/O to volume files runs one request at a time");
+        }
+        // Asynchronous direct requests are background requests: let a loop
+        // device's queue (128) and fio's iodepth reach the dispatch threads.
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
         Ok(())
     }
 
