@@ -7,7 +7,7 @@ use common::cleanup::Cleanup;
 use common::daemon::*;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -122,8 +122,18 @@ fn fuse_files_follow_the_volumes() {
         names.contains(&"db".to_string()) && names.contains(&"db@s".to_string()),
         "{names:?}"
     );
-    // Size follows a resize at once.
+    // Size follows a resize at once, in the kernel's inode too: an
+    // asynchronous direct read past the old end on a descriptor opened before
+    // the grow (as a loop device's) gets data, with no stat in between (the
+    // kernel answers such a read from its cached size; 0 bytes is what a
+    // loop device turns into an I/O error).
+    let direct = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&file)
+        .unwrap();
     d.vpool_ok(&["vol", "resize", "tank/db", "--size", "16M"]);
+    assert_eq!(aio_read_at(&direct, 4096, (12 << 20) + 4096), 4096);
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 16 << 20);
     // Writes past the end, truncate, create, remove, rename: refused.
     assert_eq!(
@@ -166,7 +176,16 @@ fn fuse_files_follow_the_volumes() {
     let mut w = OpenOptions::new().write(true).open(&file).unwrap();
     w.write_all(b"hello").unwrap();
     w.sync_all().unwrap(); // fsync: durable from here, whatever happens to the daemon
-    drop((f, w));
+                           // A rollback to a larger snapshot grows the open file the same way.
+    d.vpool_ok(&["snap", "create", "tank/db@big"]);
+    d.vpool_ok(&["vol", "resize", "tank/db", "--size", "8M"]);
+    // (A stat takes the smaller size into the kernel's inode.)
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 8 << 20);
+    assert_eq!(aio_read_at(&direct, 4096, (12 << 20) + 4096), 0);
+    d.vpool_ok(&["vol", "rollback", "tank/db@big"]);
+    assert_eq!(aio_read_at(&direct, 4096, (12 << 20) + 4096), 4096);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 16 << 20);
+    drop((f, w, direct));
     // A killed daemon leaves a stale mount; the next start cleans it.
     d.kill();
     assert!(mounted(&mnt));
@@ -179,6 +198,67 @@ fn fuse_files_follow_the_volumes() {
         .unwrap();
     assert_eq!(&head, b"hello");
     d.stop();
+}
+
+/// One read through Linux AIO (io_setup/io_submit/io_getevents), which the
+/// kernel runs asynchronously on an O_DIRECT FUSE file: its result.
+fn aio_read_at(f: &std::fs::File, len: usize, offset: u64) -> i64 {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Iocb {
+        data: u64,
+        key: u32,
+        rw_flags: u32,
+        opcode: u16,
+        reqprio: i16,
+        fildes: u32,
+        buf: u64,
+        nbytes: u64,
+        offset: i64,
+        reserved2: u64,
+        flags: u32,
+        resfd: u32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Event {
+        data: u64,
+        obj: u64,
+        res: i64,
+        res2: i64,
+    }
+    let layout = std::alloc::Layout::from_size_align(len, 4096).unwrap();
+    // SAFETY: a 4 KiB-aligned buffer of `len` bytes, freed below.
+    let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+    let mut ctx: libc::c_ulong = 0;
+    // SAFETY: the Linux AIO calls with valid pointers to locals.
+    unsafe {
+        assert_eq!(libc::syscall(libc::SYS_io_setup, 1, &mut ctx), 0);
+        let mut cb = Iocb {
+            fildes: std::os::fd::AsRawFd::as_raw_fd(f) as u32,
+            buf: buf as u64,
+            nbytes: len as u64,
+            offset: offset as i64,
+            ..Default::default()
+        }; // opcode 0: IOCB_CMD_PREAD
+        let mut list = [&mut cb as *mut Iocb];
+        assert_eq!(
+            libc::syscall(libc::SYS_io_submit, ctx, 1, list.as_mut_ptr()),
+            1
+        );
+        let mut ev = [Event::default()];
+        let timeout = libc::timespec {
+            tv_sec: 30,
+            tv_nsec: 0,
+        };
+        assert_eq!(
+            libc::syscall(libc::SYS_io_getevents, ctx, 1, 1, ev.as_mut_ptr(), &timeout),
+            1
+        );
+        libc::syscall(libc::SYS_io_destroy, ctx);
+        std::alloc::dealloc(buf, layout);
+        ev[0].res
+    }
 }
 
 #[test]

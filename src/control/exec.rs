@@ -227,7 +227,9 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
             let pool = engine.pool(&p.pool)?;
             pool.rollback(&p.volume, p.snapshot.as_deref().unwrap_or_default())?;
             // A snapshot keeps its own size: the volume may have changed size.
-            engine.volume_resized(&p.pool, &p.volume, pool.volume(&p.volume, None)?.size()?);
+            if let Ok(size) = pool.volume(&p.volume, None).and_then(|v| v.size()) {
+                engine.volume_resized(&p.pool, &p.volume, size);
+            }
             ok(format!("rolled '{}/{}' back to '{p}'", p.pool, p.volume))
         }
         Request::VolResize {
