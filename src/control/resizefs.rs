@@ -14,42 +14,20 @@ pub struct LoopUse {
     pub fstype: Option<String>,
 }
 
-/// Loop devices whose backing file is `file`.
+/// Loop devices whose backing file is `file`, and where each is mounted.
 pub fn loop_users(file: &Path) -> Vec<LoopUse> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return out;
-    };
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if !name.starts_with("loop") {
-            continue;
-        }
-        let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
-            continue;
-        };
-        if Path::new(backing.trim()) != file {
-            continue;
-        }
-        let device = format!("/dev/{name}");
-        let (mountpoint, fstype) = mounts
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                let dash = f.iter().position(|x| *x == "-")?;
-                (f.get(dash + 2) == Some(&device.as_str()))
-                    .then(|| (f[4].to_string(), f[dash + 1].to_string()))
-            })
-            .map(|(m, t)| (Some(m), Some(t)))
-            .unwrap_or((None, None));
-        out.push(LoopUse {
-            device,
-            mountpoint,
-            fstype,
-        });
-    }
-    out
+    let mounts = crate::frontend::host::mounts();
+    crate::frontend::host::loops_of(file)
+        .into_iter()
+        .map(|device| {
+            let m = mounts.iter().find(|m| m.source == device);
+            LoopUse {
+                mountpoint: m.map(|m| m.target.clone()),
+                fstype: m.map(|m| m.fstype.clone()),
+                device,
+            }
+        })
+        .collect()
 }
 
 /// Refuse `what` while loop devices use the pool's volume files: all of them

@@ -81,25 +81,64 @@ const SHORT: Duration = Duration::from_secs(60);
 /// mkfs on a large volume writes its tables: give it time.
 const LONG: Duration = Duration::from_secs(600);
 
+/// One line of `/proc/self/mountinfo`.
+pub struct MountEntry {
+    pub target: String,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// The mount table, as this process sees it.
+pub fn mounts() -> Vec<MountEntry> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    table
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let dash = f.iter().position(|x| *x == "-")?;
+            Some(MountEntry {
+                target: f.get(4)?.to_string(),
+                fstype: f.get(dash + 1)?.to_string(),
+                source: f.get(dash + 2)?.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// Where `dir` is mounted, as `(device, fstype)`, if it is a mount point.
 pub fn mount_of(dir: &Path) -> Option<(String, String)> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let target = dir.to_str()?;
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let dash = f.iter().position(|x| *x == "-")?;
-        if f.get(4) != Some(&target) {
-            return None;
-        }
-        Some((f.get(dash + 2)?.to_string(), f.get(dash + 1)?.to_string()))
-    })
+    mounts()
+        .into_iter()
+        .find(|m| m.target == target)
+        .map(|m| (m.source, m.fstype))
+}
+
+/// Every bound loop device, as `(/dev/loopN, backing file)`.
+pub fn loop_devices() -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !name.starts_with("loop") {
+                return None;
+            }
+            let b = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            let b = PathBuf::from(b.trim().trim_end_matches(" (deleted)"));
+            Some((format!("/dev/{name}"), b))
+        })
+        .collect()
 }
 
 /// Loop devices whose backing file is `file`.
 pub fn loops_of(file: &Path) -> Vec<String> {
-    crate::control::resizefs::loop_users(file)
+    loop_devices()
         .into_iter()
-        .map(|u| u.device)
+        .filter(|(_, b)| b == file)
+        .map(|(dev, _)| dev)
         .collect()
 }
 
@@ -112,23 +151,10 @@ pub fn loop_backing(dev: &str) -> Option<String> {
 
 /// Loop devices whose backing file lies under `dir`, with that file.
 pub fn loops_under(dir: &Path) -> Vec<(String, PathBuf)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if !name.starts_with("loop") {
-            continue;
-        }
-        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
-            let b = PathBuf::from(b.trim().trim_end_matches(" (deleted)"));
-            if b.starts_with(dir) {
-                out.push((format!("/dev/{name}"), b));
-            }
-        }
-    }
-    out
+    loop_devices()
+        .into_iter()
+        .filter(|(_, b)| b.starts_with(dir))
+        .collect()
 }
 
 /// Attach `file` to a free loop device with direct I/O (the volume is not

@@ -16,24 +16,9 @@ pub struct FuseMount {
     path: PathBuf,
 }
 
-fn is_mountpoint(path: &Path) -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let target = path.to_str()?;
-    mounts.lines().find_map(|l| {
-        let fields: Vec<&str> = l.split(' ').collect();
-        let dash = fields.iter().position(|f| *f == "-")?;
-        (fields.get(4) == Some(&target)).then(|| {
-            fields
-                .get(dash + 1)
-                .map(|s| s.to_string())
-                .unwrap_or_default()
-        })
-    })
-}
-
 /// A vpool FUSE mount whose daemon died leaves `ENOTCONN` behind: detach it.
 pub fn clear_stale_mount(path: &Path) -> anyhow::Result<()> {
-    let Some(fstype) = is_mountpoint(path) else {
+    let Some((_, fstype)) = crate::frontend::host::mount_of(path) else {
         return Ok(());
     };
     if !fstype.starts_with("fuse") {
