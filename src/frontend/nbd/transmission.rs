@@ -212,19 +212,16 @@ fn validate(shared: &Shared, req: &Request, allocation: bool) -> Option<u32> {
     }
 }
 
-/// A buffer of `len` bytes from the connection's pool. Its old contents are
-/// kept (only growth is zeroed): every byte is overwritten before anything
-/// is sent from it, by the read that fills it or the payload read into it,
-/// and a failed read sends an error, not the buffer.
 fn take_buffer(shared: &Shared, len: usize) -> Vec<u8> {
     let mut b = shared.buffers.lock().pop().unwrap_or_default();
     b.resize(len, 0);
     b
 }
 
-fn give_buffer(shared: &Shared, b: Vec<u8>) {
+fn give_buffer(shared: &Shared, mut b: Vec<u8>) {
     let mut pool = shared.buffers.lock();
     if pool.len() < WORKERS * 2 && b.capacity() <= MAX_PAYLOAD as usize {
+        b.clear();
         pool.push(b);
     }
 }
