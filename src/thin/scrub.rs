@@ -14,6 +14,11 @@ const BLK: usize = CSUM_BLOCK as usize;
 /// One copy of a stripe unit as read, and the CRC32 of each of its blocks.
 type CopyRead = (Vec<u8>, Vec<u32>);
 
+/// The block at byte `at` of a copy that was read.
+fn block_at(x: &Option<CopyRead>, at: usize) -> Option<&[u8]> {
+    x.as_ref().map(|(b, _)| &b[at..at + BLK])
+}
+
 /// What a scrub found and did.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScrubReport {
@@ -100,21 +105,23 @@ impl ThinPool {
                 let sum = |x: &Option<CopyRead>| x.as_ref().map(|(_, s)| s[i]);
                 r.blocks += 1;
                 let Some(want) = self.block_csum(c, within)? else {
+                    // No checksum: the stored copies must at least agree.
                     r.unverified += 1;
-                    let direct: Vec<u32> = reads
+                    let mut direct = reads
                         .iter()
                         .filter(|(cp, _)| cp.direct)
-                        .filter_map(|(_, x)| sum(x))
-                        .collect();
-                    if direct.windows(2).any(|w| w[0] != w[1]) {
-                        r.mismatched += 1;
+                        .filter_map(|(_, x)| block_at(x, at));
+                    if let Some(first) = direct.next() {
+                        if direct.any(|b| b != first) {
+                            r.mismatched += 1;
+                        }
                     }
                     continue;
                 };
                 let good = reads
                     .iter()
                     .find(|(_, x)| sum(x) == Some(want))
-                    .and_then(|(_, x)| x.as_ref().map(|(b, _)| b[at..at + BLK].to_vec()));
+                    .and_then(|(_, x)| block_at(x, at));
                 // Only stored copies are bad: a raid5 reconstruction that
                 // fails while the data unit is good means bad parity, which
                 // the parity check below finds.
@@ -141,10 +148,10 @@ impl ThinPool {
                     ));
                     continue;
                 };
-                for cp in bad.iter().filter(|cp| cp.direct) {
-                    if repair {
+                if repair {
+                    for cp in &bad {
                         self.array
-                            .rewrite_copy(*cp, off + at as u64, &good)
+                            .rewrite_copy(*cp, off + at as u64, good)
                             .map_err(io)?;
                         r.repaired += 1;
                     }
