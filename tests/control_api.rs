@@ -175,6 +175,7 @@ fn cli_goes_through_the_daemon_and_runs_beside_io() {
                 "--size=64M",
                 "--offset_increment=128M",
                 "--verify=crc32c",
+                "--verify_state_save=0",
                 "--end_fsync=1",
                 "--time_based=0",
             ]),

@@ -170,6 +170,7 @@ fn fio(d: &Daemon, export: &str, rw: &str, bs: &str, extra: &[&str]) -> String {
         "--size=48M".into(),
         "--offset_increment=64M".into(),
         "--verify=crc32c".into(),
+        "--verify_state_save=0".into(),
         "--randrepeat=1".into(),
         "--group_reporting".into(),
     ];

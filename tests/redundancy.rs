@@ -22,6 +22,7 @@ fn fio(uri: &str, rw: &str, offset: &str, extra: &[&str]) -> String {
         format!("--offset={offset}"),
         "--offset_increment=32M".into(),
         "--verify=crc32c".into(),
+        "--verify_state_save=0".into(),
         "--randrepeat=1".into(),
         "--group_reporting".into(),
     ];

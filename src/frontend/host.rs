@@ -126,9 +126,7 @@ pub fn loop_devices() -> Vec<(String, PathBuf)> {
             if !name.starts_with("loop") {
                 return None;
             }
-            let b = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
-            let b = PathBuf::from(b.trim().trim_end_matches(" (deleted)"));
-            Some((format!("/dev/{name}"), b))
+            Some((format!("/dev/{name}"), backing_in(&e.path())?))
         })
         .collect()
 }
@@ -145,8 +143,15 @@ pub fn loops_of(file: &Path) -> Vec<String> {
 /// The backing file of a loop device, if it has one.
 pub fn loop_backing(dev: &str) -> Option<String> {
     let name = dev.strip_prefix("/dev/")?;
-    let b = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).ok()?;
-    Some(b.trim().to_string())
+    let b = backing_in(&Path::new("/sys/block").join(name))?;
+    Some(b.to_string_lossy().into_owned())
+}
+
+/// The backing file named in a loop device's sysfs directory (a file
+/// removed while attached is named with " (deleted)"; that is dropped).
+fn backing_in(sys: &Path) -> Option<PathBuf> {
+    let b = std::fs::read_to_string(sys.join("loop/backing_file")).ok()?;
+    Some(PathBuf::from(b.trim().trim_end_matches(" (deleted)")))
 }
 
 /// Loop devices whose backing file lies under `dir`, with that file.
