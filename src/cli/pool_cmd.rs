@@ -339,9 +339,19 @@ fn print_status(i: &PoolInfo) {
     match i.health.as_str() {
         "failed" => {
             println!(
-                "status: FAILED: a member failed with no redundancy left; writes are refused and"
+                "status: FAILED: {}",
+                i.failure
+                    .as_deref()
+                    .unwrap_or("a member failed with no redundancy left")
             );
-            println!("        reads of data on it fail. Attach the missing members and restart.");
+            println!("        Writes, flushes and commits are refused; reads are served where they can be.");
+            println!(
+                "action: fix or replace the device, then `vpool pool clear {}` (it reloads the pool",
+                i.name
+            );
+            println!(
+                "        from its last commit; what was not committed is dropped), or restart."
+            );
         }
         "degraded" => {
             println!(

@@ -171,6 +171,10 @@ pub fn pool_clear(
         None => (0..pool.label().member_count()).collect(),
     };
     let mut lines = Vec::new();
+    if pool.failure().is_some() {
+        // The device was fixed: back to the last commit, then the counters.
+        lines.push(pool.reload_from_last_commit()?);
+    }
     for k in targets {
         match pool.clear_member(k) {
             Ok(line) => lines.push(line),

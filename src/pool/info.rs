@@ -27,6 +27,9 @@ pub struct PoolInfo {
     /// online, degraded (a member out of service or rebuilding) or failed
     /// (redundancy exhausted: no more writes).
     pub health: String,
+    /// Why a failed pool takes no writes (and what to do), if it is failed.
+    #[serde(default)]
+    pub failure: Option<String>,
     /// Member failures and the reason a failed pool stopped, in order.
     #[serde(default)]
     pub events: Vec<String>,
@@ -156,6 +159,7 @@ impl Pool {
             } else {
                 "online".into()
             },
+            failure: health.broken(),
             events: health.events(),
             spares: self.spares().iter().map(|d| d.name()).collect(),
             members,

@@ -5,6 +5,7 @@
 mod assemble;
 mod check;
 mod create;
+mod failure;
 mod grow;
 mod info;
 pub mod layout;
@@ -111,7 +112,11 @@ impl Pool {
 
     /// Commit only if the running transaction changed metadata (background
     /// commits; a client's flush uses [`Pool::commit`], which always flushes).
+    /// A failed pool is skipped: it commits nothing until `pool clear`.
     pub fn commit_if_dirty(&self) -> Result<()> {
+        if self.failure().is_some() {
+            return Ok(());
+        }
         if self.s.thin.has_changes() || self.s.thin.array.health().has_unrecorded() {
             self.commit()?;
         }
@@ -190,28 +195,30 @@ impl Pool {
     pub fn create_volume(&self, name: &str, size: u64) -> Result<Vec<String>> {
         names::validate("volume", name)?;
         check_size(size)?;
-        if self.record(name, None).is_ok() {
-            return Err(Error::Exists(format!("volume '{}/{name}'", self.name())));
-        }
-        let warnings = self.check_room_for(size)?;
+        // Every check below runs under the lock of the change it guards:
+        // two callers cannot both find a name free.
         self.metadata_op(|thin| {
+            if self.record(name, None).is_ok() {
+                return Err(Error::Exists(format!("volume '{}/{name}'", self.name())));
+            }
+            let warnings = self.check_room_for(size)?;
             let id = self.add_record(thin, |id| new_record(id, name, None, None, size))?;
-            thin.create_volume(id)
-        })?;
-        Ok(warnings)
+            thin.create_volume(id)?;
+            Ok(warnings)
+        })
     }
 
     /// Take a read-only snapshot of a volume: O(1), shares every chunk.
     pub fn snapshot(&self, volume: &str, snap: &str) -> Result<()> {
         names::validate("snapshot", snap)?;
-        let vol = self.record(volume, None)?;
-        if self.record(volume, Some(snap)).is_ok() {
-            return Err(Error::Exists(format!(
-                "snapshot '{}/{volume}@{snap}'",
-                self.name()
-            )));
-        }
         self.metadata_op(|thin| {
+            let vol = self.record(volume, None)?;
+            if self.record(volume, Some(snap)).is_ok() {
+                return Err(Error::Exists(format!(
+                    "snapshot '{}/{volume}@{snap}'",
+                    self.name()
+                )));
+            }
             let id = self.add_record(thin, |id| {
                 new_record(id, snap, Some(vol.id), None, vol.size)
             })?;
@@ -222,15 +229,15 @@ impl Pool {
     /// A writable volume sharing every chunk of a snapshot (or volume).
     pub fn clone_volume(&self, volume: &str, snap: Option<&str>, new: &str) -> Result<()> {
         names::validate("volume", new)?;
-        let src = self.record(volume, snap)?;
-        if self.record(new, None).is_ok() {
-            return Err(Error::Exists(format!("volume '{}/{new}'", self.name())));
-        }
         let from = match snap {
             Some(s) => format!("{volume}@{s}"),
             None => volume.to_string(),
         };
         self.metadata_op(|thin| {
+            let src = self.record(volume, snap)?;
+            if self.record(new, None).is_ok() {
+                return Err(Error::Exists(format!("volume '{}/{new}'", self.name())));
+            }
             let id = self.add_record(thin, |id| new_record(id, new, None, Some(from), src.size))?;
             thin.share_volume(src.id, id)
         })
@@ -239,9 +246,9 @@ impl Pool {
     /// Return a volume to a snapshot's contents and size. Other snapshots,
     /// older or newer, are kept.
     pub fn rollback(&self, volume: &str, snap: &str) -> Result<()> {
-        let vol = self.record(volume, None)?;
-        let s = self.record(volume, Some(snap))?;
         self.metadata_op(|thin| {
+            let vol = self.record(volume, None)?;
+            let s = self.record(volume, Some(snap))?;
             thin.replace_volume(vol.id, s.id)?;
             set_size(thin, vol.id, s.size);
             Ok(())
@@ -253,50 +260,49 @@ impl Pool {
     /// Returns warnings (a grow past what the pool can back: allowed, thin).
     pub fn resize(&self, volume: &str, size: u64, force: bool) -> Result<Vec<String>> {
         check_size(size)?;
-        let vol = self.record(volume, None)?;
-        let warnings = if size > vol.size {
-            self.check_room_for(size - vol.size)?
-        } else {
-            Vec::new()
-        };
-        if size < vol.size {
-            let cs = self.chunk_size();
-            let mapped = self.s.thin.mapped_chunks(vol.id, size / cs, u64::MAX)?;
-            if !mapped.is_empty() && !force {
-                return Err(Error::Invalid(format!(
-                    "shrinking '{}/{volume}' from {} to {} bytes discards data written beyond the new end \
-                     ({} chunks); take a snapshot first if you need it, then repeat with --force",
-                    self.name(),
-                    vol.size,
-                    size,
-                    mapped.len()
-                )));
-            }
-        }
+        // Checked with I/O paused (the gate is held): a write beyond the
+        // new end cannot slip in between the check and the shrink.
         self.metadata_op(|thin| {
+            let vol = self.record(volume, None)?;
+            let warnings = if size > vol.size {
+                self.check_room_for(size - vol.size)?
+            } else {
+                Vec::new()
+            };
             if size < vol.size {
+                let cs = self.chunk_size();
+                let mapped = thin.mapped_chunks(vol.id, size / cs, u64::MAX)?;
+                if !mapped.is_empty() && !force {
+                    return Err(Error::Invalid(format!(
+                        "shrinking '{}/{volume}' from {} to {} bytes discards data written beyond the new end \
+                         ({} chunks); take a snapshot first if you need it, then repeat with --force",
+                        self.name(),
+                        vol.size,
+                        size,
+                        mapped.len()
+                    )));
+                }
                 thin.truncate(vol.id, size)?;
             }
             set_size(thin, vol.id, size);
-            Ok(())
-        })?;
-        Ok(warnings)
+            Ok(warnings)
+        })
     }
 
     /// Remove a volume. With snapshots it needs `recursive` (removes them too).
     /// Clones are independent and stay.
     pub fn remove_volume(&self, volume: &str, recursive: bool) -> Result<()> {
-        let vol = self.record(volume, None)?;
-        let snaps: Vec<VolumeRecord> = self.snapshots_of(vol.id);
-        if !snaps.is_empty() && !recursive {
-            return Err(Error::InUse(format!(
-                "volume '{}/{volume}' has {} snapshot(s) ({}); remove them first or pass --recursive",
-                self.name(),
-                snaps.len(),
-                snaps.iter().map(|s| s.name.clone()).collect::<Vec<_>>().join(", ")
-            )));
-        }
         self.metadata_op(|thin| {
+            let vol = self.record(volume, None)?;
+            let snaps: Vec<VolumeRecord> = self.snapshots_of(vol.id);
+            if !snaps.is_empty() && !recursive {
+                return Err(Error::InUse(format!(
+                    "volume '{}/{volume}' has {} snapshot(s) ({}); remove them first or pass --recursive",
+                    self.name(),
+                    snaps.len(),
+                    snaps.iter().map(|s| s.name.clone()).collect::<Vec<_>>().join(", ")
+                )));
+            }
             for r in snaps.iter().chain(std::iter::once(&vol)) {
                 thin.delete_volume(r.id)?;
                 thin.meta
@@ -310,8 +316,8 @@ impl Pool {
     }
 
     pub fn remove_snapshot(&self, volume: &str, snap: &str) -> Result<()> {
-        let s = self.record(volume, Some(snap))?;
         self.metadata_op(|thin| {
+            let s = self.record(volume, Some(snap))?;
             thin.delete_volume(s.id)?;
             thin.meta
                 .write()

@@ -446,7 +446,9 @@ impl Array {
     }
 
     /// Flush every member in use. A member whose flush fails is failed
-    /// like one whose write failed.
+    /// when the array can do without it; otherwise the flush fails and the
+    /// pool is broken (see [`super::health`]). A broken pool's flushes
+    /// fail: a flush that succeeds after a failed one proves nothing.
     pub fn flush(&self) -> io::Result<()> {
         let members = self.members();
         let st = self.state.read();
@@ -468,15 +470,24 @@ impl Array {
             tolerant: !shrinking,
             ..self.view(&st.geo, &members, no_read)
         };
+        // Every member is flushed even after one fails: the others' writes
+        // are then durable, whatever the caller does next.
+        let mut first = None;
         for m in 0..members.len() {
             if let Some(dev) = view.dev(m) {
-                match view.io(m, dev, Dir::Write, || dev.flush()) {
+                match view.io(m, dev, Dir::Flush, || dev.flush()) {
                     Ok(()) | Err(Fault::MemberFailed) => {}
-                    Err(Fault::Io(e)) => return Err(e),
+                    Err(Fault::Io(e)) => {
+                        first.get_or_insert(e);
+                    }
                 }
             }
         }
-        Ok(())
+        match (first, self.health.broken_error()) {
+            (Some(e), _) => Err(e),
+            (None, Some(e)) => Err(e),
+            (None, None) => Ok(()),
+        }
     }
 
     /// Rebuild member `target`'s bytes at member offsets `[moff, moff+len)`
@@ -569,9 +580,17 @@ impl View<'_> {
                 .fail(m, &dev.name(), &format!("{dir:?} error: {e}"));
             return Err(Fault::MemberFailed);
         }
-        if self.tolerant && self.geo.level.tolerated_failures(self.members.len()) > 0 {
+        if dir == Dir::Flush {
+            // The member's writes since its last good flush may be gone,
+            // and nothing else holds them: nothing written since the last
+            // commit can be trusted, so nothing more is acknowledged.
             self.health.set_broken(format!(
-                "member {m} ({}) failed ({e}) and no redundancy is left; the pool takes no more writes: reattach or replace the failed members, then restart the daemon (or reopen the pool)",
+                "member {m} ({}) failed to flush ({e}): writes since the last commit may be lost and no redundancy holds them; the pool takes no more writes or flushes: fix or replace the device, then `vpool pool clear` (it reloads the pool from its last commit)",
+                dev.name()
+            ));
+        } else if self.tolerant && self.geo.level.tolerated_failures(self.members.len()) > 0 {
+            self.health.set_broken(format!(
+                "member {m} ({}) failed ({e}) and no redundancy is left; the pool takes no more writes: reattach or replace the failed members, then `vpool pool clear` or restart the daemon",
                 dev.name()
             ));
         }

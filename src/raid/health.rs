@@ -3,12 +3,17 @@
 //! ([`super::Array`]) and the metadata mirror, checked on every member I/O
 //! (one atomic load), changed only on errors.
 //!
-//! A member I/O that fails is retried once. If it fails again and the array
-//! can do without the member, the member is marked failed: from then on it
-//! is treated as missing (reads reconstruct, writes go to the survivors),
-//! and the next commit records it in the superblock. If the array cannot do
-//! without it, the I/O fails with EIO, and on a redundant level the pool
-//! stops accepting writes (`broken`): never silent garbage.
+//! A member read or write that fails is retried once. A failed **flush is
+//! never retried**: on Linux the writeback error drops the dirty pages and
+//! the next fsync returns 0, so a retry would turn lost writes into an
+//! acknowledged flush. If the I/O still fails and the array can do without
+//! the member, the member is marked failed: from then on it is treated as
+//! missing (reads reconstruct, writes go to the survivors), and the next
+//! commit records it in the superblock. If the array cannot do without it,
+//! the I/O fails with EIO; on a redundant level, and after a failed flush on
+//! any level, the pool stops accepting writes, flushes and commits
+//! (`broken`) until the operator acts: never silent garbage, never a lost
+//! write acknowledged as durable.
 
 use super::RaidLevel;
 use parking_lot::Mutex;
@@ -62,11 +67,13 @@ impl Default for Health {
     }
 }
 
-/// Which way an I/O went, for the counters.
+/// Which way an I/O went, for the counters (a flush counts as a write).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dir {
     Read,
     Write,
+    /// Never retried (see the module's documentation).
+    Flush,
 }
 
 impl Health {
@@ -143,7 +150,7 @@ impl Health {
     pub fn count(&self, member: usize, dir: Dir) {
         let v = match dir {
             Dir::Read => &self.read_errors,
-            Dir::Write => &self.write_errors,
+            Dir::Write | Dir::Flush => &self.write_errors,
         };
         if let Some(c) = v.get(member) {
             c.fetch_add(1, Ordering::Relaxed);
@@ -203,12 +210,33 @@ impl Health {
         self.broken.lock().clone()
     }
 
+    /// The operator fixed what broke the pool and reloaded it from its last
+    /// commit (`pool clear`): take writes again.
+    pub fn clear_broken(&self) {
+        let mut b = self.broken.lock();
+        if let Some(why) = b.take() {
+            self.event(format!("pool failure cleared (was: {why})"));
+        }
+        self.is_broken.store(false, Ordering::Release);
+    }
+
+    /// The error every write, flush and commit of a broken pool gets.
+    pub fn broken_error(&self) -> Option<io::Error> {
+        self.is_broken().then(|| {
+            io::Error::other(format!(
+                "the pool is failed: {}",
+                self.broken().unwrap_or_default()
+            ))
+        })
+    }
+
     pub fn events(&self) -> Vec<String> {
         self.events.lock().clone()
     }
 
-    /// Run a member I/O, retrying once. Every error is counted; the second
-    /// is returned.
+    /// Run a member I/O, retrying a read or write once. Every error is
+    /// counted; the second is returned. A flush is run once: its error is
+    /// final.
     pub fn attempt(
         &self,
         member: usize,
@@ -218,6 +246,10 @@ impl Health {
         match f() {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(e),
+            Err(e) if dir == Dir::Flush => {
+                self.count(member, dir);
+                Err(e)
+            }
             Err(_) => {
                 self.count(member, dir);
                 f().inspect_err(|_| self.count(member, dir))

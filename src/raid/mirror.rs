@@ -43,6 +43,17 @@ impl MetaMirror {
         }
     }
 
+    /// The same copies, health and shadow, with no history (to reopen the
+    /// metadata from its last commit).
+    pub fn reopened(&self) -> MetaMirror {
+        let mut m = MetaMirror::new(self.copies.clone());
+        m.health = self.health.clone();
+        m.shadow = self.shadow;
+        m.shadow_dead
+            .store(self.shadow_dead.load(Ordering::Acquire), Ordering::Release);
+        m
+    }
+
     /// The copy of member `m` is on a device being replaced (see `shadow`).
     pub fn set_shadow(&mut self, m: usize) {
         self.shadow = Some(m);
@@ -76,16 +87,22 @@ impl MetaMirror {
         self.live().count()
     }
 
-    /// Run `f` on every live copy; a copy that fails twice fails its
-    /// member if the array can do without it, else the error stands.
+    /// Run `f` on every live copy; a copy that fails (a write twice, a
+    /// flush once) fails its member if the array can do without it, else
+    /// the error stands. Refused on a broken pool.
     fn each_copy(
         &self,
         what: &str,
+        dir: Dir,
         mut f: impl FnMut(&DeviceRef) -> io::Result<()>,
     ) -> io::Result<()> {
+        if let Some(e) = self.health.broken_error() {
+            return Err(e);
+        }
         let mut done = 0;
+        let mut first = None;
         for (m, dev) in self.live() {
-            match self.health.attempt(m, Dir::Write, || f(dev)) {
+            match self.health.attempt(m, dir, || f(dev)) {
                 Ok(()) => done += 1,
                 Err(e) if Some(m) == self.shadow => {
                     self.shadow_dead.store(true, Ordering::Release);
@@ -100,19 +117,26 @@ impl MetaMirror {
                 }
                 Err(e) => {
                     // As in the data path: a redundant pool that cannot
-                    // lose this member stops taking writes.
-                    if e.kind() != io::ErrorKind::InvalidInput && self.health.redundant() {
+                    // lose this member stops taking writes, and so does any
+                    // pool whose flush failed (what it dropped is unknown).
+                    if e.kind() != io::ErrorKind::InvalidInput
+                        && (dir == Dir::Flush || self.health.redundant())
+                    {
                         self.health.set_broken(format!(
-                            "member {m} ({}) failed ({e}) writing metadata and no redundancy is left; the pool takes no more writes: reattach or replace the failed members, then restart the daemon (or reopen the pool)",
+                            "member {m} ({}) failed a metadata {what} ({e}) and no redundancy is left; the pool takes no more writes or commits: fix or replace the device, then `vpool pool clear` (it reloads the pool from its last commit)",
                             dev.name()
                         ));
                     }
-                    return Err(io::Error::new(
+                    // The other copies are still written (and flushed).
+                    first.get_or_insert(io::Error::new(
                         e.kind(),
                         format!("metadata copy on member {m} ({}): {e}", dev.name()),
                     ));
                 }
             }
+        }
+        if let Some(e) = first {
+            return Err(e);
         }
         if done == 0 {
             return Err(io::Error::other("no copy of the metadata area is present"));
@@ -131,11 +155,11 @@ impl MetaMirror {
     }
 
     pub fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.each_copy("write", |dev| dev.write_at(buf, offset))
+        self.each_copy("write", Dir::Write, |dev| dev.write_at(buf, offset))
     }
 
     pub fn flush(&self) -> io::Result<()> {
-        self.each_copy("flush", |dev| dev.flush())
+        self.each_copy("flush", Dir::Flush, |dev| dev.flush())
     }
 
     /// Read `buf.len()` bytes at `offset` from the first copy the validator

@@ -48,6 +48,14 @@ impl Csums {
         }
     }
 
+    /// Forget the running transaction's checksums (the pool went back to
+    /// its last commit).
+    pub fn drop_pending(&self) {
+        for s in &self.pending {
+            s.lock().clear();
+        }
+    }
+
     pub fn has_pending(&self) -> bool {
         self.pending.iter().any(|s| !s.lock().is_empty())
     }

@@ -4,10 +4,18 @@
 use super::*;
 
 impl MetaStore {
-    fn write_catalog(&mut self) -> Result<()> {
-        for b in self.catalog_blocks()? {
+    /// Encode the catalog into newly allocated blocks, staged for the
+    /// commit's writes. The chain it replaces is released (the committed
+    /// one, or the blocks a failed attempt of this transaction staged).
+    fn stage_catalog(&mut self) -> Result<()> {
+        let old = match self.catalog_chain.take() {
+            Some(chain) => chain,
+            None => self.catalog_blocks()?,
+        };
+        for b in old {
             self.msm.dec(b);
         }
+        self.staged_catalog.clear();
         let bytes = self.catalog.encode();
         let per = BLOCK_SIZE - HEADER_SIZE;
         let pieces: Vec<&[u8]> = bytes.chunks(per).collect();
@@ -30,23 +38,36 @@ impl MetaStore {
             h.write(&mut b);
             b[HEADER_SIZE..HEADER_SIZE + piece.len()].copy_from_slice(piece);
             seal(&mut b, BlockKind::Catalog.salt());
-            self.mirror
-                .write(self.layout.block_offset(blocks[i]), &b)
-                .map_err(|e| Error::io("writing catalog", e))?;
+            self.staged_catalog.push((blocks[i], b));
         }
         self.catalog_head = blocks.first().copied().unwrap_or(0);
         self.catalog_bytes = bytes.len() as u64;
+        self.catalog_chain = Some(blocks);
+        self.catalog_dirty = false;
+        self.catalog_staged = true;
         Ok(())
     }
 
     /// Commit the running transaction. The caller must have flushed the data
     /// members first (so every mapping committed here points at durable data).
+    ///
+    /// Under write failure: until the superblock is written, the commit
+    /// only wrote blocks no superblock reaches, and it keeps everything it
+    /// needs (dirty nodes, staged catalog, space-map changes), so a later
+    /// commit retries it whole. A failed flush, or a failed superblock
+    /// write, breaks the pool instead (see `raid::health`): a superblock
+    /// copy may then point at this transaction, so nothing more is written
+    /// until the pool is reloaded from its last commit (`pool clear`).
     pub fn commit(&mut self) -> Result<()> {
+        if let Some(e) = self.mirror.health().broken_error() {
+            return Err(Error::io("committing metadata", e));
+        }
         if !self.has_changes() {
             return Ok(());
         }
         let txid = self.committed.txid + 1;
-        // Fold data reference counts into their tree.
+        // Fold data reference counts into their tree (idempotent: a retry
+        // folds the same counts into nodes already copied).
         let mut changes: Vec<(u64, u32)> =
             self.data.overlay.iter().map(|(k, v)| (*k, *v)).collect();
         changes.sort_unstable();
@@ -59,10 +80,16 @@ impl MetaStore {
             };
         }
         if self.catalog_dirty {
-            self.write_catalog()?;
+            self.stage_catalog()?;
         }
         let io = |e| Error::io("writing metadata", e);
-        let mut dirty: Vec<(u64, Arc<Node>)> = self.dirty.drain().collect();
+        for (b, bytes) in &self.staged_catalog {
+            self.mirror
+                .write(self.layout.block_offset(*b), bytes)
+                .map_err(|e| Error::io("writing catalog", e))?;
+        }
+        let mut dirty: Vec<(u64, Arc<Node>)> =
+            self.dirty.iter().map(|(b, n)| (*b, n.clone())).collect();
         dirty.sort_unstable_by_key(|(b, _)| *b);
         for (b, node) in &dirty {
             let bytes = node.encode(*b, txid, self.pool_tag);
@@ -96,19 +123,27 @@ impl MetaStore {
         sb.csum = self.csum;
         sb.time = now();
         let bytes = sb.encode();
-        self.mirror
+        let written = self
+            .mirror
             .write(
                 Superblock::slot_offset(self.layout.meta_offset, txid),
                 &bytes,
             )
-            .map_err(io)?;
-        self.mirror.flush().map_err(io)?;
+            .and_then(|()| self.mirror.flush());
+        if let Err(e) = written {
+            self.mirror.health().set_broken(format!(
+                "the commit of transaction {txid} failed writing its superblock ({e}); the pool takes no more writes or commits: fix or replace the device, then `vpool pool clear` (it reloads the pool from its last commit)"
+            ));
+            return Err(io(e));
+        }
         // Committed: the new state is the one to protect from now on.
         self.committed = sb;
-        self.catalog_dirty = false;
+        self.catalog_staged = false;
+        self.staged_catalog.clear();
         self.shape_dirty = false;
         self.msm.committed();
         self.data.committed();
+        self.dirty.clear();
         for (b, node) in dirty {
             self.cache_of(b).lock().put(b, node);
         }

@@ -117,7 +117,15 @@ pub struct MetaStore {
     catalog_bytes: u64,
     pub next_volume_id: u64,
     catalog: Catalog,
+    /// The catalog changed since it was last staged.
     catalog_dirty: bool,
+    /// The catalog was staged in this transaction (a commit must write it).
+    catalog_staged: bool,
+    /// Blocks of the current catalog chain (committed or staged), once known.
+    catalog_chain: Option<Vec<u64>>,
+    /// Catalog blocks of the running transaction, kept until it commits
+    /// so that a failed commit can write them again.
+    staged_catalog: Vec<(u64, Vec<u8>)>,
     member_states: Vec<u8>,
     /// Layout transition checkpoint to record with the next commit.
     transition: Option<SbTransition>,
@@ -192,6 +200,9 @@ impl MetaStore {
             next_volume_id: 1,
             catalog: Catalog::default(),
             catalog_dirty: false,
+            catalog_staged: false,
+            catalog_chain: None,
+            staged_catalog: Vec::new(),
             member_states: vec![0; members],
             transition: None,
             shape_dirty: false,
@@ -373,6 +384,7 @@ impl MetaStore {
         !self.dirty.is_empty()
             || !self.data.overlay.is_empty()
             || self.catalog_dirty
+            || self.catalog_staged
             || !self.msm.dirty_pages().is_empty()
             || self.shape_dirty
             || self.csum.map(|c| c.root) != self.committed.csum.map(|c| c.root)

@@ -138,6 +138,23 @@ impl MetaStore {
         Ok(s)
     }
 
+    /// The last committed state, read again from the same copies: what a
+    /// failed pool goes back to (`pool clear`). Everything not committed is
+    /// dropped.
+    pub fn reopen(&self) -> Result<MetaStore> {
+        let cache_nodes = self.cache.iter().map(|c| c.lock().cap().get()).sum();
+        let mut s = MetaStore::open(
+            self.mirror.reopened(),
+            self.layout,
+            self.committed.pool_uuid,
+            self.member_states.len(),
+            self.data.total().max(self.committed.data_chunks),
+            cache_nodes,
+        )?;
+        s.pool_name = self.pool_name.clone();
+        Ok(s)
+    }
+
     /// A commit interrupted between superblock copies leaves some copies one
     /// transaction behind; rewrite them (best effort on read-only devices).
     fn bring_superblocks_up_to_date(&mut self, sb: &Superblock) {
@@ -193,8 +210,12 @@ impl MetaStore {
         Catalog::decode(&bytes).map_err(|e| corrupt(format!("catalog: {e}")))
     }
 
-    /// Blocks of the committed catalog chain.
+    /// Blocks of the catalog chain (the staged one while a commit of it is
+    /// pending).
     pub fn catalog_blocks(&self) -> Result<Vec<u64>> {
+        if let Some(chain) = &self.catalog_chain {
+            return Ok(chain.clone());
+        }
         let mut out = Vec::new();
         let mut b = self.catalog_head;
         while b != 0 && out.len() as u64 <= self.layout.meta_blocks {
