@@ -22,12 +22,16 @@ struct Plan {
     counter: u64,
     /// Writes left before the device dies (then it is vanished).
     writes_left: Option<u64>,
+    /// (writes to let through, writes to fail after them).
+    fail_after: Option<(u64, u64)>,
     vanished: bool,
     latency: Option<Duration>,
     /// Bytes whose reads come back with their low bit flipped.
     flips: Vec<u64>,
     /// I/Os failed so far.
     injected: u64,
+    /// Writes seen since the last `reset_counts`.
+    writes: u64,
 }
 
 /// What a [`FaultDevice`] does wrong. Cheap to clone; changes apply at once.
@@ -65,6 +69,12 @@ impl FaultPlan {
         }
     }
 
+    /// Let `skip` writes through, then fail the next `n` with EIO (a retry
+    /// counts as a write): aims a failure at one write of a sequence.
+    pub fn fail_writes_after(&self, skip: u64, n: u64) {
+        self.0.lock().fail_after = Some((skip, n));
+    }
+
     /// Every I/O fails with ENODEV, as a pulled disk.
     pub fn vanish(&self) {
         self.0.lock().vanished = true;
@@ -83,6 +93,15 @@ impl FaultPlan {
     /// Back to a healthy device.
     pub fn heal(&self) {
         *self.0.lock() = Plan::default();
+    }
+
+    /// Writes seen (failed or not) since the last `reset_counts`.
+    pub fn writes_seen(&self) -> u64 {
+        self.0.lock().writes
+    }
+
+    pub fn reset_counts(&self) {
+        self.0.lock().writes = 0;
     }
 
     /// I/Os failed so far.
@@ -105,12 +124,25 @@ impl FaultPlan {
                 }
             }
         }
+        let mut aimed = false;
+        if write {
+            p.writes += 1;
+            if let Some((skip, n)) = p.fail_after {
+                if skip > 0 {
+                    p.fail_after = Some((skip - 1, n));
+                } else if n > 0 {
+                    aimed = true;
+                    p.fail_after = (n > 1).then_some((0, n - 1));
+                }
+            }
+        }
         let fail = if p.vanished {
             Some(io::Error::from_raw_os_error(libc::ENODEV))
         } else if p.transient > 0 {
             p.transient -= 1;
             Some(io::Error::from_raw_os_error(libc::EIO))
-        } else if p.every.is_some_and(|n| p.counter.is_multiple_of(n))
+        } else if aimed
+            || p.every.is_some_and(|n| p.counter.is_multiple_of(n))
             || (write && p.write_errors.iter().any(hits))
             || (!write && p.read_errors.iter().any(hits))
         {

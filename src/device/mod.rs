@@ -1,16 +1,20 @@
 //! Device layer: one pool member. Byte-addressed read/write/flush/discard on a
-//! block device or regular file, plus in-memory and crash-simulating devices
-//! used by tests. Everything above talks to members only through [`BlockDevice`].
+//! block device or regular file, plus in-memory, crash-simulating and
+//! fault-injecting devices used by tests (`fault`: errors on I/O;
+//! `writeback`: a write cache whose flush failures drop data, lost,
+//! misdirected and torn writes). Everything above talks to members only through [`BlockDevice`].
 
 mod crash;
 mod fault;
 mod file;
 mod mem;
+mod writeback;
 
 pub use crash::{CrashDevice, CrashSim};
 pub use fault::{FaultDevice, FaultPlan};
 pub use file::FileDevice;
 pub use mem::MemDevice;
+pub use writeback::{WritebackDevice, WritebackPlan};
 
 use std::io;
 use std::sync::Arc;
