@@ -1,0 +1,231 @@
+//! Issue 15's scenario end to end, as root with a real loop device: a
+//! member whose backing file sits on a small tmpfs that fills up, so its
+//! writes fail at writeback (buffered writes succeed, the fsync returns
+//! EIO, the next fsync returns 0 with the data gone). Driven through the
+//! real daemon with qemu-io and qemu-img over NBD.
+//!
+//! - linear: the client's write/flush gets EIO (never an acknowledged
+//!   flush), the pool says FAILED and why, refuses writes, and after the
+//!   space is fixed `pool clear` brings it back; a restart then reads
+//!   every byte of what was flushed after.
+//! - raid1 (the loop device and an image file on disk): the flush
+//!   succeeds, the loop member is FAILED, and after a restart every byte
+//!   reads back from the other mirror.
+
+mod common;
+use common::cleanup::Cleanup;
+use common::daemon::{ok, require, run, vpool_bin, Daemon};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MIB: u64 = 1 << 20;
+
+/// A tmpfs of `size_mib` MiB under `dir` holding a sparse `file_mib` MiB
+/// file, behind a loop device; all undone at cleanup.
+fn full_member(c: &mut Cleanup, dir: &Path, size_mib: u64, file_mib: u64) -> (String, PathBuf) {
+    let mnt = dir.join("tmpfs");
+    std::fs::create_dir_all(&mnt).unwrap();
+    ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}M"), "tmpfs"])
+            .arg(&mnt),
+        30,
+    );
+    c.unmount_later(&mnt);
+    let file = mnt.join("member.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(file_mib * MIB)
+        .unwrap();
+    (c.losetup(&file, &[]), mnt)
+}
+
+fn grow_tmpfs(mnt: &Path, size_mib: u64) {
+    ok(
+        Command::new("mount")
+            .args(["-o", &format!("remount,size={size_mib}M")])
+            .arg(mnt),
+        30,
+    );
+}
+
+fn vpool(state: &Path, args: &[&str]) -> String {
+    ok(
+        Command::new(vpool_bin())
+            .arg("--state-dir")
+            .arg(state)
+            .args(args),
+        120,
+    )
+}
+
+fn status(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&d.vpool_ok(&["pool", "status", "tank", "--json"])).expect("json")
+}
+
+fn write_and_flush(d: &Daemon, data: &Path) -> std::process::Output {
+    run(
+        Command::new("qemu-io").args([
+            "-f",
+            "raw",
+            "-c",
+            &format!("write -s {} 0 150M", data.display()),
+            "-c",
+            "flush",
+            &d.uri("tank/v"),
+        ]),
+        300,
+    )
+}
+
+fn identical(d: &Daemon, data: &Path) {
+    let o = run(
+        Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "raw"])
+            .arg(data)
+            .arg(d.uri("tank/v")),
+        300,
+    );
+    assert!(
+        o.status.success(),
+        "qemu-img compare: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn random_file(path: &Path, mib: u64) {
+    let mut data = vec![0u8; (mib * MIB) as usize];
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for w in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+fn setup() -> (tempfile::TempDir, Cleanup) {
+    require("qemu-io", "qemu-utils");
+    require("losetup", "mount");
+    assert!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() } == 0,
+        "this test needs root (tmpfs mounts and loop devices): run it as root, as tools/test-all.sh does"
+    );
+    // On the disk, not in /tmp (which may itself be a tmpfs).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    (dir, Cleanup::default())
+}
+
+#[test]
+fn root_linear_member_full_at_writeback_fails_the_flush_not_the_data() {
+    let (dir, mut c) = setup();
+    let (loopdev, mnt) = full_member(&mut c, dir.path(), 64, 400);
+    let state = dir.path().join("state");
+    vpool(
+        &state,
+        &["pool", "create", "tank", "--raid", "linear", &loopdev],
+    );
+    vpool(&state, &["vol", "create", "tank/v", "--size", "200M"]);
+    let data = dir.path().join("data.raw");
+    random_file(&data, 150);
+    let mut d = Daemon::start(&state);
+    // 150 MiB into a member whose backing holds 64: the write or the
+    // flush fails; never both acknowledged.
+    let o = write_and_flush(&d, &data);
+    let err = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "qemu-io must see the failure: {err}");
+    assert!(err.contains("Input/output error"), "{err}");
+    let s = status(&d);
+    assert_eq!(s["health"], "failed", "{s}");
+    let why = s["failure"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("/dev/loop") && why.contains("pool clear"),
+        "{why}"
+    );
+    let human = d.vpool_ok(&["pool", "status", "tank"]);
+    assert!(
+        human.contains("FAILED") && human.contains("vpool pool clear tank"),
+        "{human}"
+    );
+    // No more writes, even small ones that would fit.
+    let o = run(
+        Command::new("qemu-io").args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 7 0 4k",
+            "-c",
+            "flush",
+            &d.uri("tank/v"),
+        ]),
+        120,
+    );
+    assert!(!o.status.success(), "a failed pool takes no writes");
+    // Fixed: more room behind the loop device, then `pool clear`.
+    grow_tmpfs(&mnt, 512);
+    let out = d.vpool_ok(&["pool", "clear", "tank"]);
+    assert!(out.contains("reloaded from its last commit"), "{out}");
+    assert_eq!(status(&d)["health"], "online");
+    let o = write_and_flush(&d, &data);
+    assert!(
+        o.status.success(),
+        "after pool clear: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    d.stop();
+    d.restart();
+    identical(&d, &data);
+    d.stop();
+    let report = vpool(&state, &["check", &loopdev]);
+    assert!(
+        report.contains("clean") || report.contains("no error"),
+        "{report}"
+    );
+}
+
+#[test]
+fn root_raid1_member_full_at_writeback_is_failed_and_nothing_is_lost() {
+    let (dir, mut c) = setup();
+    let (loopdev, _mnt) = full_member(&mut c, dir.path(), 64, 400);
+    let disk = dir.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(400 * MIB)
+        .unwrap();
+    let state = dir.path().join("state");
+    let disk_s = disk.display().to_string();
+    vpool(
+        &state,
+        &[
+            "pool", "create", "tank", "--raid", "raid1", &loopdev, &disk_s,
+        ],
+    );
+    vpool(&state, &["vol", "create", "tank/v", "--size", "200M"]);
+    let data = dir.path().join("data.raw");
+    random_file(&data, 150);
+    let mut d = Daemon::start(&state);
+    let o = write_and_flush(&d, &data);
+    assert!(
+        o.status.success(),
+        "the other mirror holds the data: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let s = status(&d);
+    assert_eq!(s["health"], "degraded", "{s}");
+    assert_eq!(s["members"][0]["state"], "failed", "{s}");
+    assert_eq!(s["members"][1]["state"], "online", "{s}");
+    assert!(
+        s["members"][0]["errors"]["write"].as_u64().unwrap_or(0) >= 1,
+        "{s}"
+    );
+    identical(&d, &data);
+    d.stop();
+    d.restart();
+    let s = status(&d);
+    assert_eq!(s["members"][0]["state"], "failed", "recorded: {s}");
+    identical(&d, &data);
+    d.stop();
+}
