@@ -164,3 +164,85 @@ fn garbage_members_never_panic() {
         Err(e) => assert!(!e.to_string().is_empty()),
     }
 }
+
+/// A lost or misdirected metadata write can leave a valid node of the
+/// pool at a block number its parent does not expect (another node's
+/// keys, checksum and number right). The parent's expectations (level,
+/// tree, key range) catch it: a mirror copy is used and rewritten, and
+/// without a good copy the read fails: never another range's mappings.
+#[test]
+fn a_valid_node_where_its_parent_expects_another_is_never_trusted() {
+    use vpool::device::BlockDevice;
+    use vpool::meta::header::Header;
+    use vpool::meta::node::Node;
+    let setup = || {
+        let (pool, devs) = small_pool(RaidLevel::Raid1, 64 * MIB);
+        pool.create_volume("db", 24 * MIB).unwrap();
+        let data = pattern(24 * MIB as usize, 9);
+        pool.volume("db", None).unwrap().write_at(&data, 0).unwrap();
+        pool.commit().unwrap();
+        let root = pool.mapping_root("db", None).unwrap();
+        let at = |b: u64| pool.metadata_block_offset(b);
+        let mut blk = vec![0u8; 4096];
+        devs[0].read_at(&mut blk, at(root)).unwrap();
+        let parent = Node::decode(&blk).unwrap();
+        assert!(parent.level > 0 && parent.len() >= 2, "a two-level tree");
+        let (c0, c1) = (parent.children[0], parent.children[1]);
+        devs[0].read_at(&mut blk, at(c0)).unwrap();
+        let stale = Node::decode(&blk).unwrap();
+        devs[0].read_at(&mut blk, at(c1)).unwrap();
+        let h = Header::read(&blk);
+        // Child 0's entries, sealed as block c1: valid, but the wrong range.
+        let forged = stale.encode(c1, h.txid, h.pool_tag);
+        (devs, data, at(c1), forged)
+    };
+    let read_all = |pool: &Pool| -> vpool::Result<Vec<u8>> {
+        let mut got = vec![0u8; 24 * MIB as usize];
+        pool.volume("db", None)?.read_at(&mut got, 0)?;
+        Ok(got)
+    };
+    // On one copy: the mirror serves, the bad copy is named and rewritten.
+    let (devs, data, off, forged) = setup();
+    devs[0].poke(off, &forged);
+    let pool = Pool::open(refs(&devs)).unwrap();
+    assert!(read_all(&pool).unwrap() == data, "the mirror's copy serves");
+    let r = pool.check(false).unwrap();
+    assert!(r.errors.is_empty(), "{r:?}");
+    assert!(
+        r.damaged_copies
+            .iter()
+            .any(|d| d.contains("below its parent") && d.contains("rewritten")),
+        "{r:?}"
+    );
+    drop(pool);
+    let pool = Pool::open(refs(&devs)).unwrap();
+    assert!(pool.check(false).unwrap().clean());
+    drop(pool);
+    // On every copy: an error naming the node (at open, when the crash
+    // resync reads through it, or at the read), never child 0's data.
+    let (devs, data, off, forged) = setup();
+    devs[0].poke(off, &forged);
+    devs[1].poke(off, &forged);
+    let pool = match Pool::open(refs(&devs)) {
+        Ok(pool) => pool,
+        Err(e) => {
+            assert!(e.to_string().contains("below its parent"), "{e}");
+            return;
+        }
+    };
+    let vol = pool.volume("db", None).unwrap();
+    let mut failed = 0;
+    for o in (0..data.len()).step_by(1 << 20) {
+        let mut got = vec![0u8; 1 << 20];
+        match vol.read_at(&mut got, o as u64) {
+            Ok(()) => assert!(got == data[o..o + got.len()], "wrong data at {o}"),
+            Err(e) => {
+                assert!(e.to_string().contains("below its parent"), "{e}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 0, "the forged range must fail");
+    let e = pool.check(false).unwrap_err();
+    assert!(e.to_string().contains("below its parent"), "{e}");
+}

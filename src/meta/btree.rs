@@ -33,9 +33,86 @@ pub struct TreeSpec {
 /// Visitor of `walk`: key, value, path shared; returns false to stop.
 pub type Visitor<'a> = &'a mut dyn FnMut(u64, &[u8], bool) -> Result<bool>;
 
+/// Owners at or above this one name a tree kind of which a pool has one
+/// (volumes, reference counts, checksums); below it, a tree of one volume
+/// (whose nodes snapshots share, so a node's owner is any volume's).
+pub const FIXED_OWNERS: u64 = u64::MAX - 255;
+
+/// What a parent says about its child `i` (thin-provisioning-tools checks
+/// the same): the level below the parent's, the parent's tree (value size,
+/// owner kind), and keys in `[lo, hi)`. A block that disagrees is a lost or
+/// misdirected write, or another tree's node: never trusted.
+#[derive(Clone, Copy, Debug)]
+pub struct Expect {
+    pub level: u8,
+    pub value_size: usize,
+    pub owner: u64,
+    pub lo: u64,
+    pub hi: Option<u64>,
+}
+
+impl Expect {
+    /// The expectation for child `i` of `parent`, whose own keys are
+    /// below `hi`.
+    pub fn child(parent: &Node, i: usize, hi: Option<u64>) -> Expect {
+        Expect {
+            level: parent.level.saturating_sub(1),
+            value_size: parent.value_size,
+            owner: parent.owner,
+            lo: parent.keys[i],
+            hi: parent.keys.get(i + 1).copied().or(hi),
+        }
+    }
+
+    /// Why `n` is not the child its parent points at, if it is not.
+    pub fn check(&self, n: &Node) -> std::result::Result<(), String> {
+        if n.level != self.level {
+            return Err(format!(
+                "level {} where its parent expects {}",
+                n.level, self.level
+            ));
+        }
+        if n.value_size != self.value_size {
+            return Err(format!(
+                "value size {} where its tree has {}",
+                n.value_size, self.value_size
+            ));
+        }
+        let fixed = |o: u64| o >= FIXED_OWNERS;
+        if (fixed(self.owner) || fixed(n.owner)) && n.owner != self.owner {
+            return Err(format!(
+                "owner {:#x} where its tree is {:#x}",
+                n.owner, self.owner
+            ));
+        }
+        let (Some(&first), Some(&last)) = (n.keys.first(), n.keys.last()) else {
+            return Err("empty, where its parent points at entries".into());
+        };
+        if first < self.lo {
+            return Err(format!(
+                "keys start at {first}, below its parent's {}",
+                self.lo
+            ));
+        }
+        if let Some(hi) = self.hi.filter(|&hi| last >= hi) {
+            return Err(format!("keys reach {last}, past its parent's bound {hi}"));
+        }
+        Ok(())
+    }
+}
+
 /// Storage and reference counts for B-tree blocks.
 pub trait NodeStore {
     fn read_node(&self, b: u64) -> Result<Arc<Node>>;
+    /// Read a child and check it against what its parent expects. A store
+    /// with several copies tries the next copy when one disagrees.
+    fn read_child(&self, b: u64, expect: &Expect) -> Result<Arc<Node>> {
+        let n = self.read_node(b)?;
+        expect
+            .check(&n)
+            .map_err(|e| crate::error::Error::Corrupt(format!("node {b}: {e}")))?;
+        Ok(n)
+    }
     fn write_node(&mut self, b: u64, node: Node);
     /// True if `b` was allocated in the running transaction.
     fn is_new(&self, b: u64) -> bool;
@@ -89,9 +166,10 @@ pub fn shadow<S: NodeStore>(s: &mut S, spec: &TreeSpec, b: u64) -> Result<u64> {
 pub fn lookup<S: NodeStore>(s: &S, root: u64, key: u64) -> Result<Option<(Vec<u8>, bool)>> {
     let mut b = root;
     let mut shared = false;
+    let mut expect: Option<Expect> = None;
     while b != 0 {
         shared |= s.refcount(b) > 1;
-        let node = s.read_node(b)?;
+        let node = read(s, b, expect.as_ref())?;
         if node.is_leaf() {
             return Ok(node
                 .keys
@@ -102,9 +180,18 @@ pub fn lookup<S: NodeStore>(s: &S, root: u64, key: u64) -> Result<Option<(Vec<u8
         if node.is_empty() {
             return Ok(None);
         }
-        b = node.children[child_index(&node, key)];
+        let i = child_index(&node, key);
+        expect = Some(Expect::child(&node, i, expect.and_then(|e| e.hi)));
+        b = node.children[i];
     }
     Ok(None)
+}
+
+fn read<S: NodeStore>(s: &S, b: u64, expect: Option<&Expect>) -> Result<Arc<Node>> {
+    match expect {
+        Some(e) => s.read_child(b, e),
+        None => s.read_node(b),
+    }
 }
 
 /// Insert or replace. Returns the new root and the replaced value.
@@ -125,7 +212,7 @@ pub fn insert<S: NodeStore>(
         return Ok((b, None));
     }
     let r = shadow(s, spec, root)?;
-    let (old, split) = insert_rec(s, spec, r, key, value)?;
+    let (old, split) = insert_rec(s, spec, r, None, key, value)?;
     if let Some((sep, right)) = split {
         let left = s.read_node(r)?;
         let mut top = Node::internal(spec.owner, spec.value_size, left.level + 1);
@@ -140,10 +227,13 @@ pub fn insert<S: NodeStore>(
 
 type Split = Option<(u64, u64)>;
 
+/// Insert into the subtree at `b` (already shadowed and checked), whose
+/// keys are below `hi`.
 fn insert_rec<S: NodeStore>(
     s: &mut S,
     spec: &TreeSpec,
     b: u64,
+    hi: Option<u64>,
     key: u64,
     value: &[u8],
 ) -> Result<(Option<Vec<u8>>, Split)> {
@@ -164,12 +254,14 @@ fn insert_rec<S: NodeStore>(
         }
     } else {
         let i = child_index(&node, key);
+        let expect = Expect::child(&node, i, hi);
+        s.read_child(node.children[i], &expect)?;
         let c = shadow(s, spec, node.children[i])?;
         node.children[i] = c;
         if key < node.keys[i] {
             node.keys[i] = key;
         }
-        let (o, split) = insert_rec(s, spec, c, key, value)?;
+        let (o, split) = insert_rec(s, spec, c, expect.hi, key, value)?;
         old = o;
         if let Some((sep, right)) = split {
             node.keys.insert(i + 1, sep);
@@ -213,7 +305,7 @@ pub fn remove<S: NodeStore>(
         return Ok((root, None));
     }
     let mut r = shadow(s, spec, root)?;
-    let (old, empty) = remove_rec(s, spec, r, key)?;
+    let (old, empty) = remove_rec(s, spec, r, None, key)?;
     if empty {
         s.dec_block(r);
         return Ok((0, old));
@@ -235,6 +327,7 @@ fn remove_rec<S: NodeStore>(
     s: &mut S,
     spec: &TreeSpec,
     b: u64,
+    hi: Option<u64>,
     key: u64,
 ) -> Result<(Option<Vec<u8>>, bool)> {
     let mut node = (*s.read_node(b)?).clone();
@@ -251,9 +344,11 @@ fn remove_rec<S: NodeStore>(
         }
     } else {
         let i = child_index(&node, key);
+        let expect = Expect::child(&node, i, hi);
+        s.read_child(node.children[i], &expect)?;
         let c = shadow(s, spec, node.children[i])?;
         node.children[i] = c;
-        let (o, child_empty) = remove_rec(s, spec, c, key)?;
+        let (o, child_empty) = remove_rec(s, spec, c, expect.hi, key)?;
         old = o;
         if child_empty {
             s.dec_block(c);
@@ -268,6 +363,15 @@ fn remove_rec<S: NodeStore>(
 
 /// Drop one reference to the tree at `root`, freeing what no one else uses.
 pub fn dec_tree<S: NodeStore>(s: &mut S, spec: &TreeSpec, root: u64) -> Result<()> {
+    dec_tree_rec(s, spec, root, None)
+}
+
+fn dec_tree_rec<S: NodeStore>(
+    s: &mut S,
+    spec: &TreeSpec,
+    root: u64,
+    expect: Option<Expect>,
+) -> Result<()> {
     if root == 0 {
         return Ok(());
     }
@@ -275,14 +379,15 @@ pub fn dec_tree<S: NodeStore>(s: &mut S, spec: &TreeSpec, root: u64) -> Result<(
         s.dec_block(root);
         return Ok(());
     }
-    let node = s.read_node(root)?;
+    let node = read(s, root, expect.as_ref())?;
     if node.is_leaf() {
         for i in 0..node.len() {
             s.dec_value(spec, node.value(i))?;
         }
     } else {
-        for &c in &node.children {
-            dec_tree(s, spec, c)?;
+        let hi = expect.and_then(|e| e.hi);
+        for (i, &c) in node.children.iter().enumerate() {
+            dec_tree_rec(s, spec, c, Some(Expect::child(&node, i, hi)))?;
         }
     }
     s.dec_block(root);
@@ -292,12 +397,13 @@ pub fn dec_tree<S: NodeStore>(s: &mut S, spec: &TreeSpec, root: u64) -> Result<(
 /// Visit entries with `lo <= key < hi` in order. The visitor gets the key, the
 /// value and whether the path is shared; it returns false to stop.
 pub fn walk<S: NodeStore>(s: &S, root: u64, lo: u64, hi: u64, f: Visitor) -> Result<bool> {
-    walk_rec(s, root, lo, hi, false, f)
+    walk_rec(s, root, None, lo, hi, false, f)
 }
 
 fn walk_rec<S: NodeStore>(
     s: &S,
     b: u64,
+    expect: Option<Expect>,
     lo: u64,
     hi: u64,
     shared: bool,
@@ -307,7 +413,7 @@ fn walk_rec<S: NodeStore>(
         return Ok(true);
     }
     let shared = shared || s.refcount(b) > 1;
-    let node = s.read_node(b)?;
+    let node = read(s, b, expect.as_ref())?;
     if node.is_leaf() {
         let start = node.keys.partition_point(|&k| k < lo);
         for i in start..node.len() {
@@ -329,7 +435,8 @@ fn walk_rec<S: NodeStore>(
         if node.keys[i] >= hi && i > start {
             return Ok(false);
         }
-        if !walk_rec(s, node.children[i], lo, hi, shared, f)? {
+        let e = Expect::child(&node, i, expect.and_then(|e| e.hi));
+        if !walk_rec(s, node.children[i], Some(e), lo, hi, shared, f)? {
             return Ok(false);
         }
     }
@@ -344,15 +451,26 @@ pub fn visit_blocks<S: NodeStore>(
     f: &mut dyn FnMut(u64, &Node, bool) -> Result<()>,
     seen: &mut std::collections::HashSet<u64>,
 ) -> Result<()> {
+    visit_rec(s, root, None, f, seen)
+}
+
+fn visit_rec<S: NodeStore>(
+    s: &S,
+    root: u64,
+    expect: Option<Expect>,
+    f: &mut dyn FnMut(u64, &Node, bool) -> Result<()>,
+    seen: &mut std::collections::HashSet<u64>,
+) -> Result<()> {
     if root == 0 {
         return Ok(());
     }
     let first = seen.insert(root);
-    let node = s.read_node(root)?;
+    let node = read(s, root, expect.as_ref())?;
     f(root, &node, first)?;
     if first && !node.is_leaf() {
-        for &c in &node.children {
-            visit_blocks(s, c, f, seen)?;
+        let hi = expect.and_then(|e| e.hi);
+        for (i, &c) in node.children.iter().enumerate() {
+            visit_rec(s, c, Some(Expect::child(&node, i, hi)), f, seen)?;
         }
     }
     Ok(())

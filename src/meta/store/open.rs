@@ -228,6 +228,18 @@ impl MetaStore {
 
     /// Read one metadata block from the first valid copy.
     pub fn read_block(&self, b: u64, kind: BlockKind) -> Result<Vec<u8>> {
+        self.read_block_expecting(b, kind, None)
+    }
+
+    /// Read one metadata block from the first copy that is valid and, for a
+    /// tree node, is the child its parent expects (a copy left stale by a
+    /// lost write is passed over, and rewritten from the good one).
+    pub(crate) fn read_block_expecting(
+        &self,
+        b: u64,
+        kind: BlockKind,
+        expect: Option<&btree::Expect>,
+    ) -> Result<Vec<u8>> {
         if b == 0 || b >= self.layout.meta_blocks {
             return Err(corrupt(format!(
                 "reference to metadata block {b} outside the area"
@@ -236,11 +248,13 @@ impl MetaStore {
         let mut buf = vec![0u8; BLOCK_SIZE];
         let (tag, max) = (self.pool_tag, self.committed.txid);
         let mut check = |blk: &[u8]| {
-            let h = Header::validate(blk, kind, b, tag, max)?;
+            Header::validate(blk, kind, b, tag, max)?;
             if kind == BlockKind::Node {
-                Node::decode(blk)?;
+                let node = Node::decode(blk)?;
+                if let Some(e) = expect {
+                    e.check(&node)?;
+                }
             }
-            let _ = h;
             Ok(())
         };
         self.mirror

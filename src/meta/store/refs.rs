@@ -90,6 +90,24 @@ impl NodeStore for MetaStore {
         Ok(node)
     }
 
+    fn read_child(&self, b: u64, expect: &btree::Expect) -> Result<Arc<Node>> {
+        let known = self
+            .dirty
+            .get(&b)
+            .cloned()
+            .or_else(|| self.cache_of(b).lock().get(&b).cloned());
+        if let Some(n) = known {
+            expect
+                .check(&n)
+                .map_err(|e| corrupt(format!("node {b}: {e}")))?;
+            return Ok(n);
+        }
+        let blk = self.read_block_expecting(b, BlockKind::Node, Some(expect))?;
+        let node = Arc::new(Node::decode(&blk).map_err(|e| corrupt(format!("node {b}: {e}")))?);
+        self.cache_of(b).lock().put(b, node.clone());
+        Ok(node)
+    }
+
     fn write_node(&mut self, b: u64, node: Node) {
         self.dirty.insert(b, Arc::new(node));
     }
