@@ -44,7 +44,8 @@ pub const FIXED_OWNERS: u64 = u64::MAX - 255;
 /// misdirected write, or another tree's node: never trusted.
 #[derive(Clone, Copy, Debug)]
 pub struct Expect {
-    pub level: u8,
+    /// `None` for a root (any height).
+    pub level: Option<u8>,
     pub value_size: usize,
     pub owner: u64,
     pub lo: u64,
@@ -56,7 +57,7 @@ impl Expect {
     /// below `hi`.
     pub fn child(parent: &Node, i: usize, hi: Option<u64>) -> Expect {
         Expect {
-            level: parent.level.saturating_sub(1),
+            level: Some(parent.level.saturating_sub(1)),
             value_size: parent.value_size,
             owner: parent.owner,
             lo: parent.keys[i],
@@ -64,12 +65,23 @@ impl Expect {
         }
     }
 
+    /// The expectation for the root of a tree of `spec`'s kind.
+    pub fn root(spec: &TreeSpec) -> Expect {
+        Expect {
+            level: None,
+            value_size: spec.value_size,
+            owner: spec.owner,
+            lo: 0,
+            hi: None,
+        }
+    }
+
     /// Why `n` is not the child its parent points at, if it is not.
     pub fn check(&self, n: &Node) -> std::result::Result<(), String> {
-        if n.level != self.level {
+        if let Some(level) = self.level.filter(|&l| l != n.level) {
             return Err(format!(
-                "level {} where its parent expects {}",
-                n.level, self.level
+                "level {} where its parent expects {level}",
+                n.level
             ));
         }
         if n.value_size != self.value_size {
@@ -86,6 +98,9 @@ impl Expect {
             ));
         }
         let (Some(&first), Some(&last)) = (n.keys.first(), n.keys.last()) else {
+            if self.level.is_none() {
+                return Ok(());
+            }
             return Err("empty, where its parent points at entries".into());
         };
         if first < self.lo {
@@ -163,10 +178,15 @@ pub fn shadow<S: NodeStore>(s: &mut S, spec: &TreeSpec, b: u64) -> Result<u64> {
 
 /// Look `key` up. Returns the value and whether any block on the path is
 /// shared with another tree.
-pub fn lookup<S: NodeStore>(s: &S, root: u64, key: u64) -> Result<Option<(Vec<u8>, bool)>> {
+pub fn lookup<S: NodeStore>(
+    s: &S,
+    spec: &TreeSpec,
+    root: u64,
+    key: u64,
+) -> Result<Option<(Vec<u8>, bool)>> {
     let mut b = root;
     let mut shared = false;
-    let mut expect: Option<Expect> = None;
+    let mut expect = Some(Expect::root(spec));
     while b != 0 {
         shared |= s.refcount(b) > 1;
         let node = read(s, b, expect.as_ref())?;
@@ -211,6 +231,7 @@ pub fn insert<S: NodeStore>(
         s.write_node(b, leaf);
         return Ok((b, None));
     }
+    s.read_child(root, &Expect::root(spec))?;
     let r = shadow(s, spec, root)?;
     let (old, split) = insert_rec(s, spec, r, None, key, value)?;
     if let Some((sep, right)) = split {
@@ -301,7 +322,7 @@ pub fn remove<S: NodeStore>(
     root: u64,
     key: u64,
 ) -> Result<(u64, Option<Vec<u8>>)> {
-    if root == 0 || lookup(s, root, key)?.is_none() {
+    if root == 0 || lookup(s, spec, root, key)?.is_none() {
         return Ok((root, None));
     }
     let mut r = shadow(s, spec, root)?;
@@ -363,7 +384,7 @@ fn remove_rec<S: NodeStore>(
 
 /// Drop one reference to the tree at `root`, freeing what no one else uses.
 pub fn dec_tree<S: NodeStore>(s: &mut S, spec: &TreeSpec, root: u64) -> Result<()> {
-    dec_tree_rec(s, spec, root, None)
+    dec_tree_rec(s, spec, root, Some(Expect::root(spec)))
 }
 
 fn dec_tree_rec<S: NodeStore>(
@@ -396,8 +417,15 @@ fn dec_tree_rec<S: NodeStore>(
 
 /// Visit entries with `lo <= key < hi` in order. The visitor gets the key, the
 /// value and whether the path is shared; it returns false to stop.
-pub fn walk<S: NodeStore>(s: &S, root: u64, lo: u64, hi: u64, f: Visitor) -> Result<bool> {
-    walk_rec(s, root, None, lo, hi, false, f)
+pub fn walk<S: NodeStore>(
+    s: &S,
+    spec: &TreeSpec,
+    root: u64,
+    lo: u64,
+    hi: u64,
+    f: Visitor,
+) -> Result<bool> {
+    walk_rec(s, root, Some(Expect::root(spec)), lo, hi, false, f)
 }
 
 fn walk_rec<S: NodeStore>(
@@ -447,11 +475,12 @@ fn walk_rec<S: NodeStore>(
 /// parents within the tree. For the checker.
 pub fn visit_blocks<S: NodeStore>(
     s: &S,
+    spec: &TreeSpec,
     root: u64,
     f: &mut dyn FnMut(u64, &Node, bool) -> Result<()>,
     seen: &mut std::collections::HashSet<u64>,
 ) -> Result<()> {
-    visit_rec(s, root, None, f, seen)
+    visit_rec(s, root, Some(Expect::root(spec)), f, seen)
 }
 
 fn visit_rec<S: NodeStore>(

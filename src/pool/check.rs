@@ -9,7 +9,8 @@ use crate::meta::btree;
 use crate::meta::codec::{get_u32, get_u64, BLOCK_SIZE};
 use crate::meta::header::{BlockKind, Header};
 use crate::meta::node::Node;
-use crate::meta::store::VolumeRoot;
+use crate::meta::store::csum::CSUM_SPEC;
+use crate::meta::store::{mapping_spec, VolumeRoot, DSM_SPEC, VOLUMES_SPEC};
 use crate::meta::superblock::Superblock;
 use crate::meta::MetaStore;
 use serde::Serialize;
@@ -142,6 +143,7 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
     let mut seen = HashSet::new();
     btree::visit_blocks(
         meta,
+        &VOLUMES_SPEC,
         meta.volumes_root,
         &mut |b, node: &Node, first| {
             *exp_meta.entry(b).or_default() += 1;
@@ -178,6 +180,7 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
         let mut beyond = 0u64;
         btree::visit_blocks(
             meta,
+            &mapping_spec(*id),
             vr.root,
             &mut |b, node: &Node, first| {
                 *exp_meta.entry(b).or_default() += 1;
@@ -194,13 +197,20 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
             },
             &mut mapping_seen,
         )?;
-        btree::walk(meta, vr.root, 0, u64::MAX, &mut |k, _, _| {
-            mapped += 1;
-            if k >= limit {
-                beyond += 1;
-            }
-            Ok(true)
-        })?;
+        btree::walk(
+            meta,
+            &mapping_spec(*id),
+            vr.root,
+            0,
+            u64::MAX,
+            &mut |k, _, _| {
+                mapped += 1;
+                if k >= limit {
+                    beyond += 1;
+                }
+                Ok(true)
+            },
+        )?;
         if beyond > 0 {
             r.errors.push(format!(
                 "volume '{}': {beyond} mappings beyond its size or the pool",
@@ -217,6 +227,7 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
     let mut dsm_seen = HashSet::new();
     btree::visit_blocks(
         meta,
+        &DSM_SPEC,
         meta.dsm_root(),
         &mut |b, node: &Node, first| {
             *exp_meta.entry(b).or_default() += 1;
@@ -233,6 +244,7 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
     let mut csum_seen = HashSet::new();
     btree::visit_blocks(
         meta,
+        &CSUM_SPEC,
         meta.csum_root(),
         &mut |b, _: &Node, _| {
             *exp_meta.entry(b).or_default() += 1;

@@ -179,6 +179,12 @@ impl Volume {
         let thin = self.pool.thin();
         let meta = thin.meta.read();
         let root = meta.volume_root(self.id)?.root;
-        Ok(crate::meta::btree::lookup(&*meta, root, vchunk)?.map(|(v, _)| get_u64(&v, 0)))
+        Ok(crate::meta::btree::lookup(
+            &*meta,
+            &crate::meta::store::mapping_spec(self.id),
+            root,
+            vchunk,
+        )?
+        .map(|(v, _)| get_u64(&v, 0)))
     }
 }

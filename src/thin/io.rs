@@ -93,7 +93,7 @@ impl ThinPool {
         let meta = self.meta.read();
         let root = meta.volume_root(vol)?.root;
         Ok(
-            btree::lookup(&*meta, root, vchunk)?.map(|(v, path_shared)| {
+            btree::lookup(&*meta, &mapping_spec(vol), root, vchunk)?.map(|(v, path_shared)| {
                 let phys = get_u64(&v, 0);
                 Mapping {
                     phys,
@@ -296,10 +296,17 @@ impl ThinPool {
         let meta = self.meta.read();
         let root = meta.volume_root(vol)?.root;
         let mut keys = Vec::new();
-        btree::walk(&*meta, root, first, last, &mut |k, _, _| {
-            keys.push(k);
-            Ok(true)
-        })?;
+        btree::walk(
+            &*meta,
+            &mapping_spec(vol),
+            root,
+            first,
+            last,
+            &mut |k, _, _| {
+                keys.push(k);
+                Ok(true)
+            },
+        )?;
         Ok(keys)
     }
 

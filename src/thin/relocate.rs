@@ -51,13 +51,20 @@ impl ThinPool {
             let meta = self.meta.read();
             for id in meta.volume_ids()? {
                 let root = meta.volume_root(id)?.root;
-                btree::walk(&*meta, root, 0, u64::MAX, &mut |k, v, _| {
-                    let phys = get_u64(v, 0);
-                    if wanted.contains(&phys) {
-                        refs.push((id, k, phys));
-                    }
-                    Ok(true)
-                })?;
+                btree::walk(
+                    &*meta,
+                    &mapping_spec(id),
+                    root,
+                    0,
+                    u64::MAX,
+                    &mut |k, v, _| {
+                        let phys = get_u64(v, 0);
+                        if wanted.contains(&phys) {
+                            refs.push((id, k, phys));
+                        }
+                        Ok(true)
+                    },
+                )?;
             }
         }
         let cs = self.chunk_size;

@@ -42,7 +42,7 @@ impl MetaStore {
         let Some(c) = &self.csum else {
             return Ok(None);
         };
-        Ok(btree::lookup(self, c.root, key)?.map(|(v, _)| {
+        Ok(btree::lookup(self, &CSUM_SPEC, c.root, key)?.map(|(v, _)| {
             let mut g = [0u32; CSUM_GROUP];
             for (i, x) in g.iter_mut().enumerate() {
                 *x = get_u32(&v, 4 * i);
@@ -72,6 +72,7 @@ impl MetaStore {
         let mut keys = Vec::new();
         btree::walk(
             self,
+            &CSUM_SPEC,
             c.root,
             chunk << 16,
             (chunk + 1) << 16,
@@ -93,7 +94,7 @@ impl MetaStore {
             return Ok(Vec::new());
         };
         let mut keys = Vec::new();
-        btree::walk(self, c.root, lo, hi, &mut |k, _, _| {
+        btree::walk(self, &CSUM_SPEC, c.root, lo, hi, &mut |k, _, _| {
             keys.push(k);
             Ok(true)
         })?;

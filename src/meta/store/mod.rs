@@ -353,10 +353,17 @@ impl MetaStore {
     /// Load the volumes tree into `roots` (at open).
     pub(crate) fn load_roots(&mut self) -> Result<()> {
         let mut roots = HashMap::new();
-        btree::walk(self, self.volumes_root, 0, u64::MAX, &mut |k, v, _| {
-            roots.insert(k, VolumeRoot::decode(v));
-            Ok(true)
-        })?;
+        btree::walk(
+            self,
+            &VOLUMES_SPEC,
+            self.volumes_root,
+            0,
+            u64::MAX,
+            &mut |k, v, _| {
+                roots.insert(k, VolumeRoot::decode(v));
+                Ok(true)
+            },
+        )?;
         self.roots = roots;
         Ok(())
     }

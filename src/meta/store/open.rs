@@ -123,7 +123,7 @@ impl MetaStore {
         s.pool_name = s.catalog.pool_name.clone();
         // Rebuild the in-memory data space map from the persistent counts.
         let mut entries = Vec::new();
-        btree::walk(&s, s.dsm_root, 0, u64::MAX, &mut |k, v, _| {
+        btree::walk(&s, &DSM_SPEC, s.dsm_root, 0, u64::MAX, &mut |k, v, _| {
             entries.push((k, get_u32(v, 0)));
             Ok(true)
         })?;

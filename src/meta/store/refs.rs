@@ -10,7 +10,7 @@ impl MetaStore {
         if let Some(n) = self.data.overlay.get(&c) {
             return Ok(*n);
         }
-        Ok(btree::lookup(self, self.dsm_root, c)?
+        Ok(btree::lookup(self, &DSM_SPEC, self.dsm_root, c)?
             .map(|(v, _)| get_u32(&v, 0))
             .unwrap_or(0))
     }
