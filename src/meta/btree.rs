@@ -8,7 +8,7 @@
 //! of everything it points at; an unshared one hands its children over to the
 //! copy. Snapshots share a whole tree by raising the root's count: O(1).
 
-use super::node::Node;
+use super::node::{gen_tag, Node, GEN_NEW};
 use crate::error::Result;
 use std::sync::Arc;
 
@@ -50,6 +50,9 @@ pub struct Expect {
     pub owner: u64,
     pub lo: u64,
     pub hi: Option<u64>,
+    /// The generation tag the parent recorded for the child (0: none, or
+    /// [`GEN_NEW`]: written in the running transaction; not checked).
+    pub gen: u32,
 }
 
 impl Expect {
@@ -62,6 +65,7 @@ impl Expect {
             owner: parent.owner,
             lo: parent.keys[i],
             hi: parent.keys.get(i + 1).copied().or(hi),
+            gen: parent.gens.get(i).copied().unwrap_or(0),
         }
     }
 
@@ -73,6 +77,7 @@ impl Expect {
             owner: spec.owner,
             lo: 0,
             hi: None,
+            gen: 0,
         }
     }
 
@@ -88,6 +93,12 @@ impl Expect {
             return Err(format!(
                 "value size {} where its tree has {}",
                 n.value_size, self.value_size
+            ));
+        }
+        if self.gen != 0 && self.gen != GEN_NEW && gen_tag(n.txid) != self.gen {
+            return Err(format!(
+                "written by transaction {}, not the one its parent points at (a lost write left an older version)",
+                n.txid
             ));
         }
         let fixed = |o: u64| o >= FIXED_OWNERS;
@@ -239,6 +250,7 @@ pub fn insert<S: NodeStore>(
         let mut top = Node::internal(spec.owner, spec.value_size, left.level + 1);
         top.keys = vec![left.keys[0], sep];
         top.children = vec![r, right];
+        top.gens = vec![GEN_NEW, GEN_NEW];
         let nb = s.alloc_block()?;
         s.write_node(nb, top);
         return Ok((nb, old));
@@ -279,6 +291,7 @@ fn insert_rec<S: NodeStore>(
         s.read_child(node.children[i], &expect)?;
         let c = shadow(s, spec, node.children[i])?;
         node.children[i] = c;
+        node.gens[i] = GEN_NEW;
         if key < node.keys[i] {
             node.keys[i] = key;
         }
@@ -287,6 +300,7 @@ fn insert_rec<S: NodeStore>(
         if let Some((sep, right)) = split {
             node.keys.insert(i + 1, sep);
             node.children.insert(i + 1, right);
+            node.gens.insert(i + 1, GEN_NEW);
         }
     }
     let split = if node.len() > node.capacity() {
@@ -307,6 +321,7 @@ fn split_node<S: NodeStore>(s: &mut S, node: &mut Node) -> Result<(u64, u64)> {
         right.values = node.values.split_off(mid * node.value_size);
     } else {
         right.children = node.children.split_off(mid);
+        right.gens = node.gens.split_off(mid);
     }
     let sep = right.keys[0];
     let rb = s.alloc_block()?;
@@ -369,12 +384,14 @@ fn remove_rec<S: NodeStore>(
         s.read_child(node.children[i], &expect)?;
         let c = shadow(s, spec, node.children[i])?;
         node.children[i] = c;
+        node.gens[i] = GEN_NEW;
         let (o, child_empty) = remove_rec(s, spec, c, expect.hi, key)?;
         old = o;
         if child_empty {
             s.dec_block(c);
             node.keys.remove(i);
             node.children.remove(i);
+            node.gens.remove(i);
         }
     }
     let empty = node.is_empty();

@@ -1,10 +1,37 @@
 //! B-tree node: in-memory form and its explicit on-disk encoding.
 //! Layout after the 64-byte header: `nr` keys (u64 LE), then either `nr`
-//! child block numbers (u64 LE, internal nodes, level > 0) or `nr` values of
-//! `value_size` bytes (leaves, level 0).
+//! child pointers (u64 LE, internal nodes, level > 0) or `nr` values of
+//! `value_size` bytes (leaves, level 0). A child pointer holds the block
+//! number in its low 40 bits and the child's generation tag in its top 24
+//! (see [`gen_tag`]): the transaction that wrote the child, so a reader
+//! knows a stale child (an older version left by a lost write) when it
+//! sees one, as btrfs does with its parent transid.
 
 use super::codec::*;
 use super::header::{BlockKind, Header, HEADER_SIZE};
+
+/// Bits of a block pointer that hold the block number.
+pub const BLOCK_BITS: u32 = 40;
+pub const BLOCK_MASK: u64 = (1 << BLOCK_BITS) - 1;
+/// In memory only: the child was written in the running transaction (its
+/// tag is known at the commit).
+pub const GEN_NEW: u32 = u32::MAX;
+
+/// The 24-bit generation tag of transaction `txid` (never 0, which means
+/// "not recorded": pointers written before format version 5).
+pub fn gen_tag(txid: u64) -> u32 {
+    (txid % 0xFF_FFFF) as u32 + 1
+}
+
+/// A block pointer with its generation tag (0: none).
+pub fn pack_ptr(block: u64, tag: u32) -> u64 {
+    (block & BLOCK_MASK) | ((tag as u64 & 0xFF_FFFF) << BLOCK_BITS)
+}
+
+/// (block, generation tag) of a packed pointer.
+pub fn unpack_ptr(raw: u64) -> (u64, u32) {
+    (raw & BLOCK_MASK, (raw >> BLOCK_BITS) as u32)
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
@@ -16,6 +43,12 @@ pub struct Node {
     pub values: Vec<u8>,
     /// Internal children.
     pub children: Vec<u64>,
+    /// Internal nodes: each child's generation tag (0 unknown, [`GEN_NEW`]
+    /// written in the running transaction).
+    pub gens: Vec<u32>,
+    /// The transaction that wrote this node (read from its header; 0 for
+    /// a node built in memory and not yet committed).
+    pub txid: u64,
 }
 
 impl Node {
@@ -27,6 +60,8 @@ impl Node {
             keys: vec![],
             values: vec![],
             children: vec![],
+            gens: vec![],
+            txid: 0,
         }
     }
 
@@ -38,7 +73,22 @@ impl Node {
             keys: vec![],
             values: vec![],
             children: vec![],
+            gens: vec![],
+            txid: 0,
         }
+    }
+
+    /// The node as committed by transaction `txid`: children written in it
+    /// get its tag.
+    pub fn resolved(&self, txid: u64) -> Node {
+        let mut n = self.clone();
+        for g in &mut n.gens {
+            if *g == GEN_NEW {
+                *g = gen_tag(txid);
+            }
+        }
+        n.txid = txid;
+        n
     }
 
     pub fn is_leaf(&self) -> bool {
@@ -85,8 +135,12 @@ impl Node {
         if self.is_leaf() {
             b[o..o + self.values.len()].copy_from_slice(&self.values);
         } else {
-            for c in &self.children {
-                put_u64(&mut b, o, *c);
+            for (i, c) in self.children.iter().enumerate() {
+                let tag = match self.gens.get(i).copied().unwrap_or(0) {
+                    GEN_NEW => gen_tag(txid),
+                    g => g,
+                };
+                put_u64(&mut b, o, pack_ptr(*c, tag));
                 o += 8;
             }
         }
@@ -120,15 +174,17 @@ impl Node {
         }
         let mut node = Node::internal(h.owner, vs, h.level);
         node.keys = keys;
+        node.txid = h.txid;
         if h.level == 0 {
             node.values = b[o..o + nr * vs].to_vec();
         } else {
             for _ in 0..nr {
-                let c = get_u64(b, o);
+                let (c, tag) = unpack_ptr(get_u64(b, o));
                 if c == 0 {
                     return Err("internal node points at block 0".into());
                 }
                 node.children.push(c);
+                node.gens.push(tag);
                 o += 8;
             }
         }
@@ -159,7 +215,17 @@ mod tests {
         let b = n.encode(42, 7, 99);
         let h = Header::validate(&b, BlockKind::Node, 42, 99, 7).unwrap();
         assert_eq!(h.level, 0);
-        assert_eq!(Node::decode(&b).unwrap(), n);
+        assert_eq!(Node::decode(&b).unwrap(), n.resolved(7));
+        // Child pointers carry their generation: new children get the
+        // writer's, others keep theirs.
+        let mut i = Node::internal(5, 16, 1);
+        i.keys = vec![0, 100];
+        i.children = vec![3, (1 << 40) - 1];
+        i.gens = vec![GEN_NEW, gen_tag(2)];
+        let d = Node::decode(&i.encode(43, 9, 99)).unwrap();
+        assert_eq!(d.children, i.children);
+        assert_eq!(d.gens, vec![gen_tag(9), gen_tag(2)]);
+        assert_eq!(d, i.resolved(9));
         assert!(Header::validate(&b, BlockKind::Node, 43, 99, 7).is_err());
         assert!(Header::validate(&b, BlockKind::Catalog, 42, 99, 7).is_err());
         assert_eq!(max_entries(0, 16), 168);

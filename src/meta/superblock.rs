@@ -3,6 +3,7 @@
 //! superblock with the highest transaction id wins.
 
 use super::codec::*;
+use super::node::{pack_ptr, unpack_ptr};
 
 pub const SB_MAGIC: u32 = 0x4253_5056; // "VPSB"
 pub const SB_VERSION: u32 = 1;
@@ -18,6 +19,17 @@ pub const SB_VERSION_HEALTH: u32 = 3;
 /// of the checksum tree and the write-intent block. Older readers refuse it
 /// (they would write data without updating its checksums).
 pub const SB_VERSION_CSUM: u32 = 4;
+/// Every block pointer carries its target's generation tag (B-tree child
+/// pointers, the roots here, the mapping roots in the volumes tree): the
+/// fields of version 4, with the checksum fields present when bit 0 of the
+/// feature word at byte 12 is set, a transition when its kind is not 0,
+/// and the top 24 bits of the three root pointers holding their tags.
+/// Older readers refuse it (they would take a tagged pointer for a block
+/// number). Every commit writes this version.
+pub const SB_VERSION_GEN: u32 = 5;
+/// Feature bit (byte 12, version 5): the pool keeps data checksums.
+const FEATURE_CSUM: u32 = 1;
+const FEATURES: usize = 12;
 /// Member states recorded in the superblock.
 pub const MEMBER_ONLINE: u8 = 0;
 /// Missing when a transaction committed: its contents are stale.
@@ -61,6 +73,9 @@ pub struct Superblock {
     /// Data checksums: the checksum tree's root (0 while empty) and the
     /// write-intent block. `None` for a pool without data checksums.
     pub csum: Option<SbCsum>,
+    /// Generation tags of the volumes, reference-count and checksum tree
+    /// roots (0: not recorded, as in versions before 5).
+    pub root_gens: [u32; 3],
 }
 
 /// Where a checksummed pool keeps its data checksums and write intents.
@@ -128,20 +143,16 @@ impl Superblock {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; BLOCK_SIZE];
         put_u32(&mut b, 4, SB_MAGIC);
-        let version = if self.csum.is_some() {
-            SB_VERSION_CSUM
-        } else if self.member_states.iter().any(|&s| s > MEMBER_STALE) {
-            SB_VERSION_HEALTH
-        } else if self.transition.is_some() {
-            SB_VERSION_TRANSITION
-        } else {
-            SB_VERSION
-        };
-        put_u32(&mut b, 8, version);
+        put_u32(&mut b, 8, SB_VERSION_GEN);
+        put_u32(
+            &mut b,
+            FEATURES,
+            if self.csum.is_some() { FEATURE_CSUM } else { 0 },
+        );
         put_u64(&mut b, 16, self.txid);
         b[24..40].copy_from_slice(&self.pool_uuid);
-        put_u64(&mut b, 40, self.volumes_root);
-        put_u64(&mut b, 48, self.dsm_root);
+        put_u64(&mut b, 40, pack_ptr(self.volumes_root, self.root_gens[0]));
+        put_u64(&mut b, 48, pack_ptr(self.dsm_root, self.root_gens[1]));
         put_u64(&mut b, 56, self.catalog_head);
         put_u64(&mut b, 64, self.catalog_bytes);
         put_u64(&mut b, 72, self.data_chunks);
@@ -166,7 +177,7 @@ impl Superblock {
             put_u64(&mut b, TRANSITION + 32, t.backup_len);
         }
         if let Some(c) = &self.csum {
-            put_u64(&mut b, CSUM_ROOT, c.root);
+            put_u64(&mut b, CSUM_ROOT, pack_ptr(c.root, self.root_gens[2]));
             put_u64(&mut b, INTENT_BLOCK, c.intent_block);
         }
         let n = self.selector.len().min(BLOCK_SIZE - SELECTOR);
@@ -187,7 +198,7 @@ impl Superblock {
             return Err("superblock checksum mismatch".into());
         }
         let version = get_u32(b, 8);
-        if !(SB_VERSION..=SB_VERSION_CSUM).contains(&version) {
+        if !(SB_VERSION..=SB_VERSION_GEN).contains(&version) {
             return Err(format!("superblock version {version} is not supported"));
         }
         let msm_pages = get_u32(b, 128);
@@ -201,6 +212,21 @@ impl Superblock {
         let mut pool_uuid = [0u8; 16];
         pool_uuid.copy_from_slice(&b[24..40]);
         let sel_len = (msm_pages as usize).div_ceil(8);
+        let features = if version >= SB_VERSION_GEN {
+            get_u32(b, FEATURES)
+        } else {
+            0
+        };
+        // Before version 5, pointers hold block numbers alone.
+        let ptr = |off: usize| match version >= SB_VERSION_GEN {
+            true => unpack_ptr(get_u64(b, off)),
+            false => (get_u64(b, off), 0),
+        };
+        let has_csum = version == SB_VERSION_CSUM
+            || (version >= SB_VERSION_GEN && features & FEATURE_CSUM != 0);
+        let (volumes_root, volumes_gen) = ptr(40);
+        let (dsm_root, dsm_gen) = ptr(48);
+        let (csum_root, csum_gen) = if has_csum { ptr(CSUM_ROOT) } else { (0, 0) };
         let transition = if version == SB_VERSION_TRANSITION
             || (version >= SB_VERSION_HEALTH && get_u32(b, TRANSITION) != 0)
         {
@@ -239,8 +265,8 @@ impl Superblock {
         Ok(Superblock {
             txid: get_u64(b, 16),
             pool_uuid,
-            volumes_root: get_u64(b, 40),
-            dsm_root: get_u64(b, 48),
+            volumes_root,
+            dsm_root,
             catalog_head: get_u64(b, 56),
             catalog_bytes: get_u64(b, 64),
             data_chunks: get_u64(b, 72),
@@ -254,10 +280,11 @@ impl Superblock {
             member_states: b[STATES..STATES + members].to_vec(),
             selector: b[SELECTOR..SELECTOR + sel_len].to_vec(),
             transition,
-            csum: (version == SB_VERSION_CSUM).then(|| SbCsum {
-                root: get_u64(b, CSUM_ROOT),
+            csum: has_csum.then(|| SbCsum {
+                root: csum_root,
                 intent_block: get_u64(b, INTENT_BLOCK),
             }),
+            root_gens: [volumes_gen, dsm_gen, csum_gen],
         })
     }
 }
@@ -287,6 +314,7 @@ mod tests {
             selector: vec![0],
             transition: None,
             csum: None,
+            root_gens: [5, 0, 0],
         };
         sb.set_selector_bit(2, 1);
         let b = sb.encode();
@@ -295,7 +323,12 @@ mod tests {
         assert_eq!(d.selector_bit(2), 1);
         assert_eq!(d.selector_bit(1), 0);
         assert_eq!(Superblock::slot_offset(4096, 7), 4096 + 4096);
-        assert_eq!(get_u32(&b, 8), SB_VERSION);
+        assert_eq!(get_u32(&b, 8), SB_VERSION_GEN);
+        assert_eq!(
+            unpack_ptr(get_u64(&b, 40)),
+            (3, 5),
+            "the root carries its tag"
+        );
         sb.transition = Some(SbTransition {
             kind: TRANSITION_RESTRIPE,
             old_members: 2,
@@ -306,7 +339,7 @@ mod tests {
             backup_len: 8192,
         });
         let b = sb.encode();
-        assert_eq!(get_u32(&b, 8), SB_VERSION_TRANSITION);
+        assert_eq!(get_u32(&b, 8), SB_VERSION_GEN);
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
         // A shrink names the leaving member; it must be one of the members.
         sb.transition = Some(SbTransition {
@@ -330,7 +363,7 @@ mod tests {
         sb.transition = None;
         sb.member_states = vec![0, 2, 0];
         let b = sb.encode();
-        assert_eq!(get_u32(&b, 8), SB_VERSION_HEALTH);
+        assert_eq!(get_u32(&b, 8), SB_VERSION_GEN);
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
         sb.member_states = vec![3, 0, 0];
         sb.transition = Some(SbTransition {
@@ -343,7 +376,7 @@ mod tests {
             backup_len: 9,
         });
         let b = sb.encode();
-        assert_eq!(get_u32(&b, 8), SB_VERSION_HEALTH);
+        assert_eq!(get_u32(&b, 8), SB_VERSION_GEN);
         assert_eq!(get_u32(&b, TRANSITION), TRANSITION_REBUILD);
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
         // Data checksums: version 4, with or without a transition.
@@ -352,12 +385,22 @@ mod tests {
             intent_block: 5,
         });
         let b = sb.encode();
-        assert_eq!(get_u32(&b, 8), SB_VERSION_CSUM);
-        assert_eq!(get_u64(&b, CSUM_ROOT), 77);
+        assert_eq!(get_u32(&b, 8), SB_VERSION_GEN);
+        assert_eq!(unpack_ptr(get_u64(&b, CSUM_ROOT)).0, 77);
         assert_eq!(get_u64(&b, INTENT_BLOCK), 5);
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
         sb.transition = None;
         sb.member_states = vec![0, 0, 0];
         assert_eq!(Superblock::decode(&sb.encode()).unwrap(), sb);
+        // A version-4 superblock (older pools): plain block numbers, no tags.
+        let mut b = sb.encode();
+        put_u32(&mut b, 8, SB_VERSION_CSUM);
+        put_u32(&mut b, FEATURES, 0);
+        put_u64(&mut b, 40, 3);
+        put_u64(&mut b, CSUM_ROOT, 77);
+        seal(&mut b, salt::SUPERBLOCK);
+        let d = Superblock::decode(&b).unwrap();
+        assert_eq!((d.volumes_root, d.root_gens), (3, [0, 0, 0]));
+        assert_eq!(d.csum.map(|c| c.root), Some(77));
     }
 }

@@ -291,17 +291,24 @@ impl ThinPool {
             meta.csum_forget_chunk(c)?;
         }
         // A chunk written and freed in this transaction keeps nothing.
+        // Nothing is dropped before every group is in the tree: a fold that
+        // fails (damaged metadata) leaves them all for the next commit.
         let mut all: Vec<(u64, Group)> = Vec::new();
         for s in &cs.pending {
             all.extend(
                 s.lock()
-                    .drain()
-                    .filter(|(k, _)| freed.binary_search(&(k >> 16)).is_err()),
+                    .iter()
+                    .filter(|(k, _)| freed.binary_search(&(*k >> 16)).is_err())
+                    .map(|(k, g)| (*k, *g)),
             );
         }
         all.sort_unstable_by_key(|(k, _)| *k);
         for (k, g) in all {
             meta.csum_put(k, &g)?;
+        }
+        // The caller holds the I/O gate: no write added any meanwhile.
+        for s in &cs.pending {
+            s.lock().clear();
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! described at the top of `store`).
 
 use super::*;
+use crate::meta::node::gen_tag;
 
 impl MetaStore {
     /// Encode the catalog into newly allocated blocks, staged for the
@@ -91,6 +92,21 @@ impl MetaStore {
         let mut dirty: Vec<(u64, Arc<Node>)> =
             self.dirty.iter().map(|(b, n)| (*b, n.clone())).collect();
         dirty.sort_unstable_by_key(|(b, _)| *b);
+        // Mapping roots in the volumes tree carry their generation tags.
+        let mut noted = Vec::new();
+        for (_, node) in dirty.iter_mut() {
+            if node.owner == VOLUMES_OWNER && node.is_leaf() {
+                let mut n = (**node).clone();
+                for i in 0..n.len() {
+                    let at = i * n.value_size;
+                    let r = get_u64(&n.values, at);
+                    let g = self.gen_of(r, txid);
+                    put_u32(&mut n.values, at + 16, g);
+                    noted.push((r, g));
+                }
+                *node = Arc::new(n);
+            }
+        }
         for (b, node) in &dirty {
             let bytes = node.encode(*b, txid, self.pool_tag);
             self.mirror
@@ -121,6 +137,11 @@ impl MetaStore {
         sb.data_chunks = self.data.total();
         sb.transition = self.transition;
         sb.csum = self.csum;
+        sb.root_gens = [
+            self.gen_of(self.volumes_root, txid),
+            self.gen_of(self.dsm_root, txid),
+            self.gen_of(self.csum.map_or(0, |c| c.root), txid),
+        ];
         sb.time = now();
         let bytes = sb.encode();
         let written = self
@@ -145,8 +166,37 @@ impl MetaStore {
         self.data.committed();
         self.dirty.clear();
         for (b, node) in dirty {
-            self.cache_of(b).lock().put(b, node);
+            self.cache_of(b)
+                .lock()
+                .put(b, Arc::new(node.resolved(txid)));
+        }
+        let roots = [
+            self.volumes_root,
+            self.dsm_root,
+            self.csum.map_or(0, |c| c.root),
+        ];
+        for (r, g) in roots.into_iter().zip(self.committed.root_gens).chain(noted) {
+            self.note_root_gen(r, g);
         }
         Ok(())
+    }
+
+    /// The generation tag a pointer to root `r` records at the commit of
+    /// `txid`: that transaction's when it writes the root, else the one
+    /// known for it (from its pointer, or the node itself).
+    fn gen_of(&self, r: u64, txid: u64) -> u32 {
+        if r == 0 {
+            return 0;
+        }
+        if self.dirty.contains_key(&r) {
+            return gen_tag(txid);
+        }
+        if let Some(g) = self.root_gens.get(&r) {
+            return *g;
+        }
+        match self.cache_of(r).lock().peek(&r) {
+            Some(n) if n.txid != 0 => gen_tag(n.txid),
+            _ => 0,
+        }
     }
 }

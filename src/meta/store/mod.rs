@@ -85,6 +85,9 @@ impl MetaLayout {
 pub struct VolumeRoot {
     pub root: u64,
     pub mapped: u64,
+    /// The root's generation tag as recorded on disk (0: none). Kept up to
+    /// date by the commit, not by callers.
+    pub gen: u32,
 }
 
 impl VolumeRoot {
@@ -92,6 +95,7 @@ impl VolumeRoot {
         let mut v = [0u8; 32];
         put_u64(&mut v, 0, self.root);
         put_u64(&mut v, 8, self.mapped);
+        put_u32(&mut v, 16, self.gen);
         v
     }
 
@@ -99,6 +103,7 @@ impl VolumeRoot {
         VolumeRoot {
             root: get_u64(v, 0),
             mapped: get_u64(v, 8),
+            gen: get_u32(v, 16),
         }
     }
 }
@@ -133,6 +138,10 @@ pub struct MetaStore {
     shape_dirty: bool,
     msm: MetaSpaceMap,
     dirty: HashMap<u64, Arc<Node>>,
+    /// Generation tags of tree roots as their pointers record them (the
+    /// superblock's, the volumes tree's values), by block: a root read
+    /// from disk is checked against it. Dropped when the block is freed.
+    root_gens: HashMap<u64, u32>,
     /// Clean nodes, in shards (by block number) so that parallel look-ups
     /// do not queue on one lock.
     cache: Vec<Mutex<LruCache<u64, Arc<Node>>>>,
@@ -184,6 +193,7 @@ impl MetaStore {
             selector: vec![0; (layout.msm_pages as usize).div_ceil(8)],
             transition: None,
             csum: None,
+            root_gens: [0; 3],
         };
         let cap =
             NonZeroUsize::new((cache_nodes / CACHE_SHARDS).max(64)).unwrap_or(NonZeroUsize::MIN);
@@ -208,6 +218,7 @@ impl MetaStore {
             shape_dirty: false,
             msm: MetaSpaceMap::new(layout.meta_blocks),
             dirty: HashMap::new(),
+            root_gens: HashMap::new(),
             cache: (0..CACHE_SHARDS)
                 .map(|_| Mutex::new(LruCache::new(cap)))
                 .collect(),
@@ -364,6 +375,9 @@ impl MetaStore {
                 Ok(true)
             },
         )?;
+        for vr in roots.values() {
+            self.note_root_gen(vr.root, vr.gen);
+        }
         self.roots = roots;
         Ok(())
     }
@@ -395,6 +409,15 @@ impl MetaStore {
             || !self.msm.dirty_pages().is_empty()
             || self.shape_dirty
             || self.csum.map(|c| c.root) != self.committed.csum.map(|c| c.root)
+    }
+}
+
+impl MetaStore {
+    /// Remember the generation tag a pointer records for root `b`.
+    pub(crate) fn note_root_gen(&mut self, b: u64, gen: u32) {
+        if b != 0 && gen != 0 {
+            self.root_gens.insert(b, gen);
+        }
     }
 }
 

@@ -117,6 +117,11 @@ impl MetaStore {
         s.member_states.resize(members, 0);
         s.transition = sb.transition;
         s.csum = sb.csum;
+        s.note_root_gen(sb.volumes_root, sb.root_gens[0]);
+        s.note_root_gen(sb.dsm_root, sb.root_gens[1]);
+        if let Some(c) = sb.csum {
+            s.note_root_gen(c.root, sb.root_gens[2]);
+        }
         s.committed = sb;
         s.catalog = s.read_catalog()?;
         s.load_roots()?;

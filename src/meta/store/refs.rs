@@ -91,18 +91,26 @@ impl NodeStore for MetaStore {
     }
 
     fn read_child(&self, b: u64, expect: &btree::Expect) -> Result<Arc<Node>> {
-        let known = self
-            .dirty
-            .get(&b)
-            .cloned()
-            .or_else(|| self.cache_of(b).lock().get(&b).cloned());
-        if let Some(n) = known {
+        let mut expect = *expect;
+        if let Some(n) = self.dirty.get(&b).cloned() {
+            // Written in this transaction: its generation is not known yet.
+            expect.gen = 0;
             expect
                 .check(&n)
                 .map_err(|e| corrupt(format!("node {b}: {e}")))?;
             return Ok(n);
         }
-        let blk = self.read_block_expecting(b, BlockKind::Node, Some(expect))?;
+        if expect.level.is_none() {
+            expect.gen = self.root_gens.get(&b).copied().unwrap_or(0);
+        }
+        let cached = self.cache_of(b).lock().get(&b).cloned();
+        if let Some(n) = cached {
+            expect
+                .check(&n)
+                .map_err(|e| corrupt(format!("node {b}: {e}")))?;
+            return Ok(n);
+        }
+        let blk = self.read_block_expecting(b, BlockKind::Node, Some(&expect))?;
         let node = Arc::new(Node::decode(&blk).map_err(|e| corrupt(format!("node {b}: {e}")))?);
         self.cache_of(b).lock().put(b, node.clone());
         Ok(node)
@@ -126,6 +134,7 @@ impl NodeStore for MetaStore {
             ),
         })?;
         self.cache_of(b).lock().pop(&b);
+        self.root_gens.remove(&b);
         Ok(b)
     }
 
@@ -141,6 +150,7 @@ impl NodeStore for MetaStore {
         self.msm.dec(b);
         if self.msm.count(b) == 0 {
             self.dirty.remove(&b);
+            self.root_gens.remove(&b);
         }
     }
 
