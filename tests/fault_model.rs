@@ -201,7 +201,7 @@ fn torture() {
         cycles += 1;
     }
     println!(
-        "torture: {cycles} cycles in {secs} s (first seed {seed0}): {} I/O steps, {} power cuts, {} faults struck, {} metadata operations, {} errors reported to clients, 0 bytes lost",
+        "torture: {cycles} cycles in {secs} s (first seed {seed0}): {} I/O steps, {} power cuts, {} faults struck, {} metadata operations, {} I/O errors seen by clients (never wrong data), 0 bytes lost",
         total.steps, total.power_cuts, total.faults, total.metadata_ops, total.errors
     );
 }
@@ -247,6 +247,7 @@ fn redundant_case(level: RaidLevel, n: usize, case: u64, steps: u64, churn: bool
                         pool.commit()
                             .unwrap_or_else(|e| panic!("{what}: flush: {e}"));
                         drop(pool);
+                        st.faults += m.plans.iter().map(|p| p.struck()).sum::<u64>();
                         let (m2, p2) =
                             power_cut(&m).unwrap_or_else(|e| panic!("{what}: open: {e}"));
                         (m, pool) = (m2, p2);
@@ -410,6 +411,7 @@ fn plain_case(level: RaidLevel, n: usize, case: u64, steps: u64) -> Stats {
                     log.push("power cut");
                 }
                 drop(pool);
+                st.faults += m.plans.iter().map(|p| p.struck()).sum::<u64>();
                 let (m2, p2) = match power_cut(&m) {
                     Ok(x) => x,
                     Err(e) => {
