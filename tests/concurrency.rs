@@ -17,19 +17,6 @@ use vpool::{Error, Pool};
 const THREADS: usize = 8;
 const SIZE: u64 = 1 << 20;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A thread's own volumes: name → snapshots.
 type Own = BTreeMap<String, BTreeSet<String>>;
 

@@ -22,21 +22,14 @@ struct Rig {
 }
 
 fn rig(level: RaidLevel, n: usize) -> Rig {
-    let media = mem_devices(n, 32 * MIB);
-    let (mut caches, mut plans, mut devs) = (Vec::new(), Vec::new(), Vec::<DeviceRef>::new());
-    for m in &media {
-        let (d, p) = WritebackDevice::wrap(m.clone() as DeviceRef);
-        devs.push(d.clone());
-        caches.push(d);
-        plans.push(p);
-    }
+    let (c, devs) = cached_members(mem_devices(n, 32 * MIB));
     let pool = create_with_unit(level, devs, 16 * 1024);
     pool.create_volume("a", VOL as u64).unwrap();
     Rig {
         pool,
-        media,
-        caches,
-        plans,
+        media: c.media,
+        caches: c.caches,
+        plans: c.plans,
     }
 }
 

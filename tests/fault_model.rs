@@ -16,50 +16,14 @@
 mod common;
 use common::*;
 use std::sync::Arc;
-use vpool::device::{DeviceRef, MemDevice, WritebackDevice, WritebackPlan};
+use vpool::device::{MemDevice, WritebackPlan};
 use vpool::raid::RaidLevel;
 use vpool::Pool;
 
 const VOL: usize = 3 << 20;
 const BLK: usize = 4096;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-struct Members {
-    media: Vec<Arc<MemDevice>>,
-    caches: Vec<Arc<WritebackDevice>>,
-    plans: Vec<WritebackPlan>,
-}
-
-/// Write caches over `media` (fresh, or what a power cut left).
-fn members(media: Vec<Arc<MemDevice>>) -> (Members, Vec<DeviceRef>) {
-    let (mut caches, mut plans, mut devs) = (Vec::new(), Vec::new(), Vec::<DeviceRef>::new());
-    for m in &media {
-        let (d, p) = WritebackDevice::wrap(m.clone() as DeviceRef);
-        devs.push(d.clone());
-        caches.push(d);
-        plans.push(p);
-    }
-    (
-        Members {
-            media,
-            caches,
-            plans,
-        },
-        devs,
-    )
-}
+type Members = Cached;
 
 /// Power cut: every member's cache is lost; the pool is opened again on
 /// the media alone.
@@ -73,7 +37,7 @@ fn power_cut(m: &Members) -> vpool::Result<(Members, Pool)> {
         .enumerate()
         .map(|(i, d)| Arc::new(MemDevice::from_bytes(&format!("mem{i}"), d.snapshot())))
         .collect();
-    let (m, devs) = members(media);
+    let (m, devs) = cached_members(media);
     let pool = Pool::open(devs)?;
     Ok((m, pool))
 }
@@ -212,7 +176,7 @@ fn redundant_case(level: RaidLevel, n: usize, case: u64, steps: u64, churn: bool
     {
         {
             let mut rng = Rng(0x5DEECE66D ^ (case + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let (mut m, devs) = members(mem_devices(n, 32 * MIB));
+            let (mut m, devs) = cached_members(mem_devices(n, 32 * MIB));
             let mut pool = create_with_unit(level, devs, 16 * 1024);
             pool.create_volume("a", VOL as u64).unwrap();
             let mut model = vec![0u8; VOL];
@@ -316,7 +280,7 @@ fn plain_case(level: RaidLevel, n: usize, case: u64, steps: u64) -> Stats {
         {
             let mut rng =
                 Rng(0xB5AD_4ECE_DA1C_E2A9 ^ (case + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let (mut m, devs) = members(mem_devices(n, 32 * MIB));
+            let (mut m, devs) = cached_members(mem_devices(n, 32 * MIB));
             let mut pool = create_with_unit(level, devs, 16 * 1024);
             pool.create_volume("a", VOL as u64).unwrap();
             pool.commit().unwrap();

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use vpool::device::{DeviceRef, MemDevice};
+use vpool::device::{DeviceRef, MemDevice, WritebackDevice, WritebackPlan};
 use vpool::raid::RaidLevel;
 use vpool::{CreateOptions, Pool};
 
@@ -98,4 +98,47 @@ pub fn model_write(pool: &Pool, model: &mut [u8], off: usize, len: usize, seed: 
         .write_at(&data, off as u64)
         .unwrap();
     model[off..off + len].copy_from_slice(&data);
+}
+
+/// A deterministic random source (xorshift64) for randomized tests.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Members with a volatile write cache (`WritebackDevice`) over in-memory
+/// media: what a power cut leaves is `media`.
+pub struct Cached {
+    pub media: Vec<Arc<MemDevice>>,
+    pub caches: Vec<Arc<WritebackDevice>>,
+    pub plans: Vec<WritebackPlan>,
+}
+
+/// Write caches over `media`, and the devices to build a pool on.
+pub fn cached_members(media: Vec<Arc<MemDevice>>) -> (Cached, Vec<DeviceRef>) {
+    let (mut caches, mut plans, mut devs) = (Vec::new(), Vec::new(), Vec::<DeviceRef>::new());
+    for m in &media {
+        let (d, p) = WritebackDevice::wrap(m.clone() as DeviceRef);
+        devs.push(d.clone());
+        caches.push(d);
+        plans.push(p);
+    }
+    (
+        Cached {
+            media,
+            caches,
+            plans,
+        },
+        devs,
+    )
 }
