@@ -249,8 +249,16 @@ impl Pool {
         let r = pool.s.thin.resync_intents()?;
         if r.regions > 0 {
             pool.s.warnings.write().push(format!(
-                "the pool was not closed cleanly: resynced {} chunks in {} regions with writes in flight ({} blocks made consistent, {} kept an unflushed write)",
-                r.chunks, r.regions, r.blocks_fixed, r.blocks_new
+                "the pool was not closed cleanly: resynced {} chunks in {} regions with writes in flight ({} blocks made consistent, {} kept an unflushed write{})",
+                r.chunks, r.regions, r.blocks_fixed, r.blocks_new,
+                if r.blocks_damaged > 0 {
+                    format!(
+                        "; {} blocks match no checksum and no write in flight explains it: they read as errors; `vpool pool scrub` lists them",
+                        r.blocks_damaged
+                    )
+                } else {
+                    String::new()
+                }
             ));
         }
         Ok(pool)

@@ -41,6 +41,9 @@ impl Pool {
             if let Some(c) = &thin.csums {
                 c.drop_pending();
             }
+            if let Some(i) = &thin.intent {
+                i.vouch();
+            }
             health.clear_broken();
             health.event(format!(
                 "pool '{name}' reloaded from transaction {txid} after: {why}"

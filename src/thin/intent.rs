@@ -7,9 +7,16 @@
 //! write-intent bitmap); after a crash, only the regions whose bits are set
 //! are resynced (see `resync`), not the whole pool.
 //!
-//! Bits are cleared lazily: a commit keeps the bits of regions written in
-//! the transaction it committed (they are likely written again) and clears
-//! the others; a clean close clears them all.
+//! Every commit clears the bits (the rewrite needs no flush of its own):
+//! a bit on the medium in an intent block of the committed transaction
+//! means a write in place since that commit. After a crash, only such a
+//! block lets the resync keep a copy that no longer matches its committed
+//! checksum as the unflushed new data; an older intent block (its clearing
+//! rewrite lost, or not yet on the medium) or an unreadable one only makes
+//! mirrors equal, so a device that lost, tore or misplaced a write is
+//! never taken at its word (the block reads as EIO without redundancy).
+//! The price: the first write in place to a region in each transaction
+//! writes and flushes the intent block.
 
 use crate::error::Result;
 use crate::meta::store::csum::INTENT_BYTES;
@@ -26,9 +33,10 @@ pub struct Intent {
     pub region_chunks: u64,
     /// Bits set on the medium (or being set: then `lock` is held).
     on_disk: Vec<AtomicU64>,
-    /// Regions written in place in the running transaction.
-    touched: Vec<AtomicU64>,
     lock: Mutex<()>,
+    /// The bits read at open name writes in flight (the block was current):
+    /// the resync may keep a copy that no longer matches its checksum.
+    adopt: std::sync::atomic::AtomicBool,
     /// Bits read at open stay set until the resync has run (commits made
     /// before it, by a layout change's recovery, must not clear them).
     hold: std::sync::atomic::AtomicBool,
@@ -58,13 +66,13 @@ fn to_bytes(v: &[AtomicU64]) -> Vec<u8> {
 impl Intent {
     /// The intents of a pool of `data_chunks` chunks, as recorded (`None`:
     /// a fresh pool) with `region_chunks` chunks per region.
-    pub fn new(data_chunks: u64, recorded: Option<(u64, &[u8])>) -> Intent {
+    pub fn new(data_chunks: u64, recorded: Option<(u64, &[u8], bool)>) -> Intent {
         let region_chunks = match recorded {
-            Some((rc, _)) if rc > 0 => rc,
+            Some((rc, _, _)) if rc > 0 => rc,
             _ => (data_chunks * GROWTH).div_ceil(REGIONS).max(1),
         };
         let on_disk: Vec<AtomicU64> = (0..words()).map(|_| AtomicU64::new(0)).collect();
-        if let Some((_, bits)) = recorded {
+        if let Some((_, bits, _)) = recorded {
             for (i, b) in bits.iter().enumerate().take(INTENT_BYTES) {
                 on_disk[i / 8].fetch_or((*b as u64) << (8 * (i % 8)), Ordering::Relaxed);
             }
@@ -73,14 +81,29 @@ impl Intent {
         Intent {
             region_chunks,
             on_disk,
-            touched: (0..words()).map(|_| AtomicU64::new(0)).collect(),
             lock: Mutex::new(()),
+            adopt: std::sync::atomic::AtomicBool::new(
+                recorded.is_none_or(|(_, _, current)| current),
+            ),
             hold: std::sync::atomic::AtomicBool::new(dirty),
         }
     }
 
     pub fn region(&self, chunk: u64) -> u64 {
         (chunk / self.region_chunks).min(REGIONS - 1)
+    }
+
+    /// May the resync take a copy that fails its committed checksum as the
+    /// new data written in flight?
+    pub fn may_adopt(&self) -> bool {
+        self.adopt.load(Ordering::Acquire)
+    }
+
+    /// The bits in memory are exact (every one was on the medium before
+    /// its writes): the pool goes back to its last commit in service
+    /// (`pool clear`), so its regions hold writes in flight.
+    pub fn vouch(&self) {
+        self.adopt.store(true, Ordering::Release);
     }
 
     /// The resync is done (or was not needed): bits may be cleared.
@@ -107,7 +130,6 @@ impl Intent {
     /// Make sure the intent to overwrite `chunk` in place is on the medium.
     pub fn mark(&self, meta: &RwLock<MetaStore>, chunk: u64) -> Result<()> {
         let r = self.region(chunk);
-        set(&self.touched, r);
         if test(&self.on_disk, r) {
             return Ok(());
         }
@@ -122,20 +144,16 @@ impl Intent {
         Ok(())
     }
 
-    /// After a commit (no I/O in flight): keep only the bits of regions the
-    /// committed transaction wrote; with `all`, clear every bit (clean
-    /// close, or a resync done) and wait for it to be on the medium.
+    /// After a commit (no I/O in flight): clear every bit; with `all`
+    /// (clean close, or a resync done) wait for it to be on the medium.
     pub fn committed(&self, meta: &MetaStore, all: bool) -> Result<()> {
         let _l = self.lock.lock();
         if self.hold.load(Ordering::Acquire) {
             return Ok(());
         }
         let mut changed = false;
-        for (d, t) in self.on_disk.iter().zip(&self.touched) {
-            let touched = t.swap(0, Ordering::AcqRel);
-            let keep = if all { 0 } else { touched };
-            let old = d.swap(keep, Ordering::AcqRel);
-            changed |= old != keep;
+        for d in &self.on_disk {
+            changed |= d.swap(0, Ordering::AcqRel) != 0;
         }
         if changed {
             meta.write_intent(self.region_chunks, &to_bytes(&self.on_disk), all)?;

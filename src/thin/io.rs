@@ -58,17 +58,21 @@ impl ThinPool {
         let intent = meta.has_csums().then(|| {
             let recorded = match meta.read_intent() {
                 Ok(r) => r,
-                // Torn: every region may hold unrecorded writes.
+                // Torn or damaged: every region may hold unrecorded writes,
+                // but nothing says which blocks were being written, so
+                // none is taken as new data (mirrors are still made equal).
                 Err(e) => {
                     meta.recovery_notes.push(format!(
                         "the write-intent block is unreadable ({e}): every region is resynced"
                     ));
-                    Some((0, vec![0xff; crate::meta::store::csum::INTENT_BYTES]))
+                    Some((0, vec![0xff; crate::meta::store::csum::INTENT_BYTES], false))
                 }
             };
             Intent::new(
                 meta.data.total(),
-                recorded.as_ref().map(|(rc, b)| (*rc, b.as_slice())),
+                recorded
+                    .as_ref()
+                    .map(|(rc, b, current)| (*rc, b.as_slice(), *current)),
             )
         });
         ThinPool {

@@ -2,9 +2,12 @@
 //! write-intent block names may hold writes the last commit does not
 //! describe (never flushed, so their contents are undefined: old, new or
 //! torn). Each 4 KiB block is brought back to one state: the copy that
-//! matches the committed checksum if one does (the old data), else the
+//! matches the committed checksum if one does (the old data), else, when
+//! the intent block was written since the last commit (see `intent`), the
 //! first readable copy (the new data, whose checksum is recorded); mirrors
-//! that differ are rewritten from it, and raid5 parity is recomputed.
+//! that differ are rewritten from it, and raid5 parity is recomputed. A
+//! block no copy of which matches, where the intent block does not vouch
+//! for a write in flight, is damage: left to fail its reads.
 
 use super::csum::crc;
 use super::ThinPool;
@@ -20,6 +23,9 @@ pub struct Resynced {
     pub blocks_fixed: u64,
     /// Blocks that kept an unflushed write (their checksum was updated).
     pub blocks_new: u64,
+    /// Blocks no copy of which matches its checksum, left as they are
+    /// (the intent block did not name writes in flight).
+    pub blocks_damaged: u64,
 }
 
 impl ThinPool {
@@ -40,7 +46,7 @@ impl ThinPool {
             out.regions += 1;
             for c in intent.chunks_of(r, total) {
                 if self.meta.read().data.in_use(c) {
-                    self.resync_chunk(c, &mut out)?;
+                    self.resync_chunk(c, intent.may_adopt(), &mut out)?;
                     out.chunks += 1;
                 }
             }
@@ -50,7 +56,7 @@ impl ThinPool {
         Ok(out)
     }
 
-    fn resync_chunk(&self, c: u64, out: &mut Resynced) -> Result<()> {
+    fn resync_chunk(&self, c: u64, adopt: bool, out: &mut Resynced) -> Result<()> {
         let cs = self.chunk_size;
         let io = |e| Error::io("resyncing after a crash", e);
         for within in (0..cs).step_by(CSUM_BLOCK as usize) {
@@ -68,11 +74,14 @@ impl ThinPool {
                 self.array.read(off, &mut b).map_err(io)?;
                 reads.push(b);
             }
-            let good = reads
-                .iter()
-                .find(|b| Some(crc(b)) == want)
-                .unwrap_or(&reads[0])
-                .clone();
+            let matching = reads.iter().find(|b| Some(crc(b)) == want);
+            if matching.is_none() && !adopt {
+                // Nothing says this block was being written: it is damage,
+                // left for reads to report (and scrub to count).
+                out.blocks_damaged += 1;
+                continue;
+            }
+            let good = matching.unwrap_or(&reads[0]).clone();
             if want != Some(crc(&good)) {
                 self.record(c, within, &good)?;
                 out.blocks_new += 1;

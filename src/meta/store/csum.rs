@@ -142,12 +142,19 @@ impl MetaStore {
     /// The recorded intents: (chunks per region, bitmap). An intent block
     /// that no copy holds intact (a torn rewrite) is an error: the caller
     /// then treats every region as dirty.
-    pub fn read_intent(&self) -> Result<Option<(u64, Vec<u8>)>> {
+    ///
+    /// Also says whether the block is current: written since the last
+    /// commit (its transaction id is the committed one). Only then do its
+    /// bits name writes in flight; an older one (a lost write, or a commit
+    /// whose clearing rewrite did not reach the medium) names regions
+    /// whose writes were all committed.
+    pub fn read_intent(&self) -> Result<Option<(u64, Vec<u8>, bool)>> {
         let Some(b) = self.intent_block() else {
             return Ok(None);
         };
         let blk = self.read_block(b, BlockKind::Intent)?;
         let h = Header::read(&blk);
-        Ok(Some((h.low_key, blk[HEADER_SIZE..].to_vec())))
+        let current = h.txid == self.committed.txid;
+        Ok(Some((h.low_key, blk[HEADER_SIZE..].to_vec(), current)))
     }
 }
