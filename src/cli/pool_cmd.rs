@@ -27,6 +27,10 @@ pub enum PoolCmd {
         /// and by `pool scrub` (on or off; cannot be changed later).
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         checksums: String,
+        /// Metadata area per copy (e.g. 256M; at least 1M). Default: sized
+        /// for the pool's chunks, their checksums and room for snapshots.
+        #[arg(long, value_parser = parse_size_arg)]
+        metadata_size: Option<u64>,
         #[arg(required = true)]
         devices: Vec<PathBuf>,
     },
@@ -155,6 +159,7 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
             stripe_unit,
             force,
             checksums,
+            metadata_size,
             devices,
         } => {
             let req = Request::PoolCreate {
@@ -164,6 +169,7 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
                 stripe_unit,
                 force,
                 checksums: checksums == "on",
+                metadata_size,
             };
             report(&dispatch(ctx, req)?);
         }

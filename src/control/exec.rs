@@ -62,6 +62,7 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
             stripe_unit,
             force,
             checksums,
+            metadata_size,
         } => {
             if engine.pool_names()?.contains(&name) {
                 bail!(crate::Error::Exists(format!(
@@ -73,6 +74,7 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
             opts.stripe_unit = stripe_unit;
             opts.force = force;
             opts.checksums = checksums;
+            opts.metadata_size = metadata_size;
             let (pool, warnings) = Pool::create(&name, devs, &opts)?;
             let i = pool.info();
             engine.adopt(&name, pool, devices)?;

@@ -22,6 +22,9 @@ pub enum Request {
         /// Data checksums (default on).
         #[serde(default = "yes")]
         checksums: bool,
+        /// Bytes of metadata area per copy (`None`: sized for the pool).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metadata_size: Option<u64>,
     },
     PoolList,
     PoolStatus {
@@ -416,6 +419,7 @@ mod tests {
                 stripe_unit: 65536,
                 force: false,
                 checksums: false,
+                metadata_size: Some(64 << 20),
             },
             Request::PoolList,
             Request::PoolStatus { name: "t a".into() },

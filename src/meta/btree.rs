@@ -521,3 +521,85 @@ fn visit_rec<S: NodeStore>(
     }
     Ok(())
 }
+
+/// Release the tree at `root` (one reference to it) from its last entries
+/// backwards, until about `budget` values and shared subtrees were released
+/// or nothing is left; returns the new root (0: all released). Each
+/// step leaves a valid tree holding the entries not yet released, so a
+/// large tree can be released over several transactions, each with a
+/// bounded cost (every value released may change a reference count).
+pub fn prune<S: NodeStore>(s: &mut S, spec: &TreeSpec, root: u64, budget: &mut u64) -> Result<u64> {
+    if root == 0 {
+        return Ok(0);
+    }
+    if s.refcount(root) > 1 {
+        s.dec_block(root);
+        *budget = budget.saturating_sub(1);
+        return Ok(0);
+    }
+    let node = read(s, root, Some(&Expect::root(spec)))?;
+    if node.is_leaf() {
+        for i in 0..node.len() {
+            s.dec_value(spec, node.value(i))?;
+        }
+        *budget = budget.saturating_sub(node.len() as u64);
+        s.dec_block(root);
+        return Ok(0);
+    }
+    let r = shadow(s, spec, root)?;
+    if prune_rec(s, spec, r, None, budget)? {
+        s.dec_block(r);
+        return Ok(0);
+    }
+    Ok(r)
+}
+
+/// Prune internal node `b` (writable in this transaction) from its last
+/// child backwards. Returns true when it became empty.
+fn prune_rec<S: NodeStore>(
+    s: &mut S,
+    spec: &TreeSpec,
+    b: u64,
+    hi: Option<u64>,
+    budget: &mut u64,
+) -> Result<bool> {
+    let mut node = (*s.read_node(b)?).clone();
+    while *budget > 0 && !node.is_empty() {
+        let i = node.len() - 1;
+        let c = node.children[i];
+        let expect = Expect::child(&node, i, hi);
+        let released = if s.refcount(c) > 1 {
+            s.dec_block(c);
+            *budget = budget.saturating_sub(1);
+            true
+        } else {
+            let child = s.read_child(c, &expect)?;
+            if child.is_leaf() {
+                for j in 0..child.len() {
+                    s.dec_value(spec, child.value(j))?;
+                }
+                *budget = budget.saturating_sub(child.len().max(1) as u64);
+                s.dec_block(c);
+                true
+            } else {
+                let nc = shadow(s, spec, c)?;
+                node.children[i] = nc;
+                node.gens[i] = GEN_NEW;
+                let empty = prune_rec(s, spec, nc, expect.hi, budget)?;
+                if empty {
+                    s.dec_block(nc);
+                }
+                empty
+            }
+        };
+        if !released {
+            break;
+        }
+        node.keys.pop();
+        node.children.pop();
+        node.gens.pop();
+    }
+    let empty = node.is_empty();
+    s.write_node(b, node);
+    Ok(empty)
+}

@@ -63,6 +63,14 @@ impl MetaSpaceMap {
         self.used
     }
 
+    /// Blocks that can be allocated now: free, and not released in the
+    /// running transaction (the committed state may still reach those).
+    pub fn available(&self) -> u64 {
+        (self.counts.len() as u64)
+            .saturating_sub(1 + self.used)
+            .saturating_sub(self.freed.len() as u64)
+    }
+
     pub fn count(&self, b: u64) -> u32 {
         self.counts.get(b as usize).copied().unwrap_or(0)
     }

@@ -261,6 +261,19 @@ impl Pool {
                 }
             ));
         }
+        // Removals a crash interrupted: their trees are released now.
+        let releasing = pool.s.thin.releasing();
+        if releasing > 0 {
+            let note = match pool.release_removed() {
+                Ok(()) => format!(
+                    "finished releasing the space of {releasing} removed volume(s) or snapshot(s)"
+                ),
+                Err(e) => format!(
+                    "the space of {releasing} removed volume(s) or snapshot(s) is not released yet ({e}); the next removal goes on with it"
+                ),
+            };
+            pool.s.warnings.write().push(note);
+        }
         Ok(pool)
     }
 }

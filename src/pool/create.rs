@@ -20,6 +20,8 @@ pub struct CreateOptions {
     pub cache_nodes: usize,
     /// Keep a checksum of every 4 KiB data block (on by default).
     pub checksums: bool,
+    /// Metadata area per copy, bytes (`None`: sized by [`super::layout::plan`]).
+    pub metadata_size: Option<u64>,
 }
 
 impl CreateOptions {
@@ -30,6 +32,7 @@ impl CreateOptions {
             force: false,
             cache_nodes: DEFAULT_CACHE_NODES,
             checksums: true,
+            metadata_size: None,
         }
     }
 }
@@ -160,6 +163,7 @@ impl Pool {
             basis / su,
             basis * data_members,
             opts.checksums.then_some(chunk),
+            opts.metadata_size,
         )?;
         if level != RaidLevel::Linear && max > min + min / 10 {
             warnings.push(format!(

@@ -12,6 +12,8 @@ pub const DEFAULT_STRIPE_UNIT: u64 = 64 * 1024;
 /// Smallest member accepted.
 pub const MIN_MEMBER: u64 = 32 * MIB;
 const MIN_META_BLOCKS: u64 = 1024;
+/// The smallest metadata area a user may ask for (1 MiB).
+const USER_MIN_META_BLOCKS: u64 = 256;
 
 #[derive(Clone, Debug)]
 pub struct MemberLayout {
@@ -31,12 +33,14 @@ pub const CSUM_META_BYTES_PER_GROUP: u64 = 2 * 72;
 
 /// Size the metadata area for the smallest member of `member_size` bytes in
 /// a pool of about `chunks` data chunks and `data_bytes` of data, with room
-/// for the checksums of `chunk_size` chunks if `checksums` (4 MiB at least).
+/// for the checksums of `chunk_size` chunks if `checksums` (4 MiB at least),
+/// or `metadata_size` bytes when the user chose (1 MiB at least).
 pub fn plan(
     member_size: u64,
     chunks: u64,
     data_bytes: u64,
     chunk_size: Option<u64>,
+    metadata_size: Option<u64>,
 ) -> Result<MemberLayout> {
     if member_size < MIN_MEMBER {
         return Err(Error::Invalid(format!(
@@ -54,8 +58,20 @@ pub fn plan(
         }
         None => 0,
     };
-    let meta_blocks = ((chunks * META_BYTES_PER_CHUNK + csum_bytes) / BLOCK_SIZE as u64)
-        .clamp(MIN_META_BLOCKS, max_blocks);
+    let meta_blocks = match metadata_size {
+        Some(bytes) => {
+            let blocks = bytes / BLOCK_SIZE as u64;
+            if !(USER_MIN_META_BLOCKS..=max_blocks).contains(&blocks) {
+                return Err(Error::Invalid(format!(
+                    "--metadata-size must be between 1 MiB and {} MiB",
+                    max_blocks * BLOCK_SIZE as u64 / MIB
+                )));
+            }
+            blocks
+        }
+        None => ((chunks * META_BYTES_PER_CHUNK + csum_bytes) / BLOCK_SIZE as u64)
+            .clamp(MIN_META_BLOCKS, max_blocks),
+    };
     let meta = MetaLayout {
         meta_offset: BLOCK_SIZE as u64,
         msm_pages: pages_for(meta_blocks),

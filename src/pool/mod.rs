@@ -133,6 +133,34 @@ impl Pool {
         Ok(out)
     }
 
+    /// Refuse an operation that adds metadata (create, snapshot, clone,
+    /// grow) once only the reserve kept for removals is left.
+    /// The caller holds the gate for write: when the estimate of what the
+    /// running transaction still needs is in the way, commit it first.
+    fn check_meta_room(&self, thin: &ThinPool) -> Result<()> {
+        let r = thin.meta.read().check_room_for_op(thin.csum_groups());
+        match r {
+            Err(Error::NoSpace { .. }) if thin.has_changes() => {
+                thin.commit_locked()?;
+                thin.meta.read().check_room_for_op(thin.csum_groups())
+            }
+            r => r,
+        }
+    }
+
+    /// Release the mapping trees removals left, one bounded transaction at
+    /// a time (I/O runs between them). A removal's own transaction only
+    /// hands its tree over, so it fits in the reserve however large the
+    /// tree; each step here frees as much as its commit has room for.
+    pub(crate) fn release_removed(&self) -> Result<()> {
+        while self.s.thin.releasing() > 0 {
+            if !self.metadata_op(|thin| thin.release_step())? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn record(&self, volume: &str, snapshot: Option<&str>) -> Result<VolumeRecord> {
         let meta = self.s.thin.meta.read();
         let cat = meta.catalog();
@@ -201,6 +229,7 @@ impl Pool {
             if self.record(name, None).is_ok() {
                 return Err(Error::Exists(format!("volume '{}/{name}'", self.name())));
             }
+            self.check_meta_room(thin)?;
             let warnings = self.check_room_for(size)?;
             let id = self.add_record(thin, |id| new_record(id, name, None, None, size))?;
             thin.create_volume(id)?;
@@ -219,6 +248,7 @@ impl Pool {
                     self.name()
                 )));
             }
+            self.check_meta_room(thin)?;
             let id = self.add_record(thin, |id| {
                 new_record(id, snap, Some(vol.id), None, vol.size)
             })?;
@@ -238,6 +268,7 @@ impl Pool {
             if self.record(new, None).is_ok() {
                 return Err(Error::Exists(format!("volume '{}/{new}'", self.name())));
             }
+            self.check_meta_room(thin)?;
             let id = self.add_record(thin, |id| new_record(id, new, None, Some(from), src.size))?;
             thin.share_volume(src.id, id)
         })
@@ -252,7 +283,8 @@ impl Pool {
             thin.replace_volume(vol.id, s.id)?;
             set_size(thin, vol.id, s.size);
             Ok(())
-        })
+        })?;
+        self.release_removed()
     }
 
     /// Grow or shrink. Shrinking drops data beyond the new end, so it needs
@@ -265,6 +297,7 @@ impl Pool {
         self.metadata_op(|thin| {
             let vol = self.record(volume, None)?;
             let warnings = if size > vol.size {
+                self.check_meta_room(thin)?;
                 self.check_room_for(size - vol.size)?
             } else {
                 Vec::new()
@@ -312,7 +345,8 @@ impl Pool {
                     .retain(|x| x.id != r.id);
             }
             Ok(())
-        })
+        })?;
+        self.release_removed()
     }
 
     pub fn remove_snapshot(&self, volume: &str, snap: &str) -> Result<()> {
@@ -325,7 +359,8 @@ impl Pool {
                 .volumes
                 .retain(|x| x.id != s.id);
             Ok(())
-        })
+        })?;
+        self.release_removed()
     }
 
     fn snapshots_of(&self, id: u64) -> Vec<VolumeRecord> {

@@ -13,6 +13,9 @@ pub struct Volume {
     read_only: bool,
 }
 
+/// Commits a write piece may wait for when space runs out.
+const SPACE_RETRIES: usize = 8;
+
 impl Volume {
     pub(crate) fn new(pool: Pool, id: u64, name: String, read_only: bool) -> Volume {
         Volume {
@@ -70,23 +73,35 @@ impl Volume {
 
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
         self.check_writable()?;
-        self.with_space_retry(|| {
-            let thin = self.pool.thin();
-            let _g = thin.io_guard();
-            self.check_range(offset, data.len() as u64)?;
-            thin.write(self.id, offset, data)
-        })
+        // Resumed where it stopped: a large write near a full metadata
+        // area commits part way instead of failing.
+        let done = std::cell::Cell::new(0);
+        self.with_space_retry(
+            || {
+                let thin = self.pool.thin();
+                let _g = thin.io_guard();
+                self.check_range(offset, data.len() as u64)?;
+                let mut d = done.get();
+                let r = thin.write_from(self.id, offset, data, &mut d);
+                done.set(d);
+                r
+            },
+            || done.get(),
+        )
     }
 
     /// Release a range: it reads as zeros, whole chunks return to the pool.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
-        self.with_space_retry(|| {
-            let thin = self.pool.thin();
-            let _g = thin.io_guard();
-            self.check_range(offset, len)?;
-            thin.discard(self.id, offset, len)
-        })
+        self.with_space_retry(
+            || {
+                let thin = self.pool.thin();
+                let _g = thin.io_guard();
+                self.check_range(offset, len)?;
+                thin.discard(self.id, offset, len)
+            },
+            || 0,
+        )
     }
 
     /// Zero a range. Whole chunks are unmapped (thin: zeros cost nothing).
@@ -99,16 +114,28 @@ impl Volume {
         self.pool.commit()
     }
 
-    /// A write that ran out of space is retried once after a commit, which
-    /// makes chunks released in the running transaction reusable.
-    fn with_space_retry(&self, f: impl Fn() -> Result<()>) -> Result<()> {
-        let r = match f() {
-            Err(Error::NoSpace { .. }) if self.pool.thin().meta.read().data.pending_free() > 0 => {
-                self.pool.commit()?;
-                f()
+    /// A write that ran out of space is retried after a commit, which
+    /// makes chunks and metadata blocks released in the running transaction
+    /// reusable, and folds what it holds (its metadata needs are then
+    /// known, not estimated). A write resumes where it stopped: retries go
+    /// on while each attempt gets further (`progress`), a few more
+    /// otherwise.
+    fn with_space_retry(
+        &self,
+        mut f: impl FnMut() -> Result<()>,
+        progress: impl Fn() -> usize,
+    ) -> Result<()> {
+        let mut r = f();
+        let mut stalled = 0;
+        while let Err(Error::NoSpace { .. }) = r {
+            if stalled >= SPACE_RETRIES || !self.pool.thin().has_changes() {
+                break;
             }
-            r => r,
-        };
+            let before = progress();
+            self.pool.commit()?;
+            r = f();
+            stalled = if progress() > before { 0 } else { stalled + 1 };
+        }
         if r.is_ok() {
             self.pool.thin().maybe_commit()?;
         }

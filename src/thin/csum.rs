@@ -20,6 +20,8 @@ const BLK: usize = CSUM_BLOCK as usize;
 /// Checksums written in the running transaction, and what was found.
 pub struct Csums {
     pending: Vec<Mutex<HashMap<u64, Group>>>,
+    /// Groups in `pending` (each may copy a checksum leaf at the commit).
+    groups: AtomicU64,
     pub repaired: AtomicU64,
     pub unrecoverable: AtomicU64,
 }
@@ -43,6 +45,7 @@ impl Csums {
     pub fn new() -> Csums {
         Csums {
             pending: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            groups: AtomicU64::new(0),
             repaired: AtomicU64::new(0),
             unrecoverable: AtomicU64::new(0),
         }
@@ -53,6 +56,18 @@ impl Csums {
     pub fn drop_pending(&self) {
         for s in &self.pending {
             s.lock().clear();
+        }
+        self.groups.store(0, Ordering::Relaxed);
+    }
+
+    /// Checksum groups written in the running transaction.
+    pub fn pending_groups(&self) -> u64 {
+        self.groups.load(Ordering::Relaxed)
+    }
+
+    fn put(&self, key: u64, g: Group) {
+        if self.shard(key).lock().insert(key, g).is_none() {
+            self.groups.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -116,7 +131,7 @@ impl ThinPool {
             for (i, block) in rest[..n * BLK].chunks(BLK).enumerate() {
                 g[first + i] = crc(block);
             }
-            cs.shard(key).lock().insert(key, g);
+            cs.put(key, g);
             rest = &rest[n * BLK..];
             at += (n * BLK) as u64;
         }
@@ -156,7 +171,7 @@ impl ThinPool {
                 }
             }
             let key = csum_key(newc, at);
-            cs.shard(key).lock().insert(key, g);
+            cs.put(key, g);
             at += GROUP_BYTES;
         }
         Ok(())
@@ -307,9 +322,7 @@ impl ThinPool {
             meta.csum_put(k, &g)?;
         }
         // The caller holds the I/O gate: no write added any meanwhile.
-        for s in &cs.pending {
-            s.lock().clear();
-        }
+        cs.drop_pending();
         Ok(())
     }
 }

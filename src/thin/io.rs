@@ -10,6 +10,7 @@ use super::intent::Intent;
 use crate::error::{Error, Result};
 use crate::meta::btree;
 use crate::meta::codec::{get_u64, put_u64};
+use crate::meta::store::space::SpaceUse;
 use crate::meta::store::{mapping_spec, MetaStore};
 use crate::meta::superblock::MEMBER_FAILED;
 use crate::meta::VolumeRoot;
@@ -20,8 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const CHUNK_LOCKS: usize = 1024;
 /// Commit on our own once this many metadata blocks are dirty (bounds memory).
 pub const AUTO_COMMIT_NODES: usize = 8192;
-/// Metadata blocks kept free so a commit can always complete.
-const META_RESERVE: u64 = 128;
+/// Blocks mapping one chunk may copy: a path of the mapping tree, and
+/// a split at every level.
+const MAP_BLOCKS: u64 = 12;
 
 pub struct ThinPool {
     pub array: Array,
@@ -152,14 +154,21 @@ impl ThinPool {
 
     /// Write. Caller holds `io_guard`.
     pub fn write(&self, vol: u64, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_from(vol, offset, data, &mut 0)
+    }
+
+    /// Write `data[*done..]` at `offset + *done`, advancing `done` chunk by
+    /// chunk: a write that fails (out of space) can resume where it
+    /// stopped after a commit. Caller holds `io_guard`.
+    pub fn write_from(&self, vol: u64, offset: u64, data: &[u8], done: &mut usize) -> Result<()> {
         self.io_count.fetch_add(1, Ordering::Relaxed);
         self.array
             .check_writable()
             .map_err(|e| Error::io("writing data", e))?;
-        let mut done = 0usize;
-        for (vchunk, within, n) in self.pieces(offset, data.len() as u64) {
-            self.write_piece(vol, vchunk, within, &data[done..done + n as usize])?;
-            done += n as usize;
+        let start = *done as u64;
+        for (vchunk, within, n) in self.pieces(offset + start, data.len() as u64 - start) {
+            self.write_piece(vol, vchunk, within, &data[*done..*done + n as usize])?;
+            *done += n as usize;
         }
         Ok(())
     }
@@ -174,6 +183,8 @@ impl ThinPool {
             // elsewhere, whole, and the old one freed at the commit.
             if m.exclusive && (m.new || self.array.overwrite_in_place(data.len() as u64, cs)) {
                 if let (false, Some(intent)) = (m.new, &self.intent) {
+                    // Its new checksums copy a checksum leaf at the commit.
+                    self.check_meta_room(&self.meta.read(), SpaceUse::Ordinary)?;
                     intent.mark(&self.meta, m.phys)?;
                 }
                 return self.write_in_place(m.phys, within, data);
@@ -182,7 +193,7 @@ impl ThinPool {
         // Allocate a fresh chunk and write it whole: a full stripe on RAID5.
         let newc = {
             let mut meta = self.meta.write();
-            self.check_meta_room(&meta)?;
+            self.check_meta_room(&meta, SpaceUse::Ordinary)?;
             meta.data_alloc()?
         };
         let result = (|| {
@@ -215,20 +226,15 @@ impl ThinPool {
         self.set_mapping(&mut meta, vol, vchunk, Some(newc))
     }
 
-    fn check_meta_room(&self, meta: &MetaStore) -> Result<()> {
-        let msm = meta.msm();
-        let reserve = META_RESERVE + meta.data.overlay.len() as u64 / 128;
-        if msm.blocks() - 1 - msm.used() < reserve {
-            return Err(Error::NoSpace {
-                pool: meta.catalog().pool_name.clone(),
-                detail: format!(
-                    "the metadata area is full ({} of {} blocks used); remove snapshots or volumes",
-                    msm.used(),
-                    msm.blocks()
-                ),
-            });
-        }
-        Ok(())
+    /// Checksum groups written in the running transaction.
+    pub(crate) fn csum_groups(&self) -> u64 {
+        self.csums.as_ref().map_or(0, |c| c.pending_groups())
+    }
+
+    /// Refuse a write or discard that would eat into the metadata reserve
+    /// (a commit then makes room, if anything was released).
+    fn check_meta_room(&self, meta: &MetaStore, what: SpaceUse) -> Result<()> {
+        meta.check_room(what, MAP_BLOCKS, self.csum_groups())
     }
 
     /// Point `vchunk` of `vol` at `phys` (or unmap it), releasing the old chunk.
@@ -290,6 +296,7 @@ impl ThinPool {
         for k in keys {
             let _l = self.chunk_lock(vol, k).write();
             let mut meta = self.meta.write();
+            self.check_meta_room(&meta, SpaceUse::Discard)?;
             self.set_mapping(&mut meta, vol, k, None)?;
         }
         Ok(())

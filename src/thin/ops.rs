@@ -5,8 +5,6 @@
 
 use super::io::ThinPool;
 use crate::error::Result;
-use crate::meta::btree;
-use crate::meta::store::mapping_spec;
 use crate::meta::VolumeRoot;
 
 impl ThinPool {
@@ -34,12 +32,28 @@ impl ThinPool {
             meta.msm_mut().inc(sr.root);
         }
         meta.set_volume_root(dst, sr)?;
-        btree::dec_tree(&mut *meta, &mapping_spec(dst), old.root)
+        meta.release_root(old)
     }
 
-    /// Drop a volume; chunks nobody else references become free.
+    /// Drop a volume: its mapping tree is handed over to be released in
+    /// steps ([`ThinPool::release_step`]); chunks nobody else references
+    /// become free as they go.
     pub fn delete_volume(&self, id: u64) -> Result<()> {
-        self.meta.write().remove_volume_root(id)
+        self.meta.write().release_volume(id)
+    }
+
+    /// Release part of the mapping trees of removed volumes, as much as the
+    /// commit that follows has room for. Caller holds the gate for write
+    /// and commits after. Returns true while some are left.
+    pub fn release_step(&self) -> Result<bool> {
+        let mut meta = self.meta.write();
+        let budget = meta.release_budget(self.csum_groups());
+        meta.prune_released(budget)
+    }
+
+    /// Trees of removed volumes not yet released.
+    pub fn releasing(&self) -> usize {
+        self.meta.read().releasing()
     }
 
     /// Forget everything at or beyond byte `size` (shrink).

@@ -30,6 +30,9 @@ use std::sync::Arc;
 
 pub const VOLUMES_OWNER: u64 = u64::MAX - 1;
 pub const DSM_OWNER: u64 = u64::MAX - 2;
+/// Keys of the volumes tree at or above this one hold mapping trees of
+/// removed volumes and snapshots, released in steps (no catalog record).
+pub const RELEASING: u64 = 1 << 62;
 pub const DEFAULT_CACHE_NODES: usize = 16384;
 const CACHE_SHARDS: usize = 16;
 
@@ -439,3 +442,4 @@ mod commit;
 pub mod csum;
 mod open;
 mod refs;
+pub mod space;

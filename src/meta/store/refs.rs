@@ -63,6 +63,69 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Take volume `id`'s entry out of the volumes tree, leaving its
+    /// mapping tree's reference with the caller.
+    fn detach_volume_root(&mut self, id: u64) -> Result<Option<VolumeRoot>> {
+        let root = self.volumes_root;
+        let (nr, old) = btree::remove(self, &VOLUMES_SPEC, root, id)?;
+        self.volumes_root = nr;
+        self.roots.remove(&id);
+        Ok(old.map(|v| VolumeRoot::decode(&v)))
+    }
+
+    /// Hand a mapping tree (one reference to `vr.root`) over to be
+    /// released in steps ([`MetaStore::prune_released`]): it moves to a
+    /// fresh key at or above [`RELEASING`] of the volumes tree. O(depth):
+    /// this is what removing a volume or a snapshot costs in its own
+    /// transaction, so a removal always fits in the metadata reserve.
+    pub fn release_root(&mut self, vr: VolumeRoot) -> Result<()> {
+        if vr.root == 0 {
+            return Ok(());
+        }
+        let key = RELEASING | self.next_volume_id;
+        self.next_volume_id += 1;
+        self.set_volume_root(key, VolumeRoot { mapped: 0, ..vr })
+    }
+
+    /// Remove volume `id` from the volumes tree; its mapping tree is
+    /// released in steps.
+    pub fn release_volume(&mut self, id: u64) -> Result<()> {
+        match self.detach_volume_root(id)? {
+            Some(vr) => self.release_root(vr),
+            None => Ok(()),
+        }
+    }
+
+    /// Mapping trees still being released.
+    pub fn releasing(&self) -> usize {
+        self.roots.keys().filter(|&&k| k >= RELEASING).count()
+    }
+
+    /// Release up to about `budget` values of the trees being released
+    /// (see [`btree::prune`]). Returns true while some are left.
+    pub fn prune_released(&mut self, mut budget: u64) -> Result<bool> {
+        let mut keys: Vec<u64> = self
+            .roots
+            .keys()
+            .copied()
+            .filter(|&k| k >= RELEASING)
+            .collect();
+        keys.sort_unstable();
+        for key in keys {
+            if budget == 0 {
+                return Ok(true);
+            }
+            let vr = self.roots.get(&key).copied().unwrap_or_default();
+            let root = btree::prune(self, &mapping_spec(key), vr.root, &mut budget)?;
+            if root == 0 {
+                self.detach_volume_root(key)?;
+            } else {
+                self.set_volume_root(key, VolumeRoot { root, ..vr })?;
+            }
+        }
+        Ok(self.releasing() > 0)
+    }
+
     pub fn remove_volume_root(&mut self, id: u64) -> Result<()> {
         let root = self.volumes_root;
         let (nr, old) = btree::remove(self, &VOLUMES_SPEC, root, id)?;

@@ -1,0 +1,228 @@
+//! Metadata space that never wedges a pool: snapshots fill a small metadata
+//! area, ordinary use stops at the reserve with ENOSPC, and removing things
+//! alone frees the pool again (issue 16).
+
+mod common;
+
+use common::*;
+use vpool::device::{CrashSim, DeviceRef};
+use vpool::raid::RaidLevel;
+use vpool::{CreateOptions, Error, Pool};
+
+const VOL: u64 = 16 * MIB;
+const BLK: u64 = 4096;
+
+fn pool_with_metadata(
+    level: RaidLevel,
+    members: usize,
+    size: u64,
+    meta: u64,
+) -> (Pool, Vec<std::sync::Arc<vpool::device::MemDevice>>) {
+    let devs = mem_devices(members, size);
+    let mut opts = CreateOptions::new(level);
+    opts.stripe_unit = 4096;
+    opts.metadata_size = Some(meta);
+    let (pool, _) = Pool::create("tank", refs(&devs), &opts).expect("create pool");
+    (pool, devs)
+}
+
+fn is_enospc(e: &Error) -> bool {
+    matches!(e, Error::NoSpace { .. })
+}
+
+/// Random 4 KiB writes to volume "a", mirrored in `model`; stops at the
+/// first ENOSPC and returns it.
+fn random_writes(pool: &Pool, model: &mut [u8], rng: &mut Rng, n: usize) -> Option<Error> {
+    let vol = pool.volume("a", None).unwrap();
+    for _ in 0..n {
+        let off = rng.below(VOL / BLK) * BLK;
+        let data = pattern(BLK as usize, rng.next());
+        match vol.write_at(&data, off) {
+            Ok(()) => model[off as usize..(off + BLK) as usize].copy_from_slice(&data),
+            Err(e) if is_enospc(&e) => return Some(e),
+            Err(e) => panic!("write at {off}: {e}"),
+        }
+    }
+    None
+}
+
+fn fill_with_snapshots(
+    pool: &Pool,
+    model: &mut [u8],
+    rng: &mut Rng,
+) -> (Vec<String>, Vec<Vec<u8>>, String) {
+    let mut snaps = Vec::new();
+    let mut contents = Vec::new();
+    for i in 0..10_000 {
+        if let Some(e) = random_writes(pool, model, rng, 300) {
+            return (snaps, contents, format!("write: {e}"));
+        }
+        let name = format!("s{i}");
+        match pool.snapshot("a", &name) {
+            Ok(()) => {
+                snaps.push(name);
+                contents.push(model.to_vec());
+            }
+            Err(e) if is_enospc(&e) => return (snaps, contents, format!("snapshot: {e}")),
+            Err(e) => panic!("snapshot {name}: {e}"),
+        }
+    }
+    panic!("the metadata area never filled");
+}
+
+/// The issue's scenario, small: a raid1 pool, one volume written full, a
+/// snapshot after every 300 random 4 KiB writes until the metadata area is
+/// full. Then every snapshot is removed, oldest first (a retention
+/// policy): each removal works, writes work again, the pool closes and
+/// reopens clean, and the metadata use returns near where it started.
+#[test]
+fn snapshots_that_fill_the_metadata_are_removed_oldest_first() {
+    let (pool, devs) = pool_with_metadata(RaidLevel::Raid1, 2, 96 * MIB, 4 * MIB);
+    pool.create_volume("a", VOL).unwrap();
+    let mut model = vec![0u8; VOL as usize];
+    model_write(&pool, &mut model, 0, VOL as usize, 1);
+    pool.commit().unwrap();
+    let start = pool.info();
+    let mut rng = Rng(0x5eed_1234_abcd);
+    let (snaps, contents, why) = fill_with_snapshots(&pool, &mut model, &mut rng);
+    let full = pool.info();
+    assert!(
+        snaps.len() >= 3,
+        "only {} snapshots before: {why}",
+        snaps.len()
+    );
+    eprintln!("{} snapshots filled the metadata area; {why}", snaps.len());
+    assert!(
+        why.contains("metadata area is full") && why.contains("remove snapshots"),
+        "{why}"
+    );
+    assert!(
+        full.allocated * 2 < full.capacity,
+        "the data area should be far from full ({} of {})",
+        full.allocated,
+        full.capacity
+    );
+    // The full pool still commits (the reserve holds what its commits need).
+    pool.commit().unwrap();
+    // Middle snapshots read as they were when taken.
+    let mid = snaps.len() / 2;
+    assert_eq!(
+        read_vol(&pool, "a", Some(&snaps[mid]), VOL as usize),
+        contents[mid]
+    );
+    for s in &snaps {
+        pool.remove_snapshot("a", s)
+            .unwrap_or_else(|e| panic!("removing snapshot {s} of {}: {e}", snaps.len()));
+    }
+    assert!(
+        random_writes(&pool, &mut model, &mut rng, 2000).is_none(),
+        "writes work again"
+    );
+    model_verify(&pool, &model, "after the removals");
+    pool.close().unwrap();
+    let after = pool.info();
+    assert!(
+        after.metadata_used <= start.metadata_used + start.metadata_used / 2 + 64 * BLK,
+        "metadata use {} did not return near its start {}",
+        after.metadata_used,
+        start.metadata_used
+    );
+    drop(pool);
+    let pool = Pool::open(refs(&devs)).unwrap();
+    model_verify(&pool, &model, "after reopening");
+    let r = pool.check(false).unwrap();
+    assert!(r.clean(), "{r:?}");
+}
+
+/// `vol remove --recursive` of a volume and all its snapshots on a full
+/// metadata area: one transaction hands the trees over, the release runs
+/// in steps each of which fits, and the space comes back.
+#[test]
+fn removing_a_volume_with_its_snapshots_frees_a_full_pool() {
+    let (pool, devs) = pool_with_metadata(RaidLevel::Linear, 1, 96 * MIB, 2 * MIB);
+    pool.create_volume("a", VOL).unwrap();
+    let mut model = vec![0u8; VOL as usize];
+    model_write(&pool, &mut model, 0, VOL as usize, 2);
+    let mut rng = Rng(77);
+    let (snaps, _, why) = fill_with_snapshots(&pool, &mut model, &mut rng);
+    assert!(snaps.len() >= 3, "{why}");
+    pool.create_volume("b", MIB)
+        .expect_err("a create must stop at the reserve");
+    pool.remove_volume("a", true).unwrap();
+    let info = pool.info();
+    assert_eq!(info.allocated, 0, "every chunk is free again");
+    pool.create_volume("b", VOL).unwrap();
+    pool.close().unwrap();
+    drop(pool);
+    let pool = Pool::open(refs(&devs)).unwrap();
+    let r = pool.check(false).unwrap();
+    assert!(r.clean(), "{r:?}");
+}
+
+/// Power cuts at points spread over the removal of three snapshots from a
+/// full metadata area (the removal's own transaction, the release steps,
+/// their commits): every time the pool opens, finishes any release left
+/// over, reads as the model, and `check` is clean.
+#[test]
+fn power_cuts_during_removals_leave_a_pool_that_opens_clean() {
+    let size = 64 * MIB;
+    let mut sim = CrashSim::new(2, size, 11);
+    let devs: Vec<DeviceRef> = sim.devices.iter().map(|d| d.clone() as DeviceRef).collect();
+    let mut opts = CreateOptions::new(RaidLevel::Raid1);
+    opts.stripe_unit = 4096;
+    opts.metadata_size = Some(3 * MIB);
+    let (pool, _) = Pool::create("tank", devs, &opts).unwrap();
+    pool.create_volume("a", VOL).unwrap();
+    let mut model = vec![0u8; VOL as usize];
+    model_write(&pool, &mut model, 0, VOL as usize, 5);
+    let mut rng = Rng(99);
+    let (snaps, contents, why) = fill_with_snapshots(&pool, &mut model, &mut rng);
+    assert!(snaps.len() >= 4, "{why}");
+    pool.close().unwrap();
+    drop(pool);
+    let base: Vec<Vec<u8>> = sim.crash().iter().map(|d| d.snapshot()).collect();
+    let remove_three = |pool: &Pool| -> vpool::Result<()> {
+        for s in &snaps[..3] {
+            pool.remove_snapshot("a", s)?;
+        }
+        Ok(())
+    };
+    // How many writes the removals issue when nothing interrupts them.
+    let sim = CrashSim::from_images(base.clone(), 1);
+    let pool = Pool::open(sim.devices.iter().map(|d| d.clone() as DeviceRef).collect()).unwrap();
+    let before = sim.writes();
+    remove_three(&pool).unwrap();
+    let total = sim.writes() - before;
+    drop(pool);
+    let cuts = crash_iters(12, 100, 4);
+    for k in 0..cuts {
+        let cut = 1 + total * k / cuts;
+        let mut sim = CrashSim::from_images(base.clone(), 1000 + k);
+        let pool =
+            Pool::open(sim.devices.iter().map(|d| d.clone() as DeviceRef).collect()).unwrap();
+        sim.cut_after(cut);
+        let _ = remove_three(&pool);
+        drop(pool);
+        let after = sim.crash();
+        let pool = Pool::open(refs(&after))
+            .unwrap_or_else(|e| panic!("open after a cut at write {cut} of {total}: {e}"));
+        model_verify(&pool, &model, &format!("volume after a cut at write {cut}"));
+        for (i, s) in snaps.iter().enumerate().take(4) {
+            if let Ok(v) = pool.volume("a", Some(s)) {
+                let mut got = vec![0u8; VOL as usize];
+                v.read_at(&mut got, 0).unwrap();
+                assert!(
+                    got == contents[i],
+                    "snapshot {s} changed (cut at write {cut})"
+                );
+            } else {
+                assert!(i < 3, "snapshot {s} was not being removed");
+            }
+        }
+        let r = pool.check(false).unwrap();
+        assert!(
+            r.clean() && r.releasing == 0,
+            "cut at write {cut} of {total}: {r:?}"
+        );
+    }
+}
