@@ -125,18 +125,6 @@ impl MetaStore {
         }
         Ok(self.releasing() > 0)
     }
-
-    pub fn remove_volume_root(&mut self, id: u64) -> Result<()> {
-        let root = self.volumes_root;
-        let (nr, old) = btree::remove(self, &VOLUMES_SPEC, root, id)?;
-        self.volumes_root = nr;
-        self.roots.remove(&id);
-        if let Some(v) = old {
-            let r = VolumeRoot::decode(&v).root;
-            btree::dec_tree(self, &mapping_spec(id), r)?;
-        }
-        Ok(())
-    }
 }
 
 impl NodeStore for MetaStore {
