@@ -23,6 +23,8 @@ fn pool_with_metadata(
     opts.stripe_unit = 4096;
     opts.metadata_size = Some(meta);
     let (pool, _) = Pool::create("tank", refs(&devs), &opts).expect("create pool");
+    // These tests fill the metadata area: it must not grow on its own.
+    pool.set_metadata_autogrow(false).unwrap();
     (pool, devs)
 }
 
@@ -172,6 +174,7 @@ fn power_cuts_during_removals_leave_a_pool_that_opens_clean() {
     opts.stripe_unit = 4096;
     opts.metadata_size = Some(3 * MIB);
     let (pool, _) = Pool::create("tank", devs, &opts).unwrap();
+    pool.set_metadata_autogrow(false).unwrap();
     pool.create_volume("a", VOL).unwrap();
     let mut model = vec![0u8; VOL as usize];
     model_write(&pool, &mut model, 0, VOL as usize, 5);
@@ -225,4 +228,95 @@ fn power_cuts_during_removals_leave_a_pool_that_opens_clean() {
             "cut at write {cut} of {total}: {r:?}"
         );
     }
+}
+
+/// `pool set metadata-size` grows the metadata area online from the data
+/// area: snapshots go on past where the fixed area filled, the pool
+/// reopens (format version 6) with everything in place, `check` is clean,
+/// and the grown space is released by removals like any other.
+#[test]
+fn the_metadata_area_grows_by_command_and_reopens() {
+    for level in [RaidLevel::Linear, RaidLevel::Raid1, RaidLevel::Raid5] {
+        let n = members_for(level);
+        let (pool, devs) = pool_with_metadata(level, n, 96 * MIB, 2 * MIB);
+        pool.create_volume("a", VOL).unwrap();
+        let mut model = vec![0u8; VOL as usize];
+        model_write(&pool, &mut model, 0, VOL as usize, 6);
+        let mut rng = Rng(1234);
+        let (first, _, why) = fill_with_snapshots(&pool, &mut model, &mut rng);
+        assert!(why.contains("metadata"), "{level}: {why}");
+        let before = pool.info();
+        let msg = pool.set_metadata_size(8 * MIB).unwrap();
+        assert!(msg.contains("grown"), "{msg}");
+        let after = pool.info();
+        assert!(
+            after.metadata_total >= 8 * MIB - 64 * 1024,
+            "{level}: {}",
+            after.metadata_total
+        );
+        assert_eq!(after.metadata_extents, 1);
+        assert!(
+            after.allocated > before.allocated,
+            "the extent takes data chunks"
+        );
+        // More snapshots fit now; each still reads as taken.
+        let mut snaps = Vec::new();
+        for i in 0..3 {
+            assert!(
+                random_writes(&pool, &mut model, &mut rng, 300).is_none(),
+                "{level}"
+            );
+            let s = format!("more{i}");
+            pool.snapshot("a", &s).unwrap();
+            snaps.push((s, model.clone()));
+        }
+        pool.close().unwrap();
+        drop(pool);
+        let pool = Pool::open(refs(&devs)).unwrap();
+        assert_eq!(pool.info().metadata_extents, 1);
+        model_verify(&pool, &model, &format!("{level} after reopening"));
+        for (s, content) in &snaps {
+            assert!(
+                read_vol(&pool, "a", Some(s), VOL as usize) == *content,
+                "{level} {s}"
+            );
+        }
+        let r = pool.check(false).unwrap();
+        assert!(r.clean(), "{level}: {r:?}");
+        for s in first.iter().chain(snaps.iter().map(|(s, _)| s)) {
+            pool.remove_snapshot("a", s).unwrap();
+        }
+        let r = pool.check(false).unwrap();
+        assert!(r.clean(), "{level} after removals: {r:?}");
+        pool.set_metadata_size(MIB)
+            .expect_err("the area never shrinks");
+    }
+}
+
+/// Past 80% use the metadata area grows on its own: a snapshot workload
+/// that fills the fixed area runs on without ENOSPC, in several steps.
+#[test]
+fn the_metadata_area_grows_on_its_own() {
+    let (pool, devs) = pool_with_metadata(RaidLevel::Raid1, 2, 128 * MIB, 2 * MIB);
+    pool.set_metadata_autogrow(true).unwrap();
+    pool.create_volume("a", VOL).unwrap();
+    let mut model = vec![0u8; VOL as usize];
+    model_write(&pool, &mut model, 0, VOL as usize, 7);
+    let mut rng = Rng(4321);
+    for i in 0..20 {
+        assert!(
+            random_writes(&pool, &mut model, &mut rng, 300).is_none(),
+            "snapshot {i}"
+        );
+        pool.snapshot("a", &format!("s{i}")).unwrap();
+    }
+    let info = pool.info();
+    assert!(info.metadata_extents >= 1, "{info:?}");
+    assert!(info.metadata_total > 2 * MIB);
+    pool.close().unwrap();
+    drop(pool);
+    let pool = Pool::open(refs(&devs)).unwrap();
+    model_verify(&pool, &model, "after reopening");
+    let r = pool.check(false).unwrap();
+    assert!(r.clean(), "{r:?}");
 }

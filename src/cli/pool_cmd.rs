@@ -78,6 +78,15 @@ pub enum PoolCmd {
     /// Read every block in use from every copy, check it against its
     /// checksum (and raid5 parity against the data), and rewrite bad copies
     /// from good ones. Volumes stay online.
+    /// Set pool properties: `metadata-size=SIZE` grows the metadata area
+    /// online to SIZE per copy, taking space from the data area (it also
+    /// grows on its own past 80% use).
+    Set {
+        name: String,
+        /// PROPERTY=VALUE: metadata-size=SIZE (e.g. 1G), metadata-autogrow=on|off.
+        #[arg(required = true)]
+        properties: Vec<String>,
+    },
     Scrub {
         name: String,
         /// Count what is wrong, change nothing.
@@ -238,6 +247,29 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
                 super::job_cmd::wait(ctx, &name)?;
             }
         }
+        PoolCmd::Set { name, properties } => {
+            let (mut metadata_size, mut metadata_autogrow) = (None, None);
+            for p in &properties {
+                match p.split_once('=') {
+                    Some(("metadata-size", v)) => {
+                        metadata_size = Some(parse_size_arg(v).map_err(anyhow::Error::msg)?)
+                    }
+                    Some(("metadata-autogrow", "on")) => metadata_autogrow = Some(true),
+                    Some(("metadata-autogrow", "off")) => metadata_autogrow = Some(false),
+                    _ => anyhow::bail!(
+                        "unknown property '{p}': pool properties are metadata-size=SIZE and metadata-autogrow=on|off"
+                    ),
+                }
+            }
+            report(&dispatch(
+                ctx,
+                Request::PoolSet {
+                    name,
+                    metadata_size,
+                    metadata_autogrow,
+                },
+            )?);
+        }
         PoolCmd::Scrub { name, check_only } => {
             report(&dispatch(ctx, Request::PoolScrub { name, check_only })?);
         }
@@ -397,11 +429,27 @@ fn print_status(i: &PoolInfo) {
         }
     );
     println!(
-        "  meta: {} of {} used, transaction {}, {} copies repaired",
+        "  meta: {} of {} used ({}%), {} kept for removals{}; transaction {}, {} copies repaired{}",
         format_size(i.metadata_used),
         format_size(i.metadata_total),
+        i.metadata_used * 100 / i.metadata_total.max(1),
+        format_size(i.metadata_reserved),
+        if i.metadata_extents > 0 {
+            format!(
+                ", {} grown online in {} steps",
+                format_size(i.metadata_grown),
+                i.metadata_extents
+            )
+        } else {
+            String::new()
+        },
         i.transaction,
-        i.metadata_repairs
+        i.metadata_repairs,
+        if i.releasing > 0 {
+            format!("; releasing {} removed volumes", i.releasing)
+        } else {
+            String::new()
+        }
     );
     println!("  vols: {} volumes, {} snapshots", i.volumes, i.snapshots);
     if let Some(j) = &i.job {

@@ -173,6 +173,29 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
         Request::PoolScrub { name, check_only } => {
             super::health::pool_scrub(engine, &name, check_only)
         }
+        Request::PoolSet {
+            name,
+            metadata_size,
+            metadata_autogrow,
+        } => {
+            let pool = engine.pool(&name)?;
+            let mut done = Vec::new();
+            if let Some(on) = metadata_autogrow {
+                done.push(pool.set_metadata_autogrow(on)?);
+            }
+            if let Some(size) = metadata_size {
+                done.push(pool.set_metadata_size(size)?);
+            }
+            if done.is_empty() {
+                bail!(crate::Error::Invalid(
+                    "nothing to set: `vpool pool set POOL metadata-size=SIZE` or `metadata-autogrow=on|off`".into()
+                ));
+            }
+            Ok(Response {
+                message: Some(done.join("; ")),
+                ..Default::default()
+            })
+        }
         Request::JobList => super::members::job_list(engine),
         Request::Mount { dir } => ok(engine.mount_fuse(&dir)?),
         Request::Unmount => ok(engine.unmount_fuse()?),

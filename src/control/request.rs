@@ -87,6 +87,16 @@ pub enum Request {
         name: String,
         check_only: bool,
     },
+    /// Change a pool property (`pool set`): `metadata_size` grows the
+    /// metadata area to at least that many bytes per copy.
+    PoolSet {
+        name: String,
+        #[serde(default)]
+        metadata_size: Option<u64>,
+        /// Let the metadata area grow on its own (default on).
+        #[serde(default)]
+        metadata_autogrow: Option<bool>,
+    },
     /// Layout changes in progress, on every pool.
     JobList,
     JobPause {
@@ -265,6 +275,9 @@ impl Request {
             Request::PoolScrub { name, .. } => {
                 r("POST", format!("/v1/pools/{}/scrub", enc(name)), body)
             }
+            Request::PoolSet { name, .. } => {
+                r("POST", format!("/v1/pools/{}/set", enc(name)), body)
+            }
             Request::JobList => r("GET", "/v1/jobs".into(), None),
             Request::Mount { .. } => r("POST", "/v1/mount".into(), body),
             Request::Unmount => r("DELETE", "/v1/mount".into(), None),
@@ -366,7 +379,7 @@ impl Request {
             ("POST", ["v1", "pools", name, "export"]) => Request::PoolExport {
                 name: name.to_string(),
             },
-            ("POST", ["v1", "pools", _, "check" | "members" | "scrub"])
+            ("POST", ["v1", "pools", _, "check" | "members" | "scrub" | "set"])
             | ("POST", ["v1", "pools", _, "members", "remove" | "fail" | "replace" | "clear"]) => {
                 from_body()?
             }
@@ -423,6 +436,11 @@ mod tests {
             },
             Request::PoolList,
             Request::PoolStatus { name: "t a".into() },
+            Request::PoolSet {
+                name: "t".into(),
+                metadata_size: Some(1 << 30),
+                metadata_autogrow: Some(false),
+            },
             Request::PoolExport { name: "t".into() },
             Request::PoolImport {
                 name: None,

@@ -146,6 +146,8 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         std::thread::spawn(move || {
             let mut waited = Duration::ZERO;
             let mut last_error = std::collections::HashMap::new();
+            let mut meta_warned: std::collections::HashMap<String, String> =
+                std::collections::HashMap::new();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 waited += Duration::from_millis(100);
@@ -174,6 +176,19 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                     if let Err(e) = pool.commit_if_dirty() {
                         tracing::error!(pool = %name, "background commit failed: {e}");
                     }
+                    // Metadata space: grow past the threshold, warn once
+                    // per level crossed (80, 90%).
+                    if let Err(e) = pool.autogrow_metadata() {
+                        if last_error.get(&name) != Some(&e.to_string()) {
+                            tracing::error!(pool = %name, "the metadata area cannot grow: {e}");
+                            last_error.insert(name.clone(), e.to_string());
+                        }
+                    }
+                    let warn = pool.metadata_warnings().join("; ");
+                    if !warn.is_empty() && meta_warned.get(&name) != Some(&warn) {
+                        tracing::warn!(pool = %name, "{warn}");
+                    }
+                    meta_warned.insert(name.clone(), warn);
                 }
             }
         })

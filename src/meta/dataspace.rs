@@ -178,6 +178,36 @@ impl DataSpace {
         None
     }
 
+    /// Allocate `n` consecutive chunks below the usable limit (first fit),
+    /// each with one reference. For metadata extents.
+    pub fn alloc_run(&mut self, n: u64) -> Option<u64> {
+        let total = self.usable();
+        let (mut start, mut c) = (0u64, 0u64);
+        while c < total && n > 0 {
+            if c.is_multiple_of(64) && c == start && self.used_bits[(c / 64) as usize] == u64::MAX {
+                c += 64;
+                start = c;
+                continue;
+            }
+            if bit(&self.used_bits, c) {
+                c += 1;
+                start = c;
+                continue;
+            }
+            c += 1;
+            if c - start == n {
+                for x in start..c {
+                    set_bit(&mut self.used_bits, x, true);
+                    self.overlay.insert(x, 1);
+                    self.allocated.insert(x);
+                    self.used += 1;
+                }
+                return Some(start);
+            }
+        }
+        None
+    }
+
     pub fn set_count(&mut self, c: u64, old: u32, new: u32) {
         self.overlay.insert(c, new);
         set_bit(&mut self.shared_bits, c, new > 1);

@@ -7,6 +7,7 @@ pub mod btree;
 pub mod catalog;
 pub mod codec;
 pub mod dataspace;
+pub mod extent;
 pub mod fuzzing;
 pub mod header;
 pub mod label;

@@ -25,7 +25,14 @@ pub struct MetaSpaceMap {
     allocated: HashSet<u64>,
     hint: u64,
     used: u64,
+    /// Block numbers that are not metadata space (block 0, and the gaps
+    /// before metadata extents, which start on page boundaries): their
+    /// count is `u32::MAX`, never allocated nor counted as used.
+    holes: u64,
 }
+
+/// The count of a block number that is not metadata space.
+pub const HOLE: u32 = u32::MAX;
 
 impl MetaSpaceMap {
     /// A fresh map: only block 0 (the null block) is taken.
@@ -40,11 +47,16 @@ impl MetaSpaceMap {
             allocated: HashSet::new(),
             hint: 1,
             used: 0,
+            holes: 1,
         }
     }
 
-    pub fn from_counts(counts: Vec<u32>) -> MetaSpaceMap {
-        let used = counts.iter().skip(1).filter(|&&c| c > 0).count() as u64;
+    pub fn from_counts(mut counts: Vec<u32>) -> MetaSpaceMap {
+        if let Some(c) = counts.first_mut() {
+            *c = HOLE;
+        }
+        let used = counts.iter().filter(|&&c| c > 0 && c != HOLE).count() as u64;
+        let holes = counts.iter().filter(|&&c| c == HOLE).count() as u64;
         MetaSpaceMap {
             counts,
             dirty_pages: BTreeSet::new(),
@@ -52,11 +64,34 @@ impl MetaSpaceMap {
             allocated: HashSet::new(),
             hint: 1,
             used,
+            holes,
         }
     }
 
+    /// Metadata blocks (block numbers that are metadata space, block 0
+    /// included as in the label's count).
     pub fn blocks(&self) -> u64 {
+        self.counts.len() as u64 + 1 - self.holes
+    }
+
+    /// Block numbers covered (the fixed area, gaps and extents).
+    pub fn span(&self) -> u64 {
         self.counts.len() as u64
+    }
+
+    /// Add block numbers `[span, end)`: those below `first` are a gap
+    /// (not metadata space), the others free. Their pages are written at
+    /// the next commit.
+    pub fn extend(&mut self, first: u64, end: u64) {
+        let old = self.counts.len() as u64;
+        for b in old..end {
+            let v = if b < first { HOLE } else { 0 };
+            if v == HOLE {
+                self.holes += 1;
+            }
+            self.counts.push(v);
+            self.dirty_pages.insert(b as usize / ENTRIES_PER_PAGE);
+        }
     }
 
     pub fn used(&self) -> u64 {
@@ -67,7 +102,7 @@ impl MetaSpaceMap {
     /// running transaction (the committed state may still reach those).
     pub fn available(&self) -> u64 {
         (self.counts.len() as u64)
-            .saturating_sub(1 + self.used)
+            .saturating_sub(self.holes + self.used)
             .saturating_sub(self.freed.len() as u64)
     }
 
@@ -95,7 +130,16 @@ impl MetaSpaceMap {
     }
 
     pub fn alloc(&mut self) -> Option<u64> {
-        let n = self.counts.len() as u64;
+        self.alloc_below(self.counts.len() as u64)
+    }
+
+    /// Allocate a block numbered below `limit` (the fixed area, for blocks
+    /// that must be readable before the extents are).
+    pub fn alloc_below(&mut self, limit: u64) -> Option<u64> {
+        let n = limit.min(self.counts.len() as u64);
+        if n == 0 {
+            return None;
+        }
         for i in 0..n {
             let b = (self.hint + i) % n;
             if b != 0 && self.counts[b as usize] == 0 && !self.freed.contains(&b) {
@@ -110,11 +154,17 @@ impl MetaSpaceMap {
 
     pub fn inc(&mut self, b: u64) {
         let c = self.count(b);
+        if c == HOLE {
+            return;
+        }
         self.set(b, c.saturating_add(1));
     }
 
     pub fn dec(&mut self, b: u64) {
         let c = self.count(b);
+        if c == HOLE {
+            return;
+        }
         debug_assert!(c > 0, "metadata block {b} released twice");
         if c == 0 {
             return;

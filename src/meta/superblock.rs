@@ -27,8 +27,16 @@ pub const SB_VERSION_CSUM: u32 = 4;
 /// Older readers refuse it (they would take a tagged pointer for a block
 /// number). Every commit writes this version.
 pub const SB_VERSION_GEN: u32 = 5;
+/// Version 5 plus metadata extents (metadata space taken from the data
+/// area after creation): the last 8 bytes point at the extent list block.
+/// Written only while the pool has extents, so pools that never grew stay
+/// at version 5. Older readers refuse it (they would not find the blocks).
+pub const SB_VERSION_EXTENTS: u32 = 6;
 /// Feature bit (byte 12, version 5): the pool keeps data checksums.
 const FEATURE_CSUM: u32 = 1;
+/// Feature bit: the metadata area does not grow on its own (`pool set
+/// metadata-autogrow=off`). Advisory: a reader that ignores it is safe.
+const FEATURE_NO_AUTOGROW: u32 = 2;
 const FEATURES: usize = 12;
 /// Member states recorded in the superblock.
 pub const MEMBER_ONLINE: u8 = 0;
@@ -46,8 +54,10 @@ const TRANSITION: usize = 200;
 const CSUM_ROOT: usize = 240;
 const INTENT_BLOCK: usize = 248;
 const SELECTOR: usize = 256;
+/// Version 6: the metadata extent list block.
+const EXTENTS: usize = BLOCK_SIZE - 8;
 /// Most space-map pages a superblock can select between.
-pub const MAX_MSM_PAGES: usize = (BLOCK_SIZE - SELECTOR) * 8;
+pub const MAX_MSM_PAGES: usize = (EXTENTS - SELECTOR) * 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
@@ -76,6 +86,10 @@ pub struct Superblock {
     /// Generation tags of the volumes, reference-count and checksum tree
     /// roots (0: not recorded, as in versions before 5).
     pub root_gens: [u32; 3],
+    /// The metadata extent list block (0: none; version 6).
+    pub extents_block: u64,
+    /// The metadata area grows only by command.
+    pub no_autogrow: bool,
 }
 
 /// Where a checksummed pool keeps its data checksums and write intents.
@@ -129,7 +143,9 @@ impl Superblock {
     }
 
     pub fn selector_bit(&self, page: usize) -> usize {
-        ((self.selector[page / 8] >> (page % 8)) & 1) as usize
+        self.selector
+            .get(page / 8)
+            .map_or(0, |s| ((s >> (page % 8)) & 1) as usize)
     }
 
     pub fn set_selector_bit(&mut self, page: usize, slot: usize) {
@@ -143,11 +159,24 @@ impl Superblock {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; BLOCK_SIZE];
         put_u32(&mut b, 4, SB_MAGIC);
-        put_u32(&mut b, 8, SB_VERSION_GEN);
+        put_u32(
+            &mut b,
+            8,
+            if self.extents_block != 0 {
+                SB_VERSION_EXTENTS
+            } else {
+                SB_VERSION_GEN
+            },
+        );
         put_u32(
             &mut b,
             FEATURES,
-            if self.csum.is_some() { FEATURE_CSUM } else { 0 },
+            (if self.csum.is_some() { FEATURE_CSUM } else { 0 })
+                | (if self.no_autogrow {
+                    FEATURE_NO_AUTOGROW
+                } else {
+                    0
+                }),
         );
         put_u64(&mut b, 16, self.txid);
         b[24..40].copy_from_slice(&self.pool_uuid);
@@ -180,8 +209,9 @@ impl Superblock {
             put_u64(&mut b, CSUM_ROOT, pack_ptr(c.root, self.root_gens[2]));
             put_u64(&mut b, INTENT_BLOCK, c.intent_block);
         }
-        let n = self.selector.len().min(BLOCK_SIZE - SELECTOR);
+        let n = self.selector.len().min(EXTENTS - SELECTOR);
         b[SELECTOR..SELECTOR + n].copy_from_slice(&self.selector[..n]);
+        put_u64(&mut b, EXTENTS, self.extents_block);
         seal(&mut b, salt::SUPERBLOCK);
         b
     }
@@ -198,11 +228,16 @@ impl Superblock {
             return Err("superblock checksum mismatch".into());
         }
         let version = get_u32(b, 8);
-        if !(SB_VERSION..=SB_VERSION_GEN).contains(&version) {
+        if !(SB_VERSION..=SB_VERSION_EXTENTS).contains(&version) {
             return Err(format!("superblock version {version} is not supported"));
         }
         let msm_pages = get_u32(b, 128);
-        if msm_pages as usize > MAX_MSM_PAGES {
+        // Before version 6 the selector could reach the last bytes.
+        let max_pages = match version >= SB_VERSION_EXTENTS {
+            true => MAX_MSM_PAGES,
+            false => (BLOCK_SIZE - SELECTOR) * 8,
+        };
+        if msm_pages as usize > max_pages {
             return Err(format!("superblock claims {msm_pages} space-map pages"));
         }
         let members = get_u32(b, 132) as usize;
@@ -291,6 +326,11 @@ impl Superblock {
                 intent_block: get_u64(b, INTENT_BLOCK),
             }),
             root_gens: [volumes_gen, dsm_gen, csum_gen],
+            no_autogrow: features & FEATURE_NO_AUTOGROW != 0,
+            extents_block: match version >= SB_VERSION_EXTENTS {
+                true => get_u64(b, EXTENTS),
+                false => 0,
+            },
         })
     }
 }
@@ -321,11 +361,20 @@ mod tests {
             transition: None,
             csum: None,
             root_gens: [5, 0, 0],
+            extents_block: 0,
+            no_autogrow: false,
         };
         sb.set_selector_bit(2, 1);
         let b = sb.encode();
         let d = Superblock::decode(&b).unwrap();
         assert_eq!(d, sb);
+        // With metadata extents: version 6, the list block at the end.
+        let mut x = sb.clone();
+        x.extents_block = 77;
+        let xb = x.encode();
+        assert_eq!(get_u32(&xb, 8), SB_VERSION_EXTENTS);
+        assert_eq!(get_u64(&xb, BLOCK_SIZE - 8), 77);
+        assert_eq!(Superblock::decode(&xb).unwrap(), x);
         assert_eq!(d.selector_bit(2), 1);
         assert_eq!(d.selector_bit(1), 0);
         assert_eq!(Superblock::slot_offset(4096, 7), 4096 + 4096);

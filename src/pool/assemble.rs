@@ -236,10 +236,13 @@ impl Pool {
             ));
         }
         let state = super::grow::resume_state(&first, geo, members, &mut meta, &mut warnings)?;
-        let array = Array::with_state(state);
+        let array = std::sync::Arc::new(Array::with_state(state));
         for (i, dev) in excluded {
             array.keep_failed_device(i, dev);
         }
+        // The rest of the metadata: its extents are read through the array.
+        meta.mirror.attach(array.health().clone());
+        meta.load(Some(array.clone()))?;
         let thin = ThinPool::new(array, meta, chunk_size);
         let pool = Pool::from_parts(first, thin, warnings);
         *pool.s.spares.lock() = spares;

@@ -10,6 +10,7 @@ use crate::meta::codec::{get_u32, get_u64, BLOCK_SIZE};
 use crate::meta::header::{BlockKind, Header};
 use crate::meta::node::Node;
 use crate::meta::store::csum::CSUM_SPEC;
+use crate::meta::store::Place;
 use crate::meta::store::{mapping_spec, VolumeRoot, DSM_SPEC, RELEASING, VOLUMES_SPEC};
 use crate::meta::superblock::Superblock;
 use crate::meta::MetaStore;
@@ -74,6 +75,9 @@ impl Pool {
         let msm_counts = meta.msm().counts().to_vec();
         let mut fixes = Vec::new();
         for (b, &stored) in msm_counts.iter().enumerate().skip(1) {
+            if stored == crate::meta::spacemap::HOLE {
+                continue;
+            }
             let exp = expected_meta.get(&(b as u64)).copied().unwrap_or(0);
             if stored < exp {
                 r.errors.push(format!(
@@ -128,12 +132,19 @@ impl Pool {
 
 type Counts = HashMap<u64, u32>;
 
-/// A metadata location to verify on every copy: offset, description, validator.
+/// A metadata location to verify on every copy: where, description, validator.
 type CopyCheck = (
-    u64,
+    Loc,
     String,
     Box<dyn Fn(&[u8]) -> std::result::Result<(), String>>,
 );
+
+/// Where a checked structure lives: a superblock slot (fixed area only),
+/// or a block or space-map page (fixed area or a metadata extent).
+enum Loc {
+    Superblock(u64),
+    Place(Place),
+}
 
 fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Counts, Counts)> {
     let mut exp_meta: Counts = HashMap::new();
@@ -279,6 +290,13 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
     if let Some(b) = meta.intent_block() {
         *exp_meta.entry(b).or_default() += 1;
     }
+    // Metadata extents: their list block, and the data chunks they take.
+    if meta.extents_block() != 0 {
+        *exp_meta.entry(meta.extents_block()).or_default() += 1;
+    }
+    for c in meta.extent_chunks() {
+        *exp_data.entry(c).or_default() += 1;
+    }
     r.blocks_checked = exp_meta.len() as u64;
     Ok((exp_meta, exp_data, stored_data))
 }
@@ -293,7 +311,7 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
     let off = Superblock::slot_offset(layout.meta_offset, sb.txid);
     let want = sb.txid;
     items.push((
-        off,
+        Loc::Superblock(off),
         "current superblock".into(),
         Box::new(move |b: &[u8]| {
             let s = Superblock::decode(b)?;
@@ -304,12 +322,15 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
             }
         }),
     ));
-    for p in 0..layout.msm_pages as usize {
+    for p in 0..sb.msm_pages as usize {
+        if !meta.place_exists(Place::Page(p, 0)) {
+            continue;
+        }
         let slot = sb.selector_bit(p);
         let nr = (2 * p + slot) as u64;
         let max = sb.txid;
         items.push((
-            layout.msm_slot_offset(p, slot),
+            Loc::Place(Place::Page(p, slot)),
             format!("space-map page {p}"),
             Box::new(move |b: &[u8]| {
                 Header::validate(b, BlockKind::SpaceMap, nr, tag, max).map(|_| ())
@@ -328,12 +349,14 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
             BlockKind::Catalog
         } else if meta.intent_block() == Some(b) {
             BlockKind::Intent
+        } else if meta.extents_block() == b {
+            BlockKind::Extents
         } else {
             BlockKind::Node
         };
         let max = sb.txid;
         items.push((
-            layout.block_offset(b),
+            Loc::Place(Place::Block(b)),
             format!("metadata block {b} ({kind:?})"),
             Box::new(move |blk: &[u8]| {
                 Header::validate(blk, kind, b, tag, max)?;
@@ -344,25 +367,31 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
             }),
         ));
     }
-    let copies = meta.mirror.copies().len();
-    for (offset, what, valid) in items {
+    for (loc, what, valid) in items {
+        let copies: Vec<(usize, String, std::io::Result<Vec<u8>>)> = match loc {
+            Loc::Place(p) => meta.read_place_copies(p),
+            Loc::Superblock(off) => meta
+                .mirror
+                .copies()
+                .iter()
+                .enumerate()
+                .filter_map(|(idx, (member, dev))| {
+                    let dev = dev.as_ref()?;
+                    let mut b = vec![0u8; BLOCK_SIZE];
+                    let r = meta.mirror.read_copy(idx, off, &mut b).map(|()| b);
+                    Some((idx, format!("copy on member {member} ({})", dev.name()), r))
+                })
+                .collect(),
+        };
         let mut good: Option<Vec<u8>> = None;
         let mut bad = Vec::new();
-        for idx in 0..copies {
-            let (member, dev) = &meta.mirror.copies()[idx];
-            let Some(dev) = dev else { continue };
-            let mut buf = vec![0u8; BLOCK_SIZE];
-            let res = meta
-                .mirror
-                .read_copy(idx, offset, &mut buf)
+        for (idx, desc, res) in copies {
+            match res
                 .map_err(|e| e.to_string())
-                .and_then(|_| valid(&buf));
-            match res {
-                Ok(()) => good = Some(buf),
-                Err(why) => bad.push((
-                    idx,
-                    format!("{what}, copy on member {member} ({}): {why}", dev.name()),
-                )),
+                .and_then(|b| valid(&b).map(|()| b))
+            {
+                Ok(b) => good = Some(b),
+                Err(why) => bad.push((idx, format!("{what}, {desc}: {why}"))),
             }
         }
         match &good {
@@ -377,12 +406,16 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
                 for (idx, msg) in bad {
                     r.damaged_copies.push(msg);
                     if repair {
-                        if let Some(dev) = &meta.mirror.copies()[idx].1 {
-                            let _ = dev.write_at(g, offset).and_then(|_| dev.flush());
-                        }
+                        let _ = match loc {
+                            Loc::Place(p) => meta.rewrite_place_copy(p, idx, g),
+                            Loc::Superblock(off) => meta.mirror.write_copy(idx, off, g),
+                        };
                     }
                 }
             }
         }
+    }
+    if repair {
+        let _ = meta.flush_meta();
     }
 }

@@ -246,7 +246,7 @@ impl Pool {
             write_label(dev, label)?;
         }
         let array = Array::new(geo, devices.into_iter().map(Some).collect());
-        let thin = ThinPool::new(array, meta, chunk_size);
+        let thin = ThinPool::new(std::sync::Arc::new(array), meta, chunk_size);
         Ok((
             Pool::from_parts(labels[0].clone(), thin, warnings.clone()),
             warnings,

@@ -48,6 +48,21 @@ pub struct PoolInfo {
     pub snapshots: usize,
     pub metadata_used: u64,
     pub metadata_total: u64,
+    /// Metadata kept for removals (ordinary use stops before it).
+    #[serde(default)]
+    pub metadata_reserved: u64,
+    /// Metadata space taken from the data area (online growth), bytes
+    /// per copy, and how many times it grew.
+    #[serde(default)]
+    pub metadata_grown: u64,
+    #[serde(default)]
+    pub metadata_extents: usize,
+    /// The metadata area grows on its own past 80% use.
+    #[serde(default)]
+    pub metadata_autogrow: bool,
+    /// Removed volumes whose space is still being released.
+    #[serde(default)]
+    pub releasing: usize,
     pub transaction: u64,
     pub metadata_repairs: u64,
     pub warnings: Vec<String>,
@@ -186,9 +201,19 @@ impl Pool {
                 .count(),
             metadata_used: meta.msm().used() * 4096,
             metadata_total: meta.msm().blocks() * 4096,
+            metadata_reserved: meta.meta_reserve() * 4096,
+            metadata_grown: meta.extents().iter().map(|e| e.blocks * 4096).sum(),
+            metadata_extents: meta.extents().len(),
+            metadata_autogrow: meta.autogrow(),
+            releasing: meta.releasing(),
             transaction: meta.committed().txid,
             metadata_repairs: meta.mirror.repaired(),
-            warnings: self.warnings(),
+            warnings: {
+                drop(meta);
+                let mut w = self.warnings();
+                w.extend(self.metadata_warnings());
+                w
+            },
         }
     }
 

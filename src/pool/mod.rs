@@ -9,6 +9,7 @@ mod failure;
 mod grow;
 mod info;
 pub mod layout;
+pub mod metaspace;
 pub mod names;
 mod rebuild;
 mod reshape;
@@ -128,6 +129,18 @@ impl Pool {
         let _ops = self.s.ops.lock();
         let thin = &self.s.thin;
         let _gate = thin.gate.write();
+        // What the running transaction's commit may still need is an
+        // estimate; near the reserve, commit it first, so that the
+        // operation sees what is really left.
+        if thin.has_changes()
+            && thin
+                .meta
+                .read()
+                .check_room_for_op(thin.csum_groups())
+                .is_err()
+        {
+            thin.commit_locked()?;
+        }
         let out = f(thin)?;
         thin.commit_locked()?;
         Ok(out)
@@ -135,17 +148,14 @@ impl Pool {
 
     /// Refuse an operation that adds metadata (create, snapshot, clone,
     /// grow) once only the reserve kept for removals is left.
-    /// The caller holds the gate for write: when the estimate of what the
-    /// running transaction still needs is in the way, commit it first.
+    /// Caller holds the ops lock and the gate: the metadata area may grow
+    /// (from the data area) to make room, in the same transaction.
     fn check_meta_room(&self, thin: &ThinPool) -> Result<()> {
         let r = thin.meta.read().check_room_for_op(thin.csum_groups());
-        match r {
-            Err(Error::NoSpace { .. }) if thin.has_changes() => {
-                thin.commit_locked()?;
-                thin.meta.read().check_room_for_op(thin.csum_groups())
-            }
-            r => r,
+        if r.is_ok() || self.autogrow_locked(thin).unwrap_or(0) == 0 {
+            return r;
         }
+        thin.meta.read().check_room_for_op(thin.csum_groups())
     }
 
     /// Release the mapping trees removals left, one bounded transaction at

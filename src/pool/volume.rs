@@ -128,11 +128,19 @@ impl Volume {
         let mut r = f();
         let mut stalled = 0;
         while let Err(Error::NoSpace { .. }) = r {
-            if stalled >= SPACE_RETRIES || !self.pool.thin().has_changes() {
+            if stalled >= SPACE_RETRIES {
                 break;
             }
             let before = progress();
-            self.pool.commit()?;
+            let committed = self.pool.thin().has_changes();
+            if committed {
+                self.pool.commit()?;
+            }
+            // Still short of metadata space: the area grows if it can.
+            let grown = self.pool.autogrow_metadata().unwrap_or(0) > 0;
+            if !committed && !grown {
+                break;
+            }
             r = f();
             stalled = if progress() > before { 0 } else { stalled + 1 };
         }

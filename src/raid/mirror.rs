@@ -154,6 +154,23 @@ impl MetaMirror {
         self.events.lock().clone()
     }
 
+    /// Record a damaged copy met elsewhere (metadata extents), and
+    /// whether it was rewritten.
+    pub fn note_event(&self, e: String, rewritten: bool) {
+        if rewritten {
+            self.repaired.fetch_add(1, Ordering::Relaxed);
+        }
+        self.events.lock().push(e);
+    }
+
+    /// Rewrite one copy (the checker's repairs).
+    pub fn write_copy(&self, idx: usize, offset: u64, buf: &[u8]) -> io::Result<()> {
+        match &self.copies[idx].1 {
+            Some(dev) => dev.write_at(buf, offset),
+            None => Err(io::Error::other("copy missing")),
+        }
+    }
+
     pub fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         self.each_copy("write", Dir::Write, |dev| dev.write_at(buf, offset))
     }

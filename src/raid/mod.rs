@@ -12,4 +12,4 @@ pub use array::{
     members_before_shrink, Array, ArrayState, Copy, LeavingMember, Transition, TransitionKind,
 };
 pub use geometry::{Geometry, RaidLevel};
-pub use mirror::MetaMirror;
+pub use mirror::{MetaMirror, Validator};

@@ -17,6 +17,7 @@ use crate::meta::VolumeRoot;
 use crate::raid::Array;
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 const CHUNK_LOCKS: usize = 1024;
 /// Commit on our own once this many metadata blocks are dirty (bounds memory).
@@ -26,7 +27,8 @@ pub const AUTO_COMMIT_NODES: usize = 8192;
 const MAP_BLOCKS: u64 = 12;
 
 pub struct ThinPool {
-    pub array: Array,
+    /// Shared with the metadata store (its extents live on the array).
+    pub array: Arc<Array>,
     pub meta: RwLock<MetaStore>,
     pub gate: RwLock<()>,
     chunk_locks: Vec<RwLock<()>>,
@@ -54,8 +56,9 @@ pub(super) fn encode_mapping(phys: u64) -> [u8; 16] {
 }
 
 impl ThinPool {
-    pub fn new(array: Array, mut meta: MetaStore, chunk_size: u64) -> ThinPool {
+    pub fn new(array: Arc<Array>, mut meta: MetaStore, chunk_size: u64) -> ThinPool {
         meta.mirror.attach(array.health().clone());
+        meta.attach_array(array.clone());
         let csums = meta.has_csums().then(Csums::new);
         let intent = meta.has_csums().then(|| {
             let recorded = match meta.read_intent() {

@@ -56,7 +56,10 @@ impl ThinPool {
         self.meta.read().releasing()
     }
 
-    /// Forget everything at or beyond byte `size` (shrink).
+    /// Forget everything at or beyond byte `size` (shrink). Caller holds
+    /// the gate for write: when the metadata reserve is in the way (a
+    /// volume that shares leaves with snapshots copies them to unmap), the
+    /// chunks unmapped so far are committed and it goes on.
     pub fn truncate(&self, id: u64, size: u64) -> Result<()> {
         let cs = self.chunk_size;
         if !size.is_multiple_of(cs) {
@@ -66,6 +69,20 @@ impl ThinPool {
                 self.write(id, size, &vec![0u8; (cs - size % cs) as usize])?;
             }
         }
-        self.unmap_range(id, size.div_ceil(cs), u64::MAX)
+        let first = size.div_ceil(cs);
+        let mut last = usize::MAX;
+        loop {
+            match self.unmap_range(id, first, u64::MAX) {
+                Err(e @ crate::Error::NoSpace { .. }) if self.has_changes() => {
+                    let left = self.mapped_chunks(id, first, u64::MAX)?.len();
+                    if left >= last {
+                        return Err(e);
+                    }
+                    last = left;
+                    self.commit_locked()?;
+                }
+                r => return r,
+            }
+        }
     }
 }

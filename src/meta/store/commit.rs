@@ -1,8 +1,10 @@
 //! Committing a transaction (the order that keeps the last commit intact is
 //! described at the top of `store`).
 
+use super::extents::Place;
 use super::*;
 use crate::meta::node::gen_tag;
+use crate::meta::spacemap::pages_for;
 
 impl MetaStore {
     /// Encode the catalog into newly allocated blocks, staged for the
@@ -63,6 +65,11 @@ impl MetaStore {
         if let Some(e) = self.mirror.health().broken_error() {
             return Err(Error::io("committing metadata", e));
         }
+        if !self.loaded {
+            return Err(Error::Invalid(
+                "the metadata is not fully loaded (open without load): nothing is committed".into(),
+            ));
+        }
         if !self.has_changes() {
             return Ok(());
         }
@@ -83,11 +90,17 @@ impl MetaStore {
         if self.catalog_dirty {
             self.stage_catalog()?;
         }
+        if let Some(x) = self.stage_extents(txid)? {
+            self.staged_extents = Some(x);
+        }
         let io = |e| Error::io("writing metadata", e);
         for (b, bytes) in &self.staged_catalog {
-            self.mirror
-                .write(self.layout.block_offset(*b), bytes)
+            self.write_place(Place::Block(*b), bytes)
                 .map_err(|e| Error::io("writing catalog", e))?;
+        }
+        if let Some((b, bytes)) = &self.staged_extents {
+            self.write_place(Place::Block(*b), bytes)
+                .map_err(|e| Error::io("writing the metadata extent list", e))?;
         }
         let mut dirty: Vec<(u64, Arc<Node>)> =
             self.dirty.iter().map(|(b, n)| (*b, n.clone())).collect();
@@ -109,22 +122,23 @@ impl MetaStore {
         }
         for (b, node) in &dirty {
             let bytes = node.encode(*b, txid, self.pool_tag);
-            self.mirror
-                .write(self.layout.block_offset(*b), &bytes)
-                .map_err(io)?;
+            self.write_place(Place::Block(*b), &bytes).map_err(io)?;
         }
         let mut sb = self.committed.clone();
+        // The metadata space may have grown (a new extent): more pages.
+        sb.meta_blocks = self.msm.span();
+        sb.msm_pages = pages_for(sb.meta_blocks);
+        sb.selector.resize((sb.msm_pages as usize).div_ceil(8), 0);
+        sb.extents_block = self.extents_block;
         for p in self.msm.dirty_pages() {
-            let slot = 1 - self.committed.selector_bit(p);
+            let slot = 1 - sb.selector_bit(p);
             let page = self
                 .msm
                 .encode_page(p, (2 * p + slot) as u64, txid, self.pool_tag);
-            self.mirror
-                .write(self.layout.msm_slot_offset(p, slot), &page)
-                .map_err(io)?;
+            self.write_place(Place::Page(p, slot), &page).map_err(io)?;
             sb.set_selector_bit(p, slot);
         }
-        self.mirror.flush().map_err(io)?;
+        self.flush_meta().map_err(io)?;
         sb.txid = txid;
         sb.volumes_root = self.volumes_root;
         sb.dsm_root = self.dsm_root;
@@ -136,6 +150,7 @@ impl MetaStore {
         sb.member_states = self.member_states.clone();
         sb.data_chunks = self.data.total();
         sb.transition = self.transition;
+        sb.no_autogrow = self.no_autogrow;
         sb.csum = self.csum;
         sb.root_gens = [
             self.gen_of(self.volumes_root, txid),
@@ -161,6 +176,7 @@ impl MetaStore {
         self.committed = sb;
         self.catalog_staged = false;
         self.staged_catalog.clear();
+        self.staged_extents = None;
         self.shape_dirty = false;
         self.msm.committed();
         self.data.committed();

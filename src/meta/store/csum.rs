@@ -130,11 +130,10 @@ impl MetaStore {
         blk[HEADER_SIZE..HEADER_SIZE + n].copy_from_slice(&bits[..n]);
         seal(&mut blk, BlockKind::Intent.salt());
         let io = |e| Error::io("writing the write-intent block", e);
-        self.mirror
-            .write(self.layout.block_offset(b), &blk)
+        self.write_place(super::extents::Place::Block(b), &blk)
             .map_err(io)?;
         if durable {
-            self.mirror.flush().map_err(io)?;
+            self.flush_meta().map_err(io)?;
         }
         Ok(())
     }

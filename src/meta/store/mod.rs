@@ -137,8 +137,11 @@ pub struct MetaStore {
     member_states: Vec<u8>,
     /// Layout transition checkpoint to record with the next commit.
     transition: Option<SbTransition>,
-    /// Member count, member states, data chunks or transition changed.
+    /// Member count, member states, data chunks, transition or pool
+    /// properties changed.
     shape_dirty: bool,
+    /// `pool set metadata-autogrow=off`.
+    no_autogrow: bool,
     msm: MetaSpaceMap,
     dirty: HashMap<u64, Arc<Node>>,
     /// Generation tags of tree roots as their pointers record them (the
@@ -156,6 +159,22 @@ pub struct MetaStore {
     pub superblock_problems: Vec<String>,
     /// What open did to recover from an interrupted commit.
     pub recovery_notes: Vec<String>,
+    /// Metadata space taken from the data area (see `meta::extent`).
+    extents: Vec<crate::meta::extent::MetaExtent>,
+    /// The extent list block (0: none).
+    extents_block: u64,
+    /// The extent list changed in this transaction.
+    extents_dirty: bool,
+    /// The extent list block of the running transaction, kept until it
+    /// commits so that a failed commit writes it again.
+    staged_extents: Option<(u64, Vec<u8>)>,
+    /// The array extents are read and written through.
+    array: Option<Arc<crate::raid::Array>>,
+    /// Extent blocks written since the last flush of the array.
+    ext_unflushed: std::sync::atomic::AtomicBool,
+    /// Everything past the superblock and the fixed area's space map is
+    /// read (see `open` and `load`).
+    loaded: bool,
 }
 
 fn corrupt(what: String) -> Error {
@@ -197,6 +216,8 @@ impl MetaStore {
             transition: None,
             csum: None,
             root_gens: [0; 3],
+            extents_block: 0,
+            no_autogrow: false,
         };
         let cap =
             NonZeroUsize::new((cache_nodes / CACHE_SHARDS).max(64)).unwrap_or(NonZeroUsize::MIN);
@@ -219,6 +240,7 @@ impl MetaStore {
             member_states: vec![0; members],
             transition: None,
             shape_dirty: false,
+            no_autogrow: false,
             msm: MetaSpaceMap::new(layout.meta_blocks),
             dirty: HashMap::new(),
             root_gens: HashMap::new(),
@@ -230,6 +252,13 @@ impl MetaStore {
             pool_name: String::new(),
             superblock_problems: Vec::new(),
             recovery_notes: Vec::new(),
+            extents: Vec::new(),
+            extents_block: 0,
+            extents_dirty: false,
+            staged_extents: None,
+            array: None,
+            ext_unflushed: std::sync::atomic::AtomicBool::new(false),
+            loaded: false,
         }
     }
 
@@ -256,6 +285,7 @@ impl MetaStore {
             cache_nodes,
         );
         s.pool_name = pool_name.to_string();
+        s.loaded = true;
         s.catalog = Catalog {
             pool_name: pool_name.to_string(),
             volumes: vec![],
@@ -302,6 +332,18 @@ impl MetaStore {
     pub fn set_member_state(&mut self, member: usize, state: u8) {
         if member < self.member_states.len() && self.member_states[member] != state {
             self.member_states[member] = state;
+            self.shape_dirty = true;
+        }
+    }
+
+    /// Does the metadata area grow on its own?
+    pub fn autogrow(&self) -> bool {
+        !self.no_autogrow
+    }
+
+    pub fn set_autogrow(&mut self, on: bool) {
+        if self.no_autogrow == on {
+            self.no_autogrow = !on;
             self.shape_dirty = true;
         }
     }
@@ -411,6 +453,8 @@ impl MetaStore {
             || self.catalog_staged
             || !self.msm.dirty_pages().is_empty()
             || self.shape_dirty
+            || self.extents_dirty
+            || self.staged_extents.is_some()
             || self.csum.map(|c| c.root) != self.committed.csum.map(|c| c.root)
     }
 }
@@ -439,6 +483,8 @@ pub fn now() -> u64 {
 pub const MSM_ENTRIES_PER_PAGE: usize = ENTRIES_PER_PAGE;
 
 mod commit;
+mod extents;
+pub(crate) use extents::Place;
 pub mod csum;
 mod open;
 mod refs;

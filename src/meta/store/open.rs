@@ -2,6 +2,7 @@
 //! reading metadata blocks from the first valid copy.
 
 use super::*;
+use crate::meta::spacemap::{pages_for, HOLE};
 
 impl MetaStore {
     /// Read every valid superblock copy; the highest transaction wins.
@@ -42,7 +43,11 @@ impl MetaStore {
         (best, problems)
     }
 
-    /// Open the committed state.
+    /// Open the committed state, in two steps: this one reads the
+    /// superblock and the fixed area's space map (what assembling the
+    /// array needs: member states, the transition); [`MetaStore::load`]
+    /// reads the rest once the array is attached (metadata extents live
+    /// on it). Nothing may be allocated or committed in between.
     pub fn open(
         mirror: MetaMirror,
         layout: MetaLayout,
@@ -58,7 +63,15 @@ impl MetaStore {
                 problems.join("; ")
             ))
         })?;
-        if sb.msm_pages != layout.msm_pages || sb.meta_blocks != layout.meta_blocks {
+        let sizes_agree = match sb.extents_block {
+            0 => sb.msm_pages == layout.msm_pages && sb.meta_blocks == layout.meta_blocks,
+            _ => {
+                sb.msm_pages == pages_for(sb.meta_blocks)
+                    && sb.meta_blocks > layout.meta_blocks
+                    && sb.msm_pages > layout.msm_pages
+            }
+        };
+        if !sizes_agree {
             return Err(corrupt(
                 "superblock and label disagree on the metadata area size".into(),
             ));
@@ -79,27 +92,13 @@ impl MetaStore {
             members,
             cache_nodes,
         );
-        // Space-map pages, each from its selected slot.
-        let mut counts = vec![0u32; layout.meta_blocks as usize];
-        let tag = s.pool_tag;
+        // The fixed area's space-map pages, each from its selected slot;
+        // the extents' pages are read by `load`.
+        let mut counts = vec![HOLE; sb.meta_blocks as usize];
+        counts[..layout.meta_blocks as usize].fill(0);
         for p in 0..layout.msm_pages as usize {
-            let slot = sb.selector_bit(p);
-            let nr = (2 * p + slot) as u64;
-            let mut b = vec![0u8; BLOCK_SIZE];
-            let mut check = |blk: &[u8]| {
-                Header::validate(blk, BlockKind::SpaceMap, nr, tag, sb.txid).map(|_| ())
-            };
-            s.mirror
-                .read_valid(
-                    &format!("space-map page {p}"),
-                    layout.msm_slot_offset(p, slot),
-                    &mut b,
-                    &mut check,
-                )
-                .map_err(|e| corrupt(format!("space-map page {p}: {e}")))?;
-            MetaSpaceMap::decode_page(&b, p, &mut counts).map_err(corrupt)?;
+            s.read_msm_page(&sb, p, &mut counts)?;
         }
-        counts[0] = u32::MAX;
         s.msm = MetaSpaceMap::from_counts(counts);
         s.volumes_root = sb.volumes_root;
         s.dsm_root = sb.dsm_root;
@@ -116,6 +115,7 @@ impl MetaStore {
         s.member_states = sb.member_states.clone();
         s.member_states.resize(members, 0);
         s.transition = sb.transition;
+        s.no_autogrow = sb.no_autogrow;
         s.csum = sb.csum;
         s.note_root_gen(sb.volumes_root, sb.root_gens[0]);
         s.note_root_gen(sb.dsm_root, sb.root_gens[1]);
@@ -123,24 +123,81 @@ impl MetaStore {
             s.note_root_gen(c.root, sb.root_gens[2]);
         }
         s.committed = sb;
-        s.catalog = s.read_catalog()?;
-        s.load_roots()?;
-        s.pool_name = s.catalog.pool_name.clone();
+        Ok(s)
+    }
+
+    /// Read space-map page `p` from its selected slot into `counts`.
+    fn read_msm_page(&self, sb: &Superblock, p: usize, counts: &mut [u32]) -> Result<()> {
+        let slot = sb.selector_bit(p);
+        let nr = (2 * p + slot) as u64;
+        let tag = self.pool_tag;
+        let mut b = vec![0u8; BLOCK_SIZE];
+        let mut check =
+            |blk: &[u8]| Header::validate(blk, BlockKind::SpaceMap, nr, tag, sb.txid).map(|_| ());
+        self.read_place_valid(
+            &format!("space-map page {p}"),
+            extents::Place::Page(p, slot),
+            &mut b,
+            &mut check,
+        )
+        .map_err(|e| corrupt(format!("space-map page {p}: {e}")))?;
+        MetaSpaceMap::decode_page(&b, p, counts).map_err(corrupt)
+    }
+
+    /// The second step of opening (see [`MetaStore::open`]): the metadata
+    /// extents and their space map, the catalog, the volumes and the data
+    /// reference counts. `array`: what extents are reached through.
+    pub fn load(&mut self, array: Option<Arc<crate::raid::Array>>) -> Result<()> {
+        if let Some(a) = array {
+            self.attach_array(a);
+        }
+        let sb = self.committed.clone();
+        self.read_extents(sb.extents_block)?;
+        if !self.extents.is_empty() {
+            let mut counts = self.msm.counts().to_vec();
+            for e in self.extents.clone() {
+                for p in e.first_page()..e.first_page() + e.pages() {
+                    self.read_msm_page(&sb, p, &mut counts)?;
+                }
+            }
+            // Block numbers in no extent (gaps) stay holes.
+            for (b, c) in counts
+                .iter_mut()
+                .enumerate()
+                .skip(self.layout.meta_blocks as usize)
+            {
+                if !self.extents.iter().any(|e| e.holds_block(b as u64)) {
+                    *c = HOLE;
+                }
+            }
+            self.msm = MetaSpaceMap::from_counts(counts);
+        }
+        self.loaded = true;
+        self.catalog = self.read_catalog()?;
+        self.load_roots()?;
+        self.pool_name = self.catalog.pool_name.clone();
         // Rebuild the in-memory data space map from the persistent counts.
         let mut entries = Vec::new();
-        btree::walk(&s, &DSM_SPEC, s.dsm_root, 0, u64::MAX, &mut |k, v, _| {
-            entries.push((k, get_u32(v, 0)));
-            Ok(true)
-        })?;
+        btree::walk(
+            self,
+            &DSM_SPEC,
+            self.dsm_root,
+            0,
+            u64::MAX,
+            &mut |k, v, _| {
+                entries.push((k, get_u32(v, 0)));
+                Ok(true)
+            },
+        )?;
         for (k, c) in entries {
-            if k >= s.data.total() {
+            if k >= self.data.total() {
                 return Err(corrupt(format!(
                     "reference count for chunk {k} beyond the pool"
                 )));
             }
-            s.data.load(k, c);
+            self.data.load(k, c);
         }
-        Ok(s)
+        Ok(())
     }
 
     /// The last committed state, read again from the same copies: what a
@@ -156,6 +213,7 @@ impl MetaStore {
             self.data.total().max(self.committed.data_chunks),
             cache_nodes,
         )?;
+        s.load(self.array.clone())?;
         s.pool_name = self.pool_name.clone();
         Ok(s)
     }
@@ -196,7 +254,7 @@ impl MetaStore {
         let mut hops = 0u64;
         while b != 0 {
             hops += 1;
-            if hops > self.layout.meta_blocks {
+            if hops > self.msm.span() {
                 return Err(corrupt("catalog chain loops".into()));
             }
             let blk = self.read_block(b, BlockKind::Catalog)?;
@@ -223,7 +281,7 @@ impl MetaStore {
         }
         let mut out = Vec::new();
         let mut b = self.catalog_head;
-        while b != 0 && out.len() as u64 <= self.layout.meta_blocks {
+        while b != 0 && out.len() as u64 <= self.msm.span() {
             out.push(b);
             let blk = self.read_block(b, BlockKind::Catalog)?;
             b = Header::read(&blk).next;
@@ -245,7 +303,7 @@ impl MetaStore {
         kind: BlockKind,
         expect: Option<&btree::Expect>,
     ) -> Result<Vec<u8>> {
-        if b == 0 || b >= self.layout.meta_blocks {
+        if !self.place_exists(extents::Place::Block(b)) {
             return Err(corrupt(format!(
                 "reference to metadata block {b} outside the area"
             )));
@@ -262,14 +320,13 @@ impl MetaStore {
             }
             Ok(())
         };
-        self.mirror
-            .read_valid(
-                &format!("metadata block {b} ({kind:?})"),
-                self.layout.block_offset(b),
-                &mut buf,
-                &mut check,
-            )
-            .map_err(|e| corrupt(format!("metadata block {b} ({kind:?}): {e}")))?;
+        self.read_place_valid(
+            &format!("metadata block {b} ({kind:?})"),
+            extents::Place::Block(b),
+            &mut buf,
+            &mut check,
+        )
+        .map_err(|e| corrupt(format!("metadata block {b} ({kind:?}): {e}")))?;
         Ok(buf)
     }
 }
