@@ -69,8 +69,8 @@ impl Pool {
         let added = thin.meta.write().grow_metadata(step, copies)?;
         let msg = format!(
             "metadata area grown by {} MiB to {} MiB ({}% was used)",
-            added * BLOCK_SIZE as u64 >> 20,
-            (blocks + added) * BLOCK_SIZE as u64 >> 20,
+            (added * BLOCK_SIZE as u64) >> 20,
+            ((blocks + added) * BLOCK_SIZE as u64) >> 20,
             used * 100 / blocks.max(1)
         );
         tracing::info!(pool = %self.name(), "{msg}");

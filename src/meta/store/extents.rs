@@ -231,9 +231,9 @@ impl MetaStore {
         if blocks == 0 || pages_after > crate::meta::superblock::MAX_MSM_PAGES {
             return Err(Error::Invalid(format!(
                 "the metadata area cannot grow by {bytes} bytes (at most {} MiB in all)",
-                crate::meta::superblock::MAX_MSM_PAGES as u64
+                (crate::meta::superblock::MAX_MSM_PAGES as u64
                     * ENTRIES_PER_PAGE as u64
-                    * BLOCK_SIZE as u64
+                    * BLOCK_SIZE as u64)
                     >> 20
             )));
         }
@@ -251,7 +251,7 @@ impl MetaStore {
                         pool: self.pool_name.clone(),
                         detail: format!(
                             "growing the metadata area needs {copies} runs of {chunks} free data chunks ({} MiB each); free data space or add a member",
-                            chunks * cs >> 20
+                            (chunks * cs) >> 20
                         ),
                     });
                 }
