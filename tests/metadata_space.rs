@@ -320,3 +320,39 @@ fn the_metadata_area_grows_on_its_own() {
     let r = pool.check(false).unwrap();
     assert!(r.clean(), "{r:?}");
 }
+
+/// Removing the member that holds a metadata extent (`pool remove` on a
+/// linear pool) moves the extent's runs below the new end with the data;
+/// the pool reopens from the remaining member with everything in place.
+#[test]
+fn removing_the_member_under_a_metadata_extent_moves_it() {
+    let devs = mem_devices(2, 48 * MIB);
+    let mut opts = CreateOptions::new(RaidLevel::Linear);
+    opts.stripe_unit = 16 * 1024;
+    let (pool, _) = Pool::create("tank", refs(&devs), &opts).unwrap();
+    let cap = pool.info().capacity;
+    pool.create_volume("a", cap).unwrap();
+    let mut model = vec![0u8; cap as usize];
+    let used = (cap * 6 / 10) as usize;
+    model_write(&pool, &mut model, 0, used, 8);
+    // The extent's runs go to the first free chunks: past the data, on
+    // the second member.
+    let total = pool.info().metadata_total;
+    pool.set_metadata_size(total + 4 * MIB).unwrap();
+    pool.volume("a", None).unwrap().discard(0, cap * 3 / 10).unwrap();
+    model[..(cap * 3 / 10) as usize].fill(0);
+    pool.snapshot("a", "s").unwrap();
+    pool.remove_member(1).unwrap();
+    while !pool.job_step(1 << 20).unwrap() {}
+    model_verify(&pool, &model, "after the removal");
+    let r = pool.check(false).unwrap();
+    assert!(r.clean(), "{r:?}");
+    assert_eq!(pool.info().metadata_extents, 1);
+    pool.close().unwrap();
+    drop(pool);
+    let pool = Pool::open(vec![devs[0].clone() as DeviceRef]).unwrap();
+    model_verify(&pool, &model, "reopened from the remaining member");
+    assert!(read_vol(&pool, "a", Some("s"), model.len()) == model);
+    let r = pool.check(false).unwrap();
+    assert!(r.clean(), "{r:?}");
+}

@@ -221,7 +221,7 @@ impl Pool {
         let meta_need = chunks * META_BYTES_PER_CHUNK / BLOCK_SIZE as u64;
         if meta_need > label.meta_blocks {
             warnings.push(format!(
-                "the metadata area was sized for a smaller pool ({} blocks, {} suggested for {} chunks): heavy snapshot use may fill it before the data space",
+                "the metadata area was sized for a smaller pool ({} blocks, {} suggested for {} chunks): heavy snapshot use will grow it from the data area (see `vpool pool set`)",
                 label.meta_blocks, meta_need, chunks
             ));
         }

@@ -40,6 +40,9 @@ impl ThinPool {
         if self.meta.read().has_changes() {
             self.commit_locked()?;
         }
+        if self.evacuate_extents(limit)? > 0 {
+            self.commit_locked()?;
+        }
         let picked = self.meta.read().data.used_from(limit, max_chunks.max(1));
         if picked.is_empty() {
             return Ok(Evacuated::default());
@@ -125,5 +128,47 @@ impl ThinPool {
             moved: picked.len() as u64,
             left: self.used_past(limit),
         })
+    }
+}
+
+impl ThinPool {
+    /// Move the metadata extent copies that reach `limit` or past it below
+    /// it: each run is copied whole through the array and flushed before
+    /// the extent list points at it (the caller commits), so a crash
+    /// leaves the old run in use. Returns the runs moved.
+    fn evacuate_extents(&self, limit: u64) -> Result<u64> {
+        let cs = self.chunk_size;
+        let mut moved = 0;
+        let extents = self.meta.read().extents().to_vec();
+        for (i, e) in extents.iter().enumerate() {
+            for (c, &off) in e.copies.iter().enumerate() {
+                let chunks = e.run_bytes().div_ceil(cs);
+                if off / cs + chunks <= limit {
+                    continue;
+                }
+                let to = self.meta.write().data.alloc_run(chunks).ok_or_else(|| Error::NoSpace {
+                    pool: self.meta.read().catalog().pool_name.clone(),
+                    detail: format!(
+                        "moving a metadata extent off the leaving member needs {chunks} consecutive free chunks below the new end"
+                    ),
+                })?;
+                let mut buf = vec![0u8; (1 << 20).min(e.run_bytes()) as usize];
+                let mut at = 0;
+                while at < e.run_bytes() {
+                    let n = (e.run_bytes() - at).min(buf.len() as u64) as usize;
+                    self.array
+                        .read(off + at, &mut buf[..n])
+                        .and_then(|()| self.array.write(to * cs + at, &buf[..n]))
+                        .map_err(|e| Error::io("moving a metadata extent", e))?;
+                    at += n as u64;
+                }
+                self.array
+                    .flush()
+                    .map_err(|e| Error::io("moving a metadata extent", e))?;
+                self.meta.write().move_extent_copy(i, c, to * cs)?;
+                moved += 1;
+            }
+        }
+        Ok(moved)
     }
 }
