@@ -66,7 +66,10 @@ impl ThinPool {
         // Metadata extents hold metadata, checked by `vpool check`.
         let chunks: Vec<u64> = {
             let meta = self.meta.read();
-            chunks.into_iter().filter(|&c| !meta.is_extent_chunk(c)).collect()
+            chunks
+                .into_iter()
+                .filter(|&c| !meta.is_extent_chunk(c))
+                .collect()
         };
         for c in chunks {
             self.scrub_chunk(c, repair, r)?;
