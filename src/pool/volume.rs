@@ -100,7 +100,16 @@ impl Volume {
                 self.check_range(offset, len)?;
                 thin.discard(self.id, offset, len)
             },
-            || 0,
+            // Progress: fewer chunks left mapped in the range.
+            || {
+                let cs = self.pool.chunk_size();
+                let left = self
+                    .pool
+                    .thin()
+                    .mapped_chunks(self.id, offset.div_ceil(cs), (offset + len) / cs)
+                    .map_or(usize::MAX, |v| v.len());
+                usize::MAX - left
+            },
         )
     }
 
