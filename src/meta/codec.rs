@@ -40,7 +40,6 @@ pub mod salt {
     pub const CATALOG: u32 = 0x4341_544c; // "CATL"
     pub const SPACE_MAP: u32 = 0x534d_4150; // "SMAP"
     pub const INTENT: u32 = 0x494e_544e; // "INTN"
-    pub const EXTENTS: u32 = 0x4558_544e; // "EXTN"
 }
 
 /// Checksum of a 4 KiB structure whose first 4 bytes hold the checksum.

@@ -8,18 +8,19 @@
 //! through the RAID array like data (so RAID redundancy, reshapes and
 //! rebuilds carry it). Each copy's run holds the extent's space-map page
 //! slots first (two per page, as in the fixed area), then its blocks.
-//! The list of extents is one metadata block of its own kind (5), in the
-//! fixed area, that the superblock points at (format version 6).
+//! The list of extents is part of the superblock (format version 6), so
+//! it is written with every commit and read before anything else.
 
 use super::codec::*;
-use super::header::{BlockKind, Header, HEADER_SIZE};
 use super::spacemap::ENTRIES_PER_PAGE;
 
 /// Copies an extent may have (as the fixed area: up to three).
 pub const MAX_COPIES: usize = 3;
 const ENTRY: usize = 48;
-/// Extents one list block holds.
-pub const MAX_EXTENTS: usize = (BLOCK_SIZE - HEADER_SIZE) / ENTRY;
+/// Bytes of the list in the superblock: a count (u32), 4 zero bytes, entries.
+pub const LIST_BYTES: usize = 2048;
+/// Extents the list holds.
+pub const MAX_EXTENTS: usize = (LIST_BYTES - 8) / ENTRY;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetaExtent {
@@ -77,47 +78,31 @@ pub fn next_first_block(end: u64) -> u64 {
     end.div_ceil(ENTRIES_PER_PAGE as u64) * ENTRIES_PER_PAGE as u64
 }
 
-/// Encode the list of extents as metadata block `blocknr`.
-pub fn encode(extents: &[MetaExtent], blocknr: u64, txid: u64, pool_tag: u64) -> Vec<u8> {
-    let mut b = vec![0u8; BLOCK_SIZE];
-    Header {
-        kind: BlockKind::Extents as u16,
-        blocknr,
-        txid,
-        pool_tag,
-        nr_entries: extents.len() as u16,
-        value_size: ENTRY as u16,
-        ..Header::default()
-    }
-    .write(&mut b);
+/// Encode the list into `b` ([`LIST_BYTES`] long).
+pub fn encode(extents: &[MetaExtent], b: &mut [u8]) {
+    put_u32(b, 0, extents.len().min(MAX_EXTENTS) as u32);
     for (i, e) in extents.iter().enumerate().take(MAX_EXTENTS) {
-        let at = HEADER_SIZE + i * ENTRY;
-        put_u64(&mut b, at, e.first_block);
-        put_u64(&mut b, at + 8, e.blocks);
-        put_u32(&mut b, at + 16, e.copies.len() as u32);
+        let at = 8 + i * ENTRY;
+        put_u64(b, at, e.first_block);
+        put_u64(b, at + 8, e.blocks);
+        put_u32(b, at + 16, e.copies.len() as u32);
         for (c, off) in e.copies.iter().enumerate().take(MAX_COPIES) {
-            put_u64(&mut b, at + 24 + 8 * c, *off);
+            put_u64(b, at + 24 + 8 * c, *off);
         }
     }
-    seal(&mut b, BlockKind::Extents.salt());
-    b
 }
 
-/// Decode a validated list block. `fixed_blocks`: the fixed area's size;
+/// Decode the list from `b`. `fixed_blocks`: the fixed area's size;
 /// extents must follow it and each other in order, page aligned.
 pub fn decode(b: &[u8], fixed_blocks: u64) -> Result<Vec<MetaExtent>, String> {
-    let h = Header::read(b);
-    let n = h.nr_entries as usize;
-    if n > MAX_EXTENTS || h.value_size as usize != ENTRY {
-        return Err(format!(
-            "extent list claims {n} entries of {} bytes",
-            h.value_size
-        ));
+    let n = get_u32(b, 0) as usize;
+    if n > MAX_EXTENTS {
+        return Err(format!("metadata extent list claims {n} entries"));
     }
     let mut out = Vec::with_capacity(n);
     let mut end = fixed_blocks;
     for i in 0..n {
-        let at = HEADER_SIZE + i * ENTRY;
+        let at = 8 + i * ENTRY;
         let copies = get_u32(b, at + 16) as usize;
         let e = MetaExtent {
             first_block: get_u64(b, at),
@@ -127,18 +112,20 @@ pub fn decode(b: &[u8], fixed_blocks: u64) -> Result<Vec<MetaExtent>, String> {
                 .collect(),
         };
         if copies == 0 || copies > MAX_COPIES {
-            return Err(format!("extent {i} has {copies} copies"));
+            return Err(format!("metadata extent {i} has {copies} copies"));
         }
         if e.blocks == 0 || e.first_block != next_first_block(end) {
             return Err(format!(
-                "extent {i} starts at block {} with {} blocks; expected to start at {}",
+                "metadata extent {i} starts at block {} with {} blocks; expected to start at {}",
                 e.first_block,
                 e.blocks,
                 next_first_block(end)
             ));
         }
         if e.end_block() > super::node::BLOCK_MASK {
-            return Err(format!("extent {i} reaches past any block pointer"));
+            return Err(format!(
+                "metadata extent {i} reaches past any block pointer"
+            ));
         }
         end = e.end_block();
         out.push(e);
@@ -164,8 +151,8 @@ mod tests {
                 copies: vec![64 << 20],
             },
         ];
-        let b = encode(&e, 7, 3, 42);
-        Header::validate(&b, BlockKind::Extents, 7, 42, 3).unwrap();
+        let mut b = vec![0u8; LIST_BYTES];
+        encode(&e, &mut b);
         assert_eq!(decode(&b, 1500).unwrap(), e);
         assert!(decode(&b, 2100).is_err(), "must follow the fixed area");
         assert_eq!(e[0].first_page(), 2);

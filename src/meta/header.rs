@@ -15,8 +15,6 @@ pub enum BlockKind {
     SpaceMap = 3,
     /// The write-intent bitmap of a checksummed pool (rewritten in place).
     Intent = 4,
-    /// The list of metadata extents (see `meta::extent`).
-    Extents = 5,
 }
 
 impl BlockKind {
@@ -26,7 +24,6 @@ impl BlockKind {
             2 => BlockKind::Catalog,
             3 => BlockKind::SpaceMap,
             4 => BlockKind::Intent,
-            5 => BlockKind::Extents,
             _ => return None,
         })
     }
@@ -37,7 +34,6 @@ impl BlockKind {
             BlockKind::Catalog => salt::CATALOG,
             BlockKind::SpaceMap => salt::SPACE_MAP,
             BlockKind::Intent => salt::INTENT,
-            BlockKind::Extents => salt::EXTENTS,
         }
     }
 }

@@ -130,16 +130,7 @@ impl MetaSpaceMap {
     }
 
     pub fn alloc(&mut self) -> Option<u64> {
-        self.alloc_below(self.counts.len() as u64)
-    }
-
-    /// Allocate a block numbered below `limit` (the fixed area, for blocks
-    /// that must be readable before the extents are).
-    pub fn alloc_below(&mut self, limit: u64) -> Option<u64> {
-        let n = limit.min(self.counts.len() as u64);
-        if n == 0 {
-            return None;
-        }
+        let n = self.counts.len() as u64;
         for i in 0..n {
             let b = (self.hint + i) % n;
             if b != 0 && self.counts[b as usize] == 0 && !self.freed.contains(&b) {

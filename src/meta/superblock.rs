@@ -28,9 +28,10 @@ pub const SB_VERSION_CSUM: u32 = 4;
 /// number). Every commit writes this version.
 pub const SB_VERSION_GEN: u32 = 5;
 /// Version 5 plus metadata extents (metadata space taken from the data
-/// area after creation): the last 8 bytes point at the extent list block.
-/// Written only while the pool has extents, so pools that never grew stay
-/// at version 5. Older readers refuse it (they would not find the blocks).
+/// area after creation): their list fills bytes 2048..4096, the selector
+/// ends before it. Written only while the pool has extents, so pools that
+/// never grew stay at version 5. Older readers refuse it (they would not
+/// find the blocks).
 pub const SB_VERSION_EXTENTS: u32 = 6;
 /// Feature bit (byte 12, version 5): the pool keeps data checksums.
 const FEATURE_CSUM: u32 = 1;
@@ -54,10 +55,14 @@ const TRANSITION: usize = 200;
 const CSUM_ROOT: usize = 240;
 const INTENT_BLOCK: usize = 248;
 const SELECTOR: usize = 256;
-/// Version 6: the metadata extent list block.
-const EXTENTS: usize = BLOCK_SIZE - 8;
-/// Most space-map pages a superblock can select between.
+/// Version 6: the metadata extent list.
+const EXTENTS: usize = BLOCK_SIZE - super::extent::LIST_BYTES;
+/// Most space-map pages a version-6 superblock can select between (the
+/// fixed area alone may have up to [`MAX_MSM_PAGES_V5`]).
 pub const MAX_MSM_PAGES: usize = (EXTENTS - SELECTOR) * 8;
+/// Most space-map pages before version 6 (a fixed area this large cannot
+/// grow: it already holds 118 GiB of metadata).
+pub const MAX_MSM_PAGES_V5: usize = (BLOCK_SIZE - SELECTOR) * 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
@@ -86,8 +91,8 @@ pub struct Superblock {
     /// Generation tags of the volumes, reference-count and checksum tree
     /// roots (0: not recorded, as in versions before 5).
     pub root_gens: [u32; 3],
-    /// The metadata extent list block (0: none; version 6).
-    pub extents_block: u64,
+    /// Metadata extents (version 6; empty before).
+    pub extents: Vec<super::extent::MetaExtent>,
     /// The metadata area grows only by command.
     pub no_autogrow: bool,
 }
@@ -162,7 +167,7 @@ impl Superblock {
         put_u32(
             &mut b,
             8,
-            if self.extents_block != 0 {
+            if !self.extents.is_empty() {
                 SB_VERSION_EXTENTS
             } else {
                 SB_VERSION_GEN
@@ -209,9 +214,16 @@ impl Superblock {
             put_u64(&mut b, CSUM_ROOT, pack_ptr(c.root, self.root_gens[2]));
             put_u64(&mut b, INTENT_BLOCK, c.intent_block);
         }
-        let n = self.selector.len().min(EXTENTS - SELECTOR);
+        let end = if self.extents.is_empty() {
+            BLOCK_SIZE
+        } else {
+            EXTENTS
+        };
+        let n = self.selector.len().min(end - SELECTOR);
         b[SELECTOR..SELECTOR + n].copy_from_slice(&self.selector[..n]);
-        put_u64(&mut b, EXTENTS, self.extents_block);
+        if !self.extents.is_empty() {
+            super::extent::encode(&self.extents, &mut b[EXTENTS..]);
+        }
         seal(&mut b, salt::SUPERBLOCK);
         b
     }
@@ -235,7 +247,7 @@ impl Superblock {
         // Before version 6 the selector could reach the last bytes.
         let max_pages = match version >= SB_VERSION_EXTENTS {
             true => MAX_MSM_PAGES,
-            false => (BLOCK_SIZE - SELECTOR) * 8,
+            false => MAX_MSM_PAGES_V5,
         };
         if msm_pages as usize > max_pages {
             return Err(format!("superblock claims {msm_pages} space-map pages"));
@@ -303,6 +315,20 @@ impl Superblock {
         } else {
             None
         };
+        // The fixed area's size is the label's; the superblock's own block
+        // count covers the extents, so the list is checked against the
+        // space before the first extent (its start is checked at open).
+        let extents = match version >= SB_VERSION_EXTENTS {
+            true => {
+                let list = &b[EXTENTS..];
+                let first = get_u64(list, 8);
+                super::extent::decode(list, first)?
+            }
+            false => Vec::new(),
+        };
+        if version >= SB_VERSION_EXTENTS && extents.is_empty() {
+            return Err("version 6 superblock without metadata extents".into());
+        }
         Ok(Superblock {
             txid: get_u64(b, 16),
             pool_uuid,
@@ -327,10 +353,7 @@ impl Superblock {
             }),
             root_gens: [volumes_gen, dsm_gen, csum_gen],
             no_autogrow: features & FEATURE_NO_AUTOGROW != 0,
-            extents_block: match version >= SB_VERSION_EXTENTS {
-                true => get_u64(b, EXTENTS),
-                false => 0,
-            },
+            extents,
         })
     }
 }
@@ -361,7 +384,7 @@ mod tests {
             transition: None,
             csum: None,
             root_gens: [5, 0, 0],
-            extents_block: 0,
+            extents: Vec::new(),
             no_autogrow: false,
         };
         sb.set_selector_bit(2, 1);
@@ -370,10 +393,14 @@ mod tests {
         assert_eq!(d, sb);
         // With metadata extents: version 6, the list block at the end.
         let mut x = sb.clone();
-        x.extents_block = 77;
+        x.extents = vec![super::super::extent::MetaExtent {
+            first_block: 2016,
+            blocks: 100,
+            copies: vec![1 << 20, 2 << 20],
+        }];
         let xb = x.encode();
         assert_eq!(get_u32(&xb, 8), SB_VERSION_EXTENTS);
-        assert_eq!(get_u64(&xb, BLOCK_SIZE - 8), 77);
+        assert_eq!(get_u32(&xb, EXTENTS), 1);
         assert_eq!(Superblock::decode(&xb).unwrap(), x);
         assert_eq!(d.selector_bit(2), 1);
         assert_eq!(d.selector_bit(1), 0);

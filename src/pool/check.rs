@@ -290,10 +290,7 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
     if let Some(b) = meta.intent_block() {
         *exp_meta.entry(b).or_default() += 1;
     }
-    // Metadata extents: their list block, and the data chunks they take.
-    if meta.extents_block() != 0 {
-        *exp_meta.entry(meta.extents_block()).or_default() += 1;
-    }
+    // Metadata extents: the data chunks they take.
     for c in meta.extent_chunks() {
         *exp_data.entry(c).or_default() += 1;
     }
@@ -349,8 +346,6 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
             BlockKind::Catalog
         } else if meta.intent_block() == Some(b) {
             BlockKind::Intent
-        } else if meta.extents_block() == b {
-            BlockKind::Extents
         } else {
             BlockKind::Node
         };

@@ -90,17 +90,10 @@ impl MetaStore {
         if self.catalog_dirty {
             self.stage_catalog()?;
         }
-        if let Some(x) = self.stage_extents(txid)? {
-            self.staged_extents = Some(x);
-        }
         let io = |e| Error::io("writing metadata", e);
         for (b, bytes) in &self.staged_catalog {
             self.write_place(Place::Block(*b), bytes)
                 .map_err(|e| Error::io("writing catalog", e))?;
-        }
-        if let Some((b, bytes)) = &self.staged_extents {
-            self.write_place(Place::Block(*b), bytes)
-                .map_err(|e| Error::io("writing the metadata extent list", e))?;
         }
         let mut dirty: Vec<(u64, Arc<Node>)> =
             self.dirty.iter().map(|(b, n)| (*b, n.clone())).collect();
@@ -129,7 +122,7 @@ impl MetaStore {
         sb.meta_blocks = self.msm.span();
         sb.msm_pages = pages_for(sb.meta_blocks);
         sb.selector.resize((sb.msm_pages as usize).div_ceil(8), 0);
-        sb.extents_block = self.extents_block;
+        sb.extents = self.extents.clone();
         for p in self.msm.dirty_pages() {
             let slot = 1 - sb.selector_bit(p);
             let page = self
@@ -176,7 +169,7 @@ impl MetaStore {
         self.committed = sb;
         self.catalog_staged = false;
         self.staged_catalog.clear();
-        self.staged_extents = None;
+        self.extents_dirty = false;
         self.shape_dirty = false;
         self.msm.committed();
         self.data.committed();

@@ -31,10 +31,17 @@ impl MetaStore {
         self.layout.meta_blocks
     }
 
+    fn in_fixed_area(&self, place: Place) -> bool {
+        match place {
+            Place::Block(b) => b < self.layout.meta_blocks,
+            Place::Page(p, _) => p < self.layout.msm_pages as usize,
+        }
+    }
+
+    /// The extent holding `place` (`None`: the fixed area, or nowhere).
     fn extent_of(&self, place: Place) -> Option<&MetaExtent> {
         match place {
-            Place::Block(b) if b < self.layout.meta_blocks => None,
-            Place::Page(p, _) if p < self.layout.msm_pages as usize => None,
+            _ if self.in_fixed_area(place) => None,
             Place::Block(b) => self.extents.iter().find(|e| e.holds_block(b)),
             Place::Page(p, _) => self.extents.iter().find(|e| e.holds_page(p)),
         }
@@ -43,10 +50,16 @@ impl MetaStore {
     /// Does `place` exist (the fixed area, or an extent)?
     pub(crate) fn place_exists(&self, place: Place) -> bool {
         match place {
-            Place::Block(b) if b < self.layout.meta_blocks => b != 0,
-            Place::Page(p, _) if p < self.layout.msm_pages as usize => true,
-            _ => self.extent_of(place).is_some(),
+            Place::Block(0) => false,
+            _ => self.in_fixed_area(place) || self.extent_of(place).is_some(),
         }
+    }
+
+    fn nowhere(place: Place) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{place:?} is in no metadata area or extent"),
+        )
     }
 
     fn ext_offset(e: &MetaExtent, c: usize, place: Place) -> u64 {
@@ -73,6 +86,9 @@ impl MetaStore {
 
     /// Write `bytes` at `place` on every metadata copy.
     pub(crate) fn write_place(&self, place: Place, bytes: &[u8]) -> io::Result<()> {
+        if !self.place_exists(place) {
+            return Err(Self::nowhere(place));
+        }
         let Some(e) = self.extent_of(place) else {
             return self.mirror.write(self.fixed_offset(place), bytes);
         };
@@ -104,6 +120,9 @@ impl MetaStore {
         buf: &mut [u8],
         valid: crate::raid::Validator,
     ) -> std::result::Result<(), String> {
+        if !self.place_exists(place) {
+            return Err(Self::nowhere(place).to_string());
+        }
         let Some(e) = self.extent_of(place) else {
             return self
                 .mirror
@@ -304,50 +323,5 @@ impl MetaStore {
         self.extents[i].copies[copy] = to;
         self.extents_dirty = true;
         Ok(())
-    }
-
-    /// Stage the extent list block for the commit (a new block in the
-    /// fixed area, readable before any extent is).
-    pub(crate) fn stage_extents(&mut self, txid: u64) -> Result<Option<(u64, Vec<u8>)>> {
-        if !self.extents_dirty {
-            return Ok(None);
-        }
-        let b = self
-            .msm
-            .alloc_below(self.layout.meta_blocks)
-            .ok_or_else(|| Error::NoSpace {
-                pool: self.pool_name.clone(),
-                detail: "no block left in the fixed metadata area for the extent list".into(),
-            })?;
-        if self.extents_block != 0 {
-            self.msm.dec(self.extents_block);
-        }
-        self.extents_block = b;
-        self.extents_dirty = false;
-        Ok(Some((
-            b,
-            extent::encode(&self.extents, b, txid, self.pool_tag),
-        )))
-    }
-
-    /// Read the extent list the superblock points at.
-    pub(crate) fn read_extents(&mut self, b: u64) -> Result<()> {
-        if b == 0 {
-            return Ok(());
-        }
-        if b >= self.layout.meta_blocks {
-            return Err(corrupt(format!(
-                "extent list block {b} is outside the fixed area"
-            )));
-        }
-        let blk = self.read_block(b, BlockKind::Extents)?;
-        self.extents = extent::decode(&blk, self.layout.meta_blocks)
-            .map_err(|e| corrupt(format!("extent list: {e}")))?;
-        self.extents_block = b;
-        Ok(())
-    }
-
-    pub fn extents_block(&self) -> u64 {
-        self.extents_block
     }
 }

@@ -161,13 +161,8 @@ pub struct MetaStore {
     pub recovery_notes: Vec<String>,
     /// Metadata space taken from the data area (see `meta::extent`).
     extents: Vec<crate::meta::extent::MetaExtent>,
-    /// The extent list block (0: none).
-    extents_block: u64,
     /// The extent list changed in this transaction.
     extents_dirty: bool,
-    /// The extent list block of the running transaction, kept until it
-    /// commits so that a failed commit writes it again.
-    staged_extents: Option<(u64, Vec<u8>)>,
     /// The array extents are read and written through.
     array: Option<Arc<crate::raid::Array>>,
     /// Extent blocks written since the last flush of the array.
@@ -216,7 +211,7 @@ impl MetaStore {
             transition: None,
             csum: None,
             root_gens: [0; 3],
-            extents_block: 0,
+            extents: Vec::new(),
             no_autogrow: false,
         };
         let cap =
@@ -253,9 +248,7 @@ impl MetaStore {
             superblock_problems: Vec::new(),
             recovery_notes: Vec::new(),
             extents: Vec::new(),
-            extents_block: 0,
             extents_dirty: false,
-            staged_extents: None,
             array: None,
             ext_unflushed: std::sync::atomic::AtomicBool::new(false),
             loaded: false,
@@ -454,7 +447,6 @@ impl MetaStore {
             || !self.msm.dirty_pages().is_empty()
             || self.shape_dirty
             || self.extents_dirty
-            || self.staged_extents.is_some()
             || self.csum.map(|c| c.root) != self.committed.csum.map(|c| c.root)
     }
 }

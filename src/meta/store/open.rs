@@ -63,12 +63,12 @@ impl MetaStore {
                 problems.join("; ")
             ))
         })?;
-        let sizes_agree = match sb.extents_block {
-            0 => sb.msm_pages == layout.msm_pages && sb.meta_blocks == layout.meta_blocks,
-            _ => {
-                sb.msm_pages == pages_for(sb.meta_blocks)
-                    && sb.meta_blocks > layout.meta_blocks
-                    && sb.msm_pages > layout.msm_pages
+        let sizes_agree = match sb.extents.first() {
+            None => sb.msm_pages == layout.msm_pages && sb.meta_blocks == layout.meta_blocks,
+            Some(first) => {
+                first.first_block == crate::meta::extent::next_first_block(layout.meta_blocks)
+                    && sb.extents.last().map(|e| e.end_block()) == Some(sb.meta_blocks)
+                    && sb.msm_pages == pages_for(sb.meta_blocks)
             }
         };
         if !sizes_agree {
@@ -116,6 +116,7 @@ impl MetaStore {
         s.member_states.resize(members, 0);
         s.transition = sb.transition;
         s.no_autogrow = sb.no_autogrow;
+        s.extents = sb.extents.clone();
         s.csum = sb.csum;
         s.note_root_gen(sb.volumes_root, sb.root_gens[0]);
         s.note_root_gen(sb.dsm_root, sb.root_gens[1]);
@@ -152,7 +153,6 @@ impl MetaStore {
             self.attach_array(a);
         }
         let sb = self.committed.clone();
-        self.read_extents(sb.extents_block)?;
         if !self.extents.is_empty() {
             let mut counts = self.msm.counts().to_vec();
             for e in self.extents.clone() {
