@@ -462,3 +462,73 @@ fn power_cuts_during_a_metadata_growth() {
     eprintln!("growth: writes {loaded}..{total}, {grown} of {cuts} cuts found it committed");
     assert!(grown > 0, "no cut fell after the growth's commit");
 }
+
+/// Ten thousand snapshots of one (small) volume with a write before each,
+/// then every one removed in random order: each removal succeeds, sampled
+/// snapshots read as taken until removed, the metadata use returns near
+/// its start, and the pool reopens clean. `VPOOL_SNAPSHOTS` sets the count.
+#[test]
+fn ten_thousand_snapshots_then_removed_in_random_order() {
+    let n: usize = std::env::var("VPOOL_SNAPSHOTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let vol = MIB;
+    // Each snapshot copies a mapping leaf and the root above it: about
+    // 10 KiB of metadata each, 100 MiB for ten thousand (grown online).
+    let devs = mem_devices(2, 224 * MIB);
+    let mut opts = CreateOptions::new(RaidLevel::Raid1);
+    opts.stripe_unit = 4096;
+    let (pool, _) = Pool::create("tank", refs(&devs), &opts).unwrap();
+    pool.create_volume("a", vol).unwrap();
+    let v = pool.volume("a", None).unwrap();
+    let mut model = pattern(vol as usize, 1);
+    v.write_at(&model, 0).unwrap();
+    pool.commit().unwrap();
+    let start = pool.info().metadata_used;
+    let mut rng = Rng(0xabcdef);
+    let mut samples = Vec::new();
+    for i in 0..n {
+        let off = rng.below(vol / BLK) * BLK;
+        let data = pattern(BLK as usize, rng.next());
+        v.write_at(&data, off).unwrap();
+        model[off as usize..(off + BLK) as usize].copy_from_slice(&data);
+        pool.snapshot("a", &format!("s{i}")).unwrap();
+        if i % 997 == 0 {
+            samples.push((format!("s{i}"), model.clone()));
+        }
+    }
+    let full = pool.info();
+    assert_eq!(full.snapshots, n);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    for (k, i) in order.into_iter().enumerate() {
+        let name = format!("s{i}");
+        if let Some((_, content)) = samples.iter().find(|(s, _)| *s == name) {
+            assert!(
+                read_vol(&pool, "a", Some(&name), vol as usize) == *content,
+                "{name}"
+            );
+        }
+        pool.remove_snapshot("a", &name)
+            .unwrap_or_else(|e| panic!("removal {k} ({name}) failed: {e}"));
+    }
+    model_verify(&pool, &model, "after the removals");
+    pool.close().unwrap();
+    let after = pool.info();
+    assert_eq!(after.snapshots, 0);
+    assert_eq!(after.releasing, 0);
+    assert!(
+        after.metadata_used <= 2 * start + MIB,
+        "metadata use {} (with {n} snapshots {}) did not return near its start {start}",
+        after.metadata_used,
+        full.metadata_used
+    );
+    drop(pool);
+    let pool = Pool::open(refs(&devs)).unwrap();
+    model_verify(&pool, &model, "after reopening");
+    let r = pool.check(false).unwrap();
+    assert!(r.clean(), "{r:?}");
+}

@@ -155,6 +155,9 @@ impl Pool {
         if r.is_ok() || self.autogrow_locked(thin).unwrap_or(0) == 0 {
             return r;
         }
+        // Committed on its own: the reference counts of the chunks it
+        // took are then known, not estimated one leaf per chunk.
+        thin.commit_locked()?;
         thin.meta.read().check_room_for_op(thin.csum_groups())
     }
 
