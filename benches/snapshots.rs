@@ -18,7 +18,7 @@ use vpool::raid::RaidLevel;
 use vpool::{CreateOptions, Pool};
 
 const MIB: u64 = 1 << 20;
-const WRITES: usize = 64;
+const WRITES: usize = 8;
 
 struct Rng(u64);
 impl Rng {
@@ -42,7 +42,7 @@ fn main() {
             let p = dir.join(format!("vpool-snapscale-{i}.img"));
             let _ = std::fs::remove_file(&p);
             std::fs::File::create(&p)
-                .and_then(|f| f.set_len(6 << 30))
+                .and_then(|f| f.set_len(12 << 30))
                 .expect("member file");
             p
         })

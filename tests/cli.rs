@@ -548,3 +548,88 @@ fn cli_quickstart_builds_a_demo_pool() {
         .ok(&["quickstart", "--no-serve", "--dir", dir.to_str().unwrap()])
         .contains("using the demo pool"));
 }
+
+/// Metadata space through the binary (issue 16): `--metadata-size`, a full
+/// metadata area that says what to do, snapshots removed to free it,
+/// `pool set` to grow it, the status in text and JSON.
+#[test]
+fn cli_metadata_area_fills_frees_and_grows() {
+    let e = Env::new();
+    let d: Vec<String> = (1..=2)
+        .map(|i| e.image(&format!("d{i}.img"), 96 << 20))
+        .collect();
+    e.ok(&[
+        "pool",
+        "create",
+        "m",
+        "--raid",
+        "raid1",
+        "--stripe-unit",
+        "4K",
+        "--metadata-size",
+        "1M",
+        &d[0],
+        &d[1],
+    ]);
+    e.ok(&["pool", "set", "m", "metadata-autogrow=off"]);
+    let s = e.json(&["pool", "status", "m", "--json"]);
+    assert_eq!(s["metadata_total"], 1 << 20, "{s}");
+    assert_eq!(s["metadata_autogrow"], false, "{s}");
+    assert!(s["metadata_reserved"].as_u64().unwrap() > 0, "{s}");
+    e.ok(&["vol", "create", "m/a", "--size", "8M"]);
+    let piece = e.path("piece.raw");
+    let mut snaps = Vec::new();
+    let mut full = None;
+    for i in 0..400u32 {
+        random_file(&piece, 256 << 10, i as u8);
+        let off = format!("{}K", (i * 1237) % (8 * 1024 - 256) / 4 * 4);
+        let o = e.run(&[
+            "vol",
+            "import",
+            "m/a",
+            "--from",
+            piece.to_str().unwrap(),
+            "--offset",
+            &off,
+        ]);
+        if !o.ok {
+            full = Some(o.stderr);
+            break;
+        }
+        let name = format!("m/a@s{i}");
+        let o = e.run(&["snap", "create", &name]);
+        if !o.ok {
+            full = Some(o.stderr);
+            break;
+        }
+        snaps.push(name);
+    }
+    let msg = full.expect("the 1 MiB metadata area fills");
+    assert!(
+        msg.contains("metadata area is full") && msg.contains("remove snapshots"),
+        "{msg}"
+    );
+    let text = e.ok(&["pool", "status", "m"]);
+    assert!(text.contains("kept for removals"), "{text}");
+    assert!(
+        text.contains("metadata area") && text.contains("% used"),
+        "warning at 80/90%: {text}"
+    );
+    for s in &snaps {
+        e.ok(&["snap", "remove", s]);
+    }
+    e.ok(&["snap", "create", "m/a@again"]);
+    let out = e.ok(&["pool", "set", "m", "metadata-size=4M"]);
+    assert!(out.contains("grown"), "{out}");
+    let s = e.json(&["pool", "status", "m", "--json"]);
+    assert!(
+        s["metadata_total"].as_u64().unwrap() >= (4 << 20) - (64 << 10),
+        "{s}"
+    );
+    assert_eq!(s["metadata_extents"], 1, "{s}");
+    assert!(e.ok(&["pool", "status", "m"]).contains("grown online"));
+    e.fails(&["pool", "set", "m", "metadata-size=1M"], "never shrinks");
+    e.fails(&["pool", "set", "m", "colour=blue"], "unknown property");
+    let d2: Vec<&str> = d.iter().map(|s| s.as_str()).collect();
+    assert!(e.ok(&["check", d2[0], d2[1]]).contains("clean"));
+}

@@ -17,10 +17,16 @@ const AUTOGROW_MIN: u64 = 16 << 20;
 pub const WARN_PERCENTS: [u64; 2] = [80, 90];
 
 impl Pool {
-    /// Metadata blocks in use and in all.
+    /// Metadata blocks in use, and those ordinary use may reach (all but
+    /// the reserve kept for removals): thresholds and warnings are shares
+    /// of the latter, the space a user can actually fill.
     fn meta_use(thin: &ThinPool) -> (u64, u64) {
         let meta = thin.meta.read();
-        (meta.msm().used(), meta.msm().blocks())
+        let blocks = meta.msm().blocks();
+        (
+            meta.msm().used(),
+            blocks.saturating_sub(meta.meta_reserve()).max(1),
+        )
     }
 
     /// Grow the metadata area to at least `bytes` per copy (`pool set
@@ -55,15 +61,16 @@ impl Pool {
         if !thin.meta.read().autogrow() {
             return Ok(0);
         }
-        let (used, blocks) = Self::meta_use(thin);
+        let (used, usable) = Self::meta_use(thin);
         let tight = thin
             .meta
             .read()
             .check_room_for_op(thin.csum_groups())
             .is_err();
-        if !tight && used * 100 < blocks * AUTOGROW_PERCENT {
+        if !tight && used * 100 < usable * AUTOGROW_PERCENT {
             return Ok(0);
         }
+        let blocks = thin.meta.read().msm().blocks();
         let step = (blocks * BLOCK_SIZE as u64 * AUTOGROW_STEP_PERCENT / 100).max(AUTOGROW_MIN);
         let copies = self.label().meta_copies as usize;
         let added = thin.meta.write().grow_metadata(step, copies)?;
@@ -71,7 +78,7 @@ impl Pool {
             "metadata area grown by {} MiB to {} MiB ({}% was used)",
             (added * BLOCK_SIZE as u64) >> 20,
             ((blocks + added) * BLOCK_SIZE as u64) >> 20,
-            used * 100 / blocks.max(1)
+            used * 100 / usable
         );
         tracing::info!(pool = %self.name(), "{msg}");
         Ok(added * BLOCK_SIZE as u64)
@@ -120,8 +127,13 @@ impl Pool {
         let pct = used * 100 / blocks.max(1);
         match WARN_PERCENTS.iter().rev().find(|&&w| pct >= w) {
             Some(w) => vec![format!(
-                "metadata area {pct}% used (over {w}%): it grows on its own from the data area while data space is free; \
+                "metadata area {pct}% used (over {w}% of what is not kept for removals): {}; \
                  `vpool pool set {} metadata-size=SIZE` grows it now, removing snapshots frees it",
+                if self.thin().meta.read().autogrow() {
+                    "it grows on its own from the data area while data space is free"
+                } else {
+                    "it does not grow on its own (metadata-autogrow=off)"
+                },
                 self.name()
             )],
             None => Vec::new(),
