@@ -392,11 +392,66 @@ fn remove_rec<S: NodeStore>(
             node.keys.remove(i);
             node.children.remove(i);
             node.gens.remove(i);
+        } else {
+            merge_small_leaf(s, spec, &mut node, i, hi)?;
         }
     }
     let empty = node.is_empty();
     s.write_node(b, node);
     Ok((old, empty))
+}
+
+/// After a removal left leaf child `i` of `node` (written in this
+/// transaction) under a quarter full, fold a neighbour into it when both
+/// fit in half a leaf. Nothing is allocated (the neighbour's block is
+/// released, or loses our reference if shared, its values gaining one), so
+/// trees thinned by removals stay compact at no cost in metadata space.
+fn merge_small_leaf<S: NodeStore>(
+    s: &mut S,
+    spec: &TreeSpec,
+    node: &mut Node,
+    i: usize,
+    hi: Option<u64>,
+) -> Result<()> {
+    let c = node.children[i];
+    let child = s.read_node(c)?;
+    if !child.is_leaf() || child.len() * 4 >= child.capacity() || node.len() < 2 {
+        return Ok(());
+    }
+    let j = if i + 1 < node.len() { i + 1 } else { i - 1 };
+    let sb = node.children[j];
+    let sib = s.read_child(sb, &Expect::child(node, j, hi))?;
+    if !sib.is_leaf() || child.len() + sib.len() > child.capacity() / 2 {
+        return Ok(());
+    }
+    if s.refcount(sb) > 1 {
+        for k in 0..sib.len() {
+            s.inc_value(spec, sib.value(k))?;
+        }
+    }
+    let (first, second) = if j > i {
+        (&*child, &*sib)
+    } else {
+        (&*sib, &*child)
+    };
+    let mut merged = first.clone();
+    merged.keys.extend_from_slice(&second.keys);
+    merged.values.extend_from_slice(&second.values);
+    s.dec_block(sb);
+    s.write_node(c, merged);
+    if j < i {
+        // The merged leaf starts at the left neighbour's key.
+        node.children[j] = c;
+        node.gens[j] = GEN_NEW;
+        node.keys.remove(i);
+        node.children.remove(i);
+        node.gens.remove(i);
+    } else {
+        node.keys.remove(j);
+        node.children.remove(j);
+        node.gens.remove(j);
+    }
+    Ok(())
 }
 
 /// Drop one reference to the tree at `root`, freeing what no one else uses.
