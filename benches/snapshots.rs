@@ -18,7 +18,13 @@ use vpool::raid::RaidLevel;
 use vpool::{CreateOptions, Pool};
 
 const MIB: u64 = 1 << 20;
-const WRITES: usize = 8;
+/// Random 4 KiB writes before each snapshot (VPOOL_SNAPSHOT_WRITES).
+fn writes() -> usize {
+    std::env::var("VPOOL_SNAPSHOT_WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8)
+}
 
 struct Rng(u64);
 impl Rng {
@@ -37,12 +43,15 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let vol = 1024 * MIB;
+    let writes = writes();
+    // Room for the volume and every chunk the writes copy.
+    let size = (2 << 30) + (last * writes) as u64 * 65536;
     let paths: Vec<PathBuf> = (0..2)
         .map(|i| {
             let p = dir.join(format!("vpool-snapscale-{i}.img"));
             let _ = std::fs::remove_file(&p);
             std::fs::File::create(&p)
-                .and_then(|f| f.set_len(12 << 30))
+                .and_then(|f| f.set_len(size))
                 .expect("member file");
             p
         })
@@ -63,7 +72,7 @@ fn main() {
     pool.commit().expect("commit");
     let start_meta = pool.info().metadata_used;
     println!(
-        "raid1 x2 (file members in {}), {} MiB chunks of {} KiB, one {} MiB volume written whole; {WRITES} random 4 KiB writes (then a flush) before each snapshot\n",
+        "raid1 x2 (file members in {}), {} MiB chunks of {} KiB, one {} MiB volume written whole; {writes} random 4 KiB writes (then a flush) before each snapshot\n",
         dir.display(),
         pool.info().capacity >> 20,
         chunk >> 10,
@@ -81,12 +90,12 @@ fn main() {
     let marks = [10, 100, 1000, 10_000];
     for i in 1..=last {
         let t = Instant::now();
-        for _ in 0..WRITES {
+        for _ in 0..writes {
             let off = (rng.next() % (vol / 4096)) * 4096;
             v.write_at(&page, off).expect("write");
         }
         v.flush().expect("flush");
-        let iops = WRITES as f64 / t.elapsed().as_secs_f64();
+        let iops = writes as f64 / t.elapsed().as_secs_f64();
         let t = Instant::now();
         pool.snapshot("v", &format!("s{i}")).expect("snapshot");
         times.push(t.elapsed().as_secs_f64() * 1e3);
