@@ -28,6 +28,22 @@ fn pool_with_metadata(
     (pool, devs)
 }
 
+/// Close, reopen on the same members, check the model and that `check`
+/// is clean; returns the reopened pool.
+fn reopen_clean(
+    pool: Pool,
+    devs: &[std::sync::Arc<vpool::device::MemDevice>],
+    model: &[u8],
+) -> Pool {
+    pool.close().unwrap();
+    drop(pool);
+    let pool = Pool::open(refs(devs)).unwrap();
+    model_verify(&pool, model, "after reopening");
+    let r = pool.check(false).unwrap();
+    assert!(r.clean(), "{r:?}");
+    pool
+}
+
 fn is_enospc(e: &Error) -> bool {
     matches!(e, Error::NoSpace { .. })
 }
@@ -129,11 +145,7 @@ fn snapshots_that_fill_the_metadata_are_removed_oldest_first() {
         after.metadata_used,
         start.metadata_used
     );
-    drop(pool);
-    let pool = Pool::open(refs(&devs)).unwrap();
-    model_verify(&pool, &model, "after reopening");
-    let r = pool.check(false).unwrap();
-    assert!(r.clean(), "{r:?}");
+    reopen_clean(pool, &devs, &model);
 }
 
 /// `vol remove --recursive` of a volume and all its snapshots on a full
@@ -313,12 +325,7 @@ fn the_metadata_area_grows_on_its_own() {
     let info = pool.info();
     assert!(info.metadata_extents >= 1, "{info:?}");
     assert!(info.metadata_total > 2 * MIB);
-    pool.close().unwrap();
-    drop(pool);
-    let pool = Pool::open(refs(&devs)).unwrap();
-    model_verify(&pool, &model, "after reopening");
-    let r = pool.check(false).unwrap();
-    assert!(r.clean(), "{r:?}");
+    reopen_clean(pool, &devs, &model);
 }
 
 /// Removing the member that holds a metadata extent (`pool remove` on a

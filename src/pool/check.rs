@@ -146,6 +146,39 @@ enum Loc {
     Place(Place),
 }
 
+/// Count the references of mapping tree `root` (of volume `id`): its
+/// blocks (each reach from a parent) and, for blocks not seen before
+/// (shared with a tree counted already), the data chunks its leaves map.
+/// Returns those chunks.
+fn count_mapping(
+    meta: &MetaStore,
+    id: u64,
+    root: u64,
+    exp_meta: &mut Counts,
+    exp_data: &mut Counts,
+    seen: &mut HashSet<u64>,
+) -> Result<Vec<u64>> {
+    let mut chunks = Vec::new();
+    btree::visit_blocks(
+        meta,
+        &mapping_spec(id),
+        root,
+        &mut |b, node: &Node, first| {
+            *exp_meta.entry(b).or_default() += 1;
+            if first && node.is_leaf() {
+                for i in 0..node.len() {
+                    let phys = get_u64(node.value(i), 0);
+                    *exp_data.entry(phys).or_default() += 1;
+                    chunks.push(phys);
+                }
+            }
+            Ok(())
+        },
+        seen,
+    )?;
+    Ok(chunks)
+}
+
 fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Counts, Counts)> {
     let mut exp_meta: Counts = HashMap::new();
     let mut exp_data: Counts = HashMap::new();
@@ -187,19 +220,12 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
         if *id >= RELEASING {
             // A removed volume's tree, released in steps: counted, not named.
             r.releasing += 1;
-            btree::visit_blocks(
+            count_mapping(
                 meta,
-                &mapping_spec(*id),
+                *id,
                 vr.root,
-                &mut |b, node: &Node, first| {
-                    *exp_meta.entry(b).or_default() += 1;
-                    if first && node.is_leaf() {
-                        for i in 0..node.len() {
-                            *exp_data.entry(get_u64(node.value(i), 0)).or_default() += 1;
-                        }
-                    }
-                    Ok(())
-                },
+                &mut exp_meta,
+                &mut exp_data,
                 &mut mapping_seen,
             )?;
             continue;
@@ -212,26 +238,17 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
         };
         let limit = rec.size.div_ceil(meta.committed().chunk_size);
         let mut mapped = 0u64;
-        let mut beyond = 0u64;
-        btree::visit_blocks(
+        let mut beyond = count_mapping(
             meta,
-            &mapping_spec(*id),
+            *id,
             vr.root,
-            &mut |b, node: &Node, first| {
-                *exp_meta.entry(b).or_default() += 1;
-                if first && node.is_leaf() {
-                    for i in 0..node.len() {
-                        let phys = get_u64(node.value(i), 0);
-                        *exp_data.entry(phys).or_default() += 1;
-                        if phys >= total {
-                            beyond += 1;
-                        }
-                    }
-                }
-                Ok(())
-            },
+            &mut exp_meta,
+            &mut exp_data,
             &mut mapping_seen,
-        )?;
+        )?
+        .iter()
+        .filter(|&&phys| phys >= total)
+        .count() as u64;
         btree::walk(
             meta,
             &mapping_spec(*id),
