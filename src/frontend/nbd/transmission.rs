@@ -192,7 +192,9 @@ fn validate(shared: &Shared, req: &Request, allocation: bool) -> Option<u32> {
         CMD_READ | CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES | CMD_BLOCK_STATUS => {}
         _ => return Some(EINVAL),
     }
-    if req.kind == CMD_BLOCK_STATUS && !(allocation && shared.structured) {
+    // The protocol: a block status length MUST NOT be 0; the request is
+    // answered with EINVAL and the connection goes on.
+    if req.kind == CMD_BLOCK_STATUS && (!(allocation && shared.structured) || req.length == 0) {
         return Some(EINVAL);
     }
     if req.kind == CMD_READ && req.length > MAX_PAYLOAD {
