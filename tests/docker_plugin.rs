@@ -77,6 +77,26 @@ fn every_call_and_its_errors() {
 
     // Bad input changes nothing.
     let create = |name: &str, opts: &str| format!(r#"{{"Name":"{name}","Opts":{opts}}}"#);
+    // Names are text: a long name with a multi-byte character where it is
+    // shortened (it killed a worker once) is shortened before it; one with
+    // the character in what is kept is refused; every worker still answers.
+    let across = format!("{}é{}", "a".repeat(53), "b".repeat(20));
+    call_ok(sock, "VolumeDriver.Create", &create(&across, "{}"));
+    call_ok(
+        sock,
+        "VolumeDriver.Remove",
+        &format!(r#"{{"Name":"{across}"}}"#),
+    );
+    let inside = format!("{}é{}", "a".repeat(50), "b".repeat(20));
+    call_err(
+        sock,
+        "VolumeDriver.Create",
+        &create(&inside, "{}"),
+        "not allowed",
+    );
+    for _ in 0..8 {
+        call_ok(sock, "VolumeDriver.Capabilities", "{}");
+    }
     call_err(
         sock,
         "VolumeDriver.Create",

@@ -217,7 +217,11 @@ fn pipelined_structured_and_block_status() {
     // the connection goes on.
     c.request(7, 0, 11, 0, 0, &[]);
     let (cookie, flags, kind, payload) = c.chunk();
-    assert_eq!((cookie, flags & 1, kind), (11, 1, 0x8001), "NBD_REPLY_TYPE_ERROR, done");
+    assert_eq!(
+        (cookie, flags & 1, kind),
+        (11, 1, 0x8001),
+        "NBD_REPLY_TYPE_ERROR, done"
+    );
     assert_eq!(u32::from_be_bytes(payload[0..4].try_into().unwrap()), 22);
     assert_eq!(c.read(65536, 4096).unwrap(), vec![1u8; 4096]);
 }

@@ -60,7 +60,9 @@ impl ApiServer {
                 std::thread::spawn(move || {
                     while !stopping.load(Ordering::Relaxed) {
                         match server.recv_timeout(Duration::from_millis(200)) {
-                            Ok(Some(req)) => handle(&engine, req),
+                            Ok(Some(req)) => {
+                                crate::frontend::guarded("control API", || handle(&engine, req))
+                            }
                             Ok(None) => {}
                             Err(_) => break,
                         }

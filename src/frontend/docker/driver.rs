@@ -36,9 +36,13 @@ pub struct VolumeView {
 pub struct Driver {
     engine: Arc<dyn Engine>,
     cfg: DriverConfig,
-    /// Every call takes this lock: calls are rare and short, except a first
-    /// mount's mkfs; one lock keeps counts and mounts in step.
+    /// The records: held only to read or change them, never across an
+    /// external command (losetup, mkfs, mount), so one volume's first
+    /// mount does not stall calls about the others.
     reg: Mutex<Registry>,
+    /// One lock per volume name, held for a whole mount, unmount or
+    /// removal: calls about the same volume happen one at a time.
+    busy: Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
 }
 
 const OPTIONS: &str = "size, pool, fs (ext4 or xfs), snapshot-of";
@@ -52,9 +56,19 @@ impl Driver {
             engine,
             cfg,
             reg: Mutex::new(reg),
+            busy: Mutex::new(BTreeMap::new()),
         };
         d.clear_stale();
         Ok(d)
+    }
+
+    /// The lock of volume `name` (see `busy`).
+    fn volume_lock(&self, name: &str) -> Arc<Mutex<()>> {
+        self.busy
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 
     fn mountpoint(&self, name: &str) -> PathBuf {
@@ -174,6 +188,8 @@ impl Driver {
                 "unknown option '{k}': vpool volumes take {OPTIONS}"
             )));
         }
+        let vlock = self.volume_lock(name);
+        let _busy = vlock.lock();
         let mut reg = self.reg.lock();
         if reg.volumes.contains_key(name) {
             return Ok(());
@@ -280,27 +296,33 @@ impl Driver {
     }
 
     pub fn remove(&self, name: &str) -> anyhow::Result<()> {
-        let mut reg = self.reg.lock();
-        let rec = lookup(&reg, name)?.clone();
-        if self.mounted(name) {
-            bail!(Error::InUse(format!(
-                "volume '{name}' is mounted for {} container(s): stop them first",
-                rec.mounts.len().max(1)
-            )));
-        }
-        let pool = self
+        let vlock = self.volume_lock(name);
+        let _busy = vlock.lock();
+        let rec = {
+            let mut reg = self.reg.lock();
+            let rec = lookup(&reg, name)?.clone();
+            if self.mounted(name) {
+                bail!(Error::InUse(format!(
+                    "volume '{name}' is mounted for {} container(s): stop them first",
+                    rec.mounts.len().max(1)
+                )));
+            }
+            set_removing(&mut reg, name, true)?;
+            rec
+        };
+        let removed = self
             .engine
             .pool(&rec.pool)
-            .with_context(|| format!("removing volume '{name}'"))?;
-        set_removing(&mut reg, name, true)?;
-        match pool.remove_volume(&rec.volume, false) {
-            Ok(()) => {}
-            // Removed already with the CLI: only the name is left.
-            Err(Error::NotFound(_)) => {}
-            Err(e) => {
-                set_removing(&mut reg, name, false)?;
-                return Err(e.into());
-            }
+            .with_context(|| format!("removing volume '{name}'"))
+            .and_then(|pool| match pool.remove_volume(&rec.volume, false) {
+                // Removed already with the CLI: only the name is left.
+                Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+                Err(e) => Err(e.into()),
+            });
+        let mut reg = self.reg.lock();
+        if let Err(e) = removed {
+            set_removing(&mut reg, name, false)?;
+            return Err(e);
         }
         reg.volumes.remove(name);
         reg.save()?;
@@ -312,19 +334,24 @@ impl Driver {
     /// Attach and mount (the first time: make the filesystem), count `id`,
     /// return the directory containers use.
     pub fn mount(&self, name: &str, id: &str) -> anyhow::Result<PathBuf> {
-        let mut reg = self.reg.lock();
-        let rec = lookup(&reg, name)?.clone();
-        if !self.mounted(name) {
-            let dev = self.attach(name, &rec)?;
-            if let Some(r) = reg.volumes.get_mut(name) {
-                r.device = Some(dev);
-            }
-        }
+        let vlock = self.volume_lock(name);
+        let _busy = vlock.lock();
+        let rec = lookup(&self.reg.lock(), name)?.clone();
+        // losetup, mkfs (minutes on a large volume) and mount run without
+        // the registry lock: other volumes' calls go on meanwhile.
+        let dev = match self.mounted(name) {
+            true => None,
+            false => Some(self.attach(name, &rec)?),
+        };
         let data = self.data_dir(name);
         if !data.is_dir() {
             std::fs::create_dir(&data).with_context(|| format!("creating {}", data.display()))?;
         }
+        let mut reg = self.reg.lock();
         if let Some(r) = reg.volumes.get_mut(name) {
+            if dev.is_some() {
+                r.device = dev;
+            }
             r.mounts.insert(id.to_string());
         }
         reg.save()?;
@@ -367,13 +394,15 @@ impl Driver {
 
     /// Let go of `id`; the last one unmounts and detaches.
     pub fn unmount(&self, name: &str, id: &str) -> anyhow::Result<()> {
-        let mut reg = self.reg.lock();
-        let rec = lookup(&reg, name)?.clone();
+        let vlock = self.volume_lock(name);
+        let _busy = vlock.lock();
+        let rec = lookup(&self.reg.lock(), name)?.clone();
         let mut left = rec.mounts.clone();
         left.remove(id);
         if left.is_empty() && self.mounted(name) {
             self.detach(name, &rec)?;
         }
+        let mut reg = self.reg.lock();
         if let Some(r) = reg.volumes.get_mut(name) {
             r.mounts = left;
             if !self.mounted(name) {

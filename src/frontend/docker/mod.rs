@@ -60,7 +60,9 @@ impl PluginServer {
                 std::thread::spawn(move || {
                     while !stopping.load(Ordering::Relaxed) {
                         match server.recv_timeout(Duration::from_millis(200)) {
-                            Ok(Some(req)) => handle(&driver, req),
+                            Ok(Some(req)) => {
+                                super::guarded("volume plugin", || handle(&driver, req))
+                            }
                             Ok(None) => {}
                             Err(_) => break,
                         }

@@ -87,9 +87,14 @@ pub fn volume_name(docker: &str) -> anyhow::Result<String> {
     }
     let max = crate::pool::names::MAX_NAME_LEN;
     if docker.len() > max {
+        // Cut on a character boundary: names are text, not bytes.
+        let mut cut = max - 9;
+        while !docker.is_char_boundary(cut) {
+            cut -= 1;
+        }
         let short = format!(
             "{}-{:08x}",
-            &docker[..max - 9],
+            &docker[..cut],
             crc32fast::hash(docker.as_bytes())
         );
         crate::pool::names::validate("volume", &short)?;
@@ -114,6 +119,19 @@ mod tests {
         assert!(volume_name("a/b").is_err());
         assert!(volume_name("").is_err());
         assert!(volume_name("bad name").is_err());
+        // Names are text: a multi-byte character across the cut is left
+        // out (the name is shortened before it), one before it makes the
+        // name invalid; never a panic.
+        let across = format!("{}é{}", "a".repeat(53), "b".repeat(20));
+        let short = volume_name(&across).unwrap();
+        assert!(
+            short.starts_with(&"a".repeat(53)) && short.len() <= 63,
+            "{short}"
+        );
+        for at in 40..53 {
+            let name = format!("{}é{}", "a".repeat(at), "b".repeat(70 - at));
+            assert!(volume_name(&name).is_err(), "{name}");
+        }
     }
 
     #[test]
