@@ -84,6 +84,34 @@ fn every_call_and_its_errors() {
         (st, v["data"][0]["name"].as_str()),
         (200, Some("tank/db@s"))
     );
+    // The path names the call: a body asking for another call, or for
+    // another object, is refused and changes nothing.
+    let (st, v) = http(
+        &d,
+        "POST",
+        "/v1/pools/tank/scrub",
+        Some(json!({"pool_destroy": {"name": "tank", "force": true}})),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("pool_destroy"), "{v}");
+    let (st, v) = http(
+        &d,
+        "POST",
+        "/v1/pools/other/scrub",
+        Some(json!({"pool_scrub": {"name": "tank", "check_only": true}})),
+    );
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = http(
+        &d,
+        "POST",
+        "/v1/volumes",
+        Some(json!({"vol_remove": {"path": "tank/db", "recursive": true}})),
+    );
+    assert_eq!(st, 400, "{v}");
+    let (st, _) = http(&d, "GET", "/v1/pools/tank", None);
+    assert_eq!(st, 200, "the pool is still there");
+    let (st, v) = http(&d, "GET", "/v1/volumes?pool=tank", None);
+    assert_eq!((st, v["data"][0]["name"].as_str()), (200, Some("tank/db")));
     let (st, _) = http(
         &d,
         "POST",

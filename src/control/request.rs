@@ -10,6 +10,38 @@ fn yes() -> bool {
     true
 }
 
+/// Why an HTTP call stands for no request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteError {
+    /// No call has this method and path (HTTP 404).
+    NoSuchCall(String),
+    /// The call exists, but its path or body is not valid (HTTP 400).
+    Invalid(String),
+}
+
+impl RouteError {
+    pub fn status(&self) -> u16 {
+        match self {
+            RouteError::NoSuchCall(_) => 404,
+            RouteError::Invalid(_) => 400,
+        }
+    }
+}
+
+impl std::fmt::Display for RouteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteError::NoSuchCall(m) | RouteError::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<String> for RouteError {
+    fn from(m: String) -> RouteError {
+        RouteError::Invalid(m)
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
@@ -342,7 +374,7 @@ impl Request {
 
     /// The request an HTTP call stands for. Bodies carry the whole request
     /// (`{"vol_create": {...}}`); paths and queries carry the rest.
-    pub fn from_http(method: &str, url: &str, body: &[u8]) -> Result<Request, String> {
+    pub fn from_http(method: &str, url: &str, body: &[u8]) -> Result<Request, RouteError> {
         let (path, q) = url.split_once('?').unwrap_or((url, ""));
         let params: Vec<(String, String)> = q
             .split('&')
@@ -359,6 +391,7 @@ impl Request {
             .split('/')
             .map(|s| decode_component(s).ok_or_else(|| format!("bad escape in '{s}'")))
             .collect::<Result<_, _>>()?;
+        let segs_owned = segs.clone();
         let segs: Vec<&str> = segs.iter().map(|s| s.as_str()).collect();
         let from_body = || -> Result<Request, String> {
             serde_json::from_slice(body).map_err(|e| format!("request body: {e}"))
@@ -412,8 +445,36 @@ impl Request {
             ("POST", ["v1", "volumes", _, _, "import" | "export" | "clone" | "resize"]) => {
                 from_body()?
             }
-            _ => return Err(format!("no such call: {method} {path} (see docs/API.md)")),
+            _ => {
+                return Err(RouteError::NoSuchCall(format!(
+                    "no such call: {method} {path} (see docs/API.md)"
+                )))
+            }
         };
+        // The path names the call and its object; a body only carries
+        // parameters. A body asking for another call (a `pool_destroy`
+        // sent to a scrub's path) or another object is refused.
+        let canon = req.route();
+        let canon_path = canon.path.split_once('?').map_or(canon.path.as_str(), |(p, _)| p);
+        let canon_segs: Option<Vec<String>> = canon_path
+            .trim_start_matches('/')
+            .split('/')
+            .map(decode_component)
+            .collect();
+        if canon.method != method || canon_segs.as_deref() != Some(&segs_owned[..]) {
+            let name = serde_json::to_value(&req)
+                .ok()
+                .and_then(|v| match v {
+                    serde_json::Value::Object(m) => m.keys().next().cloned(),
+                    serde_json::Value::String(s) => Some(s),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            return Err(RouteError::Invalid(format!(
+                "the body asks for '{name}' at {} {canon_path}, not {method} {path}: a body carries the parameters of the call its path names (see docs/API.md)",
+                canon.method
+            )));
+        }
         Ok(req)
     }
 }

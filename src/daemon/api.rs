@@ -99,12 +99,8 @@ fn handle(engine: &DaemonEngine, mut req: tiny_http::Request) {
     } else {
         match Request::from_http(&method, &url, &body) {
             Err(e) => json_response(
-                if e.starts_with("no such call") {
-                    404
-                } else {
-                    400
-                },
-                &serde_json::json!({"error": e, "kind": "invalid"}),
+                e.status(),
+                &serde_json::json!({"error": e.to_string(), "kind": "invalid"}),
             ),
             Ok(r) => {
                 let mutates = r.mutates();
