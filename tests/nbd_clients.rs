@@ -259,3 +259,66 @@ fn quickstart_serves_the_demo_pool() {
     );
     assert!(status.success(), "clean shutdown on SIGTERM");
 }
+
+/// Who may reach a volume (issue 20): by default the daemon serves NBD on
+/// its unix socket only, and only to its owner (mode 0600 whatever the
+/// umask). Root lists and reads the volumes with nbdinfo; the unprivileged
+/// user `nobody` is refused, even with every directory on the way open to
+/// it; and no TCP listener exists.
+#[test]
+fn nbd_is_owner_only_by_default() {
+    require("nbdinfo", "libnbd-bin");
+    require("setpriv", "util-linux");
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    make_pool(&state, "raid1", 2, 256 << 20, &[]);
+    let d = Daemon::start_unix_only(&state);
+    d.vpool_ok(&["vol", "create", "tank/db", "--size", "16M"]);
+    let sock = state.join("nbd.sock");
+    let start = std::time::Instant::now();
+    while !sock.exists() && start.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the NBD socket is owner-only");
+    // Open the way to the socket, so that only its own mode refuses.
+    for p in [dir.path(), state.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let uri = format!("nbd+unix:///tank/db?socket={}", sock.display());
+    let root = run(Command::new("nbdinfo").args(["--size", &uri]), 60);
+    assert!(
+        root.status.success(),
+        "root is served: {}",
+        String::from_utf8_lossy(&root.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&root.stdout).trim(),
+        (16 << 20).to_string()
+    );
+    let nobody = run(
+        Command::new("setpriv").args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "nbdinfo",
+            "--size",
+            &uri,
+        ]),
+        60,
+    );
+    let err = String::from_utf8_lossy(&nobody.stderr);
+    assert!(!nobody.status.success(), "nobody must be refused");
+    assert!(
+        err.contains("ermission denied"),
+        "refused by the socket's mode: {err}"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("NBD listening on")
+            && !log.contains("NBD listening on 127.")
+            && !log.contains("NBD listening on 0."),
+        "no TCP listener without --nbd-listen: {log}"
+    );
+}

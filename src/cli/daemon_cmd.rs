@@ -12,8 +12,10 @@ use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct DaemonArgs {
-    /// TCP address for NBD clients ("off" to disable).
-    #[arg(long, default_value = "127.0.0.1:10809")]
+    /// TCP address for NBD clients, e.g. 127.0.0.1:10809. Off unless given:
+    /// NBD over TCP has no authentication yet, so any local user could
+    /// reach every volume; the unix socket is owner-only.
+    #[arg(long, default_value = "off")]
     nbd_listen: String,
     /// Unix socket for NBD clients (default STATE_DIR/nbd.sock; "off" to disable).
     #[arg(long)]

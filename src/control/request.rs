@@ -455,7 +455,10 @@ impl Request {
         // parameters. A body asking for another call (a `pool_destroy`
         // sent to a scrub's path) or another object is refused.
         let canon = req.route();
-        let canon_path = canon.path.split_once('?').map_or(canon.path.as_str(), |(p, _)| p);
+        let canon_path = canon
+            .path
+            .split_once('?')
+            .map_or(canon.path.as_str(), |(p, _)| p);
         let canon_segs: Option<Vec<String>> = canon_path
             .trim_start_matches('/')
             .split('/')

@@ -105,7 +105,10 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         clear_stale_socket(path)?;
         let l = UnixListener::bind(path)
             .with_context(|| format!("binding NBD socket {}", path.display()))?;
-        tracing::info!("NBD listening on {}", path.display());
+        // Root only, whatever the umask: volumes are host disks.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .with_context(|| format!("making {} private", path.display()))?;
+        tracing::info!("NBD listening on {} (owner only)", path.display());
         nbd.listen(l)?;
     }
     engine.set_shared();

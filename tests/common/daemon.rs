@@ -85,6 +85,9 @@ pub struct Daemon {
     pub state: PathBuf,
     pub port: u16,
     extra: Vec<String>,
+    /// Serve NBD on TCP (`--nbd-listen 127.0.0.1:port`); off by default in
+    /// the daemon itself.
+    tcp: bool,
 }
 
 impl Daemon {
@@ -100,6 +103,21 @@ impl Daemon {
             state: state.to_path_buf(),
             port,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tcp: true,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Start with the daemon's defaults for NBD: no TCP listener, the unix
+    /// socket only.
+    pub fn start_unix_only(state: &Path) -> Daemon {
+        let mut d = Daemon {
+            child: None,
+            state: state.to_path_buf(),
+            port: 0,
+            extra: Vec::new(),
+            tcp: false,
         };
         d.spawn();
         d
@@ -126,15 +144,15 @@ impl Daemon {
             .open(self.state.join("daemon.log"))
             .expect("log");
         let child = Command::new(vpool_bin())
-            .args([
-                "--state-dir",
-                self.state.to_str().unwrap(),
-                "daemon",
-                "--nbd-listen",
-                &format!("127.0.0.1:{}", self.port),
-                "--log-level",
-                "debug",
-            ])
+            .args(["--state-dir", self.state.to_str().unwrap(), "daemon"])
+            .args(match self.tcp {
+                true => vec![
+                    "--nbd-listen".to_string(),
+                    format!("127.0.0.1:{}", self.port),
+                ],
+                false => Vec::new(),
+            })
+            .args(["--log-level", "debug"])
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -145,7 +163,7 @@ impl Daemon {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             if std::os::unix::net::UnixStream::connect(self.state.join("vpool.sock")).is_ok()
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && (!self.tcp || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok())
             {
                 return true;
             }
