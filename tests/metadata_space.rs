@@ -153,7 +153,7 @@ fn snapshots_that_fill_the_metadata_are_removed_oldest_first() {
 /// in steps each of which fits, and the space comes back.
 #[test]
 fn removing_a_volume_with_its_snapshots_frees_a_full_pool() {
-    let (pool, devs) = pool_with_metadata(RaidLevel::Linear, 1, 96 * MIB, 2 * MIB);
+    let (pool, devs) = pool_with_metadata(RaidLevel::Linear, 1, 96 * MIB, 3 * MIB);
     pool.create_volume("a", VOL).unwrap();
     let mut model = vec![0u8; VOL as usize];
     model_write(&pool, &mut model, 0, VOL as usize, 2);
@@ -483,7 +483,7 @@ fn ten_thousand_snapshots_then_removed_in_random_order() {
     let vol = MIB;
     // Each snapshot copies a mapping leaf and the root above it: about
     // 10 KiB of metadata each, 100 MiB for ten thousand (grown online).
-    let devs = mem_devices(2, 224 * MIB);
+    let devs = mem_devices(2, 288 * MIB);
     let mut opts = CreateOptions::new(RaidLevel::Raid1);
     opts.stripe_unit = 4096;
     let (pool, _) = Pool::create("tank", refs(&devs), &opts).unwrap();
@@ -538,4 +538,87 @@ fn ten_thousand_snapshots_then_removed_in_random_order() {
     model_verify(&pool, &model, "after reopening");
     let r = pool.check(false).unwrap();
     assert!(r.clean(), "{r:?}");
+}
+
+/// A pool written by the vpool before this format change (superblock
+/// version 5, the catalog a serialized chain; `tests/fixtures/
+/// old-pool-v5.tar.gz`, made with the CLI of commit 97b7707: raid1, volume
+/// `a` with snapshot `s1` and writes after it, volume `b`, clone `c` of
+/// `a@s1`) opens with everything in place; its first metadata operation
+/// converts the catalog to a tree (version 6), and it reopens the same.
+#[test]
+fn a_pool_written_before_the_catalog_tree_opens_and_converts() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/old-pool-v5.tar.gz");
+    let out = std::process::Command::new("tar")
+        .args([
+            "-xzf",
+            fixture.to_str().unwrap(),
+            "-C",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pat = |n: usize, seed: usize| -> Vec<u8> {
+        (0..n)
+            .map(|i| ((i * 7 + seed * 13 + (i >> 12)) % 251) as u8)
+            .collect()
+    };
+    let (a1, a2, b1) = (pat(8 << 20, 1), pat(1 << 20, 2), pat(2 << 20, 3));
+    let mut a = a1.clone();
+    a[3 << 20..4 << 20].copy_from_slice(&a2);
+    let mut b = vec![0u8; 4 << 20];
+    b[1 << 20..3 << 20].copy_from_slice(&b1);
+    let devs = || -> Vec<DeviceRef> {
+        ["d1.img", "d2.img"]
+            .iter()
+            .map(|f| {
+                std::sync::Arc::new(vpool::device::FileDevice::open(&dir.path().join(f)).unwrap())
+                    as DeviceRef
+            })
+            .collect()
+    };
+    let verify = |pool: &Pool, what: &str| {
+        assert!(read_vol(pool, "a", None, a.len()) == a, "{what}: a");
+        assert!(
+            read_vol(pool, "a", Some("s1"), a1.len()) == a1,
+            "{what}: a@s1"
+        );
+        assert!(read_vol(pool, "b", None, b.len()) == b, "{what}: b");
+        assert!(read_vol(pool, "c", None, a1.len()) == a1, "{what}: c");
+        let r = pool.check(false).unwrap();
+        assert!(r.clean(), "{what}: {r:?}");
+    };
+    let version = || {
+        let img = std::fs::read(dir.path().join("d1.img")).unwrap();
+        let v = |slot: usize| {
+            let o = 4096 + slot * 4096;
+            let txid = u64::from_le_bytes(img[o + 16..o + 24].try_into().unwrap());
+            (
+                txid,
+                u32::from_le_bytes(img[o + 8..o + 12].try_into().unwrap()),
+            )
+        };
+        v(0).max(v(1)).1
+    };
+    assert_eq!(version(), 5);
+    let pool = Pool::open(devs()).unwrap();
+    verify(&pool, "as written by the older vpool");
+    pool.snapshot("a", "s2").unwrap();
+    pool.close().unwrap();
+    drop(pool);
+    assert_eq!(
+        version(),
+        6,
+        "the catalog is a tree from the first change on"
+    );
+    let pool = Pool::open(devs()).unwrap();
+    verify(&pool, "converted");
+    assert!(read_vol(&pool, "a", Some("s2"), a.len()) == a);
 }

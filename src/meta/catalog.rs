@@ -81,9 +81,117 @@ impl Catalog {
     }
 }
 
+/// Bytes of one record in the catalog tree (superblock version 6 with
+/// feature bit 2): a fixed, field-by-field layout, so a snapshot changes
+/// one leaf of the tree instead of a serialized whole catalog.
+pub const RECORD_BYTES: usize = 256;
+const NAME_MAX: usize = 63;
+const CLONED_MAX: usize = 140;
+
+impl VolumeRecord {
+    /// The record's tree value (see docs/FORMAT.md, "Catalog tree").
+    pub fn encode_fixed(&self) -> Result<[u8; RECORD_BYTES], String> {
+        let mut b = [0u8; RECORD_BYTES];
+        if self.name.is_empty() || self.name.len() > NAME_MAX {
+            return Err(format!(
+                "volume name '{}' does not fit a catalog record",
+                self.name
+            ));
+        }
+        b[0..8].copy_from_slice(&self.id.to_le_bytes());
+        b[8..16].copy_from_slice(&self.snapshot_of.unwrap_or(0).to_le_bytes());
+        b[16..24].copy_from_slice(&self.size.to_le_bytes());
+        b[24..32].copy_from_slice(&self.created.to_le_bytes());
+        b[32..48].copy_from_slice(&self.uuid);
+        b[48] = self.name.len() as u8;
+        b[49..49 + self.name.len()].copy_from_slice(self.name.as_bytes());
+        if let Some(c) = &self.cloned_from {
+            if c.len() > CLONED_MAX {
+                return Err(format!("clone origin '{c}' does not fit a catalog record"));
+            }
+            b[112] = 1;
+            b[113] = c.len() as u8;
+            b[114..114 + c.len()].copy_from_slice(c.as_bytes());
+        }
+        Ok(b)
+    }
+
+    pub fn decode_fixed(b: &[u8]) -> Result<VolumeRecord, String> {
+        if b.len() != RECORD_BYTES {
+            return Err(format!("catalog record of {} bytes", b.len()));
+        }
+        let u = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+        let text = |at: usize, len: usize, max: usize| -> Result<String, String> {
+            if len > max {
+                return Err(format!(
+                    "catalog record text of {len} bytes (at most {max})"
+                ));
+            }
+            String::from_utf8(b[at..at + len].to_vec())
+                .map_err(|_| "catalog record text is not UTF-8".to_string())
+        };
+        let name = text(49, b[48] as usize, NAME_MAX)?;
+        let cloned_from = match b[112] {
+            0 => None,
+            1 => Some(text(114, b[113] as usize, CLONED_MAX)?),
+            x => return Err(format!("catalog record clone flag {x}")),
+        };
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&b[32..48]);
+        Ok(VolumeRecord {
+            id: u(0),
+            name,
+            snapshot_of: Some(u(8)).filter(|&v| v != 0),
+            cloned_from,
+            size: u(16),
+            created: u(24),
+            uuid,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_records_round_trip_and_refuse_garbage() {
+        let r = VolumeRecord {
+            id: 42,
+            name: "db".into(),
+            snapshot_of: Some(7),
+            cloned_from: Some("a@b".into()),
+            size: 1 << 30,
+            created: 5,
+            uuid: [3; 16],
+        };
+        let b = r.encode_fixed().unwrap();
+        assert_eq!(VolumeRecord::decode_fixed(&b).unwrap(), r);
+        let plain = VolumeRecord {
+            snapshot_of: None,
+            cloned_from: None,
+            ..r.clone()
+        };
+        assert_eq!(
+            VolumeRecord::decode_fixed(&plain.encode_fixed().unwrap()).unwrap(),
+            plain
+        );
+        let mut bad = b;
+        bad[48] = 200;
+        assert!(VolumeRecord::decode_fixed(&bad).is_err());
+        let mut bad = b;
+        bad[112] = 9;
+        assert!(VolumeRecord::decode_fixed(&bad).is_err());
+        let mut bad = b;
+        bad[49] = 0xff;
+        assert!(VolumeRecord::decode_fixed(&bad).is_err());
+        assert!(VolumeRecord {
+            name: "x".repeat(64),
+            ..r
+        }
+        .encode_fixed()
+        .is_err());
+    }
 
     /// Locks the on-disk encoding: bincode 1.3 with its default (fixed-int,
     /// little-endian) options. If this changes, the format version must.

@@ -28,9 +28,9 @@ pub const SB_VERSION_CSUM: u32 = 4;
 /// number). Every commit writes this version.
 pub const SB_VERSION_GEN: u32 = 5;
 /// Version 5 plus metadata extents (metadata space taken from the data
-/// area after creation): their list fills bytes 2048..4096, the selector
-/// ends before it. Written only while the pool has extents, so pools that
-/// never grew stay at version 5. Older readers refuse it (they would not
+/// area after creation: their list fills bytes 2048..4096, the selector
+/// ends before it) and the catalog kept in a B-tree (feature bit 2).
+/// Written when either is in use. Older readers refuse it (they would not
 /// find the blocks).
 pub const SB_VERSION_EXTENTS: u32 = 6;
 /// Feature bit (byte 12, version 5): the pool keeps data checksums.
@@ -38,6 +38,9 @@ const FEATURE_CSUM: u32 = 1;
 /// Feature bit: the metadata area does not grow on its own (`pool set
 /// metadata-autogrow=off`). Advisory: a reader that ignores it is safe.
 const FEATURE_NO_AUTOGROW: u32 = 2;
+/// Feature bit (version 6): the catalog is a B-tree of fixed records whose
+/// root pointer (with its generation tag) is at byte 56.
+const FEATURE_CATALOG_TREE: u32 = 4;
 const FEATURES: usize = 12;
 /// Member states recorded in the superblock.
 pub const MEMBER_ONLINE: u8 = 0;
@@ -95,6 +98,10 @@ pub struct Superblock {
     pub extents: Vec<super::extent::MetaExtent>,
     /// The metadata area grows only by command.
     pub no_autogrow: bool,
+    /// The catalog is a tree rooted at `catalog_head` (version 6).
+    pub catalog_tree: bool,
+    /// The catalog tree root's generation tag.
+    pub catalog_gen: u32,
 }
 
 /// Where a checksummed pool keeps its data checksums and write intents.
@@ -143,6 +150,11 @@ pub const PHASE_EVACUATE: u32 = 3;
 pub const PHASE_DONE: u32 = 4;
 
 impl Superblock {
+    /// Does this superblock need version 6 (extents, or the catalog tree)?
+    pub fn is_v6(&self) -> bool {
+        !self.extents.is_empty() || self.catalog_tree
+    }
+
     pub fn slot_offset(meta_offset: u64, txid: u64) -> u64 {
         meta_offset + (txid % 2) * BLOCK_SIZE as u64
     }
@@ -167,7 +179,7 @@ impl Superblock {
         put_u32(
             &mut b,
             8,
-            if !self.extents.is_empty() {
+            if self.is_v6() {
                 SB_VERSION_EXTENTS
             } else {
                 SB_VERSION_GEN
@@ -181,13 +193,25 @@ impl Superblock {
                     FEATURE_NO_AUTOGROW
                 } else {
                     0
+                })
+                | (if self.catalog_tree {
+                    FEATURE_CATALOG_TREE
+                } else {
+                    0
                 }),
         );
         put_u64(&mut b, 16, self.txid);
         b[24..40].copy_from_slice(&self.pool_uuid);
         put_u64(&mut b, 40, pack_ptr(self.volumes_root, self.root_gens[0]));
         put_u64(&mut b, 48, pack_ptr(self.dsm_root, self.root_gens[1]));
-        put_u64(&mut b, 56, self.catalog_head);
+        put_u64(
+            &mut b,
+            56,
+            match self.catalog_tree {
+                true => pack_ptr(self.catalog_head, self.catalog_gen),
+                false => self.catalog_head,
+            },
+        );
         put_u64(&mut b, 64, self.catalog_bytes);
         put_u64(&mut b, 72, self.data_chunks);
         put_u64(&mut b, 80, self.used_chunks);
@@ -326,15 +350,20 @@ impl Superblock {
             }
             false => Vec::new(),
         };
-        if version >= SB_VERSION_EXTENTS && extents.is_empty() {
-            return Err("version 6 superblock without metadata extents".into());
+        let catalog_tree = version >= SB_VERSION_EXTENTS && features & FEATURE_CATALOG_TREE != 0;
+        let (catalog_head, catalog_gen) = match catalog_tree {
+            true => unpack_ptr(get_u64(b, 56)),
+            false => (get_u64(b, 56), 0),
+        };
+        if catalog_tree && catalog_head > super::node::BLOCK_MASK {
+            return Err("superblock catalog root beyond any metadata area".into());
         }
         Ok(Superblock {
             txid: get_u64(b, 16),
             pool_uuid,
             volumes_root,
             dsm_root,
-            catalog_head: get_u64(b, 56),
+            catalog_head,
             catalog_bytes: get_u64(b, 64),
             data_chunks: get_u64(b, 72),
             used_chunks: get_u64(b, 80),
@@ -353,6 +382,8 @@ impl Superblock {
             }),
             root_gens: [volumes_gen, dsm_gen, csum_gen],
             no_autogrow: features & FEATURE_NO_AUTOGROW != 0,
+            catalog_tree,
+            catalog_gen,
             extents,
         })
     }
@@ -386,6 +417,8 @@ mod tests {
             root_gens: [5, 0, 0],
             extents: Vec::new(),
             no_autogrow: false,
+            catalog_tree: false,
+            catalog_gen: 0,
         };
         sb.set_selector_bit(2, 1);
         let b = sb.encode();
@@ -402,6 +435,15 @@ mod tests {
         assert_eq!(get_u32(&xb, 8), SB_VERSION_EXTENTS);
         assert_eq!(get_u32(&xb, EXTENTS), 1);
         assert_eq!(Superblock::decode(&xb).unwrap(), x);
+        // The catalog as a tree: version 6 without extents, a tagged root.
+        let mut t = sb.clone();
+        t.catalog_tree = true;
+        t.catalog_head = 99;
+        t.catalog_gen = 12;
+        let tb = t.encode();
+        assert_eq!(get_u32(&tb, 8), SB_VERSION_EXTENTS);
+        assert_eq!(get_u64(&tb, 56), pack_ptr(99, 12));
+        assert_eq!(Superblock::decode(&tb).unwrap(), t);
         assert_eq!(d.selector_bit(2), 1);
         assert_eq!(d.selector_bit(1), 0);
         assert_eq!(Superblock::slot_offset(4096, 7), 4096 + 4096);

@@ -9,6 +9,7 @@ use crate::meta::btree;
 use crate::meta::codec::{get_u32, get_u64, BLOCK_SIZE};
 use crate::meta::header::{BlockKind, Header};
 use crate::meta::node::Node;
+use crate::meta::store::catalog_tree::CATALOG_SPEC;
 use crate::meta::store::csum::CSUM_SPEC;
 use crate::meta::store::Place;
 use crate::meta::store::{mapping_spec, VolumeRoot, DSM_SPEC, RELEASING, VOLUMES_SPEC};
@@ -186,6 +187,17 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
     for b in meta.catalog_blocks()? {
         *exp_meta.entry(b).or_default() += 1;
     }
+    let mut catalog_seen = HashSet::new();
+    btree::visit_blocks(
+        meta,
+        &CATALOG_SPEC,
+        meta.catalog_root(),
+        &mut |b, _: &Node, _| {
+            *exp_meta.entry(b).or_default() += 1;
+            Ok(())
+        },
+        &mut catalog_seen,
+    )?;
     // Volumes tree, and the mapping trees its leaves point at.
     let mut roots: BTreeMap<u64, VolumeRoot> = BTreeMap::new();
     let mut seen = HashSet::new();

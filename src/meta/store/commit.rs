@@ -88,7 +88,11 @@ impl MetaStore {
             };
         }
         if self.catalog_dirty {
-            self.stage_catalog()?;
+            if self.catalog_tree || self.catalog_tree_fits() {
+                self.stage_catalog_tree()?;
+            } else {
+                self.stage_catalog()?;
+            }
         }
         let io = |e| Error::io("writing metadata", e);
         for (b, bytes) in &self.staged_catalog {
@@ -123,6 +127,11 @@ impl MetaStore {
         sb.msm_pages = pages_for(sb.meta_blocks);
         sb.selector.resize((sb.msm_pages as usize).div_ceil(8), 0);
         sb.extents = self.extents.clone();
+        sb.catalog_tree = self.catalog_tree;
+        sb.catalog_gen = match self.catalog_tree {
+            true => self.gen_of(self.catalog_head, txid),
+            false => 0,
+        };
         for p in self.msm.dirty_pages() {
             let slot = 1 - sb.selector_bit(p);
             let page = self
@@ -186,6 +195,9 @@ impl MetaStore {
         ];
         for (r, g) in roots.into_iter().zip(self.committed.root_gens).chain(noted) {
             self.note_root_gen(r, g);
+        }
+        if self.catalog_tree {
+            self.note_root_gen(self.catalog_head, self.committed.catalog_gen);
         }
         Ok(())
     }

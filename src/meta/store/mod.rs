@@ -134,6 +134,10 @@ pub struct MetaStore {
     /// Catalog blocks of the running transaction, kept until it commits
     /// so that a failed commit can write them again.
     staged_catalog: Vec<(u64, Vec<u8>)>,
+    /// The catalog is a tree rooted at `catalog_head` (see `catalog_tree`).
+    catalog_tree: bool,
+    /// The records the catalog tree holds (by id; 0: the pool name).
+    catalog_saved: HashMap<u64, crate::meta::catalog::VolumeRecord>,
     member_states: Vec<u8>,
     /// Layout transition checkpoint to record with the next commit.
     transition: Option<SbTransition>,
@@ -213,6 +217,8 @@ impl MetaStore {
             root_gens: [0; 3],
             extents: Vec::new(),
             no_autogrow: false,
+            catalog_tree: false,
+            catalog_gen: 0,
         };
         let cap =
             NonZeroUsize::new((cache_nodes / CACHE_SHARDS).max(64)).unwrap_or(NonZeroUsize::MIN);
@@ -232,6 +238,8 @@ impl MetaStore {
             catalog_staged: false,
             catalog_chain: None,
             staged_catalog: Vec::new(),
+            catalog_tree: false,
+            catalog_saved: HashMap::new(),
             member_states: vec![0; members],
             transition: None,
             shape_dirty: false,
@@ -474,6 +482,7 @@ pub fn now() -> u64 {
 /// Entries per space-map page (re-exported for docs and checks).
 pub const MSM_ENTRIES_PER_PAGE: usize = ENTRIES_PER_PAGE;
 
+pub mod catalog_tree;
 mod commit;
 mod extents;
 pub(crate) use extents::Place;

@@ -118,6 +118,10 @@ impl MetaStore {
         s.no_autogrow = sb.no_autogrow;
         s.extents = sb.extents.clone();
         s.csum = sb.csum;
+        s.catalog_tree = sb.catalog_tree;
+        if sb.catalog_tree {
+            s.note_root_gen(sb.catalog_head, sb.catalog_gen);
+        }
         s.note_root_gen(sb.volumes_root, sb.root_gens[0]);
         s.note_root_gen(sb.dsm_root, sb.root_gens[1]);
         if let Some(c) = sb.csum {
@@ -173,7 +177,10 @@ impl MetaStore {
             self.msm = MetaSpaceMap::from_counts(counts);
         }
         self.loaded = true;
-        self.catalog = self.read_catalog()?;
+        self.catalog = match self.catalog_tree {
+            true => self.read_catalog_tree()?,
+            false => self.read_catalog()?,
+        };
         self.load_roots()?;
         self.pool_name = self.catalog.pool_name.clone();
         // Rebuild the in-memory data space map from the persistent counts.
@@ -276,6 +283,9 @@ impl MetaStore {
     /// Blocks of the catalog chain (the staged one while a commit of it is
     /// pending).
     pub fn catalog_blocks(&self) -> Result<Vec<u64>> {
+        if self.catalog_tree {
+            return Ok(Vec::new());
+        }
         if let Some(chain) = &self.catalog_chain {
             return Ok(chain.clone());
         }

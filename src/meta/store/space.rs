@@ -46,7 +46,11 @@ impl MetaStore {
 
     /// Blocks the catalog takes (a metadata operation rewrites it whole).
     pub fn catalog_block_count(&self) -> u64 {
-        (self.catalog_bytes / (BLOCK_SIZE - HEADER_SIZE) as u64) + 1
+        match self.catalog_is_tree() {
+            // A path of the catalog tree.
+            true => 4,
+            false => (self.catalog_bytes / (BLOCK_SIZE - HEADER_SIZE) as u64) + 1,
+        }
     }
 
     /// Checksum-tree leaves one chunk's entries may span.
