@@ -130,6 +130,9 @@ impl VolumeRecord {
             String::from_utf8(b[at..at + len].to_vec())
                 .map_err(|_| "catalog record text is not UTF-8".to_string())
         };
+        if b[48] == 0 {
+            return Err("catalog record without a name".into());
+        }
         let name = text(49, b[48] as usize, NAME_MAX)?;
         let cloned_from = match b[112] {
             0 => None,
@@ -178,6 +181,9 @@ mod tests {
         );
         let mut bad = b;
         bad[48] = 200;
+        assert!(VolumeRecord::decode_fixed(&bad).is_err());
+        let mut bad = b;
+        bad[48] = 0;
         assert!(VolumeRecord::decode_fixed(&bad).is_err());
         let mut bad = b;
         bad[112] = 9;
