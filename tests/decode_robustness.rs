@@ -55,6 +55,33 @@ proptest! {
         fuzzing::node(&data);
         fuzzing::catalog(&data);
         fuzzing::nbd(&data);
+        vpool::control::fuzz_http(&data);
+    }
+
+    /// Control API calls built from plausible pieces (a method, a path of
+    /// known and random segments, a JSON body of any request kind naming
+    /// anything): never a panic, and what parses round-trips.
+    #[test]
+    fn control_calls_never_panic(
+        m in 0u8..4,
+        segs in prop::collection::vec(prop_oneof![
+            Just("v1".to_string()), Just("pools".to_string()), Just("volumes".to_string()),
+            Just("snapshots".to_string()), Just("scrub".to_string()), Just("members".to_string()),
+            Just("tank".to_string()), Just("%40".to_string()), Just("..".to_string()),
+            "[a-z%@/.\x00-\x7f]{0,12}",
+        ], 0..6),
+        body in prop_oneof![
+            Just(String::new()),
+            "[{}\\\":a-z_0-9,\\[\\] ]{0,80}",
+            Just(r#"{"pool_destroy":{"name":"tank","force":true}}"#.to_string()),
+            Just(r#"{"vol_create":{"path":"tank/x","size":1}}"#.to_string()),
+            Just(r#"{"pool_scrub":{"name":"other","check_only":false}}"#.to_string()),
+        ],
+    ) {
+        let mut data = vec![m];
+        data.extend_from_slice(format!("/{}\n", segs.join("/")).as_bytes());
+        data.extend_from_slice(body.as_bytes());
+        vpool::control::fuzz_http(&data);
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod request;
 pub mod resizefs;
 
 pub use exec::{execute, open_members, Importable, PoolRow};
-pub use request::{decode_component, Request, Route};
+pub use request::{decode_component, fuzz_http, Request, Route};
 
 use crate::error::Error;
 use crate::Pool;
