@@ -292,3 +292,71 @@ fn one_daemon_per_state_dir_and_degraded_start_is_loud() {
     assert_eq!(c.write(0, &[3u8; 4096]), 0);
     assert_eq!(c.read(0, 4096).unwrap(), vec![3u8; 4096]);
 }
+
+/// Hostile or broken clients of the control socket change nothing and do
+/// not stall the others (issue 20): clients that send a head and never
+/// their body, an oversized body, malformed JSON, bytes that are not
+/// UTF-8, NUL and `../` in names, names past the length limit; after each,
+/// a normal client is answered within a second.
+#[test]
+fn hostile_control_clients_do_not_stall_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    make_pool(&state, "raid1", 2, 256 << 20, &[]);
+    let d = Daemon::start(&state);
+    let served_quickly = |what: &str| {
+        let start = std::time::Instant::now();
+        let (st, v) = http(&d, "GET", "/v1/pools/tank", None);
+        assert_eq!(st, 200, "{what}: {v}");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "{what}: a normal client waited {:?}",
+            start.elapsed()
+        );
+    };
+    // More silent clients than workers: each sends a head announcing a
+    // body it never sends.
+    let mut silent = Vec::new();
+    for _ in 0..12 {
+        let mut s = UnixStream::connect(d.state.join("vpool.sock")).unwrap();
+        write!(s, "POST /v1/volumes HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{").unwrap();
+        silent.push(s);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    served_quickly("with silent clients");
+    // An oversized body.
+    let big = json!({"vol_create": {"path": "tank/x", "size": 1, "pad": "x".repeat(2 << 20)}});
+    let (st, _) = http(&d, "POST", "/v1/volumes", Some(big));
+    assert_eq!(st, 413);
+    served_quickly("after an oversized body");
+    // Malformed requests and names.
+    for (method, path, body) in [
+        ("POST", "/v1/volumes", "{not json".to_string()),
+        ("POST", "/v1/volumes", r#"{"vol_create": {"path": "tank/../x", "size": 4096}}"#.to_string()),
+        ("POST", "/v1/volumes", r#"{"vol_create": {"path": "tank/a\u0000b", "size": 4096}}"#.to_string()),
+        ("POST", "/v1/volumes", format!(r#"{{"vol_create": {{"path": "tank/{}", "size": 4096}}}}"#, "v".repeat(64))),
+        ("GET", "/v1/pools/%ff%fe", String::new()),
+        ("GET", "/v1/pools/a%00b", String::new()),
+        ("DELETE", "/v1/volumes/tank/..", String::new()),
+    ] {
+        let mut s = UnixStream::connect(d.state.join("vpool.sock")).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let (st, _) = vpool::control::client::parse_response(&raw).unwrap();
+        assert!((400..500).contains(&st), "{method} {path} {body}: status {st}");
+        served_quickly(&format!("after {method} {path}"));
+    }
+    // A name at the limit is fine; nothing else was created.
+    let (st, v) = http(
+        &d,
+        "POST",
+        "/v1/volumes",
+        Some(json!({"vol_create": {"path": format!("tank/{}", "v".repeat(63)), "size": 4096}})),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = http(&d, "GET", "/v1/volumes?pool=tank", None);
+    assert_eq!(v["data"].as_array().unwrap().len(), 1, "{v}");
+    drop(silent);
+}
