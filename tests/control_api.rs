@@ -319,7 +319,11 @@ fn hostile_control_clients_do_not_stall_others() {
     let mut silent = Vec::new();
     for _ in 0..12 {
         let mut s = UnixStream::connect(d.state.join("vpool.sock")).unwrap();
-        write!(s, "POST /v1/volumes HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{").unwrap();
+        write!(
+            s,
+            "POST /v1/volumes HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{"
+        )
+        .unwrap();
         silent.push(s);
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -332,20 +336,39 @@ fn hostile_control_clients_do_not_stall_others() {
     // Malformed requests and names.
     for (method, path, body) in [
         ("POST", "/v1/volumes", "{not json".to_string()),
-        ("POST", "/v1/volumes", r#"{"vol_create": {"path": "tank/../x", "size": 4096}}"#.to_string()),
-        ("POST", "/v1/volumes", r#"{"vol_create": {"path": "tank/a\u0000b", "size": 4096}}"#.to_string()),
-        ("POST", "/v1/volumes", format!(r#"{{"vol_create": {{"path": "tank/{}", "size": 4096}}}}"#, "v".repeat(64))),
+        (
+            "POST",
+            "/v1/volumes",
+            r#"{"vol_create": {"path": "tank/../x", "size": 4096}}"#.to_string(),
+        ),
+        (
+            "POST",
+            "/v1/volumes",
+            r#"{"vol_create": {"path": "tank/a\u0000b", "size": 4096}}"#.to_string(),
+        ),
+        (
+            "POST",
+            "/v1/volumes",
+            format!(
+                r#"{{"vol_create": {{"path": "tank/{}", "size": 4096}}}}"#,
+                "v".repeat(64)
+            ),
+        ),
         ("GET", "/v1/pools/%ff%fe", String::new()),
         ("GET", "/v1/pools/a%00b", String::new()),
         ("DELETE", "/v1/volumes/tank/..", String::new()),
     ] {
         let mut s = UnixStream::connect(d.state.join("vpool.sock")).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
         write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).unwrap();
         let (st, _) = vpool::control::client::parse_response(&raw).unwrap();
-        assert!((400..500).contains(&st), "{method} {path} {body}: status {st}");
+        assert!(
+            (400..500).contains(&st),
+            "{method} {path} {body}: status {st}"
+        );
         served_quickly(&format!("after {method} {path}"));
     }
     // A name at the limit is fine; nothing else was created.

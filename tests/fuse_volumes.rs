@@ -446,3 +446,53 @@ fn deep_queues_through_the_file_and_a_loop_device_verify() {
         &["--verify_only"],
     );
 }
+
+/// Who may reach a volume through its file (issue 20): the FUSE mount is
+/// shared (containers' loop devices read it), but the kernel enforces the
+/// files' modes (`default_permissions`): root reads and writes a volume,
+/// the unprivileged user `nobody` can neither read nor write it, even with
+/// every directory on the way open to it.
+#[test]
+fn volume_files_refuse_other_users() {
+    require("setpriv", "util-linux");
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut guard = Cleanup::default();
+    let (d, mnt) = fuse_daemon(dir.path(), "raid1", 2, 256 << 20, &mut guard);
+    d.vpool_ok(&["vol", "create", "tank/db", "--size", "8M"]);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = mnt.join("tank/db");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .unwrap();
+    f.write_all_at(&[9u8; 4096], 0).unwrap();
+    let as_nobody = |args: &[&str]| {
+        run(
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .args(args),
+            60,
+        )
+    };
+    let read = as_nobody(&["head", "-c", "4096", file.to_str().unwrap()]);
+    assert!(!read.status.success(), "nobody read a volume");
+    assert!(
+        String::from_utf8_lossy(&read.stderr).contains("ermission denied"),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let write = as_nobody(&[
+        "dd",
+        "if=/dev/zero",
+        &format!("of={}", file.display()),
+        "bs=4096",
+        "count=1",
+        "conv=notrunc",
+    ]);
+    assert!(!write.status.success(), "nobody wrote a volume");
+    let mut back = [0u8; 4096];
+    f.read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(back, [9u8; 4096], "the volume is unchanged");
+}

@@ -482,6 +482,33 @@ impl Request {
     }
 }
 
+/// For fuzzing and robustness tests: arbitrary bytes as an HTTP call to
+/// the control API (first byte picks the method, then the URL up to a
+/// newline, then the body). Must never panic; a call that parses must
+/// come back the same through its own route.
+pub fn fuzz_http(data: &[u8]) {
+    let Some((&m, rest)) = data.split_first() else {
+        return;
+    };
+    let method = ["GET", "POST", "DELETE", "PUT"][(m % 4) as usize];
+    let (url, body) = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[][..]),
+    };
+    let url = String::from_utf8_lossy(url);
+    if let Ok(req) = Request::from_http(method, &url, body) {
+        let r = req.route();
+        let body = r
+            .body
+            .map(|b| serde_json::to_vec(&b).expect("a request serializes"))
+            .unwrap_or_default();
+        assert_eq!(
+            Request::from_http(r.method, &r.path, &body).expect("its own route parses"),
+            req
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,32 +642,5 @@ mod tests {
                 r.path
             );
         }
-    }
-}
-
-/// For fuzzing and robustness tests: arbitrary bytes as an HTTP call to
-/// the control API (first byte picks the method, then the URL up to a
-/// newline, then the body). Must never panic; a call that parses must
-/// come back the same through its own route.
-pub fn fuzz_http(data: &[u8]) {
-    let Some((&m, rest)) = data.split_first() else {
-        return;
-    };
-    let method = ["GET", "POST", "DELETE", "PUT"][(m % 4) as usize];
-    let (url, body) = match rest.iter().position(|&b| b == b'\n') {
-        Some(i) => (&rest[..i], &rest[i + 1..]),
-        None => (rest, &[][..]),
-    };
-    let url = String::from_utf8_lossy(url);
-    if let Ok(req) = Request::from_http(method, &url, body) {
-        let r = req.route();
-        let body = r
-            .body
-            .map(|b| serde_json::to_vec(&b).expect("a request serializes"))
-            .unwrap_or_default();
-        assert_eq!(
-            Request::from_http(r.method, &r.path, &body).expect("its own route parses"),
-            req
-        );
     }
 }

@@ -52,6 +52,8 @@ impl PluginServer {
             tiny_http::Server::http_unix(socket)
                 .map_err(|e| anyhow::anyhow!("plugin socket {}: {e}", socket.display()))?,
         );
+        // Docker (root) is its one client: owner only, whatever the umask.
+        std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let driver = Arc::new(driver);
         let stopping = Arc::new(AtomicBool::new(false));
         let threads = (0..WORKERS)

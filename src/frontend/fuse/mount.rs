@@ -57,6 +57,10 @@ impl FuseMount {
             MountOption::FSName("vpool".into()),
             MountOption::Subtype("vpool".into()),
             MountOption::RW,
+            // Other users may look (the mount is shared with containers'
+            // loop devices), but the kernel enforces the files' modes:
+            // volumes are 0600 and snapshots 0400, owned by the daemon.
+            MountOption::DefaultPermissions,
         ];
         cfg.acl = SessionACL::All;
         cfg.n_threads = Some(threads.max(1));
