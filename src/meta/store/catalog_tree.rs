@@ -55,14 +55,7 @@ impl MetaStore {
     /// first time, the serialized chain is released.
     pub(crate) fn stage_catalog_tree(&mut self) -> Result<()> {
         if !self.catalog_tree {
-            let old = match self.catalog_chain.take() {
-                Some(chain) => chain,
-                None => self.catalog_blocks()?,
-            };
-            for b in old {
-                self.msm.dec(b);
-            }
-            self.staged_catalog.clear();
+            self.release_catalog_chain()?;
             self.catalog_staged = false;
             self.catalog_head = 0;
             self.catalog_bytes = 0;

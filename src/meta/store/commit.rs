@@ -7,10 +7,10 @@ use crate::meta::node::gen_tag;
 use crate::meta::spacemap::pages_for;
 
 impl MetaStore {
-    /// Encode the catalog into newly allocated blocks, staged for the
-    /// commit's writes. The chain it replaces is released (the committed
-    /// one, or the blocks a failed attempt of this transaction staged).
-    fn stage_catalog(&mut self) -> Result<()> {
+    /// Release the current catalog chain (the committed one, or the blocks
+    /// a failed attempt of this transaction staged); the committed state
+    /// keeps reaching them until the commit.
+    pub(crate) fn release_catalog_chain(&mut self) -> Result<()> {
         let old = match self.catalog_chain.take() {
             Some(chain) => chain,
             None => self.catalog_blocks()?,
@@ -19,6 +19,14 @@ impl MetaStore {
             self.msm.dec(b);
         }
         self.staged_catalog.clear();
+        Ok(())
+    }
+
+    /// Encode the catalog into newly allocated blocks, staged for the
+    /// commit's writes. The chain it replaces is released (the committed
+    /// one, or the blocks a failed attempt of this transaction staged).
+    fn stage_catalog(&mut self) -> Result<()> {
+        self.release_catalog_chain()?;
         let bytes = self.catalog.encode();
         let per = BLOCK_SIZE - HEADER_SIZE;
         let pieces: Vec<&[u8]> = bytes.chunks(per).collect();
