@@ -56,6 +56,15 @@ proptest! {
         fuzzing::catalog(&data);
         fuzzing::nbd(&data);
         vpool::control::fuzz_http(&data);
+        vpool::frontend::docker::fuzz_body(&data);
+    }
+
+    /// Plugin bodies with names of any text (multi-byte characters at every
+    /// cut, NUL, `/`, `..`) and any options: never a panic.
+    #[test]
+    fn plugin_bodies_never_panic(name in "\\PC{0,90}", size in "\\PC{0,12}") {
+        let body = serde_json::json!({"Name": name, "Opts": {"size": size}}).to_string();
+        vpool::frontend::docker::fuzz_body(body.as_bytes());
     }
 
     /// Control API calls built from plausible pieces (a method, a path of

@@ -137,6 +137,21 @@ fn handle(driver: &Driver, mut req: tiny_http::Request) {
     }
 }
 
+/// For fuzzing and robustness tests: arbitrary bytes as a plugin call's
+/// body, decoded as the workers decode it, and its name mapped as `Create`
+/// maps it (without a pool). Must never panic.
+pub fn fuzz_body(data: &[u8]) {
+    let Ok(call) = serde_json::from_slice::<Call>(data) else {
+        return;
+    };
+    if let Ok(name) = registry::volume_name(&call.name) {
+        assert!(
+            crate::pool::names::validate("volume", &name).is_ok(),
+            "a Docker name maps to a valid volume name: {name:?}"
+        );
+    }
+}
+
 fn need_name(c: &Call) -> anyhow::Result<&str> {
     if c.name.is_empty() {
         anyhow::bail!(crate::Error::Invalid("the call names no volume".into()));
