@@ -69,7 +69,6 @@ struct Harness {
     vols: BTreeMap<String, Vec<u8>>,
     snaps: BTreeMap<(String, String), Vec<u8>>,
     next: usize,
-    refused: usize,
 }
 
 fn enospc<T>(r: vpool::Result<T>, what: &str) -> Option<T> {
@@ -127,7 +126,6 @@ impl Harness {
                     Some(()) => self.vols.get_mut(&name).unwrap()[off as usize..off as usize + len]
                         .copy_from_slice(&data),
                     None => {
-                        self.refused += 1;
                         self.settle(&name, off as usize, &data);
                     }
                 }
@@ -147,7 +145,6 @@ impl Harness {
                         self.vols.get_mut(&name).unwrap()[off as usize..off as usize + len].fill(0)
                     }
                     None => {
-                        self.refused += 1;
                         self.settle(&name, off as usize, &vec![0u8; len]);
                     }
                 }
@@ -161,8 +158,6 @@ impl Harness {
                 if enospc(self.pool.snapshot(&name, &s), "snapshot").is_some() {
                     let content = self.vols[&name].clone();
                     self.snaps.insert((name, s), content);
-                } else {
-                    self.refused += 1;
                 }
             }
             Op::Clone { snap } => {
@@ -174,8 +169,6 @@ impl Harness {
                 if enospc(self.pool.clone_volume(&v, Some(&s), &new), "clone").is_some() {
                     let content = self.snaps[&(v, s)].clone();
                     self.vols.insert(new, content);
-                } else {
-                    self.refused += 1;
                 }
             }
             Op::Rollback { snap } => {
@@ -213,8 +206,6 @@ impl Harness {
                 self.next += 1;
                 if enospc(self.pool.create_volume(&name, VOL), "create").is_some() {
                     self.vols.insert(name, vec![0; VOL as usize]);
-                } else {
-                    self.refused += 1;
                 }
             }
             Op::Commit => self.pool.commit().expect("a commit of a full pool works"),
@@ -256,9 +247,7 @@ fn run(level: RaidLevel, ops: Vec<Op>) {
         vols: BTreeMap::new(),
         snaps: BTreeMap::new(),
         next: 0,
-        refused: 0,
     };
-    let _ = h.refused;
     h.apply(Op::Create);
     for op in ops {
         h.apply(op);

@@ -26,11 +26,6 @@ impl MetaStore {
         &self.extents
     }
 
-    /// Blocks of the fixed area (the label's count).
-    pub fn fixed_blocks(&self) -> u64 {
-        self.layout.meta_blocks
-    }
-
     fn in_fixed_area(&self, place: Place) -> bool {
         match place {
             Place::Block(b) => b < self.layout.meta_blocks,
