@@ -3,6 +3,7 @@
 use super::Ctx;
 use crate::daemon::{run as run_engine, DaemonConfig, DockerConfig};
 use crate::frontend::docker::DriverConfig;
+use crate::frontend::nbd::{valid_export_pattern, TlsOptions};
 use crate::frontend::snapshotter::Config as SnapshotterConfig;
 use anyhow::Context;
 use clap::Args;
@@ -12,17 +13,32 @@ use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct DaemonArgs {
-    /// TCP address for NBD clients, e.g. 127.0.0.1:10809. Off unless given:
-    /// NBD over TCP has no authentication yet, so any local user could
-    /// reach every volume; the unix socket is owner-only.
+    /// TCP address for NBD clients, e.g. 127.0.0.1:10809. Off unless given.
+    /// Without TLS any user who can connect reaches the volumes; the unix
+    /// socket (root only) needs no TLS.
     #[arg(long, default_value = "off")]
     nbd_listen: String,
+    /// Only these exports on the TCP listener, comma-separated names or
+    /// patterns (`*` within a name part): tank/db,tank/web@*,backup/*.
+    #[arg(long, value_name = "PATTERNS", value_delimiter = ',')]
+    nbd_exports: Option<Vec<String>>,
+    /// Require TLS on the TCP listener with X.509: DIR holds server-cert.pem,
+    /// server-key.pem and ca-cert.pem; clients need a certificate signed by
+    /// that authority (as qemu-nbd's tls-creds-x509 with verify-peer).
+    #[arg(long, value_name = "DIR")]
+    tls_certificates: Option<PathBuf>,
+    /// Require TLS on the TCP listener with pre-shared keys: FILE holds
+    /// IDENTITY:HEXKEY lines (`psktool -u NAME -p FILE` writes it; qemu's
+    /// keys.psk and nbdkit's --tls-psk use the same format).
+    #[arg(long, value_name = "FILE")]
+    tls_psk: Option<PathBuf>,
     /// Unix socket for NBD clients (default STATE_DIR/nbd.sock; "off" to disable).
     #[arg(long)]
     nbd_socket: Option<String>,
-    /// Allow NBD on a non-loopback address (NBD has no authentication).
-    #[arg(long)]
-    allow_remote: bool,
+    /// Serve NBD on a non-loopback address without TLS (any host that can
+    /// reach it can read and write the exported volumes).
+    #[arg(long, alias = "allow-remote")]
+    insecure: bool,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -99,6 +115,12 @@ pub fn run_daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<()> {
         Some(p) => Some(PathBuf::from(p)),
         None => Some(ctx.state_dir.join("nbd.sock")),
     };
+    if let Some(p) = &a.nbd_exports {
+        for pat in p {
+            valid_export_pattern(pat).map_err(anyhow::Error::msg)?;
+        }
+    }
+    let nbd_exports = a.nbd_exports.clone();
     let state_dir = super::absolute(&ctx.state_dir);
     let docker = a.docker_plugin.map(|socket| DockerConfig {
         socket: super::absolute(&socket),
@@ -128,7 +150,12 @@ pub fn run_daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<()> {
         state_dir,
         nbd_listen,
         nbd_socket,
-        allow_remote: a.allow_remote,
+        insecure: a.insecure,
+        nbd_exports,
+        tls: TlsOptions {
+            certificates: a.tls_certificates.map(|p| super::absolute(&p)),
+            psk_file: a.tls_psk.map(|p| super::absolute(&p)),
+        },
         commit_interval: Duration::from_secs(a.commit_interval.max(1)),
         fuse_mount: a.fuse_mount.map(|p| super::absolute(&p)),
         job_rate_limit: a.job_rate_limit,

@@ -8,7 +8,7 @@ mod engine;
 pub use engine::DaemonEngine;
 
 use crate::frontend::docker::{DriverConfig, PluginServer};
-use crate::frontend::nbd::NbdServer;
+use crate::frontend::nbd::{Exports, Limited, NbdServer, Policy, Tls, TlsOptions};
 use crate::frontend::snapshotter::{Config as SnapshotterConfig, Snapshotter, SnapshotterServer};
 use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
@@ -28,8 +28,12 @@ pub struct DaemonConfig {
     pub nbd_listen: Option<SocketAddr>,
     /// Unix socket for NBD; `None` disables it.
     pub nbd_socket: Option<PathBuf>,
-    /// Allow a non-loopback NBD address.
-    pub allow_remote: bool,
+    /// Allow a non-loopback NBD address without TLS.
+    pub insecure: bool,
+    /// The TCP listener's exports (patterns; `None`: all).
+    pub nbd_exports: Option<Vec<String>>,
+    /// TLS on the TCP listener (required there when given).
+    pub tls: TlsOptions,
     /// Background commit interval.
     pub commit_interval: Duration,
     /// Where to mount volumes as files (FUSE); `None`: no FUSE mount.
@@ -94,12 +98,37 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let engine = Arc::new(DaemonEngine::start(&cfg.state_dir, cfg.job_rate_limit)?);
     let nbd = NbdServer::new(engine.clone());
     if let Some(addr) = cfg.nbd_listen {
-        if !addr.ip().is_loopback() && !cfg.allow_remote {
-            bail!("refusing to serve NBD on {addr}: it is not a loopback address and NBD has no authentication; pass --allow-remote if you mean it");
+        let tls = match cfg.tls.enabled() {
+            true => Some(Arc::new(Tls::new(&cfg.tls).context("setting up TLS")?)),
+            false => None,
+        };
+        if tls.is_none() && !addr.ip().is_loopback() && !cfg.insecure {
+            bail!(
+                "refusing to serve NBD on {addr} without TLS: it is not a loopback address; \
+                 give --tls-certificates DIR or --tls-psk FILE, or --insecure if every host \
+                 that can reach it may read and write the volumes"
+            );
         }
+        let exports: Arc<dyn Exports> = match &cfg.nbd_exports {
+            Some(p) => Arc::new(Limited::new(engine.clone(), p.clone())),
+            None => engine.clone(),
+        };
         let l = TcpListener::bind(addr).with_context(|| format!("binding NBD on {addr}"))?;
-        tracing::info!("NBD listening on {}", l.local_addr()?);
-        nbd.listen(l)?;
+        let what = match (&cfg.nbd_exports, &tls) {
+            (Some(p), _) => format!("exports {}", p.join(",")),
+            (None, _) => "every export".to_string(),
+        };
+        match tls {
+            Some(_) => tracing::info!("NBD listening on {} (TLS required; {what})", l.local_addr()?),
+            None => tracing::warn!(
+                "NBD listening on {} without TLS ({what}): anyone who can connect can read and \
+                 write them; see --tls-psk and --tls-certificates",
+                l.local_addr()?
+            ),
+        }
+        nbd.listen_with(l, Policy { exports, tls })?;
+    } else if cfg.tls.enabled() || cfg.nbd_exports.is_some() {
+        bail!("--tls-certificates, --tls-psk and --nbd-exports apply to the TCP listener: give --nbd-listen ADDR too");
     }
     if let Some(path) = &cfg.nbd_socket {
         clear_stale_socket(path)?;

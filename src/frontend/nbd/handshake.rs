@@ -7,6 +7,29 @@ use super::Exports;
 use crate::Volume;
 use std::io;
 
+/// Where the handshake stands with TLS.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TlsState {
+    /// Not offered on this socket: STARTTLS is refused.
+    Off,
+    /// Required: every option but STARTTLS and ABORT is refused until the
+    /// client has started TLS.
+    Required,
+    /// Started. The greeting was sent before it; the client's flags stand.
+    Active { no_zeroes: bool },
+}
+
+/// How a handshake ended.
+pub enum Outcome {
+    /// An export was chosen.
+    Serve(Negotiated),
+    /// The client left (ABORT, or no export).
+    Closed,
+    /// STARTTLS was accepted: run the TLS handshake, then negotiate again
+    /// with `TlsState::Active` (nothing negotiated before it carries over).
+    StartTls { no_zeroes: bool },
+}
+
 /// What the client negotiated.
 pub struct Negotiated {
     pub volume: Volume,
@@ -56,18 +79,23 @@ fn export_info(v: &Volume) -> io::Result<(u64, u16)> {
     Ok((size, transmission_flags(v.is_read_only())))
 }
 
-/// Run the handshake. `Ok(None)`: the client left (ABORT, or no export).
-pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports) -> io::Result<Option<Negotiated>> {
-    let mut hello = Vec::with_capacity(18);
-    hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
-    hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
-    hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
-    s.write_all(&hello)?;
-    let client_flags = read_u32(s)?;
-    if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
-        return Err(bad("unknown client flags"));
-    }
-    let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+/// Run the handshake (or, after STARTTLS, its rest).
+pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports, tls: TlsState) -> io::Result<Outcome> {
+    let no_zeroes = match tls {
+        TlsState::Active { no_zeroes } => no_zeroes,
+        _ => {
+            let mut hello = Vec::with_capacity(18);
+            hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
+            hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
+            hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+            s.write_all(&hello)?;
+            let client_flags = read_u32(s)?;
+            if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
+                return Err(bad("unknown client flags"));
+            }
+            client_flags & FLAG_C_NO_ZEROES != 0
+        }
+    };
     let mut structured = false;
     let mut allocation_context = false;
     loop {
@@ -86,10 +114,36 @@ pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports) -> io::Result<Option
         }
         let mut data = vec![0u8; len as usize];
         s.read_exact(&mut data)?;
+        if tls == TlsState::Required && !matches!(option, OPT_STARTTLS | OPT_ABORT) {
+            if option == OPT_EXPORT_NAME {
+                return Ok(Outcome::Closed); // no error reply exists for it
+            }
+            error_reply(
+                s,
+                option,
+                REP_ERR_TLS_REQD,
+                "TLS is required here (qemu: --object tls-creds-psk/x509; libnbd: nbds:// or tls=require)",
+            )?;
+            continue;
+        }
         match option {
+            OPT_STARTTLS => {
+                let (kind, why) = match tls {
+                    TlsState::Off => (REP_ERR_POLICY, "TLS is not offered on this socket"),
+                    TlsState::Active { .. } => (REP_ERR_INVALID, "TLS is already started"),
+                    TlsState::Required if !data.is_empty() => {
+                        (REP_ERR_INVALID, "STARTTLS takes no data")
+                    }
+                    TlsState::Required => {
+                        reply(s, option, REP_ACK, &[])?;
+                        return Ok(Outcome::StartTls { no_zeroes });
+                    }
+                };
+                error_reply(s, option, kind, why)?;
+            }
             OPT_EXPORT_NAME => {
                 let Some(v) = String::from_utf8(data).ok().and_then(|n| exports.open(&n)) else {
-                    return Ok(None); // the protocol's only answer: hang up
+                    return Ok(Outcome::Closed); // the protocol's only answer: hang up
                 };
                 let (size, flags) = export_info(&v)?;
                 let mut msg = size.to_be_bytes().to_vec();
@@ -98,7 +152,7 @@ pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports) -> io::Result<Option
                     msg.extend_from_slice(&[0u8; 124]);
                 }
                 s.write_all(&msg)?;
-                return Ok(Some(Negotiated {
+                return Ok(Outcome::Serve(Negotiated {
                     volume: v,
                     structured,
                     allocation_context,
@@ -106,7 +160,7 @@ pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports) -> io::Result<Option
             }
             OPT_ABORT => {
                 let _ = reply(s, option, REP_ACK, &[]);
-                return Ok(None);
+                return Ok(Outcome::Closed);
             }
             OPT_LIST => {
                 if !data.is_empty() {
@@ -156,7 +210,7 @@ pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports) -> io::Result<Option
                 }
                 reply(s, option, REP_ACK, &[])?;
                 if option == OPT_GO {
-                    return Ok(Some(Negotiated {
+                    return Ok(Outcome::Serve(Negotiated {
                         volume: v,
                         structured,
                         allocation_context,

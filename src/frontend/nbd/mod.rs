@@ -3,12 +3,18 @@
 //! `pool/volume@snapshot`, over TCP and a unix socket.
 
 mod handshake;
+mod limit;
 pub mod proto;
 mod stream;
+mod tls;
 mod transmission;
 
 pub use handshake::transmission_flags;
+pub use limit::{matches as export_matches, valid_pattern as valid_export_pattern, Limited};
 pub use stream::Stream;
+pub use tls::{read_psk_file, Tls, TlsOptions};
+
+use handshake::{Outcome, TlsState};
 
 use crate::Volume;
 use parking_lot::Mutex;
@@ -69,6 +75,14 @@ impl Listener for UnixListener {
     }
 }
 
+/// What one listener offers: its exports (all, or a `Limited` view) and
+/// whether it requires TLS.
+#[derive(Clone)]
+pub struct Policy {
+    pub exports: Arc<dyn Exports>,
+    pub tls: Option<Arc<Tls>>,
+}
+
 /// How long a client may take over the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -91,14 +105,24 @@ impl NbdServer {
         })
     }
 
-    /// Accept clients on `listener` (TCP or unix) until `stop`.
+    /// Accept clients on `listener` (TCP or unix) until `stop`, serving
+    /// every export without TLS.
     pub fn listen<L: Listener>(self: &Arc<Self>, listener: L) -> io::Result<()> {
+        let policy = Policy {
+            exports: self.exports.clone(),
+            tls: None,
+        };
+        self.listen_with(listener, policy)
+    }
+
+    /// Accept clients on `listener` under `policy`.
+    pub fn listen_with<L: Listener>(self: &Arc<Self>, listener: L, policy: Policy) -> io::Result<()> {
         listener.nonblocking()?;
         let me = self.clone();
         let t = std::thread::Builder::new()
             .name("nbd-accept".into())
             .spawn(move || {
-                me.accept_loop(|| match listener.accept_stream() {
+                me.accept_loop(&policy, || match listener.accept_stream() {
                     Ok(s) => Ok(Some(s)),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
                     Err(e) => Err(e),
@@ -110,11 +134,12 @@ impl NbdServer {
 
     fn accept_loop(
         self: &Arc<Self>,
+        policy: &Policy,
         mut accept: impl FnMut() -> io::Result<Option<Box<dyn Stream>>>,
     ) {
         while !self.stopping.load(Ordering::Relaxed) {
             match accept() {
-                Ok(Some(stream)) => self.spawn_connection(stream),
+                Ok(Some(stream)) => self.spawn_connection(stream, policy.clone()),
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
                 Err(e) => {
                     tracing::warn!("nbd: accept failed: {e}");
@@ -124,7 +149,7 @@ impl NbdServer {
         }
     }
 
-    fn spawn_connection(self: &Arc<Self>, stream: Box<dyn Stream>) {
+    fn spawn_connection(self: &Arc<Self>, stream: Box<dyn Stream>, policy: Policy) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let Ok(handle) = stream.try_clone_stream() else {
             return;
@@ -135,7 +160,11 @@ impl NbdServer {
             .name(format!("nbd-conn-{id}"))
             .spawn(move || {
                 let peer = stream.peer();
-                if let Err(e) = me.connection(stream) {
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    me.connection(stream, &policy, &peer)
+                }))
+                .unwrap_or_else(|_| Err(io::Error::other("the connection's thread panicked")));
+                if let Err(e) = served {
                     tracing::info!("nbd: connection {id} from {peer} ended: {e}");
                 } else {
                     tracing::debug!("nbd: connection {id} from {peer} closed");
@@ -155,14 +184,33 @@ impl NbdServer {
         }
     }
 
-    fn connection(&self, mut stream: Box<dyn Stream>) -> io::Result<()> {
+    fn connection(&self, mut stream: Box<dyn Stream>, policy: &Policy, peer: &str) -> io::Result<()> {
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        let Some(neg) = handshake::negotiate(&mut *stream, &*self.exports)? else {
-            return Ok(());
+        let mut state = match policy.tls {
+            Some(_) => TlsState::Required,
+            None => TlsState::Off,
         };
-        tracing::debug!("nbd: serving {}", neg.volume.name());
-        transmission::serve(stream, neg, &self.stopping)
+        loop {
+            match handshake::negotiate(&mut *stream, &*policy.exports, state)? {
+                Outcome::Closed => return Ok(()),
+                Outcome::Serve(neg) => {
+                    tracing::debug!("nbd: serving {} to {peer}", neg.volume.name());
+                    return transmission::serve(stream, neg, &self.stopping);
+                }
+                Outcome::StartTls { no_zeroes } => {
+                    let Some(tls) = &policy.tls else {
+                        return Err(io::Error::other("STARTTLS accepted without TLS"));
+                    };
+                    let (plain, who) = tls.upgrade(stream)?;
+                    tracing::info!("nbd: {peer}: TLS ({who})");
+                    stream = plain;
+                    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+                    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+                    state = TlsState::Active { no_zeroes };
+                }
+            }
+        }
     }
 
     /// Number of open client connections.

@@ -2,6 +2,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -12,6 +13,9 @@ pub trait Stream: Read + Write + Send + Sync + 'static {
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
     fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
     fn peer(&self) -> String;
+    fn set_nonblocking(&self, on: bool) -> io::Result<()>;
+    /// The socket, for poll(2).
+    fn fd(&self) -> RawFd;
 }
 
 impl Stream for TcpStream {
@@ -26,6 +30,12 @@ impl Stream for TcpStream {
     }
     fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         TcpStream::set_write_timeout(self, t)
+    }
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        TcpStream::set_nonblocking(self, on)
+    }
+    fn fd(&self) -> RawFd {
+        self.as_raw_fd()
     }
     fn peer(&self) -> String {
         self.peer_addr()
@@ -46,6 +56,12 @@ impl Stream for UnixStream {
     }
     fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         UnixStream::set_write_timeout(self, t)
+    }
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        UnixStream::set_nonblocking(self, on)
+    }
+    fn fd(&self) -> RawFd {
+        self.as_raw_fd()
     }
     fn peer(&self) -> String {
         "unix".into()

@@ -246,7 +246,15 @@ fn run(shared: &Shared, job: Job) {
     } = job;
     let outcome = match error {
         Some(e) => Err(e),
-        None => execute(shared, &req, &mut data),
+        // A panic in one request is that request's EIO: the worker, the
+        // connection and the others' requests go on.
+        None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            execute(shared, &req, &mut data)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!("nbd: a request panicked; it gets EIO and the connection goes on");
+            Err(EIO)
+        }),
     };
     let sent = match outcome {
         Ok(Payload::None) => send(shared, &simple_reply(req.cookie, 0), &[]),
