@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use openssl::error::ErrorStack;
 use openssl::ex_data::Index;
 use openssl::ssl::{
-    ErrorCode, HandshakeError, Ssl, SslContext, SslFiletype, SslMethod, SslOptions, SslStream, SslVerifyMode,
+    ErrorCode, HandshakeError, Ssl, SslContext, SslFiletype, SslMethod, SslMode, SslOptions, SslStream, SslVerifyMode,
     SslVersion,
 };
 use std::collections::HashMap;
@@ -101,6 +101,11 @@ fn decode_hex(s: &str) -> anyhow::Result<Vec<u8>> {
 
 impl Tls {
     pub fn new(opts: &TlsOptions) -> anyhow::Result<Tls> {
+        if opts.certificates.is_some() && opts.psk_file.is_some() {
+            // As qemu-nbd takes one tls-creds object: OpenSSL answers a
+            // GnuTLS PSK client with a certificate when both are set.
+            bail!("give either --tls-certificates or --tls-psk, not both");
+        }
         let mut b = SslContext::builder(SslMethod::tls_server())?;
         b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
         b.set_options(
@@ -109,6 +114,9 @@ impl Tls {
                 | SslOptions::IGNORE_UNEXPECTED_EOF
                 | SslOptions::NO_TICKET,
         );
+        // The pump retries a write from a buffer that may have moved and
+        // grown (only ever with the same bytes first).
+        b.set_mode(SslMode::ACCEPT_MOVING_WRITE_BUFFER | SslMode::ENABLE_PARTIAL_WRITE);
         // TLS 1.2 suites with forward secrecy and AEAD, and the PSK ones.
         b.set_cipher_list("ECDHE+AESGCM:ECDHE+CHACHA20:DHEPSK+AESGCM:ECDHEPSK:PSK+AESGCM")?;
         let identity = Ssl::new_ex_index::<String>()?;
