@@ -6,10 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests need: real NBD clients (qemu-io, qemu-img,
+# System packages the build and tests need: OpenSSL (TLS for NBD), real NBD clients (qemu-io, qemu-img,
 # nbdinfo, nbdcopy and nbdfuse from libnbd-bin, fio), FUSE, the filesystem tools used on top,
 # and the container engines the volume plugin is tested with (busybox-static makes their image).
-PACKAGES=(ca-certificates qemu-utils libnbd-bin fio fuse3 e2fsprogs xfsprogs util-linux mount
+PACKAGES=(ca-certificates pkg-config libssl-dev openssl qemu-utils libnbd-bin fio fuse3 e2fsprogs xfsprogs util-linux mount
     docker.io containerd podman runc busybox-static umoci)
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}"
 
