@@ -58,10 +58,10 @@ fn nobody(args: &[&str]) -> Command {
 }
 
 /// Every directory from `/` to `path` searchable by others, so that only
-/// the files' own modes refuse `nobody`.
+/// the file's own mode refuses `nobody`.
 fn open_the_way(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    for p in path.ancestors() {
+    for p in path.ancestors().skip(1) {
         if p.starts_with(std::env::temp_dir()) && p != std::env::temp_dir() {
             let mode = std::fs::metadata(p).unwrap().permissions().mode();
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o055)).unwrap();
@@ -82,7 +82,10 @@ fn psk_with_real_clients_and_nobody_refused() {
     assert!(d.log().contains("TLS required"), "{}", d.log());
 
     // Without TLS: refused before any export is named.
-    let plain = run(Command::new("nbdinfo").args(["--size", &d.uri("tank/db")]), 60);
+    let plain = run(
+        Command::new("nbdinfo").args(["--size", &d.uri("tank/db")]),
+        60,
+    );
     assert!(
         failed_with(&plain, "a client without TLS").contains("requires TLS"),
         "the client is told TLS is required"
@@ -147,7 +150,10 @@ fn psk_with_real_clients_and_nobody_refused() {
     failed_with(&o, "nobody with root's key file path");
     let o = run(&mut nobody(&["nbdinfo", "--size", &d.uri("tank/db")]), 60);
     failed_with(&o, "nobody without TLS");
-    let o = run(&mut nobody(&["nbdinfo", "--size", &d.unix_uri("tank/db")]), 60);
+    let o = run(
+        &mut nobody(&["nbdinfo", "--size", &d.unix_uri("tank/db")]),
+        60,
+    );
     assert!(failed_with(&o, "nobody on the unix socket").contains("ermission denied"));
     // Root, with the same commands, is served on both.
     ok(Command::new("nbdinfo").args(["--size", &uri]), 60);
@@ -170,8 +176,19 @@ fn make_certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
         ok(Command::new("openssl").current_dir(dir).args(args), 60);
     };
     ssl(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem", "-out",
-        "ca-cert.pem", "-days", "2", "-subj", "/CN=vpool test CA",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca-cert.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=vpool test CA",
     ]);
     std::fs::write(
         dir.join("server.ext"),
@@ -179,19 +196,42 @@ fn make_certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     )
     .unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (who, out, cn) in [("server", &srv, "localhost"), ("client", &cli, "backup-host")] {
+    for (who, out, cn) in [
+        ("server", &srv, "localhost"),
+        ("client", &cli, "backup-host"),
+    ] {
         let key = out.join(format!("{who}-key.pem"));
         let cert = out.join(format!("{who}-cert.pem"));
         let csr = dir.join(format!("{who}.csr"));
         let subj = format!("/CN={cn}");
         ssl(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key.to_str().unwrap(), "-out",
-            csr.to_str().unwrap(), "-subj", &subj,
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            csr.to_str().unwrap(),
+            "-subj",
+            &subj,
         ]);
         ssl(&[
-            "x509", "-req", "-in", csr.to_str().unwrap(), "-CA", "ca-cert.pem", "-CAkey",
-            "ca-key.pem", "-CAcreateserial", "-out", cert.to_str().unwrap(), "-days", "2",
-            "-extfile", &format!("{who}.ext"),
+            "x509",
+            "-req",
+            "-in",
+            csr.to_str().unwrap(),
+            "-CA",
+            "ca-cert.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            cert.to_str().unwrap(),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{who}.ext"),
         ]);
         std::fs::copy(dir.join("ca-cert.pem"), out.join("ca-cert.pem")).unwrap();
     }
@@ -366,7 +406,12 @@ fn listener_settings_are_checked_at_start() {
     assert!(failed_with(&o, "a pattern without a pool").contains("POOL/VOLUME"));
     let bad = dir.path().join("bad.psk");
     std::fs::write(&bad, "alice:nothex\n").unwrap();
-    let o = daemon(&["--nbd-listen", "127.0.0.1:1", "--tls-psk", bad.to_str().unwrap()]);
+    let o = daemon(&[
+        "--nbd-listen",
+        "127.0.0.1:1",
+        "--tls-psk",
+        bad.to_str().unwrap(),
+    ]);
     assert!(failed_with(&o, "a malformed key file").contains("hexadecimal"));
     let o = daemon(&[
         "--nbd-listen",
@@ -374,6 +419,7 @@ fn listener_settings_are_checked_at_start() {
         "--tls-certificates",
         dir.path().to_str().unwrap(),
     ]);
-    assert!(failed_with(&o, "a certificate directory without certificates")
-        .contains("server-cert.pem"));
+    assert!(
+        failed_with(&o, "a certificate directory without certificates").contains("server-cert.pem")
+    );
 }

@@ -119,7 +119,10 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             (None, _) => "every export".to_string(),
         };
         match tls {
-            Some(_) => tracing::info!("NBD listening on {} (TLS required; {what})", l.local_addr()?),
+            Some(_) => tracing::info!(
+                "NBD listening on {} (TLS required; {what})",
+                l.local_addr()?
+            ),
             None => tracing::warn!(
                 "NBD listening on {} without TLS ({what}): anyone who can connect can read and \
                  write them; see --tls-psk and --tls-certificates",

@@ -116,7 +116,11 @@ impl NbdServer {
     }
 
     /// Accept clients on `listener` under `policy`.
-    pub fn listen_with<L: Listener>(self: &Arc<Self>, listener: L, policy: Policy) -> io::Result<()> {
+    pub fn listen_with<L: Listener>(
+        self: &Arc<Self>,
+        listener: L,
+        policy: Policy,
+    ) -> io::Result<()> {
         listener.nonblocking()?;
         let me = self.clone();
         let t = std::thread::Builder::new()
@@ -184,7 +188,12 @@ impl NbdServer {
         }
     }
 
-    fn connection(&self, mut stream: Box<dyn Stream>, policy: &Policy, peer: &str) -> io::Result<()> {
+    fn connection(
+        &self,
+        mut stream: Box<dyn Stream>,
+        policy: &Policy,
+        peer: &str,
+    ) -> io::Result<()> {
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
         let mut state = match policy.tls {

@@ -14,8 +14,8 @@ use anyhow::{bail, Context};
 use openssl::error::ErrorStack;
 use openssl::ex_data::Index;
 use openssl::ssl::{
-    ErrorCode, HandshakeError, Ssl, SslContext, SslFiletype, SslMethod, SslMode, SslOptions, SslStream, SslVerifyMode,
-    SslVersion,
+    ErrorCode, HandshakeError, Ssl, SslContext, SslFiletype, SslMethod, SslMode, SslOptions,
+    SslStream, SslVerifyMode, SslVersion,
 };
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -72,7 +72,11 @@ pub fn read_psk_file(path: &Path) -> anyhow::Result<HashMap<String, Vec<u8>>> {
             );
         };
         let key = decode_hex(hex.trim()).with_context(|| {
-            format!("{} line {}: the key is not hexadecimal", path.display(), n + 1)
+            format!(
+                "{} line {}: the key is not hexadecimal",
+                path.display(),
+                n + 1
+            )
         })?;
         if id.is_empty() || key.is_empty() || key.len() > 256 {
             bail!(
