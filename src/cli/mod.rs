@@ -57,7 +57,7 @@ pub enum Command {
     /// Dump a member's labels and superblocks.
     Inspect(tools_cmd::InspectArgs),
     /// Run the daemon: owns the pools, serves volumes over NBD, answers the control API.
-    Daemon(daemon_cmd::DaemonArgs),
+    Daemon(Box<daemon_cmd::DaemonArgs>),
     /// Make a demo pool from image files in a new directory and serve it.
     Quickstart(tools_cmd::QuickstartArgs),
 }
@@ -86,7 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check(a) => tools_cmd::check(&ctx, a),
         Command::Inspect(a) => tools_cmd::inspect(a),
-        Command::Daemon(a) => daemon_cmd::run(&ctx, a),
+        Command::Daemon(a) => daemon_cmd::run(&ctx, *a),
         Command::Quickstart(a) => tools_cmd::quickstart(a),
     }
 }

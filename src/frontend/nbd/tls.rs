@@ -94,7 +94,7 @@ pub fn read_psk_file(path: &Path) -> anyhow::Result<HashMap<String, Vec<u8>>> {
 }
 
 fn decode_hex(s: &str) -> anyhow::Result<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         bail!("odd length or not ASCII");
     }
     (0..s.len())
