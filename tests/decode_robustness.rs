@@ -57,6 +57,24 @@ proptest! {
         fuzzing::nbd(&data);
         vpool::control::fuzz_http(&data);
         vpool::frontend::docker::fuzz_body(&data);
+        vpool::frontend::snapshotter::fuzz_filter(&data);
+    }
+
+    /// containerd List filters made of the grammar's pieces (fields,
+    /// operators, quotes, escapes, commas) and any text: never a panic.
+    #[test]
+    fn snapshot_filters_never_panic(
+        parts in prop::collection::vec(
+            prop_oneof![
+                Just("name".to_string()), Just("labels.".to_string()), Just("\"".to_string()),
+                Just("==".to_string()), Just("!=".to_string()), Just("~=".to_string()),
+                Just(",".to_string()), Just("\\".to_string()), Just(".".to_string()),
+                "\\PC{0,6}",
+            ],
+            0..14,
+        )
+    ) {
+        vpool::frontend::snapshotter::fuzz_filter(parts.concat().as_bytes());
     }
 
     /// Plugin bodies with names of any text (multi-byte characters at every
