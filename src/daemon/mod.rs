@@ -65,8 +65,27 @@ fn clear_stale_socket(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every client connection holds descriptors: take the hard limit (as
+/// systemd expects services to), not the soft 1024 a thousand clients pass.
+fn raise_open_files_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                tracing::warn!("could not raise the open files limit");
+            }
+        }
+    }
+}
+
 /// Run until SIGTERM or SIGINT.
 pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+    raise_open_files_limit();
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     // One daemon per state directory.

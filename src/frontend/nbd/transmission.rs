@@ -12,26 +12,43 @@ use crate::Volume;
 use parking_lot::{Condvar, Mutex};
 use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 const WORKERS: usize = 16;
 /// Payload bytes a connection may hold in flight.
 const BUDGET: u64 = 96 << 20;
+/// Payload bytes all connections together may hold: a thousand clients
+/// sending large writes cannot take the host's memory.
+const GLOBAL_BUDGET: u64 = 1 << 30;
 /// Least a request is charged, so many tiny requests are bounded too.
 const MIN_COST: u64 = 64 << 10;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Budget {
+    limit: u64,
     used: Mutex<u64>,
     cv: Condvar,
 }
 
+static GLOBAL: Budget = Budget::new(GLOBAL_BUDGET);
+
 impl Budget {
+    const fn new(limit: u64) -> Budget {
+        Budget {
+            limit,
+            used: parking_lot::const_mutex(0),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Take `n` bytes, waiting while others hold too much (one request
+    /// always fits when nothing is held, however large).
     fn acquire(&self, n: u64) {
         let mut used = self.used.lock();
-        while *used + n > BUDGET && *used > 0 {
+        while *used + n > self.limit && *used > 0 {
             self.cv.wait(&mut used);
         }
         *used += n;
@@ -72,42 +89,89 @@ pub fn serve(stream: Box<dyn Stream>, neg: Negotiated, stopping: &AtomicBool) ->
         volume: neg.volume,
         structured: neg.structured,
         writer: Mutex::new(writer),
-        budget: Budget {
-            used: Mutex::new(0),
-            cv: Condvar::new(),
-        },
+        budget: Budget::new(BUDGET),
         dead: AtomicBool::new(false),
         buffers: Mutex::new(Vec::new()),
         control,
     });
-    let (tx, rx) = mpsc::channel::<Job>();
-    let rx = Arc::new(Mutex::new(rx));
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            let shared = shared.clone();
-            let rx = rx.clone();
-            std::thread::spawn(move || loop {
+    let mut workers = Workers::start(shared.clone())?;
+    let result = read_loop(
+        stream,
+        &shared,
+        &mut workers,
+        neg.allocation_context,
+        stopping,
+    );
+    workers.finish();
+    shared.control.shutdown(Shutdown::Both);
+    result
+}
+
+/// The connection's worker threads: one to start with, more (up to
+/// `WORKERS`) only while every one is busy, so idle clients cost a thread.
+struct Workers {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Job>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    idle: Arc<AtomicUsize>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    fn start(shared: Arc<Shared>) -> io::Result<Workers> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let mut w = Workers {
+            shared,
+            tx,
+            rx: Arc::new(Mutex::new(rx)),
+            idle: Arc::new(AtomicUsize::new(0)),
+            threads: Vec::new(),
+        };
+        w.spawn()?;
+        Ok(w)
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let (shared, rx, idle) = (self.shared.clone(), self.rx.clone(), self.idle.clone());
+        let t = std::thread::Builder::new()
+            .name("nbd-io".into())
+            .spawn(move || loop {
+                idle.fetch_add(1, Ordering::SeqCst);
                 let job = { rx.lock().recv() };
+                idle.fetch_sub(1, Ordering::SeqCst);
                 match job {
                     Ok(job) => run(&shared, job),
                     Err(_) => break,
                 }
-            })
-        })
-        .collect();
-    let result = read_loop(stream, &shared, &tx, neg.allocation_context, stopping);
-    drop(tx);
-    for w in workers {
-        let _ = w.join();
+            })?;
+        self.threads.push(t);
+        Ok(())
     }
-    shared.control.shutdown(Shutdown::Both);
-    result
+
+    fn queue(&mut self, job: Job) -> io::Result<()> {
+        if self.idle.load(Ordering::SeqCst) == 0 && self.threads.len() < WORKERS {
+            // Out of threads: the ones there are serve the queue.
+            if let Err(e) = self.spawn() {
+                tracing::warn!("nbd: cannot start another I/O thread: {e}");
+            }
+        }
+        self.tx
+            .send(job)
+            .map_err(|_| io::Error::other("workers gone"))
+    }
+
+    fn finish(self) {
+        drop(self.tx);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
 }
 
 fn read_loop(
     stream: Box<dyn Stream>,
     shared: &Shared,
-    tx: &mpsc::Sender<Job>,
+    workers: &mut Workers,
     allocation: bool,
     stopping: &AtomicBool,
 ) -> io::Result<()> {
@@ -148,25 +212,26 @@ fn read_loop(
             cost = cost.max(req.length as u64);
         }
         shared.budget.acquire(cost);
+        GLOBAL.acquire(cost);
         if req.kind == CMD_WRITE && !oversized {
             // Read even when the request is refused, so the stream stays in step.
             data = take_buffer(shared, req.length as usize);
-            stream.read_exact(&mut data)?;
+            if let Err(e) = stream.read_exact(&mut data) {
+                GLOBAL.release(cost); // the connection's own budget ends with it
+                return Err(e);
+            }
         }
-        return_or_queue(
-            tx,
-            Job {
-                req,
-                data,
-                error,
-                cost,
-            },
-        )?;
+        let job = Job {
+            req,
+            data,
+            error,
+            cost,
+        };
+        if let Err(e) = workers.queue(job) {
+            GLOBAL.release(cost);
+            return Err(e);
+        }
     }
-}
-
-fn return_or_queue(tx: &mpsc::Sender<Job>, job: Job) -> io::Result<()> {
-    tx.send(job).map_err(|_| io::Error::other("workers gone"))
 }
 
 /// Protocol-level checks, before touching the volume.
@@ -266,6 +331,7 @@ fn run(shared: &Shared, job: Job) {
         shared.control.shutdown(Shutdown::Both);
     }
     give_buffer(shared, data);
+    GLOBAL.release(cost);
     shared.budget.release(cost);
 }
 
