@@ -3,6 +3,7 @@
 pub mod docker;
 pub mod fuse;
 pub mod host;
+pub mod http;
 pub mod nbd;
 pub mod snapshotter;
 

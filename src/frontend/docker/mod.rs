@@ -9,16 +9,13 @@ mod registry;
 
 pub use driver::{Driver, DriverConfig};
 
+use super::http::HttpServer;
 use anyhow::Context;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 const MAX_BODY: u64 = 1 << 20;
 const WORKERS: usize = 4;
@@ -36,9 +33,7 @@ struct Call {
 }
 
 pub struct PluginServer {
-    server: Arc<tiny_http::Server>,
-    threads: Vec<JoinHandle<()>>,
-    stopping: Arc<AtomicBool>,
+    http: HttpServer,
     driver: Arc<Driver>,
     socket: PathBuf,
 }
@@ -48,34 +43,18 @@ impl PluginServer {
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let server = Arc::new(
-            tiny_http::Server::http_unix(socket)
-                .map_err(|e| anyhow::anyhow!("plugin socket {}: {e}", socket.display()))?,
-        );
-        // Docker (root) is its one client: owner only, whatever the umask.
-        std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let driver = Arc::new(driver);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let threads = (0..WORKERS)
-            .map(|_| {
-                let (server, driver, stopping) = (server.clone(), driver.clone(), stopping.clone());
-                std::thread::spawn(move || {
-                    while !stopping.load(Ordering::Relaxed) {
-                        match server.recv_timeout(Duration::from_millis(200)) {
-                            Ok(Some(req)) => {
-                                super::guarded("volume plugin", || handle(&driver, req))
-                            }
-                            Ok(None) => {}
-                            Err(_) => break,
-                        }
-                    }
-                })
-            })
-            .collect();
+        let d = driver.clone();
+        // Docker (root) is its one client: the socket is owner only.
+        let http = HttpServer::start(
+            socket,
+            "volume plugin",
+            WORKERS,
+            MAX_BODY,
+            Arc::new(move |req, body| handle(&d, req, body)),
+        )?;
         Ok(PluginServer {
-            server,
-            threads,
-            stopping,
+            http,
             driver,
             socket: socket.to_path_buf(),
         })
@@ -83,11 +62,7 @@ impl PluginServer {
 
     /// Stop answering, unmount every volume, remove the socket.
     pub fn stop(self) {
-        self.stopping.store(true, Ordering::Relaxed);
-        self.server.unblock();
-        for t in self.threads {
-            let _ = t.join();
-        }
+        self.http.stop();
         self.driver.shutdown();
         let _ = std::fs::remove_file(&self.socket);
     }
@@ -102,17 +77,15 @@ fn respond(req: tiny_http::Request, status: u16, body: &Value) {
     let _ = req.respond(r);
 }
 
-fn handle(driver: &Driver, mut req: tiny_http::Request) {
+fn handle(driver: &Driver, req: tiny_http::Request, body: Option<Vec<u8>>) {
     let url = req.url().to_string();
-    let mut body = Vec::new();
-    let read = req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body);
-    if read.is_err() || body.len() as u64 > MAX_BODY {
+    let Some(body) = body else {
         return respond(
             req,
             400,
             &json!({"Err": "request body too large or unreadable"}),
         );
-    }
+    };
     let call: Call = if body.iter().all(|b| b.is_ascii_whitespace()) {
         Call::default()
     } else {

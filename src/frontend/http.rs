@@ -1,0 +1,116 @@
+//! The HTTP/JSON servers on unix sockets (the control API, the Docker
+//! plugin), over tiny_http. tiny_http hands a request over once its head is
+//! read and leaves a large body to be read from the socket by whoever
+//! handles it, so a client that announces a body and sends it slowly would
+//! hold a worker. Here each request's body is read by a thread of its own
+//! (a slow client holds only that thread, as tiny_http already gives each
+//! connection one); a few workers then handle requests whose bodies are in.
+
+use anyhow::Context;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A request and its body; `None` when the body was larger than allowed or
+/// could not be read.
+pub type Handler = dyn Fn(tiny_http::Request, Option<Vec<u8>>) + Send + Sync;
+
+pub struct HttpServer {
+    server: Arc<tiny_http::Server>,
+    threads: Vec<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+}
+
+const POLL: Duration = Duration::from_millis(200);
+
+impl HttpServer {
+    /// Listen on the unix socket `path` (made owner-only whatever the
+    /// umask) and run `handler` on `workers` threads.
+    pub fn start(
+        path: &Path,
+        what: &'static str,
+        workers: usize,
+        max_body: u64,
+        handler: Arc<Handler>,
+    ) -> anyhow::Result<HttpServer> {
+        let server = Arc::new(
+            tiny_http::Server::http_unix(path)
+                .map_err(|e| anyhow::anyhow!("{what} socket {}: {e}", path.display()))?,
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} owner-only", path.display()))?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<(tiny_http::Request, Option<Vec<u8>>)>();
+        let rx = Arc::new(parking_lot::Mutex::new(rx));
+        let mut threads = Vec::new();
+        for _ in 0..workers {
+            let (rx, handler, stopping) = (rx.clone(), handler.clone(), stopping.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(what.into())
+                    .spawn(move || {
+                        while !stopping.load(Ordering::Relaxed) {
+                            let next = { rx.lock().recv_timeout(POLL) };
+                            match next {
+                                Ok((req, body)) => super::guarded(what, || handler(req, body)),
+                                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                            }
+                        }
+                    })?,
+            );
+        }
+        let (srv, stop) = (server.clone(), stopping.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(what.into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match srv.recv_timeout(POLL) {
+                            Ok(Some(req)) => read_body(req, max_body, tx.clone()),
+                            Ok(None) => {}
+                            Err(_) => break,
+                        }
+                    }
+                })?,
+        );
+        Ok(HttpServer {
+            server,
+            threads,
+            stopping,
+        })
+    }
+
+    /// Stop taking requests; requests being handled finish first.
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.server.unblock();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Read the body on a thread of its own, then queue the request.
+fn read_body(
+    mut req: tiny_http::Request,
+    max: u64,
+    tx: mpsc::Sender<(tiny_http::Request, Option<Vec<u8>>)>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("http-body".into())
+        .spawn(move || {
+            let mut body = Vec::new();
+            let read = req.as_reader().take(max + 1).read_to_end(&mut body);
+            let body = (read.is_ok() && body.len() as u64 <= max).then_some(body);
+            let _ = tx.send((req, body));
+        });
+    if let Err(e) = spawned {
+        // The request is dropped: tiny_http answers it with a 500.
+        tracing::warn!("cannot start a thread for a request: {e}");
+    }
+}
