@@ -118,6 +118,12 @@ fn every_call_and_its_errors() {
     call_err(
         sock,
         "VolumeDriver.Create",
+        &create("selfie", r#"{"snapshot-of":"selfie"}"#),
+        "itself",
+    );
+    call_err(
+        sock,
+        "VolumeDriver.Create",
         &create("x", r#"{"pool":"nope"}"#),
         "pool 'nope' not found",
     );

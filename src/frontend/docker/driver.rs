@@ -188,10 +188,12 @@ impl Driver {
                 "unknown option '{k}': vpool volumes take {OPTIONS}"
             )));
         }
+        // The volume's own lock keeps concurrent calls for this name out;
+        // the registry is locked only to look and to record, never across
+        // the pool's work or a source's freeze.
         let vlock = self.volume_lock(name);
         let _busy = vlock.lock();
-        let mut reg = self.reg.lock();
-        if reg.volumes.contains_key(name) {
+        if self.reg.lock().volumes.contains_key(name) {
             return Ok(());
         }
         let volume = volume_name(name)?;
@@ -214,7 +216,7 @@ impl Driver {
                         "a clone has its source's size: leave out size, and grow it later with `vpool vol resize`".into()
                     ));
                 }
-                self.clone_from(&reg, src, opts.get("pool"), &volume)?
+                self.clone_from(name, src, opts.get("pool"), &volume)?
             }
             None => {
                 let pool_name = self.pick_pool(opts.get("pool"))?;
@@ -242,6 +244,7 @@ impl Driver {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let mut reg = self.reg.lock();
         reg.volumes.insert(
             name.to_string(),
             Record {
@@ -265,14 +268,31 @@ impl Driver {
     /// filesystem. Returns the pool and the clone's filesystem.
     fn clone_from(
         &self,
-        reg: &Registry,
+        name: &str,
         src: &str,
         pool_opt: Option<&String>,
         volume: &str,
     ) -> anyhow::Result<(String, String)> {
-        let (pool_name, src_vol, snap, fs, frozen_dir) = if let Some(r) = reg.volumes.get(src) {
+        if src == name {
+            bail!(Error::Invalid(format!(
+                "snapshot-of: '{name}' cannot be a clone of itself"
+            )));
+        }
+        // A Docker volume's lock keeps it mounted (or not) while it is
+        // frozen and cloned. Taken after this name's, and only for a source
+        // already recorded: its create has finished, so no create holding
+        // it waits for this name (no lock cycle).
+        let src_lock = self
+            .reg
+            .lock()
+            .volumes
+            .contains_key(src)
+            .then(|| self.volume_lock(src));
+        let _src_busy = src_lock.as_ref().map(|l| l.lock());
+        let record = self.reg.lock().volumes.get(src).cloned();
+        let (pool_name, src_vol, snap, fs, frozen_dir) = if let Some(r) = record {
             let dir = Some(self.mountpoint(src)).filter(|_| self.mounted(src));
-            (r.pool.clone(), r.volume.clone(), None, r.fs.clone(), dir)
+            (r.pool, r.volume, None, r.fs, dir)
         } else if src.contains('/') {
             let p = crate::pool::names::VolPath::parse(src)?;
             (p.pool, p.volume, p.snapshot, "ext4".to_string(), None)
