@@ -4,7 +4,7 @@
 # NBD), so its headers are installed first when missing (apt-get, as root or
 # through sudo). Arguments go to `vpool quickstart` (e.g. --no-serve).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+root="$(cd "$(dirname "$0")/.." && pwd)"
 
 need=()
 for p in pkg-config libssl-dev; do
@@ -17,4 +17,5 @@ if ((${#need[@]})); then
     "${sudo[@]}" apt-get update
     "${sudo[@]}" apt-get install -y --no-install-recommends "${need[@]}"
 fi
-exec cargo run --release -- quickstart "$@"
+# The demo directory is made where this is run from (./vpool-demo).
+exec cargo run --release --manifest-path "$root/Cargo.toml" -- quickstart "$@"
