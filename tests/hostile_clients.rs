@@ -90,6 +90,7 @@ fn everyone_served(s: &Setup, what: &str) {
     let timed = |socket: &str, f: &mut dyn FnMut()| {
         let start = Instant::now();
         f();
+        eprintln!("{what}: {socket} answered in {:?}", start.elapsed());
         assert!(
             start.elapsed() < Duration::from_secs(1),
             "{what}: a normal {socket} client waited {:?}",
