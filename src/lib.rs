@@ -17,3 +17,4 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod state;
+pub mod units;

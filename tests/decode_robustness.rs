@@ -54,7 +54,7 @@ proptest! {
         fuzzing::superblock(&data);
         fuzzing::node(&data);
         fuzzing::catalog(&data);
-        fuzzing::nbd(&data);
+        vpool::frontend::nbd::fuzz_request(&data);
         vpool::control::fuzz_http(&data);
         vpool::frontend::docker::fuzz_body(&data);
         vpool::frontend::snapshotter::fuzz_filter(&data);

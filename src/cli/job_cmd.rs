@@ -1,10 +1,10 @@
 //! `vpool job ...`: the background data movement of `pool add`.
 
 use super::output::{json, table, Progress};
-use super::units::format_size;
 use super::{dispatch, report, Ctx};
 use crate::control::Request;
 use crate::pool::{JobInfo, PoolInfo};
+use crate::units::format_size;
 use clap::Subcommand;
 use std::time::Duration;
 

@@ -7,12 +7,11 @@ mod job_cmd;
 pub mod output;
 mod pool_cmd;
 mod tools_cmd;
-pub mod units;
 mod vol_cmd;
 
 use crate::control::{self, client, local::LocalEngine, Request, Response};
 use clap::{Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -111,13 +110,7 @@ pub fn report(resp: &Response) {
     }
 }
 
-pub fn absolute(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
-    })
-}
+pub use crate::state::absolute;
 
 /// Advice printed under an error, by kind.
 pub fn hint(err: &anyhow::Error) -> Option<String> {

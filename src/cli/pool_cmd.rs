@@ -1,11 +1,11 @@
 //! `vpool pool ...`
 
 use super::output::{json, table};
-use super::units::format_size;
 use super::{absolute, dispatch, report, Ctx};
 use crate::control::{Importable, PoolRow, Request};
 use crate::pool::PoolInfo;
 use crate::raid::RaidLevel;
+use crate::units::format_size;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
@@ -153,7 +153,7 @@ pub struct JsonArg {
 }
 
 pub fn parse_size_arg(s: &str) -> Result<u64, String> {
-    super::units::parse_size(s)
+    crate::units::parse_size(s)
 }
 
 fn abs_all(v: &[PathBuf]) -> Vec<PathBuf> {
@@ -240,7 +240,7 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
         PoolCmd::Remove { name, device, wait } => {
             let req = Request::PoolRemove {
                 name: name.clone(),
-                device: crate::cli::absolute(&device),
+                device: crate::state::absolute(&device),
             };
             report(&dispatch(ctx, req)?);
             if wait {
@@ -290,7 +290,7 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
             let req = Request::PoolReplace {
                 name: name.clone(),
                 member: member_spec(&member),
-                device: crate::cli::absolute(&device),
+                device: crate::state::absolute(&device),
                 force,
             };
             report(&dispatch(ctx, req)?);
@@ -364,7 +364,7 @@ fn member_spec(s: &str) -> String {
     if s.parse::<usize>().is_ok() || uuid::Uuid::parse_str(s).is_ok() {
         s.to_string()
     } else {
-        crate::cli::absolute(std::path::Path::new(s))
+        crate::state::absolute(std::path::Path::new(s))
             .display()
             .to_string()
     }

@@ -1,7 +1,6 @@
 //! `vpool check`, `vpool inspect` and `vpool quickstart`.
 
 use super::output::{json, table};
-use super::units::format_size;
 use super::{absolute, Ctx};
 use crate::control::open_members;
 use crate::device::{BlockDevice, DeviceRef, FileDevice};
@@ -9,6 +8,7 @@ use crate::meta::label::Label;
 use crate::meta::superblock::Superblock;
 use crate::raid::RaidLevel;
 use crate::state::{KnownPool, StateDir};
+use crate::units::format_size;
 use crate::{CreateOptions, Pool};
 use anyhow::{bail, Context};
 use clap::Args;
@@ -30,6 +30,7 @@ pub struct CheckArgs {
 
 pub fn check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<()> {
     let devs = open_members(&a.devices).map_err(|e| {
+        let e = anyhow::Error::new(e);
         if crate::control::client::connect(&ctx.state_dir).is_some() {
             e.context("a vpool daemon is running: stop it to check its pools offline")
         } else {

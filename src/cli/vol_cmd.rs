@@ -2,11 +2,11 @@
 
 use super::output::{json, table};
 use super::pool_cmd::{parse_size_arg, JsonArg};
-use super::units::format_size;
 use super::{absolute, dispatch, report, Ctx};
 use crate::control::Request;
 use crate::pool::names::VolPath;
 use crate::pool::VolumeInfo;
+use crate::units::format_size;
 use clap::Subcommand;
 use std::path::PathBuf;
 

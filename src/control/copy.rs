@@ -1,8 +1,8 @@
 //! Copying raw images into and out of volumes, sparse both ways.
 
 use super::Engine;
-use crate::cli::units::format_size;
 use crate::error::Error;
+use crate::units::format_size;
 use crate::Volume;
 use anyhow::{anyhow, bail, Context};
 use std::fs::{File, OpenOptions};

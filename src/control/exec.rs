@@ -2,12 +2,12 @@
 
 use super::resizefs::refuse_in_use;
 use super::{copy, Engine, Request, Response};
-use crate::cli::units::{format_size, parse_size};
-use crate::device::{DeviceRef, FileDevice};
+use crate::device::{open_members, DeviceRef, FileDevice};
 use crate::meta::label::PoolState;
 use crate::pool::group_by_pool;
 use crate::pool::names::{validate, VolPath};
 use crate::pool::VolumeInfo;
+use crate::units::{format_size, parse_size};
 use crate::{CreateOptions, Pool};
 use anyhow::{anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -372,37 +372,6 @@ fn collect(
     Ok(rows)
 }
 
-/// Open member devices read-write and locked.
-pub fn open_members(paths: &[PathBuf]) -> anyhow::Result<Vec<DeviceRef>> {
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for p in paths {
-        if !seen.insert(crate::cli::absolute(p)) {
-            bail!(crate::Error::Invalid(format!(
-                "{} is listed twice",
-                p.display()
-            )));
-        }
-        match FileDevice::open(p) {
-            Ok(d) => out.push(Arc::new(d) as DeviceRef),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                bail!(crate::Error::NotFound(format!(
-                    "{}: no such file or device (for an image file: truncate -s 1G {})",
-                    p.display(),
-                    p.display()
-                )));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                bail!(crate::Error::InUse(format!(
-                    "{e}; wait for it to finish (or stop the daemon that owns the pool)"
-                )));
-            }
-            Err(e) => bail!(crate::Error::io(p.display().to_string(), e)),
-        }
-    }
-    Ok(out)
-}
-
 fn scan_paths(scan: &[PathBuf], devices: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = devices.to_vec();
     for dir in scan {
@@ -488,7 +457,7 @@ fn import(
     let member_paths: Vec<PathBuf> = target
         .devices
         .iter()
-        .map(|d| crate::cli::absolute(&PathBuf::from(d)))
+        .map(|d| crate::state::absolute(&PathBuf::from(d)))
         .collect();
     let devs = open_members(&member_paths)?;
     let uuid = uuid::Uuid::parse_str(&target.uuid)?;

@@ -1,6 +1,7 @@
 //! Member health requests: `pool fail`, `pool replace`, `pool clear`.
 
-use super::{exec::open_members, Engine, Response};
+use super::{Engine, Response};
+use crate::device::open_members;
 use crate::Pool;
 use anyhow::bail;
 use std::path::{Path, PathBuf};
@@ -71,7 +72,7 @@ pub fn pool_add_spares(
     let mut lines = Vec::new();
     for (dev, path) in open_members(&devices)?.into_iter().zip(&devices) {
         lines.push(pool.add_spare(dev, force)?);
-        known.push(crate::cli::absolute(path));
+        known.push(crate::state::absolute(path));
         engine.adopt(name, pool.clone(), known.clone())?;
     }
     // A pool already degraded takes the spare at once.
@@ -92,7 +93,7 @@ pub fn pool_scrub(engine: &dyn Engine, name: &str, check_only: bool) -> anyhow::
     let verb = if check_only { "found" } else { "repaired" };
     let mut lines = vec![format!(
         "scrubbed {} in {} chunks: {} blocks checked, {} with a bad copy, {} {verb}, {} unrecoverable",
-        crate::cli::units::format_size(r.bytes),
+        crate::units::format_size(r.bytes),
         r.chunks,
         r.blocks,
         r.bad_blocks,
@@ -154,7 +155,7 @@ pub fn pool_replace(
     let (line, warnings) = pool.replace_member(k, dev, force)?;
     // Remember the new device at once: a restart mid-rebuild finds it.
     let mut known = engine.member_paths(name)?;
-    known.push(crate::cli::absolute(device));
+    known.push(crate::state::absolute(device));
     engine.adopt(name, pool.clone(), known)?;
     let job = engine.run_job(name, &pool)?;
     status(&pool, format!("{line}\n{job}"), warnings)

@@ -3,7 +3,7 @@
 //! length of one command.
 
 use super::{Engine, ProgressSink};
-use crate::cli::output::Progress;
+use crate::control::progress::Progress;
 use crate::error::Error;
 use crate::state::{KnownPool, StateDir};
 use crate::Pool;
@@ -44,7 +44,7 @@ pub fn open_known(state: &StateDir, name: &str) -> anyhow::Result<Pool> {
             );
             continue;
         }
-        devs.extend(super::exec::open_members(std::slice::from_ref(p))?);
+        devs.extend(crate::device::open_members(std::slice::from_ref(p))?);
     }
     let uuid = uuid::Uuid::parse_str(&known.uuid).context("state file holds a bad pool uuid")?;
     let pool = Pool::open_with(
@@ -88,7 +88,7 @@ impl Engine for LocalEngine {
             name.to_string(),
             KnownPool {
                 uuid: pool.uuid().to_string(),
-                members: members.iter().map(|p| crate::cli::absolute(p)).collect(),
+                members: members.iter().map(|p| crate::state::absolute(p)).collect(),
             },
         );
         self.state.save(&st)?;
@@ -151,7 +151,7 @@ pub fn forget_former_members(state: &StateDir, name: &str, pool: &Pool) -> anyho
         .iter()
         .flatten()
         .chain(pool.spares().iter())
-        .map(|d| crate::cli::absolute(Path::new(&d.name())))
+        .map(|d| crate::state::absolute(Path::new(&d.name())))
         .collect();
     let mut st = state.load()?;
     let Some(known) = st.pools.get_mut(name) else {
@@ -160,7 +160,7 @@ pub fn forget_former_members(state: &StateDir, name: &str, pool: &Pool) -> anyho
     let before = known.members.len();
     known
         .members
-        .retain(|p| current.contains(&crate::cli::absolute(p)));
+        .retain(|p| current.contains(&crate::state::absolute(p)));
     if known.members.len() != before {
         state.save(&st)?;
     }

@@ -1,6 +1,7 @@
 //! Member and job requests: `pool add`, `pool remove`, `job list/pause/resume`.
 
-use super::{exec::open_members, Engine, Response};
+use super::{Engine, Response};
+use crate::device::open_members;
 use crate::raid::RaidLevel;
 use anyhow::bail;
 use std::path::PathBuf;
@@ -23,8 +24,8 @@ pub fn pool_add(
     }
     let mut known = engine.member_paths(name)?;
     for d in &devices {
-        let abs = crate::cli::absolute(d);
-        if known.iter().any(|k| crate::cli::absolute(k) == abs) {
+        let abs = crate::state::absolute(d);
+        if known.iter().any(|k| crate::state::absolute(k) == abs) {
             bail!(crate::Error::Exists(format!(
                 "{} is already a member of pool '{name}'",
                 d.display()

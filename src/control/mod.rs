@@ -7,12 +7,15 @@ pub mod client;
 pub mod copy;
 mod exec;
 mod health;
+pub mod host;
 pub mod local;
 mod members;
+pub mod progress;
 mod request;
 pub mod resizefs;
 
-pub use exec::{execute, open_members, Importable, PoolRow};
+pub use crate::device::open_members;
+pub use exec::{execute, Importable, PoolRow};
 pub use request::{decode_component, fuzz_http, Request, Route};
 
 use crate::error::Error;

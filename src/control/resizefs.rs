@@ -16,8 +16,8 @@ pub struct LoopUse {
 
 /// Loop devices whose backing file is `file`, and where each is mounted.
 pub fn loop_users(file: &Path) -> Vec<LoopUse> {
-    let mounts = crate::frontend::host::mounts();
-    crate::frontend::host::loops_of(file)
+    let mounts = crate::control::host::mounts();
+    crate::control::host::loops_of(file)
         .into_iter()
         .map(|device| {
             let m = mounts.iter().find(|m| m.source == device);
@@ -44,7 +44,7 @@ pub fn refuse_in_use(
         return Ok(());
     };
     let users: Vec<(String, std::path::PathBuf)> =
-        crate::frontend::host::loops_under(&dir.join(pool))
+        crate::control::host::loops_under(&dir.join(pool))
             .into_iter()
             .filter(|(_, f)| {
                 let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -76,7 +76,7 @@ pub fn refuse_in_use(
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
-    crate::frontend::host::run(cmd, Duration::from_secs(600)).map(|_| ())
+    crate::control::host::run(cmd, Duration::from_secs(600)).map(|_| ())
 }
 
 /// After a grow: refresh each loop device's size and grow the filesystem on

@@ -3,8 +3,8 @@
 
 use crate::control::{Engine, NoProgress, ProgressSink};
 use crate::error::Error;
+use crate::frontend::exports::Exports;
 use crate::frontend::fuse::FuseMount;
-use crate::frontend::nbd::Exports;
 use crate::pool::names::VolPath;
 use crate::state::{KnownPool, StateDir};
 use crate::{Pool, Volume};
@@ -181,7 +181,7 @@ impl Engine for DaemonEngine {
             name.to_string(),
             KnownPool {
                 uuid: pool.uuid().to_string(),
-                members: members.iter().map(|p| crate::cli::absolute(p)).collect(),
+                members: members.iter().map(|p| crate::state::absolute(p)).collect(),
             },
         );
         state.save(&st)?;
@@ -230,7 +230,7 @@ impl Engine for DaemonEngine {
         let Some(dir) = self.fuse.read().clone() else {
             anyhow::bail!(Error::NotFound("volumes are not mounted".into()));
         };
-        let users = crate::frontend::host::loops_under(&dir);
+        let users = crate::control::host::loops_under(&dir);
         if !users.is_empty() {
             let list: Vec<String> = users
                 .iter()

@@ -117,3 +117,33 @@ impl BlockDevice for FileDevice {
         self.path.display().to_string()
     }
 }
+
+/// Open member devices read-write and locked, with errors that say what to
+/// do: a path listed twice, a missing file, one another process holds.
+pub fn open_members(paths: &[PathBuf]) -> crate::Result<Vec<super::DeviceRef>> {
+    use crate::Error;
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for p in paths {
+        if !seen.insert(crate::state::absolute(p)) {
+            return Err(Error::Invalid(format!("{} is listed twice", p.display())));
+        }
+        match FileDevice::open(p) {
+            Ok(d) => out.push(std::sync::Arc::new(d) as super::DeviceRef),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!(
+                    "{}: no such file or device (for an image file: truncate -s 1G {})",
+                    p.display(),
+                    p.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(Error::InUse(format!(
+                    "{e}; wait for it to finish (or stop the daemon that owns the pool)"
+                )));
+            }
+            Err(e) => return Err(Error::io(p.display().to_string(), e)),
+        }
+    }
+    Ok(out)
+}

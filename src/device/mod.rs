@@ -12,7 +12,7 @@ mod writeback;
 
 pub use crash::{CrashDevice, CrashSim};
 pub use fault::{FaultDevice, FaultPlan};
-pub use file::FileDevice;
+pub use file::{open_members, FileDevice};
 pub use mem::MemDevice;
 pub use writeback::{WritebackDevice, WritebackPlan};
 

@@ -1,8 +1,8 @@
 //! Frontends: how clients reach volumes. They use only the pool facade.
 
 pub mod docker;
+pub mod exports;
 pub mod fuse;
-pub mod host;
 pub mod http;
 pub mod nbd;
 pub mod snapshotter;

@@ -83,17 +83,3 @@ pub fn catalog(data: &[u8]) {
         );
     }
 }
-
-/// NBD: a request header and the option payloads a client controls.
-pub fn nbd(data: &[u8]) {
-    use crate::frontend::nbd::proto::{parse_info_request, parse_meta_request, Request};
-    if data.len() >= Request::SIZE {
-        let mut h = [0u8; Request::SIZE];
-        h.copy_from_slice(&data[..Request::SIZE]);
-        if let Ok(r) = Request::decode(&h) {
-            assert_eq!(Request::decode(&r.encode()), Ok(r));
-        }
-    }
-    let _ = parse_info_request(data);
-    let _ = parse_meta_request(data);
-}

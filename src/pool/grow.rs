@@ -8,7 +8,6 @@
 use super::create::write_label;
 use super::layout::{member_data, META_BYTES_PER_CHUNK};
 use super::Pool;
-use crate::cli::units::format_size;
 use crate::device::DeviceRef;
 use crate::error::{Error, Result};
 use crate::meta::codec::BLOCK_SIZE;
@@ -19,6 +18,7 @@ use crate::meta::superblock::{
 };
 use crate::meta::MetaStore;
 use crate::raid::{ArrayState, Geometry, RaidLevel, Transition, TransitionKind};
+use crate::units::format_size;
 
 /// The layout the first `n` members had before a member was added.
 pub(crate) fn old_geometry(geo: &Geometry, n: usize) -> Geometry {

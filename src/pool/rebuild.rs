@@ -106,8 +106,8 @@ impl Pool {
     /// The member whose device is at `path` (present, or failed while this
     /// process served it).
     pub fn member_by_path(&self, path: &std::path::Path) -> Option<usize> {
-        let abs = crate::cli::absolute(path);
-        let same = |d: &DeviceRef| crate::cli::absolute(std::path::Path::new(&d.name())) == abs;
+        let abs = crate::state::absolute(path);
+        let same = |d: &DeviceRef| crate::state::absolute(std::path::Path::new(&d.name())) == abs;
         let devs = self.member_devices();
         (0..devs.len()).find(|&i| {
             devs[i].as_ref().is_some_and(same)

@@ -24,7 +24,6 @@ use super::create::write_label;
 use super::rebuild::copy_metadata_area;
 use super::reshape::{io, read_used};
 use super::Pool;
-use crate::cli::units::format_size;
 use crate::device::DeviceRef;
 use crate::error::{Error, Result};
 use crate::meta::label::{Label, PoolState};
@@ -34,6 +33,7 @@ use crate::meta::superblock::{
 use crate::meta::MetaStore;
 use crate::raid::TransitionKind;
 use crate::raid::{ArrayState, Geometry, LeavingMember, MetaMirror, RaidLevel, Transition};
+use crate::units::format_size;
 
 /// Fewest chunks an evacuation step moves (each step walks every tree).
 const EVACUATE_MIN_BATCH: u64 = 64;

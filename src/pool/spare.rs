@@ -53,9 +53,9 @@ impl Pool {
     /// false when it is not a spare of this pool.
     pub fn remove_spare(&self, path: &std::path::Path) -> Result<bool> {
         let _ops = self.s.ops.lock();
-        let abs = crate::cli::absolute(path);
+        let abs = crate::state::absolute(path);
         let mut spares = self.s.spares.lock();
-        let same = |d: &DeviceRef| crate::cli::absolute(std::path::Path::new(&d.name())) == abs;
+        let same = |d: &DeviceRef| crate::state::absolute(std::path::Path::new(&d.name())) == abs;
         let Some(i) = spares.iter().position(same) else {
             return Ok(false);
         };

@@ -4,10 +4,10 @@
 //! detached when the last mount ID lets go.
 
 use super::registry::{volume_name, Record, Registry};
-use crate::cli::units::{format_size, parse_size};
+use crate::control::host;
 use crate::control::Engine;
 use crate::error::Error;
-use crate::frontend::host;
+use crate::units::{format_size, parse_size};
 use anyhow::{anyhow, bail, Context};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! The fuser `Filesystem` over the daemon's exports.
 
 use crate::error::Error;
-use crate::frontend::nbd::Exports;
+use crate::frontend::exports::Exports;
 use crate::Volume;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,

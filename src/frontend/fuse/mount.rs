@@ -1,7 +1,7 @@
 //! Mounting, unmounting, and cleaning up a mount left by a killed daemon.
 
 use super::fs::{Inodes, VolumeFs};
-use crate::frontend::nbd::Exports;
+use crate::frontend::exports::Exports;
 use anyhow::{bail, Context};
 use fuser::{BackgroundSession, Config, INodeNo, MountOption, Notifier, SessionACL};
 use parking_lot::Mutex;
@@ -18,7 +18,7 @@ pub struct FuseMount {
 
 /// A vpool FUSE mount whose daemon died leaves `ENOTCONN` behind: detach it.
 pub fn clear_stale_mount(path: &Path) -> anyhow::Result<()> {
-    let Some((_, fstype)) = crate::frontend::host::mount_of(path) else {
+    let Some((_, fstype)) = crate::control::host::mount_of(path) else {
         return Ok(());
     };
     if !fstype.starts_with("fuse") {

@@ -9,6 +9,7 @@ mod stream;
 mod tls;
 mod transmission;
 
+pub use super::exports::Exports;
 pub use handshake::transmission_flags;
 pub use limit::{matches as export_matches, valid_pattern as valid_export_pattern, Limited};
 pub use stream::Stream;
@@ -16,7 +17,6 @@ pub use tls::{read_psk_file, Tls, TlsOptions};
 
 use handshake::{Outcome, TlsState};
 
-use crate::Volume;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io;
@@ -26,24 +26,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// What the server can export. The daemon implements it over its pools.
-pub trait Exports: Send + Sync + 'static {
-    /// Every export name.
-    fn list(&self) -> Vec<String>;
-    /// Open an export by name.
-    fn open(&self, name: &str) -> Option<Volume>;
-    /// Pool names (for the FUSE directory level).
-    fn pools(&self) -> Vec<String> {
-        let mut p: Vec<String> = self
-            .list()
-            .iter()
-            .filter_map(|n| n.split('/').next().map(String::from))
-            .collect();
-        p.dedup();
-        p
-    }
-}
 
 /// A socket that NBD clients connect to.
 pub trait Listener: Send + 'static {
@@ -239,4 +221,20 @@ impl NbdServer {
             let _ = t.join();
         }
     }
+}
+
+/// For fuzzing and robustness tests: arbitrary bytes as a request header
+/// and as the option payloads a client controls. Must never panic; a
+/// header that decodes encodes back to itself.
+pub fn fuzz_request(data: &[u8]) {
+    use proto::{parse_info_request, parse_meta_request, Request};
+    if data.len() >= Request::SIZE {
+        let mut h = [0u8; Request::SIZE];
+        h.copy_from_slice(&data[..Request::SIZE]);
+        if let Ok(r) = Request::decode(&h) {
+            assert_eq!(Request::decode(&r.encode()), Ok(r));
+        }
+    }
+    let _ = parse_info_request(data);
+    let _ = parse_meta_request(data);
 }

@@ -6,7 +6,7 @@
 use super::overlay;
 use super::snapshots::Snapshotter;
 use super::store::{Kind, TEMPLATE, VOLUME_PREFIX};
-use crate::frontend::host;
+use crate::control::host;
 use anyhow::anyhow;
 
 impl Snapshotter {

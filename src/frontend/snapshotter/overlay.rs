@@ -4,12 +4,20 @@
 //! overlayfs snapshotter. Committed layers are remounted read-only: they are
 //! lower directories from then on.
 
-use super::snapshots::MountSpec;
-use crate::frontend::host;
+use crate::control::host;
 use anyhow::{anyhow, Context};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+/// A mount for containerd to perform (a block-mode container's ext4, or
+/// the overlay and bind mounts of overlay mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountSpec {
+    pub fstype: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
 
 /// Where a layer's filesystem is mounted.
 pub fn layer_dir(root: &Path, volume: &str) -> PathBuf {

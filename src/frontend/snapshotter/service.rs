@@ -4,10 +4,11 @@
 //! maps to its own: NotFound, AlreadyExists, FailedPrecondition,
 //! InvalidArgument.
 
+use super::overlay::MountSpec;
 use super::proto::api::snapshots_server::{Snapshots, SnapshotsServer};
 use super::proto::api::{self, *};
 use super::proto::Mount;
-use super::snapshots::{Info as SnapInfo, MountSpec, Snapshotter};
+use super::snapshots::{Info as SnapInfo, Snapshotter};
 use super::store::Kind as SKind;
 use crate::error::Error;
 use anyhow::Context;

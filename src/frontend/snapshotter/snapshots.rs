@@ -6,11 +6,11 @@
 //! is a volume of its own, mounted by vpool, and containers get overlayfs.
 
 use super::filter::{self, Fields};
-use super::overlay;
+use super::overlay::{self, MountSpec};
 use super::store::{now_nanos, Kind, Record, Store, TEMPLATE};
+use crate::control::host;
 use crate::control::Engine;
 use crate::error::Error;
-use crate::frontend::host;
 use anyhow::{anyhow, bail};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -40,14 +40,6 @@ pub struct Info {
     pub created: u64,
     pub updated: u64,
     pub labels: BTreeMap<String, String>,
-}
-
-/// A mount for containerd to perform.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MountSpec {
-    pub fstype: String,
-    pub source: String,
-    pub options: Vec<String>,
 }
 
 pub struct Snapshotter {
