@@ -158,14 +158,6 @@ impl CrashSim {
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    /// Number of writes not yet flushed, over all members.
-    pub fn pending_writes(&self) -> usize {
-        self.devices
-            .iter()
-            .map(|d| d.state.lock().pending.len())
-            .sum()
-    }
-
     /// Cut power: every unflushed write survives with probability 1/2, the
     /// last surviving one on each member may be torn at a sector boundary.
     /// Returns in-memory members holding what a reboot would find.

@@ -18,16 +18,6 @@ pub enum BlockKind {
 }
 
 impl BlockKind {
-    pub fn from_u16(v: u16) -> Option<BlockKind> {
-        Some(match v {
-            1 => BlockKind::Node,
-            2 => BlockKind::Catalog,
-            3 => BlockKind::SpaceMap,
-            4 => BlockKind::Intent,
-            _ => return None,
-        })
-    }
-
     pub fn salt(self) -> u32 {
         match self {
             BlockKind::Node => salt::NODE,

@@ -88,19 +88,6 @@ impl MetaStore {
         Ok(())
     }
 
-    /// Every checksum-tree key in `[lo, hi)`.
-    pub fn csum_keys(&self, lo: u64, hi: u64) -> Result<Vec<u64>> {
-        let Some(c) = &self.csum else {
-            return Ok(Vec::new());
-        };
-        let mut keys = Vec::new();
-        btree::walk(self, &CSUM_SPEC, c.root, lo, hi, &mut |k, _, _| {
-            keys.push(k);
-            Ok(true)
-        })?;
-        Ok(keys)
-    }
-
     pub fn csum_root(&self) -> u64 {
         self.csum.map(|c| c.root).unwrap_or(0)
     }
