@@ -114,4 +114,24 @@ impl StateDir {
         let body = serde_json::to_vec_pretty(st).map_err(|e| Error::Invalid(e.to_string()))?;
         write_atomic(&self.file(), &body)
     }
+
+    /// Remember a pool this host now owns, its members by absolute path.
+    pub fn remember(&self, name: &str, uuid: &str, members: &[PathBuf]) -> Result<()> {
+        let mut st = self.load()?;
+        st.pools.insert(
+            name.to_string(),
+            KnownPool {
+                uuid: uuid.to_string(),
+                members: members.iter().map(|p| absolute(p)).collect(),
+            },
+        );
+        self.save(&st)
+    }
+
+    /// Forget a pool (exported, destroyed).
+    pub fn forget(&self, name: &str) -> Result<()> {
+        let mut st = self.load()?;
+        st.pools.remove(name);
+        self.save(&st)
+    }
 }

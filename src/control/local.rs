@@ -5,7 +5,7 @@
 use super::{Engine, ProgressSink};
 use crate::control::progress::Progress;
 use crate::error::Error;
-use crate::state::{KnownPool, StateDir};
+use crate::state::StateDir;
 use crate::Pool;
 use anyhow::Context;
 use parking_lot::Mutex;
@@ -83,15 +83,8 @@ impl Engine for LocalEngine {
     }
 
     fn adopt(&self, name: &str, pool: Pool, members: Vec<PathBuf>) -> anyhow::Result<()> {
-        let mut st = self.state.load()?;
-        st.pools.insert(
-            name.to_string(),
-            KnownPool {
-                uuid: pool.uuid().to_string(),
-                members: members.iter().map(|p| crate::state::absolute(p)).collect(),
-            },
-        );
-        self.state.save(&st)?;
+        self.state
+            .remember(name, &pool.uuid().to_string(), &members)?;
         self.open.lock().insert(name.to_string(), pool);
         Ok(())
     }
@@ -99,9 +92,7 @@ impl Engine for LocalEngine {
     fn release(&self, name: &str) -> anyhow::Result<Pool> {
         let pool = self.pool(name)?;
         self.open.lock().remove(name);
-        let mut st = self.state.load()?;
-        st.pools.remove(name);
-        self.state.save(&st)?;
+        self.state.forget(name)?;
         Ok(pool)
     }
 

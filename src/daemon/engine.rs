@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::frontend::exports::Exports;
 use crate::frontend::fuse::FuseMount;
 use crate::pool::names::VolPath;
-use crate::state::{KnownPool, StateDir};
+use crate::state::StateDir;
 use crate::{Pool, Volume};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
@@ -175,16 +175,7 @@ impl Engine for DaemonEngine {
     }
 
     fn adopt(&self, name: &str, pool: Pool, members: Vec<PathBuf>) -> anyhow::Result<()> {
-        let state = StateDir::open(&self.state_dir)?;
-        let mut st = state.load()?;
-        st.pools.insert(
-            name.to_string(),
-            KnownPool {
-                uuid: pool.uuid().to_string(),
-                members: members.iter().map(|p| crate::state::absolute(p)).collect(),
-            },
-        );
-        state.save(&st)?;
+        StateDir::open(&self.state_dir)?.remember(name, &pool.uuid().to_string(), &members)?;
         self.pools.write().insert(name.to_string(), pool);
         tracing::info!(pool = %name, "pool added");
         Ok(())
@@ -193,10 +184,7 @@ impl Engine for DaemonEngine {
     fn release(&self, name: &str) -> anyhow::Result<Pool> {
         let pool = self.pool(name)?;
         self.pools.write().remove(name);
-        let state = StateDir::open(&self.state_dir)?;
-        let mut st = state.load()?;
-        st.pools.remove(name);
-        state.save(&st)?;
+        StateDir::open(&self.state_dir)?.forget(name)?;
         tracing::info!(pool = %name, "pool released");
         Ok(pool)
     }
