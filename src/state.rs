@@ -18,6 +18,23 @@ pub fn absolute(p: &Path) -> PathBuf {
     })
 }
 
+/// Read a JSON file this host keeps; a missing file is `T::default()`. A
+/// damaged one is an error that says so and what to do (`advice`).
+pub fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path, advice: &str) -> Result<T> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| Error::Invalid(format!("{} is damaged ({e}); {advice}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+/// Write a JSON file atomically (see `write_atomic`).
+pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let body = serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?;
+    write_atomic(path, &body)
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct KnownPool {
     pub uuid: String,
@@ -97,22 +114,15 @@ impl StateDir {
     }
 
     pub fn load(&self) -> Result<StateFile> {
-        match fs::read(self.file()) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                Error::Invalid(format!(
-                    "{} is damaged ({e}); rebuild it with `vpool pool import --scan DIR`",
-                    self.file().display()
-                ))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
-            Err(e) => Err(Error::io(format!("reading {}", self.file().display()), e)),
-        }
+        read_json(
+            &self.file(),
+            "rebuild it with `vpool pool import --scan DIR`",
+        )
     }
 
     /// Write atomically.
     pub fn save(&self, st: &StateFile) -> Result<()> {
-        let body = serde_json::to_vec_pretty(st).map_err(|e| Error::Invalid(e.to_string()))?;
-        write_atomic(&self.file(), &body)
+        write_json(&self.file(), st)
     }
 
     /// Remember a pool this host now owns, its members by absolute path.

@@ -3,7 +3,6 @@
 //! IDs that hold it (Docker does not count mounts; the plugin must). Saved
 //! atomically after every change, so names and counts survive a restart.
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -31,10 +30,16 @@ pub struct Record {
     pub removing: bool,
 }
 
-#[derive(Serialize, Deserialize, Debug, Default)]
+#[derive(Deserialize, Debug, Default)]
 struct File {
-    version: u32,
     volumes: BTreeMap<String, Record>,
+}
+
+/// What `save` writes (`File` as read back), without copying the records.
+#[derive(Serialize)]
+struct FileRef<'a> {
+    version: u32,
+    volumes: &'a BTreeMap<String, Record>,
 }
 
 pub struct Registry {
@@ -45,31 +50,23 @@ pub struct Registry {
 impl Registry {
     pub fn load(state_dir: &Path) -> anyhow::Result<Registry> {
         let path = state_dir.join("docker.json");
-        let volumes = match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice::<File>(&bytes)
-                    .with_context(|| {
-                        format!(
-                            "{} is damaged: fix or remove it (it lists the Docker volumes; the data is in the pools)",
-                            path.display()
-                        )
-                    })?
-                    .volumes
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        Ok(Registry { path, volumes })
+        let file: File = crate::state::read_json(
+            &path,
+            "fix or remove it (it lists the Docker volumes; the data is in the pools)",
+        )?;
+        Ok(Registry {
+            path,
+            volumes: file.volumes,
+        })
     }
 
     /// Write atomically.
     pub fn save(&self) -> anyhow::Result<()> {
-        let file = File {
+        let file = FileRef {
             version: 1,
-            volumes: self.volumes.clone(),
+            volumes: &self.volumes,
         };
-        crate::state::write_atomic(&self.path, &serde_json::to_vec_pretty(&file)?)?;
-        Ok(())
+        Ok(crate::state::write_json(&self.path, &file)?)
     }
 }
 

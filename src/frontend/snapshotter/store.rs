@@ -5,7 +5,6 @@
 //! dropped, so after a crash a volume may lack a record (it is removed at the
 //! next start) but a record never lacks its volume.
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,11 +48,20 @@ pub struct Record {
     pub device: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Deserialize, Default)]
 struct File {
+    #[serde(default)]
+    next_id: u64,
+    #[serde(default)]
+    snapshots: BTreeMap<String, Record>,
+}
+
+/// What `save` writes (`File` as read back), without copying the records.
+#[derive(Serialize)]
+struct FileRef<'a> {
     version: u32,
     next_id: u64,
-    snapshots: BTreeMap<String, Record>,
+    snapshots: &'a BTreeMap<String, Record>,
 }
 
 pub struct Store {
@@ -71,16 +79,10 @@ pub const TEMPLATE: &str = "ctrd-empty";
 impl Store {
     pub fn load(state_dir: &Path) -> anyhow::Result<Store> {
         let path = state_dir.join("snapshotter.json");
-        let file = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice::<File>(&b).with_context(|| {
-                format!(
-                    "{} is damaged: fix or remove it (it maps containerd's snapshots to volumes)",
-                    path.display()
-                )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
+        let file: File = crate::state::read_json(
+            &path,
+            "fix or remove it (it maps containerd's snapshots to volumes)",
+        )?;
         Ok(Store {
             path,
             next_id: file.next_id.max(1),
@@ -90,13 +92,12 @@ impl Store {
 
     /// Write atomically.
     pub fn save(&self) -> anyhow::Result<()> {
-        let file = File {
+        let file = FileRef {
             version: 1,
             next_id: self.next_id,
-            snapshots: self.snapshots.clone(),
+            snapshots: &self.snapshots,
         };
-        crate::state::write_atomic(&self.path, &serde_json::to_vec_pretty(&file)?)?;
-        Ok(())
+        Ok(crate::state::write_json(&self.path, &file)?)
     }
 
     /// A fresh volume name.
