@@ -37,10 +37,13 @@ impl Error {
         }
     }
 
-    /// The errno a block or file client should see.
+    /// The errno a block or file client should see: the one mapping the
+    /// library, NBD (through `nbd::proto::nbd_error`) and FUSE use. A
+    /// member's error is the volume's EIO whatever it was on the member (a
+    /// member's ENOSPC is not the pool being full).
     pub fn errno(&self) -> i32 {
         match self {
-            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::Io { .. } => libc::EIO,
             Error::NotFound(_) => libc::ENOENT,
             Error::Exists(_) => libc::EEXIST,
             Error::Invalid(_) => libc::EINVAL,

@@ -56,13 +56,7 @@ pub struct VolumeFs {
 }
 
 fn errno(e: &Error) -> Errno {
-    Errno::from_i32(match e {
-        Error::NoSpace { .. } => libc::ENOSPC,
-        Error::ReadOnly(_) => libc::EROFS,
-        Error::Invalid(_) => libc::EINVAL,
-        Error::NotFound(_) => libc::ENOENT,
-        _ => libc::EIO,
-    })
+    Errno::from_i32(e.errno())
 }
 
 impl VolumeFs {

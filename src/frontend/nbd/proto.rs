@@ -92,6 +92,22 @@ pub const EOVERFLOW: u32 = 75;
 pub const ENOTSUP: u32 = 95;
 pub const ESHUTDOWN: u32 = 108;
 
+/// The protocol's error for a Linux errno (`Error::errno`): the protocol
+/// has only EPERM, EIO, ENOMEM, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP and
+/// ESHUTDOWN. A read-only export's EROFS is EPERM.
+pub fn nbd_error(errno: i32) -> u32 {
+    match errno {
+        libc::EPERM | libc::EROFS | libc::EACCES => EPERM,
+        libc::ENOSPC => ENOSPC,
+        libc::EINVAL => EINVAL,
+        libc::EOVERFLOW => EOVERFLOW,
+        libc::ENOTSUP => ENOTSUP,
+        libc::ESHUTDOWN => ESHUTDOWN,
+        libc::ENOMEM => 12,
+        _ => EIO,
+    }
+}
+
 pub const META_CONTEXT_ALLOCATION: &str = "base:allocation";
 /// Our id for base:allocation.
 pub const ALLOCATION_CONTEXT_ID: u32 = 1;
@@ -270,5 +286,30 @@ mod tests {
         let mut huge = Vec::new();
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(parse_info_request(&huge), None);
+    }
+}
+
+#[cfg(test)]
+mod errno_tests {
+    use super::*;
+    use crate::Error;
+
+    #[test]
+    fn library_errors_reach_nbd_clients_as_the_protocol_allows() {
+        let io = Error::io("member", std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(nbd_error(io.errno()), EIO, "a member's ENOSPC is EIO");
+        assert_eq!(nbd_error(Error::ReadOnly("s".into()).errno()), EPERM);
+        assert_eq!(nbd_error(Error::Invalid("x".into()).errno()), EINVAL);
+        assert_eq!(nbd_error(Error::NotFound("v".into()).errno()), EIO);
+        assert_eq!(nbd_error(Error::InUse("v".into()).errno()), EIO);
+        assert_eq!(nbd_error(Error::Corrupt("b".into()).errno()), EIO);
+        let full = Error::NoSpace {
+            pool: "tank".into(),
+            detail: String::new(),
+        };
+        assert_eq!(nbd_error(full.errno()), ENOSPC);
+        for e in [EPERM, EIO, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP, ESHUTDOWN] {
+            assert_eq!(nbd_error(e as i32), e, "the protocol's own values pass");
+        }
     }
 }

@@ -294,12 +294,7 @@ fn give_buffer(shared: &Shared, mut b: Vec<u8>) {
 }
 
 fn errno(e: &Error) -> u32 {
-    match e {
-        Error::NoSpace { .. } => ENOSPC,
-        Error::ReadOnly(_) => EPERM,
-        Error::Invalid(_) => EINVAL,
-        _ => EIO,
-    }
+    nbd_error(e.errno())
 }
 
 fn run(shared: &Shared, job: Job) {
