@@ -658,3 +658,7 @@ fn prune_rec<S: NodeStore>(
     s.write_node(b, node);
     Ok(empty)
 }
+
+#[cfg(test)]
+#[path = "btree_tests.rs"]
+mod tests;
