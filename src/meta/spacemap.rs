@@ -221,3 +221,71 @@ impl MetaSpaceMap {
         self.allocated.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn released_blocks_wait_for_the_commit() {
+        let mut m = MetaSpaceMap::new(8);
+        assert_eq!((m.blocks(), m.used(), m.available()), (8, 0, 7));
+        let got: Vec<u64> = (0..7).filter_map(|_| m.alloc()).collect();
+        assert_eq!(got, (1..8).collect::<Vec<_>>(), "block 0 is never given");
+        assert_eq!(m.alloc(), None, "full");
+        assert!(got.iter().all(|&b| m.is_new(b)));
+        m.committed();
+        assert!(!m.is_new(3));
+        m.inc(3);
+        m.dec(3);
+        assert_eq!(m.count(3), 1, "still referenced once");
+        m.dec(3);
+        assert_eq!((m.count(3), m.used(), m.available()), (0, 6, 0));
+        assert_eq!(
+            m.alloc(),
+            None,
+            "the committed state may still reach block 3"
+        );
+        m.committed();
+        assert_eq!(m.available(), 1);
+        assert_eq!(m.alloc(), Some(3), "reusable after the commit");
+    }
+
+    #[test]
+    fn holes_are_neither_space_nor_counted() {
+        let mut m = MetaSpaceMap::new(4);
+        m.committed();
+        // An extent whose first blocks are a gap up to a page boundary.
+        m.extend(10, 14);
+        assert_eq!(m.span(), 14);
+        assert_eq!(m.blocks(), 4 + 4, "the gap 4..10 is not metadata space");
+        assert_eq!(m.count(5), HOLE);
+        m.inc(5);
+        m.dec(5);
+        assert_eq!(m.count(5), HOLE, "a hole's count never moves");
+        let got: Vec<u64> = (0..7).filter_map(|_| m.alloc()).collect();
+        assert_eq!(got, vec![1, 2, 3, 10, 11, 12, 13]);
+        assert_eq!(m.dirty_pages(), vec![0], "the extension's page is written");
+    }
+
+    #[test]
+    fn pages_round_trip_and_refuse_the_wrong_range() {
+        let n = ENTRIES_PER_PAGE as u64 + 10;
+        let mut m = MetaSpaceMap::new(n);
+        for _ in 0..ENTRIES_PER_PAGE + 5 {
+            m.alloc();
+        }
+        m.inc(ENTRIES_PER_PAGE as u64 + 2);
+        assert_eq!(m.dirty_pages(), vec![0, 1]);
+        let mut counts = vec![0u32; n as usize];
+        for p in 0..2 {
+            let page = m.encode_page(p, 2 * p as u64, 9, 77);
+            MetaSpaceMap::decode_page(&page, p, &mut counts).unwrap();
+        }
+        assert_eq!(counts, m.counts());
+        let page1 = m.encode_page(1, 2, 9, 77);
+        assert!(MetaSpaceMap::decode_page(&page1, 0, &mut counts).is_err());
+        let again = MetaSpaceMap::from_counts(counts);
+        assert_eq!((again.used(), again.blocks()), (m.used(), m.blocks()));
+    }
+}
