@@ -1,0 +1,387 @@
+//! The I/O routines of one layout over a set of members: reads (from a
+//! mirror, or reconstructed from parity), writes (mirrored, full-stripe or
+//! read-modify-write RAID5), rebuilds; member errors go to `Health`.
+//! `Array` makes a view per layout and splits each I/O between them.
+
+use super::super::geometry::{Geometry, RaidLevel};
+use super::super::health::{Dir, Fault, FaultResult, Health};
+use super::super::parity::xor_into;
+use super::{missing, PARALLEL_READ_MIN, STRIPE_LOCKS};
+use crate::device::DeviceRef;
+use parking_lot::Mutex;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// One layout over a set of members: where the I/O routines work.
+pub(super) struct View<'a> {
+    pub(super) geo: &'a Geometry,
+    pub(super) members: &'a [Option<DeviceRef>],
+    /// A mirror not to read from (being resynced).
+    pub(super) no_read: Option<usize>,
+    /// A member left out entirely (not yet rebuilt at these addresses).
+    pub(super) absent: Option<usize>,
+    /// Member indices are the pool's (not during a shrink): members may
+    /// be failed on errors.
+    pub(super) tolerant: bool,
+    pub(super) health: &'a Health,
+    pub(super) locks: &'a [Mutex<()>],
+    pub(super) next_mirror: &'a AtomicUsize,
+    /// The member index a device being replaced serves in this view: its
+    /// errors set `shadow_failed` (which leaves it out from then on)
+    /// instead of failing the member, whose index the new device holds.
+    pub(super) shadow: Option<usize>,
+    pub(super) shadow_failed: &'a AtomicBool,
+}
+
+impl View<'_> {
+    pub(super) fn dev(&self, m: usize) -> Option<&DeviceRef> {
+        if Some(m) == self.shadow && self.shadow_failed.load(Ordering::Acquire) {
+            return None;
+        }
+        if Some(m) == self.absent || (self.tolerant && self.health.is_failed(m)) {
+            return None;
+        }
+        self.members[m].as_ref()
+    }
+
+    /// Whether the array can go on without member `m` (which just failed).
+    pub(super) fn can_fail(&self, m: usize) -> bool {
+        if !self.tolerant {
+            return false;
+        }
+        let others = (0..self.members.len()).filter(|&i| i != m);
+        match self.geo.level {
+            RaidLevel::Raid1 => others
+                .filter(|&i| Some(i) != self.no_read)
+                .any(|i| self.dev(i).is_some()),
+            RaidLevel::Raid5 => others.clone().all(|i| self.dev(i).is_some()),
+            RaidLevel::Linear | RaidLevel::Raid0 => false,
+        }
+    }
+
+    /// One member I/O, retried once. A member that fails twice is failed
+    /// when the array can do without it ([`Fault::MemberFailed`]: redo the
+    /// work degraded); otherwise the error stands, and a redundant pool
+    /// stops taking writes.
+    pub(super) fn io(
+        &self,
+        m: usize,
+        dev: &DeviceRef,
+        dir: Dir,
+        f: impl FnMut() -> io::Result<()>,
+    ) -> FaultResult<()> {
+        let Err(e) = self.health.attempt(m, dir, f) else {
+            return Ok(());
+        };
+        if Some(m) == self.shadow && e.kind() != io::ErrorKind::InvalidInput {
+            // Redo without the replaced device (see `View::shadow`).
+            self.shadow_failed.store(true, Ordering::Release);
+            return Err(Fault::MemberFailed);
+        }
+        if e.kind() == io::ErrorKind::InvalidInput {
+            return Err(Fault::Io(e));
+        }
+        if self.can_fail(m) {
+            self.health
+                .fail(m, &dev.name(), &format!("{dir:?} error: {e}"));
+            return Err(Fault::MemberFailed);
+        }
+        if dir == Dir::Flush {
+            // The member's writes since its last good flush may be gone,
+            // and nothing else holds them: nothing written since the last
+            // commit can be trusted, so nothing more is acknowledged.
+            self.health.set_broken(format!(
+                "member {m} ({}) failed to flush ({e}): writes since the last commit may be lost and no redundancy holds them; the pool takes no more writes or flushes: fix or replace the device, then `vpool pool clear` (it reloads the pool from its last commit)",
+                dev.name()
+            ));
+        } else if self.tolerant && self.geo.level.tolerated_failures(self.members.len()) > 0 {
+            self.health.set_broken(format!(
+                "member {m} ({}) failed ({e}) and no redundancy is left; the pool takes no more writes: reattach or replace the failed members, then `vpool pool clear` or restart the daemon",
+                dev.name()
+            ));
+        }
+        Err(Fault::Io(io::Error::new(
+            e.kind(),
+            format!("member {m} ({}): {e}", dev.name()),
+        )))
+    }
+
+    /// Run `f` until no member fails under it (each retry has one member
+    /// fewer, so this ends).
+    pub(super) fn degrading(&self, mut f: impl FnMut() -> FaultResult<()>) -> io::Result<()> {
+        loop {
+            match f() {
+                Ok(()) => return Ok(()),
+                Err(Fault::MemberFailed) => continue,
+                Err(Fault::Io(e)) => return Err(e),
+            }
+        }
+    }
+
+    pub(super) fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.degrading(|| self.try_read(offset, buf))
+    }
+
+    pub(super) fn try_read(&self, offset: u64, buf: &mut [u8]) -> FaultResult<()> {
+        match self.geo.level {
+            RaidLevel::Raid1 => self.read_mirror(offset, buf),
+            RaidLevel::Linear | RaidLevel::Raid0 => {
+                for e in self.geo.map(offset, buf.len() as u64) {
+                    let dev = self.dev(e.member).ok_or_else(|| missing("read"))?;
+                    let piece = &mut buf[e.buf_offset as usize..(e.buf_offset + e.len) as usize];
+                    self.io(e.member, dev, Dir::Read, || dev.read_at(piece, e.offset))?;
+                }
+                Ok(())
+            }
+            RaidLevel::Raid5 => {
+                for e in self.geo.map(offset, buf.len() as u64) {
+                    let piece = &mut buf[e.buf_offset as usize..(e.buf_offset + e.len) as usize];
+                    match self.dev(e.member) {
+                        Some(dev) => {
+                            self.io(e.member, dev, Dir::Read, || dev.read_at(piece, e.offset))?
+                        }
+                        None => self.reconstruct(e.member, e.offset, piece)?,
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn read_mirror(&self, offset: u64, buf: &mut [u8]) -> FaultResult<()> {
+        let n = self.members.len();
+        let start = self.next_mirror.fetch_add(1, Ordering::Relaxed) % n;
+        let moff = self.geo.data_start + offset;
+        for i in 0..n {
+            let m = (start + i) % n;
+            if Some(m) == self.no_read {
+                continue;
+            }
+            if let Some(dev) = self.dev(m) {
+                match self.io(m, dev, Dir::Read, || dev.read_at(buf, moff)) {
+                    Ok(()) => return Ok(()),
+                    // Failed and marked: the next mirror serves the read.
+                    Err(Fault::MemberFailed) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(missing("read").into())
+    }
+
+    pub(super) fn lock(&self, stripe: u64) -> parking_lot::MutexGuard<'_, ()> {
+        self.locks[(stripe as usize) % STRIPE_LOCKS].lock()
+    }
+
+    /// Rebuild the bytes of a missing member at `moff` from all the others
+    /// (data units and parity of the same stripe row).
+    pub(super) fn reconstruct(
+        &self,
+        missing_member: usize,
+        moff: u64,
+        out: &mut [u8],
+    ) -> FaultResult<()> {
+        let stripe = (moff - self.geo.data_start) / self.geo.stripe_unit;
+        let _guard = self.lock(stripe);
+        self.xor_others(missing_member, moff, out)
+    }
+
+    /// `out` = XOR of every member but `skip` at member offset `moff`: the
+    /// content `skip` must have there. Caller holds the stripe lock.
+    pub(super) fn xor_others(&self, skip: usize, moff: u64, out: &mut [u8]) -> FaultResult<()> {
+        let mut others = (0..self.members.len()).filter(|&m| m != skip);
+        let read = |m: usize, buf: &mut [u8]| -> FaultResult<()> {
+            let dev = self.dev(m).ok_or_else(|| missing("degraded read"))?;
+            self.io(m, dev, Dir::Read, || dev.read_at(buf, moff))
+        };
+        let first = others.next().ok_or_else(|| missing("degraded read"))?;
+        if out.len() < PARALLEL_READ_MIN {
+            read(first, out)?;
+            let mut tmp = vec![0u8; out.len()];
+            for m in others {
+                read(m, &mut tmp)?;
+                xor_into(out, &tmp);
+            }
+            return Ok(());
+        }
+        // Large (rebuilds): read the members at once, one thread each.
+        let rest: Vec<usize> = others.collect();
+        let len = out.len();
+        let (mine, theirs) = std::thread::scope(|s| {
+            let handles: Vec<_> = rest
+                .iter()
+                .map(|&m| {
+                    s.spawn(move || {
+                        let mut b = vec![0u8; len];
+                        read(m, &mut b).map(|()| b)
+                    })
+                })
+                .collect();
+            let mine = read(first, out);
+            let theirs: Vec<FaultResult<Vec<u8>>> = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("a member read panicked").into()))
+                })
+                .collect();
+            (mine, theirs)
+        });
+        mine?;
+        for b in theirs {
+            xor_into(out, &b?);
+        }
+        Ok(())
+    }
+
+    pub(super) fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        match self.geo.level {
+            RaidLevel::Raid1 => self.degrading(|| self.write_mirrors(offset, buf)),
+            RaidLevel::Linear | RaidLevel::Raid0 => self.degrading(|| {
+                for e in self.geo.map(offset, buf.len() as u64) {
+                    let dev = self.dev(e.member).ok_or_else(|| missing("write"))?;
+                    let piece = &buf[e.buf_offset as usize..(e.buf_offset + e.len) as usize];
+                    self.io(e.member, dev, Dir::Write, || dev.write_at(piece, e.offset))?;
+                }
+                Ok(())
+            }),
+            RaidLevel::Raid5 => self.write_raid5(offset, buf),
+        }
+    }
+
+    pub(super) fn write_mirrors(&self, offset: u64, buf: &[u8]) -> FaultResult<()> {
+        let moff = self.geo.data_start + offset;
+        let mut wrote = false;
+        for m in 0..self.members.len() {
+            if let Some(dev) = self.dev(m) {
+                match self.io(m, dev, Dir::Write, || dev.write_at(buf, moff)) {
+                    Ok(()) => wrote = true,
+                    Err(Fault::MemberFailed) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if wrote {
+            Ok(())
+        } else {
+            Err(missing("write").into())
+        }
+    }
+
+    pub(super) fn write_raid5(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let width = self.geo.stripe_width();
+        let mut pos = offset;
+        let end = offset + buf.len() as u64;
+        while pos < end {
+            let stripe = pos / width;
+            let stripe_end = ((stripe + 1) * width).min(end);
+            let piece = &buf[(pos - offset) as usize..(stripe_end - offset) as usize];
+            let _guard = self.lock(stripe);
+            // Redone whole when a member fails under it: see write_partial_stripe.
+            self.degrading(|| {
+                if pos.is_multiple_of(width) && piece.len() as u64 == width {
+                    self.write_full_stripe(stripe, piece)
+                } else {
+                    self.write_partial_stripe(pos, piece)
+                }
+            })?;
+            pos = stripe_end;
+        }
+        Ok(())
+    }
+
+    /// Full-stripe write: parity from the new data alone, no reads.
+    pub(super) fn write_full_stripe(&self, stripe: u64, data: &[u8]) -> FaultResult<()> {
+        let su = self.geo.stripe_unit as usize;
+        let moff = self.geo.data_start + stripe * self.geo.stripe_unit;
+        let mut parity = data[..su].to_vec();
+        for unit in data.chunks(su).skip(1) {
+            xor_into(&mut parity, unit);
+        }
+        for (d, unit) in data.chunks(su).enumerate() {
+            let m = self.geo.data_member(stripe, d as u64);
+            if let Some(dev) = self.dev(m) {
+                self.io(m, dev, Dir::Write, || dev.write_at(unit, moff))?;
+            }
+        }
+        let pm = self.geo.parity_member(stripe);
+        if let Some(dev) = self.dev(pm) {
+            self.io(pm, dev, Dir::Write, || dev.write_at(&parity, moff))?;
+        }
+        Ok(())
+    }
+
+    /// Partial-stripe write, one data unit piece at a time. Caller holds the
+    /// stripe lock. Healthy: new parity = old parity ^ old data ^ new data.
+    /// Data member missing: parity = new data ^ the other data units.
+    /// Parity member missing: write the data only.
+    /// Redoing it after a member failed halfway is safe: a piece whose data
+    /// and parity were both written reads back as new data, and the
+    /// healthy formula then leaves its parity unchanged.
+    pub(super) fn write_partial_stripe(&self, offset: u64, buf: &[u8]) -> FaultResult<()> {
+        for e in self.geo.map(offset, buf.len() as u64) {
+            let stripe = (e.offset - self.geo.data_start) / self.geo.stripe_unit;
+            let pm = self.geo.parity_member(stripe);
+            let b = e.buf_offset as usize;
+            let new = &buf[b..b + e.len as usize];
+            let (dm, at) = (e.member, e.offset);
+            match (self.dev(dm), self.dev(pm)) {
+                (Some(dd), Some(pd)) => {
+                    let mut parity = vec![0u8; new.len()];
+                    let mut old = vec![0u8; new.len()];
+                    self.io(pm, pd, Dir::Read, || pd.read_at(&mut parity, at))?;
+                    self.io(dm, dd, Dir::Read, || dd.read_at(&mut old, at))?;
+                    xor_into(&mut parity, &old);
+                    xor_into(&mut parity, new);
+                    self.io(dm, dd, Dir::Write, || dd.write_at(new, at))?;
+                    self.io(pm, pd, Dir::Write, || pd.write_at(&parity, at))?;
+                }
+                (Some(dd), None) => self.io(dm, dd, Dir::Write, || dd.write_at(new, at))?,
+                (None, Some(pd)) => {
+                    let mut parity = new.to_vec();
+                    let mut tmp = vec![0u8; new.len()];
+                    for m in 0..self.members.len() {
+                        if m == dm || m == pm {
+                            continue;
+                        }
+                        let dev = self.dev(m).ok_or_else(|| missing("degraded write"))?;
+                        self.io(m, dev, Dir::Read, || dev.read_at(&mut tmp, at))?;
+                        xor_into(&mut parity, &tmp);
+                    }
+                    self.io(pm, pd, Dir::Write, || pd.write_at(&parity, at))?;
+                }
+                (None, None) => return Err(missing("degraded write").into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrite member `target`'s rows `[moff, moff + len)` from the others:
+    /// a copy of a mirror (raid1) or the XOR of the rest of each stripe
+    /// row (raid5). Caller pauses client I/O.
+    pub(super) fn rebuild(&self, target: usize, moff: u64, len: usize) -> FaultResult<()> {
+        let dev = self.members[target]
+            .as_ref()
+            .ok_or_else(|| missing("rebuild target"))?;
+        let mut buf = vec![0u8; len];
+        match self.geo.level {
+            RaidLevel::Raid1 => {
+                let src = (0..self.members.len())
+                    .filter(|&m| m != target && Some(m) != self.no_read)
+                    .find(|&m| self.dev(m).is_some())
+                    .ok_or_else(|| missing("rebuild source"))?;
+                let Some(s) = self.dev(src) else {
+                    return Err(missing("rebuild source").into());
+                };
+                self.io(src, s, Dir::Read, || s.read_at(&mut buf, moff))?;
+            }
+            RaidLevel::Raid5 => self.xor_others(target, moff, &mut buf)?,
+            RaidLevel::Linear | RaidLevel::Raid0 => {
+                return Err(Fault::Io(io::Error::other(
+                    "linear and raid0 arrays have no redundancy to rebuild from",
+                )))
+            }
+        }
+        self.io(target, dev, Dir::Write, || dev.write_at(&buf, moff))
+    }
+}
