@@ -8,7 +8,9 @@
 
 use super::ThinPool;
 use crate::error::{Error, Result};
-use crate::meta::store::csum::{csum_key, Group, CSUM_BLOCK, CSUM_GROUP, GROUP_BYTES};
+use crate::meta::store::csum::{
+    csum_key, csum_key_chunk, Group, CSUM_BLOCK, CSUM_GROUP, GROUP_BYTES,
+};
 use crate::raid::Copy;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -313,7 +315,7 @@ impl ThinPool {
             all.extend(
                 s.lock()
                     .iter()
-                    .filter(|(k, _)| freed.binary_search(&(*k >> 16)).is_err())
+                    .filter(|(k, _)| freed.binary_search(&csum_key_chunk(**k)).is_err())
                     .map(|(k, g)| (*k, *g)),
             );
         }

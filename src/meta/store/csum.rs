@@ -24,9 +24,22 @@ pub const CSUM_SPEC: TreeSpec = TreeSpec {
 
 pub type Group = [u32; CSUM_GROUP];
 
+/// Bits of a checksum key below the chunk number: the group within it.
+const GROUP_BITS: u32 = 16;
+
 /// Key of the group holding byte `within` of physical chunk `chunk`.
 pub fn csum_key(chunk: u64, within: u64) -> u64 {
-    (chunk << 16) | (within / GROUP_BYTES)
+    (chunk << GROUP_BITS) | (within / GROUP_BYTES)
+}
+
+/// The physical chunk a checksum key belongs to.
+pub fn csum_key_chunk(key: u64) -> u64 {
+    key >> GROUP_BITS
+}
+
+/// The keys of every group of `chunk`: `[first, end)`.
+pub fn csum_keys_of(chunk: u64) -> (u64, u64) {
+    (chunk << GROUP_BITS, (chunk + 1) << GROUP_BITS)
 }
 
 /// Bitmap bytes an intent block holds.
@@ -70,17 +83,11 @@ impl MetaStore {
             return Ok(());
         };
         let mut keys = Vec::new();
-        btree::walk(
-            self,
-            &CSUM_SPEC,
-            c.root,
-            chunk << 16,
-            (chunk + 1) << 16,
-            &mut |k, _, _| {
-                keys.push(k);
-                Ok(true)
-            },
-        )?;
+        let (first, end) = csum_keys_of(chunk);
+        btree::walk(self, &CSUM_SPEC, c.root, first, end, &mut |k, _, _| {
+            keys.push(k);
+            Ok(true)
+        })?;
         for k in keys {
             c.root = btree::remove(self, &CSUM_SPEC, c.root, k)?.0;
         }
