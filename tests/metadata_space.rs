@@ -622,3 +622,47 @@ fn a_pool_written_before_the_catalog_tree_opens_and_converts() {
     verify(&pool, "converted");
     assert!(read_vol(&pool, "a", Some("s2"), a.len()) == a);
 }
+
+/// Writers that overwrite a filled volume in place, concurrently: their
+/// pending checksums fill the running transaction's estimate, and each
+/// writer that runs short commits (or finds that another just did) and
+/// goes on. None may see ENOSPC while the metadata area is mostly free (it
+/// did: a writer with nothing of its own to commit gave up right after
+/// another writer's commit).
+#[test]
+fn concurrent_overwrites_never_see_a_spurious_enospc() {
+    // 192 KiB chunks (the default stripe unit) and a small area: pending
+    // checksums run it short every few MiB written, so commits are frequent.
+    let devs = mem_devices(3, 48 * MIB);
+    let mut opts = CreateOptions::new(RaidLevel::Raid0);
+    opts.metadata_size = Some(2 * MIB);
+    let (pool, _) = Pool::create("tank", refs(&devs), &opts).expect("create pool");
+    pool.set_metadata_autogrow(false).unwrap();
+    let size = 96 * MIB;
+    pool.create_volume("v", size).unwrap();
+    let vol = pool.volume("v", None).unwrap();
+    let block = vec![0x5au8; MIB as usize];
+    for off in (0..size).step_by(MIB as usize) {
+        vol.write_at(&block, off).unwrap();
+    }
+    pool.commit().unwrap();
+    let writers = 6;
+    let region = size / writers;
+    std::thread::scope(|s| {
+        for w in 0..writers {
+            let vol = pool.volume("v", None).unwrap();
+            s.spawn(move || {
+                let data = vec![w as u8; MIB as usize];
+                for round in 0..12 {
+                    for off in (w * region..(w + 1) * region - MIB + 1).step_by(MIB as usize) {
+                        if let Err(e) = vol.write_at(&data, off) {
+                            panic!("writer {w}, round {round}, at {off}: {e}");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let info = pool.info();
+    assert!(info.metadata_used * 2 < info.metadata_total, "{info:?}");
+}

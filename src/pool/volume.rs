@@ -141,15 +141,14 @@ impl Volume {
                 break;
             }
             let before = progress();
-            let committed = self.pool.thin().has_changes();
-            if committed {
+            if self.pool.thin().has_changes() {
                 self.pool.commit()?;
             }
             // Still short of metadata space: the area grows if it can.
-            let grown = self.pool.autogrow_metadata().unwrap_or(0) > 0;
-            if !committed && !grown {
-                break;
-            }
+            let _ = self.pool.autogrow_metadata();
+            // Retried even when this writer had nothing to commit: another
+            // writer may just have committed (and folded what filled the
+            // running transaction), which made the room this one lacked.
             r = f();
             stalled = if progress() > before { 0 } else { stalled + 1 };
         }
