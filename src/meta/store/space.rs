@@ -62,6 +62,20 @@ impl MetaStore {
         1 + self.committed.chunk_size.div_ceil(GROUP_BYTES) / per_leaf.max(1)
     }
 
+    /// Checksum-tree blocks that folding `groups` pending groups may take:
+    /// a copied leaf per group at most, and never more copies than there
+    /// are metadata blocks in use (a leaf is copied once per transaction),
+    /// plus the leaves splits add (each new one holds at least half a
+    /// leaf of the groups). So a workload that overwrites the same data
+    /// again and again does not run the estimate past the whole area.
+    fn csum_leaves_touched(&self, groups: u64) -> u64 {
+        if groups == 0 {
+            return 0;
+        }
+        let per_leaf = ((BLOCK_SIZE - HEADER_SIZE) / (8 + 64)) as u64;
+        groups.min(self.msm.used() + groups / (per_leaf / 2).max(1) + 1)
+    }
+
     /// An upper bound of the blocks the commit of the running transaction
     /// still allocates: a copied leaf (and a share of internal nodes) per
     /// changed data reference count and per checksum group written, the
@@ -69,7 +83,7 @@ impl MetaStore {
     pub fn commit_need(&self, csum_groups: u64) -> u64 {
         let leaves = self.data.overlay.len() as u64
             + self.data.pending_free() * self.csum_leaves_per_chunk()
-            + csum_groups;
+            + self.csum_leaves_touched(csum_groups);
         let catalog = if self.catalog_dirty || self.catalog_staged {
             self.catalog_block_count()
         } else {
