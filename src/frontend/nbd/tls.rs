@@ -241,15 +241,12 @@ fn warn_if_readable(path: &Path) {
 
 /// Wait until one of the two descriptors is ready for what is asked.
 fn wait(fds: [(i32, i16); 2], timeout: Duration) -> io::Result<bool> {
-    let mut p: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&(fd, events)| libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        })
-        .collect();
-    // SAFETY: `p` is a valid array of pollfd for the call's duration.
+    let mut p = fds.map(|(fd, events)| libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    });
+    // SAFETY: `p` is a valid array of two pollfd for the call's duration.
     let n = unsafe { libc::poll(p.as_mut_ptr(), 2, timeout.as_millis() as i32) };
     match n {
         n if n < 0 => {
