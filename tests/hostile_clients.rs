@@ -17,7 +17,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use vpool::frontend::snapshotter::proto::api::snapshots_client::SnapshotsClient;
 use vpool::frontend::snapshotter::proto::api::*;
 
@@ -67,22 +67,10 @@ fn snapshotter(rt: &tokio::runtime::Runtime, sock: &Path) -> SnapshotsClient<Cha
 }
 
 fn channel(rt: &tokio::runtime::Runtime, sock: &Path) -> Channel {
-    let sock = sock.to_path_buf();
-    rt.block_on(async move {
-        let endpoint = Endpoint::try_from("http://snapshotter.invalid").unwrap();
-        let ch = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
-            let p = sock.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }));
-        tokio::time::timeout(Duration::from_secs(10), ch)
-            .await
-            .expect("connecting to the snapshotter timed out")
-            .expect("connect to the snapshotter")
-    })
+    let connect = common::grpc::unix_channel(sock.to_path_buf());
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), connect).await })
+        .expect("connecting to the snapshotter timed out")
+        .expect("connect to the snapshotter")
 }
 
 /// One normal call on every socket, each answered within a second.

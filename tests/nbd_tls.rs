@@ -69,6 +69,31 @@ fn open_the_way(path: &Path) {
     }
 }
 
+/// qemu-io over TLS with the credentials object `creds` (id tls0): write a
+/// pattern, flush, read it back.
+fn qemu_io_pattern(d: &Daemon, creds: &str, export: &str, byte: u8, len: &str) {
+    let opts = format!(
+        "driver=nbd,host=127.0.0.1,port={},export={export},tls-creds=tls0",
+        d.port
+    );
+    let out = ok(
+        Command::new("qemu-io").args([
+            "--object",
+            creds,
+            "--image-opts",
+            &opts,
+            "-c",
+            &format!("write -P {byte:#x} 0 {len}"),
+            "-c",
+            "flush",
+            "-c",
+            &format!("read -P {byte:#x} 0 {len}"),
+        ]),
+        120,
+    );
+    assert!(!out.contains("fail"), "{out}");
+}
+
 #[test]
 fn psk_with_real_clients_and_nobody_refused() {
     tools();
@@ -98,27 +123,8 @@ fn psk_with_real_clients_and_nobody_refused() {
         "tls-creds-psk,id=tls0,endpoint=client,dir={},username=alice",
         keys.parent().unwrap().display()
     );
-    let opts = format!(
-        "driver=nbd,host=127.0.0.1,port={},export=tank/db,tls-creds=tls0",
-        d.port
-    );
     // Large enough that replies outrun the TLS pump's buffers.
-    let out = ok(
-        Command::new("qemu-io").args([
-            "--object",
-            &creds,
-            "--image-opts",
-            &opts,
-            "-c",
-            "write -P 0x5a 0 24M",
-            "-c",
-            "flush",
-            "-c",
-            "read -P 0x5a 0 24M",
-        ]),
-        120,
-    );
-    assert!(!out.contains("fail"), "{out}");
+    qemu_io_pattern(&d, &creds, "tank/db", 0x5a, "24M");
     // A byte-exact round trip through nbdcopy.
     let src = dir.path().join("src.raw");
     let back = dir.path().join("back.raw");
@@ -274,26 +280,7 @@ fn x509_client_certificates_and_limited_exports() {
         "tls-creds-x509,id=tls0,endpoint=client,dir={}",
         cli.display()
     );
-    let opts = format!(
-        "driver=nbd,host=127.0.0.1,port={},export=tank/web,tls-creds=tls0",
-        d.port
-    );
-    let out = ok(
-        Command::new("qemu-io").args([
-            "--object",
-            &creds,
-            "--image-opts",
-            &opts,
-            "-c",
-            "write -P 0x3c 0 4M",
-            "-c",
-            "flush",
-            "-c",
-            "read -P 0x3c 0 4M",
-        ]),
-        120,
-    );
-    assert!(!out.contains("fail"), "{out}");
+    qemu_io_pattern(&d, &creds, "tank/web", 0x3c, "4M");
     // No client certificate (the CA only): refused in the handshake.
     let nocert = dir.path().join("nocert");
     std::fs::create_dir_all(&nocert).unwrap();

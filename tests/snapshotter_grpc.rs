@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::Code;
 use vpool::frontend::snapshotter::proto::api::snapshots_client::SnapshotsClient;
 use vpool::frontend::snapshotter::proto::api::*;
@@ -27,16 +27,8 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
 }
 
 async fn connect(sock: PathBuf) -> Client {
-    let endpoint = Endpoint::try_from("http://snapshotter.invalid").unwrap();
-    let ch = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
-        let p = sock.clone();
-        async move {
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                tokio::net::UnixStream::connect(p).await?,
-            ))
-        }
-    }));
-    SnapshotsClient::new(within(ch).await.expect("connect to the snapshotter"))
+    let ch = within(common::grpc::unix_channel(sock)).await;
+    SnapshotsClient::new(ch.expect("connect to the snapshotter"))
 }
 
 fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {

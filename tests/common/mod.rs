@@ -10,6 +10,7 @@ pub mod cleanup;
 pub mod daemon;
 pub mod engines;
 pub mod fs;
+pub mod grpc;
 pub mod nbd_client;
 pub mod plugin;
 
