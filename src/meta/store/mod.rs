@@ -490,3 +490,6 @@ pub mod csum;
 mod open;
 mod refs;
 pub mod space;
+
+#[cfg(test)]
+mod tests;
