@@ -12,3 +12,6 @@ pub mod resync;
 pub mod scrub;
 
 pub use io::ThinPool;
+
+#[cfg(test)]
+mod tests;
