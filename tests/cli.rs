@@ -125,6 +125,12 @@ fn cli_full_workflow() {
     ]);
     let o = e.run(&["vol", "create", "tank/db", "--size", "10G"]);
     assert!(o.ok && o.stderr.contains("overprovisioned"));
+    // Sizes as people write them, not raw bytes.
+    assert!(
+        o.stderr.contains("volumes total 10G on ") && !o.stderr.contains(" bytes"),
+        "{}",
+        o.stderr
+    );
     let info = e.json(&["pool", "status", "tank", "--json"]);
     assert_eq!(info["allocated"], 0, "thin: no space used yet");
     assert_eq!(info["virtual_bytes"], 10 * G);

@@ -215,10 +215,11 @@ impl Pool {
         let mut warnings = Vec::new();
         if info.virtual_bytes + size > info.capacity {
             warnings.push(format!(
-                "pool '{}' is overprovisioned: volumes total {} bytes on {} bytes of space; writes fail with ENOSPC if it fills",
+                "pool '{}' is overprovisioned: volumes total {} on {} of space; writes fail with ENOSPC if it fills \
+                 (watch `vpool pool status`; add a member with `vpool pool add`)",
                 self.name(),
-                info.virtual_bytes + size,
-                info.capacity
+                crate::units::format_size(info.virtual_bytes + size),
+                crate::units::format_size(info.capacity)
             ));
         }
         Ok(warnings)
