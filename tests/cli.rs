@@ -542,6 +542,10 @@ fn cli_quickstart_builds_a_demo_pool() {
     let dir = e.path("demo");
     let out = e.ok(&["quickstart", "--no-serve", "--dir", dir.to_str().unwrap()]);
     assert!(out.contains("demo/vol1"), "{out}");
+    assert!(
+        out.contains("apt-get install qemu-utils libnbd-bin"),
+        "the client commands it prints come with their packages: {out}"
+    );
     let o = Command::new(env!("CARGO_BIN_EXE_vpool"))
         .args(["vol", "list", "--json"])
         .env("VPOOL_STATE_DIR", dir.join("state"))

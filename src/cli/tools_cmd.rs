@@ -398,7 +398,7 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<()> {
         .unwrap_or("vpool".into());
     let addr = &a.nbd_listen;
     let sock = state_dir.join("nbd.sock");
-    println!("In another terminal:");
+    println!("In another terminal (the clients: apt-get install qemu-utils libnbd-bin):");
     println!("  export VPOOL_STATE_DIR={}", state_dir.display());
     println!("  {exe} pool status demo");
     println!("  {exe} vol create demo/db --size 10G");
