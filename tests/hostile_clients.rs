@@ -73,6 +73,13 @@ fn channel(rt: &tokio::runtime::Runtime, sock: &Path) -> Channel {
         .expect("connect to the snapshotter")
 }
 
+/// Run `f` on the test's runtime, failing past `secs` seconds.
+fn bounded<F: std::future::Future>(s: &Setup, secs: u64, what: &str, f: F) -> F::Output {
+    // The timer is made inside the runtime, which it needs.
+    s.rt.block_on(async { tokio::time::timeout(Duration::from_secs(secs), f).await })
+        .unwrap_or_else(|_| panic!("{what} timed out"))
+}
+
 /// One normal call on every socket, each answered within a second.
 fn everyone_served(s: &Setup, what: &str) {
     let timed = |socket: &str, f: &mut dyn FnMut()| {
@@ -116,17 +123,15 @@ fn everyone_served(s: &Setup, what: &str) {
     });
     timed("snapshotter", &mut || {
         let mut c = snapshotter(&s.rt, &s.snap);
-        let r = s.rt.block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(5),
-                c.stat(StatSnapshotRequest {
-                    snapshotter: "vpool".into(),
-                    key: "no-such-key".into(),
-                }),
-            )
-            .await
-            .expect("Stat timed out")
-        });
+        let r = bounded(
+            s,
+            5,
+            "Stat",
+            c.stat(StatSnapshotRequest {
+                snapshotter: "vpool".into(),
+                key: "no-such-key".into(),
+            }),
+        );
         assert_eq!(r.unwrap_err().code(), tonic::Code::NotFound);
     });
 }
@@ -334,50 +339,44 @@ fn malformed_and_slow_requests_on_the_plugin_and_snapshotter() {
         "k".repeat(64 << 10),
     ];
     for key in &odd_keys {
-        let r = s.rt.block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(10),
-                c.stat(StatSnapshotRequest {
-                    snapshotter: "vpool".into(),
-                    key: key.clone(),
-                }),
-            )
-            .await
-            .expect("Stat timed out")
-        });
+        let r = bounded(
+            &s,
+            10,
+            "Stat",
+            c.stat(StatSnapshotRequest {
+                snapshotter: "vpool".into(),
+                key: key.clone(),
+            }),
+        );
         assert!(r.is_err(), "Stat of {:?}", &key[..key.len().min(20)]);
-        let r = s.rt.block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(60),
-                c.remove(RemoveSnapshotRequest {
-                    snapshotter: "vpool".into(),
-                    key: key.clone(),
-                }),
-            )
-            .await
-            .expect("Remove timed out")
-        });
+        let r = bounded(
+            &s,
+            60,
+            "Remove",
+            c.remove(RemoveSnapshotRequest {
+                snapshotter: "vpool".into(),
+                key: key.clone(),
+            }),
+        );
         assert!(r.is_err());
     }
     let huge_labels = (0..2000)
         .map(|i| (format!("l{i}"), "v".repeat(2048)))
         .collect();
-    let r = s.rt.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            c.update(UpdateSnapshotRequest {
-                snapshotter: "vpool".into(),
-                info: Some(Info {
-                    name: "missing".into(),
-                    labels: huge_labels,
-                    ..Default::default()
-                }),
-                update_mask: None,
+    let r = bounded(
+        &s,
+        60,
+        "Update",
+        c.update(UpdateSnapshotRequest {
+            snapshotter: "vpool".into(),
+            info: Some(Info {
+                name: "missing".into(),
+                labels: huge_labels,
+                ..Default::default()
             }),
-        )
-        .await
-        .expect("Update timed out")
-    });
+            update_mask: None,
+        }),
+    );
     assert!(r.is_err(), "an oversized message is refused");
     // Raw HTTP/2 garbage and a gRPC frame that is not protobuf.
     for junk in [
