@@ -2,7 +2,7 @@
 //! commits, snapshot creation...), unflushed writes are randomly lost or torn,
 //! and the pool is reopened. It must open, the checker must find no error
 //! (leaks are allowed and reclaimed), and every byte flushed before the cut
-//! must read back.
+//! (by a client's flush, through the flush log, or a commit) must read back.
 
 mod common;
 use common::*;
@@ -65,8 +65,14 @@ fn one_run(level: RaidLevel, seed: u64) {
                     dirty.entry(name).or_default().push((off, off + l));
                 }
                 7 => {
+                    // A client's flush (through the flush log) or a commit:
+                    // either makes every write so far durable.
                     commits = true;
-                    pool.commit()?;
+                    if sim.random() % 3 == 0 {
+                        pool.commit()?;
+                    } else {
+                        pool.volume(&name, None)?.flush()?;
+                    }
                 }
                 8 => {
                     // A snapshot is a new volume-like entity we track as a clone.

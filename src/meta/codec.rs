@@ -40,6 +40,8 @@ pub mod salt {
     pub const CATALOG: u32 = 0x4341_544c; // "CATL"
     pub const SPACE_MAP: u32 = 0x534d_4150; // "SMAP"
     pub const INTENT: u32 = 0x494e_544e; // "INTN"
+    pub const LOG_DIR: u32 = 0x4c44_4952; // "LDIR"
+    pub const LOG: u32 = 0x4c4f_4752; // "LOGR"
 }
 
 /// Checksum of a 4 KiB structure whose first 4 bytes hold the checksum.

@@ -12,6 +12,8 @@ pub struct DataSpace {
     /// Counts changed in the running transaction (absolute values).
     pub overlay: HashMap<u64, u32>,
     allocated: HashSet<u64>,
+    /// Of `allocated`, the chunks a flush-log record maps.
+    logged: HashSet<u64>,
     decremented: HashSet<u64>,
     freed: Vec<u64>,
     /// Chunks whose release the last commit made final (to discard on the members).
@@ -44,6 +46,7 @@ impl DataSpace {
             shared_bits: vec![0; words],
             overlay: HashMap::new(),
             allocated: HashSet::new(),
+            logged: HashSet::new(),
             decremented: HashSet::new(),
             freed: Vec::new(),
             released: Vec::new(),
@@ -145,10 +148,31 @@ impl DataSpace {
             && (self.allocated.contains(&c) || !self.decremented.contains(&c))
     }
 
-    /// Was `c` allocated in the running transaction (so no committed state
-    /// refers to it)?
+    /// Was `c` allocated in the running transaction, and not named by a
+    /// flush-log record since (so nothing durable refers to it)?
     pub fn is_new(&self, c: u64) -> bool {
-        self.allocated.contains(&c)
+        self.allocated.contains(&c) && !self.logged.contains(&c)
+    }
+
+    /// A flush-log record now maps `c`: after a crash the log gives it back
+    /// its contents, so it is overwritten as committed chunks are.
+    pub fn set_logged(&mut self, c: u64) {
+        if self.allocated.contains(&c) {
+            self.logged.insert(c);
+        }
+    }
+
+    /// Take chunk `c` with one reference, as the flush log's replay does
+    /// for a chunk a logged write went to. False if it is not free.
+    pub fn claim(&mut self, c: u64) -> bool {
+        if c >= self.total || bit(&self.used_bits, c) {
+            return false;
+        }
+        set_bit(&mut self.used_bits, c, true);
+        self.overlay.insert(c, 1);
+        self.allocated.insert(c);
+        self.used += 1;
+        true
     }
 
     pub fn alloc(&mut self) -> Option<u64> {
@@ -249,6 +273,7 @@ impl DataSpace {
         }
         self.overlay.clear();
         self.allocated.clear();
+        self.logged.clear();
         self.decremented.clear();
     }
 

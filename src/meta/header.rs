@@ -15,6 +15,10 @@ pub enum BlockKind {
     SpaceMap = 3,
     /// The write-intent bitmap of a checksummed pool (rewritten in place).
     Intent = 4,
+    /// The list of the flush log's blocks (see `store::log`).
+    LogDir = 5,
+    /// One block of the flush log: records of flushes since the last commit.
+    Log = 6,
 }
 
 impl BlockKind {
@@ -24,6 +28,8 @@ impl BlockKind {
             BlockKind::Catalog => salt::CATALOG,
             BlockKind::SpaceMap => salt::SPACE_MAP,
             BlockKind::Intent => salt::INTENT,
+            BlockKind::LogDir => salt::LOG_DIR,
+            BlockKind::Log => salt::LOG,
         }
     }
 }

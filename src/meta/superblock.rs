@@ -33,6 +33,11 @@ pub const SB_VERSION_GEN: u32 = 5;
 /// Written when either is in use. Older readers refuse it (they would not
 /// find the blocks).
 pub const SB_VERSION_EXTENTS: u32 = 6;
+/// Version 6 plus the flush log (feature bit 3): bytes 2032..2040 hold
+/// the block number of its directory, and the selector ends before them.
+/// Written once a pool has a log (its first commit by this version).
+/// Older readers refuse it (they would not replay the flushes it holds).
+pub const SB_VERSION_LOG: u32 = 7;
 /// Feature bit (byte 12, version 5): the pool keeps data checksums.
 const FEATURE_CSUM: u32 = 1;
 /// Feature bit: the metadata area does not grow on its own (`pool set
@@ -41,6 +46,8 @@ const FEATURE_NO_AUTOGROW: u32 = 2;
 /// Feature bit (version 6): the catalog is a B-tree of fixed records whose
 /// root pointer (with its generation tag) is at byte 56.
 const FEATURE_CATALOG_TREE: u32 = 4;
+/// Feature bit (version 7): the pool has a flush log (see `store::log`).
+const FEATURE_LOG: u32 = 8;
 const FEATURES: usize = 12;
 /// Member states recorded in the superblock.
 pub const MEMBER_ONLINE: u8 = 0;
@@ -60,9 +67,13 @@ const INTENT_BLOCK: usize = 248;
 const SELECTOR: usize = 256;
 /// Version 6: the metadata extent list.
 const EXTENTS: usize = BLOCK_SIZE - super::extent::LIST_BYTES;
-/// Most space-map pages a version-6 superblock can select between (the
-/// fixed area alone may have up to [`MAX_MSM_PAGES_V5`]).
-pub const MAX_MSM_PAGES: usize = (EXTENTS - SELECTOR) * 8;
+/// Version 7: the flush log's directory block (u64), then 8 reserved bytes.
+const LOG_DIR: usize = EXTENTS - 16;
+/// Most space-map pages a superblock of version 6 or 7 can select between
+/// (the fixed area alone may have up to [`MAX_MSM_PAGES_V5`]).
+pub const MAX_MSM_PAGES: usize = (LOG_DIR - SELECTOR) * 8;
+/// Most space-map pages a version-6 superblock could select between.
+const MAX_MSM_PAGES_V6: usize = (EXTENTS - SELECTOR) * 8;
 /// Most space-map pages before version 6 (a fixed area this large cannot
 /// grow: it already holds 118 GiB of metadata).
 pub const MAX_MSM_PAGES_V5: usize = (BLOCK_SIZE - SELECTOR) * 8;
@@ -102,6 +113,8 @@ pub struct Superblock {
     pub catalog_tree: bool,
     /// The catalog tree root's generation tag.
     pub catalog_gen: u32,
+    /// The flush log's directory block (version 7; 0: no log).
+    pub log_dir: u64,
 }
 
 /// Where a checksummed pool keeps its data checksums and write intents.
@@ -179,7 +192,9 @@ impl Superblock {
         put_u32(
             &mut b,
             8,
-            if self.is_v6() {
+            if self.log_dir != 0 {
+                SB_VERSION_LOG
+            } else if self.is_v6() {
                 SB_VERSION_EXTENTS
             } else {
                 SB_VERSION_GEN
@@ -198,7 +213,8 @@ impl Superblock {
                     FEATURE_CATALOG_TREE
                 } else {
                     0
-                }),
+                })
+                | (if self.log_dir != 0 { FEATURE_LOG } else { 0 }),
         );
         put_u64(&mut b, 16, self.txid);
         b[24..40].copy_from_slice(&self.pool_uuid);
@@ -238,7 +254,10 @@ impl Superblock {
             put_u64(&mut b, CSUM_ROOT, pack_ptr(c.root, self.root_gens[2]));
             put_u64(&mut b, INTENT_BLOCK, c.intent_block);
         }
-        let end = if self.extents.is_empty() {
+        let end = if self.log_dir != 0 {
+            put_u64(&mut b, LOG_DIR, self.log_dir);
+            LOG_DIR
+        } else if self.extents.is_empty() {
             BLOCK_SIZE
         } else {
             EXTENTS
@@ -264,14 +283,15 @@ impl Superblock {
             return Err("superblock checksum mismatch".into());
         }
         let version = get_u32(b, 8);
-        if !(SB_VERSION..=SB_VERSION_EXTENTS).contains(&version) {
+        if !(SB_VERSION..=SB_VERSION_LOG).contains(&version) {
             return Err(format!("superblock version {version} is not supported"));
         }
         let msm_pages = get_u32(b, 128);
         // Before version 6 the selector could reach the last bytes.
-        let max_pages = match version >= SB_VERSION_EXTENTS {
-            true => MAX_MSM_PAGES,
-            false => MAX_MSM_PAGES_V5,
+        let max_pages = match version {
+            SB_VERSION_LOG => MAX_MSM_PAGES,
+            SB_VERSION_EXTENTS => MAX_MSM_PAGES_V6,
+            _ => MAX_MSM_PAGES_V5,
         };
         if msm_pages as usize > max_pages {
             return Err(format!("superblock claims {msm_pages} space-map pages"));
@@ -358,6 +378,13 @@ impl Superblock {
         if catalog_tree && catalog_head > super::node::BLOCK_MASK {
             return Err("superblock catalog root beyond any metadata area".into());
         }
+        let log_dir = match version >= SB_VERSION_LOG && features & FEATURE_LOG != 0 {
+            true => get_u64(b, LOG_DIR),
+            false => 0,
+        };
+        if log_dir > super::node::BLOCK_MASK {
+            return Err("superblock flush-log directory beyond any metadata area".into());
+        }
         Ok(Superblock {
             txid: get_u64(b, 16),
             pool_uuid,
@@ -385,6 +412,7 @@ impl Superblock {
             catalog_tree,
             catalog_gen,
             extents,
+            log_dir,
         })
     }
 }
@@ -419,6 +447,7 @@ mod tests {
             no_autogrow: false,
             catalog_tree: false,
             catalog_gen: 0,
+            log_dir: 0,
         };
         sb.set_selector_bit(2, 1);
         let b = sb.encode();
@@ -444,6 +473,14 @@ mod tests {
         assert_eq!(get_u32(&tb, 8), SB_VERSION_EXTENTS);
         assert_eq!(get_u64(&tb, 56), pack_ptr(99, 12));
         assert_eq!(Superblock::decode(&tb).unwrap(), t);
+        // A flush log: version 7, its directory before the extent list.
+        let mut l = x.clone();
+        l.log_dir = 77;
+        let lb = l.encode();
+        assert_eq!(get_u32(&lb, 8), SB_VERSION_LOG);
+        assert_eq!(get_u64(&lb, LOG_DIR), 77);
+        assert_eq!(get_u32(&lb, FEATURES) & FEATURE_LOG, FEATURE_LOG);
+        assert_eq!(Superblock::decode(&lb).unwrap(), l);
         assert_eq!(d.selector_bit(2), 1);
         assert_eq!(d.selector_bit(1), 0);
         assert_eq!(Superblock::slot_offset(4096, 7), 4096 + 4096);

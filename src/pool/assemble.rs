@@ -248,6 +248,19 @@ impl Pool {
         *pool.s.spares.lock() = spares;
         // Layout first (rows a restripe left in its backup copy are put
         // back), then the regions the crash left with writes in flight.
+        // Flushes since the last commit first: they are on top of it.
+        let replayed = pool.s.thin.replay_log()?;
+        if replayed.records > 0 || replayed.stopped.is_some() {
+            pool.s.warnings.write().push(format!(
+                "the pool was not closed cleanly: replayed {} flush-log records ({} changes) made since its last commit{}",
+                replayed.records,
+                replayed.entries,
+                match &replayed.stopped {
+                    Some(why) => format!("; the replay stopped early: {why}"),
+                    None => String::new(),
+                }
+            ));
+        }
         pool.recover_transition()?;
         let r = pool.s.thin.resync_intents()?;
         if r.regions > 0 {

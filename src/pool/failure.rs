@@ -21,7 +21,7 @@ impl Pool {
         {
             let _ops = self.s.ops.lock();
             let thin = &self.s.thin;
-            let _gate = thin.gate.write();
+            let _gate = thin.exclusive();
             let health = thin.array.health();
             let Some(why) = health.broken() else {
                 return Ok(format!("pool '{name}' is not failed"));
@@ -41,6 +41,7 @@ impl Pool {
             if let Some(c) = &thin.csums {
                 c.drop_pending();
             }
+            thin.log_reset();
             if let Some(i) = &thin.intent {
                 i.vouch();
             }
@@ -49,11 +50,17 @@ impl Pool {
                 "pool '{name}' reloaded from transaction {txid} after: {why}"
             ));
         }
-        // Writes in place since that commit may have reached some copies
-        // only: the same resync as after a crash.
+        // Flushes since that commit are in the log; writes in place may
+        // have reached some copies only: the same recovery as after a crash.
+        let replayed = self.s.thin.replay_log()?;
         let r = self.s.thin.resync_intents()?;
         Ok(format!(
-            "pool '{name}' reloaded from its last commit; writes not committed before the failure are dropped{}",
+            "pool '{name}' reloaded from its last commit{}; writes not flushed before the failure are dropped{}",
+            if replayed.records > 0 {
+                format!(" and {} flush-log records", replayed.records)
+            } else {
+                String::new()
+            },
             if r.regions > 0 {
                 format!(" ({} chunks resynced)", r.chunks)
             } else {

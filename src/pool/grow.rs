@@ -240,7 +240,7 @@ impl Pool {
             data_size,
         });
         new_label.generation += 1;
-        let _gate = thin.gate.write();
+        let _gate = thin.exclusive();
         thin.commit_locked()?;
         // The new member's label first, then the others: until the commit
         // below, assembly takes the newest table and infers the change.

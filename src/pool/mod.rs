@@ -105,6 +105,11 @@ impl Pool {
         self.s.thin.commit()
     }
 
+    /// How client flushes were served (flush log rounds, commits).
+    pub fn flush_stats(&self) -> crate::thin::log::FlushStats {
+        self.s.thin.flush_stats()
+    }
+
     /// The last commit before the pool is let go: also clears the write
     /// intents, so the next open has nothing to resync.
     pub fn close(&self) -> Result<()> {
@@ -128,7 +133,7 @@ impl Pool {
     fn metadata_op<T>(&self, f: impl FnOnce(&ThinPool) -> Result<T>) -> Result<T> {
         let _ops = self.s.ops.lock();
         let thin = &self.s.thin;
-        let _gate = thin.gate.write();
+        let _gate = thin.exclusive();
         // What the running transaction's commit may still need is an
         // estimate; near the reserve, commit it first, so that the
         // operation sees what is really left.

@@ -167,7 +167,7 @@ impl Pool {
                     .join(", ")
             )));
         }
-        let _gate = thin.gate.write();
+        let _gate = thin.exclusive();
         thin.array.fail_member(k, "failed by `vpool pool fail`");
         if rebuilding_k {
             thin.meta.write().set_transition(None);
@@ -332,7 +332,7 @@ impl Pool {
             )));
         }
         let label = new_label.unwrap_or_else(|| self.label());
-        let _gate = thin.gate.write();
+        let _gate = thin.exclusive();
         thin.commit_locked()?;
         let sbt = rebuild_record(k, n, label.members[k].uuid);
         let rebuild = Transition {

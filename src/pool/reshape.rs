@@ -177,7 +177,7 @@ impl Pool {
     /// One step of the job. Returns true when there is nothing left to do.
     pub fn job_step(&self, max_bytes: u64) -> Result<bool> {
         let thin = &self.s.thin;
-        let _gate = thin.gate.write();
+        let _gate = thin.exclusive();
         let Some(sbt) = thin.meta.read().transition() else {
             return Ok(true);
         };

@@ -192,7 +192,7 @@ impl Pool {
                 n * n
             )));
         }
-        let _gate = thin.gate.write();
+        let _gate = thin.exclusive();
         thin.commit_locked()?;
         {
             let mut meta = thin.meta.write();

@@ -118,9 +118,10 @@ impl Volume {
         self.discard(offset, len)
     }
 
-    /// Make every completed write durable.
+    /// Make every completed write durable (through the flush log when it
+    /// can: see `thin::log`).
     pub fn flush(&self) -> Result<()> {
-        self.pool.commit()
+        self.pool.thin().flush()
     }
 
     /// A write that ran out of space is retried after a commit, which

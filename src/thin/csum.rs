@@ -13,7 +13,7 @@ use crate::meta::store::csum::{
 };
 use crate::raid::Copy;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const SHARDS: usize = 64;
@@ -22,6 +22,8 @@ const BLK: usize = CSUM_BLOCK as usize;
 /// Checksums written in the running transaction, and what was found.
 pub struct Csums {
     pending: Vec<Mutex<HashMap<u64, Group>>>,
+    /// Keys of `pending` changed since the last flush-log record, by shard.
+    unlogged: Vec<Mutex<HashSet<u64>>>,
     /// Groups in `pending` (each may copy a checksum leaf at the commit).
     groups: AtomicU64,
     pub repaired: AtomicU64,
@@ -47,6 +49,7 @@ impl Csums {
     pub fn new() -> Csums {
         Csums {
             pending: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            unlogged: (0..SHARDS).map(|_| Mutex::new(HashSet::new())).collect(),
             groups: AtomicU64::new(0),
             repaired: AtomicU64::new(0),
             unrecoverable: AtomicU64::new(0),
@@ -59,7 +62,39 @@ impl Csums {
         for s in &self.pending {
             s.lock().clear();
         }
+        self.forget_unlogged();
         self.groups.store(0, Ordering::Relaxed);
+    }
+
+    /// The groups changed since the last call, with their current values
+    /// (for a flush-log record).
+    pub fn take_unlogged(&self) -> Vec<(u64, Group)> {
+        let mut out = Vec::new();
+        for (i, q) in self.unlogged.iter().enumerate() {
+            let keys = std::mem::take(&mut *q.lock());
+            if keys.is_empty() {
+                continue;
+            }
+            let pending = self.pending[i].lock();
+            out.extend(keys.iter().filter_map(|k| pending.get(k).map(|g| (*k, *g))));
+        }
+        out
+    }
+
+    /// Nothing is waiting for a flush-log record (a commit holds it all).
+    pub fn forget_unlogged(&self) {
+        for q in &self.unlogged {
+            q.lock().clear();
+        }
+    }
+
+    /// Keep only the pending groups whose key `keep` accepts.
+    pub fn retain(&self, keep: impl Fn(u64) -> bool) {
+        for s in &self.pending {
+            s.lock().retain(|k, _| keep(*k));
+        }
+        let n: usize = self.pending.iter().map(|s| s.lock().len()).sum();
+        self.groups.store(n as u64, Ordering::Relaxed);
     }
 
     /// Checksum groups written in the running transaction.
@@ -67,18 +102,24 @@ impl Csums {
         self.groups.load(Ordering::Relaxed)
     }
 
-    fn put(&self, key: u64, g: Group) {
-        if self.shard(key).lock().insert(key, g).is_none() {
+    pub(crate) fn put(&self, key: u64, g: Group) {
+        let i = Self::shard_of(key);
+        if self.pending[i].lock().insert(key, g).is_none() {
             self.groups.fetch_add(1, Ordering::Relaxed);
         }
+        self.unlogged[i].lock().insert(key);
     }
 
     pub fn has_pending(&self) -> bool {
         self.pending.iter().any(|s| !s.lock().is_empty())
     }
 
+    fn shard_of(key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize % SHARDS
+    }
+
     fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Group>> {
-        &self.pending[(key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize % SHARDS]
+        &self.pending[Self::shard_of(key)]
     }
 }
 

@@ -39,6 +39,8 @@ pub struct ThinPool {
     pub(crate) csums: Option<Csums>,
     /// Write intents (checksummed pools).
     pub(crate) intent: Option<Intent>,
+    /// The flush log's state in memory (see `log`).
+    pub(crate) log: super::log::FlushLog,
 }
 
 /// A physical mapping: chunk number and whether it may be overwritten in place.
@@ -89,6 +91,7 @@ impl ThinPool {
             io_count: AtomicU64::new(0),
             csums,
             intent,
+            log: Default::default(),
         }
     }
 
@@ -178,6 +181,7 @@ impl ThinPool {
 
     fn write_piece(&self, vol: u64, vchunk: u64, within: u64, data: &[u8]) -> Result<()> {
         let cs = self.chunk_size;
+        let _w = self.write_in_progress();
         let _l = self.chunk_lock(vol, vchunk).write();
         let old = self.lookup(vol, vchunk)?;
         if let Some(m) = &old {
@@ -241,7 +245,7 @@ impl ThinPool {
     }
 
     /// Point `vchunk` of `vol` at `phys` (or unmap it), releasing the old chunk.
-    fn set_mapping(
+    pub(super) fn set_mapping(
         &self,
         meta: &mut MetaStore,
         vol: u64,
@@ -263,7 +267,9 @@ impl ThinPool {
             meta.data_dec(get_u64(&o, 0))?;
         }
         vr.root = root;
-        meta.set_volume_root(vol, vr)
+        meta.set_volume_root(vol, vr)?;
+        self.log_map(vol, vchunk, phys);
+        Ok(())
     }
 
     /// Make `[offset, offset+len)` read as zeros, releasing whole chunks.
@@ -348,11 +354,20 @@ impl ThinPool {
     }
 
     pub(crate) fn commit_inner(&self, close: bool) -> Result<()> {
+        let round = self.log_commit_starts();
         self.array
             .flush()
             .map_err(|e| Error::io("flushing data", e))?;
         self.fold_csums()?;
         let mut released = Vec::new();
+        {
+            // Pools made (or last committed) by an older version get their
+            // flush log here; without room they commit at every flush.
+            let mut meta = self.meta.write();
+            if meta.log_dir() == 0 {
+                let _ = meta.create_log();
+            }
+        }
         // A member that fails during a commit misses it: commit again at
         // once, so the superblock says so before anything else happens.
         loop {
@@ -367,6 +382,7 @@ impl ThinPool {
                 break;
             }
         }
+        self.log_committed(round);
         if let Some(intent) = &self.intent {
             intent.committed(&self.meta.read(), close)?;
         }

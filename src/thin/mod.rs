@@ -6,6 +6,7 @@
 pub mod csum;
 pub mod intent;
 mod io;
+pub mod log;
 mod ops;
 mod relocate;
 pub mod resync;

@@ -53,7 +53,7 @@ impl ThinPool {
         repair: bool,
         r: &mut ScrubReport,
     ) -> Result<Option<u64>> {
-        let _gate = self.gate.write();
+        let _gate = self.exclusive();
         if self.array.in_transition() {
             return Err(Error::InUse(
                 "a layout change is running; scrub once it is done (`vpool job list`)".into(),

@@ -162,6 +162,7 @@ impl MetaStore {
         sb.transition = self.transition;
         sb.no_autogrow = self.no_autogrow;
         sb.csum = self.csum;
+        sb.log_dir = self.log_dir;
         sb.root_gens = [
             self.gen_of(self.volumes_root, txid),
             self.gen_of(self.dsm_root, txid),

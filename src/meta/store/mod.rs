@@ -174,6 +174,9 @@ pub struct MetaStore {
     /// Everything past the superblock and the fixed area's space map is
     /// read (see `open` and `load`).
     loaded: bool,
+    /// The flush log's directory block (0: none) and blocks (see `log`).
+    log_dir: u64,
+    log_blocks: Vec<u64>,
 }
 
 fn corrupt(what: String) -> Error {
@@ -219,6 +222,7 @@ impl MetaStore {
             no_autogrow: false,
             catalog_tree: false,
             catalog_gen: 0,
+            log_dir: 0,
         };
         let cap =
             NonZeroUsize::new((cache_nodes / CACHE_SHARDS).max(64)).unwrap_or(NonZeroUsize::MIN);
@@ -260,6 +264,8 @@ impl MetaStore {
             array: None,
             ext_unflushed: std::sync::atomic::AtomicBool::new(false),
             loaded: false,
+            log_dir: 0,
+            log_blocks: Vec::new(),
         }
     }
 
@@ -487,6 +493,7 @@ mod commit;
 mod extents;
 pub(crate) use extents::Place;
 pub mod csum;
+pub mod log;
 mod open;
 mod refs;
 pub mod space;

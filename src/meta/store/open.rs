@@ -182,6 +182,7 @@ impl MetaStore {
             false => self.read_catalog()?,
         };
         self.load_roots()?;
+        self.load_log()?;
         self.pool_name = self.catalog.pool_name.clone();
         // Rebuild the in-memory data space map from the persistent counts.
         let mut entries = Vec::new();
