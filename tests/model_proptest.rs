@@ -346,9 +346,13 @@ fn run(level: RaidLevel, ops: Vec<Op>) {
         report.errors.is_empty() && report.leaked_blocks == 0,
         "{report:?}"
     );
-    assert_eq!(
-        h.pool.info().metadata_used,
-        h.pool.info().metadata_used.min(4096 * 4)
+    // What stays: the flush log and a few blocks.
+    let info = h.pool.info();
+    assert!(
+        info.metadata_used <= info.metadata_log + 4096 * 4,
+        "{} bytes of metadata in use, {} of them the log",
+        info.metadata_used,
+        info.metadata_log
     );
 }
 

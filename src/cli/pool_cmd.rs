@@ -428,6 +428,16 @@ fn print_status(i: &PoolInfo) {
             ""
         }
     );
+    if i.flushes > 0 || i.metadata_log > 0 {
+        println!(
+            "  flush: {} flushes since open, {} through the {} flush log ({} rounds), {} by a commit",
+            i.flushes,
+            i.flushes - i.flush_commits.min(i.flushes),
+            format_size(i.metadata_log),
+            i.flush_log_rounds,
+            i.flush_commits
+        );
+    }
     println!(
         "  meta: {} of {} used ({}%), {} kept for removals{}; transaction {}, {} copies repaired{}",
         format_size(i.metadata_used),

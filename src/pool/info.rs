@@ -60,6 +60,18 @@ pub struct PoolInfo {
     /// The metadata area grows on its own past 80% use.
     #[serde(default)]
     pub metadata_autogrow: bool,
+    /// Bytes per copy the flush log takes (0: none yet).
+    #[serde(default)]
+    pub metadata_log: u64,
+    /// Client flushes since the pool was opened, the flush-log rounds that
+    /// served them (concurrent flushes share one), and the flushes that
+    /// committed the pool instead.
+    #[serde(default)]
+    pub flushes: u64,
+    #[serde(default)]
+    pub flush_log_rounds: u64,
+    #[serde(default)]
+    pub flush_commits: u64,
     /// Removed volumes whose space is still being released.
     #[serde(default)]
     pub releasing: usize,
@@ -120,6 +132,7 @@ impl Pool {
     pub fn info(&self) -> PoolInfo {
         let job = self.job();
         let thin = self.thin();
+        let flush = thin.flush_stats();
         let meta = thin.meta.read();
         let cat = meta.catalog();
         let cs = thin.chunk_size;
@@ -205,6 +218,13 @@ impl Pool {
             metadata_grown: meta.extents().iter().map(|e| e.blocks * 4096).sum(),
             metadata_extents: meta.extents().len(),
             metadata_autogrow: meta.autogrow(),
+            metadata_log: match meta.log_dir() {
+                0 => 0,
+                _ => (meta.log_blocks().len() as u64 + 1) * 4096,
+            },
+            flushes: flush.flushes,
+            flush_log_rounds: flush.log_rounds,
+            flush_commits: flush.commits,
             releasing: meta.releasing(),
             transaction: meta.committed().txid,
             metadata_repairs: meta.mirror.repaired(),

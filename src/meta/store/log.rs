@@ -41,13 +41,13 @@ impl MetaStore {
         self.committed.log_dir != 0 && !self.log_blocks.is_empty()
     }
 
-    /// Give the pool a flush log, recorded by the next commit: an eighth of
+    /// Give the pool a flush log, recorded by the next commit: a 32nd of
     /// the fixed area, at most [`LOG_BLOCKS`]. Nothing when it has one, when
-    /// the area is too small (under 64 blocks) or nearly full, or when its
+    /// the area is too small (under 1 MiB) or nearly full, or when its
     /// space map is too large for a version-7 superblock. Returns whether
     /// a log was made.
     pub fn create_log(&mut self) -> Result<bool> {
-        let n = (self.layout.meta_blocks / 8).min(LOG_BLOCKS);
+        let n = (self.layout.meta_blocks / 32).min(LOG_BLOCKS);
         if self.log_dir != 0
             || !self.loaded
             || n < 8
