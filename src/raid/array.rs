@@ -383,10 +383,20 @@ impl Array {
         };
         // Every member is flushed even after one fails: the others' writes
         // are then durable, whatever the caller does next.
+        // They flush in parallel; each result is then accounted as if it
+        // had just happened (a flush is never retried).
+        let which: Vec<usize> = (0..members.len())
+            .filter(|&m| view.dev(m).is_some())
+            .collect();
+        let devs: Vec<DeviceRef> = which.iter().filter_map(|&m| view.dev(m).cloned()).collect();
+        let mut results = crate::device::flush_all(&devs);
         let mut first = None;
-        for m in 0..members.len() {
+        for (i, &m) in which.iter().enumerate() {
             if let Some(dev) = view.dev(m) {
-                match view.io(m, dev, Dir::Flush, || dev.flush()) {
+                let mut r = results[i].take();
+                match view.io(m, dev, Dir::Flush, || {
+                    r.take().unwrap_or_else(|| dev.flush())
+                }) {
                     Ok(()) | Err(Fault::MemberFailed) => {}
                     Err(Fault::Io(e)) => {
                         first.get_or_insert(e);

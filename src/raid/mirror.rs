@@ -176,7 +176,16 @@ impl MetaMirror {
     }
 
     pub fn flush(&self) -> io::Result<()> {
-        self.each_copy("flush", Dir::Flush, |dev| dev.flush())
+        // The copies flush in parallel; each result is then accounted as
+        // if it had just happened (a flush is never retried).
+        let devs: Vec<DeviceRef> = self.live().map(|(_, d)| d.clone()).collect();
+        let mut results = crate::device::flush_all(&devs);
+        self.each_copy("flush", Dir::Flush, |dev| {
+            match devs.iter().position(|d| std::sync::Arc::ptr_eq(d, dev)) {
+                Some(i) => results[i].take().unwrap_or_else(|| dev.flush()),
+                None => dev.flush(),
+            }
+        })
     }
 
     /// Read `buf.len()` bytes at `offset` from the first copy the validator

@@ -28,6 +28,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const REGIONS: u64 = INTENT_BYTES as u64 * 8;
 /// A pool may grow this much (members added) with regions still distinct.
 const GROWTH: u64 = 16;
+/// Regions are at least this large (md's bitmap chunks are 64 MiB by
+/// default): the first write in place to a region in each transaction
+/// writes and flushes the intent block, which a random writer pays on
+/// nearly every write when regions are small; a crash resyncs a whole
+/// region for one write in it.
+pub const MIN_REGION_BYTES: u64 = 16 << 20;
 
 pub struct Intent {
     pub region_chunks: u64,
@@ -64,12 +70,17 @@ fn to_bytes(v: &[AtomicU64]) -> Vec<u8> {
 }
 
 impl Intent {
-    /// The intents of a pool of `data_chunks` chunks, as recorded (`None`:
-    /// a fresh pool) with `region_chunks` chunks per region.
-    pub fn new(data_chunks: u64, recorded: Option<(u64, &[u8], bool)>) -> Intent {
+    /// The intents of a pool of `data_chunks` chunks of `chunk_size`
+    /// bytes, as recorded (`None`: a fresh pool) with `region_chunks`
+    /// chunks per region. Regions are sized afresh when no bit is set.
+    pub fn new(data_chunks: u64, chunk_size: u64, recorded: Option<(u64, &[u8], bool)>) -> Intent {
+        let fresh = (data_chunks * GROWTH)
+            .div_ceil(REGIONS)
+            .max(MIN_REGION_BYTES.div_ceil(chunk_size.max(1)))
+            .max(1);
         let region_chunks = match recorded {
-            Some((rc, _, _)) if rc > 0 => rc,
-            _ => (data_chunks * GROWTH).div_ceil(REGIONS).max(1),
+            Some((rc, bits, _)) if rc > 0 && bits.iter().any(|b| *b != 0) => rc,
+            _ => fresh,
         };
         let on_disk: Vec<AtomicU64> = (0..words()).map(|_| AtomicU64::new(0)).collect();
         if let Some((_, bits, _)) = recorded {

@@ -77,6 +77,7 @@ impl ThinPool {
             };
             Intent::new(
                 meta.data.total(),
+                meta.committed().chunk_size,
                 recorded
                     .as_ref()
                     .map(|(rc, b, current)| (*rc, b.as_slice(), *current)),
