@@ -27,6 +27,15 @@ type Members = Cached;
 
 /// Power cut: every member's cache is lost; the pool is opened again on
 /// the media alone.
+/// A client's flush: through the flush log (two in three) or a commit.
+fn client_flush(pool: &Pool, rng: &mut Rng) -> vpool::Result<()> {
+    if rng.below(3) == 0 {
+        pool.commit()
+    } else {
+        pool.volume("a", None)?.flush()
+    }
+}
+
 fn power_cut(m: &Members) -> vpool::Result<(Members, Pool)> {
     for c in &m.caches {
         c.drop_cache();
@@ -200,8 +209,7 @@ fn redundant_case(level: RaidLevel, n: usize, case: u64, steps: u64, churn: bool
                             .unwrap_or_else(|e| panic!("{what}: read {off}: {e}"));
                         assert!(got == model[off..off + 65536], "{what}: read {off}");
                     }
-                    7 => pool
-                        .commit()
+                    7 => client_flush(&pool, &mut rng)
                         .unwrap_or_else(|e| panic!("{what}: flush: {e}")),
                     8 => log.push(arm(&mut rng, &m.plans[faulty], 0..5)),
                     _ => {
@@ -333,7 +341,7 @@ fn plain_case(level: RaidLevel, n: usize, case: u64, steps: u64) -> Stats {
                         }
                         false
                     }
-                    7 => match pool.commit() {
+                    7 => match client_flush(&pool, &mut rng) {
                         Ok(()) => {
                             assert!(pool.failure().is_none(), "{what}");
                             durable.copy_from_slice(&model);
@@ -344,6 +352,10 @@ fn plain_case(level: RaidLevel, n: usize, case: u64, steps: u64) -> Stats {
                             errors += 1;
                             // Final: a failed flush is never retried into success.
                             assert!(pool.commit().is_err(), "{what}: {e}: retried into success");
+                            assert!(
+                                client_flush(&pool, &mut rng).is_err(),
+                                "{what}: {e}: retried into success"
+                            );
                             pool.failure().is_some()
                         }
                     },
