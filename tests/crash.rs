@@ -68,7 +68,7 @@ fn one_run(level: RaidLevel, seed: u64) {
                     // A client's flush (through the flush log) or a commit:
                     // either makes every write so far durable.
                     commits = true;
-                    if sim.random() % 3 == 0 {
+                    if sim.random().is_multiple_of(3) {
                         pool.commit()?;
                     } else {
                         pool.volume(&name, None)?.flush()?;

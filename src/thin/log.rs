@@ -159,6 +159,8 @@ pub(crate) struct FlushLog {
     done: AtomicU64,
     /// The running transaction holds a change no record describes.
     unlogged: AtomicBool,
+    /// Bumped when the pool goes back to its last commit.
+    epoch: AtomicU64,
     /// Flushes asked for, rounds written, flushes that committed instead.
     flushes: AtomicU64,
     rounds: AtomicU64,
@@ -243,24 +245,37 @@ impl ThinPool {
     }
 
     /// The pool went back to its last commit (`pool clear`): what the log
-    /// queued is gone with the rest of the running transaction.
+    /// queued is gone with the rest of the running transaction, and a
+    /// flush in progress must not succeed (its writes may be gone too).
     pub(crate) fn log_reset(&self) {
-        let r = self.log.started.fetch_add(1, Ordering::AcqRel) + 1;
-        self.log_committed(r);
-        // Nothing was made durable by it: flushes waiting fail on the
-        // failed pool, or run their own round.
+        self.log.epoch.fetch_add(1, Ordering::AcqRel);
+        self.log.maps.lock().clear();
+        if let Some(c) = &self.csums {
+            c.forget_unlogged();
+        }
+        *self.log.next_seq.lock() = 1;
+        self.log.unlogged.store(false, Ordering::Release);
     }
 
     /// Make every write completed before this call durable: through the
     /// flush log when it can, else by a commit.
     pub fn flush(&self) -> Result<()> {
         self.log.flushes.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.log.epoch.load(Ordering::Acquire);
         let ticket = self.log.started.load(Ordering::Acquire);
-        if self.flush_round(ticket)? {
-            return Ok(());
+        if !self.flush_round(ticket)? {
+            self.log.committed.fetch_add(1, Ordering::Relaxed);
+            self.commit()?;
         }
-        self.log.committed.fetch_add(1, Ordering::Relaxed);
-        self.commit()
+        if self.log.epoch.load(Ordering::Acquire) != epoch {
+            return Err(Error::io(
+                "flushing",
+                std::io::Error::other(
+                    "the pool went back to its last commit (`pool clear`) during this flush: writes before it may be lost",
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub fn flush_stats(&self) -> FlushStats {
