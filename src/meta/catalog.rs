@@ -39,6 +39,26 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Index of the record with `id`: records are kept in id order (new
+    /// ids are the largest, a tree reads back in key order), so a binary
+    /// search finds it; a linear scan backs it up.
+    fn index_of(&self, id: u64) -> Option<usize> {
+        match self.volumes.binary_search_by_key(&id, |r| r.id) {
+            Ok(i) => Some(i),
+            Err(_) => self.volumes.iter().position(|r| r.id == id),
+        }
+    }
+
+    /// The record with `id` (the data path checks sizes with it on every
+    /// request: it must not grow with the number of snapshots).
+    pub fn by_id(&self, id: u64) -> Option<&VolumeRecord> {
+        self.index_of(id).map(|i| &self.volumes[i])
+    }
+
+    pub fn by_id_mut(&mut self, id: u64) -> Option<&mut VolumeRecord> {
+        self.index_of(id).map(|i| &mut self.volumes[i])
+    }
+
     /// Envelope: magic u32, version u32, payload length u64, CRC32 of the
     /// payload u32 (all LE), then the bincode payload.
     pub fn encode(&self) -> Vec<u8> {
@@ -156,6 +176,34 @@ impl VolumeRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_are_found_by_id_in_order_or_not() {
+        let rec = |id: u64| VolumeRecord {
+            id,
+            name: format!("v{id}"),
+            snapshot_of: None,
+            cloned_from: None,
+            size: id * 10,
+            created: 0,
+            uuid: [0; 16],
+        };
+        let mut c = Catalog {
+            pool_name: "p".into(),
+            volumes: [1, 3, 5, 9].map(rec).to_vec(),
+        };
+        assert_eq!(c.by_id(5).map(|r| r.size), Some(50));
+        assert!(c.by_id(4).is_none());
+        // Out of order (never written so, but found all the same).
+        c.volumes.swap(0, 3);
+        for id in [1, 3, 5, 9] {
+            assert_eq!(c.by_id(id).map(|r| r.id), Some(id));
+        }
+        if let Some(r) = c.by_id_mut(3) {
+            r.size = 7;
+        }
+        assert_eq!(c.by_id(3).map(|r| r.size), Some(7));
+    }
 
     #[test]
     fn fixed_records_round_trip_and_refuse_garbage() {

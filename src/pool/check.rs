@@ -242,7 +242,7 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
             )?;
             continue;
         }
-        let Some(rec) = cat.volumes.iter().find(|v| v.id == *id) else {
+        let Some(rec) = cat.by_id(*id) else {
             r.errors.push(format!(
                 "mapping tree for volume id {id} is not in the catalog"
             ));

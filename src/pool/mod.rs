@@ -207,12 +207,7 @@ impl Pool {
 
     /// A volume's size, without copying its record (on every I/O).
     pub(crate) fn size_by_id(&self, id: u64) -> Option<u64> {
-        let meta = self.s.thin.meta.read();
-        meta.catalog()
-            .volumes
-            .iter()
-            .find(|r| r.id == id)
-            .map(|r| r.size)
+        self.s.thin.meta.read().catalog().by_id(id).map(|r| r.size)
     }
 
     fn check_room_for(&self, size: u64) -> Result<Vec<String>> {
@@ -467,7 +462,7 @@ fn check_size(size: u64) -> Result<()> {
 
 fn set_size(thin: &ThinPool, id: u64, size: u64) {
     let mut meta = thin.meta.write();
-    if let Some(r) = meta.catalog_mut().volumes.iter_mut().find(|r| r.id == id) {
+    if let Some(r) = meta.catalog_mut().by_id_mut(id) {
         r.size = size;
     }
 }

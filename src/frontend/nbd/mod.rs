@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, TcpListener};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +31,8 @@ use std::time::Duration;
 /// A socket that NBD clients connect to.
 pub trait Listener: Send + 'static {
     fn nonblocking(&self) -> io::Result<()>;
+    /// The descriptor to wait on for the next client.
+    fn fd(&self) -> i32;
     /// Accept one client, as a blocking stream.
     fn accept_stream(&self) -> io::Result<Box<dyn Stream>>;
 }
@@ -37,6 +40,9 @@ pub trait Listener: Send + 'static {
 impl Listener for TcpListener {
     fn nonblocking(&self) -> io::Result<()> {
         self.set_nonblocking(true)
+    }
+    fn fd(&self) -> i32 {
+        self.as_raw_fd()
     }
     fn accept_stream(&self) -> io::Result<Box<dyn Stream>> {
         let (s, _) = self.accept()?;
@@ -49,6 +55,9 @@ impl Listener for TcpListener {
 impl Listener for UnixListener {
     fn nonblocking(&self) -> io::Result<()> {
         self.set_nonblocking(true)
+    }
+    fn fd(&self) -> i32 {
+        self.as_raw_fd()
     }
     fn accept_stream(&self) -> io::Result<Box<dyn Stream>> {
         let (s, _) = self.accept()?;
@@ -67,6 +76,9 @@ pub struct Policy {
 
 /// How long a client may take over the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the accept loop looks at `stop` while no client connects (a
+/// client that connects wakes it at once).
+const ACCEPT_TICK: Duration = Duration::from_millis(50);
 
 pub struct NbdServer {
     exports: Arc<dyn Exports>,
@@ -108,9 +120,14 @@ impl NbdServer {
         let t = std::thread::Builder::new()
             .name("nbd-accept".into())
             .spawn(move || {
+                let fd = listener.fd();
                 me.accept_loop(&policy, || match listener.accept_stream() {
                     Ok(s) => Ok(Some(s)),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Sleep until a client connects (or the tick).
+                        stream::wait(&[(fd, libc::POLLIN)], ACCEPT_TICK)?;
+                        Ok(None)
+                    }
                     Err(e) => Err(e),
                 })
             })?;
@@ -126,7 +143,7 @@ impl NbdServer {
         while !self.stopping.load(Ordering::Relaxed) {
             match accept() {
                 Ok(Some(stream)) => self.spawn_connection(stream, policy.clone()),
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!("nbd: accept failed: {e}");
                     std::thread::sleep(Duration::from_millis(100));

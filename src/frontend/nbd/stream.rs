@@ -78,3 +78,34 @@ pub fn skip(r: &mut dyn Read, mut n: u64) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Wait until one of the descriptors is ready for what is asked (false:
+/// the timeout passed).
+pub(super) fn wait(fds: &[(i32, i16)], timeout: Duration) -> io::Result<bool> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&(fd, events)| libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `p` is a valid array of `p.len()` pollfd for the call's duration.
+    let n = unsafe {
+        libc::poll(
+            p.as_mut_ptr(),
+            p.len() as libc::nfds_t,
+            timeout.as_millis() as i32,
+        )
+    };
+    match n {
+        n if n < 0 => {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => Ok(true),
+                _ => Err(e),
+            }
+        }
+        n => Ok(n > 0),
+    }
+}

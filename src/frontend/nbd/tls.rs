@@ -239,27 +239,6 @@ fn warn_if_readable(path: &Path) {
     }
 }
 
-/// Wait until one of the two descriptors is ready for what is asked.
-fn wait(fds: [(i32, i16); 2], timeout: Duration) -> io::Result<bool> {
-    let mut p = fds.map(|(fd, events)| libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    });
-    // SAFETY: `p` is a valid array of two pollfd for the call's duration.
-    let n = unsafe { libc::poll(p.as_mut_ptr(), 2, timeout.as_millis() as i32) };
-    match n {
-        n if n < 0 => {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => Ok(true),
-                _ => Err(e),
-            }
-        }
-        n => Ok(n > 0),
-    }
-}
-
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
@@ -353,8 +332,8 @@ fn pump(mut tls: SslStream<Box<dyn Stream>>, plain: UnixStream) -> io::Result<()
         if !down.is_empty() {
             plain_events |= libc::POLLOUT;
         }
-        let ready = wait(
-            [(tls_fd, tls_events), (plain_fd, plain_events)],
+        let ready = super::stream::wait(
+            &[(tls_fd, tls_events), (plain_fd, plain_events)],
             Duration::from_secs(1),
         )?;
         let waiting = !up.is_empty() || !down.is_empty();
