@@ -642,3 +642,59 @@ fn records_and_volumes_agree_after_sigkill_mid_call() {
     }
     d.stop();
 }
+
+/// As systemd starts it on a new host: the daemon with `--snapshotter`
+/// comes up before any pool exists, serves everything else, answers the
+/// snapshotter's calls with UNAVAILABLE saying what to do, and takes up the
+/// pool once it is created, without a restart.
+#[test]
+fn a_daemon_started_before_any_pool_takes_it_up_when_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Cleanup::default();
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: run as root with FUSE"
+    );
+    require("mkfs.ext4", "e2fsprogs");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    undo_plugin_mounts(&mut g, &state.join("snapshotter"), &state.join("files"));
+    let sock = dir.path().join("snap.sock");
+    let args = [
+        "--snapshotter",
+        sock.to_str().unwrap(),
+        "--snapshotter-size",
+        "256M",
+    ];
+    let mut d = Daemon::start_with(&state, &args);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = connect(sock.clone()).await;
+        let r = prepare(&mut c, "k1", "").await;
+        let e = r.expect_err("no pool yet");
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        assert!(e.message().contains("vpool pool create"), "{e:?}");
+        // The rest of the daemon is up: its control API answers.
+        d.vpool_ok(&["pool", "list"]);
+        let img = dir.path().join("m0.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        d.vpool_ok(&[
+            "pool",
+            "create",
+            "tank",
+            "--raid",
+            "linear",
+            img.to_str().unwrap(),
+        ]);
+        let m = prepare(&mut c, "k1", "")
+            .await
+            .expect("prepare once the pool exists");
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(stat(&mut c, "k1").await.expect("stat").name, "k1");
+        remove(&mut c, "k1").await.expect("remove");
+    });
+    d.stop();
+}

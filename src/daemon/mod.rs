@@ -9,7 +9,7 @@ pub use engine::DaemonEngine;
 
 use crate::frontend::docker::{DriverConfig, PluginServer};
 use crate::frontend::nbd::{Exports, Limited, NbdServer, Policy, Tls, TlsOptions};
-use crate::frontend::snapshotter::{Config as SnapshotterConfig, Snapshotter, SnapshotterServer};
+use crate::frontend::snapshotter::{Config as SnapshotterConfig, Deferred, SnapshotterServer};
 use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
 use std::fs::OpenOptions;
@@ -179,7 +179,8 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let snapshotter = match cfg.snapshotter {
         Some((socket, c)) => {
             clear_stale_socket(&socket)?;
-            let s = Snapshotter::new(engine.clone(), c)?;
+            // Set up now if its pool exists, else at its first call.
+            let s = Deferred::new(engine.clone(), c);
             let server = SnapshotterServer::start(&socket, s)?;
             tracing::info!("containerd snapshotter on {}", socket.display());
             Some(server)

@@ -1,13 +1,16 @@
 //! The snapshotter's volumes over the daemon's life: the records made to
 //! agree with the pool at start, overlay layers mounted at start and
-//! unmounted at shutdown, and the template volume new layers are cloned
-//! from.
+//! unmounted at shutdown, the template volume new layers are cloned from,
+//! and the set-up deferred until the pool exists.
 
 use super::overlay;
-use super::snapshots::Snapshotter;
+use super::snapshots::{Config, Snapshotter};
 use super::store::{Kind, TEMPLATE, VOLUME_PREFIX};
 use crate::control::host;
+use crate::control::Engine;
 use anyhow::anyhow;
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 impl Snapshotter {
     /// Overlay mode: mount every layer (mounts left by a killed daemon are
@@ -131,5 +134,47 @@ impl Snapshotter {
         }
         pool.clone_volume(TEMPLATE, None, volume)?;
         Ok(())
+    }
+}
+
+/// The snapshotter of a daemon that may start before its pool exists (as
+/// systemd starts it on a new host): every other frontend is served, and
+/// each snapshotter call first sets the snapshotter up, failing with the
+/// reason (UNAVAILABLE: no pool yet) until it can.
+pub struct Deferred {
+    engine: Arc<dyn Engine>,
+    cfg: Config,
+    ready: Mutex<Option<Arc<Snapshotter>>>,
+}
+
+impl Deferred {
+    pub fn new(engine: Arc<dyn Engine>, cfg: Config) -> Deferred {
+        let d = Deferred {
+            engine,
+            cfg,
+            ready: Mutex::new(None),
+        };
+        if let Err(e) = d.get() {
+            tracing::warn!("snapshotter: {e:#} (its calls fail until then)");
+        }
+        d
+    }
+
+    /// The snapshotter, set up now if it was not yet.
+    pub fn get(&self) -> anyhow::Result<Arc<Snapshotter>> {
+        let mut ready = self.ready.lock();
+        if let Some(s) = &*ready {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(Snapshotter::new(self.engine.clone(), self.cfg.clone())?);
+        tracing::info!("snapshotter: layers in pool '{}'", s.pool);
+        *ready = Some(s.clone());
+        Ok(s)
+    }
+
+    pub fn shutdown(&self) {
+        if let Some(s) = self.ready.lock().take() {
+            s.shutdown();
+        }
     }
 }

@@ -12,6 +12,7 @@ mod service;
 mod snapshots;
 mod store;
 
+pub use lifecycle::Deferred;
 pub use service::SnapshotterServer;
 pub use snapshots::{Config, Snapshotter};
 

@@ -4,6 +4,7 @@
 //! maps to its own: NotFound, AlreadyExists, FailedPrecondition,
 //! InvalidArgument.
 
+use super::lifecycle::Deferred;
 use super::overlay::MountSpec;
 use super::proto::api::snapshots_server::{Snapshots, SnapshotsServer};
 use super::proto::api::{self, *};
@@ -68,7 +69,7 @@ fn to_mounts(m: Vec<MountSpec>) -> Vec<Mount> {
         .collect()
 }
 
-struct Service(Arc<Snapshotter>);
+struct Service(Arc<Deferred>);
 
 impl Service {
     /// Run blocking snapshot work off the async threads.
@@ -77,8 +78,8 @@ impl Service {
         what: &'static str,
         f: impl FnOnce(&Snapshotter) -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T, Status> {
-        let s = self.0.clone();
-        let r = tokio::task::spawn_blocking(move || f(&s))
+        let d = self.0.clone();
+        let r = tokio::task::spawn_blocking(move || f(&*d.get()?))
             .await
             .map_err(|e| Status::internal(format!("{what}: {e}")))?;
         r.map_err(|e| {
@@ -212,14 +213,14 @@ impl Snapshots for Service {
 
 /// The gRPC server, on a thread with its own runtime.
 pub struct SnapshotterServer {
-    snapshotter: Arc<Snapshotter>,
+    snapshotter: Arc<Deferred>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     socket: PathBuf,
 }
 
 impl SnapshotterServer {
-    pub fn start(socket: &Path, snapshotter: Snapshotter) -> anyhow::Result<SnapshotterServer> {
+    pub fn start(socket: &Path, snapshotter: Deferred) -> anyhow::Result<SnapshotterServer> {
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+#[derive(Clone)]
 pub struct Config {
     /// The pool layers live in (default: the only pool).
     pub pool: Option<String>,
@@ -71,11 +72,21 @@ impl Snapshotter {
     /// volume is gone are dropped, volumes without a record (a crash between
     /// the two) are removed.
     pub fn new(engine: Arc<dyn Engine>, cfg: Config) -> anyhow::Result<Snapshotter> {
+        let pools = engine.pool_names()?;
         let pool = match &cfg.pool {
-            Some(p) => p.clone(),
-            None => match engine.pool_names()?.as_slice() {
+            Some(p) if pools.contains(p) => p.clone(),
+            Some(p) => {
+                return Err(anyhow!(Error::Unavailable(format!(
+                    "the snapshotter's pool '{p}' (--snapshotter-pool) does not exist yet: create or import it (`vpool pool create {p} ...`); the snapshotter takes it up without a restart"
+                ))))
+            }
+            None => match pools.as_slice() {
                 [one] => one.clone(),
-                [] => bail!("the snapshotter needs a pool: create one (`vpool pool create`) before starting the daemon"),
+                [] => {
+                    return Err(anyhow!(Error::Unavailable(
+                        "the snapshotter has no pool yet: create one (`vpool pool create`); the snapshotter takes it up without a restart".into()
+                    )))
+                }
                 many => bail!(
                     "several pools exist ({}): choose the snapshotter's with --snapshotter-pool",
                     many.join(", ")
