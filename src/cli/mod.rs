@@ -10,6 +10,7 @@ mod tools_cmd;
 mod vol_cmd;
 
 use crate::control::{self, client, local::LocalEngine, Request, Response};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -59,6 +60,10 @@ pub enum Command {
     Daemon(Box<daemon_cmd::DaemonArgs>),
     /// Make a demo pool from image files in a new directory and serve it.
     Quickstart(tools_cmd::QuickstartArgs),
+    /// Print a shell completion script (bash, zsh, fish) to standard output.
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages for vpool and every subcommand into DIR.
+    Manpages { dir: PathBuf },
 }
 
 pub struct Ctx {
@@ -87,6 +92,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => tools_cmd::inspect(a),
         Command::Daemon(a) => daemon_cmd::run(&ctx, *a),
         Command::Quickstart(a) => tools_cmd::quickstart(a),
+        Command::Completions { shell } => {
+            // Into memory first: the generator panics on a write error
+            // (a closed pipe), which is the reader's business.
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "vpool", &mut script);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            Ok(())
+        }
+        Command::Manpages { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            Ok(())
+        }
     }
 }
 
