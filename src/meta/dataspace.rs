@@ -168,11 +168,16 @@ impl DataSpace {
         if c >= self.total || bit(&self.used_bits, c) {
             return false;
         }
+        self.take(c);
+        true
+    }
+
+    /// Give free chunk `c` its first reference in the running transaction.
+    fn take(&mut self, c: u64) {
         set_bit(&mut self.used_bits, c, true);
         self.overlay.insert(c, 1);
         self.allocated.insert(c);
         self.used += 1;
-        true
     }
 
     pub fn alloc(&mut self) -> Option<u64> {
@@ -192,10 +197,7 @@ impl DataSpace {
             if c >= total {
                 continue;
             }
-            set_bit(&mut self.used_bits, c, true);
-            self.overlay.insert(c, 1);
-            self.allocated.insert(c);
-            self.used += 1;
+            self.take(c);
             self.hint = c + 1;
             return Some(c);
         }
@@ -221,10 +223,7 @@ impl DataSpace {
             c += 1;
             if c - start == n {
                 for x in start..c {
-                    set_bit(&mut self.used_bits, x, true);
-                    self.overlay.insert(x, 1);
-                    self.allocated.insert(x);
-                    self.used += 1;
+                    self.take(x);
                 }
                 return Some(start);
             }

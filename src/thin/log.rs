@@ -235,13 +235,19 @@ impl ThinPool {
     /// The commit of round `r` succeeded (caller holds the gate for
     /// write): the log starts again, and flushes called before it are done.
     pub(crate) fn log_committed(&self, r: u64) {
+        self.log_restart();
+        self.log.done.fetch_max(r, Ordering::AcqRel);
+    }
+
+    /// Nothing is queued for a record any more, and the next record is
+    /// the first of the transaction (the memory now matches the commit).
+    fn log_restart(&self) {
         self.log.maps.lock().clear();
         if let Some(c) = &self.csums {
             c.forget_unlogged();
         }
         *self.log.next_seq.lock() = 1;
         self.log.unlogged.store(false, Ordering::Release);
-        self.log.done.fetch_max(r, Ordering::AcqRel);
     }
 
     /// The pool went back to its last commit (`pool clear`): what the log
@@ -249,12 +255,7 @@ impl ThinPool {
     /// flush in progress must not succeed (its writes may be gone too).
     pub(crate) fn log_reset(&self) {
         self.log.epoch.fetch_add(1, Ordering::AcqRel);
-        self.log.maps.lock().clear();
-        if let Some(c) = &self.csums {
-            c.forget_unlogged();
-        }
-        *self.log.next_seq.lock() = 1;
-        self.log.unlogged.store(false, Ordering::Release);
+        self.log_restart();
     }
 
     /// Make every write completed before this call durable: through the
