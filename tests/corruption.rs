@@ -124,6 +124,22 @@ fn every_copy_damaged_gives_clear_errors() {
     assert!(matches!(err, Error::Corrupt(_)), "{err}");
     assert_eq!(err.errno(), libc::EIO);
     assert!(err.to_string().contains("metadata block"), "{err}");
+    // Typed: the block, and each copy's reason.
+    let d = err.damage().expect("damage");
+    assert_eq!(
+        d.block,
+        Some(pool.mapping_root("db", None).unwrap()),
+        "{err}"
+    );
+    match &d.why {
+        vpool::error::Why::Copies(c) => {
+            assert_eq!(c.len(), 2, "{err}");
+            assert!(c.iter().all(
+                |c| c.why == vpool::error::CopyWhy::Invalid(vpool::error::BlockFault::Checksum)
+            ));
+        }
+        w => panic!("not a per-copy reason: {w:?}"),
+    }
     let e = pool.check(false).unwrap_err();
     assert!(e.to_string().contains("checksum"), "{e}");
     drop(pool);

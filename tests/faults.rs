@@ -235,12 +235,28 @@ fn linear_and_raid0_fail_the_io_and_keep_the_member() {
         // Data (not the metadata copy) on member 0, where linear starts.
         plans[0].fail_reads(pool.label().data_start..u64::MAX);
         let vol = pool.volume("a", None).unwrap();
-        let mut any_err = false;
+        let mut first_err = None;
         for off in (0..VOL).step_by(1 << 20) {
             let mut got = vec![0u8; 1 << 20];
-            any_err |= vol.read_at(&mut got, off as u64).is_err();
+            if let Err(e) = vol.read_at(&mut got, off as u64) {
+                first_err.get_or_insert(e);
+            }
         }
-        assert!(any_err, "{level}: reads from the bad member must fail");
+        let e = first_err.unwrap_or_else(|| panic!("{level}: reads from the bad member must fail"));
+        // The error names the member, the operation and where.
+        let m = e
+            .member()
+            .unwrap_or_else(|| panic!("{level}: no member in {e}"));
+        assert_eq!(
+            (m.member, m.op),
+            (0, vpool::error::Op::Read),
+            "{level}: {e}"
+        );
+        let at = m
+            .offset
+            .unwrap_or_else(|| panic!("{level}: no offset in {e}"));
+        assert!(at >= pool.label().data_start, "{level}: {e}");
+        assert!(e.to_string().contains("member 0 ("), "{level}: {e}");
         let info = pool.info();
         assert_eq!(info.members[0].state, "online", "{level}");
         assert_eq!(info.health, "online", "{level}");

@@ -206,7 +206,7 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
             let r = dev
                 .read_at(&mut b, off)
                 .map_err(|e| e.to_string())
-                .and_then(|_| Superblock::decode(&b));
+                .and_then(|_| Superblock::decode(&b).map_err(|e| e.to_string()));
             sbs.push(match r {
                 Ok(s) => SuperblockView {
                     slot,

@@ -9,7 +9,7 @@
 //! copy. Snapshots share a whole tree by raising the root's count: O(1).
 
 use super::node::{gen_tag, Node, GEN_NEW};
-use crate::error::Result;
+use crate::error::{BlockFault, Damage, Error, Result, Why};
 use std::sync::Arc;
 
 /// What a leaf value points at, for reference counting.
@@ -81,47 +81,51 @@ impl Expect {
         }
     }
 
+    /// The error for block `b`, refused for `why`.
+    pub fn damage(&self, b: u64, why: BlockFault) -> Error {
+        Damage::block("tree node", b, Why::Block(why))
+            .in_tree(self.owner)
+            .into()
+    }
+
     /// Why `n` is not the child its parent points at, if it is not.
-    pub fn check(&self, n: &Node) -> std::result::Result<(), String> {
+    pub fn check(&self, n: &Node) -> std::result::Result<(), BlockFault> {
         if let Some(level) = self.level.filter(|&l| l != n.level) {
-            return Err(format!(
-                "level {} where its parent expects {level}",
-                n.level
-            ));
+            return Err(BlockFault::Level {
+                found: n.level,
+                expected: level,
+            });
         }
         if n.value_size != self.value_size {
-            return Err(format!(
-                "value size {} where its tree has {}",
-                n.value_size, self.value_size
-            ));
+            return Err(BlockFault::ValueSize {
+                found: n.value_size as u16,
+                expected: self.value_size as u16,
+            });
         }
         if self.gen != 0 && self.gen != GEN_NEW && gen_tag(n.txid) != self.gen {
-            return Err(format!(
-                "written by transaction {}, not the one its parent points at (a lost write left an older version)",
-                n.txid
-            ));
+            return Err(BlockFault::Stale(n.txid));
         }
         let fixed = |o: u64| o >= FIXED_OWNERS;
         if (fixed(self.owner) || fixed(n.owner)) && n.owner != self.owner {
-            return Err(format!(
-                "owner {:#x} where its tree is {:#x}",
-                n.owner, self.owner
-            ));
+            return Err(BlockFault::Owner {
+                found: n.owner,
+                expected: self.owner,
+            });
         }
         let (Some(&first), Some(&last)) = (n.keys.first(), n.keys.last()) else {
             if self.level.is_none() {
                 return Ok(());
             }
-            return Err("empty, where its parent points at entries".into());
+            return Err(BlockFault::Empty);
         };
         if first < self.lo {
-            return Err(format!(
-                "keys start at {first}, below its parent's {}",
-                self.lo
-            ));
+            return Err(BlockFault::KeysBelow {
+                first,
+                low: self.lo,
+            });
         }
-        if let Some(hi) = self.hi.filter(|&hi| last >= hi) {
-            return Err(format!("keys reach {last}, past its parent's bound {hi}"));
+        if let Some(high) = self.hi.filter(|&hi| last >= hi) {
+            return Err(BlockFault::KeysPast { last, high });
         }
         Ok(())
     }
@@ -134,9 +138,7 @@ pub trait NodeStore {
     /// with several copies tries the next copy when one disagrees.
     fn read_child(&self, b: u64, expect: &Expect) -> Result<Arc<Node>> {
         let n = self.read_node(b)?;
-        expect
-            .check(&n)
-            .map_err(|e| crate::error::Error::Corrupt(format!("node {b}: {e}")))?;
+        expect.check(&n).map_err(|e| expect.damage(b, e))?;
         Ok(n)
     }
     fn write_node(&mut self, b: u64, node: Node);

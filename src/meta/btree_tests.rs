@@ -3,7 +3,7 @@
 //! is never written again) and counts every reference.
 
 use super::*;
-use crate::error::Error;
+use crate::error::{BlockFault, Error, Why};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -50,7 +50,7 @@ impl NodeStore for MemStore {
         self.nodes
             .get(&b)
             .cloned()
-            .ok_or_else(|| Error::Corrupt(format!("no block {b}")))
+            .ok_or_else(|| Error::corrupt(format!("no block {b}")))
     }
     fn write_node(&mut self, b: u64, node: Node) {
         assert!(
@@ -341,11 +341,23 @@ fn a_node_that_is_not_what_its_parent_expects_is_refused() {
     let stray = (*s.read_node(b).unwrap()).clone();
     s.nodes.insert(a, Arc::new(stray));
     let err = lookup(&s, &SPEC, root, 0).unwrap_err();
-    assert!(matches!(err, Error::Corrupt(_)), "{err}");
+    // The error names the block, its tree and why: keys past the bound.
+    let d = err.damage().unwrap_or_else(|| panic!("not damage: {err}"));
+    assert_eq!((d.block, d.tree), (Some(a), Some(SPEC.owner)), "{err}");
+    assert!(
+        matches!(d.why, Why::Block(BlockFault::KeysPast { .. })),
+        "{err}"
+    );
     // Another tree's node (other owner kind) at a child's place.
     let mut foreign = (*s.read_node(b).unwrap()).clone();
     foreign.owner = FIXED_OWNERS + 1;
     s.nodes.insert(b, Arc::new(foreign));
     let k = top.keys[1];
-    assert!(lookup(&s, &SPEC, root, k).is_err());
+    let err = lookup(&s, &SPEC, root, k).unwrap_err();
+    let d = err.damage().unwrap_or_else(|| panic!("not damage: {err}"));
+    assert_eq!(d.block, Some(b));
+    assert!(
+        matches!(d.why, Why::Block(BlockFault::Owner { found, .. }) if found == FIXED_OWNERS + 1),
+        "{err}"
+    );
 }

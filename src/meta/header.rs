@@ -3,6 +3,7 @@
 //! own block number, writing transaction, pool, owning tree, level, key range.
 
 use super::codec::*;
+use crate::error::BlockFault;
 
 pub const HEADER_SIZE: usize = 64;
 pub const FORMAT_VERSION: u16 = 1;
@@ -30,6 +31,18 @@ impl BlockKind {
             BlockKind::Intent => salt::INTENT,
             BlockKind::LogDir => salt::LOG_DIR,
             BlockKind::Log => salt::LOG,
+        }
+    }
+
+    /// How errors name the kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockKind::Node => "tree node",
+            BlockKind::Catalog => "catalog block",
+            BlockKind::SpaceMap => "space-map page",
+            BlockKind::Intent => "write-intent block",
+            BlockKind::LogDir => "flush-log directory",
+            BlockKind::Log => "flush-log block",
         }
     }
 }
@@ -103,34 +116,34 @@ impl Header {
         blocknr: u64,
         pool_tag: u64,
         max_txid: u64,
-    ) -> Result<Header, String> {
+    ) -> Result<Header, BlockFault> {
         if b.len() != BLOCK_SIZE {
-            return Err(format!("block is {} bytes, expected {BLOCK_SIZE}", b.len()));
+            return Err(BlockFault::Size(b.len()));
         }
         let h = Header::read(b);
         if h.kind != kind as u16 {
-            return Err(format!("kind {} where {:?} expected", h.kind, kind));
+            return Err(BlockFault::Kind {
+                found: h.kind,
+                expected: kind.name(),
+            });
         }
         if !verify(b, kind.salt()) {
-            return Err("checksum mismatch".into());
+            return Err(BlockFault::Checksum);
         }
         if get_u16(b, VERSION) != FORMAT_VERSION {
-            return Err(format!("unsupported block version {}", get_u16(b, VERSION)));
+            return Err(BlockFault::Version(get_u16(b, VERSION) as u32));
         }
         if h.blocknr != blocknr {
-            return Err(format!(
-                "block claims number {} (misplaced write)",
-                h.blocknr
-            ));
+            return Err(BlockFault::Misplaced(h.blocknr));
         }
         if h.pool_tag != pool_tag {
-            return Err("block belongs to another pool".into());
+            return Err(BlockFault::ForeignPool);
         }
         if h.txid > max_txid {
-            return Err(format!(
-                "written by transaction {} after the last commit {max_txid}",
-                h.txid
-            ));
+            return Err(BlockFault::Future {
+                found: h.txid,
+                last: max_txid,
+            });
         }
         Ok(h)
     }

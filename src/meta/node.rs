@@ -9,6 +9,7 @@
 
 use super::codec::*;
 use super::header::{BlockKind, Header, HEADER_SIZE};
+use crate::error::BlockFault;
 
 /// Bits of a block pointer that hold the block number.
 pub const BLOCK_BITS: u32 = 40;
@@ -150,18 +151,22 @@ impl Node {
 
     /// Decode a block already validated by [`Header::validate`]; checks the
     /// node's own structure (sizes, key order).
-    pub fn decode(b: &[u8]) -> Result<Node, String> {
+    pub fn decode(b: &[u8]) -> Result<Node, BlockFault> {
         if b.len() != BLOCK_SIZE {
-            return Err("node is not 4096 bytes".into());
+            return Err(BlockFault::Size(b.len()));
         }
         let h = Header::read(b);
         let nr = h.nr_entries as usize;
         let vs = h.value_size as usize;
         if vs == 0 || vs > 256 {
-            return Err(format!("node value size {vs} out of range"));
+            return Err(BlockFault::Malformed(format!(
+                "node value size {vs} out of range"
+            )));
         }
         if nr > max_entries(h.level, vs) {
-            return Err(format!("node holds {nr} entries, more than fit"));
+            return Err(BlockFault::Malformed(format!(
+                "node holds {nr} entries, more than fit"
+            )));
         }
         let mut keys = Vec::with_capacity(nr);
         let mut o = HEADER_SIZE;
@@ -170,7 +175,7 @@ impl Node {
             o += 8;
         }
         if keys.windows(2).any(|w| w[0] >= w[1]) {
-            return Err("node keys out of order".into());
+            return Err(BlockFault::Malformed("node keys out of order".into()));
         }
         let mut node = Node::internal(h.owner, vs, h.level);
         node.keys = keys;
@@ -181,7 +186,9 @@ impl Node {
             for _ in 0..nr {
                 let (c, tag) = unpack_ptr(get_u64(b, o));
                 if c == 0 {
-                    return Err("internal node points at block 0".into());
+                    return Err(BlockFault::Malformed(
+                        "internal node points at block 0".into(),
+                    ));
                 }
                 node.children.push(c);
                 node.gens.push(tag);

@@ -7,6 +7,7 @@
 
 use super::codec::*;
 use super::header::{BlockKind, Header, HEADER_SIZE};
+use crate::error::BlockFault;
 use std::collections::{BTreeSet, HashSet};
 
 pub const ENTRIES_PER_PAGE: usize = (BLOCK_SIZE - HEADER_SIZE) / 4;
@@ -201,12 +202,14 @@ impl MetaSpaceMap {
     }
 
     /// Decode a validated page into `counts`.
-    pub fn decode_page(b: &[u8], p: usize, counts: &mut [u32]) -> Result<(), String> {
+    pub fn decode_page(b: &[u8], p: usize, counts: &mut [u32]) -> Result<(), BlockFault> {
         let h = Header::read(b);
         let first = p * ENTRIES_PER_PAGE;
         let last = ((p + 1) * ENTRIES_PER_PAGE).min(counts.len());
         if h.low_key != first as u64 || h.nr_entries as usize != last - first {
-            return Err(format!("space-map page {p} describes the wrong range"));
+            return Err(BlockFault::Malformed(format!(
+                "space-map page {p} describes the wrong range"
+            )));
         }
         for i in 0..last - first {
             counts[first + i] = get_u32(b, HEADER_SIZE + i * 4);

@@ -4,6 +4,7 @@
 
 use super::codec::*;
 use super::node::{pack_ptr, unpack_ptr};
+use crate::error::BlockFault;
 
 pub const SB_MAGIC: u32 = 0x4253_5056; // "VPSB"
 pub const SB_VERSION: u32 = 1;
@@ -271,20 +272,20 @@ impl Superblock {
         b
     }
 
-    pub fn decode(b: &[u8]) -> Result<Superblock, String> {
+    pub fn decode(b: &[u8]) -> Result<Superblock, BlockFault> {
         if b.len() < BLOCK_SIZE {
-            return Err("superblock shorter than 4096 bytes".into());
+            return Err(BlockFault::Size(b.len()));
         }
         let b = &b[..BLOCK_SIZE];
         if get_u32(b, 4) != SB_MAGIC {
-            return Err("no superblock (magic missing)".into());
+            return Err(BlockFault::NoMagic);
         }
         if !verify(b, salt::SUPERBLOCK) {
-            return Err("superblock checksum mismatch".into());
+            return Err(BlockFault::Checksum);
         }
         let version = get_u32(b, 8);
         if !(SB_VERSION..=SB_VERSION_LOG).contains(&version) {
-            return Err(format!("superblock version {version} is not supported"));
+            return Err(BlockFault::Version(version));
         }
         let msm_pages = get_u32(b, 128);
         // Before version 6 the selector could reach the last bytes.
@@ -294,11 +295,15 @@ impl Superblock {
             _ => MAX_MSM_PAGES_V5,
         };
         if msm_pages as usize > max_pages {
-            return Err(format!("superblock claims {msm_pages} space-map pages"));
+            return Err(BlockFault::Malformed(format!(
+                "superblock claims {msm_pages} space-map pages"
+            )));
         }
         let members = get_u32(b, 132) as usize;
         if members > MAX_STATES {
-            return Err(format!("superblock claims {members} members"));
+            return Err(BlockFault::Malformed(format!(
+                "superblock claims {members} members"
+            )));
         }
         let mut pool_uuid = [0u8; 16];
         pool_uuid.copy_from_slice(&b[24..40]);
@@ -322,7 +327,9 @@ impl Superblock {
             .iter()
             .any(|&r| r > super::node::BLOCK_MASK)
         {
-            return Err("superblock root pointer beyond any metadata area".into());
+            return Err(BlockFault::Malformed(
+                "superblock root pointer beyond any metadata area".into(),
+            ));
         }
         let transition = if version == SB_VERSION_TRANSITION
             || (version >= SB_VERSION_HEALTH && get_u32(b, TRANSITION) != 0)
@@ -353,7 +360,9 @@ impl Superblock {
                 _ => false,
             };
             if !ok {
-                return Err(format!("superblock records an impossible transition {t:?}"));
+                return Err(BlockFault::Malformed(format!(
+                    "superblock records an impossible transition {t:?}"
+                )));
             }
             Some(t)
         } else {
@@ -366,7 +375,7 @@ impl Superblock {
             true => {
                 let list = &b[EXTENTS..];
                 let first = get_u64(list, 8);
-                super::extent::decode(list, first)?
+                super::extent::decode(list, first).map_err(BlockFault::Malformed)?
             }
             false => Vec::new(),
         };
@@ -376,14 +385,18 @@ impl Superblock {
             false => (get_u64(b, 56), 0),
         };
         if catalog_tree && catalog_head > super::node::BLOCK_MASK {
-            return Err("superblock catalog root beyond any metadata area".into());
+            return Err(BlockFault::Malformed(
+                "superblock catalog root beyond any metadata area".into(),
+            ));
         }
         let log_dir = match version >= SB_VERSION_LOG && features & FEATURE_LOG != 0 {
             true => get_u64(b, LOG_DIR),
             false => 0,
         };
         if log_dir > super::node::BLOCK_MASK {
-            return Err("superblock flush-log directory beyond any metadata area".into());
+            return Err(BlockFault::Malformed(
+                "superblock flush-log directory beyond any metadata area".into(),
+            ));
         }
         Ok(Superblock {
             txid: get_u64(b, 16),
@@ -519,7 +532,7 @@ mod tests {
             t.removed = 3;
         }
         let err = Superblock::decode(&sb.encode()).unwrap_err();
-        assert!(err.contains("impossible transition"), "{err}");
+        assert!(err.to_string().contains("impossible transition"), "{err}");
         // A failed member needs version 3, with or without a transition.
         sb.transition = None;
         sb.member_states = vec![0, 2, 0];

@@ -231,8 +231,8 @@ impl Pool {
         }
         let chunk_size = first.chunk_size;
         if meta.committed().chunk_size != chunk_size {
-            return Err(Error::Corrupt(
-                "superblock and label disagree on the chunk size".into(),
+            return Err(Error::corrupt(
+                "superblock and label disagree on the chunk size",
             ));
         }
         let state = super::grow::resume_state(&first, geo, members, &mut meta, &mut warnings)?;

@@ -347,7 +347,7 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
         Loc::Superblock(off),
         "current superblock".into(),
         Box::new(move |b: &[u8]| {
-            let s = Superblock::decode(b)?;
+            let s = Superblock::decode(b).map_err(|e| e.to_string())?;
             if s.txid != want {
                 Err(format!("holds transaction {} not {want}", s.txid))
             } else {
@@ -366,7 +366,9 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
             Loc::Place(Place::Page(p, slot)),
             format!("space-map page {p}"),
             Box::new(move |b: &[u8]| {
-                Header::validate(b, BlockKind::SpaceMap, nr, tag, max).map(|_| ())
+                Header::validate(b, BlockKind::SpaceMap, nr, tag, max)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }),
         ));
     }
@@ -399,9 +401,9 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
             Loc::Place(Place::Block(b)),
             format!("metadata block {b} ({kind:?})"),
             Box::new(move |blk: &[u8]| {
-                Header::validate(blk, kind, b, tag, max)?;
+                Header::validate(blk, kind, b, tag, max).map_err(|e| e.to_string())?;
                 if kind == BlockKind::Node {
-                    Node::decode(blk)?;
+                    Node::decode(blk).map_err(|e| e.to_string())?;
                 }
                 Ok(())
             }),

@@ -82,7 +82,7 @@ pub(crate) fn resume_state(
     if let Some(t) = t.filter(|t| t.kind == TRANSITION_REBUILD) {
         let k = t.removed as usize;
         if t.old_members as usize != n {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::corrupt(format!(
                 "a rebuild of member {k} of {} is recorded but the labels list {n}",
                 t.old_members
             )));
@@ -115,7 +115,7 @@ pub(crate) fn resume_state(
             "an interrupted `pool add` ({known} to {n} members) is taken up again"
         ));
         if n - known != 1 && label.level != RaidLevel::Linear {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::corrupt(format!(
                 "labels list {n} members, the metadata {known}: only one member is added at a time"
             )));
         }
@@ -125,7 +125,7 @@ pub(crate) fn resume_state(
     }
     if let Some(t) = &t {
         if t.old_members as usize + 1 != n {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::corrupt(format!(
                 "a transition from {} members is recorded but the labels list {n}",
                 t.old_members
             )));

@@ -194,7 +194,7 @@ impl Pool {
             self.rebuild_step(&st, sbt, max_bytes)?
         } else {
             let t = st.transition.clone().ok_or_else(|| {
-                Error::Corrupt("array and metadata disagree on the layout change".into())
+                Error::corrupt("array and metadata disagree on the layout change")
             })?;
             match &t.kind {
                 TransitionKind::Resync { member } => {
@@ -202,8 +202,8 @@ impl Pool {
                 }
                 TransitionKind::Restripe { old } => restripe_step(thin, &st, old, sbt, max_bytes)?,
                 TransitionKind::Shrink { .. } | TransitionKind::Rebuild { .. } => {
-                    return Err(Error::Corrupt(
-                        "array and metadata disagree on the layout change".into(),
+                    return Err(Error::corrupt(
+                        "array and metadata disagree on the layout change",
                     ))
                 }
             }
@@ -365,7 +365,7 @@ fn restripe_step(
             // The rule: new rows below r2 overwrite only old rows already moved.
             let r2 = (pos / ow).min(r1 + (max_bytes / nw).max(1)).min(rows);
             if r2 <= r1 {
-                return Err(Error::Corrupt(format!(
+                return Err(Error::corrupt(format!(
                     "reshape checkpoint {pos} does not allow progress"
                 )));
             }

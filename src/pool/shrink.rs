@@ -86,7 +86,7 @@ pub(crate) fn resume_shrink(
     if n + 1 == t.old_members as usize {
         // The labels already have the new member table.
         if t.phase != PHASE_DONE {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::corrupt(format!(
                 "labels list {n} members but the removal of member {k} is still moving data"
             )));
         }
@@ -97,7 +97,7 @@ pub(crate) fn resume_shrink(
         });
     }
     if n != t.old_members as usize || k >= n {
-        return Err(Error::Corrupt(format!(
+        return Err(Error::corrupt(format!(
             "a removal of member {k} of {} is recorded but the labels list {n}",
             t.old_members
         )));
@@ -300,8 +300,8 @@ impl Pool {
                     ..
                 }) = &st.transition
                 else {
-                    return Err(Error::Corrupt(
-                        "array and metadata disagree on the member removal".into(),
+                    return Err(Error::corrupt(
+                        "array and metadata disagree on the member removal",
                     ));
                 };
                 if sbt.phase == PHASE_BACKUP {

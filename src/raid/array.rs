@@ -394,7 +394,7 @@ impl Array {
         for (i, &m) in which.iter().enumerate() {
             if let Some(dev) = view.dev(m) {
                 let mut r = results[i].take();
-                match view.io(m, dev, Dir::Flush, || {
+                match view.io(m, dev, Dir::Flush, None, || {
                     r.take().unwrap_or_else(|| dev.flush())
                 }) {
                     Ok(()) | Err(Fault::MemberFailed) => {}

@@ -16,6 +16,8 @@
 //! write acknowledged as durable.
 
 use super::RaidLevel;
+use crate::device::DeviceRef;
+use crate::error::{MemberIo, Op};
 use parking_lot::Mutex;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,6 +76,28 @@ pub enum Dir {
     Write,
     /// Never retried (see the module's documentation).
     Flush,
+}
+
+impl Dir {
+    /// Member `m`'s error `e`, as an `io::Error` that names the member,
+    /// its device and the offset (a [`MemberIo`]).
+    pub fn failed(self, m: usize, dev: &DeviceRef, at: Option<u64>, e: io::Error) -> io::Error {
+        if MemberIo::of(&e).is_some() {
+            return e;
+        }
+        MemberIo {
+            member: m,
+            device: dev.name(),
+            op: match self {
+                Dir::Read => Op::Read,
+                Dir::Write => Op::Write,
+                Dir::Flush => Op::Flush,
+            },
+            offset: at,
+            source: e,
+        }
+        .into_io()
+    }
 }
 
 impl Health {

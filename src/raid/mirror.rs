@@ -6,6 +6,7 @@
 
 use super::health::{Dir, Health};
 use crate::device::DeviceRef;
+use crate::error::{BlockFault, CopyFault, CopyWhy};
 use parking_lot::Mutex;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,7 +30,7 @@ pub struct MetaMirror {
 }
 
 /// Outcome of validating one copy of a metadata block.
-pub type Validator<'a> = &'a mut dyn FnMut(&[u8]) -> Result<(), String>;
+pub type Validator<'a> = &'a mut dyn FnMut(&[u8]) -> Result<(), BlockFault>;
 
 impl MetaMirror {
     pub fn new(copies: Vec<(usize, Option<DeviceRef>)>) -> MetaMirror {
@@ -94,6 +95,7 @@ impl MetaMirror {
         &self,
         what: &str,
         dir: Dir,
+        at: Option<u64>,
         mut f: impl FnMut(&DeviceRef) -> io::Result<()>,
     ) -> io::Result<()> {
         if let Some(e) = self.health.broken_error() {
@@ -128,10 +130,7 @@ impl MetaMirror {
                         ));
                     }
                     // The other copies are still written (and flushed).
-                    first.get_or_insert(io::Error::new(
-                        e.kind(),
-                        format!("metadata copy on member {m} ({}): {e}", dev.name()),
-                    ));
+                    first.get_or_insert(dir.failed(m, dev, at, e));
                 }
             }
         }
@@ -172,7 +171,9 @@ impl MetaMirror {
     }
 
     pub fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.each_copy("write", Dir::Write, |dev| dev.write_at(buf, offset))
+        self.each_copy("write", Dir::Write, Some(offset), |dev| {
+            dev.write_at(buf, offset)
+        })
     }
 
     pub fn flush(&self) -> io::Result<()> {
@@ -180,7 +181,7 @@ impl MetaMirror {
         // if it had just happened (a flush is never retried).
         let devs: Vec<DeviceRef> = self.live().map(|(_, d)| d.clone()).collect();
         let mut results = crate::device::flush_all(&devs);
-        self.each_copy("flush", Dir::Flush, |dev| {
+        self.each_copy("flush", Dir::Flush, None, |dev| {
             match devs.iter().position(|d| std::sync::Arc::ptr_eq(d, dev)) {
                 Some(i) => results[i].take().unwrap_or_else(|| dev.flush()),
                 None => dev.flush(),
@@ -189,18 +190,19 @@ impl MetaMirror {
     }
 
     /// Read `buf.len()` bytes at `offset` from the first copy the validator
-    /// accepts; repair copies that were rejected. Errors list every copy's
-    /// failure.
+    /// accepts; repair copies that were rejected. Errors say why each copy
+    /// failed.
     pub fn read_valid(
         &self,
         what: &str,
         offset: u64,
         buf: &mut [u8],
         valid: Validator,
-    ) -> Result<(), String> {
+    ) -> Result<(), Vec<CopyFault>> {
         let mut failures = Vec::new();
         let mut bad = Vec::new();
         for (member, dev) in self.live() {
+            let copy = format!("member {member} ({})", dev.name());
             match self
                 .health
                 .attempt(member, Dir::Read, || dev.read_at(buf, offset))
@@ -222,18 +224,21 @@ impl MetaMirror {
                         return Ok(());
                     }
                     Err(why) => {
-                        let msg = format!("member {member} ({}): {why}", dev.name());
-                        failures.push(msg.clone());
-                        bad.push((dev, msg));
+                        let f = CopyFault {
+                            copy,
+                            why: CopyWhy::Invalid(why),
+                        };
+                        bad.push((dev, f.to_string()));
+                        failures.push(f);
                     }
                 },
-                Err(e) => failures.push(format!("member {member} ({}): {e}", dev.name())),
+                Err(e) => failures.push(CopyFault {
+                    copy,
+                    why: CopyWhy::Io(e.to_string()),
+                }),
             }
         }
-        if failures.is_empty() {
-            failures.push("no copy of the metadata area is present".into());
-        }
-        Err(failures.join("; "))
+        Err(failures)
     }
 
     /// Read one copy as-is (for inspection tools).

@@ -75,7 +75,7 @@ impl ThinPool {
         let mut to: HashMap<u64, u64> = HashMap::new();
         let copied = picked.iter().try_for_each(|&c| {
             if !refs.iter().any(|r| r.2 == c) {
-                return Err(Error::Corrupt(format!(
+                return Err(Error::corrupt(format!(
                     "data chunk {c} is marked in use but no volume maps it; run `vpool check` before removing a member"
                 )));
             }
@@ -109,7 +109,7 @@ impl ThinPool {
                     &encode_mapping(dst),
                 )?;
                 if old.as_deref().map(|o| get_u64(o, 0)) != Some(c) {
-                    return Err(Error::Corrupt(format!(
+                    return Err(Error::corrupt(format!(
                         "volume {id} chunk {k} changed while being moved"
                     )));
                 }

@@ -302,7 +302,7 @@ mod errno_tests {
         assert_eq!(nbd_error(Error::Invalid("x".into()).errno()), EINVAL);
         assert_eq!(nbd_error(Error::NotFound("v".into()).errno()), EIO);
         assert_eq!(nbd_error(Error::InUse("v".into()).errno()), EIO);
-        assert_eq!(nbd_error(Error::Corrupt("b".into()).errno()), EIO);
+        assert_eq!(nbd_error(Error::corrupt("b").errno()), EIO);
         let full = Error::NoSpace {
             pool: "tank".into(),
             detail: String::new(),

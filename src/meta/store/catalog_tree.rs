@@ -118,15 +118,11 @@ impl MetaStore {
             },
         )?;
         if let Some(e) = bad {
-            return Err(Error::Corrupt(e));
+            return Err(Error::corrupt(e));
         }
         let name = match records.first() {
             Some(r) if r.id == 0 => records.remove(0).name,
-            _ => {
-                return Err(Error::Corrupt(
-                    "the catalog tree has no pool name record".into(),
-                ))
-            }
+            _ => return Err(Error::corrupt("the catalog tree has no pool name record")),
         };
         self.catalog_saved = records.iter().map(|r| (r.id, r.clone())).collect();
         self.catalog_saved.insert(0, name_record(&name));

@@ -3,6 +3,7 @@
 //! growing the metadata space. See `meta::extent` for the layout.
 
 use super::*;
+use crate::error::{CopyFault, CopyWhy};
 use crate::meta::extent::{self, MetaExtent, MAX_EXTENTS};
 use crate::meta::spacemap::pages_for;
 use crate::raid::Array;
@@ -107,34 +108,42 @@ impl MetaStore {
     }
 
     /// Read `place` from the first copy `valid` accepts; copies it rejects
-    /// are rewritten from that one.
+    /// are rewritten from that one. Errors say why each copy failed.
     pub(crate) fn read_place_valid(
         &self,
         what: &str,
         place: Place,
         buf: &mut [u8],
         valid: crate::raid::Validator,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), Vec<CopyFault>> {
+        let unread = |copy: &str, e: io::Error| CopyFault {
+            copy: copy.to_string(),
+            why: CopyWhy::Io(e.to_string()),
+        };
         if !self.place_exists(place) {
-            return Err(Self::nowhere(place).to_string());
+            return Err(vec![unread("the metadata area", Self::nowhere(place))]);
         }
         let Some(e) = self.extent_of(place) else {
             return self
                 .mirror
                 .read_valid(what, self.fixed_offset(place), buf, valid);
         };
-        let array = self.ext_array().map_err(|e| e.to_string())?;
+        let array = self
+            .ext_array()
+            .map_err(|e| vec![unread("the metadata extents", e)])?;
         let mut failures = Vec::new();
         let mut bad = Vec::new();
         for c in 0..e.copies.len() {
             let off = Self::ext_offset(e, c, place);
-            let r = array
-                .read(off, buf)
-                .map_err(|x| x.to_string())
-                .and_then(|()| valid(buf));
+            let copy = format!("extent copy {c}");
+            let r = match array.read(off, buf) {
+                Ok(()) => valid(buf).map_err(CopyWhy::Invalid),
+                Err(x) => Err(CopyWhy::Io(x.to_string())),
+            };
             match r {
                 Ok(()) => {
-                    for (c, off, why) in bad {
+                    for f in bad {
+                        let (f, off): (CopyFault, u64) = f;
                         let (outcome, done) = match array.write(off, buf) {
                             Ok(()) => {
                                 self.ext_unflushed.store(true, Ordering::Release);
@@ -143,17 +152,18 @@ impl MetaStore {
                             Err(e) => (format!("not rewritten: {e}"), false),
                         };
                         self.mirror
-                            .note_event(format!("{what}: extent copy {c}: {why}; {outcome}"), done);
+                            .note_event(format!("{what}: {f}; {outcome}"), done);
                     }
                     return Ok(());
                 }
                 Err(why) => {
-                    failures.push(format!("extent copy {c}: {why}"));
-                    bad.push((c, off, why));
+                    let f = CopyFault { copy, why };
+                    bad.push((f.clone(), off));
+                    failures.push(f);
                 }
             }
         }
-        Err(failures.join("; "))
+        Err(failures)
     }
 
     /// Every copy of `place` as stored (for the checker): copy index,

@@ -14,6 +14,7 @@
 
 use super::extents::Place;
 use super::*;
+use crate::error::{BlockFault, Damage, Why};
 use crate::meta::spacemap::pages_for;
 use crate::meta::superblock::MAX_MSM_PAGES;
 use std::io;
@@ -103,18 +104,16 @@ impl MetaStore {
         let blk = self.read_block(dir, BlockKind::LogDir)?;
         let n = Header::read(&blk).nr_entries as usize;
         if n > DIR_ENTRIES {
-            return Err(corrupt(format!(
-                "the flush log's directory (block {dir}) lists {n} blocks"
-            )));
+            let why = BlockFault::Malformed(format!("lists {n} blocks"));
+            return Err(Damage::block(BlockKind::LogDir.name(), dir, Why::Block(why)).into());
         }
         let blocks: Vec<u64> = (0..n).map(|i| get_u64(&blk, HEADER_SIZE + 8 * i)).collect();
         if let Some(b) = blocks
             .iter()
             .find(|&&b| !self.place_exists(Place::Block(b)))
         {
-            return Err(corrupt(format!(
-                "the flush log's directory (block {dir}) names block {b}, outside the metadata area"
-            )));
+            let why = BlockFault::Malformed(format!("names block {b}, outside the metadata area"));
+            return Err(Damage::block(BlockKind::LogDir.name(), dir, Why::Block(why)).into());
         }
         self.log_dir = dir;
         self.log_blocks = blocks;

@@ -180,7 +180,7 @@ pub struct MetaStore {
 }
 
 fn corrupt(what: String) -> Error {
-    Error::Corrupt(what)
+    Error::corrupt(what)
 }
 
 impl MetaStore {

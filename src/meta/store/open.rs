@@ -2,6 +2,7 @@
 //! reading metadata blocks from the first valid copy.
 
 use super::*;
+use crate::error::{BlockFault, Damage, Why};
 use crate::meta::spacemap::{pages_for, HOLE};
 
 impl MetaStore {
@@ -145,8 +146,9 @@ impl MetaStore {
             &mut b,
             &mut check,
         )
-        .map_err(|e| corrupt(format!("space-map page {p}: {e}")))?;
-        MetaSpaceMap::decode_page(&b, p, counts).map_err(corrupt)
+        .map_err(|c| Damage::new(format!("space-map page {p}"), Why::Copies(c)))?;
+        MetaSpaceMap::decode_page(&b, p, counts)
+            .map_err(|e| Damage::new(format!("space-map page {p}"), Why::Block(e)).into())
     }
 
     /// The second step of opening (see [`MetaStore::open`]): the metadata
@@ -315,9 +317,7 @@ impl MetaStore {
         expect: Option<&btree::Expect>,
     ) -> Result<Vec<u8>> {
         if !self.place_exists(extents::Place::Block(b)) {
-            return Err(corrupt(format!(
-                "reference to metadata block {b} outside the area"
-            )));
+            return Err(Damage::block(kind.name(), b, Why::Block(BlockFault::OutsideArea)).into());
         }
         let mut buf = vec![0u8; BLOCK_SIZE];
         let (tag, max) = (self.pool_tag, self.committed.txid);
@@ -337,7 +337,13 @@ impl MetaStore {
             &mut buf,
             &mut check,
         )
-        .map_err(|e| corrupt(format!("metadata block {b} ({kind:?}): {e}")))?;
+        .map_err(|c| {
+            let d = Damage::block(kind.name(), b, Why::Copies(c));
+            match expect {
+                Some(e) => d.in_tree(e.owner),
+                None => d,
+            }
+        })?;
         Ok(buf)
     }
 }

@@ -136,7 +136,7 @@ impl NodeStore for MetaStore {
             return Ok(n.clone());
         }
         let blk = self.read_block(b, BlockKind::Node)?;
-        let node = Arc::new(Node::decode(&blk).map_err(|e| corrupt(format!("node {b}: {e}")))?);
+        let node = Arc::new(Node::decode(&blk).map_err(|e| malformed(b, e))?);
         self.cache_of(b).lock().put(b, node.clone());
         Ok(node)
     }
@@ -146,9 +146,7 @@ impl NodeStore for MetaStore {
         if let Some(n) = self.dirty.get(&b).cloned() {
             // Written in this transaction: its generation is not known yet.
             expect.gen = 0;
-            expect
-                .check(&n)
-                .map_err(|e| corrupt(format!("node {b}: {e}")))?;
+            expect.check(&n).map_err(|e| expect.damage(b, e))?;
             return Ok(n);
         }
         if expect.level.is_none() {
@@ -156,13 +154,11 @@ impl NodeStore for MetaStore {
         }
         let cached = self.cache_of(b).lock().get(&b).cloned();
         if let Some(n) = cached {
-            expect
-                .check(&n)
-                .map_err(|e| corrupt(format!("node {b}: {e}")))?;
+            expect.check(&n).map_err(|e| expect.damage(b, e))?;
             return Ok(n);
         }
         let blk = self.read_block_expecting(b, BlockKind::Node, Some(&expect))?;
-        let node = Arc::new(Node::decode(&blk).map_err(|e| corrupt(format!("node {b}: {e}")))?);
+        let node = Arc::new(Node::decode(&blk).map_err(|e| malformed(b, e))?);
         self.cache_of(b).lock().put(b, node.clone());
         Ok(node)
     }
@@ -226,4 +222,9 @@ impl NodeStore for MetaStore {
             ValueKind::Subtree => btree::dec_tree(self, &mapping_spec(0), get_u64(v, 0)),
         }
     }
+}
+
+/// A node whose block passed its checks but does not decode.
+fn malformed(b: u64, why: crate::error::BlockFault) -> Error {
+    crate::error::Damage::block("tree node", b, crate::error::Why::Block(why)).into()
 }

@@ -86,8 +86,10 @@ impl Array {
             let dev = v
                 .dev(c.member)
                 .ok_or_else(|| io::Error::other("member missing"))?;
-            v.io(c.member, dev, Dir::Read, || dev.read_at(buf, moff))
-                .map_err(io_err)
+            v.io(c.member, dev, Dir::Read, Some(moff), || {
+                dev.read_at(buf, moff)
+            })
+            .map_err(io_err)
         } else {
             v.reconstruct(c.member, moff, buf).map_err(io_err)
         }
@@ -104,8 +106,10 @@ impl Array {
             .ok_or_else(|| io::Error::other("member missing"))?;
         let _guard = (st.geo.level == RaidLevel::Raid5)
             .then(|| v.lock((moff - st.geo.data_start) / st.geo.stripe_unit));
-        v.io(c.member, dev, Dir::Write, || dev.write_at(good, moff))
-            .map_err(io_err)
+        v.io(c.member, dev, Dir::Write, Some(moff), || {
+            dev.write_at(good, moff)
+        })
+        .map_err(io_err)
     }
 
     /// RAID5: compare the parity of the rows under `[offset, offset+len)`
@@ -154,8 +158,10 @@ impl Array {
                 let dev = v
                     .dev(pm)
                     .ok_or_else(|| io::Error::other("member missing"))?;
-                v.io(pm, dev, Dir::Write, || dev.write_at(&calc, moff))
-                    .map_err(io_err)?;
+                v.io(pm, dev, Dir::Write, Some(moff), || {
+                    dev.write_at(&calc, moff)
+                })
+                .map_err(io_err)?;
             }
         }
         Ok(bad)
@@ -178,7 +184,7 @@ impl Array {
 
 fn read_member(v: &View, m: usize, moff: u64, buf: &mut [u8]) -> io::Result<()> {
     let dev = v.dev(m).ok_or_else(|| io::Error::other("member missing"))?;
-    v.io(m, dev, Dir::Read, || dev.read_at(buf, moff))
+    v.io(m, dev, Dir::Read, Some(moff), || dev.read_at(buf, moff))
         .map_err(io_err)
 }
 

@@ -68,6 +68,7 @@ impl View<'_> {
         m: usize,
         dev: &DeviceRef,
         dir: Dir,
+        at: Option<u64>,
         f: impl FnMut() -> io::Result<()>,
     ) -> FaultResult<()> {
         let Err(e) = self.health.attempt(m, dir, f) else {
@@ -100,10 +101,7 @@ impl View<'_> {
                 dev.name()
             ));
         }
-        Err(Fault::Io(io::Error::new(
-            e.kind(),
-            format!("member {m} ({}): {e}", dev.name()),
-        )))
+        Err(Fault::Io(dir.failed(m, dev, at, e)))
     }
 
     /// Run `f` until no member fails under it (each retry has one member
@@ -129,7 +127,9 @@ impl View<'_> {
                 for e in self.geo.map(offset, buf.len() as u64) {
                     let dev = self.dev(e.member).ok_or_else(|| missing("read"))?;
                     let piece = &mut buf[e.buf_offset as usize..(e.buf_offset + e.len) as usize];
-                    self.io(e.member, dev, Dir::Read, || dev.read_at(piece, e.offset))?;
+                    self.io(e.member, dev, Dir::Read, Some(e.offset), || {
+                        dev.read_at(piece, e.offset)
+                    })?;
                 }
                 Ok(())
             }
@@ -137,9 +137,9 @@ impl View<'_> {
                 for e in self.geo.map(offset, buf.len() as u64) {
                     let piece = &mut buf[e.buf_offset as usize..(e.buf_offset + e.len) as usize];
                     match self.dev(e.member) {
-                        Some(dev) => {
-                            self.io(e.member, dev, Dir::Read, || dev.read_at(piece, e.offset))?
-                        }
+                        Some(dev) => self.io(e.member, dev, Dir::Read, Some(e.offset), || {
+                            dev.read_at(piece, e.offset)
+                        })?,
                         None => self.reconstruct(e.member, e.offset, piece)?,
                     }
                 }
@@ -158,7 +158,7 @@ impl View<'_> {
                 continue;
             }
             if let Some(dev) = self.dev(m) {
-                match self.io(m, dev, Dir::Read, || dev.read_at(buf, moff)) {
+                match self.io(m, dev, Dir::Read, Some(moff), || dev.read_at(buf, moff)) {
                     Ok(()) => return Ok(()),
                     // Failed and marked: the next mirror serves the read.
                     Err(Fault::MemberFailed) => {}
@@ -192,7 +192,7 @@ impl View<'_> {
         let mut others = (0..self.members.len()).filter(|&m| m != skip);
         let read = |m: usize, buf: &mut [u8]| -> FaultResult<()> {
             let dev = self.dev(m).ok_or_else(|| missing("degraded read"))?;
-            self.io(m, dev, Dir::Read, || dev.read_at(buf, moff))
+            self.io(m, dev, Dir::Read, Some(moff), || dev.read_at(buf, moff))
         };
         let first = others.next().ok_or_else(|| missing("degraded read"))?;
         if out.len() < PARALLEL_READ_MIN {
@@ -241,7 +241,9 @@ impl View<'_> {
                 for e in self.geo.map(offset, buf.len() as u64) {
                     let dev = self.dev(e.member).ok_or_else(|| missing("write"))?;
                     let piece = &buf[e.buf_offset as usize..(e.buf_offset + e.len) as usize];
-                    self.io(e.member, dev, Dir::Write, || dev.write_at(piece, e.offset))?;
+                    self.io(e.member, dev, Dir::Write, Some(e.offset), || {
+                        dev.write_at(piece, e.offset)
+                    })?;
                 }
                 Ok(())
             }),
@@ -254,7 +256,7 @@ impl View<'_> {
         let mut wrote = false;
         for m in 0..self.members.len() {
             if let Some(dev) = self.dev(m) {
-                match self.io(m, dev, Dir::Write, || dev.write_at(buf, moff)) {
+                match self.io(m, dev, Dir::Write, Some(moff), || dev.write_at(buf, moff)) {
                     Ok(()) => wrote = true,
                     Err(Fault::MemberFailed) => {}
                     Err(e) => return Err(e),
@@ -301,12 +303,14 @@ impl View<'_> {
         for (d, unit) in data.chunks(su).enumerate() {
             let m = self.geo.data_member(stripe, d as u64);
             if let Some(dev) = self.dev(m) {
-                self.io(m, dev, Dir::Write, || dev.write_at(unit, moff))?;
+                self.io(m, dev, Dir::Write, Some(moff), || dev.write_at(unit, moff))?;
             }
         }
         let pm = self.geo.parity_member(stripe);
         if let Some(dev) = self.dev(pm) {
-            self.io(pm, dev, Dir::Write, || dev.write_at(&parity, moff))?;
+            self.io(pm, dev, Dir::Write, Some(moff), || {
+                dev.write_at(&parity, moff)
+            })?;
         }
         Ok(())
     }
@@ -329,14 +333,16 @@ impl View<'_> {
                 (Some(dd), Some(pd)) => {
                     let mut parity = vec![0u8; new.len()];
                     let mut old = vec![0u8; new.len()];
-                    self.io(pm, pd, Dir::Read, || pd.read_at(&mut parity, at))?;
-                    self.io(dm, dd, Dir::Read, || dd.read_at(&mut old, at))?;
+                    self.io(pm, pd, Dir::Read, Some(at), || pd.read_at(&mut parity, at))?;
+                    self.io(dm, dd, Dir::Read, Some(at), || dd.read_at(&mut old, at))?;
                     xor_into(&mut parity, &old);
                     xor_into(&mut parity, new);
-                    self.io(dm, dd, Dir::Write, || dd.write_at(new, at))?;
-                    self.io(pm, pd, Dir::Write, || pd.write_at(&parity, at))?;
+                    self.io(dm, dd, Dir::Write, Some(at), || dd.write_at(new, at))?;
+                    self.io(pm, pd, Dir::Write, Some(at), || pd.write_at(&parity, at))?;
                 }
-                (Some(dd), None) => self.io(dm, dd, Dir::Write, || dd.write_at(new, at))?,
+                (Some(dd), None) => {
+                    self.io(dm, dd, Dir::Write, Some(at), || dd.write_at(new, at))?
+                }
                 (None, Some(pd)) => {
                     let mut parity = new.to_vec();
                     let mut tmp = vec![0u8; new.len()];
@@ -345,10 +351,10 @@ impl View<'_> {
                             continue;
                         }
                         let dev = self.dev(m).ok_or_else(|| missing("degraded write"))?;
-                        self.io(m, dev, Dir::Read, || dev.read_at(&mut tmp, at))?;
+                        self.io(m, dev, Dir::Read, Some(at), || dev.read_at(&mut tmp, at))?;
                         xor_into(&mut parity, &tmp);
                     }
-                    self.io(pm, pd, Dir::Write, || pd.write_at(&parity, at))?;
+                    self.io(pm, pd, Dir::Write, Some(at), || pd.write_at(&parity, at))?;
                 }
                 (None, None) => return Err(missing("degraded write").into()),
             }
@@ -373,7 +379,7 @@ impl View<'_> {
                 let Some(s) = self.dev(src) else {
                     return Err(missing("rebuild source").into());
                 };
-                self.io(src, s, Dir::Read, || s.read_at(&mut buf, moff))?;
+                self.io(src, s, Dir::Read, Some(moff), || s.read_at(&mut buf, moff))?;
             }
             RaidLevel::Raid5 => self.xor_others(target, moff, &mut buf)?,
             RaidLevel::Linear | RaidLevel::Raid0 => {
@@ -382,6 +388,8 @@ impl View<'_> {
                 )))
             }
         }
-        self.io(target, dev, Dir::Write, || dev.write_at(&buf, moff))
+        self.io(target, dev, Dir::Write, Some(moff), || {
+            dev.write_at(&buf, moff)
+        })
     }
 }
