@@ -1,5 +1,9 @@
 //! Sizes as users write and read them: binary units (`10G` = 10 GiB), as LVM
-//! and ZFS read them.
+//! and ZFS read them; and (in `chunk`) bytes against data chunks, the one
+//! place the data path converts between them.
+
+mod chunk;
+pub use chunk::{ChunkSize, Pieces};
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();

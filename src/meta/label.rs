@@ -76,6 +76,11 @@ const TABLE: usize = 256; // MAX_MEMBERS x (uuid 16 + data_size 8)
 const ENTRY: usize = 24;
 
 impl Label {
+    /// The data chunk size, for converting bytes and chunks.
+    pub fn chunk(&self) -> crate::units::ChunkSize {
+        crate::units::ChunkSize::new(self.chunk_size)
+    }
+
     /// This pool's label as member `i` (of the member table) writes it, on
     /// a device of `device_size` bytes.
     pub fn for_member(&self, i: usize, device_size: u64) -> Label {

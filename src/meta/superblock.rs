@@ -164,6 +164,11 @@ pub const PHASE_EVACUATE: u32 = 3;
 pub const PHASE_DONE: u32 = 4;
 
 impl Superblock {
+    /// The data chunk size, for converting bytes and chunks.
+    pub fn chunk(&self) -> crate::units::ChunkSize {
+        crate::units::ChunkSize::new(self.chunk_size)
+    }
+
     /// Does this superblock need version 6 (extents, or the catalog tree)?
     pub fn is_v6(&self) -> bool {
         !self.extents.is_empty() || self.catalog_tree

@@ -243,7 +243,7 @@ impl Pool {
         // The rest of the metadata: its extents are read through the array.
         meta.mirror.attach(array.health().clone());
         meta.load(Some(array.clone()))?;
-        let thin = ThinPool::new(array, meta, chunk_size);
+        let thin = ThinPool::new(array, meta, first.chunk());
         let pool = Pool::from_parts(first, thin, warnings);
         *pool.s.spares.lock() = spares;
         // Layout first (rows a restripe left in its backup copy are put

@@ -248,7 +248,7 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
             ));
             continue;
         };
-        let limit = rec.size.div_ceil(meta.committed().chunk_size);
+        let limit = meta.committed().chunk().count(rec.size);
         let mut mapped = 0u64;
         let mut beyond = count_mapping(
             meta,

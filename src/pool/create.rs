@@ -10,6 +10,7 @@ use crate::meta::store::{now, DEFAULT_CACHE_NODES};
 use crate::meta::MetaStore;
 use crate::raid::{Array, Geometry, MetaMirror, RaidLevel};
 use crate::thin::ThinPool;
+use crate::units::ChunkSize;
 
 #[derive(Clone, Debug)]
 pub struct CreateOptions {
@@ -188,7 +189,7 @@ impl Pool {
             member_data: member_data_sizes.clone(),
         };
         let chunk_size = geo.stripe_width();
-        let data_chunks = geo.capacity() / chunk_size;
+        let data_chunks = ChunkSize::new(chunk_size).whole(geo.capacity());
         if data_chunks == 0 {
             return Err(Error::Invalid(
                 "members are too small to hold any data".into(),
@@ -246,7 +247,7 @@ impl Pool {
             write_label(dev, label)?;
         }
         let array = Array::new(geo, devices.into_iter().map(Some).collect());
-        let thin = ThinPool::new(std::sync::Arc::new(array), meta, chunk_size);
+        let thin = ThinPool::new(std::sync::Arc::new(array), meta, ChunkSize::new(chunk_size));
         Ok((
             Pool::from_parts(labels[0].clone(), thin, warnings.clone()),
             warnings,

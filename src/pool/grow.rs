@@ -138,7 +138,7 @@ pub(crate) fn resume_state(
         }
     } else {
         // Linear growth is immediate; make sure the space is there.
-        meta.grow_data(geo.capacity() / label.chunk_size);
+        meta.grow_data(label.chunk().whole(geo.capacity()));
     }
     let transition = t.as_ref().map(|t| transition_of(t, &geo));
     Ok(ArrayState {
@@ -217,7 +217,7 @@ impl Pool {
             )));
         }
         let mut warnings = Vec::new();
-        let chunks = new_geo.capacity() / label.chunk_size;
+        let chunks = label.chunk().whole(new_geo.capacity());
         let meta_need = chunks * META_BYTES_PER_CHUNK / BLOCK_SIZE as u64;
         if meta_need > label.meta_blocks {
             warnings.push(format!(
@@ -267,7 +267,7 @@ impl Pool {
             transition: t.as_ref().map(|t| transition_of(t, &new_geo)),
         });
         thin.commit_locked()?;
-        let size = format_size(chunks * label.chunk_size);
+        let size = format_size(label.chunk().span(chunks));
         let message = match label.level {
             RaidLevel::Linear => format!("pool '{name}' grew to {size}"),
             RaidLevel::Raid1 => format!("pool '{name}' has a new mirror, to be resynced"),

@@ -112,17 +112,17 @@ impl Pool {
     pub fn own_bytes(&self, volume: &str, parent: Option<&str>) -> crate::Result<u64> {
         let v = self.volume(volume, None)?;
         let p = parent.map(|p| self.volume(p, None)).transpose()?;
-        let cs = self.chunk_size();
+        let cs = self.thin().chunk_size;
         let mut own = 0;
         for (off, len) in v.mapped_ranges()? {
-            for k in off / cs..(off + len).div_ceil(cs) {
+            for k in cs.covering(off, len) {
                 let mine = v.physical_chunk(k)?;
                 let shared = match &p {
-                    Some(p) if k * cs < p.size()? => p.physical_chunk(k)? == mine,
+                    Some(p) if cs.start(k) < p.size()? => p.physical_chunk(k)? == mine,
                     _ => false,
                 };
                 if !shared {
-                    own += cs;
+                    own += cs.bytes();
                 }
             }
         }
@@ -170,8 +170,8 @@ impl Pool {
             })
             .collect();
         let degraded = members.iter().any(|m| m.state != "online");
-        let capacity = meta.data.total() * cs;
-        let allocated = meta.data.used() * cs;
+        let capacity = cs.span(meta.data.total());
+        let allocated = cs.span(meta.data.used());
         PoolInfo {
             job,
             checksums: meta.has_csums(),
@@ -200,7 +200,7 @@ impl Pool {
                 .filter(|r| r.snapshot_of.is_none())
                 .map(|r| r.size)
                 .sum(),
-            chunk_size: cs,
+            chunk_size: cs.bytes(),
             stripe_unit: label.stripe_unit,
             volumes: cat
                 .volumes
@@ -249,7 +249,7 @@ impl Pool {
             .filter(|r| r.snapshot_of.is_none())
             .collect();
         vols.sort_by(|a, b| a.name.cmp(&b.name));
-        let mapped = |id| meta.volume_root(id).map(|v| v.mapped * cs).unwrap_or(0);
+        let mapped = |id| meta.volume_root(id).map(|v| cs.span(v.mapped)).unwrap_or(0);
         let mut out = Vec::new();
         for v in vols {
             out.push(VolumeInfo {

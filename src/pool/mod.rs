@@ -88,7 +88,7 @@ impl Pool {
     }
 
     pub fn chunk_size(&self) -> u64 {
-        self.s.thin.chunk_size
+        self.s.thin.chunk_size.bytes()
     }
 
     /// The member devices in the member table's order (`None`: missing).
@@ -317,8 +317,8 @@ impl Pool {
                 Vec::new()
             };
             if size < vol.size {
-                let cs = self.chunk_size();
-                let mapped = thin.mapped_chunks(vol.id, size / cs, u64::MAX)?;
+                let first = thin.chunk_size.chunk_of(size);
+                let mapped = thin.mapped_chunks(vol.id, first, u64::MAX)?;
                 if !mapped.is_empty() && !force {
                     return Err(Error::Invalid(format!(
                         "shrinking '{}/{volume}' from {} to {} bytes discards data written beyond the new end \

@@ -397,27 +397,27 @@ impl Pool {
         let from = sbt.pos;
         let to = {
             let meta = thin.meta.read();
-            let (mut c, mut used) = (from / cs, 0);
-            while c * cs < total && used < max_bytes.max(cs) {
+            let (mut c, mut used) = (cs.chunk_of(from), 0);
+            while cs.start(c) < total && used < max_bytes.max(cs.bytes()) {
                 if meta.data.in_use(c) {
-                    used += cs;
+                    used += cs.bytes();
                 }
                 c += 1;
             }
-            (c * cs).div_ceil(width).saturating_mul(width).min(total)
+            cs.start(c).div_ceil(width).saturating_mul(width).min(total)
         };
         let mut moved = 0;
-        let mut c = from / cs;
-        while c * cs < to {
+        let mut c = cs.chunk_of(from);
+        while cs.start(c) < to {
             if !thin.meta.read().data.in_use(c) {
                 c += 1;
                 continue;
             }
             let start = c;
-            while (c * cs) < to && thin.meta.read().data.in_use(c) {
+            while cs.start(c) < to && thin.meta.read().data.in_use(c) {
                 c += 1;
             }
-            let (a0, a1) = ((start * cs).max(from), (c * cs).min(to));
+            let (a0, a1) = (cs.start(start).max(from), cs.start(c).min(to));
             let (r0, r1) = (a0 / width, a1.div_ceil(width));
             let unit = match geo.level {
                 RaidLevel::Raid1 => width,

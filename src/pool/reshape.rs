@@ -244,7 +244,7 @@ fn checkpoint(thin: &ThinPool, st: &ArrayState, mut sbt: SbTransition, pos: u64)
         let mut meta = thin.meta.write();
         sbt.pos = pos;
         // Space becomes usable as the data moving out of it is done.
-        meta.grow_data(if finished { total / cs } else { pos / cs });
+        meta.grow_data(cs.whole(if finished { total } else { pos }));
         meta.set_transition((!finished).then_some(sbt));
     }
     let kind = st.transition.as_ref().map(|t| t.kind.clone());
@@ -267,17 +267,17 @@ fn resync_step(
     let cs = thin.chunk_size;
     let total = st.geo.capacity();
     let from = sbt.pos;
-    let to = (from + max_bytes.max(cs)).min(total);
+    let to = (from + max_bytes.max(cs.bytes())).min(total);
     let dev = st.members[member]
         .clone()
         .ok_or_else(|| Error::Unavailable("new mirror missing".into()))?;
-    let mut buf = vec![0u8; cs as usize];
-    for c in from / cs..to.div_ceil(cs) {
+    let mut buf = vec![0u8; cs.bytes() as usize];
+    for c in cs.chunk_of(from)..cs.count(to) {
         if !thin.meta.read().data.in_use(c) {
             continue;
         }
-        let off = c * cs;
-        let len = cs.min(total - off) as usize;
+        let off = cs.start(c);
+        let len = cs.bytes().min(total - off) as usize;
         thin.array
             .read(off, &mut buf[..len])
             .map_err(io("reading for resync"))?;
@@ -295,8 +295,8 @@ pub(super) fn read_used(thin: &ThinPool, from: u64, to: u64, buf: &mut [u8]) -> 
     let cs = thin.chunk_size;
     let mut pos = from;
     while pos < to {
-        let c = pos / cs;
-        let end = ((c + 1) * cs).min(to);
+        let c = cs.chunk_of(pos);
+        let end = cs.start(c + 1).min(to);
         if thin.meta.read().data.in_use(c) {
             let piece = &mut buf[(pos - from) as usize..(end - from) as usize];
             thin.array

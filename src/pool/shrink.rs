@@ -104,7 +104,8 @@ pub(crate) fn resume_shrink(
     }
     let new = without(&geo, k);
     if t.phase == PHASE_EVACUATE {
-        meta.data.set_limit(Some(new.capacity() / label.chunk_size));
+        meta.data
+            .set_limit(Some(label.chunk().whole(new.capacity())));
         return Ok(ArrayState {
             geo,
             members,
@@ -170,18 +171,18 @@ impl Pool {
         }
         let old = state.geo.clone();
         let new = without(&old, k);
-        let cs = label.chunk_size;
-        let new_chunks = new.capacity() / cs;
+        let cs = label.chunk();
+        let new_chunks = cs.whole(new.capacity());
         let used = thin.meta.read().data.used();
         if used > new_chunks {
             return Err(Error::NoSpace {
                 pool: name.clone(),
                 detail: format!(
                     "{} is in use and the pool without {} holds {}; free {} (remove snapshots or volumes, or trim filesystems) or add a member first",
-                    format_size(used * cs),
+                    format_size(cs.span(used)),
                     dev.name(),
-                    format_size(new_chunks * cs),
-                    format_size((used - new_chunks) * cs)
+                    format_size(cs.span(new_chunks)),
+                    format_size(cs.span(used - new_chunks))
                 ),
             });
         }
@@ -211,7 +212,7 @@ impl Pool {
         Ok(format!(
             "removing {} from pool '{name}': its data moves to the other members; the pool shrinks to {}",
             dev.name(),
-            format_size(new_chunks * cs)
+            format_size(cs.span(new_chunks))
         ))
     }
 
@@ -222,7 +223,7 @@ impl Pool {
         match t.phase {
             PHASE_EVACUATE => {
                 let limit = thin.meta.read().data.limit().unwrap_or(u64::MAX);
-                let left = thin.used_past(limit) * cs;
+                let left = cs.span(thin.used_past(limit));
                 ("evacuate", t.pos, t.pos + left)
             }
             _ => {
@@ -255,15 +256,15 @@ impl Pool {
             PHASE_EVACUATE => {
                 let old = st.geo.clone();
                 let new = without(&old, k);
-                let limit = new.capacity() / cs;
+                let limit = cs.whole(new.capacity());
                 // Each step walks every mapping tree once: move a batch.
-                let batch = (max_bytes / cs).max(EVACUATE_MIN_BATCH) as usize;
+                let batch = cs.whole(max_bytes).max(EVACUATE_MIN_BATCH) as usize;
                 let ev = thin.evacuate_step(limit, batch)?;
-                sbt.pos += ev.moved * cs;
+                sbt.pos += cs.span(ev.moved);
                 if ev.left > 0 {
                     thin.meta.write().set_transition(Some(sbt));
                     thin.commit_locked()?;
-                    return Ok(ev.moved * cs);
+                    return Ok(cs.span(ev.moved));
                 }
                 // Everything lives below the new capacity: start moving down.
                 let dev = st.members[k]
@@ -292,7 +293,7 @@ impl Pool {
                     geo: new,
                 });
                 thin.commit_locked()?;
-                Ok(ev.moved * cs)
+                Ok(cs.span(ev.moved))
             }
             PHASE_MAIN | PHASE_BACKUP => {
                 let Some(Transition {

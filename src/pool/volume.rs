@@ -102,11 +102,11 @@ impl Volume {
             },
             // Progress: fewer chunks left mapped in the range.
             || {
-                let cs = self.pool.chunk_size();
+                let whole = self.pool.thin().chunk_size.inside(offset, len);
                 let left = self
                     .pool
                     .thin()
-                    .mapped_chunks(self.id, offset.div_ceil(cs), (offset + len) / cs)
+                    .mapped_chunks(self.id, whole.start, whole.end)
                     .map_or(usize::MAX, |v| v.len());
                 usize::MAX - left
             },
@@ -166,9 +166,9 @@ impl Volume {
         let size = self.size()?;
         let cs = thin.chunk_size;
         let mut out: Vec<(u64, u64)> = Vec::new();
-        for k in thin.mapped_chunks(self.id, 0, size.div_ceil(cs))? {
-            let start = k * cs;
-            let len = cs.min(size - start);
+        for k in thin.mapped_chunks(self.id, 0, cs.count(size))? {
+            let start = cs.start(k);
+            let len = cs.bytes().min(size - start);
             match out.last_mut() {
                 Some(last) if last.0 + last.1 == start => last.1 += len,
                 _ => out.push((start, len)),
@@ -186,7 +186,7 @@ impl Volume {
         self.check_range(offset, len)?;
         let cs = thin.chunk_size;
         let end = offset + len;
-        let mapped = thin.mapped_chunks(self.id, offset / cs, end.div_ceil(cs))?;
+        let mapped = thin.mapped_chunks(self.id, cs.chunk_of(offset), cs.count(end))?;
         let mut out: Vec<(u64, bool)> = Vec::new();
         let push = |from: u64, to: u64, m: bool, out: &mut Vec<(u64, bool)>| {
             if to <= from {
@@ -199,7 +199,7 @@ impl Volume {
         };
         let mut pos = offset;
         for k in mapped {
-            let (s, e) = ((k * cs).max(offset), ((k + 1) * cs).min(end));
+            let (s, e) = (cs.start(k).max(offset), cs.start(k + 1).min(end));
             push(pos, s, false, &mut out);
             push(s, e, true, &mut out);
             pos = e;

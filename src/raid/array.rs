@@ -6,6 +6,7 @@
 use super::geometry::{Geometry, RaidLevel};
 use super::health::{Dir, Fault, Health};
 use crate::device::DeviceRef;
+use crate::units::ChunkSize;
 use parking_lot::{Mutex, RwLock};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -180,10 +181,10 @@ impl Array {
     /// `chunk_size` in place? Not on raid5 unless the write is whole stripe
     /// rows: a torn partial-stripe write would corrupt the rest of the
     /// stripe if a member is then lost (the write hole).
-    pub fn overwrite_in_place(&self, len: u64, chunk_size: u64) -> bool {
+    pub fn overwrite_in_place(&self, len: u64, chunk_size: ChunkSize) -> bool {
         let st = self.state.read();
-        st.geo.level != RaidLevel::Raid5
-            || (len == chunk_size && chunk_size.is_multiple_of(st.geo.stripe_width()))
+        let cs = chunk_size.bytes();
+        st.geo.level != RaidLevel::Raid5 || (len == cs && cs.is_multiple_of(st.geo.stripe_width()))
     }
 
     pub fn geometry(&self) -> Geometry {

@@ -223,7 +223,7 @@ impl ThinPool {
     /// Read `buf` at byte `within` of chunk `phys` (4 KiB aligned) and
     /// verify it, repairing bad copies.
     pub(crate) fn read_verified(&self, phys: u64, within: u64, buf: &mut [u8]) -> Result<()> {
-        let off = phys * self.chunk_size + within;
+        let off = self.chunk_size.offset(phys, within);
         self.array
             .read(off, buf)
             .map_err(|e| Error::io("reading data", e))?;
@@ -249,7 +249,7 @@ impl ThinPool {
             let slot = ((at % GROUP_BYTES) / CSUM_BLOCK) as usize;
             if let Some(want) = g.map(|g| g[slot]) {
                 if crc(block) != want {
-                    let r = self.heal_block(phys * self.chunk_size + at, block, want, true)?;
+                    let r = self.heal_block(self.chunk_size.offset(phys, at), block, want, true)?;
                     if r.unrecoverable {
                         return Err(Error::io(
                             "reading data",

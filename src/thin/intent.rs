@@ -21,6 +21,7 @@
 use crate::error::Result;
 use crate::meta::store::csum::INTENT_BYTES;
 use crate::meta::MetaStore;
+use crate::units::ChunkSize;
 use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -73,10 +74,14 @@ impl Intent {
     /// The intents of a pool of `data_chunks` chunks of `chunk_size`
     /// bytes, as recorded (`None`: a fresh pool) with `region_chunks`
     /// chunks per region. Regions are sized afresh when no bit is set.
-    pub fn new(data_chunks: u64, chunk_size: u64, recorded: Option<(u64, &[u8], bool)>) -> Intent {
+    pub fn new(
+        data_chunks: u64,
+        chunk_size: ChunkSize,
+        recorded: Option<(u64, &[u8], bool)>,
+    ) -> Intent {
         let fresh = (data_chunks * GROWTH)
             .div_ceil(REGIONS)
-            .max(MIN_REGION_BYTES.div_ceil(chunk_size.max(1)))
+            .max(chunk_size.count(MIN_REGION_BYTES))
             .max(1);
         let region_chunks = match recorded {
             Some((rc, bits, _)) if rc > 0 && bits.iter().any(|b| *b != 0) => rc,

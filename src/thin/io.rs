@@ -15,6 +15,7 @@ use crate::meta::store::{mapping_spec, MetaStore};
 use crate::meta::superblock::MEMBER_FAILED;
 use crate::meta::VolumeRoot;
 use crate::raid::Array;
+use crate::units::{ChunkSize, Pieces};
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub struct ThinPool {
     pub meta: RwLock<MetaStore>,
     pub gate: RwLock<()>,
     chunk_locks: Vec<RwLock<()>>,
-    pub chunk_size: u64,
+    pub chunk_size: ChunkSize,
     /// Client reads and writes so far: background jobs yield when it moves.
     io_count: AtomicU64,
     /// Data checksums of the running transaction (checksummed pools).
@@ -58,7 +59,7 @@ pub(super) fn encode_mapping(phys: u64) -> [u8; 16] {
 }
 
 impl ThinPool {
-    pub fn new(array: Arc<Array>, mut meta: MetaStore, chunk_size: u64) -> ThinPool {
+    pub fn new(array: Arc<Array>, mut meta: MetaStore, chunk_size: ChunkSize) -> ThinPool {
         meta.mirror.attach(array.health().clone());
         meta.attach_array(array.clone());
         let csums = meta.has_csums().then(Csums::new);
@@ -77,7 +78,7 @@ impl ThinPool {
             };
             Intent::new(
                 meta.data.total(),
-                meta.committed().chunk_size,
+                meta.committed().chunk(),
                 recorded
                     .as_ref()
                     .map(|(rc, b, current)| (*rc, b.as_slice(), *current)),
@@ -118,20 +119,8 @@ impl ThinPool {
     }
 
     /// Pieces of `[offset, offset+len)` as (virtual chunk, offset in chunk, length).
-    fn pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> {
-        let cs = self.chunk_size;
-        let end = offset + len;
-        let mut pos = offset;
-        std::iter::from_fn(move || {
-            if pos >= end {
-                return None;
-            }
-            let within = pos % cs;
-            let n = (cs - within).min(end - pos);
-            let item = (pos / cs, within, n);
-            pos += n;
-            Some(item)
-        })
+    fn pieces(&self, offset: u64, len: u64) -> Pieces {
+        self.chunk_size.pieces(offset, len)
     }
 
     /// Client reads and writes so far.
@@ -206,10 +195,11 @@ impl ThinPool {
         };
         let result = (|| {
             let mut full;
-            let buf: &[u8] = if data.len() as u64 == cs {
+            let whole = data.len() as u64 == cs.bytes();
+            let buf: &[u8] = if whole {
                 data
             } else {
-                full = vec![0u8; cs as usize];
+                full = vec![0u8; cs.bytes() as usize];
                 if let Some(m) = &old {
                     self.read_verified(m.phys, 0, &mut full)?;
                 }
@@ -217,9 +207,9 @@ impl ThinPool {
                 &full
             };
             self.array
-                .write(newc * cs, buf)
+                .write(cs.start(newc), buf)
                 .map_err(|e| Error::io("writing data", e))?;
-            if data.len() as u64 == cs {
+            if whole {
                 self.record(newc, 0, buf)
             } else {
                 let from = old.as_ref().map(|m| m.phys);
@@ -280,20 +270,22 @@ impl ThinPool {
         // Only the first and last pieces can be partial chunks.
         let end = offset + len;
         let mut partial = Vec::new();
-        let head_n = (cs - offset % cs).min(len);
-        if head_n != cs && len > 0 {
-            partial.push((offset / cs, offset % cs, head_n));
+        let (head, head_at) = cs.split(offset);
+        let head_n = (cs.bytes() - head_at).min(len);
+        if head_n != cs.bytes() && len > 0 {
+            partial.push((head, head_at, head_n));
         }
-        if !end.is_multiple_of(cs) && end / cs != offset / cs {
-            partial.push((end / cs, 0, end % cs));
+        let (tail, tail_n) = cs.split(end);
+        if tail_n != 0 && tail != head {
+            partial.push((tail, 0, tail_n));
         }
         for (vchunk, within, n) in partial {
             if self.lookup(vol, vchunk)?.is_some() {
                 self.write_piece(vol, vchunk, within, &vec![0u8; n as usize])?;
             }
         }
-        let first = offset.div_ceil(cs);
-        let last = (offset + len) / cs;
+        let first = cs.count(offset);
+        let last = cs.whole(end);
         if first < last {
             self.unmap_range(vol, first, last)?;
         }
@@ -396,7 +388,9 @@ impl ThinPool {
             while j < released.len() && released[j] == released[j - 1] + 1 {
                 j += 1;
             }
-            let _ = self.array.discard(released[i] * cs, (j - i) as u64 * cs);
+            let _ = self
+                .array
+                .discard(cs.start(released[i]), cs.span((j - i) as u64));
             i = j;
         }
         Ok(())
@@ -440,7 +434,7 @@ impl ThinPool {
         let cs = self.chunk_size;
         let write = |at: u64, buf: &[u8]| {
             self.array
-                .write(phys * cs + at, buf)
+                .write(cs.offset(phys, at), buf)
                 .map_err(|e| Error::io("writing data", e))
         };
         if self.csums.is_none() {

@@ -62,14 +62,14 @@ impl ThinPool {
     /// chunks unmapped so far are committed and it goes on.
     pub fn truncate(&self, id: u64, size: u64) -> Result<()> {
         let cs = self.chunk_size;
-        if !size.is_multiple_of(cs) {
-            let vchunk = size / cs;
+        if !cs.aligned(size) {
+            let (vchunk, within) = cs.split(size);
             if !self.mapped_chunks(id, vchunk, vchunk + 1)?.is_empty() {
                 // Zero the tail of the last chunk so a later grow reads zeros.
-                self.write(id, size, &vec![0u8; (cs - size % cs) as usize])?;
+                self.write(id, size, &vec![0u8; (cs.bytes() - within) as usize])?;
             }
         }
-        let first = size.div_ceil(cs);
+        let first = cs.count(size);
         let mut last = usize::MAX;
         loop {
             match self.unmap_range(id, first, u64::MAX) {

@@ -71,7 +71,7 @@ impl ThinPool {
             }
         }
         let cs = self.chunk_size;
-        let mut buf = vec![0u8; cs as usize];
+        let mut buf = vec![0u8; cs.bytes() as usize];
         let mut to: HashMap<u64, u64> = HashMap::new();
         let copied = picked.iter().try_for_each(|&c| {
             if !refs.iter().any(|r| r.2 == c) {
@@ -84,7 +84,7 @@ impl ThinPool {
             // Verified: a bad copy is repaired, not moved with fresh checksums.
             self.read_verified(c, 0, &mut buf)?;
             self.array
-                .write(dst * cs, &buf)
+                .write(cs.start(dst), &buf)
                 .map_err(|e| Error::io("writing a moved chunk", e))?;
             self.record(dst, 0, &buf)
         });
@@ -142,8 +142,8 @@ impl ThinPool {
         let extents = self.meta.read().extents().to_vec();
         for (i, e) in extents.iter().enumerate() {
             for (c, &off) in e.copies.iter().enumerate() {
-                let chunks = e.run_bytes().div_ceil(cs);
-                if off / cs + chunks <= limit {
+                let chunks = cs.count(e.run_bytes());
+                if cs.chunk_of(off) + chunks <= limit {
                     continue;
                 }
                 let to = self.meta.write().data.alloc_run(chunks).ok_or_else(|| Error::NoSpace {
@@ -158,14 +158,14 @@ impl ThinPool {
                     let n = (e.run_bytes() - at).min(buf.len() as u64) as usize;
                     self.array
                         .read(off + at, &mut buf[..n])
-                        .and_then(|()| self.array.write(to * cs + at, &buf[..n]))
+                        .and_then(|()| self.array.write(cs.offset(to, at), &buf[..n]))
                         .map_err(|e| Error::io("moving a metadata extent", e))?;
                     at += n as u64;
                 }
                 self.array
                     .flush()
                     .map_err(|e| Error::io("moving a metadata extent", e))?;
-                self.meta.write().move_extent_copy(i, c, to * cs)?;
+                self.meta.write().move_extent_copy(i, c, cs.start(to))?;
                 moved += 1;
             }
         }

@@ -59,8 +59,8 @@ impl ThinPool {
     fn resync_chunk(&self, c: u64, adopt: bool, out: &mut Resynced) -> Result<()> {
         let cs = self.chunk_size;
         let io = |e| Error::io("resyncing after a crash", e);
-        for within in (0..cs).step_by(CSUM_BLOCK as usize) {
-            let off = c * cs + within;
+        for within in (0..cs.bytes()).step_by(CSUM_BLOCK as usize) {
+            let off = cs.offset(c, within);
             let want = self.block_csum(c, within)?;
             let mut reads = Vec::new();
             for cp in self.array.copies(off, CSUM_BLOCK as usize) {
@@ -93,7 +93,9 @@ impl ThinPool {
                 out.blocks_fixed += 1;
             }
         }
-        self.array.check_parity(c * cs, cs, true).map_err(io)?;
+        self.array
+            .check_parity(cs.start(c), cs.bytes(), true)
+            .map_err(io)?;
         Ok(())
     }
 }

@@ -81,7 +81,7 @@ impl ThinPool {
     }
 
     fn scrub_chunk(&self, c: u64, repair: bool, r: &mut ScrubReport) -> Result<()> {
-        let cs = self.chunk_size;
+        let cs = self.chunk_size.bytes();
         let geo = self.array.geometry();
         let unit = if geo.level == RaidLevel::Raid1 {
             cs
@@ -92,7 +92,7 @@ impl ThinPool {
         let health = self.array.health();
         let bad_before = r.bad_blocks;
         for u0 in (0..cs).step_by(unit as usize) {
-            let off = c * cs + u0;
+            let off = self.chunk_size.offset(c, u0);
             let len = unit.min(cs - u0) as usize;
             let copies = self.array.copies(off, len);
             // Each copy read once, each of its blocks checksummed once.
@@ -169,7 +169,9 @@ impl ThinPool {
         // Parity last, against data that is right: repaired, or (checking
         // only) intact; rows with bad data are judged after their repair.
         let bad = if repair || r.bad_blocks == bad_before {
-            self.array.check_parity(c * cs, cs, repair).map_err(io)?
+            self.array
+                .check_parity(self.chunk_size.start(c), cs, repair)
+                .map_err(io)?
         } else {
             Vec::new()
         };

@@ -8,6 +8,7 @@ use crate::device::{DeviceRef, MemDevice};
 use crate::meta::spacemap::pages_for;
 use crate::meta::store::{MetaLayout, MetaStore};
 use crate::raid::{Array, Geometry, MetaMirror, RaidLevel};
+use crate::units::ChunkSize;
 use proptest::prelude::*;
 use std::sync::Arc;
 
@@ -67,7 +68,7 @@ fn create(devs: &[Arc<MemDevice>]) -> ThinPool {
         true,
     )
     .unwrap();
-    ThinPool::new(array(devs), meta, chunk_size())
+    ThinPool::new(array(devs), meta, ChunkSize::new(chunk_size()))
 }
 
 fn reopen(devs: &[Arc<MemDevice>]) -> ThinPool {
@@ -75,7 +76,7 @@ fn reopen(devs: &[Arc<MemDevice>]) -> ThinPool {
     let mut meta = MetaStore::open(mirror(devs), layout(), UUID, 2, chunks, 256).unwrap();
     let a = array(devs);
     meta.load(Some(a.clone())).unwrap();
-    ThinPool::new(a, meta, chunk_size())
+    ThinPool::new(a, meta, ChunkSize::new(chunk_size()))
 }
 
 fn read(t: &ThinPool, vol: u64) -> Vec<u8> {

@@ -7,6 +7,7 @@ use crate::error::{CopyFault, CopyWhy};
 use crate::meta::extent::{self, MetaExtent, MAX_EXTENTS};
 use crate::meta::spacemap::pages_for;
 use crate::raid::Array;
+use crate::units::ChunkSize;
 use std::io;
 use std::sync::atomic::Ordering;
 
@@ -218,8 +219,8 @@ impl MetaStore {
 
     /// Metadata blocks an extent of `chunks` data chunks of `chunk_size`
     /// bytes holds (its space-map page slots come first).
-    pub fn extent_blocks_for(chunks: u64, chunk_size: u64) -> u64 {
-        let bytes = chunks * chunk_size;
+    pub fn extent_blocks_for(chunks: u64, chunk_size: ChunkSize) -> u64 {
+        let bytes = chunk_size.span(chunks);
         let mut blocks = bytes / BLOCK_SIZE as u64;
         while blocks > 0 && MetaExtent::bytes_for(blocks) > bytes {
             blocks -= (MetaExtent::bytes_for(blocks) - bytes)
@@ -247,8 +248,8 @@ impl MetaStore {
                 ),
             });
         }
-        let cs = self.committed.chunk_size;
-        let chunks = bytes.div_ceil(cs).max(1);
+        let cs = self.committed.chunk();
+        let chunks = cs.count(bytes).max(1);
         let blocks = Self::extent_blocks_for(chunks, cs);
         let first = extent::next_first_block(self.msm.span());
         let pages_after = pages_for(first + blocks) as usize;
@@ -275,7 +276,7 @@ impl MetaStore {
                         pool: self.pool_name.clone(),
                         detail: format!(
                             "growing the metadata area needs {copies} runs of {chunks} free data chunks ({} MiB each); free data space or add a member",
-                            (chunks * cs) >> 20
+                            cs.span(chunks) >> 20
                         ),
                     });
                 }
@@ -284,7 +285,7 @@ impl MetaStore {
         let e = MetaExtent {
             first_block: first,
             blocks,
-            copies: runs.iter().map(|&c| c * cs).collect(),
+            copies: runs.iter().map(|&c| cs.start(c)).collect(),
         };
         self.msm.extend(first, e.end_block());
         self.extents.push(e);
@@ -294,21 +295,21 @@ impl MetaStore {
 
     /// Is data chunk `c` part of a metadata extent?
     pub fn is_extent_chunk(&self, c: u64) -> bool {
-        let cs = self.committed.chunk_size;
+        let cs = self.committed.chunk();
         self.extents.iter().any(|e| {
             e.copies
                 .iter()
-                .any(|&off| (off / cs..(off + e.run_bytes()).div_ceil(cs)).contains(&c))
+                .any(|&off| cs.covering(off, e.run_bytes()).contains(&c))
         })
     }
 
     /// Data chunks of every extent copy run.
     pub fn extent_chunks(&self) -> Vec<u64> {
-        let cs = self.committed.chunk_size;
+        let cs = self.committed.chunk();
         let mut out = Vec::new();
         for e in &self.extents {
             for &off in &e.copies {
-                out.extend(off / cs..(off + e.run_bytes()).div_ceil(cs));
+                out.extend(cs.covering(off, e.run_bytes()));
             }
         }
         out
@@ -317,12 +318,12 @@ impl MetaStore {
     /// Point copy `copy` of extent `i` at another run (the caller copied
     /// its contents there); the old run's chunks are released.
     pub fn move_extent_copy(&mut self, i: usize, copy: usize, to: u64) -> Result<()> {
-        let cs = self.committed.chunk_size;
+        let cs = self.committed.chunk();
         let (old, len) = {
             let e = &self.extents[i];
             (e.copies[copy], e.run_bytes())
         };
-        for c in old / cs..(old + len).div_ceil(cs) {
+        for c in cs.covering(old, len) {
             self.data_dec(c)?;
         }
         self.extents[i].copies[copy] = to;
