@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use std::sync::Arc;
 use vpool::device::MemDevice;
-use vpool::meta::superblock::Superblock;
 use vpool::raid::RaidLevel;
+use vpool::thin::store::superblock::Superblock;
 use vpool::{Error, Pool};
 
 fn setup() -> (Vec<Arc<MemDevice>>, Vec<u8>, u64, u64) {

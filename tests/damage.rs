@@ -9,8 +9,8 @@ use common::*;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use vpool::device::{DeviceRef, MemDevice};
-use vpool::meta::store::DEFAULT_CACHE_NODES;
 use vpool::raid::RaidLevel;
+use vpool::thin::store::DEFAULT_CACHE_NODES;
 use vpool::Pool;
 
 const VOL: usize = 4 << 20;

@@ -6,6 +6,7 @@ use vpool::meta::fuzzing;
 use vpool::meta::label::{Label, MemberEntry, PoolState};
 use vpool::meta::node::Node;
 use vpool::raid::RaidLevel;
+use vpool::thin::store::fuzzing as schema_fuzzing;
 
 fn valid_label() -> Vec<u8> {
     Label {
@@ -51,9 +52,9 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..4200)) {
         fuzzing::label(&data);
-        fuzzing::superblock(&data);
+        schema_fuzzing::superblock(&data);
         fuzzing::node(&data);
-        fuzzing::catalog(&data);
+        schema_fuzzing::catalog(&data);
         vpool::frontend::nbd::fuzz_request(&data);
         vpool::control::fuzz_http(&data);
         vpool::frontend::docker::fuzz_body(&data);
@@ -120,7 +121,7 @@ proptest! {
             }
             fuzzing::label(&b);
             fuzzing::node(&b);
-            fuzzing::superblock(&b);
+            schema_fuzzing::superblock(&b);
         }
     }
 }
@@ -145,7 +146,7 @@ fn huge_catalog_length_is_rejected() {
     b[0..4].copy_from_slice(b"VCAT");
     b[4..8].copy_from_slice(&1u32.to_le_bytes());
     b[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-    assert!(vpool::meta::catalog::Catalog::decode(&b)
+    assert!(vpool::thin::store::catalog::Catalog::decode(&b)
         .unwrap_err()
         .contains("truncated"));
 }

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    vpool::meta::fuzzing::superblock(data);
+    vpool::thin::store::fuzzing::superblock(data);
 });

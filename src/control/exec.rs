@@ -464,7 +464,7 @@ fn import(
     let pool = Pool::open_with(
         devs,
         Some(*uuid.as_bytes()),
-        crate::meta::store::DEFAULT_CACHE_NODES,
+        crate::thin::store::DEFAULT_CACHE_NODES,
     )?;
     let warnings = pool.warnings().to_vec();
     pool.activate()?;

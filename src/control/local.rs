@@ -50,7 +50,7 @@ pub fn open_known(state: &StateDir, name: &str) -> anyhow::Result<Pool> {
     let pool = Pool::open_with(
         devs,
         Some(*uuid.as_bytes()),
-        crate::meta::store::DEFAULT_CACHE_NODES,
+        crate::thin::store::DEFAULT_CACHE_NODES,
     )
     .with_context(|| format!("opening pool '{name}'"))?;
     for w in pool.warnings() {

@@ -261,8 +261,7 @@ impl Label {
                 self.chunk_size
             ));
         }
-        let max_blocks =
-            (super::superblock::MAX_MSM_PAGES * super::spacemap::ENTRIES_PER_PAGE) as u64;
+        let max_blocks = (super::spacemap::MAX_PAGES * super::spacemap::ENTRIES_PER_PAGE) as u64;
         if self.meta_offset != BLOCK_SIZE as u64
             || self.meta_blocks == 0
             || self.meta_blocks > max_blocks

@@ -35,6 +35,11 @@ pub struct MetaSpaceMap {
 /// The count of a block number that is not metadata space.
 pub const HOLE: u32 = u32::MAX;
 
+/// Most space-map pages a metadata area may have: as many as the thin
+/// superblock's page selector has bits (`thin::store::superblock` checks
+/// this at compile time). Labels are checked against it.
+pub const MAX_PAGES: usize = 14_208;
+
 impl MetaSpaceMap {
     /// A fresh map: only block 0 (the null block) is taken.
     pub fn new(blocks: u64) -> MetaSpaceMap {

@@ -8,10 +8,10 @@ use super::Pool;
 use crate::device::DeviceRef;
 use crate::error::{Error, Result};
 use crate::meta::label::{Label, PoolState};
-use crate::meta::store::DEFAULT_CACHE_NODES;
-use crate::meta::superblock::{MEMBER_ONLINE, MEMBER_STALE, TRANSITION_REBUILD};
-use crate::meta::{MetaLayout, MetaStore};
 use crate::raid::{Array, Geometry};
+use crate::thin::store::superblock::{MEMBER_ONLINE, MEMBER_STALE, TRANSITION_REBUILD};
+use crate::thin::store::DEFAULT_CACHE_NODES;
+use crate::thin::store::{MetaLayout, MetaStore};
 use crate::thin::ThinPool;
 use uuid::Uuid;
 

@@ -9,12 +9,12 @@ use crate::meta::btree;
 use crate::meta::codec::{get_u32, get_u64, BLOCK_SIZE};
 use crate::meta::header::{BlockKind, Header};
 use crate::meta::node::Node;
-use crate::meta::store::catalog_tree::CATALOG_SPEC;
-use crate::meta::store::csum::CSUM_SPEC;
-use crate::meta::store::Place;
-use crate::meta::store::{mapping_spec, VolumeRoot, DSM_SPEC, RELEASING, VOLUMES_SPEC};
-use crate::meta::superblock::Superblock;
-use crate::meta::MetaStore;
+use crate::thin::store::catalog_tree::CATALOG_SPEC;
+use crate::thin::store::csum::CSUM_SPEC;
+use crate::thin::store::superblock::Superblock;
+use crate::thin::store::MetaStore;
+use crate::thin::store::Place;
+use crate::thin::store::{mapping_spec, VolumeRoot, DSM_SPEC, RELEASING, VOLUMES_SPEC};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 

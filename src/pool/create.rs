@@ -6,9 +6,9 @@ use super::{names, Pool};
 use crate::device::DeviceRef;
 use crate::error::{Error, Result};
 use crate::meta::label::{Label, MemberEntry, PoolState, MAX_MEMBERS};
-use crate::meta::store::{now, DEFAULT_CACHE_NODES};
-use crate::meta::MetaStore;
 use crate::raid::{Array, Geometry, MetaMirror, RaidLevel};
+use crate::thin::store::MetaStore;
+use crate::thin::store::{now, DEFAULT_CACHE_NODES};
 use crate::thin::ThinPool;
 use crate::units::ChunkSize;
 

@@ -12,12 +12,12 @@ use crate::device::DeviceRef;
 use crate::error::{Error, Result};
 use crate::meta::codec::BLOCK_SIZE;
 use crate::meta::label::{Label, MemberEntry, MAX_MEMBERS};
-use crate::meta::superblock::{
+use crate::raid::{ArrayState, Geometry, RaidLevel, Transition, TransitionKind};
+use crate::thin::store::superblock::{
     SbTransition, PHASE_START, TRANSITION_REBUILD, TRANSITION_RESTRIPE, TRANSITION_RESYNC,
     TRANSITION_SHRINK,
 };
-use crate::meta::MetaStore;
-use crate::raid::{ArrayState, Geometry, RaidLevel, Transition, TransitionKind};
+use crate::thin::store::MetaStore;
 use crate::units::format_size;
 
 /// The layout the first `n` members had before a member was added.

@@ -1,8 +1,8 @@
 //! What `pool status`, `pool list`, `vol list` and `snap list` show.
 
 use super::Pool;
-use crate::meta::superblock::{MEMBER_FAILED, MEMBER_REBUILDING, MEMBER_STALE};
 pub use crate::raid::health::ErrorCounts;
+use crate::thin::store::superblock::{MEMBER_FAILED, MEMBER_REBUILDING, MEMBER_STALE};
 use serde::Serialize;
 
 #[derive(Serialize, serde::Deserialize, Clone, Debug)]

@@ -4,8 +4,8 @@
 use crate::error::{Error, Result};
 use crate::meta::codec::BLOCK_SIZE;
 use crate::meta::spacemap::pages_for;
-use crate::meta::superblock::MAX_MSM_PAGES;
-use crate::meta::MetaLayout;
+use crate::thin::store::superblock::MAX_MSM_PAGES;
+use crate::thin::store::MetaLayout;
 
 pub const MIB: u64 = 1 << 20;
 pub const DEFAULT_STRIPE_UNIT: u64 = 64 * 1024;
@@ -53,7 +53,7 @@ pub fn plan(
     // One checksum entry per 64 KiB of each chunk (a smaller chunk has one).
     let csum_bytes = match chunk_size {
         Some(cs) => {
-            let per_chunk = cs.div_ceil(crate::meta::store::csum::GROUP_BYTES);
+            let per_chunk = cs.div_ceil(crate::thin::store::csum::GROUP_BYTES);
             data_bytes / cs.max(1) * per_chunk * CSUM_META_BYTES_PER_GROUP
         }
         None => 0,

@@ -27,9 +27,9 @@ pub use scrub::{ScrubReport, ScrubStatus};
 pub use volume::Volume;
 
 use crate::error::{Error, Result};
-use crate::meta::catalog::VolumeRecord;
 use crate::meta::label::{Label, PoolState};
-use crate::meta::store::now;
+use crate::thin::store::catalog::VolumeRecord;
+use crate::thin::store::now;
 use crate::thin::ThinPool;
 use parking_lot::{Mutex, RwLock};
 use std::sync::Arc;

@@ -21,12 +21,12 @@ use super::Pool;
 use crate::device::DeviceRef;
 use crate::error::{Error, Result};
 use crate::meta::label::{Label, PoolState};
-use crate::meta::superblock::{
+use crate::raid::{ArrayState, MetaMirror, RaidLevel, Transition, TransitionKind};
+use crate::thin::store::superblock::{
     SbTransition, MEMBER_FAILED, MEMBER_ONLINE, MEMBER_REBUILDING, MEMBER_STALE, PHASE_MAIN,
     TRANSITION_REBUILD,
 };
-use crate::meta::MetaStore;
-use crate::raid::{ArrayState, MetaMirror, RaidLevel, Transition, TransitionKind};
+use crate::thin::store::MetaStore;
 
 /// Array bytes a rebuild moves between committed checkpoints.
 const CHECKPOINT_BYTES: u64 = 256 << 20;

@@ -15,11 +15,11 @@
 
 use super::Pool;
 use crate::error::{Error, Result};
-use crate::meta::superblock::{
+use crate::raid::{ArrayState, Geometry, Transition, TransitionKind};
+use crate::thin::store::superblock::{
     SbTransition, PHASE_BACKUP, PHASE_DONE, PHASE_MAIN, PHASE_START, TRANSITION_REBUILD,
     TRANSITION_RESYNC, TRANSITION_SHRINK,
 };
-use crate::raid::{ArrayState, Geometry, Transition, TransitionKind};
 use crate::thin::ThinPool;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};

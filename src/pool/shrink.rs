@@ -27,12 +27,12 @@ use super::Pool;
 use crate::device::DeviceRef;
 use crate::error::{Error, Result};
 use crate::meta::label::{Label, PoolState};
-use crate::meta::superblock::{
-    SbTransition, PHASE_BACKUP, PHASE_DONE, PHASE_EVACUATE, PHASE_MAIN, TRANSITION_SHRINK,
-};
-use crate::meta::MetaStore;
 use crate::raid::TransitionKind;
 use crate::raid::{ArrayState, Geometry, LeavingMember, MetaMirror, RaidLevel, Transition};
+use crate::thin::store::superblock::{
+    SbTransition, PHASE_BACKUP, PHASE_DONE, PHASE_EVACUATE, PHASE_MAIN, TRANSITION_SHRINK,
+};
+use crate::thin::store::MetaStore;
 use crate::units::format_size;
 
 /// Fewest chunks an evacuation step moves (each step walks every tree).

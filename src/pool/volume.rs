@@ -225,7 +225,7 @@ impl Volume {
         let root = meta.volume_root(self.id)?.root;
         Ok(crate::meta::btree::lookup(
             &*meta,
-            &crate::meta::store::mapping_spec(self.id),
+            &crate::thin::store::mapping_spec(self.id),
             root,
             vchunk,
         )?

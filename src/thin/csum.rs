@@ -8,10 +8,10 @@
 
 use super::ThinPool;
 use crate::error::{Error, Result};
-use crate::meta::store::csum::{
+use crate::raid::Copy;
+use crate::thin::store::csum::{
     csum_key, csum_key_chunk, Group, CSUM_BLOCK, CSUM_GROUP, GROUP_BYTES,
 };
-use crate::raid::Copy;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

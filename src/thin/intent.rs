@@ -19,8 +19,8 @@
 //! writes and flushes the intent block.
 
 use crate::error::Result;
-use crate::meta::store::csum::INTENT_BYTES;
-use crate::meta::MetaStore;
+use crate::thin::store::csum::INTENT_BYTES;
+use crate::thin::store::MetaStore;
 use crate::units::ChunkSize;
 use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};

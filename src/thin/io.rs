@@ -10,11 +10,11 @@ use super::intent::Intent;
 use crate::error::{Error, Result};
 use crate::meta::btree;
 use crate::meta::codec::{get_u64, put_u64};
-use crate::meta::store::space::SpaceUse;
-use crate::meta::store::{mapping_spec, MetaStore};
-use crate::meta::superblock::MEMBER_FAILED;
-use crate::meta::VolumeRoot;
 use crate::raid::Array;
+use crate::thin::store::space::SpaceUse;
+use crate::thin::store::superblock::MEMBER_FAILED;
+use crate::thin::store::VolumeRoot;
+use crate::thin::store::{mapping_spec, MetaStore};
 use crate::units::{ChunkSize, Pieces};
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,7 +73,7 @@ impl ThinPool {
                     meta.recovery_notes.push(format!(
                         "the write-intent block is unreadable ({e}): every region is resynced"
                     ));
-                    Some((0, vec![0xff; crate::meta::store::csum::INTENT_BYTES], false))
+                    Some((0, vec![0xff; crate::thin::store::csum::INTENT_BYTES], false))
                 }
             };
             Intent::new(
@@ -409,7 +409,7 @@ impl ThinPool {
     }
 }
 
-const BLK: u64 = crate::meta::store::csum::CSUM_BLOCK;
+const BLK: u64 = crate::thin::store::csum::CSUM_BLOCK;
 
 impl ThinPool {
     /// Read bytes `[within, within + len)` of chunk `phys`, verified against

@@ -24,8 +24,8 @@
 use super::ThinPool;
 use crate::error::{Error, Result};
 use crate::meta::codec::{get_u32, get_u64, put_u32, put_u64};
-use crate::meta::store::csum::{csum_key_chunk, Group, CSUM_GROUP};
-use crate::meta::store::log::LOG_PAYLOAD;
+use crate::thin::store::csum::{csum_key_chunk, Group, CSUM_GROUP};
+use crate::thin::store::log::LOG_PAYLOAD;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 

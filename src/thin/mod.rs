@@ -1,7 +1,10 @@
-//! Thin layer: volumes as sparse maps from virtual chunks to physical chunks
-//! of the array. Chunks are allocated on first write, copied on write when
-//! shared with a snapshot or clone, and released on discard. Knows volumes by
-//! id only; names live in the pool facade.
+//! Thin layer (may use meta and below): volumes as sparse maps from
+//! virtual chunks to physical chunks of the array. Chunks are allocated on
+//! first write, copied on write when shared with a snapshot or clone, and
+//! released on discard. Knows volumes by id only; names live in the pool
+//! facade. `store` is the on-disk schema and its transactions; the rest is
+//! the data path over it (I/O, checksums, intent, flush log, scrub, resync,
+//! relocation).
 
 pub mod csum;
 pub mod intent;
@@ -11,6 +14,7 @@ mod ops;
 mod relocate;
 pub mod resync;
 pub mod scrub;
+pub mod store;
 
 pub use io::ThinPool;
 

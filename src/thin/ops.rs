@@ -5,7 +5,7 @@
 
 use super::io::ThinPool;
 use crate::error::Result;
-use crate::meta::VolumeRoot;
+use crate::thin::store::VolumeRoot;
 
 impl ThinPool {
     /// Register an empty volume under `id`.

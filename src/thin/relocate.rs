@@ -14,7 +14,7 @@ use super::io::{encode_mapping, ThinPool};
 use crate::error::{Error, Result};
 use crate::meta::btree;
 use crate::meta::codec::get_u64;
-use crate::meta::store::mapping_spec;
+use crate::thin::store::mapping_spec;
 use std::collections::HashMap;
 
 /// What one evacuation step did.

@@ -12,7 +12,7 @@
 use super::csum::crc;
 use super::ThinPool;
 use crate::error::{Error, Result};
-use crate::meta::store::csum::CSUM_BLOCK;
+use crate::thin::store::csum::CSUM_BLOCK;
 
 /// What a resync did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

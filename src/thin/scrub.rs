@@ -5,8 +5,8 @@
 use super::csum::crc;
 use super::ThinPool;
 use crate::error::{Error, Result};
-use crate::meta::store::csum::CSUM_BLOCK;
 use crate::raid::RaidLevel;
+use crate::thin::store::csum::CSUM_BLOCK;
 use serde::{Deserialize, Serialize};
 
 const BLK: usize = CSUM_BLOCK as usize;

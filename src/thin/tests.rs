@@ -6,8 +6,8 @@
 use super::ThinPool;
 use crate::device::{DeviceRef, MemDevice};
 use crate::meta::spacemap::pages_for;
-use crate::meta::store::{MetaLayout, MetaStore};
 use crate::raid::{Array, Geometry, MetaMirror, RaidLevel};
+use crate::thin::store::{MetaLayout, MetaStore};
 use crate::units::ChunkSize;
 use proptest::prelude::*;
 use std::sync::Arc;

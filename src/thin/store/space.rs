@@ -13,7 +13,7 @@
 //! so a full pool can always be freed by removing things.
 
 use super::*;
-use crate::meta::store::csum::GROUP_BYTES;
+use crate::thin::store::csum::GROUP_BYTES;
 
 /// The smallest reserve, in blocks (1 MiB).
 pub const MIN_RESERVE_BLOCKS: u64 = 256;

@@ -228,7 +228,7 @@ fn a_commit_cut_at_any_write_reopens_whole_at_one_transaction() {
 
 #[test]
 fn the_catalog_tree_keeps_every_record_through_changes_and_reopens() {
-    use crate::meta::catalog::VolumeRecord;
+    use crate::thin::store::catalog::VolumeRecord;
     let dev = Arc::new(MemDevice::new("m0", 64 << 20));
     let mut s = create(&dev);
     let rec = |id: u64, name: String| VolumeRecord {

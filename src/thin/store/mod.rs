@@ -1,7 +1,13 @@
-//! The metadata store: transactions over the metadata area. It owns the node
-//! cache, the blocks dirtied by the running transaction, both space maps and
-//! the catalog, and commits them in the order that keeps the last committed
-//! state intact at every instant:
+//! The thin pool's metadata store: its schema and its transactions over the
+//! metadata area, built on the generic structures of `meta` (blocks,
+//! B-tree, space maps, extents). The schema: the superblock, the volumes
+//! tree of mapping roots, the mapping trees, the data space map
+//! (`dataspace`) and its reference-count tree, data checksums and the
+//! write intent (`csum`), the catalog (`catalog`, `catalog_tree`) and the
+//! flush log (`log`). The store owns the node cache, the blocks dirtied by
+//! the running transaction, both space maps and the catalog, and commits
+//! them in the order that keeps the last committed state intact at every
+//! instant:
 //!
 //! 1. (caller) flush the data members,
 //! 2. fold this transaction's data reference counts into their B-tree,
@@ -12,21 +18,21 @@
 //! A crash before step 4 completes leaves the previous superblock, which
 //! reaches only blocks that nothing in steps 2–3 overwrote.
 
-use super::btree::{self, NodeStore, TreeSpec, ValueKind};
-use super::catalog::Catalog;
-use super::codec::*;
-use super::dataspace::DataSpace;
-use super::header::{BlockKind, Header, HEADER_SIZE};
-use super::node::Node;
-use super::spacemap::{MetaSpaceMap, ENTRIES_PER_PAGE};
-use super::superblock::{SbCsum, SbTransition, Superblock};
 use crate::error::{Error, Result};
+use crate::meta::btree::{self, NodeStore, TreeSpec, ValueKind};
+use crate::meta::codec::*;
+use crate::meta::header::{BlockKind, Header, HEADER_SIZE};
+use crate::meta::node::Node;
+use crate::meta::spacemap::{MetaSpaceMap, ENTRIES_PER_PAGE};
 use crate::raid::MetaMirror;
+use catalog::Catalog;
+use dataspace::DataSpace;
 use lru::LruCache;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use superblock::{SbCsum, SbTransition, Superblock};
 
 pub const VOLUMES_OWNER: u64 = u64::MAX - 1;
 pub const DSM_OWNER: u64 = u64::MAX - 2;
@@ -137,7 +143,7 @@ pub struct MetaStore {
     /// The catalog is a tree rooted at `catalog_head` (see `catalog_tree`).
     catalog_tree: bool,
     /// The records the catalog tree holds (by id; 0: the pool name).
-    catalog_saved: HashMap<u64, crate::meta::catalog::VolumeRecord>,
+    catalog_saved: HashMap<u64, crate::thin::store::catalog::VolumeRecord>,
     member_states: Vec<u8>,
     /// Layout transition checkpoint to record with the next commit.
     transition: Option<SbTransition>,
@@ -488,15 +494,19 @@ pub fn now() -> u64 {
 /// Entries per space-map page (re-exported for docs and checks).
 pub const MSM_ENTRIES_PER_PAGE: usize = ENTRIES_PER_PAGE;
 
+pub mod catalog;
 pub mod catalog_tree;
 mod commit;
 mod extents;
 pub(crate) use extents::Place;
 pub mod csum;
+pub mod dataspace;
+pub mod fuzzing;
 pub mod log;
 mod open;
 mod refs;
 pub mod space;
+pub mod superblock;
 
 #[cfg(test)]
 mod tests;

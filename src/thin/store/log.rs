@@ -16,7 +16,7 @@ use super::extents::Place;
 use super::*;
 use crate::error::{BlockFault, Damage, Why};
 use crate::meta::spacemap::pages_for;
-use crate::meta::superblock::MAX_MSM_PAGES;
+use crate::thin::store::superblock::MAX_MSM_PAGES;
 use std::io;
 
 /// Payload bytes one log block holds.

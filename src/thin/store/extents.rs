@@ -253,10 +253,10 @@ impl MetaStore {
         let blocks = Self::extent_blocks_for(chunks, cs);
         let first = extent::next_first_block(self.msm.span());
         let pages_after = pages_for(first + blocks) as usize;
-        if blocks == 0 || pages_after > crate::meta::superblock::MAX_MSM_PAGES {
+        if blocks == 0 || pages_after > crate::thin::store::superblock::MAX_MSM_PAGES {
             return Err(Error::Invalid(format!(
                 "the metadata area cannot grow by {bytes} bytes (at most {} MiB in all)",
-                (crate::meta::superblock::MAX_MSM_PAGES as u64
+                (crate::thin::store::superblock::MAX_MSM_PAGES as u64
                     * ENTRIES_PER_PAGE as u64
                     * BLOCK_SIZE as u64)
                     >> 20

@@ -5,8 +5,8 @@
 //! Pools keep their catalog chain until its next change, which converts it.
 
 use super::*;
-use crate::meta::catalog::{VolumeRecord, RECORD_BYTES};
-use crate::meta::superblock::MAX_MSM_PAGES;
+use crate::thin::store::catalog::{VolumeRecord, RECORD_BYTES};
+use crate::thin::store::superblock::MAX_MSM_PAGES;
 
 pub const CATALOG_OWNER: u64 = u64::MAX - 4;
 /// Catalog records: volume id → [`VolumeRecord::encode_fixed`]; key 0 holds

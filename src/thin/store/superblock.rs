@@ -2,9 +2,9 @@
 //! metadata copy, written alternately (slot = txid % 2); on open the valid
 //! superblock with the highest transaction id wins.
 
-use super::codec::*;
-use super::node::{pack_ptr, unpack_ptr};
 use crate::error::BlockFault;
+use crate::meta::codec::*;
+use crate::meta::node::{pack_ptr, unpack_ptr};
 
 pub const SB_MAGIC: u32 = 0x4253_5056; // "VPSB"
 pub const SB_VERSION: u32 = 1;
@@ -67,12 +67,13 @@ const CSUM_ROOT: usize = 240;
 const INTENT_BLOCK: usize = 248;
 const SELECTOR: usize = 256;
 /// Version 6: the metadata extent list.
-const EXTENTS: usize = BLOCK_SIZE - super::extent::LIST_BYTES;
+const EXTENTS: usize = BLOCK_SIZE - crate::meta::extent::LIST_BYTES;
 /// Version 7: the flush log's directory block (u64), then 8 reserved bytes.
 const LOG_DIR: usize = EXTENTS - 16;
 /// Most space-map pages a superblock of version 6 or 7 can select between
 /// (the fixed area alone may have up to [`MAX_MSM_PAGES_V5`]).
-pub const MAX_MSM_PAGES: usize = (LOG_DIR - SELECTOR) * 8;
+pub const MAX_MSM_PAGES: usize = crate::meta::spacemap::MAX_PAGES;
+const _: () = assert!(MAX_MSM_PAGES == (LOG_DIR - SELECTOR) * 8);
 /// Most space-map pages a version-6 superblock could select between.
 const MAX_MSM_PAGES_V6: usize = (EXTENTS - SELECTOR) * 8;
 /// Most space-map pages before version 6 (a fixed area this large cannot
@@ -107,7 +108,7 @@ pub struct Superblock {
     /// roots (0: not recorded, as in versions before 5).
     pub root_gens: [u32; 3],
     /// Metadata extents (version 6; empty before).
-    pub extents: Vec<super::extent::MetaExtent>,
+    pub extents: Vec<crate::meta::extent::MetaExtent>,
     /// The metadata area grows only by command.
     pub no_autogrow: bool,
     /// The catalog is a tree rooted at `catalog_head` (version 6).
@@ -271,7 +272,7 @@ impl Superblock {
         let n = self.selector.len().min(end - SELECTOR);
         b[SELECTOR..SELECTOR + n].copy_from_slice(&self.selector[..n]);
         if !self.extents.is_empty() {
-            super::extent::encode(&self.extents, &mut b[EXTENTS..]);
+            crate::meta::extent::encode(&self.extents, &mut b[EXTENTS..]);
         }
         seal(&mut b, salt::SUPERBLOCK);
         b
@@ -330,7 +331,7 @@ impl Superblock {
         let (csum_root, csum_gen) = if has_csum { ptr(CSUM_ROOT) } else { (0, 0) };
         if [volumes_root, dsm_root, csum_root]
             .iter()
-            .any(|&r| r > super::node::BLOCK_MASK)
+            .any(|&r| r > crate::meta::node::BLOCK_MASK)
         {
             return Err(BlockFault::Malformed(
                 "superblock root pointer beyond any metadata area".into(),
@@ -380,7 +381,7 @@ impl Superblock {
             true => {
                 let list = &b[EXTENTS..];
                 let first = get_u64(list, 8);
-                super::extent::decode(list, first).map_err(BlockFault::Malformed)?
+                crate::meta::extent::decode(list, first).map_err(BlockFault::Malformed)?
             }
             false => Vec::new(),
         };
@@ -389,7 +390,7 @@ impl Superblock {
             true => unpack_ptr(get_u64(b, 56)),
             false => (get_u64(b, 56), 0),
         };
-        if catalog_tree && catalog_head > super::node::BLOCK_MASK {
+        if catalog_tree && catalog_head > crate::meta::node::BLOCK_MASK {
             return Err(BlockFault::Malformed(
                 "superblock catalog root beyond any metadata area".into(),
             ));
@@ -398,7 +399,7 @@ impl Superblock {
             true => get_u64(b, LOG_DIR),
             false => 0,
         };
-        if log_dir > super::node::BLOCK_MASK {
+        if log_dir > crate::meta::node::BLOCK_MASK {
             return Err(BlockFault::Malformed(
                 "superblock flush-log directory beyond any metadata area".into(),
             ));
@@ -473,7 +474,7 @@ mod tests {
         assert_eq!(d, sb);
         // With metadata extents: version 6, the list block at the end.
         let mut x = sb.clone();
-        x.extents = vec![super::super::extent::MetaExtent {
+        x.extents = vec![crate::meta::extent::MetaExtent {
             first_block: 2016,
             blocks: 100,
             copies: vec![1 << 20, 2 << 20],
@@ -586,6 +587,6 @@ mod tests {
         put_u64(&mut b, 40, 1 << 41);
         seal(&mut b, salt::SUPERBLOCK);
         assert!(Superblock::decode(&b).is_err());
-        crate::meta::fuzzing::superblock(&b);
+        crate::thin::store::fuzzing::superblock(&b);
     }
 }
