@@ -7,6 +7,7 @@
 //! checksums, catalog, flush log) are built on these in `thin::store`, as
 //! thin-provisioning-tools keeps `persistent-data/` apart from `thin/`.
 
+pub mod blocks;
 pub mod btree;
 pub mod codec;
 pub mod extent;

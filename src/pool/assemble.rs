@@ -241,7 +241,7 @@ impl Pool {
             array.keep_failed_device(i, dev);
         }
         // The rest of the metadata: its extents are read through the array.
-        meta.mirror.attach(array.health().clone());
+        meta.blocks.mirror.attach(array.health().clone());
         meta.load(Some(array.clone()))?;
         let thin = ThinPool::new(array, meta, first.chunk());
         let pool = Pool::from_parts(first, thin, warnings);

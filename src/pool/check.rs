@@ -70,7 +70,7 @@ impl Pool {
         r.damaged_copies
             .extend(meta.superblock_problems.iter().cloned());
         let (expected_meta, expected_data, stored_data) = count_references(&meta, &mut r)?;
-        r.damaged_copies.extend(meta.mirror.events());
+        r.damaged_copies.extend(meta.blocks.mirror.events());
         check_copies(&meta, &expected_meta, &mut r, repair);
         // Metadata block counts.
         let msm_counts = meta.msm().counts().to_vec();
@@ -356,7 +356,7 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
         }),
     ));
     for p in 0..sb.msm_pages as usize {
-        if !meta.place_exists(Place::Page(p, 0)) {
+        if !meta.blocks.place_exists(Place::Page(p, 0)) {
             continue;
         }
         let slot = sb.selector_bit(p);
@@ -411,8 +411,9 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
     }
     for (loc, what, valid) in items {
         let copies: Vec<(usize, String, std::io::Result<Vec<u8>>)> = match loc {
-            Loc::Place(p) => meta.read_place_copies(p),
+            Loc::Place(p) => meta.blocks.read_place_copies(p),
             Loc::Superblock(off) => meta
+                .blocks
                 .mirror
                 .copies()
                 .iter()
@@ -420,7 +421,7 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
                 .filter_map(|(idx, (member, dev))| {
                     let dev = dev.as_ref()?;
                     let mut b = vec![0u8; BLOCK_SIZE];
-                    let r = meta.mirror.read_copy(idx, off, &mut b).map(|()| b);
+                    let r = meta.blocks.mirror.read_copy(idx, off, &mut b).map(|()| b);
                     Some((idx, format!("copy on member {member} ({})", dev.name()), r))
                 })
                 .collect(),
@@ -449,8 +450,8 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
                     r.damaged_copies.push(msg);
                     if repair {
                         let _ = match loc {
-                            Loc::Place(p) => meta.rewrite_place_copy(p, idx, g),
-                            Loc::Superblock(off) => meta.mirror.write_copy(idx, off, g),
+                            Loc::Place(p) => meta.blocks.rewrite_place_copy(p, idx, g),
+                            Loc::Superblock(off) => meta.blocks.mirror.write_copy(idx, off, g),
                         };
                     }
                 }
@@ -458,6 +459,6 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
         }
     }
     if repair {
-        let _ = meta.flush_meta();
+        let _ = meta.blocks.flush_meta();
     }
 }

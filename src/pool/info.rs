@@ -215,8 +215,8 @@ impl Pool {
             metadata_used: meta.msm().used() * 4096,
             metadata_total: meta.msm().blocks() * 4096,
             metadata_reserved: meta.meta_reserve() * 4096,
-            metadata_grown: meta.extents().iter().map(|e| e.blocks * 4096).sum(),
-            metadata_extents: meta.extents().len(),
+            metadata_grown: meta.blocks.extents().iter().map(|e| e.blocks * 4096).sum(),
+            metadata_extents: meta.blocks.extents().len(),
             metadata_autogrow: meta.autogrow(),
             metadata_log: match meta.log_dir() {
                 0 => 0,
@@ -227,7 +227,7 @@ impl Pool {
             flush_commits: flush.commits,
             releasing: meta.releasing(),
             transaction: meta.committed().txid,
-            metadata_repairs: meta.mirror.repaired(),
+            metadata_repairs: meta.blocks.mirror.repaired(),
             warnings: {
                 drop(meta);
                 let mut w = self.warnings();

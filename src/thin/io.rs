@@ -60,8 +60,8 @@ pub(super) fn encode_mapping(phys: u64) -> [u8; 16] {
 
 impl ThinPool {
     pub fn new(array: Arc<Array>, mut meta: MetaStore, chunk_size: ChunkSize) -> ThinPool {
-        meta.mirror.attach(array.health().clone());
-        meta.attach_array(array.clone());
+        meta.blocks.mirror.attach(array.health().clone());
+        meta.blocks.attach_array(array.clone());
         let csums = meta.has_csums().then(Csums::new);
         let intent = meta.has_csums().then(|| {
             let recorded = match meta.read_intent() {

@@ -139,7 +139,7 @@ impl ThinPool {
     fn evacuate_extents(&self, limit: u64) -> Result<u64> {
         let cs = self.chunk_size;
         let mut moved = 0;
-        let extents = self.meta.read().extents().to_vec();
+        let extents = self.meta.read().blocks.extents().to_vec();
         for (i, e) in extents.iter().enumerate() {
             for (c, &off) in e.copies.iter().enumerate() {
                 let chunks = cs.count(e.run_bytes());

@@ -47,7 +47,7 @@ impl MetaStore {
     /// Can this pool keep its catalog as a tree? (A version-6 superblock
     /// selects at most [`MAX_MSM_PAGES`] space-map pages.)
     pub(crate) fn catalog_tree_fits(&self) -> bool {
-        (self.msm.span() as usize).div_ceil(ENTRIES_PER_PAGE) <= MAX_MSM_PAGES
+        (self.blocks.msm.span() as usize).div_ceil(ENTRIES_PER_PAGE) <= MAX_MSM_PAGES
     }
 
     /// Bring the catalog tree in step with the catalog in memory: the

@@ -115,7 +115,7 @@ impl MetaStore {
             kind: BlockKind::Intent as u16,
             blocknr: b,
             txid: self.committed.txid,
-            pool_tag: self.pool_tag,
+            pool_tag: self.blocks.pool_tag,
             low_key: region_chunks,
             ..Header::default()
         }
@@ -124,10 +124,11 @@ impl MetaStore {
         blk[HEADER_SIZE..HEADER_SIZE + n].copy_from_slice(&bits[..n]);
         seal(&mut blk, BlockKind::Intent.salt());
         let io = |e| Error::io("writing the write-intent block", e);
-        self.write_place(super::extents::Place::Block(b), &blk)
+        self.blocks
+            .write_place(super::Place::Block(b), &blk)
             .map_err(io)?;
         if durable {
-            self.flush_meta().map_err(io)?;
+            self.blocks.flush_meta().map_err(io)?;
         }
         Ok(())
     }
@@ -145,7 +146,7 @@ impl MetaStore {
         let Some(b) = self.intent_block() else {
             return Ok(None);
         };
-        let blk = self.read_block(b, BlockKind::Intent)?;
+        let blk = self.blocks.read_block(b, BlockKind::Intent)?;
         let h = Header::read(&blk);
         let current = h.txid == self.committed.txid;
         Ok(Some((h.low_key, blk[HEADER_SIZE..].to_vec(), current)))

@@ -12,7 +12,6 @@
 //! A commit starts the log again from its first block: the records of
 //! older transactions no longer match the committed `txid`.
 
-use super::extents::Place;
 use super::*;
 use crate::error::{BlockFault, Damage, Why};
 use crate::meta::spacemap::pages_for;
@@ -48,12 +47,17 @@ impl MetaStore {
     /// space map is too large for a version-7 superblock. Returns whether
     /// a log was made.
     pub fn create_log(&mut self) -> Result<bool> {
-        let n = (self.layout.meta_blocks / 32).min(LOG_BLOCKS);
+        let n = (self.blocks.layout.meta_blocks / 32).min(LOG_BLOCKS);
         if self.log_dir != 0
             || !self.loaded
             || n < 8
-            || pages_for(self.msm.span()) as usize > MAX_MSM_PAGES
-            || self.msm.span().saturating_sub(self.msm.used()) < 4 * (n + 1)
+            || pages_for(self.blocks.msm.span()) as usize > MAX_MSM_PAGES
+            || self
+                .blocks
+                .msm
+                .span()
+                .saturating_sub(self.blocks.msm.used())
+                < 4 * (n + 1)
         {
             return Ok(false);
         }
@@ -63,7 +67,7 @@ impl MetaStore {
                 Ok(b) => taken.push(b),
                 Err(e) => {
                     for b in taken {
-                        self.msm.dec(b);
+                        self.blocks.msm.dec(b);
                     }
                     return Err(e);
                 }
@@ -76,7 +80,7 @@ impl MetaStore {
             kind: BlockKind::LogDir as u16,
             blocknr: dir,
             txid: self.committed.txid + 1,
-            pool_tag: self.pool_tag,
+            pool_tag: self.blocks.pool_tag,
             nr_entries: blocks.len() as u16,
             ..Header::default()
         }
@@ -87,7 +91,8 @@ impl MetaStore {
         seal(&mut blk, BlockKind::LogDir.salt());
         // No committed state reaches it yet: written now, flushed by the
         // commit before its superblock.
-        self.write_place(Place::Block(dir), &blk)
+        self.blocks
+            .write_place(Place::Block(dir), &blk)
             .map_err(|e| Error::io("writing the flush log's directory", e))?;
         self.log_dir = dir;
         self.log_blocks = blocks;
@@ -101,7 +106,7 @@ impl MetaStore {
         if dir == 0 {
             return Ok(());
         }
-        let blk = self.read_block(dir, BlockKind::LogDir)?;
+        let blk = self.blocks.read_block(dir, BlockKind::LogDir)?;
         let n = Header::read(&blk).nr_entries as usize;
         if n > DIR_ENTRIES {
             let why = BlockFault::Malformed(format!("lists {n} blocks"));
@@ -110,7 +115,7 @@ impl MetaStore {
         let blocks: Vec<u64> = (0..n).map(|i| get_u64(&blk, HEADER_SIZE + 8 * i)).collect();
         if let Some(b) = blocks
             .iter()
-            .find(|&&b| !self.place_exists(Place::Block(b)))
+            .find(|&&b| !self.blocks.place_exists(Place::Block(b)))
         {
             let why = BlockFault::Malformed(format!("names block {b}, outside the metadata area"));
             return Err(Damage::block(BlockKind::LogDir.name(), dir, Why::Block(why)).into());
@@ -136,7 +141,7 @@ impl MetaStore {
             kind: BlockKind::Log as u16,
             blocknr: b,
             txid: self.committed.txid,
-            pool_tag: self.pool_tag,
+            pool_tag: self.blocks.pool_tag,
             owner: payload.len() as u64,
             low_key: seq,
             ..Header::default()
@@ -144,7 +149,7 @@ impl MetaStore {
         .write(&mut blk);
         blk[HEADER_SIZE..HEADER_SIZE + payload.len()].copy_from_slice(payload);
         seal(&mut blk, BlockKind::Log.salt());
-        self.write_place(Place::Block(b), &blk)
+        self.blocks.write_place(Place::Block(b), &blk)
     }
 
     /// The payloads of the records of the running transaction, in order:
@@ -153,7 +158,7 @@ impl MetaStore {
     /// it (its data was flushed before it was written); the replay's
     /// commit makes the log's copies irrelevant, so none is rewritten.
     pub fn read_log(&self) -> Vec<Vec<u8>> {
-        let (base, tag) = (self.committed.txid, self.pool_tag);
+        let (base, tag) = (self.committed.txid, self.blocks.pool_tag);
         let mut out = Vec::new();
         for (i, &b) in self.log_blocks.iter().enumerate() {
             let seq = i as u64 + 1;
@@ -163,6 +168,7 @@ impl MetaStore {
                     .then_some(h.owner as usize)
             };
             let found = self
+                .blocks
                 .read_place_copies(Place::Block(b))
                 .into_iter()
                 .find_map(|(_, _, r)| {
@@ -180,6 +186,6 @@ impl MetaStore {
 
     /// Make the log's writes durable on every copy.
     pub fn flush_log(&self) -> io::Result<()> {
-        self.flush_meta()
+        self.blocks.flush_meta()
     }
 }

@@ -19,6 +19,7 @@
 //! reaches only blocks that nothing in steps 2–3 overwrote.
 
 use crate::error::{Error, Result};
+pub use crate::meta::blocks::{BlockStore, MetaLayout};
 use crate::meta::btree::{self, NodeStore, TreeSpec, ValueKind};
 use crate::meta::codec::*;
 use crate::meta::header::{BlockKind, Header, HEADER_SIZE};
@@ -27,10 +28,7 @@ use crate::meta::spacemap::{MetaSpaceMap, ENTRIES_PER_PAGE};
 use crate::raid::MetaMirror;
 use catalog::Catalog;
 use dataspace::DataSpace;
-use lru::LruCache;
-use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use superblock::{SbCsum, SbTransition, Superblock};
 
@@ -40,7 +38,6 @@ pub const DSM_OWNER: u64 = u64::MAX - 2;
 /// removed volumes and snapshots, released in steps (no catalog record).
 pub const RELEASING: u64 = 1 << 62;
 pub const DEFAULT_CACHE_NODES: usize = 16384;
-const CACHE_SHARDS: usize = 16;
 
 /// Tree of volumes: id → (mapping root, mapped chunks, reserved).
 pub const VOLUMES_SPEC: TreeSpec = TreeSpec {
@@ -62,30 +59,6 @@ pub fn mapping_spec(owner: u64) -> TreeSpec {
         owner,
         value_size: 16,
         values: ValueKind::DataChunk,
-    }
-}
-
-/// Where the metadata area sits on each copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MetaLayout {
-    /// Superblock slot 0; slot 1 follows, then the space-map pages.
-    pub meta_offset: u64,
-    pub msm_pages: u32,
-    pub meta_blocks: u64,
-}
-
-impl MetaLayout {
-    pub fn msm_slot_offset(&self, page: usize, slot: usize) -> u64 {
-        self.meta_offset + (2 + 2 * page as u64 + slot as u64) * BLOCK_SIZE as u64
-    }
-
-    pub fn block_offset(&self, b: u64) -> u64 {
-        self.meta_offset + (2 + 2 * self.msm_pages as u64 + b) * BLOCK_SIZE as u64
-    }
-
-    /// Bytes from `meta_offset` to the end of the metadata area.
-    pub fn area_bytes(&self) -> u64 {
-        (2 + 2 * self.msm_pages as u64 + self.meta_blocks) * BLOCK_SIZE as u64
     }
 }
 
@@ -118,9 +91,8 @@ impl VolumeRoot {
 }
 
 pub struct MetaStore {
-    pub(crate) mirror: MetaMirror,
-    layout: MetaLayout,
-    pool_tag: u64,
+    /// The generic transactional block store the trees live in.
+    pub blocks: BlockStore,
     committed: Superblock,
     pub volumes_root: u64,
     /// The volumes tree's entries, kept in step with it: the data path
@@ -152,31 +124,13 @@ pub struct MetaStore {
     shape_dirty: bool,
     /// `pool set metadata-autogrow=off`.
     no_autogrow: bool,
-    msm: MetaSpaceMap,
-    dirty: HashMap<u64, Arc<Node>>,
-    /// Generation tags of tree roots as their pointers record them (the
-    /// superblock's, the volumes tree's values), by block: a root read
-    /// from disk is checked against it. Dropped when the block is freed.
-    root_gens: HashMap<u64, u32>,
-    /// Clean nodes, in shards (by block number) so that parallel look-ups
-    /// do not queue on one lock.
-    cache: Vec<Mutex<LruCache<u64, Arc<Node>>>>,
     pub data: DataSpace,
     /// Data checksums (checksum-tree root, intent block), if the pool has them.
     csum: Option<SbCsum>,
-    pool_name: String,
     /// Damaged or unreadable superblock copies seen at open.
     pub superblock_problems: Vec<String>,
     /// What open did to recover from an interrupted commit.
     pub recovery_notes: Vec<String>,
-    /// Metadata space taken from the data area (see `meta::extent`).
-    extents: Vec<crate::meta::extent::MetaExtent>,
-    /// The extent list changed in this transaction.
-    extents_dirty: bool,
-    /// The array extents are read and written through.
-    array: Option<Arc<crate::raid::Array>>,
-    /// Extent blocks written since the last flush of the array.
-    ext_unflushed: std::sync::atomic::AtomicBool,
     /// Everything past the superblock and the fixed area's space map is
     /// read (see `open` and `load`).
     loaded: bool,
@@ -190,11 +144,6 @@ fn corrupt(what: String) -> Error {
 }
 
 impl MetaStore {
-    /// The cache shard of block `b`.
-    pub(crate) fn cache_of(&self, b: u64) -> &Mutex<LruCache<u64, Arc<Node>>> {
-        &self.cache[(b as usize) % CACHE_SHARDS]
-    }
-
     fn blank(
         mirror: MetaMirror,
         layout: MetaLayout,
@@ -230,12 +179,8 @@ impl MetaStore {
             catalog_gen: 0,
             log_dir: 0,
         };
-        let cap =
-            NonZeroUsize::new((cache_nodes / CACHE_SHARDS).max(64)).unwrap_or(NonZeroUsize::MIN);
         MetaStore {
-            mirror,
-            layout,
-            pool_tag: pool_tag(&pool_uuid),
+            blocks: BlockStore::new(mirror, layout, pool_tag(&pool_uuid), cache_nodes),
             committed,
             volumes_root: 0,
             roots: HashMap::new(),
@@ -254,21 +199,10 @@ impl MetaStore {
             transition: None,
             shape_dirty: false,
             no_autogrow: false,
-            msm: MetaSpaceMap::new(layout.meta_blocks),
-            dirty: HashMap::new(),
-            root_gens: HashMap::new(),
-            cache: (0..CACHE_SHARDS)
-                .map(|_| Mutex::new(LruCache::new(cap)))
-                .collect(),
             data: DataSpace::new(data_chunks),
             csum: None,
-            pool_name: String::new(),
             superblock_problems: Vec::new(),
             recovery_notes: Vec::new(),
-            extents: Vec::new(),
-            extents_dirty: false,
-            array: None,
-            ext_unflushed: std::sync::atomic::AtomicBool::new(false),
             loaded: false,
             log_dir: 0,
             log_blocks: Vec::new(),
@@ -297,7 +231,7 @@ impl MetaStore {
             members,
             cache_nodes,
         );
-        s.pool_name = pool_name.to_string();
+        s.blocks.pool_name = pool_name.to_string();
         s.loaded = true;
         s.catalog = Catalog {
             pool_name: pool_name.to_string(),
@@ -318,11 +252,11 @@ impl MetaStore {
     }
 
     pub fn layout(&self) -> &MetaLayout {
-        &self.layout
+        &self.blocks.layout
     }
 
     pub fn pool_tag(&self) -> u64 {
-        self.pool_tag
+        self.blocks.pool_tag
     }
 
     pub fn committed(&self) -> &Superblock {
@@ -404,12 +338,12 @@ impl MetaStore {
     /// Replace the set of members holding the metadata area (after the
     /// area was copied to any new one), keeping the member health.
     pub fn set_mirror(&mut self, mut mirror: MetaMirror) {
-        mirror.attach(self.mirror.health().clone());
-        self.mirror = mirror;
+        mirror.attach(self.blocks.mirror.health().clone());
+        self.blocks.mirror = mirror;
     }
 
     pub fn mirror(&self) -> &MetaMirror {
-        &self.mirror
+        &self.blocks.mirror
     }
 
     /// Every volume and snapshot id with a mapping tree.
@@ -434,18 +368,18 @@ impl MetaStore {
             },
         )?;
         for vr in roots.values() {
-            self.note_root_gen(vr.root, vr.gen);
+            self.blocks.note_root_gen(vr.root, vr.gen);
         }
         self.roots = roots;
         Ok(())
     }
 
     pub fn msm(&self) -> &MetaSpaceMap {
-        &self.msm
+        &self.blocks.msm
     }
 
     pub fn msm_mut(&mut self) -> &mut MetaSpaceMap {
-        &mut self.msm
+        &mut self.blocks.msm
     }
 
     pub fn dsm_root(&self) -> u64 {
@@ -453,30 +387,21 @@ impl MetaStore {
     }
 
     pub fn dirty_nodes(&self) -> usize {
-        self.dirty.len()
+        self.blocks.dirty.len()
     }
 
     /// Anything to commit? A changed member state alone is not: it is
     /// recorded with the first real change (a pool opened degraded and only
     /// read leaves its missing member trusted).
     pub fn has_changes(&self) -> bool {
-        !self.dirty.is_empty()
+        !self.blocks.dirty.is_empty()
             || !self.data.overlay.is_empty()
             || self.catalog_dirty
             || self.catalog_staged
-            || !self.msm.dirty_pages().is_empty()
+            || !self.blocks.msm.dirty_pages().is_empty()
             || self.shape_dirty
-            || self.extents_dirty
+            || self.blocks.extents_dirty
             || self.csum.map(|c| c.root) != self.committed.csum.map(|c| c.root)
-    }
-}
-
-impl MetaStore {
-    /// Remember the generation tag a pointer records for root `b`.
-    pub(crate) fn note_root_gen(&mut self, b: u64, gen: u32) {
-        if b != 0 && gen != 0 {
-            self.root_gens.insert(b, gen);
-        }
     }
 }
 
@@ -498,7 +423,7 @@ pub mod catalog;
 pub mod catalog_tree;
 mod commit;
 mod extents;
-pub(crate) use extents::Place;
+pub use crate::meta::blocks::Place;
 pub mod csum;
 pub mod dataspace;
 pub mod fuzzing;

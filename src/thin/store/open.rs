@@ -2,7 +2,7 @@
 //! reading metadata blocks from the first valid copy.
 
 use super::*;
-use crate::error::{BlockFault, Damage, Why};
+use crate::error::{Damage, Why};
 use crate::meta::spacemap::{pages_for, HOLE};
 
 impl MetaStore {
@@ -100,7 +100,7 @@ impl MetaStore {
         for p in 0..layout.msm_pages as usize {
             s.read_msm_page(&sb, p, &mut counts)?;
         }
-        s.msm = MetaSpaceMap::from_counts(counts);
+        s.blocks.msm = MetaSpaceMap::from_counts(counts);
         s.volumes_root = sb.volumes_root;
         s.dsm_root = sb.dsm_root;
         s.catalog_head = sb.catalog_head;
@@ -117,17 +117,18 @@ impl MetaStore {
         s.member_states.resize(members, 0);
         s.transition = sb.transition;
         s.no_autogrow = sb.no_autogrow;
-        s.extents = sb.extents.clone();
+        s.blocks.extents = sb.extents.clone();
         s.csum = sb.csum;
         s.catalog_tree = sb.catalog_tree;
         if sb.catalog_tree {
-            s.note_root_gen(sb.catalog_head, sb.catalog_gen);
+            s.blocks.note_root_gen(sb.catalog_head, sb.catalog_gen);
         }
-        s.note_root_gen(sb.volumes_root, sb.root_gens[0]);
-        s.note_root_gen(sb.dsm_root, sb.root_gens[1]);
+        s.blocks.note_root_gen(sb.volumes_root, sb.root_gens[0]);
+        s.blocks.note_root_gen(sb.dsm_root, sb.root_gens[1]);
         if let Some(c) = sb.csum {
-            s.note_root_gen(c.root, sb.root_gens[2]);
+            s.blocks.note_root_gen(c.root, sb.root_gens[2]);
         }
+        s.blocks.last_txid = sb.txid;
         s.committed = sb;
         Ok(s)
     }
@@ -136,17 +137,18 @@ impl MetaStore {
     fn read_msm_page(&self, sb: &Superblock, p: usize, counts: &mut [u32]) -> Result<()> {
         let slot = sb.selector_bit(p);
         let nr = (2 * p + slot) as u64;
-        let tag = self.pool_tag;
+        let tag = self.blocks.pool_tag;
         let mut b = vec![0u8; BLOCK_SIZE];
         let mut check =
             |blk: &[u8]| Header::validate(blk, BlockKind::SpaceMap, nr, tag, sb.txid).map(|_| ());
-        self.read_place_valid(
-            &format!("space-map page {p}"),
-            extents::Place::Page(p, slot),
-            &mut b,
-            &mut check,
-        )
-        .map_err(|c| Damage::new(format!("space-map page {p}"), Why::Copies(c)))?;
+        self.blocks
+            .read_place_valid(
+                &format!("space-map page {p}"),
+                Place::Page(p, slot),
+                &mut b,
+                &mut check,
+            )
+            .map_err(|c| Damage::new(format!("space-map page {p}"), Why::Copies(c)))?;
         MetaSpaceMap::decode_page(&b, p, counts)
             .map_err(|e| Damage::new(format!("space-map page {p}"), Why::Block(e)).into())
     }
@@ -156,12 +158,12 @@ impl MetaStore {
     /// reference counts. `array`: what extents are reached through.
     pub fn load(&mut self, array: Option<Arc<crate::raid::Array>>) -> Result<()> {
         if let Some(a) = array {
-            self.attach_array(a);
+            self.blocks.attach_array(a);
         }
         let sb = self.committed.clone();
-        if !self.extents.is_empty() {
-            let mut counts = self.msm.counts().to_vec();
-            for e in self.extents.clone() {
+        if !self.blocks.extents.is_empty() {
+            let mut counts = self.blocks.msm.counts().to_vec();
+            for e in self.blocks.extents.clone() {
                 for p in e.first_page()..e.first_page() + e.pages() {
                     self.read_msm_page(&sb, p, &mut counts)?;
                 }
@@ -170,13 +172,13 @@ impl MetaStore {
             for (b, c) in counts
                 .iter_mut()
                 .enumerate()
-                .skip(self.layout.meta_blocks as usize)
+                .skip(self.blocks.layout.meta_blocks as usize)
             {
-                if !self.extents.iter().any(|e| e.holds_block(b as u64)) {
+                if !self.blocks.extents.iter().any(|e| e.holds_block(b as u64)) {
                     *c = HOLE;
                 }
             }
-            self.msm = MetaSpaceMap::from_counts(counts);
+            self.blocks.msm = MetaSpaceMap::from_counts(counts);
         }
         self.loaded = true;
         self.catalog = match self.catalog_tree {
@@ -185,7 +187,7 @@ impl MetaStore {
         };
         self.load_roots()?;
         self.load_log()?;
-        self.pool_name = self.catalog.pool_name.clone();
+        self.blocks.pool_name = self.catalog.pool_name.clone();
         // Rebuild the in-memory data space map from the persistent counts.
         let mut entries = Vec::new();
         btree::walk(
@@ -214,27 +216,27 @@ impl MetaStore {
     /// failed pool goes back to (`pool clear`). Everything not committed is
     /// dropped.
     pub fn reopen(&self) -> Result<MetaStore> {
-        let cache_nodes = self.cache.iter().map(|c| c.lock().cap().get()).sum();
+        let cache_nodes = self.blocks.cache_capacity();
         let mut s = MetaStore::open(
-            self.mirror.reopened(),
-            self.layout,
+            self.blocks.mirror.reopened(),
+            self.blocks.layout,
             self.committed.pool_uuid,
             self.member_states.len(),
             self.data.total().max(self.committed.data_chunks),
             cache_nodes,
         )?;
-        s.load(self.array.clone())?;
-        s.pool_name = self.pool_name.clone();
+        s.load(self.blocks.array.clone())?;
+        s.blocks.pool_name = self.blocks.pool_name.clone();
         Ok(s)
     }
 
     /// A commit interrupted between superblock copies leaves some copies one
     /// transaction behind; rewrite them (best effort on read-only devices).
     fn bring_superblocks_up_to_date(&mut self, sb: &Superblock) {
-        let off = Superblock::slot_offset(self.layout.meta_offset, sb.txid);
+        let off = Superblock::slot_offset(self.blocks.layout.meta_offset, sb.txid);
         let bytes = sb.encode();
-        for idx in 0..self.mirror.copies().len() {
-            let (member, Some(dev)) = &self.mirror.copies()[idx] else {
+        for idx in 0..self.blocks.mirror.copies().len() {
+            let (member, Some(dev)) = &self.blocks.mirror.copies()[idx] else {
                 continue;
             };
             let mut b = vec![0u8; BLOCK_SIZE];
@@ -264,10 +266,10 @@ impl MetaStore {
         let mut hops = 0u64;
         while b != 0 {
             hops += 1;
-            if hops > self.msm.span() {
+            if hops > self.blocks.msm.span() {
                 return Err(corrupt("catalog chain loops".into()));
             }
-            let blk = self.read_block(b, BlockKind::Catalog)?;
+            let blk = self.blocks.read_block(b, BlockKind::Catalog)?;
             let h = Header::read(&blk);
             let n = (h.low_key as usize).min(BLOCK_SIZE - HEADER_SIZE);
             bytes.extend_from_slice(&blk[HEADER_SIZE..HEADER_SIZE + n]);
@@ -294,56 +296,11 @@ impl MetaStore {
         }
         let mut out = Vec::new();
         let mut b = self.catalog_head;
-        while b != 0 && out.len() as u64 <= self.msm.span() {
+        while b != 0 && out.len() as u64 <= self.blocks.msm.span() {
             out.push(b);
-            let blk = self.read_block(b, BlockKind::Catalog)?;
+            let blk = self.blocks.read_block(b, BlockKind::Catalog)?;
             b = Header::read(&blk).next;
         }
         Ok(out)
-    }
-
-    /// Read one metadata block from the first valid copy.
-    pub fn read_block(&self, b: u64, kind: BlockKind) -> Result<Vec<u8>> {
-        self.read_block_expecting(b, kind, None)
-    }
-
-    /// Read one metadata block from the first copy that is valid and, for a
-    /// tree node, is the child its parent expects (a copy left stale by a
-    /// lost write is passed over, and rewritten from the good one).
-    pub(crate) fn read_block_expecting(
-        &self,
-        b: u64,
-        kind: BlockKind,
-        expect: Option<&btree::Expect>,
-    ) -> Result<Vec<u8>> {
-        if !self.place_exists(extents::Place::Block(b)) {
-            return Err(Damage::block(kind.name(), b, Why::Block(BlockFault::OutsideArea)).into());
-        }
-        let mut buf = vec![0u8; BLOCK_SIZE];
-        let (tag, max) = (self.pool_tag, self.committed.txid);
-        let mut check = |blk: &[u8]| {
-            Header::validate(blk, kind, b, tag, max)?;
-            if kind == BlockKind::Node {
-                let node = Node::decode(blk)?;
-                if let Some(e) = expect {
-                    e.check(&node)?;
-                }
-            }
-            Ok(())
-        };
-        self.read_place_valid(
-            &format!("metadata block {b} ({kind:?})"),
-            extents::Place::Block(b),
-            &mut buf,
-            &mut check,
-        )
-        .map_err(|c| {
-            let d = Damage::block(kind.name(), b, Why::Copies(c));
-            match expect {
-                Some(e) => d.in_tree(e.owner),
-                None => d,
-            }
-        })?;
-        Ok(buf)
     }
 }

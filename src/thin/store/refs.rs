@@ -17,7 +17,7 @@ impl MetaStore {
 
     pub fn data_alloc(&mut self) -> Result<u64> {
         self.data.alloc().ok_or_else(|| Error::NoSpace {
-            pool: self.pool_name.clone(),
+            pool: self.blocks.pool_name.clone(),
             detail: format!(
                 "all {} data chunks are in use ({} freed, reusable after the next commit)",
                 self.data.total(),
@@ -127,78 +127,39 @@ impl MetaStore {
     }
 }
 
+/// The trees run on the generic block store; what a value refers to (a
+/// data chunk, a mapping tree) is the schema's to count.
 impl NodeStore for MetaStore {
     fn read_node(&self, b: u64) -> Result<Arc<Node>> {
-        if let Some(n) = self.dirty.get(&b) {
-            return Ok(n.clone());
-        }
-        if let Some(n) = self.cache_of(b).lock().get(&b) {
-            return Ok(n.clone());
-        }
-        let blk = self.read_block(b, BlockKind::Node)?;
-        let node = Arc::new(Node::decode(&blk).map_err(|e| malformed(b, e))?);
-        self.cache_of(b).lock().put(b, node.clone());
-        Ok(node)
+        self.blocks.read_node(b)
     }
 
     fn read_child(&self, b: u64, expect: &btree::Expect) -> Result<Arc<Node>> {
-        let mut expect = *expect;
-        if let Some(n) = self.dirty.get(&b).cloned() {
-            // Written in this transaction: its generation is not known yet.
-            expect.gen = 0;
-            expect.check(&n).map_err(|e| expect.damage(b, e))?;
-            return Ok(n);
-        }
-        if expect.level.is_none() {
-            expect.gen = self.root_gens.get(&b).copied().unwrap_or(0);
-        }
-        let cached = self.cache_of(b).lock().get(&b).cloned();
-        if let Some(n) = cached {
-            expect.check(&n).map_err(|e| expect.damage(b, e))?;
-            return Ok(n);
-        }
-        let blk = self.read_block_expecting(b, BlockKind::Node, Some(&expect))?;
-        let node = Arc::new(Node::decode(&blk).map_err(|e| malformed(b, e))?);
-        self.cache_of(b).lock().put(b, node.clone());
-        Ok(node)
+        self.blocks.read_child(b, expect)
     }
 
     fn write_node(&mut self, b: u64, node: Node) {
-        self.dirty.insert(b, Arc::new(node));
+        self.blocks.write_node(b, node)
     }
 
     fn is_new(&self, b: u64) -> bool {
-        self.msm.is_new(b)
+        self.blocks.is_new(b)
     }
 
     fn alloc_block(&mut self) -> Result<u64> {
-        let b = self.msm.alloc().ok_or_else(|| Error::NoSpace {
-            pool: self.pool_name.clone(),
-            detail: format!(
-                "the metadata area is full ({} blocks of {} KiB)",
-                self.layout.meta_blocks,
-                BLOCK_SIZE / 1024
-            ),
-        })?;
-        self.cache_of(b).lock().pop(&b);
-        self.root_gens.remove(&b);
-        Ok(b)
+        self.blocks.alloc_block()
     }
 
     fn refcount(&self, b: u64) -> u32 {
-        self.msm.count(b)
+        self.blocks.refcount(b)
     }
 
     fn inc_block(&mut self, b: u64) {
-        self.msm.inc(b);
+        self.blocks.inc_block(b)
     }
 
     fn dec_block(&mut self, b: u64) {
-        self.msm.dec(b);
-        if self.msm.count(b) == 0 {
-            self.dirty.remove(&b);
-            self.root_gens.remove(&b);
-        }
+        self.blocks.dec_block(b)
     }
 
     fn inc_value(&mut self, spec: &TreeSpec, v: &[u8]) -> Result<()> {
@@ -208,7 +169,7 @@ impl NodeStore for MetaStore {
             ValueKind::Subtree => {
                 let r = get_u64(v, 0);
                 if r != 0 {
-                    self.msm.inc(r);
+                    self.blocks.msm.inc(r);
                 }
                 Ok(())
             }
@@ -222,9 +183,4 @@ impl NodeStore for MetaStore {
             ValueKind::Subtree => btree::dec_tree(self, &mapping_spec(0), get_u64(v, 0)),
         }
     }
-}
-
-/// A node whose block passed its checks but does not decode.
-fn malformed(b: u64, why: crate::error::BlockFault) -> Error {
-    crate::error::Damage::block("tree node", b, crate::error::Why::Block(why)).into()
 }

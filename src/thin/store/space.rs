@@ -34,13 +34,13 @@ pub enum SpaceUse {
 impl MetaStore {
     /// Blocks that can be allocated now (released blocks wait for the commit).
     pub fn meta_available(&self) -> u64 {
-        self.msm.available()
+        self.blocks.msm.available()
     }
 
     /// Blocks kept for removals: 1% of the area (at least 1 MiB, at most a
     /// quarter of a small area), plus room to rewrite the catalog.
     pub fn meta_reserve(&self) -> u64 {
-        let blocks = self.msm.blocks();
+        let blocks = self.blocks.msm.blocks();
         (blocks / 100).max(MIN_RESERVE_BLOCKS).min(blocks / 4) + 2 * self.catalog_block_count()
     }
 
@@ -73,7 +73,7 @@ impl MetaStore {
             return 0;
         }
         let per_leaf = ((BLOCK_SIZE - HEADER_SIZE) / (8 + 64)) as u64;
-        groups.min(self.msm.used() + groups / (per_leaf / 2).max(1) + 1)
+        groups.min(self.blocks.msm.used() + groups / (per_leaf / 2).max(1) + 1)
     }
 
     /// An upper bound of the blocks the commit of the running transaction
@@ -105,12 +105,12 @@ impl MetaStore {
             return Ok(());
         }
         Err(Error::NoSpace {
-            pool: self.pool_name.clone(),
+            pool: self.blocks.pool_name.clone(),
             detail: format!(
                 "the metadata area is full ({} KiB of {} KiB used; the last {} KiB are kept so that removals always work); \
                  remove snapshots or volumes (`vpool snap remove`, `vpool vol remove`), or grow the metadata area",
-                self.msm.used() * 4,
-                self.msm.blocks() * 4,
+                self.blocks.msm.used() * 4,
+                self.blocks.msm.blocks() * 4,
                 reserve * 4,
             ),
         })
