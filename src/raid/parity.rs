@@ -4,8 +4,12 @@
 /// `dst ^= src`. Slices must have equal length.
 pub fn xor_into(dst: &mut [u8], src: &[u8]) {
     debug_assert_eq!(dst.len(), src.len());
+    // SAFETY: every bit pattern is a valid u64 and a valid u8, so viewing
+    // aligned bytes as words (and back) cannot create an invalid value.
     let (d_pre, d_mid, d_post) = unsafe { dst.align_to_mut::<u64>() };
     if d_pre.is_empty() && src.as_ptr().align_offset(8) == 0 {
+        // SAFETY: as above; `src` is aligned, so its prefix is empty and
+        // its words line up with `dst`'s.
         let (_, s_mid, _) = unsafe { src.align_to::<u64>() };
         for (d, s) in d_mid.iter_mut().zip(s_mid) {
             *d ^= *s;

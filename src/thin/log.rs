@@ -7,7 +7,7 @@
 //!    are taken (with no write half done: writes hold `writes` for read);
 //! 2. the data members are flushed;
 //! 3. one record per log block holding them is written on every metadata
-//!    copy (see `meta::store::log`), and the copies are flushed.
+//!    copy (see `thin::store::log`), and the copies are flushed.
 //!
 //! Concurrent flushes share rounds (group commit): a flush returns as soon
 //! as a round that started after it was called has finished. Writes and
