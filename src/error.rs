@@ -66,6 +66,23 @@ impl Error {
         }
     }
 
+    /// This error as met by I/O on volume `name` (`pool/volume`): a
+    /// device's error and damaged metadata then name the volume too. The
+    /// variant is kept, so callers match on it as before.
+    pub fn in_volume(self, name: &str) -> Error {
+        match self {
+            Error::Io { context, source } => Error::Io {
+                context: format!("volume '{name}': {context}"),
+                source,
+            },
+            Error::Corrupt(mut d) => {
+                d.volume = Some(name.to_string());
+                Error::Corrupt(d)
+            }
+            e => e,
+        }
+    }
+
     /// The errno a block or file client should see: the one mapping the
     /// library, NBD (through `nbd::proto::nbd_error`) and FUSE use. A
     /// member's error is the volume's EIO whatever it was on the member (a
@@ -221,10 +238,15 @@ impl fmt::Display for CopyFault {
     }
 }
 
-/// Damaged metadata: what was being read, which block of which tree, and
-/// why it (or each of its copies) was refused.
+/// Damaged metadata: whose (pool, and the volume whose I/O met it), what
+/// was being read, which block of which tree, and why it (or each of its
+/// copies) was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damage {
+    /// The pool, when the reader knows it (the metadata store does).
+    pub pool: Option<String>,
+    /// The volume (`pool/volume`) whose I/O met the damage.
+    pub volume: Option<String>,
     /// What was being read: "node", "space-map page 3", "catalog", ...
     pub what: String,
     /// The metadata block, when one block is at fault.
@@ -247,6 +269,8 @@ pub enum Why {
 impl Damage {
     pub fn new(what: impl Into<String>, why: Why) -> Damage {
         Damage {
+            pool: None,
+            volume: None,
             what: what.into(),
             block: None,
             tree: None,
@@ -266,10 +290,23 @@ impl Damage {
         self.tree = Some(owner);
         self
     }
+
+    /// Damage in pool `name` (nothing when the name is not known yet).
+    pub fn in_pool(mut self, name: &str) -> Damage {
+        if !name.is_empty() {
+            self.pool = Some(name.to_string());
+        }
+        self
+    }
 }
 
 impl fmt::Display for Damage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.pool, &self.volume) {
+            (_, Some(v)) => write!(f, "volume '{v}': ")?,
+            (Some(p), None) => write!(f, "pool '{p}': ")?,
+            (None, None) => {}
+        }
         f.write_str(&self.what)?;
         if let Some(b) = self.block {
             write!(f, " (metadata block {b}")?;
@@ -341,5 +378,32 @@ mod tests {
             e.to_string(),
             "metadata is damaged: node (metadata block 77, tree 0x10): member 0 (a): block claims number 78 (misplaced write); member 1 (b): EIO"
         );
+        let e: Error = d.in_pool("tank").into();
+        assert!(e
+            .to_string()
+            .starts_with("metadata is damaged: pool 'tank': node (metadata block 77"));
+        let e = e.in_volume("tank/db");
+        assert!(e
+            .to_string()
+            .starts_with("metadata is damaged: volume 'tank/db': node (metadata block 77"));
+        assert_eq!(e.damage().and_then(|d| d.pool.as_deref()), Some("tank"));
+    }
+
+    #[test]
+    fn a_volume_names_itself_in_a_members_error_and_keeps_the_variant() {
+        let m = MemberIo {
+            member: 0,
+            device: "/dev/sdb".into(),
+            op: Op::Read,
+            offset: Some(4096),
+            source: io::Error::from_raw_os_error(libc::EIO),
+        };
+        let e = Error::io("reading data", m.into_io()).in_volume("tank/db");
+        assert_eq!(e.member().map(|m| m.member), Some(0));
+        assert!(e
+            .to_string()
+            .starts_with("volume 'tank/db': reading data: member 0 (/dev/sdb): read at byte 4096"));
+        let e = Error::NotFound("x".into()).in_volume("tank/db");
+        assert!(matches!(e, Error::NotFound(_)));
     }
 }

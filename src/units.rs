@@ -3,7 +3,7 @@
 //! place the data path converts between them.
 
 mod chunk;
-pub use chunk::{ChunkSize, Pieces};
+pub use chunk::{Chunk, ChunkSize, Pieces};
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();

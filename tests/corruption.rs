@@ -124,8 +124,15 @@ fn every_copy_damaged_gives_clear_errors() {
     assert!(matches!(err, Error::Corrupt(_)), "{err}");
     assert_eq!(err.errno(), libc::EIO);
     assert!(err.to_string().contains("metadata block"), "{err}");
-    // Typed: the block, and each copy's reason.
+    // Typed: the pool, the volume, the block, and each copy's reason.
     let d = err.damage().expect("damage");
+    assert_eq!(d.pool.as_deref(), Some(pool.name().as_str()), "{err}");
+    assert_eq!(
+        d.volume.as_deref(),
+        Some(format!("{}/db", pool.name()).as_str()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("volume '"), "{err}");
     assert_eq!(
         d.block,
         Some(pool.mapping_root("db", None).unwrap()),

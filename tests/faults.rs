@@ -257,6 +257,12 @@ fn linear_and_raid0_fail_the_io_and_keep_the_member() {
             .unwrap_or_else(|| panic!("{level}: no offset in {e}"));
         assert!(at >= pool.label().data_start, "{level}: {e}");
         assert!(e.to_string().contains("member 0 ("), "{level}: {e}");
+        // And the volume whose read met it.
+        assert!(
+            e.to_string()
+                .starts_with(&format!("volume '{}/a'", pool.name())),
+            "{level}: {e}"
+        );
         let info = pool.info();
         assert_eq!(info.members[0].state, "online", "{level}");
         assert_eq!(info.health, "online", "{level}");

@@ -121,7 +121,7 @@ impl Pool {
                 meta.msm_mut().repair(b, exp);
             }
             for (c, stored, exp) in data_fixes {
-                meta.data.set_count(c, stored, exp);
+                meta.data.set_count(crate::units::Chunk(c), stored, exp);
             }
             drop(meta);
             thin.commit_locked()?;
@@ -328,7 +328,7 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
     }
     // Metadata extents: the data chunks they take.
     for c in meta.extent_chunks() {
-        *exp_data.entry(c).or_default() += 1;
+        *exp_data.entry(c.index()).or_default() += 1;
     }
     r.blocks_checked = exp_meta.len() as u64;
     Ok((exp_meta, exp_data, stored_data))

@@ -399,7 +399,7 @@ impl Pool {
             let meta = thin.meta.read();
             let (mut c, mut used) = (cs.chunk_of(from), 0);
             while cs.start(c) < total && used < max_bytes.max(cs.bytes()) {
-                if meta.data.in_use(c) {
+                if meta.data.in_use(crate::units::Chunk(c)) {
                     used += cs.bytes();
                 }
                 c += 1;
@@ -409,12 +409,12 @@ impl Pool {
         let mut moved = 0;
         let mut c = cs.chunk_of(from);
         while cs.start(c) < to {
-            if !thin.meta.read().data.in_use(c) {
+            if !thin.meta.read().data.in_use(crate::units::Chunk(c)) {
                 c += 1;
                 continue;
             }
             let start = c;
-            while cs.start(c) < to && thin.meta.read().data.in_use(c) {
+            while cs.start(c) < to && thin.meta.read().data.in_use(crate::units::Chunk(c)) {
                 c += 1;
             }
             let (a0, a1) = (cs.start(start).max(from), cs.start(c).min(to));

@@ -273,7 +273,7 @@ fn resync_step(
         .ok_or_else(|| Error::Unavailable("new mirror missing".into()))?;
     let mut buf = vec![0u8; cs.bytes() as usize];
     for c in cs.chunk_of(from)..cs.count(to) {
-        if !thin.meta.read().data.in_use(c) {
+        if !thin.meta.read().data.in_use(crate::units::Chunk(c)) {
             continue;
         }
         let off = cs.start(c);
@@ -297,7 +297,7 @@ pub(super) fn read_used(thin: &ThinPool, from: u64, to: u64, buf: &mut [u8]) -> 
     while pos < to {
         let c = cs.chunk_of(pos);
         let end = cs.start(c + 1).min(to);
-        if thin.meta.read().data.in_use(c) {
+        if thin.meta.read().data.in_use(crate::units::Chunk(c)) {
             let piece = &mut buf[(pos - from) as usize..(end - from) as usize];
             thin.array
                 .read(pos, piece)

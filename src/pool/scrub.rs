@@ -56,7 +56,7 @@ impl Pool {
         }
         let t0 = Instant::now();
         let mut report = ScrubReport::default();
-        let mut next = Some(0);
+        let mut next = Some(crate::units::Chunk(0));
         let result: Result<()> = (|| {
             while let Some(from) = next {
                 next = thin.scrub_step(from, STEP_CHUNKS, !check_only, &mut report)?;

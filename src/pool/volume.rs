@@ -3,7 +3,6 @@
 
 use super::Pool;
 use crate::error::{Error, Result};
-use crate::meta::codec::get_u64;
 
 #[derive(Clone)]
 pub struct Volume {
@@ -69,6 +68,7 @@ impl Volume {
         let _g = thin.io_guard();
         self.check_range(offset, buf.len() as u64)?;
         thin.read(self.id, offset, buf)
+            .map_err(|e| e.in_volume(&self.name))
     }
 
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
@@ -88,6 +88,7 @@ impl Volume {
             },
             || done.get(),
         )
+        .map_err(|e| e.in_volume(&self.name))
     }
 
     /// Release a range: it reads as zeros, whole chunks return to the pool.
@@ -111,6 +112,7 @@ impl Volume {
                 usize::MAX - left
             },
         )
+        .map_err(|e| e.in_volume(&self.name))
     }
 
     /// Zero a range. Whole chunks are unmapped (thin: zeros cost nothing).
@@ -121,7 +123,10 @@ impl Volume {
     /// Make every completed write durable (through the flush log when it
     /// can: see `thin::log`).
     pub fn flush(&self) -> Result<()> {
-        self.pool.thin().flush()
+        self.pool
+            .thin()
+            .flush()
+            .map_err(|e| e.in_volume(&self.name))
     }
 
     /// A write that ran out of space is retried after a commit, which
@@ -229,6 +234,6 @@ impl Volume {
             root,
             vchunk,
         )?
-        .map(|(v, _)| get_u64(&v, 0)))
+        .map(|(v, _)| crate::thin::store::mapped_chunk(&v).index()))
     }
 }

@@ -12,6 +12,7 @@ use crate::raid::Copy;
 use crate::thin::store::csum::{
     csum_key, csum_key_chunk, Group, CSUM_BLOCK, CSUM_GROUP, GROUP_BYTES,
 };
+use crate::units::Chunk;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,7 +140,7 @@ impl ThinPool {
     }
 
     /// Checksum of block `within` (4 KiB aligned) of chunk `phys`, if known.
-    pub(crate) fn block_csum(&self, phys: u64, within: u64) -> Result<Option<u32>> {
+    pub(crate) fn block_csum(&self, phys: Chunk, within: u64) -> Result<Option<u32>> {
         let Some(cs) = &self.csums else {
             return Ok(None);
         };
@@ -149,7 +150,7 @@ impl ThinPool {
 
     /// Record the checksums of `data`, just written at byte `within` of
     /// chunk `phys` (both 4 KiB aligned).
-    pub(crate) fn record(&self, phys: u64, within: u64, data: &[u8]) -> Result<()> {
+    pub(crate) fn record(&self, phys: Chunk, within: u64, data: &[u8]) -> Result<()> {
         let Some(cs) = &self.csums else {
             return Ok(());
         };
@@ -187,8 +188,8 @@ impl ThinPool {
     /// blocks the write touched are computed. `full` is the new content.
     pub(crate) fn record_cow(
         &self,
-        newc: u64,
-        old: Option<u64>,
+        newc: Chunk,
+        old: Option<Chunk>,
         full: &[u8],
         within: u64,
         len: u64,
@@ -222,8 +223,8 @@ impl ThinPool {
 
     /// Read `buf` at byte `within` of chunk `phys` (4 KiB aligned) and
     /// verify it, repairing bad copies.
-    pub(crate) fn read_verified(&self, phys: u64, within: u64, buf: &mut [u8]) -> Result<()> {
-        let off = self.chunk_size.offset(phys, within);
+    pub(crate) fn read_verified(&self, phys: Chunk, within: u64, buf: &mut [u8]) -> Result<()> {
+        let off = self.chunk_size.at(phys, within);
         self.array
             .read(off, buf)
             .map_err(|e| Error::io("reading data", e))?;
@@ -249,7 +250,7 @@ impl ThinPool {
             let slot = ((at % GROUP_BYTES) / CSUM_BLOCK) as usize;
             if let Some(want) = g.map(|g| g[slot]) {
                 if crc(block) != want {
-                    let r = self.heal_block(self.chunk_size.offset(phys, at), block, want, true)?;
+                    let r = self.heal_block(self.chunk_size.at(phys, at), block, want, true)?;
                     if r.unrecoverable {
                         return Err(Error::io(
                             "reading data",

@@ -21,7 +21,7 @@
 use crate::error::Result;
 use crate::thin::store::csum::INTENT_BYTES;
 use crate::thin::store::MetaStore;
-use crate::units::ChunkSize;
+use crate::units::{Chunk, ChunkSize};
 use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -105,8 +105,8 @@ impl Intent {
         }
     }
 
-    pub fn region(&self, chunk: u64) -> u64 {
-        (chunk / self.region_chunks).min(REGIONS - 1)
+    pub fn region(&self, chunk: Chunk) -> u64 {
+        (chunk.index() / self.region_chunks).min(REGIONS - 1)
     }
 
     /// May the resync take a copy that fails its committed checksum as the
@@ -144,7 +144,7 @@ impl Intent {
     }
 
     /// Make sure the intent to overwrite `chunk` in place is on the medium.
-    pub fn mark(&self, meta: &RwLock<MetaStore>, chunk: u64) -> Result<()> {
+    pub fn mark(&self, meta: &RwLock<MetaStore>, chunk: Chunk) -> Result<()> {
         let r = self.region(chunk);
         if test(&self.on_disk, r) {
             return Ok(());

@@ -9,13 +9,13 @@ use super::csum::Csums;
 use super::intent::Intent;
 use crate::error::{Error, Result};
 use crate::meta::btree;
-use crate::meta::codec::{get_u64, put_u64};
+
 use crate::raid::Array;
 use crate::thin::store::space::SpaceUse;
 use crate::thin::store::superblock::MEMBER_FAILED;
 use crate::thin::store::VolumeRoot;
-use crate::thin::store::{mapping_spec, MetaStore};
-use crate::units::{ChunkSize, Pieces};
+use crate::thin::store::{mapped_chunk, mapping_spec, mapping_value, MetaStore};
+use crate::units::{Chunk, ChunkSize, Pieces};
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,16 +46,10 @@ pub struct ThinPool {
 
 /// A physical mapping: chunk number and whether it may be overwritten in place.
 struct Mapping {
-    phys: u64,
+    phys: Chunk,
     exclusive: bool,
     /// Allocated in the running transaction: no committed state refers to it.
     new: bool,
-}
-
-pub(super) fn encode_mapping(phys: u64) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    put_u64(&mut v, 0, phys);
-    v
 }
 
 impl ThinPool {
@@ -108,7 +102,7 @@ impl ThinPool {
         let root = meta.volume_root(vol)?.root;
         Ok(
             btree::lookup(&*meta, &mapping_spec(vol), root, vchunk)?.map(|(v, path_shared)| {
-                let phys = get_u64(&v, 0);
+                let phys = mapped_chunk(&v);
                 Mapping {
                     phys,
                     exclusive: !path_shared && meta.data.exclusive(phys),
@@ -207,7 +201,7 @@ impl ThinPool {
                 &full
             };
             self.array
-                .write(cs.start(newc), buf)
+                .write(cs.at(newc, 0), buf)
                 .map_err(|e| Error::io("writing data", e))?;
             if whole {
                 self.record(newc, 0, buf)
@@ -241,12 +235,12 @@ impl ThinPool {
         meta: &mut MetaStore,
         vol: u64,
         vchunk: u64,
-        phys: Option<u64>,
+        phys: Option<Chunk>,
     ) -> Result<()> {
         let spec = mapping_spec(vol);
         let mut vr = meta.volume_root(vol)?;
         let (root, old) = match phys {
-            Some(p) => btree::insert(meta, &spec, vr.root, vchunk, &encode_mapping(p))?,
+            Some(p) => btree::insert(meta, &spec, vr.root, vchunk, &mapping_value(p))?,
             None => btree::remove(meta, &spec, vr.root, vchunk)?,
         };
         match (&old, phys) {
@@ -255,7 +249,7 @@ impl ThinPool {
             _ => {}
         }
         if let Some(o) = old {
-            meta.data_dec(get_u64(&o, 0))?;
+            meta.data_dec(mapped_chunk(&o))?;
         }
         vr.root = root;
         meta.set_volume_root(vol, vr)?;
@@ -385,12 +379,12 @@ impl ThinPool {
         let mut i = 0;
         while i < released.len() {
             let mut j = i + 1;
-            while j < released.len() && released[j] == released[j - 1] + 1 {
+            while j < released.len() && released[j] == released[j - 1].next() {
                 j += 1;
             }
             let _ = self
                 .array
-                .discard(cs.start(released[i]), cs.span((j - i) as u64));
+                .discard(cs.at(released[i], 0), cs.span((j - i) as u64));
             i = j;
         }
         Ok(())
@@ -414,7 +408,7 @@ const BLK: u64 = crate::thin::store::csum::CSUM_BLOCK;
 impl ThinPool {
     /// Read bytes `[within, within + len)` of chunk `phys`, verified against
     /// their checksums (whole 4 KiB blocks are read to check them).
-    pub(crate) fn read_chunk(&self, phys: u64, within: u64, piece: &mut [u8]) -> Result<()> {
+    pub(crate) fn read_chunk(&self, phys: Chunk, within: u64, piece: &mut [u8]) -> Result<()> {
         let len = piece.len() as u64;
         let (a0, a1) = (within / BLK * BLK, (within + len).div_ceil(BLK) * BLK);
         if self.csums.is_none() || (a0 == within && a1 == within + len) {
@@ -430,11 +424,11 @@ impl ThinPool {
     /// Overwrite part of a chunk where it is, keeping its checksums: a
     /// write that does not cover whole 4 KiB blocks is widened with the
     /// blocks' current (verified) contents.
-    fn write_in_place(&self, phys: u64, within: u64, data: &[u8]) -> Result<()> {
+    fn write_in_place(&self, phys: Chunk, within: u64, data: &[u8]) -> Result<()> {
         let cs = self.chunk_size;
         let write = |at: u64, buf: &[u8]| {
             self.array
-                .write(cs.offset(phys, at), buf)
+                .write(cs.at(phys, at), buf)
                 .map_err(|e| Error::io("writing data", e))
         };
         if self.csums.is_none() {

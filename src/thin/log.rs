@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::meta::codec::{get_u32, get_u64, put_u32, put_u64};
 use crate::thin::store::csum::{csum_key_chunk, Group, CSUM_GROUP};
 use crate::thin::store::log::LOG_PAYLOAD;
+use crate::units::Chunk;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -36,7 +37,7 @@ pub(crate) enum Entry {
     Map {
         vol: u64,
         vchunk: u64,
-        phys: u64,
+        phys: Chunk,
     },
     Unmap {
         vol: u64,
@@ -71,7 +72,7 @@ impl Entry {
                 b[0] = MAP;
                 put_u64(b, 1, vol);
                 put_u64(b, 9, vchunk);
-                put_u64(b, 17, phys);
+                put_u64(b, 17, phys.index());
             }
             Entry::Unmap { vol, vchunk } => {
                 b[0] = UNMAP;
@@ -106,7 +107,7 @@ pub(crate) fn decode(mut p: &[u8]) -> std::result::Result<Vec<Entry>, String> {
             MAP => Entry::Map {
                 vol: get_u64(p, 1),
                 vchunk: get_u64(p, 9),
-                phys: get_u64(p, 17),
+                phys: Chunk(get_u64(p, 17)),
             },
             UNMAP => Entry::Unmap {
                 vol: get_u64(p, 1),
@@ -218,7 +219,7 @@ impl ThinPool {
 
     /// Note a mapping change for the next record (caller holds `meta`
     /// for write, so the order is the order of the changes).
-    pub(crate) fn log_map(&self, vol: u64, vchunk: u64, phys: Option<u64>) {
+    pub(crate) fn log_map(&self, vol: u64, vchunk: u64, phys: Option<Chunk>) {
         self.log.maps.lock().push(match phys {
             Some(phys) => Entry::Map { vol, vchunk, phys },
             None => Entry::Unmap { vol, vchunk },
@@ -437,7 +438,7 @@ mod tests {
             entries.push(Entry::Map {
                 vol: i,
                 vchunk: i * 3,
-                phys: i * 7,
+                phys: Chunk(i * 7),
             });
             entries.push(Entry::Unmap { vol: i, vchunk: 9 });
             entries.push(Entry::Csum {

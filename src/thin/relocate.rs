@@ -10,11 +10,11 @@
 //! leaves the committed trees pointing at intact data, and one after it
 //! leaves them pointing at flushed copies.
 
-use super::io::{encode_mapping, ThinPool};
+use super::io::ThinPool;
 use crate::error::{Error, Result};
 use crate::meta::btree;
-use crate::meta::codec::get_u64;
-use crate::thin::store::mapping_spec;
+use crate::thin::store::{mapped_chunk, mapping_spec, mapping_value};
+use crate::units::Chunk;
 use std::collections::HashMap;
 
 /// What one evacuation step did.
@@ -29,7 +29,11 @@ pub struct Evacuated {
 impl ThinPool {
     /// Chunks in use at or past `limit`.
     pub fn used_past(&self, limit: u64) -> u64 {
-        self.meta.read().data.used_from(limit, usize::MAX).len() as u64
+        self.meta
+            .read()
+            .data
+            .used_from(Chunk(limit), usize::MAX)
+            .len() as u64
     }
 
     /// Move up to `max_chunks` chunks in use at or past `limit` below it,
@@ -43,11 +47,15 @@ impl ThinPool {
         if self.evacuate_extents(limit)? > 0 {
             self.commit_locked()?;
         }
-        let picked = self.meta.read().data.used_from(limit, max_chunks.max(1));
+        let picked = self
+            .meta
+            .read()
+            .data
+            .used_from(Chunk(limit), max_chunks.max(1));
         if picked.is_empty() {
             return Ok(Evacuated::default());
         }
-        let wanted: std::collections::HashSet<u64> = picked.iter().copied().collect();
+        let wanted: std::collections::HashSet<Chunk> = picked.iter().copied().collect();
         // Every reference to the picked chunks: (volume, virtual chunk, chunk).
         let mut refs = Vec::new();
         {
@@ -61,7 +69,7 @@ impl ThinPool {
                     0,
                     u64::MAX,
                     &mut |k, v, _| {
-                        let phys = get_u64(v, 0);
+                        let phys = mapped_chunk(v);
                         if wanted.contains(&phys) {
                             refs.push((id, k, phys));
                         }
@@ -72,7 +80,7 @@ impl ThinPool {
         }
         let cs = self.chunk_size;
         let mut buf = vec![0u8; cs.bytes() as usize];
-        let mut to: HashMap<u64, u64> = HashMap::new();
+        let mut to: HashMap<Chunk, Chunk> = HashMap::new();
         let copied = picked.iter().try_for_each(|&c| {
             if !refs.iter().any(|r| r.2 == c) {
                 return Err(Error::corrupt(format!(
@@ -84,7 +92,7 @@ impl ThinPool {
             // Verified: a bad copy is repaired, not moved with fresh checksums.
             self.read_verified(c, 0, &mut buf)?;
             self.array
-                .write(cs.start(dst), &buf)
+                .write(cs.at(dst, 0), &buf)
                 .map_err(|e| Error::io("writing a moved chunk", e))?;
             self.record(dst, 0, &buf)
         });
@@ -106,9 +114,9 @@ impl ThinPool {
                     &mapping_spec(id),
                     vr.root,
                     k,
-                    &encode_mapping(dst),
+                    &mapping_value(dst),
                 )?;
-                if old.as_deref().map(|o| get_u64(o, 0)) != Some(c) {
+                if old.as_deref().map(mapped_chunk) != Some(c) {
                     return Err(Error::corrupt(format!(
                         "volume {id} chunk {k} changed while being moved"
                     )));
@@ -158,14 +166,14 @@ impl ThinPool {
                     let n = (e.run_bytes() - at).min(buf.len() as u64) as usize;
                     self.array
                         .read(off + at, &mut buf[..n])
-                        .and_then(|()| self.array.write(cs.offset(to, at), &buf[..n]))
+                        .and_then(|()| self.array.write(cs.at(to, at), &buf[..n]))
                         .map_err(|e| Error::io("moving a metadata extent", e))?;
                     at += n as u64;
                 }
                 self.array
                     .flush()
                     .map_err(|e| Error::io("moving a metadata extent", e))?;
-                self.meta.write().move_extent_copy(i, c, cs.start(to))?;
+                self.meta.write().move_extent_copy(i, c, cs.at(to, 0))?;
                 moved += 1;
             }
         }

@@ -13,6 +13,7 @@ use super::csum::crc;
 use super::ThinPool;
 use crate::error::{Error, Result};
 use crate::thin::store::csum::CSUM_BLOCK;
+use crate::units::Chunk;
 
 /// What a resync did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,7 +45,7 @@ impl ThinPool {
         let total = self.meta.read().data.total();
         for r in regions {
             out.regions += 1;
-            for c in intent.chunks_of(r, total) {
+            for c in intent.chunks_of(r, total).map(Chunk) {
                 if self.meta.read().data.in_use(c) {
                     self.resync_chunk(c, intent.may_adopt(), &mut out)?;
                     out.chunks += 1;
@@ -56,11 +57,11 @@ impl ThinPool {
         Ok(out)
     }
 
-    fn resync_chunk(&self, c: u64, adopt: bool, out: &mut Resynced) -> Result<()> {
+    fn resync_chunk(&self, c: Chunk, adopt: bool, out: &mut Resynced) -> Result<()> {
         let cs = self.chunk_size;
         let io = |e| Error::io("resyncing after a crash", e);
         for within in (0..cs.bytes()).step_by(CSUM_BLOCK as usize) {
-            let off = cs.offset(c, within);
+            let off = cs.at(c, within);
             let want = self.block_csum(c, within)?;
             let mut reads = Vec::new();
             for cp in self.array.copies(off, CSUM_BLOCK as usize) {
@@ -94,7 +95,7 @@ impl ThinPool {
             }
         }
         self.array
-            .check_parity(cs.start(c), cs.bytes(), true)
+            .check_parity(cs.at(c, 0), cs.bytes(), true)
             .map_err(io)?;
         Ok(())
     }

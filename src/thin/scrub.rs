@@ -7,6 +7,7 @@ use super::ThinPool;
 use crate::error::{Error, Result};
 use crate::raid::RaidLevel;
 use crate::thin::store::csum::CSUM_BLOCK;
+use crate::units::Chunk;
 use serde::{Deserialize, Serialize};
 
 const BLK: usize = CSUM_BLOCK as usize;
@@ -48,11 +49,11 @@ impl ThinPool {
     /// to go on from (`None`: done).
     pub fn scrub_step(
         &self,
-        from: u64,
+        from: Chunk,
         max: usize,
         repair: bool,
         r: &mut ScrubReport,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<Chunk>> {
         let _gate = self.exclusive();
         if self.array.in_transition() {
             return Err(Error::InUse(
@@ -64,7 +65,7 @@ impl ThinPool {
             return Ok(None);
         };
         // Metadata extents hold metadata, checked by `vpool check`.
-        let chunks: Vec<u64> = {
+        let chunks: Vec<Chunk> = {
             let meta = self.meta.read();
             chunks
                 .into_iter()
@@ -77,10 +78,10 @@ impl ThinPool {
         self.array
             .flush()
             .map_err(|e| Error::io("flushing scrub repairs", e))?;
-        Ok(Some(last + 1))
+        Ok(Some(last.next()))
     }
 
-    fn scrub_chunk(&self, c: u64, repair: bool, r: &mut ScrubReport) -> Result<()> {
+    fn scrub_chunk(&self, c: Chunk, repair: bool, r: &mut ScrubReport) -> Result<()> {
         let cs = self.chunk_size.bytes();
         let geo = self.array.geometry();
         let unit = if geo.level == RaidLevel::Raid1 {
@@ -92,7 +93,7 @@ impl ThinPool {
         let health = self.array.health();
         let bad_before = r.bad_blocks;
         for u0 in (0..cs).step_by(unit as usize) {
-            let off = self.chunk_size.offset(c, u0);
+            let off = self.chunk_size.at(c, u0);
             let len = unit.min(cs - u0) as usize;
             let copies = self.array.copies(off, len);
             // Each copy read once, each of its blocks checksummed once.
@@ -170,7 +171,7 @@ impl ThinPool {
         // only) intact; rows with bad data are judged after their repair.
         let bad = if repair || r.bad_blocks == bad_before {
             self.array
-                .check_parity(self.chunk_size.start(c), cs, repair)
+                .check_parity(self.chunk_size.at(c, 0), cs, repair)
                 .map_err(io)?
         } else {
             Vec::new()

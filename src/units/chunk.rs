@@ -3,6 +3,38 @@
 //! shared and checksummed by the chunk; clients, members and the array
 //! address bytes. Code above this layer converts through [`ChunkSize`]
 //! rather than multiplying and dividing by a bare `u64`.
+//!
+//! Two kinds of chunk number, kept apart by type: a volume's *virtual*
+//! chunk (its byte offset over the chunk size: the key of its mapping
+//! tree, a bare `u64`), and a *physical* [`Chunk`] of the pool's data area
+//! (what a mapping points at, what the data space map counts, what
+//! checksums and write intents are kept for). Only a physical chunk has a
+//! place on the array ([`ChunkSize::at`]).
+
+use std::fmt;
+
+/// A physical data chunk: chunk `n` of the pool's data area, at array byte
+/// `n × chunk size`. Stored on disk as its number (`Chunk::index`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Chunk(pub u64);
+
+impl Chunk {
+    /// The chunk's number, as mapping values and space-map keys store it.
+    pub const fn index(self) -> u64 {
+        self.0
+    }
+
+    /// The chunk after this one.
+    pub const fn next(self) -> Chunk {
+        Chunk(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Chunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// The size of a data chunk, in bytes (a power of two, at least 4 KiB,
 /// as `pool create` enforces; any non-zero size works here).
@@ -28,6 +60,21 @@ impl ChunkSize {
     /// The byte offset where chunk `chunk` starts.
     pub const fn start(self, chunk: u64) -> u64 {
         chunk * self.0
+    }
+
+    /// The array byte offset of byte `within` of physical chunk `c`.
+    pub const fn at(self, c: Chunk, within: u64) -> u64 {
+        c.0 * self.0 + within
+    }
+
+    /// The physical chunk array byte `off` is in.
+    pub const fn chunk_at(self, off: u64) -> Chunk {
+        Chunk(off / self.0)
+    }
+
+    /// The physical chunks any byte of array range `[off, off+len)` is in.
+    pub fn placed(self, off: u64, len: u64) -> impl Iterator<Item = Chunk> {
+        self.covering(off, len).map(Chunk)
     }
 
     /// The bytes `n` chunks hold.
@@ -125,6 +172,8 @@ mod tests {
         assert_eq!(cs.covering(65536, 65536), 1..2);
         assert_eq!(cs.inside(1, 3 * 65536), 1..3);
         assert!(cs.inside(1, 100).is_empty());
+        assert_eq!(cs.at(Chunk(3), 100), cs.offset(3, 100));
+        assert_eq!(Chunk(3).next(), Chunk(4));
     }
 
     #[test]

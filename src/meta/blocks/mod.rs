@@ -164,7 +164,8 @@ impl BlockStore {
         expect: Option<&btree::Expect>,
     ) -> Result<Vec<u8>> {
         if !self.place_exists(Place::Block(b)) {
-            return Err(Damage::block(kind.name(), b, Why::Block(BlockFault::OutsideArea)).into());
+            let d = Damage::block(kind.name(), b, Why::Block(BlockFault::OutsideArea));
+            return Err(d.in_pool(&self.pool_name).into());
         }
         let mut buf = vec![0u8; BLOCK_SIZE];
         let (tag, max) = (self.pool_tag, self.last_txid);
@@ -185,7 +186,7 @@ impl BlockStore {
             &mut check,
         )
         .map_err(|c| {
-            let d = Damage::block(kind.name(), b, Why::Copies(c));
+            let d = Damage::block(kind.name(), b, Why::Copies(c)).in_pool(&self.pool_name);
             match expect {
                 Some(e) => d.in_tree(e.owner),
                 None => d,

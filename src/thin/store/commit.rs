@@ -82,8 +82,12 @@ impl MetaStore {
         let txid = self.committed.txid + 1;
         // Fold data reference counts into their tree (idempotent: a retry
         // folds the same counts into nodes already copied).
-        let mut changes: Vec<(u64, u32)> =
-            self.data.overlay.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut changes: Vec<(u64, u32)> = self
+            .data
+            .overlay
+            .iter()
+            .map(|(k, v)| (k.index(), *v))
+            .collect();
         changes.sort_unstable();
         for (chunk, count) in changes {
             let root = self.dsm_root;

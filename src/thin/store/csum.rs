@@ -28,18 +28,21 @@ pub type Group = [u32; CSUM_GROUP];
 const GROUP_BITS: u32 = 16;
 
 /// Key of the group holding byte `within` of physical chunk `chunk`.
-pub fn csum_key(chunk: u64, within: u64) -> u64 {
-    (chunk << GROUP_BITS) | (within / GROUP_BYTES)
+pub fn csum_key(chunk: Chunk, within: u64) -> u64 {
+    (chunk.index() << GROUP_BITS) | (within / GROUP_BYTES)
 }
 
 /// The physical chunk a checksum key belongs to.
-pub fn csum_key_chunk(key: u64) -> u64 {
-    key >> GROUP_BITS
+pub fn csum_key_chunk(key: u64) -> Chunk {
+    Chunk(key >> GROUP_BITS)
 }
 
 /// The keys of every group of `chunk`: `[first, end)`.
-pub fn csum_keys_of(chunk: u64) -> (u64, u64) {
-    (chunk << GROUP_BITS, (chunk + 1) << GROUP_BITS)
+pub fn csum_keys_of(chunk: Chunk) -> (u64, u64) {
+    (
+        chunk.index() << GROUP_BITS,
+        chunk.next().index() << GROUP_BITS,
+    )
 }
 
 /// Bitmap bytes an intent block holds.
@@ -78,7 +81,7 @@ impl MetaStore {
     }
 
     /// Drop every entry of chunk `chunk` (it was freed).
-    pub fn csum_forget_chunk(&mut self, chunk: u64) -> Result<()> {
+    pub fn csum_forget_chunk(&mut self, chunk: Chunk) -> Result<()> {
         let Some(mut c) = self.csum else {
             return Ok(());
         };

@@ -3,6 +3,7 @@
 //! counts live in a B-tree (chunk → count, only non-zero entries) that the
 //! commit updates from `overlay`. Bits are rebuilt from that tree at open.
 
+use crate::units::Chunk;
 use std::collections::{HashMap, HashSet};
 
 pub struct DataSpace {
@@ -10,25 +11,27 @@ pub struct DataSpace {
     used_bits: Vec<u64>,
     shared_bits: Vec<u64>,
     /// Counts changed in the running transaction (absolute values).
-    pub overlay: HashMap<u64, u32>,
-    allocated: HashSet<u64>,
+    pub overlay: HashMap<Chunk, u32>,
+    allocated: HashSet<Chunk>,
     /// Of `allocated`, the chunks a flush-log record maps.
-    logged: HashSet<u64>,
-    decremented: HashSet<u64>,
-    freed: Vec<u64>,
+    logged: HashSet<Chunk>,
+    decremented: HashSet<Chunk>,
+    freed: Vec<Chunk>,
     /// Chunks whose release the last commit made final (to discard on the members).
-    released: Vec<u64>,
+    released: Vec<Chunk>,
     used: u64,
     hint: u64,
     /// Allocate only below this chunk (a member is being removed).
     limit: Option<u64>,
 }
 
-fn bit(v: &[u64], i: u64) -> bool {
+fn bit(v: &[u64], c: Chunk) -> bool {
+    let i = c.index();
     v[(i / 64) as usize] & (1 << (i % 64)) != 0
 }
 
-fn set_bit(v: &mut [u64], i: u64, on: bool) {
+fn set_bit(v: &mut [u64], c: Chunk, on: bool) {
+    let i = c.index();
     let w = &mut v[(i / 64) as usize];
     if on {
         *w |= 1 << (i % 64);
@@ -94,16 +97,16 @@ impl DataSpace {
     }
 
     /// Up to `max` chunks in use at or past `from`, in order.
-    pub fn used_from(&self, from: u64, max: usize) -> Vec<u64> {
+    pub fn used_from(&self, from: Chunk, max: usize) -> Vec<Chunk> {
         let mut out = Vec::new();
-        let mut c = from;
+        let mut c = from.index();
         while c < self.total && out.len() < max {
             if c.is_multiple_of(64) && self.used_bits[(c / 64) as usize] == 0 {
                 c += 64;
                 continue;
             }
-            if bit(&self.used_bits, c) {
-                out.push(c);
+            if bit(&self.used_bits, Chunk(c)) {
+                out.push(Chunk(c));
             }
             c += 1;
         }
@@ -126,8 +129,8 @@ impl DataSpace {
     }
 
     /// Load one persistent entry at open.
-    pub fn load(&mut self, chunk: u64, count: u32) {
-        if chunk < self.total && count > 0 {
+    pub fn load(&mut self, chunk: Chunk, count: u32) {
+        if chunk.index() < self.total && count > 0 {
             if !bit(&self.used_bits, chunk) {
                 self.used += 1;
             }
@@ -136,27 +139,27 @@ impl DataSpace {
         }
     }
 
-    pub fn in_use(&self, c: u64) -> bool {
-        c < self.total && bit(&self.used_bits, c)
+    pub fn in_use(&self, c: Chunk) -> bool {
+        c.index() < self.total && bit(&self.used_bits, c)
     }
 
     /// May `c` be overwritten in place by its one owner? Not if shared now,
     /// and not if it lost a reference in this transaction (the committed
     /// state may still show it to someone else) unless it is new.
-    pub fn exclusive(&self, c: u64) -> bool {
+    pub fn exclusive(&self, c: Chunk) -> bool {
         !bit(&self.shared_bits, c)
             && (self.allocated.contains(&c) || !self.decremented.contains(&c))
     }
 
     /// Was `c` allocated in the running transaction, and not named by a
     /// flush-log record since (so nothing durable refers to it)?
-    pub fn is_new(&self, c: u64) -> bool {
+    pub fn is_new(&self, c: Chunk) -> bool {
         self.allocated.contains(&c) && !self.logged.contains(&c)
     }
 
     /// A flush-log record now maps `c`: after a crash the log gives it back
     /// its contents, so it is overwritten as committed chunks are.
-    pub fn set_logged(&mut self, c: u64) {
+    pub fn set_logged(&mut self, c: Chunk) {
         if self.allocated.contains(&c) {
             self.logged.insert(c);
         }
@@ -164,8 +167,8 @@ impl DataSpace {
 
     /// Take chunk `c` with one reference, as the flush log's replay does
     /// for a chunk a logged write went to. False if it is not free.
-    pub fn claim(&mut self, c: u64) -> bool {
-        if c >= self.total || bit(&self.used_bits, c) {
+    pub fn claim(&mut self, c: Chunk) -> bool {
+        if c.index() >= self.total || bit(&self.used_bits, c) {
             return false;
         }
         self.take(c);
@@ -173,14 +176,14 @@ impl DataSpace {
     }
 
     /// Give free chunk `c` its first reference in the running transaction.
-    fn take(&mut self, c: u64) {
+    fn take(&mut self, c: Chunk) {
         set_bit(&mut self.used_bits, c, true);
         self.overlay.insert(c, 1);
         self.allocated.insert(c);
         self.used += 1;
     }
 
-    pub fn alloc(&mut self) -> Option<u64> {
+    pub fn alloc(&mut self) -> Option<Chunk> {
         let total = self.usable();
         if total == 0 {
             return None;
@@ -197,16 +200,16 @@ impl DataSpace {
             if c >= total {
                 continue;
             }
-            self.take(c);
+            self.take(Chunk(c));
             self.hint = c + 1;
-            return Some(c);
+            return Some(Chunk(c));
         }
         None
     }
 
     /// Allocate `n` consecutive chunks below the usable limit (first fit),
     /// each with one reference. For metadata extents.
-    pub fn alloc_run(&mut self, n: u64) -> Option<u64> {
+    pub fn alloc_run(&mut self, n: u64) -> Option<Chunk> {
         let total = self.usable();
         let (mut start, mut c) = (0u64, 0u64);
         while c < total && n > 0 {
@@ -215,7 +218,7 @@ impl DataSpace {
                 start = c;
                 continue;
             }
-            if bit(&self.used_bits, c) {
+            if bit(&self.used_bits, Chunk(c)) {
                 c += 1;
                 start = c;
                 continue;
@@ -223,15 +226,15 @@ impl DataSpace {
             c += 1;
             if c - start == n {
                 for x in start..c {
-                    self.take(x);
+                    self.take(Chunk(x));
                 }
-                return Some(start);
+                return Some(Chunk(start));
             }
         }
         None
     }
 
-    pub fn set_count(&mut self, c: u64, old: u32, new: u32) {
+    pub fn set_count(&mut self, c: Chunk, old: u32, new: u32) {
         self.overlay.insert(c, new);
         set_bit(&mut self.shared_bits, c, new > 1);
         if new < old {
@@ -250,8 +253,8 @@ impl DataSpace {
 
     /// Chunks whose count fell to zero in the running transaction (the
     /// commit releases them).
-    pub fn freed_now(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = self
+    pub fn freed_now(&self) -> Vec<Chunk> {
+        let mut v: Vec<Chunk> = self
             .freed
             .iter()
             .copied()
@@ -277,13 +280,13 @@ impl DataSpace {
     }
 
     /// Chunks released for good by the last commits, sorted; clears the list.
-    pub fn take_released(&mut self) -> Vec<u64> {
+    pub fn take_released(&mut self) -> Vec<Chunk> {
         let mut r = std::mem::take(&mut self.released);
         r.sort_unstable();
         r
     }
 
-    fn overlay_count_is_zero(&self, c: u64) -> bool {
+    fn overlay_count_is_zero(&self, c: Chunk) -> bool {
         self.overlay.get(&c).is_none_or(|&n| n == 0)
     }
 }

@@ -59,7 +59,7 @@ impl MetaStore {
                 Some(c) => runs.push(c),
                 None => {
                     for &c in &runs {
-                        for x in c..c + chunks {
+                        for x in cs.placed(cs.at(c, 0), cs.span(chunks)) {
                             self.data_dec(x)?;
                         }
                     }
@@ -76,7 +76,7 @@ impl MetaStore {
         let e = MetaExtent {
             first_block: first,
             blocks,
-            copies: runs.iter().map(|&c| cs.start(c)).collect(),
+            copies: runs.iter().map(|&c| cs.at(c, 0)).collect(),
         };
         self.blocks.msm.extend(first, e.end_block());
         self.blocks.extents.push(e);
@@ -85,22 +85,22 @@ impl MetaStore {
     }
 
     /// Is data chunk `c` part of a metadata extent?
-    pub fn is_extent_chunk(&self, c: u64) -> bool {
+    pub fn is_extent_chunk(&self, c: Chunk) -> bool {
         let cs = self.committed.chunk();
         self.blocks.extents.iter().any(|e| {
             e.copies
                 .iter()
-                .any(|&off| cs.covering(off, e.run_bytes()).contains(&c))
+                .any(|&off| cs.covering(off, e.run_bytes()).contains(&c.index()))
         })
     }
 
     /// Data chunks of every extent copy run.
-    pub fn extent_chunks(&self) -> Vec<u64> {
+    pub fn extent_chunks(&self) -> Vec<Chunk> {
         let cs = self.committed.chunk();
         let mut out = Vec::new();
         for e in &self.blocks.extents {
             for &off in &e.copies {
-                out.extend(cs.covering(off, e.run_bytes()));
+                out.extend(cs.placed(off, e.run_bytes()));
             }
         }
         out
@@ -114,7 +114,7 @@ impl MetaStore {
             let e = &self.blocks.extents[i];
             (e.copies[copy], e.run_bytes())
         };
-        for c in cs.covering(old, len) {
+        for c in cs.placed(old, len) {
             self.data_dec(c)?;
         }
         self.blocks.extents[i].copies[copy] = to;

@@ -26,6 +26,7 @@ use crate::meta::header::{BlockKind, Header, HEADER_SIZE};
 use crate::meta::node::Node;
 use crate::meta::spacemap::{MetaSpaceMap, ENTRIES_PER_PAGE};
 use crate::raid::MetaMirror;
+use crate::units::Chunk;
 use catalog::Catalog;
 use dataspace::DataSpace;
 use std::collections::HashMap;
@@ -60,6 +61,18 @@ pub fn mapping_spec(owner: u64) -> TreeSpec {
         value_size: 16,
         values: ValueKind::DataChunk,
     }
+}
+
+/// A mapping tree's value for physical chunk `c`.
+pub fn mapping_value(c: Chunk) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    put_u64(&mut v, 0, c.index());
+    v
+}
+
+/// The physical chunk a mapping tree's value points at.
+pub fn mapped_chunk(v: &[u8]) -> Chunk {
+    Chunk(get_u64(v, 0))
 }
 
 /// Per-volume entry of the volumes tree.

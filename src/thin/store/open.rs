@@ -207,7 +207,7 @@ impl MetaStore {
                     "reference count for chunk {k} beyond the pool"
                 )));
             }
-            self.data.load(k, c);
+            self.data.load(Chunk(k), c);
         }
         Ok(())
     }

@@ -6,16 +6,16 @@ use super::*;
 impl MetaStore {
     // ---- data chunk reference counts ----
 
-    pub fn data_count(&self, c: u64) -> Result<u32> {
+    pub fn data_count(&self, c: Chunk) -> Result<u32> {
         if let Some(n) = self.data.overlay.get(&c) {
             return Ok(*n);
         }
-        Ok(btree::lookup(self, &DSM_SPEC, self.dsm_root, c)?
+        Ok(btree::lookup(self, &DSM_SPEC, self.dsm_root, c.index())?
             .map(|(v, _)| get_u32(&v, 0))
             .unwrap_or(0))
     }
 
-    pub fn data_alloc(&mut self) -> Result<u64> {
+    pub fn data_alloc(&mut self) -> Result<Chunk> {
         self.data.alloc().ok_or_else(|| Error::NoSpace {
             pool: self.blocks.pool_name.clone(),
             detail: format!(
@@ -26,7 +26,7 @@ impl MetaStore {
         })
     }
 
-    pub fn data_inc(&mut self, c: u64) -> Result<()> {
+    pub fn data_inc(&mut self, c: Chunk) -> Result<()> {
         let n = self.data_count(c)?;
         if n == 0 {
             return Err(corrupt(format!(
@@ -37,7 +37,7 @@ impl MetaStore {
         Ok(())
     }
 
-    pub fn data_dec(&mut self, c: u64) -> Result<()> {
+    pub fn data_dec(&mut self, c: Chunk) -> Result<()> {
         let n = self.data_count(c)?;
         if n == 0 {
             return Err(corrupt(format!("data chunk {c} released twice")));
@@ -165,7 +165,7 @@ impl NodeStore for MetaStore {
     fn inc_value(&mut self, spec: &TreeSpec, v: &[u8]) -> Result<()> {
         match spec.values {
             ValueKind::Plain => Ok(()),
-            ValueKind::DataChunk => self.data_inc(get_u64(v, 0)),
+            ValueKind::DataChunk => self.data_inc(mapped_chunk(v)),
             ValueKind::Subtree => {
                 let r = get_u64(v, 0);
                 if r != 0 {
@@ -179,7 +179,7 @@ impl NodeStore for MetaStore {
     fn dec_value(&mut self, spec: &TreeSpec, v: &[u8]) -> Result<()> {
         match spec.values {
             ValueKind::Plain => Ok(()),
-            ValueKind::DataChunk => self.data_dec(get_u64(v, 0)),
+            ValueKind::DataChunk => self.data_dec(mapped_chunk(v)),
             ValueKind::Subtree => btree::dec_tree(self, &mapping_spec(0), get_u64(v, 0)),
         }
     }

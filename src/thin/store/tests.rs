@@ -50,9 +50,7 @@ fn map(s: &mut MetaStore, vol: u64, keys: std::ops::Range<u64>) {
     let mut vr = s.volume_root(vol).unwrap();
     for k in keys {
         let c = s.data_alloc().unwrap();
-        let mut v = [0u8; 16];
-        v[..8].copy_from_slice(&c.to_le_bytes());
-        let (root, old) = btree::insert(s, &spec, vr.root, k, &v).unwrap();
+        let (root, old) = btree::insert(s, &spec, vr.root, k, &mapping_value(c)).unwrap();
         assert!(old.is_none());
         vr.root = root;
         vr.mapped += 1;
@@ -61,7 +59,7 @@ fn map(s: &mut MetaStore, vol: u64, keys: std::ops::Range<u64>) {
 }
 
 /// (virtual chunk, data chunk) of every mapping of `vol`.
-fn mappings(s: &MetaStore, vol: u64) -> Vec<(u64, u64)> {
+fn mappings(s: &MetaStore, vol: u64) -> Vec<(u64, Chunk)> {
     let vr = s.volume_root(vol).unwrap();
     let mut out = Vec::new();
     btree::walk(
@@ -71,7 +69,7 @@ fn mappings(s: &MetaStore, vol: u64) -> Vec<(u64, u64)> {
         0,
         u64::MAX,
         &mut |k, v, _| {
-            out.push((k, u64::from_le_bytes(v[..8].try_into().unwrap_or_default())));
+            out.push((k, mapped_chunk(v)));
             Ok(true)
         },
     )
@@ -127,7 +125,7 @@ fn releasing_a_volume_gives_back_every_block_and_chunk() {
     map(&mut s, 1, 0..2000);
     s.commit().unwrap();
     assert!(s.msm().used() > empty);
-    let chunks: Vec<u64> = mappings(&s, 1).iter().map(|(_, c)| *c).collect();
+    let chunks: Vec<Chunk> = mappings(&s, 1).iter().map(|(_, c)| *c).collect();
     s.release_volume(1).unwrap();
     s.commit().unwrap();
     // Released in bounded steps, each its own transaction.
@@ -144,7 +142,7 @@ fn releasing_a_volume_gives_back_every_block_and_chunk() {
 
 /// The store's state a test compares: mappings of volumes 1 and 2, the
 /// metadata blocks in use, and the transaction.
-type Mappings = Vec<(u64, u64)>;
+type Mappings = Vec<(u64, Chunk)>;
 
 fn state(s: &MetaStore) -> (Mappings, Mappings, u64, u64) {
     (
