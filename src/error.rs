@@ -1,10 +1,11 @@
-//! One error type for the library (layer 0: it may use nothing of ours).
+//! One error type for the library (layer 0: it may use only `units`).
 //! Variants carry what a caller can act on, and a reader needs: a damaged
 //! metadata block says which block, of which tree, and why each copy was
 //! refused ([`Damage`]); a member's failed I/O says which member, device
 //! and offset ([`MemberIo`], inside [`Error::Io`]). Messages say what is
 //! wrong, and where useful what to do.
 
+use crate::units::Block;
 use std::fmt;
 use std::io;
 
@@ -250,7 +251,7 @@ pub struct Damage {
     /// What was being read: "node", "space-map page 3", "catalog", ...
     pub what: String,
     /// The metadata block, when one block is at fault.
-    pub block: Option<u64>,
+    pub block: Option<Block>,
     /// The tree (the owner a node carries), when known.
     pub tree: Option<u64>,
     pub why: Why,
@@ -279,7 +280,7 @@ impl Damage {
     }
 
     /// Damage of metadata block `b`.
-    pub fn block(what: impl Into<String>, b: u64, why: Why) -> Damage {
+    pub fn block(what: impl Into<String>, b: Block, why: Why) -> Damage {
         Damage {
             block: Some(b),
             ..Damage::new(what, why)
@@ -359,7 +360,7 @@ mod tests {
     fn damage_names_the_block_the_tree_and_each_copy() {
         let d = Damage::block(
             "node",
-            77,
+            Block(77),
             Why::Copies(vec![
                 CopyFault {
                     copy: "member 0 (a)".into(),

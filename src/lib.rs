@@ -1,6 +1,9 @@
 //! vpool: a userspace volume manager. Layers, bottom to top:
-//! [`device`] → [`raid`] → [`meta`] → [`thin`] → [`pool`]; the `vpool` binary's
-//! CLI sits on the pool facade.
+//! [`error`], [`units`], [`state`] → [`device`] → [`raid`] → [`meta`] →
+//! [`thin`] → [`pool`] → [`control`] → [`frontend`] → [`daemon`] → [`cli`].
+//! A module may use its own layer and those below it, never one above
+//! (`tests/layers.rs` holds the order and fails the build's tests on an
+//! upward import or a cycle); each layer's first lines say what it may use.
 
 pub mod device;
 pub mod error;

@@ -1,4 +1,4 @@
-//! The host's state directory: which pools this host knows and where their
+//! The host's state directory (layer 0: may use error): which pools this host knows and where their
 //! members are. Only a cache: `pool import --scan` rebuilds it from labels.
 
 use crate::error::{Error, Result};

@@ -1,8 +1,11 @@
-//! Sizes as users write and read them: binary units (`10G` = 10 GiB), as LVM
-//! and ZFS read them; and (in `chunk`) bytes against data chunks, the one
-//! place the data path converts between them.
+//! Units (layer 0: uses nothing of ours). Sizes as users write and read them: binary units (`10G` = 10 GiB), as LVM
+//! and ZFS read them; (in `chunk`) bytes against data chunks, the one
+//! place the data path converts between them; (in `block`) metadata block
+//! numbers. A bare `u64` offset or length is always in bytes.
 
+mod block;
 mod chunk;
+pub use block::{Block, BLOCK_BYTES};
 pub use chunk::{Chunk, ChunkSize, Pieces};
 
 pub fn parse_size(s: &str) -> Result<u64, String> {

@@ -205,7 +205,7 @@ fn a_valid_node_where_its_parent_expects_another_is_never_trusted() {
         pool.volume("db", None).unwrap().write_at(&data, 0).unwrap();
         pool.commit().unwrap();
         let root = pool.mapping_root("db", None).unwrap();
-        let at = |b: u64| pool.metadata_block_offset(b);
+        let at = |b: vpool::units::Block| pool.metadata_block_offset(b);
         let mut blk = vec![0u8; 4096];
         devs[0].read_at(&mut blk, at(root)).unwrap();
         let parent = Node::decode(&blk).unwrap();

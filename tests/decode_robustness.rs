@@ -43,7 +43,7 @@ fn valid_node() -> Vec<u8> {
         n.keys.push(k * 2);
         n.values.extend_from_slice(&[k as u8; 16]);
     }
-    n.encode(5, 1, 7)
+    n.encode(vpool::units::Block(5), 1, 7)
 }
 
 proptest! {

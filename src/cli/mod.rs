@@ -1,4 +1,5 @@
-//! The `vpool` command line: clap definitions, dispatch and printing. Each
+//! The `vpool` command line (the top layer: may use every layer below it):
+//! clap definitions, dispatch and printing. Each
 //! command becomes a [`Request`]: sent to the running daemon when there is
 //! one, carried out directly on the devices otherwise.
 

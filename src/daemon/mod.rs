@@ -1,4 +1,4 @@
-//! The vpool daemon: owns every pool of its state directory, serves volumes
+//! The vpool daemon (may use frontend and below): owns every pool of its state directory, serves volumes
 //! over NBD (TCP and a unix socket), answers the control API, commits in the
 //! background, and shuts down cleanly on SIGTERM/SIGINT.
 

@@ -1,4 +1,4 @@
-//! Device layer: one pool member. Byte-addressed read/write/flush/discard on a
+//! Device layer (may use error, units and state): one pool member. Byte-addressed read/write/flush/discard on a
 //! block device or regular file, plus in-memory, crash-simulating and
 //! fault-injecting devices used by tests (`fault`: errors on I/O;
 //! `writeback`: a write cache whose flush failures drop data, lost,

@@ -1,4 +1,5 @@
-//! Frontends: how clients reach volumes. They use only the pool facade.
+//! Frontends (may use control and below): how clients reach volumes,
+//! through the pool facade and the control layer's operations.
 
 pub mod docker;
 pub mod exports;

@@ -10,6 +10,7 @@
 
 use super::node::{gen_tag, Node, GEN_NEW};
 use crate::error::{BlockFault, Damage, Error, Result, Why};
+use crate::units::Block;
 use std::sync::Arc;
 
 /// What a leaf value points at, for reference counting.
@@ -82,7 +83,7 @@ impl Expect {
     }
 
     /// The error for block `b`, refused for `why`.
-    pub fn damage(&self, b: u64, why: BlockFault) -> Error {
+    pub fn damage(&self, b: Block, why: BlockFault) -> Error {
         Damage::block("tree node", b, Why::Block(why))
             .in_tree(self.owner)
             .into()
@@ -133,22 +134,22 @@ impl Expect {
 
 /// Storage and reference counts for B-tree blocks.
 pub trait NodeStore {
-    fn read_node(&self, b: u64) -> Result<Arc<Node>>;
+    fn read_node(&self, b: Block) -> Result<Arc<Node>>;
     /// Read a child and check it against what its parent expects. A store
     /// with several copies tries the next copy when one disagrees.
-    fn read_child(&self, b: u64, expect: &Expect) -> Result<Arc<Node>> {
+    fn read_child(&self, b: Block, expect: &Expect) -> Result<Arc<Node>> {
         let n = self.read_node(b)?;
         expect.check(&n).map_err(|e| expect.damage(b, e))?;
         Ok(n)
     }
-    fn write_node(&mut self, b: u64, node: Node);
+    fn write_node(&mut self, b: Block, node: Node);
     /// True if `b` was allocated in the running transaction.
-    fn is_new(&self, b: u64) -> bool;
-    fn alloc_block(&mut self) -> Result<u64>;
-    fn refcount(&self, b: u64) -> u32;
-    fn inc_block(&mut self, b: u64);
+    fn is_new(&self, b: Block) -> bool;
+    fn alloc_block(&mut self) -> Result<Block>;
+    fn refcount(&self, b: Block) -> u32;
+    fn inc_block(&mut self, b: Block);
     /// Lower the count; at zero the block is released (reusable after commit).
-    fn dec_block(&mut self, b: u64);
+    fn dec_block(&mut self, b: Block);
     fn inc_value(&mut self, spec: &TreeSpec, v: &[u8]) -> Result<()>;
     fn dec_value(&mut self, spec: &TreeSpec, v: &[u8]) -> Result<()>;
 }
@@ -175,7 +176,7 @@ fn inc_children<S: NodeStore>(s: &mut S, spec: &TreeSpec, node: &Node) -> Result
 }
 
 /// Make `b` writable in this transaction; returns the block to write to.
-pub fn shadow<S: NodeStore>(s: &mut S, spec: &TreeSpec, b: u64) -> Result<u64> {
+pub fn shadow<S: NodeStore>(s: &mut S, spec: &TreeSpec, b: Block) -> Result<Block> {
     if s.is_new(b) && s.refcount(b) == 1 {
         return Ok(b);
     }
@@ -194,13 +195,13 @@ pub fn shadow<S: NodeStore>(s: &mut S, spec: &TreeSpec, b: u64) -> Result<u64> {
 pub fn lookup<S: NodeStore>(
     s: &S,
     spec: &TreeSpec,
-    root: u64,
+    root: Block,
     key: u64,
 ) -> Result<Option<(Vec<u8>, bool)>> {
     let mut b = root;
     let mut shared = false;
     let mut expect = Some(Expect::root(spec));
-    while b != 0 {
+    while !b.is_none() {
         shared |= s.refcount(b) > 1;
         let node = read(s, b, expect.as_ref())?;
         if node.is_leaf() {
@@ -220,7 +221,7 @@ pub fn lookup<S: NodeStore>(
     Ok(None)
 }
 
-fn read<S: NodeStore>(s: &S, b: u64, expect: Option<&Expect>) -> Result<Arc<Node>> {
+fn read<S: NodeStore>(s: &S, b: Block, expect: Option<&Expect>) -> Result<Arc<Node>> {
     match expect {
         Some(e) => s.read_child(b, e),
         None => s.read_node(b),
@@ -231,12 +232,12 @@ fn read<S: NodeStore>(s: &S, b: u64, expect: Option<&Expect>) -> Result<Arc<Node
 pub fn insert<S: NodeStore>(
     s: &mut S,
     spec: &TreeSpec,
-    root: u64,
+    root: Block,
     key: u64,
     value: &[u8],
-) -> Result<(u64, Option<Vec<u8>>)> {
+) -> Result<(Block, Option<Vec<u8>>)> {
     debug_assert_eq!(value.len(), spec.value_size);
-    if root == 0 {
+    if root.is_none() {
         let mut leaf = Node::leaf(spec.owner, spec.value_size);
         leaf.keys.push(key);
         leaf.values.extend_from_slice(value);
@@ -260,14 +261,14 @@ pub fn insert<S: NodeStore>(
     Ok((r, old))
 }
 
-type Split = Option<(u64, u64)>;
+type Split = Option<(u64, Block)>;
 
 /// Insert into the subtree at `b` (already shadowed and checked), whose
 /// keys are below `hi`.
 fn insert_rec<S: NodeStore>(
     s: &mut S,
     spec: &TreeSpec,
-    b: u64,
+    b: Block,
     hi: Option<u64>,
     key: u64,
     value: &[u8],
@@ -315,7 +316,7 @@ fn insert_rec<S: NodeStore>(
 }
 
 /// Move the upper half of `node` into a new block. Returns (separator, block).
-fn split_node<S: NodeStore>(s: &mut S, node: &mut Node) -> Result<(u64, u64)> {
+fn split_node<S: NodeStore>(s: &mut S, node: &mut Node) -> Result<(u64, Block)> {
     let mid = node.len() / 2;
     let mut right = Node::internal(node.owner, node.value_size, node.level);
     right.keys = node.keys.split_off(mid);
@@ -331,22 +332,22 @@ fn split_node<S: NodeStore>(s: &mut S, node: &mut Node) -> Result<(u64, u64)> {
     Ok((sep, rb))
 }
 
-/// Remove `key`. Returns the new root (0 when the tree became empty) and the
+/// Remove `key`. Returns the new root ([`Block::NONE`] when the tree became empty) and the
 /// removed value; the caller releases what the value referenced.
 pub fn remove<S: NodeStore>(
     s: &mut S,
     spec: &TreeSpec,
-    root: u64,
+    root: Block,
     key: u64,
-) -> Result<(u64, Option<Vec<u8>>)> {
-    if root == 0 || lookup(s, spec, root, key)?.is_none() {
+) -> Result<(Block, Option<Vec<u8>>)> {
+    if root.is_none() || lookup(s, spec, root, key)?.is_none() {
         return Ok((root, None));
     }
     let mut r = shadow(s, spec, root)?;
     let (old, empty) = remove_rec(s, spec, r, None, key)?;
     if empty {
         s.dec_block(r);
-        return Ok((0, old));
+        return Ok((Block::NONE, old));
     }
     // Collapse a root with a single child; the child keeps its reference.
     loop {
@@ -364,7 +365,7 @@ pub fn remove<S: NodeStore>(
 fn remove_rec<S: NodeStore>(
     s: &mut S,
     spec: &TreeSpec,
-    b: u64,
+    b: Block,
     hi: Option<u64>,
     key: u64,
 ) -> Result<(Option<Vec<u8>>, bool)> {
@@ -457,17 +458,17 @@ fn merge_small_leaf<S: NodeStore>(
 }
 
 /// Drop one reference to the tree at `root`, freeing what no one else uses.
-pub fn dec_tree<S: NodeStore>(s: &mut S, spec: &TreeSpec, root: u64) -> Result<()> {
+pub fn dec_tree<S: NodeStore>(s: &mut S, spec: &TreeSpec, root: Block) -> Result<()> {
     dec_tree_rec(s, spec, root, Some(Expect::root(spec)))
 }
 
 fn dec_tree_rec<S: NodeStore>(
     s: &mut S,
     spec: &TreeSpec,
-    root: u64,
+    root: Block,
     expect: Option<Expect>,
 ) -> Result<()> {
-    if root == 0 {
+    if root.is_none() {
         return Ok(());
     }
     if s.refcount(root) > 1 {
@@ -494,7 +495,7 @@ fn dec_tree_rec<S: NodeStore>(
 pub fn walk<S: NodeStore>(
     s: &S,
     spec: &TreeSpec,
-    root: u64,
+    root: Block,
     lo: u64,
     hi: u64,
     f: Visitor,
@@ -504,14 +505,14 @@ pub fn walk<S: NodeStore>(
 
 fn walk_rec<S: NodeStore>(
     s: &S,
-    b: u64,
+    b: Block,
     expect: Option<Expect>,
     lo: u64,
     hi: u64,
     shared: bool,
     f: Visitor,
 ) -> Result<bool> {
-    if b == 0 {
+    if b.is_none() {
         return Ok(true);
     }
     let shared = shared || s.refcount(b) > 1;
@@ -550,21 +551,21 @@ fn walk_rec<S: NodeStore>(
 pub fn visit_blocks<S: NodeStore>(
     s: &S,
     spec: &TreeSpec,
-    root: u64,
-    f: &mut dyn FnMut(u64, &Node, bool) -> Result<()>,
-    seen: &mut std::collections::HashSet<u64>,
+    root: Block,
+    f: &mut dyn FnMut(Block, &Node, bool) -> Result<()>,
+    seen: &mut std::collections::HashSet<Block>,
 ) -> Result<()> {
     visit_rec(s, root, Some(Expect::root(spec)), f, seen)
 }
 
 fn visit_rec<S: NodeStore>(
     s: &S,
-    root: u64,
+    root: Block,
     expect: Option<Expect>,
-    f: &mut dyn FnMut(u64, &Node, bool) -> Result<()>,
-    seen: &mut std::collections::HashSet<u64>,
+    f: &mut dyn FnMut(Block, &Node, bool) -> Result<()>,
+    seen: &mut std::collections::HashSet<Block>,
 ) -> Result<()> {
-    if root == 0 {
+    if root.is_none() {
         return Ok(());
     }
     let first = seen.insert(root);
@@ -581,18 +582,23 @@ fn visit_rec<S: NodeStore>(
 
 /// Release the tree at `root` (one reference to it) from its last entries
 /// backwards, until about `budget` values and shared subtrees were released
-/// or nothing is left; returns the new root (0: all released). Each
+/// or nothing is left; returns the new root ([`Block::NONE`]: all released). Each
 /// step leaves a valid tree holding the entries not yet released, so a
 /// large tree can be released over several transactions, each with a
 /// bounded cost (every value released may change a reference count).
-pub fn prune<S: NodeStore>(s: &mut S, spec: &TreeSpec, root: u64, budget: &mut u64) -> Result<u64> {
-    if root == 0 {
-        return Ok(0);
+pub fn prune<S: NodeStore>(
+    s: &mut S,
+    spec: &TreeSpec,
+    root: Block,
+    budget: &mut u64,
+) -> Result<Block> {
+    if root.is_none() {
+        return Ok(Block::NONE);
     }
     if s.refcount(root) > 1 {
         s.dec_block(root);
         *budget = budget.saturating_sub(1);
-        return Ok(0);
+        return Ok(Block::NONE);
     }
     let node = read(s, root, Some(&Expect::root(spec)))?;
     if node.is_leaf() {
@@ -601,12 +607,12 @@ pub fn prune<S: NodeStore>(s: &mut S, spec: &TreeSpec, root: u64, budget: &mut u
         }
         *budget = budget.saturating_sub(node.len() as u64);
         s.dec_block(root);
-        return Ok(0);
+        return Ok(Block::NONE);
     }
     let r = shadow(s, spec, root)?;
     if prune_rec(s, spec, r, None, budget)? {
         s.dec_block(r);
-        return Ok(0);
+        return Ok(Block::NONE);
     }
     Ok(r)
 }
@@ -616,7 +622,7 @@ pub fn prune<S: NodeStore>(s: &mut S, spec: &TreeSpec, root: u64, budget: &mut u
 fn prune_rec<S: NodeStore>(
     s: &mut S,
     spec: &TreeSpec,
-    b: u64,
+    b: Block,
     hi: Option<u64>,
     budget: &mut u64,
 ) -> Result<bool> {

@@ -15,9 +15,9 @@ const SPEC: TreeSpec = TreeSpec {
 
 #[derive(Default)]
 struct MemStore {
-    nodes: HashMap<u64, Arc<Node>>,
-    refs: HashMap<u64, u32>,
-    new: HashSet<u64>,
+    nodes: HashMap<Block, Arc<Node>>,
+    refs: HashMap<Block, u32>,
+    new: HashSet<Block>,
     next: u64,
     txid: u64,
     /// Reference counts of the data chunks the values name.
@@ -46,35 +46,36 @@ impl MemStore {
 }
 
 impl NodeStore for MemStore {
-    fn read_node(&self, b: u64) -> Result<Arc<Node>> {
+    fn read_node(&self, b: Block) -> Result<Arc<Node>> {
         self.nodes
             .get(&b)
             .cloned()
             .ok_or_else(|| Error::corrupt(format!("no block {b}")))
     }
-    fn write_node(&mut self, b: u64, node: Node) {
+    fn write_node(&mut self, b: Block, node: Node) {
         assert!(
             self.new.contains(&b),
             "block {b} of a committed transaction written in place"
         );
         self.nodes.insert(b, Arc::new(node));
     }
-    fn is_new(&self, b: u64) -> bool {
+    fn is_new(&self, b: Block) -> bool {
         self.new.contains(&b)
     }
-    fn alloc_block(&mut self) -> Result<u64> {
+    fn alloc_block(&mut self) -> Result<Block> {
         self.next += 1;
-        self.refs.insert(self.next, 1);
-        self.new.insert(self.next);
-        Ok(self.next)
+        let b = Block(self.next);
+        self.refs.insert(b, 1);
+        self.new.insert(b);
+        Ok(b)
     }
-    fn refcount(&self, b: u64) -> u32 {
+    fn refcount(&self, b: Block) -> u32 {
         self.refs.get(&b).copied().unwrap_or(0)
     }
-    fn inc_block(&mut self, b: u64) {
+    fn inc_block(&mut self, b: Block) {
         *self.refs.entry(b).or_default() += 1;
     }
-    fn dec_block(&mut self, b: u64) {
+    fn dec_block(&mut self, b: Block) {
         let r = self.refs.get_mut(&b).expect("a block with no references");
         *r -= 1;
         if *r == 0 {
@@ -103,7 +104,7 @@ fn val(k: u64) -> [u8; 8] {
 
 /// Insert through the tree and count the chunk the value names, as the
 /// thin layer does.
-fn put(s: &mut MemStore, root: u64, k: u64) -> u64 {
+fn put(s: &mut MemStore, root: Block, k: u64) -> Block {
     let (root, old) = insert(s, &SPEC, root, k, &val(k)).unwrap();
     if old.is_none() {
         s.inc_value(&SPEC, &val(k)).unwrap();
@@ -111,7 +112,7 @@ fn put(s: &mut MemStore, root: u64, k: u64) -> u64 {
     root
 }
 
-fn del(s: &mut MemStore, root: u64, k: u64) -> u64 {
+fn del(s: &mut MemStore, root: Block, k: u64) -> Block {
     let (root, old) = remove(s, &SPEC, root, k).unwrap();
     if let Some(v) = old {
         s.dec_value(&SPEC, &v).unwrap();
@@ -119,7 +120,7 @@ fn del(s: &mut MemStore, root: u64, k: u64) -> u64 {
     root
 }
 
-fn entries(s: &MemStore, root: u64, lo: u64, hi: u64) -> Vec<u64> {
+fn entries(s: &MemStore, root: Block, lo: u64, hi: u64) -> Vec<u64> {
     let mut keys = Vec::new();
     walk(s, &SPEC, root, lo, hi, &mut |k, v, _| {
         assert_eq!(v, val(k), "value of {k}");
@@ -130,7 +131,7 @@ fn entries(s: &MemStore, root: u64, lo: u64, hi: u64) -> Vec<u64> {
     keys
 }
 
-fn depth(s: &MemStore, root: u64) -> u8 {
+fn depth(s: &MemStore, root: Block) -> u8 {
     s.read_node(root).map(|n| n.level + 1).unwrap_or(0)
 }
 
@@ -161,7 +162,7 @@ proptest! {
     fn matches_a_model(ops in prop::collection::vec(op(), 1..700)) {
         let mut s = MemStore::default();
         let mut model = BTreeMap::new();
-        let mut root = 0;
+        let mut root = Block::NONE;
         for op in ops {
             match op {
                 Op::Insert(k) => {
@@ -202,7 +203,7 @@ proptest! {
 #[test]
 fn splits_grow_the_tree_and_merges_shrink_it() {
     let mut s = MemStore::default();
-    let mut root = 0;
+    let mut root = Block::NONE;
     assert_eq!(lookup(&s, &SPEC, root, 5).unwrap(), None, "an empty tree");
     // More than two full levels hold: at least three levels.
     let n =
@@ -224,10 +225,10 @@ fn splits_grow_the_tree_and_merges_shrink_it() {
     for k in n - 10..n {
         root = del(&mut s, root, k);
     }
-    assert_eq!(root, 0, "the last remove empties the tree");
+    assert_eq!(root, Block::NONE, "the last remove empties the tree");
     assert!(s.refs.is_empty(), "no block is left: {:?}", s.refs);
     // Removing what is not there changes nothing.
-    let r = put(&mut s, 0, 3);
+    let r = put(&mut s, Block::NONE, 3);
     let (same, old) = remove(&mut s, &SPEC, r, 4).unwrap();
     assert_eq!((same, old), (r, None));
 }
@@ -235,7 +236,7 @@ fn splits_grow_the_tree_and_merges_shrink_it() {
 #[test]
 fn a_snapshot_shares_the_tree_until_either_side_changes() {
     let mut s = MemStore::default();
-    let mut root = 0;
+    let mut root = Block::NONE;
     for k in 0..3000 {
         root = put(&mut s, root, k);
     }
@@ -276,7 +277,7 @@ fn an_uncommitted_change_leaves_the_committed_tree_whole() {
     // What a rolled-back transaction relies on: the last commit's root
     // still reads as it was, whatever the running transaction did.
     let mut s = MemStore::default();
-    let mut root = 0;
+    let mut root = Block::NONE;
     for k in 0..2000 {
         root = put(&mut s, root, k);
     }
@@ -299,13 +300,13 @@ fn an_uncommitted_change_leaves_the_committed_tree_whole() {
 #[test]
 fn prune_releases_from_the_end_in_bounded_steps() {
     let mut s = MemStore::default();
-    let mut root = 0;
+    let mut root = Block::NONE;
     for k in 0..5000 {
         root = put(&mut s, root, k);
     }
     s.commit();
     let mut steps = 0;
-    while root != 0 {
+    while !root.is_none() {
         let mut budget = 300;
         root = prune(&mut s, &SPEC, root, &mut budget).unwrap();
         steps += 1;
@@ -329,7 +330,7 @@ fn prune_releases_from_the_end_in_bounded_steps() {
 #[test]
 fn a_node_that_is_not_what_its_parent_expects_is_refused() {
     let mut s = MemStore::default();
-    let mut root = 0;
+    let mut root = Block::NONE;
     for k in 0..2000 {
         root = put(&mut s, root, k);
     }

@@ -2,7 +2,9 @@
 //! per-kind checksum (CRC32 XOR a kind salt, so a block of one kind is never
 //! accepted as another).
 
-pub const BLOCK_SIZE: usize = 4096;
+use crate::units::Block;
+
+pub const BLOCK_SIZE: usize = crate::units::BLOCK_BYTES as usize;
 
 pub fn get_u16(b: &[u8], off: usize) -> u16 {
     u16::from_le_bytes([b[off], b[off + 1]])
@@ -30,6 +32,15 @@ pub fn put_u32(b: &mut [u8], off: usize, v: u32) {
 
 pub fn put_u64(b: &mut [u8], off: usize, v: u64) {
     b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// A metadata block number stored as a u64 (no generation tag).
+pub fn get_block(b: &[u8], off: usize) -> Block {
+    Block(get_u64(b, off))
+}
+
+pub fn put_block(b: &mut [u8], off: usize, v: Block) {
+    put_u64(b, off, v.index());
 }
 
 /// Salts XORed into the CRC of each kind of structure.

@@ -13,6 +13,7 @@
 
 use super::codec::*;
 use super::spacemap::ENTRIES_PER_PAGE;
+use crate::units::Block;
 
 /// Copies an extent may have (as the fixed area: up to three).
 pub const MAX_COPIES: usize = 3;
@@ -25,7 +26,7 @@ pub const MAX_EXTENTS: usize = (LIST_BYTES - 8) / ENTRY;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetaExtent {
     /// First metadata block number (a multiple of the entries per page).
-    pub first_block: u64,
+    pub first_block: Block,
     pub blocks: u64,
     /// Array byte offset of each copy's run.
     pub copies: Vec<u64>,
@@ -33,7 +34,7 @@ pub struct MetaExtent {
 
 impl MetaExtent {
     pub fn first_page(&self) -> usize {
-        (self.first_block / ENTRIES_PER_PAGE as u64) as usize
+        (self.first_block.index() / ENTRIES_PER_PAGE as u64) as usize
     }
 
     pub fn pages(&self) -> usize {
@@ -49,11 +50,12 @@ impl MetaExtent {
         (2 * (blocks as usize).div_ceil(ENTRIES_PER_PAGE) as u64 + blocks) * BLOCK_SIZE as u64
     }
 
-    pub fn end_block(&self) -> u64 {
-        self.first_block + self.blocks
+    /// The block after its last.
+    pub fn end_block(&self) -> Block {
+        self.first_block.plus(self.blocks)
     }
 
-    pub fn holds_block(&self, b: u64) -> bool {
+    pub fn holds_block(&self, b: Block) -> bool {
         (self.first_block..self.end_block()).contains(&b)
     }
 
@@ -62,8 +64,10 @@ impl MetaExtent {
     }
 
     /// Array offset of block `b` in copy `c`.
-    pub fn block_offset(&self, c: usize, b: u64) -> u64 {
-        self.copies[c] + (2 * self.pages() as u64 + b - self.first_block) * BLOCK_SIZE as u64
+    pub fn block_offset(&self, c: usize, b: Block) -> u64 {
+        self.copies[c]
+            + 2 * self.pages() as u64 * BLOCK_SIZE as u64
+            + b.bytes_after(self.first_block)
     }
 
     /// Array offset of slot `slot` of space-map page `p` in copy `c`.
@@ -74,8 +78,8 @@ impl MetaExtent {
 
 /// The first block number an extent added after `end` (the last block
 /// number in use + 1) starts at: the next page boundary.
-pub fn next_first_block(end: u64) -> u64 {
-    end.div_ceil(ENTRIES_PER_PAGE as u64) * ENTRIES_PER_PAGE as u64
+pub fn next_first_block(end: Block) -> Block {
+    Block(end.index().div_ceil(ENTRIES_PER_PAGE as u64) * ENTRIES_PER_PAGE as u64)
 }
 
 /// Encode the list into `b` ([`LIST_BYTES`] long).
@@ -83,7 +87,7 @@ pub fn encode(extents: &[MetaExtent], b: &mut [u8]) {
     put_u32(b, 0, extents.len().min(MAX_EXTENTS) as u32);
     for (i, e) in extents.iter().enumerate().take(MAX_EXTENTS) {
         let at = 8 + i * ENTRY;
-        put_u64(b, at, e.first_block);
+        put_u64(b, at, e.first_block.index());
         put_u64(b, at + 8, e.blocks);
         put_u32(b, at + 16, e.copies.len() as u32);
         for (c, off) in e.copies.iter().enumerate().take(MAX_COPIES) {
@@ -100,12 +104,12 @@ pub fn decode(b: &[u8], fixed_blocks: u64) -> Result<Vec<MetaExtent>, String> {
         return Err(format!("metadata extent list claims {n} entries"));
     }
     let mut out = Vec::with_capacity(n);
-    let mut end = fixed_blocks;
+    let mut end = Block(fixed_blocks);
     for i in 0..n {
         let at = 8 + i * ENTRY;
         let copies = get_u32(b, at + 16) as usize;
         let e = MetaExtent {
-            first_block: get_u64(b, at),
+            first_block: Block(get_u64(b, at)),
             blocks: get_u64(b, at + 8),
             copies: (0..copies.min(MAX_COPIES))
                 .map(|c| get_u64(b, at + 24 + 8 * c))
@@ -122,7 +126,7 @@ pub fn decode(b: &[u8], fixed_blocks: u64) -> Result<Vec<MetaExtent>, String> {
                 next_first_block(end)
             ));
         }
-        if e.end_block() > super::node::BLOCK_MASK {
+        if e.end_block().index() > super::node::BLOCK_MASK {
             return Err(format!(
                 "metadata extent {i} reaches past any block pointer"
             ));
@@ -141,12 +145,12 @@ mod tests {
     fn extents_round_trip_and_offsets() {
         let e = vec![
             MetaExtent {
-                first_block: 2016,
+                first_block: Block(2016),
                 blocks: 3000,
                 copies: vec![1 << 20, 9 << 20],
             },
             MetaExtent {
-                first_block: next_first_block(5016),
+                first_block: next_first_block(Block(5016)),
                 blocks: 10,
                 copies: vec![64 << 20],
             },
@@ -158,7 +162,7 @@ mod tests {
         assert_eq!(e[0].first_page(), 2);
         assert_eq!(e[0].pages(), 3);
         assert_eq!(e[0].page_offset(1, 3, 1), (9 << 20) + 3 * 4096);
-        assert_eq!(e[0].block_offset(0, 2016), (1 << 20) + 6 * 4096);
+        assert_eq!(e[0].block_offset(0, Block(2016)), (1 << 20) + 6 * 4096);
         assert_eq!(e[0].run_bytes(), (6 + 3000) * 4096);
     }
 }

@@ -39,7 +39,8 @@ pub fn node(data: &[u8]) {
     let h = Header::read(&b);
     if Header::validate(&b, BlockKind::Node, h.blocknr, h.pool_tag, u64::MAX).is_ok() {
         if let Ok(n) = Node::decode(&b) {
-            let again = Node::decode(&n.encode(h.blocknr, h.txid, h.pool_tag)).expect("re-encodes");
+            let again = Node::decode(&n.encode(crate::units::Block(h.blocknr), h.txid, h.pool_tag))
+                .expect("re-encodes");
             assert_eq!(again, n);
         }
     }

@@ -10,6 +10,7 @@
 use super::codec::*;
 use super::header::{BlockKind, Header, HEADER_SIZE};
 use crate::error::BlockFault;
+use crate::units::Block;
 
 /// Bits of a block pointer that hold the block number.
 pub const BLOCK_BITS: u32 = 40;
@@ -25,13 +26,13 @@ pub fn gen_tag(txid: u64) -> u32 {
 }
 
 /// A block pointer with its generation tag (0: none).
-pub fn pack_ptr(block: u64, tag: u32) -> u64 {
-    (block & BLOCK_MASK) | ((tag as u64 & 0xFF_FFFF) << BLOCK_BITS)
+pub fn pack_ptr(block: Block, tag: u32) -> u64 {
+    (block.index() & BLOCK_MASK) | ((tag as u64 & 0xFF_FFFF) << BLOCK_BITS)
 }
 
 /// (block, generation tag) of a packed pointer.
-pub fn unpack_ptr(raw: u64) -> (u64, u32) {
-    (raw & BLOCK_MASK, (raw >> BLOCK_BITS) as u32)
+pub fn unpack_ptr(raw: u64) -> (Block, u32) {
+    (Block(raw & BLOCK_MASK), (raw >> BLOCK_BITS) as u32)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub struct Node {
     /// Leaf values, `value_size` bytes each, flat.
     pub values: Vec<u8>,
     /// Internal children.
-    pub children: Vec<u64>,
+    pub children: Vec<Block>,
     /// Internal nodes: each child's generation tag (0 unknown, [`GEN_NEW`]
     /// written in the running transaction).
     pub gens: Vec<u32>,
@@ -113,11 +114,11 @@ impl Node {
         max_entries(self.level, self.value_size)
     }
 
-    pub fn encode(&self, blocknr: u64, txid: u64, pool_tag: u64) -> Vec<u8> {
+    pub fn encode(&self, at: Block, txid: u64, pool_tag: u64) -> Vec<u8> {
         let mut b = vec![0u8; BLOCK_SIZE];
         let h = Header {
             kind: BlockKind::Node as u16,
-            blocknr,
+            blocknr: at.index(),
             txid,
             pool_tag,
             owner: self.owner,
@@ -185,7 +186,7 @@ impl Node {
         } else {
             for _ in 0..nr {
                 let (c, tag) = unpack_ptr(get_u64(b, o));
-                if c == 0 {
+                if c.is_none() {
                     return Err(BlockFault::Malformed(
                         "internal node points at block 0".into(),
                     ));
@@ -219,7 +220,7 @@ mod tests {
             n.keys.push(k * 3);
             n.values.extend_from_slice(&[k as u8; 16]);
         }
-        let b = n.encode(42, 7, 99);
+        let b = n.encode(Block(42), 7, 99);
         let h = Header::validate(&b, BlockKind::Node, 42, 99, 7).unwrap();
         assert_eq!(h.level, 0);
         assert_eq!(Node::decode(&b).unwrap(), n.resolved(7));
@@ -227,9 +228,9 @@ mod tests {
         // writer's, others keep theirs.
         let mut i = Node::internal(5, 16, 1);
         i.keys = vec![0, 100];
-        i.children = vec![3, (1 << 40) - 1];
+        i.children = vec![Block(3), Block((1 << 40) - 1)];
         i.gens = vec![GEN_NEW, gen_tag(2)];
-        let d = Node::decode(&i.encode(43, 9, 99)).unwrap();
+        let d = Node::decode(&i.encode(Block(43), 9, 99)).unwrap();
         assert_eq!(d.children, i.children);
         assert_eq!(d.gens, vec![gen_tag(9), gen_tag(2)]);
         assert_eq!(d, i.resolved(9));

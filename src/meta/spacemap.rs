@@ -8,6 +8,7 @@
 use super::codec::*;
 use super::header::{BlockKind, Header, HEADER_SIZE};
 use crate::error::BlockFault;
+use crate::units::Block;
 use std::collections::{BTreeSet, HashSet};
 
 pub const ENTRIES_PER_PAGE: usize = (BLOCK_SIZE - HEADER_SIZE) / 4;
@@ -21,9 +22,9 @@ pub struct MetaSpaceMap {
     dirty_pages: BTreeSet<usize>,
     /// Blocks released in the running transaction: the committed state may
     /// still reach them, so they are not reused before the commit.
-    freed: HashSet<u64>,
+    freed: HashSet<Block>,
     /// Blocks allocated in the running transaction.
-    allocated: HashSet<u64>,
+    allocated: HashSet<Block>,
     hint: u64,
     used: u64,
     /// Block numbers that are not metadata space (block 0, and the gaps
@@ -88,10 +89,10 @@ impl MetaSpaceMap {
     /// Add block numbers `[span, end)`: those below `first` are a gap
     /// (not metadata space), the others free. Their pages are written at
     /// the next commit.
-    pub fn extend(&mut self, first: u64, end: u64) {
+    pub fn extend(&mut self, first: Block, end: Block) {
         let old = self.counts.len() as u64;
-        for b in old..end {
-            let v = if b < first { HOLE } else { 0 };
+        for b in old..end.index() {
+            let v = if b < first.index() { HOLE } else { 0 };
             if v == HOLE {
                 self.holes += 1;
             }
@@ -112,44 +113,45 @@ impl MetaSpaceMap {
             .saturating_sub(self.freed.len() as u64)
     }
 
-    pub fn count(&self, b: u64) -> u32 {
-        self.counts.get(b as usize).copied().unwrap_or(0)
+    pub fn count(&self, b: Block) -> u32 {
+        self.counts.get(b.index() as usize).copied().unwrap_or(0)
     }
 
     pub fn counts(&self) -> &[u32] {
         &self.counts
     }
 
-    pub fn is_new(&self, b: u64) -> bool {
+    pub fn is_new(&self, b: Block) -> bool {
         self.allocated.contains(&b)
     }
 
-    fn set(&mut self, b: u64, v: u32) {
-        let old = self.counts[b as usize];
+    fn set(&mut self, b: Block, v: u32) {
+        let i = b.index() as usize;
+        let old = self.counts[i];
         if old == 0 && v > 0 {
             self.used += 1;
         } else if old > 0 && v == 0 {
             self.used -= 1;
         }
-        self.counts[b as usize] = v;
-        self.dirty_pages.insert(b as usize / ENTRIES_PER_PAGE);
+        self.counts[i] = v;
+        self.dirty_pages.insert(i / ENTRIES_PER_PAGE);
     }
 
-    pub fn alloc(&mut self) -> Option<u64> {
+    pub fn alloc(&mut self) -> Option<Block> {
         let n = self.counts.len() as u64;
         for i in 0..n {
-            let b = (self.hint + i) % n;
-            if b != 0 && self.counts[b as usize] == 0 && !self.freed.contains(&b) {
+            let b = Block((self.hint + i) % n);
+            if !b.is_none() && self.counts[b.index() as usize] == 0 && !self.freed.contains(&b) {
                 self.set(b, 1);
                 self.allocated.insert(b);
-                self.hint = b + 1;
+                self.hint = b.index() + 1;
                 return Some(b);
             }
         }
         None
     }
 
-    pub fn inc(&mut self, b: u64) {
+    pub fn inc(&mut self, b: Block) {
         let c = self.count(b);
         if c == HOLE {
             return;
@@ -157,7 +159,7 @@ impl MetaSpaceMap {
         self.set(b, c.saturating_add(1));
     }
 
-    pub fn dec(&mut self, b: u64) {
+    pub fn dec(&mut self, b: Block) {
         let c = self.count(b);
         if c == HOLE {
             return;
@@ -173,7 +175,7 @@ impl MetaSpaceMap {
     }
 
     /// Force a count (repair of leaks by the checker).
-    pub fn repair(&mut self, b: u64, v: u32) {
+    pub fn repair(&mut self, b: Block, v: u32) {
         self.set(b, v);
     }
 
@@ -238,17 +240,21 @@ mod tests {
     fn released_blocks_wait_for_the_commit() {
         let mut m = MetaSpaceMap::new(8);
         assert_eq!((m.blocks(), m.used(), m.available()), (8, 0, 7));
-        let got: Vec<u64> = (0..7).filter_map(|_| m.alloc()).collect();
-        assert_eq!(got, (1..8).collect::<Vec<_>>(), "block 0 is never given");
+        let got: Vec<Block> = (0..7).filter_map(|_| m.alloc()).collect();
+        assert_eq!(
+            got,
+            (1..8).map(Block).collect::<Vec<_>>(),
+            "block 0 is never given"
+        );
         assert_eq!(m.alloc(), None, "full");
         assert!(got.iter().all(|&b| m.is_new(b)));
         m.committed();
-        assert!(!m.is_new(3));
-        m.inc(3);
-        m.dec(3);
-        assert_eq!(m.count(3), 1, "still referenced once");
-        m.dec(3);
-        assert_eq!((m.count(3), m.used(), m.available()), (0, 6, 0));
+        assert!(!m.is_new(Block(3)));
+        m.inc(Block(3));
+        m.dec(Block(3));
+        assert_eq!(m.count(Block(3)), 1, "still referenced once");
+        m.dec(Block(3));
+        assert_eq!((m.count(Block(3)), m.used(), m.available()), (0, 6, 0));
         assert_eq!(
             m.alloc(),
             None,
@@ -256,7 +262,7 @@ mod tests {
         );
         m.committed();
         assert_eq!(m.available(), 1);
-        assert_eq!(m.alloc(), Some(3), "reusable after the commit");
+        assert_eq!(m.alloc(), Some(Block(3)), "reusable after the commit");
     }
 
     #[test]
@@ -264,14 +270,14 @@ mod tests {
         let mut m = MetaSpaceMap::new(4);
         m.committed();
         // An extent whose first blocks are a gap up to a page boundary.
-        m.extend(10, 14);
+        m.extend(Block(10), Block(14));
         assert_eq!(m.span(), 14);
         assert_eq!(m.blocks(), 4 + 4, "the gap 4..10 is not metadata space");
-        assert_eq!(m.count(5), HOLE);
-        m.inc(5);
-        m.dec(5);
-        assert_eq!(m.count(5), HOLE, "a hole's count never moves");
-        let got: Vec<u64> = (0..7).filter_map(|_| m.alloc()).collect();
+        assert_eq!(m.count(Block(5)), HOLE);
+        m.inc(Block(5));
+        m.dec(Block(5));
+        assert_eq!(m.count(Block(5)), HOLE, "a hole's count never moves");
+        let got: Vec<u64> = (0..7).filter_map(|_| m.alloc()).map(Block::index).collect();
         assert_eq!(got, vec![1, 2, 3, 10, 11, 12, 13]);
         assert_eq!(m.dirty_pages(), vec![0], "the extension's page is written");
     }
@@ -283,7 +289,7 @@ mod tests {
         for _ in 0..ENTRIES_PER_PAGE + 5 {
             m.alloc();
         }
-        m.inc(ENTRIES_PER_PAGE as u64 + 2);
+        m.inc(Block(ENTRIES_PER_PAGE as u64 + 2));
         assert_eq!(m.dirty_pages(), vec![0, 1]);
         let mut counts = vec![0u32; n as usize];
         for p in 0..2 {

@@ -15,6 +15,7 @@ use crate::thin::store::superblock::Superblock;
 use crate::thin::store::MetaStore;
 use crate::thin::store::Place;
 use crate::thin::store::{mapping_spec, VolumeRoot, DSM_SPEC, RELEASING, VOLUMES_SPEC};
+use crate::units::Block;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -79,14 +80,14 @@ impl Pool {
             if stored == crate::meta::spacemap::HOLE {
                 continue;
             }
-            let exp = expected_meta.get(&(b as u64)).copied().unwrap_or(0);
+            let exp = expected_meta.get(&Block(b as u64)).copied().unwrap_or(0);
             if stored < exp {
                 r.errors.push(format!(
                     "metadata block {b}: referenced {exp} times but counted {stored}"
                 ));
             } else if stored > exp {
                 r.leaked_blocks += 1;
-                fixes.push((b as u64, exp));
+                fixes.push((Block(b as u64), exp));
             }
         }
         // Data chunk counts.
@@ -131,7 +132,10 @@ impl Pool {
     }
 }
 
+/// Reference counts of data chunks.
 type Counts = HashMap<u64, u32>;
+/// Reference counts of metadata blocks.
+type BlockCounts = HashMap<Block, u32>;
 
 /// A metadata location to verify on every copy: where, description, validator.
 type CopyCheck = (
@@ -154,10 +158,10 @@ enum Loc {
 fn count_mapping(
     meta: &MetaStore,
     id: u64,
-    root: u64,
-    exp_meta: &mut Counts,
+    root: Block,
+    exp_meta: &mut BlockCounts,
     exp_data: &mut Counts,
-    seen: &mut HashSet<u64>,
+    seen: &mut HashSet<Block>,
 ) -> Result<Vec<u64>> {
     let mut chunks = Vec::new();
     btree::visit_blocks(
@@ -180,8 +184,11 @@ fn count_mapping(
     Ok(chunks)
 }
 
-fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Counts, Counts)> {
-    let mut exp_meta: Counts = HashMap::new();
+fn count_references(
+    meta: &MetaStore,
+    r: &mut CheckReport,
+) -> Result<(BlockCounts, Counts, Counts)> {
+    let mut exp_meta: BlockCounts = HashMap::new();
     let mut exp_data: Counts = HashMap::new();
     let mut stored_data: Counts = HashMap::new();
     for b in meta.catalog_blocks()? {
@@ -320,7 +327,7 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
         *exp_meta.entry(b).or_default() += 1;
     }
     // The flush log: its directory and blocks (never freed).
-    if meta.log_dir() != 0 {
+    if !meta.log_dir().is_none() {
         *exp_meta.entry(meta.log_dir()).or_default() += 1;
     }
     for &b in meta.log_blocks() {
@@ -336,7 +343,7 @@ fn count_references(meta: &MetaStore, r: &mut CheckReport) -> Result<(Counts, Co
 
 /// Validate every copy of every referenced block, space-map page and the
 /// current superblock; rewrite bad copies from a good one when repairing.
-fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair: bool) {
+fn check_copies(meta: &MetaStore, expected: &BlockCounts, r: &mut CheckReport, repair: bool) {
     let layout = *meta.layout();
     let sb = meta.committed().clone();
     let tag = meta.pool_tag();
@@ -372,15 +379,15 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
             }),
         ));
     }
-    let catalog: HashSet<u64> = meta
+    let catalog: HashSet<Block> = meta
         .catalog_blocks()
         .unwrap_or_default()
         .into_iter()
         .collect();
     // Log blocks hold records of any earlier transaction, or nothing yet
     // (replay reads what is current): not checked here.
-    let log: HashSet<u64> = meta.log_blocks().iter().copied().collect();
-    let mut blocks: Vec<u64> = expected
+    let log: HashSet<Block> = meta.log_blocks().iter().copied().collect();
+    let mut blocks: Vec<Block> = expected
         .keys()
         .copied()
         .filter(|b| !log.contains(b))
@@ -401,7 +408,7 @@ fn check_copies(meta: &MetaStore, expected: &Counts, r: &mut CheckReport, repair
             Loc::Place(Place::Block(b)),
             format!("metadata block {b} ({kind:?})"),
             Box::new(move |blk: &[u8]| {
-                Header::validate(blk, kind, b, tag, max).map_err(|e| e.to_string())?;
+                Header::validate(blk, kind, b.index(), tag, max).map_err(|e| e.to_string())?;
                 if kind == BlockKind::Node {
                     Node::decode(blk).map_err(|e| e.to_string())?;
                 }

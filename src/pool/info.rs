@@ -3,6 +3,7 @@
 use super::Pool;
 pub use crate::raid::health::ErrorCounts;
 use crate::thin::store::superblock::{MEMBER_FAILED, MEMBER_REBUILDING, MEMBER_STALE};
+use crate::units::BLOCK_BYTES;
 use serde::Serialize;
 
 #[derive(Serialize, serde::Deserialize, Clone, Debug)]
@@ -215,12 +216,14 @@ impl Pool {
             metadata_used: meta.msm().used() * 4096,
             metadata_total: meta.msm().blocks() * 4096,
             metadata_reserved: meta.meta_reserve() * 4096,
-            metadata_grown: meta.blocks.extents().iter().map(|e| e.blocks * 4096).sum(),
+            metadata_grown: (meta.blocks.extents().iter())
+                .map(|e| e.blocks * BLOCK_BYTES)
+                .sum(),
             metadata_extents: meta.blocks.extents().len(),
             metadata_autogrow: meta.autogrow(),
-            metadata_log: match meta.log_dir() {
-                0 => 0,
-                _ => (meta.log_blocks().len() as u64 + 1) * 4096,
+            metadata_log: match meta.log_dir().is_none() {
+                true => 0,
+                false => (meta.log_blocks().len() as u64 + 1) * BLOCK_BYTES,
             },
             flushes: flush.flushes,
             flush_log_rounds: flush.log_rounds,

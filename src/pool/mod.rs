@@ -1,4 +1,5 @@
-//! The pool facade: the one entry point for frontends. A [`Pool`] is a cheap
+//! The pool facade (may use thin and below): the one entry point for
+//! frontends. A [`Pool`] is a cheap
 //! shared handle, safe to use from many threads; volumes are reached by name
 //! and served through [`Volume`] handles.
 
@@ -31,6 +32,7 @@ use crate::meta::label::{Label, PoolState};
 use crate::thin::store::catalog::VolumeRecord;
 use crate::thin::store::now;
 use crate::thin::ThinPool;
+use crate::units::Block;
 use parking_lot::{Mutex, RwLock};
 use std::sync::Arc;
 
@@ -388,13 +390,13 @@ impl Pool {
     }
 
     /// Root block of a volume's mapping tree (for `inspect` and tests).
-    pub fn mapping_root(&self, volume: &str, snap: Option<&str>) -> Result<u64> {
+    pub fn mapping_root(&self, volume: &str, snap: Option<&str>) -> Result<Block> {
         let r = self.record(volume, snap)?;
         Ok(self.s.thin.volume_root(r.id)?.root)
     }
 
     /// Byte offset of metadata block `b` on each metadata copy.
-    pub fn metadata_block_offset(&self, b: u64) -> u64 {
+    pub fn metadata_block_offset(&self, b: Block) -> u64 {
         self.s.thin.meta.read().layout().block_offset(b)
     }
 

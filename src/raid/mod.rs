@@ -1,4 +1,4 @@
-//! Array layer: combines members into one linear address space according to a
+//! Array layer (may use device and below): combines members into one linear address space according to a
 //! RAID level, and mirrors the metadata area across up to three members
 //! whatever the data level. The thin layer above sees only array offsets.
 

@@ -351,7 +351,7 @@ impl ThinPool {
             // Pools made (or last committed) by an older version get their
             // flush log here; without room they commit at every flush.
             let mut meta = self.meta.write();
-            if meta.log_dir() == 0 {
+            if meta.log_dir().is_none() {
                 let _ = meta.create_log();
             }
         }

@@ -17,7 +17,7 @@ impl ThinPool {
     pub fn share_volume(&self, src: u64, new: u64) -> Result<()> {
         let mut meta = self.meta.write();
         let vr = meta.volume_root(src)?;
-        if vr.root != 0 {
+        if !vr.root.is_none() {
             meta.msm_mut().inc(vr.root);
         }
         meta.set_volume_root(new, vr)
@@ -28,7 +28,7 @@ impl ThinPool {
         let mut meta = self.meta.write();
         let sr = meta.volume_root(src)?;
         let old = meta.volume_root(dst)?;
-        if sr.root != 0 {
+        if !sr.root.is_none() {
             meta.msm_mut().inc(sr.root);
         }
         meta.set_volume_root(dst, sr)?;

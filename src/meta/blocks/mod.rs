@@ -25,6 +25,7 @@ use crate::meta::header::{BlockKind, Header};
 use crate::meta::node::{gen_tag, Node};
 use crate::meta::spacemap::MetaSpaceMap;
 use crate::raid::{Array, MetaMirror};
+use crate::units::Block;
 use lru::LruCache;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -48,8 +49,12 @@ impl MetaLayout {
         self.meta_offset + (2 + 2 * page as u64 + slot as u64) * BLOCK_SIZE as u64
     }
 
-    pub fn block_offset(&self, b: u64) -> u64 {
-        self.meta_offset + (2 + 2 * self.msm_pages as u64 + b) * BLOCK_SIZE as u64
+    /// Where block `b` of the fixed area is on each copy: after the two
+    /// superblock slots and the space-map page slots.
+    pub fn block_offset(&self, b: Block) -> u64 {
+        self.meta_offset
+            + (2 + 2 * self.msm_pages as u64) * BLOCK_SIZE as u64
+            + b.bytes_after(Block(0))
     }
 
     /// Bytes from `meta_offset` to the end of the metadata area.
@@ -69,14 +74,14 @@ pub struct BlockStore {
     /// For messages.
     pub pool_name: String,
     /// Nodes written in the running transaction.
-    pub dirty: HashMap<u64, Arc<Node>>,
+    pub dirty: HashMap<Block, Arc<Node>>,
     /// Generation tags of tree roots as their pointers record them, by
     /// block: a root read from disk is checked against it. Dropped when
     /// the block is freed.
-    pub root_gens: HashMap<u64, u32>,
+    pub root_gens: HashMap<Block, u32>,
     /// Clean nodes, in shards (by block number) so that parallel look-ups
     /// do not queue on one lock.
-    cache: Vec<Mutex<LruCache<u64, Arc<Node>>>>,
+    cache: Vec<Mutex<LruCache<Block, Arc<Node>>>>,
     pub msm: MetaSpaceMap,
     /// Metadata space taken from the data area (see `meta::extent`).
     pub extents: Vec<MetaExtent>,
@@ -119,13 +124,13 @@ impl BlockStore {
     }
 
     /// The cache shard of block `b`.
-    pub fn cache_of(&self, b: u64) -> &Mutex<LruCache<u64, Arc<Node>>> {
-        &self.cache[(b as usize) % CACHE_SHARDS]
+    pub fn cache_of(&self, b: Block) -> &Mutex<LruCache<Block, Arc<Node>>> {
+        &self.cache[(b.index() as usize) % CACHE_SHARDS]
     }
 
     /// Remember the generation tag a pointer records for root `b`.
-    pub fn note_root_gen(&mut self, b: u64, gen: u32) {
-        if b != 0 && gen != 0 {
+    pub fn note_root_gen(&mut self, b: Block, gen: u32) {
+        if !b.is_none() && gen != 0 {
             self.root_gens.insert(b, gen);
         }
     }
@@ -133,8 +138,8 @@ impl BlockStore {
     /// The generation tag a pointer to root `r` records at the commit of
     /// `txid`: that transaction's when it writes the root, else the one
     /// known for it (from its pointer, or the node itself).
-    pub fn gen_of(&self, r: u64, txid: u64) -> u32 {
-        if r == 0 {
+    pub fn gen_of(&self, r: Block, txid: u64) -> u32 {
+        if r.is_none() {
             return 0;
         }
         if self.dirty.contains_key(&r) {
@@ -150,7 +155,7 @@ impl BlockStore {
     }
 
     /// Read one metadata block from the first valid copy.
-    pub fn read_block(&self, b: u64, kind: BlockKind) -> Result<Vec<u8>> {
+    pub fn read_block(&self, b: Block, kind: BlockKind) -> Result<Vec<u8>> {
         self.read_block_expecting(b, kind, None)
     }
 
@@ -159,7 +164,7 @@ impl BlockStore {
     /// lost write is passed over, and rewritten from the good one).
     pub fn read_block_expecting(
         &self,
-        b: u64,
+        b: Block,
         kind: BlockKind,
         expect: Option<&btree::Expect>,
     ) -> Result<Vec<u8>> {
@@ -170,7 +175,7 @@ impl BlockStore {
         let mut buf = vec![0u8; BLOCK_SIZE];
         let (tag, max) = (self.pool_tag, self.last_txid);
         let mut check = |blk: &[u8]| {
-            Header::validate(blk, kind, b, tag, max)?;
+            Header::validate(blk, kind, b.index(), tag, max)?;
             if kind == BlockKind::Node {
                 let node = Node::decode(blk)?;
                 if let Some(e) = expect {
@@ -205,9 +210,9 @@ impl BlockStore {
         &mut self,
         txid: u64,
         free_slot: impl Fn(usize) -> usize,
-    ) -> Result<(Vec<(u64, Arc<Node>)>, Vec<(usize, usize)>)> {
+    ) -> Result<(Vec<(Block, Arc<Node>)>, Vec<(usize, usize)>)> {
         let io = |e| Error::io("writing metadata", e);
-        let mut dirty: Vec<(u64, Arc<Node>)> =
+        let mut dirty: Vec<(Block, Arc<Node>)> =
             self.dirty.iter().map(|(b, n)| (*b, n.clone())).collect();
         dirty.sort_unstable_by_key(|(b, _)| *b);
         for (b, node) in &dirty {
@@ -229,7 +234,7 @@ impl BlockStore {
 
     /// Step 4 done (the superblock of `txid` is durable): the nodes
     /// written are clean, freed blocks become reusable.
-    pub fn committed(&mut self, txid: u64, written: Vec<(u64, Arc<Node>)>) {
+    pub fn committed(&mut self, txid: u64, written: Vec<(Block, Arc<Node>)>) {
         self.last_txid = txid;
         self.extents_dirty = false;
         self.msm.committed();
@@ -243,7 +248,7 @@ impl BlockStore {
 }
 
 impl BlockStore {
-    pub fn read_node(&self, b: u64) -> Result<Arc<Node>> {
+    pub fn read_node(&self, b: Block) -> Result<Arc<Node>> {
         if let Some(n) = self.dirty.get(&b) {
             return Ok(n.clone());
         }
@@ -256,7 +261,7 @@ impl BlockStore {
         Ok(node)
     }
 
-    pub fn read_child(&self, b: u64, expect: &btree::Expect) -> Result<Arc<Node>> {
+    pub fn read_child(&self, b: Block, expect: &btree::Expect) -> Result<Arc<Node>> {
         let mut expect = *expect;
         if let Some(n) = self.dirty.get(&b).cloned() {
             // Written in this transaction: its generation is not known yet.
@@ -278,15 +283,15 @@ impl BlockStore {
         Ok(node)
     }
 
-    pub fn write_node(&mut self, b: u64, node: Node) {
+    pub fn write_node(&mut self, b: Block, node: Node) {
         self.dirty.insert(b, Arc::new(node));
     }
 
-    pub fn is_new(&self, b: u64) -> bool {
+    pub fn is_new(&self, b: Block) -> bool {
         self.msm.is_new(b)
     }
 
-    pub fn alloc_block(&mut self) -> Result<u64> {
+    pub fn alloc_block(&mut self) -> Result<Block> {
         let b = self.msm.alloc().ok_or_else(|| Error::NoSpace {
             pool: self.pool_name.clone(),
             detail: format!(
@@ -300,15 +305,15 @@ impl BlockStore {
         Ok(b)
     }
 
-    pub fn refcount(&self, b: u64) -> u32 {
+    pub fn refcount(&self, b: Block) -> u32 {
         self.msm.count(b)
     }
 
-    pub fn inc_block(&mut self, b: u64) {
+    pub fn inc_block(&mut self, b: Block) {
         self.msm.inc(b);
     }
 
-    pub fn dec_block(&mut self, b: u64) {
+    pub fn dec_block(&mut self, b: Block) {
         self.msm.dec(b);
         if self.msm.count(b) == 0 {
             self.dirty.remove(&b);
@@ -318,6 +323,6 @@ impl BlockStore {
 }
 
 /// A node whose block passed its checks but does not decode.
-fn malformed(b: u64, why: crate::error::BlockFault) -> Error {
+fn malformed(b: Block, why: crate::error::BlockFault) -> Error {
     crate::error::Damage::block("tree node", b, crate::error::Why::Block(why)).into()
 }

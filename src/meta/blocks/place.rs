@@ -8,6 +8,7 @@ use crate::error::{CopyFault, CopyWhy};
 use crate::meta::codec::BLOCK_SIZE;
 use crate::meta::extent::MetaExtent;
 use crate::raid::Array;
+use crate::units::Block;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 /// What is read: a metadata block or a space-map page slot.
 #[derive(Clone, Copy, Debug)]
 pub enum Place {
-    Block(u64),
+    Block(Block),
     Page(usize, usize),
 }
 
@@ -31,7 +32,7 @@ impl BlockStore {
 
     fn in_fixed_area(&self, place: Place) -> bool {
         match place {
-            Place::Block(b) => b < self.layout.meta_blocks,
+            Place::Block(b) => b.index() < self.layout.meta_blocks,
             Place::Page(p, _) => p < self.layout.msm_pages as usize,
         }
     }
@@ -48,7 +49,7 @@ impl BlockStore {
     /// Does `place` exist (the fixed area, or an extent)?
     pub(crate) fn place_exists(&self, place: Place) -> bool {
         match place {
-            Place::Block(0) => false,
+            Place::Block(Block::NONE) => false,
             _ => self.in_fixed_area(place) || self.extent_of(place).is_some(),
         }
     }

@@ -35,12 +35,12 @@ impl MetaStore {
         self.catalog_tree
     }
 
-    /// The catalog tree's root (0: none, or the catalog is a chain).
-    pub fn catalog_root(&self) -> u64 {
+    /// The catalog tree's root (none when empty, or the catalog is a chain).
+    pub fn catalog_root(&self) -> Block {
         if self.catalog_tree {
             self.catalog_head
         } else {
-            0
+            Block::NONE
         }
     }
 
@@ -57,7 +57,7 @@ impl MetaStore {
         if !self.catalog_tree {
             self.release_catalog_chain()?;
             self.catalog_staged = false;
-            self.catalog_head = 0;
+            self.catalog_head = Block::NONE;
             self.catalog_bytes = 0;
             self.catalog_saved.clear();
             self.catalog_tree = true;

@@ -37,11 +37,11 @@ impl MetaStore {
             let mut b = vec![0u8; BLOCK_SIZE];
             let h = Header {
                 kind: BlockKind::Catalog as u16,
-                blocknr: blocks[i],
+                blocknr: blocks[i].index(),
                 txid,
                 pool_tag: self.blocks.pool_tag,
                 low_key: piece.len() as u64,
-                next: blocks.get(i + 1).copied().unwrap_or(0),
+                next: blocks.get(i + 1).map_or(0, |b| b.index()),
                 ..Header::default()
             };
             h.write(&mut b);
@@ -49,7 +49,7 @@ impl MetaStore {
             seal(&mut b, BlockKind::Catalog.salt());
             self.staged_catalog.push((blocks[i], b));
         }
-        self.catalog_head = blocks.first().copied().unwrap_or(0);
+        self.catalog_head = blocks.first().copied().unwrap_or(Block::NONE);
         self.catalog_bytes = bytes.len() as u64;
         self.catalog_chain = Some(blocks);
         self.catalog_dirty = false;
@@ -113,7 +113,7 @@ impl MetaStore {
         // Mapping roots in the volumes tree carry their generation tags
         // (recomputed by every attempt, so a retry tags them alike).
         let mut noted = Vec::new();
-        let leaves: Vec<u64> = (self.blocks.dirty.iter())
+        let leaves: Vec<Block> = (self.blocks.dirty.iter())
             .filter(|(_, n)| n.owner == VOLUMES_OWNER && n.is_leaf())
             .map(|(b, _)| *b)
             .collect();
@@ -121,7 +121,7 @@ impl MetaStore {
             let mut n = (*self.blocks.dirty[&b]).clone();
             for i in 0..n.len() {
                 let at = i * n.value_size;
-                let r = get_u64(&n.values, at);
+                let r = get_block(&n.values, at);
                 let g = self.blocks.gen_of(r, txid);
                 put_u32(&mut n.values, at + 16, g);
                 noted.push((r, g));
@@ -162,7 +162,8 @@ impl MetaStore {
         sb.root_gens = [
             self.blocks.gen_of(self.volumes_root, txid),
             self.blocks.gen_of(self.dsm_root, txid),
-            self.blocks.gen_of(self.csum.map_or(0, |c| c.root), txid),
+            self.blocks
+                .gen_of(self.csum.map_or(Block::NONE, |c| c.root), txid),
         ];
         sb.time = now();
         let bytes = sb.encode();
@@ -190,7 +191,7 @@ impl MetaStore {
         let roots = [
             self.volumes_root,
             self.dsm_root,
-            self.csum.map_or(0, |c| c.root),
+            self.csum.map_or(Block::NONE, |c| c.root),
         ];
         for (r, g) in roots.into_iter().zip(self.committed.root_gens).chain(noted) {
             self.blocks.note_root_gen(r, g);

@@ -98,11 +98,11 @@ impl MetaStore {
         Ok(())
     }
 
-    pub fn csum_root(&self) -> u64 {
-        self.csum.map(|c| c.root).unwrap_or(0)
+    pub fn csum_root(&self) -> Block {
+        self.csum.map(|c| c.root).unwrap_or(Block::NONE)
     }
 
-    pub fn intent_block(&self) -> Option<u64> {
+    pub fn intent_block(&self) -> Option<Block> {
         self.csum.map(|c| c.intent_block)
     }
 
@@ -116,7 +116,7 @@ impl MetaStore {
         let mut blk = vec![0u8; BLOCK_SIZE];
         Header {
             kind: BlockKind::Intent as u16,
-            blocknr: b,
+            blocknr: b.index(),
             txid: self.committed.txid,
             pool_tag: self.blocks.pool_tag,
             low_key: region_chunks,

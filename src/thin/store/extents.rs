@@ -42,8 +42,8 @@ impl MetaStore {
         let cs = self.committed.chunk();
         let chunks = cs.count(bytes).max(1);
         let blocks = Self::extent_blocks_for(chunks, cs);
-        let first = extent::next_first_block(self.blocks.msm.span());
-        let pages_after = pages_for(first + blocks) as usize;
+        let first = extent::next_first_block(Block(self.blocks.msm.span()));
+        let pages_after = pages_for(first.plus(blocks).index()) as usize;
         if blocks == 0 || pages_after > crate::thin::store::superblock::MAX_MSM_PAGES {
             return Err(Error::Invalid(format!(
                 "the metadata area cannot grow by {bytes} bytes (at most {} MiB in all)",

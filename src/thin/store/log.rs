@@ -27,18 +27,18 @@ const DIR_ENTRIES: usize = (BLOCK_SIZE - HEADER_SIZE) / 8;
 
 impl MetaStore {
     /// The log's blocks in order (empty: the pool has no log yet).
-    pub fn log_blocks(&self) -> &[u64] {
+    pub fn log_blocks(&self) -> &[Block] {
         &self.log_blocks
     }
 
-    /// The log's directory block (0: none).
-    pub fn log_dir(&self) -> u64 {
+    /// The log's directory block (none: no log).
+    pub fn log_dir(&self) -> Block {
         self.log_dir
     }
 
     /// May flushes use the log? Only once a commit recorded it.
     pub fn log_ready(&self) -> bool {
-        self.committed.log_dir != 0 && !self.log_blocks.is_empty()
+        !self.committed.log_dir.is_none() && !self.log_blocks.is_empty()
     }
 
     /// Give the pool a flush log, recorded by the next commit: a 32nd of
@@ -48,7 +48,7 @@ impl MetaStore {
     /// a log was made.
     pub fn create_log(&mut self) -> Result<bool> {
         let n = (self.blocks.layout.meta_blocks / 32).min(LOG_BLOCKS);
-        if self.log_dir != 0
+        if !self.log_dir.is_none()
             || !self.loaded
             || n < 8
             || pages_for(self.blocks.msm.span()) as usize > MAX_MSM_PAGES
@@ -78,7 +78,7 @@ impl MetaStore {
         let mut blk = vec![0u8; BLOCK_SIZE];
         Header {
             kind: BlockKind::LogDir as u16,
-            blocknr: dir,
+            blocknr: dir.index(),
             txid: self.committed.txid + 1,
             pool_tag: self.blocks.pool_tag,
             nr_entries: blocks.len() as u16,
@@ -86,7 +86,7 @@ impl MetaStore {
         }
         .write(&mut blk);
         for (i, b) in blocks.iter().enumerate() {
-            put_u64(&mut blk, HEADER_SIZE + 8 * i, *b);
+            put_block(&mut blk, HEADER_SIZE + 8 * i, *b);
         }
         seal(&mut blk, BlockKind::LogDir.salt());
         // No committed state reaches it yet: written now, flushed by the
@@ -103,7 +103,7 @@ impl MetaStore {
     /// Read the log's directory (at load).
     pub(crate) fn load_log(&mut self) -> Result<()> {
         let dir = self.committed.log_dir;
-        if dir == 0 {
+        if dir.is_none() {
             return Ok(());
         }
         let blk = self.blocks.read_block(dir, BlockKind::LogDir)?;
@@ -112,7 +112,9 @@ impl MetaStore {
             let why = BlockFault::Malformed(format!("lists {n} blocks"));
             return Err(Damage::block(BlockKind::LogDir.name(), dir, Why::Block(why)).into());
         }
-        let blocks: Vec<u64> = (0..n).map(|i| get_u64(&blk, HEADER_SIZE + 8 * i)).collect();
+        let blocks: Vec<Block> = (0..n)
+            .map(|i| get_block(&blk, HEADER_SIZE + 8 * i))
+            .collect();
         if let Some(b) = blocks
             .iter()
             .find(|&&b| !self.blocks.place_exists(Place::Block(b)))
@@ -139,7 +141,7 @@ impl MetaStore {
         let mut blk = vec![0u8; BLOCK_SIZE];
         Header {
             kind: BlockKind::Log as u16,
-            blocknr: b,
+            blocknr: b.index(),
             txid: self.committed.txid,
             pool_tag: self.blocks.pool_tag,
             owner: payload.len() as u64,
@@ -163,7 +165,7 @@ impl MetaStore {
         for (i, &b) in self.log_blocks.iter().enumerate() {
             let seq = i as u64 + 1;
             let check = |blk: &[u8]| {
-                let h = Header::validate(blk, BlockKind::Log, b, tag, base).ok()?;
+                let h = Header::validate(blk, BlockKind::Log, b.index(), tag, base).ok()?;
                 (h.txid == base && h.low_key == seq && h.owner as usize <= LOG_PAYLOAD)
                     .then_some(h.owner as usize)
             };

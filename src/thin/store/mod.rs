@@ -26,7 +26,7 @@ use crate::meta::header::{BlockKind, Header, HEADER_SIZE};
 use crate::meta::node::Node;
 use crate::meta::spacemap::{MetaSpaceMap, ENTRIES_PER_PAGE};
 use crate::raid::MetaMirror;
-use crate::units::Chunk;
+use crate::units::{Block, Chunk};
 use catalog::Catalog;
 use dataspace::DataSpace;
 use std::collections::HashMap;
@@ -78,7 +78,7 @@ pub fn mapped_chunk(v: &[u8]) -> Chunk {
 /// Per-volume entry of the volumes tree.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VolumeRoot {
-    pub root: u64,
+    pub root: Block,
     pub mapped: u64,
     /// The root's generation tag as recorded on disk (0: none). Kept up to
     /// date by the commit, not by callers.
@@ -88,7 +88,7 @@ pub struct VolumeRoot {
 impl VolumeRoot {
     pub fn encode(&self) -> [u8; 32] {
         let mut v = [0u8; 32];
-        put_u64(&mut v, 0, self.root);
+        put_block(&mut v, 0, self.root);
         put_u64(&mut v, 8, self.mapped);
         put_u32(&mut v, 16, self.gen);
         v
@@ -96,7 +96,7 @@ impl VolumeRoot {
 
     pub fn decode(v: &[u8]) -> VolumeRoot {
         VolumeRoot {
-            root: get_u64(v, 0),
+            root: get_block(v, 0),
             mapped: get_u64(v, 8),
             gen: get_u32(v, 16),
         }
@@ -107,12 +107,12 @@ pub struct MetaStore {
     /// The generic transactional block store the trees live in.
     pub blocks: BlockStore,
     committed: Superblock,
-    pub volumes_root: u64,
+    pub volumes_root: Block,
     /// The volumes tree's entries, kept in step with it: the data path
     /// finds a volume's mapping root without walking the tree.
     roots: HashMap<u64, VolumeRoot>,
-    dsm_root: u64,
-    catalog_head: u64,
+    dsm_root: Block,
+    catalog_head: Block,
     catalog_bytes: u64,
     pub next_volume_id: u64,
     catalog: Catalog,
@@ -121,10 +121,10 @@ pub struct MetaStore {
     /// The catalog was staged in this transaction (a commit must write it).
     catalog_staged: bool,
     /// Blocks of the current catalog chain (committed or staged), once known.
-    catalog_chain: Option<Vec<u64>>,
+    catalog_chain: Option<Vec<Block>>,
     /// Catalog blocks of the running transaction, kept until it commits
     /// so that a failed commit can write them again.
-    staged_catalog: Vec<(u64, Vec<u8>)>,
+    staged_catalog: Vec<(Block, Vec<u8>)>,
     /// The catalog is a tree rooted at `catalog_head` (see `catalog_tree`).
     catalog_tree: bool,
     /// The records the catalog tree holds (by id; 0: the pool name).
@@ -148,8 +148,8 @@ pub struct MetaStore {
     /// read (see `open` and `load`).
     loaded: bool,
     /// The flush log's directory block (0: none) and blocks (see `log`).
-    log_dir: u64,
-    log_blocks: Vec<u64>,
+    log_dir: Block,
+    log_blocks: Vec<Block>,
 }
 
 fn corrupt(what: String) -> Error {
@@ -169,9 +169,9 @@ impl MetaStore {
         let committed = Superblock {
             txid: 0,
             pool_uuid,
-            volumes_root: 0,
-            dsm_root: 0,
-            catalog_head: 0,
+            volumes_root: Block::NONE,
+            dsm_root: Block::NONE,
+            catalog_head: Block::NONE,
             catalog_bytes: 0,
             data_chunks,
             used_chunks: 0,
@@ -190,15 +190,15 @@ impl MetaStore {
             no_autogrow: false,
             catalog_tree: false,
             catalog_gen: 0,
-            log_dir: 0,
+            log_dir: Block::NONE,
         };
         MetaStore {
             blocks: BlockStore::new(mirror, layout, pool_tag(&pool_uuid), cache_nodes),
             committed,
-            volumes_root: 0,
+            volumes_root: Block::NONE,
             roots: HashMap::new(),
-            dsm_root: 0,
-            catalog_head: 0,
+            dsm_root: Block::NONE,
+            catalog_head: Block::NONE,
             catalog_bytes: 0,
             next_volume_id: 1,
             catalog: Catalog::default(),
@@ -217,7 +217,7 @@ impl MetaStore {
             superblock_problems: Vec::new(),
             recovery_notes: Vec::new(),
             loaded: false,
-            log_dir: 0,
+            log_dir: Block::NONE,
             log_blocks: Vec::new(),
         }
     }
@@ -255,7 +255,7 @@ impl MetaStore {
             // The intent block is allocated once and never freed.
             let intent_block = s.alloc_block()?;
             s.csum = Some(SbCsum {
-                root: 0,
+                root: Block::NONE,
                 intent_block,
             });
             s.write_intent(0, &[], false)?;
@@ -395,7 +395,7 @@ impl MetaStore {
         &mut self.blocks.msm
     }
 
-    pub fn dsm_root(&self) -> u64 {
+    pub fn dsm_root(&self) -> Block {
         self.dsm_root
     }
 

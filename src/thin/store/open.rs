@@ -67,8 +67,9 @@ impl MetaStore {
         let sizes_agree = match sb.extents.first() {
             None => sb.msm_pages == layout.msm_pages && sb.meta_blocks == layout.meta_blocks,
             Some(first) => {
-                first.first_block == crate::meta::extent::next_first_block(layout.meta_blocks)
-                    && sb.extents.last().map(|e| e.end_block()) == Some(sb.meta_blocks)
+                first.first_block
+                    == crate::meta::extent::next_first_block(Block(layout.meta_blocks))
+                    && sb.extents.last().map(|e| e.end_block()) == Some(Block(sb.meta_blocks))
                     && sb.msm_pages == pages_for(sb.meta_blocks)
             }
         };
@@ -174,7 +175,12 @@ impl MetaStore {
                 .enumerate()
                 .skip(self.blocks.layout.meta_blocks as usize)
             {
-                if !self.blocks.extents.iter().any(|e| e.holds_block(b as u64)) {
+                if !self
+                    .blocks
+                    .extents
+                    .iter()
+                    .any(|e| e.holds_block(Block(b as u64)))
+                {
                     *c = HOLE;
                 }
             }
@@ -264,7 +270,7 @@ impl MetaStore {
         let mut bytes = Vec::with_capacity(self.catalog_bytes as usize);
         let mut b = self.catalog_head;
         let mut hops = 0u64;
-        while b != 0 {
+        while !b.is_none() {
             hops += 1;
             if hops > self.blocks.msm.span() {
                 return Err(corrupt("catalog chain loops".into()));
@@ -273,7 +279,7 @@ impl MetaStore {
             let h = Header::read(&blk);
             let n = (h.low_key as usize).min(BLOCK_SIZE - HEADER_SIZE);
             bytes.extend_from_slice(&blk[HEADER_SIZE..HEADER_SIZE + n]);
-            b = h.next;
+            b = Block(h.next);
         }
         if bytes.len() as u64 != self.catalog_bytes {
             return Err(corrupt(format!(
@@ -287,7 +293,7 @@ impl MetaStore {
 
     /// Blocks of the catalog chain (the staged one while a commit of it is
     /// pending).
-    pub fn catalog_blocks(&self) -> Result<Vec<u64>> {
+    pub fn catalog_blocks(&self) -> Result<Vec<Block>> {
         if self.catalog_tree {
             return Ok(Vec::new());
         }
@@ -296,10 +302,10 @@ impl MetaStore {
         }
         let mut out = Vec::new();
         let mut b = self.catalog_head;
-        while b != 0 && out.len() as u64 <= self.blocks.msm.span() {
+        while !b.is_none() && out.len() as u64 <= self.blocks.msm.span() {
             out.push(b);
             let blk = self.blocks.read_block(b, BlockKind::Catalog)?;
-            b = Header::read(&blk).next;
+            b = Block(Header::read(&blk).next);
         }
         Ok(out)
     }

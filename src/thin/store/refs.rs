@@ -79,7 +79,7 @@ impl MetaStore {
     /// this is what removing a volume or a snapshot costs in its own
     /// transaction, so a removal always fits in the metadata reserve.
     pub fn release_root(&mut self, vr: VolumeRoot) -> Result<()> {
-        if vr.root == 0 {
+        if vr.root.is_none() {
             return Ok(());
         }
         let key = RELEASING | self.next_volume_id;
@@ -117,7 +117,7 @@ impl MetaStore {
             }
             let vr = self.roots.get(&key).copied().unwrap_or_default();
             let root = btree::prune(self, &mapping_spec(key), vr.root, &mut budget)?;
-            if root == 0 {
+            if root.is_none() {
                 self.detach_volume_root(key)?;
             } else {
                 self.set_volume_root(key, VolumeRoot { root, ..vr })?;
@@ -130,35 +130,35 @@ impl MetaStore {
 /// The trees run on the generic block store; what a value refers to (a
 /// data chunk, a mapping tree) is the schema's to count.
 impl NodeStore for MetaStore {
-    fn read_node(&self, b: u64) -> Result<Arc<Node>> {
+    fn read_node(&self, b: Block) -> Result<Arc<Node>> {
         self.blocks.read_node(b)
     }
 
-    fn read_child(&self, b: u64, expect: &btree::Expect) -> Result<Arc<Node>> {
+    fn read_child(&self, b: Block, expect: &btree::Expect) -> Result<Arc<Node>> {
         self.blocks.read_child(b, expect)
     }
 
-    fn write_node(&mut self, b: u64, node: Node) {
+    fn write_node(&mut self, b: Block, node: Node) {
         self.blocks.write_node(b, node)
     }
 
-    fn is_new(&self, b: u64) -> bool {
+    fn is_new(&self, b: Block) -> bool {
         self.blocks.is_new(b)
     }
 
-    fn alloc_block(&mut self) -> Result<u64> {
+    fn alloc_block(&mut self) -> Result<Block> {
         self.blocks.alloc_block()
     }
 
-    fn refcount(&self, b: u64) -> u32 {
+    fn refcount(&self, b: Block) -> u32 {
         self.blocks.refcount(b)
     }
 
-    fn inc_block(&mut self, b: u64) {
+    fn inc_block(&mut self, b: Block) {
         self.blocks.inc_block(b)
     }
 
-    fn dec_block(&mut self, b: u64) {
+    fn dec_block(&mut self, b: Block) {
         self.blocks.dec_block(b)
     }
 
@@ -167,8 +167,8 @@ impl NodeStore for MetaStore {
             ValueKind::Plain => Ok(()),
             ValueKind::DataChunk => self.data_inc(mapped_chunk(v)),
             ValueKind::Subtree => {
-                let r = get_u64(v, 0);
-                if r != 0 {
+                let r = get_block(v, 0);
+                if !r.is_none() {
                     self.blocks.msm.inc(r);
                 }
                 Ok(())
@@ -180,7 +180,7 @@ impl NodeStore for MetaStore {
         match spec.values {
             ValueKind::Plain => Ok(()),
             ValueKind::DataChunk => self.data_dec(mapped_chunk(v)),
-            ValueKind::Subtree => btree::dec_tree(self, &mapping_spec(0), get_u64(v, 0)),
+            ValueKind::Subtree => btree::dec_tree(self, &mapping_spec(0), get_block(v, 0)),
         }
     }
 }

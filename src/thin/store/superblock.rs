@@ -5,6 +5,7 @@
 use crate::error::BlockFault;
 use crate::meta::codec::*;
 use crate::meta::node::{pack_ptr, unpack_ptr};
+use crate::units::Block;
 
 pub const SB_MAGIC: u32 = 0x4253_5056; // "VPSB"
 pub const SB_VERSION: u32 = 1;
@@ -84,9 +85,9 @@ pub const MAX_MSM_PAGES_V5: usize = (BLOCK_SIZE - SELECTOR) * 8;
 pub struct Superblock {
     pub txid: u64,
     pub pool_uuid: [u8; 16],
-    pub volumes_root: u64,
-    pub dsm_root: u64,
-    pub catalog_head: u64,
+    pub volumes_root: Block,
+    pub dsm_root: Block,
+    pub catalog_head: Block,
     pub catalog_bytes: u64,
     pub data_chunks: u64,
     pub used_chunks: u64,
@@ -116,14 +117,14 @@ pub struct Superblock {
     /// The catalog tree root's generation tag.
     pub catalog_gen: u32,
     /// The flush log's directory block (version 7; 0: no log).
-    pub log_dir: u64,
+    pub log_dir: Block,
 }
 
 /// Where a checksummed pool keeps its data checksums and write intents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SbCsum {
-    pub root: u64,
-    pub intent_block: u64,
+    pub root: Block,
+    pub intent_block: Block,
 }
 
 /// Checkpoint of a layout transition, recorded with every commit.
@@ -199,7 +200,7 @@ impl Superblock {
         put_u32(
             &mut b,
             8,
-            if self.log_dir != 0 {
+            if !self.log_dir.is_none() {
                 SB_VERSION_LOG
             } else if self.is_v6() {
                 SB_VERSION_EXTENTS
@@ -221,7 +222,11 @@ impl Superblock {
                 } else {
                     0
                 })
-                | (if self.log_dir != 0 { FEATURE_LOG } else { 0 }),
+                | (if self.log_dir.is_none() {
+                    0
+                } else {
+                    FEATURE_LOG
+                }),
         );
         put_u64(&mut b, 16, self.txid);
         b[24..40].copy_from_slice(&self.pool_uuid);
@@ -232,7 +237,7 @@ impl Superblock {
             56,
             match self.catalog_tree {
                 true => pack_ptr(self.catalog_head, self.catalog_gen),
-                false => self.catalog_head,
+                false => self.catalog_head.index(),
             },
         );
         put_u64(&mut b, 64, self.catalog_bytes);
@@ -259,10 +264,10 @@ impl Superblock {
         }
         if let Some(c) = &self.csum {
             put_u64(&mut b, CSUM_ROOT, pack_ptr(c.root, self.root_gens[2]));
-            put_u64(&mut b, INTENT_BLOCK, c.intent_block);
+            put_block(&mut b, INTENT_BLOCK, c.intent_block);
         }
-        let end = if self.log_dir != 0 {
-            put_u64(&mut b, LOG_DIR, self.log_dir);
+        let end = if !self.log_dir.is_none() {
+            put_block(&mut b, LOG_DIR, self.log_dir);
             LOG_DIR
         } else if self.extents.is_empty() {
             BLOCK_SIZE
@@ -322,16 +327,20 @@ impl Superblock {
         // Before version 5, pointers hold block numbers alone.
         let ptr = |off: usize| match version >= SB_VERSION_GEN {
             true => unpack_ptr(get_u64(b, off)),
-            false => (get_u64(b, off), 0),
+            false => (get_block(b, off), 0),
         };
         let has_csum = version == SB_VERSION_CSUM
             || (version >= SB_VERSION_GEN && features & FEATURE_CSUM != 0);
         let (volumes_root, volumes_gen) = ptr(40);
         let (dsm_root, dsm_gen) = ptr(48);
-        let (csum_root, csum_gen) = if has_csum { ptr(CSUM_ROOT) } else { (0, 0) };
+        let (csum_root, csum_gen) = if has_csum {
+            ptr(CSUM_ROOT)
+        } else {
+            (Block::NONE, 0)
+        };
         if [volumes_root, dsm_root, csum_root]
             .iter()
-            .any(|&r| r > crate::meta::node::BLOCK_MASK)
+            .any(|&r| r.index() > crate::meta::node::BLOCK_MASK)
         {
             return Err(BlockFault::Malformed(
                 "superblock root pointer beyond any metadata area".into(),
@@ -388,18 +397,18 @@ impl Superblock {
         let catalog_tree = version >= SB_VERSION_EXTENTS && features & FEATURE_CATALOG_TREE != 0;
         let (catalog_head, catalog_gen) = match catalog_tree {
             true => unpack_ptr(get_u64(b, 56)),
-            false => (get_u64(b, 56), 0),
+            false => (get_block(b, 56), 0),
         };
-        if catalog_tree && catalog_head > crate::meta::node::BLOCK_MASK {
+        if catalog_tree && catalog_head.index() > crate::meta::node::BLOCK_MASK {
             return Err(BlockFault::Malformed(
                 "superblock catalog root beyond any metadata area".into(),
             ));
         }
         let log_dir = match version >= SB_VERSION_LOG && features & FEATURE_LOG != 0 {
-            true => get_u64(b, LOG_DIR),
-            false => 0,
+            true => get_block(b, LOG_DIR),
+            false => Block::NONE,
         };
-        if log_dir > crate::meta::node::BLOCK_MASK {
+        if log_dir.index() > crate::meta::node::BLOCK_MASK {
             return Err(BlockFault::Malformed(
                 "superblock flush-log directory beyond any metadata area".into(),
             ));
@@ -424,7 +433,7 @@ impl Superblock {
             transition,
             csum: has_csum.then(|| SbCsum {
                 root: csum_root,
-                intent_block: get_u64(b, INTENT_BLOCK),
+                intent_block: get_block(b, INTENT_BLOCK),
             }),
             root_gens: [volumes_gen, dsm_gen, csum_gen],
             no_autogrow: features & FEATURE_NO_AUTOGROW != 0,
@@ -445,9 +454,9 @@ mod tests {
         let mut sb = Superblock {
             txid: 7,
             pool_uuid: [9; 16],
-            volumes_root: 3,
-            dsm_root: 4,
-            catalog_head: 5,
+            volumes_root: Block(3),
+            dsm_root: Block(4),
+            catalog_head: Block(5),
             catalog_bytes: 100,
             data_chunks: 1000,
             used_chunks: 10,
@@ -466,7 +475,7 @@ mod tests {
             no_autogrow: false,
             catalog_tree: false,
             catalog_gen: 0,
-            log_dir: 0,
+            log_dir: Block::NONE,
         };
         sb.set_selector_bit(2, 1);
         let b = sb.encode();
@@ -475,7 +484,7 @@ mod tests {
         // With metadata extents: version 6, the list block at the end.
         let mut x = sb.clone();
         x.extents = vec![crate::meta::extent::MetaExtent {
-            first_block: 2016,
+            first_block: Block(2016),
             blocks: 100,
             copies: vec![1 << 20, 2 << 20],
         }];
@@ -486,15 +495,15 @@ mod tests {
         // The catalog as a tree: version 6 without extents, a tagged root.
         let mut t = sb.clone();
         t.catalog_tree = true;
-        t.catalog_head = 99;
+        t.catalog_head = Block(99);
         t.catalog_gen = 12;
         let tb = t.encode();
         assert_eq!(get_u32(&tb, 8), SB_VERSION_EXTENTS);
-        assert_eq!(get_u64(&tb, 56), pack_ptr(99, 12));
+        assert_eq!(get_u64(&tb, 56), pack_ptr(Block(99), 12));
         assert_eq!(Superblock::decode(&tb).unwrap(), t);
         // A flush log: version 7, its directory before the extent list.
         let mut l = x.clone();
-        l.log_dir = 77;
+        l.log_dir = Block(77);
         let lb = l.encode();
         assert_eq!(get_u32(&lb, 8), SB_VERSION_LOG);
         assert_eq!(get_u64(&lb, LOG_DIR), 77);
@@ -506,7 +515,7 @@ mod tests {
         assert_eq!(get_u32(&b, 8), SB_VERSION_GEN);
         assert_eq!(
             unpack_ptr(get_u64(&b, 40)),
-            (3, 5),
+            (Block(3), 5),
             "the root carries its tag"
         );
         sb.transition = Some(SbTransition {
@@ -561,12 +570,12 @@ mod tests {
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
         // Data checksums: version 4, with or without a transition.
         sb.csum = Some(SbCsum {
-            root: 77,
-            intent_block: 5,
+            root: Block(77),
+            intent_block: Block(5),
         });
         let b = sb.encode();
         assert_eq!(get_u32(&b, 8), SB_VERSION_GEN);
-        assert_eq!(unpack_ptr(get_u64(&b, CSUM_ROOT)).0, 77);
+        assert_eq!(unpack_ptr(get_u64(&b, CSUM_ROOT)).0, Block(77));
         assert_eq!(get_u64(&b, INTENT_BLOCK), 5);
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
         sb.transition = None;
@@ -580,8 +589,8 @@ mod tests {
         put_u64(&mut b, CSUM_ROOT, 77);
         seal(&mut b, salt::SUPERBLOCK);
         let d = Superblock::decode(&b).unwrap();
-        assert_eq!((d.volumes_root, d.root_gens), (3, [0, 0, 0]));
-        assert_eq!(d.csum.map(|c| c.root), Some(77));
+        assert_eq!((d.volumes_root, d.root_gens), (Block(3), [0, 0, 0]));
+        assert_eq!(d.csum.map(|c| c.root), Some(Block(77)));
         // A block number no pointer of version 5 can hold is refused, so
         // what decodes re-encodes to itself (the fuzz targets' rule).
         put_u64(&mut b, 40, 1 << 41);
