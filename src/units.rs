@@ -1,5 +1,6 @@
-//! Units (layer 0: uses nothing of ours). Sizes as users write and read them: binary units (`10G` = 10 GiB), as LVM
-//! and ZFS read them; (in `chunk`) bytes against data chunks, the one
+//! Units (layer 0: uses nothing of ours). Sizes as users write and read
+//! them: binary units (`10G` = 10 GiB), as LVM and ZFS read them, in every
+//! message ([`format_size`], or [`size_exact`] where the byte counts); (in `chunk`) bytes against data chunks, the one
 //! place the data path converts between them; (in `block`) metadata block
 //! numbers. A bare `u64` offset or length is always in bytes.
 
@@ -77,6 +78,17 @@ pub fn format_size(n: u64) -> String {
     }
 }
 
+/// A size for a message where the exact number matters (limits, sizes to
+/// give back as an argument): `10G` when that is exact, else the rounded
+/// size and the bytes, `1.01G (1084227584 bytes)`.
+pub fn size_exact(n: u64) -> String {
+    let human = format_size(n);
+    match parse_size(&human) {
+        Ok(back) if back == n => human,
+        _ => format!("{human} ({n} bytes)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +107,13 @@ mod tests {
         assert_eq!(format_size(3 << 29), "1.5G");
         assert_eq!(format_size((10 << 30) - 4096), "10G");
         assert_eq!(format_size(0), "0B");
+        assert_eq!(size_exact(10 << 30), "10G");
+        assert_eq!(size_exact(3 << 29), "1.5G");
+        assert_eq!(size_exact(1000), "1000B");
+        assert_eq!(
+            size_exact((10 << 30) - 4096),
+            "10G (10737414144 bytes)",
+            "rounding never hides bytes"
+        );
     }
 }

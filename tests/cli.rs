@@ -399,9 +399,14 @@ fn cli_bad_inputs_change_nothing() {
         .unwrap()
         .set_len(200 << 20)
         .unwrap();
-    e.fails(
+    let err = e.fails(
         &["vol", "import", "tank/db", "--from", big.to_str().unwrap()],
         "vol resize",
+    );
+    // Sizes as people write them, in errors too.
+    assert!(
+        err.contains("is 200M; it does not fit") && err.contains("(100M)"),
+        "{err}"
     );
     let info = e.json(&["pool", "status", "tank", "--json"]);
     assert_eq!(info["allocated"], 0);
@@ -418,7 +423,10 @@ fn cli_bad_inputs_change_nothing() {
         "--offset",
         "50M",
     ]);
-    e.fails(&["vol", "resize", "tank/db", "--size", "10M"], "--force");
+    e.fails(
+        &["vol", "resize", "tank/db", "--size", "10M"],
+        "from 100M to 10M discards data",
+    );
     let vols = e.json(&["vol", "list", "tank", "--json"]);
     assert_eq!(
         vols[0]["size"].as_u64().unwrap(),
@@ -448,7 +456,9 @@ fn cli_bad_inputs_change_nothing() {
         "pool", "create", "mixed", "--raid", "raid1", &d[2], &small_img,
     ]);
     assert!(
-        o.ok && o.stderr.contains("members differ in size"),
+        o.ok && o
+            .stderr
+            .contains("members differ in size (200M to 1G); raid1 uses 200M of each"),
         "{}",
         o.stderr
     );

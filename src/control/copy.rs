@@ -2,7 +2,7 @@
 
 use super::Engine;
 use crate::error::Error;
-use crate::units::format_size;
+use crate::units::{format_size, size_exact};
 use crate::Volume;
 use anyhow::{anyhow, bail, Context};
 use std::fs::{File, OpenOptions};
@@ -49,11 +49,15 @@ pub fn import(
     let vsize = vol.size()?;
     if offset.checked_add(size).is_none_or(|e| e > vsize) {
         bail!(Error::Invalid(format!(
-            "{} is {} bytes; at offset {offset} it does not fit in '{}' ({} bytes). Grow it first: vpool vol resize {} --size {}",
+            "{} is {}; {}it does not fit in '{}' ({}). Grow it first: vpool vol resize {} --size {}",
             from.display(),
-            size,
+            size_exact(size),
+            match offset {
+                0 => String::new(),
+                o => format!("at offset {} ", size_exact(o)),
+            },
             vol.name(),
-            vsize,
+            size_exact(vsize),
             vol.name(),
             format_size((offset + size).div_ceil(1 << 20) << 20)
         )));

@@ -69,7 +69,10 @@ pub(crate) fn check_range(size: u64, offset: u64, len: usize) -> io::Result<()> 
         Some(end) if end <= size => Ok(()),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("I/O at {offset}+{len} beyond device size {size}"),
+            format!(
+                "I/O of {len} bytes at byte {offset} beyond the device's size ({})",
+                crate::units::size_exact(size)
+            ),
         )),
     }
 }

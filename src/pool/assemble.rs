@@ -25,10 +25,10 @@ pub fn group_by_pool(devices: Vec<DeviceRef>) -> (Vec<FoundPool>, Vec<String>) {
     for dev in devices {
         match read_label_checked(&dev) {
             Ok((l, _)) if dev.size() < l.device_size => notes.push(format!(
-                "{}: {} bytes, smaller than the {} its label records: truncated or a different device? not used",
+                "{}: {}, smaller than the {} its label records: truncated or a different device? not used",
                 dev.name(),
-                dev.size(),
-                l.device_size
+                crate::units::size_exact(dev.size()),
+                crate::units::size_exact(l.device_size)
             )),
             Ok((l, damage)) => match groups.iter_mut().find(|g| g.0.pool_uuid == l.pool_uuid) {
                 Some(g) => {

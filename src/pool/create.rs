@@ -10,7 +10,7 @@ use crate::raid::{Array, Geometry, MetaMirror, RaidLevel};
 use crate::thin::store::MetaStore;
 use crate::thin::store::{now, DEFAULT_CACHE_NODES};
 use crate::thin::ThinPool;
-use crate::units::ChunkSize;
+use crate::units::{size_exact, ChunkSize};
 
 #[derive(Clone, Debug)]
 pub struct CreateOptions {
@@ -168,8 +168,10 @@ impl Pool {
         )?;
         if level != RaidLevel::Linear && max > min + min / 10 {
             warnings.push(format!(
-                "members differ in size ({} to {} bytes); {level} uses {} bytes of each",
-                min, max, min
+                "members differ in size ({} to {}); {level} uses {} of each",
+                size_exact(min),
+                size_exact(max),
+                size_exact(min)
             ));
         }
         let member_data_sizes: Vec<u64> = sizes

@@ -18,7 +18,7 @@ use crate::thin::store::superblock::{
     TRANSITION_SHRINK,
 };
 use crate::thin::store::MetaStore;
-use crate::units::format_size;
+use crate::units::{format_size, size_exact};
 
 /// The layout the first `n` members had before a member was added.
 pub(crate) fn old_geometry(geo: &Geometry, n: usize) -> Geometry {
@@ -184,10 +184,10 @@ impl Pool {
             RaidLevel::Linear => {
                 if available < label.chunk_size {
                     return Err(Error::Invalid(format!(
-                        "{} ({} bytes) is too small: members of '{name}' keep their first {} bytes for metadata",
+                        "{} ({}) is too small: members of '{name}' keep their first {} for metadata",
                         dev.name(),
-                        dev.size(),
-                        geo.data_start
+                        size_exact(dev.size()),
+                        size_exact(geo.data_start)
                     )));
                 }
                 available
@@ -197,9 +197,10 @@ impl Pool {
                 if available < need {
                     let bytes = geo.data_start + need + BLOCK_SIZE as u64;
                     return Err(Error::Invalid(format!(
-                        "{} ({} bytes) is smaller than the members of '{name}' need: use a device of at least {bytes} bytes",
+                        "{} ({}) is smaller than the members of '{name}' need: use a device of at least {}",
                         dev.name(),
-                        dev.size()
+                        size_exact(dev.size()),
+                        size_exact(bytes)
                     )));
                 }
                 need
@@ -229,9 +230,9 @@ impl Pool {
             && !label.chunk_size.is_multiple_of(new_geo.stripe_width())
         {
             warnings.push(format!(
-                "after this reshape a stripe row ({} bytes) is wider than a chunk ({} bytes): a power cut during a small write followed by the loss of a member can then damage a neighbouring chunk of the same row (the RAID5 write hole, closed for pools whose rows match their chunks)",
-                new_geo.stripe_width(),
-                label.chunk_size
+                "after this reshape a stripe row ({}) is wider than a chunk ({}): a power cut during a small write followed by the loss of a member can then damage a neighbouring chunk of the same row (the RAID5 write hole, closed for pools whose rows match their chunks)",
+                size_exact(new_geo.stripe_width()),
+                size_exact(label.chunk_size)
             ));
         }
         let mut new_label = label.clone();

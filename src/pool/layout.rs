@@ -44,9 +44,9 @@ pub fn plan(
 ) -> Result<MemberLayout> {
     if member_size < MIN_MEMBER {
         return Err(Error::Invalid(format!(
-            "member of {} bytes is too small (at least {} MiB)",
-            member_size,
-            MIN_MEMBER / MIB
+            "a member of {} is too small (at least {})",
+            crate::units::size_exact(member_size),
+            crate::units::format_size(MIN_MEMBER)
         )));
     }
     let max_blocks = (MAX_MSM_PAGES as u64) * crate::meta::spacemap::ENTRIES_PER_PAGE as u64;
@@ -63,8 +63,8 @@ pub fn plan(
             let blocks = bytes / BLOCK_SIZE as u64;
             if !(USER_MIN_META_BLOCKS..=max_blocks).contains(&blocks) {
                 return Err(Error::Invalid(format!(
-                    "--metadata-size must be between 1 MiB and {} MiB",
-                    max_blocks * BLOCK_SIZE as u64 / MIB
+                    "--metadata-size must be between 1M and {}",
+                    crate::units::format_size(max_blocks * BLOCK_SIZE as u64)
                 )));
             }
             blocks
@@ -80,8 +80,9 @@ pub fn plan(
     let data_start = (meta.meta_offset + meta.area_bytes()).div_ceil(MIB) * MIB;
     if data_start + MIB > member_size {
         return Err(Error::Invalid(format!(
-            "member of {member_size} bytes cannot hold {} MiB of metadata and data; use larger members or a larger --stripe-unit",
-            data_start / MIB
+            "a member of {} cannot hold {} of metadata and data; use larger members or a larger --stripe-unit",
+            crate::units::size_exact(member_size),
+            crate::units::format_size(data_start + MIB)
         )));
     }
     Ok(MemberLayout { meta, data_start })

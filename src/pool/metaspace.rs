@@ -38,17 +38,17 @@ impl Pool {
             let total = thin.meta.read().msm().blocks() * BLOCK_SIZE as u64;
             if bytes <= total {
                 return Err(Error::Invalid(format!(
-                    "the metadata area of pool '{name}' is already {} MiB; it grows, never shrinks",
-                    total >> 20
+                    "the metadata area of pool '{name}' is already {}; it grows, never shrinks",
+                    crate::units::size_exact(total)
                 )));
             }
             let added = thin.meta.write().grow_metadata(bytes - total, copies)?;
             Ok((total, added))
         })?;
         Ok(format!(
-            "pool '{name}': metadata area grown from {} MiB to {} MiB ({} copies taken from the data area)",
-            before >> 20,
-            (before + added * BLOCK_SIZE as u64) >> 20,
+            "pool '{name}': metadata area grown from {} to {} ({} copies taken from the data area)",
+            crate::units::format_size(before),
+            crate::units::format_size(before + added * BLOCK_SIZE as u64),
             copies
         ))
     }
@@ -75,9 +75,9 @@ impl Pool {
         let copies = self.label().meta_copies as usize;
         let added = thin.meta.write().grow_metadata(step, copies)?;
         let msg = format!(
-            "metadata area grown by {} MiB to {} MiB ({}% was used)",
-            (added * BLOCK_SIZE as u64) >> 20,
-            ((blocks + added) * BLOCK_SIZE as u64) >> 20,
+            "metadata area grown by {} to {} ({}% was used)",
+            crate::units::format_size(added * BLOCK_SIZE as u64),
+            crate::units::format_size((blocks + added) * BLOCK_SIZE as u64),
             used * 100 / usable
         );
         tracing::info!(pool = %self.name(), "{msg}");

@@ -32,7 +32,7 @@ use crate::meta::label::{Label, PoolState};
 use crate::thin::store::catalog::VolumeRecord;
 use crate::thin::store::now;
 use crate::thin::ThinPool;
-use crate::units::Block;
+use crate::units::{size_exact, Block};
 use parking_lot::{Mutex, RwLock};
 use std::sync::Arc;
 
@@ -323,11 +323,11 @@ impl Pool {
                 let mapped = thin.mapped_chunks(vol.id, first, u64::MAX)?;
                 if !mapped.is_empty() && !force {
                     return Err(Error::Invalid(format!(
-                        "shrinking '{}/{volume}' from {} to {} bytes discards data written beyond the new end \
+                        "shrinking '{}/{volume}' from {} to {} discards data written beyond the new end \
                          ({} chunks); take a snapshot first if you need it, then repeat with --force",
                         self.name(),
-                        vol.size,
-                        size,
+                        size_exact(vol.size),
+                        size_exact(size),
                         mapped.len()
                     )));
                 }
@@ -453,7 +453,8 @@ impl Pool {
 fn check_size(size: u64) -> Result<()> {
     if size == 0 || !size.is_multiple_of(4096) {
         return Err(Error::Invalid(format!(
-            "volume size {size} must be a positive multiple of 4K"
+            "volume size {} must be a positive multiple of 4K",
+            size_exact(size)
         )));
     }
     if size > 1 << 60 {

@@ -261,10 +261,12 @@ impl Pool {
         let geo = self.s.thin.array.geometry();
         if member_data(dev.size(), geo.data_start, geo.stripe_unit) < need {
             return Err(Error::Invalid(format!(
-                "{} ({} bytes) is smaller than the members of '{name}' need: use a device of at least {} bytes",
+                "{} ({}) is smaller than the members of '{name}' need: use a device of at least {}",
                 dev.name(),
-                dev.size(),
-                geo.data_start + need + crate::meta::codec::BLOCK_SIZE as u64
+                crate::units::size_exact(dev.size()),
+                crate::units::size_exact(
+                    geo.data_start + need + crate::meta::codec::BLOCK_SIZE as u64
+                )
             )));
         }
         Ok(())

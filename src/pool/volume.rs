@@ -49,8 +49,9 @@ impl Volume {
         let size = self.size()?;
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::Invalid(format!(
-                "I/O at {offset}+{len} is beyond the end of '{}' ({size} bytes)",
-                self.name
+                "I/O of {len} bytes at byte {offset} is beyond the end of '{}' ({})",
+                self.name,
+                crate::units::size_exact(size)
             )));
         }
         Ok(())

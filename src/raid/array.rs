@@ -234,7 +234,10 @@ impl Array {
         if offset.checked_add(len as u64).is_none_or(|e| e > cap) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("array I/O at {offset}+{len} beyond capacity {cap}"),
+                format!(
+                    "array I/O of {len} bytes at byte {offset} beyond its capacity ({})",
+                    crate::units::size_exact(cap)
+                ),
             ));
         }
         Ok(())

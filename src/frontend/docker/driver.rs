@@ -227,7 +227,7 @@ impl Driver {
                     if size.is_some_and(|s| s != have) {
                         bail!(Error::Exists(format!(
                             "vpool volume '{pool_name}/{volume}' exists with size {}: leave out size to use it, or choose another name",
-                            format_size(have)
+                            crate::units::size_exact(have)
                         )));
                     }
                     tracing::info!("Docker volume {name}: uses the existing {pool_name}/{volume}");

@@ -113,7 +113,10 @@ impl FuseMount {
         let grown = read.and_then(|()| self.notifier.store(INodeNo(ino), end, &last));
         let inval = self.notifier.inval_inode(INodeNo(ino), 0, 0);
         if let Err(e) = grown.and(inval) {
-            tracing::warn!("telling the kernel that {volume} is now {size} bytes: {e}");
+            tracing::warn!(
+                "telling the kernel that {volume} is now {}: {e}",
+                crate::units::size_exact(size)
+            );
         }
     }
 

@@ -46,11 +46,13 @@ impl MetaStore {
         let pages_after = pages_for(first.plus(blocks).index()) as usize;
         if blocks == 0 || pages_after > crate::thin::store::superblock::MAX_MSM_PAGES {
             return Err(Error::Invalid(format!(
-                "the metadata area cannot grow by {bytes} bytes (at most {} MiB in all)",
-                (crate::thin::store::superblock::MAX_MSM_PAGES as u64
-                    * ENTRIES_PER_PAGE as u64
-                    * BLOCK_SIZE as u64)
-                    >> 20
+                "the metadata area cannot grow by {} (at most {} in all)",
+                crate::units::size_exact(bytes),
+                crate::units::format_size(
+                    crate::thin::store::superblock::MAX_MSM_PAGES as u64
+                        * ENTRIES_PER_PAGE as u64
+                        * BLOCK_SIZE as u64
+                )
             )));
         }
         let mut runs = Vec::new();
@@ -66,8 +68,8 @@ impl MetaStore {
                     return Err(Error::NoSpace {
                         pool: self.blocks.pool_name.clone(),
                         detail: format!(
-                            "growing the metadata area needs {copies} runs of {chunks} free data chunks ({} MiB each); free data space or add a member",
-                            cs.span(chunks) >> 20
+                            "growing the metadata area needs {copies} runs of {chunks} free data chunks ({} each); free data space or add a member",
+                            crate::units::format_size(cs.span(chunks))
                         ),
                     });
                 }
