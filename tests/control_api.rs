@@ -10,18 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 
 fn http(d: &Daemon, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut s = UnixStream::connect(d.state.join("vpool.sock")).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let (status, payload) = vpool::control::client::parse_response(&raw).unwrap();
-    (
-        status,
-        serde_json::from_slice(&payload).unwrap_or(Value::Null),
-    )
+    d.api(method, path, body)
 }
 
 #[test]

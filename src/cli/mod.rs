@@ -4,6 +4,7 @@
 //! one, carried out directly on the devices otherwise.
 
 pub mod daemon_cmd;
+mod iostat_cmd;
 mod job_cmd;
 pub mod output;
 mod pool_cmd;

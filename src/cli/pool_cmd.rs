@@ -87,6 +87,10 @@ pub enum PoolCmd {
         #[arg(required = true)]
         properties: Vec<String>,
     },
+    /// Operations, bandwidth and latency per second, per pool, member
+    /// (-v) and volume (--volumes), from the daemon's counters: like
+    /// `zpool iostat`.
+    Iostat(super::iostat_cmd::IostatArgs),
     Scrub {
         name: String,
         /// Count what is wrong, change nothing.
@@ -270,6 +274,7 @@ pub fn run(ctx: &Ctx, cmd: PoolCmd) -> anyhow::Result<()> {
                 },
             )?);
         }
+        PoolCmd::Iostat(a) => return super::iostat_cmd::run(ctx, a),
         PoolCmd::Scrub { name, check_only } => {
             report(&dispatch(ctx, Request::PoolScrub { name, check_only })?);
         }

@@ -122,6 +122,23 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
             data(&rows)
         }
         Request::PoolStatus { name } => data(&engine.pool(&name)?.info()),
+        Request::PoolIostat { pool } => {
+            if !engine.counts_io() {
+                // Not `Unavailable`: its hint is about missing members.
+                bail!(crate::Error::Invalid(
+                    "I/O counters live in the daemon, which serves the volumes: start it (`vpool daemon`, or `systemctl start vpool`) and run this again".into()
+                ));
+            }
+            let rows: Vec<crate::pool::PoolIoStats> = match pool {
+                Some(name) => vec![engine.pool(&name)?.iostat()],
+                // Every pool that is open; one that is not has no I/O.
+                None => (engine.pool_names()?.iter())
+                    .filter_map(|n| engine.pool(n).ok())
+                    .map(|p| p.iostat())
+                    .collect(),
+            };
+            data(&rows)
+        }
         Request::PoolExport { name } => {
             refuse_in_use(engine, &name, None, &format!("exporting pool '{name}'"))?;
             engine.pool(&name)?.export()?;

@@ -62,6 +62,12 @@ pub trait Engine: Send + Sync {
             "no daemon runs, so nothing is mounted".into()
         ))
     }
+    /// Does this engine serve the volumes, so that its pools' I/O
+    /// counters mean something (the daemon)? The CLI's own engine opens
+    /// pools for one command: its counters are always zero.
+    fn counts_io(&self) -> bool {
+        false
+    }
     /// A volume's size changed: files that show it (FUSE) must follow.
     fn volume_resized(&self, _pool: &str, _volume: &str, _size: u64) {}
     /// Report progress of a long copy (a bar on a terminal for the CLI).

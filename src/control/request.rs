@@ -131,6 +131,12 @@ pub enum Request {
     },
     /// Layout changes in progress, on every pool.
     JobList,
+    /// I/O counters of one pool (or every pool), its members and volumes,
+    /// since the daemon opened it.
+    PoolIostat {
+        #[serde(default)]
+        pool: Option<String>,
+    },
     JobPause {
         pool: String,
     },
@@ -253,6 +259,7 @@ impl Request {
             Request::PoolList
                 | Request::PoolStatus { .. }
                 | Request::JobList
+                | Request::PoolIostat { .. }
                 | Request::VolList { .. }
                 | Request::SnapList { .. }
         ) && !matches!(self, Request::PoolImport { name: None, .. })
@@ -311,6 +318,11 @@ impl Request {
                 r("POST", format!("/v1/pools/{}/set", enc(name)), body)
             }
             Request::JobList => r("GET", "/v1/jobs".into(), None),
+            Request::PoolIostat { pool } => r(
+                "GET",
+                format!("/v1/iostat{}", query(&[("pool", pool.as_ref())])),
+                None,
+            ),
             Request::Mount { .. } => r("POST", "/v1/mount".into(), body),
             Request::Unmount => r("DELETE", "/v1/mount".into(), None),
             Request::JobPause { pool } => r("POST", format!("/v1/jobs/{}/pause", enc(pool)), None),
@@ -417,6 +429,9 @@ impl Request {
                 from_body()?
             }
             ("GET", ["v1", "jobs"]) => Request::JobList,
+            ("GET", ["v1", "iostat"]) => Request::PoolIostat {
+                pool: param("pool"),
+            },
             ("POST", ["v1", "mount"]) => from_body()?,
             ("DELETE", ["v1", "mount"]) => Request::Unmount,
             ("POST", ["v1", "jobs", pool, "pause"]) => Request::JobPause {
@@ -576,6 +591,10 @@ mod tests {
                 check_only: true,
             },
             Request::JobList,
+            Request::PoolIostat { pool: None },
+            Request::PoolIostat {
+                pool: Some("t".into()),
+            },
             Request::Mount {
                 dir: "/run/vpool/volumes".into(),
             },

@@ -189,6 +189,10 @@ impl Engine for DaemonEngine {
         Ok(pool)
     }
 
+    fn counts_io(&self) -> bool {
+        true
+    }
+
     fn fuse_dir(&self) -> Option<PathBuf> {
         self.fuse.read().clone()
     }

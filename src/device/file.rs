@@ -1,5 +1,6 @@
 //! A member backed by a regular file (an image) or a block device node.
 
+use super::stats::{IoCounters, IoKind, IoStats};
 use super::{check_range, BlockDevice};
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -17,6 +18,7 @@ pub struct FileDevice {
     path: PathBuf,
     size: u64,
     is_block: bool,
+    stats: IoStats,
 }
 
 impl FileDevice {
@@ -71,6 +73,7 @@ impl FileDevice {
             path: path.to_path_buf(),
             size,
             is_block,
+            stats: IoStats::default(),
         })
     }
 
@@ -86,22 +89,25 @@ impl BlockDevice for FileDevice {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len())?;
-        self.file.read_exact_at(buf, offset)
+        let n = buf.len() as u64;
+        (self.stats).timed(IoKind::Read, n, || self.file.read_exact_at(buf, offset))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len())?;
-        self.file.write_all_at(buf, offset)
+        let n = buf.len() as u64;
+        (self.stats).timed(IoKind::Write, n, || self.file.write_all_at(buf, offset))
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.stats.timed(IoKind::Flush, 0, || self.file.sync_data())
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         if self.is_block || len == 0 {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         // Punch a hole so image files stay sparse; failure is harmless.
         let _ = nix::fcntl::fallocate(
             self.file.as_raw_fd(),
@@ -110,11 +116,16 @@ impl BlockDevice for FileDevice {
             offset as i64,
             len as i64,
         );
+        self.stats.record(IoKind::Discard, len, started, true);
         Ok(())
     }
 
     fn name(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn io_counters(&self) -> Option<IoCounters> {
+        Some(self.stats.snapshot())
     }
 }
 

@@ -8,6 +8,7 @@ mod crash;
 mod fault;
 mod file;
 mod mem;
+pub mod stats;
 mod writeback;
 
 pub use crash::{CrashDevice, CrashSim};
@@ -35,6 +36,11 @@ pub trait BlockDevice: Send + Sync {
     }
     /// Human-readable identity (a path) for messages.
     fn name(&self) -> String;
+    /// The device's I/O counters, if it keeps them (file and block
+    /// device members do; the test devices do not).
+    fn io_counters(&self) -> Option<stats::IoCounters> {
+        None
+    }
 }
 
 /// Shared handle to a member device.

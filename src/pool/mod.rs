@@ -9,6 +9,7 @@ mod create;
 mod failure;
 mod grow;
 mod info;
+mod iostat;
 pub mod layout;
 pub mod metaspace;
 pub mod names;
@@ -23,6 +24,7 @@ pub use assemble::group_by_pool;
 pub use check::CheckReport;
 pub use create::{read_label, write_label, CreateOptions};
 pub use info::{MemberInfo, PoolInfo, VolumeInfo};
+pub use iostat::{MemberIoStats, PoolIoStats, VolumeIoStats};
 pub use reshape::JobInfo;
 pub use scrub::{ScrubReport, ScrubStatus};
 pub use volume::Volume;
@@ -49,6 +51,10 @@ pub(crate) struct Shared {
     spares: Mutex<Vec<crate::device::DeviceRef>>,
     /// The running or last scrub.
     scrub: Mutex<Option<scrub::ScrubStatus>>,
+    /// I/O counters of each volume handed out, by volume id (`iostat`).
+    io: Mutex<std::collections::HashMap<u64, Arc<crate::device::stats::IoStats>>>,
+    /// When the pool was opened: the span the counters cover.
+    opened: std::time::Instant,
 }
 
 #[derive(Clone)]
@@ -67,6 +73,8 @@ impl Pool {
                 job: Mutex::new(reshape::JobControl::default()),
                 spares: Mutex::new(Vec::new()),
                 scrub: Mutex::new(None),
+                io: Mutex::new(Default::default()),
+                opened: std::time::Instant::now(),
             }),
         }
     }

@@ -2,7 +2,10 @@
 //! checks that the volume still exists and that the range is inside it.
 
 use super::Pool;
+use crate::device::stats::{IoKind, IoStats};
 use crate::error::{Error, Result};
+use std::sync::Arc;
+use std::time::Instant;
 
 #[derive(Clone)]
 pub struct Volume {
@@ -10,6 +13,8 @@ pub struct Volume {
     id: u64,
     name: String,
     read_only: bool,
+    /// What clients asked of this volume (shared by its handles).
+    stats: Arc<IoStats>,
 }
 
 /// Commits a write piece may wait for when space runs out.
@@ -18,11 +23,20 @@ const SPACE_RETRIES: usize = 8;
 impl Volume {
     pub(crate) fn new(pool: Pool, id: u64, name: String, read_only: bool) -> Volume {
         Volume {
+            stats: pool.volume_stats(id),
             pool,
             id,
             name,
             read_only,
         }
+    }
+
+    /// Run one client request and count it (`pool iostat`).
+    fn counted(&self, kind: IoKind, bytes: u64, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        let started = Instant::now();
+        let r = f();
+        self.stats.record(kind, bytes, started, r.is_ok());
+        r
     }
 
     /// `pool/volume` or `pool/volume@snapshot`.
@@ -65,14 +79,22 @@ impl Volume {
     }
 
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let thin = self.pool.thin();
-        let _g = thin.io_guard();
-        self.check_range(offset, buf.len() as u64)?;
-        thin.read(self.id, offset, buf)
-            .map_err(|e| e.in_volume(&self.name))
+        self.counted(IoKind::Read, buf.len() as u64, || {
+            let thin = self.pool.thin();
+            let _g = thin.io_guard();
+            self.check_range(offset, buf.len() as u64)?;
+            thin.read(self.id, offset, buf)
+                .map_err(|e| e.in_volume(&self.name))
+        })
     }
 
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
+        self.counted(IoKind::Write, data.len() as u64, || {
+            self.write_uncounted(data, offset)
+        })
+    }
+
+    fn write_uncounted(&self, data: &[u8], offset: u64) -> Result<()> {
         self.check_writable()?;
         // Resumed where it stopped: a large write near a full metadata
         // area commits part way instead of failing.
@@ -94,6 +116,10 @@ impl Volume {
 
     /// Release a range: it reads as zeros, whole chunks return to the pool.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.counted(IoKind::Discard, len, || self.discard_uncounted(offset, len))
+    }
+
+    fn discard_uncounted(&self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         self.with_space_retry(
             || {
@@ -124,10 +150,12 @@ impl Volume {
     /// Make every completed write durable (through the flush log when it
     /// can: see `thin::log`).
     pub fn flush(&self) -> Result<()> {
-        self.pool
-            .thin()
-            .flush()
-            .map_err(|e| e.in_volume(&self.name))
+        self.counted(IoKind::Flush, 0, || {
+            self.pool
+                .thin()
+                .flush()
+                .map_err(|e| e.in_volume(&self.name))
+        })
     }
 
     /// A write that ran out of space is retried after a commit, which

@@ -221,6 +221,29 @@ impl Daemon {
         String::from_utf8_lossy(&o.stdout).into()
     }
 
+    /// One raw HTTP/JSON call to the control API on its unix socket
+    /// (a 60 s limit): the status and the body as JSON (null if not).
+    #[allow(dead_code)]
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.state.join("vpool.sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let (status, payload) = vpool::control::client::parse_response(&raw).unwrap();
+        (
+            status,
+            serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     fn signal(&mut self, sig: i32, wait_secs: u64) -> Option<std::process::ExitStatus> {
         let child = self.child.as_mut()?;
         // SAFETY: signalling our own child by PID.
