@@ -23,6 +23,8 @@ use vpool::frontend::snapshotter::proto::api::*;
 
 struct Setup {
     d: Daemon,
+    /// The metrics listener's TCP port.
+    metrics: u16,
     plugin: PathBuf,
     snap: PathBuf,
     rt: tokio::runtime::Runtime,
@@ -40,6 +42,7 @@ fn setup(dir: &Path, g: &mut Cleanup) -> Setup {
     undo_plugin_mounts(g, &state.join("docker"), &state.join("files"));
     undo_plugin_mounts(g, &state.join("snapshotter"), &state.join("files"));
     let (plugin, snap) = (dir.join("plugin.sock"), dir.join("snap.sock"));
+    let metrics = free_port();
     let d = Daemon::start_with(
         &state,
         &[
@@ -47,6 +50,8 @@ fn setup(dir: &Path, g: &mut Cleanup) -> Setup {
             plugin.to_str().unwrap(),
             "--snapshotter",
             snap.to_str().unwrap(),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
         ],
     );
     d.vpool_ok(&["vol", "create", "tank/db", "--size", "16M"]);
@@ -56,6 +61,7 @@ fn setup(dir: &Path, g: &mut Cleanup) -> Setup {
         .unwrap();
     Setup {
         d,
+        metrics,
         plugin,
         snap,
         rt,
@@ -116,6 +122,18 @@ fn everyone_served(s: &Setup, what: &str) {
         c.read_to_end(&mut raw).unwrap();
         let (st, _) = vpool::control::client::parse_response(&raw).unwrap();
         assert_eq!(st, 200);
+    });
+    timed("metrics", &mut || {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", s.metrics)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(c, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut raw = String::new();
+        c.read_to_string(&mut raw).unwrap();
+        assert!(
+            raw.starts_with("HTTP/1.0 200") || raw.starts_with("HTTP/1.1 200"),
+            "{raw}"
+        );
+        assert!(raw.contains("vpool_pool_health"), "{raw}");
     });
     timed("Docker plugin", &mut || {
         let (st, v) = call(&s.plugin, "VolumeDriver.List", "{}");
@@ -195,6 +213,15 @@ fn a_thousand_idle_and_half_spoken_connections_per_socket() {
         ));
     }
     everyone_served(&s, "with 1000 NBD unix clients");
+    // The metrics port: silent, or a partial request head.
+    for i in 0..EACH {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", s.metrics)).unwrap();
+        if i % 2 == 1 {
+            c.write_all(b"GET /metrics HTTP/1.1\r\nHo").unwrap();
+        }
+        held.push(Held::Tcp(c));
+    }
+    everyone_served(&s, "with 1000 metrics clients");
     // The HTTP sockets: silent, a partial head, or a head announcing a
     // body that never comes (small and large).
     for sock in [s.d.state.join("vpool.sock"), s.plugin.clone()] {
@@ -223,7 +250,7 @@ fn a_thousand_idle_and_half_spoken_connections_per_socket() {
         held.push(Held::Unix(c));
     }
     std::thread::sleep(Duration::from_millis(500));
-    everyone_served(&s, "with 5000 held connections");
+    everyone_served(&s, "with 6000 held connections");
     let during = rss_mib(s.d.pid());
     eprintln!(
         "daemon RSS: {before} MiB at start, {during} MiB with {} connections",

@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 
 # System packages the build and tests need: OpenSSL (TLS for NBD), real NBD clients (qemu-io, qemu-img,
 # nbdinfo, nbdcopy and nbdfuse from libnbd-bin, fio), FUSE, the filesystem tools used on top,
-# and the container engines the volume plugin is tested with (busybox-static makes their image).
+# the container engines the volume plugin is tested with (busybox-static makes their image),
+# and Prometheus (its server scrapes the daemon's metrics; promtool checks them).
 PACKAGES=(ca-certificates pkg-config libssl-dev openssl qemu-utils libnbd-bin fio fuse3 e2fsprogs xfsprogs util-linux mount
-    docker.io containerd podman runc busybox-static umoci)
+    docker.io containerd podman runc busybox-static umoci prometheus)
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}"
 
 log() { printf '\n==> %s\n' "$*"; }

@@ -39,6 +39,12 @@ pub struct DaemonArgs {
     /// reach it can read and write the exported volumes).
     #[arg(long, alias = "allow-remote")]
     insecure: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9567): I/O, space, health, jobs, connections. Read-only
+    /// and unauthenticated, as node_exporter: pool and volume names and
+    /// rates, never data. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -110,6 +116,12 @@ pub fn run_daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<()> {
             format!("--nbd-listen '{s}' is not an address like 127.0.0.1:10809")
         })?),
     };
+    let metrics_listen = match a.metrics_listen.as_deref() {
+        None | Some("off") | Some("none") => None,
+        Some(s) => Some(s.parse::<SocketAddr>().with_context(|| {
+            format!("--metrics-listen '{s}' is not an address like 127.0.0.1:9567")
+        })?),
+    };
     let nbd_socket = match a.nbd_socket.as_deref() {
         Some("off") | Some("none") => None,
         Some(p) => Some(PathBuf::from(p)),
@@ -150,6 +162,7 @@ pub fn run_daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<()> {
         state_dir,
         nbd_listen,
         nbd_socket,
+        metrics_listen,
         insecure: a.insecure,
         nbd_exports,
         tls: TlsOptions {

@@ -289,10 +289,15 @@ mod tests {
 
     #[test]
     fn rates_are_per_second_with_mean_latency() {
-        let mut c = IoCounters::default();
-        c.write.ops = 100;
-        c.write.bytes = 100 * 4096;
-        c.write.nanos = 100 * 250_000;
+        let c = IoCounters {
+            write: KindCounters {
+                ops: 100,
+                bytes: 100 * 4096,
+                nanos: 100 * 250_000,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let r = rates("tank", &c, 2.0);
         assert_eq!((r.write_ops, r.write_bytes), (50.0, 50.0 * 4096.0));
         assert_eq!(r.write_latency_us, Some(250.0));

@@ -424,6 +424,7 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<()> {
         state_dir,
         nbd_listen: Some(nbd_listen),
         nbd_socket: Some(sock),
+        metrics_listen: None,
         insecure: false,
         nbd_exports: None,
         tls: Default::default(),

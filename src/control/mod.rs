@@ -10,6 +10,7 @@ mod health;
 pub mod host;
 pub mod local;
 mod members;
+pub mod metrics;
 pub mod progress;
 mod request;
 pub mod resizefs;

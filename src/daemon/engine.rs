@@ -143,6 +143,14 @@ impl DaemonEngine {
             .map(|(n, p)| (n.clone(), p.clone()))
             .collect()
     }
+
+    /// Volume files open through the FUSE mount (0 without one).
+    pub fn fuse_open_files(&self) -> usize {
+        self.fuse_mount
+            .lock()
+            .as_ref()
+            .map_or(0, |m| m.open_files())
+    }
 }
 
 impl Engine for DaemonEngine {

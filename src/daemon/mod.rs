@@ -4,6 +4,7 @@
 
 mod api;
 mod engine;
+mod metrics;
 
 pub use engine::DaemonEngine;
 
@@ -28,6 +29,8 @@ pub struct DaemonConfig {
     pub nbd_listen: Option<SocketAddr>,
     /// Unix socket for NBD; `None` disables it.
     pub nbd_socket: Option<PathBuf>,
+    /// TCP address for Prometheus metrics; `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// Allow a non-loopback NBD address without TLS.
     pub insecure: bool,
     /// The TCP listener's exports (patterns; `None`: all).
@@ -187,6 +190,21 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let metrics = match cfg.metrics_listen {
+        Some(addr) => {
+            let m = metrics::MetricsServer::start(addr, engine.clone(), nbd.clone())?;
+            let shown = SocketAddr::new(addr.ip(), m.port().unwrap_or(addr.port()));
+            match addr.ip().is_loopback() {
+                true => tracing::info!("metrics on http://{shown}/metrics"),
+                false => tracing::warn!(
+                    "metrics on http://{shown}/metrics: any host that can connect sees pool and \
+                     volume names and I/O rates (never data)"
+                ),
+            }
+            Some(m)
+        }
+        None => None,
+    };
     let api_path = crate::control::client::socket_path(&cfg.state_dir);
     clear_stale_socket(&api_path)?;
     let api = api::ApiServer::start(&api_path, engine.clone())?;
@@ -253,6 +271,9 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let sig = signals.wait().context("waiting for signals")?;
     tracing::info!("{sig:?} received: shutting down");
     api.stop();
+    if let Some(m) = metrics {
+        m.stop();
+    }
     if let Some(p) = plugin {
         p.stop();
     }

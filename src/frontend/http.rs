@@ -43,6 +43,36 @@ impl HttpServer {
         );
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("making {} owner-only", path.display()))?;
+        Self::serve(server, what, workers, max_body, handler)
+    }
+
+    /// Listen on TCP at `addr` (for read-only endpoints such as metrics:
+    /// no access control here) and run `handler` on `workers` threads.
+    pub fn start_tcp(
+        addr: std::net::SocketAddr,
+        what: &'static str,
+        workers: usize,
+        max_body: u64,
+        handler: Arc<Handler>,
+    ) -> anyhow::Result<HttpServer> {
+        let server = Arc::new(
+            tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("{what} on {addr}: {e}"))?,
+        );
+        Self::serve(server, what, workers, max_body, handler)
+    }
+
+    /// The address a TCP server listens on (with port 0: the one chosen).
+    pub fn local_port(&self) -> Option<u16> {
+        self.server.server_addr().to_ip().map(|a| a.port())
+    }
+
+    fn serve(
+        server: Arc<tiny_http::Server>,
+        what: &'static str,
+        workers: usize,
+        max_body: u64,
+        handler: Arc<Handler>,
+    ) -> anyhow::Result<HttpServer> {
         let stopping = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<(tiny_http::Request, Option<Vec<u8>>)>();
         let rx = Arc::new(parking_lot::Mutex::new(rx));

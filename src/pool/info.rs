@@ -78,6 +78,13 @@ pub struct PoolInfo {
     pub releasing: usize,
     pub transaction: u64,
     pub metadata_repairs: u64,
+    /// Data blocks whose bad copy reads rewrote from a good one, and
+    /// blocks no copy of which matched its checksum, since the pool was
+    /// opened (scrubs report their own).
+    #[serde(default)]
+    pub checksum_repairs: u64,
+    #[serde(default)]
+    pub checksum_unrecoverable: u64,
     pub warnings: Vec<String>,
     /// A layout change in progress (`pool add`).
     #[serde(default)]
@@ -231,6 +238,11 @@ impl Pool {
             releasing: meta.releasing(),
             transaction: meta.committed().txid,
             metadata_repairs: meta.blocks.mirror.repaired(),
+            checksum_repairs: (thin.csums.as_ref())
+                .map_or(0, |c| c.repaired.load(std::sync::atomic::Ordering::Relaxed)),
+            checksum_unrecoverable: (thin.csums.as_ref()).map_or(0, |c| {
+                c.unrecoverable.load(std::sync::atomic::Ordering::Relaxed)
+            }),
             warnings: {
                 drop(meta);
                 let mut w = self.warnings();

@@ -48,7 +48,7 @@ pub struct VolumeFs {
     exports: Arc<dyn Exports>,
     inodes: Arc<Mutex<Inodes>>,
     next_ino: AtomicU64,
-    handles: Mutex<HashMap<u64, Volume>>,
+    handles: Arc<Mutex<HashMap<u64, Volume>>>,
     next_fh: AtomicU64,
     started: SystemTime,
     uid: u32,
@@ -70,7 +70,7 @@ impl VolumeFs {
             exports,
             inodes: Arc::new(Mutex::new(inodes)),
             next_ino: AtomicU64::new(2),
-            handles: Mutex::new(HashMap::new()),
+            handles: Arc::new(Mutex::new(HashMap::new())),
             next_fh: AtomicU64::new(1),
             started: SystemTime::now(),
             uid,
@@ -80,6 +80,11 @@ impl VolumeFs {
 
     pub fn inodes(&self) -> Arc<Mutex<Inodes>> {
         self.inodes.clone()
+    }
+
+    /// The open files (clients' handles), shared with the mount.
+    pub fn handles(&self) -> Arc<Mutex<HashMap<u64, Volume>>> {
+        self.handles.clone()
     }
 
     fn ino(&self, node: Node) -> u64 {

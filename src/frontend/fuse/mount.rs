@@ -13,6 +13,7 @@ pub struct FuseMount {
     notifier: Notifier,
     exports: Arc<dyn Exports>,
     inodes: Arc<Mutex<Inodes>>,
+    handles: Arc<Mutex<std::collections::HashMap<u64, crate::Volume>>>,
     path: PathBuf,
 }
 
@@ -67,6 +68,7 @@ impl FuseMount {
         cfg.clone_fd = true;
         let fs = VolumeFs::new(exports.clone());
         let inodes = fs.inodes();
+        let handles = fs.handles();
         let session = fuser::spawn_mount(fs, path, &cfg).with_context(|| {
             format!(
                 "mounting FUSE at {} (needs /dev/fuse and root)",
@@ -79,8 +81,14 @@ impl FuseMount {
             exports,
             session: Some(session),
             inodes,
+            handles,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Volume files clients hold open (loop devices, programs).
+    pub fn open_files(&self) -> usize {
+        self.handles.lock().len()
     }
 
     /// A volume's size changed (resize, rollback): make the kernel's size of
