@@ -45,6 +45,11 @@ pub struct DaemonArgs {
     /// rates, never data. Off unless given.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Run COMMAND (with `sh -c`) for every event, as zed runs zedlets:
+    /// VPOOL_EVENT_CLASS, _POOL, _SEVERITY, _MESSAGE, _SEQ, _TIME and
+    /// _JSON describe it. One at a time, in order, each stopped after 60 s.
+    #[arg(long, value_name = "COMMAND")]
+    on_event: Option<String>,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -163,6 +168,7 @@ pub fn run_daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<()> {
         nbd_listen,
         nbd_socket,
         metrics_listen,
+        on_event: a.on_event,
         insecure: a.insecure,
         nbd_exports,
         tls: TlsOptions {

@@ -4,6 +4,7 @@
 //! one, carried out directly on the devices otherwise.
 
 pub mod daemon_cmd;
+mod events_cmd;
 mod iostat_cmd;
 mod job_cmd;
 pub mod output;
@@ -51,6 +52,10 @@ pub enum Command {
     Job(job_cmd::JobCmd),
     /// Mount every volume as a file under DIR (needs the running daemon).
     Mount { dir: PathBuf },
+    /// What the running daemon saw happen to the pools: members failed or
+    /// back, rebuilds, space and metadata filling, checksum repairs,
+    /// scrubs (as `zpool events`). `--follow` keeps printing.
+    Events(events_cmd::EventsArgs),
     /// Undo `vpool mount`.
     #[command(alias = "unmount")]
     Umount,
@@ -66,6 +71,13 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Write man pages for vpool and every subcommand into DIR.
     Manpages { dir: PathBuf },
+}
+
+impl Cli {
+    /// Does this command serve clients (the daemon, the demo)?
+    pub fn serves(&self) -> bool {
+        matches!(self.command, Command::Daemon(_) | Command::Quickstart(_))
+    }
 }
 
 pub struct Ctx {
@@ -86,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             report(&dispatch(&ctx, Request::Mount { dir })?);
             Ok(())
         }
+        Command::Events(a) => events_cmd::run(&ctx, a),
         Command::Umount => {
             report(&dispatch(&ctx, Request::Unmount)?);
             Ok(())

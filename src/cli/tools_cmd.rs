@@ -425,6 +425,7 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<()> {
         nbd_listen: Some(nbd_listen),
         nbd_socket: Some(sock),
         metrics_listen: None,
+        on_event: None,
         insecure: false,
         nbd_exports: None,
         tls: Default::default(),

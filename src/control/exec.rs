@@ -122,6 +122,7 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
             data(&rows)
         }
         Request::PoolStatus { name } => data(&engine.pool(&name)?.info()),
+        Request::Events { after, pool } => data(&engine.events(after, pool.as_deref())?),
         Request::PoolIostat { pool } => {
             if !engine.counts_io() {
                 // Not `Unavailable`: its hint is about missing members.

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod copy;
+pub mod events;
 mod exec;
 mod health;
 pub mod host;
@@ -68,6 +69,13 @@ pub trait Engine: Send + Sync {
     /// pools for one command: its counters are always zero.
     fn counts_io(&self) -> bool {
         false
+    }
+    /// The events after sequence number `after` (of one pool, or all).
+    fn events(&self, _after: u64, _pool: Option<&str>) -> anyhow::Result<Vec<events::Event>> {
+        // Not `Unavailable`: its hint is about missing members.
+        anyhow::bail!(crate::Error::Invalid(
+            "events are recorded by the daemon as they happen: start it (`vpool daemon`, or `systemctl start vpool`) and run this again".into()
+        ))
     }
     /// A volume's size changed: files that show it (FUSE) must follow.
     fn volume_resized(&self, _pool: &str, _volume: &str, _size: u64) {}

@@ -137,6 +137,13 @@ pub enum Request {
         #[serde(default)]
         pool: Option<String>,
     },
+    /// Events the daemon recorded after sequence number `after`.
+    Events {
+        #[serde(default)]
+        after: u64,
+        #[serde(default)]
+        pool: Option<String>,
+    },
     JobPause {
         pool: String,
     },
@@ -260,6 +267,7 @@ impl Request {
                 | Request::PoolStatus { .. }
                 | Request::JobList
                 | Request::PoolIostat { .. }
+                | Request::Events { .. }
                 | Request::VolList { .. }
                 | Request::SnapList { .. }
         ) && !matches!(self, Request::PoolImport { name: None, .. })
@@ -318,6 +326,17 @@ impl Request {
                 r("POST", format!("/v1/pools/{}/set", enc(name)), body)
             }
             Request::JobList => r("GET", "/v1/jobs".into(), None),
+            Request::Events { after, pool } => {
+                let after = after.to_string();
+                r(
+                    "GET",
+                    format!(
+                        "/v1/events{}",
+                        query(&[("after", Some(&after)), ("pool", pool.as_ref())])
+                    ),
+                    None,
+                )
+            }
             Request::PoolIostat { pool } => r(
                 "GET",
                 format!("/v1/iostat{}", query(&[("pool", pool.as_ref())])),
@@ -429,6 +448,13 @@ impl Request {
                 from_body()?
             }
             ("GET", ["v1", "jobs"]) => Request::JobList,
+            ("GET", ["v1", "events"]) => Request::Events {
+                after: match param("after") {
+                    Some(a) => a.parse().map_err(|_| format!("after={a}: not a number"))?,
+                    None => 0,
+                },
+                pool: param("pool"),
+            },
             ("GET", ["v1", "iostat"]) => Request::PoolIostat {
                 pool: param("pool"),
             },
@@ -592,6 +618,14 @@ mod tests {
             },
             Request::JobList,
             Request::PoolIostat { pool: None },
+            Request::Events {
+                after: 0,
+                pool: None,
+            },
+            Request::Events {
+                after: 17,
+                pool: Some("t".into()),
+            },
             Request::PoolIostat {
                 pool: Some("t".into()),
             },

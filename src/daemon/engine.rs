@@ -1,6 +1,7 @@
 //! The daemon's pools: opened once at start, shared by the control API and
 //! the NBD server. Also the NBD export list.
 
+use crate::control::events::job_change;
 use crate::control::{Engine, NoProgress, ProgressSink};
 use crate::error::Error;
 use crate::frontend::exports::Exports;
@@ -30,6 +31,8 @@ pub struct DaemonEngine {
     jobs: Mutex<BTreeMap<String, JoinHandle<()>>>,
     stop_jobs: Arc<AtomicBool>,
     job_rate_limit: u64,
+    /// What changed in the pools, for `vpool events` and `--on-event`.
+    pub events: Arc<super::events::EventLog>,
 }
 
 impl DaemonEngine {
@@ -67,6 +70,7 @@ impl DaemonEngine {
             jobs: Mutex::new(BTreeMap::new()),
             stop_jobs: Arc::new(AtomicBool::new(false)),
             job_rate_limit,
+            events: Default::default(),
         };
         for (name, pool) in engine.all() {
             if pool.job().is_some() {
@@ -100,7 +104,10 @@ impl DaemonEngine {
         let key = name.to_string();
         let (name, pool, stop) = (name.to_string(), pool.clone(), self.stop_jobs.clone());
         let state_dir = self.state_dir.clone();
+        let events = self.events.clone();
         let handle = std::thread::spawn(move || {
+            let kind = pool.job().map(|j| j.kind).unwrap_or_else(|| "job".into());
+            events.record(&name, job_change(&name, &kind, None));
             let mut next_log = 0.0;
             let result = pool.run_job(&stop, |info| {
                 if info.percent >= next_log {
@@ -108,7 +115,7 @@ impl DaemonEngine {
                     next_log = info.percent + 10.0;
                 }
             });
-            match result {
+            match &result {
                 Ok(true) => {
                     tracing::info!(pool = %name, "layout change complete");
                     let pruned = StateDir::open(&state_dir)
@@ -123,6 +130,8 @@ impl DaemonEngine {
                 Ok(false) => tracing::info!(pool = %name, "layout change paused"),
                 Err(e) => tracing::error!(pool = %name, "layout change stopped: {e}"),
             }
+            let outcome = result.map_err(|e| e.to_string());
+            events.record(&name, job_change(&name, &kind, Some(outcome)));
         });
         jobs.insert(key, handle);
     }
@@ -199,6 +208,14 @@ impl Engine for DaemonEngine {
 
     fn counts_io(&self) -> bool {
         true
+    }
+
+    fn events(
+        &self,
+        after: u64,
+        pool: Option<&str>,
+    ) -> anyhow::Result<Vec<crate::control::events::Event>> {
+        Ok(self.events.after(after, pool))
     }
 
     fn fuse_dir(&self) -> Option<PathBuf> {

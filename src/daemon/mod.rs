@@ -4,6 +4,7 @@
 
 mod api;
 mod engine;
+mod events;
 mod metrics;
 
 pub use engine::DaemonEngine;
@@ -23,6 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How often pools are looked at for events.
+const EVENT_WATCH: Duration = Duration::from_secs(1);
+
 pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// TCP address for NBD; `None` disables TCP.
@@ -31,6 +35,8 @@ pub struct DaemonConfig {
     pub nbd_socket: Option<PathBuf>,
     /// TCP address for Prometheus metrics; `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Run this shell command for every event (`--on-event`).
+    pub on_event: Option<String>,
     /// Allow a non-loopback NBD address without TLS.
     pub insecure: bool,
     /// The TCP listener's exports (patterns; `None`: all).
@@ -210,6 +216,16 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let api = api::ApiServer::start(&api_path, engine.clone())?;
     tracing::info!("control API on {}", api_path.display());
 
+    if let Some(cmd) = cfg.on_event.clone() {
+        engine
+            .events
+            .start_hook(cmd)
+            .context("starting the --on-event thread")?;
+    }
+    // What needs attention at start (a failed member, a full pool) is the
+    // first events.
+    engine.events.watch(&engine.all());
+
     // Background commits bound how much unflushed work a crash can lose.
     let stop_commits = Arc::new(AtomicBool::new(false));
     let committer = {
@@ -218,12 +234,18 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         let every = cfg.commit_interval;
         std::thread::spawn(move || {
             let mut waited = Duration::ZERO;
+            let mut since_watch = Duration::ZERO;
             let mut last_error = std::collections::HashMap::new();
             let mut meta_warned: std::collections::HashMap<String, String> =
                 std::collections::HashMap::new();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 waited += Duration::from_millis(100);
+                since_watch += Duration::from_millis(100);
+                if since_watch >= EVENT_WATCH {
+                    since_watch = Duration::ZERO;
+                    engine.events.watch(&engine.all());
+                }
                 // Member failures are recorded at once, and a hot spare
                 // takes a failed member's place.
                 for (name, pool) in engine.all() {

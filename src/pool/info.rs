@@ -6,7 +6,7 @@ use crate::thin::store::superblock::{MEMBER_FAILED, MEMBER_REBUILDING, MEMBER_ST
 use crate::units::BLOCK_BYTES;
 use serde::Serialize;
 
-#[derive(Serialize, serde::Deserialize, Clone, Debug)]
+#[derive(Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct MemberInfo {
     pub index: usize,
     pub device: Option<String>,
@@ -20,7 +20,7 @@ pub struct MemberInfo {
     pub errors: ErrorCounts,
 }
 
-#[derive(Serialize, serde::Deserialize, Clone, Debug)]
+#[derive(Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct PoolInfo {
     pub name: String,
     pub uuid: String,
