@@ -6,8 +6,10 @@
 
 mod block;
 mod chunk;
+mod time;
 pub use block::{Block, BLOCK_BYTES};
 pub use chunk::{Chunk, ChunkSize, Pieces};
+pub use time::rfc3339;
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();

@@ -26,23 +26,7 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
 /// `2026-12-03 06:20:01Z` for seconds since the epoch (UTC).
 pub fn utc(secs: u64) -> String {
-    // Days to a civil date (Howard Hinnant's algorithm).
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    crate::units::rfc3339(secs).replacen('T', " ", 1)
 }
 
 fn line(e: &Event, json: bool) -> anyhow::Result<String> {

@@ -2,7 +2,11 @@
 //! kind of request (read, write, flush, discard), and errors. Kept by each
 //! file member (what `pool iostat -v` shows per member, as
 //! /proc/diskstats does per disk) and by the pool facade per volume (what
-//! clients asked for). Lock-free: a few relaxed atomic adds per request.
+//! clients asked for). Lock-free, and per CPU as the kernel's disk
+//! statistics are: a request adds to its CPU's copy (a few relaxed atomic
+//! adds on a cache line no other CPU writes), a reading sums the copies.
+//! Shared counters cost random 4 KiB writes 5% (every worker thread's adds
+//! bouncing one cache line between the cores); per-CPU copies do not.
 
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -36,10 +40,38 @@ struct KindStats {
     buckets: [AtomicU64; BUCKETS],
 }
 
-/// Live counters (see the module's documentation).
+/// One CPU's counters, on cache lines of their own.
 #[derive(Default)]
-pub struct IoStats {
+#[repr(align(128))]
+struct Shard {
     kinds: [KindStats; KINDS],
+}
+
+/// Live counters (see the module's documentation).
+pub struct IoStats {
+    shards: Box<[Shard]>,
+}
+
+impl Default for IoStats {
+    fn default() -> IoStats {
+        IoStats {
+            shards: (0..cpus()).map(|_| Shard::default()).collect(),
+        }
+    }
+}
+
+/// CPUs this host may run threads on (copies per counter), at most 256.
+fn cpus() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *N.get_or_init(|| (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }).clamp(1, 256) as usize)
+}
+
+/// The CPU this thread runs on now (any copy would be correct: this one
+/// is just the one no other CPU writes).
+fn this_cpu() -> usize {
+    // SAFETY: sched_getcpu has no preconditions; -1 (unknown) maps to 0.
+    (unsafe { libc::sched_getcpu() }).max(0) as usize
 }
 
 /// One kind's counters at a moment.
@@ -67,7 +99,8 @@ pub struct IoCounters {
 impl IoStats {
     /// Count one request of `kind` over `bytes` that started at `started`.
     pub fn record(&self, kind: IoKind, bytes: u64, started: Instant, ok: bool) {
-        let k = &self.kinds[kind as usize];
+        let shard = &self.shards[this_cpu() % self.shards.len()];
+        let k = &shard.kinds[kind as usize];
         let nanos = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         k.ops.fetch_add(1, Ordering::Relaxed);
         k.nanos.fetch_add(nanos, Ordering::Relaxed);
@@ -102,12 +135,16 @@ impl IoStats {
             errors: k.errors.load(Ordering::Relaxed),
             buckets: std::array::from_fn(|i| k.buckets[i].load(Ordering::Relaxed)),
         };
-        IoCounters {
-            read: get(&self.kinds[0]),
-            write: get(&self.kinds[1]),
-            flush: get(&self.kinds[2]),
-            discard: get(&self.kinds[3]),
+        let mut total = IoCounters::default();
+        for s in self.shards.iter() {
+            total.add(&IoCounters {
+                read: get(&s.kinds[0]),
+                write: get(&s.kinds[1]),
+                flush: get(&s.kinds[2]),
+                discard: get(&s.kinds[3]),
+            });
         }
+        total
     }
 }
 
