@@ -1,5 +1,6 @@
-//! The host's state directory (layer 0: may use error): which pools this host knows and where their
-//! members are. Only a cache: `pool import --scan` rebuilds it from labels.
+//! The host's state directory (layer 0: may use error): which pools this host
+//! knows and where their members are. Only a cache: `pool import --scan`
+//! rebuilds it from labels.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};

@@ -1,8 +1,9 @@
 //! Units (layer 0: uses nothing of ours). Sizes as users write and read
 //! them: binary units (`10G` = 10 GiB), as LVM and ZFS read them, in every
-//! message ([`format_size`], or [`size_exact`] where the byte counts); (in `chunk`) bytes against data chunks, the one
-//! place the data path converts between them; (in `block`) metadata block
-//! numbers. A bare `u64` offset or length is always in bytes.
+//! message ([`format_size`], or [`size_exact`] where the byte counts).
+//! `chunk`: bytes against data chunks, the one place the data path converts
+//! between them. `block`: metadata block numbers. `time`: dates. A bare
+//! `u64` offset or length is always in bytes.
 
 mod block;
 mod chunk;

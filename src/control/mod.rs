@@ -1,7 +1,7 @@
-//! The control layer (may use pool and below): one implementation of every operation, used by the
-//! CLI when no daemon runs (on the devices directly) and by the daemon's
-//! control API. Requests are data ([`Request`]); an [`Engine`] says where
-//! pools come from.
+//! The control layer (may use pool and below): one implementation of every
+//! operation, used by the CLI when no daemon runs (on the devices directly) and
+//! by the daemon's control API. Requests are data ([`Request`]); an [`Engine`]
+//! says where pools come from.
 
 pub mod client;
 pub mod copy;

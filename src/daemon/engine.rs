@@ -72,13 +72,18 @@ impl DaemonEngine {
             job_rate_limit,
             events: Default::default(),
         };
-        for (name, pool) in engine.all() {
+        Ok(engine)
+    }
+
+    /// Take up the layout changes a previous daemon left unfinished (after
+    /// the event hook is set up, so that it hears of them).
+    pub fn resume_jobs(&self) {
+        for (name, pool) in self.all() {
             if pool.job().is_some() {
                 tracing::warn!(pool = %name, "an unfinished layout change is taken up again");
-                engine.spawn_job(&name, &pool);
+                self.spawn_job(&name, &pool);
             }
         }
-        Ok(engine)
     }
 
     /// Remember the shared handle (the FUSE file system needs one).

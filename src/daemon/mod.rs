@@ -1,6 +1,7 @@
-//! The vpool daemon (may use frontend and below): owns every pool of its state directory, serves volumes
-//! over NBD (TCP and a unix socket), answers the control API, commits in the
-//! background, and shuts down cleanly on SIGTERM/SIGINT.
+//! The vpool daemon (may use frontend and below): owns every pool of its state
+//! directory, serves volumes over NBD (TCP and a unix socket), answers the
+//! control API, commits in the background, and shuts down cleanly on
+//! SIGTERM/SIGINT.
 
 mod api;
 mod engine;
@@ -225,6 +226,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     // What needs attention at start (a failed member, a full pool) is the
     // first events.
     engine.events.watch(&engine.all());
+    engine.resume_jobs();
 
     // Background commits bound how much unflushed work a crash can lose.
     let stop_commits = Arc::new(AtomicBool::new(false));

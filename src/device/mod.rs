@@ -1,8 +1,10 @@
-//! Device layer (may use error, units and state): one pool member. Byte-addressed read/write/flush/discard on a
-//! block device or regular file, plus in-memory, crash-simulating and
+//! Device layer (may use error, units and state): one pool member.
+//! Byte-addressed read/write/flush/discard on a block device or regular
+//! file, with I/O counters (`stats`), plus in-memory, crash-simulating and
 //! fault-injecting devices used by tests (`fault`: errors on I/O;
 //! `writeback`: a write cache whose flush failures drop data, lost,
-//! misdirected and torn writes). Everything above talks to members only through [`BlockDevice`].
+//! misdirected and torn writes). Everything above talks to members only
+//! through [`BlockDevice`].
 
 mod crash;
 mod fault;

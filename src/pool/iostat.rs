@@ -50,7 +50,7 @@ impl Pool {
 
     /// Every counter of the pool now.
     pub fn iostat(&self) -> PoolIoStats {
-        let info = self.info();
+        let name = self.name();
         let thin = self.thin();
         let members = (thin.array.members().iter().enumerate())
             .map(|(index, dev)| MemberIoStats {
@@ -64,6 +64,10 @@ impl Pool {
             .collect();
         let meta = thin.meta.read();
         let cat = meta.catalog();
+        let (capacity, allocated) = (
+            thin.chunk_size.span(meta.data.total()),
+            thin.chunk_size.span(meta.data.used()),
+        );
         let mut total = IoCounters::default();
         let mut volumes = Vec::new();
         for (id, io) in stats {
@@ -71,17 +75,17 @@ impl Pool {
             // A removed volume's I/O stays in the total, not in the list.
             let Some(r) = cat.by_id(id) else { continue };
             let name = match r.snapshot_of.and_then(|p| cat.by_id(p)) {
-                Some(parent) => format!("{}/{}@{}", info.name, parent.name, r.name),
-                None => format!("{}/{}", info.name, r.name),
+                Some(parent) => format!("{name}/{}@{}", parent.name, r.name),
+                None => format!("{name}/{}", r.name),
             };
             volumes.push(VolumeIoStats { name, io });
         }
         volumes.sort_by(|a, b| a.name.cmp(&b.name));
         PoolIoStats {
-            pool: info.name,
+            pool: name,
             uptime_ns: self.s.opened.elapsed().as_nanos().min(u64::MAX as u128) as u64,
-            allocated: info.allocated,
-            free: info.free,
+            allocated,
+            free: capacity.saturating_sub(allocated),
             total,
             members,
             volumes,

@@ -1,6 +1,7 @@
-//! Array layer (may use device and below): combines members into one linear address space according to a
-//! RAID level, and mirrors the metadata area across up to three members
-//! whatever the data level. The thin layer above sees only array offsets.
+//! Array layer (may use device and below): combines members into one linear
+//! address space according to a RAID level, and mirrors the metadata area
+//! across up to three members whatever the data level. The thin layer above
+//! sees only array offsets.
 
 mod array;
 mod geometry;
