@@ -107,9 +107,35 @@ impl Families {
     }
 }
 
-/// The I/O families of one scope (`pool`, `volume` or `member`), whose
-/// samples carry `labels`.
-fn io(f: &mut Families, scope: &str, labels: Labels, c: &IoCounters) {
+/// The names of one scope's I/O families (pool, volume or member).
+struct IoFamilies {
+    requests: &'static str,
+    bytes: &'static str,
+    errors: &'static str,
+    duration: &'static str,
+}
+
+const POOL_IO: IoFamilies = IoFamilies {
+    requests: "vpool_pool_requests_total",
+    bytes: "vpool_pool_bytes_total",
+    errors: "vpool_pool_request_errors_total",
+    duration: "vpool_pool_request_duration_seconds",
+};
+const VOLUME_IO: IoFamilies = IoFamilies {
+    requests: "vpool_volume_requests_total",
+    bytes: "vpool_volume_bytes_total",
+    errors: "vpool_volume_request_errors_total",
+    duration: "vpool_volume_request_duration_seconds",
+};
+const MEMBER_IO: IoFamilies = IoFamilies {
+    requests: "vpool_member_requests_total",
+    bytes: "vpool_member_bytes_total",
+    errors: "vpool_member_request_errors_total",
+    duration: "vpool_member_request_duration_seconds",
+};
+
+/// One scope's I/O samples, carrying `labels` and the operation.
+fn io(f: &mut Families, names: &IoFamilies, labels: Labels, c: &IoCounters) {
     let kinds = [
         ("read", &c.read),
         ("write", &c.write),
@@ -119,32 +145,22 @@ fn io(f: &mut Families, scope: &str, labels: Labels, c: &IoCounters) {
     for (op, k) in kinds {
         let mut l = labels.to_vec();
         l.push(("op", op));
-        let (requests, bytes, errors, duration) = match scope {
-            "pool" => (
-                "vpool_pool_requests_total",
-                "vpool_pool_bytes_total",
-                "vpool_pool_request_errors_total",
-                "vpool_pool_request_duration_seconds",
-            ),
-            "volume" => (
-                "vpool_volume_requests_total",
-                "vpool_volume_bytes_total",
-                "vpool_volume_request_errors_total",
-                "vpool_volume_request_duration_seconds",
-            ),
-            _ => (
-                "vpool_member_requests_total",
-                "vpool_member_bytes_total",
-                "vpool_member_request_errors_total",
-                "vpool_member_request_duration_seconds",
-            ),
-        };
-        f.counter(requests, "Requests served, by operation.", &l, k.ops);
+        f.counter(names.requests, "Requests served, by operation.", &l, k.ops);
         if op != "flush" {
-            f.counter(bytes, "Bytes read, written or discarded.", &l, k.bytes);
+            f.counter(
+                names.bytes,
+                "Bytes read, written or discarded.",
+                &l,
+                k.bytes,
+            );
         }
-        f.counter(errors, "Requests that failed, by operation.", &l, k.errors);
-        f.histogram(duration, "Time requests took, by operation.", &l, k);
+        f.counter(
+            names.errors,
+            "Requests that failed, by operation.",
+            &l,
+            k.errors,
+        );
+        f.histogram(names.duration, "Time requests took, by operation.", &l, k);
     }
 }
 
@@ -250,11 +266,11 @@ pub fn render(s: &Snapshot) -> String {
         for (name, help, v) in counters {
             f.counter(name, help, p, v);
         }
-        io(&mut f, "pool", p, &stats.total);
+        io(&mut f, &POOL_IO, p, &stats.total);
         for v in &stats.volumes {
             io(
                 &mut f,
-                "volume",
+                &VOLUME_IO,
                 &[("pool", pool), ("volume", &v.name)],
                 &v.io,
             );
@@ -289,7 +305,7 @@ pub fn render(s: &Snapshot) -> String {
             }
             let counters = stats.members.iter().find(|s| s.index == m.index);
             if let Some(c) = counters.and_then(|s| s.io.as_ref()) {
-                io(&mut f, "member", l, c);
+                io(&mut f, &MEMBER_IO, l, c);
             }
         }
         if let Some(j) = &info.job {
