@@ -83,6 +83,12 @@ impl StateDir {
     /// Open (creating if needed) and lock the state directory for the
     /// lifetime of the returned value.
     pub fn open(dir: &Path) -> Result<StateDir> {
+        Self::open_waiting(dir, None)
+    }
+
+    /// As [`StateDir::open`], but give up after `wait` (when given) if
+    /// another command holds the directory.
+    pub fn open_waiting(dir: &Path, wait: Option<std::time::Duration>) -> Result<StateDir> {
         fs::create_dir_all(dir).map_err(|e| {
             Error::io(format!("creating state directory {} (set --state-dir or VPOOL_STATE_DIR to a writable place)", dir.display()), e)
         })?;
@@ -93,12 +99,28 @@ impl StateDir {
             .write(true)
             .open(&lock_path)
             .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
-        // SAFETY: flock on an owned descriptor; blocks until other vpool commands finish.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::io(
-                "locking the state directory",
-                std::io::Error::last_os_error(),
-            ));
+        let started = std::time::Instant::now();
+        let how = if wait.is_some() {
+            libc::LOCK_EX | libc::LOCK_NB
+        } else {
+            libc::LOCK_EX
+        };
+        // SAFETY: flock on an owned descriptor; without a wait, blocks
+        // until other vpool commands finish.
+        while unsafe { libc::flock(lock.as_raw_fd(), how) } != 0 {
+            let e = std::io::Error::last_os_error();
+            match wait {
+                Some(w) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                    if started.elapsed() >= w {
+                        return Err(Error::InUse(format!(
+                            "another vpool command holds the state directory {}",
+                            dir.display()
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                _ => return Err(Error::io("locking the state directory", e)),
+            }
         }
         Ok(StateDir {
             dir: dir.to_path_buf(),

@@ -64,7 +64,10 @@ pub fn run(ctx: &Ctx, cmd: JobCmd) -> anyhow::Result<()> {
                 .map(|j| {
                     vec![
                         j.pool.clone(),
-                        j.kind.clone(),
+                        match &j.volume {
+                            Some(v) => format!("{} {v}", j.kind),
+                            None => j.kind.clone(),
+                        },
                         format!("{:.1}%", j.percent),
                         format_size(j.done_bytes),
                         format_size(j.total_bytes),

@@ -9,6 +9,7 @@ mod iostat_cmd;
 mod job_cmd;
 pub mod output;
 mod pool_cmd;
+mod send_cmd;
 mod tools_cmd;
 mod vol_cmd;
 

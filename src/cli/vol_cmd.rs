@@ -82,6 +82,9 @@ pub enum VolCmd {
         #[arg(long, short = 'r')]
         recursive: bool,
     },
+    /// The byte ranges that differ between two snapshots of a volume (for
+    /// backup tools); reads only what changed.
+    Diff(super::send_cmd::DiffArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -103,6 +106,12 @@ pub enum SnapCmd {
         /// POOL/VOLUME@SNAPSHOT
         path: String,
     },
+    /// Write a snapshot (or, with --from, what changed since an older
+    /// one) as a stream, for `snap receive` here or on another host.
+    Send(super::send_cmd::SendArgs),
+    /// Read a stream from `snap send` into a volume, ending with the same
+    /// snapshot.
+    Receive(super::send_cmd::ReceiveArgs),
 }
 
 pub fn run(ctx: &Ctx, cmd: VolCmd) -> anyhow::Result<()> {
@@ -133,6 +142,7 @@ pub fn run(ctx: &Ctx, cmd: VolCmd) -> anyhow::Result<()> {
             resize_fs,
         },
         VolCmd::Remove { path, recursive } => Request::VolRemove { path, recursive },
+        VolCmd::Diff(a) => return super::send_cmd::diff(ctx, a),
     };
     report(&dispatch(ctx, req)?);
     Ok(())
@@ -142,6 +152,8 @@ pub fn run_snap(ctx: &Ctx, cmd: SnapCmd) -> anyhow::Result<()> {
     let req = match cmd {
         SnapCmd::Create { path } => Request::SnapCreate { path },
         SnapCmd::Remove { path } => Request::SnapRemove { path },
+        SnapCmd::Send(a) => return super::send_cmd::send(ctx, a),
+        SnapCmd::Receive(a) => return super::send_cmd::receive(ctx, a),
         SnapCmd::List { filter, json: j } => {
             let (pool, volume) = match filter.as_deref() {
                 Some(f) if f.contains('/') => {

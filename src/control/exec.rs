@@ -368,6 +368,9 @@ pub fn execute(engine: &dyn Engine, req: Request) -> anyhow::Result<Response> {
                 .remove_snapshot(&p.volume, p.snapshot.as_deref().unwrap_or_default())?;
             ok(format!("removed snapshot '{p}'"))
         }
+        Request::VolDiff { from, to } => data(&super::send::diff(engine, &from, &to)?),
+        Request::ReceiveToken { target } => super::receive::token(engine, &target),
+        Request::ReceiveAbort { target } => super::receive::abort(engine, &target),
     }
 }
 

@@ -24,6 +24,34 @@ impl LocalEngine {
             open: Mutex::new(HashMap::new()),
         })
     }
+
+    /// For a command that may be one end of a pipe whose other end is a
+    /// vpool command on the same state directory (`snap send | snap
+    /// receive`): waiting for the directory would wait for ever.
+    pub fn for_stream(state_dir: &Path) -> anyhow::Result<LocalEngine> {
+        let state = StateDir::open_waiting(state_dir, Some(std::time::Duration::from_secs(10)))
+            .map_err(|e| anyhow::anyhow!(Error::InUse(format!(
+                "{e}: without a daemon, a `snap send` and a `snap receive` on one state directory wait for each other; start the daemon (`vpool daemon`, or `systemctl start vpool`), which serves both at once"
+            ))))?;
+        Ok(LocalEngine {
+            state,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// Pools opened for one command are closed when it ends: the next open
+/// then has nothing to replay or resync.
+impl Drop for LocalEngine {
+    fn drop(&mut self) {
+        for (name, pool) in self.open.lock().drain() {
+            if pool.failure().is_none() {
+                if let Err(e) = pool.close() {
+                    eprintln!("WARNING: closing pool '{name}': {e}");
+                }
+            }
+        }
+    }
 }
 
 /// Open a pool the state file lists; warnings go to stderr.

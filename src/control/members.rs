@@ -98,6 +98,7 @@ pub fn job_list(engine: &dyn Engine) -> anyhow::Result<Response> {
     for name in engine.pool_names()? {
         if let Ok(pool) = engine.pool(&name) {
             jobs.extend(pool.job());
+            jobs.extend(pool.transfers());
         }
     }
     Ok(Response {

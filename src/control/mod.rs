@@ -13,12 +13,15 @@ pub mod local;
 mod members;
 pub mod metrics;
 pub mod progress;
+pub mod receive;
 mod request;
 pub mod resizefs;
+pub mod send;
+pub mod stream;
 
 pub use crate::device::open_members;
 pub use exec::{execute, Importable, PoolRow};
-pub use request::{decode_component, fuzz_http, Request, Route};
+pub use request::{decode_component, encode_component, fuzz_http, Request, Route};
 
 use crate::error::Error;
 use crate::Pool;

@@ -203,6 +203,19 @@ pub enum Request {
     SnapRemove {
         path: String,
     },
+    /// The byte ranges that differ between two snapshots of a volume.
+    VolDiff {
+        from: String,
+        to: String,
+    },
+    /// The resume token of a partial receive into `target`.
+    ReceiveToken {
+        target: String,
+    },
+    /// Drop a partial receive into `target`.
+    ReceiveAbort {
+        target: String,
+    },
 }
 
 /// An HTTP request for the control API.
@@ -210,6 +223,11 @@ pub struct Route {
     pub method: &'static str,
     pub path: String,
     pub body: Option<serde_json::Value>,
+}
+
+/// Percent-encode a path segment or query value.
+pub fn encode_component(s: &str) -> String {
+    enc(s)
 }
 
 fn enc(s: &str) -> String {
@@ -270,6 +288,8 @@ impl Request {
                 | Request::Events { .. }
                 | Request::VolList { .. }
                 | Request::SnapList { .. }
+                | Request::VolDiff { .. }
+                | Request::ReceiveToken { .. }
         ) && !matches!(self, Request::PoolImport { name: None, .. })
     }
 
@@ -400,6 +420,20 @@ impl Request {
             Request::SnapRemove { path } => {
                 r("DELETE", format!("/v1/snapshots/{}", vol_path(path)), None)
             }
+            Request::VolDiff { from, to } => r(
+                "GET",
+                format!(
+                    "/v1/diff{}",
+                    query(&[("from", Some(from)), ("to", Some(to))])
+                ),
+                None,
+            ),
+            Request::ReceiveToken { target } => {
+                r("GET", format!("/v1/receive/{}", vol_path(target)), None)
+            }
+            Request::ReceiveAbort { target } => {
+                r("DELETE", format!("/v1/receive/{}", vol_path(target)), None)
+            }
         }
     }
 
@@ -479,6 +513,16 @@ impl Request {
             },
             ("DELETE", ["v1", "snapshots", pool, vol]) => Request::SnapRemove {
                 path: format!("{pool}/{vol}"),
+            },
+            ("GET", ["v1", "diff"]) => Request::VolDiff {
+                from: param("from").ok_or_else(|| "from=POOL/VOL@SNAP is missing".to_string())?,
+                to: param("to").ok_or_else(|| "to=POOL/VOL@SNAP is missing".to_string())?,
+            },
+            ("GET", ["v1", "receive", pool, vol]) => Request::ReceiveToken {
+                target: format!("{pool}/{vol}"),
+            },
+            ("DELETE", ["v1", "receive", pool, vol]) => Request::ReceiveAbort {
+                target: format!("{pool}/{vol}"),
             },
             ("POST", ["v1", "volumes", pool, vol, "rollback"]) => Request::VolRollback {
                 path: format!("{pool}/{vol}"),
@@ -679,6 +723,16 @@ mod tests {
             },
             Request::SnapRemove {
                 path: "t/v@s".into(),
+            },
+            Request::VolDiff {
+                from: "t/v@a".into(),
+                to: "t/v@b c".into(),
+            },
+            Request::ReceiveToken {
+                target: "t/v".into(),
+            },
+            Request::ReceiveAbort {
+                target: "t/v".into(),
             },
         ];
         for req in reqs {

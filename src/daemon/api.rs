@@ -3,13 +3,19 @@
 //! `{"error", "kind"}` with a 4xx/5xx status.
 
 use super::engine::DaemonEngine;
+use crate::control::decode_component;
+use crate::control::receive::ReceiveOpts;
+use crate::control::send::SendSpec;
 use crate::control::{error_kind, execute, Request};
-use crate::frontend::http::HttpServer;
+use crate::frontend::http::{HttpServer, Streams};
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
 const MAX_BODY: u64 = 1 << 20;
 const WORKERS: usize = 4;
+/// Sends and receives at once.
+const MAX_STREAMS: usize = 16;
 
 pub struct ApiServer {
     http: HttpServer,
@@ -40,12 +46,21 @@ fn json_response(
 
 impl ApiServer {
     pub fn start(path: &Path, engine: Arc<DaemonEngine>) -> anyhow::Result<ApiServer> {
-        let http = HttpServer::start(
+        let streams = Streams {
+            matches: is_stream,
+            handler: {
+                let engine = engine.clone();
+                Arc::new(move |req| stream(&engine, req))
+            },
+            max: MAX_STREAMS,
+        };
+        let http = HttpServer::start_with_streams(
             path,
             "control API",
             WORKERS,
             MAX_BODY,
             Arc::new(move |req, body| handle(&engine, req, body)),
+            streams,
         )?;
         Ok(ApiServer { http })
     }
@@ -103,4 +118,107 @@ fn answer(
             )
         }
     }
+}
+
+/// `POST /v1/send` (answer: the stream) and `POST /v1/receive?target=...`
+/// (body: the stream).
+fn is_stream(method: &str, url: &str) -> bool {
+    let path = url.split_once('?').map_or(url, |(p, _)| p);
+    method == "POST" && (path == "/v1/send" || path == "/v1/receive")
+}
+
+fn error_json(e: &anyhow::Error) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let kind = error_kind(e);
+    json_response(
+        status_for(kind),
+        &serde_json::json!({"error": format!("{e:#}"), "kind": kind}),
+    )
+}
+
+fn stream(engine: &Arc<DaemonEngine>, req: tiny_http::Request) {
+    if req.url().starts_with("/v1/send") {
+        send(engine, req)
+    } else {
+        receive(engine, req)
+    }
+}
+
+fn send(engine: &Arc<DaemonEngine>, mut req: tiny_http::Request) {
+    let mut body = Vec::new();
+    let read = req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body);
+    let spec: anyhow::Result<SendSpec> = match read {
+        Ok(_) if body.len() as u64 <= MAX_BODY => serde_json::from_slice(&body)
+            .map_err(|e| anyhow::anyhow!(crate::Error::Invalid(format!("request body: {e}")))),
+        _ => Err(anyhow::anyhow!(crate::Error::Invalid(
+            "request body too large or unreadable".into()
+        ))),
+    };
+    let spec = match spec.and_then(|s| crate::control::send::check(&**engine, &s).map(|()| s)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!("POST /v1/send: {e:#}");
+            let _ = req.respond(error_json(&e));
+            return;
+        }
+    };
+    let (reader, mut writer) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = req.respond(error_json(&anyhow::anyhow!(e)));
+            return;
+        }
+    };
+    let eng = engine.clone();
+    let sender = std::thread::Builder::new()
+        .name("send".into())
+        .spawn(
+            move || match crate::control::send::send(&*eng, &spec, &mut writer) {
+                Ok(m) => tracing::info!("POST /v1/send: {m}"),
+                Err(e) => tracing::warn!("POST /v1/send: {e:#}"),
+            },
+        );
+    if let Err(e) = sender {
+        let _ = req.respond(error_json(&anyhow::anyhow!(e)));
+        return;
+    }
+    let mut r =
+        tiny_http::Response::new(tiny_http::StatusCode(200), Vec::new(), reader, None, None);
+    if let Ok(h) =
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/octet-stream"[..])
+    {
+        r.add_header(h);
+    }
+    // Returns when the stream ends, or when the client goes (the sender
+    // then fails on the closed pipe and stops).
+    let _ = req.respond(r);
+}
+
+fn receive(engine: &Arc<DaemonEngine>, mut req: tiny_http::Request) {
+    let url = req.url().to_string();
+    let q = url.split_once('?').map_or("", |(_, q)| q);
+    let mut opts = ReceiveOpts::default();
+    for (k, v) in q.split('&').filter_map(|p| p.split_once('=')) {
+        let v = decode_component(v).unwrap_or_default();
+        match k {
+            "target" => opts.target = v,
+            "resume" => opts.resume = v == "true" || v == "1",
+            "force" => opts.force = v == "true" || v == "1",
+            _ => {}
+        }
+    }
+    let answer = crate::control::receive::receive(&**engine, &opts, req.as_reader());
+    let answer = match answer {
+        Ok(resp) => {
+            tracing::info!(
+                "POST /v1/receive: {}",
+                resp.message.clone().unwrap_or_default()
+            );
+            json_response(200, &serde_json::to_value(resp).unwrap_or_default())
+        }
+        Err(e) => {
+            tracing::info!("POST /v1/receive: {e:#}");
+            error_json(&e)
+        }
+    };
+    let _ = req.respond(answer);
 }

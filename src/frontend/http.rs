@@ -19,6 +19,17 @@ use std::time::Duration;
 /// could not be read.
 pub type Handler = dyn Fn(tiny_http::Request, Option<Vec<u8>>) + Send + Sync;
 
+/// Requests whose bodies or answers are streams (`snap send`/`receive`):
+/// each is handed over with its body unread, on a thread of its own, so
+/// that it holds no worker for as long as it runs.
+pub struct Streams {
+    /// Does this (method, url) name a streaming call?
+    pub matches: fn(&str, &str) -> bool,
+    pub handler: Arc<dyn Fn(tiny_http::Request) + Send + Sync>,
+    /// At most this many at once; more are answered 503.
+    pub max: usize,
+}
+
 pub struct HttpServer {
     server: Arc<tiny_http::Server>,
     threads: Vec<JoinHandle<()>>,
@@ -43,7 +54,25 @@ impl HttpServer {
         );
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("making {} owner-only", path.display()))?;
-        Self::serve(server, what, workers, max_body, handler)
+        Self::serve(server, what, workers, max_body, handler, None)
+    }
+
+    /// As [`HttpServer::start`], with streaming calls.
+    pub fn start_with_streams(
+        path: &Path,
+        what: &'static str,
+        workers: usize,
+        max_body: u64,
+        handler: Arc<Handler>,
+        streams: Streams,
+    ) -> anyhow::Result<HttpServer> {
+        let server = Arc::new(
+            tiny_http::Server::http_unix(path)
+                .map_err(|e| anyhow::anyhow!("{what} socket {}: {e}", path.display()))?,
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} owner-only", path.display()))?;
+        Self::serve(server, what, workers, max_body, handler, Some(streams))
     }
 
     /// Listen on TCP at `addr` (for read-only endpoints such as metrics:
@@ -58,7 +87,7 @@ impl HttpServer {
         let server = Arc::new(
             tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("{what} on {addr}: {e}"))?,
         );
-        Self::serve(server, what, workers, max_body, handler)
+        Self::serve(server, what, workers, max_body, handler, None)
     }
 
     /// The address a TCP server listens on (with port 0: the one chosen).
@@ -72,6 +101,7 @@ impl HttpServer {
         workers: usize,
         max_body: u64,
         handler: Arc<Handler>,
+        streams: Option<Streams>,
     ) -> anyhow::Result<HttpServer> {
         let stopping = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<(tiny_http::Request, Option<Vec<u8>>)>();
@@ -99,8 +129,18 @@ impl HttpServer {
             std::thread::Builder::new()
                 .name(what.into())
                 .spawn(move || {
+                    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                     while !stop.load(Ordering::Relaxed) {
                         match srv.recv_timeout(POLL) {
+                            Ok(Some(req))
+                                if streams.as_ref().is_some_and(|s| {
+                                    (s.matches)(req.method().as_str(), req.url())
+                                }) =>
+                            {
+                                if let Some(s) = &streams {
+                                    start_stream(req, s, &running);
+                                }
+                            }
                             Ok(Some(req)) => read_body(req, max_body, tx.clone()),
                             Ok(None) => {}
                             Err(_) => break,
@@ -122,6 +162,35 @@ impl HttpServer {
         for t in self.threads {
             let _ = t.join();
         }
+    }
+}
+
+/// Run a streaming call on a thread of its own, if fewer than `max` run.
+fn start_stream(
+    req: tiny_http::Request,
+    s: &Streams,
+    running: &Arc<std::sync::atomic::AtomicUsize>,
+) {
+    if running.fetch_add(1, Ordering::SeqCst) >= s.max {
+        running.fetch_sub(1, Ordering::SeqCst);
+        let _ = req.respond(
+            tiny_http::Response::from_string(
+                r#"{"error": "too many sends and receives at once; try again when one ends", "kind": "unavailable"}"#,
+            )
+            .with_status_code(503),
+        );
+        return;
+    }
+    let (handler, count) = (s.handler.clone(), running.clone());
+    let spawned = std::thread::Builder::new()
+        .name("http-stream".into())
+        .spawn(move || {
+            super::guarded("stream", || handler(req));
+            count.fetch_sub(1, Ordering::SeqCst);
+        });
+    if let Err(e) = spawned {
+        running.fetch_sub(1, Ordering::SeqCst);
+        tracing::warn!("cannot start a thread for a stream: {e}");
     }
 }
 

@@ -221,7 +221,7 @@ pub fn lookup<S: NodeStore>(
     Ok(None)
 }
 
-fn read<S: NodeStore>(s: &S, b: Block, expect: Option<&Expect>) -> Result<Arc<Node>> {
+pub(crate) fn read<S: NodeStore>(s: &S, b: Block, expect: Option<&Expect>) -> Result<Arc<Node>> {
     match expect {
         Some(e) => s.read_child(b, e),
         None => s.read_node(b),

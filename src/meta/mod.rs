@@ -10,6 +10,7 @@
 pub mod blocks;
 pub mod btree;
 pub mod codec;
+pub mod diff;
 pub mod extent;
 pub mod fuzzing;
 pub mod header;

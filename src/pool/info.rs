@@ -261,7 +261,7 @@ impl Pool {
         let mut vols: Vec<_> = cat
             .volumes
             .iter()
-            .filter(|r| r.snapshot_of.is_none())
+            .filter(|r| r.snapshot_of.is_none() && !super::names::is_hidden(&r.name))
             .collect();
         vols.sort_by(|a, b| a.name.cmp(&b.name));
         let mapped = |id| meta.volume_root(id).map(|v| cs.span(v.mapped)).unwrap_or(0);

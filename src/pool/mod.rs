@@ -18,6 +18,7 @@ mod reshape;
 mod scrub;
 mod shrink;
 mod spare;
+mod transfer;
 mod volume;
 
 pub use assemble::group_by_pool;
@@ -27,6 +28,7 @@ pub use info::{MemberInfo, PoolInfo, VolumeInfo};
 pub use iostat::{MemberIoStats, PoolIoStats, VolumeIoStats};
 pub use reshape::JobInfo;
 pub use scrub::{ScrubReport, ScrubStatus};
+pub use transfer::{ChangeRun, ChunkChange, SnapshotId, Transfer};
 pub use volume::Volume;
 
 use crate::error::{Error, Result};
@@ -55,6 +57,8 @@ pub(crate) struct Shared {
     io: Mutex<std::collections::HashMap<u64, Arc<crate::device::stats::IoStats>>>,
     /// When the pool was opened: the span the counters cover.
     opened: std::time::Instant,
+    /// Sends and receives running (`job list`).
+    transfers: Mutex<Vec<Arc<transfer::TransferState>>>,
 }
 
 #[derive(Clone)]
@@ -75,6 +79,7 @@ impl Pool {
                 scrub: Mutex::new(None),
                 io: Mutex::new(Default::default()),
                 opened: std::time::Instant::now(),
+                transfers: Mutex::new(Vec::new()),
             }),
         }
     }

@@ -34,6 +34,29 @@ pub fn validate(kind: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The hidden volume a receive into `target` fills before it takes the
+/// target's name (`%` cannot start a name users give, and `Pool::list`
+/// leaves such volumes out, as ZFS does with `%recv`).
+pub fn receiving_name(target: &str) -> String {
+    const PREFIX: &str = "%recv-";
+    if PREFIX.len() + target.len() <= MAX_NAME_LEN {
+        return format!("{PREFIX}{target}");
+    }
+    // Too long with the prefix: a shortened name and a hash of the whole.
+    let hash = target.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    format!(
+        "{PREFIX}{}-{hash:016x}",
+        &target[..MAX_NAME_LEN - PREFIX.len() - 17]
+    )
+}
+
+/// Is this a hidden volume (a receive in progress)?
+pub fn is_hidden(name: &str) -> bool {
+    name.starts_with('%')
+}
+
 /// A parsed `pool/volume[@snapshot]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolPath {

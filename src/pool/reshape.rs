@@ -56,6 +56,9 @@ pub struct JobInfo {
     /// Bytes per second moved since this process started the job.
     pub rate: u64,
     pub eta_seconds: Option<u64>,
+    /// What a send or receive moves (`pool/volume@snapshot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
 }
 
 impl Pool {
@@ -85,6 +88,7 @@ impl Pool {
             percent: (done as f64 * 100.0 / total.max(1) as f64 * 10.0).floor() / 10.0,
             rate,
             eta_seconds: (rate > 0).then(|| total.saturating_sub(done) / rate),
+            volume: None,
         })
     }
 
