@@ -256,12 +256,13 @@ pub fn call_upload(
     })())
 }
 
-/// HTTP/1.1 chunked coding of a request body: each write is a chunk (a
-/// `BufWriter` in front makes them large); the caller writes the last,
-/// empty chunk when the body is complete, and only then.
-struct Chunked<'a>(&'a mut UnixStream);
+/// HTTP/1.1 chunked coding of a body (a request's here, a streamed answer's
+/// in the daemon): each write is a chunk (a `BufWriter` in front makes them
+/// large); the caller writes the last, empty chunk when the body is
+/// complete, and only then.
+pub struct Chunked<W: Write>(pub W);
 
-impl Write for Chunked<'_> {
+impl<W: Write> Write for Chunked<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if !buf.is_empty() {
             self.0

@@ -3,12 +3,13 @@
 //! `{"error", "kind"}` with a 4xx/5xx status.
 
 use super::engine::DaemonEngine;
+use crate::control::client::Chunked;
 use crate::control::decode_component;
 use crate::control::receive::ReceiveOpts;
 use crate::control::send::SendSpec;
 use crate::control::{error_kind, execute, Request};
 use crate::frontend::http::{HttpServer, Streams};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -161,36 +162,28 @@ fn send(engine: &Arc<DaemonEngine>, mut req: tiny_http::Request) {
             return;
         }
     };
-    let (reader, mut writer) = match std::io::pipe() {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = req.respond(error_json(&anyhow::anyhow!(e)));
-            return;
-        }
-    };
-    let eng = engine.clone();
-    let sender = std::thread::Builder::new()
-        .name("send".into())
-        .spawn(
-            move || match crate::control::send::send(&*eng, &spec, &mut writer) {
-                Ok(m) => tracing::info!("POST /v1/send: {m}"),
-                Err(e) => tracing::warn!("POST /v1/send: {e:#}"),
-            },
-        );
-    if let Err(e) = sender {
-        let _ = req.respond(error_json(&anyhow::anyhow!(e)));
+    // The stream is written here, on this call's own thread, straight to
+    // the socket in 1 MiB chunks (tiny_http's own answer path copies 8 KiB
+    // at a time through a 1 KiB buffer: a fifth of the speed).
+    let mut sock = req.into_writer();
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    if sock.write_all(head.as_bytes()).is_err() {
         return;
     }
-    let mut r =
-        tiny_http::Response::new(tiny_http::StatusCode(200), Vec::new(), reader, None, None);
-    if let Ok(h) =
-        tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/octet-stream"[..])
-    {
-        r.add_header(h);
+    let sent = {
+        let mut body = std::io::BufWriter::with_capacity(1 << 20, Chunked(&mut sock));
+        let r = crate::control::send::send(&**engine, &spec, &mut body);
+        r.and_then(|m| body.flush().map(|()| m).map_err(anyhow::Error::from))
+    };
+    match sent {
+        Ok(m) => {
+            // The last chunk only after a whole stream (a failed one ends
+            // with its ERROR record, then the connection closes).
+            let _ = sock.write_all(b"0\r\n\r\n").and_then(|()| sock.flush());
+            tracing::info!("POST /v1/send: {m}");
+        }
+        Err(e) => tracing::warn!("POST /v1/send: {e:#}"),
     }
-    // Returns when the stream ends, or when the client goes (the sender
-    // then fails on the closed pipe and stops).
-    let _ = req.respond(r);
 }
 
 fn receive(engine: &Arc<DaemonEngine>, mut req: tiny_http::Request) {
