@@ -46,7 +46,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
     timeout 1200 cargo install cargo-fuzz --locked
 fi
 fuzzed=0
-for target in decode_label decode_superblock decode_node decode_catalog decode_nbd decode_control decode_plugin decode_filter; do
+for target in decode_label decode_superblock decode_node decode_catalog decode_nbd decode_control decode_plugin decode_filter decode_stream; do
     (cd fuzz && RUSTC_BOOTSTRAP=1 timeout $((FUZZ_SECONDS + 600)) \
         cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 2>&1 | tail -n 3)
     fuzzed=$((fuzzed + 1))

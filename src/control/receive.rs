@@ -5,7 +5,7 @@
 //! as `zfs receive -s` does; `--abort` drops it.
 
 use super::send::Token;
-use super::stream::{Header, Kind, Reader, FLAG_RESUMED};
+use super::stream::{Header, Kind, Reader, Record, FLAG_RESUMED};
 use super::{Engine, Response};
 use crate::error::Error;
 use crate::pool::names::{receiving_name, VolPath};
@@ -33,8 +33,8 @@ pub struct ReceiveOpts {
 }
 
 /// Commit and record progress this often.
-const CHECKPOINT_BYTES: u64 = 16 << 20;
-const CHECKPOINT_TIME: Duration = Duration::from_secs(2);
+const CHECKPOINT_BYTES: u64 = 64 << 20;
+const CHECKPOINT_TIME: Duration = Duration::from_secs(5);
 
 /// A kept partial receive, by `pool/volume`, in `receive.json` of the
 /// state directory (beside the hidden volume in the pool).
@@ -208,33 +208,37 @@ pub fn receive(
     let what = format!("{key}@{}", h.snapshot);
     let job = pool.transfer("receive", &what, h.data_bytes);
     let mut bar = engine.progress(&format!("receiving {what}"), h.data_bytes);
-    let (mut since, mut at) = (0u64, Instant::now());
-    // The end of the last record written: where a resume starts.
-    let mut done_to = reader.next_offset;
-    let applied = loop {
-        let rec = match reader.next_record() {
-            Ok(Some(r)) => r,
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
-        };
-        let r = match rec.kind {
-            Kind::Data => vol.write_at(&rec.payload, rec.offset),
-            _ => vol.discard(rec.offset, rec.len),
-        };
-        if let Err(e) = r {
-            break Err(anyhow::Error::new(e));
-        }
-        done_to = rec.offset + rec.len;
-        since += rec.len.min(1 << 20) + rec.payload.len() as u64;
-        job.set(reader.data_bytes);
-        bar.set(reader.data_bytes);
-        if since >= CHECKPOINT_BYTES || at.elapsed() >= CHECKPOINT_TIME {
-            if let Err(e) = checkpoint(&pool, &state, &key, &mut part, done_to) {
-                break Err(e);
+    // The stream is read and checked here while a thread of its own writes
+    // what came before (a receive is then bound by the slower of the two,
+    // not by their sum). Records go to it in order.
+    let (applied, done_to) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Record>(APPLY_AHEAD);
+        let (vol, pool, state, key, part) = (&vol, &pool, &state, &key, &mut part);
+        let start = reader.next_offset;
+        let writer = scope.spawn(move || {
+            apply(vol, rx, start, |done_to| {
+                checkpoint(pool, state, key, part, done_to)
+            })
+        });
+        let read = loop {
+            match reader.next_record() {
+                Ok(Some(r)) => {
+                    if tx.send(r).is_err() {
+                        break Ok(());
+                    }
+                    job.set(reader.data_bytes);
+                    bar.set(reader.data_bytes);
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             }
-            (since, at) = (0, Instant::now());
-        }
-    };
+        };
+        drop(tx);
+        let (written, done_to) = writer
+            .join()
+            .unwrap_or_else(|_| (Err(anyhow::anyhow!("the receive's writer panicked")), start));
+        (written.and(read), done_to)
+    });
     if let Err(e) = applied {
         // What came before the bad record is good: keep it for a resume.
         let _ = checkpoint(&pool, &state, &key, &mut part, done_to);
@@ -282,6 +286,39 @@ fn begin(pool: &Pool, volume: &str, hidden: &str, h: &Header, force: bool) -> an
     let base = latest.map(|l| l.name).unwrap_or_default();
     pool.receive_begin(hidden, h.volume_size, Some((volume, &base)))?;
     Ok(())
+}
+
+/// Records read ahead of the writer.
+const APPLY_AHEAD: usize = 4;
+
+/// Write records from `rx` in order into `vol`, with a checkpoint every
+/// [`CHECKPOINT_BYTES`] or [`CHECKPOINT_TIME`]. Returns how it ended and
+/// the end of the last record written (where a resume starts).
+fn apply(
+    vol: &crate::Volume,
+    rx: std::sync::mpsc::Receiver<Record>,
+    start: u64,
+    mut checkpoint: impl FnMut(u64) -> anyhow::Result<()>,
+) -> (anyhow::Result<()>, u64) {
+    let (mut since, mut at, mut done_to) = (0u64, Instant::now(), start);
+    for rec in rx {
+        let r = match rec.kind {
+            Kind::Data => vol.write_at(&rec.payload, rec.offset),
+            _ => vol.discard(rec.offset, rec.len),
+        };
+        if let Err(e) = r {
+            return (Err(e.into()), done_to);
+        }
+        done_to = rec.offset + rec.len;
+        since += rec.len.min(1 << 20) + rec.payload.len() as u64;
+        if since >= CHECKPOINT_BYTES || at.elapsed() >= CHECKPOINT_TIME {
+            if let Err(e) = checkpoint(done_to) {
+                return (Err(e), done_to);
+            }
+            (since, at) = (0, Instant::now());
+        }
+    }
+    (Ok(()), done_to)
 }
 
 /// Make what was received durable, then record how far it goes.

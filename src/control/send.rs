@@ -126,8 +126,10 @@ fn resolve(
             let name = f.rsplit_once('@').ok_or_else(|| {
                 Error::Invalid(format!("--from '{f}' names no snapshot: give @SNAP"))
             })?;
-            let vol = name.0.rsplit('/').next().unwrap_or_default();
-            if !vol.is_empty() && vol != p.volume {
+            let (pool_part, vol) = name.0.rsplit_once('/').unwrap_or(("", name.0));
+            if (!vol.is_empty() && vol != p.volume)
+                || (!pool_part.is_empty() && pool_part != p.pool)
+            {
                 bail!(Error::Invalid(format!(
                     "--from '{f}' is not a snapshot of '{}/{}': an incremental goes between two snapshots of one volume",
                     p.pool, p.volume
@@ -187,24 +189,40 @@ pub fn send(engine: &dyn Engine, spec: &SendSpec, out: &mut dyn Write) -> anyhow
     let job = pool.transfer("send", &what, data_bytes);
     let mut bar = engine.progress(&format!("sending {what}"), data_bytes);
     let mut w = Writer::begin(out, &header).context("writing the stream")?;
+    // Read ahead on threads of their own, so that the disks work while
+    // records are checked, compared and written, and several reads are in
+    // flight (a sequential send ran at 0.6x of dd reading the volume's
+    // file with none; rewritten chunks scattered over the volume are
+    // random reads). Reader `t` reads pieces t, t+K, t+2K... and the
+    // writer takes them back in order.
     let mut body = || -> anyhow::Result<()> {
-        for r in &runs {
-            let (from, to) = ((r.first * cs).max(start), end_of(r.first, r.count));
-            if from >= to {
-                continue;
+        std::thread::scope(|scope| {
+            let (new, old, runs) = (&new, old.as_ref(), &runs);
+            let size = snap.size;
+            let mut rxs = Vec::new();
+            for t in 0..READERS {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Piece>>(READ_AHEAD);
+                rxs.push(rx);
+                scope.spawn(move || {
+                    for job in plan(runs, cs, start, size).skip(t).step_by(READERS) {
+                        let piece = read_piece(new, old, job);
+                        let failed = piece.is_err();
+                        if tx.send(piece).is_err() || failed {
+                            return;
+                        }
+                    }
+                });
             }
-            if r.change == ChunkChange::Removed {
-                w.record(Kind::Discard, from, to - from, &[])?;
-                continue;
+            for i in 0..plan(runs, cs, start, size).count() {
+                let piece = rxs[i % READERS]
+                    .recv()
+                    .map_err(|_| anyhow::anyhow!("a reader of the send stopped"))?;
+                write_piece(&mut w, piece?)?;
+                job.set(w.data_bytes);
+                bar.set(w.data_bytes);
             }
-            let old = (r.change == ChunkChange::Changed)
-                .then_some(old.as_ref())
-                .flatten();
-            send_range(&mut w, &new, old, from, to)?;
-            job.set(w.data_bytes);
-            bar.set(w.data_bytes);
-        }
-        Ok(())
+            Ok(())
+        })
     };
     match body() {
         Ok(()) => {
@@ -225,59 +243,113 @@ pub fn send(engine: &dyn Engine, spec: &SendSpec, out: &mut dyn Write) -> anyhow
     }
 }
 
-/// Records for bytes `[from, to)` of `new`, leaving out 4 KiB blocks that
-/// read as zeros where the receiver has zeros (no `old`), or that equal
-/// `old`'s.
-fn send_range(
-    w: &mut Writer<&mut dyn Write>,
-    new: &Volume,
-    old: Option<&Volume>,
-    from: u64,
-    to: u64,
-) -> anyhow::Result<()> {
-    const B: usize = 4096;
-    let mut buf = vec![0u8; MAX_PAYLOAD];
-    let mut obuf = vec![0u8; if old.is_some() { MAX_PAYLOAD } else { 0 }];
-    let mut pos = from;
-    while pos < to {
-        let n = ((to - pos) as usize).min(MAX_PAYLOAD);
-        new.read_at(&mut buf[..n], pos)?;
-        if let Some(o) = old {
-            o.read_at(&mut obuf[..n], pos)?;
-        }
-        // Classify each block: 0 skip, 1 zeros, 2 data; runs become records.
-        let class = |i: usize| -> u8 {
-            let blk = &buf[i * B..((i + 1) * B).min(n)];
-            if old.is_some() && blk == &obuf[i * B..((i + 1) * B).min(n)] {
-                0
-            } else if blk.iter().all(|&x| x == 0) {
-                if old.is_some() {
-                    1
-                } else {
-                    0
-                }
-            } else {
-                2
-            }
+/// Threads reading ahead of the writer, and pieces each may hold.
+const READERS: usize = 4;
+const READ_AHEAD: usize = 2;
+
+/// A piece of the stream to make: a range discarded since the base, or up
+/// to 1 MiB to read (with the base's bytes, for rewritten chunks).
+#[derive(Clone, Copy)]
+enum Job {
+    Discard(u64, u64),
+    Read { at: u64, len: usize, with_old: bool },
+}
+
+/// The pieces of the stream at or after `start`, in order.
+fn plan(
+    runs: &[crate::pool::ChangeRun],
+    cs: u64,
+    start: u64,
+    size: u64,
+) -> impl Iterator<Item = Job> + '_ {
+    runs.iter().flat_map(move |r| {
+        let (from, to) = (
+            (r.first * cs).max(start),
+            ((r.first + r.count) * cs).min(size),
+        );
+        let removed = r.change == ChunkChange::Removed;
+        let step = if removed {
+            u64::MAX
+        } else {
+            MAX_PAYLOAD as u64
         };
-        let blocks = n.div_ceil(B);
-        let mut i = 0;
-        while i < blocks {
-            let c = class(i);
-            let mut j = i + 1;
-            while j < blocks && class(j) == c {
-                j += 1;
+        let with_old = r.change == ChunkChange::Changed;
+        (from..to)
+            .step_by(step.min(usize::MAX as u64) as usize)
+            .map(move |at| {
+                if removed {
+                    Job::Discard(at, to - at)
+                } else {
+                    Job::Read {
+                        at,
+                        len: (to - at).min(MAX_PAYLOAD as u64) as usize,
+                        with_old,
+                    }
+                }
+            })
+    })
+}
+
+/// What a reader hands the writer.
+enum Piece {
+    Discard(u64, u64),
+    Bytes {
+        at: u64,
+        new: Vec<u8>,
+        old: Option<Vec<u8>>,
+    },
+}
+
+fn read_piece(new: &Volume, old: Option<&Volume>, job: Job) -> anyhow::Result<Piece> {
+    let (at, len, with_old) = match job {
+        Job::Discard(at, len) => return Ok(Piece::Discard(at, len)),
+        Job::Read { at, len, with_old } => (at, len, with_old),
+    };
+    let read = |v: &Volume| -> anyhow::Result<Vec<u8>> {
+        let mut b = vec![0u8; len];
+        v.read_at(&mut b, at)?;
+        Ok(b)
+    };
+    Ok(Piece::Bytes {
+        at,
+        new: read(new)?,
+        old: old.filter(|_| with_old).map(read).transpose()?,
+    })
+}
+
+/// Records for a piece, leaving out 4 KiB blocks that read as zeros where
+/// the receiver has zeros (no base bytes), or that equal the base's.
+fn write_piece(w: &mut Writer<&mut dyn Write>, p: Piece) -> anyhow::Result<()> {
+    const B: usize = 4096;
+    let (at, new, old) = match p {
+        Piece::Discard(at, len) => return Ok(w.record(Kind::Discard, at, len, &[])?),
+        Piece::Bytes { at, new, old } => (at, new, old),
+    };
+    let n = new.len();
+    // Each block: 0 skip, 1 zeros, 2 data; runs of one kind become records.
+    let class: Vec<u8> = (0..n.div_ceil(B))
+        .map(|i| {
+            let r = i * B..((i + 1) * B).min(n);
+            match &old {
+                Some(o) if new[r.clone()] == o[r.clone()] => 0,
+                _ if new[r].iter().all(|&x| x == 0) => u8::from(old.is_some()),
+                _ => 2,
             }
-            let (a, b) = (i * B, (j * B).min(n));
-            let at = pos + a as u64;
-            match c {
-                1 => w.record(Kind::Zero, at, (b - a) as u64, &[])?,
-                2 => w.record(Kind::Data, at, (b - a) as u64, &buf[a..b])?,
-                _ => {}
-            }
-            i = j;
+        })
+        .collect();
+    let mut i = 0;
+    while i < class.len() {
+        let c = class[i];
+        let j = (i..class.len())
+            .find(|&j| class[j] != c)
+            .unwrap_or(class.len());
+        let (a, b) = (i * B, (j * B).min(n));
+        match c {
+            1 => w.record(Kind::Zero, at + a as u64, (b - a) as u64, &[])?,
+            2 => w.record(Kind::Data, at + a as u64, (b - a) as u64, &new[a..b])?,
+            _ => {}
         }
-        pos += n as u64;
+        i = j;
     }
     Ok(())
 }

@@ -423,6 +423,48 @@ fn read_record(
     Ok(Some((kind, u64_at(8), u64_at(16), u64_at(24), payload)))
 }
 
+/// For fuzzing: arbitrary bytes as a stream. Must never panic nor take
+/// memory beyond one record's payload; a stream read to its END holds
+/// records in order, inside the volume.
+pub fn fuzz_stream(data: &[u8]) {
+    let Ok(mut r) = Reader::begin(data) else {
+        return;
+    };
+    let mut last = r.header.resume_offset;
+    while let Ok(Some(rec)) = r.next_record() {
+        assert!(rec.offset >= last && rec.offset + rec.len <= r.header.volume_size);
+        assert!(rec.payload.len() <= MAX_PAYLOAD);
+        last = rec.offset + rec.len;
+    }
+}
+
+/// A valid stream of a few records, to mutate (fuzzing and tests).
+pub fn sample_stream() -> Vec<u8> {
+    let h = Header {
+        flags: 0,
+        stream_id: [9; 16],
+        volume_uuid: [1; 16],
+        snapshot_uuid: [2; 16],
+        base_uuid: [0; 16],
+        volume_size: 1 << 20,
+        chunk_size: 65536,
+        resume_offset: 0,
+        data_bytes: 8192,
+        created: 5,
+        snapshot: "s1".into(),
+        base: String::new(),
+        volume: "db".into(),
+    };
+    let mut out = Vec::new();
+    if let Ok(mut w) = Writer::begin(&mut out, &h) {
+        let _ = w.record(Kind::Data, 0, 512, &[7; 512]);
+        let _ = w.record(Kind::Zero, 65536, 65536, &[]);
+        let _ = w.record(Kind::Discard, 200_704, 4096, &[]);
+        let _ = w.end();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
