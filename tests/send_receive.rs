@@ -361,6 +361,34 @@ fn damaged_streams_and_wrong_bases_are_refused_and_change_nothing() {
         // Whatever was kept for a resume is dropped.
         let _ = dst.vpool(&["snap", "receive", "tank/copy", "--abort"]);
     }
+    // A kept receive whose record the state directory lost (another host's):
+    // a new stream is refused until it is dropped.
+    std::fs::write(&bad, &good[..recs[3]]).unwrap();
+    assert!(!dst
+        .vpool(&[
+            "snap",
+            "receive",
+            "tank/copy",
+            "--from",
+            bad.to_str().unwrap()
+        ])
+        .status
+        .success());
+    std::fs::remove_file(dst.state.join("receive.json")).unwrap();
+    let o = dst.vpool(&[
+        "snap",
+        "receive",
+        "tank/copy",
+        "--from",
+        full.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no record of how far it got"),
+        "{err}"
+    );
+    dst.vpool_ok(&["snap", "receive", "tank/copy", "--abort"]);
+    assert_eq!(names(&dst), before);
     // The good stream goes in; the same stream again is refused (the
     // volume exists), and changes nothing.
     dst.vpool_ok(&[

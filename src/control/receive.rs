@@ -189,6 +189,11 @@ pub fn receive(
                     "--resume takes a stream sent with `vpool snap send --resume TOKEN`; this one is a new stream".into()
                 ));
             }
+            if pool.has_volume(&hidden) {
+                bail!(Error::InUse(format!(
+                    "a partial receive into '{key}' is in the pool, but this state directory has no record of how far it got (it was made on another host, or the directory was replaced): drop it with `vpool snap receive {key} --abort`, then send again"
+                )));
+            }
             begin(&pool, &p.volume, &hidden, &h, opts.force)?;
             let part = Partial {
                 stream_id: h.stream_id,

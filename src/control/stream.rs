@@ -438,9 +438,9 @@ pub fn fuzz_stream(data: &[u8]) {
     }
 }
 
-/// A valid stream of a few records, to mutate (fuzzing and tests).
-pub fn sample_stream() -> Vec<u8> {
-    let h = Header {
+/// The header of [`sample_stream`].
+pub fn sample_header() -> Header {
+    Header {
         flags: 0,
         stream_id: [9; 16],
         volume_uuid: [1; 16],
@@ -454,9 +454,13 @@ pub fn sample_stream() -> Vec<u8> {
         snapshot: "s1".into(),
         base: String::new(),
         volume: "db".into(),
-    };
+    }
+}
+
+/// A valid stream of a few records, to mutate (fuzzing and tests).
+pub fn sample_stream() -> Vec<u8> {
     let mut out = Vec::new();
-    if let Ok(mut w) = Writer::begin(&mut out, &h) {
+    if let Ok(mut w) = Writer::begin(&mut out, &sample_header()) {
         let _ = w.record(Kind::Data, 0, 512, &[7; 512]);
         let _ = w.record(Kind::Zero, 65536, 65536, &[]);
         let _ = w.record(Kind::Discard, 200_704, 4096, &[]);
@@ -470,21 +474,7 @@ mod tests {
     use super::*;
 
     fn header() -> Header {
-        Header {
-            flags: 0,
-            stream_id: [9; 16],
-            volume_uuid: [1; 16],
-            snapshot_uuid: [2; 16],
-            base_uuid: [0; 16],
-            volume_size: 1 << 20,
-            chunk_size: 65536,
-            resume_offset: 0,
-            data_bytes: 8192,
-            created: 5,
-            snapshot: "s1".into(),
-            base: String::new(),
-            volume: "db".into(),
-        }
+        sample_header()
     }
 
     fn stream() -> Vec<u8> {

@@ -48,13 +48,14 @@ impl HttpServer {
         max_body: u64,
         handler: Arc<Handler>,
     ) -> anyhow::Result<HttpServer> {
-        let server = Arc::new(
-            tiny_http::Server::http_unix(path)
-                .map_err(|e| anyhow::anyhow!("{what} socket {}: {e}", path.display()))?,
-        );
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("making {} owner-only", path.display()))?;
-        Self::serve(server, what, workers, max_body, handler, None)
+        Self::serve(
+            bind_unix(path, what)?,
+            what,
+            workers,
+            max_body,
+            handler,
+            None,
+        )
     }
 
     /// As [`HttpServer::start`], with streaming calls.
@@ -66,12 +67,7 @@ impl HttpServer {
         handler: Arc<Handler>,
         streams: Streams,
     ) -> anyhow::Result<HttpServer> {
-        let server = Arc::new(
-            tiny_http::Server::http_unix(path)
-                .map_err(|e| anyhow::anyhow!("{what} socket {}: {e}", path.display()))?,
-        );
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("making {} owner-only", path.display()))?;
+        let server = bind_unix(path, what)?;
         Self::serve(server, what, workers, max_body, handler, Some(streams))
     }
 
@@ -163,6 +159,17 @@ impl HttpServer {
             let _ = t.join();
         }
     }
+}
+
+/// A server on the unix socket `path`, made owner-only whatever the umask.
+fn bind_unix(path: &Path, what: &str) -> anyhow::Result<Arc<tiny_http::Server>> {
+    let server = Arc::new(
+        tiny_http::Server::http_unix(path)
+            .map_err(|e| anyhow::anyhow!("{what} socket {}: {e}", path.display()))?,
+    );
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} owner-only", path.display()))?;
+    Ok(server)
 }
 
 /// Run a streaming call on a thread of its own, if fewer than `max` run.
