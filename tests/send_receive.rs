@@ -824,3 +824,51 @@ fn without_a_daemon_send_and_receive_work_on_the_devices() {
         "{err}"
     );
 }
+
+#[test]
+fn the_streaming_api_refuses_what_names_nothing_and_bodies_that_are_not_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    make_pool(&a, "raid1", 2, 128 * MIB, &[]);
+    let d = Daemon::start_unix_only(&a);
+    d.vpool_ok(&["vol", "create", "tank/db", "--size", "8M"]);
+    let before = names(&d);
+    let (status, body) = d.api(
+        "POST",
+        "/v1/send",
+        Some(serde_json::json!({"path": "tank/db@none"})),
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = d.api(
+        "POST",
+        "/v1/send",
+        Some(serde_json::json!({"resume": "1-00"})),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = d.api("POST", "/v1/send", Some(serde_json::json!("not a spec")));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = d.api(
+        "POST",
+        "/v1/receive?target=tank/new",
+        Some(serde_json::json!({"not": "a stream"})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a vpool send stream"),
+        "{body}"
+    );
+    let (status, _) = d.api(
+        "POST",
+        "/v1/receive?target=..%2Fx",
+        Some(serde_json::json!(1)),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(names(&d), before, "nothing was created");
+    // The daemon still serves.
+    d.vpool_ok(&["snap", "create", "tank/db@s"]);
+    let (status, _) = d.api("GET", "/v1/diff?from=tank/db@s&to=tank/db@s", None);
+    assert_eq!(status, 400, "a snapshot is not older than itself");
+}

@@ -383,9 +383,18 @@ fn read_record(
 ) -> anyhow::Result<Option<RawRecord>> {
     let mut head = [0u8; RECORD_HEADER];
     let mut got = 0;
+    let magic = RECORD_MAGIC.to_le_bytes();
+    let not_a_stream = || {
+        Error::Invalid(
+            "this is not a vpool send stream (it does not start with a BEGIN record)".into(),
+        )
+    };
     while got < RECORD_HEADER {
         match input.read(&mut head[got..]) {
             Ok(0) if got == 0 => return Ok(None),
+            Ok(0) if want_seq == 0 && head[..got.min(4)] != magic[..got.min(4)] => {
+                bail!(not_a_stream())
+            }
             Ok(0) => bail!(Error::Invalid(format!(
                 "the stream ends inside record {want_seq} (truncated)"
             ))),
@@ -396,6 +405,9 @@ fn read_record(
     }
     let u64_at = |o: usize| u64::from_le_bytes(head[o..o + 8].try_into().unwrap_or_default());
     if u32::from_le_bytes([head[0], head[1], head[2], head[3]]) != RECORD_MAGIC {
+        if want_seq == 0 {
+            bail!(not_a_stream());
+        }
         bail!(damaged(format!("record {want_seq} has no record magic")));
     }
     let kind = Kind::from_u8(head[4])
