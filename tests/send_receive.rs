@@ -134,6 +134,24 @@ fn names(d: &Daemon) -> Vec<String> {
     out
 }
 
+/// `snap receive tank/copy --from FILE` on `d`.
+fn receive_file(d: &Daemon, file: &Path) -> Output {
+    d.vpool(&[
+        "snap",
+        "receive",
+        "tank/copy",
+        "--from",
+        file.to_str().unwrap(),
+    ])
+}
+
+/// The same, required to fail: its error.
+fn refused(d: &Daemon, file: &Path) -> String {
+    let o = receive_file(d, file);
+    assert!(!o.status.success(), "{} was accepted", file.display());
+    String::from_utf8_lossy(&o.stderr).into()
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -349,14 +367,7 @@ fn damaged_streams_and_wrong_bases_are_refused_and_change_nothing() {
     variants.push(("a record left out".into(), dropped));
     for (what, b) in &variants {
         std::fs::write(&bad, b).unwrap();
-        let o = dst.vpool(&[
-            "snap",
-            "receive",
-            "tank/copy",
-            "--from",
-            bad.to_str().unwrap(),
-        ]);
-        assert!(!o.status.success(), "{what}: accepted");
+        refused(&dst, &bad);
         assert_eq!(names(&dst), before, "{what}: something changed");
         // Whatever was kept for a resume is dropped.
         let _ = dst.vpool(&["snap", "receive", "tank/copy", "--abort"]);
@@ -364,53 +375,21 @@ fn damaged_streams_and_wrong_bases_are_refused_and_change_nothing() {
     // A kept receive whose record the state directory lost (another host's):
     // a new stream is refused until it is dropped.
     std::fs::write(&bad, &good[..recs[3]]).unwrap();
-    assert!(!dst
-        .vpool(&[
-            "snap",
-            "receive",
-            "tank/copy",
-            "--from",
-            bad.to_str().unwrap()
-        ])
-        .status
-        .success());
+    refused(&dst, &bad);
     std::fs::remove_file(dst.state.join("receive.json")).unwrap();
-    let o = dst.vpool(&[
-        "snap",
-        "receive",
-        "tank/copy",
-        "--from",
-        full.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("no record of how far it got"),
-        "{err}"
-    );
+    let err = refused(&dst, &full);
+    assert!(err.contains("no record of how far it got"), "{err}");
     dst.vpool_ok(&["snap", "receive", "tank/copy", "--abort"]);
     assert_eq!(names(&dst), before);
     // The good stream goes in; the same stream again is refused (the
     // volume exists), and changes nothing.
-    dst.vpool_ok(&[
-        "snap",
-        "receive",
-        "tank/copy",
-        "--from",
-        full.to_str().unwrap(),
-    ]);
+    assert!(receive_file(&dst, &full).status.success());
     same(
         &bytes(&src, "tank/db@s1"),
         &bytes(&dst, "tank/copy@s1"),
         "s1",
     );
-    let o = dst.vpool(&[
-        "snap",
-        "receive",
-        "tank/copy",
-        "--from",
-        full.to_str().unwrap(),
-    ]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("a full stream makes a new volume"));
+    assert!(refused(&dst, &full).contains("a full stream makes a new volume"));
 
     // Incrementals: s1 -> s2 -> s3 on the source.
     for s in ["s2", "s3"] {
@@ -434,18 +413,8 @@ fn damaged_streams_and_wrong_bases_are_refused_and_change_nothing() {
     let copy_before = bytes(&dst, "tank/copy");
     let names_before = names(&dst);
     // Wrong base: the target's newest is @s1, the stream starts at @s2.
-    let o = dst.vpool(&[
-        "snap",
-        "receive",
-        "tank/copy",
-        "-i",
-        s2_s3.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("base is not the newest snapshot"),
-        "{err}"
-    );
+    let err = refused(&dst, &s2_s3);
+    assert!(err.contains("base is not the newest snapshot"), "{err}");
     // A damaged incremental.
     let s1_s2 = inc("s1", "s2");
     let mut b = std::fs::read(&s1_s2).unwrap();
@@ -453,16 +422,10 @@ fn damaged_streams_and_wrong_bases_are_refused_and_change_nothing() {
     let n = b.len();
     b[r[r.len() / 2] + 45] ^= 1;
     std::fs::write(&bad, &b).unwrap();
-    assert!(!dst
-        .vpool(&["snap", "receive", "tank/copy", "-i", bad.to_str().unwrap()])
-        .status
-        .success());
+    refused(&dst, &bad);
     dst.vpool_ok(&["snap", "receive", "tank/copy", "--abort"]);
     std::fs::write(&bad, &std::fs::read(&s1_s2).unwrap()[..n - 30]).unwrap();
-    assert!(!dst
-        .vpool(&["snap", "receive", "tank/copy", "-i", bad.to_str().unwrap()])
-        .status
-        .success());
+    refused(&dst, &bad);
     dst.vpool_ok(&["snap", "receive", "tank/copy", "--abort"]);
     assert_eq!(names(&dst), names_before);
     same(
@@ -472,33 +435,11 @@ fn damaged_streams_and_wrong_bases_are_refused_and_change_nothing() {
     );
     // A target written since its base is refused without --force.
     qemu_io(&dst, "tank/copy", &["write -P 3 0 4096".to_string()]);
-    let o = dst.vpool(&[
-        "snap",
-        "receive",
-        "tank/copy",
-        "-i",
-        s1_s2.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("was written since"),
-        "{err}"
-    );
-    dst.vpool_ok(&[
-        "snap",
-        "receive",
-        "tank/copy",
-        "-i",
-        s1_s2.to_str().unwrap(),
-        "--force",
-    ]);
-    dst.vpool_ok(&[
-        "snap",
-        "receive",
-        "tank/copy",
-        "-i",
-        s2_s3.to_str().unwrap(),
-    ]);
+    let err = refused(&dst, &s1_s2);
+    assert!(err.contains("was written since"), "{err}");
+    let s1_s2 = s1_s2.to_str().unwrap();
+    dst.vpool_ok(&["snap", "receive", "tank/copy", "-i", s1_s2, "--force"]);
+    assert!(receive_file(&dst, &s2_s3).status.success());
     same(
         &bytes(&src, "tank/db@s3"),
         &bytes(&dst, "tank/copy@s3"),
@@ -674,14 +615,7 @@ fn receives_resume_after_either_side_is_killed() {
         }
         let t = token(&dst);
         // A new stream onto a kept receive is refused, and says how to go on.
-        let o = dst.vpool(&[
-            "snap",
-            "receive",
-            "tank/copy",
-            "--from",
-            stream.to_str().unwrap(),
-        ]);
-        let err = String::from_utf8_lossy(&o.stderr);
+        let err = refused(&dst, &stream);
         assert!(err.contains("is kept"), "{err}");
         let out = pipe_ok(
             &src,
