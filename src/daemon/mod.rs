@@ -265,6 +265,11 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                         Err(_) => {}
                     }
                 }
+                for (name, pool) in engine.all() {
+                    if let Err(e) = pool.commit_if_log_closed() {
+                        tracing::error!(pool = %name, "commit failed: {e}");
+                    }
+                }
                 if waited < every {
                     continue;
                 }

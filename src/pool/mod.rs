@@ -138,7 +138,19 @@ impl Pool {
         if self.failure().is_some() {
             return Ok(());
         }
+        self.commit_if_log_closed()?;
         if self.s.thin.has_changes() || self.s.thin.array.health().has_unrecorded() {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Commit when the flush log is out of use (full, or after a change it
+    /// cannot describe) with changes waiting: until then flushes commit,
+    /// and writes over committed data on pools without a second copy are
+    /// written afresh. The daemon calls it every tick.
+    pub fn commit_if_log_closed(&self) -> Result<()> {
+        if self.failure().is_none() && self.s.thin.log_wants_commit() && self.s.thin.has_changes() {
             self.commit()?;
         }
         Ok(())

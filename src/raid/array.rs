@@ -36,6 +36,8 @@ pub struct Array {
     /// so the pool keeps its redundancy. Dropped at the first error on it.
     replacing: Mutex<Option<DeviceRef>>,
     replacing_failed: AtomicBool,
+    /// Written since the last flush began (see [`Array::flush_if_written`]).
+    unflushed: AtomicBool,
 }
 
 /// The parts of an I/O at `offset` of `len` bytes below and at or past
@@ -86,6 +88,7 @@ impl Array {
             failed_devs: Mutex::new(Vec::new()),
             replacing: Mutex::new(None),
             replacing_failed: AtomicBool::new(false),
+            unflushed: AtomicBool::new(true),
         }
     }
 
@@ -343,7 +346,28 @@ impl Array {
 
     pub fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         self.check_writable()?;
+        self.unflushed.store(true, Ordering::Release);
         self.dispatch(offset, buf.len(), |v, off, r| v.write(off, &buf[r]))
+    }
+
+    /// Write bytes that are already durable elsewhere (journaled data
+    /// going home, see `thin::log`): they do not make the next
+    /// [`Array::flush_if_written`] flush.
+    pub fn write_journaled(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.check_writable()?;
+        self.dispatch(offset, buf.len(), |v, off, r| v.write(off, &buf[r]))
+    }
+
+    /// Flush unless nothing was written through [`Array::write`] (or a
+    /// repair) since the last flush began.
+    pub fn flush_if_written(&self) -> io::Result<()> {
+        if !self.unflushed.load(Ordering::Acquire) {
+            if let Some(e) = self.health.broken_error() {
+                return Err(e);
+            }
+            return Ok(());
+        }
+        self.flush()
     }
 
     /// Refuse writes once redundancy ran out (see [`Health::set_broken`]).
@@ -365,6 +389,15 @@ impl Array {
     /// pool is broken (see [`super::health`]). A broken pool's flushes
     /// fail: a flush that succeeds after a failed one proves nothing.
     pub fn flush(&self) -> io::Result<()> {
+        self.unflushed.store(false, Ordering::Release);
+        let r = self.flush_members();
+        if r.is_err() {
+            self.unflushed.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    fn flush_members(&self) -> io::Result<()> {
         let members = self.members();
         let st = self.state.read();
         let shrinking = matches!(
@@ -419,6 +452,7 @@ impl Array {
     /// from the other members (see [`TransitionKind::Rebuild`]). Caller
     /// pauses client I/O.
     pub fn rebuild(&self, target: usize, moff: u64, len: usize) -> io::Result<()> {
+        self.unflushed.store(true, Ordering::Release);
         let st = self.state.read();
         let view = self.view(&st.geo, &st.members, None);
         view.degrading(|| view.rebuild(target, moff, len))

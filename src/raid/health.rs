@@ -123,6 +123,14 @@ impl Health {
         )
     }
 
+    /// Does every byte have a second copy now (a redundant level with
+    /// fewer members missing or failed than it tolerates)?
+    pub fn redundant_now(&self) -> bool {
+        let (level, n, absent) = *self.shape.lock();
+        let gone = (absent | self.failed_mask()).count_ones() as usize;
+        level.is_some_and(|l| gone < l.tolerated_failures(n))
+    }
+
     /// Whether the array keeps every byte without `member` (and without
     /// the members already missing or failed).
     pub fn may_fail(&self, member: usize) -> bool {

@@ -182,6 +182,18 @@ impl ThinPool {
         Ok(())
     }
 
+    /// Set the checksum of block `within` (4 KiB aligned) of chunk `phys`.
+    pub(crate) fn set_block_csum(&self, phys: Chunk, within: u64, value: u32) -> Result<()> {
+        let Some(cs) = &self.csums else {
+            return Ok(());
+        };
+        let key = csum_key(phys, within);
+        let mut g = self.group(cs, key)?.unwrap_or([0; CSUM_GROUP]);
+        g[((within % GROUP_BYTES) / CSUM_BLOCK) as usize] = value;
+        cs.put(key, g);
+        Ok(())
+    }
+
     /// Record the checksums of chunk `newc`, a copy of chunk `old` (just
     /// read and verified; `None`: zeros) with `[within, within + len)`
     /// overwritten: the copied blocks keep `old`'s checksums, only the

@@ -17,6 +17,7 @@ use crate::thin::store::VolumeRoot;
 use crate::thin::store::{mapped_chunk, mapping_spec, mapping_value, MetaStore};
 use crate::units::{Chunk, ChunkSize, Pieces};
 use parking_lot::{RwLock, RwLockReadGuard};
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -78,6 +79,10 @@ impl ThinPool {
                     .map(|(rc, b, current)| (*rc, b.as_slice(), *current)),
             )
         });
+        let log = super::log::FlushLog::default();
+        if meta.log_ready() {
+            log.set_free(meta.log_blocks().len() as u64);
+        }
         ThinPool {
             array,
             meta: RwLock::new(meta),
@@ -87,7 +92,7 @@ impl ThinPool {
             io_count: AtomicU64::new(0),
             csums,
             intent,
-            log: Default::default(),
+            log,
         }
     }
 
@@ -165,27 +170,61 @@ impl ThinPool {
 
     fn write_piece(&self, vol: u64, vchunk: u64, within: u64, data: &[u8]) -> Result<()> {
         let cs = self.chunk_size;
-        let _w = self.write_in_progress();
+        // The chunk lock first: a journaled write holds it while it waits
+        // for a round, which takes `writes` for write.
         let _l = self.chunk_lock(vol, vchunk).write();
+        let w = self.write_in_progress();
         let old = self.lookup(vol, vchunk)?;
+        let mut in_place_if_full = None;
         if let Some(m) = &old {
             // RAID5 never rewrites part of a stripe that committed data
             // lives in (the write hole): such a chunk is written afresh
             // elsewhere, whole, and the old one freed at the commit.
             if m.exclusive && (m.new || self.array.overwrite_in_place(data.len() as u64, cs)) {
-                if let (false, Some(intent)) = (m.new, &self.intent) {
-                    // Its new checksums copy a checksum leaf at the commit.
-                    self.check_meta_room(&self.meta.read(), SpaceUse::Ordinary)?;
-                    intent.mark(&self.meta, m.phys)?;
+                if !m.new && self.journals() {
+                    // Without a second copy, data a commit or record holds
+                    // is changed only through the journal (see `log`): small
+                    // writes journaled, larger ones (and any the log cannot
+                    // take now) written afresh, as on RAID5.
+                    let (a0, a1) = (
+                        within / BLK * BLK,
+                        (within + data.len() as u64).div_ceil(BLK) * BLK,
+                    );
+                    if a1 - a0 <= JOURNAL_MAX.min(cs.bytes() / 2)
+                        && self.journal_open((a1 - a0) / BLK)
+                    {
+                        self.check_meta_room(&self.meta.read(), SpaceUse::Ordinary)?;
+                        let buf = self.widen(m.phys, within, data)?;
+                        return self.write_journaled(w, m.phys, a0, buf.into_owned());
+                    }
+                    in_place_if_full = Some(m.phys);
+                } else {
+                    if let (false, Some(intent)) = (m.new, &self.intent) {
+                        // Its new checksums copy a checksum leaf at the commit.
+                        self.check_meta_room(&self.meta.read(), SpaceUse::Ordinary)?;
+                        intent.mark(&self.meta, m.phys)?;
+                    }
+                    return self.write_in_place(m.phys, within, data);
                 }
-                return self.write_in_place(m.phys, within, data);
             }
         }
         // Allocate a fresh chunk and write it whole: a full stripe on RAID5.
         let newc = {
             let mut meta = self.meta.write();
             self.check_meta_room(&meta, SpaceUse::Ordinary)?;
-            meta.data_alloc()?
+            match (meta.data_alloc(), in_place_if_full) {
+                (Ok(c), _) => c,
+                // A full pool still takes overwrites: in place, as before
+                // the journal (the intent block first).
+                (Err(_), Some(phys)) => {
+                    drop(meta);
+                    if let Some(intent) = &self.intent {
+                        intent.mark(&self.meta, phys)?;
+                    }
+                    return self.write_in_place(phys, within, data);
+                }
+                (Err(e), None) => return Err(e),
+            }
         };
         let result = (|| {
             let mut full;
@@ -404,6 +443,9 @@ impl ThinPool {
 }
 
 const BLK: u64 = crate::thin::store::csum::CSUM_BLOCK;
+/// Largest write (in whole 4 KiB blocks) journaled rather than written
+/// afresh, when at most half a chunk: a larger one costs less copied.
+const JOURNAL_MAX: u64 = 32 << 10;
 
 impl ThinPool {
     /// Read bytes `[within, within + len)` of chunk `phys`, verified against
@@ -434,17 +476,24 @@ impl ThinPool {
         if self.csums.is_none() {
             return write(within, data);
         }
+        let a0 = within / BLK * BLK;
+        let buf = self.widen(phys, within, data)?;
+        write(a0, &buf)?;
+        self.record(phys, a0, &buf)
+    }
+
+    /// `data` for byte `within` of chunk `phys`, widened to whole 4 KiB
+    /// blocks with their current (verified) contents.
+    fn widen<'a>(&self, phys: Chunk, within: u64, data: &'a [u8]) -> Result<Cow<'a, [u8]>> {
         let len = data.len() as u64;
         let (a0, a1) = (within / BLK * BLK, (within + len).div_ceil(BLK) * BLK);
         if a0 == within && a1 == within + len {
-            write(within, data)?;
-            return self.record(phys, within, data);
+            return Ok(Cow::Borrowed(data));
         }
         let mut tmp = vec![0u8; (a1 - a0) as usize];
         self.read_verified(phys, a0, &mut tmp)?;
         let at = (within - a0) as usize;
         tmp[at..at + data.len()].copy_from_slice(data);
-        write(a0, &tmp)?;
-        self.record(phys, a0, &tmp)
+        Ok(Cow::Owned(tmp))
     }
 }

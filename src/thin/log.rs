@@ -13,6 +13,22 @@
 //! as a round that started after it was called has finished. Writes and
 //! other volumes' I/O go on during a round; only commits wait for it.
 //!
+//! Journaled data (pools whose data has no second copy, with checksums):
+//! a small write over data a commit or record already holds does not go
+//! home at once. Its blocks ride in the next round, in the log blocks
+//! after the record whose entries give their place and checksum, and go
+//! home only once that round is durable (dm-integrity's journal mode).
+//! So a block's home is never changed by a write nothing durable names,
+//! and the replay writes every journaled block home again: a device that
+//! lost, tore or misplaced a home write is corrected, and one that lied
+//! about the journal is caught by its checksum on every copy. Without
+//! this, a crash left the resync unable to tell an unflushed write in
+//! place from a lie (see `resync`). The writer waits for its round (they
+//! share rounds, as flushes do), so a client's flush after it has
+//! nothing left to do: one sequential write and one flush of the
+//! metadata copies per round, where a write in place needs the data
+//! flush, the intent block and the record.
+//!
 //! After a crash, the records of the last commit are replayed onto it in
 //! order (`replay_log`, before the write-intent resync) and committed. Each
 //! record's data was durable before the record was written, so any prefix
@@ -24,11 +40,13 @@
 use super::ThinPool;
 use crate::error::{Error, Result};
 use crate::meta::codec::{get_u32, get_u64, put_u32, put_u64};
-use crate::thin::store::csum::{csum_key_chunk, Group, CSUM_GROUP};
+use crate::thin::csum::crc;
+use crate::thin::store::csum::{csum_key_chunk, Group, CSUM_BLOCK, CSUM_GROUP};
 use crate::thin::store::log::LOG_PAYLOAD;
 use crate::units::Chunk;
-use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 
 /// One change a record holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,11 +66,20 @@ pub(crate) enum Entry {
         key: u64,
         group: Group,
     },
+    /// Block `within` (4 KiB aligned) of chunk `phys` holds the next
+    /// journaled data block after the record, whose checksum is `crc`.
+    Data {
+        phys: Chunk,
+        within: u64,
+        crc: u32,
+    },
 }
 
 const MAP: u8 = 1;
 const UNMAP: u8 = 2;
 const CSUM: u8 = 3;
+const DATA: u8 = 4;
+const DATA_LEN: usize = 21;
 
 impl Entry {
     fn len(&self) -> usize {
@@ -60,6 +87,7 @@ impl Entry {
             Entry::Map { .. } => 25,
             Entry::Unmap { .. } => 17,
             Entry::Csum { .. } => 9 + 4 * CSUM_GROUP,
+            Entry::Data { .. } => DATA_LEN,
         }
     }
 
@@ -86,6 +114,12 @@ impl Entry {
                     put_u32(b, 9 + 4 * i, *c);
                 }
             }
+            Entry::Data { phys, within, crc } => {
+                b[0] = DATA;
+                put_u64(b, 1, phys.index());
+                put_u64(b, 9, within);
+                put_u32(b, 17, crc);
+            }
         }
     }
 }
@@ -98,6 +132,7 @@ pub(crate) fn decode(mut p: &[u8]) -> std::result::Result<Vec<Entry>, String> {
             MAP => 25,
             UNMAP => 17,
             CSUM => 9 + 4 * CSUM_GROUP,
+            DATA => DATA_LEN,
             t => return Err(format!("unknown entry type {t}")),
         };
         if p.len() < need {
@@ -112,6 +147,11 @@ pub(crate) fn decode(mut p: &[u8]) -> std::result::Result<Vec<Entry>, String> {
             UNMAP => Entry::Unmap {
                 vol: get_u64(p, 1),
                 vchunk: get_u64(p, 9),
+            },
+            DATA => Entry::Data {
+                phys: Chunk(get_u64(p, 1)),
+                within: get_u64(p, 9),
+                crc: get_u32(p, 17),
             },
             _ => {
                 let mut group = [0u32; CSUM_GROUP];
@@ -129,20 +169,65 @@ pub(crate) fn decode(mut p: &[u8]) -> std::result::Result<Vec<Entry>, String> {
     Ok(out)
 }
 
-/// Entries packed into record payloads of at most a log block each.
-fn pack(entries: &[Entry]) -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    for e in entries {
-        match out.last_mut() {
-            Some(p) if p.len() + e.len() <= LOG_PAYLOAD => e.encode(p),
-            _ => {
-                let mut p = Vec::with_capacity(LOG_PAYLOAD);
-                e.encode(&mut p);
-                out.push(p);
-            }
+/// One record as written: its payload and the journaled data blocks that
+/// follow it (one per `Data` entry, in order).
+struct Unit<'a> {
+    payload: Vec<u8>,
+    data: Vec<&'a [u8]>,
+}
+
+/// Entries packed into record payloads of at most a log block each, then
+/// the journaled blocks' `Data` entries, each record followed by the
+/// blocks its entries name.
+fn pack<'a>(entries: &[Entry], blocks: &[(Entry, &'a [u8])]) -> Vec<Unit<'a>> {
+    let mut out: Vec<Unit<'a>> = Vec::new();
+    let all = entries
+        .iter()
+        .map(|e| (*e, None))
+        .chain(blocks.iter().map(|(e, d)| (*e, Some(*d))));
+    for (e, d) in all {
+        let fits = out
+            .last()
+            .is_some_and(|u| u.payload.len() + e.len() <= LOG_PAYLOAD);
+        if !fits {
+            out.push(Unit {
+                payload: Vec::with_capacity(LOG_PAYLOAD),
+                data: Vec::new(),
+            });
+        }
+        if let Some(u) = out.last_mut() {
+            e.encode(&mut u.payload);
+            u.data.extend(d);
         }
     }
     out
+}
+
+/// A journaled write waiting for its round (see `ThinPool::write_journaled`).
+pub(crate) struct Journaled {
+    phys: Chunk,
+    /// 4 KiB aligned, as is the data's length.
+    within: u64,
+    data: Vec<u8>,
+    /// WAITING, then JOURNALED (durable in the log: may go home) or
+    /// DROPPED (taken by a round that could not write it).
+    state: AtomicU8,
+}
+
+/// Log blocks a writer leaves for the records of a round.
+const JOURNAL_SLACK: u64 = 16;
+
+const WAITING: u8 = 0;
+const JOURNALED: u8 = 1;
+const DROPPED: u8 = 2;
+
+/// Where the next record goes.
+#[derive(Default)]
+struct Next {
+    /// Its sequence number (0 means 1).
+    seq: u64,
+    /// Its log block.
+    slot: u64,
 }
 
 /// The log's state in memory.
@@ -150,8 +235,15 @@ fn pack(entries: &[Entry]) -> Vec<Vec<u8>> {
 pub(crate) struct FlushLog {
     /// Mapping changes since the last record, in the order they were made.
     maps: Mutex<Vec<Entry>>,
-    /// Serializes rounds; holds the next record's sequence number (from 1).
-    next_seq: Mutex<u64>,
+    /// Serializes rounds; says where the next record goes.
+    next: Mutex<Next>,
+    /// Journaled writes waiting for a round.
+    journal: Mutex<Vec<Arc<Journaled>>>,
+    /// Log blocks not yet written in this transaction (a hint for writers:
+    /// rounds update it, commits reset it).
+    free: AtomicU64,
+    /// Data blocks journaled since open.
+    journaled: AtomicU64,
     /// Writes hold it for read while they change a chunk; a round takes it
     /// for write to take its entries with no write half done.
     writes: RwLock<()>,
@@ -168,6 +260,13 @@ pub(crate) struct FlushLog {
     committed: AtomicU64,
 }
 
+impl FlushLog {
+    /// The log has `n` blocks unused (at open).
+    pub(crate) fn set_free(&self, n: u64) {
+        self.free.store(n, Ordering::Release);
+    }
+}
+
 /// How flushes were served since the pool was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlushStats {
@@ -177,6 +276,8 @@ pub struct FlushStats {
     /// Flushes that committed the pool instead (log full, or in use by
     /// a change it cannot describe, or no log).
     pub commits: u64,
+    /// 4 KiB blocks of writes journaled through the log.
+    pub journaled_blocks: u64,
 }
 
 /// What replaying the log did (at open).
@@ -186,6 +287,12 @@ pub struct Replayed {
     pub entries: u64,
     /// Why the replay stopped before the last record, if it did.
     pub stopped: Option<String>,
+    /// Journaled blocks written home again.
+    pub data_blocks: u64,
+    /// Journaled blocks no copy of which matched its checksum (a round a
+    /// crash cut short, or every copy lost): their blocks keep what they
+    /// held before the record.
+    pub data_missing: u64,
 }
 
 /// The gate held for write by something other than the data path: what it
@@ -247,7 +354,9 @@ impl ThinPool {
         if let Some(c) = &self.csums {
             c.forget_unlogged();
         }
-        *self.log.next_seq.lock() = 1;
+        *self.log.next.lock() = Next::default();
+        let room = self.meta.read().log_blocks().len() as u64;
+        self.log.free.store(room, Ordering::Release);
         self.log.unlogged.store(false, Ordering::Release);
     }
 
@@ -285,6 +394,7 @@ impl ThinPool {
             flushes: self.log.flushes.load(Ordering::Relaxed),
             log_rounds: self.log.rounds.load(Ordering::Relaxed),
             commits: self.log.committed.load(Ordering::Relaxed),
+            journaled_blocks: self.log.journaled.load(Ordering::Relaxed),
         }
     }
 
@@ -292,7 +402,12 @@ impl ThinPool {
     /// False: the log cannot take it (a commit must).
     fn flush_round(&self, ticket: u64) -> Result<bool> {
         let _io = self.gate.read();
-        let mut next = self.log.next_seq.lock();
+        self.round(ticket)
+    }
+
+    /// `flush_round` for a caller that holds the gate for read.
+    fn round(&self, ticket: u64) -> Result<bool> {
+        let mut next = self.log.next.lock();
         if self.log.done.load(Ordering::Acquire) > ticket {
             return Ok(true);
         }
@@ -306,7 +421,7 @@ impl ThinPool {
             return Ok(false);
         }
         let r = self.log.started.fetch_add(1, Ordering::AcqRel) + 1;
-        let records = {
+        let (entries, journal) = {
             let _w = self.log.writes.write();
             let mut entries = std::mem::take(&mut *self.log.maps.lock());
             {
@@ -324,45 +439,155 @@ impl ThinPool {
                         .map(|(key, group)| Entry::Csum { key, group }),
                 );
             }
-            pack(&entries)
+            (entries, std::mem::take(&mut *self.log.journal.lock()))
         };
-        let seq = (*next).max(1);
+        let settle = |state: u8| {
+            for j in &journal {
+                j.state.store(state, Ordering::Release);
+            }
+        };
+        let blocks: Vec<(Entry, &[u8])> = journal
+            .iter()
+            .flat_map(|j| {
+                j.data
+                    .chunks(CSUM_BLOCK as usize)
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let e = Entry::Data {
+                            phys: j.phys,
+                            within: j.within + i as u64 * CSUM_BLOCK,
+                            crc: crc(b),
+                        };
+                        (e, b)
+                    })
+            })
+            .collect();
+        let units = pack(&entries, &blocks);
+        let seq = next.seq.max(1);
         let room = self.meta.read().log_blocks().len() as u64;
-        if seq - 1 + records.len() as u64 > room {
+        let need: u64 = units.iter().map(|u| 1 + u.data.len() as u64).sum();
+        if next.slot + need > room {
             // Taken, not written: only a commit holds them now.
             self.log.unlogged.store(true, Ordering::Release);
+            settle(DROPPED);
             return Ok(false);
         }
         let written = (|| {
+            // Data written home since the last flush (journaled data is
+            // durable in the log instead).
             self.array
-                .flush()
+                .flush_if_written()
                 .map_err(|e| Error::io("flushing data", e))?;
             let meta = self.meta.read();
             let io = |e| Error::io("writing the flush log", e);
-            for (i, p) in records.iter().enumerate() {
-                meta.write_log_record(seq + i as u64, p).map_err(io)?;
+            let mut slot = next.slot;
+            for (i, u) in units.iter().enumerate() {
+                for (j, d) in u.data.iter().enumerate() {
+                    meta.write_log_data(slot + 1 + j as u64, d).map_err(io)?;
+                }
+                let d = u.data.len() as u64;
+                meta.write_log_record(seq + i as u64, slot, &u.payload, d)
+                    .map_err(io)?;
+                slot += 1 + d;
             }
-            if !records.is_empty() {
+            if !units.is_empty() {
                 meta.flush_log().map_err(io)?;
             }
             Ok(())
         })();
         if let Err(e) = written {
             self.log.unlogged.store(true, Ordering::Release);
+            settle(DROPPED);
             return Err(e);
         }
-        // A member that failed on the way is recorded by a commit, now.
-        if self.array.health().has_unrecorded() {
-            return Ok(false);
-        }
-        *next = seq + records.len() as u64;
+        next.seq = seq + units.len() as u64;
+        next.slot += need;
+        self.log.free.store(room - next.slot, Ordering::Release);
+        self.log
+            .journaled
+            .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+        settle(JOURNALED);
         self.log.rounds.fetch_add(1, Ordering::Relaxed);
         self.log.done.fetch_max(r, Ordering::AcqRel);
+        // A member that failed on the way is recorded by a commit, now:
+        // the records written stay (the next round follows them).
+        if self.array.health().has_unrecorded() {
+            self.log.unlogged.store(true, Ordering::Release);
+            return Ok(false);
+        }
         Ok(true)
     }
 
+    /// Should writes over committed data go through the journal? Pools
+    /// with checksums whose data has no second copy now.
+    pub(crate) fn journals(&self) -> bool {
+        self.csums.is_some() && !self.array.health().redundant_now()
+    }
+
+    /// Can the log take `blocks` more journaled blocks (a hint: the round
+    /// drops them if others took the room first)?
+    pub(crate) fn journal_open(&self, blocks: u64) -> bool {
+        !self.log.unlogged.load(Ordering::Acquire)
+            && self.log.free.load(Ordering::Acquire) >= blocks + JOURNAL_SLACK
+            && self.array.state().transition.is_none()
+    }
+
+    /// The log is out of use until a commit (full, or a change it cannot
+    /// describe): the daemon's committer commits at its next tick.
+    pub fn log_wants_commit(&self) -> bool {
+        self.log.unlogged.load(Ordering::Acquire) && self.meta.read().log_ready()
+    }
+
+    /// Write `data` (whole 4 KiB blocks) at byte `within` of chunk `phys`
+    /// through the journal: its checksums are recorded and the blocks
+    /// queued under `w` (the caller's `write_in_progress`, released here),
+    /// a round makes them durable in the log, and only then do they go
+    /// home. A write the log could not take goes home as a write in place
+    /// does (intent first), and the next flush commits. Caller holds the
+    /// gate for read and the chunk's lock for write.
+    pub(crate) fn write_journaled(
+        &self,
+        w: RwLockReadGuard<'_, ()>,
+        phys: Chunk,
+        within: u64,
+        data: Vec<u8>,
+    ) -> Result<()> {
+        self.record(phys, within, &data)?;
+        let job = Arc::new(Journaled {
+            phys,
+            within,
+            data,
+            state: AtomicU8::new(WAITING),
+        });
+        self.log.journal.lock().push(job.clone());
+        drop(w);
+        let ticket = self.log.started.load(Ordering::Acquire);
+        let round = self.round(ticket);
+        let at = self.chunk_size.at(phys, within);
+        let home = |journaled: bool| {
+            let r = match journaled {
+                true => self.array.write_journaled(at, &job.data),
+                false => self.array.write(at, &job.data),
+            };
+            r.map_err(|e| Error::io("writing data", e))
+        };
+        if job.state.load(Ordering::Acquire) == JOURNALED {
+            return home(true);
+        }
+        self.log.journal.lock().retain(|j| !Arc::ptr_eq(j, &job));
+        if let Some(intent) = &self.intent {
+            intent.mark(&self.meta, phys)?;
+        }
+        home(false)?;
+        round.map(|_| ())
+    }
+
     /// Apply the log's records of the last commit and commit them (at
-    /// open, before the write-intent resync; nothing else runs).
+    /// open, before the write-intent resync; nothing else runs). Each
+    /// record's journaled blocks are written home again from a copy that
+    /// matches its checksum; a block no copy of which matches keeps what
+    /// it held before the record (its round never finished, or every copy
+    /// was lost) and is counted.
     pub fn replay_log(&self) -> Result<Replayed> {
         let records = self.meta.read().read_log();
         let mut out = Replayed::default();
@@ -370,11 +595,34 @@ impl ThinPool {
             return Ok(out);
         }
         let _gate = self.gate.write();
-        'records: for (i, p) in records.iter().enumerate() {
-            let entries = match decode(p) {
+        'records: for (i, rec) in records.iter().enumerate() {
+            let entries = match decode(&rec.payload) {
                 Ok(e) => e,
                 Err(why) => {
                     out.stopped = Some(format!("record {} is damaged: {why}", i + 1));
+                    break;
+                }
+            };
+            let data: Vec<(Chunk, u64, u32)> = entries
+                .iter()
+                .filter_map(|e| match *e {
+                    Entry::Data { phys, within, crc } => Some((phys, within, crc)),
+                    _ => None,
+                })
+                .collect();
+            if data.len() as u64 != rec.data {
+                out.stopped = Some(format!(
+                    "record {} names {} journaled blocks where its header says {}",
+                    i + 1,
+                    data.len(),
+                    rec.data
+                ));
+                break;
+            }
+            let (home, keep) = match self.journaled_blocks(rec.slot, &data) {
+                Ok(x) => x,
+                Err(why) => {
+                    out.stopped = Some(format!("record {} does not fit ({why})", i + 1));
                     break;
                 }
             };
@@ -388,6 +636,17 @@ impl ThinPool {
                 }
                 out.entries += 1;
             }
+            let io = |e| Error::io("replaying the flush log", e);
+            for (phys, within, bytes) in &home {
+                self.array
+                    .write(self.chunk_size.at(*phys, *within), bytes)
+                    .map_err(io)?;
+            }
+            for (phys, within, before) in &keep {
+                self.set_block_csum(*phys, *within, *before)?;
+            }
+            out.data_blocks += home.len() as u64;
+            out.data_missing += keep.len() as u64;
             out.records += 1;
         }
         // Checksums of chunks no replayed mapping took.
@@ -397,6 +656,44 @@ impl ThinPool {
         }
         self.commit_inner(false)?;
         Ok(out)
+    }
+
+    /// The journaled blocks of the record at `slot`: those to write home
+    /// (a copy matches), and those whose home keeps what it held, with the
+    /// checksum it had before the record (no copy matches, nor the home).
+    #[allow(clippy::type_complexity)]
+    fn journaled_blocks(
+        &self,
+        slot: u64,
+        data: &[(Chunk, u64, u32)],
+    ) -> std::result::Result<(Vec<(Chunk, u64, Vec<u8>)>, Vec<(Chunk, u64, u32)>), String> {
+        let (mut home, mut keep) = (Vec::new(), Vec::new());
+        let total = self.meta.read().data.total();
+        for (j, &(phys, within, want)) in data.iter().enumerate() {
+            if phys.index() >= total
+                || within % CSUM_BLOCK != 0
+                || within >= self.chunk_size.bytes()
+            {
+                return Err(format!(
+                    "journaled block at {phys}+{within} is outside the pool"
+                ));
+            }
+            let copies = self.meta.read().read_log_data(slot + 1 + j as u64);
+            if let Some(good) = copies.into_iter().find(|b| crc(b) == want) {
+                home.push((phys, within, good));
+                continue;
+            }
+            let mut now = vec![0u8; CSUM_BLOCK as usize];
+            let there = self
+                .array
+                .read(self.chunk_size.at(phys, within), &mut now)
+                .is_ok_and(|()| crc(&now) == want);
+            if !there {
+                let before = self.block_csum(phys, within).map_err(|e| e.to_string())?;
+                keep.push((phys, within, before.unwrap_or_else(|| crc(&now))));
+            }
+        }
+        Ok((home, keep))
     }
 
     fn apply(&self, e: Entry) -> std::result::Result<(), String> {
@@ -423,6 +720,8 @@ impl ThinPool {
                 }
                 None => Err("a checksum on a pool without checksums".into()),
             },
+            // Written home by the caller, which checked them.
+            Entry::Data { .. } => Ok(()),
         }
     }
 }
@@ -446,14 +745,33 @@ mod tests {
                 group: [i as u32; CSUM_GROUP],
             });
         }
-        let records = pack(&entries);
-        assert!(records.len() > 1);
-        assert!(records.iter().all(|r| r.len() <= LOG_PAYLOAD));
-        let back: Vec<Entry> = records
-            .iter()
-            .flat_map(|r| decode(r).expect("decodes"))
+        let block = vec![7u8; CSUM_BLOCK as usize];
+        let blocks: Vec<(Entry, &[u8])> = (0..300u64)
+            .map(|i| {
+                let e = Entry::Data {
+                    phys: Chunk(i),
+                    within: i * CSUM_BLOCK,
+                    crc: i as u32,
+                };
+                (e, block.as_slice())
+            })
             .collect();
-        assert_eq!(back, entries);
+        let records = pack(&entries, &blocks);
+        assert!(records.len() > 1);
+        assert!(records.iter().all(|r| r.payload.len() <= LOG_PAYLOAD));
+        let mut back = Vec::new();
+        for r in &records {
+            let got = decode(&r.payload).expect("decodes");
+            let data = got
+                .iter()
+                .filter(|e| matches!(e, Entry::Data { .. }))
+                .count();
+            assert_eq!(data, r.data.len(), "each record is followed by its blocks");
+            back.extend(got);
+        }
+        let mut want = entries.clone();
+        want.extend(blocks.iter().map(|(e, _)| *e));
+        assert_eq!(back, want);
         assert!(decode(&[9, 0, 0]).is_err());
         assert!(decode(&[MAP, 0, 0]).is_err());
     }

@@ -9,6 +9,7 @@ use crate::raid::health::{Dir, Fault};
 use crate::raid::parity::xor_into;
 use crate::raid::RaidLevel;
 use std::io;
+use std::sync::atomic::Ordering;
 
 /// One way to read a range: as member `member` stores it (`direct`), or as
 /// the other members of its raid5 row say it should be.
@@ -98,6 +99,7 @@ impl Array {
     /// Write good bytes over a direct copy that was found bad. Parity is
     /// left alone: it already agrees with the good data.
     pub fn rewrite_copy(&self, c: Copy, offset: u64, good: &[u8]) -> io::Result<()> {
+        self.unflushed.store(true, Ordering::Release);
         let st = self.state.read();
         let v = self.view(&st.geo, &st.members, None);
         let moff = member_offset(&v, c.member, offset, good.len())?;
@@ -122,6 +124,9 @@ impl Array {
         len: u64,
         repair: bool,
     ) -> io::Result<Vec<(usize, u64)>> {
+        if repair {
+            self.unflushed.store(true, Ordering::Release);
+        }
         let st = self.state.read();
         if st.geo.level != RaidLevel::Raid5
             || st.transition.is_some()

@@ -5,10 +5,12 @@
 //! A directory block (kind `LogDir`, named by the superblock from version
 //! 7) lists the log's blocks, allocated once and never freed. Record `seq`
 //! (1, 2, ...) of the transaction after commit `txid` is written whole
-//! into the `seq`-th block, on every metadata copy, by one flush; its
-//! header says `txid` (the commit it applies to) and `seq`, so that after
-//! a crash the records of the last commit are read in order up to the
-//! first block that is not the next one (torn, stale, or never written).
+//! into a block, on every metadata copy, by one flush; its header says
+//! `txid` (the commit it applies to), `seq`, and (from version 8) how many
+//! raw 4 KiB blocks of journaled data follow it before the next record.
+//! Record 1 is in the first block. After a crash the records of the last
+//! commit are read in order up to the first block that is not the next
+//! one (torn, stale, or never written).
 //! A commit starts the log again from its first block: the records of
 //! older transactions no longer match the committed `txid`.
 
@@ -18,12 +20,22 @@ use crate::meta::spacemap::pages_for;
 use crate::thin::store::superblock::MAX_MSM_PAGES;
 use std::io;
 
+/// One record as read back: its payload, the log block it is in, and how
+/// many journaled data blocks follow it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRecord {
+    pub payload: Vec<u8>,
+    pub slot: u64,
+    pub data: u64,
+}
+
 /// Payload bytes one log block holds.
 pub const LOG_PAYLOAD: usize = BLOCK_SIZE - HEADER_SIZE;
-/// Blocks a log has at most (one flush each before a commit is needed).
-pub const LOG_BLOCKS: u64 = 256;
 /// Block numbers a directory block holds.
 const DIR_ENTRIES: usize = (BLOCK_SIZE - HEADER_SIZE) / 8;
+/// Blocks a log has at most (records and journaled data; a commit starts
+/// it again): as many as one directory block lists.
+pub const LOG_BLOCKS: u64 = DIR_ENTRIES as u64;
 
 impl MetaStore {
     /// The log's blocks in order (empty: the pool has no log yet).
@@ -127,14 +139,19 @@ impl MetaStore {
         Ok(())
     }
 
-    /// Write record `seq` of the running transaction into the log's
-    /// `seq`-th block on every metadata copy (not flushed).
-    pub fn write_log_record(&self, seq: u64, payload: &[u8]) -> io::Result<()> {
-        let Some(&b) = self.log_blocks.get((seq as usize).wrapping_sub(1)) else {
-            return Err(io::Error::other(format!(
-                "flush log record {seq} past its end"
-            )));
-        };
+    /// Write record `seq` of the running transaction into the log's block
+    /// `slot` on every metadata copy (not flushed). `data` journaled data
+    /// blocks follow it, in blocks `slot + 1 ..= slot + data`.
+    pub fn write_log_record(
+        &self,
+        seq: u64,
+        slot: u64,
+        payload: &[u8],
+        data: u64,
+    ) -> io::Result<()> {
+        // Its data blocks must fit after it.
+        self.log_slot(slot.saturating_add(data))?;
+        let b = self.log_slot(slot)?;
         if payload.len() > LOG_PAYLOAD {
             return Err(io::Error::other("flush log record larger than a block"));
         }
@@ -146,6 +163,7 @@ impl MetaStore {
             pool_tag: self.blocks.pool_tag,
             owner: payload.len() as u64,
             low_key: seq,
+            next: data,
             ..Header::default()
         }
         .write(&mut blk);
@@ -154,20 +172,55 @@ impl MetaStore {
         self.blocks.write_place(Place::Block(b), &blk)
     }
 
-    /// The payloads of the records of the running transaction, in order:
-    /// up to the first block that is not the next record on any copy. A
-    /// record a crash left on some copies only is taken from one that has
-    /// it (its data was flushed before it was written); the replay's
-    /// commit makes the log's copies irrelevant, so none is rewritten.
-    pub fn read_log(&self) -> Vec<Vec<u8>> {
+    /// Write a journaled data block (4 KiB, raw: the record before it
+    /// holds its checksum) into the log's block `slot` on every copy.
+    pub fn write_log_data(&self, slot: u64, data: &[u8]) -> io::Result<()> {
+        let b = self.log_slot(slot)?;
+        if data.len() != BLOCK_SIZE {
+            return Err(io::Error::other("journaled data is not one block"));
+        }
+        self.blocks.write_place(Place::Block(b), data)
+    }
+
+    /// Every readable copy of the log's block `slot` (journaled data).
+    pub fn read_log_data(&self, slot: u64) -> Vec<Vec<u8>> {
+        let Ok(b) = self.log_slot(slot) else {
+            return Vec::new();
+        };
+        self.blocks
+            .read_place_copies(Place::Block(b))
+            .into_iter()
+            .filter_map(|(_, _, r)| r.ok())
+            .collect()
+    }
+
+    fn log_slot(&self, slot: u64) -> io::Result<Block> {
+        self.log_blocks
+            .get(slot as usize)
+            .copied()
+            .ok_or_else(|| io::Error::other(format!("flush log block {slot} past its end")))
+    }
+
+    /// The records of the running transaction, in order: up to the first
+    /// block that is not the next record on any copy. Record 1 is in the
+    /// first block, and each record's journaled data blocks come between
+    /// it and the next. A record a crash left on some copies only is taken
+    /// from one that has it; the replay's commit makes the log's copies
+    /// irrelevant, so none is rewritten.
+    pub fn read_log(&self) -> Vec<LogRecord> {
         let (base, tag) = (self.committed.txid, self.blocks.pool_tag);
         let mut out = Vec::new();
-        for (i, &b) in self.log_blocks.iter().enumerate() {
-            let seq = i as u64 + 1;
+        let mut slot = 0u64;
+        let room = self.log_blocks.len() as u64;
+        while let Some(&b) = self.log_blocks.get(slot as usize) {
+            let seq = out.len() as u64 + 1;
             let check = |blk: &[u8]| {
                 let h = Header::validate(blk, BlockKind::Log, b.index(), tag, base).ok()?;
-                (h.txid == base && h.low_key == seq && h.owner as usize <= LOG_PAYLOAD)
-                    .then_some(h.owner as usize)
+                (h.txid == base
+                    && h.low_key == seq
+                    && h.owner as usize <= LOG_PAYLOAD
+                    && h.next < room - slot)
+                    .then_some((h.owner as usize, h.next))
             };
             let found = self
                 .blocks
@@ -175,11 +228,18 @@ impl MetaStore {
                 .into_iter()
                 .find_map(|(_, _, r)| {
                     let blk = r.ok()?;
-                    let len = check(&blk)?;
-                    Some(blk[HEADER_SIZE..HEADER_SIZE + len].to_vec())
+                    let (len, data) = check(&blk)?;
+                    Some(LogRecord {
+                        payload: blk[HEADER_SIZE..HEADER_SIZE + len].to_vec(),
+                        slot,
+                        data,
+                    })
                 });
             match found {
-                Some(p) => out.push(p),
+                Some(r) => {
+                    slot += 1 + r.data;
+                    out.push(r);
+                }
                 None => break,
             }
         }

@@ -40,6 +40,11 @@ pub const SB_VERSION_EXTENTS: u32 = 6;
 /// Written once a pool has a log (its first commit by this version).
 /// Older readers refuse it (they would not replay the flushes it holds).
 pub const SB_VERSION_LOG: u32 = 7;
+/// Version 7 whose log records may be followed by journaled data blocks
+/// (a record's header field `next` counts them; see `store::log`). Every
+/// commit of a pool with a log writes it; older readers refuse it (they
+/// would take a data block for the end of the log).
+pub const SB_VERSION_JOURNAL: u32 = 8;
 /// Feature bit (byte 12, version 5): the pool keeps data checksums.
 const FEATURE_CSUM: u32 = 1;
 /// Feature bit: the metadata area does not grow on its own (`pool set
@@ -201,7 +206,7 @@ impl Superblock {
             &mut b,
             8,
             if !self.log_dir.is_none() {
-                SB_VERSION_LOG
+                SB_VERSION_JOURNAL
             } else if self.is_v6() {
                 SB_VERSION_EXTENTS
             } else {
@@ -295,13 +300,13 @@ impl Superblock {
             return Err(BlockFault::Checksum);
         }
         let version = get_u32(b, 8);
-        if !(SB_VERSION..=SB_VERSION_LOG).contains(&version) {
+        if !(SB_VERSION..=SB_VERSION_JOURNAL).contains(&version) {
             return Err(BlockFault::Version(version));
         }
         let msm_pages = get_u32(b, 128);
         // Before version 6 the selector could reach the last bytes.
         let max_pages = match version {
-            SB_VERSION_LOG => MAX_MSM_PAGES,
+            SB_VERSION_LOG | SB_VERSION_JOURNAL => MAX_MSM_PAGES,
             SB_VERSION_EXTENTS => MAX_MSM_PAGES_V6,
             _ => MAX_MSM_PAGES_V5,
         };
@@ -501,11 +506,15 @@ mod tests {
         assert_eq!(get_u32(&tb, 8), SB_VERSION_EXTENTS);
         assert_eq!(get_u64(&tb, 56), pack_ptr(Block(99), 12));
         assert_eq!(Superblock::decode(&tb).unwrap(), t);
-        // A flush log: version 7, its directory before the extent list.
+        // A flush log: version 8, its directory before the extent list;
+        // version 7 (written before the data journal) reads the same.
         let mut l = x.clone();
         l.log_dir = Block(77);
-        let lb = l.encode();
-        assert_eq!(get_u32(&lb, 8), SB_VERSION_LOG);
+        let mut lb = l.encode();
+        assert_eq!(get_u32(&lb, 8), SB_VERSION_JOURNAL);
+        assert_eq!(Superblock::decode(&lb).unwrap(), l);
+        put_u32(&mut lb, 8, SB_VERSION_LOG);
+        seal(&mut lb, salt::SUPERBLOCK);
         assert_eq!(get_u64(&lb, LOG_DIR), 77);
         assert_eq!(get_u32(&lb, FEATURES) & FEATURE_LOG, FEATURE_LOG);
         assert_eq!(Superblock::decode(&lb).unwrap(), l);
