@@ -435,12 +435,17 @@ fn print_status(i: &PoolInfo) {
     );
     if i.flushes > 0 || i.metadata_log > 0 {
         println!(
-            "  flush: {} flushes since open, {} through the {} flush log ({} rounds), {} by a commit",
+            "  flush: {} flushes since open, {} through the {} flush log ({} rounds), {} by a commit{}",
             i.flushes,
             i.flushes - i.flush_commits.min(i.flushes),
             format_size(i.metadata_log),
             i.flush_log_rounds,
-            i.flush_commits
+            i.flush_commits,
+            if i.journaled_blocks > 0 {
+                format!("; {} journaled", format_size(i.journaled_blocks * 4096))
+            } else {
+                String::new()
+            }
         );
     }
     println!(

@@ -231,7 +231,7 @@ pub fn render(s: &Snapshot) -> String {
             p,
             info.snapshots as f64,
         );
-        let counters: [(&'static str, &'static str, u64); 6] = [
+        let counters: [(&'static str, &'static str, u64); 7] = [
             (
                 "vpool_pool_flushes_total",
                 "Client flushes since the pool was opened.",
@@ -246,6 +246,11 @@ pub fn render(s: &Snapshot) -> String {
                 "vpool_pool_flush_commits_total",
                 "Client flushes served by a whole commit.",
                 info.flush_commits,
+            ),
+            (
+                "vpool_pool_journaled_blocks_total",
+                "4 KiB blocks written through the data journal (pools without a second copy).",
+                info.journaled_blocks,
             ),
             (
                 "vpool_pool_metadata_repairs_total",

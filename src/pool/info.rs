@@ -73,6 +73,10 @@ pub struct PoolInfo {
     pub flush_log_rounds: u64,
     #[serde(default)]
     pub flush_commits: u64,
+    /// 4 KiB blocks written through the data journal since the pool was
+    /// opened (pools whose data has no second copy).
+    #[serde(default)]
+    pub journaled_blocks: u64,
     /// Removed volumes whose space is still being released.
     #[serde(default)]
     pub releasing: usize,
@@ -235,6 +239,7 @@ impl Pool {
             flushes: flush.flushes,
             flush_log_rounds: flush.log_rounds,
             flush_commits: flush.commits,
+            journaled_blocks: flush.journaled_blocks,
             releasing: meta.releasing(),
             transaction: meta.committed().txid,
             metadata_repairs: meta.blocks.mirror.repaired(),
