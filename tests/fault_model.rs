@@ -10,8 +10,9 @@
 //! - linear x1, linear x2, raid0 x2, faults on any member: a read returns
 //!   the client's bytes or an error, never others; after a power cut each
 //!   block is what was last flushed or what was written after it. Lies
-//!   (lost, misdirected, torn writes) meet power cuts where the metadata
-//!   has two copies (the data journal's work, see `thin::log`).
+//!   (lost, misdirected, torn writes), from one member between power cuts,
+//!   meet power cuts where the metadata has two copies (the data
+//!   journal's work, see `thin::log`).
 //!
 //! `VPOOL_FAULT_CASES=n` runs more random cases (default 12 per level).
 
@@ -310,6 +311,9 @@ fn plain_case(level: RaidLevel, n: usize, case: u64, steps: u64, lie_cuts: bool)
             // data journal's work); one copy cannot survive a lie about
             // metadata, so a one-member pool restarts cleanly after lies.
             let clean_restarts = lies && (n < 2 || !lie_cuts);
+            // Between power cuts only one member lies: two copies cannot
+            // outvote lies on both (as with one faulty member of a mirror).
+            let mut liar = rng.below(n as u64) as usize;
             // Every version of a block written since the last good flush:
             // after a crash any of them may be there (writes reach the
             // medium in any order before a flush).
@@ -370,7 +374,10 @@ fn plain_case(level: RaidLevel, n: usize, case: u64, steps: u64, lie_cuts: bool)
                         }
                     },
                     8 => {
-                        let victim = rng.below(n as u64) as usize;
+                        let victim = match lies && !clean_restarts {
+                            true => liar,
+                            false => rng.below(n as u64) as usize,
+                        };
                         let kinds = if lies { 2..5 } else { 0..2 };
                         log.push(arm(&mut rng, &m.plans[victim], kinds));
                         false
@@ -394,6 +401,7 @@ fn plain_case(level: RaidLevel, n: usize, case: u64, steps: u64, lie_cuts: bool)
                 } else {
                     // A power cut (or a restart after the pool failed).
                     st.power_cuts += 1;
+                    liar = rng.below(n as u64) as usize;
                     log.push("power cut");
                 }
                 drop(pool);
