@@ -1,8 +1,9 @@
 //! The data journal (issue 15): on pools whose data has no second copy,
-//! small writes over data a commit or flush-log record holds go through
-//! the flush log and reach their home only once durable there, so a
-//! device that lies about a write (lost, misdirected, torn) and then loses
-//! power costs an error at worst, never other bytes. Before the journal,
+//! small writes over data a commit or flush-log record holds go home only
+//! once the log names them (an intent with the new checksum), and the next
+//! flush's round logs a copy of their blocks, so a device that lies about
+//! a write (lost, misdirected, torn) and then loses power costs an error
+//! at worst, never other bytes. Before the journal,
 //! the crash resync kept whatever a region written in place held, and the
 //! first test returned old data as flushed data.
 

@@ -230,6 +230,28 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     // Background commits bound how much unflushed work a crash can lose.
     let stop_commits = Arc::new(AtomicBool::new(false));
+    // A flush log out of use (full, or a change it cannot describe) sends
+    // flushes to commits and small overwrites on pools without redundancy
+    // to fresh chunks until the next commit: commit within milliseconds.
+    let log_committer = {
+        let engine = engine.clone();
+        let stop = stop_commits.clone();
+        std::thread::spawn(move || {
+            let mut last_error = String::new();
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+                for (name, pool) in engine.all() {
+                    match pool.commit_if_log_closed() {
+                        Err(e) if e.to_string() != last_error => {
+                            tracing::error!(pool = %name, "commit failed: {e}");
+                            last_error = e.to_string();
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        })
+    };
     let committer = {
         let engine = engine.clone();
         let stop = stop_commits.clone();
@@ -263,11 +285,6 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                             last_error.insert(name.clone(), e.to_string());
                         }
                         Err(_) => {}
-                    }
-                }
-                for (name, pool) in engine.all() {
-                    if let Err(e) = pool.commit_if_log_closed() {
-                        tracing::error!(pool = %name, "commit failed: {e}");
                     }
                 }
                 if waited < every {
@@ -314,6 +331,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     engine.stop_jobs();
     stop_commits.store(true, Ordering::Relaxed);
     let _ = committer.join();
+    let _ = log_committer.join();
     let mut failed = false;
     for (name, pool) in engine.all() {
         match pool.close() {

@@ -350,12 +350,18 @@ impl Array {
         self.dispatch(offset, buf.len(), |v, off, r| v.write(off, &buf[r]))
     }
 
-    /// Write bytes that are already durable elsewhere (journaled data
-    /// going home, see `thin::log`): they do not make the next
-    /// [`Array::flush_if_written`] flush.
+    /// Write bytes that the next flush makes durable elsewhere (journaled
+    /// data, see `thin::log`): they do not make the next
+    /// [`Array::flush_if_written`] flush; [`Array::mark_written`] when
+    /// they turn out not to be.
     pub fn write_journaled(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         self.check_writable()?;
         self.dispatch(offset, buf.len(), |v, off, r| v.write(off, &buf[r]))
+    }
+
+    /// The next [`Array::flush_if_written`] flushes.
+    pub fn mark_written(&self) {
+        self.unflushed.store(true, Ordering::Release);
     }
 
     /// Flush unless nothing was written through [`Array::write`] (or a

@@ -170,10 +170,8 @@ impl ThinPool {
 
     fn write_piece(&self, vol: u64, vchunk: u64, within: u64, data: &[u8]) -> Result<()> {
         let cs = self.chunk_size;
-        // The chunk lock first: a journaled write holds it while it waits
-        // for a round, which takes `writes` for write.
         let _l = self.chunk_lock(vol, vchunk).write();
-        let w = self.write_in_progress();
+        let mut _w = self.write_in_progress();
         let old = self.lookup(vol, vchunk)?;
         let mut in_place_if_full = None;
         if let Some(m) = &old {
@@ -183,19 +181,24 @@ impl ThinPool {
             if m.exclusive && (m.new || self.array.overwrite_in_place(data.len() as u64, cs)) {
                 if !m.new && self.journals() {
                     // Without a second copy, data a commit or record holds
-                    // is changed only through the journal (see `log`): small
-                    // writes journaled, larger ones (and any the log cannot
-                    // take now) written afresh, as on RAID5.
+                    // is changed in place only once the log names the new
+                    // blocks (see `log`): small writes so, larger ones (or
+                    // any while the log cannot take them) written afresh.
                     let (a0, a1) = (
                         within / BLK * BLK,
                         (within + data.len() as u64).div_ceil(BLK) * BLK,
                     );
-                    if a1 - a0 <= JOURNAL_MAX.min(cs.bytes() / 2)
-                        && self.journal_open((a1 - a0) / BLK)
-                    {
-                        self.check_meta_room(&self.meta.read(), SpaceUse::Ordinary)?;
+                    self.check_meta_room(&self.meta.read(), SpaceUse::Ordinary)?;
+                    if a1 - a0 <= JOURNAL_MAX.min(cs.bytes() / 2) {
                         let buf = self.widen(m.phys, within, data)?;
-                        return self.write_journaled(w, m.phys, a0, buf.into_owned());
+                        // A round takes `writes` for write; the chunk lock
+                        // keeps the mapping and the blocks meanwhile.
+                        drop(_w);
+                        let named = self.intend(m.phys, a0, &buf)?;
+                        _w = self.write_in_progress();
+                        if named {
+                            return self.write_journaled(m.phys, a0, &buf);
+                        }
                     }
                     in_place_if_full = Some(m.phys);
                 } else {
@@ -214,14 +217,11 @@ impl ThinPool {
             self.check_meta_room(&meta, SpaceUse::Ordinary)?;
             match (meta.data_alloc(), in_place_if_full) {
                 (Ok(c), _) => c,
-                // A full pool still takes overwrites: in place, as before
-                // the journal (the intent block first).
+                // A full pool still takes overwrites: in place, with the
+                // write-intent block.
                 (Err(_), Some(phys)) => {
                     drop(meta);
-                    if let Some(intent) = &self.intent {
-                        intent.mark(&self.meta, phys)?;
-                    }
-                    return self.write_in_place(phys, within, data);
+                    return self.write_unjournaled(phys, within, data);
                 }
                 (Err(e), None) => return Err(e),
             }
@@ -381,6 +381,9 @@ impl ThinPool {
 
     pub(crate) fn commit_inner(&self, close: bool) -> Result<()> {
         let round = self.log_commit_starts();
+        if self.log_written() {
+            self.meta.write().log_used();
+        }
         self.array
             .flush()
             .map_err(|e| Error::io("flushing data", e))?;
@@ -480,6 +483,16 @@ impl ThinPool {
         let buf = self.widen(phys, within, data)?;
         write(a0, &buf)?;
         self.record(phys, a0, &buf)
+    }
+
+    /// A write in place on a journaling pool that the log does not name
+    /// (the pool is full): the intent block first, as on other pools.
+    fn write_unjournaled(&self, phys: Chunk, within: u64, data: &[u8]) -> Result<()> {
+        self.journal_forget(phys, within, data.len() as u64);
+        if let Some(intent) = &self.intent {
+            intent.mark(&self.meta, phys)?;
+        }
+        self.write_in_place(phys, within, data)
     }
 
     /// `data` for byte `within` of chunk `phys`, widened to whole 4 KiB

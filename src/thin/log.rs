@@ -13,21 +13,27 @@
 //! as a round that started after it was called has finished. Writes and
 //! other volumes' I/O go on during a round; only commits wait for it.
 //!
-//! Journaled data (pools whose data has no second copy, with checksums):
-//! a small write over data a commit or record already holds does not go
-//! home at once. Its blocks ride in the next round, in the log blocks
-//! after the record whose entries give their place and checksum, and go
-//! home only once that round is durable (dm-integrity's journal mode).
-//! So a block's home is never changed by a write nothing durable names,
-//! and the replay writes every journaled block home again: a device that
-//! lost, tore or misplaced a home write is corrected, and one that lied
-//! about the journal is caught by its checksum on every copy. Without
-//! this, a crash left the resync unable to tell an unflushed write in
-//! place from a lie (see `resync`). The writer waits for its round (they
-//! share rounds, as flushes do), so a client's flush after it has
-//! nothing left to do: one sequential write and one flush of the
-//! metadata copies per round, where a write in place needs the data
-//! flush, the intent block and the record.
+//! Writes in place on pools whose data has no second copy (with
+//! checksums): the crash resync cannot tell an unflushed write in place
+//! from a device that lost, tore or misplaced one (the region write-intent
+//! block only says "something in this region"), so such a pool changes
+//! data a commit or record holds in place only once the log names the
+//! write: a small write queues one `Intent` entry per 4 KiB block (place
+//! and new checksum) and waits for a round that holds them (`intend`;
+//! writers share rounds, and these rounds write nothing else), then goes
+//! home. At replay a block an intent names keeps what it holds only when
+//! that is its checksummed bytes or a write the log names; anything else
+//! reads as an error. A later checksum entry that gives the block one of
+//! those writes settles it (that write was flushed). Larger writes, and
+//! any while the log cannot take intents, are written afresh (as on
+//! RAID5).
+//!
+//! Journaled data: a copy of each such block also waits in memory for the
+//! next flush's round, which writes it in the log blocks after the record
+//! whose `Data` entries give its place and checksum (at most half the
+//! log's free room; the rest is flushed on the members as usual). The
+//! replay writes those blocks home again, so a lost or torn home write the
+//! client flushed is repaired rather than reported.
 //!
 //! After a crash, the records of the last commit are replayed onto it in
 //! order (`replay_log`, before the write-intent resync) and committed. Each
@@ -41,12 +47,12 @@ use super::ThinPool;
 use crate::error::{Error, Result};
 use crate::meta::codec::{get_u32, get_u64, put_u32, put_u64};
 use crate::thin::csum::crc;
-use crate::thin::store::csum::{csum_key_chunk, Group, CSUM_BLOCK, CSUM_GROUP};
+use crate::thin::store::csum::{Group, CSUM_BLOCK, CSUM_GROUP};
 use crate::thin::store::log::LOG_PAYLOAD;
 use crate::units::Chunk;
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// One change a record holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,12 +79,21 @@ pub(crate) enum Entry {
         within: u64,
         crc: u32,
     },
+    /// Block `within` (4 KiB aligned) of chunk `phys` is about to be
+    /// overwritten in place with bytes whose checksum is `crc`.
+    Intent {
+        phys: Chunk,
+        within: u64,
+        crc: u32,
+    },
 }
 
 const MAP: u8 = 1;
 const UNMAP: u8 = 2;
 const CSUM: u8 = 3;
 const DATA: u8 = 4;
+const INTENT: u8 = 5;
+/// Length of a `Data` or `Intent` entry.
 const DATA_LEN: usize = 21;
 
 impl Entry {
@@ -87,7 +102,7 @@ impl Entry {
             Entry::Map { .. } => 25,
             Entry::Unmap { .. } => 17,
             Entry::Csum { .. } => 9 + 4 * CSUM_GROUP,
-            Entry::Data { .. } => DATA_LEN,
+            Entry::Data { .. } | Entry::Intent { .. } => DATA_LEN,
         }
     }
 
@@ -114,8 +129,12 @@ impl Entry {
                     put_u32(b, 9 + 4 * i, *c);
                 }
             }
-            Entry::Data { phys, within, crc } => {
-                b[0] = DATA;
+            Entry::Data { phys, within, crc } | Entry::Intent { phys, within, crc } => {
+                b[0] = if matches!(self, Entry::Data { .. }) {
+                    DATA
+                } else {
+                    INTENT
+                };
                 put_u64(b, 1, phys.index());
                 put_u64(b, 9, within);
                 put_u32(b, 17, crc);
@@ -132,7 +151,7 @@ pub(crate) fn decode(mut p: &[u8]) -> std::result::Result<Vec<Entry>, String> {
             MAP => 25,
             UNMAP => 17,
             CSUM => 9 + 4 * CSUM_GROUP,
-            DATA => DATA_LEN,
+            DATA | INTENT => DATA_LEN,
             t => return Err(format!("unknown entry type {t}")),
         };
         if p.len() < need {
@@ -149,6 +168,11 @@ pub(crate) fn decode(mut p: &[u8]) -> std::result::Result<Vec<Entry>, String> {
                 vchunk: get_u64(p, 9),
             },
             DATA => Entry::Data {
+                phys: Chunk(get_u64(p, 1)),
+                within: get_u64(p, 9),
+                crc: get_u32(p, 17),
+            },
+            INTENT => Entry::Intent {
                 phys: Chunk(get_u64(p, 1)),
                 within: get_u64(p, 9),
                 crc: get_u32(p, 17),
@@ -203,23 +227,14 @@ fn pack<'a>(entries: &[Entry], blocks: &[(Entry, &'a [u8])]) -> Vec<Unit<'a>> {
     out
 }
 
-/// A journaled write waiting for its round (see `ThinPool::write_journaled`).
-pub(crate) struct Journaled {
-    phys: Chunk,
-    /// 4 KiB aligned, as is the data's length.
-    within: u64,
-    data: Vec<u8>,
-    /// WAITING, then JOURNALED (durable in the log: may go home) or
-    /// DROPPED (taken by a round that could not write it).
-    state: AtomicU8,
-}
+/// Copies of the blocks written in place since the last round, waiting
+/// for it (see the module's notes): by (data chunk, byte within it), the
+/// last write wins.
+type Journal = BTreeMap<(u64, u64), Box<[u8]>>;
 
-/// Log blocks a writer leaves for the records of a round.
-const JOURNAL_SLACK: u64 = 16;
-
-const WAITING: u8 = 0;
-const JOURNALED: u8 = 1;
-const DROPPED: u8 = 2;
+/// Most blocks the journal holds between rounds (4 MiB), and at most half
+/// the log's free blocks (the rest is for the records).
+const JOURNAL_BLOCKS: usize = 1024;
 
 /// Where the next record goes.
 #[derive(Default)]
@@ -237,8 +252,13 @@ pub(crate) struct FlushLog {
     maps: Mutex<Vec<Entry>>,
     /// Serializes rounds; says where the next record goes.
     next: Mutex<Next>,
-    /// Journaled writes waiting for a round.
-    journal: Mutex<Vec<Arc<Journaled>>>,
+    /// Blocks written in place waiting for a round.
+    journal: Mutex<Journal>,
+    /// `Intent` entries waiting for a round (see `ThinPool::intend`), and
+    /// the rounds that took them: started, and the last one finished.
+    intents: Mutex<Vec<Entry>>,
+    istarted: AtomicU64,
+    idone: AtomicU64,
     /// Log blocks not yet written in this transaction (a hint for writers:
     /// rounds update it, commits reset it).
     free: AtomicU64,
@@ -278,21 +298,6 @@ pub struct FlushStats {
     pub commits: u64,
     /// 4 KiB blocks of writes journaled through the log.
     pub journaled_blocks: u64,
-}
-
-/// What replaying the log did (at open).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Replayed {
-    pub records: u64,
-    pub entries: u64,
-    /// Why the replay stopped before the last record, if it did.
-    pub stopped: Option<String>,
-    /// Journaled blocks written home again.
-    pub data_blocks: u64,
-    /// Journaled blocks no copy of which matched its checksum (a round a
-    /// crash cut short, or every copy lost): their blocks keep what they
-    /// held before the record.
-    pub data_missing: u64,
 }
 
 /// The gate held for write by something other than the data path: what it
@@ -347,10 +352,18 @@ impl ThinPool {
         self.log.done.fetch_max(r, Ordering::AcqRel);
     }
 
+    /// Has a record been written since the last commit? (Caller holds
+    /// the gate for write: no round runs.)
+    pub(crate) fn log_written(&self) -> bool {
+        self.log.next.lock().slot > 0
+    }
+
     /// Nothing is queued for a record any more, and the next record is
     /// the first of the transaction (the memory now matches the commit).
     fn log_restart(&self) {
         self.log.maps.lock().clear();
+        self.log.journal.lock().clear();
+        self.log.intents.lock().clear();
         if let Some(c) = &self.csums {
             c.forget_unlogged();
         }
@@ -405,33 +418,41 @@ impl ThinPool {
         self.round(ticket)
     }
 
+    /// Can records be written now? (Caller holds `next`.)
+    fn log_usable(&self) -> Result<bool> {
+        if let Some(e) = self.array.health().broken_error() {
+            return Err(Error::io("flushing", e));
+        }
+        Ok(!self.log.unlogged.load(Ordering::Acquire)
+            && self.meta.read().log_ready()
+            && self.array.state().transition.is_none())
+    }
+
     /// `flush_round` for a caller that holds the gate for read.
     fn round(&self, ticket: u64) -> Result<bool> {
         let mut next = self.log.next.lock();
         if self.log.done.load(Ordering::Acquire) > ticket {
             return Ok(true);
         }
-        if let Some(e) = self.array.health().broken_error() {
-            return Err(Error::io("flushing", e));
-        }
-        if self.log.unlogged.load(Ordering::Acquire)
-            || !self.meta.read().log_ready()
-            || self.array.state().transition.is_some()
-        {
+        if !self.log_usable()? {
             return Ok(false);
         }
         let r = self.log.started.fetch_add(1, Ordering::AcqRel) + 1;
+        let ir = self.log.istarted.fetch_add(1, Ordering::AcqRel) + 1;
         let (entries, journal) = {
             let _w = self.log.writes.write();
-            let mut entries = std::mem::take(&mut *self.log.maps.lock());
+            let journal = std::mem::take(&mut *self.log.journal.lock());
+            let mut entries = std::mem::take(&mut *self.log.intents.lock());
+            let maps = std::mem::take(&mut *self.log.maps.lock());
             {
                 let mut meta = self.meta.write();
-                for e in &entries {
+                for e in &maps {
                     if let Entry::Map { phys, .. } = e {
                         meta.data.set_logged(*phys);
                     }
                 }
             }
+            entries.extend(maps);
             if let Some(c) = &self.csums {
                 entries.extend(
                     c.take_unlogged()
@@ -439,45 +460,60 @@ impl ThinPool {
                         .map(|(key, group)| Entry::Csum { key, group }),
                 );
             }
-            (entries, std::mem::take(&mut *self.log.journal.lock()))
-        };
-        let settle = |state: u8| {
-            for j in &journal {
-                j.state.store(state, Ordering::Release);
-            }
+            (entries, journal)
         };
         let blocks: Vec<(Entry, &[u8])> = journal
             .iter()
-            .flat_map(|j| {
-                j.data
-                    .chunks(CSUM_BLOCK as usize)
-                    .enumerate()
-                    .map(|(i, b)| {
-                        let e = Entry::Data {
-                            phys: j.phys,
-                            within: j.within + i as u64 * CSUM_BLOCK,
-                            crc: crc(b),
-                        };
-                        (e, b)
-                    })
+            .map(|(&(phys, within), b)| {
+                let e = Entry::Data {
+                    phys: Chunk(phys),
+                    within,
+                    crc: crc(b),
+                };
+                (e, &b[..])
             })
             .collect();
-        let units = pack(&entries, &blocks);
+        // Data written home since the last flush (journaled blocks are
+        // made durable by the log instead).
+        let flushed = self
+            .array
+            .flush_if_written()
+            .map_err(|e| Error::io("flushing data", e));
+        if let Err(e) = flushed {
+            self.log.unlogged.store(true, Ordering::Release);
+            return Err(e);
+        }
+        if !self.write_units(&mut next, &pack(&entries, &blocks))? {
+            return Ok(false);
+        }
+        self.log
+            .journaled
+            .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+        self.log.rounds.fetch_add(1, Ordering::Relaxed);
+        self.log.idone.fetch_max(ir, Ordering::AcqRel);
+        self.log.done.fetch_max(r, Ordering::AcqRel);
+        // A member that failed on the way is recorded by a commit, now:
+        // the records written stay (the next round follows them).
+        if self.array.health().has_unrecorded() {
+            self.log.unlogged.store(true, Ordering::Release);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Write records (each followed by its journaled blocks) after the
+    /// last one, on every metadata copy, and flush the copies. False: no
+    /// room (what they held is now only a commit's). An error leaves the
+    /// log out of use until a commit.
+    fn write_units(&self, next: &mut Next, units: &[Unit<'_>]) -> Result<bool> {
         let seq = next.seq.max(1);
         let room = self.meta.read().log_blocks().len() as u64;
         let need: u64 = units.iter().map(|u| 1 + u.data.len() as u64).sum();
         if next.slot + need > room {
-            // Taken, not written: only a commit holds them now.
             self.log.unlogged.store(true, Ordering::Release);
-            settle(DROPPED);
             return Ok(false);
         }
         let written = (|| {
-            // Data written home since the last flush (journaled data is
-            // durable in the log instead).
-            self.array
-                .flush_if_written()
-                .map_err(|e| Error::io("flushing data", e))?;
             let meta = self.meta.read();
             let io = |e| Error::io("writing the flush log", e);
             let mut slot = next.slot;
@@ -497,24 +533,31 @@ impl ThinPool {
         })();
         if let Err(e) = written {
             self.log.unlogged.store(true, Ordering::Release);
-            settle(DROPPED);
             return Err(e);
         }
         next.seq = seq + units.len() as u64;
         next.slot += need;
         self.log.free.store(room - next.slot, Ordering::Release);
-        self.log
-            .journaled
-            .fetch_add(blocks.len() as u64, Ordering::Relaxed);
-        settle(JOURNALED);
-        self.log.rounds.fetch_add(1, Ordering::Relaxed);
-        self.log.done.fetch_max(r, Ordering::AcqRel);
-        // A member that failed on the way is recorded by a commit, now:
-        // the records written stay (the next round follows them).
-        if self.array.health().has_unrecorded() {
-            self.log.unlogged.store(true, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Make the intents queued before `ticket` durable: a round of the
+    /// log holding only them (or a flush's round that took them). False:
+    /// the log cannot take them now.
+    fn intent_round(&self, ticket: u64) -> Result<bool> {
+        let mut next = self.log.next.lock();
+        if self.log.idone.load(Ordering::Acquire) > ticket {
+            return Ok(true);
+        }
+        if !self.log_usable()? {
             return Ok(false);
         }
+        let ir = self.log.istarted.fetch_add(1, Ordering::AcqRel) + 1;
+        let entries = std::mem::take(&mut *self.log.intents.lock());
+        if !self.write_units(&mut next, &pack(&entries, &[]))? {
+            return Ok(false);
+        }
+        self.log.idone.fetch_max(ir, Ordering::AcqRel);
         Ok(true)
     }
 
@@ -524,204 +567,78 @@ impl ThinPool {
         self.csums.is_some() && !self.array.health().redundant_now()
     }
 
-    /// Can the log take `blocks` more journaled blocks (a hint: the round
-    /// drops them if others took the room first)?
-    pub(crate) fn journal_open(&self, blocks: u64) -> bool {
-        !self.log.unlogged.load(Ordering::Acquire)
-            && self.log.free.load(Ordering::Acquire) >= blocks + JOURNAL_SLACK
-            && self.array.state().transition.is_none()
-    }
-
     /// The log is out of use until a commit (full, or a change it cannot
     /// describe): the daemon's committer commits at its next tick.
     pub fn log_wants_commit(&self) -> bool {
         self.log.unlogged.load(Ordering::Acquire) && self.meta.read().log_ready()
     }
 
+    /// Make durable, before `data` (whole 4 KiB blocks) overwrites byte
+    /// `within` of chunk `phys` in place, that it may: one `Intent` entry
+    /// per block, with its new checksum, in a round of the log (writers
+    /// share rounds). False: the log cannot take them now (the caller
+    /// writes elsewhere). Caller holds the gate for read and the chunk's
+    /// lock, not `write_in_progress` (a round takes it).
+    pub(crate) fn intend(&self, phys: Chunk, within: u64, data: &[u8]) -> Result<bool> {
+        if self.log.unlogged.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        {
+            let mut q = self.log.intents.lock();
+            for (i, b) in data.chunks(CSUM_BLOCK as usize).enumerate() {
+                q.push(Entry::Intent {
+                    phys,
+                    within: within + i as u64 * CSUM_BLOCK,
+                    crc: crc(b),
+                });
+            }
+        }
+        let ticket = self.log.istarted.load(Ordering::Acquire);
+        self.intent_round(ticket)
+    }
+
     /// Write `data` (whole 4 KiB blocks) at byte `within` of chunk `phys`
-    /// through the journal: its checksums are recorded and the blocks
-    /// queued under `w` (the caller's `write_in_progress`, released here),
-    /// a round makes them durable in the log, and only then do they go
-    /// home. A write the log could not take goes home as a write in place
-    /// does (intent first), and the next flush commits. Caller holds the
-    /// gate for read and the chunk's lock for write.
-    pub(crate) fn write_journaled(
-        &self,
-        w: RwLockReadGuard<'_, ()>,
-        phys: Chunk,
-        within: u64,
-        data: Vec<u8>,
-    ) -> Result<()> {
-        self.record(phys, within, &data)?;
-        let job = Arc::new(Journaled {
-            phys,
-            within,
-            data,
-            state: AtomicU8::new(WAITING),
-        });
-        self.log.journal.lock().push(job.clone());
-        drop(w);
-        let ticket = self.log.started.load(Ordering::Acquire);
-        let round = self.round(ticket);
-        let at = self.chunk_size.at(phys, within);
-        let home = |journaled: bool| {
-            let r = match journaled {
-                true => self.array.write_journaled(at, &job.data),
-                false => self.array.write(at, &job.data),
-            };
-            r.map_err(|e| Error::io("writing data", e))
-        };
-        if job.state.load(Ordering::Acquire) == JOURNALED {
-            return home(true);
+    /// in place, once `intend` made that durable: the blocks home, their
+    /// checksums recorded, and a copy queued for the next round. Caller
+    /// holds the gate for read, the chunk's lock and `write_in_progress`.
+    pub(crate) fn write_journaled(&self, phys: Chunk, within: u64, data: &[u8]) -> Result<()> {
+        // Not a data flush's business when queued: the round's log write
+        // makes it durable.
+        self.array
+            .write_journaled(self.chunk_size.at(phys, within), data)
+            .map_err(|e| Error::io("writing data", e))?;
+        self.record(phys, within, data)?;
+        let n = data.len() / CSUM_BLOCK as usize;
+        let room = (self.log.free.load(Ordering::Acquire) / 2) as usize;
+        let mut j = self.log.journal.lock();
+        let keys = (0..n).map(|i| (phys.index(), within + (i as u64) * CSUM_BLOCK));
+        if j.len() + n <= JOURNAL_BLOCKS.min(room) {
+            for (k, b) in keys.zip(data.chunks(CSUM_BLOCK as usize)) {
+                j.insert(k, b.into());
+            }
+        } else {
+            // No copy: the next round flushes the members for it, and an
+            // older copy must not go home over it at a replay.
+            for k in keys {
+                j.remove(&k);
+            }
+            self.array.mark_written();
         }
-        self.log.journal.lock().retain(|j| !Arc::ptr_eq(j, &job));
-        if let Some(intent) = &self.intent {
-            intent.mark(&self.meta, phys)?;
-        }
-        home(false)?;
-        round.map(|_| ())
+        Ok(())
     }
 
-    /// Apply the log's records of the last commit and commit them (at
-    /// open, before the write-intent resync; nothing else runs). Each
-    /// record's journaled blocks are written home again from a copy that
-    /// matches its checksum; a block no copy of which matches keeps what
-    /// it held before the record (its round never finished, or every copy
-    /// was lost) and is counted.
-    pub fn replay_log(&self) -> Result<Replayed> {
-        let records = self.meta.read().read_log();
-        let mut out = Replayed::default();
-        if records.is_empty() {
-            return Ok(out);
-        }
-        let _gate = self.gate.write();
-        'records: for (i, rec) in records.iter().enumerate() {
-            let entries = match decode(&rec.payload) {
-                Ok(e) => e,
-                Err(why) => {
-                    out.stopped = Some(format!("record {} is damaged: {why}", i + 1));
-                    break;
-                }
-            };
-            let data: Vec<(Chunk, u64, u32)> = entries
-                .iter()
-                .filter_map(|e| match *e {
-                    Entry::Data { phys, within, crc } => Some((phys, within, crc)),
-                    _ => None,
-                })
-                .collect();
-            if data.len() as u64 != rec.data {
-                out.stopped = Some(format!(
-                    "record {} names {} journaled blocks where its header says {}",
-                    i + 1,
-                    data.len(),
-                    rec.data
-                ));
-                break;
-            }
-            let (home, keep) = match self.journaled_blocks(rec.slot, &data) {
-                Ok(x) => x,
-                Err(why) => {
-                    out.stopped = Some(format!("record {} does not fit ({why})", i + 1));
-                    break;
-                }
-            };
-            for e in entries {
-                if let Err(why) = self.apply(e) {
-                    out.stopped = Some(format!(
-                        "record {} does not fit the last commit ({why})",
-                        i + 1
-                    ));
-                    break 'records;
-                }
-                out.entries += 1;
-            }
-            let io = |e| Error::io("replaying the flush log", e);
-            for (phys, within, bytes) in &home {
-                self.array
-                    .write(self.chunk_size.at(*phys, *within), bytes)
-                    .map_err(io)?;
-            }
-            for (phys, within, before) in &keep {
-                self.set_block_csum(*phys, *within, *before)?;
-            }
-            out.data_blocks += home.len() as u64;
-            out.data_missing += keep.len() as u64;
-            out.records += 1;
-        }
-        // Checksums of chunks no replayed mapping took.
-        if let Some(c) = &self.csums {
-            let meta = self.meta.read();
-            c.retain(|k| meta.data.in_use(csum_key_chunk(k)));
-        }
-        self.commit_inner(false)?;
-        Ok(out)
-    }
-
-    /// The journaled blocks of the record at `slot`: those to write home
-    /// (a copy matches), and those whose home keeps what it held, with the
-    /// checksum it had before the record (no copy matches, nor the home).
-    #[allow(clippy::type_complexity)]
-    fn journaled_blocks(
-        &self,
-        slot: u64,
-        data: &[(Chunk, u64, u32)],
-    ) -> std::result::Result<(Vec<(Chunk, u64, Vec<u8>)>, Vec<(Chunk, u64, u32)>), String> {
-        let (mut home, mut keep) = (Vec::new(), Vec::new());
-        let total = self.meta.read().data.total();
-        for (j, &(phys, within, want)) in data.iter().enumerate() {
-            if phys.index() >= total
-                || within % CSUM_BLOCK != 0
-                || within >= self.chunk_size.bytes()
-            {
-                return Err(format!(
-                    "journaled block at {phys}+{within} is outside the pool"
-                ));
-            }
-            let copies = self.meta.read().read_log_data(slot + 1 + j as u64);
-            if let Some(good) = copies.into_iter().find(|b| crc(b) == want) {
-                home.push((phys, within, good));
-                continue;
-            }
-            let mut now = vec![0u8; CSUM_BLOCK as usize];
-            let there = self
-                .array
-                .read(self.chunk_size.at(phys, within), &mut now)
-                .is_ok_and(|()| crc(&now) == want);
-            if !there {
-                let before = self.block_csum(phys, within).map_err(|e| e.to_string())?;
-                keep.push((phys, within, before.unwrap_or_else(|| crc(&now))));
-            }
-        }
-        Ok((home, keep))
-    }
-
-    fn apply(&self, e: Entry) -> std::result::Result<(), String> {
-        match e {
-            Entry::Map { vol, vchunk, phys } => {
-                let mut meta = self.meta.write();
-                meta.volume_root(vol).map_err(|e| e.to_string())?;
-                if !meta.data.claim(phys) {
-                    return Err(format!("data chunk {phys} is not free"));
-                }
-                self.set_mapping(&mut meta, vol, vchunk, Some(phys))
-                    .map_err(|e| e.to_string())
-            }
-            Entry::Unmap { vol, vchunk } => {
-                let mut meta = self.meta.write();
-                meta.volume_root(vol).map_err(|e| e.to_string())?;
-                self.set_mapping(&mut meta, vol, vchunk, None)
-                    .map_err(|e| e.to_string())
-            }
-            Entry::Csum { key, group } => match &self.csums {
-                Some(c) => {
-                    c.put(key, group);
-                    Ok(())
-                }
-                None => Err("a checksum on a pool without checksums".into()),
-            },
-            // Written home by the caller, which checked them.
-            Entry::Data { .. } => Ok(()),
+    /// A write in place of `[within, within + len)` of chunk `phys` that
+    /// did not go through `intend`: older copies of its blocks in the
+    /// journal must not go home over it at a replay. Caller holds
+    /// `write_in_progress`.
+    pub(crate) fn journal_forget(&self, phys: Chunk, within: u64, len: u64) {
+        let (a0, a1) = (
+            within / CSUM_BLOCK * CSUM_BLOCK,
+            (within + len).div_ceil(CSUM_BLOCK) * CSUM_BLOCK,
+        );
+        let mut j = self.log.journal.lock();
+        for w in (a0..a1).step_by(CSUM_BLOCK as usize) {
+            j.remove(&(phys.index(), w));
         }
     }
 }
@@ -740,6 +657,11 @@ mod tests {
                 phys: Chunk(i * 7),
             });
             entries.push(Entry::Unmap { vol: i, vchunk: 9 });
+            entries.push(Entry::Intent {
+                phys: Chunk(i),
+                within: i * CSUM_BLOCK,
+                crc: !(i as u32),
+            });
             entries.push(Entry::Csum {
                 key: i << 16,
                 group: [i as u32; CSUM_GROUP],

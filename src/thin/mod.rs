@@ -12,6 +12,7 @@ mod io;
 pub mod log;
 mod ops;
 mod relocate;
+pub mod replay;
 pub mod resync;
 pub mod scrub;
 pub mod store;

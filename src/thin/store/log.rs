@@ -48,6 +48,15 @@ impl MetaStore {
         self.log_dir
     }
 
+    /// Records of the running transaction are on the log (written, or
+    /// found at open): the next commit must move to a new transaction even
+    /// when nothing else changed, or the log, started again, would hold
+    /// records of two generations with the same `txid` (a lost write of
+    /// a new one would bring back the old one).
+    pub fn log_used(&mut self) {
+        self.shape_dirty = true;
+    }
+
     /// May flushes use the log? Only once a commit recorded it.
     pub fn log_ready(&self) -> bool {
         !self.committed.log_dir.is_none() && !self.log_blocks.is_empty()

@@ -1,0 +1,265 @@
+//! Replaying the flush log at open (see `log`): the records of the last
+//! commit, in order, onto it, then the blocks their intents name.
+
+use super::log::{decode, Entry};
+use super::ThinPool;
+use crate::error::{Error, Result};
+use crate::thin::csum::crc;
+use crate::thin::store::csum::{csum_key, csum_key_chunk, Group, CSUM_BLOCK, GROUP_BYTES};
+use crate::units::Chunk;
+use std::collections::HashMap;
+
+/// What replaying the log did (at open).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    pub records: u64,
+    pub entries: u64,
+    /// Why the replay stopped before the last record, if it did.
+    pub stopped: Option<String>,
+    /// Journaled blocks written home again.
+    pub data_blocks: u64,
+    /// Journaled blocks no copy of which matched its checksum (a round a
+    /// crash cut short, or every copy lost): their blocks keep what they
+    /// held before the record.
+    pub data_missing: u64,
+    /// Blocks overwritten in place after the last record that settled
+    /// them: those that hold the write the log names keep it (it was in
+    /// flight), and those that hold neither it nor their checksummed
+    /// bytes (a device that lost, tore or misplaced a write) read as
+    /// errors.
+    pub writes_kept: u64,
+    pub writes_damaged: u64,
+}
+
+/// The blocks `Intent` entries name, with the checksums of the writes in
+/// place that may be in flight there, oldest first. A checksum entry
+/// that gives a block one of them settles it and every older one (that
+/// write was flushed: only it, or a later one, may be there now).
+#[derive(Default)]
+struct Intents {
+    writes: HashMap<(Chunk, u64), Vec<u32>>,
+    /// The blocks named, by checksum group.
+    by_group: HashMap<u64, Vec<(Chunk, u64)>>,
+}
+
+impl Intents {
+    fn add(&mut self, phys: Chunk, within: u64, crc: u32) {
+        let w = self.writes.entry((phys, within)).or_default();
+        if w.is_empty() {
+            self.by_group
+                .entry(csum_key(phys, within))
+                .or_default()
+                .push((phys, within));
+        }
+        w.push(crc);
+    }
+
+    fn settle(&mut self, key: u64, group: &Group) {
+        let Some(blocks) = self.by_group.get(&key) else {
+            return;
+        };
+        for b in blocks {
+            let slot = ((b.1 % GROUP_BYTES) / CSUM_BLOCK) as usize;
+            if let Some(w) = self.writes.get_mut(b) {
+                if let Some(at) = w.iter().rposition(|c| *c == group[slot]) {
+                    w.drain(..=at);
+                }
+            }
+        }
+    }
+}
+
+impl ThinPool {
+    /// Apply the log's records of the last commit and commit them (at
+    /// open, before the write-intent resync; nothing else runs). Each
+    /// record's journaled blocks are written home again from a copy that
+    /// matches its checksum; a block no copy of which matches keeps what
+    /// it held before the record (its round never finished, or every copy
+    /// was lost) and is counted. Then each block an `Intent` names that
+    /// no later checksum entry settled is checked: one that holds a write
+    /// the log names keeps it (an unflushed write, see `Intents`).
+    pub fn replay_log(&self) -> Result<Replayed> {
+        let records = self.meta.read().read_log();
+        let mut out = Replayed::default();
+        if records.is_empty() {
+            return Ok(out);
+        }
+        let _gate = self.gate.write();
+        // The commit below moves past them, whatever they held.
+        self.meta.write().log_used();
+        let mut intents = Intents::default();
+        'records: for (i, rec) in records.iter().enumerate() {
+            let entries = match decode(&rec.payload) {
+                Ok(e) => e,
+                Err(why) => {
+                    out.stopped = Some(format!("record {} is damaged: {why}", i + 1));
+                    break;
+                }
+            };
+            let data: Vec<(Chunk, u64, u32)> = entries
+                .iter()
+                .filter_map(|e| match *e {
+                    Entry::Data { phys, within, crc } => Some((phys, within, crc)),
+                    _ => None,
+                })
+                .collect();
+            if data.len() as u64 != rec.data {
+                out.stopped = Some(format!(
+                    "record {} names {} journaled blocks where its header says {}",
+                    i + 1,
+                    data.len(),
+                    rec.data
+                ));
+                break;
+            }
+            let (home, keep) = match self.journaled_blocks(rec.slot, &data) {
+                Ok(x) => x,
+                Err(why) => {
+                    out.stopped = Some(format!("record {} does not fit ({why})", i + 1));
+                    break;
+                }
+            };
+            for e in entries {
+                match e {
+                    Entry::Intent { phys, within, crc } => intents.add(phys, within, crc),
+                    Entry::Csum { key, group } => intents.settle(key, &group),
+                    _ => {}
+                }
+                if let Err(why) = self.apply(e) {
+                    out.stopped = Some(format!(
+                        "record {} does not fit the last commit ({why})",
+                        i + 1
+                    ));
+                    break 'records;
+                }
+                out.entries += 1;
+            }
+            let io = |e| Error::io("replaying the flush log", e);
+            for (phys, within, bytes) in &home {
+                self.array
+                    .write(self.chunk_size.at(*phys, *within), bytes)
+                    .map_err(io)?;
+            }
+            for (phys, within, before) in &keep {
+                self.set_block_csum(*phys, *within, *before)?;
+            }
+            out.data_blocks += home.len() as u64;
+            out.data_missing += keep.len() as u64;
+            out.records += 1;
+        }
+        let (kept, damaged) = self.check_intents(intents)?;
+        out.writes_kept = kept;
+        out.writes_damaged = damaged;
+        // Checksums of chunks no replayed mapping took.
+        if let Some(c) = &self.csums {
+            let meta = self.meta.read();
+            c.retain(|k| meta.data.in_use(csum_key_chunk(k)));
+        }
+        self.commit_inner(false)?;
+        Ok(out)
+    }
+
+    /// The journaled blocks of the record at `slot`: those to write home
+    /// (a copy matches), and those whose home keeps what it held, with the
+    /// checksum it had before the record (no copy matches, nor the home).
+    #[allow(clippy::type_complexity)]
+    fn journaled_blocks(
+        &self,
+        slot: u64,
+        data: &[(Chunk, u64, u32)],
+    ) -> std::result::Result<(Vec<(Chunk, u64, Vec<u8>)>, Vec<(Chunk, u64, u32)>), String> {
+        let (mut home, mut keep) = (Vec::new(), Vec::new());
+        let total = self.meta.read().data.total();
+        for (j, &(phys, within, want)) in data.iter().enumerate() {
+            if phys.index() >= total
+                || within % CSUM_BLOCK != 0
+                || within >= self.chunk_size.bytes()
+            {
+                return Err(format!(
+                    "journaled block at {phys}+{within} is outside the pool"
+                ));
+            }
+            let copies = self.meta.read().read_log_data(slot + 1 + j as u64);
+            if let Some(good) = copies.into_iter().find(|b| crc(b) == want) {
+                home.push((phys, within, good));
+                continue;
+            }
+            let mut now = vec![0u8; CSUM_BLOCK as usize];
+            let there = self
+                .array
+                .read(self.chunk_size.at(phys, within), &mut now)
+                .is_ok_and(|()| crc(&now) == want);
+            if !there {
+                let before = self.block_csum(phys, within).map_err(|e| e.to_string())?;
+                keep.push((phys, within, before.unwrap_or_else(|| crc(&now))));
+            }
+        }
+        Ok((home, keep))
+    }
+
+    fn apply(&self, e: Entry) -> std::result::Result<(), String> {
+        match e {
+            Entry::Map { vol, vchunk, phys } => {
+                let mut meta = self.meta.write();
+                meta.volume_root(vol).map_err(|e| e.to_string())?;
+                if !meta.data.claim(phys) {
+                    return Err(format!("data chunk {phys} is not free"));
+                }
+                self.set_mapping(&mut meta, vol, vchunk, Some(phys))
+                    .map_err(|e| e.to_string())
+            }
+            Entry::Unmap { vol, vchunk } => {
+                let mut meta = self.meta.write();
+                meta.volume_root(vol).map_err(|e| e.to_string())?;
+                self.set_mapping(&mut meta, vol, vchunk, None)
+                    .map_err(|e| e.to_string())
+            }
+            Entry::Csum { key, group } => match &self.csums {
+                Some(c) => {
+                    c.put(key, group);
+                    Ok(())
+                }
+                None => Err("a checksum on a pool without checksums".into()),
+            },
+            // Written home (or checked) by the caller.
+            Entry::Data { .. } | Entry::Intent { .. } => Ok(()),
+        }
+    }
+
+    /// The blocks `intents` leaves unsettled: (kept, damaged) as in
+    /// `Replayed`.
+    fn check_intents(&self, intents: Intents) -> Result<(u64, u64)> {
+        let (mut kept, mut damaged) = (0, 0);
+        let mut blocks: Vec<_> = intents
+            .writes
+            .into_iter()
+            .filter(|(_, w)| !w.is_empty())
+            .collect();
+        blocks.sort_by_key(|((p, w), _)| (p.index(), *w));
+        for ((phys, within), writes) in blocks {
+            if !self.meta.read().data.in_use(phys) {
+                continue;
+            }
+            let mut now = vec![0u8; CSUM_BLOCK as usize];
+            if self
+                .array
+                .read(self.chunk_size.at(phys, within), &mut now)
+                .is_err()
+            {
+                damaged += 1;
+                continue;
+            }
+            let c = crc(&now);
+            if self.block_csum(phys, within)? == Some(c) {
+                continue;
+            }
+            if writes.contains(&c) {
+                self.set_block_csum(phys, within, c)?;
+                kept += 1;
+            } else {
+                damaged += 1;
+            }
+        }
+        Ok((kept, damaged))
+    }
+}
