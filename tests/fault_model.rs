@@ -424,7 +424,11 @@ fn plain_case(level: RaidLevel, n: usize, case: u64, steps: u64, lie_cuts: bool)
                     match v.read_at(&mut got, s as u64) {
                         Ok(()) if got == model[s..e] => {}
                         Ok(()) if got == durable[s..e] => model[s..e].copy_from_slice(&got),
-                        Ok(()) if since_flush.get(&b).is_some_and(|v| v.contains(&got)) => {
+                        Ok(())
+                            if since_flush
+                                .get(&b)
+                                .is_some_and(|v| torn_of(&got, &durable[s..e], v)) =>
+                        {
                             model[s..e].copy_from_slice(&got)
                         }
                         Ok(()) => {

@@ -200,7 +200,10 @@ fn campaign(level: RaidLevel, n: usize, case: u64, steps: u64) -> u64 {
                     let mut got = vec![0u8; BLK];
                     match v.read_at(&mut got, s as u64) {
                         Ok(()) if got == durable[s..e] => {}
-                        Ok(()) if since.get(&b).is_some_and(|v| v.contains(&got)) => {}
+                        Ok(())
+                            if since
+                                .get(&b)
+                                .is_some_and(|v| torn_of(&got, &durable[s..e], v)) => {}
                         Ok(()) => assert!(
                             *unknown,
                             "{what}: block {b} is neither flushed nor written data"

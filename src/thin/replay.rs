@@ -23,10 +23,10 @@ pub struct Replayed {
     /// held before the record.
     pub data_missing: u64,
     /// Blocks overwritten in place after the last record that settled
-    /// them: those that hold the write the log names keep it (it was in
-    /// flight), and those that hold neither it nor their checksummed
-    /// bytes (a device that lost, tore or misplaced a write) read as
-    /// errors.
+    /// them (writes in flight at the crash): those that no longer match
+    /// their checksum keep what they hold (the write, or a tear of it), and
+    /// those that cannot be read stay errors. A block whose flushed write
+    /// a device lost is settled, so it reads as an error, never old bytes.
     pub writes_kept: u64,
     pub writes_damaged: u64,
 }
@@ -236,7 +236,7 @@ impl ThinPool {
             .filter(|(_, w)| !w.is_empty())
             .collect();
         blocks.sort_by_key(|((p, w), _)| (p.index(), *w));
-        for ((phys, within), writes) in blocks {
+        for ((phys, within), _) in blocks {
             if !self.meta.read().data.in_use(phys) {
                 continue;
             }
@@ -253,12 +253,10 @@ impl ThinPool {
             if self.block_csum(phys, within)? == Some(c) {
                 continue;
             }
-            if writes.contains(&c) {
-                self.set_block_csum(phys, within, c)?;
-                kept += 1;
-            } else {
-                damaged += 1;
-            }
+            // One of the writes named, or one torn by the crash (never
+            // flushed: any state may remain, as on a disk): kept.
+            self.set_block_csum(phys, within, c)?;
+            kept += 1;
         }
         Ok((kept, damaged))
     }

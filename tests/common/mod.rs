@@ -143,3 +143,14 @@ pub fn cached_members(media: Vec<Arc<MemDevice>>) -> (Cached, Vec<DeviceRef>) {
         devs,
     )
 }
+
+/// Is `got` what a block written since the last flush may hold after a
+/// power cut: each 512-byte sector from the flushed bytes or from one of
+/// the versions written since (unflushed writes may be torn, as on disk)?
+#[allow(dead_code)]
+pub fn torn_of(got: &[u8], flushed: &[u8], since: &[Vec<u8>]) -> bool {
+    got.chunks(512).enumerate().all(|(i, s)| {
+        let at = i * 512..(i + 1) * 512;
+        flushed[at.clone()] == *s || since.iter().any(|v| v[at.clone()] == *s)
+    })
+}
