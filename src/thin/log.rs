@@ -21,10 +21,11 @@
 //! write: a small write queues one `Intent` entry per 4 KiB block (place
 //! and new checksum) and waits for a round that holds them (`intend`;
 //! writers share rounds, and these rounds write nothing else), then goes
-//! home. At replay a block an intent names keeps what it holds only when
-//! that is its checksummed bytes or a write the log names; anything else
-//! reads as an error. A later checksum entry that gives the block one of
-//! those writes settles it (that write was flushed). Larger writes, and
+//! home. A later checksum entry that gives the block one of those writes
+//! settles it (that write was flushed); at replay a block with unsettled
+//! intents had a write in flight and keeps what it holds (torn or not),
+//! while a settled block that lost its write reads as an error (see
+//! `replay`). Larger writes, and
 //! any while the log cannot take intents, are written afresh (as on
 //! RAID5).
 //!
