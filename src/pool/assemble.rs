@@ -252,9 +252,10 @@ impl Pool {
         let replayed = pool.s.thin.replay_log()?;
         if replayed.records > 0 || replayed.stopped.is_some() {
             pool.s.warnings.write().push(format!(
-                "the pool was not closed cleanly: replayed {} flush-log records ({} changes) made since its last commit{}",
+                "the pool was not closed cleanly: replayed {} flush-log records ({} changes) made since its last commit{}{}",
                 replayed.records,
                 replayed.entries,
+                replayed.data_summary(),
                 match &replayed.stopped {
                     Some(why) => format!("; the replay stopped early: {why}"),
                     None => String::new(),

@@ -44,202 +44,23 @@
 //! else (a metadata operation that failed half way, a layout change) makes
 //! the next flush a full commit, as a full log does.
 
+use super::log_entry::{pack, Entry, Unit};
 use super::ThinPool;
 use crate::error::{Error, Result};
-use crate::meta::codec::{get_u32, get_u64, put_u32, put_u64};
 use crate::thin::csum::crc;
-use crate::thin::store::csum::{Group, CSUM_BLOCK, CSUM_GROUP};
-use crate::thin::store::log::LOG_PAYLOAD;
 use crate::units::Chunk;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// One change a record holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Entry {
-    /// Chunk `vchunk` of volume `vol` now maps to the newly taken `phys`.
-    Map {
-        vol: u64,
-        vchunk: u64,
-        phys: Chunk,
-    },
-    Unmap {
-        vol: u64,
-        vchunk: u64,
-    },
-    /// The checksum group `key` now holds `group`.
-    Csum {
-        key: u64,
-        group: Group,
-    },
-    /// Block `within` (4 KiB aligned) of chunk `phys` holds the next
-    /// journaled data block after the record, whose checksum is `crc`.
-    Data {
-        phys: Chunk,
-        within: u64,
-        crc: u32,
-    },
-    /// Block `within` (4 KiB aligned) of chunk `phys` is about to be
-    /// overwritten in place with bytes whose checksum is `crc`.
-    Intent {
-        phys: Chunk,
-        within: u64,
-        crc: u32,
-    },
-}
-
-const MAP: u8 = 1;
-const UNMAP: u8 = 2;
-const CSUM: u8 = 3;
-const DATA: u8 = 4;
-const INTENT: u8 = 5;
-/// Length of a `Data` or `Intent` entry.
-const DATA_LEN: usize = 21;
-
-impl Entry {
-    fn len(&self) -> usize {
-        match self {
-            Entry::Map { .. } => 25,
-            Entry::Unmap { .. } => 17,
-            Entry::Csum { .. } => 9 + 4 * CSUM_GROUP,
-            Entry::Data { .. } | Entry::Intent { .. } => DATA_LEN,
-        }
-    }
-
-    fn encode(&self, out: &mut Vec<u8>) {
-        let at = out.len();
-        out.resize(at + self.len(), 0);
-        let b = &mut out[at..];
-        match *self {
-            Entry::Map { vol, vchunk, phys } => {
-                b[0] = MAP;
-                put_u64(b, 1, vol);
-                put_u64(b, 9, vchunk);
-                put_u64(b, 17, phys.index());
-            }
-            Entry::Unmap { vol, vchunk } => {
-                b[0] = UNMAP;
-                put_u64(b, 1, vol);
-                put_u64(b, 9, vchunk);
-            }
-            Entry::Csum { key, group } => {
-                b[0] = CSUM;
-                put_u64(b, 1, key);
-                for (i, c) in group.iter().enumerate() {
-                    put_u32(b, 9 + 4 * i, *c);
-                }
-            }
-            Entry::Data { phys, within, crc } | Entry::Intent { phys, within, crc } => {
-                b[0] = if matches!(self, Entry::Data { .. }) {
-                    DATA
-                } else {
-                    INTENT
-                };
-                put_u64(b, 1, phys.index());
-                put_u64(b, 9, within);
-                put_u32(b, 17, crc);
-            }
-        }
-    }
-}
-
-/// The entries of one record's payload.
-pub(crate) fn decode(mut p: &[u8]) -> std::result::Result<Vec<Entry>, String> {
-    let mut out = Vec::new();
-    while let Some(&tag) = p.first() {
-        let need = match tag {
-            MAP => 25,
-            UNMAP => 17,
-            CSUM => 9 + 4 * CSUM_GROUP,
-            DATA | INTENT => DATA_LEN,
-            t => return Err(format!("unknown entry type {t}")),
-        };
-        if p.len() < need {
-            return Err("entry cut short".into());
-        }
-        out.push(match tag {
-            MAP => Entry::Map {
-                vol: get_u64(p, 1),
-                vchunk: get_u64(p, 9),
-                phys: Chunk(get_u64(p, 17)),
-            },
-            UNMAP => Entry::Unmap {
-                vol: get_u64(p, 1),
-                vchunk: get_u64(p, 9),
-            },
-            DATA => Entry::Data {
-                phys: Chunk(get_u64(p, 1)),
-                within: get_u64(p, 9),
-                crc: get_u32(p, 17),
-            },
-            INTENT => Entry::Intent {
-                phys: Chunk(get_u64(p, 1)),
-                within: get_u64(p, 9),
-                crc: get_u32(p, 17),
-            },
-            _ => {
-                let mut group = [0u32; CSUM_GROUP];
-                for (i, c) in group.iter_mut().enumerate() {
-                    *c = get_u32(p, 9 + 4 * i);
-                }
-                Entry::Csum {
-                    key: get_u64(p, 1),
-                    group,
-                }
-            }
-        });
-        p = &p[need..];
-    }
-    Ok(out)
-}
-
-/// One record as written: its payload and the journaled data blocks that
-/// follow it (one per `Data` entry, in order).
-struct Unit<'a> {
-    payload: Vec<u8>,
-    data: Vec<&'a [u8]>,
-}
-
-/// Entries packed into record payloads of at most a log block each, then
-/// the journaled blocks' `Data` entries, each record followed by the
-/// blocks its entries name.
-fn pack<'a>(entries: &[Entry], blocks: &[(Entry, &'a [u8])]) -> Vec<Unit<'a>> {
-    let mut out: Vec<Unit<'a>> = Vec::new();
-    let all = entries
-        .iter()
-        .map(|e| (*e, None))
-        .chain(blocks.iter().map(|(e, d)| (*e, Some(*d))));
-    for (e, d) in all {
-        let fits = out
-            .last()
-            .is_some_and(|u| u.payload.len() + e.len() <= LOG_PAYLOAD);
-        if !fits {
-            out.push(Unit {
-                payload: Vec::with_capacity(LOG_PAYLOAD),
-                data: Vec::new(),
-            });
-        }
-        if let Some(u) = out.last_mut() {
-            e.encode(&mut u.payload);
-            u.data.extend(d);
-        }
-    }
-    out
-}
-
 /// Copies of the blocks written in place since the last round, waiting
 /// for it (see the module's notes): by (data chunk, byte within it), the
 /// last write wins.
-type Journal = BTreeMap<(u64, u64), Box<[u8]>>;
-
-/// Most blocks the journal holds between rounds (4 MiB), and at most half
-/// the log's free blocks (the rest is for the records).
-const JOURNAL_BLOCKS: usize = 1024;
+pub(super) type Journal = BTreeMap<(u64, u64), Box<[u8]>>;
 
 /// Where the next record goes.
 #[derive(Default)]
-struct Next {
+pub(super) struct Next {
     /// Its sequence number (0 means 1).
     seq: u64,
     /// Its log block.
@@ -250,35 +71,35 @@ struct Next {
 #[derive(Default)]
 pub(crate) struct FlushLog {
     /// Mapping changes since the last record, in the order they were made.
-    maps: Mutex<Vec<Entry>>,
+    pub(super) maps: Mutex<Vec<Entry>>,
     /// Serializes rounds; says where the next record goes.
-    next: Mutex<Next>,
+    pub(super) next: Mutex<Next>,
     /// Blocks written in place waiting for a round.
-    journal: Mutex<Journal>,
+    pub(super) journal: Mutex<Journal>,
     /// `Intent` entries waiting for a round (see `ThinPool::intend`), and
     /// the rounds that took them: started, and the last one finished.
-    intents: Mutex<Vec<Entry>>,
-    istarted: AtomicU64,
-    idone: AtomicU64,
+    pub(super) intents: Mutex<Vec<Entry>>,
+    pub(super) istarted: AtomicU64,
+    pub(super) idone: AtomicU64,
     /// Log blocks not yet written in this transaction (a hint for writers:
     /// rounds update it, commits reset it).
-    free: AtomicU64,
+    pub(super) free: AtomicU64,
     /// Data blocks journaled since open.
-    journaled: AtomicU64,
+    pub(super) journaled: AtomicU64,
     /// Writes hold it for read while they change a chunk; a round takes it
     /// for write to take its entries with no write half done.
-    writes: RwLock<()>,
+    pub(super) writes: RwLock<()>,
     /// Rounds (and commits) started, and the last one finished.
-    started: AtomicU64,
-    done: AtomicU64,
+    pub(super) started: AtomicU64,
+    pub(super) done: AtomicU64,
     /// The running transaction holds a change no record describes.
-    unlogged: AtomicBool,
+    pub(super) unlogged: AtomicBool,
     /// Bumped when the pool goes back to its last commit.
-    epoch: AtomicU64,
+    pub(super) epoch: AtomicU64,
     /// Flushes asked for, rounds written, flushes that committed instead.
-    flushes: AtomicU64,
-    rounds: AtomicU64,
-    committed: AtomicU64,
+    pub(super) flushes: AtomicU64,
+    pub(super) rounds: AtomicU64,
+    pub(super) committed: AtomicU64,
 }
 
 impl FlushLog {
@@ -420,7 +241,7 @@ impl ThinPool {
     }
 
     /// Can records be written now? (Caller holds `next`.)
-    fn log_usable(&self) -> Result<bool> {
+    pub(super) fn log_usable(&self) -> Result<bool> {
         if let Some(e) = self.array.health().broken_error() {
             return Err(Error::io("flushing", e));
         }
@@ -506,7 +327,7 @@ impl ThinPool {
     /// last one, on every metadata copy, and flush the copies. False: no
     /// room (what they held is now only a commit's). An error leaves the
     /// log out of use until a commit.
-    fn write_units(&self, next: &mut Next, units: &[Unit<'_>]) -> Result<bool> {
+    pub(super) fn write_units(&self, next: &mut Next, units: &[Unit<'_>]) -> Result<bool> {
         let seq = next.seq.max(1);
         let room = self.meta.read().log_blocks().len() as u64;
         let need: u64 = units.iter().map(|u| 1 + u.data.len() as u64).sum();
@@ -542,26 +363,6 @@ impl ThinPool {
         Ok(true)
     }
 
-    /// Make the intents queued before `ticket` durable: a round of the
-    /// log holding only them (or a flush's round that took them). False:
-    /// the log cannot take them now.
-    fn intent_round(&self, ticket: u64) -> Result<bool> {
-        let mut next = self.log.next.lock();
-        if self.log.idone.load(Ordering::Acquire) > ticket {
-            return Ok(true);
-        }
-        if !self.log_usable()? {
-            return Ok(false);
-        }
-        let ir = self.log.istarted.fetch_add(1, Ordering::AcqRel) + 1;
-        let entries = std::mem::take(&mut *self.log.intents.lock());
-        if !self.write_units(&mut next, &pack(&entries, &[]))? {
-            return Ok(false);
-        }
-        self.log.idone.fetch_max(ir, Ordering::AcqRel);
-        Ok(true)
-    }
-
     /// Should writes over committed data go through the journal? Pools
     /// with checksums whose data has no second copy now.
     pub(crate) fn journals(&self) -> bool {
@@ -572,130 +373,5 @@ impl ThinPool {
     /// describe): the daemon's committer commits at its next tick.
     pub fn log_wants_commit(&self) -> bool {
         self.log.unlogged.load(Ordering::Acquire) && self.meta.read().log_ready()
-    }
-
-    /// Make durable, before `data` (whole 4 KiB blocks) overwrites byte
-    /// `within` of chunk `phys` in place, that it may: one `Intent` entry
-    /// per block, with its new checksum, in a round of the log (writers
-    /// share rounds). False: the log cannot take them now (the caller
-    /// writes elsewhere). Caller holds the gate for read and the chunk's
-    /// lock, not `write_in_progress` (a round takes it).
-    pub(crate) fn intend(&self, phys: Chunk, within: u64, data: &[u8]) -> Result<bool> {
-        if self.log.unlogged.load(Ordering::Acquire) {
-            return Ok(false);
-        }
-        {
-            let mut q = self.log.intents.lock();
-            for (i, b) in data.chunks(CSUM_BLOCK as usize).enumerate() {
-                q.push(Entry::Intent {
-                    phys,
-                    within: within + i as u64 * CSUM_BLOCK,
-                    crc: crc(b),
-                });
-            }
-        }
-        let ticket = self.log.istarted.load(Ordering::Acquire);
-        self.intent_round(ticket)
-    }
-
-    /// Write `data` (whole 4 KiB blocks) at byte `within` of chunk `phys`
-    /// in place, once `intend` made that durable: the blocks home, their
-    /// checksums recorded, and a copy queued for the next round. Caller
-    /// holds the gate for read, the chunk's lock and `write_in_progress`.
-    pub(crate) fn write_journaled(&self, phys: Chunk, within: u64, data: &[u8]) -> Result<()> {
-        // Not a data flush's business when queued: the round's log write
-        // makes it durable.
-        self.array
-            .write_journaled(self.chunk_size.at(phys, within), data)
-            .map_err(|e| Error::io("writing data", e))?;
-        self.record(phys, within, data)?;
-        let n = data.len() / CSUM_BLOCK as usize;
-        let room = (self.log.free.load(Ordering::Acquire) / 2) as usize;
-        let mut j = self.log.journal.lock();
-        let keys = (0..n).map(|i| (phys.index(), within + (i as u64) * CSUM_BLOCK));
-        if j.len() + n <= JOURNAL_BLOCKS.min(room) {
-            for (k, b) in keys.zip(data.chunks(CSUM_BLOCK as usize)) {
-                j.insert(k, b.into());
-            }
-        } else {
-            // No copy: the next round flushes the members for it, and an
-            // older copy must not go home over it at a replay.
-            for k in keys {
-                j.remove(&k);
-            }
-            self.array.mark_written();
-        }
-        Ok(())
-    }
-
-    /// A write in place of `[within, within + len)` of chunk `phys` that
-    /// did not go through `intend`: older copies of its blocks in the
-    /// journal must not go home over it at a replay. Caller holds
-    /// `write_in_progress`.
-    pub(crate) fn journal_forget(&self, phys: Chunk, within: u64, len: u64) {
-        let (a0, a1) = (
-            within / CSUM_BLOCK * CSUM_BLOCK,
-            (within + len).div_ceil(CSUM_BLOCK) * CSUM_BLOCK,
-        );
-        let mut j = self.log.journal.lock();
-        for w in (a0..a1).step_by(CSUM_BLOCK as usize) {
-            j.remove(&(phys.index(), w));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entries_round_trip_and_pack_into_blocks() {
-        let mut entries = Vec::new();
-        for i in 0..200u64 {
-            entries.push(Entry::Map {
-                vol: i,
-                vchunk: i * 3,
-                phys: Chunk(i * 7),
-            });
-            entries.push(Entry::Unmap { vol: i, vchunk: 9 });
-            entries.push(Entry::Intent {
-                phys: Chunk(i),
-                within: i * CSUM_BLOCK,
-                crc: !(i as u32),
-            });
-            entries.push(Entry::Csum {
-                key: i << 16,
-                group: [i as u32; CSUM_GROUP],
-            });
-        }
-        let block = vec![7u8; CSUM_BLOCK as usize];
-        let blocks: Vec<(Entry, &[u8])> = (0..300u64)
-            .map(|i| {
-                let e = Entry::Data {
-                    phys: Chunk(i),
-                    within: i * CSUM_BLOCK,
-                    crc: i as u32,
-                };
-                (e, block.as_slice())
-            })
-            .collect();
-        let records = pack(&entries, &blocks);
-        assert!(records.len() > 1);
-        assert!(records.iter().all(|r| r.payload.len() <= LOG_PAYLOAD));
-        let mut back = Vec::new();
-        for r in &records {
-            let got = decode(&r.payload).expect("decodes");
-            let data = got
-                .iter()
-                .filter(|e| matches!(e, Entry::Data { .. }))
-                .count();
-            assert_eq!(data, r.data.len(), "each record is followed by its blocks");
-            back.extend(got);
-        }
-        let mut want = entries.clone();
-        want.extend(blocks.iter().map(|(e, _)| *e));
-        assert_eq!(back, want);
-        assert!(decode(&[9, 0, 0]).is_err());
-        assert!(decode(&[MAP, 0, 0]).is_err());
     }
 }

@@ -9,7 +9,9 @@
 pub mod csum;
 pub mod intent;
 mod io;
+mod journal;
 pub mod log;
+mod log_entry;
 mod ops;
 mod relocate;
 pub mod replay;

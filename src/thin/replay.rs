@@ -1,7 +1,7 @@
 //! Replaying the flush log at open (see `log`): the records of the last
 //! commit, in order, onto it, then the blocks their intents name.
 
-use super::log::{decode, Entry};
+use super::log_entry::{decode, Entry};
 use super::ThinPool;
 use crate::error::{Error, Result};
 use crate::thin::csum::crc;
@@ -29,6 +29,43 @@ pub struct Replayed {
     /// a device lost is settled, so it reads as an error, never old bytes.
     pub writes_kept: u64,
     pub writes_damaged: u64,
+}
+
+impl Replayed {
+    /// What the replay did to data blocks, for the open warning: empty
+    /// when it touched none.
+    pub fn data_summary(&self) -> String {
+        let mut parts = Vec::new();
+        if self.data_blocks > 0 {
+            parts.push(format!(
+                "{} journaled blocks written home again",
+                self.data_blocks
+            ));
+        }
+        if self.data_missing > 0 {
+            parts.push(format!(
+                "{} journaled blocks whose copies were cut short keep what they held",
+                self.data_missing
+            ));
+        }
+        if self.writes_kept > 0 {
+            parts.push(format!(
+                "{} blocks with a write in flight keep what they hold",
+                self.writes_kept
+            ));
+        }
+        if self.writes_damaged > 0 {
+            parts.push(format!(
+                "{} blocks with a write in flight cannot be read: they read as errors; `vpool pool scrub` lists them",
+                self.writes_damaged
+            ));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", parts.join(", "))
+        }
+    }
 }
 
 /// The blocks `Intent` entries name, with the checksums of the writes in

@@ -1,0 +1,107 @@
+//! Writes in place on pools without a second copy of their data: the
+//! write intents a round of the flush log makes durable before a block is
+//! overwritten, and the copies of those blocks the next flush's round
+//! journals (see the notes in `thin::log`).
+
+use super::log_entry::{pack, Entry};
+use super::ThinPool;
+use crate::error::{Error, Result};
+use crate::thin::csum::crc;
+use crate::thin::store::csum::CSUM_BLOCK;
+use crate::units::Chunk;
+use std::sync::atomic::Ordering;
+
+/// Most blocks the journal holds between rounds (4 MiB), and at most half
+/// the log's free blocks (the rest is for the records).
+const JOURNAL_BLOCKS: usize = 1024;
+
+impl ThinPool {
+    /// Make the intents queued before `ticket` durable: a round of the
+    /// log holding only them (or a flush's round that took them). False:
+    /// the log cannot take them now.
+    fn intent_round(&self, ticket: u64) -> Result<bool> {
+        let mut next = self.log.next.lock();
+        if self.log.idone.load(Ordering::Acquire) > ticket {
+            return Ok(true);
+        }
+        if !self.log_usable()? {
+            return Ok(false);
+        }
+        let ir = self.log.istarted.fetch_add(1, Ordering::AcqRel) + 1;
+        let entries = std::mem::take(&mut *self.log.intents.lock());
+        if !self.write_units(&mut next, &pack(&entries, &[]))? {
+            return Ok(false);
+        }
+        self.log.idone.fetch_max(ir, Ordering::AcqRel);
+        Ok(true)
+    }
+
+    /// Make durable, before `data` (whole 4 KiB blocks) overwrites byte
+    /// `within` of chunk `phys` in place, that it may: one `Intent` entry
+    /// per block, with its new checksum, in a round of the log (writers
+    /// share rounds). False: the log cannot take them now (the caller
+    /// writes elsewhere). Caller holds the gate for read and the chunk's
+    /// lock, not `write_in_progress` (a round takes it).
+    pub(crate) fn intend(&self, phys: Chunk, within: u64, data: &[u8]) -> Result<bool> {
+        if self.log.unlogged.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        {
+            let mut q = self.log.intents.lock();
+            for (i, b) in data.chunks(CSUM_BLOCK as usize).enumerate() {
+                q.push(Entry::Intent {
+                    phys,
+                    within: within + i as u64 * CSUM_BLOCK,
+                    crc: crc(b),
+                });
+            }
+        }
+        let ticket = self.log.istarted.load(Ordering::Acquire);
+        self.intent_round(ticket)
+    }
+
+    /// Write `data` (whole 4 KiB blocks) at byte `within` of chunk `phys`
+    /// in place, once `intend` made that durable: the blocks home, their
+    /// checksums recorded, and a copy queued for the next round. Caller
+    /// holds the gate for read, the chunk's lock and `write_in_progress`.
+    pub(crate) fn write_journaled(&self, phys: Chunk, within: u64, data: &[u8]) -> Result<()> {
+        // Not a data flush's business when queued: the round's log write
+        // makes it durable.
+        self.array
+            .write_journaled(self.chunk_size.at(phys, within), data)
+            .map_err(|e| Error::io("writing data", e))?;
+        self.record(phys, within, data)?;
+        let n = data.len() / CSUM_BLOCK as usize;
+        let room = (self.log.free.load(Ordering::Acquire) / 2) as usize;
+        let mut j = self.log.journal.lock();
+        let keys = (0..n).map(|i| (phys.index(), within + (i as u64) * CSUM_BLOCK));
+        if j.len() + n <= JOURNAL_BLOCKS.min(room) {
+            for (k, b) in keys.zip(data.chunks(CSUM_BLOCK as usize)) {
+                j.insert(k, b.into());
+            }
+        } else {
+            // No copy: the next round flushes the members for it, and an
+            // older copy must not go home over it at a replay.
+            for k in keys {
+                j.remove(&k);
+            }
+            self.array.mark_written();
+        }
+        Ok(())
+    }
+
+    /// A write in place of `[within, within + len)` of chunk `phys` that
+    /// did not go through `intend`: older copies of its blocks in the
+    /// journal must not go home over it at a replay. Caller holds
+    /// `write_in_progress`.
+    pub(crate) fn journal_forget(&self, phys: Chunk, within: u64, len: u64) {
+        let (a0, a1) = (
+            within / CSUM_BLOCK * CSUM_BLOCK,
+            (within + len).div_ceil(CSUM_BLOCK) * CSUM_BLOCK,
+        );
+        let mut j = self.log.journal.lock();
+        for w in (a0..a1).step_by(CSUM_BLOCK as usize) {
+            j.remove(&(phys.index(), w));
+        }
+    }
+}
