@@ -35,31 +35,22 @@ impl Replayed {
     /// What the replay did to data blocks, for the open warning: empty
     /// when it touched none.
     pub fn data_summary(&self) -> String {
-        let mut parts = Vec::new();
-        if self.data_blocks > 0 {
-            parts.push(format!(
-                "{} journaled blocks written home again",
-                self.data_blocks
-            ));
-        }
-        if self.data_missing > 0 {
-            parts.push(format!(
-                "{} journaled blocks whose copies were cut short keep what they held",
-                self.data_missing
-            ));
-        }
-        if self.writes_kept > 0 {
-            parts.push(format!(
-                "{} blocks with a write in flight keep what they hold",
-                self.writes_kept
-            ));
-        }
-        if self.writes_damaged > 0 {
-            parts.push(format!(
-                "{} blocks with a write in flight cannot be read: they read as errors; `vpool pool scrub` lists them",
-                self.writes_damaged
-            ));
-        }
+        let parts: Vec<String> = [
+            (self.data_blocks, "journaled blocks written home again"),
+            (
+                self.data_missing,
+                "journaled blocks whose copies were cut short keep what they held",
+            ),
+            (self.writes_kept, "blocks with a write in flight keep what they hold"),
+            (
+                self.writes_damaged,
+                "blocks with a write in flight cannot be read: they read as errors; `vpool pool scrub` lists them",
+            ),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
         if parts.is_empty() {
             String::new()
         } else {
@@ -296,5 +287,30 @@ impl ThinPool {
             kept += 1;
         }
         Ok((kept, damaged))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Replayed;
+
+    #[test]
+    fn the_open_warning_names_only_what_the_replay_did_to_data() {
+        assert_eq!(Replayed::default().data_summary(), "");
+        let r = Replayed {
+            writes_kept: 3,
+            writes_damaged: 1,
+            ..Replayed::default()
+        };
+        let s = r.data_summary();
+        assert!(
+            s.starts_with("; 3 blocks with a write in flight keep"),
+            "{s}"
+        );
+        assert!(
+            s.contains("1 blocks with a write in flight cannot be read"),
+            "{s}"
+        );
+        assert!(!s.contains("journaled"), "{s}");
     }
 }
