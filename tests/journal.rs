@@ -99,6 +99,11 @@ fn a_lost_write_then_a_power_cut_keeps_the_flushed_data() {
             let r = pool.check(false).unwrap();
             assert!(r.clean(), "{what}: {r:?}");
             assert!(stats.journaled_blocks >= 1, "{what}: {stats:?}");
+            // The three overwrites went in place, each after a round of
+            // intents (a lie here strikes one copy of a record at most).
+            assert_eq!(stats.named_writes, 3, "{what}: {stats:?}");
+            assert_eq!(stats.unnamed_writes, 0, "{what}: {stats:?}");
+            assert!(stats.intent_rounds >= 1, "{what}: {stats:?}");
         }
     }
 }

@@ -448,6 +448,12 @@ fn print_status(i: &PoolInfo) {
             }
         );
     }
+    if i.writes_in_place + i.writes_afresh_log_full > 0 {
+        println!(
+            "  overwrites: {} in place after {} intent rounds, {} afresh while the log was full",
+            i.writes_in_place, i.intent_rounds, i.writes_afresh_log_full
+        );
+    }
     println!(
         "  meta: {} of {} used ({}%), {} kept for removals{}; transaction {}, {} copies repaired{}",
         format_size(i.metadata_used),

@@ -231,7 +231,7 @@ pub fn render(s: &Snapshot) -> String {
             p,
             info.snapshots as f64,
         );
-        let counters: [(&'static str, &'static str, u64); 7] = [
+        let counters: [(&'static str, &'static str, u64); 10] = [
             (
                 "vpool_pool_flushes_total",
                 "Client flushes since the pool was opened.",
@@ -251,6 +251,21 @@ pub fn render(s: &Snapshot) -> String {
                 "vpool_pool_journaled_blocks_total",
                 "4 KiB blocks written through the data journal (pools without a second copy).",
                 info.journaled_blocks,
+            ),
+            (
+                "vpool_pool_intent_rounds_total",
+                "Flush-log rounds of write intents only (pools without a second copy).",
+                info.intent_rounds,
+            ),
+            (
+                "vpool_pool_writes_in_place_total",
+                "Small overwrites of committed data written in place after their intents.",
+                info.writes_in_place,
+            ),
+            (
+                "vpool_pool_writes_afresh_log_full_total",
+                "Small overwrites written to fresh chunks because the flush log was full.",
+                info.writes_afresh_log_full,
             ),
             (
                 "vpool_pool_metadata_repairs_total",

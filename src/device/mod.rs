@@ -9,6 +9,7 @@
 mod crash;
 mod fault;
 mod file;
+mod helpers;
 mod mem;
 pub mod stats;
 mod writeback;
@@ -49,26 +50,30 @@ pub trait BlockDevice: Send + Sync {
 pub type DeviceRef = Arc<dyn BlockDevice>;
 
 /// Flush every device at once, so that their caches drain in parallel
-/// (one flush's latency instead of their sum). Results in order, each
-/// `Some` (taken by the caller's accounting).
+/// (one flush's latency instead of their sum): the first on the caller's
+/// thread, the others on helper threads. Results in order, each `Some`
+/// (taken by the caller's accounting).
 pub fn flush_all(devs: &[DeviceRef]) -> Vec<Option<io::Result<()>>> {
-    if devs.len() <= 1 {
-        return devs.iter().map(|d| Some(d.flush())).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, d) in devs.iter().enumerate().skip(1) {
+        let (d, tx) = (d.clone(), tx.clone());
+        helpers::run(Box::new(move || {
+            let _ = tx.send((i, d.flush()));
+        }));
     }
-    std::thread::scope(|s| {
-        let others: Vec<_> = devs[1..]
-            .iter()
-            .map(|d| s.spawn(move || d.flush()))
-            .collect();
-        let first = devs[0].flush();
-        std::iter::once(first)
-            .chain(others.into_iter().map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("a member's flush panicked")))
-            }))
-            .map(Some)
-            .collect()
-    })
+    drop(tx);
+    let mut out: Vec<Option<io::Result<()>>> = devs.iter().map(|_| None).collect();
+    if let Some(d) = devs.first() {
+        out[0] = Some(d.flush());
+    }
+    for (i, r) in rx {
+        out[i] = Some(r);
+    }
+    // A helper's job that panicked sent nothing: its flush failed.
+    for r in out.iter_mut().filter(|r| r.is_none()) {
+        *r = Some(Err(io::Error::other("a member's flush panicked")));
+    }
+    out
 }
 
 /// Check that `[offset, offset+len)` lies inside a device of `size` bytes.

@@ -77,6 +77,16 @@ pub struct PoolInfo {
     /// opened (pools whose data has no second copy).
     #[serde(default)]
     pub journaled_blocks: u64,
+    /// Small overwrites of committed data on such pools: rounds of write
+    /// intents written, the writes they let go in place, and those written
+    /// afresh because the log could not take their intents (full until
+    /// the next commit).
+    #[serde(default)]
+    pub intent_rounds: u64,
+    #[serde(default)]
+    pub writes_in_place: u64,
+    #[serde(default)]
+    pub writes_afresh_log_full: u64,
     /// Removed volumes whose space is still being released.
     #[serde(default)]
     pub releasing: usize,
@@ -240,6 +250,9 @@ impl Pool {
             flush_log_rounds: flush.log_rounds,
             flush_commits: flush.commits,
             journaled_blocks: flush.journaled_blocks,
+            intent_rounds: flush.intent_rounds,
+            writes_in_place: flush.named_writes,
+            writes_afresh_log_full: flush.unnamed_writes,
             releasing: meta.releasing(),
             transaction: meta.committed().txid,
             metadata_repairs: meta.blocks.mirror.repaired(),

@@ -20,7 +20,18 @@ impl ThinPool {
     /// log holding only them (or a flush's round that took them). False:
     /// the log cannot take them now.
     fn intent_round(&self, ticket: u64) -> Result<bool> {
-        let mut next = self.log.next.lock();
+        let mut next = loop {
+            if self.log.idone.load(Ordering::Acquire) > ticket {
+                return Ok(true);
+            }
+            // A round running may have taken these intents: wait for its
+            // end rather than queue behind it for `next`.
+            let seen = self.log.next_released();
+            match self.log.try_lock_next() {
+                Some(next) => break next,
+                None => self.log.wait_next(seen),
+            }
+        };
         if self.log.idone.load(Ordering::Acquire) > ticket {
             return Ok(true);
         }
@@ -33,6 +44,7 @@ impl ThinPool {
             return Ok(false);
         }
         self.log.idone.fetch_max(ir, Ordering::AcqRel);
+        self.log.intent_rounds.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -44,6 +56,7 @@ impl ThinPool {
     /// lock, not `write_in_progress` (a round takes it).
     pub(crate) fn intend(&self, phys: Chunk, within: u64, data: &[u8]) -> Result<bool> {
         if self.log.unlogged.load(Ordering::Acquire) {
+            self.log.unnamed.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
         }
         {
@@ -57,7 +70,13 @@ impl ThinPool {
             }
         }
         let ticket = self.log.istarted.load(Ordering::Acquire);
-        self.intent_round(ticket)
+        let named = self.intent_round(ticket)?;
+        let counter = match named {
+            true => &self.log.named,
+            false => &self.log.unnamed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(named)
     }
 
     /// Write `data` (whole 4 KiB blocks) at byte `within` of chunk `phys`

@@ -72,8 +72,13 @@ pub(super) struct Next {
 pub(crate) struct FlushLog {
     /// Mapping changes since the last record, in the order they were made.
     pub(super) maps: Mutex<Vec<Entry>>,
-    /// Serializes rounds; says where the next record goes.
-    pub(super) next: Mutex<Next>,
+    /// Serializes rounds; says where the next record goes. Taken only
+    /// through `lock_next`/`try_lock_next`, whose guard wakes the writers
+    /// waiting for a round to end when it is let go.
+    next: Mutex<Next>,
+    /// Times `next` was let go, and the writers waiting for that.
+    ended: AtomicU64,
+    waiters: Mutex<Vec<std::thread::Thread>>,
     /// Blocks written in place waiting for a round.
     pub(super) journal: Mutex<Journal>,
     /// `Intent` entries waiting for a round (see `ThinPool::intend`), and
@@ -86,6 +91,11 @@ pub(crate) struct FlushLog {
     pub(super) free: AtomicU64,
     /// Data blocks journaled since open.
     pub(super) journaled: AtomicU64,
+    /// Rounds that held only intents; small overwrites they named, and
+    /// those written afresh instead because the log could not take them.
+    pub(super) intent_rounds: AtomicU64,
+    pub(super) named: AtomicU64,
+    pub(super) unnamed: AtomicU64,
     /// Writes hold it for read while they change a chunk; a round takes it
     /// for write to take its entries with no write half done.
     pub(super) writes: RwLock<()>,
@@ -107,6 +117,74 @@ impl FlushLog {
     pub(crate) fn set_free(&self, n: u64) {
         self.free.store(n, Ordering::Release);
     }
+
+    pub(super) fn lock_next(&self) -> NextGuard<'_> {
+        NextGuard {
+            g: Some(self.next.lock()),
+            log: self,
+        }
+    }
+
+    pub(super) fn try_lock_next(&self) -> Option<NextGuard<'_>> {
+        let g = self.next.try_lock()?;
+        Some(NextGuard {
+            g: Some(g),
+            log: self,
+        })
+    }
+
+    /// How many times `next` was let go so far (for `wait_next`).
+    pub(super) fn next_released(&self) -> u64 {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Wait until `next` is let go after `next_released` said `seen`.
+    /// Each waiter parks on its own, and the guard that lets `next` go
+    /// wakes them all at once: behind the mutex itself they would wake one
+    /// after another, each only to see that the round took its entries.
+    pub(super) fn wait_next(&self, seen: u64) {
+        loop {
+            self.waiters.lock().push(std::thread::current());
+            if self.next_released() != seen {
+                return;
+            }
+            // A stray wake-up (an earlier round's) only loops.
+            std::thread::park();
+            if self.next_released() != seen {
+                return;
+            }
+        }
+    }
+}
+
+/// `FlushLog::next`, held.
+pub(super) struct NextGuard<'a> {
+    g: Option<parking_lot::MutexGuard<'a, Next>>,
+    log: &'a FlushLog,
+}
+
+impl std::ops::Deref for NextGuard<'_> {
+    type Target = Next;
+    fn deref(&self) -> &Next {
+        self.g.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for NextGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Next {
+        self.g.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for NextGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.g.take());
+        self.log.ended.fetch_add(1, Ordering::AcqRel);
+        let waiters = std::mem::take(&mut *self.log.waiters.lock());
+        for t in waiters {
+            t.unpark();
+        }
+    }
 }
 
 /// How flushes were served since the pool was opened.
@@ -120,6 +198,12 @@ pub struct FlushStats {
     pub commits: u64,
     /// 4 KiB blocks of writes journaled through the log.
     pub journaled_blocks: u64,
+    /// Rounds of write intents only (see `ThinPool::intend`), the small
+    /// overwrites of committed data they let go in place, and those
+    /// written afresh instead because the log could not take their intents.
+    pub intent_rounds: u64,
+    pub named_writes: u64,
+    pub unnamed_writes: u64,
 }
 
 /// The gate held for write by something other than the data path: what it
@@ -177,7 +261,7 @@ impl ThinPool {
     /// Has a record been written since the last commit? (Caller holds
     /// the gate for write: no round runs.)
     pub(crate) fn log_written(&self) -> bool {
-        self.log.next.lock().slot > 0
+        self.log.lock_next().slot > 0
     }
 
     /// Nothing is queued for a record any more, and the next record is
@@ -189,7 +273,7 @@ impl ThinPool {
         if let Some(c) = &self.csums {
             c.forget_unlogged();
         }
-        *self.log.next.lock() = Next::default();
+        *self.log.lock_next() = Next::default();
         let room = self.meta.read().log_blocks().len() as u64;
         self.log.free.store(room, Ordering::Release);
         self.log.unlogged.store(false, Ordering::Release);
@@ -230,6 +314,9 @@ impl ThinPool {
             log_rounds: self.log.rounds.load(Ordering::Relaxed),
             commits: self.log.committed.load(Ordering::Relaxed),
             journaled_blocks: self.log.journaled.load(Ordering::Relaxed),
+            intent_rounds: self.log.intent_rounds.load(Ordering::Relaxed),
+            named_writes: self.log.named.load(Ordering::Relaxed),
+            unnamed_writes: self.log.unnamed.load(Ordering::Relaxed),
         }
     }
 
@@ -252,7 +339,7 @@ impl ThinPool {
 
     /// `flush_round` for a caller that holds the gate for read.
     fn round(&self, ticket: u64) -> Result<bool> {
-        let mut next = self.log.next.lock();
+        let mut next = self.log.lock_next();
         if self.log.done.load(Ordering::Acquire) > ticket {
             return Ok(true);
         }
