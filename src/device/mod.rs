@@ -21,7 +21,9 @@ pub use mem::MemDevice;
 pub use writeback::{WritebackDevice, WritebackPlan};
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// One member of a pool. Implementations must be safe to call from many threads.
 pub trait BlockDevice: Send + Sync {
@@ -49,22 +51,42 @@ pub trait BlockDevice: Send + Sync {
 /// Shared handle to a member device.
 pub type DeviceRef = Arc<dyn BlockDevice>;
 
+/// A member's recent flush time (ns, a moving average over every member
+/// flushed through `flush_all`), and what a hand-off to a helper costs.
+static FLUSH_NS: AtomicU64 = AtomicU64::new(0);
+const HANDOFF_NS: u64 = 20_000;
+
+/// Flush `d`, adding its time to `FLUSH_NS`.
+fn timed_flush(d: &DeviceRef) -> io::Result<()> {
+    let t = Instant::now();
+    let r = d.flush();
+    let ns = t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u64;
+    let old = FLUSH_NS.load(Ordering::Relaxed);
+    FLUSH_NS.store((old * 7 + ns) / 8, Ordering::Relaxed);
+    r
+}
+
 /// Flush every device at once, so that their caches drain in parallel
 /// (one flush's latency instead of their sum): the first on the caller's
-/// thread, the others on helper threads. Results in order, each `Some`
-/// (taken by the caller's accounting).
+/// thread, the others on helper threads. While flushes take less than a
+/// hand-off to a helper (files whose pages stay in memory, as on tmpfs),
+/// one after another on the caller's thread instead. Results in order,
+/// each `Some` (taken by the caller's accounting).
 pub fn flush_all(devs: &[DeviceRef]) -> Vec<Option<io::Result<()>>> {
+    if FLUSH_NS.load(Ordering::Relaxed) < HANDOFF_NS {
+        return devs.iter().map(|d| Some(timed_flush(d))).collect();
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     for (i, d) in devs.iter().enumerate().skip(1) {
         let (d, tx) = (d.clone(), tx.clone());
         helpers::run(Box::new(move || {
-            let _ = tx.send((i, d.flush()));
+            let _ = tx.send((i, timed_flush(&d)));
         }));
     }
     drop(tx);
     let mut out: Vec<Option<io::Result<()>>> = devs.iter().map(|_| None).collect();
     if let Some(d) = devs.first() {
-        out[0] = Some(d.flush());
+        out[0] = Some(timed_flush(d));
     }
     for (i, r) in rx {
         out[i] = Some(r);

@@ -1,13 +1,17 @@
 //! Writes in place on pools without a second copy of their data: the
 //! write intents a round of the flush log makes durable before a block is
 //! overwritten, and the copies of those blocks the next flush's round
-//! journals (see the notes in `thin::log`).
+//! journals (see the notes in `thin::log`). Rounds of intents alone
+//! rewrite one record, a pair of log blocks, rather than each taking a
+//! block (see `store::log`).
 
+use super::log::{Next, Pair};
 use super::log_entry::{pack, Entry};
 use super::ThinPool;
 use crate::error::{Error, Result};
 use crate::thin::csum::crc;
 use crate::thin::store::csum::CSUM_BLOCK;
+use crate::thin::store::log::LOG_PAYLOAD;
 use crate::units::Chunk;
 use std::sync::atomic::Ordering;
 
@@ -40,11 +44,57 @@ impl ThinPool {
         }
         let ir = self.log.istarted.fetch_add(1, Ordering::AcqRel) + 1;
         let entries = std::mem::take(&mut *self.log.intents.lock());
-        if !self.write_units(&mut next, &pack(&entries, &[]))? {
+        if !self.write_intents(&mut next, &entries)? {
             return Ok(false);
         }
         self.log.idone.fetch_max(ir, Ordering::AcqRel);
         self.log.intent_rounds.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Write `entries` (intents alone) after the last record, on every
+    /// metadata copy, and flush the copies: as the next version of the
+    /// pair just written when they fit beside what it holds (the log does
+    /// not grow), else as a new pair (two blocks), else as plain records.
+    /// False: no room.
+    fn write_intents(&self, next: &mut Next, entries: &[Entry]) -> Result<bool> {
+        let units = pack(entries, &[]);
+        let [unit] = &units[..] else {
+            return self.write_units(next, &units);
+        };
+        let add = &unit.payload;
+        let room = self.meta.read().log_blocks().len() as u64;
+        let (seq, first, version, mut payload) = match next.pair.take() {
+            Some(p) if p.payload.len() + add.len() <= LOG_PAYLOAD => {
+                (p.seq, p.first, p.version + 1, p.payload)
+            }
+            _ if next.slot + 2 > room => {
+                self.log.unlogged.store(true, Ordering::Release);
+                return Ok(false);
+            }
+            _ => (next.seq.max(1), next.slot, 1, Vec::new()),
+        };
+        payload.extend_from_slice(add);
+        let written = (|| {
+            let meta = self.meta.read();
+            meta.write_log_pair(seq, first, version, &payload)?;
+            meta.flush_log()
+        })();
+        if let Err(e) = written {
+            self.log.unlogged.store(true, Ordering::Release);
+            return Err(Error::io("writing the flush log", e));
+        }
+        if version == 1 {
+            next.seq = seq + 1;
+            next.slot = first + 2;
+            self.log.free.store(room - next.slot, Ordering::Release);
+        }
+        next.pair = Some(Pair {
+            seq,
+            first,
+            version,
+            payload,
+        });
         Ok(true)
     }
 

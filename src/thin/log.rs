@@ -20,8 +20,9 @@
 //! data a commit or record holds in place only once the log names the
 //! write: a small write queues one `Intent` entry per 4 KiB block (place
 //! and new checksum) and waits for a round that holds them (`intend`;
-//! writers share rounds, and these rounds write nothing else), then goes
-//! home. A later checksum entry that gives the block one of those writes
+//! writers share rounds, and these rounds write nothing else: they
+//! rewrite the record of intents before them as a pair, see
+//! `write_intents`), then goes home. A later checksum entry that gives the block one of those writes
 //! settles it (that write was flushed); at replay a block with unsettled
 //! intents had a write in flight and keeps what it holds (torn or not),
 //! while a settled block that lost its write reads as an error (see
@@ -62,9 +63,23 @@ pub(super) type Journal = BTreeMap<(u64, u64), Box<[u8]>>;
 #[derive(Default)]
 pub(super) struct Next {
     /// Its sequence number (0 means 1).
-    seq: u64,
+    pub(super) seq: u64,
     /// Its log block.
-    slot: u64,
+    pub(super) slot: u64,
+    /// The record of intents alone just before it, written as a pair (see
+    /// `ThinPool::write_intents`), while nothing was written after it.
+    pub(super) pair: Option<Pair>,
+}
+
+/// A record of intents alone rewritten in turns into two log blocks, each
+/// version holding more (see `store::log`).
+pub(super) struct Pair {
+    pub(super) seq: u64,
+    /// The first of its two blocks.
+    pub(super) first: u64,
+    /// Its last version written (1, 2, ...) and what that holds.
+    pub(super) version: u16,
+    pub(super) payload: Vec<u8>,
 }
 
 /// The log's state in memory.
@@ -446,6 +461,7 @@ impl ThinPool {
         }
         next.seq = seq + units.len() as u64;
         next.slot += need;
+        next.pair = None;
         self.log.free.store(room - next.slot, Ordering::Release);
         Ok(true)
     }

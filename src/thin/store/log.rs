@@ -13,6 +13,12 @@
 //! one (torn, stale, or never written).
 //! A commit starts the log again from its first block: the records of
 //! older transactions no longer match the committed `txid`.
+//!
+//! Pairs (version 9): a record of write intents alone may be rewritten,
+//! each time holding more, in turns into two blocks (its *pair*; header
+//! field `nr_entries` = 1, 2, ... counts the writes, 0 in other records):
+//! a torn rewrite leaves the other block's version whole. The next record
+//! goes after both blocks; the replay takes the newest whole version.
 
 use super::*;
 use crate::error::{BlockFault, Damage, Why};
@@ -158,6 +164,35 @@ impl MetaStore {
         payload: &[u8],
         data: u64,
     ) -> io::Result<()> {
+        self.write_log_block(seq, slot, payload, data, 0)
+    }
+
+    /// Write version `version` (1, 2, ...) of record `seq`, a record of
+    /// intents alone whose pair is blocks `first` and `first + 1`: into
+    /// the first for odd versions, else the second (not flushed).
+    pub fn write_log_pair(
+        &self,
+        seq: u64,
+        first: u64,
+        version: u16,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        if version == 0 {
+            return Err(io::Error::other("a pair's versions start at 1"));
+        }
+        self.log_slot(first + 1)?;
+        let slot = first + u64::from(1 - version % 2);
+        self.write_log_block(seq, slot, payload, 0, version)
+    }
+
+    fn write_log_block(
+        &self,
+        seq: u64,
+        slot: u64,
+        payload: &[u8],
+        data: u64,
+        version: u16,
+    ) -> io::Result<()> {
         // Its data blocks must fit after it.
         self.log_slot(slot.saturating_add(data))?;
         let b = self.log_slot(slot)?;
@@ -173,6 +208,7 @@ impl MetaStore {
             owner: payload.len() as u64,
             low_key: seq,
             next: data,
+            nr_entries: version,
             ..Header::default()
         }
         .write(&mut blk);
@@ -215,44 +251,67 @@ impl MetaStore {
     /// first block, and each record's journaled data blocks come between
     /// it and the next. A record a crash left on some copies only is taken
     /// from one that has it; the replay's commit makes the log's copies
-    /// irrelevant, so none is rewritten.
+    /// irrelevant, so none is rewritten. A record written as a pair (see
+    /// the module's notes) is its newest whole version in either block.
     pub fn read_log(&self) -> Vec<LogRecord> {
-        let (base, tag) = (self.committed.txid, self.blocks.pool_tag);
         let mut out = Vec::new();
         let mut slot = 0u64;
-        let room = self.log_blocks.len() as u64;
-        while let Some(&b) = self.log_blocks.get(slot as usize) {
+        loop {
             let seq = out.len() as u64 + 1;
-            let check = |blk: &[u8]| {
-                let h = Header::validate(blk, BlockKind::Log, b.index(), tag, base).ok()?;
-                (h.txid == base
-                    && h.low_key == seq
-                    && h.owner as usize <= LOG_PAYLOAD
-                    && h.next < room - slot)
-                    .then_some((h.owner as usize, h.next))
-            };
-            let found = self
-                .blocks
-                .read_place_copies(Place::Block(b))
-                .into_iter()
-                .find_map(|(_, _, r)| {
-                    let blk = r.ok()?;
-                    let (len, data) = check(&blk)?;
-                    Some(LogRecord {
-                        payload: blk[HEADER_SIZE..HEADER_SIZE + len].to_vec(),
-                        slot,
-                        data,
-                    })
-                });
-            match found {
-                Some(r) => {
-                    slot += 1 + r.data;
+            let here = self.log_record_at(slot, seq);
+            if let Some((r, 0)) = here {
+                slot += 1 + r.data;
+                out.push(r);
+                continue;
+            }
+            // A pair's first block (or a torn rewrite of it, or the end).
+            let there = self
+                .log_record_at(slot + 1, seq)
+                .filter(|&(_, version)| version > 0);
+            let newest = [here, there].into_iter().flatten().max_by_key(|r| r.1);
+            match newest {
+                Some((r, _)) => {
+                    slot += 2;
                     out.push(r);
                 }
                 None => break,
             }
         }
         out
+    }
+
+    /// Record `seq` in the log's block `slot`, if a copy holds it, with
+    /// its pair version (0: not a pair; the newest of the copies').
+    fn log_record_at(&self, slot: u64, seq: u64) -> Option<(LogRecord, u16)> {
+        let (base, tag) = (self.committed.txid, self.blocks.pool_tag);
+        let room = self.log_blocks.len() as u64;
+        let b = *self.log_blocks.get(slot as usize)?;
+        let check = |blk: &[u8]| {
+            let h = Header::validate(blk, BlockKind::Log, b.index(), tag, base).ok()?;
+            (h.txid == base
+                && h.low_key == seq
+                && h.owner as usize <= LOG_PAYLOAD
+                && h.next < room - slot
+                && (h.nr_entries == 0 || h.next == 0))
+                .then_some((h.owner as usize, h.next, h.nr_entries))
+        };
+        self.blocks
+            .read_place_copies(Place::Block(b))
+            .into_iter()
+            .filter_map(|(_, _, r)| {
+                let blk = r.ok()?;
+                let (len, data, version) = check(&blk)?;
+                let payload = blk[HEADER_SIZE..HEADER_SIZE + len].to_vec();
+                Some((
+                    LogRecord {
+                        payload,
+                        slot,
+                        data,
+                    },
+                    version,
+                ))
+            })
+            .max_by_key(|r| r.1)
     }
 
     /// Make the log's writes durable on every copy.

@@ -276,3 +276,47 @@ fn the_catalog_tree_keeps_every_record_through_changes_and_reopens() {
     assert!(reopen(&dev).catalog().volumes.is_empty());
     assert_eq!(s.msm().used(), empty, "catalog blocks leaked");
 }
+
+/// A record of intents written as a pair reads as its newest whole
+/// version, whichever of its two blocks holds it; a torn rewrite leaves
+/// the version before; the records after the pair follow it.
+#[test]
+fn a_pair_reads_as_its_newest_whole_version_and_the_log_goes_on_after_it() {
+    let dev = Arc::new(MemDevice::new("m0", 64 << 20));
+    let mut s = create(&dev);
+    assert!(s.create_log().unwrap());
+    s.commit().unwrap();
+    let read = |s: &MetaStore| -> Vec<(Vec<u8>, u64)> {
+        s.read_log()
+            .into_iter()
+            .map(|r| (r.payload, r.slot))
+            .collect()
+    };
+    let rec = |p: &[u8], slot: u64| (p.to_vec(), slot);
+    s.write_log_record(1, 0, b"one", 0).unwrap();
+    s.write_log_pair(2, 1, 1, b"a").unwrap();
+    assert_eq!(read(&s), vec![rec(b"one", 0), rec(b"a", 1)]);
+    s.write_log_pair(2, 1, 2, b"ab").unwrap();
+    s.write_log_pair(2, 1, 3, b"abc").unwrap();
+    s.write_log_record(3, 3, b"three", 0).unwrap();
+    assert_eq!(
+        read(&s),
+        vec![rec(b"one", 0), rec(b"abc", 1), rec(b"three", 3)]
+    );
+    // Version 4 torn in the second block: version 3 stands.
+    s.write_log_pair(2, 1, 4, b"abcd").unwrap();
+    assert_eq!(read(&s)[1], rec(b"abcd", 2));
+    s.write_log_data(2, &[0xa5; BLOCK_SIZE]).unwrap();
+    assert_eq!(read(&s)[1], rec(b"abc", 1));
+    // Version 3 torn too (as if version 5 were): version 2 is gone
+    // already, so the log ends after record 1.
+    s.write_log_data(1, &[0x5a; BLOCK_SIZE]).unwrap();
+    assert_eq!(read(&s), vec![rec(b"one", 0)]);
+    // A version in the second block alone is the record.
+    s.write_log_pair(2, 1, 2, b"ab").unwrap();
+    assert_eq!(read(&s)[1], rec(b"ab", 2));
+    // Versions start at 1; a pair needs its two blocks.
+    assert!(s.write_log_pair(2, 1, 0, b"x").is_err());
+    let last = s.log_blocks().len() as u64 - 1;
+    assert!(s.write_log_pair(9, last, 1, b"x").is_err());
+}
