@@ -22,13 +22,12 @@
 //! and new checksum) and waits for a round that holds them (`intend`;
 //! writers share rounds, and these rounds write nothing else: they
 //! rewrite the record of intents before them as a pair, see
-//! `write_intents`), then goes home. A later checksum entry that gives the block one of those writes
-//! settles it (that write was flushed); at replay a block with unsettled
-//! intents had a write in flight and keeps what it holds (torn or not),
-//! while a settled block that lost its write reads as an error (see
-//! `replay`). Larger writes, and
-//! any while the log cannot take intents, are written afresh (as on
-//! RAID5).
+//! `write_intents`), then goes home. A later checksum entry that gives
+//! the block one of those writes settles it (that write was flushed); at
+//! replay a block with unsettled intents had a write in flight and keeps
+//! what it holds (torn or not), while a settled block that lost its write
+//! reads as an error (see `replay`). Larger writes, and any while the log
+//! cannot take intents, are written afresh (as on RAID5).
 //!
 //! Journaled data: a copy of each such block also waits in memory for the
 //! next flush's round, which writes it in the log blocks after the record
