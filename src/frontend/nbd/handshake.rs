@@ -2,7 +2,6 @@
 //! chosen (GO or EXPORT_NAME) or the connection closed.
 
 use super::proto::*;
-use super::stream::{skip, Stream};
 use super::Exports;
 use crate::Volume;
 use std::io;
@@ -37,25 +36,18 @@ pub struct Negotiated {
     pub allocation_context: bool,
 }
 
-fn read_u32(s: &mut dyn Stream) -> io::Result<u32> {
-    let mut b = [0u8; 4];
-    s.read_exact(&mut b)?;
-    Ok(u32::from_be_bytes(b))
+fn reply(s: &mut Vec<u8>, option: u32, kind: u32, data: &[u8]) -> io::Result<()> {
+    s.extend_from_slice(&option_reply(option, kind, data.len() as u32));
+    s.extend_from_slice(data);
+    Ok(())
 }
 
-fn read_u64(s: &mut dyn Stream) -> io::Result<u64> {
-    let mut b = [0u8; 8];
-    s.read_exact(&mut b)?;
-    Ok(u64::from_be_bytes(b))
-}
-
-fn reply(s: &mut dyn Stream, option: u32, kind: u32, data: &[u8]) -> io::Result<()> {
-    let mut msg = option_reply(option, kind, data.len() as u32).to_vec();
-    msg.extend_from_slice(data);
-    s.write_all(&msg)
-}
-
-fn error_reply(s: &mut dyn Stream, option: u32, kind: u32, message: &str) -> io::Result<()> {
+pub(super) fn error_reply(
+    s: &mut Vec<u8>,
+    option: u32,
+    kind: u32,
+    message: &str,
+) -> io::Result<()> {
     reply(s, option, kind, message.as_bytes())
 }
 
@@ -79,44 +71,63 @@ fn export_info(v: &Volume) -> io::Result<(u64, u16)> {
     Ok((size, transmission_flags(v.is_read_only())))
 }
 
-/// Run the handshake (or, after STARTTLS, its rest).
-pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports, tls: TlsState) -> io::Result<Outcome> {
-    let no_zeroes = match tls {
-        TlsState::Active { no_zeroes } => no_zeroes,
-        _ => {
-            let mut hello = Vec::with_capacity(18);
-            hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
-            hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
-            hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
-            s.write_all(&hello)?;
-            let client_flags = read_u32(s)?;
-            if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
-                return Err(bad("unknown client flags"));
-            }
-            client_flags & FLAG_C_NO_ZEROES != 0
+/// The server's greeting, the first bytes on every connection.
+pub fn greeting() -> Vec<u8> {
+    let mut hello = Vec::with_capacity(18);
+    hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
+    hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    hello
+}
+
+/// One connection's handshake, fed one whole message at a time (the
+/// reactor frames them; a worker answers each option).
+pub struct Handshake {
+    tls: TlsState,
+    no_zeroes: bool,
+    structured: bool,
+    allocation_context: bool,
+}
+
+impl Handshake {
+    /// A handshake at its start (after STARTTLS: `TlsState::Active`,
+    /// which carries the client's flags).
+    pub fn new(tls: TlsState) -> Handshake {
+        let no_zeroes = match tls {
+            TlsState::Active { no_zeroes } => no_zeroes,
+            _ => false,
+        };
+        Handshake {
+            tls,
+            no_zeroes,
+            structured: false,
+            allocation_context: false,
         }
-    };
-    let mut structured = false;
-    let mut allocation_context = false;
-    loop {
-        if read_u64(s)? != IHAVEOPT {
-            return Err(bad("bad option magic"));
+    }
+
+    /// The client's flags, the 4 bytes after the greeting.
+    pub fn client_flags(&mut self, client_flags: u32) -> io::Result<()> {
+        if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
+            return Err(bad("unknown client flags"));
         }
-        let option = read_u32(s)?;
-        let len = read_u32(s)?;
-        if len > MAX_OPTION {
-            if option == OPT_EXPORT_NAME || len > 16 * MAX_PAYLOAD {
-                return Err(bad("option payload too large"));
-            }
-            skip(s, len as u64)?;
-            error_reply(s, option, REP_ERR_TOO_BIG, "option payload too large")?;
-            continue;
-        }
-        let mut data = vec![0u8; len as usize];
-        s.read_exact(&mut data)?;
+        self.no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+        Ok(())
+    }
+
+    /// Answer one option into `s`: `None` while the haggling goes on.
+    pub fn option(
+        &mut self,
+        option: u32,
+        data: Vec<u8>,
+        exports: &dyn Exports,
+        s: &mut Vec<u8>,
+    ) -> io::Result<Option<Outcome>> {
+        let (tls, no_zeroes) = (self.tls, self.no_zeroes);
+        let structured = &mut self.structured;
+        let allocation_context = &mut self.allocation_context;
         if tls == TlsState::Required && !matches!(option, OPT_STARTTLS | OPT_ABORT) {
             if option == OPT_EXPORT_NAME {
-                return Ok(Outcome::Closed); // no error reply exists for it
+                return Ok(Some(Outcome::Closed)); // no error reply exists for it
             }
             error_reply(
                 s,
@@ -124,7 +135,7 @@ pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports, tls: TlsState) -> io
                 REP_ERR_TLS_REQD,
                 "TLS is required here (qemu: --object tls-creds-psk/x509; libnbd: nbds:// or tls=require)",
             )?;
-            continue;
+            return Ok(None);
         }
         match option {
             OPT_STARTTLS => {
@@ -136,14 +147,14 @@ pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports, tls: TlsState) -> io
                     }
                     TlsState::Required => {
                         reply(s, option, REP_ACK, &[])?;
-                        return Ok(Outcome::StartTls { no_zeroes });
+                        return Ok(Some(Outcome::StartTls { no_zeroes }));
                     }
                 };
                 error_reply(s, option, kind, why)?;
             }
             OPT_EXPORT_NAME => {
                 let Some(v) = String::from_utf8(data).ok().and_then(|n| exports.open(&n)) else {
-                    return Ok(Outcome::Closed); // the protocol's only answer: hang up
+                    return Ok(Some(Outcome::Closed)); // the protocol's only answer: hang up
                 };
                 let (size, flags) = export_info(&v)?;
                 let mut msg = size.to_be_bytes().to_vec();
@@ -151,21 +162,21 @@ pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports, tls: TlsState) -> io
                 if !no_zeroes {
                     msg.extend_from_slice(&[0u8; 124]);
                 }
-                s.write_all(&msg)?;
-                return Ok(Outcome::Serve(Negotiated {
+                s.extend_from_slice(&msg);
+                return Ok(Some(Outcome::Serve(Negotiated {
                     volume: v,
-                    structured,
-                    allocation_context,
-                }));
+                    structured: *structured,
+                    allocation_context: *allocation_context,
+                })));
             }
             OPT_ABORT => {
                 let _ = reply(s, option, REP_ACK, &[]);
-                return Ok(Outcome::Closed);
+                return Ok(Some(Outcome::Closed));
             }
             OPT_LIST => {
                 if !data.is_empty() {
                     error_reply(s, option, REP_ERR_INVALID, "LIST takes no data")?;
-                    continue;
+                    return Ok(None);
                 }
                 for name in exports.list() {
                     let mut d = (name.len() as u32).to_be_bytes().to_vec();
@@ -177,7 +188,7 @@ pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports, tls: TlsState) -> io
             OPT_INFO | OPT_GO => {
                 let Some((name, infos)) = parse_info_request(&data) else {
                     error_reply(s, option, REP_ERR_INVALID, "malformed INFO/GO request")?;
-                    continue;
+                    return Ok(None);
                 };
                 let Some(v) = exports.open(&name) else {
                     error_reply(
@@ -186,7 +197,7 @@ pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports, tls: TlsState) -> io
                         REP_ERR_UNKNOWN,
                         &format!("no export named '{name}' (names are POOL/VOLUME[@SNAPSHOT])"),
                     )?;
-                    continue;
+                    return Ok(None);
                 };
                 let (size, flags) = export_info(&v)?;
                 let mut d = INFO_EXPORT.to_be_bytes().to_vec();
@@ -210,34 +221,34 @@ pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports, tls: TlsState) -> io
                 }
                 reply(s, option, REP_ACK, &[])?;
                 if option == OPT_GO {
-                    return Ok(Outcome::Serve(Negotiated {
+                    return Ok(Some(Outcome::Serve(Negotiated {
                         volume: v,
-                        structured,
-                        allocation_context,
-                    }));
+                        structured: *structured,
+                        allocation_context: *allocation_context,
+                    })));
                 }
             }
             OPT_STRUCTURED_REPLY => {
                 if !data.is_empty() {
                     error_reply(s, option, REP_ERR_INVALID, "STRUCTURED_REPLY takes no data")?;
-                    continue;
+                    return Ok(None);
                 }
-                structured = true;
+                *structured = true;
                 reply(s, option, REP_ACK, &[])?;
             }
             OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
-                if !structured {
+                if !*structured {
                     error_reply(
                         s,
                         option,
                         REP_ERR_INVALID,
                         "negotiate structured replies first",
                     )?;
-                    continue;
+                    return Ok(None);
                 }
                 let Some((name, queries)) = parse_meta_request(&data) else {
                     error_reply(s, option, REP_ERR_INVALID, "malformed meta context request")?;
-                    continue;
+                    return Ok(None);
                 };
                 if exports.open(&name).is_none() {
                     error_reply(
@@ -246,7 +257,7 @@ pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports, tls: TlsState) -> io
                         REP_ERR_UNKNOWN,
                         &format!("no export named '{name}'"),
                     )?;
-                    continue;
+                    return Ok(None);
                 }
                 let set = option == OPT_SET_META_CONTEXT;
                 let wanted = if set {
@@ -258,7 +269,7 @@ pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports, tls: TlsState) -> io
                             .any(|q| q == "base:" || q == META_CONTEXT_ALLOCATION)
                 };
                 if set {
-                    allocation_context = wanted;
+                    *allocation_context = wanted;
                 }
                 if wanted {
                     let id = if set { ALLOCATION_CONTEXT_ID } else { 0 };
@@ -270,5 +281,6 @@ pub fn negotiate(s: &mut dyn Stream, exports: &dyn Exports, tls: TlsState) -> io
             }
             _ => error_reply(s, option, REP_ERR_UNSUP, "option not supported")?,
         }
+        Ok(None)
     }
 }

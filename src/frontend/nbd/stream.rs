@@ -68,17 +68,6 @@ impl Stream for UnixStream {
     }
 }
 
-/// Read and drop `n` bytes with a small buffer (an oversized payload we refuse).
-pub fn skip(r: &mut dyn Read, mut n: u64) -> io::Result<()> {
-    let mut buf = [0u8; 64 * 1024];
-    while n > 0 {
-        let k = (n as usize).min(buf.len());
-        r.read_exact(&mut buf[..k])?;
-        n -= k as u64;
-    }
-    Ok(())
-}
-
 /// Wait until one of the descriptors is ready for what is asked (false:
 /// the timeout passed).
 pub(super) fn wait(fds: &[(i32, i16)], timeout: Duration) -> io::Result<bool> {

@@ -1,241 +1,79 @@
-//! The transmission phase. The connection's thread reads and validates
-//! requests and queues them; a few worker threads execute them against the
-//! volume and reply as each finishes (replies out of order, many requests in
-//! flight). A byte budget bounds the memory a connection can hold; a client
-//! that stops reading replies times out and is disconnected.
+//! The transmission phase, on the workers: validate a request, run it
+//! against the volume and reply (replies go out in the order requests
+//! finish, many in flight). The reactor has read the request and its
+//! payload and charged its bytes to the connection's budget; the reply
+//! gives them back once the client has taken it.
 
+use super::conn::{Conn, Job, Work};
 use super::handshake::Negotiated;
 use super::proto::*;
-use super::stream::{skip, Stream};
 use crate::error::Error;
-use crate::Volume;
-use parking_lot::{Condvar, Mutex};
-use std::io::{self, BufReader, IoSlice, Read, Write};
-use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
-const WORKERS: usize = 16;
-/// Payload bytes a connection may hold in flight.
-const BUDGET: u64 = 96 << 20;
-/// Payload bytes all connections together may hold: a thousand clients
-/// sending large writes cannot take the host's memory.
-const GLOBAL_BUDGET: u64 = 1 << 30;
 /// Least a request is charged, so many tiny requests are bounded too.
-const MIN_COST: u64 = 64 << 10;
-const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const MIN_COST: u64 = 64 << 10;
 
-struct Budget {
-    limit: u64,
-    used: Mutex<u64>,
-    cv: Condvar,
-}
-
-static GLOBAL: Budget = Budget::new(GLOBAL_BUDGET);
-
-impl Budget {
-    const fn new(limit: u64) -> Budget {
-        Budget {
-            limit,
-            used: parking_lot::const_mutex(0),
-            cv: Condvar::new(),
+/// Run one item of a connection's work (on a worker).
+pub(super) fn run(conn: &Conn, work: Work) {
+    match work {
+        Work::Option { option, data } => {
+            let mut out = Vec::new();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                conn.handshake
+                    .lock()
+                    .option(option, data, &*conn.policy.exports, &mut out)
+            }))
+            .unwrap_or_else(|_| Err(std::io::Error::other("an option's answer panicked")));
+            conn.send(&out, &[], 0);
+            *conn.outcome.lock() = Some(outcome);
+            conn.hub.revisit(conn.id);
         }
-    }
-
-    /// Take `n` bytes, waiting while others hold too much (one request
-    /// always fits when nothing is held, however large).
-    fn acquire(&self, n: u64) {
-        let mut used = self.used.lock();
-        while *used + n > self.limit && *used > 0 {
-            self.cv.wait(&mut used);
-        }
-        *used += n;
-    }
-
-    fn release(&self, n: u64) {
-        *self.used.lock() -= n;
-        self.cv.notify_all();
+        Work::Request(job) => request(conn, job),
     }
 }
 
-struct Job {
-    req: Request,
-    data: Vec<u8>,
-    /// Set when validation already failed: reply with this error.
-    error: Option<u32>,
-    cost: u64,
-}
-
-struct Shared {
-    volume: Volume,
-    structured: bool,
-    writer: Mutex<Box<dyn Stream>>,
-    budget: Budget,
-    dead: AtomicBool,
-    buffers: Mutex<Vec<Vec<u8>>>,
-    /// A handle to shut the socket down if a reply cannot be sent.
-    control: Box<dyn Stream>,
-}
-
-/// Serve requests until the client disconnects, misbehaves or the server stops.
-pub fn serve(stream: Box<dyn Stream>, neg: Negotiated, stopping: &AtomicBool) -> io::Result<()> {
-    let writer = stream.try_clone_stream()?;
-    writer.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let control = stream.try_clone_stream()?;
-    stream.set_read_timeout(None)?;
-    let shared = Arc::new(Shared {
-        volume: neg.volume,
-        structured: neg.structured,
-        writer: Mutex::new(writer),
-        budget: Budget::new(BUDGET),
-        dead: AtomicBool::new(false),
-        buffers: Mutex::new(Vec::new()),
-        control,
-    });
-    let mut workers = Workers::start(shared.clone())?;
-    let result = read_loop(
-        stream,
-        &shared,
-        &mut workers,
-        neg.allocation_context,
-        stopping,
-    );
-    workers.finish();
-    shared.control.shutdown(Shutdown::Both);
-    result
-}
-
-/// The connection's worker threads: one to start with, more (up to
-/// `WORKERS`) only while every one is busy, so idle clients cost a thread.
-struct Workers {
-    shared: Arc<Shared>,
-    tx: mpsc::Sender<Job>,
-    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
-    idle: Arc<AtomicUsize>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Workers {
-    fn start(shared: Arc<Shared>) -> io::Result<Workers> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let mut w = Workers {
-            shared,
-            tx,
-            rx: Arc::new(Mutex::new(rx)),
-            idle: Arc::new(AtomicUsize::new(0)),
-            threads: Vec::new(),
-        };
-        w.spawn()?;
-        Ok(w)
+fn request(conn: &Conn, job: Job) {
+    let Job {
+        req,
+        mut data,
+        error,
+        cost,
+    } = job;
+    if conn.dead.load(Ordering::SeqCst) {
+        // Nobody to answer: drop it.
+        conn.give_buffer(data);
+        conn.release(cost);
+        return;
     }
-
-    fn spawn(&mut self) -> io::Result<()> {
-        let (shared, rx, idle) = (self.shared.clone(), self.rx.clone(), self.idle.clone());
-        let t = std::thread::Builder::new()
-            .name("nbd-io".into())
-            .spawn(move || loop {
-                idle.fetch_add(1, Ordering::SeqCst);
-                let job = { rx.lock().recv() };
-                idle.fetch_sub(1, Ordering::SeqCst);
-                match job {
-                    Ok(job) => run(&shared, job),
-                    Err(_) => break,
-                }
-            })?;
-        self.threads.push(t);
-        Ok(())
+    let Some(neg) = conn.serving.get() else {
+        conn.kill();
+        conn.release(cost);
+        return;
+    };
+    let error = error.or_else(|| validate(neg, &req));
+    let outcome = match error {
+        Some(e) => Err(e),
+        // A panic in one request is that request's EIO: the worker, the
+        // connection and the others' requests go on.
+        None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            execute(conn, neg, &req, &mut data)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!("nbd: a request panicked; it gets EIO and the connection goes on");
+            Err(EIO)
+        }),
+    };
+    match outcome {
+        Ok(Payload::None) => conn.send(&simple_reply(req.cookie, 0), &[], cost),
+        Ok(Payload::Read) => send_read(conn, neg, &req, &data, cost),
+        Ok(Payload::Status(descriptors)) => send_status(conn, &req, &descriptors, cost),
+        Err(e) => send_error(conn, neg, &req, e, cost),
     }
-
-    fn queue(&mut self, job: Job) -> io::Result<()> {
-        if self.idle.load(Ordering::SeqCst) == 0 && self.threads.len() < WORKERS {
-            // Out of threads: the ones there are serve the queue.
-            if let Err(e) = self.spawn() {
-                tracing::warn!("nbd: cannot start another I/O thread: {e}");
-            }
-        }
-        self.tx
-            .send(job)
-            .map_err(|_| io::Error::other("workers gone"))
-    }
-
-    fn finish(self) {
-        drop(self.tx);
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
-}
-
-fn read_loop(
-    stream: Box<dyn Stream>,
-    shared: &Shared,
-    workers: &mut Workers,
-    allocation: bool,
-    stopping: &AtomicBool,
-) -> io::Result<()> {
-    // Buffered: a small write's header and payload cost one read syscall.
-    let mut stream = BufReader::with_capacity(256 << 10, stream);
-    let mut hdr = [0u8; Request::SIZE];
-    loop {
-        if shared.dead.load(Ordering::Relaxed) {
-            return Err(io::Error::other("client stopped reading replies"));
-        }
-        match stream.read_exact(&mut hdr) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) if stopping.load(Ordering::Relaxed) => {
-                let _ = e;
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        }
-        let req =
-            Request::decode(&hdr).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        if req.kind == CMD_DISC {
-            return Ok(());
-        }
-        let mut error = if stopping.load(Ordering::Relaxed) {
-            Some(ESHUTDOWN)
-        } else {
-            validate(shared, &req, allocation)
-        };
-        let oversized = req.kind == CMD_WRITE && req.length > MAX_PAYLOAD;
-        let mut data = Vec::new();
-        let mut cost = MIN_COST;
-        if oversized {
-            // Too big to hold: drop the payload unread-into-memory and refuse.
-            skip(&mut stream, req.length as u64)?;
-            error = Some(EINVAL);
-        } else if req.kind == CMD_WRITE || (req.kind == CMD_READ && error.is_none()) {
-            cost = cost.max(req.length as u64);
-        }
-        shared.budget.acquire(cost);
-        GLOBAL.acquire(cost);
-        if req.kind == CMD_WRITE && !oversized {
-            // Read even when the request is refused, so the stream stays in step.
-            data = take_buffer(shared, req.length as usize);
-            if let Err(e) = stream.read_exact(&mut data) {
-                GLOBAL.release(cost); // the connection's own budget ends with it
-                return Err(e);
-            }
-        }
-        let job = Job {
-            req,
-            data,
-            error,
-            cost,
-        };
-        if let Err(e) = workers.queue(job) {
-            GLOBAL.release(cost);
-            return Err(e);
-        }
-    }
+    conn.give_buffer(data);
 }
 
 /// Protocol-level checks, before touching the volume.
-fn validate(shared: &Shared, req: &Request, allocation: bool) -> Option<u32> {
+fn validate(neg: &Negotiated, req: &Request) -> Option<u32> {
     let known =
         CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_DF | CMD_FLAG_REQ_ONE | CMD_FLAG_FAST_ZERO;
     if req.flags & !known != 0 {
@@ -251,7 +89,7 @@ fn validate(shared: &Shared, req: &Request, allocation: bool) -> Option<u32> {
     if req.flags & !allowed != 0 {
         return Some(EINVAL);
     }
-    let v = &shared.volume;
+    let v = &neg.volume;
     match req.kind {
         CMD_FLUSH => return None,
         CMD_READ | CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES | CMD_BLOCK_STATUS => {}
@@ -259,7 +97,9 @@ fn validate(shared: &Shared, req: &Request, allocation: bool) -> Option<u32> {
     }
     // The protocol: a block status length MUST NOT be 0; the request is
     // answered with EINVAL and the connection goes on.
-    if req.kind == CMD_BLOCK_STATUS && (!(allocation && shared.structured) || req.length == 0) {
+    if req.kind == CMD_BLOCK_STATUS
+        && (!(neg.allocation_context && neg.structured) || req.length == 0)
+    {
         return Some(EINVAL);
     }
     if req.kind == CMD_READ && req.length > MAX_PAYLOAD {
@@ -279,70 +119,24 @@ fn validate(shared: &Shared, req: &Request, allocation: bool) -> Option<u32> {
     }
 }
 
-fn take_buffer(shared: &Shared, len: usize) -> Vec<u8> {
-    let mut b = shared.buffers.lock().pop().unwrap_or_default();
-    b.resize(len, 0);
-    b
-}
-
-fn give_buffer(shared: &Shared, mut b: Vec<u8>) {
-    let mut pool = shared.buffers.lock();
-    if pool.len() < WORKERS * 2 && b.capacity() <= MAX_PAYLOAD as usize {
-        b.clear();
-        pool.push(b);
-    }
-}
-
-fn errno(e: &Error) -> u32 {
-    nbd_error(e.errno())
-}
-
-fn run(shared: &Shared, job: Job) {
-    let Job {
-        req,
-        mut data,
-        error,
-        cost,
-    } = job;
-    let outcome = match error {
-        Some(e) => Err(e),
-        // A panic in one request is that request's EIO: the worker, the
-        // connection and the others' requests go on.
-        None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            execute(shared, &req, &mut data)
-        }))
-        .unwrap_or_else(|_| {
-            tracing::error!("nbd: a request panicked; it gets EIO and the connection goes on");
-            Err(EIO)
-        }),
-    };
-    let sent = match outcome {
-        Ok(Payload::None) => send(shared, &simple_reply(req.cookie, 0), &[]),
-        Ok(Payload::Read) => send_read(shared, &req, &data),
-        Ok(Payload::Status(descriptors)) => send_status(shared, &req, &descriptors),
-        Err(e) => send_error(shared, &req, e),
-    };
-    if sent.is_err() && !shared.dead.swap(true, Ordering::Relaxed) {
-        shared.control.shutdown(Shutdown::Both);
-    }
-    give_buffer(shared, data);
-    GLOBAL.release(cost);
-    shared.budget.release(cost);
-}
-
 enum Payload {
     None,
     Read,
     Status(Vec<(u32, u32)>),
 }
 
-fn execute(shared: &Shared, req: &Request, data: &mut Vec<u8>) -> Result<Payload, u32> {
-    let v = &shared.volume;
+fn execute(
+    conn: &Conn,
+    neg: &Negotiated,
+    req: &Request,
+    data: &mut Vec<u8>,
+) -> Result<Payload, u32> {
+    let v = &neg.volume;
     let fua = req.flags & CMD_FLAG_FUA != 0;
     let e = |e: Error| errno(&e);
     match req.kind {
         CMD_READ => {
-            *data = take_buffer(shared, req.length as usize);
+            *data = conn.take_buffer(req.length as usize);
             v.read_at(data, req.offset).map_err(e)?;
             return Ok(Payload::Read);
         }
@@ -388,25 +182,13 @@ fn execute(shared: &Shared, req: &Request, data: &mut Vec<u8>) -> Result<Payload
     Ok(Payload::None)
 }
 
-/// Header and body in one vectored write (one syscall for most replies).
-fn send(shared: &Shared, header: &[u8], body: &[u8]) -> io::Result<()> {
-    let mut w = shared.writer.lock();
-    let (mut h, mut b) = (header, body);
-    while !h.is_empty() || !b.is_empty() {
-        let n = w.write_vectored(&[IoSlice::new(h), IoSlice::new(b)])?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        let from_h = n.min(h.len());
-        h = &h[from_h..];
-        b = &b[n - from_h..];
-    }
-    Ok(())
+fn errno(e: &Error) -> u32 {
+    nbd_error(e.errno())
 }
 
-fn send_read(shared: &Shared, req: &Request, data: &[u8]) -> io::Result<()> {
-    if !shared.structured {
-        return send(shared, &simple_reply(req.cookie, 0), data);
+fn send_read(conn: &Conn, neg: &Negotiated, req: &Request, data: &[u8], cost: u64) {
+    if !neg.structured {
+        return conn.send(&simple_reply(req.cookie, 0), data, cost);
     }
     let mut h = structured_header(
         req.cookie,
@@ -416,10 +198,10 @@ fn send_read(shared: &Shared, req: &Request, data: &[u8]) -> io::Result<()> {
     )
     .to_vec();
     h.extend_from_slice(&req.offset.to_be_bytes());
-    send(shared, &h, data)
+    conn.send(&h, data, cost)
 }
 
-fn send_status(shared: &Shared, req: &Request, descriptors: &[(u32, u32)]) -> io::Result<()> {
+fn send_status(conn: &Conn, req: &Request, descriptors: &[(u32, u32)], cost: u64) {
     let mut body = ALLOCATION_CONTEXT_ID.to_be_bytes().to_vec();
     for (len, flags) in descriptors {
         body.extend_from_slice(&len.to_be_bytes());
@@ -431,12 +213,12 @@ fn send_status(shared: &Shared, req: &Request, descriptors: &[(u32, u32)]) -> io
         REPLY_TYPE_BLOCK_STATUS,
         body.len() as u32,
     );
-    send(shared, &h, &body)
+    conn.send(&h, &body, cost)
 }
 
-fn send_error(shared: &Shared, req: &Request, error: u32) -> io::Result<()> {
-    if !shared.structured || !matches!(req.kind, CMD_READ | CMD_BLOCK_STATUS) {
-        return send(shared, &simple_reply(req.cookie, error), &[]);
+fn send_error(conn: &Conn, neg: &Negotiated, req: &Request, error: u32, cost: u64) {
+    if !neg.structured || !matches!(req.kind, CMD_READ | CMD_BLOCK_STATUS) {
+        return conn.send(&simple_reply(req.cookie, error), &[], cost);
     }
     let mut body = error.to_be_bytes().to_vec();
     body.extend_from_slice(&0u16.to_be_bytes());
@@ -446,5 +228,5 @@ fn send_error(shared: &Shared, req: &Request, error: u32) -> io::Result<()> {
         REPLY_TYPE_ERROR,
         body.len() as u32,
     );
-    send(shared, &h, &body)
+    conn.send(&h, &body, cost)
 }

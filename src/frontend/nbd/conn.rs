@@ -1,0 +1,424 @@
+//! One client connection as the reactor and the workers share it: the
+//! socket (non-blocking), what the client negotiated, its queue of work,
+//! the replies it has not taken yet, and the payload bytes it holds.
+//!
+//! Replies are written by whoever finishes a request, straight to the
+//! socket while it takes them; what it does not take waits in the
+//! connection's queue and the reactor sends it when the socket drains. No
+//! thread ever blocks on a client, so a client that stops reading costs
+//! only its own budget.
+
+use super::handshake::{Handshake, Negotiated, Outcome};
+use super::proto::Request;
+use super::stream::Stream;
+use super::Policy;
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use nix::sys::eventfd::EventFd;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::net::Shutdown;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// Payload bytes a connection may hold in flight.
+pub(super) const BUDGET: u64 = 96 << 20;
+/// Payload bytes all connections of a server together may hold: a thousand
+/// clients sending large writes cannot take the host's memory.
+pub(super) const GLOBAL_BUDGET: u64 = 1 << 30;
+
+/// Bytes held against a limit.
+pub(super) struct Budget {
+    limit: u64,
+    used: Mutex<u64>,
+}
+
+impl Budget {
+    pub(super) const fn new(limit: u64) -> Budget {
+        Budget {
+            limit,
+            used: parking_lot::const_mutex(0),
+        }
+    }
+
+    /// Take `n` bytes if they fit (one request always fits when nothing
+    /// is held, however large).
+    pub(super) fn try_acquire(&self, n: u64) -> bool {
+        let mut used = self.used.lock();
+        if *used + n > self.limit && *used > 0 {
+            return false;
+        }
+        *used += n;
+        true
+    }
+
+    pub(super) fn release(&self, n: u64) {
+        let mut used = self.used.lock();
+        *used = used.saturating_sub(n);
+    }
+}
+
+/// What the reactor and the workers of one server share.
+pub(super) struct Hub {
+    pub epoll: Epoll,
+    /// Written to wake the reactor.
+    pub wake: EventFd,
+    /// Connections the reactor should look at again (an option answered, a
+    /// budget freed, a queue gone idle while closing).
+    pub revisit: Mutex<Vec<u64>>,
+    pub global: Budget,
+    /// Connections waiting for the global budget.
+    pub starved: Mutex<Vec<u64>>,
+    pub stopping: AtomicBool,
+}
+
+impl Hub {
+    pub(super) fn new() -> io::Result<Hub> {
+        Ok(Hub {
+            epoll: Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)?,
+            wake: EventFd::from_flags(
+                nix::sys::eventfd::EfdFlags::EFD_CLOEXEC
+                    | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+            )?,
+            revisit: Mutex::new(Vec::new()),
+            global: Budget::new(GLOBAL_BUDGET),
+            starved: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    pub(super) fn revisit(&self, id: u64) {
+        self.revisit.lock().push(id);
+        let _ = self.wake.write(1);
+    }
+}
+
+/// One request read off the wire, to run on a worker.
+pub(super) struct Job {
+    pub req: Request,
+    pub data: Vec<u8>,
+    /// Set when the reactor already refused it (an oversized write).
+    pub error: Option<u32>,
+    pub cost: u64,
+}
+
+/// Work for the worker pool.
+pub(super) enum Work {
+    /// A handshake option and its data.
+    Option {
+        option: u32,
+        data: Vec<u8>,
+    },
+    Request(Job),
+}
+
+/// A connection's queue. At most `PER_CONN` of its items are in the pool's
+/// ring or running at once, so one client cannot take every worker.
+#[derive(Default)]
+pub(super) struct Queue {
+    pub work: VecDeque<Work>,
+    /// Turns of this connection in the pool's ring.
+    pub in_ring: usize,
+    pub running: usize,
+}
+
+/// Most of one connection's requests that run at once.
+pub(super) const PER_CONN: usize = 16;
+
+impl Queue {
+    /// Whether a new turn should go into the ring (and count it).
+    pub(super) fn take_turn(&mut self) -> bool {
+        if self.in_ring + self.running < PER_CONN && self.in_ring < self.work.len() {
+            self.in_ring += 1;
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn idle(&self) -> bool {
+        self.work.is_empty() && self.running == 0
+    }
+}
+
+struct Out {
+    bytes: Vec<u8>,
+    done: usize,
+    cost: u64,
+}
+
+struct Tx {
+    sock: Box<dyn Stream>,
+    queue: VecDeque<Out>,
+    /// Since when the oldest queued reply has waited without progress.
+    stalled_since: Option<Instant>,
+    want_write: bool,
+}
+
+pub(super) struct Conn {
+    pub id: u64,
+    pub peer: String,
+    pub policy: Policy,
+    pub hub: Arc<Hub>,
+    /// Registered with epoll; lives as long as the connection, so the
+    /// descriptor's number is never reused under a late `modify`.
+    control: Box<dyn Stream>,
+    tx: Mutex<Tx>,
+    pub queue: Mutex<Queue>,
+    pub budget: Budget,
+    pub handshake: Mutex<Handshake>,
+    /// The result of the last option, for the reactor to act on.
+    pub outcome: Mutex<Option<io::Result<Option<Outcome>>>>,
+    pub serving: OnceLock<Negotiated>,
+    /// Replies can no longer be sent: queued work is dropped.
+    pub dead: AtomicBool,
+    /// The reactor reads no more: tell it when the queue is idle.
+    pub closing: AtomicBool,
+    /// Waiting for its own budget.
+    pub starved: AtomicBool,
+    pub buffers: Mutex<Vec<Vec<u8>>>,
+}
+
+fn interest(write: bool) -> EpollFlags {
+    let mut f = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
+    if write {
+        f |= EpollFlags::EPOLLOUT;
+    }
+    f
+}
+
+impl Conn {
+    /// A connection on `sock` (made non-blocking), registered with the
+    /// hub's epoll under its id. Returns it and the reader the reactor
+    /// keeps.
+    pub(super) fn register(
+        hub: &Arc<Hub>,
+        id: u64,
+        sock: Box<dyn Stream>,
+        policy: Policy,
+        handshake: Handshake,
+    ) -> io::Result<(Arc<Conn>, Box<dyn Stream>)> {
+        sock.set_nonblocking(true)?;
+        let writer = sock.try_clone_stream()?;
+        let control = sock.try_clone_stream()?;
+        let conn = Arc::new(Conn {
+            id,
+            peer: sock.peer(),
+            policy,
+            hub: hub.clone(),
+            control,
+            tx: Mutex::new(Tx {
+                sock: writer,
+                queue: VecDeque::new(),
+                stalled_since: None,
+                want_write: false,
+            }),
+            queue: Mutex::new(Queue::default()),
+            budget: Budget::new(BUDGET),
+            handshake: Mutex::new(handshake),
+            outcome: Mutex::new(None),
+            serving: OnceLock::new(),
+            dead: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            starved: AtomicBool::new(false),
+            buffers: Mutex::new(Vec::new()),
+        });
+        hub.epoll
+            .add(conn.fd(), EpollEvent::new(interest(false), id))?;
+        Ok((conn, sock))
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: `control` owns the descriptor for as long as `self` lives.
+        unsafe { BorrowedFd::borrow_raw(self.control.fd()) }
+    }
+
+    /// Take the connection off epoll (before it is dropped or handed on).
+    pub(super) fn deregister(&self) {
+        let _ = self.hub.epoll.delete(self.fd());
+    }
+
+    pub(super) fn shutdown(&self, how: Shutdown) {
+        self.control.shutdown(how);
+    }
+
+    /// A dup of the socket, to hand the connection to TLS.
+    pub(super) fn clone_socket(&self) -> io::Result<Box<dyn Stream>> {
+        self.control.try_clone_stream()
+    }
+
+    /// The client is gone or stuck: drop its replies and stop serving it.
+    pub(super) fn kill(&self) {
+        if !self.dead.swap(true, Ordering::SeqCst) {
+            self.control.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Give back `cost` bytes of both budgets, and wake whoever waits for them.
+    pub(super) fn release(&self, cost: u64) {
+        if cost == 0 {
+            return;
+        }
+        self.budget.release(cost);
+        self.hub.global.release(cost);
+        if self.starved.swap(false, Ordering::SeqCst) {
+            self.hub.revisit(self.id);
+        }
+        let waiting: Vec<u64> = std::mem::take(&mut *self.hub.starved.lock());
+        if !waiting.is_empty() {
+            self.hub.revisit.lock().extend(waiting);
+            let _ = self.hub.wake.write(1);
+        }
+    }
+
+    /// Send `header` and `body` (one reply, in order with every other),
+    /// then give back `cost` once the client has taken them all.
+    pub(super) fn send(&self, header: &[u8], body: &[u8], cost: u64) {
+        let mut tx = self.tx.lock();
+        if self.dead.load(Ordering::SeqCst) {
+            drop(tx);
+            self.release(cost);
+            return;
+        }
+        let (mut h, mut b) = (header, body);
+        if tx.queue.is_empty() {
+            while !h.is_empty() || !b.is_empty() {
+                match tx.sock.write_vectored(&[IoSlice::new(h), IoSlice::new(b)]) {
+                    Ok(0) => {
+                        drop(tx);
+                        self.kill();
+                        self.release(cost);
+                        return;
+                    }
+                    Ok(n) => {
+                        let from_h = n.min(h.len());
+                        h = &h[from_h..];
+                        b = &b[n - from_h..];
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        drop(tx);
+                        self.kill();
+                        self.release(cost);
+                        return;
+                    }
+                }
+            }
+            if h.is_empty() && b.is_empty() {
+                drop(tx);
+                self.release(cost);
+                return;
+            }
+        }
+        let mut bytes = Vec::with_capacity(h.len() + b.len());
+        bytes.extend_from_slice(h);
+        bytes.extend_from_slice(b);
+        tx.queue.push_back(Out {
+            bytes,
+            done: 0,
+            cost,
+        });
+        if tx.stalled_since.is_none() {
+            tx.stalled_since = Some(Instant::now());
+        }
+        if !tx.want_write {
+            tx.want_write = true;
+            let mut ev = EpollEvent::new(interest(true), self.id);
+            if self.hub.epoll.modify(self.fd(), &mut ev).is_err() {
+                drop(tx);
+                self.kill();
+            }
+        }
+    }
+
+    /// Send what waits, as far as the socket takes it (the reactor, when the
+    /// socket has room). Returns whether nothing waits any more.
+    pub(super) fn flush_replies(&self) -> bool {
+        let mut freed = 0;
+        let mut tx = self.tx.lock();
+        let mut failed = false;
+        loop {
+            let r = {
+                let Tx { sock, queue, .. } = &mut *tx;
+                let Some(out) = queue.front_mut() else {
+                    break;
+                };
+                sock.write(&out.bytes[out.done..]).map(|n| {
+                    out.done += n;
+                    (n, out.done == out.bytes.len())
+                })
+            };
+            match r {
+                Ok((0, _)) => {
+                    failed = true;
+                    break;
+                }
+                Ok((_, finished)) => {
+                    tx.stalled_since = Some(Instant::now());
+                    if finished {
+                        if let Some(out) = tx.queue.pop_front() {
+                            freed += out.cost;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let empty = tx.queue.is_empty();
+        if empty {
+            tx.stalled_since = None;
+            if tx.want_write {
+                tx.want_write = false;
+                let mut ev = EpollEvent::new(interest(false), self.id);
+                let _ = self.hub.epoll.modify(self.fd(), &mut ev);
+            }
+        }
+        drop(tx);
+        if failed {
+            self.kill();
+        }
+        self.release(freed);
+        empty
+    }
+
+    /// Since when replies have waited for the client without progress.
+    pub(super) fn stalled_since(&self) -> Option<Instant> {
+        self.tx.lock().stalled_since
+    }
+
+    /// Drop every reply still queued (the connection is dead), giving back
+    /// their budget.
+    pub(super) fn drop_replies(&self) {
+        let freed: u64 = {
+            let mut tx = self.tx.lock();
+            tx.stalled_since = None;
+            tx.queue.drain(..).map(|o| o.cost).sum()
+        };
+        self.release(freed);
+    }
+
+    pub(super) fn replies_waiting(&self) -> bool {
+        !self.tx.lock().queue.is_empty()
+    }
+
+    pub(super) fn take_buffer(&self, len: usize) -> Vec<u8> {
+        let mut b = self.buffers.lock().pop().unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+
+    pub(super) fn give_buffer(&self, mut b: Vec<u8>) {
+        let mut pool = self.buffers.lock();
+        if pool.len() < PER_CONN * 2 && b.capacity() <= super::proto::MAX_PAYLOAD as usize {
+            b.clear();
+            pool.push(b);
+        }
+    }
+}
