@@ -50,13 +50,16 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const WAKE: u64 = u64::MAX;
 const LISTENER: u64 = 1 << 62;
 
+/// A stream to take on part way, with its policy and handshake so far.
+type Adopted = (Box<dyn Stream>, Policy, Handshake);
+
 /// What the server's callers share with its reactor thread.
 pub(super) struct Shared {
     pub hub: Arc<Hub>,
     /// Listeners to start accepting on.
     pub listeners: Mutex<Vec<(Box<dyn Listener>, Policy)>>,
     /// Streams to take on part way (after the TLS handshake).
-    pub adopt: Mutex<Vec<(Box<dyn Stream>, Policy, Handshake)>>,
+    pub adopt: Mutex<Vec<Adopted>>,
     pub connections: AtomicUsize,
 }
 
