@@ -126,6 +126,8 @@ struct Entry {
     end: usize,
     phase: Phase,
     last_input: Instant,
+    /// Work framed since the last hand-over to the workers.
+    batch: Vec<Work>,
 }
 
 /// Why a connection stops reading.
@@ -343,6 +345,7 @@ impl Reactor {
                         end: 0,
                         phase,
                         last_input: Instant::now(),
+                        batch: Vec::new(),
                     },
                 );
                 self.shared
@@ -554,18 +557,24 @@ impl Entry {
     fn pump(&mut self, workers: &Arc<Workers>) -> Result<bool, End> {
         if let Phase::Starved(req) = self.phase {
             self.phase = Phase::Header;
-            self.admit(req, workers);
+            self.admit(req);
         }
         let mut read = 0;
         loop {
-            self.frame(workers)?;
+            // Everything framed from one read goes over at once: one lock
+            // of the queue and of the ring, however many requests.
+            let framed = self.frame();
+            if !self.batch.is_empty() {
+                workers.submit(&self.conn, &mut self.batch);
+            }
+            framed?;
             if !self.phase.reads() {
                 return Ok(true);
             }
             if read >= PASS {
                 return Ok(false);
             }
-            match self.read_more(workers) {
+            match self.read_more() {
                 Ok(0) => return Err(End::Closed),
                 Ok(n) => {
                     read += n;
@@ -580,14 +589,14 @@ impl Entry {
 
     /// Read from the socket: a large payload straight into its buffer,
     /// anything else into the read buffer.
-    fn read_more(&mut self, workers: &Arc<Workers>) -> io::Result<usize> {
+    fn read_more(&mut self) -> io::Result<usize> {
         if self.start == self.end {
             if let Phase::Payload { job, filled } = &mut self.phase {
                 if job.data.len() - *filled >= DIRECT {
                     let n = self.reader.read(&mut job.data[*filled..])?;
                     *filled += n;
                     if n > 0 && *filled == job.data.len() {
-                        self.finish_payload(workers);
+                        self.finish_payload();
                     }
                     return Ok(n);
                 }
@@ -612,14 +621,14 @@ impl Entry {
         Ok(n)
     }
 
-    fn finish_payload(&mut self, workers: &Arc<Workers>) {
+    fn finish_payload(&mut self) {
         if let Phase::Payload { job, .. } = std::mem::replace(&mut self.phase, Phase::Header) {
-            workers.submit(&self.conn, Work::Request(job));
+            self.batch.push(Work::Request(job));
         }
     }
 
     /// Turn buffered bytes into work, as far as they go.
-    fn frame(&mut self, workers: &Arc<Workers>) -> Result<(), End> {
+    fn frame(&mut self) -> Result<(), End> {
         loop {
             let avail = self.end - self.start;
             match &mut self.phase {
@@ -662,7 +671,7 @@ impl Entry {
                     let data = self.buffered()[16..whole].to_vec();
                     self.consume(whole);
                     self.phase = Phase::Busy;
-                    workers.submit(&self.conn, Work::Option { option, data });
+                    self.batch.push(Work::Option { option, data });
                     return Ok(());
                 }
                 Phase::SkipOption { option, left } => {
@@ -694,7 +703,7 @@ impl Entry {
                     if req.kind == CMD_DISC {
                         return Err(End::Closed);
                     }
-                    self.admit(req, workers);
+                    self.admit(req);
                 }
                 Phase::Payload { job, filled } => {
                     let k = (job.data.len() - *filled).min(avail);
@@ -706,7 +715,7 @@ impl Entry {
                     if !done {
                         return Ok(());
                     }
-                    self.finish_payload(workers);
+                    self.finish_payload();
                 }
                 Phase::Skip { left, .. } => {
                     let k = (*left).min(avail as u64);
@@ -719,7 +728,7 @@ impl Entry {
                     if let Phase::Skip { job, .. } =
                         std::mem::replace(&mut self.phase, Phase::Header)
                     {
-                        workers.submit(&self.conn, Work::Request(job));
+                        self.batch.push(Work::Request(job));
                     }
                 }
                 Phase::Busy | Phase::TlsWait { .. } | Phase::Starved(_) | Phase::Closing => {
@@ -730,7 +739,7 @@ impl Entry {
     }
 
     /// Charge `req` to the budgets and start on it, or wait for them.
-    fn admit(&mut self, req: Request, workers: &Arc<Workers>) {
+    fn admit(&mut self, req: Request) {
         let oversized = req.kind == CMD_WRITE && req.length > MAX_PAYLOAD;
         let holds = !oversized
             && (req.kind == CMD_WRITE || (req.kind == CMD_READ && req.length <= MAX_PAYLOAD));
@@ -774,10 +783,10 @@ impl Entry {
             job.data = conn.take_buffer(req.length as usize);
             self.phase = Phase::Payload { job, filled: 0 };
             if req.length == 0 {
-                self.finish_payload(workers);
+                self.finish_payload();
             }
         } else {
-            workers.submit(conn, Work::Request(job));
+            self.batch.push(Work::Request(job));
         }
     }
 }

@@ -47,22 +47,26 @@ impl Workers {
         })
     }
 
-    /// Queue `work` for `conn`.
-    pub(super) fn submit(self: &Arc<Self>, conn: &Arc<Conn>, work: Work) {
-        let turn = {
+    /// Queue everything in `batch` for `conn` (leaving it empty).
+    pub(super) fn submit(self: &Arc<Self>, conn: &Arc<Conn>, batch: &mut Vec<Work>) {
+        let mut turns = 0;
+        {
             let mut q = conn.queue.lock();
-            q.work.push_back(work);
-            q.take_turn()
-        };
-        if turn {
-            self.schedule(conn.clone());
+            q.work.extend(batch.drain(..));
+            while q.take_turn() {
+                turns += 1;
+            }
         }
-    }
-
-    fn schedule(self: &Arc<Self>, conn: Arc<Conn>) {
+        if turns == 0 {
+            return;
+        }
         let mut st = self.state.lock();
-        st.ring.push_back(conn);
-        if st.idle < st.ring.len() && st.threads < MAX_WORKERS {
+        for _ in 0..turns {
+            st.ring.push_back(conn.clone());
+        }
+        // A new thread only when none waits: the ring's other turns go to
+        // the workers as they come free.
+        if st.idle == 0 && st.threads < MAX_WORKERS {
             let me = self.clone();
             let started = std::thread::Builder::new()
                 .name("nbd-io".into())
@@ -72,14 +76,15 @@ impl Workers {
                 Err(e) if st.threads == 0 => {
                     // Nobody would ever run it: refuse the connection's work.
                     tracing::warn!("nbd: cannot start an I/O thread: {e}");
-                    if let Some(c) = st.ring.pop_back() {
-                        c.kill();
-                    }
+                    st.ring.retain(|c| !Arc::ptr_eq(c, conn));
+                    conn.kill();
                 }
                 Err(e) => tracing::warn!("nbd: cannot start another I/O thread: {e}"),
             }
         }
-        self.ready.notify_one();
+        for _ in 0..turns.min(st.idle) {
+            self.ready.notify_one();
+        }
     }
 
     fn worker(self: Arc<Self>) {
@@ -87,8 +92,13 @@ impl Workers {
         loop {
             if let Some(conn) = st.ring.pop_front() {
                 drop(st);
-                self.turn(&conn);
+                let again = self.turn(&conn);
                 st = self.state.lock();
+                if again {
+                    // This worker takes the next turn itself: waking
+                    // another for it would only trade places.
+                    st.ring.push_back(conn);
+                }
                 continue;
             }
             if st.stopping {
@@ -105,8 +115,9 @@ impl Workers {
         }
     }
 
-    /// Run one item of `conn`'s queue.
-    fn turn(self: &Arc<Self>, conn: &Arc<Conn>) {
+    /// Run one item of `conn`'s queue. Returns whether the connection
+    /// takes another turn.
+    fn turn(&self, conn: &Arc<Conn>) -> bool {
         let work = {
             let mut q = conn.queue.lock();
             q.in_ring -= 1;
@@ -117,7 +128,7 @@ impl Workers {
             w
         };
         let Some(work) = work else {
-            return;
+            return false;
         };
         // A panic in one item is that item's EIO (the run function answers
         // it); the worker and the connection go on.
@@ -127,12 +138,10 @@ impl Workers {
             q.running -= 1;
             (q.take_turn(), q.idle())
         };
-        if again {
-            self.schedule(conn.clone());
-        }
         if idle && conn.closing.load(Ordering::SeqCst) {
             conn.hub.revisit(conn.id);
         }
+        again
     }
 
     /// Let the workers end once the ring is empty.
