@@ -288,3 +288,63 @@ fn removed_or_resized_volume_while_connected() {
     drop(c);
     still_serving(&d);
 }
+
+fn daemon_threads(d: &Daemon) -> usize {
+    let s = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// Threads are bounded by the server's worker pool (64) and its reactor,
+/// not by the number of clients: a thousand clients that each negotiated
+/// an export and have a request in flight at the same time are all
+/// answered, with the right data, by a daemon whose thread count grew by
+/// at most the pool. (Before the reactor, each connection had its own
+/// reader thread and at least one worker: 2,000 threads here.)
+#[test]
+fn a_thousand_served_connections_share_a_bounded_pool_of_threads() {
+    const CLIENTS: usize = 1000;
+    const POOL: usize = 64;
+    let (_dir, d) = setup();
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut w = Client::open(d.port, "tank/db", false);
+    assert_eq!(w.write(8192, &pattern), 0);
+    let before = daemon_threads(&d);
+    let mut clients: Vec<Client> = (0..CLIENTS)
+        .map(|i| Client::open(d.port, "tank/db", i % 2 == 0))
+        .collect();
+    // Every client asks at once; then every answer is read.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.request(0, 0, i as u64, 8192, 4096, &[]);
+    }
+    let during = daemon_threads(&d);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let data = if c.structured {
+            let (cookie, _, kind, d) = c.chunk();
+            assert_eq!(
+                (cookie, kind),
+                (i as u64, 1),
+                "client {i}: an OFFSET_DATA chunk"
+            );
+            d[8..].to_vec()
+        } else {
+            let (cookie, err, d) = c.simple_reply(4096);
+            assert_eq!((cookie, err), (i as u64, 0), "client {i}");
+            d
+        };
+        assert!(data == pattern, "client {i} read other bytes");
+    }
+    let after = daemon_threads(&d);
+    eprintln!("daemon threads: {before} before, {during} with {CLIENTS} requests sent, {after} after they were answered");
+    assert!(
+        during.max(after) <= before + POOL,
+        "threads grew from {before} to {during}/{after} with {CLIENTS} connections: \
+         they must be bounded by the worker pool ({POOL})"
+    );
+    // Someone new is served at once, with the thousand still connected.
+    still_serving(&d);
+    drop(clients);
+    still_serving(&d);
+}

@@ -248,11 +248,13 @@ impl Conn {
         self.control.try_clone_stream()
     }
 
-    /// The client is gone or stuck: drop its replies and stop serving it.
+    /// The client is gone or stuck: drop its replies (giving back their
+    /// budget) and stop serving it.
     pub(super) fn kill(&self) {
         if !self.dead.swap(true, Ordering::SeqCst) {
             self.control.shutdown(Shutdown::Both);
         }
+        self.drop_replies();
     }
 
     /// Give back `cost` bytes of both budgets, and wake whoever waits for them.

@@ -384,6 +384,10 @@ impl Reactor {
                 e.close();
             }
         }
+        if e.conn.dead.load(Ordering::SeqCst) && !matches!(e.phase, Phase::Closing) {
+            // A reply could not be sent: nothing more will reach the client.
+            e.close();
+        }
         self.settle(id);
     }
 
@@ -504,7 +508,6 @@ impl Reactor {
                         WRITE_TIMEOUT.as_secs()
                     );
                     e.conn.kill();
-                    e.conn.drop_replies();
                     e.close();
                 }
             }
