@@ -4,6 +4,7 @@
 
 mod conn;
 mod handshake;
+mod input;
 mod limit;
 pub mod proto;
 mod reactor;
