@@ -348,3 +348,55 @@ fn a_thousand_served_connections_share_a_bounded_pool_of_threads() {
     drop(clients);
     still_serving(&d);
 }
+
+/// A client that reads its replies late: they wait in the server's queue
+/// (the socket takes only part) and the reactor sends them when the client
+/// reads. Every reply must arrive whole, once, with its bytes, whether
+/// simple or structured; and with more asked than the connection's budget
+/// (96 MiB) holds, the rest is read only as replies free it.
+#[test]
+fn replies_queued_for_a_late_reader_all_arrive_intact() {
+    let (_dir, d) = setup();
+    let mut w = Client::open(d.port, "tank/db", false);
+    let mib: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    for m in 0..8u64 {
+        assert_eq!(w.write(m << 20, &mib), 0);
+    }
+    for structured in [false, true] {
+        let mut c = Client::open(d.port, "tank/db", structured);
+        const N: u64 = 160; // 160 MiB of reads: more than the budget
+        let sender = {
+            let mut s = c.s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                for i in 0..N {
+                    let mut m = REQUEST_MAGIC.to_be_bytes().to_vec();
+                    m.extend_from_slice(&0u16.to_be_bytes());
+                    m.extend_from_slice(&0u16.to_be_bytes());
+                    m.extend_from_slice(&i.to_be_bytes());
+                    m.extend_from_slice(&((i % 8) << 20).to_be_bytes());
+                    m.extend_from_slice(&(1u32 << 20).to_be_bytes());
+                    s.write_all(&m).unwrap();
+                }
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let mut seen = vec![false; N as usize];
+        for _ in 0..N {
+            let (cookie, data) = if structured {
+                let (cookie, flags, kind, d) = c.chunk();
+                assert_eq!((flags & 1, kind), (1, 1), "one OFFSET_DATA chunk, done");
+                (cookie, d[8..].to_vec())
+            } else {
+                let (cookie, err, d) = c.simple_reply(1 << 20);
+                assert_eq!(err, 0);
+                (cookie, d)
+            };
+            assert!(!seen[cookie as usize], "reply {cookie} came twice");
+            seen[cookie as usize] = true;
+            assert!(data == mib, "reply {cookie} has other bytes");
+        }
+        sender.join().unwrap();
+        assert_eq!(c.write(0, &mib[..4096]), 0, "the connection goes on");
+    }
+    still_serving(&d);
+}

@@ -142,10 +142,32 @@ impl Queue {
     }
 }
 
+/// A reply not yet taken whole: its header and body (owned, so a large
+/// read's buffer waits here without a copy), and how much of them is out.
 struct Out {
-    bytes: Vec<u8>,
+    head: Vec<u8>,
+    body: Vec<u8>,
     done: usize,
     cost: u64,
+}
+
+impl Out {
+    fn rest(&self) -> [IoSlice<'_>; 2] {
+        let h = self.done.min(self.head.len());
+        let b = self.done - h;
+        [IoSlice::new(&self.head[h..]), IoSlice::new(&self.body[b..])]
+    }
+
+    fn finished(&self) -> bool {
+        self.done == self.head.len() + self.body.len()
+    }
+}
+
+/// A reply's body: borrowed (copied only if the socket does not take it
+/// whole) or owned (a read's buffer, moved into the queue).
+pub(super) enum Body<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
 }
 
 struct Tx {
@@ -277,51 +299,80 @@ impl Conn {
     /// Send `header` and `body` (one reply, in order with every other),
     /// then give back `cost` once the client has taken them all.
     pub(super) fn send(&self, header: &[u8], body: &[u8], cost: u64) {
+        self.send_body(header, Body::Borrowed(body), cost)
+    }
+
+    /// `send`, with the body's buffer returned to the connection's pool
+    /// once it is out.
+    pub(super) fn send_body(&self, header: &[u8], body: Body<'_>, cost: u64) {
         let mut tx = self.tx.lock();
-        if self.dead.load(Ordering::SeqCst) {
-            drop(tx);
-            self.release(cost);
-            return;
-        }
-        let (mut h, mut b) = (header, body);
-        if tx.queue.is_empty() {
-            while !h.is_empty() || !b.is_empty() {
-                match tx.sock.write_vectored(&[IoSlice::new(h), IoSlice::new(b)]) {
+        let bytes = match &body {
+            Body::Borrowed(b) => b,
+            Body::Owned(v) => v.as_slice(),
+        };
+        let mut failed = self.dead.load(Ordering::SeqCst);
+        let mut sent = 0;
+        if !failed && tx.queue.is_empty() {
+            let total = header.len() + bytes.len();
+            while sent < total {
+                let h = sent.min(header.len());
+                let slices = [IoSlice::new(&header[h..]), IoSlice::new(&bytes[sent - h..])];
+                match tx.sock.write_vectored(&slices) {
                     Ok(0) => {
-                        drop(tx);
-                        self.kill();
-                        self.release(cost);
-                        return;
+                        failed = true;
+                        break;
                     }
-                    Ok(n) => {
-                        let from_h = n.min(h.len());
-                        h = &h[from_h..];
-                        b = &b[n - from_h..];
-                    }
+                    Ok(n) => sent += n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(_) => {
-                        drop(tx);
-                        self.kill();
-                        self.release(cost);
-                        return;
+                        failed = true;
+                        break;
                     }
                 }
             }
-            if h.is_empty() && b.is_empty() {
+            if !failed && sent == total {
                 drop(tx);
+                if let Body::Owned(v) = body {
+                    self.give_buffer(v);
+                }
                 self.release(cost);
                 return;
             }
         }
-        let mut bytes = Vec::with_capacity(h.len() + b.len());
-        bytes.extend_from_slice(h);
-        bytes.extend_from_slice(b);
-        tx.queue.push_back(Out {
-            bytes,
-            done: 0,
-            cost,
-        });
+        if failed {
+            drop(tx);
+            self.kill();
+            if let Body::Owned(v) = body {
+                self.give_buffer(v);
+            }
+            self.release(cost);
+            return;
+        }
+        // The rest waits for the socket: the header's rest copied (small),
+        // an owned body moved whole with what of it is out counted in
+        // `done` (the header was all out if any of the body was).
+        let h = sent.min(header.len());
+        let skip = sent - h;
+        let out = match body {
+            Body::Owned(v) => Out {
+                head: header[h..].to_vec(),
+                body: v,
+                done: skip,
+                cost,
+            },
+            Body::Borrowed(b) => Out {
+                head: header[h..].to_vec(),
+                body: b[skip..].to_vec(),
+                done: 0,
+                cost,
+            },
+        };
+        self.queue_reply(tx, out);
+    }
+
+    fn queue_reply(&self, mut tx: parking_lot::MutexGuard<'_, Tx>, out: Out) {
+        tx.queue.push_back(out);
         if tx.stalled_since.is_none() {
             tx.stalled_since = Some(Instant::now());
         }
@@ -339,6 +390,7 @@ impl Conn {
     /// socket has room). Returns whether nothing waits any more.
     pub(super) fn flush_replies(&self) -> bool {
         let mut freed = 0;
+        let mut done_bodies = Vec::new();
         let mut tx = self.tx.lock();
         let mut failed = false;
         loop {
@@ -347,9 +399,9 @@ impl Conn {
                 let Some(out) = queue.front_mut() else {
                     break;
                 };
-                sock.write(&out.bytes[out.done..]).map(|n| {
+                sock.write_vectored(&out.rest()).map(|n| {
                     out.done += n;
-                    (n, out.done == out.bytes.len())
+                    (n, out.finished())
                 })
             };
             match r {
@@ -362,6 +414,7 @@ impl Conn {
                     if finished {
                         if let Some(out) = tx.queue.pop_front() {
                             freed += out.cost;
+                            done_bodies.push(out.body);
                         }
                     }
                 }
@@ -383,6 +436,9 @@ impl Conn {
             }
         }
         drop(tx);
+        for b in done_bodies {
+            self.give_buffer(b);
+        }
         if failed {
             self.kill();
         }

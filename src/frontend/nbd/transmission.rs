@@ -4,7 +4,7 @@
 //! payload and charged its bytes to the connection's budget; the reply
 //! gives them back once the client has taken it.
 
-use super::conn::{Conn, Job, Work};
+use super::conn::{Body, Conn, Job, Work};
 use super::handshake::Negotiated;
 use super::proto::*;
 use crate::error::Error;
@@ -64,8 +64,9 @@ fn request(conn: &Conn, job: Job) {
         }),
     };
     match outcome {
+        // The read's buffer goes with its reply (back to the pool once out).
+        Ok(Payload::Read) => return send_read(conn, neg, &req, data, cost),
         Ok(Payload::None) => conn.send(&simple_reply(req.cookie, 0), &[], cost),
-        Ok(Payload::Read) => send_read(conn, neg, &req, &data, cost),
         Ok(Payload::Status(descriptors)) => send_status(conn, &req, &descriptors, cost),
         Err(e) => send_error(conn, neg, &req, e, cost),
     }
@@ -186,9 +187,9 @@ fn errno(e: &Error) -> u32 {
     nbd_error(e.errno())
 }
 
-fn send_read(conn: &Conn, neg: &Negotiated, req: &Request, data: &[u8], cost: u64) {
+fn send_read(conn: &Conn, neg: &Negotiated, req: &Request, data: Vec<u8>, cost: u64) {
     if !neg.structured {
-        return conn.send(&simple_reply(req.cookie, 0), data, cost);
+        return conn.send_body(&simple_reply(req.cookie, 0), Body::Owned(data), cost);
     }
     let mut h = structured_header(
         req.cookie,
@@ -198,7 +199,7 @@ fn send_read(conn: &Conn, neg: &Negotiated, req: &Request, data: &[u8], cost: u6
     )
     .to_vec();
     h.extend_from_slice(&req.offset.to_be_bytes());
-    conn.send(&h, data, cost)
+    conn.send_body(&h, Body::Owned(data), cost)
 }
 
 fn send_status(conn: &Conn, req: &Request, descriptors: &[(u32, u32)], cost: u64) {
