@@ -189,16 +189,17 @@ impl ThinPool {
                         (within + data.len() as u64).div_ceil(BLK) * BLK,
                     );
                     self.check_meta_room(&self.meta.read(), SpaceUse::Ordinary)?;
-                    if a1 - a0 <= JOURNAL_MAX.min(cs.bytes() / 2) {
-                        let buf = self.widen(m.phys, within, data)?;
-                        // A round takes `writes` for write; the chunk lock
-                        // keeps the mapping and the blocks meanwhile.
-                        drop(_w);
-                        let named = self.intend(m.phys, a0, &buf)?;
-                        _w = self.write_in_progress();
-                        if named {
-                            return self.write_journaled(m.phys, a0, &buf);
-                        }
+                    let buf = self.widen(m.phys, within, data)?;
+                    // A round takes `writes` for write; the chunk lock
+                    // keeps the mapping and the blocks meanwhile.
+                    drop(_w);
+                    let named = self.intend(m.phys, a0, &buf)?;
+                    _w = self.write_in_progress();
+                    if named {
+                        // Small writes leave a copy in the log too; larger
+                        // ones cost less flushed home by the next round.
+                        let copy = a1 - a0 <= JOURNAL_MAX.min(cs.bytes() / 2);
+                        return self.write_journaled(m.phys, a0, &buf, copy);
                     }
                     in_place_if_full = Some(m.phys);
                 } else {
@@ -446,8 +447,9 @@ impl ThinPool {
 }
 
 const BLK: u64 = crate::thin::store::csum::CSUM_BLOCK;
-/// Largest write (in whole 4 KiB blocks) journaled rather than written
-/// afresh, when at most half a chunk: a larger one costs less copied.
+/// Largest write (in whole 4 KiB blocks) that leaves a copy of itself in
+/// the log, when at most half a chunk: a larger one costs less flushed
+/// home by the next round.
 const JOURNAL_MAX: u64 = 32 << 10;
 
 impl ThinPool {

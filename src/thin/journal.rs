@@ -133,7 +133,13 @@ impl ThinPool {
     /// in place, once `intend` made that durable: the blocks home, their
     /// checksums recorded, and a copy queued for the next round. Caller
     /// holds the gate for read, the chunk's lock and `write_in_progress`.
-    pub(crate) fn write_journaled(&self, phys: Chunk, within: u64, data: &[u8]) -> Result<()> {
+    pub(crate) fn write_journaled(
+        &self,
+        phys: Chunk,
+        within: u64,
+        data: &[u8],
+        copy: bool,
+    ) -> Result<()> {
         // Not a data flush's business when queued: the round's log write
         // makes it durable.
         self.array
@@ -144,7 +150,7 @@ impl ThinPool {
         let room = (self.log.free.load(Ordering::Acquire) / 2) as usize;
         let mut j = self.log.journal.lock();
         let keys = (0..n).map(|i| (phys.index(), within + (i as u64) * CSUM_BLOCK));
-        if j.len() + n <= JOURNAL_BLOCKS.min(room) {
+        if copy && j.len() + n <= JOURNAL_BLOCKS.min(room) {
             for (k, b) in keys.zip(data.chunks(CSUM_BLOCK as usize)) {
                 j.insert(k, b.into());
             }
