@@ -400,3 +400,52 @@ fn replies_queued_for_a_late_reader_all_arrive_intact() {
     }
     still_serving(&d);
 }
+
+/// Option replies are charged to no budget: a client that sends options
+/// without end and reads none of the answers must be left unread, not
+/// have its answers pile up in the daemon. A million LIST options (16 MiB
+/// sent, about 90 MiB of answers) grow the daemon by little, and everyone
+/// else is served meanwhile.
+#[test]
+fn options_flooded_without_reading_the_answers_are_bounded() {
+    let (_dir, d) = setup();
+    let rss = || {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap()
+    };
+    let before = rss();
+    let mut s = connect(d.port);
+    greet(&mut s);
+    s.set_write_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    let mut list = IHAVEOPT.to_be_bytes().to_vec();
+    list.extend_from_slice(&3u32.to_be_bytes()); // NBD_OPT_LIST
+    list.extend_from_slice(&0u32.to_be_bytes());
+    let batch: Vec<u8> = list
+        .iter()
+        .copied()
+        .cycle()
+        .take(list.len() * 4096)
+        .collect();
+    let mut sent = 0u64;
+    for _ in 0..256 {
+        if s.write_all(&batch).is_err() {
+            break; // the daemon stopped reading: as it should
+        }
+        sent += 4096;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let grown = rss().saturating_sub(before);
+    eprintln!("{sent} LIST options sent; the daemon grew by {grown} KiB");
+    assert!(
+        sent < 1 << 20,
+        "the daemon read all {sent} options while their answers were not read"
+    );
+    assert!(grown < 64 << 10, "the daemon grew by {grown} KiB");
+    still_serving(&d);
+    drop(s);
+    still_serving(&d);
+}

@@ -147,7 +147,7 @@ impl Entry {
                 workers.submit(&self.conn, &mut self.batch);
             }
             framed?;
-            if !self.phase.reads() {
+            if !self.wants_input() {
                 return Ok(true);
             }
             if read >= PASS {
@@ -191,6 +191,14 @@ impl Entry {
                 self.buf.resize(grown, 0);
             }
         }
+        if self.end == self.buf.len() {
+            // Cannot happen: every phase that reads consumes whole items
+            // smaller than the buffer.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "input buffer full",
+            ));
+        }
         let n = self.reader.read(&mut self.buf[self.end..])?;
         self.end += n;
         if self.end == self.buf.len() && self.buf.len() < MAX_BUF && self.start == 0 {
@@ -206,9 +214,20 @@ impl Entry {
         }
     }
 
+    /// Whether to read more now. Not while the handshake's answers wait
+    /// for the client: option replies are charged to no budget, so a
+    /// client that sends options and reads nothing must be left unread
+    /// (the reactor comes back when the answers are out).
+    fn wants_input(&self) -> bool {
+        self.phase.reads() && !(self.phase.in_handshake() && self.conn.replies_waiting())
+    }
+
     /// Turn buffered bytes into work, as far as they go.
     fn frame(&mut self) -> Result<(), End> {
         loop {
+            if self.phase.in_handshake() && self.conn.replies_waiting() {
+                return Ok(());
+            }
             let avail = self.end - self.start;
             match &mut self.phase {
                 Phase::Flags => {
