@@ -449,3 +449,39 @@ fn options_flooded_without_reading_the_answers_are_bounded() {
     drop(s);
     still_serving(&d);
 }
+
+/// A client that announces a 32 MiB write and then goes silent holds 32
+/// MiB of the server's 1 GiB budget while it is connected (about 32 such
+/// clients would stall everyone): it is cut off after 30 s of silence, as
+/// a silent handshake is, and others are served meanwhile.
+#[test]
+fn a_client_silent_mid_payload_is_cut_off() {
+    let (_dir, d) = setup();
+    let mut c = Client::open(d.port, "tank/db", false);
+    c.s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut m = REQUEST_MAGIC.to_be_bytes().to_vec();
+    m.extend_from_slice(&0u16.to_be_bytes());
+    m.extend_from_slice(&1u16.to_be_bytes()); // WRITE
+    m.extend_from_slice(&9u64.to_be_bytes());
+    m.extend_from_slice(&0u64.to_be_bytes());
+    m.extend_from_slice(&(32u32 << 20).to_be_bytes());
+    m.extend_from_slice(&[1u8; 4096]); // a little of the payload, then nothing
+    c.s.write_all(&m).unwrap();
+    let start = std::time::Instant::now();
+    still_serving(&d);
+    let mut b = [0u8; 1];
+    let r = c.s.read(&mut b);
+    let waited = start.elapsed();
+    eprintln!("read after {waited:?}: {r:?}");
+    let timed_out = matches!(&r, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+    assert!(
+        !timed_out && matches!(r, Ok(0) | Err(_)),
+        "the silent client must be disconnected by the daemon: {r:?} after {waited:?}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_secs(25),
+        "cut off too soon: {waited:?}"
+    );
+    still_serving(&d);
+}

@@ -55,6 +55,12 @@ impl Phase {
         )
     }
 
+    /// Part way into something the client must finish: the handshake, or
+    /// a request's payload.
+    pub(super) fn mid_message(&self) -> bool {
+        self.in_handshake() || matches!(self, Phase::Payload { .. } | Phase::Skip { .. })
+    }
+
     pub(super) fn in_handshake(&self) -> bool {
         matches!(
             self,

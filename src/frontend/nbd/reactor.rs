@@ -8,9 +8,9 @@
 //! A connection reads while its phase wants input. It stops while an
 //! option is being answered (the handshake is a conversation), while its
 //! payload budget or the server's is spent (the releasing side wakes it),
-//! and for good once closing. A client that goes silent mid-handshake for
-//! `HANDSHAKE_TIMEOUT`, or takes no reply bytes for `WRITE_TIMEOUT` while
-//! some wait, is disconnected.
+//! and for good once closing. A client that goes silent mid-handshake or
+//! mid-payload for `HANDSHAKE_TIMEOUT`, or takes no reply bytes for
+//! `WRITE_TIMEOUT` while some wait, is disconnected.
 
 use super::conn::{Conn, Hub};
 use super::handshake::{greeting, Handshake, TlsState};
@@ -29,7 +29,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a client may go silent part way into the handshake.
+/// How long a client may go silent part way into the handshake or into a
+/// request's payload (which holds its bytes of the budgets meanwhile).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long replies may wait for a client that takes none of them.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -414,9 +415,13 @@ impl Reactor {
             let Some(e) = self.conns.get_mut(&id) else {
                 continue;
             };
-            if e.phase.in_handshake() && now.duration_since(e.last_input) > HANDSHAKE_TIMEOUT {
+            if e.phase.mid_message() && now.duration_since(e.last_input) > HANDSHAKE_TIMEOUT {
+                let what = match e.phase.in_handshake() {
+                    true => "handshake",
+                    false => "request payload",
+                };
                 tracing::info!(
-                    "nbd: connection {id} from {}: handshake timed out",
+                    "nbd: connection {id} from {}: {what} timed out",
                     e.conn.peer
                 );
                 e.conn.kill();
