@@ -151,16 +151,26 @@ impl ThinPool {
     /// Record the checksums of `data`, just written at byte `within` of
     /// chunk `phys` (both 4 KiB aligned).
     pub(crate) fn record(&self, phys: Chunk, within: u64, data: &[u8]) -> Result<()> {
+        if self.csums.is_none() {
+            return Ok(());
+        }
+        let crcs: Vec<u32> = data.chunks(BLK).map(crc).collect();
+        self.record_crcs(phys, within, &crcs)
+    }
+
+    /// [`ThinPool::record`] with the blocks' checksums already computed
+    /// (one per 4 KiB block written at byte `within` of chunk `phys`).
+    pub(crate) fn record_crcs(&self, phys: Chunk, within: u64, crcs: &[u32]) -> Result<()> {
         let Some(cs) = &self.csums else {
             return Ok(());
         };
         // One group (16 blocks) at a time: one look-up, one insert.
         let mut at = within;
-        let mut rest = data;
+        let mut rest = crcs;
         while !rest.is_empty() {
             let key = csum_key(phys, at);
             let first = ((at % GROUP_BYTES) / CSUM_BLOCK) as usize;
-            let n = (CSUM_GROUP - first).min(rest.len() / BLK);
+            let n = (CSUM_GROUP - first).min(rest.len());
             let whole = first == 0 && n == CSUM_GROUP;
             let base = if whole {
                 None
@@ -172,11 +182,9 @@ impl ThinPool {
                 None if whole => [0; CSUM_GROUP],
                 None => self.meta.read().csum_get(key)?.unwrap_or([0; CSUM_GROUP]),
             };
-            for (i, block) in rest[..n * BLK].chunks(BLK).enumerate() {
-                g[first + i] = crc(block);
-            }
+            g[first..first + n].copy_from_slice(&rest[..n]);
             cs.put(key, g);
-            rest = &rest[n * BLK..];
+            rest = &rest[n..];
             at += (n * BLK) as u64;
         }
         Ok(())

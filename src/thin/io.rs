@@ -5,7 +5,7 @@
 //! - `meta` (RwLock) only around mapping look-ups and updates, never around
 //!   data transfers. I/O to different chunks and volumes runs in parallel.
 
-use super::csum::Csums;
+use super::csum::{crc, Csums};
 use super::intent::Intent;
 use crate::error::{Error, Result};
 use crate::meta::btree;
@@ -193,13 +193,14 @@ impl ThinPool {
                     // A round takes `writes` for write; the chunk lock
                     // keeps the mapping and the blocks meanwhile.
                     drop(_w);
-                    let named = self.intend(m.phys, a0, &buf)?;
+                    let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
+                    let named = self.intend(m.phys, a0, &crcs)?;
                     _w = self.write_in_progress();
                     if named {
                         // Small writes leave a copy in the log too; larger
                         // ones cost less flushed home by the next round.
                         let copy = a1 - a0 <= JOURNAL_MAX.min(cs.bytes() / 2);
-                        return self.write_journaled(m.phys, a0, &buf, copy);
+                        return self.write_journaled(m.phys, a0, &buf, &crcs, copy);
                     }
                     in_place_if_full = Some(m.phys);
                 } else {

@@ -9,7 +9,6 @@ use super::log::{Next, Pair};
 use super::log_entry::{pack, Entry};
 use super::ThinPool;
 use crate::error::{Error, Result};
-use crate::thin::csum::crc;
 use crate::thin::store::csum::CSUM_BLOCK;
 use crate::thin::store::log::LOG_PAYLOAD;
 use crate::units::Chunk;
@@ -58,7 +57,7 @@ impl ThinPool {
     /// not grow), else as a new pair (two blocks), else as plain records.
     /// False: no room.
     fn write_intents(&self, next: &mut Next, entries: &[Entry]) -> Result<bool> {
-        let units = pack(entries, &[]);
+        let units = pack(entries, &[], self.meta.read().log_runs());
         let [unit] = &units[..] else {
             return self.write_units(next, &units);
         };
@@ -98,24 +97,24 @@ impl ThinPool {
         Ok(true)
     }
 
-    /// Make durable, before `data` (whole 4 KiB blocks) overwrites byte
-    /// `within` of chunk `phys` in place, that it may: one `Intent` entry
-    /// per block, with its new checksum, in a round of the log (writers
+    /// Make durable, before whole 4 KiB blocks whose new checksums are
+    /// `crcs` overwrite byte `within` of chunk `phys` in place, that they
+    /// may: one `Intent` entry per block, in a round of the log (writers
     /// share rounds). False: the log cannot take them now (the caller
     /// writes elsewhere). Caller holds the gate for read and the chunk's
     /// lock, not `write_in_progress` (a round takes it).
-    pub(crate) fn intend(&self, phys: Chunk, within: u64, data: &[u8]) -> Result<bool> {
+    pub(crate) fn intend(&self, phys: Chunk, within: u64, crcs: &[u32]) -> Result<bool> {
         if self.log.unlogged.load(Ordering::Acquire) {
             self.log.unnamed.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
         }
         {
             let mut q = self.log.intents.lock();
-            for (i, b) in data.chunks(CSUM_BLOCK as usize).enumerate() {
+            for (i, &crc) in crcs.iter().enumerate() {
                 q.push(Entry::Intent {
                     phys,
                     within: within + i as u64 * CSUM_BLOCK,
-                    crc: crc(b),
+                    crc,
                 });
             }
         }
@@ -138,6 +137,7 @@ impl ThinPool {
         phys: Chunk,
         within: u64,
         data: &[u8],
+        crcs: &[u32],
         copy: bool,
     ) -> Result<()> {
         // Not a data flush's business when queued: the round's log write
@@ -145,7 +145,7 @@ impl ThinPool {
         self.array
             .write_journaled(self.chunk_size.at(phys, within), data)
             .map_err(|e| Error::io("writing data", e))?;
-        self.record(phys, within, data)?;
+        self.record_crcs(phys, within, crcs)?;
         let n = data.len() / CSUM_BLOCK as usize;
         let room = (self.log.free.load(Ordering::Acquire) / 2) as usize;
         let mut j = self.log.journal.lock();

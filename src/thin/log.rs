@@ -406,7 +406,10 @@ impl ThinPool {
             self.log.unlogged.store(true, Ordering::Release);
             return Err(e);
         }
-        if !self.write_units(&mut next, &pack(&entries, &blocks))? {
+        if !self.write_units(
+            &mut next,
+            &pack(&entries, &blocks, self.meta.read().log_runs()),
+        )? {
             return Ok(false);
         }
         self.log

@@ -183,6 +183,7 @@ impl MetaStore {
         }
         // Committed: the new state is the one to protect from now on.
         self.committed = sb;
+        self.log_runs = true;
         self.catalog_staged = false;
         self.staged_catalog.clear();
         self.shape_dirty = false;

@@ -64,6 +64,13 @@ impl MetaStore {
     }
 
     /// May flushes use the log? Only once a commit recorded it.
+    /// May the log hold runs of intents? Only once this build committed
+    /// the pool: a pool last committed by an older build may be opened by
+    /// it again after a crash, and it would not read them.
+    pub fn log_runs(&self) -> bool {
+        self.log_runs
+    }
+
     pub fn log_ready(&self) -> bool {
         !self.committed.log_dir.is_none() && !self.log_blocks.is_empty()
     }

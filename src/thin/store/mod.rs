@@ -142,6 +142,9 @@ pub struct MetaStore {
     csum: Option<SbCsum>,
     /// Damaged or unreadable superblock copies seen at open.
     pub superblock_problems: Vec<String>,
+    /// This build committed the pool (its superblock is of version 10):
+    /// the log may hold runs of intents, which older readers refuse.
+    log_runs: bool,
     /// What open did to recover from an interrupted commit.
     pub recovery_notes: Vec<String>,
     /// Everything past the superblock and the fixed area's space map is
@@ -215,6 +218,7 @@ impl MetaStore {
             data: DataSpace::new(data_chunks),
             csum: None,
             superblock_problems: Vec::new(),
+            log_runs: false,
             recovery_notes: Vec::new(),
             loaded: false,
             log_dir: Block::NONE,

@@ -50,6 +50,11 @@ pub const SB_VERSION_JOURNAL: u32 = 8;
 /// of a pool with a log writes it; older readers refuse it (they would
 /// take the pair's second block for the end of the log).
 pub const SB_VERSION_PAIRS: u32 = 9;
+/// Version 9 whose log may hold runs of intents (entry type 6: one entry
+/// for consecutive blocks of a chunk; see `thin::log_entry`). Every
+/// commit of a pool with a log writes it; older readers refuse it (they
+/// would stop their replay at the first run and lose its intents).
+pub const SB_VERSION_RUNS: u32 = 10;
 /// Feature bit (byte 12, version 5): the pool keeps data checksums.
 const FEATURE_CSUM: u32 = 1;
 /// Feature bit: the metadata area does not grow on its own (`pool set
@@ -211,7 +216,7 @@ impl Superblock {
             &mut b,
             8,
             if !self.log_dir.is_none() {
-                SB_VERSION_PAIRS
+                SB_VERSION_RUNS
             } else if self.is_v6() {
                 SB_VERSION_EXTENTS
             } else {
@@ -305,13 +310,13 @@ impl Superblock {
             return Err(BlockFault::Checksum);
         }
         let version = get_u32(b, 8);
-        if !(SB_VERSION..=SB_VERSION_PAIRS).contains(&version) {
+        if !(SB_VERSION..=SB_VERSION_RUNS).contains(&version) {
             return Err(BlockFault::Version(version));
         }
         let msm_pages = get_u32(b, 128);
         // Before version 6 the selector could reach the last bytes.
         let max_pages = match version {
-            SB_VERSION_LOG | SB_VERSION_JOURNAL | SB_VERSION_PAIRS => MAX_MSM_PAGES,
+            SB_VERSION_LOG..=SB_VERSION_RUNS => MAX_MSM_PAGES,
             SB_VERSION_EXTENTS => MAX_MSM_PAGES_V6,
             _ => MAX_MSM_PAGES_V5,
         };
@@ -511,14 +516,23 @@ mod tests {
         assert_eq!(get_u32(&tb, 8), SB_VERSION_EXTENTS);
         assert_eq!(get_u64(&tb, 56), pack_ptr(Block(99), 12));
         assert_eq!(Superblock::decode(&tb).unwrap(), t);
-        // A flush log: version 9, its directory before the extent list;
-        // versions 7 and 8 (written before the data journal and before
-        // pairs) read the same.
+        // A flush log: version 10, its directory before the extent list;
+        // versions 7 to 9 (written before the data journal, pairs and
+        // runs) read the same.
         let mut l = x.clone();
         l.log_dir = Block(77);
         let mut lb = l.encode();
-        assert_eq!(get_u32(&lb, 8), SB_VERSION_PAIRS);
+        assert_eq!(get_u32(&lb, 8), SB_VERSION_RUNS);
         assert_eq!(Superblock::decode(&lb).unwrap(), l);
+        put_u32(&mut lb, 8, SB_VERSION_PAIRS);
+        seal(&mut lb, salt::SUPERBLOCK);
+        assert_eq!(Superblock::decode(&lb).unwrap(), l);
+        put_u32(&mut lb, 8, SB_VERSION_RUNS + 1);
+        seal(&mut lb, salt::SUPERBLOCK);
+        assert!(
+            Superblock::decode(&lb).is_err(),
+            "a newer version is refused"
+        );
         put_u32(&mut lb, 8, SB_VERSION_JOURNAL);
         seal(&mut lb, salt::SUPERBLOCK);
         assert_eq!(Superblock::decode(&lb).unwrap(), l);
