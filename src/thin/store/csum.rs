@@ -48,6 +48,48 @@ pub fn csum_keys_of(chunk: Chunk) -> (u64, u64) {
 /// Bitmap bytes an intent block holds.
 pub const INTENT_BYTES: usize = BLOCK_SIZE - HEADER_SIZE;
 
+const CACHE_SHARDS: usize = 16;
+/// Groups a shard keeps (16 x 4,096 groups: 4 GiB of data, about 5 MB).
+const CACHE_PER_SHARD: usize = 4096;
+
+/// Groups of the checksum tree recently read, so that a read verifies its
+/// blocks without a second tree walk after the mapping's. Filled under the
+/// store's read lock; every change to the tree (under its write lock)
+/// forgets the keys it changes. A full shard starts again empty.
+pub(crate) struct GroupCache {
+    shards: Vec<parking_lot::Mutex<HashMap<u64, Group>>>,
+}
+
+impl GroupCache {
+    pub(crate) fn new() -> GroupCache {
+        GroupCache {
+            shards: (0..CACHE_SHARDS)
+                .map(|_| parking_lot::Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, key: u64) -> &parking_lot::Mutex<HashMap<u64, Group>> {
+        &self.shards[(key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % CACHE_SHARDS]
+    }
+
+    fn get(&self, key: u64) -> Option<Group> {
+        self.shard(key).lock().get(&key).copied()
+    }
+
+    fn put(&self, key: u64, g: Group) {
+        let mut s = self.shard(key).lock();
+        if s.len() >= CACHE_PER_SHARD {
+            s.clear();
+        }
+        s.insert(key, g);
+    }
+
+    fn forget(&self, key: u64) {
+        self.shard(key).lock().remove(&key);
+    }
+}
+
 impl MetaStore {
     /// Does this pool keep data checksums?
     pub fn has_csums(&self) -> bool {
@@ -58,13 +100,20 @@ impl MetaStore {
         let Some(c) = &self.csum else {
             return Ok(None);
         };
-        Ok(btree::lookup(self, &CSUM_SPEC, c.root, key)?.map(|(v, _)| {
+        if let Some(g) = self.csum_cache.get(key) {
+            return Ok(Some(g));
+        }
+        let found = btree::lookup(self, &CSUM_SPEC, c.root, key)?.map(|(v, _)| {
             let mut g = [0u32; CSUM_GROUP];
             for (i, x) in g.iter_mut().enumerate() {
                 *x = get_u32(&v, 4 * i);
             }
             g
-        }))
+        });
+        if let Some(g) = found {
+            self.csum_cache.put(key, g);
+        }
+        Ok(found)
     }
 
     pub fn csum_put(&mut self, key: u64, g: &Group) -> Result<()> {
@@ -75,6 +124,7 @@ impl MetaStore {
         for (i, x) in g.iter().enumerate() {
             put_u32(&mut v, 4 * i, *x);
         }
+        self.csum_cache.forget(key);
         c.root = btree::insert(self, &CSUM_SPEC, c.root, key, &v)?.0;
         self.csum = Some(c);
         Ok(())
@@ -92,6 +142,7 @@ impl MetaStore {
             Ok(true)
         })?;
         for k in keys {
+            self.csum_cache.forget(k);
             c.root = btree::remove(self, &CSUM_SPEC, c.root, k)?.0;
         }
         self.csum = Some(c);

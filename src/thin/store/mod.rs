@@ -140,6 +140,8 @@ pub struct MetaStore {
     pub data: DataSpace,
     /// Data checksums (checksum-tree root, intent block), if the pool has them.
     csum: Option<SbCsum>,
+    /// Groups of the checksum tree recently read.
+    csum_cache: csum::GroupCache,
     /// Damaged or unreadable superblock copies seen at open.
     pub superblock_problems: Vec<String>,
     /// This build committed the pool (its superblock is of version 10):
@@ -217,6 +219,7 @@ impl MetaStore {
             no_autogrow: false,
             data: DataSpace::new(data_chunks),
             csum: None,
+            csum_cache: csum::GroupCache::new(),
             superblock_problems: Vec::new(),
             log_runs: false,
             recovery_notes: Vec::new(),

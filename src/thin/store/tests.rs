@@ -326,3 +326,38 @@ fn a_pair_reads_as_its_newest_whole_version_and_the_log_goes_on_after_it() {
     let last = s.log_blocks().len() as u64 - 1;
     assert!(s.write_log_pair(9, last, 1, b"x").is_err());
 }
+
+#[test]
+fn checksum_groups_read_through_the_cache_follow_every_change() {
+    let dev = Arc::new(MemDevice::new("m0", 64 << 20));
+    let mut s = MetaStore::create(
+        mirror(&dev),
+        layout(),
+        UUID,
+        "t",
+        CHUNKS,
+        65536,
+        1,
+        256,
+        true,
+    )
+    .unwrap();
+    let key = |c: u64, g: u64| super::csum::csum_key(Chunk(c), g * super::csum::GROUP_BYTES);
+    for c in 0..50u64 {
+        s.csum_put(key(c, 0), &[c as u32; 16]).unwrap();
+    }
+    s.commit().unwrap();
+    // Read (and so cached), then changed, then read again: the change.
+    assert_eq!(s.csum_get(key(7, 0)).unwrap(), Some([7; 16]));
+    s.csum_put(key(7, 0), &[70; 16]).unwrap();
+    assert_eq!(s.csum_get(key(7, 0)).unwrap(), Some([70; 16]));
+    // A freed chunk's groups are gone, cached or not.
+    assert_eq!(s.csum_get(key(9, 0)).unwrap(), Some([9; 16]));
+    s.csum_forget_chunk(Chunk(9)).unwrap();
+    assert_eq!(s.csum_get(key(9, 0)).unwrap(), None);
+    s.commit().unwrap();
+    let again = reopen(&dev);
+    assert_eq!(again.csum_get(key(7, 0)).unwrap(), Some([70; 16]));
+    assert_eq!(again.csum_get(key(9, 0)).unwrap(), None);
+    assert_eq!(again.csum_get(key(8, 0)).unwrap(), Some([8; 16]));
+}
