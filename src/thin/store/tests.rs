@@ -24,6 +24,10 @@ fn mirror(dev: &Arc<MemDevice>) -> MetaMirror {
 }
 
 fn create(dev: &Arc<MemDevice>) -> MetaStore {
+    create_with(dev, false)
+}
+
+fn create_with(dev: &Arc<MemDevice>, checksums: bool) -> MetaStore {
     MetaStore::create(
         mirror(dev),
         layout(),
@@ -33,7 +37,7 @@ fn create(dev: &Arc<MemDevice>) -> MetaStore {
         65536,
         1,
         256,
-        false,
+        checksums,
     )
     .unwrap()
 }
@@ -330,18 +334,7 @@ fn a_pair_reads_as_its_newest_whole_version_and_the_log_goes_on_after_it() {
 #[test]
 fn checksum_groups_read_through_the_cache_follow_every_change() {
     let dev = Arc::new(MemDevice::new("m0", 64 << 20));
-    let mut s = MetaStore::create(
-        mirror(&dev),
-        layout(),
-        UUID,
-        "t",
-        CHUNKS,
-        65536,
-        1,
-        256,
-        true,
-    )
-    .unwrap();
+    let mut s = create_with(&dev, true);
     let key = |c: u64, g: u64| super::csum::csum_key(Chunk(c), g * super::csum::GROUP_BYTES);
     for c in 0..50u64 {
         s.csum_put(key(c, 0), &[c as u32; 16]).unwrap();
