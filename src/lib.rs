@@ -1,5 +1,5 @@
 //! vpool: a userspace volume manager. Layers, bottom to top:
-//! [`error`], [`units`], [`state`] → [`device`] → [`raid`] → [`meta`] →
+//! [`error`], [`units`], [`state`], [`sync`] → [`device`] → [`raid`] → [`meta`] →
 //! [`thin`] → [`pool`] → [`control`] → [`frontend`] → [`daemon`] → [`cli`].
 //! A module may use its own layer and those below it, never one above
 //! (`tests/layers.rs` holds the order and fails the build's tests on an
@@ -20,4 +20,5 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod state;
+pub mod sync;
 pub mod units;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// Low to high. A module may use its own layer and those before it.
 const LAYERS: &[&[&str]] = &[
-    &["error", "units", "state"],
+    &["error", "units", "state", "sync"],
     &["device"],
     &["raid"],
     &["meta"],

@@ -33,11 +33,12 @@ pub use volume::Volume;
 
 use crate::error::{Error, Result};
 use crate::meta::label::{Label, PoolState};
+use crate::sync::RwLock;
 use crate::thin::store::catalog::VolumeRecord;
 use crate::thin::store::now;
 use crate::thin::ThinPool;
 use crate::units::{size_exact, Block};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use std::sync::Arc;
 
 pub(crate) struct Shared {

@@ -137,7 +137,7 @@ impl Pool {
         }
         let thin = &self.s.thin;
         let mut seen = thin.io_count();
-        let result = (|| loop {
+        let steps = || loop {
             if stop.load(Ordering::Relaxed) || self.s.job.lock().paused {
                 return Ok(false);
             }
@@ -157,7 +157,17 @@ impl Pool {
                 }
                 self.throttle();
             }
-        })();
+        };
+        // A bug in a step ends the job with an error rather than leaving
+        // it marked running forever (`job wait` would never return).
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(steps))
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(format!(
+                    "pool '{}': the job stopped on an internal error (see the daemon's log); `vpool job resume {}` retries it",
+                    self.name(),
+                    self.name()
+                )))
+            });
         let mut ctl = self.s.job.lock();
         ctl.running = false;
         ctl.started = None;
@@ -213,7 +223,10 @@ impl Pool {
             }
         };
         self.s.job.lock().moved += moved;
-        Ok(thin.meta.read().transition().is_none())
+        // A statement of its own: a guard in the tail expression would
+        // outlive the pause above, whose end reads `meta` again.
+        let done = thin.meta.read().transition().is_none();
+        Ok(done)
     }
 
     /// At open: a restripe that crashed while rewriting its first (or, when

@@ -6,8 +6,9 @@
 use super::geometry::{Geometry, RaidLevel};
 use super::health::{Dir, Fault, Health};
 use crate::device::DeviceRef;
+use crate::sync::RwLock;
 use crate::units::ChunkSize;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -19,10 +19,11 @@
 //! writes and flushes the intent block.
 
 use crate::error::Result;
+use crate::sync::RwLock;
 use crate::thin::store::csum::INTENT_BYTES;
 use crate::thin::store::MetaStore;
 use crate::units::{Chunk, ChunkSize};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Regions a bitmap holds.

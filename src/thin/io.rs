@@ -11,12 +11,12 @@ use crate::error::{Error, Result};
 use crate::meta::btree;
 
 use crate::raid::Array;
+use crate::sync::{ReadGuard, RwLock};
 use crate::thin::store::space::SpaceUse;
 use crate::thin::store::superblock::MEMBER_FAILED;
 use crate::thin::store::VolumeRoot;
 use crate::thin::store::{mapped_chunk, mapping_spec, mapping_value, MetaStore};
 use crate::units::{Chunk, ChunkSize, Pieces};
-use parking_lot::{RwLock, RwLockReadGuard};
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -127,7 +127,7 @@ impl ThinPool {
         self.io_count.load(Ordering::Relaxed)
     }
 
-    pub fn io_guard(&self) -> RwLockReadGuard<'_, ()> {
+    pub fn io_guard(&self) -> ReadGuard<'_, ()> {
         self.gate.read()
     }
 

@@ -47,9 +47,10 @@
 use super::log_entry::{pack, Entry, Unit};
 use super::ThinPool;
 use crate::error::{Error, Result};
+use crate::sync::{RwLock, WriteGuard};
 use crate::thin::csum::crc;
 use crate::units::Chunk;
-use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -224,7 +225,7 @@ pub struct FlushStats {
 /// changes without a commit is in no record, so the next flush commits.
 pub struct Exclusive<'a> {
     pool: &'a ThinPool,
-    _gate: RwLockWriteGuard<'a, ()>,
+    _gate: WriteGuard<'a, ()>,
 }
 
 impl Drop for Exclusive<'_> {
@@ -245,7 +246,7 @@ impl ThinPool {
     }
 
     /// Held by a write while it changes a chunk (see `FlushLog::writes`).
-    pub(crate) fn write_in_progress(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+    pub(crate) fn write_in_progress(&self) -> crate::sync::ReadGuard<'_, ()> {
         self.log.writes.read()
     }
 
@@ -406,10 +407,11 @@ impl ThinPool {
             self.log.unlogged.store(true, Ordering::Release);
             return Err(e);
         }
-        if !self.write_units(
-            &mut next,
-            &pack(&entries, &blocks, self.meta.read().log_runs()),
-        )? {
+        // Its own statement: a guard in the call's arguments would live
+        // through `write_units`, which reads `meta` again (a second read
+        // with a writer queued between them deadlocks).
+        let runs = self.meta.read().log_runs();
+        if !self.write_units(&mut next, &pack(&entries, &blocks, runs))? {
             return Ok(false);
         }
         self.log
