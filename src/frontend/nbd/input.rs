@@ -225,13 +225,18 @@ impl Entry {
     /// client that sends options and reads nothing must be left unread
     /// (the reactor comes back when the answers are out).
     fn wants_input(&self) -> bool {
-        self.phase.reads() && !(self.phase.in_handshake() && self.conn.replies_waiting())
+        self.phase.reads() && !self.answers_pending()
+    }
+
+    /// The handshake's answers are not all out yet.
+    fn answers_pending(&self) -> bool {
+        self.phase.in_handshake() && self.conn.replies_waiting()
     }
 
     /// Turn buffered bytes into work, as far as they go.
     fn frame(&mut self) -> Result<(), End> {
         loop {
-            if self.phase.in_handshake() && self.conn.replies_waiting() {
+            if self.answers_pending() {
                 return Ok(());
             }
             let avail = self.end - self.start;
