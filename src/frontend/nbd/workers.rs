@@ -82,7 +82,12 @@ impl Workers {
                 Err(e) => tracing::warn!("nbd: cannot start another I/O thread: {e}"),
             }
         }
-        for _ in 0..turns.min(st.idle) {
+        // One waiting worker is woken; it wakes the next if turns are
+        // still queued when it takes its own (see `worker`). Waking one per
+        // turn had most of them find the ring already emptied by the
+        // workers running, and go back to sleep: on a small host that
+        // churn cost more than the work.
+        if st.idle > 0 {
             self.ready.notify_one();
         }
     }
@@ -91,6 +96,9 @@ impl Workers {
         let mut st = self.state.lock();
         loop {
             if let Some(conn) = st.ring.pop_front() {
+                if !st.ring.is_empty() && st.idle > 0 {
+                    self.ready.notify_one();
+                }
                 drop(st);
                 let again = self.turn(&conn);
                 st = self.state.lock();
