@@ -47,7 +47,7 @@
 use super::log_entry::{pack, Entry, Unit};
 use super::ThinPool;
 use crate::error::{Error, Result};
-use crate::sync::{RwLock, WriteGuard};
+use crate::sync::{ReadGuard, RwLock, WriteGuard};
 use crate::thin::csum::crc;
 use crate::units::Chunk;
 use parking_lot::Mutex;
@@ -246,7 +246,7 @@ impl ThinPool {
     }
 
     /// Held by a write while it changes a chunk (see `FlushLog::writes`).
-    pub(crate) fn write_in_progress(&self) -> crate::sync::ReadGuard<'_, ()> {
+    pub(crate) fn write_in_progress(&self) -> ReadGuard<'_, ()> {
         self.log.writes.read()
     }
 
