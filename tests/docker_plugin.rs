@@ -251,7 +251,7 @@ fn every_call_and_its_errors() {
     call_ok(sock, "VolumeDriver.Unmount", r#"{"Name":"web","ID":"two"}"#);
     assert!(!is_mounted(&s.root.join("web")), "the last ID unmounts");
     assert!(
-        loops_under(&s.files).is_empty(),
+        loops_left(&s.files).is_empty(),
         "and detaches the loop device"
     );
     let v = call_ok(sock, "VolumeDriver.Path", r#"{"Name":"web"}"#);
@@ -412,7 +412,7 @@ fn clones_and_restarts_keep_data_and_clean_up() {
         "a stale mount is detached at start"
     );
     assert!(
-        loops_under(&s.files).is_empty(),
+        loops_left(&s.files).is_empty(),
         "stale loop devices are detached at start"
     );
     let v = call_ok(&sock, "VolumeDriver.Get", r#"{"Name":"db"}"#);
@@ -437,7 +437,11 @@ fn clones_and_restarts_keep_data_and_clean_up() {
     // A clean stop unmounts everything; the counts stay for the next start.
     s.d.stop();
     assert!(!is_mounted(&s.root.join("db")) && !is_mounted(&s.root.join("from-snap")));
-    assert!(loops_under(&s.files).is_empty());
+    let left = loops_left(&s.files);
+    assert!(
+        left.is_empty(),
+        "loop devices left after a clean stop: {left:?}"
+    );
     assert!(!is_mounted(&s.files));
     s.d.restart();
     call_ok(&sock, "VolumeDriver.Unmount", r#"{"Name":"db","ID":"c1"}"#);

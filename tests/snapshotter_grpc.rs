@@ -532,7 +532,7 @@ fn overlay_mode_layers_are_volumes_joined_by_overlayfs() {
             && mount_options(&layers.join("ctrd-2")).is_none()
     );
     assert!(
-        common::plugin::loops_under(&state.join("files")).is_empty(),
+        common::plugin::loops_left(&state.join("files")).is_empty(),
         "loop devices detached"
     );
     let left = d.vpool_ok(&["vol", "list"]);

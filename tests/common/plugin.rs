@@ -73,6 +73,22 @@ pub fn loops_under(dir: &Path) -> Vec<String> {
     out
 }
 
+/// `loops_under(dir)` once it is empty, or what is left after 10 s. The
+/// kernel releases an auto-clearing loop device asynchronously after its
+/// last close (a work item since Linux 5.x), and another test's devices
+/// whose backing mount is gone (`/tank/NAME`) may be going away too: a
+/// single look right after an unmount can still see one.
+pub fn loops_left(dir: &Path) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = loops_under(dir);
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn is_mounted(dir: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
