@@ -78,14 +78,6 @@ impl<T> RwLock<T> {
             addr: self.addr(),
         }
     }
-
-    pub fn into_inner(self) -> T {
-        self.inner.into_inner()
-    }
-
-    pub fn get_mut(&mut self) -> &mut T {
-        self.inner.get_mut()
-    }
 }
 
 pub struct ReadGuard<'a, T> {
