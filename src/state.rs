@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 
 /// `p` as an absolute path: canonical if it exists, else joined to the
 /// working directory. How members and devices are remembered and compared.
+/// An RBD member's name (`rbd:POOL/IMAGE...`) is not a path: kept as given.
 pub fn absolute(p: &Path) -> PathBuf {
+    if p.to_str().is_some_and(|s| s.starts_with("rbd:")) {
+        return p.to_path_buf(); // an RBD image's name, not a path
+    }
     std::fs::canonicalize(p).unwrap_or_else(|_| {
         std::env::current_dir()
             .map(|d| d.join(p))

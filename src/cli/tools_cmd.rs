@@ -3,7 +3,7 @@
 use super::output::{json, table};
 use super::{absolute, Ctx};
 use crate::control::open_members;
-use crate::device::{BlockDevice, DeviceRef, FileDevice};
+use crate::device::{DeviceRef, FileDevice};
 use crate::meta::label::Label;
 use crate::raid::RaidLevel;
 use crate::state::{KnownPool, StateDir};
@@ -140,7 +140,7 @@ struct InspectView {
 }
 
 pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
-    let dev = FileDevice::open_readonly(&a.device)
+    let dev = crate::device::open_member_readonly(&a.device)
         .with_context(|| format!("opening {}", a.device.display()))?;
     let size = dev.size();
     let mut labels = Vec::new();

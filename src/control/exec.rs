@@ -2,7 +2,7 @@
 
 use super::resizefs::refuse_in_use;
 use super::{copy, Engine, Request, Response};
-use crate::device::{open_members, DeviceRef, FileDevice};
+use crate::device::{open_members, DeviceRef};
 use crate::meta::label::PoolState;
 use crate::pool::group_by_pool;
 use crate::pool::names::{validate, VolPath};
@@ -12,7 +12,6 @@ use crate::{CreateOptions, Pool};
 use anyhow::{anyhow, bail};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 fn ok(message: String) -> anyhow::Result<Response> {
     Ok(Response {
@@ -425,8 +424,15 @@ fn import(
     let paths = scan_paths(&scan, &devices)?;
     let mut devs: Vec<DeviceRef> = Vec::new();
     for p in &paths {
-        if let Ok(d) = FileDevice::open_readonly(p) {
-            devs.push(Arc::new(d));
+        match crate::device::open_member_readonly(p) {
+            Ok(d) => devs.push(d),
+            // A named device that cannot be read is worth saying why (an
+            // RBD image's cluster unreachable, a library missing).
+            Err(e) if devices.contains(p) => {
+                tracing::warn!("skipping {}: {e}", p.display());
+                eprintln!("WARNING: skipping {}: {e}", p.display());
+            }
+            Err(_) => {}
         }
     }
     let (groups, _) = group_by_pool(devs);
@@ -480,7 +486,12 @@ fn import(
         .iter()
         .map(|d| crate::state::absolute(&PathBuf::from(d)))
         .collect();
-    let devs = open_members(&member_paths)?;
+    // --force also fences a host that still holds an RBD member's lock.
+    let devs = if force {
+        crate::device::open_members_fenced(&member_paths)?
+    } else {
+        open_members(&member_paths)?
+    };
     let uuid = uuid::Uuid::parse_str(&target.uuid)?;
     let pool = Pool::open_with(
         devs,

@@ -65,7 +65,8 @@ pub fn open_known(state: &StateDir, name: &str) -> anyhow::Result<Pool> {
     })?;
     let mut devs = Vec::new();
     for p in &known.members {
-        if !p.exists() {
+        let rbd = p.to_str().is_some_and(crate::device::rbd::is_rbd);
+        if !rbd && !p.exists() {
             eprintln!(
                 "WARNING: member {} of pool '{name}' is missing",
                 p.display()

@@ -131,7 +131,29 @@ impl BlockDevice for FileDevice {
 
 /// Open member devices read-write and locked, with errors that say what to
 /// do: a path listed twice, a missing file, one another process holds.
+/// Names starting `rbd:` are RBD images ([`super::rbd`]).
 pub fn open_members(paths: &[PathBuf]) -> crate::Result<Vec<super::DeviceRef>> {
+    open_all(paths, super::rbd::Access::Locked)
+}
+
+/// [`open_members`] for `pool import --force`: an RBD member's lock held
+/// by another host is broken after fencing that host.
+pub fn open_members_fenced(paths: &[PathBuf]) -> crate::Result<Vec<super::DeviceRef>> {
+    open_all(paths, super::rbd::Access::Fenced)
+}
+
+/// Open one member read-only and unlocked (label scans, `inspect`).
+pub fn open_member_readonly(path: &Path) -> io::Result<super::DeviceRef> {
+    match path.to_str().filter(|n| super::rbd::is_rbd(n)) {
+        Some(name) => Ok(std::sync::Arc::new(super::rbd::RbdDevice::open(
+            name,
+            super::rbd::Access::ReadOnly,
+        )?)),
+        None => Ok(std::sync::Arc::new(FileDevice::open_readonly(path)?)),
+    }
+}
+
+fn open_all(paths: &[PathBuf], access: super::rbd::Access) -> crate::Result<Vec<super::DeviceRef>> {
     use crate::Error;
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -139,8 +161,17 @@ pub fn open_members(paths: &[PathBuf]) -> crate::Result<Vec<super::DeviceRef>> {
         if !seen.insert(crate::state::absolute(p)) {
             return Err(Error::Invalid(format!("{} is listed twice", p.display())));
         }
-        match FileDevice::open(p) {
-            Ok(d) => out.push(std::sync::Arc::new(d) as super::DeviceRef),
+        let rbd = p.to_str().filter(|n| super::rbd::is_rbd(n));
+        let opened = match rbd {
+            Some(name) => super::rbd::RbdDevice::open(name, access)
+                .map(|d| std::sync::Arc::new(d) as super::DeviceRef),
+            None => FileDevice::open(p).map(|d| std::sync::Arc::new(d) as super::DeviceRef),
+        };
+        match opened {
+            Ok(d) => out.push(d),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && rbd.is_some() => {
+                return Err(Error::NotFound(e.to_string()));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(Error::NotFound(format!(
                     "{}: no such file or device (for an image file: truncate -s 1G {})",
@@ -148,11 +179,15 @@ pub fn open_members(paths: &[PathBuf]) -> crate::Result<Vec<super::DeviceRef>> {
                     p.display()
                 )));
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && rbd.is_some() => {
+                return Err(Error::InUse(e.to_string()));
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Err(Error::InUse(format!(
                     "{e}; wait for it to finish (or stop the daemon that owns the pool)"
                 )));
             }
+            Err(e) if rbd.is_some() => return Err(Error::io("RBD member", e)),
             Err(e) => return Err(Error::io(p.display().to_string(), e)),
         }
     }

@@ -1,6 +1,6 @@
 //! Device layer (may use error, units and state): one pool member.
-//! Byte-addressed read/write/flush/discard on a block device or regular
-//! file, with I/O counters (`stats`), plus in-memory, crash-simulating and
+//! Byte-addressed read/write/flush/discard on a block device, a regular
+//! file or a Ceph RBD image (`rbd`, librbd loaded at run time), with I/O counters (`stats`), plus in-memory, crash-simulating and
 //! fault-injecting devices used by tests (`fault`: errors on I/O;
 //! `writeback`: a write cache whose flush failures drop data, lost,
 //! misdirected and torn writes). Everything above talks to members only
@@ -11,12 +11,13 @@ mod fault;
 mod file;
 mod helpers;
 mod mem;
+pub mod rbd;
 pub mod stats;
 mod writeback;
 
 pub use crash::{CrashDevice, CrashSim};
 pub use fault::{FaultDevice, FaultPlan};
-pub use file::{open_members, FileDevice};
+pub use file::{open_member_readonly, open_members, open_members_fenced, FileDevice};
 pub use mem::MemDevice;
 pub use writeback::{WritebackDevice, WritebackPlan};
 
