@@ -42,6 +42,11 @@ pub trait BlockDevice: Send + Sync {
     }
     /// Human-readable identity (a path) for messages.
     fn name(&self) -> String;
+    /// Whether the device is reached over a network (an RBD image): a
+    /// mirror reads from its local members first.
+    fn remote(&self) -> bool {
+        false
+    }
     /// The device's I/O counters, if it keeps them (file and block
     /// device members do; the test devices do not).
     fn io_counters(&self) -> Option<stats::IoCounters> {

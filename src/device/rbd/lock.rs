@@ -12,8 +12,8 @@
 //!   client held;
 //! - held by this host in an earlier boot, or by a process of this host
 //!   that is no longer a running vpool: stale, broken and taken;
-//! - held by a running vpool process of this host: refused (as `flock` on
-//!   a file member refuses).
+//! - held by a running vpool process of this host: refused, even with
+//!   `--force` (as `flock` on a file member refuses): stop that process.
 
 use super::{check, cstr, RbdDevice};
 use std::ffi::{c_char, CStr, CString};
@@ -163,7 +163,9 @@ pub(super) fn acquire(dev: &RbdDevice, fence: bool) -> io::Result<Held> {
         for h in &holders {
             let theirs = Cookie::parse(&h.cookie);
             let stale = theirs.as_ref().is_some_and(|c| c.stale_here(&me));
-            if !stale && !fence {
+            // A running vpool of this host is never fenced: stop it instead.
+            let live_here = !stale && theirs.as_ref().is_some_and(|c| c.host == me.host);
+            if !stale && (!fence || live_here) {
                 return Err(refusal(dev, h, theirs.as_ref(), &me));
             }
             if !stale {

@@ -369,6 +369,10 @@ impl BlockDevice for RbdDevice {
         self.name.clone()
     }
 
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn io_counters(&self) -> Option<IoCounters> {
         Some(self.stats.snapshot())
     }

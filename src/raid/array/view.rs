@@ -152,8 +152,14 @@ impl View<'_> {
         let n = self.members.len();
         let start = self.next_mirror.fetch_add(1, Ordering::Relaxed) % n;
         let moff = self.geo.data_start + offset;
-        for i in 0..n {
-            let m = (start + i) % n;
+        // Local mirrors take turns; remote ones (RBD images) serve only
+        // when no local one can, like md's write-mostly members.
+        let remote = |m: usize| self.members[m].as_ref().is_some_and(|d| d.remote());
+        let order = (0..n)
+            .map(|i| (start + i) % n)
+            .filter(|&m| !remote(m))
+            .chain((0..n).filter(|&m| remote(m)));
+        for m in order {
             if Some(m) == self.no_read {
                 continue;
             }
