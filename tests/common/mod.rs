@@ -6,6 +6,7 @@ use vpool::device::{DeviceRef, MemDevice, WritebackDevice, WritebackPlan};
 use vpool::raid::RaidLevel;
 use vpool::{CreateOptions, Pool};
 
+pub mod ceph;
 pub mod cleanup;
 pub mod daemon;
 pub mod engines;
