@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 # System packages the build and tests need: OpenSSL (TLS for NBD), real NBD clients (qemu-io, qemu-img,
 # nbdinfo, nbdcopy and nbdfuse from libnbd-bin, fio), FUSE, the filesystem tools used on top,
 # the container engines the volume plugin is tested with (busybox-static makes their image),
-# and Prometheus (its server scrapes the daemon's metrics; promtool checks them).
+# Prometheus (its server scrapes the daemon's metrics; promtool checks them), and a single-node Ceph
+# cluster for RBD members (tools/ceph-test-cluster: monitor, OSD, the rbd tool, librbd).
 PACKAGES=(ca-certificates pkg-config libssl-dev openssl qemu-utils libnbd-bin fio fuse3 e2fsprogs xfsprogs util-linux mount
-    docker.io containerd podman runc busybox-static umoci prometheus)
+    docker.io containerd podman runc busybox-static umoci prometheus ceph-mon ceph-osd ceph-common librbd1 uuid-runtime)
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}"
 
 log() { printf '\n==> %s\n' "$*"; }

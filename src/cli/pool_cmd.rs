@@ -31,6 +31,8 @@ pub enum PoolCmd {
         /// for the pool's chunks, their checksums and room for snapshots.
         #[arg(long, value_parser = parse_size_arg)]
         metadata_size: Option<u64>,
+        /// Block devices, image files, or Ceph RBD images named
+        /// rbd:POOL/IMAGE[:id=CLIENT][:conf=FILE] (librbd1 needed).
         #[arg(required = true)]
         devices: Vec<PathBuf>,
     },
@@ -75,9 +77,6 @@ pub enum PoolCmd {
         /// The member: its device path, index (as in `pool status`) or uuid.
         member: String,
     },
-    /// Read every block in use from every copy, check it against its
-    /// checksum (and raid5 parity against the data), and rewrite bad copies
-    /// from good ones. Volumes stay online.
     /// Set pool properties: `metadata-size=SIZE` grows the metadata area
     /// online to SIZE per copy, taking space from the data area (it also
     /// grows on its own past 80% use).
@@ -91,6 +90,9 @@ pub enum PoolCmd {
     /// (-v) and volume (--volumes), from the daemon's counters: like
     /// `zpool iostat`.
     Iostat(super::iostat_cmd::IostatArgs),
+    /// Read every block in use from every copy, check it against its
+    /// checksum (and raid5 parity against the data), and rewrite bad copies
+    /// from good ones. Volumes stay online.
     Scrub {
         name: String,
         /// Count what is wrong, change nothing.
@@ -131,10 +133,12 @@ pub enum PoolCmd {
         /// Directory whose files (or device nodes) to scan; repeatable.
         #[arg(long, short = 's')]
         scan: Vec<PathBuf>,
-        /// Devices to scan.
+        /// Devices to scan (paths, or rbd:POOL/IMAGE names); repeatable.
         #[arg(long = "device", short = 'd')]
         devices: Vec<PathBuf>,
         /// Import a pool that was not exported (it may be in use elsewhere).
+        /// RBD members still locked by another host are taken after that
+        /// host is fenced (its client blocklisted).
         #[arg(long, short = 'f')]
         force: bool,
         #[command(flatten)]
