@@ -49,14 +49,21 @@ impl Cluster {
 
     /// The `rbd` tool against this cluster.
     pub fn rbd(&self, args: &[&str]) -> Output {
-        run(Command::new("rbd").arg("-c").arg(self.conf()).args(args), 120)
+        run(
+            Command::new("rbd").arg("-c").arg(self.conf()).args(args),
+            120,
+        )
     }
 
     /// A new image of `size` (`1G`), as a vpool member name with this
     /// cluster's conf and `options` (`:key=value...`) appended.
     pub fn image(&self, name: &str, size: &str, options: &str) -> String {
         let o = self.rbd(&["create", &format!("rbd/{name}"), "--size", size]);
-        assert!(o.status.success(), "rbd create: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "rbd create: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         format!("rbd:rbd/{name}:conf={}{options}", self.conf().display())
     }
 

@@ -149,3 +149,17 @@ fn load() -> Result<Api, String> {
 pub fn err(rc: i64) -> std::io::Error {
     std::io::Error::from_raw_os_error((-rc).clamp(1, 4095) as i32)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_library_names_the_package_to_install() {
+        let e = super::open(&["libvpool-no-such-library.so.9"])
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("apt-get install") && e.contains("librbd1"),
+            "{e}"
+        );
+    }
+}

@@ -19,6 +19,12 @@ use super::{check, cstr, RbdDevice};
 use std::ffi::{c_char, CStr, CString};
 use std::io;
 
+/// How long a fenced client stays blocklisted: a week rather than Ceph's
+/// default hour, so that a host cut off for longer than an hour, idle all
+/// that time, cannot write when it returns.
+pub(super) const FENCE_SECONDS: u32 = 7 * 24 * 3600;
+pub(super) const FENCE_SECONDS_STR: &str = "604800";
+
 /// The lock's name on the header object.
 const NAME: &CStr = c"vpool";
 
@@ -255,8 +261,8 @@ fn refusal(dev: &RbdDevice, h: &Locker, theirs: Option<&Cookie>, me: &Cookie) ->
     io::Error::new(io::ErrorKind::WouldBlock, msg)
 }
 
-/// Fence a holder: no OSD takes its client's writes any more (for an
-/// hour, Ceph's default), so a host that was only cut off cannot write
+/// Fence a holder: no OSD takes its client's writes any more (for
+/// [`FENCE_SECONDS`]), so a host that was only cut off cannot write
 /// behind our back when it returns.
 fn blocklist(dev: &RbdDevice, h: &Locker) -> io::Result<()> {
     let addr = cstr(&h.addr)?;
@@ -264,7 +270,11 @@ fn blocklist(dev: &RbdDevice, h: &Locker) -> io::Result<()> {
     // SAFETY: a connected cluster handle and a writable C string (the API
     // takes `char *` but does not keep it).
     let rc = unsafe {
-        (dev.api().rados_blocklist_add)(dev.conn.cluster, bytes.as_mut_ptr().cast::<c_char>(), 0)
+        (dev.api().rados_blocklist_add)(
+            dev.conn.cluster,
+            bytes.as_mut_ptr().cast::<c_char>(),
+            FENCE_SECONDS,
+        )
     };
     check(rc.into(), || {
         format!(
@@ -338,6 +348,11 @@ fn lockers(dev: &RbdDevice, oid: &CStr) -> io::Result<Vec<Locker>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fence_lasts_a_week_in_both_spellings() {
+        assert_eq!(FENCE_SECONDS_STR.parse::<u32>().ok(), Some(FENCE_SECONDS));
+    }
 
     #[test]
     fn cookies_round_trip_and_tell_stale_from_live() {

@@ -191,6 +191,8 @@ impl Conn {
             ("client_mount_timeout", "30"),
             // Several members in one process would race for one socket path.
             ("admin_socket", ""),
+            // A fenced host stays fenced for a week, not Ceph's hour.
+            ("rbd_blocklist_expire_seconds", lock::FENCE_SECONDS_STR),
         ];
         let given = |k: &str| spec.options.iter().any(|(o, _)| o == k);
         let opts = defaults
