@@ -187,6 +187,23 @@ fn raid1_on_two_images_serves_fio_refuses_a_second_owner_and_moves_to_another_ho
         "a fenced host's write was acknowledged: {}",
         text(&o)
     );
+    // The fence lasts a week (Ceph's default is an hour).
+    let week = ok(
+        Command::new("date").args(["-u", "-d", "+7 days", "+%F"]),
+        10,
+    );
+    let o = run(
+        Command::new("ceph")
+            .arg("-c")
+            .arg(cluster.conf())
+            .args(["osd", "blocklist", "ls"]),
+        60,
+    );
+    assert!(
+        text(&o).contains(week.trim()),
+        "no fence until {week}: {}",
+        text(&o)
+    );
     drop(db);
     let dc = Daemon::start_unix_only(&sc);
     assert!(
@@ -314,6 +331,18 @@ fn a_linear_pool_on_an_image_never_acknowledges_a_flush_during_an_outage() {
     d.kill();
     d.restart();
     let o = io(&d, &["read -P 0x11 64k 960k"]);
+    assert!(
+        o.status.success() && !text(&o).contains("failed"),
+        "{}",
+        text(&o)
+    );
+    // And the restarted daemon writes: the killed one's locks (vpool's and
+    // the image's managed exclusive lock) were taken over. Once, with a
+    // week's blocklist set through librbd, its own lock break failed here.
+    let o = io(
+        &d,
+        &["write -P 0x33 1M 64k", "flush", "read -P 0x33 1M 64k"],
+    );
     assert!(
         o.status.success() && !text(&o).contains("failed"),
         "{}",

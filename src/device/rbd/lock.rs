@@ -22,8 +22,9 @@ use std::io;
 /// How long a fenced client stays blocklisted: a week rather than Ceph's
 /// default hour, so that a host cut off for longer than an hour, idle all
 /// that time, cannot write when it returns.
-pub(super) const FENCE_SECONDS: u32 = 7 * 24 * 3600;
-pub(super) const FENCE_SECONDS_STR: &str = "604800";
+/// (Not through librbd's `rbd_blocklist_expire_seconds`: set to a week,
+/// librbd's own break of a dead client's lock failed with EINVAL.)
+const FENCE_SECONDS: u32 = 7 * 24 * 3600;
 
 /// The lock's name on the header object.
 const NAME: &CStr = c"vpool";
@@ -110,8 +111,16 @@ impl Cookie {
         if self.boot != me.boot {
             return true;
         }
-        let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid));
-        !comm.is_ok_and(|c| c.trim_end().starts_with("vpool"))
+        // /proc/PID/stat: "PID (COMM) STATE ...". A zombie (state Z) is
+        // dead: killed and not yet reaped by its parent.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        let live_vpool = stat
+            .split_once(" (")
+            .and_then(|(_, rest)| rest.rsplit_once(") "))
+            .is_some_and(|(comm, rest)| {
+                comm.starts_with("vpool") && !rest.starts_with('Z') && !rest.starts_with('X')
+            });
+        !live_vpool
     }
 }
 
@@ -174,9 +183,6 @@ pub(super) fn acquire(dev: &RbdDevice, fence: bool) -> io::Result<Held> {
             if !stale && (!fence || live_here) {
                 return Err(refusal(dev, h, theirs.as_ref(), &me));
             }
-            if !stale {
-                blocklist(dev, h)?;
-            }
             let (client, ck) = (cstr(&h.client)?, cstr(&h.cookie)?);
             // SAFETY: a live I/O context and C strings.
             let rc = unsafe {
@@ -193,7 +199,12 @@ pub(super) fn acquire(dev: &RbdDevice, fence: bool) -> io::Result<Held> {
                     format!("{}: breaking the lock of {}", dev.name, h.client)
                 })?;
             }
-            break_managed(dev, &h.client)?;
+            break_managed(dev, &h.addr)?;
+            // Last: breaking the managed lock blocklisted the holder for
+            // Ceph's default hour, and this sets the fence's own length.
+            if !stale {
+                blocklist(dev, h)?;
+            }
             tracing::warn!(member = %dev.name, holder = %h.client, cookie = %h.cookie,
                 "broke the member's lock ({})", if stale { "left by this host" } else { "fenced" });
         }
@@ -207,10 +218,15 @@ pub(super) fn acquire(dev: &RbdDevice, fence: bool) -> io::Result<Held> {
     ))
 }
 
-/// Break the image's managed exclusive lock (the exclusive-lock feature)
-/// if `client` holds it, so that our writes need not wait for a dead
-/// client's watch to time out. librbd blocklists the client as it breaks.
-fn break_managed(dev: &RbdDevice, client: &str) -> io::Result<()> {
+/// Break the image's managed exclusive lock (the exclusive-lock feature),
+/// whoever holds it, once the vpool lock of a dead or fenced holder was
+/// broken: its owner is that holder (librbd names owners by address, and
+/// after an OSD restart the address it reports is not always the one the
+/// vpool lock recorded), or a client writing a member it does not own.
+/// Otherwise our first write waits for a dead owner's watch to time out
+/// (30 s) before librbd breaks the lock itself. librbd blocklists the
+/// owner as it breaks.
+fn break_managed(dev: &RbdDevice, holder: &str) -> io::Result<()> {
     let mut mode = 0;
     let mut owners = [std::ptr::null_mut::<c_char>(); 8];
     let mut n = owners.len();
@@ -219,6 +235,7 @@ fn break_managed(dev: &RbdDevice, client: &str) -> io::Result<()> {
         (dev.api().rbd_lock_get_owners)(dev.image, &mut mode, owners.as_mut_ptr(), &mut n)
     };
     if rc < 0 {
+        tracing::debug!(member = %dev.name, rc, "no managed lock owner");
         return Ok(()); // no owner (-ENOENT) or no exclusive-lock feature
     }
     let names: Vec<String> = owners[..n.min(owners.len())]
@@ -229,7 +246,8 @@ fn break_managed(dev: &RbdDevice, client: &str) -> io::Result<()> {
         .collect();
     // SAFETY: the array and count librbd filled.
     unsafe { (dev.api().rbd_lock_get_owners_cleanup)(owners.as_mut_ptr(), n) };
-    for owner in names.iter().filter(|o| o.as_str() == client) {
+    tracing::debug!(member = %dev.name, ?names, holder, "breaking the managed lock");
+    for owner in &names {
         let o = cstr(owner)?;
         // SAFETY: an open image and a C string; 0 is RBD_LOCK_MODE_EXCLUSIVE.
         let rc = unsafe { (dev.api().rbd_lock_break)(dev.image, 0, o.as_ptr()) };
@@ -348,11 +366,6 @@ fn lockers(dev: &RbdDevice, oid: &CStr) -> io::Result<Vec<Locker>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_fence_lasts_a_week_in_both_spellings() {
-        assert_eq!(FENCE_SECONDS_STR.parse::<u32>().ok(), Some(FENCE_SECONDS));
-    }
 
     #[test]
     fn cookies_round_trip_and_tell_stale_from_live() {

@@ -191,8 +191,6 @@ impl Conn {
             ("client_mount_timeout", "30"),
             // Several members in one process would race for one socket path.
             ("admin_socket", ""),
-            // A fenced host stays fenced for a week, not Ceph's hour.
-            ("rbd_blocklist_expire_seconds", lock::FENCE_SECONDS_STR),
         ];
         let given = |k: &str| spec.options.iter().any(|(o, _)| o == k);
         let opts = defaults
@@ -263,7 +261,13 @@ impl RbdDevice {
     pub fn open(name: &str, access: Access) -> io::Result<RbdDevice> {
         let spec = Spec::parse(name)?;
         let api = ffi::api().map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
+        let started = std::time::Instant::now();
         let conn = Conn::connect(api, &spec, name)?;
+        tracing::debug!(
+            member = name,
+            ms = started.elapsed().as_millis() as u64,
+            "connected"
+        );
         let img = cstr(&spec.image)?;
         let mut image: Image = std::ptr::null_mut();
         let open = if access == Access::ReadOnly {
@@ -300,6 +304,11 @@ impl RbdDevice {
         if access != Access::ReadOnly {
             dev.lock = Some(lock::acquire(&dev, access == Access::Fenced)?);
         }
+        tracing::debug!(
+            member = name,
+            ms = started.elapsed().as_millis() as u64,
+            "opened"
+        );
         Ok(dev)
     }
 
