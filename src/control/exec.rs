@@ -429,7 +429,6 @@ fn import(
             // A named device that cannot be read is worth saying why (an
             // RBD image's cluster unreachable, a library missing).
             Err(e) if devices.contains(p) => {
-                tracing::warn!("skipping {}: {e}", p.display());
                 eprintln!("WARNING: skipping {}: {e}", p.display());
             }
             Err(_) => {}

@@ -315,6 +315,18 @@ impl RbdDevice {
     fn api(&self) -> &'static Api {
         self.conn.api
     }
+
+    /// The result of a read or write of `n` bytes that returned `rc`: an
+    /// error, or all `n` bytes moved (fewer is `short`).
+    fn whole(&self, rc: isize, n: usize, what: &str, short: io::ErrorKind) -> io::Result<()> {
+        match check(rc as i64, || format!("{}: {what}", self.name))? {
+            got if got as usize == n => Ok(()),
+            got => Err(io::Error::new(
+                short,
+                format!("{}: short {what} ({got} of {n} bytes)", self.name),
+            )),
+        }
+    }
 }
 
 impl BlockDevice for RbdDevice {
@@ -329,13 +341,7 @@ impl BlockDevice for RbdDevice {
             let p = buf.as_mut_ptr().cast::<c_char>();
             // SAFETY: an open image; `p` points at `n` writable bytes.
             let rc = unsafe { (self.api().rbd_read2)(self.image, offset, n, p, 0) };
-            match check(rc as i64, || format!("{}: read", self.name))? {
-                got if got as usize == n => Ok(()),
-                got => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{}: short read ({got} of {n} bytes)", self.name),
-                )),
-            }
+            self.whole(rc, n, "read", io::ErrorKind::UnexpectedEof)
         })
     }
 
@@ -346,13 +352,7 @@ impl BlockDevice for RbdDevice {
             let p = buf.as_ptr().cast::<c_char>();
             // SAFETY: an open image; `p` points at `n` readable bytes.
             let rc = unsafe { (self.api().rbd_write2)(self.image, offset, n, p, 0) };
-            match check(rc as i64, || format!("{}: write", self.name))? {
-                got if got as usize == n => Ok(()),
-                got => Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    format!("{}: short write ({got} of {n} bytes)", self.name),
-                )),
-            }
+            self.whole(rc, n, "write", io::ErrorKind::WriteZero)
         })
     }
 
