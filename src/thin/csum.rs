@@ -248,6 +248,13 @@ impl ThinPool {
         self.array
             .read(off, buf)
             .map_err(|e| Error::io("reading data", e))?;
+        self.verify(phys, within, buf)
+    }
+
+    /// Check bytes `[within, within + buf.len())` of chunk `phys`, just
+    /// read into `buf` (whole 4 KiB blocks), against their checksums,
+    /// repairing a bad block from a good copy.
+    pub(crate) fn verify(&self, phys: Chunk, within: u64, buf: &mut [u8]) -> Result<()> {
         if self.csums.is_none() {
             return Ok(());
         }

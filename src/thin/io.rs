@@ -7,6 +7,7 @@
 
 use super::csum::{crc, Csums};
 use super::intent::Intent;
+use super::batch::Prepared;
 use crate::error::{Error, Result};
 use crate::meta::btree;
 
@@ -46,11 +47,11 @@ pub struct ThinPool {
 }
 
 /// A physical mapping: chunk number and whether it may be overwritten in place.
-struct Mapping {
-    phys: Chunk,
-    exclusive: bool,
+pub(super) struct Mapping {
+    pub(super) phys: Chunk,
+    pub(super) exclusive: bool,
     /// Allocated in the running transaction: no committed state refers to it.
-    new: bool,
+    pub(super) new: bool,
 }
 
 impl ThinPool {
@@ -96,13 +97,13 @@ impl ThinPool {
         }
     }
 
-    fn chunk_lock(&self, vol: u64, vchunk: u64) -> &RwLock<()> {
+    pub(super) fn chunk_lock(&self, vol: u64, vchunk: u64) -> &RwLock<()> {
         let h =
             vol.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ vchunk.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         &self.chunk_locks[(h >> 20) as usize % CHUNK_LOCKS]
     }
 
-    fn lookup(&self, vol: u64, vchunk: u64) -> Result<Option<Mapping>> {
+    pub(super) fn lookup(&self, vol: u64, vchunk: u64) -> Result<Option<Mapping>> {
         let meta = self.meta.read();
         let root = meta.volume_root(vol)?.root;
         Ok(
@@ -122,6 +123,12 @@ impl ThinPool {
         self.chunk_size.pieces(offset, len)
     }
 
+    /// Does `[offset, offset+len)` touch more than one chunk?
+    fn several_chunks(&self, offset: u64, len: usize) -> bool {
+        let cs = self.chunk_size;
+        cs.split(offset).0 + 1 < cs.count(offset + len as u64)
+    }
+
     /// Client reads and writes so far.
     pub fn io_count(&self) -> u64 {
         self.io_count.load(Ordering::Relaxed)
@@ -134,6 +141,9 @@ impl ThinPool {
     /// Read; unmapped ranges read as zeros. Caller holds `io_guard`.
     pub fn read(&self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.io_count.fetch_add(1, Ordering::Relaxed);
+        if self.several_chunks(offset, buf.len()) {
+            return self.read_pieces(vol, offset, buf);
+        }
         let mut done = 0usize;
         for (vchunk, within, n) in self.pieces(offset, buf.len() as u64) {
             let piece = &mut buf[done..done + n as usize];
@@ -161,14 +171,44 @@ impl ThinPool {
             .check_writable()
             .map_err(|e| Error::io("writing data", e))?;
         let start = *done as u64;
-        for (vchunk, within, n) in self.pieces(offset + start, data.len() as u64 - start) {
-            self.write_piece(vol, vchunk, within, &data[*done..*done + n as usize])?;
-            *done += n as usize;
+        let (at, rest) = (offset + start, &data[*done..]);
+        if self.several_chunks(at, rest.len()) && self.write_pieces(vol, at, rest)? {
+            *done = data.len();
+            return Ok(());
         }
-        Ok(())
+        let pieces = self.pieces(at, rest.len() as u64);
+        let mut prepared = match self.several_chunks(at, rest.len()) {
+            true => self.prepare(vol, at, rest)?,
+            false => Vec::new(),
+        };
+        let written = || -> Result<()> {
+            for (i, (vchunk, within, n)) in pieces.enumerate() {
+                let prep = prepared.get_mut(i);
+                let piece = &data[*done..*done + n as usize];
+                self.write_piece(vol, vchunk, within, piece, prep)?;
+                *done += n as usize;
+            }
+            Ok(())
+        };
+        let result = written();
+        self.release_unused(&prepared)?;
+        result
     }
 
-    fn write_piece(&self, vol: u64, vchunk: u64, within: u64, data: &[u8]) -> Result<()> {
+    /// Write one piece of a chunk, with what `prepare` gave it (it takes
+    /// the chunk allocated for it if it uses it).
+    fn write_piece(
+        &self,
+        vol: u64,
+        vchunk: u64,
+        within: u64,
+        data: &[u8],
+        prep: Option<&mut Prepared>,
+    ) -> Result<()> {
+        let (named_ahead, fresh) = match prep {
+            Some(p) => (p.named.take(), &mut p.fresh),
+            None => (None, &mut None),
+        };
         let cs = self.chunk_size;
         let _l = self.chunk_lock(vol, vchunk).write();
         let mut _w = self.write_in_progress();
@@ -184,23 +224,28 @@ impl ThinPool {
                     // is changed in place only once the log names the new
                     // blocks (see `log`): small writes so, larger ones (or
                     // any while the log cannot take them) written afresh.
-                    let (a0, a1) = (
-                        within / BLK * BLK,
-                        (within + data.len() as u64).div_ceil(BLK) * BLK,
-                    );
+                    let a0 = within / BLK * BLK;
                     self.check_meta_room(&self.meta.read(), SpaceUse::Ordinary)?;
                     let buf = self.widen(m.phys, within, data)?;
                     // A round takes `writes` for write; the chunk lock
                     // keeps the mapping and the blocks meanwhile.
                     drop(_w);
-                    let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
-                    let named = self.intend(m.phys, a0, &crcs)?;
+                    let (crcs, named) = match named_ahead {
+                        // The same blocks of the same chunk, whole: their
+                        // intents are durable already.
+                        Some((phys, crcs)) if phys == m.phys && matches!(buf, Cow::Borrowed(_)) => {
+                            self.log.named.fetch_add(1, Ordering::Relaxed);
+                            (crcs, true)
+                        }
+                        _ => {
+                            let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
+                            let named = self.intend(m.phys, a0, &crcs)?;
+                            (crcs, named)
+                        }
+                    };
                     _w = self.write_in_progress();
                     if named {
-                        // Small writes leave a copy in the log too; larger
-                        // ones cost less flushed home by the next round.
-                        let copy = a1 - a0 <= JOURNAL_MAX.min(cs.bytes() / 2);
-                        return self.write_journaled(m.phys, a0, &buf, &crcs, copy);
+                        return self.write_journaled(m.phys, a0, &buf, &crcs);
                     }
                     in_place_if_full = Some(m.phys);
                 } else {
@@ -217,7 +262,11 @@ impl ThinPool {
         let newc = {
             let mut meta = self.meta.write();
             self.check_meta_room(&meta, SpaceUse::Ordinary)?;
-            match (meta.data_alloc(), in_place_if_full) {
+            let alloc = match fresh.take() {
+                Some(c) => Ok(c),
+                None => meta.data_alloc(),
+            };
+            match (alloc, in_place_if_full) {
                 (Ok(c), _) => c,
                 // A full pool still takes overwrites: in place, with the
                 // write-intent block.
@@ -266,7 +315,7 @@ impl ThinPool {
 
     /// Refuse a write or discard that would eat into the metadata reserve
     /// (a commit then makes room, if anything was released).
-    fn check_meta_room(&self, meta: &MetaStore, what: SpaceUse) -> Result<()> {
+    pub(super) fn check_meta_room(&self, meta: &MetaStore, what: SpaceUse) -> Result<()> {
         meta.check_room(what, MAP_BLOCKS, self.csum_groups())
     }
 
@@ -316,7 +365,7 @@ impl ThinPool {
         }
         for (vchunk, within, n) in partial {
             if self.lookup(vol, vchunk)?.is_some() {
-                self.write_piece(vol, vchunk, within, &vec![0u8; n as usize])?;
+                self.write_piece(vol, vchunk, within, &vec![0u8; n as usize], None)?;
             }
         }
         let first = cs.count(offset);
@@ -448,10 +497,6 @@ impl ThinPool {
 }
 
 const BLK: u64 = crate::thin::store::csum::CSUM_BLOCK;
-/// Largest write (in whole 4 KiB blocks) that leaves a copy of itself in
-/// the log, when at most half a chunk: a larger one costs less flushed
-/// home by the next round.
-const JOURNAL_MAX: u64 = 32 << 10;
 
 impl ThinPool {
     /// Read bytes `[within, within + len)` of chunk `phys`, verified against

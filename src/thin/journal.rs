@@ -18,6 +18,21 @@ use std::sync::atomic::Ordering;
 /// the log's free blocks (the rest is for the records).
 const JOURNAL_BLOCKS: usize = 1024;
 
+/// Largest write (in whole 4 KiB blocks) that leaves a copy of itself in
+/// the log, when at most half a chunk: a larger one costs less flushed
+/// home by the next round.
+const JOURNAL_MAX: u64 = 32 << 10;
+
+/// The `Intent` entries of whole 4 KiB blocks with new checksums `crcs`
+/// from byte `within` of chunk `phys`.
+pub(crate) fn intents(phys: Chunk, within: u64, crcs: &[u32]) -> impl Iterator<Item = Entry> + '_ {
+    crcs.iter().enumerate().map(move |(i, &crc)| Entry::Intent {
+        phys,
+        within: within + i as u64 * CSUM_BLOCK,
+        crc,
+    })
+}
+
 impl ThinPool {
     /// Make the intents queued before `ticket` durable: a round of the
     /// log holding only them (or a flush's round that took them). False:
@@ -108,24 +123,21 @@ impl ThinPool {
             self.log.unnamed.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
         }
-        {
-            let mut q = self.log.intents.lock();
-            for (i, &crc) in crcs.iter().enumerate() {
-                q.push(Entry::Intent {
-                    phys,
-                    within: within + i as u64 * CSUM_BLOCK,
-                    crc,
-                });
-            }
-        }
-        let ticket = self.log.istarted.load(Ordering::Acquire);
-        let named = self.intent_round(ticket)?;
+        let named = self.intend_all(intents(phys, within, crcs).collect())?;
         let counter = match named {
             true => &self.log.named,
             false => &self.log.unnamed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(named)
+    }
+
+    /// Queue `entries` (intents) and wait for a round that holds them.
+    /// False: the log cannot take them now.
+    pub(crate) fn intend_all(&self, entries: Vec<Entry>) -> Result<bool> {
+        self.log.intents.lock().extend(entries);
+        let ticket = self.log.istarted.load(Ordering::Acquire);
+        self.intent_round(ticket)
     }
 
     /// Write `data` (whole 4 KiB blocks) at byte `within` of chunk `phys`
@@ -138,14 +150,27 @@ impl ThinPool {
         within: u64,
         data: &[u8],
         crcs: &[u32],
-        copy: bool,
     ) -> Result<()> {
         // Not a data flush's business when queued: the round's log write
         // makes it durable.
         self.array
             .write_journaled(self.chunk_size.at(phys, within), data)
             .map_err(|e| Error::io("writing data", e))?;
+        self.journal_written(phys, within, data, crcs)
+    }
+
+    /// After `data` went home at byte `within` of chunk `phys` under
+    /// intents: record its checksums, and queue a copy for the next round
+    /// (small writes; larger ones cost less flushed home by the round).
+    pub(crate) fn journal_written(
+        &self,
+        phys: Chunk,
+        within: u64,
+        data: &[u8],
+        crcs: &[u32],
+    ) -> Result<()> {
         self.record_crcs(phys, within, crcs)?;
+        let copy = data.len() as u64 <= JOURNAL_MAX.min(self.chunk_size.bytes() / 2);
         let n = data.len() / CSUM_BLOCK as usize;
         let room = (self.log.free.load(Ordering::Acquire) / 2) as usize;
         let mut j = self.log.journal.lock();

@@ -6,6 +6,7 @@
 //! the data path over it (I/O, checksums, intent, flush log, scrub, resync,
 //! relocation).
 
+mod batch;
 pub mod csum;
 pub mod intent;
 mod io;
@@ -23,3 +24,5 @@ pub use io::ThinPool;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod batch_tests;

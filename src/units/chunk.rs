@@ -134,6 +134,7 @@ impl ChunkSize {
 }
 
 /// See [`ChunkSize::pieces`].
+#[derive(Clone)]
 pub struct Pieces {
     cs: ChunkSize,
     pos: u64,

@@ -210,9 +210,33 @@ impl DataSpace {
     /// Allocate `n` consecutive chunks below the usable limit (first fit),
     /// each with one reference. For metadata extents.
     pub fn alloc_run(&mut self, n: u64) -> Option<Chunk> {
+        let start = self.find_run(0, self.usable(), n)?;
+        Some(self.take_run(start, n))
+    }
+
+    /// Allocate `n` consecutive chunks for data, from where the last
+    /// allocation left off (then from the start): a write over several
+    /// unmapped chunks lies on the array in one piece, which later reads
+    /// and overwrites move in one I/O (see `thin::batch`).
+    pub fn alloc_data_run(&mut self, n: u64) -> Option<Chunk> {
         let total = self.usable();
-        let (mut start, mut c) = (0u64, 0u64);
-        while c < total && n > 0 {
+        let start = (self.find_run(self.hint.min(total), total, n))
+            .or_else(|| self.find_run(0, total, n))?;
+        self.hint = start + n;
+        Some(self.take_run(start, n))
+    }
+
+    fn take_run(&mut self, start: u64, n: u64) -> Chunk {
+        for x in start..start + n {
+            self.take(Chunk(x));
+        }
+        Chunk(start)
+    }
+
+    /// The first of `n` free chunks in a row within `[from, to)`.
+    fn find_run(&self, from: u64, to: u64, n: u64) -> Option<u64> {
+        let (mut start, mut c) = (from, from);
+        while c < to && n > 0 {
             if c.is_multiple_of(64) && c == start && self.used_bits[(c / 64) as usize] == u64::MAX {
                 c += 64;
                 start = c;
@@ -225,10 +249,7 @@ impl DataSpace {
             }
             c += 1;
             if c - start == n {
-                for x in start..c {
-                    self.take(Chunk(x));
-                }
-                return Some(Chunk(start));
+                return Some(start);
             }
         }
         None

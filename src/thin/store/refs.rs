@@ -26,6 +26,12 @@ impl MetaStore {
         })
     }
 
+    /// `n` free data chunks in a row, each with one reference; None when
+    /// no such run is free (allocate one at a time then).
+    pub fn data_alloc_run(&mut self, n: u64) -> Option<Chunk> {
+        self.data.alloc_data_run(n)
+    }
+
     pub fn data_inc(&mut self, c: Chunk) -> Result<()> {
         let n = self.data_count(c)?;
         if n == 0 {

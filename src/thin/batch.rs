@@ -1,0 +1,284 @@
+//! Requests over several chunks (a 1 MiB request is 16 chunks of a linear
+//! pool, 6 of a three-member raid0). Their chunks' locks are taken
+//! together, each once, in the lock table's order: two such requests never
+//! wait on each other in a cycle, and every other path holds one chunk
+//! lock at a time. Pieces whose chunks lie next to each other on the array
+//! then move in one array I/O rather than one per chunk: on a linear pool
+//! or a mirror, one member I/O instead of sixteen (one round trip to a
+//! Ceph RBD member instead of sixteen in a row).
+//!
+//! Writes take this path only when every piece overwrites its chunk in
+//! place (the chunk is the volume's alone, and in place is allowed: see
+//! `write_piece`), with one round of intents for all of them on pools
+//! that need intents. Any other write goes piece by piece.
+
+use super::csum::crc;
+use super::io::Mapping;
+use super::ThinPool;
+use crate::error::{Error, Result};
+use crate::sync::RwLock;
+use crate::thin::store::csum::CSUM_BLOCK as BLK;
+use crate::thin::store::space::SpaceUse;
+use crate::units::Chunk;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+
+/// One piece of a request: a part of one chunk.
+#[derive(Clone, Copy)]
+struct Piece {
+    vchunk: u64,
+    /// Byte within the chunk, length.
+    within: u64,
+    n: u64,
+    /// Byte within the request.
+    at: usize,
+}
+
+impl Piece {
+    fn bytes(&self) -> Range<usize> {
+        self.at..self.at + self.n as usize
+    }
+
+    fn aligned(&self) -> bool {
+        self.within % BLK == 0 && self.n % BLK == 0
+    }
+}
+
+/// How a piece of a write goes home.
+#[derive(Clone, Copy, PartialEq)]
+enum Home {
+    /// A chunk of the running transaction, or a pool that may overwrite
+    /// in place with its region intent block marked.
+    Plain,
+    /// Under intents of the flush log (pools without a second copy).
+    Journaled,
+}
+
+/// What the pieces of a write that `write_pieces` did not take are given
+/// before their turns (see `prepare`).
+#[derive(Default)]
+pub(super) struct Prepared {
+    /// The piece's intents are durable for this chunk, with these new
+    /// checksums of its blocks.
+    pub(super) named: Option<(Chunk, Vec<u32>)>,
+    /// A chunk allocated for it, next to the other pieces' (taken when it
+    /// is written afresh, else released).
+    pub(super) fresh: Option<Chunk>,
+}
+
+impl ThinPool {
+    /// Before a write over several chunks goes piece by piece: one round
+    /// of intents for every piece that will overwrite committed data in
+    /// place (rather than a round each), and one run of chunks for the
+    /// pieces not mapped yet (rather than chunks wherever concurrent
+    /// writers leave them). A piece whose mapping changes before its turn
+    /// (a concurrent writer) does as it would have without: an intent
+    /// whose write never comes is one in flight at a crash, which replay
+    /// allows, and an unused chunk is released. Only whole 4 KiB blocks
+    /// are named ahead (partial ones read their blocks under the chunk's
+    /// lock). Caller holds the gate for read, so no commit comes between
+    /// the round and the writes.
+    pub(super) fn prepare(&self, vol: u64, offset: u64, data: &[u8]) -> Result<Vec<Prepared>> {
+        let cs = self.chunk_size;
+        let pieces = self.split(offset, data.len());
+        let mut out: Vec<Prepared> = pieces.iter().map(|_| Prepared::default()).collect();
+        let journals = self.journals() && !self.log.unlogged.load(Ordering::Acquire);
+        let (mut entries, mut named, mut unmapped) = (Vec::new(), 0, Vec::new());
+        for (k, p) in pieces.iter().enumerate() {
+            match self.lookup(vol, p.vchunk)? {
+                None => unmapped.push(k),
+                Some(m)
+                    if journals
+                        && p.aligned()
+                        && m.exclusive
+                        && !m.new
+                        && self.array.overwrite_in_place(p.n, cs) =>
+                {
+                    let crcs: Vec<u32> = data[p.bytes()].chunks(BLK as usize).map(crc).collect();
+                    entries.extend(super::journal::intents(m.phys, p.within, &crcs));
+                    out[k].named = Some((m.phys, crcs));
+                    named += 1;
+                }
+                Some(_) => {}
+            }
+        }
+        // One piece alone gains nothing over `intend` under its lock.
+        if named < 2 || !self.intend_all(entries)? {
+            out.iter_mut().for_each(|p| p.named = None);
+        }
+        if unmapped.len() >= 2 {
+            if let Some(first) = self.meta.write().data_alloc_run(unmapped.len() as u64) {
+                for (i, &k) in unmapped.iter().enumerate() {
+                    out[k].fresh = Some(Chunk(first.0 + i as u64));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Give back the chunks `prepare` allocated that no piece took.
+    pub(super) fn release_unused(&self, prepared: &[Prepared]) -> Result<()> {
+        let mut meta = self.meta.write();
+        for c in prepared.iter().filter_map(|p| p.fresh) {
+            meta.data_dec(c)?;
+        }
+        Ok(())
+    }
+
+    fn split(&self, offset: u64, len: usize) -> Vec<Piece> {
+        let mut at = 0;
+        self.chunk_size
+            .pieces(offset, len as u64)
+            .map(|(vchunk, within, n)| {
+                let p = Piece {
+                    vchunk,
+                    within,
+                    n,
+                    at,
+                };
+                at += n as usize;
+                p
+            })
+            .collect()
+    }
+
+    /// The locks of `pieces`' chunks, each once, in the table's order.
+    fn lock_set(&self, vol: u64, pieces: &[Piece]) -> Vec<&RwLock<()>> {
+        let mut locks: Vec<&RwLock<()>> = pieces
+            .iter()
+            .map(|p| self.chunk_lock(vol, p.vchunk))
+            .collect();
+        locks.sort_by_key(|l| *l as *const RwLock<()> as usize);
+        locks.dedup_by_key(|l| *l as *const RwLock<()> as usize);
+        locks
+    }
+
+    /// Pieces `[start, end)` in runs that one array I/O can move: each
+    /// next piece mapped to the next chunk on the array, and (with
+    /// checksums) whole 4 KiB blocks. Unmapped pieces come alone.
+    fn runs(&self, pieces: &[Piece], phys: &[Option<Chunk>]) -> Vec<Range<usize>> {
+        let mergeable = |k: usize| self.csums.is_none() || pieces[k].aligned();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for k in 1..=pieces.len() {
+            let joins = k < pieces.len()
+                && mergeable(k - 1)
+                && mergeable(k)
+                && matches!((phys[k - 1], phys[k]), (Some(a), Some(b)) if b == a.next());
+            if !joins {
+                out.push(start..k);
+                start = k;
+            }
+        }
+        out
+    }
+
+    /// `read` of a request over more than one chunk.
+    pub(super) fn read_pieces(&self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let pieces = self.split(offset, buf.len());
+        let locks = self.lock_set(vol, &pieces);
+        let _held: Vec<_> = locks.iter().map(|l| l.read()).collect();
+        let mut phys = Vec::with_capacity(pieces.len());
+        for p in &pieces {
+            phys.push(self.lookup(vol, p.vchunk)?.map(|m| m.phys));
+        }
+        for r in self.runs(&pieces, &phys) {
+            let (first, last) = (pieces[r.start], pieces[r.end - 1]);
+            let span = &mut buf[first.at..last.at + last.n as usize];
+            match phys[r.start] {
+                None => span.fill(0),
+                Some(p) if r.len() == 1 => self.read_chunk(p, first.within, span)?,
+                Some(p) => {
+                    self.array
+                        .read(self.chunk_size.at(p, first.within), span)
+                        .map_err(|e| Error::io("reading data", e))?;
+                    for (i, piece) in pieces[r].iter().enumerate() {
+                        let at = piece.at - first.at;
+                        let bytes = &mut span[at..at + piece.n as usize];
+                        self.verify(Chunk(p.0 + i as u64), piece.within, bytes)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `write_from` of a request over more than one chunk whose pieces all
+    /// overwrite their chunks in place. False: not so, or the log cannot
+    /// name them now (nothing was written; write piece by piece).
+    pub(super) fn write_pieces(&self, vol: u64, offset: u64, data: &[u8]) -> Result<bool> {
+        let cs = self.chunk_size;
+        let pieces = self.split(offset, data.len());
+        let locks = self.lock_set(vol, &pieces);
+        let held: Vec<_> = locks.iter().map(|l| l.write()).collect();
+        let mut maps: Vec<Mapping> = Vec::with_capacity(pieces.len());
+        for p in &pieces {
+            match self.lookup(vol, p.vchunk)? {
+                Some(m)
+                    if m.exclusive
+                        && (m.new || self.array.overwrite_in_place(p.n, cs))
+                        && (self.csums.is_none() || p.aligned()) =>
+                {
+                    maps.push(m)
+                }
+                _ => return Ok(false),
+            }
+        }
+        let journals = self.journals();
+        let homes: Vec<Home> = maps
+            .iter()
+            .map(|m| match (m.new, journals) {
+                (false, true) => Home::Journaled,
+                _ => Home::Plain,
+            })
+            .collect();
+        let old = |k: usize| !maps[k].new;
+        if (0..maps.len()).any(old) && (journals || self.intent.is_some()) {
+            self.check_meta_room(&self.meta.read(), SpaceUse::Ordinary)?;
+        }
+        // The intents first, in one round: writes may go home only once
+        // the log names them.
+        let mut crcs: Vec<Vec<u32>> = vec![Vec::new(); pieces.len()];
+        if homes.contains(&Home::Journaled) {
+            let mut entries = Vec::new();
+            for (k, p) in pieces.iter().enumerate() {
+                if homes[k] == Home::Journaled {
+                    crcs[k] = data[p.bytes()].chunks(BLK as usize).map(crc).collect();
+                    entries.extend(super::journal::intents(maps[k].phys, p.within, &crcs[k]));
+                }
+            }
+            if !self.intend_all(entries)? {
+                drop(held);
+                return Ok(false);
+            }
+            let named = homes.iter().filter(|&&h| h == Home::Journaled).count();
+            self.log.named.fetch_add(named as u64, Ordering::Relaxed);
+        } else if let Some(intent) = &self.intent {
+            for k in (0..maps.len()).filter(|&k| old(k)) {
+                intent.mark(&self.meta, maps[k].phys)?;
+            }
+        }
+        let _w = self.write_in_progress();
+        let phys: Vec<Option<Chunk>> = maps.iter().map(|m| Some(m.phys)).collect();
+        for r in self.runs(&pieces, &phys) {
+            let (first, last) = (pieces[r.start], pieces[r.end - 1]);
+            let span = &data[first.at..last.at + last.n as usize];
+            let off = cs.at(maps[r.start].phys, first.within);
+            let written = match homes[r.clone()].iter().all(|&h| h == Home::Journaled) {
+                true => self.array.write_journaled(off, span),
+                false => self.array.write(off, span),
+            };
+            written.map_err(|e| Error::io("writing data", e))?;
+            for k in r {
+                let (p, phys) = (pieces[k], maps[k].phys);
+                match homes[k] {
+                    Home::Plain => self.record(phys, p.within, &data[p.bytes()])?,
+                    Home::Journaled => {
+                        self.journal_written(phys, p.within, &data[p.bytes()], &crcs[k])?
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+}
