@@ -118,9 +118,12 @@ impl ThinPool {
 
     /// Give back the chunks `prepare` allocated that no piece took.
     pub(super) fn release_unused(&self, prepared: &[Prepared]) -> Result<()> {
-        let mut meta = self.meta.write();
-        for c in prepared.iter().filter_map(|p| p.fresh) {
-            meta.data_dec(c)?;
+        let mut unused = prepared.iter().filter_map(|p| p.fresh).peekable();
+        if unused.peek().is_some() {
+            let mut meta = self.meta.write();
+            for c in unused {
+                meta.data_dec(c)?;
+            }
         }
         Ok(())
     }

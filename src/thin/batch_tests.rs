@@ -28,7 +28,10 @@ struct Counting {
 
 impl Counting {
     fn take(&self) -> (u64, u64) {
-        (self.reads.swap(0, Ordering::SeqCst), self.writes.swap(0, Ordering::SeqCst))
+        (
+            self.reads.swap(0, Ordering::SeqCst),
+            self.writes.swap(0, Ordering::SeqCst),
+        )
     }
 }
 
@@ -90,7 +93,11 @@ fn parts(level: RaidLevel, devs: &[Arc<Counting>]) -> (MetaMirror, Arc<Array>, u
     let cs = geo.stripe_width();
     let chunks = geo.capacity() / cs;
     let copies = devs.iter().enumerate();
-    let mirror = MetaMirror::new(copies.map(|(i, d)| (i, Some(d.clone() as DeviceRef))).collect());
+    let mirror = MetaMirror::new(
+        copies
+            .map(|(i, d)| (i, Some(d.clone() as DeviceRef)))
+            .collect(),
+    );
     let m = devs.iter().map(|d| Some(d.clone() as DeviceRef)).collect();
     (mirror, Arc::new(Array::new(geo, m)), chunks, cs)
 }

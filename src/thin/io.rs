@@ -5,9 +5,9 @@
 //! - `meta` (RwLock) only around mapping look-ups and updates, never around
 //!   data transfers. I/O to different chunks and volumes runs in parallel.
 
+use super::batch::Prepared;
 use super::csum::{crc, Csums};
 use super::intent::Intent;
-use super::batch::Prepared;
 use crate::error::{Error, Result};
 use crate::meta::btree;
 

@@ -23,6 +23,6 @@ pub mod store;
 pub use io::ThinPool;
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod batch_tests;
+#[cfg(test)]
+mod tests;

@@ -311,3 +311,28 @@ impl DataSpace {
         self.overlay.get(&c).is_none_or(|&n| n == 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_runs_follow_the_last_allocation_and_skip_taken_chunks() {
+        let mut d = DataSpace::new(200);
+        assert_eq!(d.alloc(), Some(Chunk(0)));
+        // Chunk 5 taken by someone else: the run of 8 starts after it.
+        assert!(d.claim(Chunk(5)));
+        assert_eq!(d.alloc_data_run(8), Some(Chunk(6)));
+        assert_eq!(d.alloc_data_run(4), Some(Chunk(14)), "after the last run");
+        assert_eq!(d.alloc(), Some(Chunk(18)));
+        for c in 6..18 {
+            assert!(d.in_use(Chunk(c)) && d.is_new(Chunk(c)), "chunk {c}");
+        }
+        // 181 free after the last allocation, 4 before chunk 5.
+        assert_eq!(d.alloc_data_run(182), None);
+        assert_eq!(d.alloc_data_run(181), Some(Chunk(19)));
+        assert_eq!(d.alloc_data_run(4), Some(Chunk(1)), "back from the start");
+        assert_eq!(d.alloc_data_run(1), None);
+        assert_eq!(d.used(), 200);
+    }
+}
