@@ -13,7 +13,7 @@
 //! that need intents. Any other write goes piece by piece.
 
 use super::csum::crc;
-use super::io::Mapping;
+use super::io::{Mapping, MAP_BLOCKS};
 use super::ThinPool;
 use crate::error::{Error, Result};
 use crate::sync::RwLock;
@@ -107,7 +107,14 @@ impl ThinPool {
             out.iter_mut().for_each(|p| p.named = None);
         }
         if unmapped.len() >= 2 {
-            if let Some(first) = self.meta.write().data_alloc_run(unmapped.len() as u64) {
+            let n = unmapped.len() as u64;
+            let mut meta = self.meta.write();
+            // Only with room for what the run adds to the commit (its
+            // space-map entries and checksum leaves) beyond a piece's own
+            // check: else each piece allocates (and is checked) alone, so a
+            // large write near a full metadata area commits part way.
+            let room = meta.check_room(SpaceUse::Ordinary, MAP_BLOCKS + 2 * n, self.csum_groups());
+            if let Some(first) = room.ok().and_then(|()| meta.data_alloc_run(n)) {
                 for (i, &k) in unmapped.iter().enumerate() {
                     out[k].fresh = Some(Chunk(first.0 + i as u64));
                 }

@@ -27,7 +27,7 @@ const CHUNK_LOCKS: usize = 1024;
 pub const AUTO_COMMIT_NODES: usize = 8192;
 /// Blocks mapping one chunk may copy: a path of the mapping tree, and
 /// a split at every level.
-const MAP_BLOCKS: u64 = 12;
+pub(super) const MAP_BLOCKS: u64 = 12;
 
 pub struct ThinPool {
     /// Shared with the metadata store (its extents live on the array).
