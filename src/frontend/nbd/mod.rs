@@ -3,6 +3,8 @@
 //! `pool/volume@snapshot`, over TCP and a unix socket.
 
 mod conn;
+#[cfg(test)]
+mod conn_tests;
 mod handshake;
 mod input;
 mod limit;
