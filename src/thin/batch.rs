@@ -40,7 +40,7 @@ impl Piece {
     }
 
     fn aligned(&self) -> bool {
-        self.within % BLK == 0 && self.n % BLK == 0
+        self.within.is_multiple_of(BLK) && self.n.is_multiple_of(BLK)
     }
 }
 

@@ -135,7 +135,9 @@ fn one_io_per_member(level: RaidLevel, n: usize) {
     t.create_volume(1).unwrap();
     t.write(1, 0, &pattern(MIB as usize, 1)).unwrap();
     t.commit().unwrap();
-    devs.iter().for_each(|d| drop(d.take()));
+    devs.iter().for_each(|d| {
+        d.take();
+    });
     let new = pattern(MIB as usize, 2);
     t.write(1, 0, &new).unwrap();
     for d in &devs {
@@ -181,7 +183,7 @@ fn pieces_on_chunks_apart_or_shared_are_each_written_where_they_belong() {
     let mut want: Vec<u8> = want.into_iter().flat_map(|(_, p)| p).collect();
     t.commit().unwrap();
     assert!(read(&t, 0, MIB as usize) == want);
-    drop(devs[0].take());
+    devs[0].take();
     let new = pattern(MIB as usize, 4);
     t.write(1, 0, &new).unwrap();
     assert_eq!(devs[0].take().1, 16, "one data write per chunk");
