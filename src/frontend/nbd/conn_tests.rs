@@ -25,6 +25,19 @@ impl Exports for NoExports {
     }
 }
 
+/// A connection registered with a hub of its own, and the client's end.
+fn connection() -> (Arc<Hub>, Arc<Conn>, UnixStream) {
+    let hub = Arc::new(Hub::new().unwrap());
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let policy = Policy {
+        exports: Arc::new(NoExports),
+        tls: None,
+    };
+    let handshake = Handshake::new(TlsState::Off);
+    let (conn, _reader) = Conn::register(&hub, 1, Box::new(ours), policy, handshake).unwrap();
+    (hub, conn, theirs)
+}
+
 const THREADS: u32 = 8;
 const EACH: u32 = 150;
 
@@ -40,20 +53,7 @@ fn reply(t: u32, seq: u32) -> (Vec<u8>, Vec<u8>) {
 
 #[test]
 fn replies_from_many_threads_arrive_whole_and_none_is_left_behind() {
-    let hub = Arc::new(Hub::new().unwrap());
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    let policy = Policy {
-        exports: Arc::new(NoExports),
-        tls: None,
-    };
-    let (conn, _reader) = Conn::register(
-        &hub,
-        1,
-        Box::new(ours),
-        policy,
-        Handshake::new(TlsState::Off),
-    )
-    .unwrap();
+    let (hub, conn, mut theirs) = connection();
     let done = Arc::new(AtomicBool::new(false));
     // The reactor's part, as it does it: send what waits when epoll says
     // the socket has room (asked for only while replies wait in the
@@ -123,20 +123,7 @@ fn replies_from_many_threads_arrive_whole_and_none_is_left_behind() {
 fn the_last_reply_of_a_burst_is_never_left_behind() {
     const SENDERS: usize = 4;
     const BURSTS: u32 = 3000;
-    let hub = Arc::new(Hub::new().unwrap());
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    let policy = Policy {
-        exports: Arc::new(NoExports),
-        tls: None,
-    };
-    let (conn, _reader) = Conn::register(
-        &hub,
-        1,
-        Box::new(ours),
-        policy,
-        Handshake::new(TlsState::Off),
-    )
-    .unwrap();
+    let (_hub, conn, mut theirs) = connection();
     let go = Arc::new(std::sync::Barrier::new(SENDERS + 1));
     let senders: Vec<_> = (0..SENDERS as u32)
         .map(|t| {
