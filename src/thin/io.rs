@@ -1,7 +1,9 @@
 //! The thin data path. Locking, from outside in:
 //! - `gate` (read) for every I/O; metadata operations and commits take it for
 //!   write, so they see no I/O half done;
-//! - a per-(volume, chunk) lock, so a chunk's mapping changes under one writer;
+//! - a per-(volume, chunk) lock, so a chunk's mapping changes under one writer
+//!   (a request over several chunks takes all of its at once, in order: see
+//!   `batch`);
 //! - `meta` (RwLock) only around mapping look-ups and updates, never around
 //!   data transfers. I/O to different chunks and volumes runs in parallel.
 
