@@ -435,8 +435,8 @@ impl Conn {
                 }
                 continue;
             }
+            // Dead (killed already) or failing now: dropped, budgets back.
             if done.failed || self.dead.load(Ordering::SeqCst) {
-                done.failed = true;
                 for out in more {
                     done.finished(out.cost, Some(out.body));
                 }
