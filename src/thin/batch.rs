@@ -10,7 +10,8 @@
 //! Writes take this path only when every piece overwrites its chunk in
 //! place (the chunk is the volume's alone, and in place is allowed: see
 //! `write_piece`), with one round of intents for all of them on pools
-//! that need intents. Any other write goes piece by piece.
+//! that need intents, or fills an unmapped chunk whole (from one run of
+//! fresh chunks). Any other write goes piece by piece.
 
 use super::csum::crc;
 use super::io::{Mapping, MAP_BLOCKS};
@@ -214,15 +215,18 @@ impl ThinPool {
     }
 
     /// `write_from` of a request over more than one chunk whose pieces all
-    /// overwrite their chunks in place. False: not so, or the log cannot
-    /// name them now (nothing was written; write piece by piece).
+    /// overwrite their chunks in place or fill unmapped chunks whole (a
+    /// run of fresh chunks, mapped once written). False: not so, or no
+    /// such run or metadata room, or the log cannot name the overwrites
+    /// now (nothing was written; write piece by piece).
     pub(super) fn write_pieces(&self, vol: u64, offset: u64, data: &[u8]) -> Result<bool> {
         let cs = self.chunk_size;
         let pieces = self.split(offset, data.len());
         let locks = self.lock_set(vol, &pieces);
         let held: Vec<_> = locks.iter().map(|l| l.write()).collect();
         let mut maps: Vec<Mapping> = Vec::with_capacity(pieces.len());
-        for p in &pieces {
+        let mut fresh = Vec::new();
+        for (k, p) in pieces.iter().enumerate() {
             match self.lookup(vol, p.vchunk)? {
                 Some(m)
                     if m.exclusive
@@ -231,24 +235,93 @@ impl ThinPool {
                 {
                     maps.push(m)
                 }
+                // Not mapped, and written whole: a chunk of a run below.
+                None if p.within == 0 && p.n == cs.bytes() => {
+                    fresh.push(k);
+                    maps.push(Mapping {
+                        phys: Chunk(0),
+                        exclusive: true,
+                        new: true,
+                    });
+                }
                 _ => return Ok(false),
             }
         }
-        let journals = self.journals();
+        if !fresh.is_empty() {
+            let n = fresh.len() as u64;
+            let mut meta = self.meta.write();
+            // Room for each chunk's mapping as a piece's own check asks,
+            // else piece by piece (which commits part way when it must).
+            let room =
+                meta.check_room(SpaceUse::Ordinary, (MAP_BLOCKS + 2) * n, self.csum_groups());
+            let Some(first) = room.ok().and_then(|()| meta.data_alloc_run(n)) else {
+                return Ok(false);
+            };
+            for (i, &k) in fresh.iter().enumerate() {
+                maps[k].phys = Chunk(first.0 + i as u64);
+            }
+        }
         let homes: Vec<Home> = maps
             .iter()
-            .map(|m| match (m.new, journals) {
+            .map(|m| match (m.new, self.journals()) {
                 (false, true) => Home::Journaled,
                 _ => Home::Plain,
             })
             .collect();
+        let mut crcs: Vec<Vec<u32>> = vec![Vec::new(); pieces.len()];
+        let named = self.name_overwrites(&pieces, &maps, &homes, data, &mut crcs);
+        let result = match named {
+            Ok(true) => {
+                // Data, checksums and mappings with no round between them.
+                let _w = self.write_in_progress();
+                let written = self.write_runs(&pieces, &maps, &homes, data, &crcs);
+                let mut meta = self.meta.write();
+                let mut mapped = 0;
+                let result = written.and_then(|()| {
+                    for &k in &fresh {
+                        let to = Some(maps[k].phys);
+                        self.set_mapping(&mut meta, vol, pieces[k].vchunk, to)?;
+                        mapped += 1;
+                    }
+                    Ok(true)
+                });
+                for &k in &fresh[mapped.min(fresh.len())..] {
+                    if result.is_err() {
+                        meta.data_dec(maps[k].phys)?;
+                    }
+                }
+                return result;
+            }
+            other => other,
+        };
+        // Nothing written: give the run back.
+        let mut meta = self.meta.write();
+        for &k in &fresh {
+            meta.data_dec(maps[k].phys)?;
+        }
+        drop(held);
+        result
+    }
+
+    /// Before pieces overwrite committed data in place: their intents in
+    /// one round (pools without a second copy; their new checksums into
+    /// `crcs`), or their regions marked in the intent block (with one).
+    /// False: the log cannot name them now.
+    fn name_overwrites(
+        &self,
+        pieces: &[Piece],
+        maps: &[Mapping],
+        homes: &[Home],
+        data: &[u8],
+        crcs: &mut [Vec<u32>],
+    ) -> Result<bool> {
         let old = |k: usize| !maps[k].new;
-        if (0..maps.len()).any(old) && (journals || self.intent.is_some()) {
+        if !(0..maps.len()).any(old) {
+            return Ok(true);
+        }
+        if homes.contains(&Home::Journaled) || self.intent.is_some() {
             self.check_meta_room(&self.meta.read(), SpaceUse::Ordinary)?;
         }
-        // The intents first, in one round: writes may go home only once
-        // the log names them.
-        let mut crcs: Vec<Vec<u32>> = vec![Vec::new(); pieces.len()];
         if homes.contains(&Home::Journaled) {
             let mut entries = Vec::new();
             for (k, p) in pieces.iter().enumerate() {
@@ -258,7 +331,6 @@ impl ThinPool {
                 }
             }
             if !self.intend_all(entries)? {
-                drop(held);
                 return Ok(false);
             }
             let named = homes.iter().filter(|&&h| h == Home::Journaled).count();
@@ -268,9 +340,23 @@ impl ThinPool {
                 intent.mark(&self.meta, maps[k].phys)?;
             }
         }
-        let _w = self.write_in_progress();
+        Ok(true)
+    }
+
+    /// The pieces' data home, runs of chunks next to each other in one
+    /// array I/O each, and their checksums recorded. Caller holds
+    /// `write_in_progress`.
+    fn write_runs(
+        &self,
+        pieces: &[Piece],
+        maps: &[Mapping],
+        homes: &[Home],
+        data: &[u8],
+        crcs: &[Vec<u32>],
+    ) -> Result<()> {
+        let cs = self.chunk_size;
         let phys: Vec<Option<Chunk>> = maps.iter().map(|m| Some(m.phys)).collect();
-        for r in self.runs(&pieces, &phys) {
+        for r in self.runs(pieces, &phys) {
             let (first, last) = (pieces[r.start], pieces[r.end - 1]);
             let span = &data[first.at..last.at + last.n as usize];
             let off = cs.at(maps[r.start].phys, first.within);
@@ -289,6 +375,6 @@ impl ThinPool {
                 }
             }
         }
-        Ok(true)
+        Ok(())
     }
 }

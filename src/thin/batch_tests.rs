@@ -127,13 +127,20 @@ fn read(t: &ThinPool, offset: u64, len: usize) -> Vec<u8> {
     buf
 }
 
-/// Overwrite 1 MiB of committed data on chunks next to each other, and
-/// read it: one data I/O per member each (16 before, one per chunk).
+/// Fill 1 MiB of fresh chunks, overwrite it once committed, and read it:
+/// one data I/O per member each (16 before, one per chunk).
 fn one_io_per_member(level: RaidLevel, n: usize) {
     let devs = members(n);
     let t = create(level, &devs);
     t.create_volume(1).unwrap();
     t.write(1, 0, &pattern(MIB as usize, 1)).unwrap();
+    for d in &devs {
+        assert_eq!(
+            d.take(),
+            (0, 1),
+            "{level:?}: a fill of fresh chunks in one write"
+        );
+    }
     t.commit().unwrap();
     devs.iter().for_each(|d| {
         d.take();

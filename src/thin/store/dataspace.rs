@@ -324,13 +324,12 @@ mod tests {
         assert!(d.claim(Chunk(5)));
         assert_eq!(d.alloc_data_run(8), Some(Chunk(6)));
         assert_eq!(d.alloc_data_run(4), Some(Chunk(14)), "after the last run");
-        assert_eq!(d.alloc(), Some(Chunk(18)));
         for c in 6..18 {
             assert!(d.in_use(Chunk(c)) && d.is_new(Chunk(c)), "chunk {c}");
         }
-        // 181 free after the last allocation, 4 before chunk 5.
-        assert_eq!(d.alloc_data_run(182), None);
-        assert_eq!(d.alloc_data_run(181), Some(Chunk(19)));
+        // 182 free after the last run, 4 before chunk 5.
+        assert_eq!(d.alloc_data_run(183), None);
+        assert_eq!(d.alloc_data_run(182), Some(Chunk(18)));
         assert_eq!(d.alloc_data_run(4), Some(Chunk(1)), "back from the start");
         assert_eq!(d.alloc_data_run(1), None);
         assert_eq!(d.used(), 200);
