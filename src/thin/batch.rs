@@ -114,7 +114,11 @@ impl ThinPool {
             // space-map entries and checksum leaves) beyond a piece's own
             // check: else each piece allocates (and is checked) alone, so a
             // large write near a full metadata area commits part way.
-            let room = meta.check_room(SpaceUse::Ordinary, MAP_BLOCKS + 2 * n, self.csum_groups());
+            // (Each piece's own check then counts the whole run as
+            // allocated: room for every piece's mapping, as in
+            // `write_pieces`, or a small metadata area fills early.)
+            let room =
+                meta.check_room(SpaceUse::Ordinary, (MAP_BLOCKS + 2) * n, self.csum_groups());
             if let Some(first) = room.ok().and_then(|()| meta.data_alloc_run(n)) {
                 for (i, &k) in unmapped.iter().enumerate() {
                     out[k].fresh = Some(Chunk(first.0 + i as u64));
