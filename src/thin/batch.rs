@@ -14,7 +14,7 @@
 //! fresh chunks). Any other write goes piece by piece.
 
 use super::csum::crc;
-use super::io::{Mapping, MAP_BLOCKS};
+use super::io::{Mapping, Prepared, MAP_BLOCKS};
 use super::ThinPool;
 use crate::error::{Error, Result};
 use crate::sync::RwLock;
@@ -53,18 +53,6 @@ enum Home {
     Plain,
     /// Under intents of the flush log (pools without a second copy).
     Journaled,
-}
-
-/// What the pieces of a write that `write_pieces` did not take are given
-/// before their turns (see `prepare`).
-#[derive(Default)]
-pub(super) struct Prepared {
-    /// The piece's intents are durable for this chunk, with these new
-    /// checksums of its blocks.
-    pub(super) named: Option<(Chunk, Vec<u32>)>,
-    /// A chunk allocated for it, next to the other pieces' (taken when it
-    /// is written afresh, else released).
-    pub(super) fresh: Option<Chunk>,
 }
 
 impl ThinPool {

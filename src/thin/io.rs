@@ -7,7 +7,6 @@
 //! - `meta` (RwLock) only around mapping look-ups and updates, never around
 //!   data transfers. I/O to different chunks and volumes runs in parallel.
 
-use super::batch::Prepared;
 use super::csum::{crc, Csums};
 use super::intent::Intent;
 use crate::error::{Error, Result};
@@ -46,6 +45,18 @@ pub struct ThinPool {
     pub(crate) intent: Option<Intent>,
     /// The flush log's state in memory (see `log`).
     pub(crate) log: super::log::FlushLog,
+}
+
+/// What the pieces of a write that `write_pieces` did not take are given
+/// before their turns (see `prepare`).
+#[derive(Default)]
+pub(super) struct Prepared {
+    /// The piece's intents are durable for this chunk, with these new
+    /// checksums of its blocks.
+    pub(super) named: Option<(Chunk, Vec<u32>)>,
+    /// A chunk allocated for it, next to the other pieces' (taken when it
+    /// is written afresh, else released).
+    pub(super) fresh: Option<Chunk>,
 }
 
 /// A physical mapping: chunk number and whether it may be overwritten in place.
