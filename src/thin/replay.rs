@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::thin::csum::crc;
 use crate::thin::store::csum::{csum_key, csum_key_chunk, Group, CSUM_BLOCK, GROUP_BYTES};
 use crate::units::Chunk;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// What replaying the log did (at open).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -100,10 +100,11 @@ impl Intents {
 impl ThinPool {
     /// Apply the log's records of the last commit and commit them (at
     /// open, before the write-intent resync; nothing else runs). Each
-    /// record's journaled blocks are written home again from a copy that
-    /// matches its checksum; a block no copy of which matches keeps what
-    /// it held before the record (its round never finished, or every copy
-    /// was lost) and is counted. Then each block an `Intent` names that
+    /// block's last journaled copy that matches its entry's checksum is
+    /// written home again, unless a later record's checksum says a write
+    /// without a copy came after it (`journaled_home`); a block no copy of
+    /// which matches keeps what it held before the record (its round never
+    /// finished, or every copy was lost) and is counted. Then each block an `Intent` names that
     /// no later checksum entry settled is checked: one that holds a write
     /// the log names keeps it (an unflushed write, see `Intents`).
     pub fn replay_log(&self) -> Result<Replayed> {
@@ -116,6 +117,9 @@ impl ThinPool {
         // The commit below moves past them, whatever they held.
         self.meta.write().log_used();
         let mut intents = Intents::default();
+        // Each block's last journaled copy, written home once every record
+        // is applied (`journaled_home`).
+        let mut latest = BTreeMap::new();
         'records: for (i, rec) in records.iter().enumerate() {
             let entries = match decode(&rec.payload) {
                 Ok(e) => e,
@@ -162,19 +166,16 @@ impl ThinPool {
                 }
                 out.entries += 1;
             }
-            let io = |e| Error::io("replaying the flush log", e);
-            for (phys, within, bytes) in &home {
-                self.array
-                    .write(self.chunk_size.at(*phys, *within), bytes)
-                    .map_err(io)?;
+            for (phys, within, bytes) in home {
+                latest.insert((phys, within), bytes);
             }
             for (phys, within, before) in &keep {
                 self.set_block_csum(*phys, *within, *before)?;
             }
-            out.data_blocks += home.len() as u64;
             out.data_missing += keep.len() as u64;
             out.records += 1;
         }
+        out.data_blocks = self.journaled_home(latest)?;
         let (kept, damaged) = self.check_intents(intents)?;
         out.writes_kept = kept;
         out.writes_damaged = damaged;
@@ -185,6 +186,25 @@ impl ThinPool {
         }
         self.commit_inner(false)?;
         Ok(out)
+    }
+
+    /// Write home each block's last journaled copy that its checksum, as
+    /// the records left it, names. A copy a later record's checksum
+    /// contradicts was overwritten by a write the log kept no copy of (a
+    /// large one, flushed home by its round): that write stays, the copy
+    /// must not go over it. Returns the blocks written.
+    fn journaled_home(&self, latest: BTreeMap<(Chunk, u64), Vec<u8>>) -> Result<u64> {
+        let mut written = 0;
+        for ((phys, within), bytes) in latest {
+            if self.csums.is_some() && self.block_csum(phys, within)? != Some(crc(&bytes)) {
+                continue;
+            }
+            self.array
+                .write(self.chunk_size.at(phys, within), &bytes)
+                .map_err(|e| Error::io("replaying the flush log", e))?;
+            written += 1;
+        }
+        Ok(written)
     }
 
     /// The journaled blocks of the record at `slot`: those to write home
