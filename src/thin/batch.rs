@@ -53,6 +53,10 @@ enum Home {
     Plain,
     /// Under intents of the flush log (pools without a second copy).
     Journaled,
+    /// Over committed data, its region marked, on a pool with checksums
+    /// and a second copy: a small piece leaves a copy for the next round
+    /// (see `ThinPool::journal_written`), as a journaled one does.
+    Copied,
 }
 
 impl ThinPool {
@@ -255,13 +259,21 @@ impl ThinPool {
         }
         let homes: Vec<Home> = maps
             .iter()
-            .map(|m| match (m.new, self.journals()) {
-                (false, true) => Home::Journaled,
+            .map(|m| match (m.new, self.journals(), self.csums.is_some()) {
+                (false, true, _) => Home::Journaled,
+                (false, false, true) => Home::Copied,
                 _ => Home::Plain,
             })
             .collect();
-        let mut crcs: Vec<Vec<u32>> = vec![Vec::new(); pieces.len()];
-        let named = self.name_overwrites(&pieces, &maps, &homes, data, &mut crcs);
+        let crcs: Vec<Vec<u32>> = pieces
+            .iter()
+            .zip(&homes)
+            .map(|(p, h)| match h {
+                Home::Plain => Vec::new(),
+                _ => data[p.bytes()].chunks(BLK as usize).map(crc).collect(),
+            })
+            .collect();
+        let named = self.name_overwrites(&pieces, &maps, &homes, &crcs);
         let result = match named {
             Ok(true) => {
                 // Data, checksums and mappings with no round between them.
@@ -296,16 +308,15 @@ impl ThinPool {
     }
 
     /// Before pieces overwrite committed data in place: their intents in
-    /// one round (pools without a second copy; their new checksums into
-    /// `crcs`), or their regions marked in the intent block (with one).
+    /// one round (pools without a second copy; `crcs` are their new
+    /// checksums), or their regions marked in the intent block (with one).
     /// False: the log cannot name them now.
     fn name_overwrites(
         &self,
         pieces: &[Piece],
         maps: &[Mapping],
         homes: &[Home],
-        data: &[u8],
-        crcs: &mut [Vec<u32>],
+        crcs: &[Vec<u32>],
     ) -> Result<bool> {
         let old = |k: usize| !maps[k].new;
         if !(0..maps.len()).any(old) {
@@ -318,7 +329,6 @@ impl ThinPool {
             let mut entries = Vec::new();
             for (k, p) in pieces.iter().enumerate() {
                 if homes[k] == Home::Journaled {
-                    crcs[k] = data[p.bytes()].chunks(BLK as usize).map(crc).collect();
                     entries.extend(super::journal::intents(maps[k].phys, p.within, &crcs[k]));
                 }
             }
@@ -352,7 +362,9 @@ impl ThinPool {
             let (first, last) = (pieces[r.start], pieces[r.end - 1]);
             let span = &data[first.at..last.at + last.n as usize];
             let off = cs.at(maps[r.start].phys, first.within);
-            let written = match homes[r.clone()].iter().all(|&h| h == Home::Journaled) {
+            // Not a data flush's business when every piece leaves a copy
+            // or is marked written by `journal_written`.
+            let written = match homes[r.clone()].iter().all(|&h| h != Home::Plain) {
                 true => self.array.write_journaled(off, span),
                 false => self.array.write(off, span),
             };
@@ -361,7 +373,7 @@ impl ThinPool {
                 let (p, phys) = (pieces[k], maps[k].phys);
                 match homes[k] {
                     Home::Plain => self.record(phys, p.within, &data[p.bytes()])?,
-                    Home::Journaled => {
+                    Home::Journaled | Home::Copied => {
                         self.journal_written(phys, p.within, &data[p.bytes()], &crcs[k])?
                     }
                 }

@@ -267,6 +267,9 @@ impl ThinPool {
                         self.check_meta_room(&self.meta.read(), SpaceUse::Ordinary)?;
                         intent.mark(&self.meta, m.phys)?;
                     }
+                    if !m.new && self.csums.is_some() {
+                        return self.write_copied(m.phys, within, data);
+                    }
                     return self.write_in_place(m.phys, within, data);
                 }
             }
@@ -544,6 +547,21 @@ impl ThinPool {
         let buf = self.widen(phys, within, data)?;
         write(a0, &buf)?;
         self.record(phys, a0, &buf)
+    }
+
+    /// A write in place of committed data on a pool with checksums and a
+    /// second copy, once its region is marked: home, and (a small one) a
+    /// copy for the next round, so that round need not flush the data
+    /// members (see `thin::log`). No intents: the mark and the other copy
+    /// cover a write torn by a crash.
+    fn write_copied(&self, phys: Chunk, within: u64, data: &[u8]) -> Result<()> {
+        let a0 = within / BLK * BLK;
+        let buf = self.widen(phys, within, data)?;
+        let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
+        self.array
+            .write_journaled(self.chunk_size.at(phys, a0), &buf)
+            .map_err(|e| Error::io("writing data", e))?;
+        self.journal_written(phys, a0, &buf, &crcs)
     }
 
     /// A write in place on a journaling pool that the log does not name

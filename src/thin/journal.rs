@@ -1,7 +1,7 @@
-//! Writes in place on pools without a second copy of their data: the
-//! write intents a round of the flush log makes durable before a block is
-//! overwritten, and the copies of those blocks the next flush's round
-//! journals (see the notes in `thin::log`). Rounds of intents alone
+//! Writes in place over committed data: on pools without a second copy,
+//! the write intents a round of the flush log makes durable before a block
+//! is overwritten; on every pool with checksums, the copies of small
+//! writes the next flush's round journals (see the notes in `thin::log`). Rounds of intents alone
 //! rewrite one record, a pair of log blocks, rather than each taking a
 //! block (see `store::log`).
 

@@ -32,9 +32,15 @@
 //! Journaled data: a copy of each such block also waits in memory for the
 //! next flush's round, which writes it in the log blocks after the record
 //! whose `Data` entries give its place and checksum (at most half the
-//! log's free room; the rest is flushed on the members as usual). The
-//! replay writes those blocks home again, so a lost or torn home write the
-//! client flushed is repaired rather than reported.
+//! log's free room; the rest is flushed on the members as usual). Pools
+//! with a second copy (and checksums) copy small writes in place of
+//! committed data the same way, after their region's mark and without
+//! intents (`write_copied`). A round after writes that all left copies
+//! skips step 2: the log's one write and flush make them durable (one
+//! round of member flushes per client flush instead of two). The replay
+//! writes each block's last copy home again, unless a later checksum
+//! says a write without a copy came after it, so a lost or torn home
+//! write the client flushed is repaired rather than reported.
 //!
 //! After a crash, the records of the last commit are replayed onto it in
 //! order (`replay_log`, before the write-intent resync) and committed. Each
