@@ -100,24 +100,25 @@ impl ThinPool {
             out.iter_mut().for_each(|p| p.named = None);
         }
         if unmapped.len() >= 2 {
-            let n = unmapped.len() as u64;
-            let mut meta = self.meta.write();
-            // Only with room for what the run adds to the commit (its
-            // space-map entries and checksum leaves) beyond a piece's own
-            // check: else each piece allocates (and is checked) alone, so a
-            // large write near a full metadata area commits part way.
-            // (Each piece's own check then counts the whole run as
-            // allocated: room for every piece's mapping, as in
-            // `write_pieces`, or a small metadata area fills early.)
-            let room =
-                meta.check_room(SpaceUse::Ordinary, (MAP_BLOCKS + 2) * n, self.csum_groups());
-            if let Some(first) = room.ok().and_then(|()| meta.data_alloc_run(n)) {
+            // Else each piece allocates (and is checked) alone, so a large
+            // write near a full metadata area commits part way.
+            if let Some(first) = self.alloc_run(unmapped.len() as u64) {
                 for (i, &k) in unmapped.iter().enumerate() {
                     out[k].fresh = Some(Chunk(first.0 + i as u64));
                 }
             }
         }
         Ok(out)
+    }
+
+    /// `n` fresh chunks in a row, only with metadata room for all their
+    /// mappings (what a piece's own check asks, each counting the whole
+    /// run as allocated: without it a small metadata area fills early).
+    /// None: no such room or run.
+    fn alloc_run(&self, n: u64) -> Option<Chunk> {
+        let mut meta = self.meta.write();
+        let room = meta.check_room(SpaceUse::Ordinary, (MAP_BLOCKS + 2) * n, self.csum_groups());
+        room.ok().and_then(|()| meta.data_alloc_run(n))
     }
 
     /// Give back the chunks `prepare` allocated that no piece took.
@@ -244,13 +245,8 @@ impl ThinPool {
             }
         }
         if !fresh.is_empty() {
-            let n = fresh.len() as u64;
-            let mut meta = self.meta.write();
-            // Room for each chunk's mapping as a piece's own check asks,
-            // else piece by piece (which commits part way when it must).
-            let room =
-                meta.check_room(SpaceUse::Ordinary, (MAP_BLOCKS + 2) * n, self.csum_groups());
-            let Some(first) = room.ok().and_then(|()| meta.data_alloc_run(n)) else {
+            // Else piece by piece (which commits part way when it must).
+            let Some(first) = self.alloc_run(fresh.len() as u64) else {
                 return Ok(false);
             };
             for (i, &k) in fresh.iter().enumerate() {
