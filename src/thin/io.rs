@@ -558,10 +558,7 @@ impl ThinPool {
         let a0 = within / BLK * BLK;
         let buf = self.widen(phys, within, data)?;
         let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
-        self.array
-            .write_journaled(self.chunk_size.at(phys, a0), &buf)
-            .map_err(|e| Error::io("writing data", e))?;
-        self.journal_written(phys, a0, &buf, &crcs)
+        self.write_journaled(phys, a0, &buf, &crcs)
     }
 
     /// A write in place on a journaling pool that the log does not name
