@@ -5,8 +5,9 @@
 
 mod common;
 use common::*;
-use std::sync::Arc;
-use vpool::device::{CrashSim, DeviceRef};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use vpool::device::{BlockDevice, CrashSim, DeviceRef};
 use vpool::raid::RaidLevel;
 use vpool::{CreateOptions, Pool};
 
@@ -120,7 +121,7 @@ fn a_full_log_and_an_unlogged_change_fall_back_to_a_commit() {
 }
 
 #[test]
-fn concurrent_flushes_share_rounds_and_all_survive() {
+fn concurrent_flushes_all_survive() {
     let (mut sim, pool) = crash_pool(RaidLevel::Raid1, 3);
     pool.create_volume("a", 8 * MIB).unwrap();
     let pool = Arc::new(pool);
@@ -149,11 +150,9 @@ fn concurrent_flushes_share_rounds_and_all_survive() {
         }
     }
     let s = pool.flush_stats();
+    // Whether these happened to share rounds depends on timing; the test
+    // below holds a round open to show that they do.
     assert_eq!(s.flushes, 320);
-    assert!(
-        s.log_rounds + s.commits < s.flushes,
-        "no round was shared by two flushes: {s:?}"
-    );
     let pool = Arc::try_unwrap(pool).ok().expect("one owner");
     drop(pool);
     let pool = reopen(&mut sim);
@@ -161,13 +160,194 @@ fn concurrent_flushes_share_rounds_and_all_survive() {
     assert_clean(&pool, "after the cut");
 }
 
+/// Member flushes held shut by the test: a round stays open, as it does
+/// on a real disk for as long as its cache flush.
+#[derive(Clone, Default)]
+struct Shut(Arc<(Mutex<(bool, u64)>, Condvar)>);
+
+impl Shut {
+    fn close(&self) {
+        self.0 .0.lock().unwrap().0 = true;
+    }
+    fn open(&self) {
+        self.0 .0.lock().unwrap().0 = false;
+        self.0 .1.notify_all();
+    }
+    /// Wait until a flush is held.
+    fn held(&self) {
+        let (lock, cv) = &*self.0;
+        let g = lock.lock().unwrap();
+        let (_g, waited) = cv
+            .wait_timeout_while(g, Duration::from_secs(30), |g| g.1 == 0)
+            .unwrap();
+        assert!(!waited.timed_out(), "no round reached a member flush");
+    }
+}
+
+/// A member whose flushes wait while its `Shut` is closed.
+struct Held {
+    inner: DeviceRef,
+    shut: Shut,
+}
+
+impl BlockDevice for Held {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        let (lock, cv) = &*self.shut.0;
+        let mut g = lock.lock().unwrap();
+        g.1 += 1;
+        cv.notify_all();
+        // Never forever: a test that went wrong fails on its counts.
+        let (mut g, _) = cv
+            .wait_timeout_while(g, Duration::from_secs(60), |g| g.0)
+            .unwrap();
+        g.1 -= 1;
+        drop(g);
+        self.inner.flush()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+/// `crash_pool` on members whose flushes the returned `Shut` can hold.
+fn held_pool(level: RaidLevel, seed: u64) -> (CrashSim, Pool, Shut) {
+    let sim = CrashSim::new(members_for(level), 32 * MIB, seed);
+    let shut = Shut::default();
+    let devs: Vec<DeviceRef> = sim
+        .devices
+        .iter()
+        .map(|d| {
+            let inner = d.clone() as DeviceRef;
+            let shut = shut.clone();
+            Arc::new(Held { inner, shut }) as DeviceRef
+        })
+        .collect();
+    let mut opts = CreateOptions::new(level);
+    opts.stripe_unit = 4096;
+    let (pool, _) = Pool::create("tank", devs, &opts).expect("create");
+    (sim, pool, shut)
+}
+
+/// Run `f` on the pool in a thread.
+fn spawn<T: Send + 'static>(
+    pool: &Arc<Pool>,
+    f: impl FnOnce(&Pool) -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let pool = pool.clone();
+    std::thread::spawn(move || f(&pool))
+}
+
+/// Flushes that arrive while a round is writing wait for it and are all
+/// served by one round after it (group commit), every one of them durable.
+#[test]
+fn flushes_arriving_during_a_round_share_the_next_one() {
+    let (mut sim, pool, shut) = held_pool(RaidLevel::Raid1, 5);
+    pool.create_volume("a", 8 * MIB).unwrap();
+    let vol = pool.volume("a", None).unwrap();
+    let mut model = vec![0u8; 8 * MIB as usize];
+    for t in 0..8u64 {
+        let data = pattern(4096, 70 + t);
+        vol.write_at(&data, t * MIB).unwrap();
+        model[(t * MIB) as usize..(t * MIB) as usize + 4096].copy_from_slice(&data);
+    }
+    drop(vol);
+    let before = pool.flush_stats();
+    let pool = Arc::new(pool);
+    let flush = |p: &Pool| p.volume("a", None).unwrap().flush();
+    shut.close();
+    // The leader's round reaches a member flush and stays there.
+    let leader = spawn(&pool, flush);
+    shut.held();
+    // Seven more flushes arrive while it is open.
+    let followers: Vec<_> = (0..7).map(|_| spawn(&pool, flush)).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pool.flush_stats().flushes < before.flushes + 8 {
+        assert!(
+            Instant::now() < deadline,
+            "the followers never called flush"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Let them reach the round's lock behind the leader.
+    std::thread::sleep(Duration::from_millis(300));
+    shut.open();
+    leader.join().unwrap().expect("the leader's flush");
+    for f in followers {
+        f.join().unwrap().expect("a follower's flush");
+    }
+    let s = pool.flush_stats();
+    assert_eq!(s.flushes - before.flushes, 8);
+    assert_eq!(s.commits, before.commits, "a flush committed: {s:?}");
+    let rounds = s.log_rounds - before.log_rounds;
+    // The leader's round, and one for all seven waiting behind it.
+    assert_eq!(rounds, 2, "8 flushes took {rounds} rounds: {s:?}");
+    drop(Arc::try_unwrap(pool).ok().expect("one owner"));
+    let pool = reopen(&mut sim);
+    model_verify(&pool, &model, "after the cut");
+    assert_clean(&pool, "after the cut");
+}
+
+/// The same for write intents on a pool without redundancy: overwrites
+/// that queue intents while a round of them is writing all go in place
+/// after one more round.
+#[test]
+fn overwrites_arriving_during_an_intent_round_share_the_next_one() {
+    let (mut sim, pool, shut) = held_pool(RaidLevel::Raid0, 6);
+    pool.create_volume("a", 8 * MIB).unwrap();
+    let mut model: Vec<u8> = pattern(8 * MIB as usize, 2);
+    pool.volume("a", None).unwrap().write_at(&model, 0).unwrap();
+    pool.commit().unwrap();
+    let before = pool.flush_stats();
+    let pool = Arc::new(pool);
+    let write = |t: u64| {
+        move |p: &Pool| {
+            let data = pattern(4096, 90 + t);
+            let off = t * MIB + 8192;
+            p.volume("a", None).unwrap().write_at(&data, off)?;
+            Ok::<_, vpool::Error>((off, data))
+        }
+    };
+    shut.close();
+    let leader = spawn(&pool, write(0));
+    shut.held();
+    let followers: Vec<_> = (1..8).map(|t| spawn(&pool, write(t))).collect();
+    // Nothing counts a writer waiting for a round: give them time to queue.
+    std::thread::sleep(Duration::from_millis(500));
+    shut.open();
+    for h in std::iter::once(leader).chain(followers) {
+        let (off, data) = h.join().unwrap().expect("an overwrite");
+        model[off as usize..off as usize + 4096].copy_from_slice(&data);
+    }
+    let s = pool.flush_stats();
+    assert_eq!(s.named_writes - before.named_writes, 8, "{s:?}");
+    let rounds = s.intent_rounds - before.intent_rounds;
+    assert_eq!(
+        rounds, 2,
+        "8 overwrites took {rounds} rounds of intents: {s:?}"
+    );
+    pool.volume("a", None).unwrap().flush().unwrap();
+    drop(Arc::try_unwrap(pool).ok().expect("one owner"));
+    let pool = reopen(&mut sim);
+    model_verify(&pool, &model, "after the cut");
+    assert_clean(&pool, "after the cut");
+}
+
 /// Many writers overwriting committed data in small pieces on a pool
 /// without redundancy: each waits for a round of intents before writing in
-/// place, writers in flight share rounds (the leader wakes every waiter
-/// when it ends), and nobody waits forever; after a flush and a power cut
-/// every byte is back.
+/// place (the leader wakes every waiter when it ends; the test above shows
+/// they share rounds), and nobody waits forever; after a flush and a power
+/// cut every byte is back.
 #[test]
-fn concurrent_overwrites_share_intent_rounds_and_all_survive() {
+fn concurrent_overwrites_never_wait_forever_and_all_survive() {
     let (mut sim, pool) = crash_pool(RaidLevel::Raid0, 4);
     pool.create_volume("a", 8 * MIB).unwrap();
     let mut model: Vec<u8> = pattern(8 * MIB as usize, 1);
@@ -209,10 +389,6 @@ fn concurrent_overwrites_share_intent_rounds_and_all_survive() {
     // (A write retried after a commit made room counts again.)
     assert!(s.named_writes + s.unnamed_writes >= 8 * 64, "{s:?}");
     assert!(s.named_writes > 0, "no overwrite went in place: {s:?}");
-    assert!(
-        s.intent_rounds < s.named_writes,
-        "no round of intents was shared by two writers: {s:?}"
-    );
     pool.volume("a", None).unwrap().flush().unwrap();
     let pool = Arc::try_unwrap(pool).ok().expect("one owner");
     drop(pool);
