@@ -156,3 +156,39 @@ fn the_last_reply_of_a_burst_is_never_left_behind() {
         s.join().unwrap();
     }
 }
+
+/// The buffer pool keeps a reply's buffer for the next request as long as
+/// the connection's budget of bytes allows, not a fixed count: 40 buffers
+/// of 1 MiB (an iodepth-32 client whose replies come back late) all stay,
+/// and never more than the budget does.
+#[test]
+fn idle_buffers_are_bounded_by_bytes_not_count() {
+    let (_hub, conn, _theirs) = connection();
+    let mib = 1 << 20;
+    let bufs: Vec<Vec<u8>> = (0..40).map(|_| conn.take_buffer(mib)).collect();
+    let ptrs: Vec<*const u8> = bufs.iter().map(|b| b.as_ptr()).collect();
+    for b in bufs {
+        conn.give_buffer(b);
+    }
+    let again: Vec<Vec<u8>> = (0..40).map(|_| conn.take_buffer(mib)).collect();
+    for b in &again {
+        assert!(ptrs.contains(&b.as_ptr()), "a pooled buffer was dropped");
+        assert_eq!(b.len(), mib);
+    }
+    let budget = super::conn::BUDGET as usize;
+    let many: Vec<Vec<u8>> = (0..budget / mib + 10)
+        .map(|_| conn.take_buffer(mib))
+        .collect();
+    for b in again.into_iter().chain(many) {
+        conn.give_buffer(b);
+    }
+    let kept = conn.buffers.lock().bytes();
+    assert!(
+        kept <= budget,
+        "{kept} bytes idle, over the budget {budget}"
+    );
+    assert!(
+        kept >= budget - mib,
+        "{kept} bytes idle: the pool dropped buffers it had room for"
+    );
+}
