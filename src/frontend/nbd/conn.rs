@@ -316,6 +316,7 @@ impl Buffers {
     }
 
     /// Bytes held idle.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }
