@@ -16,7 +16,7 @@ use super::conn::{Conn, Hub};
 use super::handshake::{greeting, Handshake, TlsState};
 use super::input::{End, Entry, Phase, MIN_BUF};
 use super::stream::Stream;
-use super::workers::Workers;
+use super::workers::{Workers, TICK};
 use super::{Listener, Policy};
 use nix::errno::Errno;
 use nix::sys::epoll::{EpollEvent, EpollFlags, EpollTimeout};
@@ -116,11 +116,14 @@ impl Reactor {
         let mut last_sweep = Instant::now();
         loop {
             let paused = self.listeners.iter().any(|l| l.paused_until.is_some());
-            let timeout: u16 = match (self.again.is_empty(), paused) {
+            let mut timeout: u16 = match (self.again.is_empty(), paused) {
                 (false, _) => 0,
                 (true, true) => ACCEPT_PAUSE.as_millis() as u16,
                 (true, false) => 1000,
             };
+            if self.workers.held_back() {
+                timeout = timeout.min(TICK.as_millis() as u16);
+            }
             let n = match self
                 .hub
                 .epoll
@@ -152,6 +155,7 @@ impl Reactor {
                     }
                 }
             }
+            self.workers.nudge();
             let mut ids = std::mem::take(&mut *self.hub.revisit.lock());
             ids.append(&mut self.again);
             for id in ids {
