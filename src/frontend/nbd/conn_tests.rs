@@ -26,7 +26,7 @@ impl Exports for NoExports {
 }
 
 /// A connection registered with a hub of its own, and the client's end.
-fn connection() -> (Arc<Hub>, Arc<Conn>, UnixStream) {
+pub(super) fn connection() -> (Arc<Hub>, Arc<Conn>, UnixStream) {
     let hub = Arc::new(Hub::new().unwrap());
     let (ours, theirs) = UnixStream::pair().unwrap();
     let policy = Policy {

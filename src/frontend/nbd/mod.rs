@@ -5,6 +5,8 @@
 mod conn;
 #[cfg(test)]
 mod conn_tests;
+#[cfg(test)]
+mod workers_tests;
 mod handshake;
 mod input;
 mod limit;

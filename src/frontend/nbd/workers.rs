@@ -34,6 +34,9 @@ const SLOW_ITEM: Duration = Duration::from_micros(50);
 /// An item running this long waits (a device, a lock): its worker is not
 /// counted as using a core.
 const STUCK: Duration = Duration::from_millis(1);
+/// Workers awake per core for quick items: a second one runs while the
+/// first waits briefly (a round of write intents, a reply's socket).
+const PER_CORE: usize = 2;
 /// The whole of `State::slow_share`.
 const SHARE_ONE: u32 = 1 << 10;
 /// How often the reactor looks at turns held back (see `nudge`).
@@ -59,7 +62,7 @@ struct State {
 pub(super) struct Workers {
     state: Mutex<State>,
     run: fn(&Conn, Work),
-    /// Workers that may run quick items at once.
+    /// Workers that may run quick items at once: `PER_CORE` per core.
     cores: usize,
     epoch: Instant,
     /// A turn waits that no worker was woken for (see `nudge`).
@@ -85,7 +88,7 @@ impl Workers {
                 stopping: false,
             }),
             run,
-            cores: cores.max(1),
+            cores: cores.max(1) * PER_CORE,
             epoch: Instant::now(),
             held_back: AtomicBool::new(false),
         })

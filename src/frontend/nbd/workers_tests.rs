@@ -1,0 +1,195 @@
+//! How many workers the shared pool keeps awake: one per turn when items
+//! wait on devices, about one per core when they are quick, and more again
+//! when the ones awake are stuck. A thread here plays the reactor's part:
+//! it calls `nudge` every `TICK`.
+
+use super::conn::{Conn, Work};
+use super::conn_tests::connection;
+use super::workers::{Workers, TICK};
+use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Items running now and the most seen at once, for one test's run function.
+struct Gauge {
+    now: AtomicUsize,
+    max: AtomicUsize,
+    done: AtomicUsize,
+}
+
+impl Gauge {
+    const fn new() -> Gauge {
+        Gauge {
+            now: AtomicUsize::new(0),
+            max: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+        }
+    }
+
+    fn during(&self, f: impl FnOnce()) {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+        f();
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        self.done.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Wait until `n` items are done in all (at most 20 s).
+    fn wait_done(&self, n: usize) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while self.done.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < until, "items never ran: {} of {n} done", self.done.load(Ordering::SeqCst));
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// The reactor's tick, until dropped.
+struct Ticker(Arc<AtomicBool>);
+
+impl Ticker {
+    fn start(w: &Arc<Workers>) -> Ticker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, w) = (stop.clone(), w.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                w.nudge();
+                std::thread::sleep(TICK);
+            }
+            w.stop();
+        });
+        Ticker(stop)
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn items(kind: u32, n: usize) -> Vec<Work> {
+    (0..n)
+        .map(|_| Work::Option {
+            option: kind,
+            data: Vec::new(),
+        })
+        .collect()
+}
+
+const SLOW: u32 = 1;
+const QUICK: u32 = 2;
+
+fn spin(d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+static MIXED: Gauge = Gauge::new();
+
+fn mixed(_: &Conn, w: Work) {
+    if let Work::Option { option, .. } = w {
+        match option {
+            SLOW => MIXED.during(|| std::thread::sleep(Duration::from_millis(3))),
+            _ => MIXED.during(|| spin(Duration::from_micros(20))),
+        }
+    }
+}
+
+#[test]
+fn items_that_wait_get_a_worker_each_and_quick_ones_about_one_per_core() {
+    let w = Workers::with_cores(mixed, 2);
+    let _tick = Ticker::start(&w);
+    let conns = [connection().1, connection().1];
+    let mut done = 0;
+    // Items that wait (3 ms, as on a disk): two connections' 16 turns each
+    // run at once, once the pool has seen that they wait.
+    for round in 0..6 {
+        MIXED.max.store(0, Ordering::SeqCst);
+        for c in &conns {
+            w.submit(c, &mut items(SLOW, 16));
+        }
+        done += 32;
+        MIXED.wait_done(done);
+        if round == 5 {
+            let max = MIXED.max.load(Ordering::SeqCst);
+            assert!(max >= 24, "waiting items ran only {max} at once");
+        }
+    }
+    // Quick items (20 us of CPU): the workers awake from the slow rounds
+    // are not all woken again; about one per core runs them.
+    let mut most = 0;
+    for round in 0..60 {
+        MIXED.max.store(0, Ordering::SeqCst);
+        for c in &conns {
+            w.submit(c, &mut items(QUICK, 16));
+        }
+        done += 32;
+        MIXED.wait_done(done);
+        if round >= 10 {
+            most = most.max(MIXED.max.load(Ordering::SeqCst));
+        }
+    }
+    // Two cores, and a worker preempted for a millisecond on a busy test
+    // host counts as stuck: allow a few more, far below the 32 turns.
+    assert!(most <= 6, "quick items ran {most} at once on 2 cores");
+}
+
+static GATED: Gauge = Gauge::new();
+static GATE: Mutex<bool> = parking_lot::const_mutex(false);
+static OPENED: Condvar = Condvar::new();
+
+fn gated(_: &Conn, w: Work) {
+    if let Work::Option { option, .. } = w {
+        match option {
+            SLOW => GATED.during(|| {
+                let mut open = GATE.lock();
+                let until = Instant::now() + Duration::from_secs(30);
+                while !*open && Instant::now() < until {
+                    OPENED.wait_for(&mut open, Duration::from_millis(100));
+                }
+            }),
+            _ => GATED.during(|| spin(Duration::from_micros(20))),
+        }
+    }
+}
+
+/// Opens the gate when the test ends, however it ends.
+struct Opener;
+
+impl Drop for Opener {
+    fn drop(&mut self) {
+        *GATE.lock() = true;
+        OPENED.notify_all();
+    }
+}
+
+#[test]
+fn workers_stuck_on_one_connection_do_not_hold_up_another() {
+    let _open = Opener;
+    let w = Workers::with_cores(gated, 2);
+    let _tick = Ticker::start(&w);
+    let (a, b) = (connection().1, connection().1);
+    // Quick items first, so the pool keeps one worker per core awake.
+    for i in 1..=5 {
+        w.submit(&b, &mut items(QUICK, 16));
+        GATED.wait_done(16 * i);
+    }
+    // Both cores' workers now wait on a device that does not answer...
+    w.submit(&a, &mut items(SLOW, 2));
+    let until = Instant::now() + Duration::from_secs(5);
+    while GATED.now.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < until, "the stuck items never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // ...and another connection's turns still run, well before it answers.
+    let t = Instant::now();
+    w.submit(&b, &mut items(QUICK, 16));
+    GATED.wait_done(80 + 16);
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(5), "held up {took:?} behind stuck workers");
+    assert_eq!(GATED.now.load(Ordering::SeqCst), 2, "the stuck items still wait");
+}
