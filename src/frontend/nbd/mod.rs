@@ -5,8 +5,6 @@
 mod conn;
 #[cfg(test)]
 mod conn_tests;
-#[cfg(test)]
-mod workers_tests;
 mod handshake;
 mod input;
 mod limit;
@@ -16,6 +14,8 @@ mod stream;
 mod tls;
 mod transmission;
 mod workers;
+#[cfg(test)]
+mod workers_tests;
 
 pub use super::exports::Exports;
 pub use handshake::transmission_flags;

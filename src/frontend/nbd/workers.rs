@@ -227,11 +227,9 @@ impl Workers {
         st.busy.push(busy.clone());
         loop {
             if let Some(conn) = st.ring.pop_front() {
-                if self.short(&st) {
-                    if !Self::wake(&mut st) {
-                        // None to wake: the reactor starts one (`nudge`).
-                        self.held_back.store(true, Ordering::Relaxed);
-                    }
+                if self.short(&st) && !Self::wake(&mut st) {
+                    // None to wake: the reactor starts one (`nudge`).
+                    self.held_back.store(true, Ordering::Relaxed);
                 }
                 drop(st);
                 let start = self.now();
@@ -241,7 +239,11 @@ impl Workers {
                 let took = self.now().saturating_sub(start);
                 st = self.state.lock();
                 if ran {
-                    let slow = if took >= SLOW_ITEM.as_nanos() as u64 { SHARE_ONE } else { 0 };
+                    let slow = if took >= SLOW_ITEM.as_nanos() as u64 {
+                        SHARE_ONE
+                    } else {
+                        0
+                    };
                     st.slow_share = (st.slow_share * 15 + slow) / 16;
                 }
                 if again {
