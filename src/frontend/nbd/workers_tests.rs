@@ -113,43 +113,40 @@ fn mixed(_: &Conn, w: Work) {
     }
 }
 
+/// `rounds` rounds of 16 items of `kind` on each connection, one round
+/// done before the next; returns the most run at once from round `from`
+/// on (`QUICK_THREADS` counts from there too).
+fn rounds(w: &Arc<Workers>, conns: &[Arc<Conn>], kind: u32, rounds: usize, from: usize) -> usize {
+    let mut most = 0;
+    for round in 0..rounds {
+        if round == from {
+            QUICK_THREADS.lock().clear();
+        }
+        MIXED.max.store(0, Ordering::SeqCst);
+        let done = MIXED.done.load(Ordering::SeqCst);
+        for c in conns {
+            w.submit(c, &mut items(kind, 16));
+        }
+        MIXED.wait_done(done + 16 * conns.len());
+        if round >= from {
+            most = most.max(MIXED.max.load(Ordering::SeqCst));
+        }
+    }
+    most
+}
+
 #[test]
 fn items_that_wait_get_a_worker_each_and_quick_ones_two_per_core() {
     let w = Workers::with_cores(mixed, 2);
     let _tick = Ticker::start(&w);
     let conns = [connection().1, connection().1];
-    let mut done = 0;
     // Items that wait (20 ms, as on a busy disk): two connections' 16
     // turns each run at once, once the pool has seen that they wait.
-    let mut most = 0;
-    for round in 0..6 {
-        MIXED.max.store(0, Ordering::SeqCst);
-        for c in &conns {
-            w.submit(c, &mut items(SLOW, 16));
-        }
-        done += 32;
-        MIXED.wait_done(done);
-        if round >= 3 {
-            most = most.max(MIXED.max.load(Ordering::SeqCst));
-        }
-    }
+    let most = rounds(&w, &conns, SLOW, 6, 3);
     assert!(most >= 24, "waiting items ran only {most} at once");
     // Quick items (20 us of CPU): the workers left from the slow rounds
     // are not all woken again; two per core run them.
-    most = 0;
-    for round in 0..60 {
-        MIXED.max.store(0, Ordering::SeqCst);
-        for c in &conns {
-            w.submit(c, &mut items(QUICK, 16));
-        }
-        done += 32;
-        MIXED.wait_done(done);
-        if round >= 10 {
-            most = most.max(MIXED.max.load(Ordering::SeqCst));
-        } else {
-            QUICK_THREADS.lock().clear();
-        }
-    }
+    let most = rounds(&w, &conns, QUICK, 60, 10);
     // Two per core on 2 cores, the same ones again (the last idle is woken
     // first). A worker preempted for a millisecond on a busy test host
     // counts as stuck, so allow a few more: waking one per queued turn
