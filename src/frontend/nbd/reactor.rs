@@ -98,10 +98,11 @@ impl Reactor {
         let hub = shared.hub.clone();
         hub.epoll
             .add(&hub.wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
+        let workers = Workers::new(super::transmission::run, hub.clone());
         Ok(Reactor {
             shared,
             hub,
-            workers: Workers::new(super::transmission::run),
+            workers,
             listeners: Vec::new(),
             conns: HashMap::new(),
             next_id: 1,
@@ -121,7 +122,7 @@ impl Reactor {
                 (true, true) => ACCEPT_PAUSE.as_millis() as u16,
                 (true, false) => 1000,
             };
-            if self.workers.held_back() {
+            if !self.workers.may_nap() {
                 timeout = timeout.min(TICK.as_millis() as u16);
             }
             let n = match self

@@ -19,7 +19,7 @@
 //! every `TICK` while turns are held back, so workers stuck on one device
 //! never hold up the others' turns for long.
 
-use super::conn::{Conn, Work};
+use super::conn::{Conn, Hub, Work};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,17 +68,21 @@ pub(super) struct Workers {
     epoch: Instant,
     /// A turn waits that no worker was woken for (see `nudge`).
     held_back: AtomicBool,
+    /// The reactor waits longer than `TICK`: holding a turn back wakes it.
+    napping: AtomicBool,
+    /// The reactor's hub, to wake it.
+    hub: Arc<Hub>,
 }
 
 impl Workers {
     /// A pool whose workers run each item with `run`.
-    pub(super) fn new(run: fn(&Conn, Work)) -> Arc<Workers> {
+    pub(super) fn new(run: fn(&Conn, Work), hub: Arc<Hub>) -> Arc<Workers> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Workers::with_cores(run, cores)
+        Workers::with_cores(run, cores, hub)
     }
 
     /// A pool for a host of `cores` cores.
-    pub(super) fn with_cores(run: fn(&Conn, Work), cores: usize) -> Arc<Workers> {
+    pub(super) fn with_cores(run: fn(&Conn, Work), cores: usize, hub: Arc<Hub>) -> Arc<Workers> {
         Arc::new(Workers {
             state: Mutex::new(State {
                 ring: VecDeque::new(),
@@ -93,6 +97,8 @@ impl Workers {
             awake_max: cores.max(1) * PER_CORE,
             epoch: Instant::now(),
             held_back: AtomicBool::new(false),
+            napping: AtomicBool::new(false),
+            hub,
         })
     }
 
@@ -126,9 +132,17 @@ impl Workers {
             .count();
         let short = awake.saturating_sub(stuck) < self.awake_max;
         if !short {
-            self.held_back.store(true, Ordering::Relaxed);
+            self.hold_back();
         }
         short
+    }
+
+    /// Note a turn held back for `nudge`, waking the reactor if it waits
+    /// long (see `may_nap`).
+    fn hold_back(&self) {
+        if !self.held_back.swap(true, Ordering::SeqCst) && self.napping.load(Ordering::SeqCst) {
+            let _ = self.hub.wake.write(1);
+        }
     }
 
     /// Wake the idle worker that went idle last, if any.
@@ -194,16 +208,23 @@ impl Workers {
         }
     }
 
-    /// Whether turns wait that no worker was woken for: the reactor then
-    /// calls `nudge` every `TICK`.
-    pub(super) fn held_back(&self) -> bool {
-        self.held_back.load(Ordering::Relaxed)
+    /// Called by the reactor before it waits: whether it may wait longer
+    /// than `TICK`. No turn is held back then, and one held back before
+    /// `nudge` wakes it; otherwise it calls `nudge` every `TICK`.
+    pub(super) fn may_nap(&self) -> bool {
+        self.napping.store(true, Ordering::SeqCst);
+        if self.held_back.load(Ordering::SeqCst) {
+            self.napping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     /// Wake (or start) workers for turns held back while the workers
     /// awake are stuck.
     pub(super) fn nudge(self: &Arc<Self>) {
-        if !self.held_back.swap(false, Ordering::Relaxed) {
+        self.napping.store(false, Ordering::SeqCst);
+        if !self.held_back.swap(false, Ordering::SeqCst) {
             return;
         }
         let mut st = self.state.lock();
@@ -231,7 +252,7 @@ impl Workers {
             if let Some(conn) = st.ring.pop_front() {
                 if self.short(&st) && !Self::wake(&mut st) {
                     // None to wake: the reactor starts one (`nudge`).
-                    self.held_back.store(true, Ordering::Relaxed);
+                    self.hold_back();
                 }
                 drop(st);
                 let start = self.now();
