@@ -13,8 +13,8 @@
 //! depth. Quick items (the members' page cache, tmpfs) get `PER_CORE`
 //! workers per core: each more one only adds a wake-up and a context
 //! switch per item (two clients' 4 KiB random reads from tmpfs members:
-//! 1.2-1.8x with this, medians of interleaved runs, where the pool woke a
-//! worker per queued turn). A worker whose item has run `STUCK` or longer
+//! 1.2x with this, the median of 5 interleaved runs, 1.0-1.9x per run,
+//! against the pool that woke a worker per queued turn). A worker whose item has run `STUCK` or longer
 //! is taken to wait and no longer counts, and the reactor looks again
 //! every `TICK` while turns are held back, so workers stuck on one device
 //! never hold up the others' turns for long.

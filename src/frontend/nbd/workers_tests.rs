@@ -1,7 +1,7 @@
 //! How many workers the shared pool keeps awake: one per turn when items
 //! wait on devices, two per core when they are quick, and more again
-//! when the ones awake are stuck. A thread here plays the reactor's part:
-//! it calls `nudge` every `TICK`.
+//! when the ones awake are stuck. A thread here plays the reactor's part
+//! as its loop does it (see `Ticker`).
 
 use super::conn::{Conn, Work};
 use super::conn_tests::connection;
