@@ -96,6 +96,13 @@ pub struct DaemonArgs {
     /// overlayfs (page cache shared between containers). See ARCHITECTURE.md.
     #[arg(long, value_enum, default_value = "block")]
     snapshotter_mode: SnapshotterMode,
+    /// Open block-device members with O_DIRECT, as md and LVM do their
+    /// I/O: their data is not cached again in the host's page cache, and
+    /// a write the device fails fails at once rather than at the next
+    /// flush. Image files stay buffered. See docs/PERFORMANCE.md for
+    /// what it costs.
+    #[arg(long)]
+    direct_io: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -138,6 +145,11 @@ pub fn run_daemon(ctx: &Ctx, a: DaemonArgs) -> anyhow::Result<()> {
         }
     }
     let nbd_exports = a.nbd_exports.clone();
+    // Before any pool is opened: members keep the mode they open in.
+    crate::device::set_direct_io(a.direct_io);
+    if a.direct_io {
+        tracing::info!("block-device members are opened with O_DIRECT (--direct-io)");
+    }
     let state_dir = super::absolute(&ctx.state_dir);
     let docker = a.docker_plugin.map(|socket| DockerConfig {
         socket: super::absolute(&socket),

@@ -523,6 +523,13 @@ fn print_status(i: &PoolInfo) {
     for w in &i.warnings {
         println!("  note: {w}");
     }
+    let direct: Vec<&str> = (i.members.iter())
+        .filter(|m| m.direct_io)
+        .filter_map(|m| m.device.as_deref())
+        .collect();
+    if !direct.is_empty() {
+        println!(" direct I/O (O_DIRECT): {}", direct.join(", "));
+    }
     println!();
     let rows: Vec<Vec<String>> = i
         .members

@@ -4,7 +4,7 @@ use super::stats::{IoCounters, IoKind, IoStats};
 use super::{check_range, BlockDevice};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +18,9 @@ pub struct FileDevice {
     path: PathBuf,
     size: u64,
     is_block: bool,
+    /// Opened with `O_DIRECT`: I/O in whole blocks of this many bytes
+    /// (see `direct`).
+    direct: Option<u64>,
     stats: IoStats,
 }
 
@@ -34,7 +37,18 @@ impl FileDevice {
     }
 
     fn open_with(path: &Path, write: bool, lock: bool) -> io::Result<FileDevice> {
-        let file = OpenOptions::new().read(true).write(write).open(path)?;
+        // Direct I/O for the members a daemon started with `--direct-io`
+        // serves: block devices, read-write.
+        let direct = write && super::direct::direct_io() && {
+            let m = std::fs::metadata(path)?;
+            m.file_type().is_block_device()
+        };
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(write);
+        if direct {
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        let file = opts.open(path)?;
         if lock {
             let fd = file.as_raw_fd();
             // SAFETY: flock on a valid, owned file descriptor.
@@ -68,11 +82,16 @@ impl FileDevice {
                 ),
             ));
         };
+        let direct = match direct && is_block {
+            true => Some(super::direct::block_unit(&file)?),
+            false => None,
+        };
         Ok(FileDevice {
             file,
             path: path.to_path_buf(),
             size,
             is_block,
+            direct,
             stats: IoStats::default(),
         })
     }
@@ -90,13 +109,19 @@ impl BlockDevice for FileDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len())?;
         let n = buf.len() as u64;
-        (self.stats).timed(IoKind::Read, n, || self.file.read_exact_at(buf, offset))
+        (self.stats).timed(IoKind::Read, n, || match self.direct {
+            Some(unit) => super::direct::read(&self.file, buf, offset, unit),
+            None => self.file.read_exact_at(buf, offset),
+        })
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len())?;
         let n = buf.len() as u64;
-        (self.stats).timed(IoKind::Write, n, || self.file.write_all_at(buf, offset))
+        (self.stats).timed(IoKind::Write, n, || match self.direct {
+            Some(unit) => super::direct::write(&self.file, buf, offset, unit),
+            None => self.file.write_all_at(buf, offset),
+        })
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -126,6 +151,10 @@ impl BlockDevice for FileDevice {
 
     fn io_counters(&self) -> Option<IoCounters> {
         Some(self.stats.snapshot())
+    }
+
+    fn direct_io(&self) -> bool {
+        self.direct.is_some()
     }
 }
 

@@ -7,6 +7,7 @@
 //! through [`BlockDevice`].
 
 mod crash;
+mod direct;
 mod fault;
 mod file;
 mod helpers;
@@ -16,6 +17,7 @@ pub mod stats;
 mod writeback;
 
 pub use crash::{CrashDevice, CrashSim};
+pub use direct::{direct_io, set_direct_io};
 pub use fault::{FaultDevice, FaultPlan};
 pub use file::{open_member_readonly, open_members, open_members_fenced, FileDevice};
 pub use mem::MemDevice;
@@ -51,6 +53,10 @@ pub trait BlockDevice: Send + Sync {
     /// device members do; the test devices do not).
     fn io_counters(&self) -> Option<stats::IoCounters> {
         None
+    }
+    /// Whether the device does its I/O with `O_DIRECT` (see `direct`).
+    fn direct_io(&self) -> bool {
+        false
     }
 }
 

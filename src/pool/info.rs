@@ -18,6 +18,9 @@ pub struct MemberInfo {
     /// I/O errors since the pool was opened or cleared.
     #[serde(default)]
     pub errors: ErrorCounts,
+    /// Opened with `O_DIRECT` (`vpool daemon --direct-io`, block devices).
+    #[serde(default)]
+    pub direct_io: bool,
 }
 
 #[derive(Serialize, serde::Deserialize, Clone, Debug, Default)]
@@ -188,6 +191,7 @@ impl Pool {
                     },
                     data_bytes: label.members[i].data_size,
                     errors: health.errors(i),
+                    direct_io: dev.as_ref().is_some_and(|d| d.direct_io()),
                 }
             })
             .collect();
