@@ -110,6 +110,51 @@ pub fn flush_all(devs: &[DeviceRef]) -> Vec<Option<io::Result<()>>> {
     out
 }
 
+/// A member's recent write time (ns, a moving average over every write
+/// made through `write_all`).
+static WRITE_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Write `buf` at `offset` of `d`, adding its time to `WRITE_NS`.
+fn timed_write(d: &DeviceRef, buf: &[u8], offset: u64) -> io::Result<()> {
+    let t = Instant::now();
+    let r = d.write_at(buf, offset);
+    let ns = t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u64;
+    let old = WRITE_NS.load(Ordering::Relaxed);
+    WRITE_NS.store((old * 7 + ns) / 8, Ordering::Relaxed);
+    r
+}
+
+/// Write the same `buf` at `offset` of every device (mirrors, metadata
+/// copies), as `flush_all` flushes: at once while writes take longer than
+/// a hand-off to a helper (direct I/O to disks, remote members), the
+/// first on the caller's thread and the others on helpers with a copy of
+/// `buf`; one after another on the caller's thread while they are quick
+/// (the page cache). One result per device, in order; the callers account
+/// them as each member's first attempt.
+pub fn write_all(devs: &[DeviceRef], buf: &[u8], offset: u64) -> Vec<io::Result<()>> {
+    if devs.len() < 2 || WRITE_NS.load(Ordering::Relaxed) < HANDOFF_NS {
+        return devs.iter().map(|d| timed_write(d, buf, offset)).collect();
+    }
+    let shared: Arc<[u8]> = buf.into();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, d) in devs.iter().enumerate().skip(1) {
+        let (d, tx, data) = (d.clone(), tx.clone(), shared.clone());
+        helpers::run(Box::new(move || {
+            let _ = tx.send((i, timed_write(&d, &data, offset)));
+        }));
+    }
+    drop(tx);
+    let mut out: Vec<Option<io::Result<()>>> = devs.iter().map(|_| None).collect();
+    out[0] = Some(timed_write(&devs[0], buf, offset));
+    for (i, r) in rx {
+        out[i] = Some(r);
+    }
+    // A helper's job that panicked sent nothing: its write failed.
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(io::Error::other("a member's write panicked"))))
+        .collect()
+}
+
 /// Check that `[offset, offset+len)` lies inside a device of `size` bytes.
 pub(crate) fn check_range(size: u64, offset: u64, len: usize) -> io::Result<()> {
     match offset.checked_add(len as u64) {

@@ -260,9 +260,27 @@ impl View<'_> {
     pub(super) fn write_mirrors(&self, offset: u64, buf: &[u8]) -> FaultResult<()> {
         let moff = self.geo.data_start + offset;
         let mut wrote = false;
+        // At once when member writes are slow (see `write_all`); each
+        // result is accounted as that member's first attempt.
+        let present: Vec<usize> = (0..self.members.len())
+            .filter(|&m| self.dev(m).is_some())
+            .collect();
+        let devs: Vec<DeviceRef> = present
+            .iter()
+            .filter_map(|&m| self.dev(m).cloned())
+            .collect();
+        let mut results: Vec<Option<io::Result<()>>> = crate::device::write_all(&devs, buf, moff)
+            .into_iter()
+            .map(Some)
+            .collect();
         for m in 0..self.members.len() {
             if let Some(dev) = self.dev(m) {
-                match self.io(m, dev, Dir::Write, Some(moff), || dev.write_at(buf, moff)) {
+                let mut first = present
+                    .iter()
+                    .position(|&p| p == m)
+                    .and_then(|i| results[i].take());
+                let write = || first.take().unwrap_or_else(|| dev.write_at(buf, moff));
+                match self.io(m, dev, Dir::Write, Some(moff), write) {
                     Ok(()) => wrote = true,
                     Err(Fault::MemberFailed) => {}
                     Err(e) => return Err(e),

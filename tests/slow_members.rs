@@ -1,0 +1,106 @@
+//! Members whose writes are slow (direct I/O to disks, remote images):
+//! a mirror's copies of a write, and the metadata area's copies, go to
+//! the members at once rather than one after another (`device::write_all`),
+//! and a member that fails such a write is failed as before, with nothing
+//! lost. Alone in its test binary: the write-time average that picks the
+//! parallel path is process-wide.
+
+mod common;
+
+use common::{mem_devices, pattern, MIB};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use vpool::device::{BlockDevice, DeviceRef, MemDevice};
+use vpool::raid::RaidLevel;
+use vpool::{CreateOptions, Pool};
+
+/// Writes in flight across all members, and the most seen at once.
+#[derive(Default)]
+struct InFlight {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+/// A member in memory whose writes take 1 ms, and can be made to fail.
+struct Slow {
+    inner: Arc<MemDevice>,
+    flight: Arc<InFlight>,
+    fail: AtomicBool,
+}
+
+impl BlockDevice for Slow {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let n = self.flight.now.fetch_add(1, Ordering::AcqRel) + 1;
+        self.flight.most.fetch_max(n, Ordering::AcqRel);
+        std::thread::sleep(Duration::from_millis(1));
+        self.flight.now.fetch_sub(1, Ordering::AcqRel);
+        if self.fail.load(Ordering::Acquire) {
+            return Err(io::Error::other("injected write error"));
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.inner.flush()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+#[test]
+fn slow_mirrors_are_written_at_once_and_a_failed_one_loses_nothing() {
+    let flight = Arc::new(InFlight::default());
+    let slow: Vec<Arc<Slow>> = mem_devices(3, 64 * MIB)
+        .into_iter()
+        .map(|inner| {
+            Arc::new(Slow {
+                inner,
+                flight: flight.clone(),
+                fail: AtomicBool::new(false),
+            })
+        })
+        .collect();
+    let devs: Vec<DeviceRef> = slow.iter().map(|s| s.clone() as DeviceRef).collect();
+    let opts = CreateOptions::new(RaidLevel::Raid1);
+    let (pool, _) = Pool::create("tank", devs, &opts).expect("create");
+    pool.create_volume("a", 8 * MIB).expect("volume");
+    let vol = pool.volume("a", None).expect("open");
+    // One request at a time: whatever overlaps is one request's copies.
+    flight.most.store(0, Ordering::Release);
+    let data = pattern(4 * MIB as usize, 3);
+    for (i, piece) in data.chunks(256 << 10).enumerate() {
+        vol.write_at(piece, i as u64 * (256 << 10)).expect("write");
+    }
+    vol.flush().expect("flush");
+    pool.commit().expect("commit");
+    let most = flight.most.load(Ordering::Acquire);
+    assert!(
+        most >= 3,
+        "a write's three copies were never in flight together (at most {most})"
+    );
+    // A member fails its writes: failed, and the others hold everything.
+    slow[1].fail.store(true, Ordering::Release);
+    let more = pattern(4 * MIB as usize, 4);
+    for (i, piece) in more.chunks(256 << 10).enumerate() {
+        let at = 4 * MIB + i as u64 * (256 << 10);
+        vol.write_at(piece, at).expect("a mirror write survives one failed copy");
+    }
+    vol.flush().expect("flush without the failed member");
+    let info = pool.info();
+    assert_eq!(info.members[1].state, "failed", "{info:?}");
+    assert!(info.members[1].errors.write >= 1, "{info:?}");
+    assert_eq!(info.members[0].state, "online");
+    assert_eq!(info.members[2].state, "online");
+    let mut got = vec![0u8; 8 * MIB as usize];
+    vol.read_at(&mut got, 0).expect("read");
+    assert!(got[..4 * MIB as usize] == data[..], "the first half");
+    assert!(got[4 * MIB as usize..] == more[..], "the second half");
+}
