@@ -91,7 +91,8 @@ fn slow_mirrors_are_written_at_once_and_a_failed_one_loses_nothing() {
     let more = pattern(4 * MIB as usize, 4);
     for (i, piece) in more.chunks(256 << 10).enumerate() {
         let at = 4 * MIB + i as u64 * (256 << 10);
-        vol.write_at(piece, at).expect("a mirror write survives one failed copy");
+        vol.write_at(piece, at)
+            .expect("a mirror write survives one failed copy");
     }
     vol.flush().expect("flush without the failed member");
     let info = pool.info();

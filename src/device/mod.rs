@@ -110,12 +110,35 @@ pub fn flush_all(devs: &[DeviceRef]) -> Vec<Option<io::Result<()>>> {
     out
 }
 
-/// A member's recent write time (ns, a moving average over every write
-/// made through `write_all`).
+/// A member's recent write time (ns, a moving average over the writes
+/// made through `write_timed` and `write_all`).
 static WRITE_NS: AtomicU64 = AtomicU64::new(0);
 
-/// Write `buf` at `offset` of `d`, adding its time to `WRITE_NS`.
-fn timed_write(d: &DeviceRef, buf: &[u8], offset: u64) -> io::Result<()> {
+/// While writes are quick, one in this many is timed (the average is one
+/// cache line every core would write otherwise).
+const SAMPLE: u32 = 16;
+
+thread_local! {
+    static WRITES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Do member writes take longer than a hand-off to a helper (direct I/O
+/// to disks, remote members)? Then `write_all` writes copies at once.
+pub fn writes_slow() -> bool {
+    WRITE_NS.load(Ordering::Relaxed) >= HANDOFF_NS
+}
+
+/// Write `buf` at `offset` of `d`, adding its time to `WRITE_NS`: every
+/// write while they are slow, one in `SAMPLE` while they are quick.
+pub fn write_timed(d: &DeviceRef, buf: &[u8], offset: u64) -> io::Result<()> {
+    let n = WRITES.with(|c| {
+        let n = c.get().wrapping_add(1);
+        c.set(n);
+        n
+    });
+    if !n.is_multiple_of(SAMPLE) && !writes_slow() {
+        return d.write_at(buf, offset);
+    }
     let t = Instant::now();
     let r = d.write_at(buf, offset);
     let ns = t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u64;
@@ -124,28 +147,25 @@ fn timed_write(d: &DeviceRef, buf: &[u8], offset: u64) -> io::Result<()> {
     r
 }
 
-/// Write the same `buf` at `offset` of every device (mirrors, metadata
-/// copies), as `flush_all` flushes: at once while writes take longer than
-/// a hand-off to a helper (direct I/O to disks, remote members), the
-/// first on the caller's thread and the others on helpers with a copy of
-/// `buf`; one after another on the caller's thread while they are quick
-/// (the page cache). One result per device, in order; the callers account
-/// them as each member's first attempt.
+/// Write the same `buf` at `offset` of every device at once (a mirror's
+/// copies, the metadata copies, when `writes_slow`), as `flush_all`
+/// flushes: the first on the caller's thread, the others on helpers with
+/// a copy of `buf`. One result per device, in order; callers account them
+/// as each member's first attempt.
 pub fn write_all(devs: &[DeviceRef], buf: &[u8], offset: u64) -> Vec<io::Result<()>> {
-    if devs.len() < 2 || WRITE_NS.load(Ordering::Relaxed) < HANDOFF_NS {
-        return devs.iter().map(|d| timed_write(d, buf, offset)).collect();
-    }
     let shared: Arc<[u8]> = buf.into();
     let (tx, rx) = std::sync::mpsc::channel();
     for (i, d) in devs.iter().enumerate().skip(1) {
         let (d, tx, data) = (d.clone(), tx.clone(), shared.clone());
         helpers::run(Box::new(move || {
-            let _ = tx.send((i, timed_write(&d, &data, offset)));
+            let _ = tx.send((i, write_timed(&d, &data, offset)));
         }));
     }
     drop(tx);
     let mut out: Vec<Option<io::Result<()>>> = devs.iter().map(|_| None).collect();
-    out[0] = Some(timed_write(&devs[0], buf, offset));
+    if let Some(d) = devs.first() {
+        out[0] = Some(write_timed(d, buf, offset));
+    }
     for (i, r) in rx {
         out[i] = Some(r);
     }

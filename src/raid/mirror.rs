@@ -171,22 +171,26 @@ impl MetaMirror {
     }
 
     pub fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        if !crate::device::writes_slow() {
+            return self.each_copy("write", Dir::Write, Some(offset), |dev| {
+                crate::device::write_timed(dev, buf, offset)
+            });
+        }
         if let Some(e) = self.health.broken_error() {
             return Err(e);
         }
-        // The copies are written at once when writes are slow (see
-        // `write_all`); each result is then accounted as its first attempt
-        // (a retry writes again).
+        // Slow members: the copies are written at once, and each result
+        // accounted as that copy's first attempt (a retry writes again).
         let devs: Vec<DeviceRef> = self.live().map(|(_, d)| d.clone()).collect();
-        let mut results: Vec<Option<io::Result<()>>> = crate::device::write_all(&devs, buf, offset)
+        let mut first: Vec<Option<io::Result<()>>> = crate::device::write_all(&devs, buf, offset)
             .into_iter()
             .map(Some)
             .collect();
         self.each_copy("write", Dir::Write, Some(offset), |dev| {
-            let first = devs.iter().position(|d| std::sync::Arc::ptr_eq(d, dev));
-            match first.and_then(|i| results[i].take()) {
+            let i = devs.iter().position(|d| Arc::ptr_eq(d, dev));
+            match i.and_then(|i| first[i].take()) {
                 Some(r) => r,
-                None => dev.write_at(buf, offset),
+                None => crate::device::write_timed(dev, buf, offset),
             }
         })
     }

@@ -260,26 +260,32 @@ impl View<'_> {
     pub(super) fn write_mirrors(&self, offset: u64, buf: &[u8]) -> FaultResult<()> {
         let moff = self.geo.data_start + offset;
         let mut wrote = false;
-        // At once when member writes are slow (see `write_all`); each
-        // result is accounted as that member's first attempt.
-        let present: Vec<usize> = (0..self.members.len())
-            .filter(|&m| self.dev(m).is_some())
-            .collect();
-        let devs: Vec<DeviceRef> = present
-            .iter()
-            .filter_map(|&m| self.dev(m).cloned())
-            .collect();
-        let mut results: Vec<Option<io::Result<()>>> = crate::device::write_all(&devs, buf, moff)
-            .into_iter()
-            .map(Some)
-            .collect();
+        // Slow members: the copies are written at once (`write_all`), and
+        // each result accounted as that member's first attempt.
+        let (present, mut first) = match crate::device::writes_slow() {
+            false => (Vec::new(), Vec::new()),
+            true => {
+                let present: Vec<usize> = (0..self.members.len())
+                    .filter(|&m| self.dev(m).is_some())
+                    .collect();
+                let devs: Vec<DeviceRef> = present
+                    .iter()
+                    .filter_map(|&m| self.dev(m).cloned())
+                    .collect();
+                let results = crate::device::write_all(&devs, buf, moff);
+                (present, results.into_iter().map(Some).collect::<Vec<_>>())
+            }
+        };
         for m in 0..self.members.len() {
             if let Some(dev) = self.dev(m) {
-                let mut first = present
+                let mut pre = present
                     .iter()
                     .position(|&p| p == m)
-                    .and_then(|i| results[i].take());
-                let write = || first.take().unwrap_or_else(|| dev.write_at(buf, moff));
+                    .and_then(|i| first[i].take());
+                let write = || {
+                    pre.take()
+                        .unwrap_or_else(|| crate::device::write_timed(dev, buf, moff))
+                };
                 match self.io(m, dev, Dir::Write, Some(moff), write) {
                     Ok(()) => wrote = true,
                     Err(Fault::MemberFailed) => {}
