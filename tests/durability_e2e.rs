@@ -56,6 +56,19 @@ fn grow_tmpfs(mnt: &Path, size_mib: u64) {
     );
 }
 
+/// A linear pool `tank` with a 200 MiB volume `v` on `full_member`'s
+/// loop device (64 MiB of tmpfs behind 400): (device, tmpfs, state dir).
+fn linear_on_full_member(c: &mut Cleanup, dir: &Path) -> (String, PathBuf, PathBuf) {
+    let (loopdev, mnt) = full_member(c, dir, 64, 400);
+    let state = dir.join("state");
+    vpool(
+        &state,
+        &["pool", "create", "tank", "--raid", "linear", &loopdev],
+    );
+    vpool(&state, &["vol", "create", "tank/v", "--size", "200M"]);
+    (loopdev, mnt, state)
+}
+
 fn vpool(state: &Path, args: &[&str]) -> String {
     ok(
         Command::new(vpool_bin())
@@ -129,13 +142,7 @@ fn setup() -> (tempfile::TempDir, Cleanup) {
 #[test]
 fn root_linear_member_full_at_writeback_fails_the_flush_not_the_data() {
     let (dir, mut c) = setup();
-    let (loopdev, mnt) = full_member(&mut c, dir.path(), 64, 400);
-    let state = dir.path().join("state");
-    vpool(
-        &state,
-        &["pool", "create", "tank", "--raid", "linear", &loopdev],
-    );
-    vpool(&state, &["vol", "create", "tank/v", "--size", "200M"]);
+    let (loopdev, mnt, state) = linear_on_full_member(&mut c, dir.path());
     let data = dir.path().join("data.raw");
     random_file(&data, 150);
     let mut d = Daemon::start(&state);
@@ -369,13 +376,7 @@ fn root_direct_io_members_take_unaligned_writes_and_keep_them() {
 #[test]
 fn root_direct_io_write_to_full_backing_fails_at_the_write() {
     let (dir, mut c) = setup();
-    let (loopdev, mnt) = full_member(&mut c, dir.path(), 64, 400);
-    let state = dir.path().join("state");
-    vpool(
-        &state,
-        &["pool", "create", "tank", "--raid", "linear", &loopdev],
-    );
-    vpool(&state, &["vol", "create", "tank/v", "--size", "200M"]);
+    let (_loopdev, mnt, state) = linear_on_full_member(&mut c, dir.path());
     let mut d = Daemon::start_with(&state, &["--direct-io"]);
     // 150 MiB into a member whose backing holds 64, without a flush.
     // Buffered, the lost writeback surfaces at the next fsync (a round of
