@@ -1,9 +1,11 @@
 //! Members whose writes are slow (direct I/O to disks, remote images):
-//! a mirror's copies of a write, and the metadata area's copies, go to
-//! the members at once rather than one after another (`device::write_all`),
-//! and a member that fails such a write is failed as before, with nothing
-//! lost. Alone in its test binary: the write-time average that picks the
-//! parallel path is process-wide.
+//! a mirror's copies of a write, the metadata area's copies, and a raid0
+//! request's pieces on different members go to the members at once
+//! rather than one after another (`device::write_each`); a mirror member
+//! that fails such a write is failed as before, with nothing lost, and a
+//! raid0 member's failure is the request's error. Alone in its test
+//! binary: the write-time average that picks the parallel path is
+//! process-wide.
 
 mod common;
 
@@ -55,10 +57,8 @@ impl BlockDevice for Slow {
     }
 }
 
-#[test]
-fn slow_mirrors_are_written_at_once_and_a_failed_one_loses_nothing() {
-    let flight = Arc::new(InFlight::default());
-    let slow: Vec<Arc<Slow>> = mem_devices(3, 64 * MIB)
+fn slow_devices(flight: &Arc<InFlight>) -> Vec<Arc<Slow>> {
+    mem_devices(3, 64 * MIB)
         .into_iter()
         .map(|inner| {
             Arc::new(Slow {
@@ -67,7 +67,13 @@ fn slow_mirrors_are_written_at_once_and_a_failed_one_loses_nothing() {
                 fail: AtomicBool::new(false),
             })
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn slow_mirrors_are_written_at_once_and_a_failed_one_loses_nothing() {
+    let flight = Arc::new(InFlight::default());
+    let slow = slow_devices(&flight);
     let devs: Vec<DeviceRef> = slow.iter().map(|s| s.clone() as DeviceRef).collect();
     let opts = CreateOptions::new(RaidLevel::Raid1);
     let (pool, _) = Pool::create("tank", devs, &opts).expect("create");
@@ -104,4 +110,35 @@ fn slow_mirrors_are_written_at_once_and_a_failed_one_loses_nothing() {
     vol.read_at(&mut got, 0).expect("read");
     assert!(got[..4 * MIB as usize] == data[..], "the first half");
     assert!(got[4 * MIB as usize..] == more[..], "the second half");
+}
+
+#[test]
+fn slow_raid0_members_take_a_requests_pieces_at_once() {
+    let flight = Arc::new(InFlight::default());
+    let slow = slow_devices(&flight);
+    let devs: Vec<DeviceRef> = slow.iter().map(|s| s.clone() as DeviceRef).collect();
+    let opts = CreateOptions::new(RaidLevel::Raid0);
+    let (pool, _) = Pool::create("tank", devs, &opts).expect("create");
+    pool.create_volume("a", 8 * MIB).expect("volume");
+    let vol = pool.volume("a", None).expect("open");
+    flight.most.store(0, Ordering::Release);
+    let data = pattern(4 * MIB as usize, 5);
+    for (i, piece) in data.chunks(MIB as usize).enumerate() {
+        vol.write_at(piece, i as u64 * MIB).expect("write");
+    }
+    // Taken before the flush, whose metadata copies go at once too.
+    let most = flight.most.load(Ordering::Acquire);
+    assert!(
+        most >= 3,
+        "a request's pieces on three members were never in flight together (at most {most})"
+    );
+    vol.flush().expect("flush");
+    let mut got = vec![0u8; 4 * MIB as usize];
+    vol.read_at(&mut got, 0).expect("read");
+    assert!(got == data, "reads back as written");
+    // A member failing its writes fails the request (no redundancy).
+    slow[2].fail.store(true, Ordering::Release);
+    let err = vol.write_at(&pattern(MIB as usize, 6), 0);
+    assert!(err.is_err(), "a failed piece is the request's error");
+    assert!(pool.info().members[2].errors.write >= 1);
 }

@@ -24,6 +24,7 @@ pub use mem::MemDevice;
 pub use writeback::{WritebackDevice, WritebackPlan};
 
 use std::io;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -148,28 +149,54 @@ pub fn write_timed(d: &DeviceRef, buf: &[u8], offset: u64) -> io::Result<()> {
 }
 
 /// Write the same `buf` at `offset` of every device at once (a mirror's
-/// copies, the metadata copies, when `writes_slow`), as `flush_all`
-/// flushes: the first on the caller's thread, the others on helpers with
-/// a copy of `buf`. One result per device, in order; callers account them
-/// as each member's first attempt.
+/// copies, the metadata copies, when `writes_slow`): `write_each` with one
+/// write per device.
 pub fn write_all(devs: &[DeviceRef], buf: &[u8], offset: u64) -> Vec<io::Result<()>> {
+    let jobs: Vec<(DeviceRef, u64, Range<usize>)> = devs
+        .iter()
+        .map(|d| (d.clone(), offset, 0..buf.len()))
+        .collect();
+    write_each(&jobs, buf)
+}
+
+/// Write `buf[range]` at `offset` of each job's device, the devices at
+/// once (when `writes_slow`), as `flush_all` flushes: the first device's
+/// writes on the caller's thread, each other device's on a helper with a
+/// copy of `buf`, a device's own writes in order. One result per job, in
+/// order; callers account them as each write's first attempt.
+pub fn write_each(jobs: &[(DeviceRef, u64, Range<usize>)], buf: &[u8]) -> Vec<io::Result<()>> {
+    let mut groups: Vec<(DeviceRef, Vec<usize>)> = Vec::new();
+    for (k, (d, _, _)) in jobs.iter().enumerate() {
+        match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, d)) {
+            Some((_, ks)) => ks.push(k),
+            None => groups.push((d.clone(), vec![k])),
+        }
+    }
     let shared: Arc<[u8]> = buf.into();
     let (tx, rx) = std::sync::mpsc::channel();
-    for (i, d) in devs.iter().enumerate().skip(1) {
+    for (d, ks) in groups.iter().skip(1) {
+        let work: Vec<(usize, u64, Range<usize>)> = ks
+            .iter()
+            .map(|&k| (k, jobs[k].1, jobs[k].2.clone()))
+            .collect();
         let (d, tx, data) = (d.clone(), tx.clone(), shared.clone());
         helpers::run(Box::new(move || {
-            let _ = tx.send((i, write_timed(&d, &data, offset)));
+            for (k, offset, r) in work {
+                let _ = tx.send((k, write_timed(&d, &data[r], offset)));
+            }
         }));
     }
     drop(tx);
-    let mut out: Vec<Option<io::Result<()>>> = devs.iter().map(|_| None).collect();
-    if let Some(d) = devs.first() {
-        out[0] = Some(write_timed(d, buf, offset));
+    let mut out: Vec<Option<io::Result<()>>> = jobs.iter().map(|_| None).collect();
+    if let Some((d, ks)) = groups.first() {
+        for &k in ks {
+            out[k] = Some(write_timed(d, &buf[jobs[k].2.clone()], jobs[k].1));
+        }
     }
-    for (i, r) in rx {
-        out[i] = Some(r);
+    for (k, r) in rx {
+        out[k] = Some(r);
     }
-    // A helper's job that panicked sent nothing: its write failed.
+    // A helper's job that panicked sent nothing: its writes failed.
     out.into_iter()
         .map(|r| r.unwrap_or_else(|| Err(io::Error::other("a member's write panicked"))))
         .collect()

@@ -244,11 +244,33 @@ impl View<'_> {
         match self.geo.level {
             RaidLevel::Raid1 => self.degrading(|| self.write_mirrors(offset, buf)),
             RaidLevel::Linear | RaidLevel::Raid0 => self.degrading(|| {
-                for e in self.geo.map(offset, buf.len() as u64) {
+                let pieces = self.geo.map(offset, buf.len() as u64);
+                let range = |e: &super::super::geometry::Extent| {
+                    e.buf_offset as usize..(e.buf_offset + e.len) as usize
+                };
+                // Slow members: each member's pieces written at once with
+                // the others' (`write_each`), each result accounted as
+                // that piece's first attempt.
+                let mut first: Vec<Option<io::Result<()>>> = Vec::new();
+                let spread = pieces.iter().any(|e| e.member != pieces[0].member);
+                if spread && crate::device::writes_slow() {
+                    let mut jobs = Vec::with_capacity(pieces.len());
+                    for e in &pieces {
+                        let dev = self.dev(e.member).ok_or_else(|| missing("write"))?;
+                        jobs.push((dev.clone(), e.offset, range(e)));
+                    }
+                    first = crate::device::write_each(&jobs, buf)
+                        .into_iter()
+                        .map(Some)
+                        .collect();
+                }
+                for (k, e) in pieces.iter().enumerate() {
                     let dev = self.dev(e.member).ok_or_else(|| missing("write"))?;
-                    let piece = &buf[e.buf_offset as usize..(e.buf_offset + e.len) as usize];
+                    let piece = &buf[range(e)];
+                    let mut pre = first.get_mut(k).and_then(Option::take);
                     self.io(e.member, dev, Dir::Write, Some(e.offset), || {
-                        dev.write_at(piece, e.offset)
+                        pre.take()
+                            .unwrap_or_else(|| crate::device::write_timed(dev, piece, e.offset))
                     })?;
                 }
                 Ok(())
