@@ -1,11 +1,11 @@
-//! Members whose writes are slow (direct I/O to disks, remote images):
-//! a mirror's copies of a write, the metadata area's copies, and a raid0
-//! request's pieces on different members go to the members at once
-//! rather than one after another (`device::write_each`); a mirror member
-//! that fails such a write is failed as before, with nothing lost, and a
-//! raid0 member's failure is the request's error. Alone in its test
-//! binary: the write-time average that picks the parallel path is
-//! process-wide.
+//! Members whose I/O is slow (direct I/O to disks, remote images): a
+//! mirror's copies of a write, the metadata area's copies, and a raid0
+//! request's pieces on different members (reads and writes) go to the
+//! members at once rather than one after another (`device::write_each`,
+//! `device::read_each`); a mirror member that fails such a write is
+//! failed as before, with nothing lost, and a raid0 member's failure is
+//! the request's error. Alone in its test binary: the I/O-time averages
+//! that pick the parallel paths are process-wide.
 
 mod common;
 
@@ -25,7 +25,18 @@ struct InFlight {
     most: AtomicUsize,
 }
 
-/// A member in memory whose writes take 1 ms, and can be made to fail.
+impl InFlight {
+    /// Take 1 ms, counted in flight.
+    fn wait(&self) {
+        let n = self.now.fetch_add(1, Ordering::AcqRel) + 1;
+        self.most.fetch_max(n, Ordering::AcqRel);
+        std::thread::sleep(Duration::from_millis(1));
+        self.now.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A member in memory whose reads and writes take 1 ms, and whose
+/// writes can be made to fail.
 struct Slow {
     inner: Arc<MemDevice>,
     flight: Arc<InFlight>,
@@ -37,13 +48,11 @@ impl BlockDevice for Slow {
         self.inner.size()
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.flight.wait();
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let n = self.flight.now.fetch_add(1, Ordering::AcqRel) + 1;
-        self.flight.most.fetch_max(n, Ordering::AcqRel);
-        std::thread::sleep(Duration::from_millis(1));
-        self.flight.now.fetch_sub(1, Ordering::AcqRel);
+        self.flight.wait();
         if self.fail.load(Ordering::Acquire) {
             return Err(io::Error::other("injected write error"));
         }
@@ -113,7 +122,7 @@ fn slow_mirrors_are_written_at_once_and_a_failed_one_loses_nothing() {
 }
 
 #[test]
-fn slow_raid0_members_take_a_requests_pieces_at_once() {
+fn slow_raid0_members_read_and_write_a_requests_pieces_at_once() {
     let flight = Arc::new(InFlight::default());
     let slow = slow_devices(&flight);
     let devs: Vec<DeviceRef> = slow.iter().map(|s| s.clone() as DeviceRef).collect();
@@ -133,9 +142,17 @@ fn slow_raid0_members_take_a_requests_pieces_at_once() {
         "a request's pieces on three members were never in flight together (at most {most})"
     );
     vol.flush().expect("flush");
+    flight.most.store(0, Ordering::Release);
     let mut got = vec![0u8; 4 * MIB as usize];
-    vol.read_at(&mut got, 0).expect("read");
+    for (i, piece) in got.chunks_mut(MIB as usize).enumerate() {
+        vol.read_at(piece, i as u64 * MIB).expect("read");
+    }
     assert!(got == data, "reads back as written");
+    let most = flight.most.load(Ordering::Acquire);
+    assert!(
+        most >= 3,
+        "a read's pieces went one after another (at most {most} at once)"
+    );
     // A member failing its writes fails the request (no redundancy).
     slow[2].fail.store(true, Ordering::Release);
     let err = vol.write_at(&pattern(MIB as usize, 6), 0);

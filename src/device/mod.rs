@@ -132,20 +132,43 @@ pub fn writes_slow() -> bool {
 /// Write `buf` at `offset` of `d`, adding its time to `WRITE_NS`: every
 /// write while they are slow, one in `SAMPLE` while they are quick.
 pub fn write_timed(d: &DeviceRef, buf: &[u8], offset: u64) -> io::Result<()> {
-    let n = WRITES.with(|c| {
+    sampled(&WRITES, &WRITE_NS, || d.write_at(buf, offset))
+}
+
+/// Run `f` (a member I/O), adding its time to the average `avg`: every
+/// call while the average is above `HANDOFF_NS`, one in `SAMPLE` of this
+/// thread's calls (counted in `calls`) while it is below.
+fn sampled(
+    calls: &'static std::thread::LocalKey<std::cell::Cell<u32>>,
+    avg: &AtomicU64,
+    f: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    let n = calls.with(|c| {
         let n = c.get().wrapping_add(1);
         c.set(n);
         n
     });
-    if !n.is_multiple_of(SAMPLE) && !writes_slow() {
-        return d.write_at(buf, offset);
+    if !n.is_multiple_of(SAMPLE) && avg.load(Ordering::Relaxed) < HANDOFF_NS {
+        return f();
     }
     let t = Instant::now();
-    let r = d.write_at(buf, offset);
+    let r = f();
     let ns = t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u64;
-    let old = WRITE_NS.load(Ordering::Relaxed);
-    WRITE_NS.store((old * 7 + ns) / 8, Ordering::Relaxed);
+    let old = avg.load(Ordering::Relaxed);
+    avg.store((old * 7 + ns) / 8, Ordering::Relaxed);
     r
+}
+
+/// The jobs' indices grouped by device, in order of first appearance.
+fn by_device(jobs: &[(DeviceRef, u64, Range<usize>)]) -> Vec<(DeviceRef, Vec<usize>)> {
+    let mut groups: Vec<(DeviceRef, Vec<usize>)> = Vec::new();
+    for (k, (d, _, _)) in jobs.iter().enumerate() {
+        match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, d)) {
+            Some((_, ks)) => ks.push(k),
+            None => groups.push((d.clone(), vec![k])),
+        }
+    }
+    groups
 }
 
 /// Write the same `buf` at `offset` of every device at once (a mirror's
@@ -165,13 +188,7 @@ pub fn write_all(devs: &[DeviceRef], buf: &[u8], offset: u64) -> Vec<io::Result<
 /// copy of `buf`, a device's own writes in order. One result per job, in
 /// order; callers account them as each write's first attempt.
 pub fn write_each(jobs: &[(DeviceRef, u64, Range<usize>)], buf: &[u8]) -> Vec<io::Result<()>> {
-    let mut groups: Vec<(DeviceRef, Vec<usize>)> = Vec::new();
-    for (k, (d, _, _)) in jobs.iter().enumerate() {
-        match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, d)) {
-            Some((_, ks)) => ks.push(k),
-            None => groups.push((d.clone(), vec![k])),
-        }
-    }
+    let groups = by_device(jobs);
     let shared: Arc<[u8]> = buf.into();
     let (tx, rx) = std::sync::mpsc::channel();
     for (d, ks) in groups.iter().skip(1) {
@@ -199,6 +216,65 @@ pub fn write_each(jobs: &[(DeviceRef, u64, Range<usize>)], buf: &[u8]) -> Vec<io
     // A helper's job that panicked sent nothing: its writes failed.
     out.into_iter()
         .map(|r| r.unwrap_or_else(|| Err(io::Error::other("a member's write panicked"))))
+        .collect()
+}
+
+/// A member's recent read time (ns), as `WRITE_NS` for reads.
+static READ_NS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Do member reads take longer than a hand-off to a helper? Then
+/// `read_each` reads a request's members at once.
+pub fn reads_slow() -> bool {
+    READ_NS.load(Ordering::Relaxed) >= HANDOFF_NS
+}
+
+/// Read `buf.len()` bytes at `offset` of `d`, timed as `write_timed`.
+pub fn read_timed(d: &DeviceRef, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    sampled(&READS, &READ_NS, || d.read_at(buf, offset))
+}
+
+/// Read each job's `buf[range]` from `offset` of its device, the devices
+/// at once (when `reads_slow`), as `write_each`: the first device's reads
+/// into `buf` on the caller's thread, each other device's on a helper into
+/// its own buffer, copied into `buf` when it is back. One result per job.
+pub fn read_each(jobs: &[(DeviceRef, u64, Range<usize>)], buf: &mut [u8]) -> Vec<io::Result<()>> {
+    let groups = by_device(jobs);
+    type Back = (usize, io::Result<()>, Vec<u8>);
+    let (tx, rx) = std::sync::mpsc::channel::<Back>();
+    for (d, ks) in groups.iter().skip(1) {
+        let work: Vec<(usize, u64, usize)> = ks
+            .iter()
+            .map(|&k| (k, jobs[k].1, jobs[k].2.len()))
+            .collect();
+        let (d, tx) = (d.clone(), tx.clone());
+        helpers::run(Box::new(move || {
+            for (k, offset, len) in work {
+                let mut b = vec![0u8; len];
+                let r = read_timed(&d, &mut b, offset);
+                let _ = tx.send((k, r, b));
+            }
+        }));
+    }
+    drop(tx);
+    let mut out: Vec<Option<io::Result<()>>> = jobs.iter().map(|_| None).collect();
+    if let Some((d, ks)) = groups.first() {
+        for &k in ks {
+            out[k] = Some(read_timed(d, &mut buf[jobs[k].2.clone()], jobs[k].1));
+        }
+    }
+    for (k, r, b) in rx {
+        if r.is_ok() {
+            buf[jobs[k].2.clone()].copy_from_slice(&b);
+        }
+        out[k] = Some(r);
+    }
+    // A helper's job that panicked sent nothing: its reads failed.
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(io::Error::other("a member's read panicked"))))
         .collect()
 }
 

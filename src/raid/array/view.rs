@@ -12,6 +12,11 @@ use parking_lot::Mutex;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+/// Where extent `e`'s bytes are in the caller's buffer.
+fn piece_range(e: &super::super::geometry::Extent) -> std::ops::Range<usize> {
+    e.buf_offset as usize..(e.buf_offset + e.len) as usize
+}
+
 /// One layout over a set of members: where the I/O routines work.
 pub(super) struct View<'a> {
     pub(super) geo: &'a Geometry,
@@ -124,11 +129,30 @@ impl View<'_> {
         match self.geo.level {
             RaidLevel::Raid1 => self.read_mirror(offset, buf),
             RaidLevel::Linear | RaidLevel::Raid0 => {
-                for e in self.geo.map(offset, buf.len() as u64) {
+                let pieces = self.geo.map(offset, buf.len() as u64);
+                // Slow members: each member's pieces read at once with the
+                // others' (`read_each`), each result accounted as that
+                // piece's first attempt (a retry reads again).
+                let mut first: Vec<Option<io::Result<()>>> = Vec::new();
+                let spread = pieces.iter().any(|e| e.member != pieces[0].member);
+                if spread && crate::device::reads_slow() {
+                    let mut jobs = Vec::with_capacity(pieces.len());
+                    for e in &pieces {
+                        let dev = self.dev(e.member).ok_or_else(|| missing("read"))?;
+                        jobs.push((dev.clone(), e.offset, piece_range(e)));
+                    }
+                    first = crate::device::read_each(&jobs, buf)
+                        .into_iter()
+                        .map(Some)
+                        .collect();
+                }
+                for (k, e) in pieces.iter().enumerate() {
                     let dev = self.dev(e.member).ok_or_else(|| missing("read"))?;
-                    let piece = &mut buf[e.buf_offset as usize..(e.buf_offset + e.len) as usize];
+                    let piece = &mut buf[piece_range(e)];
+                    let mut pre = first.get_mut(k).and_then(Option::take);
                     self.io(e.member, dev, Dir::Read, Some(e.offset), || {
-                        dev.read_at(piece, e.offset)
+                        pre.take()
+                            .unwrap_or_else(|| crate::device::read_timed(dev, piece, e.offset))
                     })?;
                 }
                 Ok(())
@@ -245,9 +269,6 @@ impl View<'_> {
             RaidLevel::Raid1 => self.degrading(|| self.write_mirrors(offset, buf)),
             RaidLevel::Linear | RaidLevel::Raid0 => self.degrading(|| {
                 let pieces = self.geo.map(offset, buf.len() as u64);
-                let range = |e: &super::super::geometry::Extent| {
-                    e.buf_offset as usize..(e.buf_offset + e.len) as usize
-                };
                 // Slow members: each member's pieces written at once with
                 // the others' (`write_each`), each result accounted as
                 // that piece's first attempt.
@@ -257,7 +278,7 @@ impl View<'_> {
                     let mut jobs = Vec::with_capacity(pieces.len());
                     for e in &pieces {
                         let dev = self.dev(e.member).ok_or_else(|| missing("write"))?;
-                        jobs.push((dev.clone(), e.offset, range(e)));
+                        jobs.push((dev.clone(), e.offset, piece_range(e)));
                     }
                     first = crate::device::write_each(&jobs, buf)
                         .into_iter()
@@ -266,7 +287,7 @@ impl View<'_> {
                 }
                 for (k, e) in pieces.iter().enumerate() {
                     let dev = self.dev(e.member).ok_or_else(|| missing("write"))?;
-                    let piece = &buf[range(e)];
+                    let piece = &buf[piece_range(e)];
                     let mut pre = first.get_mut(k).and_then(Option::take);
                     self.io(e.member, dev, Dir::Write, Some(e.offset), || {
                         pre.take()
