@@ -66,6 +66,16 @@ impl BlockDevice for Slow {
     }
 }
 
+/// A pool of `level` over three slow members, with an 8 MiB volume `a`.
+fn slow_pool(level: RaidLevel) -> (Arc<InFlight>, Vec<Arc<Slow>>, Pool) {
+    let flight = Arc::new(InFlight::default());
+    let slow = slow_devices(&flight);
+    let devs: Vec<DeviceRef> = slow.iter().map(|s| s.clone() as DeviceRef).collect();
+    let (pool, _) = Pool::create("tank", devs, &CreateOptions::new(level)).expect("create");
+    pool.create_volume("a", 8 * MIB).expect("volume");
+    (flight, slow, pool)
+}
+
 fn slow_devices(flight: &Arc<InFlight>) -> Vec<Arc<Slow>> {
     mem_devices(3, 64 * MIB)
         .into_iter()
@@ -81,12 +91,7 @@ fn slow_devices(flight: &Arc<InFlight>) -> Vec<Arc<Slow>> {
 
 #[test]
 fn slow_mirrors_are_written_at_once_and_a_failed_one_loses_nothing() {
-    let flight = Arc::new(InFlight::default());
-    let slow = slow_devices(&flight);
-    let devs: Vec<DeviceRef> = slow.iter().map(|s| s.clone() as DeviceRef).collect();
-    let opts = CreateOptions::new(RaidLevel::Raid1);
-    let (pool, _) = Pool::create("tank", devs, &opts).expect("create");
-    pool.create_volume("a", 8 * MIB).expect("volume");
+    let (flight, slow, pool) = slow_pool(RaidLevel::Raid1);
     let vol = pool.volume("a", None).expect("open");
     // One request at a time: whatever overlaps is one request's copies.
     flight.most.store(0, Ordering::Release);
@@ -123,12 +128,7 @@ fn slow_mirrors_are_written_at_once_and_a_failed_one_loses_nothing() {
 
 #[test]
 fn slow_raid0_members_read_and_write_a_requests_pieces_at_once() {
-    let flight = Arc::new(InFlight::default());
-    let slow = slow_devices(&flight);
-    let devs: Vec<DeviceRef> = slow.iter().map(|s| s.clone() as DeviceRef).collect();
-    let opts = CreateOptions::new(RaidLevel::Raid0);
-    let (pool, _) = Pool::create("tank", devs, &opts).expect("create");
-    pool.create_volume("a", 8 * MIB).expect("volume");
+    let (flight, slow, pool) = slow_pool(RaidLevel::Raid0);
     let vol = pool.volume("a", None).expect("open");
     flight.most.store(0, Ordering::Release);
     let data = pattern(4 * MIB as usize, 5);

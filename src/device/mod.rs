@@ -160,7 +160,7 @@ fn sampled(
 }
 
 /// The jobs' indices grouped by device, in order of first appearance.
-fn by_device(jobs: &[(DeviceRef, u64, Range<usize>)]) -> Vec<(DeviceRef, Vec<usize>)> {
+fn by_device(jobs: &[PieceJob]) -> Vec<(DeviceRef, Vec<usize>)> {
     let mut groups: Vec<(DeviceRef, Vec<usize>)> = Vec::new();
     for (k, (d, _, _)) in jobs.iter().enumerate() {
         match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, d)) {
@@ -175,7 +175,7 @@ fn by_device(jobs: &[(DeviceRef, u64, Range<usize>)]) -> Vec<(DeviceRef, Vec<usi
 /// copies, the metadata copies, when `writes_slow`): `write_each` with one
 /// write per device.
 pub fn write_all(devs: &[DeviceRef], buf: &[u8], offset: u64) -> Vec<io::Result<()>> {
-    let jobs: Vec<(DeviceRef, u64, Range<usize>)> = devs
+    let jobs: Vec<PieceJob> = devs
         .iter()
         .map(|d| (d.clone(), offset, 0..buf.len()))
         .collect();
@@ -187,7 +187,7 @@ pub fn write_all(devs: &[DeviceRef], buf: &[u8], offset: u64) -> Vec<io::Result<
 /// writes on the caller's thread, each other device's on a helper with a
 /// copy of `buf`, a device's own writes in order. One result per job, in
 /// order; callers account them as each write's first attempt.
-pub fn write_each(jobs: &[(DeviceRef, u64, Range<usize>)], buf: &[u8]) -> Vec<io::Result<()>> {
+pub fn write_each(jobs: &[PieceJob], buf: &[u8]) -> Vec<io::Result<()>> {
     let groups = by_device(jobs);
     let shared: Arc<[u8]> = buf.into();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -219,6 +219,10 @@ pub fn write_each(jobs: &[(DeviceRef, u64, Range<usize>)], buf: &[u8]) -> Vec<io
         .collect()
 }
 
+/// One member I/O of `write_each`/`read_each`: the device, the byte on
+/// it, and the bytes of the caller's buffer.
+pub type PieceJob = (DeviceRef, u64, Range<usize>);
+
 /// A member's recent read time (ns), as `WRITE_NS` for reads.
 static READ_NS: AtomicU64 = AtomicU64::new(0);
 
@@ -241,7 +245,7 @@ pub fn read_timed(d: &DeviceRef, buf: &mut [u8], offset: u64) -> io::Result<()> 
 /// at once (when `reads_slow`), as `write_each`: the first device's reads
 /// into `buf` on the caller's thread, each other device's on a helper into
 /// its own buffer, copied into `buf` when it is back. One result per job.
-pub fn read_each(jobs: &[(DeviceRef, u64, Range<usize>)], buf: &mut [u8]) -> Vec<io::Result<()>> {
+pub fn read_each(jobs: &[PieceJob], buf: &mut [u8]) -> Vec<io::Result<()>> {
     let groups = by_device(jobs);
     type Back = (usize, io::Result<()>, Vec<u8>);
     let (tx, rx) = std::sync::mpsc::channel::<Back>();

@@ -125,6 +125,26 @@ impl View<'_> {
         self.degrading(|| self.try_read(offset, buf))
     }
 
+    /// A striped request's pieces as jobs for `device::{read,write}_each`,
+    /// when members are `slow` and the pieces lie on more than one.
+    fn spread_jobs(
+        &self,
+        pieces: &[super::super::geometry::Extent],
+        slow: bool,
+        what: &str,
+    ) -> io::Result<Option<Vec<crate::device::PieceJob>>> {
+        let spread = pieces.iter().any(|e| e.member != pieces[0].member);
+        if !(slow && spread) {
+            return Ok(None);
+        }
+        let mut jobs = Vec::with_capacity(pieces.len());
+        for e in pieces {
+            let dev = self.dev(e.member).ok_or_else(|| missing(what))?;
+            jobs.push((dev.clone(), e.offset, piece_range(e)));
+        }
+        Ok(Some(jobs))
+    }
+
     pub(super) fn try_read(&self, offset: u64, buf: &mut [u8]) -> FaultResult<()> {
         match self.geo.level {
             RaidLevel::Raid1 => self.read_mirror(offset, buf),
@@ -133,14 +153,10 @@ impl View<'_> {
                 // Slow members: each member's pieces read at once with the
                 // others' (`read_each`), each result accounted as that
                 // piece's first attempt (a retry reads again).
-                let mut first: Vec<Option<io::Result<()>>> = Vec::new();
-                let spread = pieces.iter().any(|e| e.member != pieces[0].member);
-                if spread && crate::device::reads_slow() {
-                    let mut jobs = Vec::with_capacity(pieces.len());
-                    for e in &pieces {
-                        let dev = self.dev(e.member).ok_or_else(|| missing("read"))?;
-                        jobs.push((dev.clone(), e.offset, piece_range(e)));
-                    }
+                let mut first = Vec::new();
+                if let Some(jobs) =
+                    self.spread_jobs(&pieces, crate::device::reads_slow(), "read")?
+                {
                     first = crate::device::read_each(&jobs, buf)
                         .into_iter()
                         .map(Some)
@@ -272,14 +288,10 @@ impl View<'_> {
                 // Slow members: each member's pieces written at once with
                 // the others' (`write_each`), each result accounted as
                 // that piece's first attempt.
-                let mut first: Vec<Option<io::Result<()>>> = Vec::new();
-                let spread = pieces.iter().any(|e| e.member != pieces[0].member);
-                if spread && crate::device::writes_slow() {
-                    let mut jobs = Vec::with_capacity(pieces.len());
-                    for e in &pieces {
-                        let dev = self.dev(e.member).ok_or_else(|| missing("write"))?;
-                        jobs.push((dev.clone(), e.offset, piece_range(e)));
-                    }
+                let mut first = Vec::new();
+                if let Some(jobs) =
+                    self.spread_jobs(&pieces, crate::device::writes_slow(), "write")?
+                {
                     first = crate::device::write_each(&jobs, buf)
                         .into_iter()
                         .map(Some)
