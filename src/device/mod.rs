@@ -111,6 +111,10 @@ pub fn flush_all(devs: &[DeviceRef]) -> Vec<Option<io::Result<()>>> {
     out
 }
 
+/// One member I/O of `write_each`/`read_each`: the device, the byte on
+/// it, and the bytes of the caller's buffer.
+pub type PieceJob = (DeviceRef, u64, Range<usize>);
+
 /// A member's recent write time (ns, a moving average over the writes
 /// made through `write_timed` and `write_all`).
 static WRITE_NS: AtomicU64 = AtomicU64::new(0);
@@ -218,10 +222,6 @@ pub fn write_each(jobs: &[PieceJob], buf: &[u8]) -> Vec<io::Result<()>> {
         .map(|r| r.unwrap_or_else(|| Err(io::Error::other("a member's write panicked"))))
         .collect()
 }
-
-/// One member I/O of `write_each`/`read_each`: the device, the byte on
-/// it, and the bytes of the caller's buffer.
-pub type PieceJob = (DeviceRef, u64, Range<usize>);
 
 /// A member's recent read time (ns), as `WRITE_NS` for reads.
 static READ_NS: AtomicU64 = AtomicU64::new(0);
