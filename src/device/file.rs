@@ -82,7 +82,7 @@ impl FileDevice {
                 ),
             ));
         };
-        let direct = match direct && is_block {
+        let direct = match direct {
             true => Some(super::direct::block_unit(&file)?),
             false => None,
         };

@@ -133,8 +133,7 @@ impl View<'_> {
         slow: bool,
         what: &str,
     ) -> io::Result<Option<Vec<crate::device::PieceJob>>> {
-        let spread = pieces.iter().any(|e| e.member != pieces[0].member);
-        if !(slow && spread) {
+        if !slow || pieces.iter().all(|e| e.member == pieces[0].member) {
             return Ok(None);
         }
         let mut jobs = Vec::with_capacity(pieces.len());
@@ -317,26 +316,25 @@ impl View<'_> {
         let mut wrote = false;
         // Slow members: the copies are written at once (`write_all`), and
         // each result accounted as that member's first attempt.
-        let (present, mut first) = match crate::device::writes_slow() {
-            false => (Vec::new(), Vec::new()),
-            true => {
-                let present: Vec<usize> = (0..self.members.len())
-                    .filter(|&m| self.dev(m).is_some())
-                    .collect();
-                let devs: Vec<DeviceRef> = present
-                    .iter()
-                    .filter_map(|&m| self.dev(m).cloned())
-                    .collect();
-                let results = crate::device::write_all(&devs, buf, moff);
-                (present, results.into_iter().map(Some).collect::<Vec<_>>())
-            }
-        };
+        // (Members and devices taken in one pass: a device being replaced
+        // can drop out at any time, and a result must stay with its member.)
+        let mut first: Vec<(usize, Option<io::Result<()>>)> = Vec::new();
+        if crate::device::writes_slow() {
+            let (members, devs): (Vec<usize>, Vec<DeviceRef>) = (0..self.members.len())
+                .filter_map(|m| Some((m, self.dev(m)?.clone())))
+                .unzip();
+            let results = crate::device::write_all(&devs, buf, moff);
+            first = members
+                .into_iter()
+                .zip(results.into_iter().map(Some))
+                .collect();
+        }
         for m in 0..self.members.len() {
             if let Some(dev) = self.dev(m) {
-                let mut pre = present
-                    .iter()
-                    .position(|&p| p == m)
-                    .and_then(|i| first[i].take());
+                let mut pre = first
+                    .iter_mut()
+                    .find(|(p, _)| *p == m)
+                    .and_then(|(_, r)| r.take());
                 let write = || {
                     pre.take()
                         .unwrap_or_else(|| crate::device::write_timed(dev, buf, moff))
