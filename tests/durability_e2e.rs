@@ -60,6 +60,19 @@ fn grow_tmpfs(mnt: &Path, size_mib: u64) {
 /// loop device (64 MiB of tmpfs behind 400): (device, tmpfs, state dir).
 fn linear_on_full_member(c: &mut Cleanup, dir: &Path) -> (String, PathBuf, PathBuf) {
     let (loopdev, mnt) = full_member(c, dir, 64, 400);
+    // The metadata area's pages (its first 5 MiB hold it) are taken in
+    // the tmpfs first: only data writes meet the full backing. Otherwise
+    // whether a commit's new metadata blocks also fail depends on which
+    // pages earlier writes happened to take.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(mnt.join("member.img"))
+            .unwrap();
+        f.write_all_at(&vec![0u8; 8 * MIB as usize], 0).unwrap();
+        f.sync_all().unwrap();
+    }
     let state = dir.join("state");
     vpool(
         &state,
