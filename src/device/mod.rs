@@ -39,6 +39,15 @@ pub trait BlockDevice: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Make every completed write durable.
     fn flush(&self) -> io::Result<()>;
+    /// Write all of `buf` at `offset` and make those bytes durable before
+    /// returning, without the other writes since the last flush (a file's
+    /// `pwritev2` with `RWF_DSYNC`: one write-back and device cache flush
+    /// of this range). An error counts as a failed flush: never retried
+    /// into success. By default a write and a whole flush.
+    fn write_durable_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_at(buf, offset)?;
+        self.flush()
+    }
     /// Tell the device a range is unused. Contents afterwards are unspecified.
     fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
         Ok(())
@@ -69,14 +78,20 @@ pub type DeviceRef = Arc<dyn BlockDevice>;
 static FLUSH_NS: AtomicU64 = AtomicU64::new(0);
 const HANDOFF_NS: u64 = 20_000;
 
-/// Flush `d`, adding its time to `FLUSH_NS`.
-fn timed_flush(d: &DeviceRef) -> io::Result<()> {
+/// Run `op` (a flush, or a write made durable) on `d`, adding its time to
+/// `FLUSH_NS`.
+fn timed_flush(op: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
     let t = Instant::now();
-    let r = d.flush();
+    let r = op();
     let ns = t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u64;
     let old = FLUSH_NS.load(Ordering::Relaxed);
     FLUSH_NS.store((old * 7 + ns) / 8, Ordering::Relaxed);
     r
+}
+
+/// Do flushes take longer than a hand-off to a helper?
+fn flushes_slow() -> bool {
+    FLUSH_NS.load(Ordering::Relaxed) >= HANDOFF_NS
 }
 
 /// Flush every device at once, so that their caches drain in parallel
@@ -86,20 +101,45 @@ fn timed_flush(d: &DeviceRef) -> io::Result<()> {
 /// one after another on the caller's thread instead. Results in order,
 /// each `Some` (taken by the caller's accounting).
 pub fn flush_all(devs: &[DeviceRef]) -> Vec<Option<io::Result<()>>> {
-    if FLUSH_NS.load(Ordering::Relaxed) < HANDOFF_NS {
-        return devs.iter().map(|d| Some(timed_flush(d))).collect();
+    flush_each(devs, |d| d.flush())
+}
+
+/// `BlockDevice::write_durable_at` of `buf` at `offset` on every device,
+/// at once as `flush_all` flushes (timed as flushes: each is one).
+pub fn write_durable_all(
+    devs: &[DeviceRef],
+    buf: &[u8],
+    offset: u64,
+) -> Vec<Option<io::Result<()>>> {
+    if !flushes_slow() {
+        return devs
+            .iter()
+            .map(|d| Some(timed_flush(|| d.write_durable_at(buf, offset))))
+            .collect();
+    }
+    let data: Arc<[u8]> = buf.into();
+    flush_each(devs, move |d| d.write_durable_at(&data, offset))
+}
+
+/// Run `op` on every device as `flush_all` describes.
+fn flush_each(
+    devs: &[DeviceRef],
+    op: impl Fn(&DeviceRef) -> io::Result<()> + Clone + Send + 'static,
+) -> Vec<Option<io::Result<()>>> {
+    if !flushes_slow() {
+        return devs.iter().map(|d| Some(timed_flush(|| op(d)))).collect();
     }
     let (tx, rx) = std::sync::mpsc::channel();
     for (i, d) in devs.iter().enumerate().skip(1) {
-        let (d, tx) = (d.clone(), tx.clone());
+        let (d, tx, op) = (d.clone(), tx.clone(), op.clone());
         helpers::run(Box::new(move || {
-            let _ = tx.send((i, timed_flush(&d)));
+            let _ = tx.send((i, timed_flush(|| op(&d))));
         }));
     }
     drop(tx);
     let mut out: Vec<Option<io::Result<()>>> = devs.iter().map(|_| None).collect();
     if let Some(d) = devs.first() {
-        out[0] = Some(timed_flush(d));
+        out[0] = Some(timed_flush(|| op(d)));
     }
     for (i, r) in rx {
         out[i] = Some(r);

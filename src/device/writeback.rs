@@ -10,6 +10,10 @@
 //! - **misdirected write**: the data lands `delta` bytes away;
 //! - **torn write**: only the first sectors (512 bytes each) of a write land.
 //!
+//! A durable write (`write_durable_at`, `RWF_DSYNC`) reaches the medium
+//! with its own lie, if one is armed, and only its range: the rest of the
+//! cache stays volatile; an armed flush failure strikes it as a flush.
+//!
 //! Reads see the cache over the medium (the page cache). Each fault is
 //! armed for a number of I/Os and counted when it strikes.
 
@@ -33,6 +37,8 @@ struct Faults {
     struck: u64,
     /// Flushes seen since the last `reset_counts`.
     flushes: u64,
+    /// Durable writes (`write_durable_at`) seen since then.
+    durable_writes: u64,
 }
 
 /// Steers a [`WritebackDevice`]. Cheap to clone; changes apply at once.
@@ -89,6 +95,7 @@ impl WritebackPlan {
         *f = Faults {
             struck: f.struck,
             flushes: f.flushes,
+            durable_writes: f.durable_writes,
             ..Faults::default()
         };
     }
@@ -98,8 +105,15 @@ impl WritebackPlan {
         self.0.lock().flushes
     }
 
+    /// Writes made durable on their own (`write_durable_at`) so far.
+    pub fn durable_writes_seen(&self) -> u64 {
+        self.0.lock().durable_writes
+    }
+
     pub fn reset_counts(&self) {
-        self.0.lock().flushes = 0;
+        let mut f = self.0.lock();
+        f.flushes = 0;
+        f.durable_writes = 0;
     }
 
     /// Faults that struck so far.
@@ -136,6 +150,40 @@ impl WritebackDevice {
     pub fn drop_cache(&self) {
         self.cache.lock().clear();
     }
+
+    /// Where a write of `buf` at `offset` really lands, after the lie
+    /// armed (if any): nowhere (lost), elsewhere (misdirected), or only
+    /// its first sectors (torn).
+    fn lie<'b>(&self, buf: &'b [u8], offset: u64) -> Option<(u64, &'b [u8])> {
+        let mut f = self.plan.0.lock();
+        let mut at = offset;
+        let mut data = buf;
+        if f.lose > 0 {
+            f.lose -= 1;
+            f.struck += 1;
+            return None;
+        }
+        if f.misdirect > 0 {
+            f.misdirect -= 1;
+            f.struck += 1;
+            match offset.checked_add_signed(f.delta) {
+                Some(o)
+                    if o.checked_add(buf.len() as u64)
+                        .is_some_and(|e| e <= self.size()) =>
+                {
+                    at = o;
+                }
+                _ => return None,
+            }
+        }
+        if f.tear > 0 && buf.len() > 512 {
+            f.tear -= 1;
+            f.struck += 1;
+            let sectors = (buf.len() / 512 / 2).max(1);
+            data = &buf[..sectors * 512];
+        }
+        Some((at, data))
+    }
 }
 
 impl BlockDevice for WritebackDevice {
@@ -161,35 +209,9 @@ impl BlockDevice for WritebackDevice {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_range(self.size(), offset, buf.len())?;
-        let mut f = self.plan.0.lock();
-        let mut at = offset;
-        let mut data = buf;
-        if f.lose > 0 {
-            f.lose -= 1;
-            f.struck += 1;
-            return Ok(());
+        if let Some((at, data)) = self.lie(buf, offset) {
+            self.cache.lock().push((at, data.to_vec()));
         }
-        if f.misdirect > 0 {
-            f.misdirect -= 1;
-            f.struck += 1;
-            match offset.checked_add_signed(f.delta) {
-                Some(o)
-                    if o.checked_add(buf.len() as u64)
-                        .is_some_and(|e| e <= self.size()) =>
-                {
-                    at = o;
-                }
-                _ => return Ok(()),
-            }
-        }
-        if f.tear > 0 && buf.len() > 512 {
-            f.tear -= 1;
-            f.struck += 1;
-            let sectors = (buf.len() / 512 / 2).max(1);
-            data = &buf[..sectors * 512];
-        }
-        drop(f);
-        self.cache.lock().push((at, data.to_vec()));
         Ok(())
     }
 
@@ -214,6 +236,47 @@ impl BlockDevice for WritebackDevice {
         self.medium.flush()
     }
 
+    /// As the kernel's `RWF_DSYNC`: the write (lies included) goes to the
+    /// medium with older cached bytes in its range dropped (the page cache
+    /// held the newest), the rest of the cache stays volatile. A flush
+    /// failure armed strikes it as it would a flush: the cache is lost.
+    fn write_durable_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        check_range(self.size(), offset, buf.len())?;
+        let mut cache = self.cache.lock();
+        {
+            let mut f = self.plan.0.lock();
+            f.durable_writes += 1;
+            if f.fail_flushes > 0 && f.flush_skip > 0 {
+                f.flush_skip -= 1;
+            } else if f.fail_flushes > 0 {
+                f.fail_flushes -= 1;
+                f.struck += 1;
+                cache.clear();
+                return Err(io::Error::from_raw_os_error(f.flush_errno));
+            }
+        }
+        let (a, b) = (offset, offset + buf.len() as u64);
+        let mut kept = Vec::with_capacity(cache.len());
+        for (woff, data) in cache.drain(..) {
+            let wend = woff + data.len() as u64;
+            if wend <= a || woff >= b {
+                kept.push((woff, data));
+                continue;
+            }
+            if woff < a {
+                kept.push((woff, data[..(a - woff) as usize].to_vec()));
+            }
+            if wend > b {
+                kept.push((b, data[(b - woff) as usize..].to_vec()));
+            }
+        }
+        *cache = kept;
+        if let Some((at, data)) = self.lie(buf, offset) {
+            self.medium.write_at(data, at)?;
+        }
+        self.medium.flush()
+    }
+
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         let mut cache = self.cache.lock();
         for (off, data) in cache.drain(..) {
@@ -231,6 +294,37 @@ impl BlockDevice for WritebackDevice {
 mod tests {
     use super::*;
     use crate::device::MemDevice;
+
+    #[test]
+    fn a_durable_write_reaches_the_medium_alone() {
+        let mem = Arc::new(MemDevice::new("m", 1 << 16));
+        let (d, p) = WritebackDevice::wrap(mem.clone());
+        d.write_at(&[1u8; 8192], 0).unwrap();
+        d.write_durable_at(&[2u8; 4096], 4096).unwrap();
+        let m = mem.snapshot();
+        assert_eq!(
+            (m[0], m[4096], m[8191]),
+            (0, 2, 2),
+            "only its range is durable"
+        );
+        assert_eq!((p.flushes_seen(), p.durable_writes_seen()), (0, 1));
+        // The older cached write must not go back over it.
+        d.flush().unwrap();
+        let m = mem.snapshot();
+        assert_eq!((m[0], m[4095], m[4096], m[8191]), (1, 1, 2, 2));
+        // A flush failure armed strikes it, and drops the cache.
+        d.write_at(&[3u8; 4096], 0).unwrap();
+        p.fail_flushes(1);
+        let e = d.write_durable_at(&[4u8; 4096], 4096).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        d.flush().unwrap();
+        let m = mem.snapshot();
+        assert_eq!((m[0], m[4096]), (1, 2));
+        // And a lie armed too: lost, reported done.
+        p.lose_writes(1);
+        d.write_durable_at(&[5u8; 4096], 4096).unwrap();
+        assert_eq!(mem.snapshot()[4096], 2);
+    }
 
     #[test]
     fn each_fault_does_what_it_says() {

@@ -208,6 +208,24 @@ impl MetaMirror {
         })
     }
 
+    /// Write `buf` at `offset` on every copy and make it durable there
+    /// (`BlockDevice::write_durable_at`, the copies at once as `flush`):
+    /// a write and a flush of those bytes alone. A failure is a failed
+    /// flush (never retried).
+    pub fn write_durable(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let devs: Vec<DeviceRef> = self.live().map(|(_, d)| d.clone()).collect();
+        let mut results = crate::device::write_durable_all(&devs, buf, offset);
+        self.each_copy("durable write", Dir::Flush, Some(offset), |dev| match devs
+            .iter()
+            .position(|d| std::sync::Arc::ptr_eq(d, dev))
+        {
+            Some(i) => results[i]
+                .take()
+                .unwrap_or_else(|| dev.write_durable_at(buf, offset)),
+            None => dev.write_durable_at(buf, offset),
+        })
+    }
+
     /// Read `buf.len()` bytes at `offset` from the first copy the validator
     /// accepts; repair copies that were rejected. Errors say why each copy
     /// failed.

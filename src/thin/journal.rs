@@ -89,11 +89,11 @@ impl ThinPool {
             _ => (next.seq.max(1), next.slot, 1, Vec::new()),
         };
         payload.extend_from_slice(add);
-        let written = (|| {
-            let meta = self.meta.read();
-            meta.write_log_pair(seq, first, version, &payload)?;
-            meta.flush_log()
-        })();
+        // Durable as written: the round needs nothing else flushed.
+        let written = self
+            .meta
+            .read()
+            .write_log_pair(seq, first, version, &payload);
         if let Err(e) = written {
             self.log.unlogged.store(true, Ordering::Release);
             return Err(Error::io("writing the flush log", e));

@@ -99,6 +99,23 @@ impl BlockStore {
         Ok(())
     }
 
+    /// `write_place`, made durable on every copy before it returns: in the
+    /// fixed area a durable write of each copy (those bytes alone), in an
+    /// extent a write and a flush of the array.
+    pub(crate) fn write_place_durable(&self, place: Place, bytes: &[u8]) -> io::Result<()> {
+        if !self.place_exists(place) {
+            return Err(Self::nowhere(place));
+        }
+        let Some(e) = self.extent_of(place) else {
+            return self.mirror.write_durable(self.fixed_offset(place), bytes);
+        };
+        let array = self.ext_array()?;
+        for c in 0..e.copies.len() {
+            array.write(Self::ext_offset(e, c, place), bytes)?;
+        }
+        array.flush()
+    }
+
     /// Flush the metadata copies, and the array if extents were written.
     pub(crate) fn flush_meta(&self) -> io::Result<()> {
         self.mirror.flush()?;

@@ -171,12 +171,14 @@ impl MetaStore {
         payload: &[u8],
         data: u64,
     ) -> io::Result<()> {
-        self.write_log_block(seq, slot, payload, data, 0)
+        self.write_log_block(seq, slot, payload, data, 0, false)
     }
 
     /// Write version `version` (1, 2, ...) of record `seq`, a record of
     /// intents alone whose pair is blocks `first` and `first + 1`: into
-    /// the first for odd versions, else the second (not flushed).
+    /// the first for odd versions, else the second, and make it durable on
+    /// every copy (a durable write of that block alone: the round that
+    /// writes it needs nothing else on the copies flushed).
     pub fn write_log_pair(
         &self,
         seq: u64,
@@ -189,7 +191,7 @@ impl MetaStore {
         }
         self.log_slot(first + 1)?;
         let slot = first + u64::from(1 - version % 2);
-        self.write_log_block(seq, slot, payload, 0, version)
+        self.write_log_block(seq, slot, payload, 0, version, true)
     }
 
     fn write_log_block(
@@ -199,6 +201,7 @@ impl MetaStore {
         payload: &[u8],
         data: u64,
         version: u16,
+        durable: bool,
     ) -> io::Result<()> {
         // Its data blocks must fit after it.
         self.log_slot(slot.saturating_add(data))?;
@@ -221,7 +224,10 @@ impl MetaStore {
         .write(&mut blk);
         blk[HEADER_SIZE..HEADER_SIZE + payload.len()].copy_from_slice(payload);
         seal(&mut blk, BlockKind::Log.salt());
-        self.blocks.write_place(Place::Block(b), &blk)
+        match durable {
+            true => self.blocks.write_place_durable(Place::Block(b), &blk),
+            false => self.blocks.write_place(Place::Block(b), &blk),
+        }
     }
 
     /// Write a journaled data block (4 KiB, raw: the record before it
