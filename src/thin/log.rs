@@ -51,6 +51,7 @@
 //! the next flush a full commit, as a full log does.
 
 use super::log_entry::{pack, Entry, Unit};
+use super::store::log::LogWrite;
 use super::ThinPool;
 use crate::error::{Error, Result};
 use crate::sync::{ReadGuard, RwLock, WriteGuard};
@@ -447,24 +448,17 @@ impl ThinPool {
             self.log.unlogged.store(true, Ordering::Release);
             return Ok(false);
         }
-        let written = (|| {
-            let meta = self.meta.read();
-            let io = |e| Error::io("writing the flush log", e);
-            let mut slot = next.slot;
-            for (i, u) in units.iter().enumerate() {
-                for (j, d) in u.data.iter().enumerate() {
-                    meta.write_log_data(slot + 1 + j as u64, d).map_err(io)?;
-                }
-                let d = u.data.len() as u64;
-                meta.write_log_record(seq + i as u64, slot, &u.payload, d)
-                    .map_err(io)?;
-                slot += 1 + d;
-            }
-            if !units.is_empty() {
-                meta.flush_log().map_err(io)?;
-            }
-            Ok(())
-        })();
+        let records: Vec<LogWrite<'_>> = units
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (seq + i as u64, &u.payload[..], &u.data[..]))
+            .collect();
+        let written = match records.is_empty() {
+            true => Ok(()),
+            false => (self.meta.read())
+                .write_log_durable(next.slot, &records)
+                .map_err(|e| Error::io("writing the flush log", e)),
+        };
         if let Err(e) = written {
             self.log.unlogged.store(true, Ordering::Release);
             return Err(e);

@@ -116,6 +116,26 @@ impl BlockStore {
         array.flush()
     }
 
+    /// Write `bytes` (whole blocks) into blocks `first`, `first + 1`, ...
+    /// on every copy and make them durable: one durable write per copy when
+    /// they are all in the fixed area, else each written and the copies
+    /// (and array) flushed.
+    pub(crate) fn write_run_durable(&self, first: Block, bytes: &[u8]) -> io::Result<()> {
+        let n = bytes.len().div_ceil(BLOCK_SIZE) as u64;
+        if n > 0 && self.in_fixed_area(Place::Block(first.plus(n - 1))) {
+            if !self.place_exists(Place::Block(first)) {
+                return Err(Self::nowhere(Place::Block(first)));
+            }
+            return self
+                .mirror
+                .write_durable(self.fixed_offset(Place::Block(first)), bytes);
+        }
+        for (i, b) in bytes.chunks(BLOCK_SIZE).enumerate() {
+            self.write_place(Place::Block(first.plus(i as u64)), b)?;
+        }
+        self.flush_meta()
+    }
+
     /// Flush the metadata copies, and the array if extents were written.
     pub(crate) fn flush_meta(&self) -> io::Result<()> {
         self.mirror.flush()?;

@@ -35,6 +35,10 @@ pub struct LogRecord {
     pub data: u64,
 }
 
+/// A record to write: its sequence number, payload, and the journaled
+/// data blocks that follow it.
+pub type LogWrite<'a> = (u64, &'a [u8], &'a [&'a [u8]]);
+
 /// Payload bytes one log block holds.
 pub const LOG_PAYLOAD: usize = BLOCK_SIZE - HEADER_SIZE;
 /// Block numbers a directory block holds.
@@ -161,19 +165,6 @@ impl MetaStore {
         Ok(())
     }
 
-    /// Write record `seq` of the running transaction into the log's block
-    /// `slot` on every metadata copy (not flushed). `data` journaled data
-    /// blocks follow it, in blocks `slot + 1 ..= slot + data`.
-    pub fn write_log_record(
-        &self,
-        seq: u64,
-        slot: u64,
-        payload: &[u8],
-        data: u64,
-    ) -> io::Result<()> {
-        self.write_log_block(seq, slot, payload, data, 0, false)
-    }
-
     /// Write version `version` (1, 2, ...) of record `seq`, a record of
     /// intents alone whose pair is blocks `first` and `first + 1`: into
     /// the first for odd versions, else the second, and make it durable on
@@ -191,18 +182,21 @@ impl MetaStore {
         }
         self.log_slot(first + 1)?;
         let slot = first + u64::from(1 - version % 2);
-        self.write_log_block(seq, slot, payload, 0, version, true)
+        let blk = self.log_block_bytes(seq, slot, payload, 0, version)?;
+        self.blocks
+            .write_place_durable(Place::Block(self.log_slot(slot)?), &blk)
     }
 
-    fn write_log_block(
+    /// Record `seq` (version `version` of a pair, else 0) as the log's
+    /// block `slot` holds it, `data` journaled blocks after it.
+    fn log_block_bytes(
         &self,
         seq: u64,
         slot: u64,
         payload: &[u8],
         data: u64,
         version: u16,
-        durable: bool,
-    ) -> io::Result<()> {
+    ) -> io::Result<Vec<u8>> {
         // Its data blocks must fit after it.
         self.log_slot(slot.saturating_add(data))?;
         let b = self.log_slot(slot)?;
@@ -224,19 +218,50 @@ impl MetaStore {
         .write(&mut blk);
         blk[HEADER_SIZE..HEADER_SIZE + payload.len()].copy_from_slice(payload);
         seal(&mut blk, BlockKind::Log.salt());
-        match durable {
-            true => self.blocks.write_place_durable(Place::Block(b), &blk),
-            false => self.blocks.write_place(Place::Block(b), &blk),
-        }
+        Ok(blk)
     }
 
-    /// Write a journaled data block (4 KiB, raw: the record before it
-    /// holds its checksum) into the log's block `slot` on every copy.
+    /// Write records, each followed by its journaled data blocks, into the
+    /// log's blocks from `slot` on, on every copy, and make them durable:
+    /// one durable write per copy for each run of consecutive blocks (the
+    /// log's blocks are allocated together, so usually one), not a flush of
+    /// the members (which would write back every dirty page of theirs
+    /// first). Each record is `(seq, payload, data blocks)`.
+    pub fn write_log_durable(&self, slot: u64, records: &[LogWrite<'_>]) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        let mut at = slot;
+        for (seq, payload, data) in records {
+            let d = data.len() as u64;
+            bytes.extend(self.log_block_bytes(*seq, at, payload, d, 0)?);
+            for blk in *data {
+                if blk.len() != BLOCK_SIZE {
+                    return Err(io::Error::other("journaled data is not one block"));
+                }
+                bytes.extend_from_slice(blk);
+            }
+            at += 1 + d;
+        }
+        let blocks = (slot..at)
+            .map(|s| self.log_slot(s))
+            .collect::<io::Result<Vec<Block>>>()?;
+        let mut i = 0;
+        while i < blocks.len() {
+            let mut j = i + 1;
+            while j < blocks.len() && blocks[j] == blocks[j - 1].plus(1) {
+                j += 1;
+            }
+            self.blocks
+                .write_run_durable(blocks[i], &bytes[i * BLOCK_SIZE..j * BLOCK_SIZE])?;
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Write raw bytes into the log's block `slot` on every copy (tests:
+    /// a torn or stale block).
+    #[cfg(test)]
     pub fn write_log_data(&self, slot: u64, data: &[u8]) -> io::Result<()> {
         let b = self.log_slot(slot)?;
-        if data.len() != BLOCK_SIZE {
-            return Err(io::Error::other("journaled data is not one block"));
-        }
         self.blocks.write_place(Place::Block(b), data)
     }
 
@@ -325,10 +350,5 @@ impl MetaStore {
                 ))
             })
             .max_by_key(|r| r.1)
-    }
-
-    /// Make the log's writes durable on every copy.
-    pub fn flush_log(&self) -> io::Result<()> {
-        self.blocks.flush_meta()
     }
 }

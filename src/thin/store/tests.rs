@@ -303,12 +303,12 @@ fn a_pair_reads_as_its_newest_whole_version_and_the_log_goes_on_after_it() {
             .collect()
     };
     let rec = |p: &[u8], slot: u64| (p.to_vec(), slot);
-    s.write_log_record(1, 0, b"one", 0).unwrap();
+    s.write_log_durable(0, &[(1, b"one", &[])]).unwrap();
     s.write_log_pair(2, 1, 1, b"a").unwrap();
     assert_eq!(read(&s), vec![rec(b"one", 0), rec(b"a", 1)]);
     s.write_log_pair(2, 1, 2, b"ab").unwrap();
     s.write_log_pair(2, 1, 3, b"abc").unwrap();
-    s.write_log_record(3, 3, b"three", 0).unwrap();
+    s.write_log_durable(3, &[(3, b"three", &[])]).unwrap();
     assert_eq!(
         read(&s),
         vec![rec(b"one", 0), rec(b"abc", 1), rec(b"three", 3)]
