@@ -40,6 +40,34 @@ pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     write_atomic(path, &body)
 }
 
+/// Serializes `bind_private`'s umask changes.
+static BINDING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+/// Bind a unix socket at `path` with `bind` so that it is owner-only from
+/// the moment it exists: bound under a umask that leaves only the owner's
+/// read and write (then made 0600 explicitly too). A chmod after binding
+/// left a window in which the socket had the umask's mode, and with a
+/// permissive umask any local user could connect in it. The umask is the
+/// process's: binds are serialized, and a file another thread creates in
+/// that moment is only more private than asked.
+pub fn bind_private<T>(
+    path: &Path,
+    bind: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    use std::os::unix::fs::PermissionsExt;
+    let bound = {
+        let _one = BINDING.lock();
+        // SAFETY: umask only swaps the process's file mode mask.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = bind(path);
+        // SAFETY: as above, restoring the mask.
+        unsafe { libc::umask(old) };
+        bound?
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(bound)
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct KnownPool {
     pub uuid: String,
@@ -170,5 +198,51 @@ impl StateDir {
         let mut st = self.load()?;
         st.pools.remove(name);
         self.save(&st)
+    }
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::bind_private;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_socket_is_owner_only_from_the_moment_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let mut at_bind = 0;
+        let l = bind_private(&path, |p| {
+            let l = std::os::unix::net::UnixListener::bind(p)?;
+            // What a client racing the daemon would meet.
+            at_bind = std::fs::metadata(p)?.permissions().mode() & 0o777;
+            Ok(l)
+        })
+        .unwrap();
+        assert_eq!(at_bind, 0o600, "the socket's mode as it was bound");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(l);
+        // The process's umask is back to what it was.
+        let mask = || {
+            let _one = super::BINDING.lock();
+            // SAFETY: read the mask by swapping it, then put it back.
+            unsafe {
+                let m = libc::umask(0o022);
+                libc::umask(m);
+                m
+            }
+        };
+        let before = mask();
+        bind_private(&dir.path().join("t.sock"), |p| {
+            std::os::unix::net::UnixListener::bind(p)
+        })
+        .unwrap();
+        assert_eq!(mask(), before, "the umask was not restored");
+        // A bind that fails leaves the umask restored and reports why.
+        let e = bind_private(&dir.path().join("no/such/dir/s"), |p| {
+            std::os::unix::net::UnixListener::bind(p)
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
     }
 }

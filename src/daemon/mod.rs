@@ -164,11 +164,9 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     if let Some(path) = &cfg.nbd_socket {
         clear_stale_socket(path)?;
-        let l = UnixListener::bind(path)
-            .with_context(|| format!("binding NBD socket {}", path.display()))?;
         // Root only, whatever the umask: volumes are host disks.
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .with_context(|| format!("making {} private", path.display()))?;
+        let l = crate::state::bind_private(path, |p| UnixListener::bind(p))
+            .with_context(|| format!("binding NBD socket {} (owner only)", path.display()))?;
         tracing::info!("NBD listening on {} (owner only)", path.display());
         nbd.listen(l)?;
     }

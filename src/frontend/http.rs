@@ -6,9 +6,7 @@
 //! (a slow client holds only that thread, as tiny_http already gives each
 //! connection one); a few workers then handle requests whose bodies are in.
 
-use anyhow::Context;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -163,13 +161,11 @@ impl HttpServer {
 
 /// A server on the unix socket `path`, made owner-only whatever the umask.
 fn bind_unix(path: &Path, what: &str) -> anyhow::Result<Arc<tiny_http::Server>> {
-    let server = Arc::new(
-        tiny_http::Server::http_unix(path)
-            .map_err(|e| anyhow::anyhow!("{what} socket {}: {e}", path.display()))?,
-    );
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("making {} owner-only", path.display()))?;
-    Ok(server)
+    let server = crate::state::bind_private(path, |p| {
+        tiny_http::Server::http_unix(p).map_err(std::io::Error::other)
+    })
+    .map_err(|e| anyhow::anyhow!("{what} socket {}: {e}", path.display()))?;
+    Ok(Arc::new(server))
 }
 
 /// Run a streaming call on a thread of its own, if fewer than `max` run.

@@ -13,7 +13,6 @@ use super::snapshots::{Info as SnapInfo, Snapshotter};
 use super::store::Kind as SKind;
 use crate::error::Error;
 use anyhow::Context;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -232,10 +231,9 @@ impl SnapshotterServer {
             .context("starting the snapshotter's runtime")?;
         let listener = {
             let _g = rt.enter();
-            tokio::net::UnixListener::bind(socket)
+            crate::state::bind_private(socket, |p| tokio::net::UnixListener::bind(p))
                 .with_context(|| format!("snapshotter socket {}", socket.display()))?
         };
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let snapshotter = Arc::new(snapshotter);
         let svc = SnapshotsServer::new(Service(snapshotter.clone()));
