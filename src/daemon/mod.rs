@@ -230,14 +230,16 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let stop_commits = Arc::new(AtomicBool::new(false));
     // A flush log out of use (full, or a change it cannot describe) sends
     // flushes to commits and small overwrites on pools without redundancy
-    // to fresh chunks until the next commit: commit within milliseconds.
+    // to fresh chunks until the next commit: commit at once (a log that
+    // closes wakes this thread), and look every 5 ms anyway.
     let log_committer = {
         let engine = engine.clone();
         let stop = stop_commits.clone();
         std::thread::spawn(move || {
+            crate::thin::log::wake_on_log_closed(Some(std::thread::current()));
             let mut last_error = String::new();
             while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::park_timeout(Duration::from_millis(5));
                 for (name, pool) in engine.all() {
                     match pool.commit_if_log_closed() {
                         Err(e) if e.to_string() != last_error => {
@@ -329,6 +331,8 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     engine.stop_jobs();
     stop_commits.store(true, Ordering::Relaxed);
     let _ = committer.join();
+    crate::thin::log::wake_on_log_closed(None);
+    log_committer.thread().unpark();
     let _ = log_committer.join();
     let mut failed = false;
     for (name, pool) in engine.all() {

@@ -83,7 +83,7 @@ impl ThinPool {
                 (p.seq, p.first, p.version + 1, p.payload)
             }
             _ if next.slot + 2 > room => {
-                self.log.unlogged.store(true, Ordering::Release);
+                self.log.close();
                 return Ok(false);
             }
             _ => (next.seq.max(1), next.slot, 1, Vec::new()),
@@ -95,7 +95,7 @@ impl ThinPool {
             .read()
             .write_log_pair(seq, first, version, &payload);
         if let Err(e) = written {
-            self.log.unlogged.store(true, Ordering::Release);
+            self.log.close();
             return Err(Error::io("writing the flush log", e));
         }
         if version == 1 {

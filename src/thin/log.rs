@@ -134,7 +134,28 @@ pub(crate) struct FlushLog {
     pub(super) committed: AtomicU64,
 }
 
+/// The thread that commits pools whose log closed (the daemon's log
+/// committer): woken when a log closes, so that writers meet a closed log
+/// (and write small overwrites afresh) for as short a time as a commit
+/// takes, not until the committer's next look.
+static COMMITTER: Mutex<Option<std::thread::Thread>> = Mutex::new(None);
+
+/// Wake `t` whenever a pool's flush log closes (None: nobody).
+pub fn wake_on_log_closed(t: Option<std::thread::Thread>) {
+    *COMMITTER.lock() = t;
+}
+
 impl FlushLog {
+    /// Out of use until a commit (full, failed, or a change no record
+    /// describes): the committer is woken to commit now.
+    pub(super) fn close(&self) {
+        if !self.unlogged.swap(true, Ordering::AcqRel) {
+            if let Some(t) = COMMITTER.lock().as_ref() {
+                t.unpark();
+            }
+        }
+    }
+
     /// The log has `n` blocks unused (at open).
     pub(crate) fn set_free(&self, n: u64) {
         self.free.store(n, Ordering::Release);
@@ -238,7 +259,7 @@ pub struct Exclusive<'a> {
 impl Drop for Exclusive<'_> {
     fn drop(&mut self) {
         if self.pool.meta.read().has_changes() {
-            self.pool.log.unlogged.store(true, Ordering::Release);
+            self.pool.log.close();
         }
     }
 }
@@ -411,7 +432,7 @@ impl ThinPool {
             .flush_if_written()
             .map_err(|e| Error::io("flushing data", e));
         if let Err(e) = flushed {
-            self.log.unlogged.store(true, Ordering::Release);
+            self.log.close();
             return Err(e);
         }
         // Its own statement: a guard in the call's arguments would live
@@ -430,7 +451,7 @@ impl ThinPool {
         // A member that failed on the way is recorded by a commit, now:
         // the records written stay (the next round follows them).
         if self.array.health().has_unrecorded() {
-            self.log.unlogged.store(true, Ordering::Release);
+            self.log.close();
             return Ok(false);
         }
         Ok(true)
@@ -445,7 +466,7 @@ impl ThinPool {
         let room = self.meta.read().log_blocks().len() as u64;
         let need: u64 = units.iter().map(|u| 1 + u.data.len() as u64).sum();
         if next.slot + need > room {
-            self.log.unlogged.store(true, Ordering::Release);
+            self.log.close();
             return Ok(false);
         }
         let records: Vec<LogWrite<'_>> = units
@@ -460,7 +481,7 @@ impl ThinPool {
                 .map_err(|e| Error::io("writing the flush log", e)),
         };
         if let Err(e) = written {
-            self.log.unlogged.store(true, Ordering::Release);
+            self.log.close();
             return Err(e);
         }
         next.seq = seq + units.len() as u64;
@@ -477,8 +498,42 @@ impl ThinPool {
     }
 
     /// The log is out of use until a commit (full, or a change it cannot
-    /// describe): the daemon's committer commits at its next tick.
+    /// describe): the daemon's log committer, woken by `FlushLog::close`,
+    /// commits it.
     pub fn log_wants_commit(&self) -> bool {
         self.log.unlogged.load(Ordering::Acquire) && self.meta.read().log_ready()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{wake_on_log_closed, FlushLog};
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_log_that_closes_wakes_the_committer() {
+        let log = std::sync::Arc::new(FlushLog::default());
+        wake_on_log_closed(Some(std::thread::current()));
+        let (t0, limit) = (Instant::now(), Duration::from_secs(30));
+        // Not a scoped thread: one of those wakes the scope's thread as
+        // it ends.
+        let closer = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                log.close();
+            })
+        };
+        // As the committer: parked until woken (a stray wake-up loops).
+        while !log.unlogged.load(Ordering::Acquire) && t0.elapsed() < limit {
+            std::thread::park_timeout(limit - t0.elapsed());
+        }
+        // Not woken, the loop above parks until the limit.
+        let took = t0.elapsed();
+        wake_on_log_closed(None);
+        let _ = closer.join();
+        assert!(log.unlogged.load(Ordering::Acquire));
+        assert!(took < Duration::from_secs(10), "woken after {took:?}");
     }
 }
