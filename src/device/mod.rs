@@ -176,15 +176,23 @@ pub fn writes_slow() -> bool {
 /// Write `buf` at `offset` of `d`, adding its time to `WRITE_NS`: every
 /// write while they are slow, one in `SAMPLE` while they are quick.
 pub fn write_timed(d: &DeviceRef, buf: &[u8], offset: u64) -> io::Result<()> {
-    sampled(&WRITES, &WRITE_NS, || d.write_at(buf, offset))
+    sampled(&WRITES, &WRITE_NS, buf.len(), || d.write_at(buf, offset))
 }
 
-/// Run `f` (a member I/O), adding its time to the average `avg`: every
-/// call while the average is above `HANDOFF_NS`, one in `SAMPLE` of this
-/// thread's calls (counted in `calls`) while it is below.
+/// Bytes of an I/O that count as one in the averages: a larger one's time
+/// is divided by how many such pieces it holds, so that copying a large
+/// request into memory (a tmpfs member: 1 MiB takes about 100 us there)
+/// does not look like a device that keeps each request waiting.
+const TIMED_UNIT: usize = 64 << 10;
+
+/// Run `f` (a member I/O of `len` bytes), adding its time per
+/// `TIMED_UNIT` to the average `avg`: every call while the average is
+/// above `HANDOFF_NS`, one in `SAMPLE` of this thread's calls (counted in
+/// `calls`) while it is below.
 fn sampled(
     calls: &'static std::thread::LocalKey<std::cell::Cell<u32>>,
     avg: &AtomicU64,
+    len: usize,
     f: impl FnOnce() -> io::Result<()>,
 ) -> io::Result<()> {
     let n = calls.with(|c| {
@@ -197,10 +205,16 @@ fn sampled(
     }
     let t = Instant::now();
     let r = f();
-    let ns = t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u64;
+    let ns = per_unit(t.elapsed().as_nanos(), len);
     let old = avg.load(Ordering::Relaxed);
     avg.store((old * 7 + ns) / 8, Ordering::Relaxed);
     r
+}
+
+/// `ns` for an I/O of `len` bytes, per `TIMED_UNIT` it holds.
+fn per_unit(ns: u128, len: usize) -> u64 {
+    let units = len.div_ceil(TIMED_UNIT).max(1) as u128;
+    (ns / units).min(u128::from(u32::MAX)) as u64
 }
 
 /// The jobs' indices grouped by device, in order of first appearance.
@@ -278,7 +292,7 @@ pub fn reads_slow() -> bool {
 
 /// Read `buf.len()` bytes at `offset` of `d`, timed as `write_timed`.
 pub fn read_timed(d: &DeviceRef, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    sampled(&READS, &READ_NS, || d.read_at(buf, offset))
+    sampled(&READS, &READ_NS, buf.len(), || d.read_at(buf, offset))
 }
 
 /// Read each job's `buf[range]` from `offset` of its device, the devices
@@ -333,5 +347,21 @@ pub(crate) fn check_range(size: u64, offset: u64, len: usize) -> io::Result<()> 
                 crate::units::size_exact(size)
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod timing_tests {
+    use super::{per_unit, HANDOFF_NS};
+
+    #[test]
+    fn large_copies_into_memory_are_not_slow_devices() {
+        // 1 MiB into tmpfs (about 100 us): quick, no helpers.
+        assert!(per_unit(100_000, 1 << 20) < HANDOFF_NS);
+        // The same request to a disk (2 ms), and one 4 KiB write waiting
+        // 100 us on it: slow.
+        assert!(per_unit(2_000_000, 1 << 20) >= HANDOFF_NS);
+        assert!(per_unit(100_000, 4096) >= HANDOFF_NS);
+        assert_eq!(per_unit(30_000, 0), 30_000);
     }
 }
