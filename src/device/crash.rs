@@ -96,23 +96,8 @@ impl BlockDevice for CrashDevice {
         if n >= self.power.cut_at.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let (a, b) = (offset, offset + buf.len() as u64);
-        let mut kept = Vec::with_capacity(st.pending.len());
-        for (woff, data) in std::mem::take(&mut st.pending) {
-            let wend = woff + data.len() as u64;
-            if wend <= a || woff >= b {
-                kept.push((woff, data));
-                continue;
-            }
-            if woff < a {
-                kept.push((woff, data[..(a - woff) as usize].to_vec()));
-            }
-            if wend > b {
-                kept.push((b, data[(b - woff) as usize..].to_vec()));
-            }
-        }
-        st.pending = kept;
-        st.durable[a as usize..b as usize].copy_from_slice(buf);
+        super::drop_overlaps(&mut st.pending, offset, buf.len());
+        st.durable[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
         Ok(())
     }
 

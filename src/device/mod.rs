@@ -336,6 +336,28 @@ pub fn read_each(jobs: &[PieceJob], buf: &mut [u8]) -> Vec<io::Result<()>> {
         .collect()
 }
 
+/// Drop the bytes of `[offset, offset + len)` from a test device's cached
+/// writes (`(offset, bytes)`, oldest first): a durable write of that range
+/// made them stale. Writes partly inside keep their parts outside.
+pub(crate) fn drop_overlaps(cache: &mut Vec<(u64, Vec<u8>)>, offset: u64, len: usize) {
+    let (a, b) = (offset, offset + len as u64);
+    let mut kept = Vec::with_capacity(cache.len());
+    for (woff, data) in cache.drain(..) {
+        let wend = woff + data.len() as u64;
+        if wend <= a || woff >= b {
+            kept.push((woff, data));
+            continue;
+        }
+        if woff < a {
+            kept.push((woff, data[..(a - woff) as usize].to_vec()));
+        }
+        if wend > b {
+            kept.push((b, data[(b - woff) as usize..].to_vec()));
+        }
+    }
+    *cache = kept;
+}
+
 /// Check that `[offset, offset+len)` lies inside a device of `size` bytes.
 pub(crate) fn check_range(size: u64, offset: u64, len: usize) -> io::Result<()> {
     match offset.checked_add(len as u64) {

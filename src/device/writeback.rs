@@ -151,6 +151,21 @@ impl WritebackDevice {
         self.cache.lock().clear();
     }
 
+    /// The flush failure armed, if it strikes now: the error, and the
+    /// cache gone (Linux marks the pages clean; their data is lost).
+    fn flush_fault(&self, cache: &mut Vec<(u64, Vec<u8>)>) -> io::Result<()> {
+        let mut f = self.plan.0.lock();
+        if f.fail_flushes > 0 && f.flush_skip > 0 {
+            f.flush_skip -= 1;
+        } else if f.fail_flushes > 0 {
+            f.fail_flushes -= 1;
+            f.struck += 1;
+            cache.clear();
+            return Err(io::Error::from_raw_os_error(f.flush_errno));
+        }
+        Ok(())
+    }
+
     /// Where a write of `buf` at `offset` really lands, after the lie
     /// armed (if any): nowhere (lost), elsewhere (misdirected), or only
     /// its first sectors (torn).
@@ -217,19 +232,8 @@ impl BlockDevice for WritebackDevice {
 
     fn flush(&self) -> io::Result<()> {
         let mut cache = self.cache.lock();
-        {
-            let mut f = self.plan.0.lock();
-            f.flushes += 1;
-            if f.fail_flushes > 0 && f.flush_skip > 0 {
-                f.flush_skip -= 1;
-            } else if f.fail_flushes > 0 {
-                f.fail_flushes -= 1;
-                f.struck += 1;
-                // Linux: the pages are marked clean and their data is gone.
-                cache.clear();
-                return Err(io::Error::from_raw_os_error(f.flush_errno));
-            }
-        }
+        self.plan.0.lock().flushes += 1;
+        self.flush_fault(&mut cache)?;
         for (off, data) in cache.drain(..) {
             self.medium.write_at(&data, off)?;
         }
@@ -243,34 +247,9 @@ impl BlockDevice for WritebackDevice {
     fn write_durable_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_range(self.size(), offset, buf.len())?;
         let mut cache = self.cache.lock();
-        {
-            let mut f = self.plan.0.lock();
-            f.durable_writes += 1;
-            if f.fail_flushes > 0 && f.flush_skip > 0 {
-                f.flush_skip -= 1;
-            } else if f.fail_flushes > 0 {
-                f.fail_flushes -= 1;
-                f.struck += 1;
-                cache.clear();
-                return Err(io::Error::from_raw_os_error(f.flush_errno));
-            }
-        }
-        let (a, b) = (offset, offset + buf.len() as u64);
-        let mut kept = Vec::with_capacity(cache.len());
-        for (woff, data) in cache.drain(..) {
-            let wend = woff + data.len() as u64;
-            if wend <= a || woff >= b {
-                kept.push((woff, data));
-                continue;
-            }
-            if woff < a {
-                kept.push((woff, data[..(a - woff) as usize].to_vec()));
-            }
-            if wend > b {
-                kept.push((b, data[(b - woff) as usize..].to_vec()));
-            }
-        }
-        *cache = kept;
+        self.plan.0.lock().durable_writes += 1;
+        self.flush_fault(&mut cache)?;
+        super::drop_overlaps(&mut cache, offset, buf.len());
         if let Some((at, data)) = self.lie(buf, offset) {
             self.medium.write_at(data, at)?;
         }
