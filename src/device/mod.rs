@@ -420,7 +420,10 @@ mod timing_tests {
             Ok(())
         };
         let least = (0..5).map(|_| waited_per_unit(4096, busy).1).min();
-        assert!(least < Some(HANDOFF_NS), "copying counted as waiting: {least:?} ns");
+        assert!(
+            least < Some(HANDOFF_NS),
+            "copying counted as waiting: {least:?} ns"
+        );
         // 200 us asleep (a disk's reply): slow, every time.
         for _ in 0..3 {
             let (r, ns) = waited_per_unit(4096, || {

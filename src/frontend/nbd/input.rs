@@ -18,8 +18,13 @@ use std::time::Instant;
 /// fill it, up to `MAX_BUF` (a whole option fits).
 pub(super) const MIN_BUF: usize = 4 << 10;
 const MAX_BUF: usize = 256 << 10;
-/// A payload this large is read straight into its request's buffer.
+/// A payload this large is read straight into its request's buffer (all
+/// of it that did not come in with its header).
 const DIRECT: usize = 64 << 10;
+
+/// Most bytes read into `buf` after a large write: the next request's
+/// header and a little more.
+const AFTER_LARGE: usize = 4 << 10;
 /// Bytes read from one connection before the others get a turn.
 const PASS: usize = 4 << 20;
 
@@ -79,6 +84,10 @@ pub(super) struct Entry {
     pub(super) last_input: Instant,
     /// Work framed since the last hand-over to the workers.
     pub(super) batch: Vec<Work>,
+    /// The last request admitted was a large write: the next read into
+    /// `buf` is short (`AFTER_LARGE`), so that the next large payload goes
+    /// straight into its own buffer rather than through `buf` and a copy.
+    pub(super) after_large: bool,
 }
 
 /// Why a connection stops reading.
@@ -172,12 +181,13 @@ impl Entry {
         }
     }
 
-    /// Read from the socket: a large payload straight into its buffer,
-    /// anything else into the read buffer.
-    fn read_more(&mut self) -> io::Result<usize> {
+    /// Read from the socket: the rest of a large payload straight into its
+    /// buffer, anything else into the read buffer (after a large write,
+    /// only `AFTER_LARGE` bytes of it).
+    pub(super) fn read_more(&mut self) -> io::Result<usize> {
         if self.start == self.end {
             if let Phase::Payload { job, filled } = &mut self.phase {
-                if job.data.len() - *filled >= DIRECT {
+                if job.data.len() >= DIRECT {
                     let n = self.reader.read(&mut job.data[*filled..])?;
                     *filled += n;
                     if n > 0 && *filled == job.data.len() {
@@ -205,7 +215,11 @@ impl Entry {
                 "input buffer full",
             ));
         }
-        let n = self.reader.read(&mut self.buf[self.end..])?;
+        let to = match self.after_large {
+            true => (self.end + AFTER_LARGE).min(self.buf.len()),
+            false => self.buf.len(),
+        };
+        let n = self.reader.read(&mut self.buf[self.end..to])?;
         self.end += n;
         if self.end == self.buf.len() && self.buf.len() < MAX_BUF && self.start == 0 {
             let grown = (self.buf.len() * 2).min(MAX_BUF);
@@ -234,7 +248,7 @@ impl Entry {
     }
 
     /// Turn buffered bytes into work, as far as they go.
-    fn frame(&mut self) -> Result<(), End> {
+    pub(super) fn frame(&mut self) -> Result<(), End> {
         loop {
             if self.answers_pending() {
                 return Ok(());
@@ -375,6 +389,7 @@ impl Entry {
                 return;
             }
         }
+        self.after_large = req.kind == CMD_WRITE && req.length as usize >= DIRECT;
         let mut job = Job {
             req,
             data: Vec::new(),

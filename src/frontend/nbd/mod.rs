@@ -7,6 +7,8 @@ mod conn;
 mod conn_tests;
 mod handshake;
 mod input;
+#[cfg(test)]
+mod input_tests;
 mod limit;
 pub mod proto;
 mod reactor;

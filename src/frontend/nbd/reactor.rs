@@ -274,6 +274,7 @@ impl Reactor {
                         phase,
                         last_input: Instant::now(),
                         batch: Vec::new(),
+                        after_large: false,
                     },
                 );
                 self.shared
