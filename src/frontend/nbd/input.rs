@@ -389,7 +389,9 @@ impl Entry {
                 return;
             }
         }
-        self.after_large = req.kind == CMD_WRITE && req.length as usize >= DIRECT;
+        // An oversized payload is dropped through the read buffer in
+        // whole reads (`Skip`), not 4 KiB at a time.
+        self.after_large = !oversized && req.kind == CMD_WRITE && req.length as usize >= DIRECT;
         let mut job = Job {
             req,
             data: Vec::new(),
