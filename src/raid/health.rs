@@ -131,6 +131,13 @@ impl Health {
         level.is_some_and(|l| gone < l.tolerated_failures(n))
     }
 
+    /// Is `member` missing or failed?
+    pub fn is_gone(&self, member: usize) -> bool {
+        let absent = self.shape.lock().2;
+        let bit = 1u64.checked_shl(member as u32).unwrap_or(0);
+        (absent | self.failed_mask()) & bit != 0
+    }
+
     /// Whether the array keeps every byte without `member` (and without
     /// the members already missing or failed).
     pub fn may_fail(&self, member: usize) -> bool {

@@ -12,7 +12,7 @@ use super::intent::Intent;
 use crate::error::{Error, Result};
 use crate::meta::btree;
 
-use crate::raid::Array;
+use crate::raid::{Array, RaidLevel};
 use crate::sync::{ReadGuard, RwLock};
 use crate::thin::store::space::SpaceUse;
 use crate::thin::store::superblock::MEMBER_FAILED;
@@ -271,6 +271,20 @@ impl ThinPool {
                         return self.write_copied(m.phys, within, data);
                     }
                     return self.write_in_place(m.phys, within, data);
+                }
+            }
+            if m.exclusive && !m.new && self.array.geometry().level == RaidLevel::Raid5 {
+                // Part of one unit of a committed row: in place once the
+                // log holds the row's partial parity (`thin::ppl`).
+                self.check_meta_room(&self.meta.read(), SpaceUse::Ordinary)?;
+                let a0 = within / BLK * BLK;
+                let buf = self.widen(m.phys, within, data)?;
+                drop(_w);
+                let logged = self.write_parity_logged(m.phys, a0, &buf)?;
+                _w = self.write_in_progress();
+                if logged {
+                    let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
+                    return self.write_journaled(m.phys, a0, &buf, &crcs);
                 }
             }
         }

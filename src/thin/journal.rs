@@ -37,7 +37,7 @@ impl ThinPool {
     /// Make the intents queued before `ticket` durable: a round of the
     /// log holding only them (or a flush's round that took them). False:
     /// the log cannot take them now.
-    fn intent_round(&self, ticket: u64) -> Result<bool> {
+    pub(super) fn intent_round(&self, ticket: u64) -> Result<bool> {
         let mut next = loop {
             if self.log.idone.load(Ordering::Acquire) > ticket {
                 return Ok(true);
@@ -58,7 +58,18 @@ impl ThinPool {
         }
         let ir = self.log.istarted.fetch_add(1, Ordering::AcqRel) + 1;
         let entries = std::mem::take(&mut *self.log.intents.lock());
-        if !self.write_intents(&mut next, &entries)? {
+        let parity = std::mem::take(&mut *self.log.parity.lock());
+        let written = match parity.is_empty() {
+            true => self.write_intents(&mut next, &entries)?,
+            false => {
+                // Partial parities carry blocks: plain records.
+                let blocks: Vec<(Entry, &[u8])> =
+                    parity.iter().map(|(e, b)| (*e, &b[..])).collect();
+                let runs = self.meta.read().log_runs();
+                self.write_units(&mut next, &pack(&entries, &blocks, runs))?
+            }
+        };
+        if !written {
             return Ok(false);
         }
         self.log.idone.fetch_max(ir, Ordering::AcqRel);

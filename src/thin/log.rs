@@ -106,6 +106,9 @@ pub(crate) struct FlushLog {
     /// `Intent` entries waiting for a round (see `ThinPool::intend`), and
     /// the rounds that took them: started, and the last one finished.
     pub(super) intents: Mutex<Vec<Entry>>,
+    /// RAID5 partial parities (`Parity` entries and their blocks) waiting
+    /// for the same rounds as the intents (see `thin::ppl`).
+    pub(super) parity: Mutex<Vec<(Entry, Vec<u8>)>>,
     pub(super) istarted: AtomicU64,
     pub(super) idone: AtomicU64,
     /// Log blocks not yet written in this transaction (a hint for writers:
@@ -313,6 +316,7 @@ impl ThinPool {
         self.log.maps.lock().clear();
         self.log.journal.lock().clear();
         self.log.intents.lock().clear();
+        self.log.parity.lock().clear();
         if let Some(c) = &self.csums {
             c.forget_unlogged();
         }
@@ -391,10 +395,11 @@ impl ThinPool {
         }
         let r = self.log.started.fetch_add(1, Ordering::AcqRel) + 1;
         let ir = self.log.istarted.fetch_add(1, Ordering::AcqRel) + 1;
-        let (entries, journal) = {
+        let (entries, journal, parity) = {
             let _w = self.log.writes.write();
             let journal = std::mem::take(&mut *self.log.journal.lock());
             let mut entries = std::mem::take(&mut *self.log.intents.lock());
+            let parity = std::mem::take(&mut *self.log.parity.lock());
             let maps = std::mem::take(&mut *self.log.maps.lock());
             {
                 let mut meta = self.meta.write();
@@ -412,18 +417,18 @@ impl ThinPool {
                         .map(|(key, group)| Entry::Csum { key, group }),
                 );
             }
-            (entries, journal)
+            (entries, journal, parity)
         };
-        let blocks: Vec<(Entry, &[u8])> = journal
-            .iter()
-            .map(|(&(phys, within), b)| {
+        let blocks: Vec<(Entry, &[u8])> = (parity.iter())
+            .map(|(e, b)| (*e, &b[..]))
+            .chain(journal.iter().map(|(&(phys, within), b)| {
                 let e = Entry::Data {
                     phys: Chunk(phys),
                     within,
                     crc: crc(b),
                 };
                 (e, &b[..])
-            })
+            }))
             .collect();
         // Data written home since the last flush (journaled blocks are
         // made durable by the log instead).
@@ -444,7 +449,7 @@ impl ThinPool {
         }
         self.log
             .journaled
-            .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+            .fetch_add(journal.len() as u64, Ordering::Relaxed);
         self.log.rounds.fetch_add(1, Ordering::Relaxed);
         self.log.idone.fetch_max(ir, Ordering::AcqRel);
         self.log.done.fetch_max(r, Ordering::AcqRel);

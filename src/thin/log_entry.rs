@@ -39,6 +39,16 @@ pub(crate) enum Entry {
         within: u64,
         crc: u32,
     },
+    /// RAID5 (superblock version 11): block `within` (4 KiB aligned) of
+    /// chunk `phys`, one stripe row, is about to be overwritten in place;
+    /// the next journaled data block after the record holds the XOR of the
+    /// row's other data units at the same offset (its partial parity),
+    /// whose checksum is `crc`.
+    Parity {
+        phys: Chunk,
+        within: u64,
+        crc: u32,
+    },
 }
 
 const MAP: u8 = 1;
@@ -49,6 +59,8 @@ const INTENT: u8 = 5;
 /// A run of intents: consecutive blocks of one chunk (superblock version
 /// 10), decoded as the `Intent` entries it stands for.
 const RUN: u8 = 6;
+/// A partial parity (superblock version 11).
+const PARITY: u8 = 7;
 /// Length of a `Data` or `Intent` entry.
 const DATA_LEN: usize = 21;
 /// Length of a run's fixed part (type, chunk, offset, count); each block
@@ -58,12 +70,18 @@ const RUN_HEAD: usize = 19;
 const MAX_RUN: usize = 256;
 
 impl Entry {
+    /// Whether a journaled block after the record belongs to this entry
+    /// (`Data` and `Parity`, in the order of their entries).
+    pub(crate) fn carries_block(&self) -> bool {
+        matches!(self, Entry::Data { .. } | Entry::Parity { .. })
+    }
+
     fn len(&self) -> usize {
         match self {
             Entry::Map { .. } => 25,
             Entry::Unmap { .. } => 17,
             Entry::Csum { .. } => 9 + 4 * CSUM_GROUP,
-            Entry::Data { .. } | Entry::Intent { .. } => DATA_LEN,
+            Entry::Data { .. } | Entry::Intent { .. } | Entry::Parity { .. } => DATA_LEN,
         }
     }
 
@@ -90,11 +108,13 @@ impl Entry {
                     put_u32(b, 9 + 4 * i, *c);
                 }
             }
-            Entry::Data { phys, within, crc } | Entry::Intent { phys, within, crc } => {
-                b[0] = if matches!(self, Entry::Data { .. }) {
-                    DATA
-                } else {
-                    INTENT
+            Entry::Data { phys, within, crc }
+            | Entry::Intent { phys, within, crc }
+            | Entry::Parity { phys, within, crc } => {
+                b[0] = match self {
+                    Entry::Data { .. } => DATA,
+                    Entry::Intent { .. } => INTENT,
+                    _ => PARITY,
                 };
                 put_u64(b, 1, phys.index());
                 put_u64(b, 9, within);
@@ -126,7 +146,7 @@ pub(crate) fn decode(mut p: &[u8]) -> std::result::Result<Vec<Entry>, String> {
             MAP => 25,
             UNMAP => 17,
             CSUM => 9 + 4 * CSUM_GROUP,
-            DATA | INTENT => DATA_LEN,
+            DATA | INTENT | PARITY => DATA_LEN,
             RUN if p.len() >= RUN_HEAD => {
                 RUN_HEAD + 4 * usize::from(u16::from_le_bytes([p[17], p[18]]))
             }
@@ -169,6 +189,11 @@ pub(crate) fn decode(mut p: &[u8]) -> std::result::Result<Vec<Entry>, String> {
                 crc: get_u32(p, 17),
             },
             INTENT => Entry::Intent {
+                phys: Chunk(get_u64(p, 1)),
+                within: get_u64(p, 9),
+                crc: get_u32(p, 17),
+            },
+            PARITY => Entry::Parity {
                 phys: Chunk(get_u64(p, 1)),
                 within: get_u64(p, 9),
                 crc: get_u32(p, 17),
@@ -299,10 +324,10 @@ mod tests {
         let block = vec![7u8; CSUM_BLOCK as usize];
         let blocks: Vec<(Entry, &[u8])> = (0..300u64)
             .map(|i| {
-                let e = Entry::Data {
-                    phys: Chunk(i),
-                    within: i * CSUM_BLOCK,
-                    crc: i as u32,
+                let (phys, within, crc) = (Chunk(i), i * CSUM_BLOCK, i as u32);
+                let e = match i % 3 {
+                    0 => Entry::Parity { phys, within, crc },
+                    _ => Entry::Data { phys, within, crc },
                 };
                 (e, block.as_slice())
             })
@@ -313,10 +338,7 @@ mod tests {
         let mut back = Vec::new();
         for r in &records {
             let got = decode(&r.payload).expect("decodes");
-            let data = got
-                .iter()
-                .filter(|e| matches!(e, Entry::Data { .. }))
-                .count();
+            let data = got.iter().filter(|e| e.carries_block()).count();
             assert_eq!(data, r.data.len(), "each record is followed by its blocks");
             back.extend(got);
         }

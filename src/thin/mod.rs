@@ -14,6 +14,7 @@ mod journal;
 pub mod log;
 mod log_entry;
 mod ops;
+mod ppl;
 mod relocate;
 pub mod replay;
 pub mod resync;

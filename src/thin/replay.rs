@@ -29,6 +29,9 @@ pub struct Replayed {
     /// a device lost is settled, so it reads as an error, never old bytes.
     pub writes_kept: u64,
     pub writes_damaged: u64,
+    /// RAID5 blocks behind a missing member rebuilt from a partial parity
+    /// the log held (their row's parity was stale after the crash).
+    pub rows_repaired: u64,
 }
 
 impl Replayed {
@@ -42,6 +45,10 @@ impl Replayed {
                 "journaled blocks whose copies were cut short keep what they held",
             ),
             (self.writes_kept, "blocks with a write in flight keep what they hold"),
+            (
+                self.rows_repaired,
+                "raid5 blocks behind the missing member rebuilt from the log's partial parity",
+            ),
             (
                 self.writes_damaged,
                 "blocks with a write in flight cannot be read: they read as errors; `vpool pool scrub` lists them",
@@ -120,6 +127,8 @@ impl ThinPool {
         // Each block's last journaled copy, written home once every record
         // is applied (`journaled_home`).
         let mut latest = BTreeMap::new();
+        // RAID5 partial parities, in the order written (see `thin::ppl`).
+        let mut parities = Vec::new();
         'records: for (i, rec) in records.iter().enumerate() {
             let entries = match decode(&rec.payload) {
                 Ok(e) => e,
@@ -128,21 +137,32 @@ impl ThinPool {
                     break;
                 }
             };
-            let data: Vec<(Chunk, u64, u32)> = entries
-                .iter()
-                .filter_map(|e| match *e {
-                    Entry::Data { phys, within, crc } => Some((phys, within, crc)),
-                    _ => None,
-                })
+            // The blocks after the record, in the order of their entries.
+            let carried: Vec<(u64, Entry)> = (0u64..)
+                .zip(entries.iter().filter(|e| e.carries_block()).copied())
                 .collect();
-            if data.len() as u64 != rec.data {
+            if carried.len() as u64 != rec.data {
                 out.stopped = Some(format!(
                     "record {} names {} journaled blocks where its header says {}",
                     i + 1,
-                    data.len(),
+                    carried.len(),
                     rec.data
                 ));
                 break;
+            }
+            let data: Vec<(u64, Chunk, u64, u32)> = carried
+                .iter()
+                .filter_map(|&(j, e)| match e {
+                    Entry::Data { phys, within, crc } => Some((j, phys, within, crc)),
+                    _ => None,
+                })
+                .collect();
+            match self.partial_parities(rec.slot, &carried) {
+                Ok(found) => parities.extend(found),
+                Err(why) => {
+                    out.stopped = Some(format!("record {} does not fit ({why})", i + 1));
+                    break;
+                }
             }
             let (home, keep) = match self.journaled_blocks(rec.slot, &data) {
                 Ok(x) => x,
@@ -175,6 +195,8 @@ impl ThinPool {
             out.data_missing += keep.len() as u64;
             out.records += 1;
         }
+        // Before anything reads a row through a missing member.
+        out.rows_repaired = self.repair_rows(parities)?;
         out.data_blocks = self.journaled_home(latest)?;
         let (kept, damaged) = self.check_intents(intents)?;
         out.writes_kept = kept;
@@ -214,11 +236,11 @@ impl ThinPool {
     fn journaled_blocks(
         &self,
         slot: u64,
-        data: &[(Chunk, u64, u32)],
+        data: &[(u64, Chunk, u64, u32)],
     ) -> std::result::Result<(Vec<(Chunk, u64, Vec<u8>)>, Vec<(Chunk, u64, u32)>), String> {
         let (mut home, mut keep) = (Vec::new(), Vec::new());
         let total = self.meta.read().data.total();
-        for (j, &(phys, within, want)) in data.iter().enumerate() {
+        for &(j, phys, within, want) in data {
             if phys.index() >= total
                 || within % CSUM_BLOCK != 0
                 || within >= self.chunk_size.bytes()
@@ -227,7 +249,7 @@ impl ThinPool {
                     "journaled block at {phys}+{within} is outside the pool"
                 ));
             }
-            let copies = self.meta.read().read_log_data(slot + 1 + j as u64);
+            let copies = self.meta.read().read_log_data(slot + 1 + j);
             if let Some(good) = copies.into_iter().find(|b| crc(b) == want) {
                 home.push((phys, within, good));
                 continue;
@@ -270,7 +292,7 @@ impl ThinPool {
                 None => Err("a checksum on a pool without checksums".into()),
             },
             // Written home (or checked) by the caller.
-            Entry::Data { .. } | Entry::Intent { .. } => Ok(()),
+            Entry::Data { .. } | Entry::Intent { .. } | Entry::Parity { .. } => Ok(()),
         }
     }
 

@@ -68,9 +68,10 @@ impl MetaStore {
     }
 
     /// May flushes use the log? Only once a commit recorded it.
-    /// May the log hold runs of intents? Only once this build committed
-    /// the pool: a pool last committed by an older build may be opened by
-    /// it again after a crash, and it would not read them.
+    /// May the log hold what this build added to it (runs of intents,
+    /// partial parities)? Only once this build committed the pool: a pool
+    /// last committed by an older build may be opened by it again after a
+    /// crash, and it would not read them.
     pub fn log_runs(&self) -> bool {
         self.log_runs
     }

@@ -55,6 +55,12 @@ pub const SB_VERSION_PAIRS: u32 = 9;
 /// commit of a pool with a log writes it; older readers refuse it (they
 /// would stop their replay at the first run and lose its intents).
 pub const SB_VERSION_RUNS: u32 = 10;
+/// Version 10 whose log may hold RAID5 partial parities (entry type 7, a
+/// `Parity` entry and its block; see `thin::ppl`). Every commit of a pool
+/// with a log writes it; older readers refuse it (they would stop their
+/// replay at the first partial parity, and a pool that lost a member
+/// would rebuild rows from stale parity).
+pub const SB_VERSION_PARITY: u32 = 11;
 /// Feature bit (byte 12, version 5): the pool keeps data checksums.
 const FEATURE_CSUM: u32 = 1;
 /// Feature bit: the metadata area does not grow on its own (`pool set
@@ -216,7 +222,7 @@ impl Superblock {
             &mut b,
             8,
             if !self.log_dir.is_none() {
-                SB_VERSION_RUNS
+                SB_VERSION_PARITY
             } else if self.is_v6() {
                 SB_VERSION_EXTENTS
             } else {
@@ -310,13 +316,13 @@ impl Superblock {
             return Err(BlockFault::Checksum);
         }
         let version = get_u32(b, 8);
-        if !(SB_VERSION..=SB_VERSION_RUNS).contains(&version) {
+        if !(SB_VERSION..=SB_VERSION_PARITY).contains(&version) {
             return Err(BlockFault::Version(version));
         }
         let msm_pages = get_u32(b, 128);
         // Before version 6 the selector could reach the last bytes.
         let max_pages = match version {
-            SB_VERSION_LOG..=SB_VERSION_RUNS => MAX_MSM_PAGES,
+            SB_VERSION_LOG..=SB_VERSION_PARITY => MAX_MSM_PAGES,
             SB_VERSION_EXTENTS => MAX_MSM_PAGES_V6,
             _ => MAX_MSM_PAGES_V5,
         };
@@ -516,18 +522,20 @@ mod tests {
         assert_eq!(get_u32(&tb, 8), SB_VERSION_EXTENTS);
         assert_eq!(get_u64(&tb, 56), pack_ptr(Block(99), 12));
         assert_eq!(Superblock::decode(&tb).unwrap(), t);
-        // A flush log: version 10, its directory before the extent list;
-        // versions 7 to 9 (written before the data journal, pairs and
-        // runs) read the same.
+        // A flush log: version 11, its directory before the extent list;
+        // versions 7 to 10 (written before the data journal, pairs, runs
+        // and partial parities) read the same.
         let mut l = x.clone();
         l.log_dir = Block(77);
         let mut lb = l.encode();
-        assert_eq!(get_u32(&lb, 8), SB_VERSION_RUNS);
+        assert_eq!(get_u32(&lb, 8), SB_VERSION_PARITY);
         assert_eq!(Superblock::decode(&lb).unwrap(), l);
-        put_u32(&mut lb, 8, SB_VERSION_PAIRS);
-        seal(&mut lb, salt::SUPERBLOCK);
-        assert_eq!(Superblock::decode(&lb).unwrap(), l);
-        put_u32(&mut lb, 8, SB_VERSION_RUNS + 1);
+        for older in [SB_VERSION_RUNS, SB_VERSION_PAIRS] {
+            put_u32(&mut lb, 8, older);
+            seal(&mut lb, salt::SUPERBLOCK);
+            assert_eq!(Superblock::decode(&lb).unwrap(), l);
+        }
+        put_u32(&mut lb, 8, SB_VERSION_PARITY + 1);
         seal(&mut lb, salt::SUPERBLOCK);
         assert!(
             Superblock::decode(&lb).is_err(),
