@@ -10,7 +10,7 @@ use crate::sync::RwLock;
 use crate::units::ChunkSize;
 use parking_lot::Mutex;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 mod copies;
@@ -39,6 +39,10 @@ pub struct Array {
     replacing_failed: AtomicBool,
     /// Written since the last flush began (see [`Array::flush_if_written`]).
     unflushed: AtomicBool,
+    /// Flushes started, and the newest one that completed (see
+    /// [`Array::flushed_since`]).
+    flush_started: AtomicU64,
+    flush_done: AtomicU64,
 }
 
 /// The parts of an I/O at `offset` of `len` bytes below and at or past
@@ -90,6 +94,8 @@ impl Array {
             replacing: Mutex::new(None),
             replacing_failed: AtomicBool::new(false),
             unflushed: AtomicBool::new(true),
+            flush_started: AtomicU64::new(0),
+            flush_done: AtomicU64::new(0),
         }
     }
 
@@ -396,12 +402,28 @@ impl Array {
     /// pool is broken (see [`super::health`]). A broken pool's flushes
     /// fail: a flush that succeeds after a failed one proves nothing.
     pub fn flush(&self) -> io::Result<()> {
+        let g = self.flush_started.fetch_add(1, Ordering::AcqRel) + 1;
         self.unflushed.store(false, Ordering::Release);
         let r = self.flush_members();
-        if r.is_err() {
-            self.unflushed.store(true, Ordering::Release);
+        match r.is_err() {
+            true => self.unflushed.store(true, Ordering::Release),
+            false => {
+                self.flush_done.fetch_max(g, Ordering::AcqRel);
+            }
         }
         r
+    }
+
+    /// A stamp for writes completed now: [`Array::flushed_since`] says
+    /// when a flush started after it has completed.
+    pub fn flush_stamp(&self) -> u64 {
+        self.flush_started.load(Ordering::Acquire)
+    }
+
+    /// Has a flush that started after `stamp` completed (so every write
+    /// completed before the stamp is durable)?
+    pub fn flushed_since(&self, stamp: u64) -> bool {
+        self.flush_done.load(Ordering::Acquire) > stamp
     }
 
     fn flush_members(&self) -> io::Result<()> {

@@ -12,7 +12,7 @@ use super::intent::Intent;
 use crate::error::{Error, Result};
 use crate::meta::btree;
 
-use crate::raid::{Array, RaidLevel};
+use crate::raid::Array;
 use crate::sync::{ReadGuard, RwLock};
 use crate::thin::store::space::SpaceUse;
 use crate::thin::store::superblock::MEMBER_FAILED;
@@ -93,9 +93,11 @@ impl ThinPool {
                     .map(|(rc, b, current)| (*rc, b.as_slice(), *current)),
             )
         });
+        // Only raid5 keeps partial parities (a level never changes).
+        meta.set_log_ring(array.geometry().level == crate::raid::RaidLevel::Raid5);
         let log = super::log::FlushLog::default();
         if meta.log_ready() {
-            log.set_free(meta.log_blocks().len() as u64);
+            log.set_free(meta.log_record_room());
         }
         ThinPool {
             array,
@@ -273,19 +275,17 @@ impl ThinPool {
                     return self.write_in_place(m.phys, within, data);
                 }
             }
-            if m.exclusive && !m.new && self.array.geometry().level == RaidLevel::Raid5 {
+            if m.exclusive && !m.new && self.may_log_parity(m.phys, within, data.len() as u64) {
                 // Part of one unit of a committed row: in place once the
                 // log holds the row's partial parity (`thin::ppl`).
                 self.check_meta_room(&self.meta.read(), SpaceUse::Ordinary)?;
                 let a0 = within / BLK * BLK;
                 let buf = self.widen(m.phys, within, data)?;
                 drop(_w);
-                let logged = self.write_parity_logged(m.phys, a0, &buf)?;
-                _w = self.write_in_progress();
-                if logged {
-                    let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
-                    return self.write_journaled(m.phys, a0, &buf, &crcs);
+                if self.write_parity_logged(m.phys, a0, &buf)? {
+                    return Ok(());
                 }
+                _w = self.write_in_progress();
             }
         }
         // Allocate a fresh chunk and write it whole: a full stripe on RAID5.

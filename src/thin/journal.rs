@@ -58,18 +58,7 @@ impl ThinPool {
         }
         let ir = self.log.istarted.fetch_add(1, Ordering::AcqRel) + 1;
         let entries = std::mem::take(&mut *self.log.intents.lock());
-        let parity = std::mem::take(&mut *self.log.parity.lock());
-        let written = match parity.is_empty() {
-            true => self.write_intents(&mut next, &entries)?,
-            false => {
-                // Partial parities carry blocks: plain records.
-                let blocks: Vec<(Entry, &[u8])> =
-                    parity.iter().map(|(e, b)| (*e, &b[..])).collect();
-                let runs = self.meta.read().log_runs();
-                self.write_units(&mut next, &pack(&entries, &blocks, runs))?
-            }
-        };
-        if !written {
+        if !self.write_intents(&mut next, &entries)? {
             return Ok(false);
         }
         self.log.idone.fetch_max(ir, Ordering::AcqRel);
@@ -88,7 +77,7 @@ impl ThinPool {
             return self.write_units(next, &units);
         };
         let add = &unit.payload;
-        let room = self.meta.read().log_blocks().len() as u64;
+        let room = self.meta.read().log_record_room();
         let (seq, first, version, mut payload) = match next.pair.take() {
             Some(p) if p.payload.len() + add.len() <= LOG_PAYLOAD => {
                 (p.seq, p.first, p.version + 1, p.payload)

@@ -106,9 +106,10 @@ pub(crate) struct FlushLog {
     /// `Intent` entries waiting for a round (see `ThinPool::intend`), and
     /// the rounds that took them: started, and the last one finished.
     pub(super) intents: Mutex<Vec<Entry>>,
-    /// RAID5 partial parities (`Parity` entries and their blocks) waiting
-    /// for the same rounds as the intents (see `thin::ppl`).
-    pub(super) parity: Mutex<Vec<(Entry, Vec<u8>)>>,
+    /// The log's ring of partial parity blocks (see `thin::ppl`).
+    pub(super) ring: Mutex<super::ppl::Ring>,
+    /// Held by the writer that flushes the members to free the ring.
+    pub(super) ring_flush: Mutex<()>,
     pub(super) istarted: AtomicU64,
     pub(super) idone: AtomicU64,
     /// Log blocks not yet written in this transaction (a hint for writers:
@@ -316,12 +317,12 @@ impl ThinPool {
         self.log.maps.lock().clear();
         self.log.journal.lock().clear();
         self.log.intents.lock().clear();
-        self.log.parity.lock().clear();
+        self.log.ring.lock().reset();
         if let Some(c) = &self.csums {
             c.forget_unlogged();
         }
         *self.log.lock_next() = Next::default();
-        let room = self.meta.read().log_blocks().len() as u64;
+        let room = self.meta.read().log_record_room();
         self.log.free.store(room, Ordering::Release);
         self.log.unlogged.store(false, Ordering::Release);
     }
@@ -395,11 +396,10 @@ impl ThinPool {
         }
         let r = self.log.started.fetch_add(1, Ordering::AcqRel) + 1;
         let ir = self.log.istarted.fetch_add(1, Ordering::AcqRel) + 1;
-        let (entries, journal, parity) = {
+        let (entries, journal) = {
             let _w = self.log.writes.write();
             let journal = std::mem::take(&mut *self.log.journal.lock());
             let mut entries = std::mem::take(&mut *self.log.intents.lock());
-            let parity = std::mem::take(&mut *self.log.parity.lock());
             let maps = std::mem::take(&mut *self.log.maps.lock());
             {
                 let mut meta = self.meta.write();
@@ -417,18 +417,18 @@ impl ThinPool {
                         .map(|(key, group)| Entry::Csum { key, group }),
                 );
             }
-            (entries, journal, parity)
+            (entries, journal)
         };
-        let blocks: Vec<(Entry, &[u8])> = (parity.iter())
-            .map(|(e, b)| (*e, &b[..]))
-            .chain(journal.iter().map(|(&(phys, within), b)| {
+        let blocks: Vec<(Entry, &[u8])> = journal
+            .iter()
+            .map(|(&(phys, within), b)| {
                 let e = Entry::Data {
                     phys: Chunk(phys),
                     within,
                     crc: crc(b),
                 };
                 (e, &b[..])
-            }))
+            })
             .collect();
         // Data written home since the last flush (journaled blocks are
         // made durable by the log instead).
@@ -449,7 +449,7 @@ impl ThinPool {
         }
         self.log
             .journaled
-            .fetch_add(journal.len() as u64, Ordering::Relaxed);
+            .fetch_add(blocks.len() as u64, Ordering::Relaxed);
         self.log.rounds.fetch_add(1, Ordering::Relaxed);
         self.log.idone.fetch_max(ir, Ordering::AcqRel);
         self.log.done.fetch_max(r, Ordering::AcqRel);
@@ -468,7 +468,7 @@ impl ThinPool {
     /// log out of use until a commit.
     pub(super) fn write_units(&self, next: &mut Next, units: &[Unit<'_>]) -> Result<bool> {
         let seq = next.seq.max(1);
-        let room = self.meta.read().log_blocks().len() as u64;
+        let room = self.meta.read().log_record_room();
         let need: u64 = units.iter().map(|u| 1 + u.data.len() as u64).sum();
         if next.slot + need > room {
             self.log.close();

@@ -41,13 +41,14 @@ pub(crate) enum Entry {
     },
     /// RAID5 (superblock version 11): block `within` (4 KiB aligned) of
     /// chunk `phys`, one stripe row, is about to be overwritten in place;
-    /// the next journaled data block after the record holds the XOR of the
-    /// row's other data units at the same offset (its partial parity),
-    /// whose checksum is `crc`.
+    /// the log's block `slot` (in its ring, see `thin::ppl`) holds the XOR
+    /// of the row's other data units at the same offset (its partial
+    /// parity), whose checksum is `crc`.
     Parity {
         phys: Chunk,
         within: u64,
         crc: u32,
+        slot: u64,
     },
 }
 
@@ -63,6 +64,8 @@ const RUN: u8 = 6;
 const PARITY: u8 = 7;
 /// Length of a `Data` or `Intent` entry.
 const DATA_LEN: usize = 21;
+/// Length of a `Parity` entry.
+const PARITY_LEN: usize = 29;
 /// Length of a run's fixed part (type, chunk, offset, count); each block
 /// adds its CRC32.
 const RUN_HEAD: usize = 19;
@@ -70,18 +73,13 @@ const RUN_HEAD: usize = 19;
 const MAX_RUN: usize = 256;
 
 impl Entry {
-    /// Whether a journaled block after the record belongs to this entry
-    /// (`Data` and `Parity`, in the order of their entries).
-    pub(crate) fn carries_block(&self) -> bool {
-        matches!(self, Entry::Data { .. } | Entry::Parity { .. })
-    }
-
     fn len(&self) -> usize {
         match self {
             Entry::Map { .. } => 25,
             Entry::Unmap { .. } => 17,
             Entry::Csum { .. } => 9 + 4 * CSUM_GROUP,
-            Entry::Data { .. } | Entry::Intent { .. } | Entry::Parity { .. } => DATA_LEN,
+            Entry::Data { .. } | Entry::Intent { .. } => DATA_LEN,
+            Entry::Parity { .. } => PARITY_LEN,
         }
     }
 
@@ -108,17 +106,27 @@ impl Entry {
                     put_u32(b, 9 + 4 * i, *c);
                 }
             }
-            Entry::Data { phys, within, crc }
-            | Entry::Intent { phys, within, crc }
-            | Entry::Parity { phys, within, crc } => {
-                b[0] = match self {
-                    Entry::Data { .. } => DATA,
-                    Entry::Intent { .. } => INTENT,
-                    _ => PARITY,
+            Entry::Data { phys, within, crc } | Entry::Intent { phys, within, crc } => {
+                b[0] = if matches!(self, Entry::Data { .. }) {
+                    DATA
+                } else {
+                    INTENT
                 };
                 put_u64(b, 1, phys.index());
                 put_u64(b, 9, within);
                 put_u32(b, 17, crc);
+            }
+            Entry::Parity {
+                phys,
+                within,
+                crc,
+                slot,
+            } => {
+                b[0] = PARITY;
+                put_u64(b, 1, phys.index());
+                put_u64(b, 9, within);
+                put_u32(b, 17, crc);
+                put_u64(b, 21, slot);
             }
         }
     }
@@ -146,7 +154,8 @@ pub(crate) fn decode(mut p: &[u8]) -> std::result::Result<Vec<Entry>, String> {
             MAP => 25,
             UNMAP => 17,
             CSUM => 9 + 4 * CSUM_GROUP,
-            DATA | INTENT | PARITY => DATA_LEN,
+            DATA | INTENT => DATA_LEN,
+            PARITY => PARITY_LEN,
             RUN if p.len() >= RUN_HEAD => {
                 RUN_HEAD + 4 * usize::from(u16::from_le_bytes([p[17], p[18]]))
             }
@@ -197,6 +206,7 @@ pub(crate) fn decode(mut p: &[u8]) -> std::result::Result<Vec<Entry>, String> {
                 phys: Chunk(get_u64(p, 1)),
                 within: get_u64(p, 9),
                 crc: get_u32(p, 17),
+                slot: get_u64(p, 21),
             },
             _ => {
                 let mut group = [0u32; CSUM_GROUP];
@@ -320,14 +330,20 @@ mod tests {
                 key: i << 16,
                 group: [i as u32; CSUM_GROUP],
             });
+            entries.push(Entry::Parity {
+                phys: Chunk(i + 3),
+                within: i * CSUM_BLOCK,
+                crc: i as u32 ^ 0x5a5a,
+                slot: 500 - i,
+            });
         }
         let block = vec![7u8; CSUM_BLOCK as usize];
         let blocks: Vec<(Entry, &[u8])> = (0..300u64)
             .map(|i| {
-                let (phys, within, crc) = (Chunk(i), i * CSUM_BLOCK, i as u32);
-                let e = match i % 3 {
-                    0 => Entry::Parity { phys, within, crc },
-                    _ => Entry::Data { phys, within, crc },
+                let e = Entry::Data {
+                    phys: Chunk(i),
+                    within: i * CSUM_BLOCK,
+                    crc: i as u32,
                 };
                 (e, block.as_slice())
             })
@@ -338,7 +354,10 @@ mod tests {
         let mut back = Vec::new();
         for r in &records {
             let got = decode(&r.payload).expect("decodes");
-            let data = got.iter().filter(|e| e.carries_block()).count();
+            let data = got
+                .iter()
+                .filter(|e| matches!(e, Entry::Data { .. }))
+                .count();
             assert_eq!(data, r.data.len(), "each record is followed by its blocks");
             back.extend(got);
         }

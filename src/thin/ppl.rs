@@ -6,9 +6,16 @@
 //! the parity no longer matches the row's *other* data units at the
 //! written offsets, and if a member holding one of them is then lost, its
 //! bytes rebuild wrong: the write hole. Before such a write goes in place,
-//! a round of the log makes durable, per 4 KiB block, the XOR of the other
-//! data units at the same offset (the partial parity, a `Parity` entry and
-//! its block). After a crash that also lost a member, the replay rebuilds
+//! the log makes durable, per 4 KiB block, the XOR of the other data units
+//! at the same offset (the partial parity): the block in a slot of the
+//! log's ring (its last quarter), then a `Parity` entry naming the slot in
+//! a round of intents (writers share rounds; records of intents alone are
+//! rewritten pairs, so the log does not grow a block per write). A slot is
+//! free again once a member flush that started after its write completed
+//! has completed: the write is durable, its partial parity not needed. A
+//! writer that finds the ring full flushes the members itself (md's PPL
+//! likewise reuses its area). After a crash that also lost a member, the
+//! replay rebuilds
 //! each block behind the missing member from the partial parity and the
 //! units still there, keeps the result only where its checksum says it is
 //! the block's content (a later write may have made a partial parity
@@ -36,6 +43,67 @@ use std::sync::atomic::Ordering;
 
 const BLK: u64 = CSUM_BLOCK;
 
+/// Largest write that goes in place under partial parities (whole 4 KiB
+/// blocks): larger ones cost about as much written afresh, and would take
+/// the ring's slots faster.
+const PARITY_MAX: u64 = 16 << 10;
+
+/// The ring's slots: free, and taken with the flush stamp of the write
+/// they cover once it completed (`None` while it runs).
+#[derive(Default)]
+pub(crate) struct Ring {
+    free: Vec<u64>,
+    taken: Vec<(u64, Option<u64>)>,
+    /// The ring `free` and `taken` cover (empty until first used).
+    span: std::ops::Range<u64>,
+}
+
+impl Ring {
+    /// Every slot free (a commit: the log starts again).
+    pub(crate) fn reset(&mut self) {
+        *self = Ring::default();
+    }
+
+    /// Take `n` slots of `span`, freeing those whose writes a flush made
+    /// durable first; None when too few are free.
+    fn take(&mut self, n: usize, span: std::ops::Range<u64>, array: &crate::raid::Array) -> Option<Vec<u64>> {
+        if self.span != span {
+            self.free = span.clone().rev().collect();
+            self.taken.clear();
+            self.span = span;
+        }
+        if self.free.len() < n {
+            let free = &mut self.free;
+            self.taken.retain(|&(slot, stamp)| match stamp {
+                Some(s) if array.flushed_since(s) => {
+                    free.push(slot);
+                    false
+                }
+                _ => true,
+            });
+        }
+        if self.free.len() < n {
+            return None;
+        }
+        let got = self.free.split_off(self.free.len() - n);
+        self.taken.extend(got.iter().map(|&s| (s, None)));
+        Some(got)
+    }
+
+    /// The writes `slots` cover completed at flush stamp `stamp`.
+    fn completed(&mut self, slots: &[u64], stamp: u64) {
+        for t in self.taken.iter_mut().filter(|t| slots.contains(&t.0)) {
+            t.1 = Some(stamp);
+        }
+    }
+
+    /// `slots` were never named by a record: free at once.
+    fn unused(&mut self, slots: &[u64]) {
+        self.taken.retain(|t| !slots.contains(&t.0));
+        self.free.extend_from_slice(slots);
+    }
+}
+
 /// Where a chunk's row puts a write: its stripe unit size, data units per
 /// row, and the unit the write falls in.
 struct RowPiece {
@@ -45,6 +113,15 @@ struct RowPiece {
 }
 
 impl ThinPool {
+    /// May a write of `len` bytes at byte `within` of committed chunk
+    /// `phys` go in place under partial parities (as far as the pool's
+    /// shape says; the log may still refuse)?
+    pub(crate) fn may_log_parity(&self, phys: Chunk, within: u64, len: u64) -> bool {
+        let a0 = within / BLK * BLK;
+        let a1 = (within + len).div_ceil(BLK) * BLK;
+        self.parity_piece(phys, a0, a1 - a0).is_some()
+    }
+
     /// The row piece of a write of whole blocks `[a0, a0 + len)` of chunk
     /// `phys` that may go in place under partial parities, if it may.
     fn parity_piece(&self, phys: Chunk, a0: u64, len: u64) -> Option<RowPiece> {
@@ -60,6 +137,7 @@ impl ThinPool {
         let usable = geo.level == RaidLevel::Raid5
             && whole_row
             && one_unit
+            && len <= PARITY_MAX
             && self.array.health().redundant_now();
         usable.then_some(RowPiece {
             unit,
@@ -69,10 +147,12 @@ impl ThinPool {
     }
 
     /// Write whole blocks `buf` at byte `a0` of committed chunk `phys` in
-    /// place under partial parities, when it may (see the module notes).
-    /// False: it may not, or the log cannot take them now; nothing was
-    /// written. Caller holds the gate for read and the chunk's lock, not
-    /// `write_in_progress` (a round takes it).
+    /// place under partial parities, when it may (see the module notes),
+    /// and record it as `ThinPool::write_journaled` does. False: it may
+    /// not, or the log cannot take them now; nothing was written. Caller
+    /// holds the gate for read and the chunk's lock, not
+    /// `write_in_progress` (a round takes it; this takes it back for the
+    /// write).
     pub(crate) fn write_parity_logged(&self, phys: Chunk, a0: u64, buf: &[u8]) -> Result<bool> {
         let len = buf.len() as u64;
         let Some(row) = self.parity_piece(phys, a0, len) else {
@@ -96,57 +176,111 @@ impl ThinPool {
             self.array.read(at, &mut other).map_err(io)?;
             xor_into(&mut pp, &other);
         }
-        let blocks = pp.chunks(BLK as usize).enumerate().map(|(i, b)| {
-            let e = Entry::Parity {
+        let n = (len / BLK) as usize;
+        let Some(slots) = self.ring_slots(n)? else {
+            self.log.unnamed.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        };
+        let written = self.log_partial_parities(phys, a0, buf, &pp, &slots);
+        let logged = match written {
+            Ok(true) => true,
+            Ok(false) | Err(_) => {
+                self.log.ring.lock().unused(&slots);
+                written?;
+                self.log.unnamed.fetch_add(1, Ordering::Relaxed);
+                return Ok(false);
+            }
+        };
+        self.log.named.fetch_add(1, Ordering::Relaxed);
+        let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
+        let result = {
+            let _w = self.write_in_progress();
+            self.write_journaled(phys, a0, buf, &crcs)
+        };
+        // Done (or failed part way): free again after the next flush.
+        let stamp = self.array.flush_stamp();
+        self.log.ring.lock().completed(&slots, stamp);
+        result.map(|()| logged)
+    }
+
+    /// `n` free slots of the ring, flushing the members when too few are
+    /// (every partial parity of a completed write is then stale). None:
+    /// the log has no ring, or the slots stay taken by writes in flight.
+    fn ring_slots(&self, n: usize) -> Result<Option<Vec<u64>>> {
+        let span = self.meta.read().log_ring();
+        if (span.end - span.start) < 2 * n as u64 {
+            return Ok(None);
+        }
+        for _ in 0..2 {
+            if let Some(s) = self.log.ring.lock().take(n, span.clone(), &self.array) {
+                return Ok(Some(s));
+            }
+            let _f = self.log.ring_flush.lock();
+            if let Some(s) = self.log.ring.lock().take(n, span.clone(), &self.array) {
+                return Ok(Some(s));
+            }
+            self.array
+                .flush()
+                .map_err(|e| Error::io("flushing data", e))?;
+        }
+        Ok(None)
+    }
+
+    /// The partial parities `pp` of `buf` (at byte `a0` of chunk `phys`)
+    /// into the ring's `slots`, then their entries and the new bytes'
+    /// intents in a round. False: the log cannot take them now.
+    fn log_partial_parities(
+        &self,
+        phys: Chunk,
+        a0: u64,
+        buf: &[u8],
+        pp: &[u8],
+        slots: &[u64],
+    ) -> Result<bool> {
+        let mut entries = Vec::with_capacity(2 * slots.len());
+        for (i, (b, &slot)) in pp.chunks(BLK as usize).zip(slots).enumerate() {
+            (self.meta.read().write_log_ring(slot, b))
+                .map_err(|e| Error::io("writing a partial parity to the flush log", e))?;
+            entries.push(Entry::Parity {
                 phys,
                 within: a0 + i as u64 * BLK,
                 crc: crc(b),
-            };
-            (e, b.to_vec())
-        });
+                slot,
+            });
+        }
         // Intents too: a replay keeps a block that holds the write as the
         // write (as on pools without a second copy), whichever metadata
         // copy the write-intent block survived on.
         let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
-        self.log.intents.lock().extend(intents(phys, a0, &crcs));
-        self.log.parity.lock().extend(blocks);
-        let ticket = self.log.istarted.load(Ordering::Acquire);
-        let logged = self.intent_round(ticket)?;
-        let counter = match logged {
-            true => &self.log.named,
-            false => &self.log.unnamed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        Ok(logged)
+        entries.extend(intents(phys, a0, &crcs));
+        self.intend_all(entries)
     }
 
-    /// The partial parities of one record at `slot` (its `Parity` entries,
-    /// numbered among the blocks after it): each with the first copy of
-    /// its block that matches its checksum. One none of whose copies
-    /// matches belongs to a round a crash cut short, whose write never
-    /// went in place: it is left out.
+    /// The partial parities of one record's entries: each with the first
+    /// copy of its ring block that matches its checksum. One none of whose
+    /// copies matches was never made durable (its round, or the block, was
+    /// cut short: its write never went in place) or its slot was taken
+    /// again after a flush made its write durable: it is left out.
     pub(crate) fn partial_parities(
         &self,
-        slot: u64,
-        carried: &[(u64, Entry)],
+        entries: &[Entry],
     ) -> std::result::Result<Vec<(Chunk, u64, Vec<u8>)>, String> {
         let total = self.meta.read().data.total();
         let mut out = Vec::new();
-        for &(j, e) in carried {
+        for &e in entries {
             let Entry::Parity {
                 phys,
                 within,
                 crc: want,
+                slot,
             } = e
             else {
                 continue;
             };
             if phys.index() >= total || within % BLK != 0 || within >= self.chunk_size.bytes() {
-                return Err(format!(
-                    "partial parity at {phys}+{within} is outside the pool"
-                ));
+                return Err(format!("partial parity at {phys}+{within} is outside the pool"));
             }
-            let copies = self.meta.read().read_log_data(slot + 1 + j);
+            let copies = self.meta.read().read_log_data(slot);
             if let Some(good) = copies.into_iter().find(|b| crc(b) == want) {
                 out.push((phys, within, good));
             }
@@ -167,13 +301,26 @@ impl ThinPool {
         }
         let health = self.array.health();
         let gone: Vec<usize> = (0..geo.members()).filter(|&m| health.is_gone(m)).collect();
-        // None missing: the resync recomputes parity from data. More than
-        // one: nothing to rebuild from.
-        let [missing] = gone[..] else {
-            return Ok(0);
-        };
-        let (unit, width) = (geo.stripe_unit, geo.stripe_width());
         let io = |e| Error::io("rebuilding a stripe row from the log", e);
+        let (unit, width) = (geo.stripe_unit, geo.stripe_width());
+        let missing = match gone[..] {
+            [m] => m,
+            [] => {
+                // Every member here: each named row's parity from its data
+                // (the resync does it too, where the write-intent block
+                // names the chunk on the copy the open took).
+                let rows: HashSet<Chunk> = parities.iter().map(|p| p.0).collect();
+                for phys in rows {
+                    let row0 = self.chunk_size.at(phys, 0);
+                    if self.chunk_size.bytes() == width && row0.is_multiple_of(width) {
+                        self.array.check_parity(row0, width, true).map_err(io)?;
+                    }
+                }
+                return Ok(0);
+            }
+            // More than one gone: nothing to rebuild from.
+            _ => return Ok(0),
+        };
         let mut settled = HashSet::new();
         let mut rebuilt = 0;
         for (phys, within, pp) in parities.into_iter().rev() {

@@ -137,27 +137,23 @@ impl ThinPool {
                     break;
                 }
             };
-            // The blocks after the record, in the order of their entries.
-            let carried: Vec<(u64, Entry)> = (0u64..)
-                .zip(entries.iter().filter(|e| e.carries_block()).copied())
+            let data: Vec<(Chunk, u64, u32)> = entries
+                .iter()
+                .filter_map(|e| match *e {
+                    Entry::Data { phys, within, crc } => Some((phys, within, crc)),
+                    _ => None,
+                })
                 .collect();
-            if carried.len() as u64 != rec.data {
+            if data.len() as u64 != rec.data {
                 out.stopped = Some(format!(
                     "record {} names {} journaled blocks where its header says {}",
                     i + 1,
-                    carried.len(),
+                    data.len(),
                     rec.data
                 ));
                 break;
             }
-            let data: Vec<(u64, Chunk, u64, u32)> = carried
-                .iter()
-                .filter_map(|&(j, e)| match e {
-                    Entry::Data { phys, within, crc } => Some((j, phys, within, crc)),
-                    _ => None,
-                })
-                .collect();
-            match self.partial_parities(rec.slot, &carried) {
+            match self.partial_parities(&entries) {
                 Ok(found) => parities.extend(found),
                 Err(why) => {
                     out.stopped = Some(format!("record {} does not fit ({why})", i + 1));
@@ -236,11 +232,11 @@ impl ThinPool {
     fn journaled_blocks(
         &self,
         slot: u64,
-        data: &[(u64, Chunk, u64, u32)],
+        data: &[(Chunk, u64, u32)],
     ) -> std::result::Result<(Vec<(Chunk, u64, Vec<u8>)>, Vec<(Chunk, u64, u32)>), String> {
         let (mut home, mut keep) = (Vec::new(), Vec::new());
         let total = self.meta.read().data.total();
-        for &(j, phys, within, want) in data {
+        for (j, &(phys, within, want)) in data.iter().enumerate() {
             if phys.index() >= total
                 || within % CSUM_BLOCK != 0
                 || within >= self.chunk_size.bytes()
@@ -249,7 +245,7 @@ impl ThinPool {
                     "journaled block at {phys}+{within} is outside the pool"
                 ));
             }
-            let copies = self.meta.read().read_log_data(slot + 1 + j);
+            let copies = self.meta.read().read_log_data(slot + 1 + j as u64);
             if let Some(good) = copies.into_iter().find(|b| crc(b) == want) {
                 home.push((phys, within, good));
                 continue;

@@ -76,6 +76,38 @@ impl MetaStore {
         self.log_runs
     }
 
+    /// The log's blocks records may use: all of them, or on raid5 those
+    /// before the ring of partial parities (its last quarter) once this
+    /// build committed the pool (see `thin::ppl`).
+    pub fn log_record_room(&self) -> u64 {
+        self.log_ring().start
+    }
+
+    /// Keep a ring of partial parities in the log (raid5 pools).
+    pub fn set_log_ring(&mut self, on: bool) {
+        self.log_ring = on;
+    }
+
+    /// The log's blocks that hold RAID5 partial parities (empty but on
+    /// raid5 pools, and before this build committed the pool).
+    pub fn log_ring(&self) -> std::ops::Range<u64> {
+        let n = self.log_blocks.len() as u64;
+        match self.log_runs && self.log_ring {
+            true => n - n / 4..n,
+            false => n..n,
+        }
+    }
+
+    /// Write one partial parity into the ring's block `slot` on every
+    /// copy, durable (that block alone) when this returns.
+    pub fn write_log_ring(&self, slot: u64, data: &[u8]) -> io::Result<()> {
+        if !self.log_ring().contains(&slot) || data.len() != BLOCK_SIZE {
+            return Err(io::Error::other("a partial parity outside the log's ring"));
+        }
+        let b = self.log_slot(slot)?;
+        self.blocks.write_place_durable(Place::Block(b), data)
+    }
+
     pub fn log_ready(&self) -> bool {
         !self.committed.log_dir.is_none() && !self.log_blocks.is_empty()
     }

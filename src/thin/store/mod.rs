@@ -147,6 +147,8 @@ pub struct MetaStore {
     /// This build committed the pool (its superblock is of version 10):
     /// the log may hold runs of intents, which older readers refuse.
     log_runs: bool,
+    /// The log keeps a ring of partial parities (raid5; see `thin::ppl`).
+    log_ring: bool,
     /// What open did to recover from an interrupted commit.
     pub recovery_notes: Vec<String>,
     /// Everything past the superblock and the fixed area's space map is
@@ -222,6 +224,7 @@ impl MetaStore {
             csum_cache: csum::GroupCache::new(),
             superblock_problems: Vec::new(),
             log_runs: false,
+            log_ring: false,
             recovery_notes: Vec::new(),
             loaded: false,
             log_dir: Block::NONE,
