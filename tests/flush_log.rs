@@ -47,7 +47,10 @@ fn flushed_writes_survive_a_power_cut_without_a_commit() {
             RaidLevel::Raid5 => log_blocks - log_blocks / 4,
             _ => log_blocks,
         };
-        assert!(room >= 30, "{level}: records have {room} of {log_blocks} log blocks");
+        assert!(
+            room >= 30,
+            "{level}: records have {room} of {log_blocks} log blocks"
+        );
         for i in 0..30u64 {
             // Fresh chunks, overwrites in place, partial blocks, discards.
             let off = rng.below(4 * MIB - 80_000) as usize;

@@ -172,19 +172,26 @@ fn raid5_write_hole_is_closed() {
         pool.commit().unwrap();
         // Small writes inside committed stripes, never flushed: they go
         // in place once the log holds their rows' partial parities.
+        // Each second write is to the next unit of the first's row at the
+        // same offset: the first's partial parity is then stale. (Writes
+        // never overlap, so each byte has one old and one new value.)
         let mut written = Vec::new();
         for i in 0..24u64 {
-            let data = pattern(3000, 50 + i);
-            let off = i * 170_000 + 5000;
-            pool.volume("a", None)
-                .unwrap()
-                .write_at(&data, off)
-                .unwrap();
-            written.push((off as usize, data));
+            for (j, off) in [i * 170_000 + 5000, i * 170_000 + 5000 + 16384]
+                .into_iter()
+                .enumerate()
+            {
+                let data = pattern(3000, 50 + 2 * i + j as u64);
+                pool.volume("a", None)
+                    .unwrap()
+                    .write_at(&data, off)
+                    .unwrap();
+                written.push((off as usize, data));
+            }
         }
         // (Pieces that cross a stripe unit's end are written afresh.)
         let in_place = pool.flush_stats().named_writes;
-        assert!(in_place >= 8, "x{n}: {in_place} pieces in place");
+        assert!(in_place >= 30, "x{n}: {in_place} pieces in place");
         for cut in 0..crash_iters(12, 10, 12) {
             let images: Vec<Vec<u8>> = sim.crash().iter().map(|d| d.snapshot()).collect();
             for lost in 0..n {
@@ -204,8 +211,9 @@ fn raid5_write_hole_is_closed() {
     }
 }
 
-/// Volume "a" reads as `model`, except that each 4 KiB block of the
-/// unflushed `written` may read as its old or its new bytes (never half).
+/// Volume "a" reads as `model`, except that each 512-byte sector of the
+/// unflushed `written` may read as its old or its new bytes (a torn
+/// write: a power cut keeps sectors whole), never anything else.
 fn verify_old_or_new(pool: &Pool, model: &[u8], written: &[(usize, Vec<u8>)], what: &str) {
     let mut got = vec![0u8; model.len()];
     (pool.volume("a", None).unwrap().read_at(&mut got, 0))
@@ -213,7 +221,7 @@ fn verify_old_or_new(pool: &Pool, model: &[u8], written: &[(usize, Vec<u8>)], wh
     for (off, data) in written {
         let mut at = *off;
         while at < off + data.len() {
-            let end = ((at / 4096 + 1) * 4096).min(off + data.len());
+            let end = ((at / 512 + 1) * 512).min(off + data.len());
             let here = &mut got[at..end];
             assert!(
                 *here == model[at..end] || here == &data[at - off..end - off],

@@ -38,7 +38,7 @@ use crate::raid::parity::xor_into;
 use crate::raid::RaidLevel;
 use crate::thin::store::csum::CSUM_BLOCK;
 use crate::units::Chunk;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 const BLK: u64 = CSUM_BLOCK;
@@ -48,6 +48,9 @@ const BLK: u64 = CSUM_BLOCK;
 /// the ring's slots faster.
 const PARITY_MAX: u64 = 16 << 10;
 
+/// Rows' blocks remembered before those made durable are forgotten.
+const RING_ROWS: usize = 4096;
+
 /// The ring's slots: free, and taken with the flush stamp of the write
 /// they cover once it completed (`None` while it runs).
 #[derive(Default)]
@@ -56,6 +59,9 @@ pub(crate) struct Ring {
     taken: Vec<(u64, Option<u64>)>,
     /// The ring `free` and `taken` cover (empty until first used).
     span: std::ops::Range<u64>,
+    /// Blocks of rows written under partial parities, by chunk and offset
+    /// in the unit: the unit written and the flush stamp it completed at.
+    rows: HashMap<(u64, u64), (u64, u64)>,
 }
 
 impl Ring {
@@ -66,7 +72,12 @@ impl Ring {
 
     /// Take `n` slots of `span`, freeing those whose writes a flush made
     /// durable first; None when too few are free.
-    fn take(&mut self, n: usize, span: std::ops::Range<u64>, array: &crate::raid::Array) -> Option<Vec<u64>> {
+    fn take(
+        &mut self,
+        n: usize,
+        span: std::ops::Range<u64>,
+        array: &crate::raid::Array,
+    ) -> Option<Vec<u64>> {
         if self.span != span {
             self.free = span.clone().rev().collect();
             self.taken.clear();
@@ -94,6 +105,30 @@ impl Ring {
     fn completed(&mut self, slots: &[u64], stamp: u64) {
         for t in self.taken.iter_mut().filter(|t| slots.contains(&t.0)) {
             t.1 = Some(stamp);
+        }
+    }
+
+    /// Would a write to unit `k` at blocks `offs` (offsets in the unit) of
+    /// chunk `phys` compute its partial parity from another unit's write
+    /// that is not yet durable? The replay could then rebuild neither
+    /// (each partial parity holds the other's new bytes, the member one of
+    /// the old), so such a write is written afresh instead.
+    fn conflicts(&mut self, phys: Chunk, offs: &[u64], k: u64, array: &crate::raid::Array) -> bool {
+        if self.rows.len() > 4 * RING_ROWS {
+            self.rows
+                .retain(|_, &mut (_, stamp)| !array.flushed_since(stamp));
+        }
+        offs.iter().any(|&o| {
+            self.rows
+                .get(&(phys.index(), o))
+                .is_some_and(|&(u, stamp)| u != k && !array.flushed_since(stamp))
+        })
+    }
+
+    /// Unit `k`'s write at blocks `offs` of chunk `phys` completed at `stamp`.
+    fn row_written(&mut self, phys: Chunk, offs: &[u64], k: u64, stamp: u64) {
+        for &o in offs {
+            self.rows.insert((phys.index(), o), (k, stamp));
         }
     }
 
@@ -177,6 +212,16 @@ impl ThinPool {
             xor_into(&mut pp, &other);
         }
         let n = (len / BLK) as usize;
+        let offs: Vec<u64> = (0..n as u64).map(|i| o + i * BLK).collect();
+        if self
+            .log
+            .ring
+            .lock()
+            .conflicts(phys, &offs, row.k, &self.array)
+        {
+            self.log.unnamed.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        }
         let Some(slots) = self.ring_slots(n)? else {
             self.log.unnamed.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
@@ -199,7 +244,10 @@ impl ThinPool {
         };
         // Done (or failed part way): free again after the next flush.
         let stamp = self.array.flush_stamp();
-        self.log.ring.lock().completed(&slots, stamp);
+        let mut ring = self.log.ring.lock();
+        ring.completed(&slots, stamp);
+        ring.row_written(phys, &offs, row.k, stamp);
+        drop(ring);
         result.map(|()| logged)
     }
 
@@ -278,7 +326,9 @@ impl ThinPool {
                 continue;
             };
             if phys.index() >= total || within % BLK != 0 || within >= self.chunk_size.bytes() {
-                return Err(format!("partial parity at {phys}+{within} is outside the pool"));
+                return Err(format!(
+                    "partial parity at {phys}+{within} is outside the pool"
+                ));
             }
             let copies = self.meta.read().read_log_data(slot);
             if let Some(good) = copies.into_iter().find(|b| crc(b) == want) {
