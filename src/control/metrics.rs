@@ -254,7 +254,7 @@ pub fn render(s: &Snapshot) -> String {
             ),
             (
                 "vpool_pool_intent_rounds_total",
-                "Flush-log rounds of write intents only (pools without a second copy).",
+                "Flush-log rounds of write intents only (pools without a second copy, raid5 partial parities).",
                 info.intent_rounds,
             ),
             (
