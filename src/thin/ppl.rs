@@ -202,8 +202,14 @@ impl ThinPool {
         if let Some(intent) = &self.intent {
             intent.mark(&self.meta, phys)?;
         }
-        let io = |e| Error::io("reading a stripe row", e);
         let o = a0 % row.unit;
+        let n = (len / BLK) as usize;
+        let offs: Vec<u64> = (0..n as u64).map(|i| o + i * BLK).collect();
+        if (self.log.ring.lock()).conflicts(phys, &offs, row.k, &self.array) {
+            self.log.unnamed.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        }
+        let io = |e| Error::io("reading a stripe row", e);
         let mut pp = vec![0u8; len as usize];
         let mut other = vec![0u8; len as usize];
         for d in (0..row.data_units).filter(|&d| d != row.k) {
@@ -211,31 +217,17 @@ impl ThinPool {
             self.array.read(at, &mut other).map_err(io)?;
             xor_into(&mut pp, &other);
         }
-        let n = (len / BLK) as usize;
-        let offs: Vec<u64> = (0..n as u64).map(|i| o + i * BLK).collect();
-        if self
-            .log
-            .ring
-            .lock()
-            .conflicts(phys, &offs, row.k, &self.array)
-        {
-            self.log.unnamed.fetch_add(1, Ordering::Relaxed);
-            return Ok(false);
-        }
         let Some(slots) = self.ring_slots(n)? else {
             self.log.unnamed.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
         };
         let written = self.log_partial_parities(phys, a0, buf, &pp, &slots);
-        let logged = match written {
-            Ok(true) => true,
-            Ok(false) | Err(_) => {
-                self.log.ring.lock().unused(&slots);
-                written?;
-                self.log.unnamed.fetch_add(1, Ordering::Relaxed);
-                return Ok(false);
-            }
-        };
+        if !matches!(written, Ok(true)) {
+            self.log.ring.lock().unused(&slots);
+            written?;
+            self.log.unnamed.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        }
         self.log.named.fetch_add(1, Ordering::Relaxed);
         let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
         let result = {
@@ -248,7 +240,7 @@ impl ThinPool {
         ring.completed(&slots, stamp);
         ring.row_written(phys, &offs, row.k, stamp);
         drop(ring);
-        result.map(|()| logged)
+        result.map(|()| true)
     }
 
     /// `n` free slots of the ring, flushing the members when too few are
