@@ -93,8 +93,10 @@ impl ThinPool {
                     .map(|(rc, b, current)| (*rc, b.as_slice(), *current)),
             )
         });
-        // Only raid5 keeps partial parities (a level never changes).
-        meta.set_log_ring(array.geometry().level == crate::raid::RaidLevel::Raid5);
+        // Only raid5 pools with checksums keep partial parities (a level
+        // never changes; the replay judges them by the checksums).
+        let raid5 = array.geometry().level == crate::raid::RaidLevel::Raid5;
+        meta.set_log_ring(raid5 && meta.has_csums());
         let log = super::log::FlushLog::default();
         if meta.log_ready() {
             log.set_free(meta.log_record_room());
