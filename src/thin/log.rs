@@ -107,7 +107,7 @@ pub(crate) struct FlushLog {
     /// the rounds that took them: started, and the last one finished.
     pub(super) intents: Mutex<Vec<Entry>>,
     /// The log's ring of partial parity blocks (see `thin::ppl`).
-    pub(super) ring: Mutex<super::ppl::Ring>,
+    pub(super) ring: Mutex<super::ring::Ring>,
     /// Held by the writer that flushes the members to free the ring.
     pub(super) ring_flush: Mutex<()>,
     pub(super) istarted: AtomicU64,

@@ -18,6 +18,7 @@ mod ppl;
 mod relocate;
 pub mod replay;
 pub mod resync;
+mod ring;
 pub mod scrub;
 pub mod store;
 

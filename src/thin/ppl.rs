@@ -38,7 +38,7 @@ use crate::raid::parity::xor_into;
 use crate::raid::RaidLevel;
 use crate::thin::store::csum::CSUM_BLOCK;
 use crate::units::Chunk;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
 const BLK: u64 = CSUM_BLOCK;
@@ -47,97 +47,6 @@ const BLK: u64 = CSUM_BLOCK;
 /// blocks): larger ones cost about as much written afresh, and would take
 /// the ring's slots faster.
 const PARITY_MAX: u64 = 16 << 10;
-
-/// Rows' blocks remembered before those made durable are forgotten.
-const RING_ROWS: usize = 4096;
-
-/// The ring's slots: free, and taken with the flush stamp of the write
-/// they cover once it completed (`None` while it runs).
-#[derive(Default)]
-pub(crate) struct Ring {
-    free: Vec<u64>,
-    taken: Vec<(u64, Option<u64>)>,
-    /// The ring `free` and `taken` cover (empty until first used).
-    span: std::ops::Range<u64>,
-    /// Blocks of rows written under partial parities, by chunk and offset
-    /// in the unit: the unit written and the flush stamp it completed at.
-    rows: HashMap<(u64, u64), (u64, u64)>,
-}
-
-impl Ring {
-    /// Every slot free (a commit: the log starts again).
-    pub(crate) fn reset(&mut self) {
-        *self = Ring::default();
-    }
-
-    /// Take `n` slots of `span`, freeing those whose writes a flush made
-    /// durable first; None when too few are free.
-    fn take(
-        &mut self,
-        n: usize,
-        span: std::ops::Range<u64>,
-        array: &crate::raid::Array,
-    ) -> Option<Vec<u64>> {
-        if self.span != span {
-            self.free = span.clone().rev().collect();
-            self.taken.clear();
-            self.span = span;
-        }
-        if self.free.len() < n {
-            let free = &mut self.free;
-            self.taken.retain(|&(slot, stamp)| match stamp {
-                Some(s) if array.flushed_since(s) => {
-                    free.push(slot);
-                    false
-                }
-                _ => true,
-            });
-        }
-        if self.free.len() < n {
-            return None;
-        }
-        let got = self.free.split_off(self.free.len() - n);
-        self.taken.extend(got.iter().map(|&s| (s, None)));
-        Some(got)
-    }
-
-    /// The writes `slots` cover completed at flush stamp `stamp`.
-    fn completed(&mut self, slots: &[u64], stamp: u64) {
-        for t in self.taken.iter_mut().filter(|t| slots.contains(&t.0)) {
-            t.1 = Some(stamp);
-        }
-    }
-
-    /// Would a write to unit `k` at blocks `offs` (offsets in the unit) of
-    /// chunk `phys` compute its partial parity from another unit's write
-    /// that is not yet durable? The replay could then rebuild neither
-    /// (each partial parity holds the other's new bytes, the member one of
-    /// the old), so such a write is written afresh instead.
-    fn conflicts(&mut self, phys: Chunk, offs: &[u64], k: u64, array: &crate::raid::Array) -> bool {
-        if self.rows.len() > 4 * RING_ROWS {
-            self.rows
-                .retain(|_, &mut (_, stamp)| !array.flushed_since(stamp));
-        }
-        offs.iter().any(|&o| {
-            self.rows
-                .get(&(phys.index(), o))
-                .is_some_and(|&(u, stamp)| u != k && !array.flushed_since(stamp))
-        })
-    }
-
-    /// Unit `k`'s write at blocks `offs` of chunk `phys` completed at `stamp`.
-    fn row_written(&mut self, phys: Chunk, offs: &[u64], k: u64, stamp: u64) {
-        for &o in offs {
-            self.rows.insert((phys.index(), o), (k, stamp));
-        }
-    }
-
-    /// `slots` were never named by a record: free at once.
-    fn unused(&mut self, slots: &[u64]) {
-        self.taken.retain(|t| !slots.contains(&t.0));
-        self.free.extend_from_slice(slots);
-    }
-}
 
 /// Where a chunk's row puts a write: its stripe unit size, data units per
 /// row, and the unit the write falls in.
