@@ -14,14 +14,16 @@
 //! free again once a member flush that started after its write completed
 //! has completed: the write is durable, its partial parity not needed. A
 //! writer that finds the ring full flushes the members itself (md's PPL
-//! likewise reuses its area). After a crash that also lost a member, the
-//! replay rebuilds
+//! likewise reuses its area). A write to a row whose other unit was
+//! written at the same offset, not yet durably, goes afresh (`Ring::
+//! conflicts`). After a crash that also lost a member, the replay rebuilds
 //! each block behind the missing member from the partial parity and the
 //! units still there, keeps the result only where its checksum says it is
 //! the block's content (a later write may have made a partial parity
 //! stale), and writes it back through the degraded array, which sets the
-//! row's parity to match. With every member present the crash resync
-//! (the write-intent block names the chunk) recomputes parity from data.
+//! row's parity to match. With every member present the replay (and the
+//! crash resync, where the write-intent block names the chunk) recomputes
+//! the rows' parity from data.
 //!
 //! Only for pools with checksums (the candidates are judged by them) and a
 //! write-intent block, whose chunks are exactly one stripe row, while the
@@ -66,6 +68,11 @@ impl ThinPool {
         self.parity_piece(phys, a0, a1 - a0).is_some()
     }
 
+    /// Is chunk `phys` exactly one stripe row `width` bytes wide?
+    fn whole_row(&self, phys: Chunk, width: u64) -> bool {
+        self.chunk_size.bytes() == width && self.chunk_size.at(phys, 0).is_multiple_of(width)
+    }
+
     /// The row piece of a write of whole blocks `[a0, a0 + len)` of chunk
     /// `phys` that may go in place under partial parities, if it may.
     fn parity_piece(&self, phys: Chunk, a0: u64, len: u64) -> Option<RowPiece> {
@@ -74,12 +81,10 @@ impl ThinPool {
         }
         let geo = self.array.geometry();
         let (unit, width) = (geo.stripe_unit, geo.stripe_width());
-        let whole_row =
-            self.chunk_size.bytes() == width && self.chunk_size.at(phys, 0).is_multiple_of(width);
         let k = a0 / unit;
         let one_unit = k == (a0 + len - 1) / unit;
         let usable = geo.level == RaidLevel::Raid5
-            && whole_row
+            && self.whole_row(phys, width)
             && one_unit
             && len <= PARITY_MAX
             && self.array.health().redundant_now();
@@ -130,7 +135,8 @@ impl ThinPool {
             self.log.unnamed.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
         };
-        let written = self.log_partial_parities(phys, a0, buf, &pp, &slots);
+        let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
+        let written = self.log_partial_parities(phys, a0, &crcs, &pp, &slots);
         if !matches!(written, Ok(true)) {
             self.log.ring.lock().unused(&slots);
             written?;
@@ -138,7 +144,6 @@ impl ThinPool {
             return Ok(false);
         }
         self.log.named.fetch_add(1, Ordering::Relaxed);
-        let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
         let result = {
             let _w = self.write_in_progress();
             self.write_journaled(phys, a0, buf, &crcs)
@@ -175,14 +180,15 @@ impl ThinPool {
         Ok(None)
     }
 
-    /// The partial parities `pp` of `buf` (at byte `a0` of chunk `phys`)
-    /// into the ring's `slots`, then their entries and the new bytes'
-    /// intents in a round. False: the log cannot take them now.
+    /// The partial parities `pp` of the blocks at byte `a0` of chunk
+    /// `phys` into the ring's `slots`, then their entries and the intents
+    /// of the new bytes (checksums `crcs`) in a round. False: the log
+    /// cannot take them now.
     fn log_partial_parities(
         &self,
         phys: Chunk,
         a0: u64,
-        buf: &[u8],
+        crcs: &[u32],
         pp: &[u8],
         slots: &[u64],
     ) -> Result<bool> {
@@ -200,8 +206,7 @@ impl ThinPool {
         // Intents too: a replay keeps a block that holds the write as the
         // write (as on pools without a second copy), whichever metadata
         // copy the write-intent block survived on.
-        let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
-        entries.extend(intents(phys, a0, &crcs));
+        entries.extend(intents(phys, a0, crcs));
         self.intend_all(entries)
     }
 
@@ -262,8 +267,8 @@ impl ThinPool {
                 // names the chunk on the copy the open took).
                 let rows: HashSet<Chunk> = parities.iter().map(|p| p.0).collect();
                 for phys in rows {
-                    let row0 = self.chunk_size.at(phys, 0);
-                    if self.chunk_size.bytes() == width && row0.is_multiple_of(width) {
+                    if self.whole_row(phys, width) {
+                        let row0 = self.chunk_size.at(phys, 0);
                         self.array.check_parity(row0, width, true).map_err(io)?;
                     }
                 }
@@ -275,13 +280,10 @@ impl ThinPool {
         let mut settled = HashSet::new();
         let mut rebuilt = 0;
         for (phys, within, pp) in parities.into_iter().rev() {
-            let row0 = self.chunk_size.at(phys, 0);
-            if self.chunk_size.bytes() != width
-                || !row0.is_multiple_of(width)
-                || !self.meta.read().data.in_use(phys)
-            {
+            if !self.whole_row(phys, width) || !self.meta.read().data.in_use(phys) {
                 continue;
             }
+            let row0 = self.chunk_size.at(phys, 0);
             let (k, o) = (within / unit, within % unit);
             let member_of = |d: u64| geo.map(row0 + d * unit + o, BLK).first().map(|x| x.member);
             let Some(j) = (0..geo.data_members()).find(|&d| member_of(d) == Some(missing)) else {

@@ -31,7 +31,7 @@ pub struct Replayed {
     pub writes_damaged: u64,
     /// RAID5 blocks behind a missing member rebuilt from a partial parity
     /// the log held (their row's parity was stale after the crash).
-    pub rows_repaired: u64,
+    pub blocks_rebuilt: u64,
 }
 
 impl Replayed {
@@ -46,7 +46,7 @@ impl Replayed {
             ),
             (self.writes_kept, "blocks with a write in flight keep what they hold"),
             (
-                self.rows_repaired,
+                self.blocks_rebuilt,
                 "raid5 blocks behind the missing member rebuilt from the log's partial parity",
             ),
             (
@@ -192,7 +192,7 @@ impl ThinPool {
             out.records += 1;
         }
         // Before anything reads a row through a missing member.
-        out.rows_repaired = self.repair_rows(parities)?;
+        out.blocks_rebuilt = self.repair_rows(parities)?;
         out.data_blocks = self.journaled_home(latest)?;
         let (kept, damaged) = self.check_intents(intents)?;
         out.writes_kept = kept;

@@ -8,7 +8,7 @@ use crate::units::Chunk;
 use std::collections::HashMap;
 
 /// Rows' blocks remembered before those made durable are forgotten.
-const RING_ROWS: usize = 4096;
+const ROWS_KEPT: usize = 16 << 10;
 
 /// The ring's slots: free, and taken with the flush stamp of the write
 /// they cover once it completed (`None` while it runs).
@@ -73,7 +73,7 @@ impl Ring {
     /// (each partial parity holds the other's new bytes, the member one of
     /// the old), so such a write is written afresh instead.
     pub(super) fn conflicts(&mut self, phys: Chunk, offs: &[u64], k: u64, array: &Array) -> bool {
-        if self.rows.len() > 4 * RING_ROWS {
+        if self.rows.len() > ROWS_KEPT {
             self.rows
                 .retain(|_, &mut (_, stamp)| !array.flushed_since(stamp));
         }

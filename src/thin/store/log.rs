@@ -76,20 +76,23 @@ impl MetaStore {
         self.log_runs
     }
 
-    /// The log's blocks records may use: all of them, or on raid5 those
+    /// The log's blocks records may use: all of them, or on raid5 (with
+    /// checksums) those
     /// before the ring of partial parities (its last quarter) once this
     /// build committed the pool (see `thin::ppl`).
     pub fn log_record_room(&self) -> u64 {
         self.log_ring().start
     }
 
-    /// Keep a ring of partial parities in the log (raid5 pools).
+    /// Keep a ring of partial parities in the log (raid5 pools with
+    /// checksums).
     pub fn set_log_ring(&mut self, on: bool) {
         self.log_ring = on;
     }
 
     /// The log's blocks that hold RAID5 partial parities (empty but on
-    /// raid5 pools, and before this build committed the pool).
+    /// raid5 pools with checksums, and before this build committed the
+    /// pool).
     pub fn log_ring(&self) -> std::ops::Range<u64> {
         let n = self.log_blocks.len() as u64;
         match self.log_runs && self.log_ring {
