@@ -366,6 +366,35 @@ impl Array {
         self.dispatch(offset, buf.len(), |v, off, r| v.write(off, &buf[r]))
     }
 
+    /// [`Array::write_journaled`] of `buf`, within one RAID5 data unit,
+    /// whose row's other data units XOR to `others` at the same offsets
+    /// (read by the caller, who keeps them from changing): the parity is
+    /// written from them, without reading the old data and parity.
+    /// Anywhere else (another level, a layout change running, a piece
+    /// over two units): as `write_journaled`.
+    pub fn write_journaled_with_others(
+        &self,
+        offset: u64,
+        buf: &[u8],
+        others: &[u8],
+    ) -> io::Result<()> {
+        self.check_writable()?;
+        {
+            let st = self.state.read();
+            if st.transition.is_none()
+                && st.geo.level == RaidLevel::Raid5
+                && others.len() == buf.len()
+            {
+                self.check(&st, offset, buf.len())?;
+                let v = self.view(&st.geo, &st.members, None);
+                if v.write_unit_with_others(offset, buf, others)? {
+                    return Ok(());
+                }
+            }
+        }
+        self.write_journaled(offset, buf)
+    }
+
     /// The next [`Array::flush_if_written`] flushes.
     pub fn mark_written(&self) {
         self.unflushed.store(true, Ordering::Release);

@@ -123,14 +123,7 @@ impl ThinPool {
             self.log.unnamed.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
         }
-        let io = |e| Error::io("reading a stripe row", e);
-        let mut pp = vec![0u8; len as usize];
-        let mut other = vec![0u8; len as usize];
-        for d in (0..row.data_units).filter(|&d| d != row.k) {
-            let at = self.chunk_size.at(phys, d * row.unit + o);
-            self.array.read(at, &mut other).map_err(io)?;
-            xor_into(&mut pp, &other);
-        }
+        let (pp, verified) = self.row_others(phys, &row, o, len)?;
         let Some(slots) = self.ring_slots(n)? else {
             self.log.unnamed.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
@@ -146,7 +139,14 @@ impl ThinPool {
         self.log.named.fetch_add(1, Ordering::Relaxed);
         let result = {
             let _w = self.write_in_progress();
-            self.write_journaled(phys, a0, buf, &crcs)
+            let at = self.chunk_size.at(phys, a0);
+            // The chunk's lock keeps the row's other units as read.
+            let written = match verified {
+                true => self.array.write_journaled_with_others(at, buf, &pp),
+                false => self.array.write_journaled(at, buf),
+            };
+            (written.map_err(|e| Error::io("writing data", e)))
+                .and_then(|()| self.journal_written(phys, a0, buf, &crcs))
         };
         // Done (or failed part way): free again after the next flush.
         let stamp = self.array.flush_stamp();
@@ -155,6 +155,34 @@ impl ThinPool {
         ring.row_written(phys, &offs, row.k, stamp);
         drop(ring);
         result.map(|()| true)
+    }
+
+    /// The XOR of the row's data units other than `row.k` at bytes `[o,
+    /// o + len)` of each (the write's partial parity), and whether each
+    /// block read matched its checksum: then the write's new parity is
+    /// the partial parity XOR the new bytes, and the old data and parity
+    /// need not be read (a unit silently corrupt would be folded into the
+    /// parity, so one that does not match, or has no checksum, leaves the
+    /// write to the read-modify-write, which keeps the parity as it was).
+    fn row_others(&self, phys: Chunk, row: &RowPiece, o: u64, len: u64) -> Result<(Vec<u8>, bool)> {
+        let io = |e| Error::io("reading a stripe row", e);
+        let mut pp = vec![0u8; len as usize];
+        let mut other = vec![0u8; len as usize];
+        let mut verified = true;
+        for d in (0..row.data_units).filter(|&d| d != row.k) {
+            let within = d * row.unit + o;
+            self.array
+                .read(self.chunk_size.at(phys, within), &mut other)
+                .map_err(io)?;
+            for (i, b) in other.chunks(BLK as usize).enumerate() {
+                if verified {
+                    let at = within + i as u64 * BLK;
+                    verified = self.block_csum(phys, at)? == Some(crc(b));
+                }
+            }
+            xor_into(&mut pp, &other);
+        }
+        Ok((pp, verified))
     }
 
     /// `n` free slots of the ring, flushing the members when too few are

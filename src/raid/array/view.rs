@@ -445,6 +445,42 @@ impl View<'_> {
         Ok(())
     }
 
+    /// RAID5: write `buf`, which lies within one data unit, with the XOR
+    /// of its row's other data units at the same offsets known (`others`,
+    /// read by a caller that keeps them from changing): the parity is
+    /// `others ^ buf`, so nothing is read (a reconstruct-write whose reads
+    /// the caller already made). A missing data member: the parity alone;
+    /// a missing parity member: the data alone. False: `buf` spans more
+    /// than one data unit, nothing written.
+    pub(super) fn write_unit_with_others(
+        &self,
+        offset: u64,
+        buf: &[u8],
+        others: &[u8],
+    ) -> io::Result<bool> {
+        let [e] = &self.geo.map(offset, buf.len() as u64)[..] else {
+            return Ok(false);
+        };
+        let mut parity = others.to_vec();
+        xor_into(&mut parity, buf);
+        let row = (e.offset - self.geo.data_start) / self.geo.stripe_unit;
+        let (dm, pm, at) = (e.member, self.geo.parity_member(row), e.offset);
+        let _guard = self.lock(offset / self.geo.stripe_width());
+        self.degrading(|| match (self.dev(dm), self.dev(pm)) {
+            (None, None) => Err(missing("degraded write").into()),
+            (dd, pd) => {
+                if let Some(dd) = dd {
+                    self.io(dm, dd, Dir::Write, Some(at), || dd.write_at(buf, at))?;
+                }
+                if let Some(pd) = pd {
+                    self.io(pm, pd, Dir::Write, Some(at), || pd.write_at(&parity, at))?;
+                }
+                Ok(())
+            }
+        })?;
+        Ok(true)
+    }
+
     /// Rewrite member `target`'s rows `[moff, moff + len)` from the others:
     /// a copy of a mirror (raid1) or the XOR of the rest of each stripe
     /// row (raid5). Caller pauses client I/O.
