@@ -96,6 +96,19 @@ impl MetaMirror {
         what: &str,
         dir: Dir,
         at: Option<u64>,
+        f: impl FnMut(&DeviceRef) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.each_copy_where(what, dir, at, |_| true, f)
+    }
+
+    /// [`MetaMirror::each_copy`] on the live copies of the members `keep`
+    /// accepts.
+    fn each_copy_where(
+        &self,
+        what: &str,
+        dir: Dir,
+        at: Option<u64>,
+        keep: impl Fn(usize) -> bool,
         mut f: impl FnMut(&DeviceRef) -> io::Result<()>,
     ) -> io::Result<()> {
         if let Some(e) = self.health.broken_error() {
@@ -103,7 +116,7 @@ impl MetaMirror {
         }
         let mut done = 0;
         let mut first = None;
-        for (m, dev) in self.live() {
+        for (m, dev) in self.live().filter(|(m, _)| keep(*m)) {
             match self.health.attempt(m, dir, || f(dev)) {
                 Ok(()) => done += 1,
                 Err(e) if Some(m) == self.shadow => {
@@ -213,17 +226,42 @@ impl MetaMirror {
     /// a write and a flush of those bytes alone. A failure is a failed
     /// flush (never retried).
     pub fn write_durable(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        let devs: Vec<DeviceRef> = self.live().map(|(_, d)| d.clone()).collect();
+        self.write_durable_where(offset, buf, |_| true)
+    }
+
+    /// [`MetaMirror::write_durable`] on the copies of members `on` alone
+    /// (bytes whose other copies would never be needed), or on every copy
+    /// when none of those is live.
+    pub fn write_durable_on(&self, offset: u64, buf: &[u8], on: &[usize]) -> io::Result<()> {
+        match self.live().any(|(m, _)| on.contains(&m)) {
+            true => self.write_durable_where(offset, buf, |m| on.contains(&m)),
+            false => self.write_durable(offset, buf),
+        }
+    }
+
+    fn write_durable_where(
+        &self,
+        offset: u64,
+        buf: &[u8],
+        keep: impl Fn(usize) -> bool,
+    ) -> io::Result<()> {
+        let devs: Vec<DeviceRef> = (self.live())
+            .filter(|(m, _)| keep(*m))
+            .map(|(_, d)| d.clone())
+            .collect();
         let mut results = crate::device::write_durable_all(&devs, buf, offset);
-        self.each_copy("durable write", Dir::Flush, Some(offset), |dev| match devs
-            .iter()
-            .position(|d| std::sync::Arc::ptr_eq(d, dev))
-        {
-            Some(i) => results[i]
-                .take()
-                .unwrap_or_else(|| dev.write_durable_at(buf, offset)),
-            None => dev.write_durable_at(buf, offset),
-        })
+        self.each_copy_where(
+            "durable write",
+            Dir::Flush,
+            Some(offset),
+            keep,
+            |dev| match devs.iter().position(|d| std::sync::Arc::ptr_eq(d, dev)) {
+                Some(i) => results[i]
+                    .take()
+                    .unwrap_or_else(|| dev.write_durable_at(buf, offset)),
+                None => dev.write_durable_at(buf, offset),
+            },
+        )
     }
 
     /// Read `buf.len()` bytes at `offset` from the first copy the validator

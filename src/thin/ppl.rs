@@ -220,9 +220,19 @@ impl ThinPool {
         pp: &[u8],
         slots: &[u64],
     ) -> Result<bool> {
+        // Needed only when a member holding another data unit of the row
+        // is lost: the copies on the written unit's member and the row's
+        // parity member then survive (md's PPL keeps one, on the parity
+        // member).
+        let geo = self.array.geometry();
+        let row0 = self.chunk_size.at(phys, 0) / geo.stripe_width();
+        let on = [
+            geo.data_member(row0, a0 / geo.stripe_unit),
+            geo.parity_member(row0),
+        ];
         let mut entries = Vec::with_capacity(2 * slots.len());
         for (i, (b, &slot)) in pp.chunks(BLK as usize).zip(slots).enumerate() {
-            (self.meta.read().write_log_ring(slot, b))
+            (self.meta.read().write_log_ring(slot, b, &on))
                 .map_err(|e| Error::io("writing a partial parity to the flush log", e))?;
             entries.push(Entry::Parity {
                 phys,

@@ -116,6 +116,22 @@ impl BlockStore {
         array.flush()
     }
 
+    /// [`BlockStore::write_place_durable`] on the copies of members `on`
+    /// alone when `place` is in the fixed area (see
+    /// `MetaMirror::write_durable_on`); on every copy elsewhere.
+    pub(crate) fn write_place_durable_on(
+        &self,
+        place: Place,
+        bytes: &[u8],
+        on: &[usize],
+    ) -> io::Result<()> {
+        if !self.place_exists(place) || self.extent_of(place).is_some() {
+            return self.write_place_durable(place, bytes);
+        }
+        self.mirror
+            .write_durable_on(self.fixed_offset(place), bytes, on)
+    }
+
     /// Write `bytes` (whole blocks) into blocks `first`, `first + 1`, ...
     /// on every copy and make them durable: one durable write per copy when
     /// they are all in the fixed area, else each written and the copies

@@ -101,14 +101,17 @@ impl MetaStore {
         }
     }
 
-    /// Write one partial parity into the ring's block `slot` on every
-    /// copy, durable (that block alone) when this returns.
-    pub fn write_log_ring(&self, slot: u64, data: &[u8]) -> io::Result<()> {
+    /// Write one partial parity into the ring's block `slot` on the
+    /// metadata copies of members `on` (every copy when none is live, or
+    /// when the log lies in an extent), durable (that block alone) when
+    /// this returns.
+    pub fn write_log_ring(&self, slot: u64, data: &[u8], on: &[usize]) -> io::Result<()> {
         if !self.log_ring().contains(&slot) || data.len() != BLOCK_SIZE {
             return Err(io::Error::other("a partial parity outside the log's ring"));
         }
         let b = self.log_slot(slot)?;
-        self.blocks.write_place_durable(Place::Block(b), data)
+        self.blocks
+            .write_place_durable_on(Place::Block(b), data, on)
     }
 
     pub fn log_ready(&self) -> bool {
