@@ -151,11 +151,29 @@ impl ThinPool {
         data: &[u8],
         crcs: &[u32],
     ) -> Result<()> {
+        self.write_journaled_with(phys, within, data, crcs, None)
+    }
+
+    /// [`ThinPool::write_journaled`], on RAID5 with the XOR of the row's
+    /// other data units at the written offsets known (`others`, kept
+    /// unchanged by the chunk's lock): the parity is written from them
+    /// (`Array::write_journaled_with_others`).
+    pub(crate) fn write_journaled_with(
+        &self,
+        phys: Chunk,
+        within: u64,
+        data: &[u8],
+        crcs: &[u32],
+        others: Option<&[u8]>,
+    ) -> Result<()> {
         // Not a data flush's business when queued: the round's log write
         // makes it durable.
-        self.array
-            .write_journaled(self.chunk_size.at(phys, within), data)
-            .map_err(|e| Error::io("writing data", e))?;
+        let at = self.chunk_size.at(phys, within);
+        let written = match others {
+            Some(others) => self.array.write_journaled_with_others(at, data, others),
+            None => self.array.write_journaled(at, data),
+        };
+        written.map_err(|e| Error::io("writing data", e))?;
         self.journal_written(phys, within, data, crcs)
     }
 

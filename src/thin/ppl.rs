@@ -51,11 +51,13 @@ const BLK: u64 = CSUM_BLOCK;
 const PARITY_MAX: u64 = 16 << 10;
 
 /// Where a chunk's row puts a write: its stripe unit size, data units per
-/// row, and the unit the write falls in.
+/// row, the unit the write falls in, and the members whose metadata copies
+/// keep its partial parity (that unit's and the row's parity member).
 struct RowPiece {
     unit: u64,
     data_units: u64,
     k: u64,
+    keepers: [usize; 2],
 }
 
 impl ThinPool {
@@ -88,10 +90,12 @@ impl ThinPool {
             && one_unit
             && len <= PARITY_MAX
             && self.array.health().redundant_now();
-        usable.then_some(RowPiece {
+        let row = self.chunk_size.at(phys, 0) / width;
+        usable.then(|| RowPiece {
             unit,
             data_units: geo.data_members(),
             k,
+            keepers: [geo.data_member(row, k), geo.parity_member(row)],
         })
     }
 
@@ -129,7 +133,7 @@ impl ThinPool {
             return Ok(false);
         };
         let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
-        let written = self.log_partial_parities(phys, a0, &crcs, &pp, &slots);
+        let written = self.log_partial_parities(phys, a0, &crcs, &pp, &slots, row.keepers);
         if !matches!(written, Ok(true)) {
             self.log.ring.lock().unused(&slots);
             written?;
@@ -139,14 +143,8 @@ impl ThinPool {
         self.log.named.fetch_add(1, Ordering::Relaxed);
         let result = {
             let _w = self.write_in_progress();
-            let at = self.chunk_size.at(phys, a0);
-            // The chunk's lock keeps the row's other units as read.
-            let written = match verified {
-                true => self.array.write_journaled_with_others(at, buf, &pp),
-                false => self.array.write_journaled(at, buf),
-            };
-            (written.map_err(|e| Error::io("writing data", e)))
-                .and_then(|()| self.journal_written(phys, a0, buf, &crcs))
+            let others = verified.then_some(&pp[..]);
+            self.write_journaled_with(phys, a0, buf, &crcs, others)
         };
         // Done (or failed part way): free again after the next flush.
         let stamp = self.array.flush_stamp();
@@ -209,9 +207,13 @@ impl ThinPool {
     }
 
     /// The partial parities `pp` of the blocks at byte `a0` of chunk
-    /// `phys` into the ring's `slots`, then their entries and the intents
-    /// of the new bytes (checksums `crcs`) in a round. False: the log
-    /// cannot take them now.
+    /// `phys` into the ring's `slots` on the metadata copies of members
+    /// `keepers`, then their entries and the intents of the new bytes
+    /// (checksums `crcs`) in a round. False: the log cannot take them now.
+    /// A partial parity is needed only when a member holding another data
+    /// unit of the row is lost: the copies on the written unit's member
+    /// and the row's parity member then survive (md's PPL keeps one, on
+    /// the parity member).
     fn log_partial_parities(
         &self,
         phys: Chunk,
@@ -219,20 +221,11 @@ impl ThinPool {
         crcs: &[u32],
         pp: &[u8],
         slots: &[u64],
+        keepers: [usize; 2],
     ) -> Result<bool> {
-        // Needed only when a member holding another data unit of the row
-        // is lost: the copies on the written unit's member and the row's
-        // parity member then survive (md's PPL keeps one, on the parity
-        // member).
-        let geo = self.array.geometry();
-        let row0 = self.chunk_size.at(phys, 0) / geo.stripe_width();
-        let on = [
-            geo.data_member(row0, a0 / geo.stripe_unit),
-            geo.parity_member(row0),
-        ];
         let mut entries = Vec::with_capacity(2 * slots.len());
         for (i, (b, &slot)) in pp.chunks(BLK as usize).zip(slots).enumerate() {
-            (self.meta.read().write_log_ring(slot, b, &on))
+            (self.meta.read().write_log_ring(slot, b, &keepers))
                 .map_err(|e| Error::io("writing a partial parity to the flush log", e))?;
             entries.push(Entry::Parity {
                 phys,

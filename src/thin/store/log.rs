@@ -76,10 +76,9 @@ impl MetaStore {
         self.log_runs
     }
 
-    /// The log's blocks records may use: all of them, or on raid5 (with
-    /// checksums) those
-    /// before the ring of partial parities (its last quarter) once this
-    /// build committed the pool (see `thin::ppl`).
+    /// The log's blocks records may use: all of them, or on raid5 pools
+    /// with checksums those before the ring of partial parities (its last
+    /// quarter) once this build committed the pool (see `thin::ppl`).
     pub fn log_record_room(&self) -> u64 {
         self.log_ring().start
     }
