@@ -454,8 +454,8 @@ fn print_status(i: &PoolInfo) {
     }
     if i.writes_in_place + i.writes_afresh_log_full > 0 {
         println!(
-            "  overwrites: {} in place after {} intent rounds, {} afresh while the log was full",
-            i.writes_in_place, i.intent_rounds, i.writes_afresh_log_full
+            "  overwrites: {} in place after {} intent rounds ({} named ahead), {} afresh while the log was full",
+            i.writes_in_place, i.intent_rounds, i.writes_named_ahead, i.writes_afresh_log_full
         );
     }
     println!(

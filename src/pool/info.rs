@@ -90,6 +90,11 @@ pub struct PoolInfo {
     pub writes_in_place: u64,
     #[serde(default)]
     pub writes_afresh_log_full: u64,
+    /// Of `writes_in_place`, those whose intents were queued while the
+    /// request waited behind others of its client, and so went in an
+    /// earlier writer's round.
+    #[serde(default)]
+    pub writes_named_ahead: u64,
     /// Removed volumes whose space is still being released.
     #[serde(default)]
     pub releasing: usize,
@@ -257,6 +262,7 @@ impl Pool {
             intent_rounds: flush.intent_rounds,
             writes_in_place: flush.named_writes,
             writes_afresh_log_full: flush.unnamed_writes,
+            writes_named_ahead: flush.named_ahead,
             releasing: meta.releasing(),
             transaction: meta.committed().txid,
             metadata_repairs: meta.blocks.mirror.repaired(),

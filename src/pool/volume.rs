@@ -114,6 +114,32 @@ impl Volume {
         .map_err(|e| e.in_volume(&self.name))
     }
 
+    /// Whether `name_ahead` may do anything now: a writable volume on a
+    /// pool whose overwrites go in place under intents of its flush log.
+    pub fn names_ahead(&self) -> bool {
+        !self.read_only && self.pool.thin().names_ahead()
+    }
+
+    /// Queue the write intents of writes a client sent that wait behind
+    /// its others, as (byte offset, CRC32 of each whole 4 KiB block), so
+    /// that the round of intents the running write makes takes theirs
+    /// too and each of them finds its intents durable when it runs
+    /// (`ThinPool::name_ahead`). Best effort: a write it cannot name
+    /// runs its own round, and any error here is the write's to meet.
+    pub fn name_ahead(&self, writes: &[(u64, Vec<u32>)]) {
+        if self.read_only {
+            return;
+        }
+        let thin = self.pool.thin();
+        let _g = thin.io_guard();
+        for (offset, crcs) in writes {
+            let len = crcs.len() as u64 * crate::thin::store::csum::CSUM_BLOCK;
+            if self.check_range(*offset, len).is_ok() {
+                let _ = thin.name_ahead(self.id, *offset, crcs);
+            }
+        }
+    }
+
     /// Release a range: it reads as zeros, whole chunks return to the pool.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.counted(IoKind::Discard, len, || self.discard_uncounted(offset, len))

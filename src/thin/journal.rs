@@ -123,13 +123,102 @@ impl ThinPool {
             self.log.unnamed.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
         }
-        let named = self.intend_all(intents(phys, within, crcs).collect())?;
+        let named = match self.take_ahead(phys, within, crcs) {
+            Some(ticket) => {
+                let named = self.intent_round(ticket)?;
+                if named {
+                    self.log.named_ahead.fetch_add(1, Ordering::Relaxed);
+                }
+                named
+            }
+            None => self.intend_all(intents(phys, within, crcs).collect())?,
+        };
         let counter = match named {
             true => &self.log.named,
             false => &self.log.unnamed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(named)
+    }
+
+    /// Queue the intents of a write a client sent that has not run yet
+    /// (behind others of its connection), so that the round an earlier
+    /// writer runs takes them too and the write, when it runs, finds
+    /// them taken (`intend`): writers that each ran a round of their own
+    /// share one. Only a write inside one chunk, of whole 4 KiB blocks
+    /// (`crcs`, their new CRC32s, from byte `offset` of volume `vol`),
+    /// that `write_piece` would overwrite in place under intents now. One
+    /// that then goes otherwise (its mapping changed, or it fails) leaves
+    /// intents whose write never comes, which replay allows as it allows
+    /// one in flight at a crash. Caller holds the gate for read: a commit,
+    /// which forgets the queue and `ahead` together, comes before or
+    /// after, never between.
+    pub(crate) fn name_ahead(&self, vol: u64, offset: u64, crcs: &[u32]) -> Result<()> {
+        let cs = self.chunk_size;
+        let len = crcs.len() as u64 * CSUM_BLOCK;
+        if crcs.is_empty()
+            || !offset.is_multiple_of(CSUM_BLOCK)
+            || !self.journals()
+            || self.log.unlogged.load(Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        let mut pieces = cs.pieces(offset, len);
+        let (Some((vchunk, within, n)), None) = (pieces.next(), pieces.next()) else {
+            return Ok(());
+        };
+        match self.lookup(vol, vchunk)? {
+            Some(m) if m.exclusive && !m.new && self.array.overwrite_in_place(n, cs) => {
+                self.log
+                    .intents
+                    .lock()
+                    .extend(intents(m.phys, within, crcs));
+                // Taken after the queueing: a round that started later
+                // took them.
+                let ticket = self.log.istarted.load(Ordering::Acquire);
+                let mut ahead = self.log.ahead.lock();
+                for (i, &crc) in crcs.iter().enumerate() {
+                    let key = (m.phys.index(), within + i as u64 * CSUM_BLOCK);
+                    ahead.entry(key).or_default().push((crc, ticket));
+                }
+                self.log.ahead_len.store(ahead.len(), Ordering::Release);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The ticket of intents `name_ahead` queued for exactly these blocks
+    /// and CRCs (taken out), if it queued all of them. Caller holds the
+    /// gate for read.
+    fn take_ahead(&self, phys: Chunk, within: u64, crcs: &[u32]) -> Option<u64> {
+        if self.log.ahead_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut ahead = self.log.ahead.lock();
+        let key = |i: usize| (phys.index(), within + i as u64 * CSUM_BLOCK);
+        let mut ticket = 0;
+        for (i, crc) in crcs.iter().enumerate() {
+            let named = ahead.get(&key(i))?;
+            ticket = ticket.max(named.iter().find(|(c, _)| c == crc)?.1);
+        }
+        for (i, crc) in crcs.iter().enumerate() {
+            if let Some(named) = ahead.get_mut(&key(i)) {
+                if let Some(at) = named.iter().position(|(c, _)| c == crc) {
+                    named.swap_remove(at);
+                }
+                if named.is_empty() {
+                    ahead.remove(&key(i));
+                }
+            }
+        }
+        self.log.ahead_len.store(ahead.len(), Ordering::Release);
+        Some(ticket)
+    }
+
+    /// Whether `name_ahead` may queue anything now (a cheap look first).
+    pub(crate) fn names_ahead(&self) -> bool {
+        self.journals() && !self.log.unlogged.load(Ordering::Acquire)
     }
 
     /// Queue `entries` (intents) and wait for a round that holds them.

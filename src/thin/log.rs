@@ -58,13 +58,17 @@ use crate::sync::{ReadGuard, RwLock, WriteGuard};
 use crate::thin::csum::crc;
 use crate::units::Chunk;
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Copies of the blocks written in place since the last round, waiting
 /// for it (see the module's notes): by (data chunk, byte within it), the
 /// last write wins.
 pub(super) type Journal = BTreeMap<(u64, u64), Box<[u8]>>;
+
+/// Intents named ahead of their writes: by (chunk, byte within it), each
+/// new CRC32 with its ticket (see `FlushLog::ahead`).
+pub(super) type Ahead = HashMap<(u64, u64), Vec<(u32, u64)>>;
 
 /// Where the next record goes.
 #[derive(Default)]
@@ -106,6 +110,15 @@ pub(crate) struct FlushLog {
     /// `Intent` entries waiting for a round (see `ThinPool::intend`), and
     /// the rounds that took them: started, and the last one finished.
     pub(super) intents: Mutex<Vec<Entry>>,
+    /// Intents queued ahead of their writes (`ThinPool::name_ahead`), by
+    /// (chunk, byte within it): each new CRC32 with the ticket a round
+    /// must pass to have taken it. Forgotten with the queue at a restart.
+    pub(super) ahead: Mutex<Ahead>,
+    /// Blocks `ahead` holds (read without its lock: 0 skips it).
+    pub(super) ahead_len: AtomicUsize,
+    /// Writes whose intents were named ahead and so joined an earlier
+    /// writer's round.
+    pub(super) named_ahead: AtomicU64,
     /// The log's ring of partial parity blocks (see `thin::ppl`).
     pub(super) ring: Mutex<super::ring::Ring>,
     /// Held by the writer that flushes the members to free the ring.
@@ -251,6 +264,9 @@ pub struct FlushStats {
     pub intent_rounds: u64,
     pub named_writes: u64,
     pub unnamed_writes: u64,
+    /// Of `named_writes`, those whose intents were queued ahead of them
+    /// (while queued behind other requests) and taken by another's round.
+    pub named_ahead: u64,
 }
 
 /// The gate held for write by something other than the data path: what it
@@ -317,6 +333,8 @@ impl ThinPool {
         self.log.maps.lock().clear();
         self.log.journal.lock().clear();
         self.log.intents.lock().clear();
+        self.log.ahead.lock().clear();
+        self.log.ahead_len.store(0, Ordering::Release);
         self.log.ring.lock().reset();
         if let Some(c) = &self.csums {
             c.forget_unlogged();
@@ -364,6 +382,7 @@ impl ThinPool {
             journaled_blocks: self.log.journaled.load(Ordering::Relaxed),
             intent_rounds: self.log.intent_rounds.load(Ordering::Relaxed),
             named_writes: self.log.named.load(Ordering::Relaxed),
+            named_ahead: self.log.named_ahead.load(Ordering::Relaxed),
             unnamed_writes: self.log.unnamed.load(Ordering::Relaxed),
         }
     }

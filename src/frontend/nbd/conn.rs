@@ -106,6 +106,9 @@ pub(super) struct Job {
     /// Set when the reactor already refused it (an oversized write).
     pub error: Option<u32>,
     pub cost: u64,
+    /// A write whose intents a worker already queued while it waited
+    /// (`transmission::name_ahead`).
+    pub announced: bool,
 }
 
 /// Work for the worker pool.

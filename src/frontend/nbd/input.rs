@@ -397,6 +397,7 @@ impl Entry {
             data: Vec::new(),
             error: None,
             cost,
+            announced: false,
         };
         if oversized {
             // Too big to hold: drop the payload as it comes and refuse.

@@ -38,6 +38,7 @@ fn request(conn: &Conn, job: Job) {
         mut data,
         error,
         cost,
+        ..
     } = job;
     if conn.dead.load(Ordering::SeqCst) {
         // Nobody to answer: drop it.
@@ -51,6 +52,9 @@ fn request(conn: &Conn, job: Job) {
         return;
     };
     let error = error.or_else(|| validate(neg, &req));
+    if error.is_none() && req.kind == CMD_WRITE {
+        name_ahead(conn, neg);
+    }
     let outcome = match error {
         Some(e) => Err(e),
         // A panic in one request is that request's EIO: the worker, the
@@ -71,6 +75,51 @@ fn request(conn: &Conn, job: Job) {
         Err(e) => send_error(conn, neg, &req, e, cost),
     }
     conn.give_buffer(data);
+}
+
+/// Largest queued write whose intents `name_ahead` queues.
+const AHEAD_MAX: usize = 32 << 10;
+
+/// The checksum block: `name_ahead` names whole ones.
+const BLOCK: usize = 4096;
+
+/// Before a write runs: queue the write intents of the small writes
+/// waiting behind it in its connection's queue, so that its round of
+/// intents (on pools that overwrite in place under intents) takes theirs
+/// too, and each of them, when a worker runs it, finds them durable
+/// instead of running a round of its own (with a client's queue deep,
+/// rounds carried about one write each). Each write is named once; the
+/// queue's lock is held only to compute their checksums.
+fn name_ahead(conn: &Conn, neg: &Negotiated) {
+    let v = &neg.volume;
+    if !v.names_ahead() {
+        return;
+    }
+    let writes: Vec<(u64, Vec<u32>)> = {
+        let mut q = conn.queue.lock();
+        q.work
+            .iter_mut()
+            .take(super::conn::PER_CONN)
+            .filter_map(|w| match w {
+                Work::Request(j)
+                    if j.req.kind == CMD_WRITE
+                        && !j.announced
+                        && j.error.is_none()
+                        && (1..=AHEAD_MAX).contains(&j.data.len())
+                        && j.data.len().is_multiple_of(BLOCK)
+                        && j.req.offset.is_multiple_of(BLOCK as u64) =>
+                {
+                    j.announced = true;
+                    let crcs = j.data.chunks(BLOCK).map(crate::thin::csum::crc).collect();
+                    Some((j.req.offset, crcs))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    if !writes.is_empty() {
+        v.name_ahead(&writes);
+    }
 }
 
 /// Protocol-level checks, before touching the volume.
