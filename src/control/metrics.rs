@@ -231,7 +231,7 @@ pub fn render(s: &Snapshot) -> String {
             p,
             info.snapshots as f64,
         );
-        let counters: [(&'static str, &'static str, u64); 10] = [
+        let counters: [(&'static str, &'static str, u64); 11] = [
             (
                 "vpool_pool_flushes_total",
                 "Client flushes since the pool was opened.",
@@ -266,6 +266,11 @@ pub fn render(s: &Snapshot) -> String {
                 "vpool_pool_writes_afresh_log_full_total",
                 "Small overwrites written to fresh chunks because the flush log was full.",
                 info.writes_afresh_log_full,
+            ),
+            (
+                "vpool_pool_writes_named_ahead_total",
+                "Small overwrites in place whose intents were named while they waited behind other requests.",
+                info.writes_named_ahead,
             ),
             (
                 "vpool_pool_metadata_repairs_total",
