@@ -127,8 +127,11 @@ fn a_write_with_other_bytes_than_named_runs_its_own_round() {
     model_verify(&after, &model, "after a cut, a write other than named");
 }
 
+/// Mirrors name nothing; a chunk of the running transaction is written
+/// in place with no round, named or not (a stray intent naming it would
+/// be harmless, and nothing here counts one).
 #[test]
-fn nothing_is_named_on_mirrors_or_for_chunks_not_yet_committed() {
+fn mirrors_name_nothing_and_uncommitted_chunks_need_no_round() {
     // A mirror overwrites under its region intents, with no log round.
     let (pool, _devs) = small_pool(RaidLevel::Raid1, 32 * MIB);
     pool.create_volume("a", 4 * MIB).unwrap();

@@ -156,11 +156,7 @@ impl ThinPool {
     pub(crate) fn name_ahead(&self, vol: u64, offset: u64, crcs: &[u32]) -> Result<()> {
         let cs = self.chunk_size;
         let len = crcs.len() as u64 * CSUM_BLOCK;
-        if crcs.is_empty()
-            || !offset.is_multiple_of(CSUM_BLOCK)
-            || !self.journals()
-            || self.log.unlogged.load(Ordering::Acquire)
-        {
+        if crcs.is_empty() || !offset.is_multiple_of(CSUM_BLOCK) || !self.names_ahead() {
             return Ok(());
         }
         let mut pieces = cs.pieces(offset, len);

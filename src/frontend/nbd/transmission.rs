@@ -80,9 +80,6 @@ fn request(conn: &Conn, job: Job) {
 /// Largest queued write whose intents `name_ahead` queues.
 const AHEAD_MAX: usize = 32 << 10;
 
-/// The checksum block: `name_ahead` names whole ones.
-const BLOCK: usize = 4096;
-
 /// Before a write runs: queue the write intents of the small writes
 /// waiting behind it in its connection's queue, so that its round of
 /// intents (on pools that overwrite in place under intents) takes theirs
@@ -91,6 +88,8 @@ const BLOCK: usize = 4096;
 /// rounds carried about one write each). Each write is named once; the
 /// queue's lock is held only to compute their checksums.
 fn name_ahead(conn: &Conn, neg: &Negotiated) {
+    // The checksum block: only whole ones are named.
+    const BLOCK: usize = crate::thin::store::csum::CSUM_BLOCK as usize;
     let v = &neg.volume;
     if !v.names_ahead() {
         return;
