@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::meta::codec::BLOCK_SIZE;
 use crate::meta::spacemap::pages_for;
+use crate::thin::store::log::LOG_BLOCKS;
 use crate::thin::store::superblock::MAX_MSM_PAGES;
 use crate::thin::store::MetaLayout;
 
@@ -14,6 +15,11 @@ pub const MIN_MEMBER: u64 = 32 * MIB;
 const MIN_META_BLOCKS: u64 = 1024;
 /// The smallest metadata area a user may ask for (1 MiB).
 const USER_MIN_META_BLOCKS: u64 = 256;
+/// Blocks a default-sized area adds for the flush log: its directory and
+/// the most blocks it may list (2 MiB), and 64 for what the pool's first
+/// transaction holds when the log is made, so the log takes nothing from
+/// the room planned for mappings and checksums.
+const LOG_AREA: u64 = LOG_BLOCKS + 1 + 64;
 
 #[derive(Clone, Debug)]
 pub struct MemberLayout {
@@ -69,8 +75,11 @@ pub fn plan(
             }
             blocks
         }
-        None => ((chunks * META_BYTES_PER_CHUNK + csum_bytes) / BLOCK_SIZE as u64)
-            .clamp(MIN_META_BLOCKS, max_blocks),
+        None => {
+            ((chunks * META_BYTES_PER_CHUNK + csum_bytes) / BLOCK_SIZE as u64)
+                .clamp(MIN_META_BLOCKS, max_blocks - LOG_AREA)
+                + LOG_AREA
+        }
     };
     let meta = MetaLayout {
         meta_offset: BLOCK_SIZE as u64,

@@ -46,6 +46,23 @@ const DIR_ENTRIES: usize = (BLOCK_SIZE - HEADER_SIZE) / 8;
 /// Blocks a log has at most (records and journaled data; a commit starts
 /// it again): as many as one directory block lists.
 pub const LOG_BLOCKS: u64 = DIR_ENTRIES as u64;
+/// Blocks of the fixed area a new log leaves to the rest of the metadata
+/// (4 MiB) before it grows past a 32nd of the area: a larger log commits
+/// less often under a stream of small flushed writes (each commit writes
+/// every checksum leaf they touched), and pool creation sizes default
+/// areas with room for it (`pool::layout::plan`).
+pub const LOG_KEEPS_FREE: u64 = 1024;
+
+/// The blocks of a new log in a fixed area of `area` blocks with `free`
+/// of them free: a 32nd of the area, or what the area holds beyond
+/// [`LOG_KEEPS_FREE`] and leaves free beyond them when that is more; at
+/// most [`LOG_BLOCKS`].
+pub fn log_size(area: u64, free: u64) -> u64 {
+    let beyond = area
+        .saturating_sub(LOG_KEEPS_FREE)
+        .min(free.saturating_sub(LOG_KEEPS_FREE + 1));
+    (area / 32).max(beyond).min(LOG_BLOCKS)
+}
 
 impl MetaStore {
     /// The log's blocks in order (empty: the pool has no log yet).
@@ -117,26 +134,29 @@ impl MetaStore {
         !self.committed.log_dir.is_none() && !self.log_blocks.is_empty()
     }
 
-    /// Give the pool a flush log, recorded by the next commit: a 32nd of
-    /// the fixed area, at most [`LOG_BLOCKS`]. Nothing when it has one, when
-    /// the area is too small (under 1 MiB) or nearly full, or when its
-    /// space map is too large for a version-7 superblock. Returns whether
-    /// a log was made.
+    /// Give the pool a flush log, recorded by the next commit: what the
+    /// fixed area holds beyond [`LOG_KEEPS_FREE`] blocks (and leaves free
+    /// beyond them), at most [`LOG_BLOCKS`], at least a 32nd of the area.
+    /// Nothing when it has one, when the area is too small (under 1 MiB)
+    /// or nearly full, or when its space map is too large for a version-7
+    /// superblock. Returns whether a log was made.
     pub fn create_log(&mut self) -> Result<bool> {
-        let n = (self.blocks.layout.meta_blocks / 32).min(LOG_BLOCKS);
+        let area = self.blocks.layout.meta_blocks;
+        let free = self
+            .blocks
+            .msm
+            .span()
+            .saturating_sub(self.blocks.msm.used());
+        let least = (area / 32).min(LOG_BLOCKS);
         if !self.log_dir.is_none()
             || !self.loaded
-            || n < 8
+            || least < 8
             || pages_for(self.blocks.msm.span()) as usize > MAX_MSM_PAGES
-            || self
-                .blocks
-                .msm
-                .span()
-                .saturating_sub(self.blocks.msm.used())
-                < 4 * (n + 1)
+            || free < 4 * (least + 1)
         {
             return Ok(false);
         }
+        let n = log_size(area, free);
         let mut taken = Vec::with_capacity(n as usize + 1);
         for _ in 0..=n {
             match self.alloc_block() {

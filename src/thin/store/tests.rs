@@ -354,3 +354,33 @@ fn checksum_groups_read_through_the_cache_follow_every_change() {
     assert_eq!(again.csum_get(key(9, 0)).unwrap(), None);
     assert_eq!(again.csum_get(key(8, 0)).unwrap(), Some([8; 16]));
 }
+
+#[test]
+fn a_new_log_takes_what_the_area_holds_beyond_4_mib() {
+    use super::log::{log_size, LOG_BLOCKS};
+    // Areas up to 4 MiB keep a 32nd (a user's 1 MiB area: 8 blocks).
+    assert_eq!(log_size(256, 250), 8);
+    assert_eq!(log_size(1024, 1000), 32);
+    // Beyond 4 MiB: what is beyond, up to the most a directory lists.
+    assert_eq!(log_size(1024 + 300, 1024 + 301), 300);
+    assert_eq!(log_size(1024 + 600, 1024 + 590), LOG_BLOCKS);
+    assert_eq!(log_size(1 << 20, 1 << 20), LOG_BLOCKS);
+    // An area mostly used leaves 4 MiB free, or takes a 32nd at least.
+    assert_eq!(log_size(4096, 1200), 1200 - 1025);
+    assert_eq!(log_size(4096, 1100), 128);
+}
+
+#[test]
+fn an_area_over_4_mib_gets_a_full_log() {
+    let dev = Arc::new(MemDevice::new("m0", 64 << 20));
+    let mut s = create(&dev);
+    assert!(s.create_log().unwrap());
+    s.commit().unwrap();
+    assert_eq!(s.log_blocks().len() as u64, super::log::LOG_BLOCKS);
+    let used = s.msm().used();
+    assert!(
+        BLOCKS - used >= 1024,
+        "the log left {} blocks free",
+        BLOCKS - used
+    );
+}
