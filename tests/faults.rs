@@ -625,3 +625,26 @@ fn a_replaced_member_that_fails_mid_rebuild_is_left_out() {
         }
     }
 }
+
+/// A mirror that vanishes before anything wrote to it since is found
+/// by a scrub's reads: the member fails, and the scrub finishes degraded
+/// (its copies are the rebuild's to restore, not repairs to write), with
+/// nothing unrecoverable and every byte still read back.
+#[test]
+fn a_scrub_that_finds_a_vanished_mirror_fails_it_and_goes_on() {
+    for level in [RaidLevel::Raid1, RaidLevel::Raid5] {
+        let n = if level == RaidLevel::Raid1 { 2 } else { 3 };
+        let Rig {
+            pool, plans, model, ..
+        } = rig(level, n);
+        plans[1].vanish();
+        // Repairing (not `check_only`): no repair is written to it.
+        let r = pool
+            .scrub(false, |_, _| {})
+            .unwrap_or_else(|e| panic!("{level:?}: the scrub stopped: {e}"));
+        assert_eq!(r.unrecoverable + r.repaired, 0, "{level:?}: {r:?}");
+        assert!(r.bytes >= VOL as u64, "{level:?}: not every chunk: {r:?}");
+        assert_eq!(state(&pool, 1), "failed", "{level:?}");
+        model_verify(&pool, &model, &format!("{level:?} after the scrub"));
+    }
+}

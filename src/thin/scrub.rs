@@ -133,10 +133,14 @@ impl ThinPool {
                     .and_then(|(_, x)| block_at(x, at));
                 // Only stored copies are bad: a raid5 reconstruction that
                 // fails while the data unit is good means bad parity, which
-                // the parity check below finds.
+                // the parity check below finds. A copy on a member that
+                // failed (its read failed it, it vanished) is the rebuild's
+                // to restore: the scrub goes on degraded without it.
                 let bad: Vec<_> = reads
                     .iter()
-                    .filter(|(cp, x)| cp.direct && sum(x) != Some(want))
+                    .filter(|(cp, x)| {
+                        cp.direct && sum(x) != Some(want) && !health.is_gone(cp.member)
+                    })
                     .map(|(cp, _)| *cp)
                     .collect();
                 if bad.is_empty() && good.is_some() {
