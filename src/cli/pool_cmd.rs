@@ -27,8 +27,10 @@ pub enum PoolCmd {
         /// and by `pool scrub` (on or off; cannot be changed later).
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         checksums: String,
-        /// Metadata area per copy (e.g. 256M; at least 1M). Default: sized
-        /// for the pool's chunks, their checksums and room for snapshots.
+        /// Metadata area per copy (e.g. 256M; at least 1M; the flush log
+        /// takes what it holds beyond 4M, up to 2M). Default: sized for the
+        /// pool's chunks, their checksums and room for snapshots, plus the
+        /// largest flush log.
         #[arg(long, value_parser = parse_size_arg)]
         metadata_size: Option<u64>,
         /// Block devices, image files, or Ceph RBD images named
