@@ -626,10 +626,11 @@ fn a_replaced_member_that_fails_mid_rebuild_is_left_out() {
     }
 }
 
-/// A mirror that vanishes before anything wrote to it since is found
-/// by a scrub's reads: the member fails, and the scrub finishes degraded
-/// (its copies are the rebuild's to restore, not repairs to write), with
-/// nothing unrecoverable and every byte still read back.
+/// A member (a raid1 mirror, a raid5 member) that vanishes with nothing
+/// written to it afterwards is found by a scrub's reads: the member
+/// fails, and the scrub finishes degraded (its copies are the rebuild's
+/// to restore, not repairs to write), with nothing unrecoverable and
+/// every byte still read back.
 #[test]
 fn a_scrub_that_finds_a_vanished_mirror_fails_it_and_goes_on() {
     for level in [RaidLevel::Raid1, RaidLevel::Raid5] {

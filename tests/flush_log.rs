@@ -449,10 +449,10 @@ fn raid5_partial_parities_reuse_the_ring_after_a_member_flush() {
 }
 
 /// A pool of small members, with a metadata area of the default size,
-/// gets the largest flush log a directory lists (so a stream of small
-/// flushed overwrites commits 7-8x less often than with a 32nd of the
-/// area), and the log takes none of the area planned for mappings and
-/// checksums.
+/// gets the largest flush log a directory lists (a stream of small
+/// flushed overwrites fills it, and commits, less often than a 32nd of
+/// the area: 32 blocks here), and the log takes none of the area planned
+/// for mappings and checksums.
 #[test]
 fn a_default_area_holds_the_largest_log_beside_the_room_planned_for_mappings() {
     for level in [RaidLevel::Linear, RaidLevel::Raid5] {
