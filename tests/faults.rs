@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use vpool::device::{DeviceRef, FaultDevice, FaultPlan, MemDevice};
+use vpool::device::{BlockDevice, DeviceRef, FaultDevice, FaultPlan, MemDevice};
 use vpool::raid::RaidLevel;
 use vpool::Pool;
 
@@ -648,4 +648,75 @@ fn a_scrub_that_finds_a_vanished_mirror_fails_it_and_goes_on() {
         assert_eq!(state(&pool, 1), "failed", "{level:?}");
         model_verify(&pool, &model, &format!("{level:?} after the scrub"));
     }
+}
+
+/// Bytes unlike any the model wrote, over `len` bytes at `off` of a member.
+fn damage(mem: &MemDevice, off: u64, len: usize) {
+    let bytes: Vec<u8> = pattern(len, 999).iter().map(|b| b ^ 0x5a).collect();
+    mem.write_at(&bytes, off).unwrap();
+}
+
+/// 16 KiB stripe units (see `rig`); raid5 x3 puts row `s`'s parity on
+/// member `2 - s % 3`, so member 1 holds parity on rows 1, 4, 7...
+const UNIT: u64 = 16 * 1024;
+
+/// A scrub finds damaged copies on member 1 and its repair writes fail:
+/// the write fails the member, as a write error in service does, and the
+/// scrub goes on degraded. Every chunk is still checked, nothing is
+/// counted repaired, and every byte reads back. On raid5 the damage is on
+/// data units (rows 0, 3, 6...), so the failing write is a data repair.
+#[test]
+fn a_scrub_whose_repair_write_fails_the_member_goes_on() {
+    for level in [RaidLevel::Raid1, RaidLevel::Raid5] {
+        let n = if level == RaidLevel::Raid1 { 2 } else { 3 };
+        let Rig {
+            pool,
+            mem,
+            plans,
+            model,
+        } = rig(level, n);
+        let ds = pool.label().data_start;
+        for row in (0..60).step_by(3) {
+            damage(&mem[1], ds + row * UNIT + 4096, 4096);
+        }
+        plans[1].fail_writes(0..u64::MAX);
+        let r = pool
+            .scrub(false, |_, _| {})
+            .unwrap_or_else(|e| panic!("{level:?}: the scrub stopped: {e}"));
+        assert!(r.bad_blocks > 0, "{level:?}: the damage was not met: {r:?}");
+        assert_eq!(r.repaired + r.unrecoverable, 0, "{level:?}: {r:?}");
+        assert!(r.bytes >= VOL as u64, "{level:?}: not every chunk: {r:?}");
+        assert_eq!(state(&pool, 1), "failed", "{level:?}");
+        model_verify(&pool, &model, &format!("{level:?} after the scrub"));
+    }
+}
+
+/// Raid5 parity that disagrees with its data, on member 1, whose writes
+/// fail: the parity rewrite fails the member, and the parity check ends
+/// there, degraded, instead of stopping the scrub. (A member failing on a
+/// parity check's read takes the same way out.)
+#[test]
+fn a_scrub_whose_parity_rewrite_fails_the_member_goes_on() {
+    let Rig {
+        pool,
+        mem,
+        plans,
+        model,
+    } = rig(RaidLevel::Raid5, 3);
+    let ds = pool.label().data_start;
+    for row in (1..60).step_by(3) {
+        damage(&mem[1], ds + row * UNIT, 4096);
+    }
+    // Only parity is damaged: a checking scrub finds no bad data block.
+    let found = pool.scrub(true, |_, _| {}).unwrap();
+    assert!(found.parity_errors > 0, "{found:?}");
+    assert_eq!(found.bad_blocks, 0, "{found:?}");
+    plans[1].fail_writes(0..u64::MAX);
+    let r = pool
+        .scrub(false, |_, _| {})
+        .unwrap_or_else(|e| panic!("the scrub stopped: {e}"));
+    assert_eq!(r.parity_repaired, 0, "no rewrite succeeded: {r:?}");
+    assert!(r.bytes >= VOL as u64, "not every chunk: {r:?}");
+    assert_eq!(state(&pool, 1), "failed");
+    model_verify(&pool, &model, "raid5 after the scrub");
 }

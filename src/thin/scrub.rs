@@ -1,6 +1,8 @@
 //! Scrub: read every chunk in use from every copy, check each 4 KiB block
 //! against its checksum, rewrite bad copies from a good one, and check
 //! raid5 parity against the data. Client I/O waits for one step at a time.
+//! A member that fails under the scrub is failed as in service, and the
+//! scrub goes on degraded: the rebuild restores that member's copies.
 
 use super::csum::crc;
 use super::ThinPool;
@@ -163,10 +165,14 @@ impl ThinPool {
                 };
                 if repair {
                     for cp in &bad {
-                        self.array
-                            .rewrite_copy(*cp, off + at as u64, good)
-                            .map_err(io)?;
-                        r.repaired += 1;
+                        match self.array.rewrite_copy(*cp, off + at as u64, good) {
+                            Ok(()) => r.repaired += 1,
+                            // The repair write failed the member: its copies
+                            // are the rebuild's now, and the scrub goes on
+                            // degraded, as for a member whose read failed.
+                            Err(_) if health.is_gone(cp.member) => {}
+                            Err(e) => return Err(io(e)),
+                        }
                     }
                 }
             }

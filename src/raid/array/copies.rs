@@ -117,7 +117,9 @@ impl Array {
     /// RAID5: compare the parity of the rows under `[offset, offset+len)`
     /// (whole stripe rows) with the XOR of their data units; with `repair`,
     /// rewrite parity that disagrees. Returns the 4 KiB parity blocks that
-    /// disagreed, with their parity member. Other levels: nothing to do.
+    /// disagreed (and were rewritten), with their parity member. A member
+    /// that fails during the check ends it early, degraded, without error.
+    /// Other levels: nothing to do.
     pub fn check_parity(
         &self,
         offset: u64,
@@ -146,27 +148,36 @@ impl Array {
         for row in offset / width..(offset + len).div_ceil(width) {
             let moff = st.geo.data_start + row * su;
             let _guard = v.lock(row);
-            calc.fill(0);
-            for d in 0..st.geo.data_members() {
-                let m = st.geo.data_member(row, d);
-                read_member(&v, m, moff, &mut unit)?;
-                xor_into(&mut calc, &unit);
-            }
-            let pm = st.geo.parity_member(row);
-            read_member(&v, pm, moff, &mut disk)?;
-            for (i, (a, b)) in calc.chunks(4096).zip(disk.chunks(4096)).enumerate() {
-                if a != b {
-                    bad.push((pm, moff + i as u64 * 4096));
+            let checked = (|| -> Result<(), Fault> {
+                calc.fill(0);
+                for d in 0..st.geo.data_members() {
+                    let m = st.geo.data_member(row, d);
+                    read_member(&v, m, moff, &mut unit)?;
+                    xor_into(&mut calc, &unit);
                 }
-            }
-            if repair && calc != disk {
-                let dev = v
-                    .dev(pm)
-                    .ok_or_else(|| io::Error::other("member missing"))?;
-                v.io(pm, dev, Dir::Write, Some(moff), || {
-                    dev.write_at(&calc, moff)
-                })
-                .map_err(io_err)?;
+                let pm = st.geo.parity_member(row);
+                read_member(&v, pm, moff, &mut disk)?;
+                if repair && calc != disk {
+                    let dev = v.dev(pm).ok_or(Fault::MemberFailed)?;
+                    v.io(pm, dev, Dir::Write, Some(moff), || {
+                        dev.write_at(&calc, moff)
+                    })?;
+                }
+                for (i, (a, b)) in calc.chunks(4096).zip(disk.chunks(4096)).enumerate() {
+                    if a != b {
+                        bad.push((pm, moff + i as u64 * 4096));
+                    }
+                }
+                Ok(())
+            })();
+            match checked {
+                Ok(()) => {}
+                // A member failed under the check (its read or the parity
+                // rewrite): the array is degraded now, parity has nothing
+                // left to be checked against, and the rebuild rewrites it.
+                // The rows checked (and rewritten) so far are the answer.
+                Err(Fault::MemberFailed) => return Ok(bad),
+                Err(Fault::Io(e)) => return Err(e),
             }
         }
         Ok(bad)
@@ -187,10 +198,9 @@ impl Array {
     }
 }
 
-fn read_member(v: &View, m: usize, moff: u64, buf: &mut [u8]) -> io::Result<()> {
-    let dev = v.dev(m).ok_or_else(|| io::Error::other("member missing"))?;
+fn read_member(v: &View, m: usize, moff: u64, buf: &mut [u8]) -> Result<(), Fault> {
+    let dev = v.dev(m).ok_or(Fault::MemberFailed)?;
     v.io(m, dev, Dir::Read, Some(moff), || dev.read_at(buf, moff))
-        .map_err(io_err)
 }
 
 /// Where `member` holds array bytes `[offset, offset+len)`.
