@@ -474,10 +474,14 @@ impl ThinPool {
         let mut released = Vec::new();
         {
             // Pools made (or last committed) by an older version get their
-            // flush log here; without room they commit at every flush.
+            // flush log here; without room they commit at every flush. A
+            // log older versions made small is replaced by a larger one.
+            // Neither is used before this commit names it (`log_ready`).
             let mut meta = self.meta.write();
             if meta.log_dir().is_none() {
                 let _ = meta.create_log();
+            } else {
+                let _ = meta.regrow_log();
             }
         }
         // A member that fails during a commit misses it: commit again at

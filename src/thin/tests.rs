@@ -181,3 +181,72 @@ fn discarded_chunks_go_back_to_the_pool() {
         "a discarded chunk reads as zeros"
     );
 }
+
+/// A pool whose flush log an older build made small (a 32nd of the area)
+/// gets a full one at its next commit, and the flushes after it go to the
+/// new log: a power cut then loses none of them, as the replay reads the
+/// log the superblock names. The flushes before it, through the small
+/// log, are in that commit.
+#[test]
+fn flushes_after_a_commit_that_grew_the_log_survive_a_power_cut() {
+    use crate::device::CrashSim;
+    use crate::thin::store::log::LOG_BLOCKS;
+    let mut sim = CrashSim::new(2, 48 * MIB, 5);
+    let devs: Vec<DeviceRef> = sim.devices.iter().map(|d| d.clone() as DeviceRef).collect();
+    let chunks = geometry().capacity() / chunk_size();
+    let mirror = MetaMirror::new(vec![(0, Some(devs[0].clone()))]);
+    let meta = MetaStore::create(
+        mirror,
+        layout(),
+        UUID,
+        "t",
+        chunks,
+        chunk_size(),
+        2,
+        256,
+        true,
+    )
+    .unwrap();
+    let array = Arc::new(Array::new(geometry(), devs.into_iter().map(Some).collect()));
+    let t = ThinPool::new(array, meta, ChunkSize::new(chunk_size()));
+    assert!(t.meta.write().create_log_of(16).unwrap());
+    t.create_volume(1).unwrap();
+    t.commit().unwrap();
+    let log_len = |t: &ThinPool| t.meta.read().log_blocks().len() as u64;
+    assert_eq!(log_len(&t), 16);
+    let mut model = vec![0u8; VOL as usize];
+    let mut put = |t: &ThinPool, off: u64, len: usize, seed: u64| {
+        let data = pattern(len, seed);
+        t.write(1, off, &data).unwrap();
+        model[off as usize..off as usize + len].copy_from_slice(&data);
+        t.flush().unwrap();
+    };
+    for i in 0..4 {
+        put(&t, i * MIB, 64 << 10, i);
+    }
+    t.commit().unwrap();
+    assert_eq!(log_len(&t), LOG_BLOCKS, "the commit grew the log");
+    let before = t.flush_stats();
+    for i in 0..12u64 {
+        // New chunks, and overwrites of committed ones (journaled).
+        put(
+            &t,
+            (i % 6) * MIB + 4096 * i,
+            4096 + 1000 * i as usize,
+            100 + i,
+        );
+    }
+    let after = t.flush_stats();
+    assert_eq!(
+        after.commits, before.commits,
+        "a flush fell back to a commit"
+    );
+    assert!(after.log_rounds >= before.log_rounds + 12);
+    let images = sim.crash();
+    drop(t);
+    let t = reopen(&images);
+    assert_eq!(log_len(&t), LOG_BLOCKS);
+    let replayed = t.replay_log().unwrap();
+    assert!(replayed.records >= 12, "{replayed:?}");
+    assert!(read(&t, 1) == model, "a flushed write lost");
+}

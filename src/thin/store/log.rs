@@ -3,7 +3,10 @@
 //! layer's business, see `thin::log`; here they are opaque payloads).
 //!
 //! A directory block (kind `LogDir`, named by the superblock from version
-//! 7) lists the log's blocks, allocated once and never freed. Record `seq`
+//! 7) lists the log's blocks. They stay allocated while the log is in
+//! use; a commit may replace a log less than half the size a new one
+//! would have with a new one (`regrow_log`), and releases the old one's
+//! blocks then (a directory written and named like any other). Record `seq`
 //! (1, 2, ...) of the transaction after commit `txid` is written whole
 //! into a block, on every metadata copy, by one flush; its header says
 //! `txid` (the commit it applies to), `seq`, and (from version 8) how many
@@ -107,11 +110,11 @@ impl MetaStore {
     }
 
     /// The log's blocks that hold RAID5 partial parities (empty but on
-    /// raid5 pools with checksums, and before this build committed the
-    /// pool).
+    /// raid5 pools with checksums, before this build committed the pool,
+    /// and while the log is not the one the last commit named).
     pub fn log_ring(&self) -> std::ops::Range<u64> {
         let n = self.log_blocks.len() as u64;
-        match self.log_runs && self.log_ring {
+        match self.log_runs && self.log_ring && self.log_ready() {
             true => n - n / 4..n,
             false => n..n,
         }
@@ -130,8 +133,13 @@ impl MetaStore {
             .write_place_durable_on(Place::Block(b), data, on)
     }
 
+    /// May records go to the log? Only to the log the last commit named:
+    /// after a crash the replay reads that one. A log made (or grown) in
+    /// the running transaction is used once a commit names it.
     pub fn log_ready(&self) -> bool {
-        !self.committed.log_dir.is_none() && !self.log_blocks.is_empty()
+        !self.log_dir.is_none()
+            && self.committed.log_dir == self.log_dir
+            && !self.log_blocks.is_empty()
     }
 
     /// Give the pool a flush log, recorded by the next commit: what the
@@ -141,6 +149,55 @@ impl MetaStore {
     /// or nearly full, or when its space map is too large for a version-7
     /// superblock. Returns whether a log was made.
     pub fn create_log(&mut self) -> Result<bool> {
+        match (self.log_dir.is_none(), self.new_log_size()) {
+            (true, Some(n)) => self.make_log(n),
+            _ => Ok(false),
+        }
+    }
+
+    /// Replace a log that holds less than half of what a new one would
+    /// (a pool made before new logs took what the area holds beyond 4 MiB)
+    /// with a new one, recorded by the next commit. The old log's blocks
+    /// are released, and as every block released in a transaction they
+    /// are not reused before the commit: until it, the committed state
+    /// and its log stay whole. Returns whether the log was replaced.
+    pub fn regrow_log(&mut self) -> Result<bool> {
+        let have = self.log_blocks.len() as u64;
+        let Some(n) = self.new_log_size() else {
+            return Ok(false);
+        };
+        if !self.log_ready() || n <= 2 * have {
+            return Ok(false);
+        }
+        let (dir, old) = (self.log_dir, std::mem::take(&mut self.log_blocks));
+        self.log_dir = Block::NONE;
+        match self.make_log(n) {
+            Ok(true) => {
+                for b in std::iter::once(dir).chain(old) {
+                    self.blocks.msm.dec(b);
+                }
+                Ok(true)
+            }
+            other => {
+                (self.log_dir, self.log_blocks) = (dir, old);
+                other
+            }
+        }
+    }
+
+    /// Make a log of `n` blocks now, as an older build did (a 32nd of the
+    /// area): for tests of what pools made by those builds do.
+    #[doc(hidden)]
+    pub fn create_log_of(&mut self, n: u64) -> Result<bool> {
+        match self.log_dir.is_none() && (1..=LOG_BLOCKS).contains(&n) {
+            true => self.make_log(n),
+            false => Ok(false),
+        }
+    }
+
+    /// The blocks of a log made now (see `create_log`), or none when no
+    /// log may be made.
+    fn new_log_size(&self) -> Option<u64> {
         let area = self.blocks.layout.meta_blocks;
         let free = self
             .blocks
@@ -148,15 +205,15 @@ impl MetaStore {
             .span()
             .saturating_sub(self.blocks.msm.used());
         let least = (area / 32).min(LOG_BLOCKS);
-        if !self.log_dir.is_none()
-            || !self.loaded
+        let refused = !self.loaded
             || least < 8
             || pages_for(self.blocks.msm.span()) as usize > MAX_MSM_PAGES
-            || free < 4 * (least + 1)
-        {
-            return Ok(false);
-        }
-        let n = log_size(area, free);
+            || free < 4 * (least + 1);
+        (!refused).then(|| log_size(area, free))
+    }
+
+    /// Allocate a directory and `n` log blocks and write the directory.
+    fn make_log(&mut self, n: u64) -> Result<bool> {
         let mut taken = Vec::with_capacity(n as usize + 1);
         for _ in 0..=n {
             match self.alloc_block() {
@@ -187,9 +244,12 @@ impl MetaStore {
         seal(&mut blk, BlockKind::LogDir.salt());
         // No committed state reaches it yet: written now, flushed by the
         // commit before its superblock.
-        self.blocks
-            .write_place(Place::Block(dir), &blk)
-            .map_err(|e| Error::io("writing the flush log's directory", e))?;
+        if let Err(e) = self.blocks.write_place(Place::Block(dir), &blk) {
+            for b in taken {
+                self.blocks.msm.dec(b);
+            }
+            return Err(Error::io("writing the flush log's directory", e));
+        }
         self.log_dir = dir;
         self.log_blocks = blocks;
         self.shape_dirty = true;

@@ -384,3 +384,71 @@ fn an_area_over_4_mib_gets_a_full_log() {
         BLOCKS - used
     );
 }
+
+/// A log an older build made small is replaced at a commit: the new one is
+/// not used before the commit names it (records, and raid5 partial
+/// parities, go to the committed log only), the old one's records stay
+/// readable until then (its blocks are not reused), and the commit that
+/// names the new one releases every block of the old one.
+#[test]
+fn a_small_log_is_replaced_by_a_full_one_at_a_commit() {
+    use super::log::LOG_BLOCKS;
+    let dev = Arc::new(MemDevice::new("m0", 64 << 20));
+    let mut s = create(&dev);
+    s.set_log_ring(true);
+    assert!(s.create_log_of(16).unwrap());
+    s.commit().unwrap();
+    assert!(s.log_ready());
+    let (old_dir, old) = (s.log_dir(), s.log_blocks().to_vec());
+    let used = s.msm().used();
+    s.write_log_durable(0, &[(1, b"before", &[])]).unwrap();
+    // Replaced in memory: not ready, no ring, until a commit names it.
+    assert!(s.regrow_log().unwrap());
+    assert_eq!(s.log_blocks().len() as u64, LOG_BLOCKS);
+    assert!(!s.log_ready(), "a log no commit named is in use");
+    assert!(
+        s.log_ring().is_empty(),
+        "partial parities in an unnamed log"
+    );
+    assert!(!s.regrow_log().unwrap(), "replaced twice in a transaction");
+    // A crash now: the committed log, its record, its blocks whole.
+    let crashed = reopen(&dev);
+    assert_eq!(crashed.log_dir(), old_dir);
+    assert_eq!(crashed.log_blocks(), old.as_slice());
+    let got: Vec<Vec<u8>> = crashed.read_log().into_iter().map(|r| r.payload).collect();
+    assert_eq!(got, vec![b"before".to_vec()]);
+    drop(crashed);
+    s.commit().unwrap();
+    assert!(s.log_ready());
+    assert!(!s.log_ring().is_empty());
+    for b in std::iter::once(old_dir).chain(old.iter().copied()) {
+        assert_eq!(s.msm().count(b), 0, "old log block {b} kept");
+    }
+    assert_eq!(s.msm().used(), used - 17 + LOG_BLOCKS + 1);
+    let again = reopen(&dev);
+    assert_eq!(again.log_blocks().len() as u64, LOG_BLOCKS);
+    assert!(again.read_log().is_empty(), "a new log starts empty");
+    // Full now: never replaced again.
+    s.write_log_durable(0, &[(1, b"after", &[])]).unwrap();
+    assert!(!s.regrow_log().unwrap());
+    drop(again);
+    let got: Vec<Vec<u8>> = reopen(&dev)
+        .read_log()
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(got, vec![b"after".to_vec()]);
+}
+
+/// A log half the size a new one would have, or more, stays: a pool
+/// whose metadata filled up since does not swap logs at every commit.
+#[test]
+fn a_log_at_least_half_the_new_size_stays() {
+    use super::log::LOG_BLOCKS;
+    let dev = Arc::new(MemDevice::new("m0", 64 << 20));
+    let mut s = create(&dev);
+    assert!(s.create_log_of(LOG_BLOCKS / 2).unwrap());
+    s.commit().unwrap();
+    assert!(!s.regrow_log().unwrap());
+    assert_eq!(s.log_blocks().len() as u64, LOG_BLOCKS / 2);
+}
