@@ -190,7 +190,6 @@ fn discarded_chunks_go_back_to_the_pool() {
 #[test]
 fn flushes_after_a_commit_that_grew_the_log_survive_a_power_cut() {
     use crate::device::CrashSim;
-    use crate::thin::store::log::LOG_BLOCKS;
     let mut sim = CrashSim::new(2, 48 * MIB, 5);
     let devs: Vec<DeviceRef> = sim.devices.iter().map(|d| d.clone() as DeviceRef).collect();
     let chunks = geometry().capacity() / chunk_size();
@@ -225,7 +224,8 @@ fn flushes_after_a_commit_that_grew_the_log_survive_a_power_cut() {
         put(&t, i * MIB, 64 << 10, i);
     }
     t.commit().unwrap();
-    assert_eq!(log_len(&t), LOG_BLOCKS, "the commit grew the log");
+    let grown = log_len(&t);
+    assert!(grown >= 64, "the commit did not grow the log: {grown}");
     let before = t.flush_stats();
     for i in 0..12u64 {
         // New chunks, and overwrites of committed ones (journaled).
@@ -245,7 +245,7 @@ fn flushes_after_a_commit_that_grew_the_log_survive_a_power_cut() {
     let images = sim.crash();
     drop(t);
     let t = reopen(&images);
-    assert_eq!(log_len(&t), LOG_BLOCKS);
+    assert_eq!(log_len(&t), grown);
     let replayed = t.replay_log().unwrap();
     assert!(replayed.records >= 12, "{replayed:?}");
     assert!(read(&t, 1) == model, "a flushed write lost");
