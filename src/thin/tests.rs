@@ -54,10 +54,15 @@ fn chunk_size() -> u64 {
 }
 
 fn create(devs: &[Arc<MemDevice>]) -> ThinPool {
-    let geo = geometry();
-    let chunks = geo.capacity() / chunk_size();
+    create_on(devs.iter().map(|d| d.clone() as DeviceRef).collect())
+}
+
+/// A new pool on any two members (the first holds the metadata).
+fn create_on(devs: Vec<DeviceRef>) -> ThinPool {
+    let chunks = geometry().capacity() / chunk_size();
+    let mirror = MetaMirror::new(vec![(0, Some(devs[0].clone()))]);
     let meta = MetaStore::create(
-        mirror(devs),
+        mirror,
         layout(),
         UUID,
         "t",
@@ -68,7 +73,8 @@ fn create(devs: &[Arc<MemDevice>]) -> ThinPool {
         true,
     )
     .unwrap();
-    ThinPool::new(array(devs), meta, ChunkSize::new(chunk_size()))
+    let array = Arc::new(Array::new(geometry(), devs.into_iter().map(Some).collect()));
+    ThinPool::new(array, meta, ChunkSize::new(chunk_size()))
 }
 
 fn reopen(devs: &[Arc<MemDevice>]) -> ThinPool {
@@ -191,23 +197,7 @@ fn discarded_chunks_go_back_to_the_pool() {
 fn flushes_after_a_commit_that_grew_the_log_survive_a_power_cut() {
     use crate::device::CrashSim;
     let mut sim = CrashSim::new(2, 48 * MIB, 5);
-    let devs: Vec<DeviceRef> = sim.devices.iter().map(|d| d.clone() as DeviceRef).collect();
-    let chunks = geometry().capacity() / chunk_size();
-    let mirror = MetaMirror::new(vec![(0, Some(devs[0].clone()))]);
-    let meta = MetaStore::create(
-        mirror,
-        layout(),
-        UUID,
-        "t",
-        chunks,
-        chunk_size(),
-        2,
-        256,
-        true,
-    )
-    .unwrap();
-    let array = Arc::new(Array::new(geometry(), devs.into_iter().map(Some).collect()));
-    let t = ThinPool::new(array, meta, ChunkSize::new(chunk_size()));
+    let t = create_on(sim.devices.iter().map(|d| d.clone() as DeviceRef).collect());
     assert!(t.meta.write().create_log_of(16).unwrap());
     t.create_volume(1).unwrap();
     t.commit().unwrap();
