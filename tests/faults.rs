@@ -720,3 +720,34 @@ fn a_scrub_whose_parity_rewrite_fails_the_member_goes_on() {
     assert_eq!(state(&pool, 1), "failed");
     model_verify(&pool, &model, "raid5 after the scrub");
 }
+
+/// Raid5 parity damaged on member 1, and the parity check's own read of
+/// it fails (the scrub's data reads before it, which read that parity to
+/// rebuild each data unit of the row, get through): the read fails the
+/// member, and the parity check ends there, degraded, instead of stopping
+/// the scrub.
+#[test]
+fn a_scrub_whose_parity_read_fails_the_member_goes_on() {
+    let Rig {
+        pool,
+        mem,
+        plans,
+        model,
+    } = rig(RaidLevel::Raid5, 3);
+    let ds = pool.label().data_start;
+    let row = 4;
+    damage(&mem[1], ds + row * UNIT, 4096);
+    let found = pool.scrub(true, |_, _| {}).unwrap();
+    assert!(found.parity_errors > 0, "{found:?}");
+    // Two reads rebuild the row's two data units; the third is the check's.
+    plans[1].fail_reads_after(ds + row * UNIT..ds + (row + 1) * UNIT, 2);
+    let r = pool
+        .scrub(false, |_, _| {})
+        .unwrap_or_else(|e| panic!("the scrub stopped: {e}"));
+    // The read and its retry.
+    assert!(plans[1].injected() >= 1, "no read failed");
+    assert_eq!(r.parity_repaired, 0, "{r:?}");
+    assert!(r.bytes >= VOL as u64, "not every chunk: {r:?}");
+    assert_eq!(state(&pool, 1), "failed");
+    model_verify(&pool, &model, "raid5 after the scrub");
+}

@@ -14,6 +14,8 @@ use std::time::Duration;
 #[derive(Default)]
 struct Plan {
     read_errors: Vec<Range<u64>>,
+    /// Reads touching the range: let this many through, then fail them.
+    read_errors_after: Vec<(Range<u64>, u64)>,
     write_errors: Vec<Range<u64>>,
     /// Fail this many I/Os, then work again.
     transient: u64,
@@ -42,6 +44,12 @@ impl FaultPlan {
     /// EIO on reads touching `range`.
     pub fn fail_reads(&self, range: Range<u64>) {
         self.0.lock().read_errors.push(range);
+    }
+
+    /// Let `skip` reads touching `range` through, then EIO on the rest:
+    /// aims a failure at one read of a sequence.
+    pub fn fail_reads_after(&self, range: Range<u64>, skip: u64) {
+        self.0.lock().read_errors_after.push((range, skip));
     }
 
     /// EIO on writes touching `range`.
@@ -125,6 +133,16 @@ impl FaultPlan {
             }
         }
         let mut aimed = false;
+        if !write {
+            for (r, left) in p.read_errors_after.iter_mut() {
+                if r.start < end && offset < r.end {
+                    match *left {
+                        0 => aimed = true,
+                        _ => *left -= 1,
+                    }
+                }
+            }
+        }
         if write {
             p.writes += 1;
             if let Some((skip, n)) = p.fail_after {
@@ -249,6 +267,15 @@ mod tests {
         p.fail_writes(0..512);
         assert!(d.write_at(&b, 256).is_err());
         d.write_at(&b, 8192).unwrap();
+        p.heal();
+        // Aimed at a read of a range: `skip` through, then failures.
+        p.fail_reads_after(4096..4097, 2);
+        d.read_at(&mut b, 4096).unwrap();
+        d.read_at(&mut b, 0).unwrap();
+        d.read_at(&mut b, 4096).unwrap();
+        assert!(d.read_at(&mut b, 4096).is_err());
+        assert!(d.read_at(&mut b, 4000).is_err());
+        d.read_at(&mut b, 0).unwrap();
         p.heal();
         // Transient: n failures, then fine.
         p.transient(2);
