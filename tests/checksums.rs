@@ -6,7 +6,6 @@
 mod common;
 use common::*;
 use std::sync::Arc;
-use vpool::device::BlockDevice;
 use vpool::device::{DeviceRef, FaultDevice, MemDevice};
 use vpool::raid::RaidLevel;
 use vpool::Pool;
@@ -21,11 +20,6 @@ fn filled(level: RaidLevel, n: usize) -> (Pool, Vec<Arc<MemDevice>>, Vec<u8>) {
     model_write(&pool, &mut model, 0, VOL, 7);
     pool.commit().unwrap();
     (pool, mem, model)
-}
-
-fn garbage(mem: &MemDevice, off: u64, len: usize) {
-    let bytes: Vec<u8> = pattern(len, 999).iter().map(|b| b ^ 0x5a).collect();
-    mem.write_at(&bytes, off).unwrap();
 }
 
 #[test]

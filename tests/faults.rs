@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use vpool::device::{BlockDevice, DeviceRef, FaultDevice, FaultPlan, MemDevice};
+use vpool::device::{DeviceRef, FaultDevice, FaultPlan, MemDevice};
 use vpool::raid::RaidLevel;
 use vpool::Pool;
 
@@ -650,12 +650,6 @@ fn a_scrub_that_finds_a_vanished_mirror_fails_it_and_goes_on() {
     }
 }
 
-/// Bytes unlike any the model wrote, over `len` bytes at `off` of a member.
-fn damage(mem: &MemDevice, off: u64, len: usize) {
-    let bytes: Vec<u8> = pattern(len, 999).iter().map(|b| b ^ 0x5a).collect();
-    mem.write_at(&bytes, off).unwrap();
-}
-
 /// 16 KiB stripe units (see `rig`); raid5 x3 puts row `s`'s parity on
 /// member `2 - s % 3`, so member 1 holds parity on rows 1, 4, 7...
 const UNIT: u64 = 16 * 1024;
@@ -677,7 +671,7 @@ fn a_scrub_whose_repair_write_fails_the_member_goes_on() {
         } = rig(level, n);
         let ds = pool.label().data_start;
         for row in (0..60).step_by(3) {
-            damage(&mem[1], ds + row * UNIT + 4096, 4096);
+            garbage(&mem[1], ds + row * UNIT + 4096, 4096);
         }
         plans[1].fail_writes(0..u64::MAX);
         let r = pool
@@ -691,12 +685,16 @@ fn a_scrub_whose_repair_write_fails_the_member_goes_on() {
     }
 }
 
-/// Raid5 parity that disagrees with its data, on member 1, whose writes
-/// fail: the parity rewrite fails the member, and the parity check ends
-/// there, degraded, instead of stopping the scrub. (A member failing on a
-/// parity check's read takes the same way out.)
-#[test]
-fn a_scrub_whose_parity_rewrite_fails_the_member_goes_on() {
+/// Raid5 parity on member 1 damaged at `rows` (and nothing else: a
+/// checking scrub finds no bad data block), then `arm` sets a fault on
+/// member 1 (given the data area's start) and a repairing scrub runs: the
+/// fault fails the member, and the parity check ends there, degraded,
+/// instead of stopping the scrub. Every chunk is checked, no parity
+/// rewrite is counted, every byte reads back. Returns member 1's plan.
+fn scrub_with_a_parity_fault(
+    rows: impl Iterator<Item = u64>,
+    arm: impl FnOnce(&FaultPlan, u64),
+) -> FaultPlan {
     let Rig {
         pool,
         mem,
@@ -704,14 +702,13 @@ fn a_scrub_whose_parity_rewrite_fails_the_member_goes_on() {
         model,
     } = rig(RaidLevel::Raid5, 3);
     let ds = pool.label().data_start;
-    for row in (1..60).step_by(3) {
-        damage(&mem[1], ds + row * UNIT, 4096);
+    for row in rows {
+        garbage(&mem[1], ds + row * UNIT, 4096);
     }
-    // Only parity is damaged: a checking scrub finds no bad data block.
     let found = pool.scrub(true, |_, _| {}).unwrap();
     assert!(found.parity_errors > 0, "{found:?}");
     assert_eq!(found.bad_blocks, 0, "{found:?}");
-    plans[1].fail_writes(0..u64::MAX);
+    arm(&plans[1], ds);
     let r = pool
         .scrub(false, |_, _| {})
         .unwrap_or_else(|e| panic!("the scrub stopped: {e}"));
@@ -719,35 +716,25 @@ fn a_scrub_whose_parity_rewrite_fails_the_member_goes_on() {
     assert!(r.bytes >= VOL as u64, "not every chunk: {r:?}");
     assert_eq!(state(&pool, 1), "failed");
     model_verify(&pool, &model, "raid5 after the scrub");
+    plans[1].clone()
 }
 
-/// Raid5 parity damaged on member 1, and the parity check's own read of
-/// it fails (the scrub's data reads before it, which read that parity to
-/// rebuild each data unit of the row, get through): the read fails the
-/// member, and the parity check ends there, degraded, instead of stopping
-/// the scrub.
+/// The parity rewrite fails the member (its writes fail).
+#[test]
+fn a_scrub_whose_parity_rewrite_fails_the_member_goes_on() {
+    scrub_with_a_parity_fault((1..60).step_by(3), |p, _| p.fail_writes(0..u64::MAX));
+}
+
+/// The parity check's own read of the damaged parity fails the member; the
+/// scrub's data reads before it, which read that parity to rebuild each
+/// data unit of the row, get through.
 #[test]
 fn a_scrub_whose_parity_read_fails_the_member_goes_on() {
-    let Rig {
-        pool,
-        mem,
-        plans,
-        model,
-    } = rig(RaidLevel::Raid5, 3);
-    let ds = pool.label().data_start;
     let row = 4;
-    damage(&mem[1], ds + row * UNIT, 4096);
-    let found = pool.scrub(true, |_, _| {}).unwrap();
-    assert!(found.parity_errors > 0, "{found:?}");
-    // Two reads rebuild the row's two data units; the third is the check's.
-    plans[1].fail_reads_after(ds + row * UNIT..ds + (row + 1) * UNIT, 2);
-    let r = pool
-        .scrub(false, |_, _| {})
-        .unwrap_or_else(|e| panic!("the scrub stopped: {e}"));
+    let plan = scrub_with_a_parity_fault(std::iter::once(row), |p, ds| {
+        // Two reads rebuild the row's two data units; the third is the check's.
+        p.fail_reads_after(ds + row * UNIT..ds + (row + 1) * UNIT, 2)
+    });
     // The read and its retry.
-    assert!(plans[1].injected() >= 1, "no read failed");
-    assert_eq!(r.parity_repaired, 0, "{r:?}");
-    assert!(r.bytes >= VOL as u64, "not every chunk: {r:?}");
-    assert_eq!(state(&pool, 1), "failed");
-    model_verify(&pool, &model, "raid5 after the scrub");
+    assert!(plan.injected() >= 1, "no read failed");
 }

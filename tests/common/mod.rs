@@ -57,6 +57,14 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Stored damage: bytes unlike any `pattern` writes, over `len` bytes at
+/// `off` of a member, behind the pool's back.
+pub fn garbage(mem: &MemDevice, off: u64, len: usize) {
+    use vpool::device::BlockDevice;
+    let bytes: Vec<u8> = pattern(len, 999).iter().map(|b| b ^ 0x5a).collect();
+    mem.write_at(&bytes, off).unwrap();
+}
+
 /// How many power cuts a crash test makes: `default`, or with
 /// `VPOOL_CRASH_ITERS=n` set, `n / divisor` (at least `min`).
 pub fn crash_iters(default: u64, divisor: u64, min: u64) -> u64 {

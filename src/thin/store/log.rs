@@ -4,9 +4,9 @@
 //!
 //! A directory block (kind `LogDir`, named by the superblock from version
 //! 7) lists the log's blocks. They stay allocated while the log is in
-//! use; a commit may replace a log less than half the size a new one
-//! would have with a new one (`regrow_log`), and releases the old one's
-//! blocks then (a directory written and named like any other). Record `seq`
+//! use; a commit may replace a log holding less than half of what a
+//! replacement would get (`regrow_log`: a new directory, named like any
+//! other) and release the old one's blocks. Record `seq`
 //! (1, 2, ...) of the transaction after commit `txid` is written whole
 //! into a block, on every metadata copy, by one flush; its header says
 //! `txid` (the commit it applies to), `seq`, and (from version 8) how many
@@ -60,7 +60,7 @@ pub const LOG_KEEPS_FREE: u64 = 1024;
 /// blocks available (see `MetaStore::regrow_log`). An old pool of three
 /// 768 MiB members, 512 MiB written, random 4 KiB overwrites: the 64-block
 /// log committed 126-160 times in 8 s; replaced by one of an eighth (231
-/// blocks) 44-63 times; of a quarter (450) 160-198 times, and by a full
+/// blocks) 41-63 times; of a quarter (450) 160-198 times, and by a full
 /// one (504, leaving 1,150 blocks available) 524-551 times.
 pub const REGROW_SHARE: u64 = 8;
 
