@@ -9,6 +9,7 @@
 //! the timing; release builds compile to the plain lock.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[cfg(debug_assertions)]
 mod held {
@@ -48,12 +49,15 @@ mod held {
 #[derive(Default)]
 pub struct RwLock<T> {
     inner: parking_lot::RwLock<T>,
+    /// Times the lock was taken for writing (see [`RwLock::writes`]).
+    writes: AtomicU64,
 }
 
 impl<T> RwLock<T> {
     pub fn new(value: T) -> Self {
         RwLock {
             inner: parking_lot::RwLock::new(value),
+            writes: AtomicU64::new(0),
         }
     }
 
@@ -73,10 +77,21 @@ impl<T> RwLock<T> {
     pub fn write(&self) -> WriteGuard<'_, T> {
         #[cfg(debug_assertions)]
         held::take(self.addr(), "write");
+        let guard = self.inner.write();
+        self.writes.fetch_add(1, Ordering::Relaxed);
         WriteGuard {
-            guard: self.inner.write(),
+            guard,
             addr: self.addr(),
         }
+    }
+
+    /// How many times the lock has been taken for writing. Read under a
+    /// read guard, it cannot move while that guard lives; the same value
+    /// read under a later read guard means nothing could change the value
+    /// in between (what was derived from it under the first still holds).
+    /// The lock orders the count as it orders the value: relaxed suffices.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 }
 
@@ -142,6 +157,17 @@ mod tests {
         // Two different locks may be held at once.
         let m = RwLock::new(0);
         let (_a, _b) = (l.read(), m.write());
+    }
+
+    #[test]
+    fn the_write_count_moves_with_each_write_and_only_then() {
+        let l = RwLock::new(0);
+        let before = l.writes();
+        drop(l.read());
+        assert_eq!(l.writes(), before, "a read is not a write");
+        drop(l.write());
+        *l.write() += 1;
+        assert_eq!(l.writes(), before + 2);
     }
 
     #[cfg(debug_assertions)]

@@ -45,6 +45,8 @@ pub struct ThinPool {
     pub(crate) intent: Option<Intent>,
     /// The flush log's state in memory (see `log`).
     pub(crate) log: super::log::FlushLog,
+    /// Recent mapping look-ups (see `mapcache`).
+    maps: super::mapcache::MapCache,
 }
 
 /// What the pieces of a write that `write_pieces` did not take are given
@@ -60,12 +62,7 @@ pub(super) struct Prepared {
 }
 
 /// A physical mapping: chunk number and whether it may be overwritten in place.
-pub(super) struct Mapping {
-    pub(super) phys: Chunk,
-    pub(super) exclusive: bool,
-    /// Allocated in the running transaction: no committed state refers to it.
-    pub(super) new: bool,
-}
+pub(super) use super::mapcache::Mapping;
 
 impl ThinPool {
     pub fn new(array: Arc<Array>, mut meta: MetaStore, chunk_size: ChunkSize) -> ThinPool {
@@ -111,6 +108,7 @@ impl ThinPool {
             csums,
             intent,
             log,
+            maps: Default::default(),
         }
     }
 
@@ -122,8 +120,13 @@ impl ThinPool {
 
     pub(super) fn lookup(&self, vol: u64, vchunk: u64) -> Result<Option<Mapping>> {
         let meta = self.meta.read();
+        // Unchanged while `meta` is held (see `mapcache`).
+        let writes = self.meta.writes();
+        if let Some(found) = self.maps.get(vol, vchunk, writes) {
+            return Ok(found);
+        }
         let root = meta.volume_root(vol)?.root;
-        Ok(
+        let found =
             btree::lookup(&*meta, &mapping_spec(vol), root, vchunk)?.map(|(v, path_shared)| {
                 let phys = mapped_chunk(&v);
                 Mapping {
@@ -131,8 +134,9 @@ impl ThinPool {
                     exclusive: !path_shared && meta.data.exclusive(phys),
                     new: meta.data.is_new(phys),
                 }
-            }),
-        )
+            });
+        self.maps.put(vol, vchunk, writes, found);
+        Ok(found)
     }
 
     /// Pieces of `[offset, offset+len)` as (virtual chunk, offset in chunk, length).

@@ -4,7 +4,7 @@
 //! released on discard. Knows volumes by id only; names live in the pool
 //! facade. `store` is the on-disk schema and its transactions; the rest is
 //! the data path over it (I/O, checksums, intent, flush log, scrub, resync,
-//! relocation).
+//! relocation, the cache of recent mapping look-ups).
 
 mod batch;
 pub mod csum;
@@ -13,6 +13,7 @@ mod io;
 mod journal;
 pub mod log;
 mod log_entry;
+mod mapcache;
 mod ops;
 mod ppl;
 mod relocate;

@@ -165,6 +165,51 @@ fn a_snapshot_shares_chunks_until_the_volume_writes_them() {
     assert!(read(&t, 1) == want);
 }
 
+/// Look-ups are kept between changes of the metadata (`mapcache`): one
+/// made before a snapshot, a commit, a discard or a copy-on-write must not
+/// answer after it. Each answer is checked against the tree itself.
+#[test]
+fn kept_look_ups_follow_every_change_of_the_mappings() {
+    let devs = members();
+    let t = create(&devs);
+    t.create_volume(1).unwrap();
+    let cs = chunk_size();
+    t.write(1, 0, &pattern(4 * cs as usize, 1)).unwrap();
+    let state = |t: &ThinPool, c: u64| {
+        let m = t.lookup(1, c).unwrap();
+        // Asked twice: the second answer is the kept one.
+        assert_eq!(t.lookup(1, c).unwrap(), m);
+        m.map(|m| (m.phys, m.exclusive, m.new))
+    };
+    let first = state(&t, 3).expect("mapped");
+    assert_eq!(
+        (first.1, first.2),
+        (true, true),
+        "written in this transaction"
+    );
+    t.commit().unwrap();
+    assert_eq!(state(&t, 3), Some((first.0, true, false)), "committed");
+    t.share_volume(1, 2).unwrap();
+    assert_eq!(
+        state(&t, 3),
+        Some((first.0, false, false)),
+        "shared with a snapshot"
+    );
+    // A write copies it, as the snapshot keeps its bytes.
+    t.write(1, 3 * cs + 4096, &[7; 4096]).unwrap();
+    let copied = state(&t, 3).expect("mapped");
+    assert_ne!(copied.0, first.0, "copied on write");
+    assert_eq!((copied.1, copied.2), (true, true));
+    let mut old = vec![0; 4096];
+    t.read(2, 3 * cs + 4096, &mut old).unwrap();
+    assert_eq!(
+        old,
+        pattern(4 * cs as usize, 1)[(3 * cs + 4096) as usize..][..4096]
+    );
+    t.discard(1, 3 * cs, cs).unwrap();
+    assert_eq!(state(&t, 3), None, "discarded");
+}
+
 #[test]
 fn discarded_chunks_go_back_to_the_pool() {
     let devs = members();
