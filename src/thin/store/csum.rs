@@ -52,10 +52,12 @@ const CACHE_SHARDS: usize = 16;
 /// Groups a shard keeps (16 x 4,096 groups: 4 GiB of data, about 5 MB).
 const CACHE_PER_SHARD: usize = 4096;
 
-/// Groups of the checksum tree recently read, so that a read verifies its
-/// blocks without a second tree walk after the mapping's. Filled under the
-/// store's read lock; every change to the tree (under its write lock)
-/// forgets the keys it changes. A full shard starts again empty.
+/// Groups of the checksum tree recently read or written, so that a read
+/// verifies its blocks without a second tree walk after the mapping's, and
+/// a write of part of a group finds the rest. Filled under the store's read
+/// lock by look-ups; every change to the tree (under its write lock) puts
+/// the group it wrote or forgets the keys it removed. A full shard starts
+/// again empty.
 pub(crate) struct GroupCache {
     shards: Vec<parking_lot::Mutex<HashMap<u64, Group>>>,
 }
@@ -83,6 +85,12 @@ impl GroupCache {
             s.clear();
         }
         s.insert(key, g);
+    }
+
+    /// What the cache holds for `key`, without a look-up.
+    #[cfg(test)]
+    pub(crate) fn holds(&self, key: u64) -> Option<Group> {
+        self.get(key)
     }
 
     fn forget(&self, key: u64) {
@@ -127,6 +135,10 @@ impl MetaStore {
         self.csum_cache.forget(key);
         c.root = btree::insert(self, &CSUM_SPEC, c.root, key, &v)?.0;
         self.csum = Some(c);
+        // What a look-up finds now: the next write to the group after a
+        // commit (which puts every group a transaction wrote) merges its
+        // blocks into it without walking the tree.
+        self.csum_cache.put(key, *g);
         Ok(())
     }
 

@@ -344,6 +344,10 @@ fn checksum_groups_read_through_the_cache_follow_every_change() {
     assert_eq!(s.csum_get(key(7, 0)).unwrap(), Some([7; 16]));
     s.csum_put(key(7, 0), &[70; 16]).unwrap();
     assert_eq!(s.csum_get(key(7, 0)).unwrap(), Some([70; 16]));
+    // A group put is kept as put: the next write to it (after the commit
+    // that put it) needs no walk of the tree.
+    s.csum_put(key(60, 0), &[60; 16]).unwrap();
+    assert_eq!(s.csum_cache.holds(key(60, 0)), Some([60; 16]));
     // A freed chunk's groups are gone, cached or not.
     assert_eq!(s.csum_get(key(9, 0)).unwrap(), Some([9; 16]));
     s.csum_forget_chunk(Chunk(9)).unwrap();
