@@ -127,6 +127,35 @@ fn a_write_with_other_bytes_than_named_runs_its_own_round() {
     model_verify(&after, &model, "after a cut, a write other than named");
 }
 
+/// A client may queue several writes of one block: each is named, and
+/// each, when it runs, finds its own intent named (the same bytes twice,
+/// and other bytes), all in the one round the first write runs.
+#[test]
+fn writes_of_one_block_queued_together_each_find_their_intent() {
+    let mut model = Vec::new();
+    let (pool, devs) = committed(&mut model);
+    let v = pool.volume("a", None).unwrap();
+    let off = 6 * MIB as usize + 2 * BLK;
+    let (a, b) = (pattern(BLK, 21), pattern(BLK, 22));
+    let writes = [&a, &a, &b];
+    let named: Vec<(u64, Vec<u32>)> = writes.iter().map(|d| (off as u64, crcs(d))).collect();
+    let before = pool.flush_stats();
+    v.name_ahead(&named);
+    for data in writes {
+        write(&pool, &mut model, off, data);
+    }
+    let s = pool.flush_stats();
+    assert_eq!(s.named_ahead - before.named_ahead, 3, "{s:?}");
+    assert_eq!(s.intent_rounds - before.intent_rounds, 1, "{s:?}");
+    // None is left named: the same bytes again run a round of their own.
+    write(&pool, &mut model, off, &a);
+    let s2 = pool.flush_stats();
+    assert_eq!(s2.named_ahead, s.named_ahead, "{s2:?}");
+    assert_eq!(s2.intent_rounds - s.intent_rounds, 1, "{s2:?}");
+    let after = cut_and_reopen(&devs);
+    model_verify(&after, &model, "after a cut, one block written thrice");
+}
+
 /// Mirrors name nothing; a chunk of the running transaction is written
 /// in place with no round, named or not (a stray intent naming it would
 /// be harmless, and nothing here counts one).

@@ -57,7 +57,13 @@ impl ThinPool {
             return Ok(false);
         }
         let ir = self.log.istarted.fetch_add(1, Ordering::AcqRel) + 1;
-        let entries = std::mem::take(&mut *self.log.intents.lock());
+        let entries = {
+            // The next round's queue starts with room for as many: not
+            // grown again from nothing, one reallocation at a time.
+            let mut queued = self.log.intents.lock();
+            let room = Vec::with_capacity(queued.len());
+            std::mem::replace(&mut *queued, room)
+        };
         if !self.write_intents(&mut next, &entries)? {
             return Ok(false);
         }
@@ -174,8 +180,11 @@ impl ThinPool {
                 let ticket = self.log.istarted.load(Ordering::Acquire);
                 let mut ahead = self.log.ahead.lock();
                 for (i, &crc) in crcs.iter().enumerate() {
-                    let key = (m.phys.index(), within + i as u64 * CSUM_BLOCK);
-                    ahead.entry(key).or_default().push((crc, ticket));
+                    let key = (m.phys.index(), within + i as u64 * CSUM_BLOCK, crc);
+                    // Two writes of the same bytes: the later ticket, as a
+                    // round past it took both.
+                    let named = ahead.entry(key).or_insert((0, 0));
+                    *named = (named.0 + 1, named.1.max(ticket));
                 }
                 self.log.ahead_len.store(ahead.len(), Ordering::Release);
             }
@@ -192,18 +201,15 @@ impl ThinPool {
             return None;
         }
         let mut ahead = self.log.ahead.lock();
-        let key = |i: usize| (phys.index(), within + i as u64 * CSUM_BLOCK);
+        let key = |i: usize| (phys.index(), within + i as u64 * CSUM_BLOCK, crcs[i]);
         let mut ticket = 0;
-        for (i, crc) in crcs.iter().enumerate() {
-            let named = ahead.get(&key(i))?;
-            ticket = ticket.max(named.iter().find(|(c, _)| c == crc)?.1);
+        for i in 0..crcs.len() {
+            ticket = ticket.max(ahead.get(&key(i))?.1);
         }
-        for (i, crc) in crcs.iter().enumerate() {
+        for i in 0..crcs.len() {
             if let Some(named) = ahead.get_mut(&key(i)) {
-                if let Some(at) = named.iter().position(|(c, _)| c == crc) {
-                    named.swap_remove(at);
-                }
-                if named.is_empty() {
+                named.0 -= 1;
+                if named.0 == 0 {
                     ahead.remove(&key(i));
                 }
             }

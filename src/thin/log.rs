@@ -66,9 +66,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 /// last write wins.
 pub(super) type Journal = BTreeMap<(u64, u64), Box<[u8]>>;
 
-/// Intents named ahead of their writes: by (chunk, byte within it), each
-/// new CRC32 with its ticket (see `FlushLog::ahead`).
-pub(super) type Ahead = HashMap<(u64, u64), Vec<(u32, u64)>>;
+/// Intents named ahead of their writes: by (chunk, byte within it, new
+/// CRC32), how many writes named it and the latest ticket of theirs (see
+/// `FlushLog::ahead`). One entry, not a list per block: no allocation per
+/// write named.
+pub(super) type Ahead = HashMap<(u64, u64, u32), (u32, u64)>;
 
 /// Where the next record goes.
 #[derive(Default)]
@@ -111,10 +113,10 @@ pub(crate) struct FlushLog {
     /// the rounds that took them: started, and the last one finished.
     pub(super) intents: Mutex<Vec<Entry>>,
     /// Intents queued ahead of their writes (`ThinPool::name_ahead`), by
-    /// (chunk, byte within it): each new CRC32 with the ticket a round
-    /// must pass to have taken it. Forgotten with the queue at a restart.
+    /// (chunk, byte within it, new CRC32): how many, and the ticket a round
+    /// must pass to have taken them. Forgotten with the queue at a restart.
     pub(super) ahead: Mutex<Ahead>,
-    /// Blocks `ahead` holds (read without its lock: 0 skips it).
+    /// Entries `ahead` holds (read without its lock: 0 skips it).
     pub(super) ahead_len: AtomicUsize,
     /// Writes whose intents were named ahead and so joined an earlier
     /// writer's round.
