@@ -113,8 +113,7 @@ impl ThinPool {
     }
 
     pub(super) fn chunk_lock(&self, vol: u64, vchunk: u64) -> &RwLock<()> {
-        let h =
-            vol.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ vchunk.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let h = super::mapcache::chunk_hash(vol, vchunk);
         &self.chunk_locks[(h >> 20) as usize % CHUNK_LOCKS]
     }
 

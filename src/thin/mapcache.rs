@@ -60,9 +60,15 @@ impl Default for MapCache {
     }
 }
 
+/// A (volume, chunk) spread over 64 bits, for tables indexed by it (the
+/// chunk locks, this cache).
+pub(super) fn chunk_hash(vol: u64, vchunk: u64) -> u64 {
+    vol.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ vchunk.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+}
+
 /// The shard and slot of (vol, vchunk).
 fn place(vol: u64, vchunk: u64) -> (usize, usize) {
-    let h = vol.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ vchunk.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let h = chunk_hash(vol, vchunk);
     let h = (h ^ (h >> 29)) as usize;
     (h % SHARDS, (h / SHARDS) % PER_SHARD)
 }
