@@ -4,6 +4,9 @@
 # The median of the numbers on standard input, one per line.
 median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 
+# A free TCP port on 127.0.0.1.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
 # fio_cpu PID URI [FIO OPTIONS...]: one 5 s fio run (nbd engine, iodepth
 # ${QD:-32}, over 512 MiB) against the NBD server PID at URI. Prints
 # "IOPS server-CPUs server-CPU-us-per-request fio-CPU-%": the server's CPU

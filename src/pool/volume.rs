@@ -114,6 +114,11 @@ impl Volume {
         .map_err(|e| e.in_volume(&self.name))
     }
 
+    /// Whether the volume's pool keeps data checksums.
+    pub fn has_checksums(&self) -> bool {
+        self.pool.thin().csums.is_some()
+    }
+
     /// Whether `name_ahead` may do anything now: a writable volume on a
     /// pool whose overwrites go in place under intents of its flush log.
     pub fn names_ahead(&self) -> bool {

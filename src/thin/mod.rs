@@ -11,6 +11,7 @@ pub mod csum;
 pub mod intent;
 mod io;
 mod journal;
+pub mod known;
 pub mod log;
 mod log_entry;
 mod mapcache;

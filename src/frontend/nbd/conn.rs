@@ -12,6 +12,7 @@ use super::handshake::{Handshake, Negotiated, Outcome};
 use super::proto::Request;
 use super::stream::Stream;
 use super::Policy;
+use crate::thin::known::Received;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use nix::sys::eventfd::EventFd;
 use parking_lot::Mutex;
@@ -103,6 +104,10 @@ impl Hub {
 pub(super) struct Job {
     pub req: Request,
     pub data: Vec<u8>,
+    /// The CRC32s of a write's whole 4 KiB blocks, computed by the reactor
+    /// as they arrived (on pools with checksums, for writes at a whole
+    /// block: `input::Entry::track_crcs`).
+    pub crcs: Received,
     /// Set when the reactor already refused it (an oversized write).
     pub error: Option<u32>,
     pub cost: u64,

@@ -9,6 +9,7 @@ use super::proto::*;
 use super::stream::Stream;
 use super::transmission::MIN_COST;
 use super::workers::Workers;
+use crate::thin::known::Received;
 use std::io::{self, Read};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -190,6 +191,7 @@ impl Entry {
                 if job.data.len() >= DIRECT {
                     let n = self.reader.read(&mut job.data[*filled..])?;
                     *filled += n;
+                    job.crcs.advance(&job.data, *filled);
                     if n > 0 && *filled == job.data.len() {
                         self.finish_payload();
                     }
@@ -333,6 +335,7 @@ impl Entry {
                     let from = self.start;
                     job.data[*filled..*filled + k].copy_from_slice(&self.buf[from..from + k]);
                     *filled += k;
+                    job.crcs.advance(&job.data, *filled);
                     let done = *filled == job.data.len();
                     self.consume(k);
                     if !done {
@@ -359,6 +362,20 @@ impl Entry {
                 }
             }
         }
+    }
+
+    /// Whether to compute the CRC32s of write `req`'s blocks as they come
+    /// (`thin::known`): for a volume on a pool with checksums, at a whole
+    /// block (else the pool's blocks are not the payload's).
+    fn wants_crcs(&self, req: &Request) -> bool {
+        let block = crate::thin::store::csum::CSUM_BLOCK;
+        req.offset.is_multiple_of(block)
+            && u64::from(req.length) >= block
+            && self
+                .conn
+                .serving
+                .get()
+                .is_some_and(|n| n.volume.has_checksums())
     }
 
     /// Charge `req` to the budgets and start on it, or wait for them.
@@ -395,6 +412,7 @@ impl Entry {
         let mut job = Job {
             req,
             data: Vec::new(),
+            crcs: Received::default(),
             error: None,
             cost,
             announced: false,
@@ -408,6 +426,9 @@ impl Entry {
             // Read even when the request will be refused, so the stream
             // stays in step.
             job.data = conn.take_buffer(req.length as usize);
+            if self.wants_crcs(&req) {
+                job.crcs = Received::start(req.length as usize);
+            }
             self.phase = Phase::Payload { job, filled: 0 };
             if req.length == 0 {
                 self.finish_payload();

@@ -1,12 +1,16 @@
 //! How a connection's input reaches its requests: large write payloads go
-//! straight into their own buffers, not through the read buffer and a copy.
+//! straight into their own buffers, not through the read buffer and a copy;
+//! a write's payload brings the CRC32s of its blocks, computed as it came.
 
 use super::conn::Work;
 use super::conn_tests::connection;
+use super::handshake::Negotiated;
 use super::input::{Entry, Phase, MIN_BUF};
 use super::proto::{Request, CMD_WRITE};
+use crate::thin::known;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::Instant;
 
 const LARGE: usize = 1 << 20;
@@ -76,4 +80,118 @@ fn large_write_payloads_skip_the_read_buffer() {
         staged <= MIN_BUF + 2 * (4 << 10),
         "{staged} of {read} bytes went through the read buffer"
     );
+}
+
+/// A connection serving volume `v` of a new raid0 pool on memory
+/// devices, with checksums or without, and its reactor's entry.
+fn serving(checksums: bool) -> (Entry, UnixStream, UnixStream) {
+    use crate::device::{DeviceRef, MemDevice};
+    use crate::pool::{CreateOptions, Pool};
+    use crate::raid::RaidLevel;
+    let (_hub, conn, client) = connection();
+    let devs: Vec<DeviceRef> = (0..2)
+        .map(|i| Arc::new(MemDevice::new(&format!("m{i}"), 64 << 20)) as DeviceRef)
+        .collect();
+    let mut opts = CreateOptions::new(RaidLevel::Raid0);
+    opts.checksums = checksums;
+    let pool = Pool::create("tank", devs, &opts).unwrap().0;
+    pool.create_volume("v", 16 << 20).unwrap();
+    let neg = Negotiated {
+        volume: pool.volume("v", None).unwrap(),
+        structured: false,
+        allocation_context: false,
+    };
+    assert!(conn.serving.set(neg).is_ok());
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let entry = Entry {
+        conn,
+        reader: Box::new(ours),
+        buf: vec![0; MIN_BUF],
+        start: 0,
+        end: 0,
+        phase: Phase::Header,
+        last_input: Instant::now(),
+        batch: Vec::new(),
+        after_large: false,
+    };
+    (entry, theirs, client)
+}
+
+fn write_at(cookie: u64, offset: u64, len: usize) -> Vec<u8> {
+    let req = Request {
+        flags: 0,
+        kind: CMD_WRITE,
+        cookie,
+        offset,
+        length: len as u32,
+    };
+    let mut out = req.encode().to_vec();
+    out.extend((0..len).map(|i| (i as u64 * 31 + i as u64 / 4096 + cookie) as u8));
+    out
+}
+
+/// Frame `n` requests sent by a writer thread.
+fn frame_all(entry: &mut Entry, theirs: UnixStream, sent: Vec<u8>, n: usize) {
+    let sender = std::thread::spawn(move || {
+        let mut theirs = theirs;
+        theirs.write_all(&sent).unwrap();
+        theirs
+    });
+    while entry.batch.len() < n {
+        assert!(entry.read_more().unwrap() > 0, "the client hung up early");
+        assert!(entry.frame().is_ok(), "a well-formed request was refused");
+    }
+    let _theirs = sender.join().unwrap();
+}
+
+#[test]
+fn write_payloads_come_with_their_blocks_crc32s_and_the_write_uses_them() {
+    const BLK: usize = 4096;
+    // (offset, length, CRC32s expected): a large payload read straight
+    // into its buffer, a small one copied from the read buffer, one not at
+    // a whole block, one shorter than a block.
+    let writes = [
+        (0u64, LARGE, true),
+        (8 << 20, 2 * BLK + 100, true),
+        (100, 2 * BLK, false),
+        (12 << 20, 1000, false),
+    ];
+    let (mut entry, theirs, _client) = serving(true);
+    let sent: Vec<u8> = (0..writes.len())
+        .flat_map(|k| write_at(k as u64, writes[k].0, writes[k].1))
+        .collect();
+    frame_all(&mut entry, theirs, sent, writes.len());
+    let batch = std::mem::take(&mut entry.batch);
+    let mut jobs = Vec::new();
+    for (k, w) in batch.into_iter().enumerate() {
+        let Work::Request(job) = w else {
+            panic!("request {k} was not framed as a request");
+        };
+        let want: Vec<u32> = match writes[k].2 {
+            true => job.data.chunks_exact(BLK).map(crc32fast::hash).collect(),
+            false => Vec::new(),
+        };
+        assert_eq!(job.crcs.crcs(), &want[..], "write {k}'s CRC32s");
+        jobs.push(job);
+    }
+    // Run the large write here, as a worker would: its blocks' checksums
+    // are taken from what the reactor computed, not computed again.
+    let before = known::hits();
+    super::transmission::run(&entry.conn, Work::Request(jobs.remove(0)));
+    assert!(
+        known::hits() >= before + (LARGE / BLK) as u64,
+        "the write computed its blocks' CRC32s again"
+    );
+    let neg = entry.conn.serving.get().unwrap();
+    let mut back = vec![0u8; LARGE];
+    neg.volume.read_at(&mut back, 0).unwrap();
+    assert_eq!(back, write_at(0, 0, LARGE)[Request::SIZE..]);
+
+    // Without checksums, nothing is computed.
+    let (mut entry, theirs, _client) = serving(false);
+    frame_all(&mut entry, theirs, write_at(0, 0, LARGE), 1);
+    let Some(Work::Request(job)) = entry.batch.pop() else {
+        panic!("not framed as a request");
+    };
+    assert!(job.crcs.crcs().is_empty());
 }

@@ -8,6 +8,7 @@ use super::conn::{Body, Conn, Job, Work};
 use super::handshake::Negotiated;
 use super::proto::*;
 use crate::error::Error;
+use crate::thin::known::{self, Received};
 use std::sync::atomic::Ordering;
 
 /// Least a request is charged, so many tiny requests are bounded too.
@@ -36,6 +37,7 @@ fn request(conn: &Conn, job: Job) {
     let Job {
         req,
         mut data,
+        mut crcs,
         error,
         cost,
         ..
@@ -60,7 +62,7 @@ fn request(conn: &Conn, job: Job) {
         // A panic in one request is that request's EIO: the worker, the
         // connection and the others' requests go on.
         None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            execute(conn, neg, &req, &mut data)
+            execute(conn, neg, &req, &mut data, &mut crcs)
         }))
         .unwrap_or_else(|_| {
             tracing::error!("nbd: a request panicked; it gets EIO and the connection goes on");
@@ -86,7 +88,8 @@ const AHEAD_MAX: usize = 32 << 10;
 /// too, and each of them, when a worker runs it, finds them durable
 /// instead of running a round of its own (with a client's queue deep,
 /// rounds carried about one write each). Each write is named once; the
-/// queue's lock is held only to compute their checksums.
+/// queue's lock is held only to gather their checksums (the reactor
+/// computed them as the payloads came: `thin::known`).
 fn name_ahead(conn: &Conn, neg: &Negotiated) {
     // The checksum block: only whole ones are named.
     const BLOCK: usize = crate::thin::store::csum::CSUM_BLOCK as usize;
@@ -109,7 +112,9 @@ fn name_ahead(conn: &Conn, neg: &Negotiated) {
                         && j.req.offset.is_multiple_of(BLOCK as u64) =>
                 {
                     j.announced = true;
-                    let crcs = j.data.chunks(BLOCK).map(crate::thin::csum::crc).collect();
+                    let crcs = known::with_known(&j.data, &mut j.crcs, || {
+                        j.data.chunks(BLOCK).map(crate::thin::csum::crc).collect()
+                    });
                     Some((j.req.offset, crcs))
                 }
                 _ => None,
@@ -179,6 +184,7 @@ fn execute(
     neg: &Negotiated,
     req: &Request,
     data: &mut Vec<u8>,
+    crcs: &mut Received,
 ) -> Result<Payload, u32> {
     let v = &neg.volume;
     let fua = req.flags & CMD_FLAG_FUA != 0;
@@ -189,7 +195,7 @@ fn execute(
             v.read_at(data, req.offset).map_err(e)?;
             return Ok(Payload::Read);
         }
-        CMD_WRITE => v.write_at(data, req.offset).map_err(e)?,
+        CMD_WRITE => known::with_known(data, crcs, || v.write_at(data, req.offset)).map_err(e)?,
         CMD_FLUSH => v.flush().map_err(e)?,
         CMD_TRIM => v.discard(req.offset, req.length as u64).map_err(e)?,
         CMD_WRITE_ZEROES => {
