@@ -128,6 +128,56 @@ impl BlockDevice for FileDevice {
         self.stats.timed(IoKind::Flush, 0, || self.file.sync_data())
     }
 
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        let n: usize = bufs.iter().map(|b| b.len()).sum();
+        check_range(self.size, offset, n)?;
+        if self.direct.is_some() {
+            // Each through the bounce buffer's alignment.
+            let mut at = offset;
+            for b in bufs {
+                self.write_at(b, at)?;
+                at += b.len() as u64;
+            }
+            return Ok(());
+        }
+        let iovs = bufs
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: every iovec points into one of `bufs`, borrowed for the call.
+        (self.stats).timed(IoKind::Write, n as u64, || unsafe {
+            all_vectored(&self.file, iovs, offset, Way::Write)
+        })
+    }
+
+    fn read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
+        let n: usize = bufs.iter().map(|b| b.len()).sum();
+        check_range(self.size, offset, n)?;
+        if self.direct.is_some() {
+            let mut at = offset;
+            for b in bufs.iter_mut() {
+                self.read_at(b, at)?;
+                at += b.len() as u64;
+            }
+            return Ok(());
+        }
+        let iovs = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: every iovec points into one of `bufs`, borrowed mutably
+        // (so none overlaps another) for the call.
+        (self.stats).timed(IoKind::Read, n as u64, || unsafe {
+            all_vectored(&self.file, iovs, offset, Way::Read)
+        })
+    }
+
     fn write_durable_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         if self.direct.is_some() {
             // Through the bounce buffer's alignment, then a whole flush.
@@ -173,6 +223,77 @@ impl BlockDevice for FileDevice {
     fn direct_io(&self) -> bool {
         self.direct.is_some()
     }
+}
+
+/// Which way `all_vectored` moves bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Read,
+    Write,
+}
+
+/// `preadv` or `pwritev` until every byte `iovs` name is moved at
+/// `offset`: a short transfer goes on where it stopped, at most `IOV_MAX`
+/// iovecs a call. End of file before the last byte is `UnexpectedEof`.
+///
+/// # Safety
+/// Each iovec must point to memory valid for its length for the whole
+/// call (writable, and overlapping no other, for `Way::Read`).
+unsafe fn all_vectored(
+    file: &File,
+    mut iovs: Vec<libc::iovec>,
+    mut offset: u64,
+    way: Way,
+) -> io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    let mut first = 0;
+    while first < iovs.len() && iovs[first].iov_len == 0 {
+        first += 1;
+    }
+    while first < iovs.len() {
+        let at = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset past off_t"))?;
+        let count = (iovs.len() - first).min(IOV_MAX) as libc::c_int;
+        let iov = iovs[first..].as_ptr();
+        // SAFETY: the caller's promise for the iovecs; a valid fd.
+        let n = unsafe {
+            match way {
+                Way::Read => libc::preadv(file.as_raw_fd(), iov, count, at),
+                Way::Write => libc::pwritev(file.as_raw_fd(), iov, count, at),
+            }
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(match way {
+                Way::Read => io::Error::new(io::ErrorKind::UnexpectedEof, "end of file"),
+                Way::Write => io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"),
+            });
+        }
+        offset += n as u64;
+        let mut left = n as usize;
+        while left > 0 && first < iovs.len() {
+            let v = &mut iovs[first];
+            if v.iov_len <= left {
+                left -= v.iov_len;
+                first += 1;
+            } else {
+                // SAFETY: still inside the same buffer (`left < iov_len`).
+                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(left) }.cast();
+                v.iov_len -= left;
+                left = 0;
+            }
+        }
+        while first < iovs.len() && iovs[first].iov_len == 0 {
+            first += 1;
+        }
+    }
+    Ok(())
 }
 
 /// `pwritev2(RWF_DSYNC)` until all of `buf` is written at `offset`: each
@@ -292,6 +413,44 @@ mod tests {
         assert_eq!((c.write.ops, c.write.bytes, c.flush.ops), (1, 5000, 1));
         // Past the end: refused before any I/O.
         let e = d.write_durable_at(&data, (1 << 16) - 10).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn vectored_io_moves_every_buffer_in_order_in_one_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.img");
+        std::fs::write(&path, vec![0u8; 1 << 16]).unwrap();
+        let d = FileDevice::open(&path).unwrap();
+        let data: Vec<u8> = (0..20000u32).map(|i| (i % 251) as u8).collect();
+        let (a, rest) = data.split_at(5000);
+        let (b, c) = rest.split_at(3000);
+        d.write_vectored_at(&[a, &[], b, c], 777).unwrap();
+        let mut back = vec![0u8; data.len()];
+        d.read_at(&mut back, 777).unwrap();
+        assert_eq!(back, data);
+        let mut x = [0u8; 100];
+        let mut z = vec![0u8; data.len() - 100];
+        d.read_vectored_at(&mut [&mut x[..], &mut [], &mut z[..]], 777)
+            .unwrap();
+        assert_eq!([&x[..], &z[..]].concat(), data);
+        let c = d.io_counters().unwrap();
+        assert_eq!((c.write.ops, c.write.bytes), (1, 20000), "one write");
+        assert_eq!(c.read.ops, 2, "one read_at and one vectored read");
+        // More buffers than one call takes (IOV_MAX): all of them, in order.
+        let many: Vec<Vec<u8>> = (0..1500u32).map(|i| vec![(i % 253) as u8; 8]).collect();
+        let refs: Vec<&[u8]> = many.iter().map(|v| &v[..]).collect();
+        d.write_vectored_at(&refs, 4096).unwrap();
+        let mut back = vec![0u8; 1500 * 8];
+        d.read_at(&mut back, 4096).unwrap();
+        assert_eq!(back, many.concat());
+        // Past the end: refused before any I/O.
+        let e = d.write_vectored_at(&[a, b], (1 << 16) - 6000).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let mut y = [0u8; 4];
+        let e = d
+            .read_vectored_at(&mut [&mut y[..], &mut z[..]], (1 << 16) - 100)
+            .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 }

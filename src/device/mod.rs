@@ -39,6 +39,26 @@ pub trait BlockDevice: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Make every completed write durable.
     fn flush(&self) -> io::Result<()>;
+    /// Write `bufs` one after another from `offset` (a file: one
+    /// `pwritev`). By default `write_at` of each in turn.
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        let mut at = offset;
+        for b in bufs {
+            self.write_at(b, at)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
+    /// Fill `bufs` one after another from `offset` (a file: one `preadv`).
+    /// By default `read_at` of each in turn.
+    fn read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
+        let mut at = offset;
+        for b in bufs.iter_mut() {
+            self.read_at(b, at)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
     /// Write all of `buf` at `offset` and make those bytes durable before
     /// returning, without the other writes since the last flush (a file's
     /// `pwritev2` with `RWF_DSYNC`: one write-back and device cache flush
@@ -179,6 +199,15 @@ pub fn writes_slow() -> bool {
 /// they are quick.
 pub fn write_timed(d: &DeviceRef, buf: &[u8], offset: u64) -> io::Result<()> {
     sampled(&WRITES, &WRITE_NS, buf.len(), || d.write_at(buf, offset))
+}
+
+/// Write `bufs` one after another from `offset` of `d`, timed as
+/// `write_timed`.
+pub fn write_vectored_timed(d: &DeviceRef, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+    let len = bufs.iter().map(|b| b.len()).sum();
+    sampled(&WRITES, &WRITE_NS, len, || {
+        d.write_vectored_at(bufs, offset)
+    })
 }
 
 /// Bytes of an I/O that count as one in the averages: a larger one's time
@@ -322,6 +351,13 @@ pub fn reads_slow() -> bool {
 /// Read `buf.len()` bytes at `offset` of `d`, timed as `write_timed`.
 pub fn read_timed(d: &DeviceRef, buf: &mut [u8], offset: u64) -> io::Result<()> {
     sampled(&READS, &READ_NS, buf.len(), || d.read_at(buf, offset))
+}
+
+/// Fill `bufs` one after another from `offset` of `d`, timed as
+/// `read_timed`.
+pub fn read_vectored_timed(d: &DeviceRef, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
+    let len = bufs.iter().map(|b| b.len()).sum();
+    sampled(&READS, &READ_NS, len, || d.read_vectored_at(bufs, offset))
 }
 
 /// Read each job's `buf[range]` from `offset` of its device, the devices

@@ -17,6 +17,36 @@ fn piece_range(e: &super::super::geometry::Extent) -> std::ops::Range<usize> {
     e.buf_offset as usize..(e.buf_offset + e.len) as usize
 }
 
+/// A striped request's pieces in runs that are one vectored I/O each:
+/// pieces on one member, each starting on the member where the run's
+/// last ended (a raid0 request over several rows: one run per member).
+/// Returns the run of each piece and the number of runs; runs are
+/// numbered in order of their first piece.
+fn member_runs(pieces: &[super::super::geometry::Extent]) -> (Vec<usize>, usize) {
+    // (member, where its run ends on it, the run's number), open runs.
+    let mut open: Vec<(usize, u64, usize)> = Vec::new();
+    let mut run_of = Vec::with_capacity(pieces.len());
+    let mut runs = 0;
+    for e in pieces {
+        match open
+            .iter_mut()
+            .find(|(m, end, _)| *m == e.member && *end == e.offset)
+        {
+            Some((_, end, r)) => {
+                *end += e.len;
+                run_of.push(*r);
+            }
+            None => {
+                open.retain(|(m, _, _)| *m != e.member);
+                open.push((e.member, e.offset + e.len, runs));
+                run_of.push(runs);
+                runs += 1;
+            }
+        }
+    }
+    (run_of, runs)
+}
+
 /// One layout over a set of members: where the I/O routines work.
 pub(super) struct View<'a> {
     pub(super) geo: &'a Geometry,
@@ -161,6 +191,9 @@ impl View<'_> {
                         .map(Some)
                         .collect();
                 }
+                if first.is_empty() {
+                    return self.read_runs(&pieces, buf);
+                }
                 for (k, e) in pieces.iter().enumerate() {
                     let dev = self.dev(e.member).ok_or_else(|| missing("read"))?;
                     let piece = &mut buf[piece_range(e)];
@@ -296,6 +329,9 @@ impl View<'_> {
                         .map(Some)
                         .collect();
                 }
+                if first.is_empty() {
+                    return self.write_runs(&pieces, buf);
+                }
                 for (k, e) in pieces.iter().enumerate() {
                     let dev = self.dev(e.member).ok_or_else(|| missing("write"))?;
                     let piece = &buf[piece_range(e)];
@@ -309,6 +345,55 @@ impl View<'_> {
             }),
             RaidLevel::Raid5 => self.write_raid5(offset, buf),
         }
+    }
+
+    /// A striped write's pieces, one vectored write per run of them on a
+    /// member (`member_runs`): a 1 MiB write over three members is three
+    /// `pwritev`s, not sixteen `pwrite`s.
+    fn write_runs(&self, pieces: &[super::super::geometry::Extent], buf: &[u8]) -> FaultResult<()> {
+        let (run_of, runs) = member_runs(pieces);
+        let mut bufs: Vec<Vec<&[u8]>> = (0..runs).map(|_| Vec::new()).collect();
+        let mut heads: Vec<Option<&super::super::geometry::Extent>> = vec![None; runs];
+        for (e, &r) in pieces.iter().zip(&run_of) {
+            bufs[r].push(&buf[piece_range(e)]);
+            heads[r].get_or_insert(e);
+        }
+        for (e, bufs) in heads.into_iter().flatten().zip(&bufs) {
+            let dev = self.dev(e.member).ok_or_else(|| missing("write"))?;
+            self.io(e.member, dev, Dir::Write, Some(e.offset), || {
+                crate::device::write_vectored_timed(dev, bufs, e.offset)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A striped read's pieces, one vectored read per run of them on a
+    /// member, as `write_runs`.
+    fn read_runs(
+        &self,
+        pieces: &[super::super::geometry::Extent],
+        buf: &mut [u8],
+    ) -> FaultResult<()> {
+        let (run_of, runs) = member_runs(pieces);
+        let mut bufs: Vec<Vec<&mut [u8]>> = (0..runs).map(|_| Vec::new()).collect();
+        let mut heads: Vec<Option<&super::super::geometry::Extent>> = vec![None; runs];
+        // The pieces lie in order in `buf`, none overlapping: split it.
+        let (mut rest, mut at) = (buf, 0usize);
+        for (e, &r) in pieces.iter().zip(&run_of) {
+            let range = piece_range(e);
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(range.start - at);
+            let (piece, tail) = tail.split_at_mut(range.len());
+            (rest, at) = (tail, range.end);
+            bufs[r].push(piece);
+            heads[r].get_or_insert(e);
+        }
+        for (e, bufs) in heads.into_iter().flatten().zip(bufs.iter_mut()) {
+            let dev = self.dev(e.member).ok_or_else(|| missing("read"))?;
+            self.io(e.member, dev, Dir::Read, Some(e.offset), || {
+                crate::device::read_vectored_timed(dev, bufs, e.offset)
+            })?;
+        }
+        Ok(())
     }
 
     pub(super) fn write_mirrors(&self, offset: u64, buf: &[u8]) -> FaultResult<()> {
@@ -510,5 +595,42 @@ impl View<'_> {
         self.io(target, dev, Dir::Write, Some(moff), || {
             dev.write_at(&buf, moff)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::member_runs;
+    use crate::raid::geometry::Geometry;
+    use crate::raid::RaidLevel;
+
+    fn geo(level: RaidLevel, n: usize) -> Geometry {
+        Geometry {
+            level,
+            stripe_unit: 4096,
+            data_start: 1 << 20,
+            member_data: vec![1 << 20; n],
+        }
+    }
+
+    #[test]
+    fn a_striped_request_is_one_run_per_member() {
+        let g = geo(RaidLevel::Raid0, 3);
+        // Sixteen units from a row's start: members 0, 1, 2, 0, ...
+        let pieces = g.map(0, 16 * 4096);
+        let (run_of, runs) = member_runs(&pieces);
+        assert_eq!(runs, 3);
+        for (k, e) in pieces.iter().enumerate() {
+            assert_eq!(run_of[k], e.member, "piece {k}");
+        }
+        // From part way into a unit: member 2 first, then 0 and 1.
+        let (run_of, runs) = member_runs(&g.map(2 * 4096 + 100, 4 * 4096));
+        assert_eq!((run_of, runs), (vec![0, 1, 2, 0, 1], 3));
+        // Linear across two members: a run on each.
+        let (run_of, runs) = member_runs(&geo(RaidLevel::Linear, 2).map((1 << 20) - 4096, 8192));
+        assert_eq!((run_of, runs), (vec![0, 1], 2));
+        // One member: one run, however many units.
+        let (run_of, runs) = member_runs(&geo(RaidLevel::Raid0, 1).map(0, 5 * 4096));
+        assert_eq!((run_of, runs), (vec![0; 5], 1));
     }
 }
