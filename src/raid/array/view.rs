@@ -191,7 +191,7 @@ impl View<'_> {
                         .map(Some)
                         .collect();
                 }
-                if first.is_empty() {
+                if first.is_empty() && pieces.len() > 1 {
                     return self.read_runs(&pieces, buf);
                 }
                 for (k, e) in pieces.iter().enumerate() {
@@ -329,7 +329,7 @@ impl View<'_> {
                         .map(Some)
                         .collect();
                 }
-                if first.is_empty() {
+                if first.is_empty() && pieces.len() > 1 {
                     return self.write_runs(&pieces, buf);
                 }
                 for (k, e) in pieces.iter().enumerate() {
