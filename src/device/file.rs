@@ -133,20 +133,9 @@ impl BlockDevice for FileDevice {
         check_range(self.size, offset, n)?;
         if self.direct.is_some() {
             // Each through the bounce buffer's alignment.
-            let mut at = offset;
-            for b in bufs {
-                self.write_at(b, at)?;
-                at += b.len() as u64;
-            }
-            return Ok(());
+            return super::write_in_turn(self, bufs, offset);
         }
-        let iovs = bufs
-            .iter()
-            .map(|b| libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            })
-            .collect();
+        let iovs = bufs.iter().map(|b| iovec(b.as_ptr(), b.len())).collect();
         // SAFETY: every iovec points into one of `bufs`, borrowed for the call.
         (self.stats).timed(IoKind::Write, n as u64, || unsafe {
             all_vectored(&self.file, iovs, offset, Way::Write)
@@ -157,19 +146,11 @@ impl BlockDevice for FileDevice {
         let n: usize = bufs.iter().map(|b| b.len()).sum();
         check_range(self.size, offset, n)?;
         if self.direct.is_some() {
-            let mut at = offset;
-            for b in bufs.iter_mut() {
-                self.read_at(b, at)?;
-                at += b.len() as u64;
-            }
-            return Ok(());
+            return super::read_in_turn(self, bufs, offset);
         }
         let iovs = bufs
             .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            })
+            .map(|b| iovec(b.as_mut_ptr(), b.len()))
             .collect();
         // SAFETY: every iovec points into one of `bufs`, borrowed mutably
         // (so none overlaps another) for the call.
@@ -225,14 +206,24 @@ impl BlockDevice for FileDevice {
     }
 }
 
+/// The iovec of `len` bytes at `ptr`.
+fn iovec(ptr: *const u8, len: usize) -> libc::iovec {
+    libc::iovec {
+        iov_base: ptr as *mut libc::c_void,
+        iov_len: len,
+    }
+}
+
 /// Which way `all_vectored` moves bytes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Way {
     Read,
     Write,
+    /// `pwritev2(RWF_DSYNC)`: each call returns once its bytes are durable.
+    WriteDsync,
 }
 
-/// `preadv` or `pwritev` until every byte `iovs` name is moved at
+/// `preadv` or `pwritev(2)` until every byte `iovs` name is moved at
 /// `offset`: a short transfer goes on where it stopped, at most `IOV_MAX`
 /// iovecs a call. End of file before the last byte is `UnexpectedEof`.
 ///
@@ -260,6 +251,9 @@ unsafe fn all_vectored(
             match way {
                 Way::Read => libc::preadv(file.as_raw_fd(), iov, count, at),
                 Way::Write => libc::pwritev(file.as_raw_fd(), iov, count, at),
+                Way::WriteDsync => {
+                    libc::pwritev2(file.as_raw_fd(), iov, count, at, libc::RWF_DSYNC)
+                }
             }
         };
         if n < 0 {
@@ -272,7 +266,9 @@ unsafe fn all_vectored(
         if n == 0 {
             return Err(match way {
                 Way::Read => io::Error::new(io::ErrorKind::UnexpectedEof, "end of file"),
-                Way::Write => io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"),
+                Way::Write | Way::WriteDsync => {
+                    io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing")
+                }
             });
         }
         offset += n as u64;
@@ -300,33 +296,16 @@ unsafe fn all_vectored(
 /// call returns once its bytes are on stable storage (the kernel writes
 /// back and flushes that range only, reporting any write-back error of the
 /// file as `fdatasync` would).
-fn write_dsync(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
-    while !buf.is_empty() {
-        let iov = libc::iovec {
-            iov_base: buf.as_ptr() as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
-        let at = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset past off_t"))?;
-        // SAFETY: one iovec over `buf`, valid for the call; a valid fd.
-        let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, at, libc::RWF_DSYNC) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "pwritev2 wrote nothing",
-            ));
-        }
-        buf = &buf[n as usize..];
-        offset += n as u64;
+fn write_dsync(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    // SAFETY: one iovec over `buf`, borrowed for the call.
+    unsafe {
+        all_vectored(
+            file,
+            vec![iovec(buf.as_ptr(), buf.len())],
+            offset,
+            Way::WriteDsync,
+        )
     }
-    Ok(())
 }
 
 /// Open member devices read-write and locked, with errors that say what to

@@ -42,22 +42,12 @@ pub trait BlockDevice: Send + Sync {
     /// Write `bufs` one after another from `offset` (a file: one
     /// `pwritev`). By default `write_at` of each in turn.
     fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
-        let mut at = offset;
-        for b in bufs {
-            self.write_at(b, at)?;
-            at += b.len() as u64;
-        }
-        Ok(())
+        write_in_turn(self, bufs, offset)
     }
     /// Fill `bufs` one after another from `offset` (a file: one `preadv`).
     /// By default `read_at` of each in turn.
     fn read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
-        let mut at = offset;
-        for b in bufs.iter_mut() {
-            self.read_at(b, at)?;
-            at += b.len() as u64;
-        }
-        Ok(())
+        read_in_turn(self, bufs, offset)
     }
     /// Write all of `buf` at `offset` and make those bytes durable before
     /// returning, without the other writes since the last flush (a file's
@@ -88,6 +78,35 @@ pub trait BlockDevice: Send + Sync {
     fn direct_io(&self) -> bool {
         false
     }
+}
+
+/// `d.write_at` of each of `bufs` in turn from `offset` (a vectored write
+/// on a device that has none of its own).
+pub fn write_in_turn<D: BlockDevice + ?Sized>(
+    d: &D,
+    bufs: &[&[u8]],
+    offset: u64,
+) -> io::Result<()> {
+    let mut at = offset;
+    for b in bufs {
+        d.write_at(b, at)?;
+        at += b.len() as u64;
+    }
+    Ok(())
+}
+
+/// `d.read_at` of each of `bufs` in turn from `offset`, as `write_in_turn`.
+pub fn read_in_turn<D: BlockDevice + ?Sized>(
+    d: &D,
+    bufs: &mut [&mut [u8]],
+    offset: u64,
+) -> io::Result<()> {
+    let mut at = offset;
+    for b in bufs.iter_mut() {
+        d.read_at(b, at)?;
+        at += b.len() as u64;
+    }
+    Ok(())
 }
 
 /// Shared handle to a member device.

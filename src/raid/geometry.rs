@@ -204,18 +204,22 @@ impl Geometry {
     }
 }
 
+/// `n` members of 1 MiB of data each from 1 MiB on, 4 KiB stripe units
+/// (tests' layouts).
+#[cfg(test)]
+pub(crate) fn small(level: RaidLevel, n: usize) -> Geometry {
+    Geometry {
+        level,
+        stripe_unit: 4096,
+        data_start: 1 << 20,
+        member_data: vec![1 << 20; n],
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::small as geo;
     use super::*;
-
-    fn geo(level: RaidLevel, n: usize) -> Geometry {
-        Geometry {
-            level,
-            stripe_unit: 4096,
-            data_start: 1 << 20,
-            member_data: vec![1 << 20; n],
-        }
-    }
 
     #[test]
     fn raid5_left_symmetric_layout_matches_md() {

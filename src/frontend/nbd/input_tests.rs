@@ -2,7 +2,7 @@
 //! straight into their own buffers, not through the read buffer and a copy;
 //! a write's payload brings the CRC32s of its blocks, computed as it came.
 
-use super::conn::Work;
+use super::conn::{Conn, Work};
 use super::conn_tests::connection;
 use super::handshake::Negotiated;
 use super::input::{Entry, Phase, MIN_BUF};
@@ -28,11 +28,9 @@ fn write_request(cookie: u64, len: usize) -> Vec<u8> {
     out
 }
 
-#[test]
-fn large_write_payloads_skip_the_read_buffer() {
-    let (_hub, conn, _client) = connection();
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let mut entry = Entry {
+/// The reactor's entry for `conn`, reading from `ours`, at a request header.
+fn entry(conn: Arc<Conn>, ours: UnixStream) -> Entry {
+    Entry {
         conn,
         reader: Box::new(ours),
         buf: vec![0; MIN_BUF],
@@ -42,7 +40,14 @@ fn large_write_payloads_skip_the_read_buffer() {
         last_input: Instant::now(),
         batch: Vec::new(),
         after_large: false,
-    };
+    }
+}
+
+#[test]
+fn large_write_payloads_skip_the_read_buffer() {
+    let (_hub, conn, _client) = connection();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut entry = entry(conn, ours);
     // Three 1 MiB writes, all waiting in the socket at once (a writer
     // thread: the socket holds less than that).
     let sender = std::thread::spawn(move || {
@@ -103,17 +108,7 @@ fn serving(checksums: bool) -> (Entry, UnixStream, UnixStream) {
     };
     assert!(conn.serving.set(neg).is_ok());
     let (ours, theirs) = UnixStream::pair().unwrap();
-    let entry = Entry {
-        conn,
-        reader: Box::new(ours),
-        buf: vec![0; MIN_BUF],
-        start: 0,
-        end: 0,
-        phase: Phase::Header,
-        last_input: Instant::now(),
-        batch: Vec::new(),
-        after_large: false,
-    };
+    let entry = entry(conn, ours);
     (entry, theirs, client)
 }
 

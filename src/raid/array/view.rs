@@ -601,17 +601,8 @@ impl View<'_> {
 #[cfg(test)]
 mod tests {
     use super::member_runs;
-    use crate::raid::geometry::Geometry;
+    use crate::raid::geometry::small as geo;
     use crate::raid::RaidLevel;
-
-    fn geo(level: RaidLevel, n: usize) -> Geometry {
-        Geometry {
-            level,
-            stripe_unit: 4096,
-            data_start: 1 << 20,
-            member_data: vec![1 << 20; n],
-        }
-    }
 
     #[test]
     fn a_striped_request_is_one_run_per_member() {
