@@ -237,20 +237,25 @@ const TIMED_UNIT: usize = 64 << 10;
 
 /// Run `f` (a member I/O of `len` bytes), adding the time it waited per
 /// `TIMED_UNIT` (see `waited_per_unit`) to the average `avg`: every call
-/// while the average is above `HANDOFF_NS`, one in `SAMPLE` of this
-/// thread's calls (counted in `calls`) while it is below.
+/// while the average is above `HANDOFF_NS`, else one in `SAMPLE` of this
+/// thread's `TIMED_UNIT`s (counted in `calls`; an I/O of several, a
+/// vectored run over many stripe units, counts as that many, so the
+/// average learns a slow device as fast whether its I/Os come one unit
+/// at a time or merged).
 fn sampled(
     calls: &'static std::thread::LocalKey<std::cell::Cell<u32>>,
     avg: &AtomicU64,
     len: usize,
     f: impl FnOnce() -> io::Result<()>,
 ) -> io::Result<()> {
-    let n = calls.with(|c| {
-        let n = c.get().wrapping_add(1);
-        c.set(n);
-        n
+    let units = len.div_ceil(TIMED_UNIT).clamp(1, SAMPLE as usize) as u32;
+    let (before, after) = calls.with(|c| {
+        let before = c.get();
+        let after = before.wrapping_add(units);
+        c.set(after);
+        (before, after)
     });
-    if !n.is_multiple_of(SAMPLE) && avg.load(Ordering::Relaxed) < HANDOFF_NS {
+    if before / SAMPLE == after / SAMPLE && avg.load(Ordering::Relaxed) < HANDOFF_NS {
         return f();
     }
     let (r, ns) = waited_per_unit(len, f);
