@@ -25,8 +25,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 mod replies;
-pub(super) use replies::Body;
 use replies::Out;
+pub(super) use replies::{Body, Held};
 
 /// Payload bytes a connection may hold in flight.
 pub(super) const BUDGET: u64 = 96 << 20;
@@ -134,6 +134,8 @@ pub(super) struct Queue {
     /// Turns of this connection in the pool's ring.
     pub in_ring: usize,
     pub running: usize,
+    /// Replies workers hold back (`Held`), not yet sent.
+    pub held: usize,
 }
 
 /// Most of one connection's requests that run at once.
@@ -150,7 +152,7 @@ impl Queue {
     }
 
     pub(super) fn idle(&self) -> bool {
-        self.work.is_empty() && self.running == 0
+        self.work.is_empty() && self.running == 0 && self.held == 0
     }
 }
 
@@ -186,6 +188,10 @@ pub(super) struct Conn {
     /// Waiting for its own budget.
     pub starved: AtomicBool,
     pub buffers: Mutex<Buffers>,
+    /// Tests: `let_go` waits a little before it lets go, so replies that
+    /// race with it come in meanwhile (off: writes count as in use).
+    #[cfg(test)]
+    pub widen: AtomicBool,
 }
 
 fn interest(write: bool) -> EpollFlags {
@@ -232,6 +238,8 @@ impl Conn {
             closing: AtomicBool::new(false),
             starved: AtomicBool::new(false),
             buffers: Mutex::new(Buffers::default()),
+            #[cfg(test)]
+            widen: AtomicBool::new(true),
         });
         hub.epoll
             .add(conn.fd(), EpollEvent::new(interest(false), id))?;

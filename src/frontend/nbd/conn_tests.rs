@@ -4,6 +4,7 @@
 
 use super::conn::{Body, Conn, Hub};
 use super::handshake::{Handshake, TlsState};
+use super::stream::Stream;
 use super::Policy;
 use crate::frontend::exports::Exports;
 use crate::pool::Volume;
@@ -27,15 +28,21 @@ impl Exports for NoExports {
 
 /// A connection registered with a hub of its own, and the client's end.
 pub(super) fn connection() -> (Arc<Hub>, Arc<Conn>, UnixStream) {
-    let hub = Arc::new(Hub::new().unwrap());
     let (ours, theirs) = UnixStream::pair().unwrap();
+    let (hub, conn) = connection_on(Box::new(ours));
+    (hub, conn, theirs)
+}
+
+/// A connection on `ours`, registered with a hub of its own.
+pub(super) fn connection_on(ours: Box<dyn Stream>) -> (Arc<Hub>, Arc<Conn>) {
+    let hub = Arc::new(Hub::new().unwrap());
     let policy = Policy {
         exports: Arc::new(NoExports),
         tls: None,
     };
     let handshake = Handshake::new(TlsState::Off);
-    let (conn, _reader) = Conn::register(&hub, 1, Box::new(ours), policy, handshake).unwrap();
-    (hub, conn, theirs)
+    let (conn, _reader) = Conn::register(&hub, 1, ours, policy, handshake).unwrap();
+    (hub, conn)
 }
 
 const THREADS: u32 = 8;

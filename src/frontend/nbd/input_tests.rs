@@ -2,7 +2,7 @@
 //! straight into their own buffers, not through the read buffer and a copy;
 //! a write's payload brings the CRC32s of its blocks, computed as it came.
 
-use super::conn::{Conn, Work};
+use super::conn::{Conn, Held, Work};
 use super::conn_tests::connection;
 use super::handshake::Negotiated;
 use super::input::{Entry, Phase, MIN_BUF};
@@ -89,7 +89,7 @@ fn large_write_payloads_skip_the_read_buffer() {
 
 /// A connection serving volume `v` of a new raid0 pool on memory
 /// devices, with checksums or without, and its reactor's entry.
-fn serving(checksums: bool) -> (Entry, UnixStream, UnixStream) {
+pub(super) fn serving(checksums: bool) -> (Entry, UnixStream, UnixStream) {
     use crate::device::{DeviceRef, MemDevice};
     use crate::pool::{CreateOptions, Pool};
     use crate::raid::RaidLevel;
@@ -126,7 +126,7 @@ fn write_at(cookie: u64, offset: u64, len: usize) -> Vec<u8> {
 }
 
 /// Frame `n` requests sent by a writer thread.
-fn frame_all(entry: &mut Entry, theirs: UnixStream, sent: Vec<u8>, n: usize) {
+pub(super) fn frame_all(entry: &mut Entry, theirs: UnixStream, sent: Vec<u8>, n: usize) {
     let sender = std::thread::spawn(move || {
         let mut theirs = theirs;
         theirs.write_all(&sent).unwrap();
@@ -172,7 +172,8 @@ fn write_payloads_come_with_their_blocks_crc32s_and_the_write_uses_them() {
     // Run the large write here, as a worker would: its blocks' checksums
     // are taken from what the reactor computed, not computed again.
     let before = known::hits();
-    super::transmission::run(&entry.conn, Work::Request(jobs.remove(0)));
+    let mut held = Held::default();
+    super::transmission::run(&entry.conn, Work::Request(jobs.remove(0)), &mut held);
     assert!(
         known::hits() >= before + (LARGE / BLK) as u64,
         "the write computed its blocks' CRC32s again"

@@ -6,6 +6,8 @@ mod conn;
 #[cfg(test)]
 mod conn_tests;
 mod handshake;
+#[cfg(test)]
+mod held_tests;
 mod input;
 #[cfg(test)]
 mod input_tests;

@@ -4,7 +4,7 @@
 //! payload and charged its bytes to the connection's budget; the reply
 //! gives them back once the client has taken it.
 
-use super::conn::{Body, Conn, Job, Work};
+use super::conn::{Body, Conn, Held, Job, Work};
 use super::handshake::Negotiated;
 use super::proto::*;
 use crate::error::Error;
@@ -14,8 +14,9 @@ use std::sync::atomic::Ordering;
 /// Least a request is charged, so many tiny requests are bounded too.
 pub(super) const MIN_COST: u64 = 64 << 10;
 
-/// Run one item of a connection's work (on a worker).
-pub(super) fn run(conn: &Conn, work: Work) {
+/// Run one item of a connection's work (on a worker). Replies may be
+/// held back in `held` (see `Conn::reply`).
+pub(super) fn run(conn: &Conn, work: Work, held: &mut Held) {
     match work {
         Work::Option { option, data } => {
             let mut out = Vec::new();
@@ -29,11 +30,11 @@ pub(super) fn run(conn: &Conn, work: Work) {
             *conn.outcome.lock() = Some(outcome);
             conn.hub.revisit(conn.id);
         }
-        Work::Request(job) => request(conn, job),
+        Work::Request(job) => request(conn, job, held),
     }
 }
 
-fn request(conn: &Conn, job: Job) {
+fn request(conn: &Conn, job: Job, held: &mut Held) {
     let Job {
         req,
         mut data,
@@ -53,6 +54,11 @@ fn request(conn: &Conn, job: Job) {
         conn.release(cost);
         return;
     };
+    // Replies held back wait only on plain reads and writes: a flush, a
+    // FUA write or a trim may take a device's fsync, so they go first.
+    if !matches!(req.kind, CMD_READ | CMD_WRITE) || req.flags & CMD_FLAG_FUA != 0 {
+        conn.send_held(held);
+    }
     let error = error.or_else(|| validate(neg, &req));
     if error.is_none() && req.kind == CMD_WRITE {
         name_ahead(conn, neg);
@@ -71,10 +77,13 @@ fn request(conn: &Conn, job: Job) {
     };
     match outcome {
         // The read's buffer goes with its reply (back to the pool once out).
-        Ok(Payload::Read) => return send_read(conn, neg, &req, data, cost),
-        Ok(Payload::None) => conn.send(&simple_reply(req.cookie, 0), &[], cost),
-        Ok(Payload::Status(descriptors)) => send_status(conn, &req, &descriptors, cost),
-        Err(e) => send_error(conn, neg, &req, e, cost),
+        Ok(Payload::Read) => return send_read(conn, held, neg, &req, data, cost),
+        Ok(Payload::None) => {
+            let h = simple_reply(req.cookie, 0);
+            conn.reply(held, &h, Body::Borrowed(&[]), cost)
+        }
+        Ok(Payload::Status(descriptors)) => send_status(conn, held, &req, &descriptors, cost),
+        Err(e) => send_error(conn, held, neg, &req, e, cost),
     }
     conn.give_buffer(data);
 }
@@ -241,9 +250,17 @@ fn errno(e: &Error) -> u32 {
     nbd_error(e.errno())
 }
 
-fn send_read(conn: &Conn, neg: &Negotiated, req: &Request, data: Vec<u8>, cost: u64) {
+fn send_read(
+    conn: &Conn,
+    held: &mut Held,
+    neg: &Negotiated,
+    req: &Request,
+    data: Vec<u8>,
+    cost: u64,
+) {
     if !neg.structured {
-        return conn.send_body(&simple_reply(req.cookie, 0), Body::Owned(data), cost);
+        let h = simple_reply(req.cookie, 0);
+        return conn.reply(held, &h, Body::Owned(data), cost);
     }
     let mut h = structured_header(
         req.cookie,
@@ -253,10 +270,10 @@ fn send_read(conn: &Conn, neg: &Negotiated, req: &Request, data: Vec<u8>, cost: 
     )
     .to_vec();
     h.extend_from_slice(&req.offset.to_be_bytes());
-    conn.send_body(&h, Body::Owned(data), cost)
+    conn.reply(held, &h, Body::Owned(data), cost)
 }
 
-fn send_status(conn: &Conn, req: &Request, descriptors: &[(u32, u32)], cost: u64) {
+fn send_status(conn: &Conn, held: &mut Held, req: &Request, descriptors: &[(u32, u32)], cost: u64) {
     let mut body = ALLOCATION_CONTEXT_ID.to_be_bytes().to_vec();
     for (len, flags) in descriptors {
         body.extend_from_slice(&len.to_be_bytes());
@@ -268,12 +285,20 @@ fn send_status(conn: &Conn, req: &Request, descriptors: &[(u32, u32)], cost: u64
         REPLY_TYPE_BLOCK_STATUS,
         body.len() as u32,
     );
-    conn.send(&h, &body, cost)
+    conn.reply(held, &h, Body::Borrowed(&body), cost)
 }
 
-fn send_error(conn: &Conn, neg: &Negotiated, req: &Request, error: u32, cost: u64) {
+fn send_error(
+    conn: &Conn,
+    held: &mut Held,
+    neg: &Negotiated,
+    req: &Request,
+    error: u32,
+    cost: u64,
+) {
     if !neg.structured || !matches!(req.kind, CMD_READ | CMD_BLOCK_STATUS) {
-        return conn.send(&simple_reply(req.cookie, error), &[], cost);
+        let h = simple_reply(req.cookie, error);
+        return conn.reply(held, &h, Body::Borrowed(&[]), cost);
     }
     let mut body = error.to_be_bytes().to_vec();
     body.extend_from_slice(&0u16.to_be_bytes());
@@ -283,5 +308,5 @@ fn send_error(conn: &Conn, neg: &Negotiated, req: &Request, error: u32, cost: u6
         REPLY_TYPE_ERROR,
         body.len() as u32,
     );
-    conn.send(&h, &body, cost)
+    conn.reply(held, &h, Body::Borrowed(&body), cost)
 }

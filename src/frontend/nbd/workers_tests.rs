@@ -3,7 +3,7 @@
 //! when the ones awake are stuck. A thread here plays the reactor's part
 //! as its loop does it (see `Ticker`).
 
-use super::conn::{Conn, Work};
+use super::conn::{Conn, Held, Work};
 use super::conn_tests::connection;
 use super::workers::{Workers, TICK};
 use nix::sys::epoll::{EpollEvent, EpollFlags, EpollTimeout};
@@ -54,10 +54,10 @@ impl Gauge {
 /// A pool of `cores` and the reactor's part for it, as its loop does it,
 /// until the `Ticker` is dropped: wait on the hub (a second, as when
 /// nothing happens, or `TICK` while turns are held back), then `nudge`.
-struct Ticker(Arc<AtomicBool>);
+pub(super) struct Ticker(Arc<AtomicBool>);
 
 impl Ticker {
-    fn start(run: fn(&Conn, Work), cores: usize) -> (Arc<Workers>, Ticker) {
+    pub(super) fn start(run: fn(&Conn, Work, &mut Held), cores: usize) -> (Arc<Workers>, Ticker) {
         let hub = connection().0;
         hub.epoll
             .add(&hub.wake, EpollEvent::new(EpollFlags::EPOLLIN, 0))
@@ -101,7 +101,7 @@ fn items(kind: u32, n: usize) -> Vec<Work> {
 const SLOW: u32 = 1;
 const QUICK: u32 = 2;
 
-fn spin(d: Duration) {
+pub(super) fn spin(d: Duration) {
     let t = Instant::now();
     while t.elapsed() < d {
         std::hint::spin_loop();
@@ -112,7 +112,7 @@ static MIXED: Gauge = Gauge::new();
 /// The threads that ran quick items.
 static QUICK_THREADS: Mutex<Vec<ThreadId>> = parking_lot::const_mutex(Vec::new());
 
-fn mixed(_: &Conn, w: Work) {
+fn mixed(_: &Conn, w: Work, _: &mut Held) {
     if let Work::Option { option, .. } = w {
         match option {
             SLOW => MIXED.during(|| std::thread::sleep(Duration::from_millis(20))),
@@ -177,7 +177,7 @@ static GATED: Gauge = Gauge::new();
 static GATE: Mutex<bool> = parking_lot::const_mutex(false);
 static OPENED: Condvar = Condvar::new();
 
-fn gated(_: &Conn, w: Work) {
+fn gated(_: &Conn, w: Work, _: &mut Held) {
     if let Work::Option { option, .. } = w {
         match option {
             SLOW => GATED.during(|| {

@@ -67,6 +67,21 @@ impl Body<'_> {
 /// Most queued replies one `writev` takes.
 const PUMP_REPLIES: usize = 32;
 
+/// Replies a worker holds back while it runs the next requests of the
+/// same connection, to send several in one `writev` (see `Conn::reply`).
+#[derive(Default)]
+pub(in crate::frontend::nbd) struct Held {
+    outs: Vec<Out>,
+    /// Whether replies are held now (the worker's items are quick).
+    pub on: bool,
+}
+
+impl Held {
+    pub(in crate::frontend::nbd) fn len(&self) -> usize {
+        self.outs.len()
+    }
+}
+
 /// What sending did, to settle once no lock is held.
 #[derive(Default)]
 pub(super) struct Done {
@@ -92,6 +107,45 @@ impl Conn {
     /// then give back `cost` once the client has taken them all.
     pub(in crate::frontend::nbd) fn send(&self, header: &[u8], body: &[u8], cost: u64) {
         self.send_body(header, Body::Borrowed(body), cost)
+    }
+
+    /// Reply to one request: held back in `held` while it is on, sent
+    /// (`send_body`) otherwise. A held reply goes out with the others
+    /// `send_held` sends; the connection's queue counts it (`Queue::held`)
+    /// until then, so the connection is not idle while one waits.
+    pub(in crate::frontend::nbd) fn reply(
+        &self,
+        held: &mut Held,
+        header: &[u8],
+        body: Body<'_>,
+        cost: u64,
+    ) {
+        if held.on {
+            held.outs.push(Out::new(header, body, cost));
+            return;
+        }
+        self.send_body(header, body, cost)
+    }
+
+    /// Send the replies `held` holds, several to a `writev` (they join
+    /// `incoming`, which the holder of `tx` sends before it lets go).
+    pub(in crate::frontend::nbd) fn send_held(&self, held: &mut Held) {
+        let n = held.outs.len();
+        if n == 0 {
+            return;
+        }
+        self.incoming.lock().append(&mut held.outs);
+        if let Some(tx) = self.tx.try_lock() {
+            self.let_go(tx, Done::default());
+        }
+        let idle = {
+            let mut q = self.queue.lock();
+            q.held = q.held.saturating_sub(n);
+            q.idle()
+        };
+        if idle && self.closing.load(Ordering::SeqCst) {
+            self.hub.revisit(self.id);
+        }
     }
 
     /// `send`, with the body's buffer returned to the connection's pool
@@ -164,7 +218,9 @@ impl Conn {
             if more.is_empty() {
                 // Tests widen the window in which a reply can come in.
                 #[cfg(test)]
-                std::thread::sleep(std::time::Duration::from_micros(20));
+                if self.widen.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_micros(20));
+                }
                 drop(tx);
                 if self.incoming.lock().is_empty() {
                     break;
