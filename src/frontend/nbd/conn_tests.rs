@@ -9,9 +9,11 @@ use super::Policy;
 use crate::frontend::exports::Exports;
 use crate::pool::Volume;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
-use std::io::Read;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +45,76 @@ pub(super) fn connection_on(ours: Box<dyn Stream>) -> (Arc<Hub>, Arc<Conn>) {
     let handshake = Handshake::new(TlsState::Off);
     let (conn, _reader) = Conn::register(&hub, 1, ours, policy, handshake).unwrap();
     (hub, conn)
+}
+
+/// A unix socket that counts the writes made on it and its clones, and
+/// the reads that found nothing (EAGAIN).
+pub(super) struct Counted {
+    sock: UnixStream,
+    writes: Arc<AtomicUsize>,
+    pub eagain: Arc<AtomicUsize>,
+}
+
+impl Counted {
+    pub(super) fn new(sock: UnixStream, writes: &Arc<AtomicUsize>) -> Counted {
+        Counted {
+            sock,
+            writes: writes.clone(),
+            eagain: Arc::default(),
+        }
+    }
+}
+
+impl Read for Counted {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        let r = self.sock.read(b);
+        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            self.eagain.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    }
+}
+
+impl Write for Counted {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.sock.write(b)
+    }
+    fn write_vectored(&mut self, b: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.sock.write_vectored(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.sock.flush()
+    }
+}
+
+impl Stream for Counted {
+    fn try_clone_stream(&self) -> io::Result<Box<dyn Stream>> {
+        Ok(Box::new(Counted {
+            sock: self.sock.try_clone()?,
+            writes: self.writes.clone(),
+            eagain: self.eagain.clone(),
+        }))
+    }
+    fn shutdown(&self, how: Shutdown) {
+        let _ = self.sock.shutdown(how);
+    }
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.sock.set_read_timeout(t)
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.sock.set_write_timeout(t)
+    }
+    fn peer(&self) -> String {
+        "counted".into()
+    }
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        self.sock.set_nonblocking(on)
+    }
+    fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
 }
 
 const THREADS: u32 = 8;

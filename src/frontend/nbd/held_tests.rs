@@ -4,71 +4,15 @@
 //! flush or a FUA write, and while items wait on devices none is held.
 
 use super::conn::{Body, Conn, Held, Work};
-use super::conn_tests::connection_on;
+use super::conn_tests::{connection_on, Counted};
 use super::input_tests::{frame_all, serving};
 use super::proto::{Request, CMD_FLAG_FUA, CMD_FLUSH, CMD_WRITE};
-use super::stream::Stream;
 use super::workers_tests::{spin, Ticker};
-use std::io::{self, IoSlice, Read, Write};
-use std::net::Shutdown;
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A unix socket that counts the writes made on it and its clones.
-struct Counted {
-    sock: UnixStream,
-    writes: Arc<AtomicUsize>,
-}
-
-impl Read for Counted {
-    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-        self.sock.read(b)
-    }
-}
-
-impl Write for Counted {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.sock.write(b)
-    }
-    fn write_vectored(&mut self, b: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.sock.write_vectored(b)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.sock.flush()
-    }
-}
-
-impl Stream for Counted {
-    fn try_clone_stream(&self) -> io::Result<Box<dyn Stream>> {
-        Ok(Box::new(Counted {
-            sock: self.sock.try_clone()?,
-            writes: self.writes.clone(),
-        }))
-    }
-    fn shutdown(&self, how: Shutdown) {
-        let _ = self.sock.shutdown(how);
-    }
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.sock.set_read_timeout(t)
-    }
-    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.sock.set_write_timeout(t)
-    }
-    fn peer(&self) -> String {
-        "counted".into()
-    }
-    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
-        self.sock.set_nonblocking(on)
-    }
-    fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
-    }
-}
 
 /// What the items of a test saw: how many ran with replies held back.
 static HELD_ON: AtomicUsize = AtomicUsize::new(0);
@@ -129,10 +73,7 @@ fn quick_replies_go_out_several_to_a_writev_and_slow_ones_at_once() {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let writes = Arc::new(AtomicUsize::new(0));
-    let (_hub, conn) = connection_on(Box::new(Counted {
-        sock: ours,
-        writes: writes.clone(),
-    }));
+    let (_hub, conn) = connection_on(Box::new(Counted::new(ours, &writes)));
     // Replies that race are not held up to meet: writes count as in use.
     conn.widen.store(false, Ordering::SeqCst);
     let (w, _tick) = Ticker::start(replying, 1);

@@ -191,3 +191,55 @@ fn write_payloads_come_with_their_blocks_crc32s_and_the_write_uses_them() {
     };
     assert!(job.crcs.crcs().is_empty());
 }
+
+static RAN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count(_: &Conn, w: Work, _: &mut Held) {
+    if let Work::Request(_) = w {
+        RAN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A read that gets fewer bytes than it asked for found the socket
+/// empty: the reactor frames what came and waits for the next edge
+/// instead of calling `recv` again only to hear EAGAIN. Everything sent
+/// is still framed, in as many passes as there were arrivals.
+#[test]
+fn a_short_read_waits_for_the_next_edge() {
+    use super::conn_tests::Counted;
+    use super::workers::Workers;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    let (hub, conn, _client) = connection();
+    let workers = Workers::with_cores(count, 1, hub);
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let reader = Counted::new(ours, &Arc::new(AtomicUsize::new(0)));
+    let eagain = reader.eagain.clone();
+    let mut entry = entry(conn, UnixStream::pair().unwrap().0);
+    entry.reader = Box::new(reader);
+    let wait_ran = |n: usize| {
+        let until = Instant::now() + Duration::from_secs(20);
+        while RAN.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < until, "framed requests never ran");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    // Three small writes in one arrival, then a large one and a small one
+    // (read in passes that fill what they ask for, then a short one).
+    let small: Vec<u8> = (0..3).flat_map(|k| write_request(k, 512)).collect();
+    theirs.write_all(&small).unwrap();
+    assert!(matches!(entry.pump(&workers), Ok(true)));
+    wait_ran(3);
+    let _theirs = std::thread::spawn(move || {
+        let sent = [write_request(3, 64 << 10), write_request(4, 512)].concat();
+        theirs.write_all(&sent).unwrap();
+        theirs
+    })
+    .join()
+    .unwrap();
+    assert!(matches!(entry.pump(&workers), Ok(true)));
+    wait_ran(5);
+    assert_eq!(eagain.load(Ordering::SeqCst), 0, "a recv heard EAGAIN");
+    workers.stop();
+}
