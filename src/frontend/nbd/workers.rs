@@ -342,14 +342,13 @@ impl Workers {
         };
         // A panic in one item is that item's EIO (the run function answers
         // it); the worker and the connection go on.
-        let before = held.len();
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             (self.run)(conn, work, held)
         }));
         let (again, idle, keep) = {
             let mut q = conn.queue.lock();
             q.running -= 1;
-            q.held += held.len().saturating_sub(before);
+            q.held += held.take_uncounted();
             let keep = !q.work.is_empty() && held.len() < HOLD_MAX;
             (q.take_turn(), q.idle(), keep)
         };

@@ -72,6 +72,8 @@ const PUMP_REPLIES: usize = 32;
 #[derive(Default)]
 pub(in crate::frontend::nbd) struct Held {
     outs: Vec<Out>,
+    /// Of `outs`, those not yet counted in the queue's `held`.
+    uncounted: usize,
     /// Whether replies are held now (the worker's items are quick).
     pub on: bool,
 }
@@ -79,6 +81,13 @@ pub(in crate::frontend::nbd) struct Held {
 impl Held {
     pub(in crate::frontend::nbd) fn len(&self) -> usize {
         self.outs.len()
+    }
+
+    /// The replies held since the last call, for the queue's count. Not
+    /// the change in `len`: a flush sends what was held (and counted)
+    /// before its own reply is held.
+    pub(in crate::frontend::nbd) fn take_uncounted(&mut self) -> usize {
+        std::mem::take(&mut self.uncounted)
     }
 }
 
@@ -122,6 +131,7 @@ impl Conn {
     ) {
         if held.on {
             held.outs.push(Out::new(header, body, cost));
+            held.uncounted += 1;
             return;
         }
         self.send_body(header, body, cost)
@@ -130,8 +140,9 @@ impl Conn {
     /// Send the replies `held` holds, several to a `writev` (they join
     /// `incoming`, which the holder of `tx` sends before it lets go).
     pub(in crate::frontend::nbd) fn send_held(&self, held: &mut Held) {
-        let n = held.outs.len();
-        if n == 0 {
+        // Those held since the last count were never added to it.
+        let n = held.outs.len() - held.take_uncounted();
+        if held.outs.is_empty() {
             return;
         }
         self.incoming.lock().append(&mut held.outs);
@@ -140,6 +151,7 @@ impl Conn {
         }
         let idle = {
             let mut q = self.queue.lock();
+            debug_assert!(q.held >= n, "{n} held replies sent, {} counted", q.held);
             q.held = q.held.saturating_sub(n);
             q.idle()
         };
