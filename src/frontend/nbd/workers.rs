@@ -11,7 +11,7 @@
 //! on devices (half or more of the recent ones took `SLOW_ITEM` or longer)
 //! get a worker per queued turn, so the devices see the clients' queue
 //! depth. Quick items (the members' page cache, tmpfs) get `PER_CORE`
-//! workers per core: each more one only adds a wake-up and a context
+//! worker per core: each more one only adds a wake-up and a context
 //! switch per item (two clients' 4 KiB random reads from tmpfs members:
 //! 1.2x with this, the median of 5 interleaved runs, 1.0-1.9x per run,
 //! against the pool that woke a worker per queued turn). A worker whose item has run `STUCK` or longer
@@ -35,9 +35,13 @@ const SLOW_ITEM: Duration = Duration::from_micros(50);
 /// An item running this long waits (a device, a lock): its worker is not
 /// counted as using a core.
 const STUCK: Duration = Duration::from_millis(1);
-/// Workers awake per core for quick items: a second one runs while the
-/// first waits briefly (a round of write intents, a reply's socket).
-const PER_CORE: usize = 2;
+/// Workers awake per core for quick items. Two let a second run while
+/// the first waited briefly (a round of write intents, a reply's
+/// socket), but two clients' 4 KiB random reads then swung between fast
+/// and slow runs; with replies held back one per core serves them 1.33x
+/// and 1.47x (two runs of 5 interleaved pairs) and random writes about
+/// alike (1.046 and 0.941 with one client, 0.991 with two).
+const PER_CORE: usize = 1;
 /// The whole of `State::slow_share`.
 const SHARE_ONE: u32 = 1 << 10;
 /// Most replies a worker holds back (see `worker`).
