@@ -275,7 +275,7 @@ impl Workers {
                 }
                 held.on = st.slow_share < SHARE_ONE / 2;
                 drop(st);
-                if let Some(h) = holding.take().filter(|h| !Arc::ptr_eq(h, &conn)) {
+                if let Some(h) = holding.take_if(|h| !Arc::ptr_eq(h, &conn)) {
                     h.send_held(&mut held);
                 }
                 let start = self.now();
@@ -283,7 +283,11 @@ impl Workers {
                 let (again, ran) = self.turn(&conn, &mut held);
                 busy.store(0, Ordering::Relaxed);
                 let took = self.now().saturating_sub(start);
-                if held.len() > 0 {
+                // Kept from the last turn of the same connection, so a
+                // run of its turns costs no reference count per turn.
+                if held.len() == 0 {
+                    holding = None;
+                } else if holding.is_none() {
                     holding = Some(conn.clone());
                 }
                 st = self.state.lock();
