@@ -270,27 +270,56 @@ fn sampled(
 /// in memory: tmpfs, the page cache) is on the CPU and does not count: on
 /// a machine whose cores are busy, handing a copy to a helper only adds
 /// the hand-off (1 MiB writes on tmpfs: 1.10x without helpers, 3 of 3
-/// interleaved pairs). Without a thread CPU clock, the whole time counts.
+/// interleaved pairs). Nor does time the thread was preempted: an I/O
+/// during which it never gave up the CPU itself (no voluntary context
+/// switch) waited on no device, however long another thread held its
+/// core. Counted as waiting, one preemption on a busy host made tmpfs
+/// members look slow for the next twenty samples, and their reads went
+/// through helpers. Without the thread's usage, the whole time counts.
 fn waited_per_unit(len: usize, f: impl FnOnce() -> io::Result<()>) -> (io::Result<()>, u64) {
-    let (t, cpu0) = (Instant::now(), thread_cpu_ns());
+    let (t, before) = (Instant::now(), thread_usage());
     let r = f();
     let wall = t.elapsed().as_nanos();
-    let cpu = match (cpu0, thread_cpu_ns()) {
-        (Some(a), Some(b)) => b.saturating_sub(a),
-        _ => 0,
+    let waited = match (before, thread_usage()) {
+        (Some(a), Some(b)) if b.blocked == a.blocked => 0,
+        (Some(a), Some(b)) => wall.saturating_sub(b.cpu_ns.saturating_sub(a.cpu_ns)),
+        _ => wall,
     };
-    (r, per_unit(wall.saturating_sub(cpu), len))
+    (r, per_unit(waited, len))
 }
 
-/// The CPU time this thread has used (ns), if the clock can be read.
-fn thread_cpu_ns() -> Option<u128> {
+/// This thread's usage so far.
+struct Usage {
+    /// CPU time used (ns).
+    cpu_ns: u128,
+    /// Voluntary context switches: times it waited (a device, a lock).
+    blocked: i64,
+}
+
+/// This thread's usage, if it can be read: the CPU time from its clock
+/// (`getrusage`'s lags by up to a scheduler tick), the switches from
+/// `getrusage`.
+fn thread_usage() -> Option<Usage> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec into `ts`.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    (rc == 0).then(|| ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128)
+    if rc != 0 {
+        return None;
+    }
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one rusage into `ru`, zeroed beforehand.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: initialized (zeroed, then filled by getrusage).
+    let ru = unsafe { ru.assume_init() };
+    Some(Usage {
+        cpu_ns: ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128,
+        blocked: ru.ru_nvcsw,
+    })
 }
 
 /// `ns` for an I/O of `len` bytes, per `TIMED_UNIT` it holds.
@@ -493,6 +522,72 @@ mod timing_tests {
             assert!(r.is_ok());
             assert!(ns >= HANDOFF_NS, "a wait of 200 us counted as {ns} ns");
         }
+    }
+
+    /// Pin the calling thread to the CPUs of `set`; returns the set it had.
+    fn pin(set: &libc::cpu_set_t) -> libc::cpu_set_t {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: both calls read or write one cpu_set_t of `size` bytes.
+        unsafe {
+            let mut old: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(libc::sched_getaffinity(0, size, &mut old), 0);
+            assert_eq!(libc::sched_setaffinity(0, size, set), 0);
+            old
+        }
+    }
+
+    #[test]
+    fn time_preempted_is_not_waiting_on_a_device() {
+        // This thread and a spinner share one CPU: 20 ms of copying is
+        // preempted (the scheduler's slices are a few ms) but never waits
+        // of its own accord, so it is quick, however long it took.
+        // SAFETY: sched_getcpu has no arguments; CPU_SET writes into `one`.
+        let one = unsafe {
+            let cpu = libc::sched_getcpu().max(0) as usize;
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            one
+        };
+        let old = pin(&one);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinning = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinner = {
+            let (stop, spinning) = (stop.clone(), spinning.clone());
+            std::thread::spawn(move || {
+                pin(&one);
+                spinning.store(true, std::sync::atomic::Ordering::SeqCst);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        while !spinning.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        let (t, before) = (Instant::now(), super::thread_usage());
+        let (r, ns) = waited_per_unit(4096, || {
+            let t = Instant::now();
+            let mut x = 0u64;
+            while t.elapsed() < Duration::from_millis(20) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            Ok(())
+        });
+        let wall = t.elapsed().as_nanos();
+        let cpu = super::thread_usage().zip(before).map(|(b, a)| b.cpu_ns - a.cpu_ns);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spinner.join().expect("the spinner ends");
+        pin(&old);
+        assert!(r.is_ok());
+        let preempted = wall.saturating_sub(cpu.expect("getrusage works"));
+        assert!(
+            preempted >= 2_000_000,
+            "the copy was not preempted ({preempted} ns off the CPU): the test proves nothing"
+        );
+        assert!(
+            ns < HANDOFF_NS,
+            "{preempted} ns preempted counted as {ns} ns waiting on a device"
+        );
     }
 
     #[test]
