@@ -112,20 +112,18 @@ pub fn read_in_turn<D: BlockDevice + ?Sized>(
 /// Shared handle to a member device.
 pub type DeviceRef = Arc<dyn BlockDevice>;
 
-/// A member's recent flush time (ns, a moving average over every member
-/// flushed through `flush_all`), and what a hand-off to a helper costs.
+/// How long member flushes recently kept their thread waiting (ns, a
+/// moving average over those `timed_flush` timed), and what a hand-off to
+/// a helper costs.
 static FLUSH_NS: AtomicU64 = AtomicU64::new(0);
 const HANDOFF_NS: u64 = 20_000;
 
-/// Run `op` (a flush, or a write made durable) on `d`, adding its time to
-/// `FLUSH_NS`.
+/// Run `op` (a flush, or a write made durable) on `d`, adding the time it
+/// waited to `FLUSH_NS` as `sampled` does for writes: a durable write to
+/// tmpfs is a copy on the CPU, and a thread preempted during it waited on
+/// no device (the copies then went to helpers on a busy host).
 fn timed_flush(op: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
-    let t = Instant::now();
-    let r = op();
-    let ns = t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u64;
-    let old = FLUSH_NS.load(Ordering::Relaxed);
-    FLUSH_NS.store((old * 7 + ns) / 8, Ordering::Relaxed);
-    r
+    sampled(&FLUSHES, &FLUSH_NS, 0, op)
 }
 
 /// Do flushes take longer than a hand-off to a helper?
@@ -205,6 +203,7 @@ const SAMPLE: u32 = 16;
 
 thread_local! {
     static WRITES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    static FLUSHES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// Do member writes wait longer than a hand-off to a helper (direct I/O
@@ -491,113 +490,4 @@ pub(crate) fn check_range(size: u64, offset: u64, len: usize) -> io::Result<()> 
 }
 
 #[cfg(test)]
-mod timing_tests {
-    use super::{per_unit, waited_per_unit, HANDOFF_NS};
-    use std::time::{Duration, Instant};
-
-    #[test]
-    fn time_spent_copying_is_not_waiting_on_a_device() {
-        // 200 us of work on the CPU (a copy into memory) for a 4 KiB I/O:
-        // quick. The least of twenty tries, as a test run on a busy
-        // machine may be preempted in any one.
-        let busy = || {
-            let t = Instant::now();
-            let mut x = 0u64;
-            while t.elapsed() < Duration::from_micros(200) {
-                x = std::hint::black_box(x.wrapping_add(1));
-            }
-            Ok(())
-        };
-        let least = (0..20).map(|_| waited_per_unit(4096, busy).1).min();
-        assert!(
-            least < Some(HANDOFF_NS),
-            "copying counted as waiting: {least:?} ns"
-        );
-        // 200 us asleep (a disk's reply): slow, every time.
-        for _ in 0..3 {
-            let (r, ns) = waited_per_unit(4096, || {
-                std::thread::sleep(Duration::from_micros(200));
-                Ok(())
-            });
-            assert!(r.is_ok());
-            assert!(ns >= HANDOFF_NS, "a wait of 200 us counted as {ns} ns");
-        }
-    }
-
-    /// Pin the calling thread to the CPUs of `set`; returns the set it had.
-    fn pin(set: &libc::cpu_set_t) -> libc::cpu_set_t {
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        // SAFETY: both calls read or write one cpu_set_t of `size` bytes.
-        unsafe {
-            let mut old: libc::cpu_set_t = std::mem::zeroed();
-            assert_eq!(libc::sched_getaffinity(0, size, &mut old), 0);
-            assert_eq!(libc::sched_setaffinity(0, size, set), 0);
-            old
-        }
-    }
-
-    #[test]
-    fn time_preempted_is_not_waiting_on_a_device() {
-        // This thread and a spinner share one CPU: 20 ms of copying is
-        // preempted (the scheduler's slices are a few ms) but never waits
-        // of its own accord, so it is quick, however long it took.
-        // SAFETY: sched_getcpu has no arguments; CPU_SET writes into `one`.
-        let one = unsafe {
-            let cpu = libc::sched_getcpu().max(0) as usize;
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut one);
-            one
-        };
-        let old = pin(&one);
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let spinning = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let spinner = {
-            let (stop, spinning) = (stop.clone(), spinning.clone());
-            std::thread::spawn(move || {
-                pin(&one);
-                spinning.store(true, std::sync::atomic::Ordering::SeqCst);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        };
-        while !spinning.load(std::sync::atomic::Ordering::SeqCst) {
-            std::thread::yield_now();
-        }
-        let (t, before) = (Instant::now(), super::thread_usage());
-        let (r, ns) = waited_per_unit(4096, || {
-            let t = Instant::now();
-            let mut x = 0u64;
-            while t.elapsed() < Duration::from_millis(20) {
-                x = std::hint::black_box(x.wrapping_add(1));
-            }
-            Ok(())
-        });
-        let wall = t.elapsed().as_nanos();
-        let cpu = super::thread_usage().zip(before).map(|(b, a)| b.cpu_ns - a.cpu_ns);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        spinner.join().expect("the spinner ends");
-        pin(&old);
-        assert!(r.is_ok());
-        let preempted = wall.saturating_sub(cpu.expect("getrusage works"));
-        assert!(
-            preempted >= 2_000_000,
-            "the copy was not preempted ({preempted} ns off the CPU): the test proves nothing"
-        );
-        assert!(
-            ns < HANDOFF_NS,
-            "{preempted} ns preempted counted as {ns} ns waiting on a device"
-        );
-    }
-
-    #[test]
-    fn large_copies_into_memory_are_not_slow_devices() {
-        // 1 MiB into tmpfs (about 100 us): quick, no helpers.
-        assert!(per_unit(100_000, 1 << 20) < HANDOFF_NS);
-        // The same request to a disk (2 ms), and one 4 KiB write waiting
-        // 100 us on it: slow.
-        assert!(per_unit(2_000_000, 1 << 20) >= HANDOFF_NS);
-        assert!(per_unit(100_000, 4096) >= HANDOFF_NS);
-        assert_eq!(per_unit(30_000, 0), 30_000);
-    }
-}
+mod timing_tests;
