@@ -2,7 +2,7 @@
 
 use super::{flush_all, per_unit, waited_per_unit, BlockDevice, DeviceRef, MemDevice, HANDOFF_NS};
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,19 +114,19 @@ fn time_preempted_is_not_waiting_on_a_device() {
         one
     };
     let old = pin(&one);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let spinning = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinning = Arc::new(AtomicBool::new(false));
     let spinner = {
         let (stop, spinning) = (stop.clone(), spinning.clone());
         std::thread::spawn(move || {
             pin(&one);
-            spinning.store(true, std::sync::atomic::Ordering::SeqCst);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            spinning.store(true, Ordering::SeqCst);
+            while !stop.load(Ordering::Relaxed) {
                 std::hint::spin_loop();
             }
         })
     };
-    while !spinning.load(std::sync::atomic::Ordering::SeqCst) {
+    while !spinning.load(Ordering::SeqCst) {
         std::thread::yield_now();
     }
     let (t, before) = (Instant::now(), super::thread_usage());
@@ -142,11 +142,12 @@ fn time_preempted_is_not_waiting_on_a_device() {
     let cpu = super::thread_usage()
         .zip(before)
         .map(|(b, a)| b.cpu_ns - a.cpu_ns);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     spinner.join().expect("the spinner ends");
     pin(&old);
     assert!(r.is_ok());
-    let preempted = wall.saturating_sub(cpu.expect("getrusage works"));
+    let preempted =
+        wall.saturating_sub(cpu.expect("the thread's CPU clock and getrusage can be read"));
     assert!(
         preempted >= 2_000_000,
         "the copy was not preempted ({preempted} ns off the CPU): the test proves nothing"
