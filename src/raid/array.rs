@@ -357,6 +357,21 @@ impl Array {
         self.dispatch(offset, buf.len(), |v, off, r| v.write(off, &buf[r]))
     }
 
+    /// [`Array::write`] of `buf` over bytes the caller read and verified
+    /// against their checksums as `old`: RAID5 partial-stripe writes
+    /// compute the new parity from `old` rather than from the data
+    /// member, which a lost or misdirected write may have left stale
+    /// (parity computed from those bytes would make them the unit's
+    /// content once the member is lost). `old` is the array's logical
+    /// bytes, so it serves every layout of a layout change alike.
+    pub fn write_over(&self, offset: u64, buf: &[u8], old: &[u8]) -> io::Result<()> {
+        self.check_writable()?;
+        self.unflushed.store(true, Ordering::Release);
+        self.dispatch(offset, buf.len(), |v, off, r| {
+            v.write_over(off, &buf[r.clone()], &old[r])
+        })
+    }
+
     /// Write bytes that the next flush makes durable elsewhere (journaled
     /// data, see `thin::log`): they do not make the next
     /// [`Array::flush_if_written`] flush; [`Array::mark_written`] when

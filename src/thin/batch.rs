@@ -225,10 +225,14 @@ impl ThinPool {
         let mut fresh = Vec::new();
         for (k, p) in pieces.iter().enumerate() {
             match self.lookup(vol, p.vchunk)? {
+                // RAID5 with checksums: part of a chunk goes piece by
+                // piece, which reads its old blocks verified for the
+                // parity (`write_in_place`).
                 Some(m)
                     if m.exclusive
                         && (m.new || self.array.overwrite_in_place(p.n, cs))
-                        && (self.csums.is_none() || p.aligned()) =>
+                        && (self.csums.is_none() || p.aligned())
+                        && (p.n == cs.bytes() || !self.parity_from_old()) =>
                 {
                     maps.push(m)
                 }

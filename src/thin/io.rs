@@ -12,7 +12,7 @@ use super::intent::Intent;
 use crate::error::{Error, Result};
 use crate::meta::btree;
 
-use crate::raid::Array;
+use crate::raid::{Array, RaidLevel};
 use crate::sync::{ReadGuard, RwLock};
 use crate::thin::store::space::SpaceUse;
 use crate::thin::store::superblock::MEMBER_FAILED;
@@ -553,6 +553,13 @@ impl ThinPool {
         Ok(())
     }
 
+    /// Does an overwrite of part of a chunk compute parity from the old
+    /// bytes (RAID5), which must then be read verified (a member's lost
+    /// write leaves stale ones)? Only pools with checksums can tell.
+    pub(super) fn parity_from_old(&self) -> bool {
+        self.csums.is_some() && self.array.geometry().level == RaidLevel::Raid5
+    }
+
     /// Overwrite part of a chunk where it is, keeping its checksums: a
     /// write that does not cover whole 4 KiB blocks is widened with the
     /// blocks' current (verified) contents.
@@ -567,8 +574,33 @@ impl ThinPool {
             return write(within, data);
         }
         let a0 = within / BLK * BLK;
-        let buf = self.widen(phys, within, data)?;
-        write(a0, &buf)?;
+        if !self.parity_from_old() {
+            let buf = self.widen(phys, within, data)?;
+            write(a0, &buf)?;
+            return self.record(phys, a0, &buf);
+        }
+        // RAID5: the new parity comes from the blocks' old bytes, so they
+        // are read verified (a stale copy on the data member, left by a
+        // write it lost, is rebuilt from the parity) and handed down.
+        let a1 = (within + data.len() as u64).div_ceil(BLK) * BLK;
+        let mut old = vec![0u8; (a1 - a0) as usize];
+        let whole = a0 == within && a1 == within + data.len() as u64;
+        match self.read_verified(phys, a0, &mut old) {
+            Ok(()) => {}
+            // Whole blocks none of whose copies is good: written as before
+            // (the parity knows their bytes no better than the member).
+            Err(_) if whole => {
+                write(a0, data)?;
+                return self.record(phys, a0, data);
+            }
+            Err(e) => return Err(e),
+        }
+        let mut buf = old.clone();
+        let at = (within - a0) as usize;
+        buf[at..at + data.len()].copy_from_slice(data);
+        self.array
+            .write_over(cs.at(phys, a0), &buf, &old)
+            .map_err(|e| Error::io("writing data", e))?;
         self.record(phys, a0, &buf)
     }
 

@@ -343,7 +343,17 @@ impl View<'_> {
                 }
                 Ok(())
             }),
-            RaidLevel::Raid5 => self.write_raid5(offset, buf),
+            RaidLevel::Raid5 => self.write_raid5(offset, buf, None),
+        }
+    }
+
+    /// [`View::write`] of `buf` over bytes the caller read and verified
+    /// as `old` (as long as `buf`): RAID5 read-modify-writes take the old
+    /// data from `old`, not from the data member.
+    pub(super) fn write_over(&self, offset: u64, buf: &[u8], old: &[u8]) -> io::Result<()> {
+        match self.geo.level {
+            RaidLevel::Raid5 if old.len() == buf.len() => self.write_raid5(offset, buf, Some(old)),
+            _ => self.write(offset, buf),
         }
     }
 
@@ -438,21 +448,33 @@ impl View<'_> {
         }
     }
 
-    pub(super) fn write_raid5(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+    /// RAID5 write, stripe by stripe; `old`: the bytes `buf` replaces, as
+    /// the caller verified them (see `write_partial_stripe`).
+    pub(super) fn write_raid5(
+        &self,
+        offset: u64,
+        buf: &[u8],
+        old: Option<&[u8]>,
+    ) -> io::Result<()> {
         let width = self.geo.stripe_width();
         let mut pos = offset;
         let end = offset + buf.len() as u64;
         while pos < end {
             let stripe = pos / width;
             let stripe_end = ((stripe + 1) * width).min(end);
-            let piece = &buf[(pos - offset) as usize..(stripe_end - offset) as usize];
+            let range = (pos - offset) as usize..(stripe_end - offset) as usize;
+            let piece = &buf[range.clone()];
+            let mut first_old = old.map(|o| &o[range]);
             let _guard = self.lock(stripe);
             // Redone whole when a member fails under it: see write_partial_stripe.
             self.degrading(|| {
+                // The caller's old bytes serve the first attempt only: a
+                // redo reads back what the first one wrote.
+                let old = first_old.take();
                 if pos.is_multiple_of(width) && piece.len() as u64 == width {
                     self.write_full_stripe(stripe, piece)
                 } else {
-                    self.write_partial_stripe(pos, piece)
+                    self.write_partial_stripe(pos, piece, old)
                 }
             })?;
             pos = stripe_end;
@@ -489,8 +511,19 @@ impl View<'_> {
     /// Parity member missing: write the data only.
     /// Redoing it after a member failed halfway is safe: a piece whose data
     /// and parity were both written reads back as new data, and the
-    /// healthy formula then leaves its parity unchanged.
-    pub(super) fn write_partial_stripe(&self, offset: u64, buf: &[u8]) -> FaultResult<()> {
+    /// healthy formula then leaves its parity unchanged (so a redo reads
+    /// the old data from the member, never from `old`).
+    /// `old`: the bytes `buf` replaces, read by the caller and verified
+    /// against their checksums. The healthy formula takes them instead of
+    /// the data member's: a write that member lost or misplaced (reported
+    /// done, never stored) leaves stale bytes there, and parity computed
+    /// from them would rebuild the unit wrong once the member is gone.
+    pub(super) fn write_partial_stripe(
+        &self,
+        offset: u64,
+        buf: &[u8],
+        old_bytes: Option<&[u8]>,
+    ) -> FaultResult<()> {
         for e in self.geo.map(offset, buf.len() as u64) {
             let stripe = (e.offset - self.geo.data_start) / self.geo.stripe_unit;
             let pm = self.geo.parity_member(stripe);
@@ -502,7 +535,12 @@ impl View<'_> {
                     let mut parity = vec![0u8; new.len()];
                     let mut old = vec![0u8; new.len()];
                     self.io(pm, pd, Dir::Read, Some(at), || pd.read_at(&mut parity, at))?;
-                    self.io(dm, dd, Dir::Read, Some(at), || dd.read_at(&mut old, at))?;
+                    match old_bytes {
+                        Some(o) => old.copy_from_slice(&o[b..b + new.len()]),
+                        None => {
+                            self.io(dm, dd, Dir::Read, Some(at), || dd.read_at(&mut old, at))?
+                        }
+                    }
                     xor_into(&mut parity, &old);
                     xor_into(&mut parity, new);
                     self.io(dm, dd, Dir::Write, Some(at), || dd.write_at(new, at))?;
