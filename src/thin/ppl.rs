@@ -280,11 +280,18 @@ impl ThinPool {
     /// from the partial parity and the row's other units, where the result
     /// matches the block's checksum and the array would rebuild it
     /// otherwise; written through the array, which sets the parity.
-    /// Returns the blocks rebuilt.
-    pub(crate) fn repair_rows(&self, parities: Vec<(Chunk, u64, Vec<u8>)>) -> Result<u64> {
+    /// Returns the blocks rebuilt. With every member present: the named
+    /// rows, whose parity the caller recomputes once the replay has
+    /// settled their checksums (`ThinPool::resync_rows`), not from the
+    /// data as it stands (a unit a member's lost write left stale would
+    /// be folded into the parity).
+    pub(crate) fn repair_rows(
+        &self,
+        parities: Vec<(Chunk, u64, Vec<u8>)>,
+    ) -> Result<(u64, Vec<Chunk>)> {
         let geo = self.array.geometry();
         if parities.is_empty() || geo.level != RaidLevel::Raid5 || self.csums.is_none() {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
         let health = self.array.health();
         let gone: Vec<usize> = (0..geo.members()).filter(|&m| health.is_gone(m)).collect();
@@ -293,20 +300,16 @@ impl ThinPool {
         let missing = match gone[..] {
             [m] => m,
             [] => {
-                // Every member here: each named row's parity from its data
-                // (the resync does it too, where the write-intent block
-                // names the chunk on the copy the open took).
+                // Every member here: each named row's parity from its
+                // verified data (the resync does it too, where the
+                // write-intent block names the chunk on the copy the open
+                // took).
                 let rows: HashSet<Chunk> = parities.iter().map(|p| p.0).collect();
-                for phys in rows {
-                    if self.whole_row(phys, width) {
-                        let row0 = self.chunk_size.at(phys, 0);
-                        self.array.check_parity(row0, width, true).map_err(io)?;
-                    }
-                }
-                return Ok(0);
+                let rows = rows.into_iter().filter(|&p| self.whole_row(p, width));
+                return Ok((0, rows.collect()));
             }
             // More than one gone: nothing to rebuild from.
-            _ => return Ok(0),
+            _ => return Ok((0, Vec::new())),
         };
         let mut settled = HashSet::new();
         let mut rebuilt = 0;
@@ -343,6 +346,6 @@ impl ThinPool {
             self.array.write(at, &candidate).map_err(io)?;
             rebuilt += 1;
         }
-        Ok(rebuilt)
+        Ok((rebuilt, Vec::new()))
     }
 }

@@ -192,11 +192,15 @@ impl ThinPool {
             out.records += 1;
         }
         // Before anything reads a row through a missing member.
-        out.blocks_rebuilt = self.repair_rows(parities)?;
+        let (rebuilt, rows) = self.repair_rows(parities)?;
+        out.blocks_rebuilt = rebuilt;
         out.data_blocks = self.journaled_home(latest)?;
         let (kept, damaged) = self.check_intents(intents)?;
         out.writes_kept = kept;
         out.writes_damaged = damaged;
+        // Their blocks' checksums settled: the rows' parity from data that
+        // matches them.
+        self.resync_rows(rows)?;
         // Checksums of chunks no replayed mapping took.
         if let Some(c) = &self.csums {
             let meta = self.meta.read();

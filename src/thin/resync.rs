@@ -57,6 +57,21 @@ impl ThinPool {
         Ok(out)
     }
 
+    /// Bring chunks that are whole RAID5 rows to one state, as the crash
+    /// resync does without the intent block's word (a block no copy of
+    /// which matches its checksum is left as damage), and recompute
+    /// their parity from the result. Caller holds the gate for write.
+    pub(crate) fn resync_rows(&self, rows: Vec<Chunk>) -> Result<Resynced> {
+        let mut out = Resynced::default();
+        for c in rows {
+            if self.meta.read().data.in_use(c) {
+                self.resync_chunk(c, false, &mut out)?;
+                out.chunks += 1;
+            }
+        }
+        Ok(out)
+    }
+
     fn resync_chunk(&self, c: Chunk, adopt: bool, out: &mut Resynced) -> Result<()> {
         let cs = self.chunk_size;
         let io = |e| Error::io("resyncing after a crash", e);
