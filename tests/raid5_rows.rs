@@ -146,6 +146,22 @@ fn a_silently_corrupt_unit_is_not_folded_into_the_parity() {
     }
 }
 
+/// A raid5 x3 pool on members with a write cache, volume "a" on it, and
+/// `rows` stripe rows written at its start (new chunks, written whole)
+/// with member `faulty` losing that write (reported done, never stored):
+/// the members, the pool and the bytes written.
+fn after_a_lost_write(faulty: usize, rows: usize, seed: u64) -> (Cached, Pool, Vec<u8>) {
+    let (m, devs) = cached_members(mem_devices(3, 32 * MIB));
+    let pool = create_with_unit(RaidLevel::Raid5, devs, UNIT);
+    pool.create_volume("a", 4 * MIB).unwrap();
+    pool.commit().unwrap();
+    let model = pattern(rows * 2 * UNIT as usize, seed);
+    m.plans[faulty].lose_writes(1);
+    pool.volume("a", None).unwrap().write_at(&model, 0).unwrap();
+    assert_eq!(m.plans[faulty].struck(), 1, "the write was lost");
+    (m, pool, model)
+}
+
 /// Found by CI's `fault_model::torture` (raid5 x3, a lost write, then
 /// that member failed): chunks written in this transaction are
 /// overwritten in place with read-modify-writes; a block their member lost
@@ -159,16 +175,9 @@ fn a_silently_corrupt_unit_is_not_folded_into_the_parity() {
 #[test]
 fn a_lost_write_is_not_folded_into_the_parity_of_a_new_chunk() {
     for faulty in 0..3 {
-        let (m, devs) = cached_members(mem_devices(3, 32 * MIB));
-        let pool = create_with_unit(RaidLevel::Raid5, devs, UNIT);
-        pool.create_volume("a", 4 * MIB).unwrap();
-        pool.commit().unwrap();
+        let (m, pool, mut model) = after_a_lost_write(faulty, 2, 5);
         let vol = pool.volume("a", None).unwrap();
         let row = 2 * UNIT as usize;
-        let mut model = pattern(2 * row, 5);
-        m.plans[faulty].lose_writes(1);
-        vol.write_at(&model, 0).unwrap();
-        assert_eq!(m.plans[faulty].struck(), 1, "the write was lost");
         // The next write there is lost too: the read that finds the stale
         // block rewrites it from the parity, in vain.
         m.plans[faulty].lose_writes(1);
@@ -193,16 +202,9 @@ fn a_lost_write_is_not_folded_into_the_parity_of_a_new_chunk() {
 #[test]
 fn a_replay_does_not_fold_a_lost_write_into_the_parity() {
     for faulty in 0..3 {
-        let (m, devs) = cached_members(mem_devices(3, 32 * MIB));
-        let pool = create_with_unit(RaidLevel::Raid5, devs, UNIT);
-        pool.create_volume("a", 4 * MIB).unwrap();
-        pool.commit().unwrap();
+        let (m, pool, mut model) = after_a_lost_write(faulty, 1, 11);
         let vol = pool.volume("a", None).unwrap();
-        let row = 2 * UNIT as usize;
-        let mut model = pattern(row, 11);
-        m.plans[faulty].lose_writes(1);
-        vol.write_at(&model, 0).unwrap();
-        assert_eq!(m.plans[faulty].struck(), 1, "the write was lost");
+        let row = model.len();
         pool.commit().unwrap();
         let named = pool.flush_stats().named_writes;
         for off in [0, UNIT as usize + 4096] {
