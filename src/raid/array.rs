@@ -364,7 +364,11 @@ impl Array {
     /// (parity computed from those bytes would make them the unit's
     /// content once the member is lost). `old` is the array's logical
     /// bytes, so it serves every layout of a layout change alike.
+    /// (`old` not as long as `buf`: as `write`.)
     pub fn write_over(&self, offset: u64, buf: &[u8], old: &[u8]) -> io::Result<()> {
+        if old.len() != buf.len() {
+            return self.write(offset, buf);
+        }
         self.check_writable()?;
         self.unflushed.store(true, Ordering::Release);
         self.dispatch(offset, buf.len(), |v, off, r| {

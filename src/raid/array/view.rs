@@ -352,7 +352,7 @@ impl View<'_> {
     /// data from `old`, not from the data member.
     pub(super) fn write_over(&self, offset: u64, buf: &[u8], old: &[u8]) -> io::Result<()> {
         match self.geo.level {
-            RaidLevel::Raid5 if old.len() == buf.len() => self.write_raid5(offset, buf, Some(old)),
+            RaidLevel::Raid5 => self.write_raid5(offset, buf, Some(old)),
             _ => self.write(offset, buf),
         }
     }
