@@ -595,9 +595,16 @@ impl ThinPool {
             }
             Err(e) => return Err(e),
         }
-        let mut buf = old.clone();
-        let at = (within - a0) as usize;
-        buf[at..at + data.len()].copy_from_slice(data);
+        // Whole blocks are the new bytes as they are; else widened.
+        let buf: Cow<[u8]> = match whole {
+            true => Cow::Borrowed(data),
+            false => {
+                let mut b = old.clone();
+                let at = (within - a0) as usize;
+                b[at..at + data.len()].copy_from_slice(data);
+                Cow::Owned(b)
+            }
+        };
         self.array
             .write_over(cs.at(phys, a0), &buf, &old)
             .map_err(|e| Error::io("writing data", e))?;
