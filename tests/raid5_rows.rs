@@ -8,7 +8,7 @@
 
 mod common;
 use common::*;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use vpool::device::{BlockDevice, DeviceRef, MemDevice};
 use vpool::raid::RaidLevel;
@@ -235,4 +235,92 @@ fn a_replay_does_not_fold_a_lost_write_into_the_parity() {
         pool.fail_member(faulty).unwrap();
         model_verify(&pool, &model, &format!("{what}, then failed"));
     }
+}
+
+/// A raid5 pool grown by `pool add` (x3 to x4, volume "a" on it): its
+/// chunks (one x3 row: two 16 KiB units) are narrower than its rows
+/// (three units), so a write of whole chunks writes parts of rows.
+fn grown_pool() -> (Cached, Pool) {
+    let (m, devs) = cached_members(mem_devices(4, 32 * MIB));
+    let pool = create_with_unit(RaidLevel::Raid5, devs[..3].to_vec(), UNIT);
+    pool.add_member(devs[3].clone(), false).unwrap();
+    pool.run_job(&AtomicBool::new(false), |_| {}).unwrap();
+    pool.create_volume("a", 4 * MIB).unwrap();
+    pool.commit().unwrap();
+    (m, pool)
+}
+
+/// On a grown raid5 pool, a chunk's whole write over part of a row used
+/// to be a read-modify-write whose old bytes came from the members: over
+/// free space, or a chunk of this transaction, no checksum covers them,
+/// so a unit a member's lost write left stale went into the new parity,
+/// and once that member was lost the unit rebuilt wrong. Such writes now
+/// take the parity from the row's other units, judged by their checksums
+/// (a reconstruct-write). Chunks 0-2 are written one by one (chunk 1 is
+/// row 0's third unit and row 1's first), a member losing a write of
+/// chunk 1's, then chunks 1-2 are written again whole in one write (row
+/// 0's third unit a part of a row, row 1 whole), then that member fails.
+#[test]
+fn a_grown_pools_chunk_writes_do_not_fold_a_lost_write_into_the_parity() {
+    let chunk = 2 * UNIT as usize;
+    for faulty in 0..4 {
+        let (m, pool) = grown_pool();
+        let vol = pool.volume("a", None).unwrap();
+        let mut model = pattern(3 * chunk, 40 + faulty as u64);
+        for c in 0..3 {
+            if c == 1 {
+                m.plans[faulty].lose_writes(1);
+            }
+            vol.write_at(&model[c * chunk..(c + 1) * chunk], (c * chunk) as u64)
+                .unwrap();
+        }
+        let data = pattern(2 * chunk, 50 + faulty as u64);
+        vol.write_at(&data, chunk as u64).unwrap();
+        model[chunk..].copy_from_slice(&data);
+        pool.fail_member(faulty).unwrap();
+        let mut got = vec![0u8; model.len()];
+        vol.read_at(&mut got, 0)
+            .unwrap_or_else(|e| panic!("member {faulty} failed: {e}"));
+        assert!(got == model, "member {faulty} failed: wrong bytes");
+    }
+}
+
+/// The reconstruct-write reads the row's other units: one a member's lost
+/// write left stale must not go into the parity either. Chunk 0 (row 0's
+/// first two units) is written with a member losing a write of it, then
+/// chunks 1 and 2 (row 0's third unit is chunk 1's), then that member
+/// fails: the stale unit, found by its checksum, is rebuilt from the
+/// parity before the new parity is computed, and written back.
+#[test]
+fn a_reconstruct_write_does_not_fold_a_stale_unit_of_another_chunk() {
+    let chunk = 2 * UNIT as usize;
+    let mut struck = 0;
+    for faulty in 0..4 {
+        let (m, pool) = grown_pool();
+        let vol = pool.volume("a", None).unwrap();
+        let model = pattern(3 * chunk, 60 + faulty as u64);
+        m.plans[faulty].lose_writes(1);
+        for c in 0..3 {
+            vol.write_at(&model[c * chunk..(c + 1) * chunk], (c * chunk) as u64)
+                .unwrap();
+            if c == 0 {
+                // Only a write of chunk 0 (the members of its units and
+                // of row 0's parity): the test before covers the others.
+                struck += m.plans[faulty].struck();
+                m.plans[faulty].heal();
+            }
+        }
+        // Written back where found: a read has nothing left to repair.
+        let repairs = pool.info().checksum_repairs;
+        let mut got = vec![0u8; model.len()];
+        vol.read_at(&mut got, 0).unwrap();
+        assert!(got == model, "member {faulty} lost a write: wrong bytes");
+        assert_eq!(pool.info().checksum_repairs, repairs, "member {faulty}");
+        pool.fail_member(faulty).unwrap();
+        let mut got = vec![0u8; model.len()];
+        vol.read_at(&mut got, 0)
+            .unwrap_or_else(|e| panic!("member {faulty} failed: {e}"));
+        assert!(got == model, "member {faulty} failed: wrong bytes");
+    }
+    assert_eq!(struck, 3, "chunk 0's writes lost on three members");
 }

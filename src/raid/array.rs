@@ -14,9 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 mod copies;
+mod rcw;
 mod state;
 mod view;
 pub use copies::Copy;
+pub use rcw::Vouch;
 pub use state::{members_before_shrink, ArrayState, LeavingMember, Transition, TransitionKind};
 use view::View;
 
@@ -373,6 +375,21 @@ impl Array {
         self.unflushed.store(true, Ordering::Release);
         self.dispatch(offset, buf.len(), |v, off, r| {
             v.write_over(off, &buf[r.clone()], &old[r])
+        })
+    }
+
+    /// [`Array::write`] of whole chunks just allocated (or rewritten
+    /// whole), whose stripe rows' other units `vouch` judges: RAID5
+    /// writes of part of a row (a pool grown by `pool add` has chunks
+    /// narrower than its rows) compute the parity from those units, read
+    /// and judged, never from the written unit's old bytes, which may be
+    /// stale free space a member's lost write left and no checksum covers
+    /// (`array::rcw`). Other levels, and whole rows: as `write`.
+    pub fn write_vouched(&self, offset: u64, buf: &[u8], vouch: Vouch) -> io::Result<()> {
+        self.check_writable()?;
+        self.unflushed.store(true, Ordering::Release);
+        self.dispatch(offset, buf.len(), |v, off, r| {
+            v.write_vouched(off, &buf[r], vouch)
         })
     }
 

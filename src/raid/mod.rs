@@ -11,6 +11,7 @@ pub mod parity;
 
 pub use array::{
     members_before_shrink, Array, ArrayState, Copy, LeavingMember, Transition, TransitionKind,
+    Vouch,
 };
 pub use geometry::{Geometry, RaidLevel};
 pub use mirror::{MetaMirror, Validator};

@@ -365,10 +365,13 @@ impl ThinPool {
             // Not a data flush's business when every piece leaves a copy
             // or is marked written by `journal_written`.
             let written = match homes[r.clone()].iter().all(|&h| h != Home::Plain) {
-                true => self.array.write_journaled(off, span),
-                false => self.array.write(off, span),
+                true => self
+                    .array
+                    .write_journaled(off, span)
+                    .map_err(|e| Error::io("writing data", e)),
+                false => self.write_chunks(off, span),
             };
-            written.map_err(|e| Error::io("writing data", e))?;
+            written?;
             for k in r {
                 let (p, phys) = (pieces[k], maps[k].phys);
                 match homes[k] {

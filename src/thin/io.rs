@@ -325,9 +325,7 @@ impl ThinPool {
                 full[within as usize..within as usize + data.len()].copy_from_slice(data);
                 &full
             };
-            self.array
-                .write(cs.at(newc, 0), buf)
-                .map_err(|e| Error::io("writing data", e))?;
+            self.write_chunks(cs.at(newc, 0), buf)?;
             if whole {
                 self.record(newc, 0, buf)
             } else {
@@ -558,6 +556,36 @@ impl ThinPool {
     /// write leaves stale ones)? Only pools with checksums can tell.
     pub(super) fn parity_from_old(&self) -> bool {
         self.csums.is_some() && self.array.geometry().level == RaidLevel::Raid5
+    }
+
+    /// Write whole chunks (`buf`, from pool byte `off`) just allocated or
+    /// rewritten whole. On RAID5 with checksums, a row the chunks fill only
+    /// part of (a pool grown by `pool add`) takes its parity from the
+    /// row's other units, judged by their checksums (`Array::
+    /// write_vouched`), not from the old bytes under the new chunks: free
+    /// space has no checksum, so a member's lost write there would go
+    /// unseen into the parity.
+    pub(super) fn write_chunks(&self, off: u64, buf: &[u8]) -> Result<()> {
+        let written = match self.parity_from_old() {
+            true => self
+                .array
+                .write_vouched(off, buf, &|at, b| self.vouches(at, b)),
+            false => self.array.write(off, buf),
+        };
+        written.map_err(|e| Error::io("writing data", e))
+    }
+
+    /// May a RAID5 reconstruct-write take `b` as the 4 KiB block at pool
+    /// byte `at`? Yes when it matches the block's checksum, or when
+    /// nothing says what the block holds (free space, no checksum, the
+    /// checksum unreadable).
+    fn vouches(&self, at: u64, b: &[u8]) -> bool {
+        let c = self.chunk_size.chunk_at(at);
+        if !self.meta.read().data.in_use(c) {
+            return true;
+        }
+        let within = at - self.chunk_size.at(c, 0);
+        !matches!(self.block_csum(c, within), Ok(Some(want)) if crc(b) != want)
     }
 
     /// Overwrite part of a chunk where it is, keeping its checksums: a

@@ -6,6 +6,7 @@
 use super::super::geometry::{Geometry, RaidLevel};
 use super::super::health::{Dir, Fault, FaultResult, Health};
 use super::super::parity::xor_into;
+use super::rcw::Vouch;
 use super::{missing, PARALLEL_READ_MIN, STRIPE_LOCKS};
 use crate::device::DeviceRef;
 use parking_lot::Mutex;
@@ -343,7 +344,7 @@ impl View<'_> {
                 }
                 Ok(())
             }),
-            RaidLevel::Raid5 => self.write_raid5(offset, buf, None),
+            RaidLevel::Raid5 => self.write_raid5(offset, buf, None, None),
         }
     }
 
@@ -352,7 +353,18 @@ impl View<'_> {
     /// data from `old`, not from the data member.
     pub(super) fn write_over(&self, offset: u64, buf: &[u8], old: &[u8]) -> io::Result<()> {
         match self.geo.level {
-            RaidLevel::Raid5 => self.write_raid5(offset, buf, Some(old)),
+            RaidLevel::Raid5 => self.write_raid5(offset, buf, Some(old), None),
+            _ => self.write(offset, buf),
+        }
+    }
+
+    /// [`View::write`] of bytes whose stripe rows' other units `vouch`
+    /// judges: RAID5 partial-stripe writes are reconstruct-writes
+    /// (`rcw`), which never take the written unit's old bytes or the old
+    /// parity from the members.
+    pub(super) fn write_vouched(&self, offset: u64, buf: &[u8], vouch: Vouch) -> io::Result<()> {
+        match self.geo.level {
+            RaidLevel::Raid5 => self.write_raid5(offset, buf, None, Some(vouch)),
             _ => self.write(offset, buf),
         }
     }
@@ -455,6 +467,7 @@ impl View<'_> {
         offset: u64,
         buf: &[u8],
         old: Option<&[u8]>,
+        vouch: Option<Vouch>,
     ) -> io::Result<()> {
         let width = self.geo.stripe_width();
         let mut pos = offset;
@@ -472,10 +485,14 @@ impl View<'_> {
                 // redo reads back what the first one wrote.
                 let old = first_old.take();
                 if pos.is_multiple_of(width) && piece.len() as u64 == width {
-                    self.write_full_stripe(stripe, piece)
-                } else {
-                    self.write_partial_stripe(pos, piece, old)
+                    return self.write_full_stripe(stripe, piece);
                 }
+                if let Some(v) = vouch {
+                    if self.write_reconstruct(pos, piece, v)? {
+                        return Ok(());
+                    }
+                }
+                self.write_partial_stripe(pos, piece, old)
             })?;
             pos = stripe_end;
         }
