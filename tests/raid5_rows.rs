@@ -324,3 +324,58 @@ fn a_reconstruct_write_does_not_fold_a_stale_unit_of_another_chunk() {
     }
     assert_eq!(struck, 3, "chunk 0's writes lost on three members");
 }
+
+/// A grown pool (x3 to x4) under random writes (whole chunks, runs of
+/// them, blocks, unaligned bytes), reads and commits, with one member
+/// losing a write now and then (never repaired behind the pool's back):
+/// once that member fails, every byte reads back.
+#[test]
+fn a_grown_pool_loses_nothing_to_one_member_losing_writes() {
+    const SIZE: usize = 2 << 20;
+    let chunk = 2 * UNIT;
+    for seed in 1..=16u64 {
+        let (m, pool) = grown_pool();
+        let faulty = (seed % 4) as usize;
+        let vol = pool.volume("a", None).unwrap();
+        let mut model = vec![0u8; SIZE];
+        let mut rng = Rng(seed * 0x9E37_79B9);
+        let what = format!("seed {seed}, member {faulty} losing writes");
+        for step in 0..80u64 {
+            if rng.below(3) == 0 {
+                m.plans[faulty].lose_writes(1);
+            }
+            let (off, len) = match rng.below(5) {
+                0 => (rng.below(SIZE as u64 / chunk) * chunk, chunk),
+                1 => {
+                    let n = 2 + rng.below(3);
+                    (rng.below(SIZE as u64 / chunk - n) * chunk, n * chunk)
+                }
+                2 => (rng.below(SIZE as u64 / 4096) * 4096, 4096),
+                3 => (rng.below(SIZE as u64 - 9000), 1 + rng.below(9000)),
+                _ => {
+                    let off = rng.below(SIZE as u64 - 65536);
+                    let mut got = vec![0u8; 65536];
+                    vol.read_at(&mut got, off)
+                        .unwrap_or_else(|e| panic!("{what}: step {step}: {e}"));
+                    let o = off as usize;
+                    assert!(
+                        got == model[o..o + 65536],
+                        "{what}: step {step}: wrong bytes"
+                    );
+                    continue;
+                }
+            };
+            let data = pattern(len as usize, seed * 1000 + step);
+            vol.write_at(&data, off)
+                .unwrap_or_else(|e| panic!("{what}: step {step}: {e}"));
+            model[off as usize..(off + len) as usize].copy_from_slice(&data);
+            if rng.below(12) == 0 {
+                pool.commit().unwrap();
+            }
+        }
+        m.plans[faulty].heal();
+        pool.fail_member(faulty).unwrap();
+        drop(vol);
+        model_verify(&pool, &model, &format!("{what}, then failed"));
+    }
+}
