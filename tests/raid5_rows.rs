@@ -327,22 +327,50 @@ fn a_reconstruct_write_does_not_fold_a_stale_unit_of_another_chunk() {
 
 /// A grown pool (x3 to x4) under random writes (whole chunks, runs of
 /// them, blocks, unaligned bytes), reads and commits, with one member
-/// losing a write now and then (never repaired behind the pool's back):
-/// once that member fails, every byte reads back.
+/// losing, misplacing or tearing a write now and then (reported done;
+/// never repaired behind the pool's back): once that member fails, every
+/// byte reads back.
 #[test]
 fn a_grown_pool_loses_nothing_to_one_member_losing_writes() {
+    one_member_lying(grown_pool, 4, 16);
+}
+
+/// The same on pools that never grew (x3 and x4: chunks are rows).
+#[test]
+fn a_pool_loses_nothing_to_one_member_losing_writes() {
+    for n in [3, 4] {
+        let pool = || {
+            let (m, devs) = cached_members(mem_devices(n, 32 * MIB));
+            let pool = create_with_unit(RaidLevel::Raid5, devs, UNIT);
+            pool.create_volume("a", 4 * MIB).unwrap();
+            pool.commit().unwrap();
+            (m, pool)
+        };
+        one_member_lying(pool, n, 8);
+    }
+}
+
+/// `seeds` runs of the campaign above on pools of `n` members `make`s.
+fn one_member_lying(make: impl Fn() -> (Cached, Pool), n: usize, seeds: u64) {
     const SIZE: usize = 2 << 20;
-    let chunk = 2 * UNIT;
-    for seed in 1..=16u64 {
-        let (m, pool) = grown_pool();
-        let faulty = (seed % 4) as usize;
+    for seed in 1..=seeds {
+        let (m, pool) = make();
+        let chunk = pool.info().chunk_size;
+        let faulty = (seed % n as u64) as usize;
         let vol = pool.volume("a", None).unwrap();
         let mut model = vec![0u8; SIZE];
         let mut rng = Rng(seed * 0x9E37_79B9);
-        let what = format!("seed {seed}, member {faulty} losing writes");
+        let what = format!("x{n}, seed {seed}, member {faulty} lying");
         for step in 0..80u64 {
-            if rng.below(3) == 0 {
-                m.plans[faulty].lose_writes(1);
+            match rng.below(12) {
+                0..=3 => m.plans[faulty].lose_writes(1),
+                4 => {
+                    // As fault_model's: up to 1 MiB either way, whole blocks.
+                    let delta = (rng.below(512) as i64 - 256) * 4096;
+                    m.plans[faulty].misdirect_writes(1, if delta == 0 { 4096 } else { delta })
+                }
+                5 => m.plans[faulty].tear_writes(1),
+                _ => {}
             }
             let (off, len) = match rng.below(5) {
                 0 => (rng.below(SIZE as u64 / chunk) * chunk, chunk),
