@@ -459,3 +459,54 @@ fn grown_pool_writers_of_neighbouring_chunks_keep_each_others_bytes() {
         model_verify(&pool, &model, &format!("member {lost} lost"));
     }
 }
+
+/// A raid5 reshape (x3 to x4) while one member now and then loses,
+/// misplaces or tears a write (reported done), with client writes between
+/// its steps: every byte reads back during and after it, and once that
+/// member fails. Found on 2026-12-07: during a restripe no block could be
+/// repaired (the array listed no copies while changing layout), so a
+/// client's read or unaligned write of a stale block failed, and the
+/// restripe moved rows as the members held them, so a stale block went
+/// into the new layout with a parity that vouched for it.
+#[test]
+fn a_reshape_loses_nothing_to_one_member_lying() {
+    const SIZE: usize = 2 << 20;
+    for seed in 1..=12u64 {
+        let (m, devs) = cached_members(mem_devices(4, 32 * MIB));
+        let pool = create_with_unit(RaidLevel::Raid5, devs[..3].to_vec(), UNIT);
+        pool.create_volume("a", SIZE as u64).unwrap();
+        let vol = pool.volume("a", None).unwrap();
+        let mut model = pattern(SIZE, seed);
+        vol.write_at(&model, 0).unwrap();
+        pool.commit().unwrap();
+        let faulty = (seed % 4) as usize;
+        let what = format!("seed {seed}, member {faulty} lying");
+        pool.add_member(devs[3].clone(), false).unwrap();
+        let mut rng = Rng(seed * 0x9E37_79B9);
+        let mut step = 0u64;
+        pool.run_job(&AtomicBool::new(false), |_| {
+            step += 1;
+            match rng.below(6) {
+                0 | 1 => m.plans[faulty].lose_writes(1),
+                2 => {
+                    let delta = (rng.below(64) as i64 - 32) * 4096;
+                    m.plans[faulty].misdirect_writes(1, if delta == 0 { 4096 } else { delta })
+                }
+                3 => m.plans[faulty].tear_writes(1),
+                _ => {}
+            }
+            let off = rng.below(SIZE as u64 - 20000);
+            let len = 1 + rng.below(20000);
+            let data = pattern(len as usize, seed * 1000 + step);
+            vol.write_at(&data, off)
+                .unwrap_or_else(|e| panic!("{what}: step {step}: {e}"));
+            model[off as usize..(off + len) as usize].copy_from_slice(&data);
+        })
+        .unwrap_or_else(|e| panic!("{what}: the reshape: {e}"));
+        m.plans[faulty].heal();
+        model_verify(&pool, &model, &format!("{what}: after the reshape"));
+        pool.fail_member(faulty).unwrap();
+        drop(vol);
+        model_verify(&pool, &model, &format!("{what}, then failed"));
+    }
+}

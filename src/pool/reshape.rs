@@ -307,18 +307,25 @@ fn resync_step(
 
 /// Read array bytes `[from, to)` in the old layout into `buf`, reading only
 /// chunks in use (the rest is left zero: its content does not matter, and
-/// zeros keep RAID5 parity right).
+/// zeros keep RAID5 parity right). Read through the checksums: a block a
+/// member's lost or misplaced write left stale is repaired from its other
+/// copy (a raid5 row's parity) before it is moved, not carried into the
+/// new layout, whose parity would then vouch for it. A block no copy of
+/// which is good is moved as it stands (its checksum still tells).
 pub(super) fn read_used(thin: &ThinPool, from: u64, to: u64, buf: &mut [u8]) -> Result<()> {
     let cs = thin.chunk_size;
     let mut pos = from;
     while pos < to {
         let c = cs.chunk_of(pos);
         let end = cs.start(c + 1).min(to);
-        if thin.meta.read().data.in_use(crate::units::Chunk(c)) {
+        let chunk = crate::units::Chunk(c);
+        if thin.meta.read().data.in_use(chunk) {
             let piece = &mut buf[(pos - from) as usize..(end - from) as usize];
-            thin.array
-                .read(pos, piece)
-                .map_err(io("reading for reshape"))?;
+            if thin.read_chunk(chunk, pos - cs.start(c), piece).is_err() {
+                thin.array
+                    .read(pos, piece)
+                    .map_err(io("reading for reshape"))?;
+            }
         }
         pos = end;
     }

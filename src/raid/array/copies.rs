@@ -1,10 +1,12 @@
 //! The independent copies of a range of array bytes, for checking data
 //! against its checksum and repairing the copy that is wrong: each mirror of
 //! a raid1 array; on raid5 the data unit as stored and as reconstructed from
-//! the other members of its row. Linear and raid0 arrays have one copy, so
-//! do arrays in a layout change (only their normal read is used then).
+//! the other members of its row. Linear and raid0 arrays have one copy.
+//! During a restripe (`pool add`) a range has the copies of the layout
+//! that serves it (the new one below the restripe's position, the old one
+//! above); during other layout changes only the normal read is used.
 
-use super::{Array, Transition, TransitionKind, View};
+use super::{Array, ArrayState, Transition, TransitionKind, View};
 use crate::raid::health::{Dir, Fault};
 use crate::raid::parity::xor_into;
 use crate::raid::RaidLevel;
@@ -28,13 +30,18 @@ fn io_err(f: Fault) -> io::Error {
 
 impl Array {
     /// The copies of `[offset, offset + len)`, which must lie in one
-    /// stripe unit. Empty when the array is changing layout, except for a
-    /// raid1 mirror being filled or rebuilt: it is listed where it is in
-    /// sync already (below the transition's position), the others always.
+    /// stripe unit: during a restripe, those of the layout that serves it.
+    /// Empty during other layout changes, except for a raid1 mirror being
+    /// filled or rebuilt: it is listed where it is in sync already (below
+    /// the transition's position), the others always.
     pub fn copies(&self, offset: u64, len: usize) -> Vec<Copy> {
         let st = self.state.read();
         let filling = match &st.transition {
-            None => None,
+            None
+            | Some(Transition {
+                kind: TransitionKind::Restripe { .. },
+                ..
+            }) => None,
             Some(Transition {
                 kind: TransitionKind::Resync { member } | TransitionKind::Rebuild { member },
                 pos,
@@ -43,8 +50,10 @@ impl Array {
             }
             Some(_) => return Vec::new(),
         };
-        let v = self.view(&st.geo, &st.members, None);
-        match st.geo.level {
+        let Some(v) = self.serving(&st, offset, len) else {
+            return Vec::new();
+        };
+        match v.geo.level {
             RaidLevel::Raid1 => (0..st.members.len())
                 .filter(|&m| v.dev(m).is_some() && Some(m) != filling)
                 .map(|member| Copy {
@@ -53,7 +62,7 @@ impl Array {
                 })
                 .collect(),
             _ => {
-                let ext = st.geo.map(offset, len as u64);
+                let ext = v.geo.map(offset, len as u64);
                 let [e] = ext.as_slice() else {
                     return Vec::new();
                 };
@@ -64,10 +73,10 @@ impl Array {
                         direct: true,
                     });
                 }
-                let others_present = (0..st.members.len())
+                let others_present = (0..v.members.len())
                     .filter(|&m| m != e.member)
                     .all(|m| v.dev(m).is_some());
-                if st.geo.level == RaidLevel::Raid5 && others_present {
+                if v.geo.level == RaidLevel::Raid5 && others_present {
                     out.push(Copy {
                         member: e.member,
                         direct: false,
@@ -81,7 +90,7 @@ impl Array {
     /// Read `buf.len()` bytes at array `offset` from one copy.
     pub fn read_copy(&self, c: Copy, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let st = self.state.read();
-        let v = self.view(&st.geo, &st.members, None);
+        let v = self.serving(&st, offset, buf.len()).ok_or_else(in_flux)?;
         let moff = member_offset(&v, c.member, offset, buf.len())?;
         if c.direct {
             let dev = v
@@ -101,13 +110,13 @@ impl Array {
     pub fn rewrite_copy(&self, c: Copy, offset: u64, good: &[u8]) -> io::Result<()> {
         self.unflushed.store(true, Ordering::Release);
         let st = self.state.read();
-        let v = self.view(&st.geo, &st.members, None);
+        let v = self.serving(&st, offset, good.len()).ok_or_else(in_flux)?;
         let moff = member_offset(&v, c.member, offset, good.len())?;
         let dev = v
             .dev(c.member)
             .ok_or_else(|| io::Error::other("member missing"))?;
-        let _guard = (st.geo.level == RaidLevel::Raid5)
-            .then(|| v.lock((moff - st.geo.data_start) / st.geo.stripe_unit));
+        let _guard = (v.geo.level == RaidLevel::Raid5)
+            .then(|| v.lock((moff - v.geo.data_start) / v.geo.stripe_unit));
         v.io(c.member, dev, Dir::Write, Some(moff), || {
             dev.write_at(good, moff)
         })
@@ -195,6 +204,34 @@ impl Array {
     /// Is the array in a layout change (copies are not compared then)?
     pub fn in_transition(&self) -> bool {
         self.state.read().transition.is_some()
+    }
+}
+
+fn in_flux() -> io::Error {
+    io::Error::other("the array's layout changed under the read")
+}
+
+impl Array {
+    /// The view that serves `[offset, offset + len)` now: the array's
+    /// layout, or during a restripe the old one (over the old members)
+    /// where the restripe has not reached. None: the range straddles the
+    /// restripe's position.
+    fn serving<'a>(&'a self, st: &'a ArrayState, offset: u64, len: usize) -> Option<View<'a>> {
+        match &st.transition {
+            Some(Transition {
+                kind: TransitionKind::Restripe { old },
+                pos,
+            }) => {
+                if offset + len as u64 <= *pos {
+                    Some(self.view(&st.geo, &st.members, None))
+                } else if offset >= *pos {
+                    Some(self.view(old, &st.members[..old.members()], None))
+                } else {
+                    None
+                }
+            }
+            _ => Some(self.view(&st.geo, &st.members, None)),
+        }
     }
 }
 
