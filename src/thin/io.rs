@@ -558,13 +558,14 @@ impl ThinPool {
         self.csums.is_some() && self.array.geometry().level == RaidLevel::Raid5
     }
 
-    /// Write whole chunks (`buf`, from pool byte `off`) just allocated or
-    /// rewritten whole. On RAID5 with checksums, a row the chunks fill only
-    /// part of (a pool grown by `pool add`) takes its parity from the
-    /// row's other units, judged by their checksums (`Array::
-    /// write_vouched`), not from the old bytes under the new chunks: free
-    /// space has no checksum, so a member's lost write there would go
-    /// unseen into the parity.
+    /// Write `buf` home at pool byte `off`, with nothing logged: chunks
+    /// just allocated, or written whole, or (on pools that do not compute
+    /// parity from old bytes) a batch's plain pieces. On RAID5 with
+    /// checksums these are whole chunks, and a row they fill only part of
+    /// (a pool grown by `pool add`) takes its parity from the row's other
+    /// units, judged by their checksums (`Array::write_vouched`), not from
+    /// the old bytes under the chunks: free space has no checksum, so a
+    /// member's lost write there would go unseen into the parity.
     pub(super) fn write_chunks(&self, off: u64, buf: &[u8]) -> Result<()> {
         let written = match self.parity_from_old() {
             true => self

@@ -163,3 +163,13 @@ pub fn torn_of(got: &[u8], flushed: &[u8], since: &[Vec<u8>]) -> bool {
         flushed[at.clone()] == *s || since.iter().any(|v| v[at.clone()] == *s)
     })
 }
+
+/// The pool on `devs` (copies of their bytes) with member `lost` gone,
+/// reopened.
+pub fn reopened_without(devs: &[Arc<MemDevice>], lost: usize) -> Pool {
+    let left: Vec<DeviceRef> = (0..devs.len())
+        .filter(|&m| m != lost)
+        .map(|m| Arc::new(MemDevice::from_bytes(&format!("m{m}"), devs[m].snapshot())) as DeviceRef)
+        .collect();
+    Pool::open(left).expect("the pool opens without one member")
+}

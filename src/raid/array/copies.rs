@@ -54,7 +54,7 @@ impl Array {
             return Vec::new();
         };
         match v.geo.level {
-            RaidLevel::Raid1 => (0..st.members.len())
+            RaidLevel::Raid1 => (0..v.members.len())
                 .filter(|&m| v.dev(m).is_some() && Some(m) != filling)
                 .map(|member| Copy {
                     member,
@@ -207,8 +207,9 @@ impl Array {
     }
 }
 
+/// A copy asked for across a restripe's position (`copies` lists none).
 fn in_flux() -> io::Error {
-    io::Error::other("the array's layout changed under the read")
+    io::Error::other("a copy across a restripe's position")
 }
 
 impl Array {
