@@ -1,9 +1,10 @@
-//! RAID5 pools with one member that lies (loses, misplaces or tears a
-//! write it reports done): pools grown by `pool add`, whose chunks are
-//! narrower than their rows, so whole-chunk writes are reconstruct-writes
-//! (`raid/array/rcw.rs`); random campaigns on grown pools and on pools
-//! that never grew; and a reshape with the lie while it runs. Each ends
-//! with the lying member failed: every byte must read back.
+//! Redundant pools with one member that lies (loses, misplaces or tears a
+//! write it reports done). RAID5 pools grown by `pool add`, whose chunks
+//! are narrower than their rows, so whole-chunk writes are
+//! reconstruct-writes (`raid/array/rcw.rs`); random campaigns on grown
+//! raid5 pools and on ones that never grew; a raid5 reshape and a raid1
+//! resync with the lie while they run. Each ends with the lying member
+//! failed: every byte must read back.
 
 mod common;
 use common::*;
@@ -247,18 +248,30 @@ fn grown_pool_writers_of_neighbouring_chunks_keep_each_others_bytes() {
 /// into the new layout with a parity that vouched for it.
 #[test]
 fn a_reshape_loses_nothing_to_one_member_lying() {
+    growth_under_a_lie(RaidLevel::Raid5, 3, 12);
+}
+
+/// The same for a raid1 mirror added (x2 to x3) and resynced.
+#[test]
+fn a_mirror_resync_loses_nothing_to_one_member_lying() {
+    growth_under_a_lie(RaidLevel::Raid1, 2, 12);
+}
+
+/// `seeds` runs of a `level` pool of `n` members growing by one while a
+/// member lies (see `a_reshape_loses_nothing_to_one_member_lying`).
+fn growth_under_a_lie(level: RaidLevel, n: usize, seeds: u64) {
     const SIZE: usize = 2 << 20;
-    for seed in 1..=12u64 {
-        let (m, devs) = cached_members(mem_devices(4, 32 * MIB));
-        let pool = create_with_unit(RaidLevel::Raid5, devs[..3].to_vec(), UNIT);
+    for seed in 1..=seeds {
+        let (m, devs) = cached_members(mem_devices(n + 1, 32 * MIB));
+        let pool = create_with_unit(level, devs[..n].to_vec(), UNIT);
         pool.create_volume("a", SIZE as u64).unwrap();
         let vol = pool.volume("a", None).unwrap();
         let mut model = pattern(SIZE, seed);
         vol.write_at(&model, 0).unwrap();
         pool.commit().unwrap();
-        let faulty = (seed % 4) as usize;
-        let what = format!("seed {seed}, member {faulty} lying");
-        pool.add_member(devs[3].clone(), false).unwrap();
+        let faulty = (seed % (n as u64 + 1)) as usize;
+        let what = format!("{level} x{n}, seed {seed}, member {faulty} lying");
+        pool.add_member(devs[n].clone(), false).unwrap();
         let mut rng = Rng(seed * 0x9E37_79B9);
         let mut step = 0u64;
         pool.run_job(&AtomicBool::new(false), |_| {
