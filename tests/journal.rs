@@ -271,8 +271,8 @@ fn large_overwrites_go_in_place_under_intents() {
     }
 }
 
-/// Intents for consecutive blocks go into the log as one run (4 bytes a
-/// block, FORMAT.md "Flush log", type 6) rather than an entry each (21
+/// Intents for consecutive blocks go into the log as one run (6 bytes a
+/// block, FORMAT.md "Flush log", type 9) rather than an entry each (23
 /// bytes): the log holds several times as many large overwrites before
 /// it fills and sends them to fresh chunks. A power cut after them: each
 /// piece's data reached the media when the next round flushed the
@@ -286,11 +286,12 @@ fn runs_of_intents_let_the_log_name_more_large_overwrites() {
         let log_blocks = pool.info().metadata_log / BLK as u64 - 1;
         let vol = pool.volume("a", None).unwrap();
         // Chunk-sized pieces, one round each. A pair of log blocks holds
-        // 4,032 bytes of them: as entries (21 bytes a block) or as runs
-        // (19 bytes and 4 a block). Twice what fits as entries.
+        // 4,032 bytes of them: as entries (23 bytes a block with its first
+        // sector's tag) or as runs (19 bytes and 6 a block). Twice what
+        // fits as entries.
         let piece = pool.info().chunk_size as usize;
         let k = piece / BLK;
-        let (as_entries, as_runs) = (4032 / (21 * k), 4032 / (19 + 4 * k));
+        let (as_entries, as_runs) = (4032 / (23 * k), 4032 / (19 + 6 * k));
         assert!(as_runs > 2 * as_entries, "{what}: {k} blocks a chunk");
         let pieces = (log_blocks / 2) as usize * as_entries * 2;
         // Every version each block held: none was flushed, so after the

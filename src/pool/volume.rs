@@ -126,21 +126,22 @@ impl Volume {
     }
 
     /// Queue the write intents of writes a client sent that wait behind
-    /// its others, as (byte offset, CRC32 of each whole 4 KiB block), so
+    /// its others, as (byte offset, CRC32 of each whole 4 KiB block, the
+    /// tag of each one's first sector: `thin::csum::heads`), so
     /// that the round of intents the running write makes takes theirs
     /// too and each of them finds its intents durable when it runs
     /// (`ThinPool::name_ahead`). Best effort: a write it cannot name
     /// runs its own round, and any error here is the write's to meet.
-    pub fn name_ahead(&self, writes: &[(u64, Vec<u32>)]) {
+    pub fn name_ahead(&self, writes: &[(u64, Vec<u32>, Vec<u16>)]) {
         if self.read_only {
             return;
         }
         let thin = self.pool.thin();
         let _g = thin.io_guard();
-        for (offset, crcs) in writes {
+        for (offset, crcs, heads) in writes {
             let len = crcs.len() as u64 * crate::thin::store::csum::CSUM_BLOCK;
             if self.check_range(*offset, len).is_ok() {
-                let _ = thin.name_ahead(self.id, *offset, crcs);
+                let _ = thin.name_ahead(self.id, *offset, crcs, heads);
             }
         }
     }

@@ -13,7 +13,7 @@
 //! that need intents, or fills an unmapped chunk whole (from one run of
 //! fresh chunks). Any other write goes piece by piece.
 
-use super::csum::crc;
+use super::csum::{crc, heads};
 use super::io::{Mapping, Prepared, MAP_BLOCKS};
 use super::ThinPool;
 use crate::error::{Error, Result};
@@ -88,7 +88,8 @@ impl ThinPool {
                         && self.array.overwrite_in_place(p.n, cs) =>
                 {
                     let crcs: Vec<u32> = data[p.bytes()].chunks(BLK as usize).map(crc).collect();
-                    entries.extend(super::journal::intents(m.phys, p.within, &crcs));
+                    let heads = heads(&data[p.bytes()]);
+                    entries.extend(super::journal::intents(m.phys, p.within, &crcs, &heads));
                     out[k].named = Some((m.phys, crcs));
                     named += 1;
                 }
@@ -273,7 +274,7 @@ impl ThinPool {
                 _ => data[p.bytes()].chunks(BLK as usize).map(crc).collect(),
             })
             .collect();
-        let named = self.name_overwrites(&pieces, &maps, &homes, &crcs);
+        let named = self.name_overwrites(&pieces, &maps, &homes, &crcs, data);
         let result = match named {
             Ok(true) => {
                 // Data, checksums and mappings with no round between them.
@@ -317,6 +318,7 @@ impl ThinPool {
         maps: &[Mapping],
         homes: &[Home],
         crcs: &[Vec<u32>],
+        data: &[u8],
     ) -> Result<bool> {
         let old = |k: usize| !maps[k].new;
         if !(0..maps.len()).any(old) {
@@ -329,7 +331,9 @@ impl ThinPool {
             let mut entries = Vec::new();
             for (k, p) in pieces.iter().enumerate() {
                 if homes[k] == Home::Journaled {
-                    entries.extend(super::journal::intents(maps[k].phys, p.within, &crcs[k]));
+                    let heads = heads(&data[p.bytes()]);
+                    let named = super::journal::intents(maps[k].phys, p.within, &crcs[k], &heads);
+                    entries.extend(named);
                 }
             }
             if !self.intend_all(entries)? {

@@ -48,6 +48,20 @@ pub fn crc(block: &[u8]) -> u32 {
     super::known::lookup(block).unwrap_or_else(|| crc32fast::hash(block))
 }
 
+/// A block's first 512-byte sector's tag (the low 16 bits of its CRC32),
+/// kept with a write's intents: a block that after a crash holds neither
+/// its flushed bytes nor a write named, but starts with a write's first
+/// sector, is a tear of that write (disks land a write's sectors in
+/// order); one that does not is older bytes (see `thin::replay`).
+pub fn head(block: &[u8]) -> u16 {
+    crc32fast::hash(&block[..block.len().min(512)]) as u16
+}
+
+/// The tags (`head`) of each whole 4 KiB block of `data`.
+pub fn heads(data: &[u8]) -> Vec<u16> {
+    data.chunks_exact(CSUM_BLOCK as usize).map(head).collect()
+}
+
 impl Csums {
     pub fn new() -> Csums {
         Csums {

@@ -7,7 +7,7 @@
 //! - `meta` (RwLock) only around mapping look-ups and updates, never around
 //!   data transfers. I/O to different chunks and volumes runs in parallel.
 
-use super::csum::{crc, Csums};
+use super::csum::{crc, heads, Csums};
 use super::intent::Intent;
 use crate::error::{Error, Result};
 use crate::meta::btree;
@@ -259,7 +259,7 @@ impl ThinPool {
                         }
                         _ => {
                             let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
-                            let named = self.intend(m.phys, a0, &crcs)?;
+                            let named = self.intend(m.phys, a0, &crcs, &heads(&buf))?;
                             (crcs, named)
                         }
                     };

@@ -24,12 +24,19 @@ const JOURNAL_BLOCKS: usize = 1024;
 const JOURNAL_MAX: u64 = 32 << 10;
 
 /// The `Intent` entries of whole 4 KiB blocks with new checksums `crcs`
-/// from byte `within` of chunk `phys`.
-pub(crate) fn intents(phys: Chunk, within: u64, crcs: &[u32]) -> impl Iterator<Item = Entry> + '_ {
+/// and first sectors' tags `heads` (`csum::heads`) from byte `within` of
+/// chunk `phys`.
+pub(crate) fn intents<'a>(
+    phys: Chunk,
+    within: u64,
+    crcs: &'a [u32],
+    heads: &'a [u16],
+) -> impl Iterator<Item = Entry> + 'a {
     crcs.iter().enumerate().map(move |(i, &crc)| Entry::Intent {
         phys,
         within: within + i as u64 * CSUM_BLOCK,
         crc,
+        head: heads.get(i).copied(),
     })
 }
 
@@ -119,12 +126,18 @@ impl ThinPool {
     }
 
     /// Make durable, before whole 4 KiB blocks whose new checksums are
-    /// `crcs` overwrite byte `within` of chunk `phys` in place, that they
-    /// may: one `Intent` entry per block, in a round of the log (writers
+    /// `crcs` (first sectors' tags `heads`) overwrite byte `within` of
+    /// chunk `phys` in place, that they may: one `Intent` entry per block, in a round of the log (writers
     /// share rounds). False: the log cannot take them now (the caller
     /// writes elsewhere). Caller holds the gate for read and the chunk's
     /// lock, not `write_in_progress` (a round takes it).
-    pub(crate) fn intend(&self, phys: Chunk, within: u64, crcs: &[u32]) -> Result<bool> {
+    pub(crate) fn intend(
+        &self,
+        phys: Chunk,
+        within: u64,
+        crcs: &[u32],
+        heads: &[u16],
+    ) -> Result<bool> {
         if self.log.unlogged.load(Ordering::Acquire) {
             self.log.unnamed.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
@@ -137,7 +150,7 @@ impl ThinPool {
                 }
                 named
             }
-            None => self.intend_all(intents(phys, within, crcs).collect())?,
+            None => self.intend_all(intents(phys, within, crcs, heads).collect())?,
         };
         let counter = match named {
             true => &self.log.named,
@@ -153,13 +166,20 @@ impl ThinPool {
     /// them taken (`intend`): writers that each ran a round of their own
     /// share one. Only a write inside one chunk, of whole 4 KiB blocks
     /// (`crcs`, their new CRC32s, from byte `offset` of volume `vol`),
-    /// that `write_piece` would overwrite in place under intents now. One
+    /// that `write_piece` would overwrite in place under intents now
+    /// (`heads`, their first sectors' tags). One
     /// that then goes otherwise (its mapping changed, or it fails) leaves
     /// intents whose write never comes, which replay allows as it allows
     /// one in flight at a crash. Caller holds the gate for read: a commit,
     /// which forgets the queue and `ahead` together, comes before or
     /// after, never between.
-    pub(crate) fn name_ahead(&self, vol: u64, offset: u64, crcs: &[u32]) -> Result<()> {
+    pub(crate) fn name_ahead(
+        &self,
+        vol: u64,
+        offset: u64,
+        crcs: &[u32],
+        heads: &[u16],
+    ) -> Result<()> {
         let cs = self.chunk_size;
         let len = crcs.len() as u64 * CSUM_BLOCK;
         if crcs.is_empty() || !offset.is_multiple_of(CSUM_BLOCK) || !self.names_ahead() {
@@ -174,7 +194,7 @@ impl ThinPool {
                 self.log
                     .intents
                     .lock()
-                    .extend(intents(m.phys, within, crcs));
+                    .extend(intents(m.phys, within, crcs, heads));
                 // Taken after the queueing: a round that started later
                 // took them.
                 let ticket = self.log.istarted.load(Ordering::Acquire);

@@ -33,11 +33,15 @@ pub(crate) enum Entry {
         crc: u32,
     },
     /// Block `within` (4 KiB aligned) of chunk `phys` is about to be
-    /// overwritten in place with bytes whose checksum is `crc`.
+    /// overwritten in place with bytes whose checksum is `crc`, and whose
+    /// first 512-byte sector's tag is `head` (`csum::head`; superblock
+    /// version 12, none in older entries): what tells a tear of the write
+    /// from older bytes at a replay.
     Intent {
         phys: Chunk,
         within: u64,
         crc: u32,
+        head: Option<u16>,
     },
     /// RAID5 (superblock version 11): block `within` (4 KiB aligned) of
     /// chunk `phys`, one stripe row, is about to be overwritten in place;
@@ -62,14 +66,21 @@ const INTENT: u8 = 5;
 const RUN: u8 = 6;
 /// A partial parity (superblock version 11).
 const PARITY: u8 = 7;
+/// An intent with its first sector's tag (superblock version 12).
+const INTENT_HEAD: u8 = 8;
+/// A run of intents with their first sectors' tags (superblock version
+/// 12): 6 bytes a block.
+const RUN_HEADS: u8 = 9;
 /// Length of a `Data` or `Intent` entry.
 const DATA_LEN: usize = 21;
+/// Length of an `Intent` entry with its tag.
+const INTENT_HEAD_LEN: usize = 23;
 /// Length of a `Parity` entry.
 const PARITY_LEN: usize = 29;
 /// Length of a run's fixed part (type, chunk, offset, count); each block
-/// adds its CRC32.
+/// adds its CRC32 (and, in a type-9 run, its tag).
 const RUN_HEAD: usize = 19;
-/// Most blocks in one run (1 MiB; 1,043 bytes).
+/// Most blocks in one run (1 MiB; 1,555 bytes with tags).
 const MAX_RUN: usize = 256;
 
 impl Entry {
@@ -78,6 +89,7 @@ impl Entry {
             Entry::Map { .. } => 25,
             Entry::Unmap { .. } => 17,
             Entry::Csum { .. } => 9 + 4 * CSUM_GROUP,
+            Entry::Intent { head: Some(_), .. } => INTENT_HEAD_LEN,
             Entry::Data { .. } | Entry::Intent { .. } => DATA_LEN,
             Entry::Parity { .. } => PARITY_LEN,
         }
@@ -106,7 +118,13 @@ impl Entry {
                     put_u32(b, 9 + 4 * i, *c);
                 }
             }
-            Entry::Data { phys, within, crc } | Entry::Intent { phys, within, crc } => {
+            Entry::Data { phys, within, crc }
+            | Entry::Intent {
+                phys,
+                within,
+                crc,
+                head: None,
+            } => {
                 b[0] = if matches!(self, Entry::Data { .. }) {
                     DATA
                 } else {
@@ -115,6 +133,18 @@ impl Entry {
                 put_u64(b, 1, phys.index());
                 put_u64(b, 9, within);
                 put_u32(b, 17, crc);
+            }
+            Entry::Intent {
+                phys,
+                within,
+                crc,
+                head: Some(head),
+            } => {
+                b[0] = INTENT_HEAD;
+                put_u64(b, 1, phys.index());
+                put_u64(b, 9, within);
+                put_u32(b, 17, crc);
+                b[21..23].copy_from_slice(&head.to_le_bytes());
             }
             Entry::Parity {
                 phys,
@@ -132,17 +162,31 @@ impl Entry {
     }
 }
 
-/// A run of `crcs.len()` intents from byte `within` of chunk `phys` on.
-fn encode_run(phys: Chunk, within: u64, crcs: &[u32], out: &mut Vec<u8>) {
+/// The bytes a run of `n` intents takes, with or without tags.
+fn run_len(n: usize, tagged: bool) -> usize {
+    RUN_HEAD + if tagged { 6 } else { 4 } * n
+}
+
+/// A run of `crcs.len()` intents from byte `within` of chunk `phys` on:
+/// type 9 with their tags when every one has one, else type 6.
+fn encode_run(phys: Chunk, within: u64, crcs: &[(u32, Option<u16>)], out: &mut Vec<u8>) {
+    let tagged = crcs.iter().all(|c| c.1.is_some());
     let at = out.len();
-    out.resize(at + RUN_HEAD + 4 * crcs.len(), 0);
+    out.resize(at + run_len(crcs.len(), tagged), 0);
     let b = &mut out[at..];
-    b[0] = RUN;
+    b[0] = if tagged { RUN_HEADS } else { RUN };
     put_u64(b, 1, phys.index());
     put_u64(b, 9, within);
     b[17..19].copy_from_slice(&(crcs.len() as u16).to_le_bytes());
-    for (i, c) in crcs.iter().enumerate() {
+    for (i, (c, _)) in crcs.iter().enumerate() {
         put_u32(b, RUN_HEAD + 4 * i, *c);
+    }
+    if tagged {
+        let tags = RUN_HEAD + 4 * crcs.len();
+        for (i, (_, h)) in crcs.iter().enumerate() {
+            let h = h.unwrap_or_default().to_le_bytes();
+            b[tags + 2 * i..tags + 2 * i + 2].copy_from_slice(&h);
+        }
     }
 }
 
@@ -155,28 +199,33 @@ pub(crate) fn decode(mut p: &[u8]) -> std::result::Result<Vec<Entry>, String> {
             UNMAP => 17,
             CSUM => 9 + 4 * CSUM_GROUP,
             DATA | INTENT => DATA_LEN,
+            INTENT_HEAD => INTENT_HEAD_LEN,
             PARITY => PARITY_LEN,
-            RUN if p.len() >= RUN_HEAD => {
-                RUN_HEAD + 4 * usize::from(u16::from_le_bytes([p[17], p[18]]))
-            }
-            RUN => RUN_HEAD,
+            RUN | RUN_HEADS if p.len() >= RUN_HEAD => run_len(
+                usize::from(u16::from_le_bytes([p[17], p[18]])),
+                tag == RUN_HEADS,
+            ),
+            RUN | RUN_HEADS => RUN_HEAD,
             t => return Err(format!("unknown entry type {t}")),
         };
         if p.len() < need {
             return Err("entry cut short".into());
         }
-        if tag == RUN {
+        if tag == RUN || tag == RUN_HEADS {
             let (phys, within) = (Chunk(get_u64(p, 1)), get_u64(p, 9));
-            let blocks = ((need - RUN_HEAD) / 4) as u64;
-            let fits = within.checked_add(blocks * CSUM_BLOCK).is_some();
-            if within % CSUM_BLOCK != 0 || blocks == 0 || !fits {
+            let n = usize::from(u16::from_le_bytes([p[17], p[18]]));
+            let fits = within.checked_add(n as u64 * CSUM_BLOCK).is_some();
+            if within % CSUM_BLOCK != 0 || n == 0 || !fits {
                 return Err("malformed run of intents".into());
             }
-            for i in 0..(need - RUN_HEAD) / 4 {
+            let tags = RUN_HEAD + 4 * n;
+            for i in 0..n {
                 out.push(Entry::Intent {
                     phys,
                     within: within + i as u64 * CSUM_BLOCK,
                     crc: get_u32(p, RUN_HEAD + 4 * i),
+                    head: (tag == RUN_HEADS)
+                        .then(|| u16::from_le_bytes([p[tags + 2 * i], p[tags + 2 * i + 1]])),
                 });
             }
             p = &p[need..];
@@ -197,10 +246,11 @@ pub(crate) fn decode(mut p: &[u8]) -> std::result::Result<Vec<Entry>, String> {
                 within: get_u64(p, 9),
                 crc: get_u32(p, 17),
             },
-            INTENT => Entry::Intent {
+            INTENT | INTENT_HEAD => Entry::Intent {
                 phys: Chunk(get_u64(p, 1)),
                 within: get_u64(p, 9),
                 crc: get_u32(p, 17),
+                head: (tag == INTENT_HEAD).then(|| u16::from_le_bytes([p[21], p[22]])),
             },
             PARITY => Entry::Parity {
                 phys: Chunk(get_u64(p, 1)),
@@ -233,9 +283,10 @@ pub(crate) struct Unit<'a> {
 
 /// Entries packed into record payloads of at most a log block each, then
 /// the journaled blocks' `Data` entries, each record followed by the
-/// blocks its entries name. With `runs` (the committed superblock is of
-/// version 10), intents for consecutive blocks of a chunk are written as
-/// one run: 4 bytes a block instead of 21.
+/// blocks its entries name. With `runs` (this build committed the pool:
+/// superblock version 12), intents for consecutive blocks of a chunk are
+/// written as one run, 6 bytes a block instead of 23, and intents keep
+/// their tags; without, tags are dropped (types 5 and 6 only).
 pub(crate) fn pack<'a>(
     entries: &[Entry],
     blocks: &[(Entry, &'a [u8])],
@@ -244,19 +295,18 @@ pub(crate) fn pack<'a>(
     let mut out: Vec<Unit<'a>> = Vec::new();
     let mut i = 0;
     while i < entries.len() {
-        let e = entries[i];
+        let mut e = entries[i];
         let run = if runs { run_at(&entries[i..]) } else { None };
         let n = match run {
             Some((phys, within, crcs)) if crcs.len() > 1 => {
-                encode_run(
-                    phys,
-                    within,
-                    &crcs,
-                    &mut room_for(&mut out, RUN_HEAD + 4 * crcs.len()).payload,
-                );
+                let len = run_len(crcs.len(), crcs.iter().all(|c| c.1.is_some()));
+                encode_run(phys, within, &crcs, &mut room_for(&mut out, len).payload);
                 crcs.len()
             }
             _ => {
+                if let (Entry::Intent { head, .. }, false) = (&mut e, runs) {
+                    *head = None;
+                }
                 e.encode(&mut room_for(&mut out, e.len()).payload);
                 1
             }
@@ -287,10 +337,17 @@ fn room_for<'o, 'a>(out: &'o mut Vec<Unit<'a>>, len: usize) -> &'o mut Unit<'a> 
     &mut out[last]
 }
 
+/// A run's chunk, first offset, and each block's CRC32 and tag.
+type Run = (Chunk, u64, Vec<(u32, Option<u16>)>);
+
 /// The intents from the first of `entries` on that name consecutive
-/// blocks of one chunk (at most [`MAX_RUN`]): chunk, first offset, CRC32s.
-fn run_at(entries: &[Entry]) -> Option<(Chunk, u64, Vec<u32>)> {
-    let Some(&Entry::Intent { phys, within, .. }) = entries.first() else {
+/// blocks of one chunk (at most [`MAX_RUN`]), all with tags or all
+/// without.
+fn run_at(entries: &[Entry]) -> Option<Run> {
+    let Some(&Entry::Intent {
+        phys, within, head, ..
+    }) = entries.first()
+    else {
         return None;
     };
     let mut crcs = Vec::new();
@@ -300,7 +357,13 @@ fn run_at(entries: &[Entry]) -> Option<(Chunk, u64, Vec<u32>)> {
                 phys: p,
                 within: w,
                 crc,
-            } if p == phys && w == within + crcs.len() as u64 * CSUM_BLOCK => crcs.push(crc),
+                head: h,
+            } if p == phys
+                && w == within + crcs.len() as u64 * CSUM_BLOCK
+                && h.is_some() == head.is_some() =>
+            {
+                crcs.push((crc, h))
+            }
             _ => break,
         }
     }
@@ -325,6 +388,7 @@ mod tests {
                 phys: Chunk(i),
                 within: i * CSUM_BLOCK,
                 crc: !(i as u32),
+                head: None,
             });
             entries.push(Entry::Csum {
                 key: i << 16,
@@ -375,6 +439,7 @@ mod tests {
             phys: Chunk(phys),
             within: blk * CSUM_BLOCK,
             crc: (phys * 1000 + blk) as u32,
+            head: None,
         };
         // Two runs (300 blocks of chunk 5 split at MAX_RUN, a gap, then
         // 3 blocks), a lone intent of another chunk, a map, a run of 2.
@@ -399,18 +464,71 @@ mod tests {
             .collect();
         assert_eq!(back, entries);
         // A run cut short, or of no block, or not 4 KiB aligned, is refused.
+        for tag in [None, Some(7)] {
+            let mut one = Vec::new();
+            encode_run(Chunk(1), 0, &[(1, tag), (2, tag)], &mut one);
+            assert!(decode(&one).is_ok());
+            assert!(decode(&one[..one.len() - 1]).is_err());
+            let mut empty = Vec::new();
+            encode_run(Chunk(1), 0, &[], &mut empty);
+            assert!(decode(&empty).is_err());
+            let mut odd = Vec::new();
+            encode_run(Chunk(1), 512, &[(1, tag)], &mut odd);
+            assert!(decode(&odd).is_err());
+            let mut wraps = Vec::new();
+            encode_run(Chunk(1), u64::MAX - 4095, &[(1, tag), (2, tag)], &mut wraps);
+            assert!(decode(&wraps).is_err());
+        }
+    }
+
+    #[test]
+    fn tagged_intents_keep_their_tags_only_where_the_pool_allows_them() {
+        let intent = |phys: u64, blk: u64, head: Option<u16>| Entry::Intent {
+            phys: Chunk(phys),
+            within: blk * CSUM_BLOCK,
+            crc: (phys * 1000 + blk) as u32,
+            head,
+        };
+        // A tagged run of 3, a lone tagged intent, a run of 2 split where
+        // the tags stop (a tagged block, then two untagged: a run of 2).
+        let mut entries: Vec<Entry> = (0..3).map(|b| intent(5, b, Some(b as u16))).collect();
+        entries.push(intent(6, 0, Some(0xbeef)));
+        entries.push(intent(7, 0, Some(1)));
+        entries.extend([intent(7, 1, None), intent(7, 2, None)]);
+        let runs = pack(&entries, &[], true);
+        let bytes = |u: &[Unit]| u.iter().map(|u| u.payload.len()).sum::<usize>();
+        assert_eq!(
+            bytes(&runs),
+            run_len(3, true) + 2 * INTENT_HEAD_LEN + run_len(2, false)
+        );
+        let back: Vec<Entry> = runs
+            .iter()
+            .flat_map(|r| decode(&r.payload).expect("decodes"))
+            .collect();
+        assert_eq!(back, entries, "tags round-trip");
+        // A pool an older build committed: types 5 and 6 only, no tags.
+        let plain = pack(&entries, &[], false);
+        assert_eq!(bytes(&plain), 7 * DATA_LEN);
+        let back: Vec<Entry> = plain
+            .iter()
+            .flat_map(|r| decode(&r.payload).expect("decodes"))
+            .collect();
+        let untagged: Vec<Entry> = entries
+            .iter()
+            .map(|e| match *e {
+                Entry::Intent { phys, within, crc, .. } => Entry::Intent {
+                    phys,
+                    within,
+                    crc,
+                    head: None,
+                },
+                e => e,
+            })
+            .collect();
+        assert_eq!(back, untagged);
         let mut one = Vec::new();
-        encode_run(Chunk(1), 0, &[1, 2], &mut one);
-        assert!(decode(&one[..one.len() - 1]).is_err());
-        let mut empty = Vec::new();
-        encode_run(Chunk(1), 0, &[], &mut empty);
-        assert!(decode(&empty).is_err());
-        let mut odd = Vec::new();
-        encode_run(Chunk(1), 512, &[1], &mut odd);
-        assert!(decode(&odd).is_err());
-        let mut wraps = Vec::new();
-        encode_run(Chunk(1), u64::MAX - 4095, &[1, 2], &mut wraps);
-        assert!(decode(&wraps).is_err());
+        intent(1, 0, Some(3)).encode(&mut one);
+        assert!(decode(&one[..INTENT_HEAD_LEN - 1]).is_err());
     }
 
     proptest::proptest! {
@@ -418,7 +536,7 @@ mod tests {
         /// Any payload (a record's bytes are checksummed, but a bug or a
         /// forged block must not crash the replay) decodes or is refused.
         #[test]
-        fn any_payload_decodes_or_is_refused(bytes in proptest::collection::vec(0u8..8, 0..600)) {
+        fn any_payload_decodes_or_is_refused(bytes in proptest::collection::vec(0u8..10, 0..600)) {
             let _ = decode(&bytes);
         }
     }

@@ -31,7 +31,7 @@
 //! is written afresh elsewhere, as before (see ARCHITECTURE.md, "The RAID5
 //! write hole").
 
-use super::csum::crc;
+use super::csum::{crc, heads};
 use super::journal::intents;
 use super::log_entry::Entry;
 use super::ThinPool;
@@ -133,7 +133,8 @@ impl ThinPool {
             return Ok(false);
         };
         let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
-        let written = self.log_partial_parities(phys, a0, &crcs, &pp, &slots, row.keepers);
+        let sums = (&crcs[..], &heads(buf)[..]);
+        let written = self.log_partial_parities(phys, a0, sums, &pp, &slots, row.keepers);
         if !matches!(written, Ok(true)) {
             self.log.ring.lock().unused(&slots);
             written?;
@@ -209,7 +210,7 @@ impl ThinPool {
     /// The partial parities `pp` of the blocks at byte `a0` of chunk
     /// `phys` into the ring's `slots` on the metadata copies of members
     /// `keepers`, then their entries and the intents of the new bytes
-    /// (checksums `crcs`) in a round. False: the log cannot take them now.
+    /// (checksums and first sectors' tags `sums`) in a round. False: the log cannot take them now.
     /// A partial parity is needed only when a member holding another data
     /// unit of the row is lost: the copies on the written unit's member
     /// and the row's parity member then survive (md's PPL keeps one, on
@@ -218,7 +219,7 @@ impl ThinPool {
         &self,
         phys: Chunk,
         a0: u64,
-        crcs: &[u32],
+        (crcs, heads): (&[u32], &[u16]),
         pp: &[u8],
         slots: &[u64],
         keepers: [usize; 2],
@@ -237,7 +238,7 @@ impl ThinPool {
         // Intents too: a replay keeps a block that holds the write as the
         // write (as on pools without a second copy), whichever metadata
         // copy the write-intent block survived on.
-        entries.extend(intents(phys, a0, crcs));
+        entries.extend(intents(phys, a0, crcs, heads));
         self.intend_all(entries)
     }
 

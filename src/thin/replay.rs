@@ -4,7 +4,7 @@
 use super::log_entry::{decode, Entry};
 use super::ThinPool;
 use crate::error::{Error, Result};
-use crate::thin::csum::crc;
+use crate::thin::csum::{crc, head};
 use crate::thin::store::csum::{csum_key, csum_key_chunk, Group, CSUM_BLOCK, GROUP_BYTES};
 use crate::units::Chunk;
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +29,12 @@ pub struct Replayed {
     /// a device lost is settled, so it reads as an error, never old bytes.
     pub writes_kept: u64,
     pub writes_damaged: u64,
+    /// Blocks with a write in flight that hold neither their flushed
+    /// bytes, nor a write named, nor a tear of one (they do not start
+    /// with a named write's first sector): older bytes, a flushed write
+    /// a device lost. They keep their flushed checksum, so they read as
+    /// errors (or are repaired from a copy), never as the older bytes.
+    pub writes_stale: u64,
     /// RAID5 blocks behind a missing member rebuilt from a partial parity
     /// the log held (their row's parity was stale after the crash).
     pub blocks_rebuilt: u64,
@@ -53,6 +59,10 @@ impl Replayed {
                 self.writes_damaged,
                 "blocks with a write in flight cannot be read: they read as errors; `vpool pool scrub` lists them",
             ),
+            (
+                self.writes_stale,
+                "blocks with a write in flight hold bytes older than their last flushed write (a device lost it): they read as errors; `vpool pool scrub` lists them",
+            ),
         ]
         .iter()
         .filter(|(n, _)| *n > 0)
@@ -66,19 +76,20 @@ impl Replayed {
     }
 }
 
-/// The blocks `Intent` entries name, with the checksums of the writes in
-/// place that may be in flight there, oldest first. A checksum entry
+/// The blocks `Intent` entries name, with the checksums (and first
+/// sectors' tags) of the writes in place that may be in flight there,
+/// oldest first. A checksum entry
 /// that gives a block one of them settles it and every older one (that
 /// write was flushed: only it, or a later one, may be there now).
 #[derive(Default)]
 struct Intents {
-    writes: HashMap<(Chunk, u64), Vec<u32>>,
+    writes: HashMap<(Chunk, u64), Vec<(u32, Option<u16>)>>,
     /// The blocks named, by checksum group.
     by_group: HashMap<u64, Vec<(Chunk, u64)>>,
 }
 
 impl Intents {
-    fn add(&mut self, phys: Chunk, within: u64, crc: u32) {
+    fn add(&mut self, phys: Chunk, within: u64, crc: u32, head: Option<u16>) {
         let w = self.writes.entry((phys, within)).or_default();
         if w.is_empty() {
             self.by_group
@@ -86,7 +97,7 @@ impl Intents {
                 .or_default()
                 .push((phys, within));
         }
-        w.push(crc);
+        w.push((crc, head));
     }
 
     fn settle(&mut self, key: u64, group: &Group) {
@@ -96,7 +107,7 @@ impl Intents {
         for b in blocks {
             let slot = ((b.1 % GROUP_BYTES) / CSUM_BLOCK) as usize;
             if let Some(w) = self.writes.get_mut(b) {
-                if let Some(at) = w.iter().rposition(|c| *c == group[slot]) {
+                if let Some(at) = w.iter().rposition(|c| c.0 == group[slot]) {
                     w.drain(..=at);
                 }
             }
@@ -169,7 +180,12 @@ impl ThinPool {
             };
             for e in entries {
                 match e {
-                    Entry::Intent { phys, within, crc } => intents.add(phys, within, crc),
+                    Entry::Intent {
+                        phys,
+                        within,
+                        crc,
+                        head,
+                    } => intents.add(phys, within, crc, head),
                     Entry::Csum { key, group } => intents.settle(key, &group),
                     _ => {}
                 }
@@ -195,9 +211,7 @@ impl ThinPool {
         let (rebuilt, rows) = self.repair_rows(parities)?;
         out.blocks_rebuilt = rebuilt;
         out.data_blocks = self.journaled_home(latest)?;
-        let (kept, damaged) = self.check_intents(intents)?;
-        out.writes_kept = kept;
-        out.writes_damaged = damaged;
+        (out.writes_kept, out.writes_damaged, out.writes_stale) = self.check_intents(intents)?;
         // Their blocks' checksums settled: the rows' parity from data that
         // matches them.
         self.resync_rows(rows)?;
@@ -296,17 +310,17 @@ impl ThinPool {
         }
     }
 
-    /// The blocks `intents` leaves unsettled: (kept, damaged) as in
-    /// `Replayed`.
-    fn check_intents(&self, intents: Intents) -> Result<(u64, u64)> {
-        let (mut kept, mut damaged) = (0, 0);
+    /// The blocks `intents` leaves unsettled: (kept, damaged, stale) as
+    /// in `Replayed`.
+    fn check_intents(&self, intents: Intents) -> Result<(u64, u64, u64)> {
+        let (mut kept, mut damaged, mut stale) = (0, 0, 0);
         let mut blocks: Vec<_> = intents
             .writes
             .into_iter()
             .filter(|(_, w)| !w.is_empty())
             .collect();
         blocks.sort_by_key(|((p, w), _)| (p.index(), *w));
-        for ((phys, within), _) in blocks {
+        for ((phys, within), writes) in blocks {
             if !self.meta.read().data.in_use(phys) {
                 continue;
             }
@@ -320,15 +334,27 @@ impl ThinPool {
                 continue;
             }
             let c = crc(&now);
-            if self.block_csum(phys, within)? == Some(c) {
+            let flushed = self.block_csum(phys, within)?;
+            if flushed == Some(c) {
                 continue;
             }
             // One of the writes named, or one torn by the crash (never
-            // flushed: any state may remain, as on a disk): kept.
+            // flushed: any state may remain, as on a disk): kept. A tear
+            // starts with the write's first sector (disks land a write's
+            // sectors in order); bytes that do not are older than the
+            // flushed write, which a device lost: they keep its checksum.
+            // Intents of older builds carry no tag: kept, as before.
+            let written = writes.iter().any(|&(w, h)| {
+                w == c || h.is_none_or(|h| h == head(&now)) || flushed.is_none()
+            });
+            if !written {
+                stale += 1;
+                continue;
+            }
             self.set_block_csum(phys, within, c)?;
             kept += 1;
         }
-        Ok((kept, damaged))
+        Ok((kept, damaged, stale))
     }
 }
 

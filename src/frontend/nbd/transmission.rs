@@ -106,7 +106,7 @@ fn name_ahead(conn: &Conn, neg: &Negotiated) {
     if !v.names_ahead() {
         return;
     }
-    let writes: Vec<(u64, Vec<u32>)> = {
+    let writes: Vec<(u64, Vec<u32>, Vec<u16>)> = {
         let mut q = conn.queue.lock();
         q.work
             .iter_mut()
@@ -124,7 +124,8 @@ fn name_ahead(conn: &Conn, neg: &Negotiated) {
                     let crcs = known::with_known(&j.data, &mut j.crcs, || {
                         j.data.chunks(BLOCK).map(crate::thin::csum::crc).collect()
                     });
-                    Some((j.req.offset, crcs))
+                    let heads = crate::thin::csum::heads(&j.data);
+                    Some((j.req.offset, crcs, heads))
                 }
                 _ => None,
             })

@@ -61,6 +61,11 @@ pub const SB_VERSION_RUNS: u32 = 10;
 /// replay at the first partial parity, and a pool that lost a member
 /// would rebuild rows from stale parity).
 pub const SB_VERSION_PARITY: u32 = 11;
+/// Version 11 whose log may hold intents with their first sectors' tags
+/// (entry types 8 and 9; see `thin::log_entry`). Every commit of a pool
+/// with a log writes it; older readers refuse it (they would stop their
+/// replay at the first such intent, and adopt whatever its block holds).
+pub const SB_VERSION_HEADS: u32 = 12;
 /// Feature bit (byte 12, version 5): the pool keeps data checksums.
 const FEATURE_CSUM: u32 = 1;
 /// Feature bit: the metadata area does not grow on its own (`pool set
@@ -222,7 +227,7 @@ impl Superblock {
             &mut b,
             8,
             if !self.log_dir.is_none() {
-                SB_VERSION_PARITY
+                SB_VERSION_HEADS
             } else if self.is_v6() {
                 SB_VERSION_EXTENTS
             } else {
@@ -316,13 +321,13 @@ impl Superblock {
             return Err(BlockFault::Checksum);
         }
         let version = get_u32(b, 8);
-        if !(SB_VERSION..=SB_VERSION_PARITY).contains(&version) {
+        if !(SB_VERSION..=SB_VERSION_HEADS).contains(&version) {
             return Err(BlockFault::Version(version));
         }
         let msm_pages = get_u32(b, 128);
         // Before version 6 the selector could reach the last bytes.
         let max_pages = match version {
-            SB_VERSION_LOG..=SB_VERSION_PARITY => MAX_MSM_PAGES,
+            SB_VERSION_LOG..=SB_VERSION_HEADS => MAX_MSM_PAGES,
             SB_VERSION_EXTENTS => MAX_MSM_PAGES_V6,
             _ => MAX_MSM_PAGES_V5,
         };
@@ -522,20 +527,20 @@ mod tests {
         assert_eq!(get_u32(&tb, 8), SB_VERSION_EXTENTS);
         assert_eq!(get_u64(&tb, 56), pack_ptr(Block(99), 12));
         assert_eq!(Superblock::decode(&tb).unwrap(), t);
-        // A flush log: version 11, its directory before the extent list;
-        // versions 7 to 10 (written before the data journal, pairs, runs
-        // and partial parities) read the same.
+        // A flush log: version 12, its directory before the extent list;
+        // versions 7 to 11 (written before the data journal, pairs, runs,
+        // partial parities and tagged intents) read the same.
         let mut l = x.clone();
         l.log_dir = Block(77);
         let mut lb = l.encode();
-        assert_eq!(get_u32(&lb, 8), SB_VERSION_PARITY);
+        assert_eq!(get_u32(&lb, 8), SB_VERSION_HEADS);
         assert_eq!(Superblock::decode(&lb).unwrap(), l);
-        for older in [SB_VERSION_RUNS, SB_VERSION_PAIRS] {
+        for older in [SB_VERSION_PARITY, SB_VERSION_RUNS, SB_VERSION_PAIRS] {
             put_u32(&mut lb, 8, older);
             seal(&mut lb, salt::SUPERBLOCK);
             assert_eq!(Superblock::decode(&lb).unwrap(), l);
         }
-        put_u32(&mut lb, 8, SB_VERSION_PARITY + 1);
+        put_u32(&mut lb, 8, SB_VERSION_HEADS + 1);
         seal(&mut lb, salt::SUPERBLOCK);
         assert!(
             Superblock::decode(&lb).is_err(),
