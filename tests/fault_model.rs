@@ -19,17 +19,13 @@
 mod common;
 use common::*;
 use std::sync::Arc;
-use vpool::device::{MemDevice, WritebackPlan};
+use vpool::device::WritebackPlan;
 use vpool::raid::RaidLevel;
 use vpool::Pool;
 
 const VOL: usize = 3 << 20;
 const BLK: usize = 4096;
 
-type Members = Cached;
-
-/// Power cut: every member's cache is lost; the pool is opened again on
-/// the media alone.
 /// A client's flush: through the flush log (two in three) or a commit.
 fn client_flush(pool: &Pool, rng: &mut Rng) -> vpool::Result<()> {
     if rng.below(3) == 0 {
@@ -37,21 +33,6 @@ fn client_flush(pool: &Pool, rng: &mut Rng) -> vpool::Result<()> {
     } else {
         pool.volume("a", None)?.flush()
     }
-}
-
-fn power_cut(m: &Members) -> vpool::Result<(Members, Pool)> {
-    for c in &m.caches {
-        c.drop_cache();
-    }
-    let media: Vec<Arc<MemDevice>> = m
-        .media
-        .iter()
-        .enumerate()
-        .map(|(i, d)| Arc::new(MemDevice::from_bytes(&format!("mem{i}"), d.snapshot())))
-        .collect();
-    let (m, devs) = cached_members(media);
-    let pool = Pool::open(devs)?;
-    Ok((m, pool))
 }
 
 /// Arm one fault of the kinds in `kinds` (0, 1: flush failures that drop

@@ -9,8 +9,7 @@
 
 mod common;
 use common::*;
-use std::sync::Arc;
-use vpool::device::{MemDevice, WritebackPlan};
+use vpool::device::WritebackPlan;
 use vpool::raid::RaidLevel;
 use vpool::Pool;
 
@@ -27,21 +26,6 @@ fn filled(level: RaidLevel, n: usize) -> (Cached, Pool, Vec<u8>) {
     pool.volume("a", None).unwrap().write_at(&model, 0).unwrap();
     pool.commit().unwrap();
     (m, pool, model)
-}
-
-/// Power cut: every member's cache is lost; the pool opens on the media.
-fn power_cut(m: &Cached) -> vpool::Result<(Cached, Pool)> {
-    for c in &m.caches {
-        c.drop_cache();
-    }
-    let media: Vec<Arc<MemDevice>> = m
-        .media
-        .iter()
-        .enumerate()
-        .map(|(i, d)| Arc::new(MemDevice::from_bytes(&format!("mem{i}"), d.snapshot())))
-        .collect();
-    let (m, devs) = cached_members(media);
-    Ok((m, Pool::open(devs)?))
 }
 
 /// Arm one lie: a lost, misdirected or torn write reported done.

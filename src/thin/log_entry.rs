@@ -516,7 +516,9 @@ mod tests {
         let untagged: Vec<Entry> = entries
             .iter()
             .map(|e| match *e {
-                Entry::Intent { phys, within, crc, .. } => Entry::Intent {
+                Entry::Intent {
+                    phys, within, crc, ..
+                } => Entry::Intent {
                     phys,
                     within,
                     crc,

@@ -344,9 +344,9 @@ impl ThinPool {
             // sectors in order); bytes that do not are older than the
             // flushed write, which a device lost: they keep its checksum.
             // Intents of older builds carry no tag: kept, as before.
-            let written = writes.iter().any(|&(w, h)| {
-                w == c || h.is_none_or(|h| h == head(&now)) || flushed.is_none()
-            });
+            let written = writes
+                .iter()
+                .any(|&(w, h)| w == c || h.is_none_or(|h| h == head(&now)) || flushed.is_none());
             if !written {
                 stale += 1;
                 continue;

@@ -164,6 +164,23 @@ pub fn torn_of(got: &[u8], flushed: &[u8], since: &[Vec<u8>]) -> bool {
     })
 }
 
+/// Power cut: every member's cache is lost; the pool is opened again on
+/// copies of the media alone.
+#[allow(dead_code)]
+pub fn power_cut(m: &Cached) -> vpool::Result<(Cached, Pool)> {
+    for c in &m.caches {
+        c.drop_cache();
+    }
+    let media: Vec<Arc<MemDevice>> = m
+        .media
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Arc::new(MemDevice::from_bytes(&format!("mem{i}"), d.snapshot())))
+        .collect();
+    let (m, devs) = cached_members(media);
+    Ok((m, Pool::open(devs)?))
+}
+
 /// The pool on `devs` (copies of their bytes) with member `lost` gone,
 /// reopened.
 pub fn reopened_without(devs: &[Arc<MemDevice>], lost: usize) -> Pool {
