@@ -76,6 +76,9 @@ impl Replayed {
     }
 }
 
+/// A write an intent names: its CRC32 and its first sector's tag.
+type Named = (u32, Option<u16>);
+
 /// The blocks `Intent` entries name, with the checksums (and first
 /// sectors' tags) of the writes in place that may be in flight there,
 /// oldest first. A checksum entry
@@ -83,7 +86,7 @@ impl Replayed {
 /// write was flushed: only it, or a later one, may be there now).
 #[derive(Default)]
 struct Intents {
-    writes: HashMap<(Chunk, u64), Vec<(u32, Option<u16>)>>,
+    writes: HashMap<(Chunk, u64), Vec<Named>>,
     /// The blocks named, by checksum group.
     by_group: HashMap<u64, Vec<(Chunk, u64)>>,
 }
