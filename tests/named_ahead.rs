@@ -15,8 +15,11 @@ use vpool::Pool;
 
 const BLK: usize = 4096;
 
-fn crcs(data: &[u8]) -> Vec<u32> {
-    data.chunks(BLK).map(crc32fast::hash).collect()
+/// A write as `Volume::name_ahead` takes it: its offset, its blocks'
+/// CRC32s and their first sectors' tags.
+fn named(off: usize, data: &[u8]) -> (u64, Vec<u32>, Vec<u16>) {
+    let crcs = data.chunks(BLK).map(crc32fast::hash).collect();
+    (off as u64, crcs, vpool::thin::csum::heads(data))
 }
 
 /// The members as a power cut that kept every write leaves them
@@ -68,9 +71,9 @@ fn writes_named_ahead_share_one_round_and_survive_a_cut() {
             )
         })
         .collect();
-    let named: Vec<(u64, Vec<u32>)> = writes.iter().map(|(o, d)| (*o as u64, crcs(d))).collect();
+    let ahead: Vec<_> = writes.iter().map(|(o, d)| named(*o, d)).collect();
     let before = pool.flush_stats();
-    v.name_ahead(&named);
+    v.name_ahead(&ahead);
     for (off, data) in &writes {
         write(&pool, &mut model, *off, data);
     }
@@ -94,7 +97,7 @@ fn a_commit_between_naming_and_writing_leaves_the_write_its_own_round() {
     let data = pattern(2 * BLK, 7);
     let off = 3 * MIB as usize + 8 * BLK;
     let before = pool.flush_stats();
-    v.name_ahead(&[(off as u64, crcs(&data))]);
+    v.name_ahead(&[named(off, &data)]);
     // The commit forgets the queued intents: the write must not take
     // them for durable.
     pool.commit().unwrap();
@@ -116,9 +119,9 @@ fn a_write_with_other_bytes_than_named_runs_its_own_round() {
     let (pool, devs) = committed(&mut model);
     let v = pool.volume("a", None).unwrap();
     let off = 5 * MIB as usize;
-    let (named, written) = (pattern(BLK, 8), pattern(BLK, 9));
+    let (named_bytes, written) = (pattern(BLK, 8), pattern(BLK, 9));
     let before = pool.flush_stats();
-    v.name_ahead(&[(off as u64, crcs(&named))]);
+    v.name_ahead(&[named(off, &named_bytes)]);
     write(&pool, &mut model, off, &written);
     let s = pool.flush_stats();
     assert_eq!(s.named_ahead - before.named_ahead, 0, "{s:?}");
@@ -138,9 +141,9 @@ fn writes_of_one_block_queued_together_each_find_their_intent() {
     let off = 6 * MIB as usize + 2 * BLK;
     let (a, b) = (pattern(BLK, 21), pattern(BLK, 22));
     let writes = [&a, &a, &b];
-    let named: Vec<(u64, Vec<u32>)> = writes.iter().map(|d| (off as u64, crcs(d))).collect();
+    let ahead: Vec<_> = writes.iter().map(|d| named(off, d)).collect();
     let before = pool.flush_stats();
-    v.name_ahead(&named);
+    v.name_ahead(&ahead);
     for data in writes {
         write(&pool, &mut model, off, data);
     }
@@ -177,7 +180,7 @@ fn mirrors_name_nothing_and_uncommitted_chunks_need_no_round() {
     v.write_at(&pattern(64 * BLK, 3), 0).unwrap();
     let before = pool.flush_stats();
     let data = pattern(BLK, 4);
-    v.name_ahead(&[(BLK as u64, crcs(&data))]);
+    v.name_ahead(&[named(BLK, &data)]);
     v.write_at(&data, BLK as u64).unwrap();
     let s = pool.flush_stats();
     assert_eq!(s.named_ahead - before.named_ahead, 0, "{s:?}");
