@@ -96,6 +96,13 @@ fn older_bytes_under_a_write_in_flight_are_never_read_as_data() {
         drop(vol);
         drop(pool);
         let (_m, pool) = power_cut(&m).unwrap();
+        let said = pool.warnings().join("\n");
+        assert!(
+            said.contains(
+                "1 blocks with a write in flight hold bytes older than their last flushed write"
+            ),
+            "{what}: the open warning does not count it: {said}"
+        );
         match read_block(&pool) {
             // Without redundancy the flushed bytes are gone: an error.
             Err(_) => assert_ne!(level, RaidLevel::Raid5, "{what}: parity holds the block"),
@@ -127,6 +134,12 @@ fn a_torn_write_in_flight_is_kept_as_it_landed() {
             .write_at(&flushed[half..], at + half as u64)
             .unwrap();
         let (_m, pool) = power_cut(&m).unwrap();
+        let said = pool.warnings().join("\n");
+        assert!(
+            said.contains("1 blocks with a write in flight keep what they hold")
+                && !said.contains("older"),
+            "{what}: {said}"
+        );
         let got = read_block(&pool).unwrap_or_else(|e| panic!("{what}: a tear reads as {e}"));
         assert!(
             got[..half] == written[..half] && got[half..] == flushed[half..],

@@ -371,6 +371,7 @@ mod tests {
         let r = Replayed {
             writes_kept: 3,
             writes_damaged: 1,
+            writes_stale: 2,
             ..Replayed::default()
         };
         let s = r.data_summary();
@@ -380,6 +381,10 @@ mod tests {
         );
         assert!(
             s.contains("1 blocks with a write in flight cannot be read"),
+            "{s}"
+        );
+        assert!(
+            s.contains("2 blocks with a write in flight hold bytes older"),
             "{s}"
         );
         assert!(!s.contains("journaled"), "{s}");
