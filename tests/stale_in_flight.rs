@@ -40,25 +40,9 @@ fn with_flushed_chunk(level: RaidLevel, n: usize) -> (Cached, Pool, Vec<u8>) {
 /// The member and byte offset on the media holding exactly `block` (4 KiB
 /// aligned), which must be there once.
 fn home_of(m: &Cached, block: &[u8]) -> (usize, u64) {
-    let mut found = Vec::new();
-    for (i, d) in m.media.iter().enumerate() {
-        let bytes = d.snapshot();
-        for (k, b) in bytes.chunks_exact(BLK).enumerate() {
-            if b == block {
-                found.push((i, (k * BLK) as u64));
-            }
-        }
-    }
+    let found = homes_of(m, block);
     assert_eq!(found.len(), 1, "the block is on the media once: {found:?}");
     found[0]
-}
-
-/// Land every member's cached writes on its media, as a disk's own
-/// writeback would before a power cut, without the pool knowing.
-fn land_caches(m: &Cached) {
-    for c in &m.caches {
-        c.flush().unwrap();
-    }
 }
 
 fn read_block(pool: &Pool) -> vpool::Result<Vec<u8>> {

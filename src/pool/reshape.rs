@@ -273,7 +273,9 @@ fn checkpoint(thin: &ThinPool, st: &ArrayState, mut sbt: SbTransition, pos: u64)
 }
 
 /// Copy the chunks in use in `[from, to)` from the in-sync mirrors to the
-/// new one.
+/// new one, read through the checksums (`read_used`): a block one mirror's
+/// lost or misplaced write left stale is repaired from the other before
+/// it is copied, not copied to the new mirror as a second stale copy.
 fn resync_step(
     thin: &ThinPool,
     st: &ArrayState,
@@ -295,9 +297,7 @@ fn resync_step(
         }
         let off = cs.start(c);
         let len = cs.bytes().min(total - off) as usize;
-        thin.array
-            .read(off, &mut buf[..len])
-            .map_err(io("reading for resync"))?;
+        read_used(thin, off, off + len as u64, &mut buf[..len])?;
         dev.write_at(&buf[..len], st.geo.data_start + off)
             .map_err(io("writing the new mirror"))?;
     }
@@ -324,7 +324,7 @@ pub(super) fn read_used(thin: &ThinPool, from: u64, to: u64, buf: &mut [u8]) -> 
             if thin.read_chunk(chunk, pos - cs.start(c), piece).is_err() {
                 thin.array
                     .read(pos, piece)
-                    .map_err(io("reading for reshape"))?;
+                    .map_err(io("reading the data to move"))?;
             }
         }
         pos = end;

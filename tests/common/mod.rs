@@ -181,6 +181,32 @@ pub fn power_cut(m: &Cached) -> vpool::Result<(Cached, Pool)> {
     Ok((m, Pool::open(devs)?))
 }
 
+/// Land every member's cached writes on its media, as a disk's own
+/// writeback would before a power cut, without the pool knowing.
+#[allow(dead_code)]
+pub fn land_caches(m: &Cached) {
+    use vpool::device::BlockDevice;
+    for c in &m.caches {
+        c.flush().expect("a cache lands on its medium");
+    }
+}
+
+/// Where the media hold exactly `block` (4 KiB aligned): (member, byte
+/// offset) of each place.
+#[allow(dead_code)]
+pub fn homes_of(m: &Cached, block: &[u8]) -> Vec<(usize, u64)> {
+    let mut found = Vec::new();
+    for (i, d) in m.media.iter().enumerate() {
+        let bytes = d.snapshot();
+        for (k, b) in bytes.chunks_exact(block.len()).enumerate() {
+            if b == block {
+                found.push((i, (k * block.len()) as u64));
+            }
+        }
+    }
+    found
+}
+
 /// The pool on `devs` (copies of their bytes) with member `lost` gone,
 /// reopened.
 pub fn reopened_without(devs: &[Arc<MemDevice>], lost: usize) -> Pool {
