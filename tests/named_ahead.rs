@@ -19,7 +19,7 @@ const BLK: usize = 4096;
 /// CRC32s and their first sectors' tags.
 fn named(off: usize, data: &[u8]) -> (u64, Vec<u32>, Vec<u16>) {
     let crcs = data.chunks(BLK).map(crc32fast::hash).collect();
-    (off as u64, crcs, vpool::thin::csum::heads(data))
+    (off as u64, crcs, vpool::thin::csum::heads(data, 0))
 }
 
 /// The members as a power cut that kept every write leaves them

@@ -88,7 +88,7 @@ impl ThinPool {
                         && self.array.overwrite_in_place(p.n, cs) =>
                 {
                     let crcs: Vec<u32> = data[p.bytes()].chunks(BLK as usize).map(crc).collect();
-                    let heads = heads(&data[p.bytes()]);
+                    let heads = heads(&data[p.bytes()], 0);
                     entries.extend(super::journal::intents(m.phys, p.within, &crcs, &heads));
                     out[k].named = Some((m.phys, crcs));
                     named += 1;
@@ -331,7 +331,7 @@ impl ThinPool {
             let mut entries = Vec::new();
             for (k, p) in pieces.iter().enumerate() {
                 if homes[k] == Home::Journaled {
-                    let heads = heads(&data[p.bytes()]);
+                    let heads = heads(&data[p.bytes()], 0);
                     let named = super::journal::intents(maps[k].phys, p.within, &crcs[k], &heads);
                     entries.extend(named);
                 }

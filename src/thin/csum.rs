@@ -48,18 +48,38 @@ pub fn crc(block: &[u8]) -> u32 {
     super::known::lookup(block).unwrap_or_else(|| crc32fast::hash(block))
 }
 
-/// A block's first 512-byte sector's tag (the low 16 bits of its CRC32),
-/// kept with a write's intents: a block that after a crash holds neither
-/// its flushed bytes nor a write named, but starts with a write's first
-/// sector, is a tear of that write (disks land a write's sectors in
-/// order); one that does not is older bytes (see `thin::replay`).
-pub fn head(block: &[u8]) -> u16 {
-    crc32fast::hash(&block[..block.len().min(512)]) as u16
+/// Sectors of a 4 KiB block, as a disk may tear a write of it.
+const SECTOR: usize = 512;
+/// Bits of a tag that hold its sector's CRC32 (the rest, its index).
+const TAG_BITS: u32 = 13;
+
+/// The tag of a block about to be written, kept with its intent: the
+/// first 512-byte sector the client's write covers in it (`first`, a byte
+/// offset in the block) and its bytes, as the sector's index (top 3
+/// bits) and the low 13 bits of its CRC32. The sectors before it hold
+/// the flushed bytes already (a write widened to the block), so a block
+/// that after a crash differs from its flushed bytes holds a tear of this
+/// write only if it has that sector of it (disks land a write's sectors
+/// in order); one that has not holds older bytes (see `thin::replay`).
+pub fn head(block: &[u8], first: usize) -> u16 {
+    let j = (first / SECTOR).min(CSUM_BLOCK as usize / SECTOR - 1);
+    let sector = &block[(j * SECTOR).min(block.len())..((j + 1) * SECTOR).min(block.len())];
+    ((j as u16) << TAG_BITS) | (crc32fast::hash(sector) as u16 & ((1 << TAG_BITS) - 1))
 }
 
-/// The tags (`head`) of each whole 4 KiB block of `data`.
-pub fn heads(data: &[u8]) -> Vec<u16> {
-    data.chunks_exact(CSUM_BLOCK as usize).map(head).collect()
+/// Whether `block` holds the sector a tag (`head`) names.
+pub fn has_head(block: &[u8], tag: u16) -> bool {
+    let j = usize::from(tag >> TAG_BITS);
+    head(block, j * SECTOR) == tag
+}
+
+/// The tags (`head`) of each whole 4 KiB block of `data`, a write widened
+/// to whole blocks whose client bytes start `first` bytes into it.
+pub fn heads(data: &[u8], first: usize) -> Vec<u16> {
+    data.chunks_exact(CSUM_BLOCK as usize)
+        .enumerate()
+        .map(|(i, b)| head(b, if i == 0 { first } else { 0 }))
+        .collect()
 }
 
 impl Csums {
@@ -411,5 +431,38 @@ impl ThinPool {
         // The caller holds the I/O gate: no write added any meanwhile.
         cs.drop_pending();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{has_head, head, heads};
+
+    #[test]
+    fn a_tag_names_the_first_sector_written_and_finds_it_in_a_tear() {
+        let flushed: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+        // A client write from byte 600 (sector 1), widened to the block.
+        let mut written = flushed.clone();
+        written[600..]
+            .iter_mut()
+            .for_each(|b| *b = b.wrapping_add(1));
+        let tag = head(&written, 600);
+        assert_eq!(tag >> 13, 1, "sector 1 is the first the write covers");
+        assert!(has_head(&written, tag));
+        // Torn after sector 1, 2 or 7: the sector is there.
+        for k in [2, 3, 7] {
+            let mut torn = written[..k * 512].to_vec();
+            torn.extend_from_slice(&flushed[k * 512..]);
+            assert!(has_head(&torn, tag), "torn after {k} sectors");
+        }
+        // Older bytes sharing the flushed first sector: not a tear.
+        let mut older = vec![9u8; 4096];
+        older[..512].copy_from_slice(&flushed[..512]);
+        assert!(!has_head(&older, tag));
+        assert!(!has_head(&flushed, tag));
+        // Later blocks of a write start at their sector 0.
+        let two = [written.clone(), flushed.clone()].concat();
+        let tags = heads(&two, 600);
+        assert_eq!((tags[0] >> 13, tags[1] >> 13), (1, 0));
     }
 }

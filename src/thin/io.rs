@@ -259,7 +259,8 @@ impl ThinPool {
                         }
                         _ => {
                             let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
-                            let named = self.intend(m.phys, a0, &crcs, &heads(&buf))?;
+                            let heads = heads(&buf, (within - a0) as usize);
+                            let named = self.intend(m.phys, a0, &crcs, &heads)?;
                             (crcs, named)
                         }
                     };
@@ -284,10 +285,9 @@ impl ThinPool {
                 // Part of one unit of a committed row: in place once the
                 // log holds the row's partial parity (`thin::ppl`).
                 self.check_meta_room(&self.meta.read(), SpaceUse::Ordinary)?;
-                let a0 = within / BLK * BLK;
                 let buf = self.widen(m.phys, within, data)?;
                 drop(_w);
-                if self.write_parity_logged(m.phys, a0, &buf)? {
+                if self.write_parity_logged(m.phys, within, &buf)? {
                     return Ok(());
                 }
                 _w = self.write_in_progress();

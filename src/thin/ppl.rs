@@ -99,14 +99,16 @@ impl ThinPool {
         })
     }
 
-    /// Write whole blocks `buf` at byte `a0` of committed chunk `phys` in
-    /// place under partial parities, when it may (see the module notes),
+    /// Write whole blocks `buf` (a client's write at byte `within` of
+    /// committed chunk `phys`, widened to whole blocks) in place under
+    /// partial parities, when it may (see the module notes),
     /// and record it as `ThinPool::write_journaled` does. False: it may
     /// not, or the log cannot take them now; nothing was written. Caller
     /// holds the gate for read and the chunk's lock, not
     /// `write_in_progress` (a round takes it; this takes it back for the
     /// write).
-    pub(crate) fn write_parity_logged(&self, phys: Chunk, a0: u64, buf: &[u8]) -> Result<bool> {
+    pub(crate) fn write_parity_logged(&self, phys: Chunk, within: u64, buf: &[u8]) -> Result<bool> {
+        let a0 = within / BLK * BLK;
         let len = buf.len() as u64;
         let Some(row) = self.parity_piece(phys, a0, len) else {
             return Ok(false);
@@ -133,7 +135,7 @@ impl ThinPool {
             return Ok(false);
         };
         let crcs: Vec<u32> = buf.chunks(BLK as usize).map(crc).collect();
-        let sums = (&crcs[..], &heads(buf)[..]);
+        let sums = (&crcs[..], &heads(buf, (within - a0) as usize)[..]);
         let written = self.log_partial_parities(phys, a0, sums, &pp, &slots, row.keepers);
         if !matches!(written, Ok(true)) {
             self.log.ring.lock().unused(&slots);

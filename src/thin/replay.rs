@@ -4,7 +4,7 @@
 use super::log_entry::{decode, Entry};
 use super::ThinPool;
 use crate::error::{Error, Result};
-use crate::thin::csum::{crc, head};
+use crate::thin::csum::{crc, has_head};
 use crate::thin::store::csum::{csum_key, csum_key_chunk, Group, CSUM_BLOCK, GROUP_BYTES};
 use crate::units::Chunk;
 use std::collections::{BTreeMap, HashMap};
@@ -343,13 +343,14 @@ impl ThinPool {
             }
             // One of the writes named, or one torn by the crash (never
             // flushed: any state may remain, as on a disk): kept. A tear
-            // starts with the write's first sector (disks land a write's
-            // sectors in order); bytes that do not are older than the
-            // flushed write, which a device lost: they keep its checksum.
+            // that changed the block has the first sector the write covers
+            // (disks land a write's sectors in order; see `csum::head`);
+            // bytes that have not are older than the flushed write, which
+            // a device lost: they keep its checksum.
             // Intents of older builds carry no tag: kept, as before.
             let written = writes
                 .iter()
-                .any(|&(w, h)| w == c || h.is_none_or(|h| h == head(&now)) || flushed.is_none());
+                .any(|&(w, h)| w == c || h.is_none_or(|h| has_head(&now, h)) || flushed.is_none());
             if !written {
                 stale += 1;
                 continue;

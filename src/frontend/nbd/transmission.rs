@@ -124,7 +124,7 @@ fn name_ahead(conn: &Conn, neg: &Negotiated) {
                     let crcs = known::with_known(&j.data, &mut j.crcs, || {
                         j.data.chunks(BLOCK).map(crate::thin::csum::crc).collect()
                     });
-                    let heads = crate::thin::csum::heads(&j.data);
+                    let heads = crate::thin::csum::heads(&j.data, 0);
                     Some((j.req.offset, crcs, heads))
                 }
                 _ => None,

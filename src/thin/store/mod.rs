@@ -144,8 +144,9 @@ pub struct MetaStore {
     csum_cache: csum::GroupCache,
     /// Damaged or unreadable superblock copies seen at open.
     pub superblock_problems: Vec<String>,
-    /// This build committed the pool (its superblock is of version 10):
-    /// the log may hold runs of intents, which older readers refuse.
+    /// This build committed the pool (its superblock is of version 12):
+    /// the log may hold runs of intents, tagged intents and partial
+    /// parities, which older readers refuse.
     log_runs: bool,
     /// The log keeps a ring of partial parities (raid5; see `thin::ppl`).
     log_ring: bool,

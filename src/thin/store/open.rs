@@ -12,7 +12,19 @@ impl MetaStore {
         layout: &MetaLayout,
         pool_uuid: [u8; 16],
     ) -> (Option<Superblock>, Vec<String>) {
+        let (best, problems, _) = MetaStore::read_superblocks_versioned(mirror, layout, pool_uuid);
+        (best, problems)
+    }
+
+    /// [`MetaStore::read_superblocks`], and the version the winner was
+    /// written at.
+    fn read_superblocks_versioned(
+        mirror: &MetaMirror,
+        layout: &MetaLayout,
+        pool_uuid: [u8; 16],
+    ) -> (Option<Superblock>, Vec<String>, u32) {
         let mut best: Option<Superblock> = None;
+        let mut version = 0;
         let mut problems = Vec::new();
         for (idx, (member, dev)) in mirror.copies().iter().enumerate() {
             if dev.is_none() {
@@ -29,6 +41,7 @@ impl MetaStore {
                     Ok(sb) if sb.pool_uuid == pool_uuid && sb.txid % 2 == slot => {
                         if best.as_ref().is_none_or(|x| sb.txid > x.txid) {
                             best = Some(sb);
+                            version = Superblock::version_of(&b);
                         }
                     }
                     Ok(_) => problems.push(format!(
@@ -41,7 +54,7 @@ impl MetaStore {
                 }
             }
         }
-        (best, problems)
+        (best, problems, version)
     }
 
     /// Open the committed state, in two steps: this one reads the
@@ -57,7 +70,8 @@ impl MetaStore {
         data_chunks: u64,
         cache_nodes: usize,
     ) -> Result<MetaStore> {
-        let (sb, problems) = MetaStore::read_superblocks(&mirror, &layout, pool_uuid);
+        let (sb, problems, version) =
+            MetaStore::read_superblocks_versioned(&mirror, &layout, pool_uuid);
         let sb = sb.ok_or_else(|| {
             corrupt(format!(
                 "no valid superblock on any metadata copy ({})",
@@ -131,6 +145,10 @@ impl MetaStore {
         }
         s.blocks.last_txid = sb.txid;
         s.committed = sb;
+        // Committed by this build already: its log may take what older
+        // readers refuse (tagged intents, runs, partial parities) now,
+        // not only after this open's first commit.
+        s.log_runs = version >= superblock::SB_VERSION_HEADS;
         Ok(s)
     }
 

@@ -220,6 +220,11 @@ impl Superblock {
         }
     }
 
+    /// The version field of an encoded superblock (checked by `decode`).
+    pub fn version_of(b: &[u8]) -> u32 {
+        get_u32(b, 8)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; BLOCK_SIZE];
         put_u32(&mut b, 4, SB_MAGIC);
