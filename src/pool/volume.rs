@@ -127,7 +127,7 @@ impl Volume {
 
     /// Queue the write intents of writes a client sent that wait behind
     /// its others, as (byte offset, CRC32 of each whole 4 KiB block, the
-    /// tag of each one's first sector: `thin::csum::heads`), so
+    /// tag of each: `thin::csum::heads`), so
     /// that the round of intents the running write makes takes theirs
     /// too and each of them finds its intents durable when it runs
     /// (`ThinPool::name_ahead`). Best effort: a write it cannot name

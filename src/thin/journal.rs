@@ -24,7 +24,7 @@ const JOURNAL_BLOCKS: usize = 1024;
 const JOURNAL_MAX: u64 = 32 << 10;
 
 /// The `Intent` entries of whole 4 KiB blocks with new checksums `crcs`
-/// and first sectors' tags `heads` (`csum::heads`) from byte `within` of
+/// and tags `heads` (`csum::heads`) from byte `within` of
 /// chunk `phys`.
 pub(crate) fn intents<'a>(
     phys: Chunk,
@@ -126,9 +126,9 @@ impl ThinPool {
     }
 
     /// Make durable, before whole 4 KiB blocks whose new checksums are
-    /// `crcs` (first sectors' tags `heads`) overwrite byte `within` of
-    /// chunk `phys` in place, that they may: one `Intent` entry per block, in a round of the log (writers
-    /// share rounds). False: the log cannot take them now (the caller
+    /// `crcs` (tags `heads`, `csum::heads`) overwrite byte `within` of
+    /// chunk `phys` in place, that they may: one `Intent` entry per
+    /// block, in a round of the log (writers share rounds). False: the log cannot take them now (the caller
     /// writes elsewhere). Caller holds the gate for read and the chunk's
     /// lock, not `write_in_progress` (a round takes it).
     pub(crate) fn intend(
@@ -167,7 +167,7 @@ impl ThinPool {
     /// share one. Only a write inside one chunk, of whole 4 KiB blocks
     /// (`crcs`, their new CRC32s, from byte `offset` of volume `vol`),
     /// that `write_piece` would overwrite in place under intents now
-    /// (`heads`, their first sectors' tags). One
+    /// (`heads`, their tags: `csum::heads`). One
     /// that then goes otherwise (its mapping changed, or it fails) leaves
     /// intents whose write never comes, which replay allows as it allows
     /// one in flight at a crash. Caller holds the gate for read: a commit,

@@ -33,10 +33,10 @@ pub(crate) enum Entry {
         crc: u32,
     },
     /// Block `within` (4 KiB aligned) of chunk `phys` is about to be
-    /// overwritten in place with bytes whose checksum is `crc`, and whose
-    /// first 512-byte sector's tag is `head` (`csum::head`; superblock
-    /// version 12, none in older entries): what tells a tear of the write
-    /// from older bytes at a replay.
+    /// overwritten in place with bytes whose checksum is `crc` and whose
+    /// tag is `head` (`csum::head`: the first sector the client's write
+    /// covers; superblock version 12, none in older entries): what tells
+    /// a tear of the write from older bytes at a replay.
     Intent {
         phys: Chunk,
         within: u64,
@@ -66,9 +66,9 @@ const INTENT: u8 = 5;
 const RUN: u8 = 6;
 /// A partial parity (superblock version 11).
 const PARITY: u8 = 7;
-/// An intent with its first sector's tag (superblock version 12).
+/// An intent with its tag (superblock version 12).
 const INTENT_HEAD: u8 = 8;
-/// A run of intents with their first sectors' tags (superblock version
+/// A run of intents with their tags (superblock version
 /// 12): 6 bytes a block.
 const RUN_HEADS: u8 = 9;
 /// Length of a `Data` or `Intent` entry.

@@ -212,7 +212,8 @@ impl ThinPool {
     /// The partial parities `pp` of the blocks at byte `a0` of chunk
     /// `phys` into the ring's `slots` on the metadata copies of members
     /// `keepers`, then their entries and the intents of the new bytes
-    /// (checksums and first sectors' tags `sums`) in a round. False: the log cannot take them now.
+    /// (checksums and tags `sums`) in a round. False: the log cannot take
+    /// them now.
     /// A partial parity is needed only when a member holding another data
     /// unit of the row is lost: the copies on the written unit's member
     /// and the row's parity member then survive (md's PPL keeps one, on

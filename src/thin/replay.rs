@@ -30,8 +30,8 @@ pub struct Replayed {
     pub writes_kept: u64,
     pub writes_damaged: u64,
     /// Blocks with a write in flight that hold neither their flushed
-    /// bytes, nor a write named, nor a tear of one (they do not start
-    /// with a named write's first sector): older bytes, a flushed write
+    /// bytes, nor a write named, nor a tear of one (they lack the sector
+    /// a named write's tag names, `csum::head`): older bytes, a flushed write
     /// a device lost. They keep their flushed checksum, so they read as
     /// errors (or are repaired from a copy), never as the older bytes.
     pub writes_stale: u64,
@@ -76,7 +76,7 @@ impl Replayed {
     }
 }
 
-/// A write an intent names: its CRC32 and its first sector's tag.
+/// A write an intent names: its CRC32 and its tag (`csum::head`).
 type Named = (u32, Option<u16>);
 
 /// The blocks `Intent` entries name, with the checksums (and first

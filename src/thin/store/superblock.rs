@@ -61,7 +61,7 @@ pub const SB_VERSION_RUNS: u32 = 10;
 /// replay at the first partial parity, and a pool that lost a member
 /// would rebuild rows from stale parity).
 pub const SB_VERSION_PARITY: u32 = 11;
-/// Version 11 whose log may hold intents with their first sectors' tags
+/// Version 11 whose log may hold intents with their tags
 /// (entry types 8 and 9; see `thin::log_entry`). Every commit of a pool
 /// with a log writes it; older readers refuse it (they would stop their
 /// replay at the first such intent, and adopt whatever its block holds).
