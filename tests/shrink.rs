@@ -1,7 +1,7 @@
 //! Removing members online (`pool remove`): linear (middle and last
 //! member), raid0 and raid1, with writes interleaved with the background
 //! job, power cuts at random points of the evacuation and the restripe
-//! down, and the bad inputs.
+//! down, a member lying while the job runs, and the bad inputs.
 
 mod common;
 use common::*;
