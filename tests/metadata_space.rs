@@ -615,8 +615,8 @@ fn a_pool_written_before_the_catalog_tree_opens_and_converts() {
     drop(pool);
     assert_eq!(
         version(),
-        11,
-        "the catalog is a tree, and the pool has a flush log (with the data journal, pairs, runs of intents and partial parities), from the first change on"
+        12,
+        "the catalog is a tree, and the pool has a flush log (with the data journal, pairs, runs of intents, partial parities and tagged intents), from the first change on"
     );
     let pool = Pool::open(devs()).unwrap();
     verify(&pool, "converted");
