@@ -79,9 +79,8 @@ impl Replayed {
 /// A write an intent names: its CRC32 and its tag (`csum::head`).
 type Named = (u32, Option<u16>);
 
-/// The blocks `Intent` entries name, with the checksums (and first
-/// sectors' tags) of the writes in place that may be in flight there,
-/// oldest first. A checksum entry
+/// The blocks `Intent` entries name, with the checksums (and tags) of
+/// the writes in place that may be in flight there, oldest first. A checksum entry
 /// that gives a block one of them settles it and every older one (that
 /// write was flushed: only it, or a later one, may be there now).
 #[derive(Default)]
@@ -347,10 +346,12 @@ impl ThinPool {
             // (disks land a write's sectors in order; see `csum::head`);
             // bytes that have not are older than the flushed write, which
             // a device lost: they keep its checksum.
-            // Intents of older builds carry no tag: kept, as before.
-            let written = writes
-                .iter()
-                .any(|&(w, h)| w == c || h.is_none_or(|h| has_head(&now, h)) || flushed.is_none());
+            // Intents of older builds carry no tag, and a block with no
+            // checksum has nothing to judge by: kept, as before.
+            let written = flushed.is_none()
+                || writes
+                    .iter()
+                    .any(|&(w, h)| w == c || h.is_none_or(|h| has_head(&now, h)));
             if !written {
                 stale += 1;
                 continue;
