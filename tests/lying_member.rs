@@ -276,15 +276,7 @@ fn growth_under_a_lie(level: RaidLevel, n: usize, seeds: u64) {
         let mut step = 0u64;
         pool.run_job(&AtomicBool::new(false), |_| {
             step += 1;
-            match rng.below(6) {
-                0 | 1 => m.plans[faulty].lose_writes(1),
-                2 => {
-                    let delta = (rng.below(64) as i64 - 32) * 4096;
-                    m.plans[faulty].misdirect_writes(1, if delta == 0 { 4096 } else { delta })
-                }
-                3 => m.plans[faulty].tear_writes(1),
-                _ => {}
-            }
+            maybe_lie(&mut rng, &m.plans[faulty]);
             let off = rng.below(SIZE as u64 - 20000);
             let len = 1 + rng.below(20000);
             let data = pattern(len as usize, seed * 1000 + step);

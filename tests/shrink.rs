@@ -363,15 +363,7 @@ fn removal_under_a_lie(level: RaidLevel, leaving: usize, seed: u64) {
             Err(e) => break Err(e),
         }
         step += 1;
-        match rng.below(6) {
-            0 | 1 => m.plans[faulty].lose_writes(1),
-            2 => {
-                let delta = (rng.below(64) as i64 - 32) * 4096;
-                m.plans[faulty].misdirect_writes(1, if delta == 0 { 4096 } else { delta })
-            }
-            3 => m.plans[faulty].tear_writes(1),
-            _ => {}
-        }
+        maybe_lie(&mut rng, &m.plans[faulty]);
         // Whole blocks half the time: small overwrites go in place
         // (under intents), where a lie leaves a chunk stale.
         let mut off = low + rng.below((size - low) as u64 - 20000) as usize;

@@ -181,6 +181,22 @@ pub fn power_cut(m: &Cached) -> vpool::Result<(Cached, Pool)> {
     Ok((m, Pool::open(devs)?))
 }
 
+/// Maybe arm one lie on `plan` for its next write: lost (a third of the
+/// time), misdirected up to 32 blocks away or torn (a sixth each), or
+/// none.
+#[allow(dead_code)]
+pub fn maybe_lie(rng: &mut Rng, plan: &WritebackPlan) {
+    match rng.below(6) {
+        0 | 1 => plan.lose_writes(1),
+        2 => {
+            let delta = (rng.below(64) as i64 - 32) * 4096;
+            plan.misdirect_writes(1, if delta == 0 { 4096 } else { delta })
+        }
+        3 => plan.tear_writes(1),
+        _ => {}
+    }
+}
+
 /// Land every member's cached writes on its media, as a disk's own
 /// writeback would before a power cut, without the pool knowing.
 #[allow(dead_code)]
