@@ -76,54 +76,52 @@ fn older_bytes_under_a_write_in_flight_are_never_read_as_data() {
 /// restart, as between the torture's power cuts): its intents must carry
 /// tags before it commits again.
 fn older_bytes_under(level: RaidLevel, n: usize, from: usize, reopen: bool) {
-    {
-        let what = format!("{level} x{n}, write from byte {from}, reopened {reopen}");
-        let (m, pool, flushed) = with_flushed_chunk(level, n);
-        let (m, pool) = match reopen {
-            true => {
-                drop(pool);
-                power_cut(&m).unwrap()
-            }
-            false => (m, pool),
-        };
-        land_caches(&m);
-        let (member, at) = home_of(&m, &flushed);
-        // An overwrite in place, under intents, still in the cache when
-        // the power goes.
-        let stats = pool.flush_stats().named_writes;
-        let vol = pool.volume("a", None).unwrap();
-        vol.write_at(&pattern(BLK - from, 4), from as u64).unwrap();
-        assert_eq!(
-            pool.flush_stats().named_writes,
-            stats + 1,
-            "{what}: the overwrite went in place under intents"
-        );
-        drop(vol);
-        drop(pool);
-        // The device had lost the flushed write: its home holds older
-        // bytes (with the same first sector), which the write in flight
-        // never reached. (Made after the write, whose widening read of
-        // the block's other bytes would have found them.)
-        let mut older = pattern(BLK, 3);
-        older[..512].copy_from_slice(&flushed[..512]);
-        m.media[member].write_at(&older, at).unwrap();
-        let (_m, pool) = power_cut(&m).unwrap();
-        let said = pool.warnings().join("\n");
-        assert!(
-            said.contains(
-                "1 blocks with a write in flight hold bytes older than their last flushed write"
-            ),
-            "{what}: the open warning does not count it: {said}"
-        );
-        match read_block(&pool) {
-            // Without redundancy the flushed bytes are gone: an error.
-            Err(_) => assert_ne!(level, RaidLevel::Raid5, "{what}: parity holds the block"),
-            // RAID5 rebuilds them from the parity.
-            Ok(got) => assert!(
-                got == flushed,
-                "{what}: bytes older than the flushed write read back as data"
-            ),
+    let what = format!("{level} x{n}, write from byte {from}, reopened {reopen}");
+    let (m, pool, flushed) = with_flushed_chunk(level, n);
+    let (m, pool) = match reopen {
+        true => {
+            drop(pool);
+            power_cut(&m).unwrap()
         }
+        false => (m, pool),
+    };
+    land_caches(&m);
+    let (member, at) = home_of(&m, &flushed);
+    // An overwrite in place, under intents, still in the cache when
+    // the power goes.
+    let stats = pool.flush_stats().named_writes;
+    let vol = pool.volume("a", None).unwrap();
+    vol.write_at(&pattern(BLK - from, 4), from as u64).unwrap();
+    assert_eq!(
+        pool.flush_stats().named_writes,
+        stats + 1,
+        "{what}: the overwrite went in place under intents"
+    );
+    drop(vol);
+    drop(pool);
+    // The device had lost the flushed write: its home holds older
+    // bytes (with the same first sector), which the write in flight
+    // never reached. (Made after the write, whose widening read of
+    // the block's other bytes would have found them.)
+    let mut older = pattern(BLK, 3);
+    older[..512].copy_from_slice(&flushed[..512]);
+    m.media[member].write_at(&older, at).unwrap();
+    let (_m, pool) = power_cut(&m).unwrap();
+    let said = pool.warnings().join("\n");
+    assert!(
+        said.contains(
+            "1 blocks with a write in flight hold bytes older than their last flushed write"
+        ),
+        "{what}: the open warning does not count it: {said}"
+    );
+    match read_block(&pool) {
+        // Without redundancy the flushed bytes are gone: an error.
+        Err(_) => assert_ne!(level, RaidLevel::Raid5, "{what}: parity holds the block"),
+        // RAID5 rebuilds them from the parity.
+        Ok(got) => assert!(
+            got == flushed,
+            "{what}: bytes older than the flushed write read back as data"
+        ),
     }
 }
 
