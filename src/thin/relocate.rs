@@ -13,6 +13,8 @@
 use super::io::ThinPool;
 use crate::error::{Error, Result};
 use crate::meta::btree;
+use crate::thin::csum::crc;
+use crate::thin::store::csum::CSUM_BLOCK as BLK;
 use crate::thin::store::{mapped_chunk, mapping_spec, mapping_value};
 use crate::units::Chunk;
 use std::collections::HashMap;
@@ -24,6 +26,9 @@ pub struct Evacuated {
     pub moved: u64,
     /// Chunks still in use at or past the limit.
     pub left: u64,
+    /// Blocks moved as they stood because no copy of them was good: they
+    /// still fail their checksums, and read as errors.
+    pub unreadable: u64,
 }
 
 impl ThinPool {
@@ -81,6 +86,7 @@ impl ThinPool {
         let cs = self.chunk_size;
         let mut buf = vec![0u8; cs.bytes() as usize];
         let mut to: HashMap<Chunk, Chunk> = HashMap::new();
+        let mut unreadable = 0;
         let copied = picked.iter().try_for_each(|&c| {
             if !refs.iter().any(|r| r.2 == c) {
                 return Err(Error::corrupt(format!(
@@ -90,11 +96,21 @@ impl ThinPool {
             let dst = self.meta.write().data_alloc()?;
             to.insert(c, dst);
             // Verified: a bad copy is repaired, not moved with fresh checksums.
-            self.read_verified(c, 0, &mut buf)?;
+            let failing = self.read_to_move(c, &mut buf, &refs)?;
             self.array
                 .write(cs.at(dst, 0), &buf)
                 .map_err(|e| Error::io("writing a moved chunk", e))?;
-            self.record(dst, 0, &buf)
+            if failing == 0 {
+                return self.record(dst, 0, &buf);
+            }
+            // The blocks no copy of which was good move as they stand,
+            // with the checksums they fail, so they still read as errors
+            // (as the restripe moves them, `pool::reshape::read_used`).
+            unreadable += failing;
+            self.array.health().event(format!(
+                "pool remove: data chunk {c} moved to {dst} with {failing} blocks that fail their checksums; they still read as errors: overwrite them or restore them from a backup"
+            ));
+            self.record_cow(dst, Some(c), &buf, 0, 0)
         });
         if let Err(e) = copied {
             // Nothing maps the copies yet: give them back.
@@ -135,7 +151,43 @@ impl ThinPool {
         Ok(Evacuated {
             moved: picked.len() as u64,
             left: self.used_past(limit),
+            unreadable,
         })
+    }
+
+    /// Read chunk `c` whole into `buf` to move it: verified, repairing
+    /// bad copies. Where a block has no good copy (a member lost or tore
+    /// a write, and nothing else holds it), the chunk is read as the
+    /// members hold it; returns the count of such blocks. Only a chunk
+    /// the members cannot read at all stops the move, with the places
+    /// that map it (`refs`: volume, virtual chunk, chunk).
+    fn read_to_move(&self, c: Chunk, buf: &mut [u8], refs: &[(u64, u64, Chunk)]) -> Result<u64> {
+        if self.read_verified(c, 0, buf).is_ok() {
+            return Ok(0);
+        }
+        let cs = self.chunk_size;
+        if let Err(e) = self.array.read(cs.at(c, 0), buf) {
+            let mapped: Vec<String> = (refs.iter().filter(|r| r.2 == c))
+                .map(|&(vol, k, _)| {
+                    format!("volume id {vol} bytes {}..{}", cs.start(k), cs.start(k + 1))
+                })
+                .collect();
+            return Err(Error::io(
+                format!(
+                    "reading data chunk {c} to move it ({}; discard or overwrite that range, then run the removal again)",
+                    mapped.join(", ")
+                ),
+                e,
+            ));
+        }
+        let mut failing = 0;
+        for (i, b) in buf.chunks(BLK as usize).enumerate() {
+            let at = i as u64 * BLK;
+            if matches!(self.block_csum(c, at)?, Some(want) if crc(b) != want) {
+                failing += 1;
+            }
+        }
+        Ok(failing)
     }
 }
 
