@@ -64,7 +64,8 @@ const TAG_BITS: u32 = 13;
 pub fn head(block: &[u8], first: usize) -> u16 {
     let j = (first / SECTOR).min(CSUM_BLOCK as usize / SECTOR - 1);
     let sector = &block[(j * SECTOR).min(block.len())..((j + 1) * SECTOR).min(block.len())];
-    ((j as u16) << TAG_BITS) | (crc32fast::hash(sector) as u16 & ((1 << TAG_BITS) - 1))
+    let c = super::known::lookup_first(sector).unwrap_or_else(|| crc32fast::hash(sector));
+    ((j as u16) << TAG_BITS) | (c as u16 & ((1 << TAG_BITS) - 1))
 }
 
 /// Whether `block` holds the sector a tag (`head`) names.

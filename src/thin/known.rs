@@ -7,7 +7,10 @@
 //! The NBD reactor now computes them as each block of a payload comes off
 //! the socket (`Received`), and the worker runs the write inside
 //! `with_known`, where `csum::crc` of one of those very blocks (the same
-//! address, 4 KiB long) answers from the table.
+//! address, 4 KiB long) answers from the table. The CRC32 of each block's
+//! first 512-byte sector comes out of the same pass (the hasher's state
+//! after it), for the tags of intents (`csum::head`), which would
+//! otherwise read every block's first sector again on the worker's core.
 //!
 //! Why an answer is right: the table is only ever consulted for a slice
 //! lying inside the buffer the scope was given, at a whole block from its
@@ -22,14 +25,18 @@ use super::store::csum::CSUM_BLOCK;
 use std::cell::RefCell;
 
 const BLK: usize = CSUM_BLOCK as usize;
+/// A block's first sector, whose CRC32 a tag takes (`csum::head`).
+const SECTOR: usize = 512;
 
 /// The CRC32 of each whole 4 KiB block of a buffer being filled in order
-/// (a write's payload as it is received), computed as each block fills.
-/// The default computes nothing (`advance` does nothing).
+/// (a write's payload as it is received), and of its first sector,
+/// computed as each block fills. The default computes nothing (`advance`
+/// does nothing).
 #[derive(Default)]
 pub struct Received {
     on: bool,
     crcs: Vec<u32>,
+    firsts: Vec<u32>,
 }
 
 impl Received {
@@ -38,6 +45,7 @@ impl Received {
         Received {
             on: true,
             crcs: Vec::with_capacity(len / BLK),
+            firsts: Vec::with_capacity(len / BLK),
         }
     }
 
@@ -50,8 +58,12 @@ impl Received {
         }
         let whole = filled.min(data.len()) / BLK;
         for b in self.crcs.len()..whole {
-            self.crcs
-                .push(crc32fast::hash(&data[b * BLK..(b + 1) * BLK]));
+            let block = &data[b * BLK..(b + 1) * BLK];
+            let mut h = crc32fast::Hasher::new();
+            h.update(&block[..SECTOR]);
+            self.firsts.push(h.clone().finalize());
+            h.update(&block[SECTOR..]);
+            self.crcs.push(h.finalize());
         }
     }
 
@@ -66,6 +78,7 @@ struct Table {
     base: usize,
     len: usize,
     crcs: Vec<u32>,
+    firsts: Vec<u32>,
 }
 
 thread_local! {
@@ -90,17 +103,19 @@ pub fn with_known<R>(data: &[u8], received: &mut Received, f: impl FnOnce() -> R
         return f();
     }
     let mut crcs = std::mem::take(&mut received.crcs);
+    let mut firsts = std::mem::take(&mut received.firsts);
     crcs.truncate(data.len() / BLK);
+    firsts.truncate(crcs.len());
     debug_assert!(
-        crcs.iter()
-            .zip(data.chunks_exact(BLK))
-            .all(|(&c, b)| crc32fast::hash(b) == c),
+        (crcs.iter().zip(&firsts).zip(data.chunks_exact(BLK)))
+            .all(|((&c, &f), b)| crc32fast::hash(b) == c && crc32fast::hash(&b[..SECTOR]) == f),
         "the CRC32s given are not those of the buffer's blocks"
     );
     let table = Table {
         base: data.as_ptr() as usize,
         len: crcs.len() * BLK,
         crcs,
+        firsts,
     };
     let before = KNOWN.with(|k| k.replace(Some(table)));
     /// Puts back the table of the scope around this one, and gives the
@@ -114,6 +129,7 @@ pub fn with_known<R>(data: &[u8], received: &mut Received, f: impl FnOnce() -> R
             let before = self.before.take().flatten();
             if let Some(t) = KNOWN.with(|k| k.replace(before)) {
                 self.to.crcs = t.crcs;
+                self.to.firsts = t.firsts;
             }
         }
     }
@@ -127,14 +143,26 @@ pub fn with_known<R>(data: &[u8], received: &mut Received, f: impl FnOnce() -> R
 /// The CRC32 of `block` if it is one of the blocks of the buffer of the
 /// `with_known` scope this thread is in.
 pub(super) fn lookup(block: &[u8]) -> Option<u32> {
-    if block.len() != BLK {
+    find(block, BLK, |t, i| t.crcs[i])
+}
+
+/// The CRC32 of `sector` if it is the first sector of one of the blocks
+/// of the buffer of the `with_known` scope this thread is in.
+pub(super) fn lookup_first(sector: &[u8]) -> Option<u32> {
+    find(sector, SECTOR, |t, i| t.firsts[i])
+}
+
+/// `get` of the table's block at which `bytes` (`len` long) starts, if
+/// it starts at one of its blocks.
+fn find(bytes: &[u8], len: usize, get: impl Fn(&Table, usize) -> u32) -> Option<u32> {
+    if bytes.len() != len {
         return None;
     }
     KNOWN.with(|k| {
         let k = k.borrow();
         let t = k.as_ref()?;
-        let at = (block.as_ptr() as usize).checked_sub(t.base)?;
-        let hit = (at < t.len && at % BLK == 0).then(|| t.crcs[at / BLK]);
+        let at = (bytes.as_ptr() as usize).checked_sub(t.base)?;
+        let hit = (at < t.len && at % BLK == 0).then(|| get(t, at / BLK));
         #[cfg(test)]
         HITS.with(|h| h.set(h.get() + u64::from(hit.is_some())));
         hit
@@ -207,6 +235,28 @@ mod tests {
             assert_eq!(lookup(&data[..BLK]), Some(real[0]));
             assert_eq!(lookup(&data[BLK..2 * BLK]), None);
         });
+    }
+
+    #[test]
+    fn first_sectors_answer_from_the_table_and_tags_agree() {
+        let data = filled(3 * BLK);
+        let mut r = received(&data, data.len());
+        let want: Vec<u32> = (data.chunks_exact(BLK))
+            .map(|b| crc32fast::hash(&b[..SECTOR]))
+            .collect();
+        let tags = crate::thin::csum::heads(&data, 700);
+        with_known(&data, &mut r, || {
+            assert_eq!(lookup_first(&data[BLK..BLK + SECTOR]), Some(want[1]));
+            // Not a block's first sector, not a sector long, a copy.
+            assert_eq!(lookup_first(&data[SECTOR..2 * SECTOR]), None);
+            assert_eq!(lookup_first(&data[..SECTOR - 1]), None);
+            assert_eq!(lookup_first(&data[..SECTOR].to_vec()), None);
+            let before = hits();
+            assert_eq!(crate::thin::csum::heads(&data, 700), tags);
+            // The first block's tag names its second sector (computed).
+            assert_eq!(hits(), before + 2, "the tags did not take the table's");
+        });
+        assert_eq!(lookup_first(&data[..SECTOR]), None);
     }
 
     #[test]
