@@ -250,7 +250,8 @@ mod tests {
             // Not a block's first sector, not a sector long, a copy.
             assert_eq!(lookup_first(&data[SECTOR..2 * SECTOR]), None);
             assert_eq!(lookup_first(&data[..SECTOR - 1]), None);
-            assert_eq!(lookup_first(&data[..SECTOR].to_vec()), None);
+            let copy = data[..SECTOR].to_vec();
+            assert_eq!(lookup_first(&copy), None);
             let before = hits();
             assert_eq!(crate::thin::csum::heads(&data, 700), tags);
             // The first block's tag names its second sector (computed).
