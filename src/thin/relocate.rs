@@ -26,9 +26,6 @@ pub struct Evacuated {
     pub moved: u64,
     /// Chunks still in use at or past the limit.
     pub left: u64,
-    /// Blocks moved as they stood because no copy of them was good: they
-    /// still fail their checksums, and read as errors.
-    pub unreadable: u64,
 }
 
 impl ThinPool {
@@ -86,7 +83,6 @@ impl ThinPool {
         let cs = self.chunk_size;
         let mut buf = vec![0u8; cs.bytes() as usize];
         let mut to: HashMap<Chunk, Chunk> = HashMap::new();
-        let mut unreadable = 0;
         let copied = picked.iter().try_for_each(|&c| {
             if !refs.iter().any(|r| r.2 == c) {
                 return Err(Error::corrupt(format!(
@@ -106,7 +102,6 @@ impl ThinPool {
             // The blocks no copy of which was good move as they stand,
             // with the checksums they fail, so they still read as errors
             // (as the restripe moves them, `pool::reshape::read_used`).
-            unreadable += failing;
             self.array.health().event(format!(
                 "pool remove: data chunk {c} moved to {dst} with {failing} blocks that fail their checksums; they still read as errors: overwrite them or restore them from a backup"
             ));
@@ -151,7 +146,6 @@ impl ThinPool {
         Ok(Evacuated {
             moved: picked.len() as u64,
             left: self.used_past(limit),
-            unreadable,
         })
     }
 
