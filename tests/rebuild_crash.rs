@@ -192,22 +192,29 @@ fn raid5_write_hole_is_closed() {
         // (Pieces that cross a stripe unit's end are written afresh.)
         let in_place = pool.flush_stats().named_writes;
         assert!(in_place >= 30, "x{n}: {in_place} pieces in place");
-        for cut in 0..crash_iters(12, 10, 12) {
-            let images: Vec<Vec<u8>> = sim.crash().iter().map(|d| d.snapshot()).collect();
-            for lost in 0..n {
-                let devs: Vec<DeviceRef> = (0..n)
-                    .filter(|&m| m != lost)
-                    .map(|m| {
-                        Arc::new(MemDevice::from_bytes(&format!("m{m}"), images[m].clone()))
-                            as DeviceRef
-                    })
-                    .collect();
-                let what = format!("raid5 x{n}, cut {cut}, member {lost} lost");
-                let pool = Pool::open(devs).unwrap_or_else(|e| panic!("{what}: {e}"));
-                verify_old_or_new(&pool, &model, &written, &what);
-            }
-        }
+        each_cut_without_each_member(&mut sim, &model, &written);
         drop(pool);
+    }
+}
+
+/// Power cuts of `sim`'s members, each cut's images then opened without
+/// each member in turn: volume "a" must read as `verify_old_or_new` says.
+fn each_cut_without_each_member(sim: &mut CrashSim, model: &[u8], written: &[(usize, Vec<u8>)]) {
+    let n = sim.devices.len();
+    for cut in 0..crash_iters(12, 10, 12) {
+        let images: Vec<Vec<u8>> = sim.crash().iter().map(|d| d.snapshot()).collect();
+        for lost in 0..n {
+            let devs: Vec<DeviceRef> = (0..n)
+                .filter(|&m| m != lost)
+                .map(|m| {
+                    Arc::new(MemDevice::from_bytes(&format!("m{m}"), images[m].clone()))
+                        as DeviceRef
+                })
+                .collect();
+            let what = format!("raid5 x{n}, cut {cut}, member {lost} lost");
+            let pool = Pool::open(devs).unwrap_or_else(|e| panic!("{what}: {e}"));
+            verify_old_or_new(&pool, model, written, &what);
+        }
     }
 }
 
@@ -275,21 +282,7 @@ fn raid5_write_hole_is_closed_for_flushed_uncommitted_rows() {
         // Flushed through the log, not committed.
         let st = pool.flush_stats();
         assert!(st.log_rounds >= 1 && st.commits == 0, "x{n}: {st:?}");
-        for cut in 0..crash_iters(12, 10, 12) {
-            let images: Vec<Vec<u8>> = sim.crash().iter().map(|d| d.snapshot()).collect();
-            for lost in 0..n {
-                let devs: Vec<DeviceRef> = (0..n)
-                    .filter(|&m| m != lost)
-                    .map(|m| {
-                        Arc::new(MemDevice::from_bytes(&format!("m{m}"), images[m].clone()))
-                            as DeviceRef
-                    })
-                    .collect();
-                let what = format!("raid5 x{n}, cut {cut}, member {lost} lost");
-                let pool = Pool::open(devs).unwrap_or_else(|e| panic!("{what}: {e}"));
-                verify_old_or_new(&pool, &model, &written, &what);
-            }
-        }
+        each_cut_without_each_member(&mut sim, &model, &written);
         drop(pool);
     }
 }
