@@ -103,7 +103,7 @@ impl ThinPool {
             // with the checksums they fail, so they still read as errors
             // (as the restripe moves them, `pool::reshape::read_used`).
             self.array.health().event(format!(
-                "pool remove: data chunk {c} moved to {dst} with {failing} blocks that fail their checksums; they still read as errors: overwrite them or restore them from a backup"
+                "pool remove: data chunk {c} moved to {dst} as it stood: {failing} of its 4 KiB blocks had no good copy and still read as errors (overwrite them, or restore them from a backup)"
             ));
             self.record_cow(dst, Some(c), &buf, 0, 0)
         });

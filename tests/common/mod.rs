@@ -207,12 +207,18 @@ pub fn land_caches(m: &Cached) {
     }
 }
 
-/// Where the media hold exactly `block` (4 KiB aligned): (member, byte
-/// offset) of each place.
+/// `homes_in` of the media under the caches.
 #[allow(dead_code)]
 pub fn homes_of(m: &Cached, block: &[u8]) -> Vec<(usize, u64)> {
+    homes_in(&m.media, block)
+}
+
+/// Where `media` hold exactly `block` (4 KiB aligned): (member, byte
+/// offset) of each place.
+#[allow(dead_code)]
+pub fn homes_in(media: &[Arc<MemDevice>], block: &[u8]) -> Vec<(usize, u64)> {
     let mut found = Vec::new();
-    for (i, d) in m.media.iter().enumerate() {
+    for (i, d) in media.iter().enumerate() {
         let bytes = d.snapshot();
         for (k, b) in bytes.chunks_exact(block.len()).enumerate() {
             if b == block {
