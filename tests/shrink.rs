@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use vpool::device::{CrashSim, DeviceRef, MemDevice};
+use vpool::device::{CrashSim, DeviceRef, FaultDevice, FaultPlan, MemDevice};
 use vpool::raid::RaidLevel;
 use vpool::Pool;
 
@@ -363,6 +363,50 @@ fn a_block_without_a_good_copy_moves_and_still_reads_as_an_error() {
             "{level}: {events:?}"
         );
     }
+}
+
+/// A chunk the members cannot read at all (an I/O error, not a bad
+/// checksum) stops the removal with an error that names the volume range
+/// that maps it and what to do; nothing is lost, and once the member
+/// reads again the job finishes.
+#[test]
+fn an_unreadable_chunk_stops_the_removal_naming_its_volume_range() {
+    const BLK: usize = 4096;
+    let media = mem_devices(3, 32 * MIB);
+    let (devs, plans): (Vec<DeviceRef>, Vec<FaultPlan>) = (media.iter())
+        .map(|m| {
+            let (d, p) = FaultDevice::wrap(m.clone() as DeviceRef);
+            (d as DeviceRef, p)
+        })
+        .unzip();
+    let pool = create(RaidLevel::Linear, devs);
+    let (model, _) = fill_top(&pool);
+    pool.remove_snapshot("a", "s").unwrap();
+    pool.commit().unwrap();
+    let b = model.len() / BLK - 5;
+    let homes = homes_in(&media, &model[b * BLK..(b + 1) * BLK]);
+    let [(leaving, at)] = homes[..] else {
+        panic!("block {b} has homes {homes:?}");
+    };
+    plans[leaving].fail_reads(at..at + BLK as u64);
+    pool.remove_member(leaving).unwrap();
+    let e = loop {
+        match pool.job_step(256 * 1024) {
+            Ok(true) => panic!("the removal read an unreadable chunk"),
+            Ok(false) => {}
+            Err(e) => break e.to_string(),
+        }
+    };
+    let cs = pool.info().chunk_size as usize;
+    let (from, to) = (b * BLK / cs * cs, (b * BLK / cs + 1) * cs);
+    assert!(
+        e.contains(&format!("tank/a bytes {from}..{to}")) && e.contains("run the removal again"),
+        "{e}"
+    );
+    plans[leaving].heal();
+    while !pool.job_step(256 * 1024).unwrap() {}
+    assert_eq!(pool.info().members.len(), 2);
+    model_verify(&pool, &model, "after the removal");
 }
 
 /// A member removal while one member (leaving or staying) loses,

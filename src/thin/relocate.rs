@@ -161,9 +161,11 @@ impl ThinPool {
         }
         let cs = self.chunk_size;
         if let Err(e) = self.array.read(cs.at(c, 0), buf) {
+            let meta = self.meta.read();
             let mapped: Vec<String> = (refs.iter().filter(|r| r.2 == c))
                 .map(|&(vol, k, _)| {
-                    format!("volume id {vol} bytes {}..{}", cs.start(k), cs.start(k + 1))
+                    let name = meta.catalog().display_name(vol);
+                    format!("{name} bytes {}..{}", cs.start(k), cs.start(k + 1))
                 })
                 .collect();
             return Err(Error::io(

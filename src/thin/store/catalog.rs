@@ -55,6 +55,18 @@ impl Catalog {
         self.index_of(id).map(|i| &self.volumes[i])
     }
 
+    /// What users call the volume or snapshot `id`: `pool/volume` or
+    /// `pool/volume@snapshot` (`volume id N` if the catalog has no such id).
+    pub fn display_name(&self, id: u64) -> String {
+        let Some(r) = self.by_id(id) else {
+            return format!("volume id {id}");
+        };
+        match r.snapshot_of.and_then(|p| self.by_id(p)) {
+            Some(v) => format!("{}/{}@{}", self.pool_name, v.name, r.name),
+            None => format!("{}/{}", self.pool_name, r.name),
+        }
+    }
+
     pub fn by_id_mut(&mut self, id: u64) -> Option<&mut VolumeRecord> {
         self.index_of(id).map(|i| &mut self.volumes[i])
     }
