@@ -218,6 +218,26 @@ mod tests {
     }
 
     #[test]
+    fn display_names_are_what_users_type() {
+        let rec = |id: u64, name: &str, snapshot_of| VolumeRecord {
+            id,
+            name: name.into(),
+            snapshot_of,
+            cloned_from: None,
+            size: 0,
+            created: 0,
+            uuid: [0; 16],
+        };
+        let c = Catalog {
+            pool_name: "tank".into(),
+            volumes: vec![rec(1, "db", None), rec(2, "nightly", Some(1))],
+        };
+        assert_eq!(c.display_name(1), "tank/db");
+        assert_eq!(c.display_name(2), "tank/db@nightly");
+        assert_eq!(c.display_name(7), "volume id 7");
+    }
+
+    #[test]
     fn fixed_records_round_trip_and_refuse_garbage() {
         let r = VolumeRecord {
             id: 42,
