@@ -320,6 +320,23 @@ fn bad_removals_are_refused() {
     model_verify(&pool, &model, "after the refused requests");
 }
 
+/// `fill_top` without the snapshot, committed: the volume's bytes, and a
+/// 4 KiB block near the top (above what `fill_top` wrote last, so in a
+/// chunk the removal moves) with its one home on `media`: (model, block,
+/// member, byte offset).
+fn top_block(pool: &Pool, media: &[Arc<MemDevice>]) -> (Vec<u8>, usize, usize, u64) {
+    const BLK: usize = 4096;
+    let (model, _) = fill_top(pool);
+    pool.remove_snapshot("a", "s").unwrap();
+    pool.commit().unwrap();
+    let b = model.len() / BLK - 5;
+    let homes = homes_in(media, &model[b * BLK..(b + 1) * BLK]);
+    let [(member, at)] = homes[..] else {
+        panic!("block {b} has homes {homes:?}");
+    };
+    (model, b, member, at)
+}
+
 /// A block no copy of which is good (a member tore or lost a write, and
 /// the pool has no other copy) does not stop `pool remove`: its chunk
 /// moves with the checksum the block fails, so after the move it reads as
@@ -331,17 +348,7 @@ fn a_block_without_a_good_copy_moves_and_still_reads_as_an_error() {
     for level in [RaidLevel::Linear, RaidLevel::Raid0] {
         let devs = mem_devices(3, 32 * MIB);
         let pool = create(level, refs(&devs));
-        let (model, _) = fill_top(&pool);
-        pool.remove_snapshot("a", "s").unwrap();
-        pool.commit().unwrap();
-        // A block near the top (above what `fill_top` wrote last), and
-        // its one home on the media.
-        let b = model.len() / BLK - 5;
-        let block = &model[b * BLK..(b + 1) * BLK];
-        let homes = homes_in(&devs, block);
-        let [(leaving, at)] = homes[..] else {
-            panic!("{level}: block {b} has homes {homes:?}");
-        };
+        let (model, b, leaving, at) = top_block(&pool, &devs);
         devs[leaving].poke(at + 100, b"torn");
         pool.remove_member(leaving).unwrap();
         while !pool.job_step(256 * 1024).unwrap() {}
@@ -380,14 +387,7 @@ fn an_unreadable_chunk_stops_the_removal_naming_its_volume_range() {
         })
         .unzip();
     let pool = create(RaidLevel::Linear, devs);
-    let (model, _) = fill_top(&pool);
-    pool.remove_snapshot("a", "s").unwrap();
-    pool.commit().unwrap();
-    let b = model.len() / BLK - 5;
-    let homes = homes_in(&media, &model[b * BLK..(b + 1) * BLK]);
-    let [(leaving, at)] = homes[..] else {
-        panic!("block {b} has homes {homes:?}");
-    };
+    let (model, b, leaving, at) = top_block(&pool, &media);
     plans[leaving].fail_reads(at..at + BLK as u64);
     pool.remove_member(leaving).unwrap();
     let e = loop {

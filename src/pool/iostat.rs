@@ -73,11 +73,10 @@ impl Pool {
         for (id, io) in stats {
             total.add(&io);
             // A removed volume's I/O stays in the total, not in the list.
-            let Some(r) = cat.by_id(id) else { continue };
-            let name = match r.snapshot_of.and_then(|p| cat.by_id(p)) {
-                Some(parent) => format!("{name}/{}@{}", parent.name, r.name),
-                None => format!("{name}/{}", r.name),
-            };
+            if cat.by_id(id).is_none() {
+                continue;
+            }
+            let name = cat.display_name(id);
             volumes.push(VolumeIoStats { name, io });
         }
         volumes.sort_by(|a, b| a.name.cmp(&b.name));
