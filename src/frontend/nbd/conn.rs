@@ -214,6 +214,7 @@ impl Conn {
         handshake: Handshake,
     ) -> io::Result<(Arc<Conn>, Box<dyn Stream>)> {
         sock.set_nonblocking(true)?;
+        super::stream::widen_send_buffer(sock.fd(), super::stream::SEND_BUFFER);
         let writer = sock.try_clone_stream()?;
         let control = sock.try_clone_stream()?;
         let conn = Arc::new(Conn {
@@ -246,7 +247,7 @@ impl Conn {
         Ok((conn, sock))
     }
 
-    fn fd(&self) -> BorrowedFd<'_> {
+    pub(super) fn fd(&self) -> BorrowedFd<'_> {
         // SAFETY: `control` owns the descriptor for as long as `self` lives.
         unsafe { BorrowedFd::borrow_raw(self.control.fd()) }
     }

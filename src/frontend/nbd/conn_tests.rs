@@ -271,3 +271,32 @@ fn idle_buffers_are_bounded_by_bytes_not_count() {
         "{kept} bytes idle: the pool dropped buffers it had room for"
     );
 }
+
+/// A 1 MiB read reply goes into the socket whole from the thread that
+/// sends it, before the client reads a byte: none of it waits for the
+/// reactor, whose copy from a buffer another core filled cost twice
+/// the sender's (`stream::SEND_BUFFER`). The client then gets it intact.
+#[test]
+fn a_large_reply_goes_into_the_socket_whole_from_its_sender() {
+    let (_hub, conn, mut theirs) = connection();
+    let room = super::stream::send_buffer(conn.fd().as_raw_fd());
+    assert!(
+        room >= 2 * super::stream::SEND_BUFFER,
+        "the connection's send buffer is {room} bytes: widening it needs root \
+         (SO_SNDBUFFORCE) or net.core.wmem_max of at least {} (run the tests as root)",
+        super::stream::SEND_BUFFER
+    );
+    let body: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    conn.send(&[7u8; 16], &body, 0);
+    assert!(
+        !conn.replies_waiting(),
+        "part of a 1 MiB reply was left for the reactor"
+    );
+    theirs
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut got = vec![0u8; 16 + body.len()];
+    theirs.read_exact(&mut got).unwrap();
+    assert_eq!(&got[..16], &[7u8; 16]);
+    assert!(got[16..] == body[..], "the reply's bytes changed");
+}

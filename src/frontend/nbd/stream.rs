@@ -68,6 +68,63 @@ impl Stream for UnixStream {
     }
 }
 
+/// Room the kernel gives a connection's replies (`SO_SNDBUF`; Linux
+/// doubles it for its own bookkeeping): a 1 MiB read reply with room to
+/// spare. With the default 208 KiB of a unix socket, a worker's `writev`
+/// of such a reply stopped after a fifth and the reactor sent the rest
+/// from a buffer the worker's core had filled: that copy cost twice
+/// nbdkit's per byte, whose thread sends what it has just read. TCP's own
+/// tuning grows a buffer up to 4 MiB (`tcp_wmem`); this fixes it at 2 MiB.
+/// A client that reads nothing can keep that much kernel memory per
+/// connection, as TCP's tuning allows already.
+pub(super) const SEND_BUFFER: usize = 1 << 20;
+
+/// Give `fd` a send buffer of `bytes`: `SO_SNDBUFFORCE` (root, past
+/// `net.core.wmem_max`), else `SO_SNDBUF` (up to that limit). What the
+/// kernel allows is what the socket keeps; nothing fails for less.
+pub(super) fn widen_send_buffer(fd: RawFd, bytes: usize) {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: `v` lives across the call and `len` is its size; a bad
+        // descriptor or option is an error return, not undefined behaviour.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                len,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+}
+
+/// The send buffer the kernel gives `fd` (`SO_SNDBUF`, as doubled).
+#[cfg(test)]
+pub(super) fn send_buffer(fd: RawFd) -> usize {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` live across the call and `len` is `v`'s size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        usize::try_from(v).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 /// Wait until one of the descriptors is ready for what is asked (false:
 /// the timeout passed).
 pub(super) fn wait(fds: &[(i32, i16)], timeout: Duration) -> io::Result<bool> {
