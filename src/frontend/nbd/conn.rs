@@ -214,7 +214,6 @@ impl Conn {
         handshake: Handshake,
     ) -> io::Result<(Arc<Conn>, Box<dyn Stream>)> {
         sock.set_nonblocking(true)?;
-        super::stream::widen_send_buffer(sock.fd(), super::stream::SEND_BUFFER);
         let writer = sock.try_clone_stream()?;
         let control = sock.try_clone_stream()?;
         let conn = Arc::new(Conn {
@@ -242,6 +241,7 @@ impl Conn {
             #[cfg(test)]
             widen: AtomicBool::new(true),
         });
+        super::stream::widen_send_buffer(conn.fd(), super::stream::SEND_BUFFER);
         hub.epoll
             .add(conn.fd(), EpollEvent::new(interest(false), id))?;
         Ok((conn, sock))

@@ -279,7 +279,7 @@ fn idle_buffers_are_bounded_by_bytes_not_count() {
 #[test]
 fn a_large_reply_goes_into_the_socket_whole_from_its_sender() {
     let (_hub, conn, mut theirs) = connection();
-    let room = super::stream::send_buffer(conn.fd().as_raw_fd());
+    let room = super::stream::send_buffer(conn.fd());
     assert!(
         room >= 2 * super::stream::SEND_BUFFER,
         "the connection's send buffer is {room} bytes: widening it needs root \

@@ -1,8 +1,9 @@
 //! One client connection, over TCP or a unix socket.
 
+use nix::sys::socket::{setsockopt, sockopt};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -82,47 +83,16 @@ pub(super) const SEND_BUFFER: usize = 1 << 20;
 /// Give `fd` a send buffer of `bytes`: `SO_SNDBUFFORCE` (root, past
 /// `net.core.wmem_max`), else `SO_SNDBUF` (up to that limit). What the
 /// kernel allows is what the socket keeps; nothing fails for less.
-pub(super) fn widen_send_buffer(fd: RawFd, bytes: usize) {
-    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
-        // SAFETY: `v` lives across the call and `len` is its size; a bad
-        // descriptor or option is an error return, not undefined behaviour.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                len,
-            )
-        };
-        if r == 0 {
-            return;
-        }
+pub(super) fn widen_send_buffer(fd: BorrowedFd<'_>, bytes: usize) {
+    if setsockopt(&fd, sockopt::SndBufForce, &bytes).is_err() {
+        let _ = setsockopt(&fd, sockopt::SndBuf, &bytes);
     }
 }
 
 /// The send buffer the kernel gives `fd` (`SO_SNDBUF`, as doubled).
 #[cfg(test)]
-pub(super) fn send_buffer(fd: RawFd) -> usize {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `v` and `len` live across the call and `len` is `v`'s size.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r == 0 {
-        usize::try_from(v).unwrap_or(0)
-    } else {
-        0
-    }
+pub(super) fn send_buffer(fd: BorrowedFd<'_>) -> usize {
+    nix::sys::socket::getsockopt(&fd, sockopt::SndBuf).unwrap_or(0)
 }
 
 /// Wait until one of the descriptors is ready for what is asked (false:
