@@ -276,6 +276,15 @@ fn sampled(
 /// members look slow for the next twenty samples, and their reads went
 /// through helpers. Without the thread's usage, the whole time counts.
 fn waited_per_unit(len: usize, f: impl FnOnce() -> io::Result<()>) -> (io::Result<()>, u64) {
+    let (r, waited) = waited(f);
+    (r, per_unit(waited, len))
+}
+
+/// Run `f` and say how long (ns) it kept this thread off the CPU waiting:
+/// nothing if the thread never gave up the CPU itself (no voluntary
+/// context switch: it copied, or was preempted), else the wall time less
+/// the CPU time; the wall time if the thread's usage cannot be read.
+pub(crate) fn waited<T>(f: impl FnOnce() -> T) -> (T, u128) {
     let (t, before) = (Instant::now(), thread_usage());
     let r = f();
     let wall = t.elapsed().as_nanos();
@@ -284,7 +293,7 @@ fn waited_per_unit(len: usize, f: impl FnOnce() -> io::Result<()>) -> (io::Resul
         (Some(a), Some(b)) => wall.saturating_sub(b.cpu_ns.saturating_sub(a.cpu_ns)),
         _ => wall,
     };
-    (r, per_unit(waited, len))
+    (r, waited)
 }
 
 /// This thread's usage so far.

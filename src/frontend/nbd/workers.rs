@@ -8,8 +8,8 @@
 //! and threads are bounded by this pool, not by the number of clients.
 //!
 //! How many workers are awake depends on what items cost. Items that wait
-//! on devices (half or more of the recent ones took `SLOW_ITEM` or longer
-//! per 64 KiB they moved, `slow_after`)
+//! on devices (half or more of the recent ones took `SLOW_ITEM` or longer,
+//! or for large reads and writes waited that long: `Workers::turn`)
 //! get a worker per queued turn, so the devices see the clients' queue
 //! depth. Quick items (the members' page cache, tmpfs) get `PER_CORE`
 //! worker per core: each more one only adds a wake-up and a context
@@ -22,6 +22,7 @@
 
 use super::conn::{Conn, Held, Hub, Work};
 use super::proto::{CMD_READ, CMD_WRITE};
+use crate::device::waited;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,9 +45,14 @@ const STUCK: Duration = Duration::from_millis(1);
 /// and 1.47x (two runs of 5 interleaved pairs) and random writes about
 /// alike (1.046 and 0.941 with one client, 0.991 with two).
 const PER_CORE: usize = 1;
-/// An item that moves this many bytes is allowed one more `SLOW_ITEM`
-/// before it counts as waiting (see `slow_after`).
-const SLOW_PER: u64 = 64 << 10;
+/// A read or write of this many bytes or more is slow only if it waited
+/// `SLOW_ITEM` (off the CPU), not if it took that long: a 1 MiB write
+/// copied into tmpfs takes 250-350 us of CPU and waits on nothing, and
+/// counted as slow it woke a worker per queued turn on two cores, where
+/// only `PER_CORE` help. Its wait is measured (`device::waited`: two
+/// system calls each side, nothing beside a large copy); small items
+/// keep the wall time, which costs them nothing to read.
+const LARGE_ITEM: u64 = 64 << 10;
 /// The whole of `State::slow_share`.
 const SHARE_ONE: u32 = 1 << 10;
 /// Most replies a worker holds back (see `worker`).
@@ -64,7 +70,7 @@ struct State {
     threads: usize,
     /// Per worker: since when (`Workers::now`) its item runs, 0 between items.
     busy: Vec<Arc<AtomicU64>>,
-    /// The share of items that took `slow_after` or longer, a moving
+    /// The share of items that were slow (see `Workers::turn`), a moving
     /// average in `SHARE_ONE`ths: a worker preempted now and then does
     /// not make quick items look slow.
     slow_share: u32,
@@ -285,9 +291,8 @@ impl Workers {
                 }
                 let start = self.now();
                 busy.store(start, Ordering::Relaxed);
-                let (again, ran) = self.turn(&conn, &mut held);
+                let (again, ran) = self.turn(&conn, &mut held, start);
                 busy.store(0, Ordering::Relaxed);
-                let took = self.now().saturating_sub(start);
                 // Kept from the last turn of the same connection, so a
                 // run of its turns costs no reference count per turn.
                 if held.len() == 0 {
@@ -296,12 +301,8 @@ impl Workers {
                     holding = Some(conn.clone());
                 }
                 st = self.state.lock();
-                if let Some(bytes) = ran {
-                    let slow = if took >= slow_after(bytes) {
-                        SHARE_ONE
-                    } else {
-                        0
-                    };
+                if let Some(slow) = ran {
+                    let slow = if slow { SHARE_ONE } else { 0 };
                     st.slow_share = (st.slow_share * 15 + slow) / 16;
                 }
                 if again {
@@ -336,11 +337,13 @@ impl Workers {
         st.busy.retain(|b| !Arc::ptr_eq(b, &busy));
     }
 
-    /// Run one item of `conn`'s queue. Returns whether the connection
-    /// takes another turn, and the bytes the item moved if one ran. The
-    /// replies `held` holds are sent unless more of the connection's items
-    /// wait and fewer than `HOLD_MAX` are held.
-    fn turn(&self, conn: &Arc<Conn>, held: &mut Held) -> (bool, Option<u64>) {
+    /// Run one item of `conn`'s queue (the turn began at `start`, in
+    /// `Workers::now`). Returns whether the connection takes another turn
+    /// and, if an item ran, whether it was slow: it took `SLOW_ITEM` or
+    /// longer, or for a read or write of `LARGE_ITEM` or more, waited that
+    /// long. The replies `held` holds are sent unless more of the
+    /// connection's items wait and fewer than `HOLD_MAX` are held.
+    fn turn(&self, conn: &Arc<Conn>, held: &mut Held, start: u64) -> (bool, Option<bool>) {
         let work = {
             let mut q = conn.queue.lock();
             q.in_ring -= 1;
@@ -353,12 +356,21 @@ impl Workers {
         let Some(work) = work else {
             return (false, None);
         };
-        let bytes = moved(&work);
+        let large = moved(&work) >= LARGE_ITEM;
         // A panic in one item is that item's EIO (the run function answers
         // it); the worker and the connection go on.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            (self.run)(conn, work, held)
-        }));
+        let run = || {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                (self.run)(conn, work, held)
+            }));
+        };
+        let slow = SLOW_ITEM.as_nanos();
+        let slow = if large {
+            waited(run).1 >= slow
+        } else {
+            run();
+            u128::from(self.now().saturating_sub(start)) >= slow
+        };
         let (again, idle, keep) = {
             let mut q = conn.queue.lock();
             q.running -= 1;
@@ -372,7 +384,7 @@ impl Workers {
         if idle && conn.closing.load(Ordering::SeqCst) {
             conn.hub.revisit(conn.id);
         }
-        (again, Some(bytes))
+        (again, Some(slow))
     }
 
     /// Let the workers end once the ring is empty.
@@ -392,12 +404,4 @@ fn moved(w: &Work) -> u64 {
         }
         _ => 0,
     }
-}
-
-/// How long an item moving `bytes` may take before it counts as waiting
-/// on a device: `SLOW_ITEM` per `SLOW_PER` bytes. A 1 MiB write copied
-/// into tmpfs takes 250-350 us of CPU; counted as slow, it woke a worker
-/// per queued turn on two cores, where only `PER_CORE` help.
-fn slow_after(bytes: u64) -> u64 {
-    SLOW_ITEM.as_nanos() as u64 * (bytes / SLOW_PER).max(1)
 }

@@ -179,9 +179,12 @@ static LARGE: Gauge = Gauge::new();
 
 /// A 1 MiB read that costs 300 us of CPU, as one from tmpfs members does.
 fn large(_: &Conn, w: Work, _: &mut Held) {
-    if let Work::Request(_) = w {
+    if let Work::Request(job) = w {
         LARGE.during(|| {
-            spin(Duration::from_micros(300));
+            match job.req.flags {
+                WAITS => std::thread::sleep(Duration::from_micros(300)),
+                _ => spin(Duration::from_micros(300)),
+            }
             let me = std::thread::current().id();
             let mut seen = LARGE_THREADS.lock();
             if !seen.contains(&me) {
@@ -194,12 +197,16 @@ fn large(_: &Conn, w: Work, _: &mut Held) {
 /// The threads that ran large items.
 static LARGE_THREADS: Mutex<Vec<ThreadId>> = parking_lot::const_mutex(Vec::new());
 
-fn large_reads(n: usize) -> Vec<Work> {
+/// A request flag of these tests: the item sleeps (a device) rather
+/// than spins.
+const WAITS: u16 = 1 << 15;
+
+fn large_reads(n: usize, flags: u16) -> Vec<Work> {
     (0..n)
         .map(|i| {
             Work::Request(Job {
                 req: Request {
-                    flags: 0,
+                    flags,
                     kind: CMD_READ,
                     cookie: i as u64,
                     offset: (i as u64) << 20,
@@ -215,19 +222,45 @@ fn large_reads(n: usize) -> Vec<Work> {
         .collect()
 }
 
-/// Large items that only take CPU (1 MiB copies, 300 us each) are quick
-/// for their size: one worker per core runs them, not one per queued
-/// turn (which they got while any item over 50 us counted as waiting).
+/// Large items that only take CPU (1 MiB copies, 300 us each) are quick:
+/// one worker per core runs them, not one per queued turn (which they got
+/// while any item of 50 us or longer counted as waiting). The same items
+/// waiting 300 us on a device (asleep) get a worker each.
 #[test]
-fn large_items_that_only_take_cpu_run_one_per_core() {
+fn large_items_that_only_take_cpu_run_one_per_core_and_waiting_ones_each_on_one() {
     let (w, _tick) = Ticker::start(large, 2);
     let conns = [connection().1, connection().1];
+    let (most, threads) = large_rounds(&w, &conns, 0);
+    // As for quick items above: a worker preempted for a millisecond on a
+    // busy test host counts as stuck, so allow a few more than two. Taken
+    // for waiting, these items ran on 22-24 workers, 6-8 at once.
+    assert!(
+        most <= 6,
+        "1 MiB items of 300 us ran {most} at once on 2 cores"
+    );
+    assert!(
+        threads <= 12,
+        "1 MiB items of 300 us ran on {threads} workers on 2 cores"
+    );
+    // The same items waiting on a device (asleep) are slow: they get a
+    // worker per queued turn.
+    let (most, threads) = large_rounds(&w, &conns, WAITS);
+    assert!(
+        most >= 16,
+        "1 MiB items that wait 300 us ran only {most} at once (on {threads} workers)"
+    );
+}
+
+/// 20 rounds of 16 large reads with `flags` on each connection, one round
+/// done before the next: the most run at once and the workers that ran
+/// them, from the fifth round on.
+fn large_rounds(w: &Arc<Workers>, conns: &[Arc<Conn>], flags: u16) -> (usize, usize) {
     let mut most = 0;
     for round in 0..20 {
         LARGE.max.store(0, Ordering::SeqCst);
         let done = LARGE.done.load(Ordering::SeqCst);
-        for c in &conns {
-            w.submit(c, &mut large_reads(16));
+        for c in conns {
+            w.submit(c, &mut large_reads(16, flags));
         }
         LARGE.wait_done(done + 32);
         if round == 4 {
@@ -237,18 +270,7 @@ fn large_items_that_only_take_cpu_run_one_per_core() {
             most = most.max(LARGE.max.load(Ordering::SeqCst));
         }
     }
-    // As for quick items above: a worker preempted for a millisecond on a
-    // busy test host counts as stuck, so allow a few more than two. Taken
-    // for waiting, these items ran on 22-23 workers, 6-7 at once.
-    let threads = LARGE_THREADS.lock().len();
-    assert!(
-        most <= 6,
-        "1 MiB items of 300 us ran {most} at once on 2 cores"
-    );
-    assert!(
-        threads <= 12,
-        "1 MiB items of 300 us ran on {threads} workers on 2 cores"
-    );
+    (most, LARGE_THREADS.lock().len())
 }
 
 static GATED: Gauge = Gauge::new();
