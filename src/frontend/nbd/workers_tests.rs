@@ -177,7 +177,8 @@ fn items_that_wait_get_a_worker_each_and_quick_ones_one_per_core() {
 
 static LARGE: Gauge = Gauge::new();
 
-/// A 1 MiB read that costs 300 us of CPU, as one from tmpfs members does.
+/// A 1 MiB read of 300 us: on the CPU, as one from tmpfs members is, or
+/// with `WAITS` asleep, as one waiting on a device is.
 fn large(_: &Conn, w: Work, _: &mut Held) {
     if let Work::Request(job) = w {
         LARGE.during(|| {
