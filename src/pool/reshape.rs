@@ -12,6 +12,10 @@
 //! The first rows cannot satisfy the rule (`pos` is 0), so their data is
 //! first saved to the new member (which holds nothing yet), the checkpoint
 //! says so, and after a crash they are rewritten from that copy.
+//!
+//! A member lost during the job does not stop it where the level's
+//! redundancy covers the loss (`degraded_step`): the job ends degraded, and
+//! `pool replace` then restores the redundancy.
 
 use super::Pool;
 use crate::error::{Error, Result};
@@ -24,6 +28,9 @@ use crate::thin::ThinPool;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+mod degraded;
+use degraded::{abandon_resync, degraded_step, missing_list, Degraded};
 
 /// Bytes moved per step (client I/O waits for one step at most).
 pub const STEP_BYTES: u64 = 8 << 20;
@@ -196,11 +203,19 @@ impl Pool {
             return Ok(true);
         };
         let st = thin.array.state();
-        if st.members.iter().any(|m| m.is_none()) {
-            return Err(Error::Unavailable(format!(
-                "pool '{}' cannot finish its layout change with a member missing; attach it and reopen the pool",
-                self.name()
-            )));
+        match degraded_step(&st, &sbt) {
+            Degraded::No | Degraded::Go => {}
+            Degraded::NewMirrorLost(member) => {
+                abandon_resync(thin, member)?;
+                return Ok(true);
+            }
+            Degraded::Refuse => {
+                return Err(Error::Unavailable(format!(
+                    "pool '{}' cannot finish its layout change with {} missing; attach it and reopen the pool",
+                    self.name(),
+                    missing_list(&st)
+                )))
+            }
         }
         let moved = if sbt.kind == TRANSITION_SHRINK {
             self.shrink_step(&st, sbt, max_bytes)?
@@ -298,8 +313,13 @@ fn resync_step(
         let off = cs.start(c);
         let len = cs.bytes().min(total - off) as usize;
         read_used(thin, off, off + len as u64, &mut buf[..len])?;
-        dev.write_at(&buf[..len], st.geo.data_start + off)
-            .map_err(io("writing the new mirror"))?;
+        if let Err(e) = dev.write_at(&buf[..len], st.geo.data_start + off) {
+            // The new mirror fails: the others still hold everything.
+            thin.array
+                .fail_member(member, &format!("writing the new mirror: {e}"));
+            abandon_resync(thin, member)?;
+            return Ok(off - from);
+        }
     }
     checkpoint(thin, st, sbt, to)?;
     Ok(to - from)
@@ -345,11 +365,11 @@ fn restripe_step(
     let old_end = old.capacity();
     let total = new.capacity();
     let new_member = old.members();
-    let dev = st.members[new_member]
-        .clone()
-        .ok_or_else(|| Error::Unavailable("new member missing".into()))?;
     match sbt.phase {
         PHASE_START | PHASE_BACKUP => {
+            let dev = st.members[new_member]
+                .clone()
+                .ok_or_else(|| Error::Unavailable("new member missing".into()))?;
             // The first rows: through a copy on the new member.
             let d = old.data_members();
             let len = d * nw;
