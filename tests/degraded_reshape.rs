@@ -299,3 +299,37 @@ fn power_cut_during_a_degraded_raid5_reshape() {
         degraded_cut(11_000 + i * 43);
     }
 }
+
+#[test]
+fn a_hot_spare_takes_the_place_of_a_member_lost_mid_reshape() {
+    let Rig {
+        pool,
+        mem,
+        devs,
+        plans,
+        mut model,
+    } = rig(RaidLevel::Raid5, 3);
+    pool.add_spare(devs[4].clone(), false).unwrap();
+    plans[2].vanish();
+    model_write(&pool, &mut model, 2_000_000, 100_000, 700);
+    // Not while the reshape runs: a rebuild waits for it.
+    assert_eq!(pool.use_spares().unwrap(), None);
+    finish(&pool, &mut model, 701);
+    let msg = pool
+        .use_spares()
+        .unwrap()
+        .expect("the spare is used once the job ends");
+    assert!(msg.contains("rebuilding"), "{msg}");
+    finish(&pool, &mut model, 702);
+    assert_eq!(pool.info().health, "online");
+    pool.commit().unwrap();
+    drop(pool);
+    for other in [0, 1, 3, 4] {
+        let pool = open_without(&mem, &[2, other]);
+        model_verify(
+            &pool,
+            &model,
+            &format!("spare in place of 2, then {other} missing"),
+        );
+    }
+}
