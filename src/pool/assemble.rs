@@ -9,7 +9,9 @@ use crate::device::DeviceRef;
 use crate::error::{Error, Result};
 use crate::meta::label::{Label, PoolState};
 use crate::raid::{Array, Geometry};
-use crate::thin::store::superblock::{MEMBER_ONLINE, MEMBER_STALE, TRANSITION_REBUILD};
+use crate::thin::store::superblock::{
+    SbTransition, MEMBER_ONLINE, MEMBER_STALE, TRANSITION_REBUILD,
+};
 use crate::thin::store::DEFAULT_CACHE_NODES;
 use crate::thin::store::{MetaLayout, MetaStore};
 use crate::thin::ThinPool;
@@ -106,6 +108,9 @@ impl Pool {
         let mut members: Vec<Option<DeviceRef>> = vec![None; n];
         let mut labels: Vec<Option<Label>> = vec![None; n];
         let mut spares = Vec::new();
+        // Devices no longer in the member table: one may be a member being
+        // replaced in service, which still serves (see below).
+        let mut former = Vec::new();
         for (l, dev) in found {
             if !same_shape(&first, &l) {
                 warnings.push(format!(
@@ -119,10 +124,7 @@ impl Pool {
                 continue;
             }
             let Some(i) = first.members.iter().position(|m| m.uuid == l.member_uuid) else {
-                warnings.push(format!(
-                    "{}: not in the pool's current member table (a former member?); ignored",
-                    dev.name()
-                ));
+                former.push((l, dev));
                 continue;
             };
             if l.generation != first.generation || l.members != first.members {
@@ -157,15 +159,22 @@ impl Pool {
             member_data: first.members.iter().map(|m| m.data_size).collect(),
         };
         let data_chunks = geo.capacity() / first.chunk_size;
-        let open_meta = |members: &Vec<Option<DeviceRef>>, rebuilding: Option<usize>| {
-            MetaStore::open(
-                mirror_for(&first, members, rebuilding),
-                layout,
-                first.pool_uuid,
-                n,
-                data_chunks,
-                cache_nodes,
-            )
+        // A member replaced in service keeps its metadata copy on its old
+        // device until the rebuild ends (`MetaMirror::set_shadow`).
+        let open_meta = |members: &Vec<Option<DeviceRef>>,
+                         rebuilding: Option<usize>,
+                         old: Option<&DeviceRef>| {
+            let mirror = match (rebuilding, old) {
+                (Some(k), Some(old)) => {
+                    let mut with_old = members.clone();
+                    with_old[k] = Some(old.clone());
+                    let mut m = mirror_for(&first, &with_old, None);
+                    m.set_shadow(k);
+                    m
+                }
+                _ => mirror_for(&first, members, rebuilding),
+            };
+            MetaStore::open(mirror, layout, first.pool_uuid, n, data_chunks, cache_nodes)
         };
         // The newest superblock first: members it says missed writes must not
         // be trusted, not even for metadata (their copy is stale), and a
@@ -179,6 +188,7 @@ impl Pool {
             .as_ref()
             .map(|s| s.member_states.clone())
             .unwrap_or_default();
+        let sb_replacing = sb.as_ref().is_some_and(|s| s.replacing);
         let rebuild = sb
             .and_then(|s| s.transition)
             .filter(|t| t.kind == TRANSITION_REBUILD);
@@ -208,7 +218,22 @@ impl Pool {
                 ));
             }
         }
-        let mut meta = open_meta(&members, rebuilding)?;
+        let replaced = match sb_replacing {
+            true => replaced_in_service(&first, rebuild, &mut former),
+            false => None,
+        };
+        let mut meta = open_meta(&members, rebuilding, replaced.as_ref())?;
+        if meta.replacing() && replaced.is_none() {
+            // Not among the devices: it misses what is written from now
+            // on, so it must not serve if it comes back.
+            meta.set_replacing(false);
+        }
+        for (_, dev) in former {
+            warnings.push(format!(
+                "{}: not in the pool's current member table (a former member?); ignored",
+                dev.name()
+            ));
+        }
         let missing: Vec<usize> = (0..n).filter(|&i| members[i].is_none()).collect();
         let tolerated = first.level.tolerated_failures(n);
         if missing.len() > tolerated {
@@ -237,6 +262,15 @@ impl Pool {
         }
         let state = super::grow::resume_state(&first, geo, members, &mut meta, &mut warnings)?;
         let array = std::sync::Arc::new(Array::with_state(state));
+        if let Some(dev) = replaced {
+            warnings.push(format!(
+                "{}: being replaced in service; it serves the rows not yet rebuilt",
+                dev.name()
+            ));
+            array.set_replacing(Some(dev));
+        } else if meta.replacing() {
+            array.health().note_unrecorded();
+        }
         for (i, dev) in excluded {
             array.keep_failed_device(i, dev);
         }
@@ -293,6 +327,30 @@ impl Pool {
         }
         Ok(pool)
     }
+}
+
+/// The former device of the member a rebuild replaces in service (the
+/// superblock says so), taken out of `former`: its label is of this pool,
+/// names it that member, and carries the member table just before the
+/// current one (a replacement adds one to the generation). A device
+/// replaced earlier has an older table; one whose replacement was recorded
+/// but not labelled is still in the current table.
+fn replaced_in_service(
+    first: &Label,
+    rebuild: Option<SbTransition>,
+    former: &mut Vec<(Label, DeviceRef)>,
+) -> Option<DeviceRef> {
+    let t = rebuild?;
+    let k = t.removed as usize;
+    if first.members.get(k).map(|m| m.uuid) != Some(rebuild_target(&t)) {
+        return None;
+    }
+    let i = former.iter().position(|(l, _)| {
+        l.generation + 1 == first.generation
+            && l.members.get(k).is_some_and(|m| m.uuid == l.member_uuid)
+            && l.members.len() == first.members.len()
+    })?;
+    Some(former.remove(i).1)
 }
 
 /// Rewrite both label copies when one was damaged (best effort; read-only

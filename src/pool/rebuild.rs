@@ -210,9 +210,10 @@ impl Pool {
             let old = thin.array.members().get(k).cloned().flatten();
             if let Some(o) = &old {
                 warnings.push(format!(
-                    "member {k} ({}) is in service: it keeps serving until its rows are rebuilt onto {}, so the pool keeps its redundancy; after a restart mid-rebuild it is left out",
+                    "member {k} ({}) is in service: it keeps serving until its rows are rebuilt onto {}, so the pool keeps its redundancy (also after a restart, when {} is among the devices)",
                     o.name(),
-                    dev.name()
+                    dev.name(),
+                    o.name()
                 ));
             }
             old
@@ -353,7 +354,11 @@ impl Pool {
                 mirror.set_shadow(k);
             }
             meta.set_mirror(mirror);
+            // After a restart the old device serves again, found by its
+            // label (`Pool::open`), until it fails.
+            meta.set_replacing(old.is_some());
         }
+        thin.array.set_replacing(old.clone());
         thin.array.set_transition(Some(rebuild.clone()));
         thin.commit_locked()?;
         write_label(&dev, &label.for_member(k, dev.size()))?;
@@ -364,7 +369,6 @@ impl Pool {
         }
         *self.s.label.write() = label;
         let shown = dev.name();
-        thin.array.set_replacing(old);
         thin.array.replace_member(k, dev, Some(rebuild));
         Ok(format!(
             "rebuilding member {k} of pool '{name}' onto {shown} in the background"

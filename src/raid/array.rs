@@ -113,6 +113,11 @@ impl Array {
         self.replacing.lock().clone()
     }
 
+    /// A device being replaced in service still serves (none failed).
+    pub fn replacing_serves(&self) -> bool {
+        self.replacing.lock().is_some() && !self.replacing_failed.load(Ordering::Acquire)
+    }
+
     pub fn health(&self) -> &Arc<Health> {
         &self.health
     }

@@ -182,6 +182,13 @@ impl Health {
         self.unrecorded.swap(false, Ordering::AcqRel)
     }
 
+    /// Something the superblock must record before the next flush is
+    /// acknowledged (the device being replaced in service failed): the
+    /// flush log's round then leaves the flush to a commit.
+    pub fn note_unrecorded(&self) {
+        self.unrecorded.store(true, Ordering::Release);
+    }
+
     pub fn has_unrecorded(&self) -> bool {
         self.unrecorded.load(Ordering::Acquire)
     }

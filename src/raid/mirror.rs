@@ -60,6 +60,11 @@ impl MetaMirror {
         self.shadow = Some(m);
     }
 
+    /// The copy on a device being replaced could not be written.
+    pub fn shadow_lost(&self) -> bool {
+        self.shadow.is_some() && self.shadow_dead.load(Ordering::Acquire)
+    }
+
     /// Share the array's member health (see the field).
     pub fn attach(&mut self, health: Arc<Health>) {
         self.health = health;
@@ -121,6 +126,9 @@ impl MetaMirror {
                 Ok(()) => done += 1,
                 Err(e) if Some(m) == self.shadow => {
                     self.shadow_dead.store(true, Ordering::Release);
+                    // The superblock stops naming it before the next flush
+                    // completes: a restart must not put it back.
+                    self.health.note_unrecorded();
                     self.health.event(format!(
                         "member {m} ({}), being replaced, failed a metadata {what} ({e}); its copy is left out",
                         dev.name()

@@ -493,6 +493,13 @@ impl ThinPool {
             for m in self.array.absorb_failures() {
                 meta.set_member_state(m, MEMBER_FAILED);
             }
+            if meta.replacing()
+                && (!self.array.replacing_serves() || meta.blocks.mirror.shadow_lost())
+            {
+                // The device replaced in service failed (or its rebuild
+                // ended): it must not serve again after a restart.
+                meta.set_replacing(false);
+            }
             meta.commit()?;
             released.extend(meta.data.take_released());
             if !self.array.health().has_unrecorded() {

@@ -112,7 +112,11 @@ impl View<'_> {
         };
         if Some(m) == self.shadow && e.kind() != io::ErrorKind::InvalidInput {
             // Redo without the replaced device (see `View::shadow`).
-            self.shadow_failed.store(true, Ordering::Release);
+            if !self.shadow_failed.swap(true, Ordering::AcqRel) {
+                // Recorded before the next flush completes: after a
+                // restart it must not serve again (`Pool::open`).
+                self.health.note_unrecorded();
+            }
             return Err(Fault::MemberFailed);
         }
         if e.kind() == io::ErrorKind::InvalidInput {

@@ -157,6 +157,7 @@ impl MetaStore {
         sb.data_chunks = self.data.total();
         sb.transition = self.transition;
         sb.no_autogrow = self.no_autogrow;
+        sb.replacing = self.replacing;
         sb.csum = self.csum;
         sb.log_dir = self.log_dir;
         sb.root_gens = [

@@ -137,6 +137,8 @@ pub struct MetaStore {
     shape_dirty: bool,
     /// `pool set metadata-autogrow=off`.
     no_autogrow: bool,
+    /// The rebuild replaces a member in service (`Superblock::replacing`).
+    replacing: bool,
     pub data: DataSpace,
     /// Data checksums (checksum-tree root, intent block), if the pool has them.
     csum: Option<SbCsum>,
@@ -196,6 +198,7 @@ impl MetaStore {
             root_gens: [0; 3],
             extents: Vec::new(),
             no_autogrow: false,
+            replacing: false,
             catalog_tree: false,
             catalog_gen: 0,
             log_dir: Block::NONE,
@@ -220,6 +223,7 @@ impl MetaStore {
             transition: None,
             shape_dirty: false,
             no_autogrow: false,
+            replacing: false,
             data: DataSpace::new(data_chunks),
             csum: None,
             csum_cache: csum::GroupCache::new(),
@@ -315,6 +319,19 @@ impl MetaStore {
     pub fn set_autogrow(&mut self, on: bool) {
         if self.no_autogrow == on {
             self.no_autogrow = !on;
+            self.shape_dirty = true;
+        }
+    }
+
+    /// Does the rebuild in progress replace a member in service, whose
+    /// former device still serves the rows not yet rebuilt?
+    pub fn replacing(&self) -> bool {
+        self.replacing
+    }
+
+    pub fn set_replacing(&mut self, on: bool) {
+        if self.replacing != on {
+            self.replacing = on;
             self.shape_dirty = true;
         }
     }

@@ -132,6 +132,7 @@ impl MetaStore {
         s.member_states.resize(members, 0);
         s.transition = sb.transition;
         s.no_autogrow = sb.no_autogrow;
+        s.replacing = sb.replacing;
         s.blocks.extents = sb.extents.clone();
         s.csum = sb.csum;
         s.catalog_tree = sb.catalog_tree;

@@ -76,6 +76,12 @@ const FEATURE_NO_AUTOGROW: u32 = 2;
 const FEATURE_CATALOG_TREE: u32 = 4;
 /// Feature bit (version 7): the pool has a flush log (see `store::log`).
 const FEATURE_LOG: u32 = 8;
+/// Feature bit: the member a rebuild record names is being replaced in
+/// service, and its former device, if it comes back with the label of the
+/// member table before this one, still serves the rows not yet rebuilt.
+/// Cleared by the first commit after that device fails. Advisory: a reader
+/// that ignores it leaves the former device out, which is safe.
+const FEATURE_REPLACING: u32 = 16;
 const FEATURES: usize = 12;
 /// Member states recorded in the superblock.
 pub const MEMBER_ONLINE: u8 = 0;
@@ -144,6 +150,9 @@ pub struct Superblock {
     pub catalog_gen: u32,
     /// The flush log's directory block (version 7; 0: no log).
     pub log_dir: Block,
+    /// The rebuild in progress replaces a member in service, whose former
+    /// device still serves (`FEATURE_REPLACING`).
+    pub replacing: bool,
 }
 
 /// Where a checksummed pool keeps its data checksums and write intents.
@@ -257,7 +266,8 @@ impl Superblock {
                     0
                 } else {
                     FEATURE_LOG
-                }),
+                })
+                | (if self.replacing { FEATURE_REPLACING } else { 0 }),
         );
         put_u64(&mut b, 16, self.txid);
         b[24..40].copy_from_slice(&self.pool_uuid);
@@ -468,6 +478,7 @@ impl Superblock {
             }),
             root_gens: [volumes_gen, dsm_gen, csum_gen],
             no_autogrow: features & FEATURE_NO_AUTOGROW != 0,
+            replacing: features & FEATURE_REPLACING != 0,
             catalog_tree,
             catalog_gen,
             extents,
@@ -507,11 +518,22 @@ mod tests {
             catalog_tree: false,
             catalog_gen: 0,
             log_dir: Block::NONE,
+            replacing: false,
         };
         sb.set_selector_bit(2, 1);
         let b = sb.encode();
         let d = Superblock::decode(&b).unwrap();
         assert_eq!(d, sb);
+        // A member replaced in service: a feature bit, same version.
+        let mut r = sb.clone();
+        r.replacing = true;
+        let rb = r.encode();
+        assert_eq!(get_u32(&rb, 8), get_u32(&b, 8));
+        assert_eq!(
+            get_u32(&rb, FEATURES) & FEATURE_REPLACING,
+            FEATURE_REPLACING
+        );
+        assert_eq!(Superblock::decode(&rb).unwrap(), r);
         // With metadata extents: version 6, the list block at the end.
         let mut x = sb.clone();
         x.extents = vec![crate::meta::extent::MetaExtent {
