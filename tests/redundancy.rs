@@ -231,3 +231,46 @@ fn scrub_finds_and_repairs_dd_damage_exactly() {
         assert_eq!(r["parity_errors"].as_u64(), Some(0), "{level}: {r}");
     }
 }
+
+/// `pool replace` of a member in service, the daemon restarted mid-rebuild:
+/// the old device serves again beside the new one (status says so), the
+/// rebuild ends, fio verifies throughout; once it ended the old device is
+/// gone from the status.
+#[test]
+fn a_replace_in_service_goes_on_with_the_old_device_across_a_restart() {
+    require("fio", "fio");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    make_pool(&state, "raid1", 2, 512 << 20, &[]);
+    // Slow enough that the rebuild is still running at the restart.
+    let mut d = Daemon::start_with(&state, &["--job-rate-limit", "4M"]);
+    d.vpool_ok(&["vol", "create", "tank/db", "--size", "256M"]);
+    let uri = d.uri("tank/db");
+    fio(&uri, "randwrite", "0", &["--end_fsync=1"]);
+    let old = state.join("d1.img").display().to_string();
+    let new = state.join("new.img");
+    std::fs::File::create(&new)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    let new_s = new.display().to_string();
+    d.vpool_ok(&["pool", "replace", "tank", &old, &new_s]);
+    let replacing = |d: &Daemon| -> Option<String> {
+        let out = d.vpool_ok(&["pool", "status", "tank", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["members"][1]["replacing"].as_str().map(str::to_string)
+    };
+    assert_eq!(replacing(&d).as_deref(), Some(old.as_str()));
+    d.stop();
+    d.restart();
+    let status = d.vpool_ok(&["pool", "status", "tank"]);
+    assert!(status.contains(&format!("(replacing {old})")), "{status}");
+    assert_eq!(replacing(&d).as_deref(), Some(old.as_str()), "{status}");
+    assert_eq!(member_state(&d, 1), ("rebuilding".into(), new_s.clone()));
+    fio(&uri, "randwrite", "0", &["--verify_only"]);
+    d.vpool_ok(&["job", "wait", "tank"]);
+    assert_eq!(member_state(&d, 1), ("online".into(), new_s));
+    assert_eq!(replacing(&d), None);
+    assert_eq!(health(&d), "online");
+    fio(&uri, "randwrite", "0", &["--verify_only"]);
+}

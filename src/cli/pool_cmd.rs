@@ -539,7 +539,10 @@ fn print_status(i: &PoolInfo) {
         .map(|m| {
             vec![
                 m.index.to_string(),
-                m.device.clone().unwrap_or("-".into()),
+                match (&m.device, &m.replacing) {
+                    (Some(d), Some(old)) => format!("{d} (replacing {old})"),
+                    (d, _) => d.clone().unwrap_or("-".into()),
+                },
                 m.state.to_uppercase(),
                 m.errors.read.to_string(),
                 m.errors.write.to_string(),

@@ -2,7 +2,9 @@
 
 use super::Pool;
 pub use crate::raid::health::ErrorCounts;
-use crate::thin::store::superblock::{MEMBER_FAILED, MEMBER_REBUILDING, MEMBER_STALE};
+use crate::thin::store::superblock::{
+    MEMBER_FAILED, MEMBER_REBUILDING, MEMBER_STALE, TRANSITION_REBUILD,
+};
 use crate::units::BLOCK_BYTES;
 use serde::Serialize;
 
@@ -21,6 +23,10 @@ pub struct MemberInfo {
     /// Opened with `O_DIRECT` (`vpool daemon --direct-io`, block devices).
     #[serde(default)]
     pub direct_io: bool,
+    /// The device this member's new one replaces in service: it serves the
+    /// rows not yet rebuilt (`pool replace` of a member in service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacing: Option<String>,
 }
 
 #[derive(Serialize, serde::Deserialize, Clone, Debug, Default)]
@@ -168,6 +174,10 @@ impl Pool {
         let cs = thin.chunk_size;
         let label = self.label();
         let health = thin.array.health();
+        let replacing = meta
+            .transition()
+            .filter(|t| t.kind == TRANSITION_REBUILD && thin.array.replacing_serves())
+            .and_then(|t| Some((t.removed as usize, thin.array.replacing()?)));
         let members: Vec<MemberInfo> = thin
             .array
             .members()
@@ -197,6 +207,10 @@ impl Pool {
                     data_bytes: label.members[i].data_size,
                     errors: health.errors(i),
                     direct_io: dev.as_ref().is_some_and(|d| d.direct_io()),
+                    replacing: replacing
+                        .as_ref()
+                        .filter(|(k, _)| *k == i)
+                        .map(|(_, d)| d.name()),
                 }
             })
             .collect();
