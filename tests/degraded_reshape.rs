@@ -99,75 +99,54 @@ fn open_without(mem: &[Arc<MemDevice>], skip: &[usize]) -> Pool {
     Pool::open(devs).unwrap_or_else(|e| panic!("open without {skip:?}: {e}"))
 }
 
+/// Lose member `lost` of a layout change of `n` members (one added):
+/// the job ends degraded, the member is failed, `pool replace` rebuilds it
+/// onto the spare device, and every byte then reads back with any other
+/// member missing.
+fn lose_finish_replace(level: RaidLevel, n: usize, lost: usize, seed: u64) {
+    let what = format!("{level} x{n}+1, member {lost} lost");
+    let Rig {
+        pool,
+        mem,
+        devs,
+        plans,
+        mut model,
+    } = rig(level, n);
+    plans[lost].vanish();
+    finish(&pool, &mut model, seed);
+    model_verify(&pool, &model, &format!("{what}, after the job"));
+    assert_eq!(states(&pool)[lost], "failed", "{what}");
+    assert_eq!(pool.info().members.len(), n + 1);
+    // The redundancy comes back with a new device in its place.
+    pool.replace_member(lost, devs[n + 1].clone(), false)
+        .unwrap();
+    finish(&pool, &mut model, seed + 1);
+    assert_eq!(pool.info().health, "online", "{what}");
+    pool.commit().unwrap();
+    drop(pool);
+    for other in (0..n + 2).filter(|&m| m != lost) {
+        let pool = open_without(&mem, &[lost, other]);
+        model_verify(
+            &pool,
+            &model,
+            &format!("{what}, replaced, then {other} missing"),
+        );
+    }
+}
+
 #[test]
 fn a_raid5_reshape_that_loses_any_member_ends_and_loses_nothing() {
     // Members 0-2 were there; 3 is the one being added (lost once the
     // first rows, saved on it, are in place).
     for lost in 0..4 {
-        let Rig {
-            pool,
-            mem,
-            devs,
-            plans,
-            mut model,
-        } = rig(RaidLevel::Raid5, 3);
-        plans[lost].vanish();
-        finish(&pool, &mut model, 100 + lost as u64);
-        model_verify(
-            &pool,
-            &model,
-            &format!("member {lost} lost, after the reshape"),
-        );
-        assert_eq!(states(&pool)[lost], "failed", "member {lost}");
-        assert_eq!(pool.info().members.len(), 4);
-        // The redundancy comes back with a new device in its place.
-        pool.replace_member(lost, devs[4].clone(), false).unwrap();
-        finish(&pool, &mut model, 200 + lost as u64);
-        assert_eq!(pool.info().health, "online", "member {lost}");
-        pool.commit().unwrap();
-        drop(pool);
-        for other in (0..5).filter(|&m| m != lost) {
-            let pool = open_without(&mem, &[lost, other]);
-            model_verify(
-                &pool,
-                &model,
-                &format!("member {lost} replaced, then {other} missing"),
-            );
-        }
+        lose_finish_replace(RaidLevel::Raid5, 3, lost, 100 + 2 * lost as u64);
     }
 }
 
 #[test]
 fn a_raid1_resync_goes_on_without_an_old_mirror() {
     for lost in 0..2 {
-        let Rig {
-            pool,
-            mem,
-            devs,
-            plans,
-            mut model,
-        } = rig(RaidLevel::Raid1, 2);
-        plans[lost].vanish();
-        finish(&pool, &mut model, 300 + lost as u64);
-        model_verify(
-            &pool,
-            &model,
-            &format!("mirror {lost} lost, after the resync"),
-        );
-        assert_eq!(states(&pool)[lost], "failed");
-        pool.replace_member(lost, devs[3].clone(), false).unwrap();
-        finish(&pool, &mut model, 400 + lost as u64);
-        assert_eq!(pool.info().health, "online");
-        pool.commit().unwrap();
-        drop(pool);
-        for other in (0..4).filter(|&m| m != lost) {
-            let pool = open_without(&mem, &[lost, other]);
-            model_verify(
-                &pool,
-                &model,
-                &format!("mirror {lost} replaced, then {other} missing"),
-            );
-        }
+        lose_finish_replace(RaidLevel::Raid1, 2, lost, 300 + 2 * lost as u64);
     }
 }
 

@@ -41,14 +41,16 @@ fn fio_while(uri: &str, offset: &str, during: impl FnOnce()) {
     assert!(out.contains("vpool"), "{out}");
 }
 
-fn member_state(d: &Daemon, index: usize) -> (String, String) {
+/// Field `key` of member `index` in `pool status --json`.
+fn member_field(d: &Daemon, index: usize, key: &str) -> Option<String> {
     let out = d.vpool_ok(&["pool", "status", "tank", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let m = &v["members"][index];
-    (
-        m["state"].as_str().unwrap_or("").to_string(),
-        m["device"].as_str().unwrap_or("").to_string(),
-    )
+    v["members"][index][key].as_str().map(str::to_string)
+}
+
+fn member_state(d: &Daemon, index: usize) -> (String, String) {
+    let get = |key| member_field(d, index, key).unwrap_or_default();
+    (get("state"), get("device"))
 }
 
 fn health(d: &Daemon) -> String {
@@ -255,11 +257,7 @@ fn a_replace_in_service_goes_on_with_the_old_device_across_a_restart() {
         .unwrap();
     let new_s = new.display().to_string();
     d.vpool_ok(&["pool", "replace", "tank", &old, &new_s]);
-    let replacing = |d: &Daemon| -> Option<String> {
-        let out = d.vpool_ok(&["pool", "status", "tank", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["members"][1]["replacing"].as_str().map(str::to_string)
-    };
+    let replacing = |d: &Daemon| member_field(d, 1, "replacing");
     assert_eq!(replacing(&d).as_deref(), Some(old.as_str()));
     d.stop();
     d.restart();

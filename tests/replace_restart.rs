@@ -117,13 +117,8 @@ fn a_replaced_device_that_failed_is_not_put_back_after_a_crash() {
         } else {
             plans[k].fail_writes(pool.info().data_start..u64::MAX);
         }
-        churn_without_commits(&pool, &mut model, 8);
-        pool.volume("a", None).unwrap().flush().unwrap();
-        sim.cut_after(0);
-        drop(pool);
-        // The old device comes back with every byte it held when it failed.
-        let after: Vec<DeviceRef> = sim.crash().into_iter().map(|d| d as DeviceRef).collect();
-        let pool = Pool::open(after).unwrap();
+        // It comes back with every byte it held when it failed.
+        let pool = flush_and_cut(pool, &mut sim, &mut model);
         assert!(!serving_again(&pool), "{what}: {:?}", pool.warnings());
         model_verify(&pool, &model, &format!("{what}: after the crash"));
         pool.run_job(&std::sync::atomic::AtomicBool::new(false), |_| {})
@@ -133,11 +128,18 @@ fn a_replaced_device_that_failed_is_not_put_back_after_a_crash() {
     }
 }
 
-fn churn_without_commits(pool: &Pool, model: &mut [u8], rounds: u64) {
-    for i in 0..rounds {
+/// Writes and one flush (no commit asked for; while a layout change runs a
+/// flush commits), then the power goes; the pool from every device.
+fn flush_and_cut(pool: Pool, sim: &mut CrashSim, model: &mut [u8]) -> Pool {
+    for i in 0..8u64 {
         let off = ((i * 2_345_671) % model.len() as u64) as usize;
-        model_write(pool, model, off, 70_000, 900 + i);
+        model_write(&pool, model, off, 70_000, 900 + i);
     }
+    pool.volume("a", None).unwrap().flush().unwrap();
+    sim.cut_after(0);
+    drop(pool);
+    let after: Vec<DeviceRef> = sim.crash().into_iter().map(|d| d as DeviceRef).collect();
+    Pool::open(after).unwrap()
 }
 
 #[test]
@@ -147,18 +149,11 @@ fn an_old_device_missing_at_a_restart_is_not_put_back_later() {
     let (pool, mut model) = replacing(&media[..3], media[3].clone(), RaidLevel::Raid5, 1);
     pool.commit().unwrap();
     drop(pool);
-    // Restarted without it: it misses the writes of this session, which
-    // a flush makes durable (through the log, no commit asked); then the
-    // power goes.
+    // Restarted without it: it misses the writes of this session.
     let without: Vec<DeviceRef> = [0, 2, 3].iter().map(|&i| media[i].clone()).collect();
     let pool = Pool::open(without).unwrap();
     assert!(!serving_again(&pool));
-    churn_without_commits(&pool, &mut model, 8);
-    pool.volume("a", None).unwrap().flush().unwrap();
-    sim.cut_after(0);
-    drop(pool);
-    let after: Vec<DeviceRef> = sim.crash().into_iter().map(|d| d as DeviceRef).collect();
-    let pool = Pool::open(after).unwrap();
+    let pool = flush_and_cut(pool, &mut sim, &mut model);
     assert!(!serving_again(&pool), "{:?}", pool.warnings());
     model_verify(
         &pool,
