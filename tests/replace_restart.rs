@@ -161,3 +161,177 @@ fn an_old_device_missing_at_a_restart_is_not_put_back_later() {
         "the old device back after a session without it",
     );
 }
+
+/// One random run: a member replaced in service, then rebuild steps,
+/// writes, flushes, clean restarts, the old device failing, and a power
+/// cut, in random order. After a clean restart the old device serves
+/// again exactly when it served at the stop (a failure nothing noticed
+/// cost it no write); after the cut, never once a flush or commit
+/// completed after its failure was noticed. Every byte a flush or commit
+/// made durable reads back, also with another member lost while the old
+/// device still serves.
+fn campaign(seed: u64) {
+    let (level, n) = [
+        (RaidLevel::Raid1, 2),
+        (RaidLevel::Raid5, 3),
+        (RaidLevel::Raid5, 4),
+    ][(seed % 3) as usize];
+    let mut sim = CrashSim::new(n + 1, 32 * MIB, seed);
+    let media: Vec<DeviceRef> = sim.devices.iter().map(|d| d.clone() as DeviceRef).collect();
+    let k = (sim.random() % n as u64) as usize;
+    let what = format!("seed {seed}: {level} x{n} replacing {k}");
+    let (devs, mut plans) = wrap(media[..n].to_vec());
+    let pool = create_with_unit(level, devs, 16 * 1024);
+    pool.create_volume("a", VOL as u64).unwrap();
+    let mut model = vec![0u8; VOL];
+    model_write(&pool, &mut model, 0, VOL, seed);
+    pool.commit().unwrap();
+    pool.replace_member(k, media[n].clone(), false).unwrap();
+    let mut pool = Some(pool);
+    let (mut durable, mut dirty) = (model.clone(), vec![false; VOL]);
+    let (mut old_failed, mut done) = (false, false);
+    // The old device served when a flush or commit last completed.
+    let serves = |p: &Pool| p.info().members[k].replacing.is_some();
+    let mut gone = false;
+    for i in 0..40u64 {
+        let p = pool.as_ref().unwrap();
+        match sim.random() % 10 {
+            0..=2 if !done => {
+                let bytes = (64 * 1024) << (sim.random() % 5);
+                done = p
+                    .job_step(bytes)
+                    .unwrap_or_else(|e| panic!("{what}: step: {e}"));
+            }
+            0..=5 => {
+                let off = (sim.random() % VOL as u64) as usize;
+                let len = [5_000, 40_000, 200_000][(sim.random() % 3) as usize].min(VOL - off);
+                model_write(p, &mut model, off, len, seed * 1000 + i);
+                dirty[off..off + len].fill(true);
+            }
+            6 => {
+                p.volume("a", None).unwrap().flush().unwrap();
+                gone |= !serves(p);
+                durable.copy_from_slice(&model);
+                dirty.fill(false);
+            }
+            7 => {
+                let p = pool.take().unwrap();
+                p.commit().unwrap();
+                let serving = serves(&p);
+                drop(p);
+                durable.copy_from_slice(&model);
+                dirty.fill(false);
+                let (devs, new_plans) = wrap(media.clone());
+                let p = Pool::open(devs).unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
+                assert_eq!(serving_again(&p), serving, "{what}: {:?}", p.warnings());
+                gone = !serving;
+                plans = new_plans;
+                model_verify(&p, &model, &format!("{what}: restarted at step {i}"));
+                pool = Some(p);
+            }
+            8 if !old_failed && !done => {
+                plans[k].vanish();
+                old_failed = true;
+            }
+            _ => {}
+        }
+    }
+    // The power goes at a random write of what follows.
+    let p = pool.take().unwrap();
+    let at = sim.random() % 400;
+    sim.cut_after(at);
+    for i in 0..6u64 {
+        let off = (sim.random() % VOL as u64) as usize;
+        let len = 30_000.min(VOL - off);
+        model_write(&p, &mut model, off, len, seed * 1000 + 100 + i);
+        dirty[off..off + len].fill(true);
+        if !done {
+            done = p.job_step(256 * 1024).unwrap();
+        }
+    }
+    // The flush's own writes may meet the cut: it counts only if none did.
+    p.volume("a", None).unwrap().flush().unwrap();
+    let cut = sim.power_lost();
+    if !cut {
+        gone |= !serves(&p);
+        durable.copy_from_slice(&model);
+        dirty.fill(false);
+    }
+    drop(p);
+    let after: Vec<DeviceRef> = sim.crash().into_iter().map(|d| d as DeviceRef).collect();
+    // A rebuild that ended only in the lost writes is still running.
+    let done = done && !cut;
+    let (pool, plans) = {
+        let (devs, plans) = wrap(after);
+        (
+            Pool::open(devs).unwrap_or_else(|e| panic!("{what}: after the cut: {e}")),
+            plans,
+        )
+    };
+    let serving = serving_again(&pool);
+    assert!(!(serving && gone), "{what}: a failed old device put back");
+    let check = |pool: &Pool, when: &str| {
+        let got = read_vol(pool, "a", None, VOL);
+        if let Some(j) = (0..VOL).find(|&j| !dirty[j] && got[j] != durable[j]) {
+            panic!("{what}, {when}: byte {j}: {} != {}", got[j], durable[j]);
+        }
+    };
+    check(&pool, "after the cut");
+    if serving && pool.job().is_some() && !done {
+        // Another member lost: the old device holds the rows not rebuilt.
+        let other = (k + 1) % n;
+        plans[other].vanish();
+        check(&pool, &format!("member {other} lost too"));
+    }
+}
+
+/// Ignored: it finds a raid5 bug older than this test (reproduced at
+/// 7982aac, before replaced devices were put back after a restart): the
+/// old device of an in-service replacement fails, the rebuild goes on
+/// under client writes, and a block beyond the rebuild's position then
+/// reads "failed its checksum on every copy" (seed 50908, raid5 x3
+/// replacing member 1; also without any restart). RELIABILITY.md, "What
+/// is not yet covered". Run it with `--ignored`; one seed with
+/// `VPOOL_REPLACE_SEED=N`.
+#[test]
+#[ignore = "finds an older raid5 bug: an in-service replacement whose old device fails (seed 50908)"]
+fn random_restarts_crashes_and_failures_while_replacing_in_service() {
+    if let Ok(seed) = std::env::var("VPOOL_REPLACE_SEED") {
+        // One seed again: `VPOOL_REPLACE_SEED=N cargo test --release --test replace_restart random`
+        campaign(seed.parse().unwrap_or(0));
+        return;
+    }
+    for i in 0..crash_iters(60, 10, 6) {
+        campaign(40_000 + i * 101);
+    }
+}
+
+#[test]
+fn a_rebuild_ends_when_the_old_device_failed_unnoticed() {
+    // Member 0 holds a metadata copy, on the old device until the end.
+    let mem = mem_devices(4, 32 * MIB);
+    let (devs, plans) = wrap(refs(&mem));
+    let (pool, model) = replacing(&devs[..3], devs[3].clone(), RaidLevel::Raid5, 0);
+    plans[0].vanish();
+    pool.run_job(&std::sync::atomic::AtomicBool::new(false), |_| {})
+        .unwrap_or_else(|e| panic!("the rebuild must end without the old device: {e}"));
+    assert_eq!(pool.info().health, "online");
+    model_verify(&pool, &model, "rebuilt without the old device");
+}
+
+#[test]
+fn an_old_device_whose_metadata_copy_failed_serves_no_more() {
+    let mem = mem_devices(4, 32 * MIB);
+    let (devs, plans) = wrap(refs(&mem));
+    let (pool, model) = replacing(&devs[..3], devs[3].clone(), RaidLevel::Raid5, 1);
+    plans[1].vanish();
+    // A commit writes its metadata copy and fails there (a snapshot: a
+    // change of metadata alone); no data I/O reaches it.
+    pool.snapshot("a", "s").unwrap();
+    pool.commit().unwrap();
+    assert_eq!(pool.info().members[1].replacing, None);
+    drop(pool);
+    let pool = Pool::open(refs(&mem)).unwrap();
+    assert!(!serving_again(&pool), "{:?}", pool.warnings());
+    model_verify(&pool, &model, "reopened");
+}

@@ -39,26 +39,36 @@ pub(super) fn copy_metadata_area(
     dest: &DeviceRef,
 ) -> Result<()> {
     let area = meta.layout().area_bytes();
-    let health = meta.mirror().health().clone();
-    let source = meta
-        .mirror()
+    let mirror = meta.mirror();
+    let health = mirror.health().clone();
+    // Copies of members in service, the one on a device being replaced
+    // last: that device may have failed unnoticed (nothing wrote it since),
+    // and a copy that cannot be read gives way to the next.
+    let mut sources: Vec<(usize, DeviceRef)> = mirror
         .copies()
         .iter()
-        .find_map(|(m, d)| d.clone().filter(|_| !health.is_failed(*m)))
-        .ok_or_else(|| Error::Unavailable("no metadata copy present".into()))?;
+        .filter(|(m, _)| !health.is_failed(*m))
+        .filter_map(|(m, d)| Some((*m, d.clone()?)))
+        .collect();
+    sources.sort_by_key(|(m, _)| Some(*m) == mirror.shadow());
+    let mut unread = Error::Unavailable("no metadata copy present".into());
     let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0;
-    while off < area {
-        let n = (area - off).min(buf.len() as u64) as usize;
-        let at = meta_offset + off;
-        source
-            .read_at(&mut buf[..n], at)
-            .map_err(io("reading the metadata area"))?;
-        dest.write_at(&buf[..n], at)
-            .map_err(io("copying the metadata area"))?;
-        off += n as u64;
+    'source: for (_, source) in sources {
+        let mut off = 0;
+        while off < area {
+            let n = (area - off).min(buf.len() as u64) as usize;
+            let at = meta_offset + off;
+            if let Err(e) = source.read_at(&mut buf[..n], at) {
+                unread = Error::io("reading the metadata area", e);
+                continue 'source;
+            }
+            dest.write_at(&buf[..n], at)
+                .map_err(io("copying the metadata area"))?;
+            off += n as u64;
+        }
+        return dest.flush().map_err(io("copying the metadata area"));
     }
-    dest.flush().map_err(io("copying the metadata area"))
+    Err(unread)
 }
 
 /// The metadata copies of a pool: members `0..copies`, leaving out a

@@ -113,6 +113,12 @@ impl Array {
         self.replacing.lock().clone()
     }
 
+    /// The device being replaced in service failed elsewhere (its metadata
+    /// copy): it serves no more rows either.
+    pub fn lose_replacing(&self) {
+        self.replacing_failed.store(true, Ordering::Release);
+    }
+
     /// A device being replaced in service still serves (none failed).
     pub fn replacing_serves(&self) -> bool {
         self.replacing.lock().is_some() && !self.replacing_failed.load(Ordering::Acquire)

@@ -60,6 +60,11 @@ impl MetaMirror {
         self.shadow = Some(m);
     }
 
+    /// The member whose copy is on a device being replaced, if any.
+    pub fn shadow(&self) -> Option<usize> {
+        self.shadow
+    }
+
     /// The copy on a device being replaced could not be written.
     pub fn shadow_lost(&self) -> bool {
         self.shadow.is_some() && self.shadow_dead.load(Ordering::Acquire)

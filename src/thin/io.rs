@@ -493,9 +493,11 @@ impl ThinPool {
             for m in self.array.absorb_failures() {
                 meta.set_member_state(m, MEMBER_FAILED);
             }
-            if meta.replacing()
-                && (!self.array.replacing_serves() || meta.blocks.mirror.shadow_lost())
-            {
+            if meta.blocks.mirror.shadow_lost() {
+                // Its metadata copy failed: its data goes with it.
+                self.array.lose_replacing();
+            }
+            if meta.replacing() && !self.array.replacing_serves() {
                 // The device replaced in service failed (or its rebuild
                 // ended): it must not serve again after a restart.
                 meta.set_replacing(false);
