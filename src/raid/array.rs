@@ -530,8 +530,32 @@ impl Array {
         let which: Vec<usize> = (0..members.len())
             .filter(|&m| view.dev(m).is_some())
             .collect();
-        let devs: Vec<DeviceRef> = which.iter().filter_map(|&m| view.dev(m).cloned()).collect();
+        let mut devs: Vec<DeviceRef> = which.iter().filter_map(|&m| view.dev(m).cloned()).collect();
+        // A device being replaced in service holds the member's rows not
+        // yet rebuilt: flushed with the others, or it is left out (a
+        // restart would otherwise put it back without acknowledged writes).
+        let old = match st.transition {
+            Some(Transition {
+                kind: TransitionKind::Rebuild { member },
+                ..
+            }) if !self.replacing_failed.load(Ordering::Acquire) => {
+                self.replacing.lock().clone().map(|d| (member, d))
+            }
+            _ => None,
+        };
+        devs.extend(old.iter().map(|(_, d)| d.clone()));
         let mut results = crate::device::flush_all(&devs);
+        if let Some((k, dev)) = &old {
+            let r = results.pop().flatten().unwrap_or_else(|| dev.flush());
+            if let Err(e) = r {
+                self.lose_replacing();
+                self.health.note_unrecorded();
+                self.health.event(format!(
+                    "member {k} ({}), being replaced, failed to flush ({e}); its rows are now rebuilt from the other members",
+                    dev.name()
+                ));
+            }
+        }
         let mut first = None;
         for (i, &m) in which.iter().enumerate() {
             if let Some(dev) = view.dev(m) {

@@ -7,6 +7,7 @@
 //! above); during other layout changes only the normal read is used.
 
 use super::{Array, ArrayState, Transition, TransitionKind, View};
+use crate::device::DeviceRef;
 use crate::raid::health::{Dir, Fault};
 use crate::raid::parity::xor_into;
 use crate::raid::RaidLevel;
@@ -139,33 +140,66 @@ impl Array {
             self.unflushed.store(true, Ordering::Release);
         }
         let st = self.state.read();
-        if st.geo.level != RaidLevel::Raid5
-            || st.transition.is_some()
-            || st.members.iter().any(|m| m.is_none())
-        {
+        if st.geo.level != RaidLevel::Raid5 || st.members.iter().any(|m| m.is_none()) {
             return Ok(Vec::new());
         }
-        let v = self.view(&st.geo, &st.members, None);
-        if (0..st.members.len()).any(|m| v.dev(m).is_none()) {
-            return Ok(Vec::new());
-        }
+        // During a rebuild (the crash resync runs then too) the rows below
+        // its position are whole on every member, the new one included;
+        // past it, only a device being replaced in service makes a row
+        // whole. Other layout changes are not checked.
+        let (pos, old) = match &st.transition {
+            None => (u64::MAX, None),
+            Some(Transition {
+                kind: TransitionKind::Rebuild { member },
+                pos,
+            }) => {
+                let old = self.replacing.lock().clone();
+                let old = old.filter(|_| !self.replacing_failed.load(Ordering::Acquire));
+                (*pos, old.map(|d| (*member, d)))
+            }
+            Some(_) => return Ok(Vec::new()),
+        };
+        let v_in = self.view(&st.geo, &st.members, None);
+        let with_old: Vec<Option<DeviceRef>> = match &old {
+            Some((k, d)) => {
+                let mut m = st.members.clone();
+                m[*k] = Some(d.clone());
+                m
+            }
+            None => Vec::new(),
+        };
+        let v_old = old.as_ref().map(|(k, _)| View {
+            shadow: Some(*k),
+            ..self.view(&st.geo, &with_old, None)
+        });
+        let whole = |v: &View| (0..st.members.len()).all(|m| v.dev(m).is_some());
         let su = st.geo.stripe_unit;
         let width = st.geo.stripe_width();
         let mut bad = Vec::new();
         let (mut calc, mut disk) = (vec![0u8; su as usize], vec![0u8; su as usize]);
         let mut unit = vec![0u8; su as usize];
         for row in offset / width..(offset + len).div_ceil(width) {
+            let v = match (row + 1) * width <= pos {
+                true => &v_in,
+                false => match &v_old {
+                    Some(v) => v,
+                    None => continue,
+                },
+            };
+            if !whole(v) {
+                continue;
+            }
             let moff = st.geo.data_start + row * su;
             let _guard = v.lock(row);
             let checked = (|| -> Result<(), Fault> {
                 calc.fill(0);
                 for d in 0..st.geo.data_members() {
                     let m = st.geo.data_member(row, d);
-                    read_member(&v, m, moff, &mut unit)?;
+                    read_member(v, m, moff, &mut unit)?;
                     xor_into(&mut calc, &unit);
                 }
                 let pm = st.geo.parity_member(row);
-                read_member(&v, pm, moff, &mut disk)?;
+                read_member(v, pm, moff, &mut disk)?;
                 if repair && calc != disk {
                     let dev = v.dev(pm).ok_or(Fault::MemberFailed)?;
                     v.io(pm, dev, Dir::Write, Some(moff), || {
