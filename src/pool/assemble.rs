@@ -223,9 +223,10 @@ impl Pool {
             false => None,
         };
         let mut meta = open_meta(&members, rebuilding, replaced.as_ref())?;
-        if meta.replacing() && replaced.is_none() {
-            // Not among the devices: it misses what is written from now
-            // on, so it must not serve if it comes back.
+        // Not among the devices: it misses what is written from now on,
+        // so it must not serve if it comes back.
+        let forget_old = meta.replacing() && replaced.is_none();
+        if forget_old {
             meta.set_replacing(false);
         }
         for (_, dev) in former {
@@ -268,7 +269,8 @@ impl Pool {
                 dev.name()
             ));
             array.set_replacing(Some(dev));
-        } else if meta.replacing() {
+        } else if forget_old {
+            // Recorded before the first flush completes.
             array.health().note_unrecorded();
         }
         for (i, dev) in excluded {

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 mod degraded;
-use degraded::{abandon_resync, degraded_step, missing_list, Degraded};
+use degraded::{abandon_resync, degraded_step, Degraded};
 
 /// Bytes moved per step (client I/O waits for one step at most).
 pub const STEP_BYTES: u64 = 8 << 20;
@@ -204,17 +204,18 @@ impl Pool {
         };
         let st = thin.array.state();
         match degraded_step(&st, &sbt) {
-            Degraded::No | Degraded::Go => {}
+            Degraded::Go => {}
             Degraded::NewMirrorLost(member) => {
                 abandon_resync(thin, member)?;
                 return Ok(true);
             }
-            Degraded::Refuse => {
+            Degraded::Refuse(missing) => {
+                let names: Vec<String> = missing.iter().map(|i| format!("member {i}")).collect();
                 return Err(Error::Unavailable(format!(
                     "pool '{}' cannot finish its layout change with {} missing; attach it and reopen the pool",
                     self.name(),
-                    missing_list(&st)
-                )))
+                    names.join(", ")
+                )));
             }
         }
         let moved = if sbt.kind == TRANSITION_SHRINK {

@@ -9,20 +9,19 @@ use crate::thin::store::superblock::{
 };
 use crate::thin::ThinPool;
 
-/// Whether a step of the layout change may run with members missing.
+/// Whether a step of the layout change may run with the members it has.
 pub(super) enum Degraded {
-    /// None is missing.
-    No,
-    /// One is, and the level's redundancy covers it: the step reads what
-    /// the missing member held from the others (a raid5 row's parity, the
-    /// other mirrors) and writes the new layout without it, as any
-    /// degraded write. A member that dies mid-reshape must not leave the
+    /// None is missing, or the level's redundancy covers those that are:
+    /// the step reads what a missing member held from the others (a raid5
+    /// row's parity, the other mirrors) and writes the new layout without
+    /// it, as any degraded write. A member that dies mid-reshape must not leave the
     /// pool stuck: the job could not finish, and `pool replace` waits for
     /// it (md goes on with a degraded reshape too).
     Go,
     /// The mirror being resynced is gone: nothing is left to copy to.
     NewMirrorLost(usize),
-    Refuse,
+    /// Not without these members.
+    Refuse(Vec<usize>),
 }
 
 pub(super) fn degraded_step(st: &ArrayState, sbt: &SbTransition) -> Degraded {
@@ -30,7 +29,7 @@ pub(super) fn degraded_step(st: &ArrayState, sbt: &SbTransition) -> Degraded {
         .filter(|&i| st.members[i].is_none())
         .collect();
     if missing.is_empty() {
-        return Degraded::No;
+        return Degraded::Go;
     }
     match st.transition.as_ref().map(|t| &t.kind) {
         // The first rows are saved on the new member and, after a crash,
@@ -48,7 +47,7 @@ pub(super) fn degraded_step(st: &ArrayState, sbt: &SbTransition) -> Degraded {
                 Degraded::NewMirrorLost(*member)
             } else if missing.len() + 1 >= st.members.len() {
                 // Only the new mirror is left: nothing to copy from.
-                Degraded::Refuse
+                Degraded::Refuse(missing)
             } else {
                 Degraded::Go
             }
@@ -63,16 +62,8 @@ pub(super) fn degraded_step(st: &ArrayState, sbt: &SbTransition) -> Degraded {
         {
             Degraded::Go
         }
-        _ => Degraded::Refuse,
+        _ => Degraded::Refuse(missing),
     }
-}
-
-pub(super) fn missing_list(st: &ArrayState) -> String {
-    let names: Vec<String> = (0..st.members.len())
-        .filter(|&i| st.members[i].is_none())
-        .map(|i| format!("member {i}"))
-        .collect();
-    names.join(", ")
 }
 
 /// End the resync of a new mirror that is gone: the pool keeps the
