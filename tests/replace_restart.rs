@@ -391,3 +391,76 @@ fn a_flush_makes_the_old_devices_writes_durable() {
         model_verify(&pool, &model, &format!("{what}: member 0 lost too"));
     }
 }
+
+#[test]
+fn a_pool_mid_replacement_opens_without_a_member_whose_copy_the_old_device_also_holds() {
+    // raid1 x2 replacing member 1: the superblock's only current copies
+    // are member 0's and the old device's (the new device gets its copy at
+    // the end). Member 0 lost at a restart: the old device's copy opens
+    // the pool, and the old device serves the rows not yet rebuilt.
+    // raid5 x3 keeps a copy on member 2 as well: checked alongside.
+    for (level, n, k) in [(RaidLevel::Raid1, 2, 1), (RaidLevel::Raid5, 3, 1)] {
+        let what = format!("{level} x{n} replacing {k}");
+        let mem = mem_devices(n + 1, 32 * MIB);
+        let (pool, mut model) = replacing(&refs(&mem[..n]), mem[n].clone(), level, k);
+        pool.commit().unwrap();
+        drop(pool);
+        let without_0 = refs(&mem[1..]);
+        let pool = Pool::open(without_0.clone())
+            .unwrap_or_else(|e| panic!("{what}: opened without member 0: {e}"));
+        assert!(serving_again(&pool), "{what}: {:?}", pool.warnings());
+        model_verify(&pool, &model, &format!("{what}: without member 0"));
+        churn(&pool, &mut model, 4, 9);
+        pool.run_job(&std::sync::atomic::AtomicBool::new(false), |_| {})
+            .unwrap_or_else(|e| panic!("{what}: the rebuild must end: {e}"));
+        model_verify(&pool, &model, &format!("{what}: rebuilt"));
+        drop(pool);
+        // The new device now holds every row and a metadata copy.
+        let pool = Pool::open(without_0).unwrap();
+        assert!(!serving_again(&pool), "{what}: {:?}", pool.warnings());
+        model_verify(
+            &pool,
+            &model,
+            &format!("{what}: reopened after the rebuild"),
+        );
+    }
+}
+
+#[test]
+fn a_replacement_that_held_an_older_copy_of_the_pool_is_never_read_as_current() {
+    // The new device was a member of this pool before (replaced out, now
+    // reused): its metadata area holds an older superblock of the pool,
+    // one with no job in it. Member 0 and the old device lost
+    // mid-rebuild: nothing current is left to open the pool from, and
+    // the older copy must not be taken for it.
+    let mem = mem_devices(3, 32 * MIB);
+    let pool = create_with_unit(RaidLevel::Raid1, refs(&mem[..2]), 16 * 1024);
+    pool.create_volume("a", VOL as u64).unwrap();
+    let mut model = vec![0u8; VOL];
+    model_write(&pool, &mut model, 0, VOL, 1);
+    pool.commit().unwrap();
+    drop(pool);
+    // Member 1 missing for a while, then replaced by mem[2].
+    let pool = Pool::open(refs(&mem[..1])).unwrap();
+    churn(&pool, &mut model, 4, 11);
+    pool.replace_member(1, mem[2].clone(), false).unwrap();
+    pool.run_job(&std::sync::atomic::AtomicBool::new(false), |_| {})
+        .unwrap();
+    // mem[1] comes back as the replacement of member 1 in service.
+    pool.replace_member(1, mem[1].clone(), false).unwrap();
+    assert!(!pool.job_step(256 * 1024).unwrap());
+    churn(&pool, &mut model, 4, 12);
+    pool.commit().unwrap();
+    drop(pool);
+    match Pool::open(refs(&mem[1..2])) {
+        Err(e) => assert!(
+            e.to_string().contains("cannot be opened")
+                && e.to_string().contains("no current metadata copy"),
+            "{e}"
+        ),
+        Ok(p) => panic!("opened from an older copy: {:?}", p.warnings()),
+    }
+    let pool = Pool::open(refs(&mem)).unwrap();
+    assert!(serving_again(&pool), "{:?}", pool.warnings());
+    model_verify(&pool, &model, "every device back");
+}

@@ -179,11 +179,30 @@ impl Pool {
         // The newest superblock first: members it says missed writes must not
         // be trusted, not even for metadata (their copy is stale), and a
         // member being rebuilt holds no metadata copy yet.
+        // A device being replaced in service holds a current copy too: it
+        // may be the only one left (raid1 x2 without member 0).
+        let mut copies = mirror_for(&first, &members, None).copies().to_vec();
+        copies.extend(
+            former
+                .iter()
+                .filter_map(|(l, dev)| Some((replaced_slot(&first, l)?, Some(dev.clone()))))
+                .filter(|(k, _)| *k < first.meta_copies as usize),
+        );
         let (sb, _) = MetaStore::read_superblocks(
-            &mirror_for(&first, &members, None),
+            &crate::raid::MetaMirror::new(copies),
             &layout,
             first.pool_uuid,
         );
+        let missing_now = |members: &[Option<DeviceRef>]| {
+            (0..n).filter(|&i| members[i].is_none()).collect::<Vec<_>>()
+        };
+        if sb.is_none() && !missing_now(&members).is_empty() {
+            return Err(cannot_open(
+                &first,
+                &missing_now(&members),
+                "no current metadata copy is among the devices",
+            ));
+        }
         let states = sb
             .as_ref()
             .map(|s| s.member_states.clone())
@@ -235,16 +254,11 @@ impl Pool {
                 dev.name()
             ));
         }
-        let missing: Vec<usize> = (0..n).filter(|&i| members[i].is_none()).collect();
+        let missing = missing_now(&members);
         let tolerated = first.level.tolerated_failures(n);
         if missing.len() > tolerated {
-            return Err(Error::Unavailable(format!(
-                "pool '{}' cannot be opened: {} of {n} members missing or stale ({}) and {} tolerates {tolerated}; attach the missing devices",
-                first.pool_name,
-                missing.len(),
-                missing.iter().map(|i| format!("member {i}, uuid {}", Uuid::from_bytes(first.members[*i].uuid))).collect::<Vec<_>>().join(", "),
-                first.level
-            )));
+            let why = format!("{} tolerates {tolerated}", first.level);
+            return Err(cannot_open(&first, &missing, &why));
         }
         for &i in &missing {
             if meta.member_states()[i] == MEMBER_ONLINE {
@@ -347,12 +361,35 @@ fn replaced_in_service(
     if first.members.get(k).map(|m| m.uuid) != Some(rebuild_target(&t)) {
         return None;
     }
-    let i = former.iter().position(|(l, _)| {
-        l.generation + 1 == first.generation
-            && l.members.get(k).is_some_and(|m| m.uuid == l.member_uuid)
-            && l.members.len() == first.members.len()
-    })?;
+    let i = former
+        .iter()
+        .position(|(l, _)| replaced_slot(first, l) == Some(k))?;
     Some(former.remove(i).1)
+}
+
+/// The member a former device was, if the last change of the member table
+/// (`first`'s) may have been its replacement: its label carries the table
+/// just before, with the same member count, and names it member k.
+fn replaced_slot(first: &Label, l: &Label) -> Option<usize> {
+    if l.generation + 1 != first.generation || l.members.len() != first.members.len() {
+        return None;
+    }
+    let k = l.members.iter().position(|m| m.uuid == l.member_uuid)?;
+    (first.members[k].uuid != l.member_uuid).then_some(k)
+}
+
+fn cannot_open(first: &Label, missing: &[usize], why: &str) -> Error {
+    let n = first.member_count();
+    Error::Unavailable(format!(
+        "pool '{}' cannot be opened: {} of {n} members missing or stale ({}) and {why}; attach the missing devices",
+        first.pool_name,
+        missing.len(),
+        missing
+            .iter()
+            .map(|i| format!("member {i}, uuid {}", Uuid::from_bytes(first.members[*i].uuid)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    ))
 }
 
 /// Rewrite both label copies when one was damaged (best effort; read-only

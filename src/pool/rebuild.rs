@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::meta::label::{Label, PoolState};
 use crate::raid::{ArrayState, MetaMirror, RaidLevel, Transition, TransitionKind};
 use crate::thin::store::superblock::{
-    SbTransition, MEMBER_FAILED, MEMBER_ONLINE, MEMBER_REBUILDING, MEMBER_STALE, PHASE_MAIN,
-    TRANSITION_REBUILD,
+    SbTransition, Superblock, MEMBER_FAILED, MEMBER_ONLINE, MEMBER_REBUILDING, MEMBER_STALE,
+    PHASE_MAIN, TRANSITION_REBUILD,
 };
 use crate::thin::store::MetaStore;
 
@@ -69,6 +69,17 @@ pub(super) fn copy_metadata_area(
         return dest.flush().map_err(io("copying the metadata area"));
     }
     Err(unread)
+}
+
+/// Zero both superblock slots of `dev`, durably.
+fn clear_superblocks(dev: &DeviceRef, meta_offset: u64) -> Result<()> {
+    let zero = vec![0u8; crate::meta::codec::BLOCK_SIZE];
+    for slot in 0..2 {
+        dev.write_at(&zero, Superblock::slot_offset(meta_offset, slot))
+            .map_err(io("clearing the new member's superblocks"))?;
+    }
+    dev.flush()
+        .map_err(io("clearing the new member's superblocks"))
 }
 
 /// The metadata copies of a pool: members `0..copies`, leaving out a
@@ -371,6 +382,10 @@ impl Pool {
         thin.array.set_replacing(old.clone());
         thin.array.set_transition(Some(rebuild.clone()));
         thin.commit_locked()?;
+        // Its copy is written when the rebuild ends; until then no
+        // superblock of an earlier life (a former member reused) may be
+        // taken for the pool's newest (`Pool::open`).
+        clear_superblocks(&dev, label.meta_offset)?;
         write_label(&dev, &label.for_member(k, dev.size()))?;
         for (i, d) in thin.array.members().iter().enumerate() {
             if let (Some(d), true) = (d, i != k) {

@@ -203,7 +203,7 @@ impl Pool {
             return Ok(true);
         };
         let st = thin.array.state();
-        match degraded_step(&st, &sbt) {
+        match degraded_step(&st, &sbt, thin.array.replacing_serves()) {
             Degraded::Go => {}
             Degraded::NewMirrorLost(member) => {
                 abandon_resync(thin, member)?;

@@ -584,7 +584,9 @@ impl Array {
         self.unflushed.store(true, Ordering::Release);
         let st = self.state.read();
         let view = self.view(&st.geo, &st.members, None);
-        view.degrading(|| view.rebuild(target, moff, len))
+        let old = self.replacing.lock().clone();
+        let old = old.filter(|_| !self.replacing_failed.load(Ordering::Acquire));
+        view.degrading(|| view.rebuild(target, moff, len, old.as_ref()))
     }
 
     /// Best-effort discard of an array range (lets image files stay sparse).

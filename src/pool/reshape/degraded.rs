@@ -24,7 +24,9 @@ pub(super) enum Degraded {
     Refuse(Vec<usize>),
 }
 
-pub(super) fn degraded_step(st: &ArrayState, sbt: &SbTransition) -> Degraded {
+/// `old_serves`: a device being replaced in service still serves the rows
+/// a rebuild has not reached (it is their source when others are missing).
+pub(super) fn degraded_step(st: &ArrayState, sbt: &SbTransition, old_serves: bool) -> Degraded {
     let missing: Vec<usize> = (0..st.members.len())
         .filter(|&i| st.members[i].is_none())
         .collect();
@@ -53,12 +55,16 @@ pub(super) fn degraded_step(st: &ArrayState, sbt: &SbTransition) -> Degraded {
             }
         }
         // A mirror rebuilt while another is missing: `pool replace` and
-        // `pool clear` start it when a mirror is left to copy from.
+        // `pool clear` start it when a mirror is left to copy from. A
+        // member replaced in service is copied from its old device, at any
+        // level, when the others cannot rebuild it.
         Some(TransitionKind::Rebuild { member })
             if sbt.kind == TRANSITION_REBUILD
-                && st.geo.level == RaidLevel::Raid1
                 && !missing.contains(member)
-                && missing.len() + 1 < st.members.len() =>
+                && (old_serves
+                    && missing.len() <= st.geo.level.tolerated_failures(st.members.len())
+                    || st.geo.level == RaidLevel::Raid1
+                        && missing.len() + 1 < st.members.len()) =>
         {
             Degraded::Go
         }

@@ -627,13 +627,34 @@ impl View<'_> {
 
     /// Rewrite member `target`'s rows `[moff, moff + len)` from the others:
     /// a copy of a mirror (raid1) or the XOR of the rest of each stripe
-    /// row (raid5). Caller pauses client I/O.
-    pub(super) fn rebuild(&self, target: usize, moff: u64, len: usize) -> FaultResult<()> {
+    /// row (raid5); from `old`, the device being replaced in service, when
+    /// another member is missing (it holds these rows, and the others
+    /// cannot rebuild them). Caller pauses client I/O.
+    pub(super) fn rebuild(
+        &self,
+        target: usize,
+        moff: u64,
+        len: usize,
+        old: Option<&DeviceRef>,
+    ) -> FaultResult<()> {
         let dev = self.members[target]
             .as_ref()
             .ok_or_else(|| missing("rebuild target"))?;
         let mut buf = vec![0u8; len];
+        let short = (0..self.members.len()).any(|m| m != target && self.dev(m).is_none());
         match self.geo.level {
+            _ if short && old.is_some() => {
+                let Some(old) = old else {
+                    return Err(missing("rebuild source").into());
+                };
+                if let Err(e) = old.read_at(&mut buf, moff) {
+                    // Left out from then on, as on any error of its.
+                    if !self.shadow_failed.swap(true, Ordering::AcqRel) {
+                        self.health.note_unrecorded();
+                    }
+                    return Err(Fault::Io(Dir::Read.failed(target, old, Some(moff), e)));
+                }
+            }
             RaidLevel::Raid1 => {
                 let src = (0..self.members.len())
                     .filter(|&m| m != target && Some(m) != self.no_read)
