@@ -193,6 +193,10 @@ fn campaign(seed: u64) {
     // The old device served when a flush or commit last completed.
     let serves = |p: &Pool| p.info().members[k].replacing.is_some();
     let mut gone = false;
+    // One run in four keeps its old device to the end (it fails in nearly
+    // every other): the losses checked after the cut need it serving.
+    // Chosen by the seed, so the seeds above still replay as found.
+    let old_may_fail = seed % 4 != 1;
     for i in 0..40u64 {
         let p = pool.as_ref().unwrap();
         match sim.random() % 10 {
@@ -229,7 +233,7 @@ fn campaign(seed: u64) {
                 model_verify(&p, &model, &format!("{what}: restarted at step {i}"));
                 pool = Some(p);
             }
-            8 if !old_failed && !done => {
+            8 if old_may_fail && !old_failed && !done => {
                 plans[k].vanish();
                 old_failed = true;
             }
@@ -282,7 +286,7 @@ fn campaign(seed: u64) {
     // A rebuild that ended only in the lost writes is still running.
     let done = done && !cut;
     let (pool, plans) = {
-        let (devs, plans) = wrap(after);
+        let (devs, plans) = wrap(after.clone());
         (
             Pool::open(devs).unwrap_or_else(|e| panic!("{what}: after the cut: {e}")),
             plans,
@@ -302,6 +306,19 @@ fn campaign(seed: u64) {
         let other = (k + 1) % n;
         plans[other].vanish();
         check(&pool, &format!("member {other} lost too"));
+        drop(pool);
+        // And missing at a restart: the old device's metadata copy may be
+        // the only current one (raid1 x2), and the rebuild copies from it.
+        let without: Vec<DeviceRef> = (0..=n)
+            .filter(|&i| i != other)
+            .map(|i| after[i].clone())
+            .collect();
+        let pool = Pool::open(without)
+            .unwrap_or_else(|e| panic!("{what}: reopened without member {other}: {e}"));
+        check(&pool, &format!("reopened without member {other}"));
+        pool.run_job(&std::sync::atomic::AtomicBool::new(false), |_| {})
+            .unwrap_or_else(|e| panic!("{what}: rebuilt without member {other}: {e}"));
+        check(&pool, &format!("rebuilt without member {other}"));
     }
 }
 
@@ -319,6 +336,10 @@ fn random_restarts_crashes_and_failures_while_replacing_in_service() {
     // And one where the old device came back after a power cut without
     // writes a flush had acknowledged: flushes did not flush it.
     campaign(54_443);
+    // And one where the crash resync of raid1 left the old device's copy
+    // of a block with a write in flight unlike member 0's (it compared
+    // member 0 with nothing); member 0 lost, the block read as damage.
+    campaign(81_309);
     for i in 0..crash_iters(30, 10, 6) {
         campaign(40_000 + i * 101);
     }

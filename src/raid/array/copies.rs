@@ -34,7 +34,8 @@ impl Array {
     /// stripe unit: during a restripe, those of the layout that serves it.
     /// Empty during other layout changes, except for a raid1 mirror being
     /// filled or rebuilt: it is listed where it is in sync already (below
-    /// the transition's position), the others always.
+    /// the transition's position), the others always; past a rebuild's
+    /// position a device being replaced in service is the member's copy.
     pub fn copies(&self, offset: u64, len: usize) -> Vec<Copy> {
         let st = self.state.read();
         let filling = match &st.transition {
@@ -51,9 +52,13 @@ impl Array {
             }
             Some(_) => return Vec::new(),
         };
-        let Some(v) = self.serving(&st, offset, len) else {
+        let mut buf = Vec::new();
+        let Some(v) = self.serving(&st, &mut buf, offset, len) else {
             return Vec::new();
         };
+        // Past a rebuild's position the device being replaced in service
+        // holds the member's copy, in sync.
+        let filling = filling.filter(|&m| v.shadow != Some(m));
         match v.geo.level {
             RaidLevel::Raid1 => (0..v.members.len())
                 .filter(|&m| v.dev(m).is_some() && Some(m) != filling)
@@ -91,7 +96,10 @@ impl Array {
     /// Read `buf.len()` bytes at array `offset` from one copy.
     pub fn read_copy(&self, c: Copy, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let st = self.state.read();
-        let v = self.serving(&st, offset, buf.len()).ok_or_else(in_flux)?;
+        let mut with_old = Vec::new();
+        let v = self
+            .serving(&st, &mut with_old, offset, buf.len())
+            .ok_or_else(in_flux)?;
         let moff = member_offset(&v, c.member, offset, buf.len())?;
         if c.direct {
             let dev = v
@@ -111,7 +119,10 @@ impl Array {
     pub fn rewrite_copy(&self, c: Copy, offset: u64, good: &[u8]) -> io::Result<()> {
         self.unflushed.store(true, Ordering::Release);
         let st = self.state.read();
-        let v = self.serving(&st, offset, good.len()).ok_or_else(in_flux)?;
+        let mut with_old = Vec::new();
+        let v = self
+            .serving(&st, &mut with_old, offset, good.len())
+            .ok_or_else(in_flux)?;
         let moff = member_offset(&v, c.member, offset, good.len())?;
         let dev = v
             .dev(c.member)
@@ -249,10 +260,34 @@ fn in_flux() -> io::Error {
 impl Array {
     /// The view that serves `[offset, offset + len)` now: the array's
     /// layout, or during a restripe the old one (over the old members)
-    /// where the restripe has not reached. None: the range straddles the
-    /// restripe's position.
-    fn serving<'a>(&'a self, st: &'a ArrayState, offset: u64, len: usize) -> Option<View<'a>> {
+    /// where the restripe has not reached, or during a rebuild of a member
+    /// replaced in service its old device (in `buf`) past the rebuild's
+    /// position. None: the range straddles the restripe's position.
+    fn serving<'a>(
+        &'a self,
+        st: &'a ArrayState,
+        buf: &'a mut Vec<Option<DeviceRef>>,
+        offset: u64,
+        len: usize,
+    ) -> Option<View<'a>> {
         match &st.transition {
+            Some(Transition {
+                kind: TransitionKind::Rebuild { member },
+                pos,
+            }) if offset >= *pos => {
+                let old = self.replacing.lock().clone();
+                let Some(old) = old.filter(|_| !self.replacing_failed.load(Ordering::Acquire))
+                else {
+                    return Some(self.view(&st.geo, &st.members, None));
+                };
+                *buf = st.members.clone();
+                buf[*member] = Some(old);
+                let members: &'a Vec<Option<DeviceRef>> = buf;
+                Some(View {
+                    shadow: Some(*member),
+                    ..self.view(&st.geo, members, None)
+                })
+            }
             Some(Transition {
                 kind: TransitionKind::Restripe { old },
                 pos,
