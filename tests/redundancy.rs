@@ -240,6 +240,17 @@ fn scrub_finds_and_repairs_dd_damage_exactly() {
 /// gone from the status.
 #[test]
 fn a_replace_in_service_goes_on_with_the_old_device_across_a_restart() {
+    replace_in_service_across_a_restart(false);
+}
+
+/// raid1 x2: the old device's metadata copy is the only current one left
+/// when member 0's image is gone at the restart.
+#[test]
+fn a_replace_in_service_goes_on_from_the_old_device_alone_after_a_restart() {
+    replace_in_service_across_a_restart(true);
+}
+
+fn replace_in_service_across_a_restart(without_member_0: bool) {
     require("fio", "fio");
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -260,15 +271,39 @@ fn a_replace_in_service_goes_on_with_the_old_device_across_a_restart() {
     let replacing = |d: &Daemon| member_field(d, 1, "replacing");
     assert_eq!(replacing(&d).as_deref(), Some(old.as_str()));
     d.stop();
+    if without_member_0 {
+        std::fs::remove_file(state.join("d0.img")).unwrap();
+    }
     d.restart();
     let status = d.vpool_ok(&["pool", "status", "tank"]);
     assert!(status.contains(&format!("(replacing {old})")), "{status}");
     assert_eq!(replacing(&d).as_deref(), Some(old.as_str()), "{status}");
     assert_eq!(member_state(&d, 1), ("rebuilding".into(), new_s.clone()));
+    if without_member_0 {
+        // Gone, and stale from then on (written without it).
+        assert_eq!(
+            member_state(&d, 0),
+            ("stale".into(), String::new()),
+            "{status}"
+        );
+    }
     fio(&uri, "randwrite", "0", &["--verify_only"]);
     d.vpool_ok(&["job", "wait", "tank"]);
     assert_eq!(member_state(&d, 1), ("online".into(), new_s));
     assert_eq!(replacing(&d), None);
-    assert_eq!(health(&d), "online");
+    let want = if without_member_0 {
+        "degraded"
+    } else {
+        "online"
+    };
+    assert_eq!(health(&d), want);
     fio(&uri, "randwrite", "0", &["--verify_only"]);
+    if without_member_0 {
+        // The new member alone: it got every row and a metadata copy.
+        d.stop();
+        std::fs::remove_file(&old).unwrap();
+        d.restart();
+        assert_eq!(member_state(&d, 1).0, "online");
+        fio(&uri, "randwrite", "0", &["--verify_only"]);
+    }
 }
