@@ -178,9 +178,9 @@ impl Pool {
         };
         // The newest superblock first: members it says missed writes must not
         // be trusted, not even for metadata (their copy is stale), and a
-        // member being rebuilt holds no metadata copy yet.
-        // A device being replaced in service holds a current copy too: it
-        // may be the only one left (raid1 x2 without member 0).
+        // member being rebuilt holds no metadata copy yet. A device being
+        // replaced in service holds a current copy too, which may be the
+        // only one left (raid1 x2 without member 0): it is read beside them.
         let mut copies = mirror_for(&first, &members, None).copies().to_vec();
         copies.extend(
             former
@@ -196,12 +196,10 @@ impl Pool {
         let missing_now = |members: &[Option<DeviceRef>]| {
             (0..n).filter(|&i| members[i].is_none()).collect::<Vec<_>>()
         };
-        if sb.is_none() && !missing_now(&members).is_empty() {
-            return Err(cannot_open(
-                &first,
-                &missing_now(&members),
-                "no current metadata copy is among the devices",
-            ));
+        let missing = missing_now(&members);
+        if sb.is_none() && !missing.is_empty() {
+            let why = "no current metadata copy is among the devices";
+            return Err(cannot_open(&first, &missing, why));
         }
         let states = sb
             .as_ref()

@@ -642,11 +642,8 @@ impl View<'_> {
             .ok_or_else(|| missing("rebuild target"))?;
         let mut buf = vec![0u8; len];
         let short = (0..self.members.len()).any(|m| m != target && self.dev(m).is_none());
-        match self.geo.level {
-            _ if short && old.is_some() => {
-                let Some(old) = old else {
-                    return Err(missing("rebuild source").into());
-                };
+        match (self.geo.level, old.filter(|_| short)) {
+            (_, Some(old)) => {
                 if let Err(e) = old.read_at(&mut buf, moff) {
                     // Left out from then on, as on any error of its.
                     if !self.shadow_failed.swap(true, Ordering::AcqRel) {
@@ -655,7 +652,7 @@ impl View<'_> {
                     return Err(Fault::Io(Dir::Read.failed(target, old, Some(moff), e)));
                 }
             }
-            RaidLevel::Raid1 => {
+            (RaidLevel::Raid1, None) => {
                 let src = (0..self.members.len())
                     .filter(|&m| m != target && Some(m) != self.no_read)
                     .find(|&m| self.dev(m).is_some())
@@ -665,8 +662,8 @@ impl View<'_> {
                 };
                 self.io(src, s, Dir::Read, Some(moff), || s.read_at(&mut buf, moff))?;
             }
-            RaidLevel::Raid5 => self.xor_others(target, moff, &mut buf)?,
-            RaidLevel::Linear | RaidLevel::Raid0 => {
+            (RaidLevel::Raid5, None) => self.xor_others(target, moff, &mut buf)?,
+            (RaidLevel::Linear | RaidLevel::Raid0, None) => {
                 return Err(Fault::Io(io::Error::other(
                     "linear and raid0 arrays have no redundancy to rebuild from",
                 )))
