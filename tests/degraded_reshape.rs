@@ -312,3 +312,77 @@ fn a_hot_spare_takes_the_place_of_a_member_lost_mid_reshape() {
         );
     }
 }
+
+#[test]
+fn a_new_member_that_dies_before_the_first_step_is_replaced_and_the_reshape_starts_over() {
+    // raid0 and raid5: the first step saves the first rows on the new
+    // member; until that is committed nothing is on it, and `pool replace`
+    // puts another device in its place. Before (2026-12-07) the job could
+    // never run again and `pool replace` waited for it.
+    for (level, n, restart) in [
+        (RaidLevel::Raid5, 3, false),
+        (RaidLevel::Raid0, 2, false),
+        (RaidLevel::Raid5, 3, true),
+    ] {
+        let what = format!("{level} x{n}, restart {restart}");
+        let mem = mem_devices(n + 2, 32 * MIB);
+        let (mut devs, mut plans): (Vec<DeviceRef>, Vec<FaultPlan>) = (Vec::new(), Vec::new());
+        for m in &mem {
+            let (d, p) = FaultDevice::wrap(m.clone() as DeviceRef);
+            devs.push(d);
+            plans.push(p);
+        }
+        let pool = create_with_unit(level, devs[..n].to_vec(), 16 * 1024);
+        pool.create_volume("a", VOL as u64).unwrap();
+        let mut model = vec![0u8; VOL];
+        model_write(&pool, &mut model, 0, VOL, 1);
+        pool.commit().unwrap();
+        pool.add_member(devs[n].clone(), false).unwrap();
+        plans[n].vanish();
+        let e = pool.job_step(256 * 1024).unwrap_err().to_string();
+        assert!(e.contains("pool replace"), "{what}: {e}");
+        assert!(pool.job_step(256 * 1024).is_err(), "{what}");
+        model_write(&pool, &mut model, 500_000, 300_000, 2);
+        let pool = if restart {
+            pool.commit().unwrap();
+            drop(pool);
+            let p = Pool::open(devs[..n].to_vec()).unwrap();
+            let e = p.job_step(256 * 1024).unwrap_err().to_string();
+            assert!(e.contains("pool replace"), "{what}: {e}");
+            p
+        } else {
+            pool
+        };
+        model_verify(&pool, &model, &format!("{what}: stuck"));
+        let (msg, _) = pool.replace_member(n, devs[n + 1].clone(), false).unwrap();
+        assert!(msg.contains("starts over"), "{what}: {msg}");
+        finish(&pool, &mut model, 7);
+        assert_eq!(pool.info().health, "online", "{what}");
+        assert!(pool.check(false).unwrap().clean(), "{what}");
+        model_verify(&pool, &model, &format!("{what}: reshaped"));
+        drop(pool);
+        // The dead device back is a former member, ignored.
+        let mut all = devs[..n].to_vec();
+        all.push(devs[n + 1].clone());
+        all.push(mem[n].clone() as DeviceRef);
+        let pool = Pool::open(all).unwrap();
+        assert_eq!(
+            pool.info().health,
+            "online",
+            "{what}: {:?}",
+            pool.warnings()
+        );
+        model_verify(&pool, &model, &format!("{what}: reopened"));
+        if level == RaidLevel::Raid5 {
+            drop(pool);
+            for lost in 0..=n {
+                let devs: Vec<DeviceRef> = (0..=n)
+                    .filter(|&i| i != lost)
+                    .map(|i| if i == n { mem[n + 1].clone() } else { mem[i].clone() } as DeviceRef)
+                    .collect();
+                let pool = Pool::open(devs).unwrap();
+                model_verify(&pool, &model, &format!("{what}: member {lost} lost"));
+            }
+        }
+    }
+}

@@ -216,6 +216,10 @@ impl Pool {
         let geo = self.s.thin.array.geometry();
         let need = geo.member_data.get(k).copied().unwrap_or(0);
         self.check_new_device(&dev, need, force)?;
+        if let Some(msg) = self.replace_unstarted_new_member(k, &dev)? {
+            self.s.spares.lock().retain(|s| s.name() != dev.name());
+            return Ok((msg, warnings));
+        }
         let thin = &self.s.thin;
         let old = if self.members_out().contains(&k) {
             None

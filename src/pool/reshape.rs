@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::raid::{ArrayState, Geometry, Transition, TransitionKind};
 use crate::thin::store::superblock::{
     SbTransition, PHASE_BACKUP, PHASE_DONE, PHASE_MAIN, PHASE_START, TRANSITION_REBUILD,
-    TRANSITION_RESYNC, TRANSITION_SHRINK,
+    TRANSITION_RESTRIPE, TRANSITION_RESYNC, TRANSITION_SHRINK,
 };
 use crate::thin::ThinPool;
 use serde::{Deserialize, Serialize};
@@ -209,6 +209,19 @@ impl Pool {
                 abandon_resync(thin, member)?;
                 return Ok(true);
             }
+            Degraded::Refuse(missing)
+                if sbt.kind == TRANSITION_RESTRIPE
+                    && sbt.phase == PHASE_START
+                    && missing == [sbt.old_members as usize] =>
+            {
+                return Err(Error::Unavailable(format!(
+                    "pool '{}' cannot start its reshape: the new member {} is missing; attach it, or `vpool pool replace {} {} NEW-DEVICE` and the reshape starts over onto that",
+                    self.name(),
+                    missing[0],
+                    self.name(),
+                    missing[0]
+                )));
+            }
             Degraded::Refuse(missing) => {
                 let names: Vec<String> = missing.iter().map(|i| format!("member {i}")).collect();
                 return Err(Error::Unavailable(format!(
@@ -368,9 +381,16 @@ fn restripe_step(
     let new_member = old.members();
     match sbt.phase {
         PHASE_START | PHASE_BACKUP => {
+            // The new member holds nothing before this step is recorded:
+            // one that failed is replaced as it is.
+            let hint = |why: String| {
+                Error::Unavailable(format!(
+                    "the new member {new_member} {why} before the reshape's first step; `vpool pool replace` it with another device and the reshape starts over onto that"
+                ))
+            };
             let dev = st.members[new_member]
                 .clone()
-                .ok_or_else(|| Error::Unavailable("new member missing".into()))?;
+                .ok_or_else(|| hint("is missing".into()))?;
             // The first rows: through a copy on the new member.
             let d = old.data_members();
             let len = d * nw;
@@ -380,9 +400,9 @@ fn restripe_step(
             let mut buf = vec![0u8; len as usize];
             if sbt.phase == PHASE_START {
                 read_used(thin, 0, len.min(old_end), &mut buf)?;
-                dev.write_at(&buf, backup_at)
-                    .map_err(io("saving the first rows"))?;
-                dev.flush().map_err(io("saving the first rows"))?;
+                let failed = |e: std::io::Error| hint(format!("failed ({e})"));
+                dev.write_at(&buf, backup_at).map_err(failed)?;
+                dev.flush().map_err(failed)?;
                 sbt.phase = PHASE_BACKUP;
                 sbt.backup_offset = backup_at;
                 sbt.backup_len = len;

@@ -1,11 +1,15 @@
-//! Layout changes with a member missing: which may go on degraded, and
-//! the end of a raid1 resync whose new mirror is gone.
+//! Layout changes with a member missing: which may go on degraded, the
+//! end of a raid1 resync whose new mirror is gone, and a new member that
+//! died before a restripe's first step replaced.
 
+use super::super::create::write_label;
+use super::super::Pool;
+use crate::device::DeviceRef;
 use crate::error::Result;
 use crate::raid::{ArrayState, RaidLevel, TransitionKind};
 use crate::thin::store::superblock::{
-    SbTransition, MEMBER_FAILED, PHASE_MAIN, TRANSITION_REBUILD, TRANSITION_RESTRIPE,
-    TRANSITION_RESYNC,
+    SbTransition, MEMBER_FAILED, MEMBER_ONLINE, PHASE_MAIN, PHASE_START, TRANSITION_REBUILD,
+    TRANSITION_RESTRIPE, TRANSITION_RESYNC,
 };
 use crate::thin::ThinPool;
 
@@ -87,4 +91,55 @@ pub(super) fn abandon_resync(thin: &ThinPool, member: usize) -> Result<()> {
     }
     thin.array.set_transition(None);
     thin.commit_locked()
+}
+
+impl Pool {
+    /// `pool replace` of the member a raid0 or raid5 restripe is adding,
+    /// before its first step was recorded (phase START): nothing is on it
+    /// yet (the first rows' copy counts only once BACKUP is committed), so
+    /// the new device takes its place as it is and the restripe starts over
+    /// onto it. A new member that died in the first step would otherwise
+    /// hold the job for good (that step cannot run without it, and a
+    /// rebuild waits for the job). None: not that case.
+    pub(in crate::pool) fn replace_unstarted_new_member(
+        &self,
+        k: usize,
+        dev: &DeviceRef,
+    ) -> Result<Option<String>> {
+        let _ops = self.s.ops.lock();
+        let thin = &self.s.thin;
+        let _gate = thin.exclusive();
+        let Some(sbt) = thin.meta.read().transition() else {
+            return Ok(None);
+        };
+        if sbt.kind != TRANSITION_RESTRIPE
+            || sbt.phase != PHASE_START
+            || sbt.old_members as usize != k
+        {
+            return Ok(None);
+        }
+        let mut label = self.label();
+        label.members[k].uuid = *uuid::Uuid::new_v4().as_bytes();
+        label.generation += 1;
+        // The newest member table wins at assembly, and the others' labels
+        // are brought up to it: a crash between these writes is harmless.
+        write_label(dev, &label.for_member(k, dev.size()))?;
+        for (i, d) in thin.array.members().iter().enumerate() {
+            if let (Some(d), true) = (d, i != k) {
+                write_label(d, &label.for_member(i, d.size()))?;
+            }
+        }
+        *self.s.label.write() = label;
+        let gone = thin.array.members()[k].as_ref().map(|d| d.name());
+        thin.array
+            .replace_member(k, dev.clone(), thin.array.state().transition);
+        thin.meta.write().set_member_state(k, MEMBER_ONLINE);
+        thin.commit_locked()?;
+        Ok(Some(format!(
+            "{} takes the place of {} as member {k} of pool '{}', which held nothing yet; the reshape starts over onto it",
+            dev.name(),
+            gone.unwrap_or_else(|| "the missing new member".into()),
+            self.name()
+        )))
+    }
 }
