@@ -381,9 +381,20 @@ fn restripe_step(
     let new_member = old.members();
     match sbt.phase {
         PHASE_START | PHASE_BACKUP => {
-            let dev = st.members[new_member]
-                .clone()
-                .ok_or_else(|| Error::Unavailable("new member missing".into()))?;
+            // The new member holds nothing before PHASE_START's step is
+            // recorded: one that failed then is replaced as it is.
+            let unstarted = |why: String| {
+                Error::Unavailable(format!(
+                    "the new member {new_member} {why} before the reshape's first step; `vpool pool replace` it with another device and the reshape starts over onto that"
+                ))
+            };
+            let dev = st.members[new_member].clone().ok_or_else(|| {
+                if sbt.phase == PHASE_START {
+                    unstarted("is missing".into())
+                } else {
+                    Error::Unavailable("new member missing".into())
+                }
+            })?;
             // The first rows: through a copy on the new member.
             let d = old.data_members();
             let len = d * nw;
@@ -393,13 +404,7 @@ fn restripe_step(
             let mut buf = vec![0u8; len as usize];
             if sbt.phase == PHASE_START {
                 read_used(thin, 0, len.min(old_end), &mut buf)?;
-                // The new member holds nothing before this step is
-                // recorded: one that failed is replaced as it is.
-                let failed = |e: std::io::Error| {
-                    Error::Unavailable(format!(
-                        "the new member {new_member} failed ({e}) before the reshape's first step; `vpool pool replace` it with another device and the reshape starts over onto that"
-                    ))
-                };
+                let failed = |e: std::io::Error| unstarted(format!("failed ({e})"));
                 dev.write_at(&buf, backup_at).map_err(failed)?;
                 dev.flush().map_err(failed)?;
                 sbt.phase = PHASE_BACKUP;
