@@ -386,3 +386,50 @@ fn a_new_member_that_dies_before_the_first_step_is_replaced_and_the_reshape_star
         }
     }
 }
+
+#[test]
+fn a_hot_spare_takes_the_place_of_a_new_member_that_dies_before_the_first_step() {
+    // As `pool replace` does above, without anyone running it: before
+    // (2026-12-07) a spare waited for a job that could never run again.
+    let n = 3;
+    let mem = mem_devices(n + 2, 32 * MIB);
+    let (mut devs, mut plans): (Vec<DeviceRef>, Vec<FaultPlan>) = (Vec::new(), Vec::new());
+    for m in &mem {
+        let (d, p) = FaultDevice::wrap(m.clone() as DeviceRef);
+        devs.push(d);
+        plans.push(p);
+    }
+    let pool = create_with_unit(RaidLevel::Raid5, devs[..n].to_vec(), 16 * 1024);
+    pool.create_volume("a", VOL as u64).unwrap();
+    let mut model = vec![0u8; VOL];
+    model_write(&pool, &mut model, 0, VOL, 1);
+    pool.commit().unwrap();
+    pool.add_spare(devs[n + 1].clone(), false).unwrap();
+    pool.add_member(devs[n].clone(), false).unwrap();
+    // Nothing to take while the new member serves.
+    assert_eq!(pool.use_spares().unwrap(), None);
+    plans[n].vanish();
+    let e = pool.job_step(256 * 1024).unwrap_err().to_string();
+    assert!(e.contains("pool replace"), "{e}");
+    assert!(pool.members_out().contains(&n), "{:?}", pool.members_out());
+    model_write(&pool, &mut model, 500_000, 300_000, 2);
+    let msg = pool
+        .use_spares()
+        .unwrap()
+        .expect("the spare takes the dead new member's place");
+    assert!(msg.contains("starts over"), "{msg}");
+    assert!(pool.spares().is_empty());
+    finish(&pool, &mut model, 7);
+    assert_eq!(pool.info().health, "online");
+    assert!(pool.check(false).unwrap().clean());
+    model_verify(&pool, &model, "reshaped onto the spare");
+    drop(pool);
+    for lost in 0..=n {
+        let devs: Vec<DeviceRef> = (0..=n)
+            .filter(|&i| i != lost)
+            .map(|i| if i == n { mem[n + 1].clone() } else { mem[i].clone() } as DeviceRef)
+            .collect();
+        let pool = Pool::open(devs).unwrap();
+        model_verify(&pool, &model, &format!("member {lost} lost"));
+    }
+}

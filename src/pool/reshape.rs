@@ -404,7 +404,12 @@ fn restripe_step(
             let mut buf = vec![0u8; len as usize];
             if sbt.phase == PHASE_START {
                 read_used(thin, 0, len.min(old_end), &mut buf)?;
-                let failed = |e: std::io::Error| unstarted(format!("failed ({e})"));
+                // Failed for good (a failed flush is never retried into
+                // success): a hot spare or `pool replace` takes its place.
+                let failed = |e: std::io::Error| {
+                    thin.array.fail_member(new_member, &e.to_string());
+                    unstarted(format!("failed ({e})"))
+                };
                 dev.write_at(&buf, backup_at).map_err(failed)?;
                 dev.flush().map_err(failed)?;
                 sbt.phase = PHASE_BACKUP;

@@ -9,6 +9,7 @@ use super::Pool;
 use crate::device::DeviceRef;
 use crate::error::{Error, Result};
 use crate::meta::label::PoolState;
+use crate::thin::store::superblock::{PHASE_START, TRANSITION_RESTRIPE};
 
 impl Pool {
     /// The pool's hot spares.
@@ -73,14 +74,30 @@ impl Pool {
         if self.s.thin.array.health().has_unrecorded() {
             self.commit()?;
         }
-        if self.s.job.lock().running || self.s.thin.meta.read().transition().is_some() {
+        if self.s.job.lock().running {
             return Ok(None);
         }
         let spare = self.s.spares.lock().first().cloned();
         let Some(dev) = spare else {
             return Ok(None);
         };
-        let Some(&k) = self.members_out().first() else {
+        let out = self.members_out();
+        let k = match self.s.thin.meta.read().transition() {
+            None => out.first().copied(),
+            // A reshape's new member lost before the first step is
+            // recorded: it held nothing, and the spare takes its place as
+            // it is (`replace_member`); the reshape starts over onto it.
+            Some(t)
+                if t.kind == TRANSITION_RESTRIPE
+                    && t.phase == PHASE_START
+                    && out.contains(&(t.old_members as usize)) =>
+            {
+                Some(t.old_members as usize)
+            }
+            // Other members wait for the job: a rebuild follows it.
+            Some(_) => None,
+        };
+        let Some(k) = k else {
             return Ok(None);
         };
         let shown = dev.name();
