@@ -25,9 +25,9 @@ struct Rig {
     model: Vec<u8>,
 }
 
-/// A pool of `n` members with its volume written and committed, one
-/// member added, and the layout change a few steps in.
-fn rig(level: RaidLevel, n: usize) -> Rig {
+/// A pool of `n` members with its volume written and committed, and two
+/// more devices (`n`, `n + 1`) beside it.
+fn written(level: RaidLevel, n: usize) -> Rig {
     let mem = mem_devices(n + 2, 32 * MIB);
     let (mut devs, mut plans): (Vec<DeviceRef>, _) = (Vec::new(), Vec::new());
     for m in &mem {
@@ -40,6 +40,24 @@ fn rig(level: RaidLevel, n: usize) -> Rig {
     let mut model = vec![0u8; VOL];
     model_write(&pool, &mut model, 0, VOL, 1);
     pool.commit().unwrap();
+    Rig {
+        pool,
+        mem,
+        devs,
+        plans,
+        model,
+    }
+}
+
+/// [`written`], one member added, and the layout change a few steps in.
+fn rig(level: RaidLevel, n: usize) -> Rig {
+    let Rig {
+        pool,
+        mem,
+        devs,
+        plans,
+        mut model,
+    } = written(level, n);
     pool.add_member(devs[n].clone(), false).unwrap();
     for i in 0..3 {
         assert!(!pool.job_step(256 * 1024).unwrap());
@@ -317,30 +335,37 @@ fn a_hot_spare_takes_the_place_of_a_member_lost_mid_reshape() {
 fn a_new_member_that_dies_before_the_first_step_is_replaced_and_the_reshape_starts_over() {
     // raid0 and raid5: the first step saves the first rows on the new
     // member; until that is committed nothing is on it, and `pool replace`
-    // puts another device in its place. Before (2026-12-07) the job could
-    // never run again and `pool replace` waited for it.
-    for (level, n, restart) in [
-        (RaidLevel::Raid5, 3, false),
-        (RaidLevel::Raid0, 2, false),
-        (RaidLevel::Raid5, 3, true),
+    // (or a hot spare, on the daemon's tick) puts another device in its
+    // place. Before (2026-12-07) the job could never run again, and
+    // `pool replace` and the spare waited for it.
+    for (level, n, restart, spare) in [
+        (RaidLevel::Raid5, 3, false, false),
+        (RaidLevel::Raid0, 2, false, false),
+        (RaidLevel::Raid5, 3, true, false),
+        (RaidLevel::Raid5, 3, false, true),
     ] {
-        let what = format!("{level} x{n}, restart {restart}");
-        let mem = mem_devices(n + 2, 32 * MIB);
-        let (mut devs, mut plans): (Vec<DeviceRef>, Vec<FaultPlan>) = (Vec::new(), Vec::new());
-        for m in &mem {
-            let (d, p) = FaultDevice::wrap(m.clone() as DeviceRef);
-            devs.push(d);
-            plans.push(p);
+        let what = format!("{level} x{n}, restart {restart}, spare {spare}");
+        let Rig {
+            pool,
+            mem,
+            devs,
+            plans,
+            mut model,
+        } = written(level, n);
+        if spare {
+            pool.add_spare(devs[n + 1].clone(), false).unwrap();
         }
-        let pool = create_with_unit(level, devs[..n].to_vec(), 16 * 1024);
-        pool.create_volume("a", VOL as u64).unwrap();
-        let mut model = vec![0u8; VOL];
-        model_write(&pool, &mut model, 0, VOL, 1);
-        pool.commit().unwrap();
         pool.add_member(devs[n].clone(), false).unwrap();
+        // Nothing to take while the new member serves.
+        assert_eq!(pool.use_spares().unwrap(), None, "{what}");
         plans[n].vanish();
         let e = pool.job_step(256 * 1024).unwrap_err().to_string();
         assert!(e.contains("pool replace"), "{what}: {e}");
+        assert!(
+            pool.members_out().contains(&n),
+            "{what}: {:?}",
+            pool.members_out()
+        );
         assert!(pool.job_step(256 * 1024).is_err(), "{what}");
         model_write(&pool, &mut model, 500_000, 300_000, 2);
         let pool = if restart {
@@ -354,7 +379,15 @@ fn a_new_member_that_dies_before_the_first_step_is_replaced_and_the_reshape_star
             pool
         };
         model_verify(&pool, &model, &format!("{what}: stuck"));
-        let (msg, _) = pool.replace_member(n, devs[n + 1].clone(), false).unwrap();
+        let msg = if spare {
+            let m = pool.use_spares().unwrap();
+            assert!(pool.spares().is_empty(), "{what}");
+            m.expect("the spare takes the dead new member's place")
+        } else {
+            pool.replace_member(n, devs[n + 1].clone(), false)
+                .unwrap()
+                .0
+        };
         assert!(msg.contains("starts over"), "{what}: {msg}");
         finish(&pool, &mut model, 7);
         assert_eq!(pool.info().health, "online", "{what}");
@@ -375,61 +408,20 @@ fn a_new_member_that_dies_before_the_first_step_is_replaced_and_the_reshape_star
         model_verify(&pool, &model, &format!("{what}: reopened"));
         if level == RaidLevel::Raid5 {
             drop(pool);
-            for lost in 0..=n {
-                let devs: Vec<DeviceRef> = (0..=n)
-                    .filter(|&i| i != lost)
-                    .map(|i| if i == n { mem[n + 1].clone() } else { mem[i].clone() } as DeviceRef)
-                    .collect();
-                let pool = Pool::open(devs).unwrap();
-                model_verify(&pool, &model, &format!("{what}: member {lost} lost"));
-            }
+            lose_each_with_the_replacement(&mem, n, &model, &what);
         }
     }
 }
 
-#[test]
-fn a_hot_spare_takes_the_place_of_a_new_member_that_dies_before_the_first_step() {
-    // As `pool replace` does above, without anyone running it: before
-    // (2026-12-07) a spare waited for a job that could never run again.
-    let n = 3;
-    let mem = mem_devices(n + 2, 32 * MIB);
-    let (mut devs, mut plans): (Vec<DeviceRef>, Vec<FaultPlan>) = (Vec::new(), Vec::new());
-    for m in &mem {
-        let (d, p) = FaultDevice::wrap(m.clone() as DeviceRef);
-        devs.push(d);
-        plans.push(p);
-    }
-    let pool = create_with_unit(RaidLevel::Raid5, devs[..n].to_vec(), 16 * 1024);
-    pool.create_volume("a", VOL as u64).unwrap();
-    let mut model = vec![0u8; VOL];
-    model_write(&pool, &mut model, 0, VOL, 1);
-    pool.commit().unwrap();
-    pool.add_spare(devs[n + 1].clone(), false).unwrap();
-    pool.add_member(devs[n].clone(), false).unwrap();
-    // Nothing to take while the new member serves.
-    assert_eq!(pool.use_spares().unwrap(), None);
-    plans[n].vanish();
-    let e = pool.job_step(256 * 1024).unwrap_err().to_string();
-    assert!(e.contains("pool replace"), "{e}");
-    assert!(pool.members_out().contains(&n), "{:?}", pool.members_out());
-    model_write(&pool, &mut model, 500_000, 300_000, 2);
-    let msg = pool
-        .use_spares()
-        .unwrap()
-        .expect("the spare takes the dead new member's place");
-    assert!(msg.contains("starts over"), "{msg}");
-    assert!(pool.spares().is_empty());
-    finish(&pool, &mut model, 7);
-    assert_eq!(pool.info().health, "online");
-    assert!(pool.check(false).unwrap().clean());
-    model_verify(&pool, &model, "reshaped onto the spare");
-    drop(pool);
+/// Open a raid5 pool whose new member `n` was replaced by device `n + 1`
+/// without each of its members in turn: every byte must read back.
+fn lose_each_with_the_replacement(mem: &[Arc<MemDevice>], n: usize, model: &[u8], what: &str) {
     for lost in 0..=n {
         let devs: Vec<DeviceRef> = (0..=n)
             .filter(|&i| i != lost)
             .map(|i| if i == n { mem[n + 1].clone() } else { mem[i].clone() } as DeviceRef)
             .collect();
         let pool = Pool::open(devs).unwrap();
-        model_verify(&pool, &model, &format!("member {lost} lost"));
+        model_verify(&pool, model, &format!("{what}: member {lost} lost"));
     }
 }
