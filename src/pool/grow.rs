@@ -63,6 +63,7 @@ fn start_transition(level: RaidLevel, old_members: usize) -> Option<SbTransition
         removed: 0,
         backup_offset: 0,
         backup_len: 0,
+        backup_copy: 0,
     })
 }
 

@@ -112,6 +112,7 @@ fn rebuild_record(k: usize, n: usize, target: [u8; 16]) -> SbTransition {
         phase: PHASE_MAIN,
         backup_offset: half(0..8),
         backup_len: half(8..16),
+        backup_copy: 0,
     }
 }
 

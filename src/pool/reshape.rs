@@ -11,7 +11,9 @@
 //! `r2`) is intact, and redoing it after a crash gives the same result.
 //! The first rows cannot satisfy the rule (`pos` is 0), so their data is
 //! first saved to the new member (which holds nothing yet), the checkpoint
-//! says so, and after a crash they are rewritten from that copy.
+//! says so, and after a crash they are rewritten from that copy (on raid5
+//! also saved through the old layout, so a crash then does not need the
+//! new member: `backup`).
 //!
 //! A member lost during the job does not stop it where the level's
 //! redundancy covers the loss (`degraded_step`): the job ends degraded, and
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+mod backup;
 mod degraded;
 use degraded::{abandon_resync, degraded_step, Degraded};
 
@@ -388,13 +391,7 @@ fn restripe_step(
                     "the new member {new_member} {why} before the reshape's first step; `vpool pool replace` it with another device and the reshape starts over onto that"
                 ))
             };
-            let dev = st.members[new_member].clone().ok_or_else(|| {
-                if sbt.phase == PHASE_START {
-                    unstarted("is missing".into())
-                } else {
-                    Error::Unavailable("new member missing".into())
-                }
-            })?;
+            let dev = st.members[new_member].clone();
             // The first rows: through a copy on the new member.
             let d = old.data_members();
             let len = d * nw;
@@ -403,6 +400,7 @@ fn restripe_step(
             // first steps write; `add_member` checked they exist (`backup_rows`).
             let mut buf = vec![0u8; len as usize];
             if sbt.phase == PHASE_START {
+                let dev = dev.ok_or_else(|| unstarted("is missing".into()))?;
                 read_used(thin, 0, len.min(old_end), &mut buf)?;
                 // Failed for good (a failed flush is never retried into
                 // success): a hot spare or `pool replace` takes its place.
@@ -412,14 +410,25 @@ fn restripe_step(
                 };
                 dev.write_at(&buf, backup_at).map_err(failed)?;
                 dev.flush().map_err(failed)?;
+                sbt.backup_copy = backup::save_copy(thin, old, &buf)?;
                 sbt.phase = PHASE_BACKUP;
                 sbt.backup_offset = backup_at;
                 sbt.backup_len = len;
                 thin.meta.write().set_transition(Some(sbt));
                 thin.commit_locked()?;
             } else {
-                dev.read_at(&mut buf, sbt.backup_offset)
-                    .map_err(io("reading the saved first rows"))?;
+                let saved = match &dev {
+                    Some(dev) => dev
+                        .read_at(&mut buf, sbt.backup_offset)
+                        .map_err(io("reading the saved first rows")),
+                    None => Err(Error::Unavailable("new member missing".into())),
+                };
+                match saved {
+                    Err(_) if sbt.backup_copy != 0 => {
+                        backup::read_copy(thin, sbt.backup_copy, &mut buf)?
+                    }
+                    r => r?,
+                }
             }
             thin.array.set_transition(Some(Transition {
                 kind: TransitionKind::Restripe { old: old.clone() },
@@ -428,6 +437,7 @@ fn restripe_step(
             thin.array
                 .write(0, &buf)
                 .map_err(io("writing the first rows"))?;
+            backup::drop_copy(thin, &mut sbt)?;
             sbt.phase = PHASE_MAIN;
             checkpoint(thin, st, sbt, len)?;
             Ok(len)

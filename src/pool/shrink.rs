@@ -206,6 +206,7 @@ impl Pool {
                 phase: PHASE_EVACUATE,
                 backup_offset: 0,
                 backup_len: 0,
+                backup_copy: 0,
             }));
         }
         thin.commit_locked()?;

@@ -8,8 +8,8 @@ use crate::device::DeviceRef;
 use crate::error::Result;
 use crate::raid::{ArrayState, RaidLevel, TransitionKind};
 use crate::thin::store::superblock::{
-    SbTransition, MEMBER_FAILED, MEMBER_ONLINE, PHASE_MAIN, PHASE_START, TRANSITION_REBUILD,
-    TRANSITION_RESTRIPE, TRANSITION_RESYNC,
+    SbTransition, MEMBER_FAILED, MEMBER_ONLINE, PHASE_BACKUP, PHASE_MAIN, PHASE_START,
+    TRANSITION_REBUILD, TRANSITION_RESTRIPE, TRANSITION_RESYNC,
 };
 use crate::thin::ThinPool;
 
@@ -39,12 +39,15 @@ pub(super) fn degraded_step(st: &ArrayState, sbt: &SbTransition, old_serves: boo
     }
     match st.transition.as_ref().map(|t| &t.kind) {
         // The first rows are saved on the new member and, after a crash,
-        // read back from it: not without it.
+        // read back from it: not without it, unless their second copy is
+        // on the others (`backup`).
         Some(TransitionKind::Restripe { old })
             if sbt.kind == TRANSITION_RESTRIPE
                 && st.geo.level == RaidLevel::Raid5
                 && missing.len() == 1
-                && (sbt.phase == PHASE_MAIN || missing[0] != old.members()) =>
+                && (sbt.phase == PHASE_MAIN
+                    || missing[0] != old.members()
+                    || sbt.phase == PHASE_BACKUP && sbt.backup_copy != 0) =>
         {
             Degraded::Go
         }

@@ -214,6 +214,13 @@ impl DataSpace {
         Some(self.take_run(start, n))
     }
 
+    /// Allocate `n` consecutive chunks at or past chunk `from`, below the
+    /// usable limit (first fit), each with one reference.
+    pub fn alloc_run_from(&mut self, from: u64, n: u64) -> Option<Chunk> {
+        let start = self.find_run(from, self.usable(), n)?;
+        Some(self.take_run(start, n))
+    }
+
     /// Allocate `n` consecutive chunks for data, from where the last
     /// allocation left off (then from the start): a write over several
     /// unmapped chunks lies on the array in one piece, which later reads

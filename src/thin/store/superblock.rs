@@ -101,8 +101,10 @@ const INTENT_BLOCK: usize = 248;
 const SELECTOR: usize = 256;
 /// Version 6: the metadata extent list.
 const EXTENTS: usize = BLOCK_SIZE - crate::meta::extent::LIST_BYTES;
-/// Version 7: the flush log's directory block (u64), then 8 reserved bytes.
+/// Version 7: the flush log's directory block (u64), then (while a
+/// transition is recorded) [`SbTransition::backup_copy`].
 const LOG_DIR: usize = EXTENTS - 16;
+const BACKUP_COPY: usize = LOG_DIR + 8;
 /// Most space-map pages a superblock of version 6 or 7 can select between
 /// (the fixed area alone may have up to [`MAX_MSM_PAGES_V5`]).
 pub const MAX_MSM_PAGES: usize = crate::meta::spacemap::MAX_PAGES;
@@ -180,6 +182,11 @@ pub struct SbTransition {
     /// Where the backup of the first rows sits on the new member, and its length.
     pub backup_offset: u64,
     pub backup_len: u64,
+    /// Restripe of a raid5 pool with a flush log, in phase BACKUP: the
+    /// array byte offset (old layout) of a second copy of the first rows,
+    /// in data chunks allocated to it alone; 0 = none. Stored at 2040
+    /// (the reserved word after the log directory).
+    pub backup_copy: u64,
 }
 
 pub const TRANSITION_RESTRIPE: u32 = 1;
@@ -309,6 +316,9 @@ impl Superblock {
         }
         let end = if !self.log_dir.is_none() {
             put_block(&mut b, LOG_DIR, self.log_dir);
+            if let Some(t) = &self.transition {
+                put_u64(&mut b, BACKUP_COPY, t.backup_copy);
+            }
             LOG_DIR
         } else if self.extents.is_empty() {
             BLOCK_SIZE
@@ -398,6 +408,10 @@ impl Superblock {
                 removed: get_u32(b, TRANSITION + 20),
                 backup_offset: get_u64(b, TRANSITION + 24),
                 backup_len: get_u64(b, TRANSITION + 32),
+                backup_copy: match version >= SB_VERSION_LOG && features & FEATURE_LOG != 0 {
+                    true => get_u64(b, BACKUP_COPY),
+                    false => 0,
+                },
             };
             let ok = match t.kind {
                 TRANSITION_RESTRIPE | TRANSITION_RESYNC => {
@@ -581,6 +595,25 @@ mod tests {
         assert_eq!(get_u64(&lb, LOG_DIR), 77);
         assert_eq!(get_u32(&lb, FEATURES) & FEATURE_LOG, FEATURE_LOG);
         assert_eq!(Superblock::decode(&lb).unwrap(), l);
+        // A restripe's second copy of its first rows: the word after the
+        // log directory, only with a log (without one it is not kept).
+        l.transition = Some(SbTransition {
+            kind: TRANSITION_RESTRIPE,
+            old_members: 2,
+            removed: 0,
+            pos: 0,
+            phase: PHASE_BACKUP,
+            backup_offset: 1 << 20,
+            backup_len: 96 << 10,
+            backup_copy: 5 << 20,
+        });
+        let lb = l.encode();
+        assert_eq!(get_u64(&lb, BACKUP_COPY), 5 << 20);
+        assert_eq!(Superblock::decode(&lb).unwrap(), l);
+        l.log_dir = Block::NONE;
+        let lb = l.encode();
+        let t = Superblock::decode(&lb).unwrap().transition;
+        assert_eq!(t.map(|t| t.backup_copy), Some(0));
         assert_eq!(d.selector_bit(2), 1);
         assert_eq!(d.selector_bit(1), 0);
         assert_eq!(Superblock::slot_offset(4096, 7), 4096 + 4096);
@@ -598,6 +631,7 @@ mod tests {
             removed: 0,
             backup_offset: 12288,
             backup_len: 8192,
+            backup_copy: 0,
         });
         let b = sb.encode();
         assert_eq!(get_u32(&b, 8), SB_VERSION_GEN);
@@ -611,6 +645,7 @@ mod tests {
             phase: PHASE_EVACUATE,
             backup_offset: 0,
             backup_len: 0,
+            backup_copy: 0,
         });
         let b = sb.encode();
         assert_eq!(get_u32(&b, TRANSITION + 20), 1);
@@ -635,6 +670,7 @@ mod tests {
             phase: PHASE_MAIN,
             backup_offset: 0x0102_0304_0506_0708,
             backup_len: 9,
+            backup_copy: 0,
         });
         let b = sb.encode();
         assert_eq!(get_u32(&b, 8), SB_VERSION_GEN);
