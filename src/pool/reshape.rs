@@ -417,18 +417,7 @@ fn restripe_step(
                 thin.meta.write().set_transition(Some(sbt));
                 thin.commit_locked()?;
             } else {
-                let saved = match &dev {
-                    Some(dev) => dev
-                        .read_at(&mut buf, sbt.backup_offset)
-                        .map_err(io("reading the saved first rows")),
-                    None => Err(Error::Unavailable("new member missing".into())),
-                };
-                match saved {
-                    Err(_) if sbt.backup_copy != 0 => {
-                        backup::read_copy(thin, sbt.backup_copy, &mut buf)?
-                    }
-                    r => r?,
-                }
+                backup::read_saved(thin, dev.as_ref(), &sbt, &mut buf)?;
             }
             thin.array.set_transition(Some(Transition {
                 kind: TransitionKind::Restripe { old: old.clone() },

@@ -15,8 +15,11 @@
 //! chunks is found; otherwise the pool keeps the one copy, as before.
 
 use super::io;
-use crate::error::Result;
+use crate::device::DeviceRef;
+use crate::error::{Error, Result};
 use crate::raid::{Geometry, RaidLevel};
+use crate::thin::csum::crc;
+use crate::thin::store::csum::CSUM_BLOCK;
 use crate::thin::store::superblock::SbTransition;
 use crate::thin::ThinPool;
 use crate::units::Chunk;
@@ -55,12 +58,57 @@ pub(super) fn save_copy(thin: &ThinPool, old: &Geometry, buf: &[u8]) -> Result<u
     Ok(at)
 }
 
-/// Read the second copy back: the new member is gone or cannot read its
-/// copy.
-pub(super) fn read_copy(thin: &ThinPool, at: u64, buf: &mut [u8]) -> Result<()> {
-    thin.array
-        .read(at, buf)
-        .map_err(io("reading the second copy of the first rows"))
+/// The saved first rows, at a restart in phase BACKUP: the new member's
+/// copy; the second copy where the new member is gone or cannot read its
+/// copy, and block by block where its block does not match the block's
+/// data checksum and the second copy's does (a write the new member lost
+/// or tore).
+pub(super) fn read_saved(
+    thin: &ThinPool,
+    dev: Option<&DeviceRef>,
+    sbt: &SbTransition,
+    buf: &mut [u8],
+) -> Result<()> {
+    let on_new = match dev {
+        Some(d) => d
+            .read_at(buf, sbt.backup_offset)
+            .map_err(io("reading the saved first rows")),
+        None => Err(Error::Unavailable("new member missing".into())),
+    };
+    if sbt.backup_copy == 0 {
+        return on_new;
+    }
+    let mut second = vec![0u8; buf.len()];
+    let on_array = thin
+        .array
+        .read(sbt.backup_copy, &mut second)
+        .map_err(io("reading the second copy of the first rows"));
+    match (on_new, on_array) {
+        (Err(e), Err(_)) => Err(e),
+        (Ok(()), Err(_)) => Ok(()),
+        (Err(_), Ok(())) => {
+            buf.copy_from_slice(&second);
+            Ok(())
+        }
+        (Ok(()), Ok(())) => {
+            let cs = thin.chunk_size;
+            let blocks = buf
+                .chunks_mut(CSUM_BLOCK as usize)
+                .zip(second.chunks(CSUM_BLOCK as usize));
+            for (i, (a, b)) in blocks.enumerate() {
+                let at = i as u64 * CSUM_BLOCK;
+                let c = Chunk(cs.chunk_of(at));
+                if a == b || !thin.meta.read().data.in_use(c) {
+                    continue;
+                }
+                let want = thin.block_csum(c, at - cs.start(c.index()))?;
+                if want.is_some_and(|w| crc(a) != w && crc(b) == w) {
+                    a.copy_from_slice(b);
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The first rows are in the new layout: free the second copy's chunks
