@@ -10,7 +10,9 @@
 //! alone, at or past the first rows' end (old rows the step does not
 //! write), before BACKUP is committed. The superblock records where
 //! ([`SbTransition::backup_copy`]); the commit that records phase MAIN frees
-//! the chunks. Only where it can be recorded (a pool with a flush log:
+//! the chunks. At a restart in that phase the new member's copy is
+//! checked block by block against the data checksums, and the second copy
+//! serves where it fails them or is gone. Only where it can be recorded (a pool with a flush log:
 //! the superblock word after the log directory) and where a run of free
 //! chunks is found; otherwise the pool keeps the one copy, as before.
 
