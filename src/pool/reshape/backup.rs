@@ -12,9 +12,10 @@
 //! ([`SbTransition::backup_copy`]); the commit that records phase MAIN frees
 //! the chunks. At a restart in that phase the new member's copy is
 //! checked block by block against the data checksums, and the second copy
-//! serves where it fails them or is gone. Only where it can be recorded (a pool with a flush log:
-//! the superblock word after the log directory) and where a run of free
-//! chunks is found; otherwise the pool keeps the one copy, as before.
+//! serves where it fails them or is gone. Only where it can be recorded
+//! (a pool with a flush log: the superblock word after the log directory)
+//! and where a run of free chunks is found; otherwise the pool keeps the
+//! one copy, as before.
 
 use super::io;
 use crate::device::DeviceRef;
