@@ -6,6 +6,7 @@
 //! and everything still verifies, read in part from the rebuilt member.
 
 mod common;
+use common::cleanup::Cleanup;
 use common::daemon::*;
 use std::process::Command;
 
@@ -157,6 +158,64 @@ fn a_hot_spare_takes_a_failed_members_place_in_the_daemon() {
     }
     assert!(d.log().contains("hot spare"), "{}", d.log());
     fio(&uri, "randwrite", "0", &["--verify_only"]);
+}
+
+/// A raid5 `pool add` whose new member fails the reshape's first write
+/// (its image on a 256 KiB tmpfs: ENOSPC on the 384 KiB copy of the first
+/// rows): the new member is failed, the daemon's tick puts the hot spare in
+/// its place, the reshape starts over onto it and ends, and fio verifies.
+/// Before (2026-12-07) the job stayed stuck and the spare waited for it.
+#[test]
+fn a_hot_spare_takes_the_place_of_a_new_member_that_fails_the_first_step() {
+    require("fio", "fio");
+    require("mount", "mount");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    make_pool(&state, "raid5", 3, 512 << 20, &[]);
+    let mut cleanup = Cleanup::default();
+    let small = dir.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(&small),
+        30,
+    );
+    cleanup.unmount_later(&small);
+    let images = [small.join("new.img"), state.join("spare.img")];
+    for p in &images {
+        std::fs::File::create(p)
+            .unwrap()
+            .set_len(512 << 20)
+            .unwrap();
+    }
+    let [new_s, spare_s] = images.map(|p| p.display().to_string());
+    let d = Daemon::start(&state);
+    d.vpool_ok(&["vol", "create", "tank/db", "--size", "128M"]);
+    let uri = d.uri("tank/db");
+    fio(&uri, "randwrite", "0", &["--end_fsync=1"]);
+    d.vpool_ok(&["pool", "add", "tank", "--spare", &spare_s]);
+    // The job runs in the daemon; its first step fails on the new member.
+    let _ = d.vpool(&["pool", "add", "tank", &new_s]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (state_3, dev_3) = member_state(&d, 3);
+        let status = d.vpool_ok(&["pool", "status", "tank"]);
+        if dev_3 == spare_s && health(&d) == "online" && !status.contains("job:") {
+            assert_eq!(state_3, "online", "{status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spare did not take the new member's place: {state_3} {dev_3}\n{status}\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(d.log().contains("starts over"), "{}", d.log());
+    fio(&uri, "randwrite", "0", &["--verify_only"]);
+    drop(d);
+    drop(cleanup);
 }
 
 /// Bytes of a member image overwritten behind the daemon's back with `dd`:
