@@ -121,6 +121,28 @@ fn fio_verifies_through_fail_replace_and_a_degraded_start() {
     }
 }
 
+/// Wait up to `secs` for the spare `spare` to be member `k`, online, in a
+/// pool that is online with no job left.
+fn spare_in_place(d: &Daemon, k: usize, spare: &str, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let (state, dev) = member_state(d, k);
+        let status = d.vpool_ok(&["pool", "status", "tank"]);
+        if (state.as_str(), dev.as_str()) == ("online", spare)
+            && health(d) == "online"
+            && !status.contains("job:")
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spare did not take member {k}'s place: {state} {dev}\n{status}\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn a_hot_spare_takes_a_failed_members_place_in_the_daemon() {
     require("fio", "fio");
@@ -143,19 +165,7 @@ fn a_hot_spare_takes_a_failed_members_place_in_the_daemon() {
     fio(&uri, "randwrite", "0", &["--end_fsync=1"]);
     d.vpool_ok(&["pool", "fail", "tank", "2"]);
     // The daemon notices within a tick and rebuilds onto the spare.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let (state_2, dev_2) = member_state(&d, 2);
-        if state_2 == "online" && dev_2 == spare_s && health(&d) == "online" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the spare did not take over: {state_2} {dev_2}\n{}",
-            d.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    spare_in_place(&d, 2, &spare_s, 60);
     assert!(d.log().contains("hot spare"), "{}", d.log());
     fio(&uri, "randwrite", "0", &["--verify_only"]);
 }
@@ -197,21 +207,7 @@ fn a_hot_spare_takes_the_place_of_a_new_member_that_fails_the_first_step() {
     d.vpool_ok(&["pool", "add", "tank", "--spare", &spare_s]);
     // The job runs in the daemon; its first step fails on the new member.
     let _ = d.vpool(&["pool", "add", "tank", &new_s]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let (state_3, dev_3) = member_state(&d, 3);
-        let status = d.vpool_ok(&["pool", "status", "tank"]);
-        if dev_3 == spare_s && health(&d) == "online" && !status.contains("job:") {
-            assert_eq!(state_3, "online", "{status}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the spare did not take the new member's place: {state_3} {dev_3}\n{status}\n{}",
-            d.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    spare_in_place(&d, 3, &spare_s, 120);
     assert!(d.log().contains("starts over"), "{}", d.log());
     fio(&uri, "randwrite", "0", &["--verify_only"]);
     drop(d);
