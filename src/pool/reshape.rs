@@ -33,7 +33,7 @@ use std::time::Instant;
 
 mod backup;
 mod degraded;
-use degraded::{abandon_resync, degraded_step, Degraded};
+use degraded::{abandon_resync, degraded_step, unstarted, Degraded};
 
 /// Bytes moved per step (client I/O waits for one step at most).
 pub const STEP_BYTES: u64 = 8 << 20;
@@ -217,13 +217,8 @@ impl Pool {
                     && sbt.phase == PHASE_START
                     && missing == [sbt.old_members as usize] =>
             {
-                return Err(Error::Unavailable(format!(
-                    "pool '{}' cannot start its reshape: the new member {} is missing; attach it, or `vpool pool replace {} {} NEW-DEVICE` and the reshape starts over onto that",
-                    self.name(),
-                    missing[0],
-                    self.name(),
-                    missing[0]
-                )));
+                let what = "is missing; attach it, or";
+                return Err(unstarted(&self.name(), missing[0], what));
             }
             Degraded::Refuse(missing) => {
                 let names: Vec<String> = missing.iter().map(|i| format!("member {i}")).collect();
@@ -384,13 +379,6 @@ fn restripe_step(
     let new_member = old.members();
     match sbt.phase {
         PHASE_START | PHASE_BACKUP => {
-            // The new member holds nothing before PHASE_START's step is
-            // recorded: one that failed then is replaced as it is.
-            let unstarted = |why: String| {
-                Error::Unavailable(format!(
-                    "the new member {new_member} {why} before the reshape's first step; `vpool pool replace` it with another device and the reshape starts over onto that"
-                ))
-            };
             let dev = st.members[new_member].clone();
             // The first rows: through a copy on the new member.
             let d = old.data_members();
@@ -400,13 +388,16 @@ fn restripe_step(
             // first steps write; `add_member` checked they exist (`backup_rows`).
             let mut buf = vec![0u8; len as usize];
             if sbt.phase == PHASE_START {
-                let dev = dev.ok_or_else(|| unstarted("is missing".into()))?;
+                // `job_step` refuses the step without it.
+                let dev = dev.ok_or_else(|| Error::Unavailable("new member missing".into()))?;
                 read_used(thin, 0, len.min(old_end), &mut buf)?;
-                // Failed for good (a failed flush is never retried into
-                // success): a hot spare or `pool replace` takes its place.
+                // It holds nothing before this step is recorded. Failed for
+                // good (a failed flush is never retried into success): a
+                // hot spare or `pool replace` takes its place as it is.
                 let failed = |e: std::io::Error| {
                     thin.array.fail_member(new_member, &e.to_string());
-                    unstarted(format!("failed ({e})"))
+                    let pool = thin.meta.read().blocks.pool_name.clone();
+                    unstarted(&pool, new_member, &format!("failed ({e});"))
                 };
                 dev.write_at(&buf, backup_at).map_err(failed)?;
                 dev.flush().map_err(failed)?;

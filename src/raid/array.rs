@@ -121,7 +121,14 @@ impl Array {
 
     /// A device being replaced in service still serves (none failed).
     pub fn replacing_serves(&self) -> bool {
-        self.replacing.lock().is_some() && !self.replacing_failed.load(Ordering::Acquire)
+        self.serving_old().is_some()
+    }
+
+    /// The device being replaced in service, while it still serves (it
+    /// has not failed).
+    fn serving_old(&self) -> Option<DeviceRef> {
+        let old = self.replacing.lock().clone();
+        old.filter(|_| !self.replacing_failed.load(Ordering::Acquire))
     }
 
     pub fn health(&self) -> &Arc<Health> {
@@ -538,9 +545,7 @@ impl Array {
             Some(Transition {
                 kind: TransitionKind::Rebuild { member },
                 ..
-            }) if !self.replacing_failed.load(Ordering::Acquire) => {
-                self.replacing.lock().clone().map(|d| (member, d))
-            }
+            }) => self.serving_old().map(|d| (member, d)),
             _ => None,
         };
         devs.extend(old.iter().map(|(_, d)| d.clone()));
@@ -584,8 +589,7 @@ impl Array {
         self.unflushed.store(true, Ordering::Release);
         let st = self.state.read();
         let view = self.view(&st.geo, &st.members, None);
-        let old = self.replacing.lock().clone();
-        let old = old.filter(|_| !self.replacing_failed.load(Ordering::Acquire));
+        let old = self.serving_old();
         view.degrading(|| view.rebuild(target, moff, len, old.as_ref()))
     }
 

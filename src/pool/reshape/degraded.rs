@@ -5,7 +5,7 @@
 use super::super::create::write_label;
 use super::super::Pool;
 use crate::device::DeviceRef;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::raid::{ArrayState, RaidLevel, TransitionKind};
 use crate::thin::store::superblock::{
     SbTransition, MEMBER_FAILED, MEMBER_ONLINE, PHASE_BACKUP, PHASE_MAIN, PHASE_START,
@@ -77,6 +77,16 @@ pub(super) fn degraded_step(st: &ArrayState, sbt: &SbTransition, old_serves: boo
         }
         _ => Degraded::Refuse(missing),
     }
+}
+
+/// The error of a restripe that cannot start because its new member `k`
+/// is missing or failed before the first step was recorded (`what`, which
+/// ends where the command that mends it follows): `pool replace` puts
+/// another device in its place ([`Pool::replace_unstarted_new_member`]).
+pub(super) fn unstarted(pool: &str, k: usize, what: &str) -> Error {
+    Error::Unavailable(format!(
+        "pool '{pool}' cannot start its reshape: the new member {k} {what} `vpool pool replace {pool} {k} NEW-DEVICE` and the reshape starts over onto that"
+    ))
 }
 
 /// End the resync of a new mirror that is gone: the pool keeps the

@@ -52,8 +52,8 @@ impl Array {
             }
             Some(_) => return Vec::new(),
         };
-        let mut buf = Vec::new();
-        let Some(v) = self.serving(&st, &mut buf, offset, len) else {
+        let mut with_old = Vec::new();
+        let Some(v) = self.serving(&st, &mut with_old, offset, len) else {
             return Vec::new();
         };
         // Past a rebuild's position the device being replaced in service
@@ -163,11 +163,7 @@ impl Array {
             Some(Transition {
                 kind: TransitionKind::Rebuild { member },
                 pos,
-            }) => {
-                let old = self.replacing.lock().clone();
-                let old = old.filter(|_| !self.replacing_failed.load(Ordering::Acquire));
-                (*pos, old.map(|d| (*member, d)))
-            }
+            }) => (*pos, self.serving_old().map(|d| (*member, d))),
             Some(_) => return Ok(Vec::new()),
         };
         let v_in = self.view(&st.geo, &st.members, None);
@@ -261,12 +257,12 @@ impl Array {
     /// The view that serves `[offset, offset + len)` now: the array's
     /// layout, or during a restripe the old one (over the old members)
     /// where the restripe has not reached, or during a rebuild of a member
-    /// replaced in service its old device (in `buf`) past the rebuild's
+    /// replaced in service its old device (in `with_old`) past the rebuild's
     /// position. None: the range straddles the restripe's position.
     fn serving<'a>(
         &'a self,
         st: &'a ArrayState,
-        buf: &'a mut Vec<Option<DeviceRef>>,
+        with_old: &'a mut Vec<Option<DeviceRef>>,
         offset: u64,
         len: usize,
     ) -> Option<View<'a>> {
@@ -275,14 +271,12 @@ impl Array {
                 kind: TransitionKind::Rebuild { member },
                 pos,
             }) if offset >= *pos => {
-                let old = self.replacing.lock().clone();
-                let Some(old) = old.filter(|_| !self.replacing_failed.load(Ordering::Acquire))
-                else {
+                let Some(old) = self.serving_old() else {
                     return Some(self.view(&st.geo, &st.members, None));
                 };
-                *buf = st.members.clone();
-                buf[*member] = Some(old);
-                let members: &'a Vec<Option<DeviceRef>> = buf;
+                *with_old = st.members.clone();
+                with_old[*member] = Some(old);
+                let members: &'a Vec<Option<DeviceRef>> = with_old;
                 Some(View {
                     shadow: Some(*member),
                     ..self.view(&st.geo, members, None)
