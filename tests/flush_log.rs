@@ -468,3 +468,50 @@ fn a_default_area_holds_the_largest_log_beside_the_room_planned_for_mappings() {
         );
     }
 }
+
+/// A commit writes the members' data back before it takes the gate that
+/// every write waits for: while that write-back is held (as a disk holds
+/// a flush after a large buffered write), another volume's writes go on.
+/// The commit then still covers them: after a power cut both volumes
+/// hold what was written before it returned.
+#[test]
+fn writes_go_on_while_a_commit_writes_data_back() {
+    let (mut sim, pool, shut) = held_pool(RaidLevel::Raid1, 9);
+    pool.create_volume("a", 8 * MIB).unwrap();
+    pool.create_volume("b", 8 * MIB).unwrap();
+    pool.commit().unwrap();
+    let a = pattern(256 << 10, 90);
+    pool.volume("a", None).unwrap().write_at(&a, 0).unwrap();
+    let pool = Arc::new(pool);
+    shut.close();
+    let commit = spawn(&pool, |p| p.commit());
+    shut.held();
+    let b = pattern(64 << 10, 91);
+    let writer = {
+        let b = b.clone();
+        spawn(&pool, move |p| p.volume("b", None)?.write_at(&b, 0))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !writer.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let went_on = writer.is_finished();
+    shut.open();
+    writer.join().unwrap().expect("the write to b");
+    commit.join().unwrap().expect("the commit");
+    assert!(
+        went_on,
+        "a write to another volume waited for the commit's data flush"
+    );
+    drop(Arc::try_unwrap(pool).ok().expect("one owner"));
+    let pool = reopen(&mut sim);
+    for (name, data) in [("a", &a), ("b", &b)] {
+        let mut got = vec![0u8; data.len()];
+        pool.volume(name, None)
+            .unwrap()
+            .read_at(&mut got, 0)
+            .unwrap();
+        assert!(got == *data, "volume {name} after the cut");
+    }
+    assert_clean(&pool, "after the cut");
+}

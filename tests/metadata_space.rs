@@ -666,3 +666,56 @@ fn concurrent_overwrites_never_see_a_spurious_enospc() {
     let info = pool.info();
     assert!(info.metadata_used * 2 < info.metadata_total, "{info:?}");
 }
+
+/// Writers that run short of metadata room together wait for one commit
+/// and go on: they do not each commit in turn (every volume waits at the
+/// gate through each of those commits, and on a disk each one flushes the
+/// members). Six writers write the same bytes as one writer did, in a
+/// small area that runs short every few MiB; they may commit a little
+/// more often than the one writer (a commit can land while others are
+/// mid-write), not once each.
+#[test]
+fn writers_short_of_room_together_share_one_commit() {
+    let run = |writers: u64| {
+        let devs = mem_devices(3, 48 * MIB);
+        let mut opts = CreateOptions::new(RaidLevel::Raid0);
+        opts.metadata_size = Some(2 * MIB);
+        let (pool, _) = Pool::create("tank", refs(&devs), &opts).expect("create pool");
+        pool.set_metadata_autogrow(false).unwrap();
+        let size = 96 * MIB;
+        pool.create_volume("v", size).unwrap();
+        let vol = pool.volume("v", None).unwrap();
+        let block = vec![0x5au8; MIB as usize];
+        for off in (0..size).step_by(MIB as usize) {
+            vol.write_at(&block, off).unwrap();
+        }
+        pool.commit().unwrap();
+        let before = pool.commit_count();
+        // Overwrites of committed data: their pending checksums fill it.
+        let region = size / writers;
+        std::thread::scope(|s| {
+            for w in 0..writers {
+                let vol = pool.volume("v", None).unwrap();
+                s.spawn(move || {
+                    let data = vec![w as u8 + 1; MIB as usize];
+                    for round in 0..4 {
+                        for off in (w * region..(w + 1) * region - MIB + 1).step_by(MIB as usize) {
+                            vol.write_at(&data, off).unwrap_or_else(|e| {
+                                panic!("writer {w}, round {round}, at {off}: {e}")
+                            });
+                        }
+                    }
+                });
+            }
+        });
+        pool.commit_count() - before
+    };
+    let alone = run(1);
+    let together = run(6);
+    assert!(alone >= 3, "the area never ran short ({alone} commits)");
+    eprintln!("commits: one writer {alone}, six writers {together}");
+    assert!(
+        together <= 2 * alone + 2,
+        "six writers committed {together} times where one committed {alone}"
+    );
+}

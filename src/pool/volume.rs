@@ -201,6 +201,8 @@ impl Volume {
         mut f: impl FnMut() -> Result<()>,
         progress: impl Fn() -> usize,
     ) -> Result<()> {
+        let thin = self.pool.thin();
+        let mut seen = thin.commit_count();
         let mut r = f();
         let mut stalled = 0;
         while let Err(Error::NoSpace { .. }) = r {
@@ -208,11 +210,11 @@ impl Volume {
                 break;
             }
             let before = progress();
-            if self.pool.thin().has_changes() {
-                self.pool.commit()?;
-            }
+            // One commit for all the writers that ran short together.
+            thin.commit_unless_since(seen)?;
             // Still short of metadata space: the area grows if it can.
             let _ = self.pool.autogrow_metadata();
+            seen = thin.commit_count();
             // Retried even when this writer had nothing to commit: another
             // writer may just have committed (and folded what filled the
             // running transaction), which made the room this one lacked.

@@ -47,6 +47,12 @@ pub struct ThinPool {
     pub(crate) log: super::log::FlushLog,
     /// Recent mapping look-ups (see `mapcache`).
     maps: super::mapcache::MapCache,
+    /// Commits that succeeded since open (see `commit_unless_since`).
+    commits: AtomicU64,
+    /// Held by `commit` and `commit_unless_since` from before their
+    /// flushes to the end: writers short of room wait here for the commit
+    /// under way, then find it done.
+    committing: parking_lot::Mutex<()>,
 }
 
 /// What the pieces of a write that `write_pieces` did not take are given
@@ -109,6 +115,8 @@ impl ThinPool {
             intent,
             log,
             maps: Default::default(),
+            commits: AtomicU64::new(0),
+            committing: parking_lot::Mutex::new(()),
         }
     }
 
@@ -442,7 +450,52 @@ impl ThinPool {
 
     /// Flush data, then commit metadata: everything written before is durable.
     pub fn commit(&self) -> Result<()> {
+        let _one = self.committing.lock();
+        self.pre_flush()?;
         let _g = self.gate.write();
+        self.commit_locked()
+    }
+
+    /// Write the members' dirty pages back before a commit takes the gate,
+    /// which every write waits for: the commit's own flush under it then
+    /// has only what came in since. Without it, a commit after a large
+    /// buffered write held every volume for the whole write-back (0.6 s
+    /// after 512 MiB on the VM's disk). Again while a flush took long
+    /// (writes went on meanwhile). A failure is final as anywhere
+    /// (`Array::flush`: the member fails, or the pool with the error).
+    fn pre_flush(&self) -> Result<()> {
+        for _ in 0..PRE_FLUSHES {
+            let t = std::time::Instant::now();
+            self.array
+                .flush()
+                .map_err(|e| Error::io("flushing data", e))?;
+            if t.elapsed() < PRE_FLUSH_SHORT {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits that succeeded since open: a stamp for `commit_unless_since`.
+    pub fn commit_count(&self) -> u64 {
+        self.commits.load(Ordering::Acquire)
+    }
+
+    /// Commit, unless one succeeded since the stamp `seen` (a
+    /// `commit_count` taken before the caller ran short of room) or nothing
+    /// is left to commit. Writers that run out of metadata room together
+    /// then wait for one commit and go on, instead of each committing in
+    /// turn while every volume waits at the gate.
+    pub fn commit_unless_since(&self, seen: u64) -> Result<()> {
+        let _one = self.committing.lock();
+        if self.commit_count() != seen || !self.has_changes() {
+            return Ok(());
+        }
+        self.pre_flush()?;
+        let _g = self.gate.write();
+        if self.commit_count() != seen || !self.has_changes() {
+            return Ok(());
+        }
         self.commit_locked()
     }
 
@@ -509,6 +562,7 @@ impl ThinPool {
             }
         }
         self.log_committed(round);
+        self.commits.fetch_add(1, Ordering::AcqRel);
         if let Some(intent) = &self.intent {
             intent.committed(&self.meta.read(), close)?;
         }
@@ -543,6 +597,12 @@ impl ThinPool {
 }
 
 const BLK: u64 = crate::thin::store::csum::CSUM_BLOCK;
+
+/// A commit's flushes before it takes the gate: again while the last one
+/// took `PRE_FLUSH_SHORT` or longer (writes went on meanwhile, and left
+/// more to write back), at most this many.
+const PRE_FLUSHES: usize = 3;
+const PRE_FLUSH_SHORT: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl ThinPool {
     /// Read bytes `[within, within + len)` of chunk `phys`, verified against
