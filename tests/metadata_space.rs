@@ -623,37 +623,38 @@ fn a_pool_written_before_the_catalog_tree_opens_and_converts() {
     assert!(read_vol(&pool, "a", Some("s2"), a.len()) == a);
 }
 
-/// Writers that overwrite a filled volume in place, concurrently: their
-/// pending checksums fill the running transaction's estimate, and each
-/// writer that runs short commits (or finds that another just did) and
-/// goes on. None may see ENOSPC while the metadata area is mostly free (it
-/// did: a writer with nothing of its own to commit gave up right after
-/// another writer's commit).
-#[test]
-fn concurrent_overwrites_never_see_a_spurious_enospc() {
-    // 192 KiB chunks (the default stripe unit) and a small area: pending
-    // checksums run it short every few MiB written, so commits are frequent.
+/// The volume the two tests below overwrite: 96 MiB, written whole and
+/// committed, on raid0 with 192 KiB chunks (the default stripe unit) and a
+/// 2 MiB metadata area that never grows: pending checksums run it short
+/// every few MiB written, so commits are frequent.
+const FILLED: u64 = 96 * MIB;
+
+fn filled_small_area() -> Pool {
     let devs = mem_devices(3, 48 * MIB);
     let mut opts = CreateOptions::new(RaidLevel::Raid0);
     opts.metadata_size = Some(2 * MIB);
     let (pool, _) = Pool::create("tank", refs(&devs), &opts).expect("create pool");
     pool.set_metadata_autogrow(false).unwrap();
-    let size = 96 * MIB;
-    pool.create_volume("v", size).unwrap();
+    pool.create_volume("v", FILLED).unwrap();
     let vol = pool.volume("v", None).unwrap();
     let block = vec![0x5au8; MIB as usize];
-    for off in (0..size).step_by(MIB as usize) {
+    for off in (0..FILLED).step_by(MIB as usize) {
         vol.write_at(&block, off).unwrap();
     }
     pool.commit().unwrap();
-    let writers = 6;
-    let region = size / writers;
+    pool
+}
+
+/// `writers` threads each overwrite their share of the volume `rounds`
+/// times, 1 MiB at a time; any write's error fails the test.
+fn overwrite_concurrently(pool: &Pool, writers: u64, rounds: usize) {
+    let region = FILLED / writers;
     std::thread::scope(|s| {
         for w in 0..writers {
             let vol = pool.volume("v", None).unwrap();
             s.spawn(move || {
-                let data = vec![w as u8; MIB as usize];
-                for round in 0..12 {
+                let data = vec![w as u8 + 1; MIB as usize];
+                for round in 0..rounds {
                     for off in (w * region..(w + 1) * region - MIB + 1).step_by(MIB as usize) {
                         if let Err(e) = vol.write_at(&data, off) {
                             panic!("writer {w}, round {round}, at {off}: {e}");
@@ -663,6 +664,18 @@ fn concurrent_overwrites_never_see_a_spurious_enospc() {
             });
         }
     });
+}
+
+/// Writers that overwrite a filled volume in place, concurrently: their
+/// pending checksums fill the running transaction's estimate, and each
+/// writer that runs short commits (or finds that another just did) and
+/// goes on. None may see ENOSPC while the metadata area is mostly free (it
+/// did: a writer with nothing of its own to commit gave up right after
+/// another writer's commit).
+#[test]
+fn concurrent_overwrites_never_see_a_spurious_enospc() {
+    let pool = filled_small_area();
+    overwrite_concurrently(&pool, 6, 12);
     let info = pool.info();
     assert!(info.metadata_used * 2 < info.metadata_total, "{info:?}");
 }
@@ -670,50 +683,21 @@ fn concurrent_overwrites_never_see_a_spurious_enospc() {
 /// Writers that run short of metadata room together wait for one commit
 /// and go on: they do not each commit in turn (every volume waits at the
 /// gate through each of those commits, and on a disk each one flushes the
-/// members). Six writers write the same bytes as one writer did, in a
-/// small area that runs short every few MiB; they may commit a little
-/// more often than the one writer (a commit can land while others are
-/// mid-write), not once each.
+/// members). Six writers write the same bytes as one writer did; they may
+/// commit a little more often than the one writer (a commit can land
+/// while others are mid-write), not once each.
 #[test]
 fn writers_short_of_room_together_share_one_commit() {
-    let run = |writers: u64| {
-        let devs = mem_devices(3, 48 * MIB);
-        let mut opts = CreateOptions::new(RaidLevel::Raid0);
-        opts.metadata_size = Some(2 * MIB);
-        let (pool, _) = Pool::create("tank", refs(&devs), &opts).expect("create pool");
-        pool.set_metadata_autogrow(false).unwrap();
-        let size = 96 * MIB;
-        pool.create_volume("v", size).unwrap();
-        let vol = pool.volume("v", None).unwrap();
-        let block = vec![0x5au8; MIB as usize];
-        for off in (0..size).step_by(MIB as usize) {
-            vol.write_at(&block, off).unwrap();
-        }
-        pool.commit().unwrap();
+    let commits = |writers: u64| {
+        let pool = filled_small_area();
         let before = pool.commit_count();
-        // Overwrites of committed data: their pending checksums fill it.
-        let region = size / writers;
-        std::thread::scope(|s| {
-            for w in 0..writers {
-                let vol = pool.volume("v", None).unwrap();
-                s.spawn(move || {
-                    let data = vec![w as u8 + 1; MIB as usize];
-                    for round in 0..4 {
-                        for off in (w * region..(w + 1) * region - MIB + 1).step_by(MIB as usize) {
-                            vol.write_at(&data, off).unwrap_or_else(|e| {
-                                panic!("writer {w}, round {round}, at {off}: {e}")
-                            });
-                        }
-                    }
-                });
-            }
-        });
+        overwrite_concurrently(&pool, writers, 4);
         pool.commit_count() - before
     };
-    let alone = run(1);
-    let together = run(6);
-    assert!(alone >= 3, "the area never ran short ({alone} commits)");
+    let alone = commits(1);
+    let together = commits(6);
     eprintln!("commits: one writer {alone}, six writers {together}");
+    assert!(alone >= 3, "the area never ran short ({alone} commits)");
     assert!(
         together <= 2 * alone + 2,
         "six writers committed {together} times where one committed {alone}"
