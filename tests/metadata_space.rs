@@ -690,9 +690,13 @@ fn concurrent_overwrites_never_see_a_spurious_enospc() {
 fn writers_short_of_room_together_share_one_commit() {
     let commits = |writers: u64| {
         let pool = filled_small_area();
-        let before = pool.commit_count();
+        let before = pool.info();
         overwrite_concurrently(&pool, writers, 4);
-        pool.commit_count() - before
+        let after = pool.info();
+        // What `pool status` and the metrics report.
+        assert!(after.room_waits > before.room_waits, "{after:?}");
+        assert_eq!(after.commits, pool.commit_count());
+        after.commits - before.commits
     };
     let alone = commits(1);
     let together = commits(6);

@@ -145,6 +145,12 @@ fn prometheus_scrapes_counters_that_agree_with_fio() {
         Some(1.0)
     );
     assert!(sample(&text, "vpool_pool_capacity_bytes{pool=\"tank\"}").unwrap() > 0.0);
+    // `vol create` committed; no write has waited for metadata room.
+    assert!(sample(&text, "vpool_pool_commits_total{pool=\"tank\"}").unwrap() >= 1.0);
+    assert_eq!(
+        sample(&text, "vpool_pool_room_waits_total{pool=\"tank\"}"),
+        Some(0.0)
+    );
     assert_eq!(get(mport, "/").0, 404);
 
     let prom = Prometheus::start(dir.path(), mport);

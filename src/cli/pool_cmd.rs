@@ -460,6 +460,15 @@ fn print_status(i: &PoolInfo) {
             i.writes_in_place, i.intent_rounds, i.writes_named_ahead, i.writes_afresh_log_full
         );
     }
+    if i.room_waits > 0 {
+        println!(
+            "  commits: {} since open; writes waited {} times for one to make metadata room (a larger area waits less: `vpool pool set {} metadata-size={}`)",
+            i.commits,
+            i.room_waits,
+            i.name,
+            format_size((i.metadata_total * 2).div_ceil(1 << 20) << 20)
+        );
+    }
     println!(
         "  meta: {} of {} used ({}%), {} kept for removals{}; transaction {}, {} copies repaired{}",
         format_size(i.metadata_used),

@@ -231,7 +231,7 @@ pub fn render(s: &Snapshot) -> String {
             p,
             info.snapshots as f64,
         );
-        let counters: [(&'static str, &'static str, u64); 11] = [
+        let counters: [(&'static str, &'static str, u64); 13] = [
             (
                 "vpool_pool_flushes_total",
                 "Client flushes since the pool was opened.",
@@ -271,6 +271,16 @@ pub fn render(s: &Snapshot) -> String {
                 "vpool_pool_writes_named_ahead_total",
                 "Small overwrites in place whose intents were named while they waited behind other requests.",
                 info.writes_named_ahead,
+            ),
+            (
+                "vpool_pool_commits_total",
+                "Commits of the pool, for any reason.",
+                info.commits,
+            ),
+            (
+                "vpool_pool_room_waits_total",
+                "Writes that found too little metadata room and waited for a commit.",
+                info.room_waits,
             ),
             (
                 "vpool_pool_metadata_repairs_total",

@@ -101,6 +101,16 @@ pub struct PoolInfo {
     /// earlier writer's round.
     #[serde(default)]
     pub writes_named_ahead: u64,
+    /// Commits since the pool was opened, for any reason (flushes, the
+    /// daemon's timer, a full flush log, writes short of metadata room,
+    /// metadata operations).
+    #[serde(default)]
+    pub commits: u64,
+    /// Times a write found too little metadata room for the running
+    /// transaction's commit and waited for a commit (writes short of room
+    /// together wait for one). Often: grow the metadata area.
+    #[serde(default)]
+    pub room_waits: u64,
     /// Removed volumes whose space is still being released.
     #[serde(default)]
     pub releasing: usize,
@@ -277,6 +287,8 @@ impl Pool {
             writes_in_place: flush.named_writes,
             writes_afresh_log_full: flush.unnamed_writes,
             writes_named_ahead: flush.named_ahead,
+            commits: thin.commit_count(),
+            room_waits: thin.room_waits(),
             releasing: meta.releasing(),
             transaction: meta.committed().txid,
             metadata_repairs: meta.blocks.mirror.repaired(),

@@ -49,6 +49,8 @@ pub struct ThinPool {
     maps: super::mapcache::MapCache,
     /// Commits that succeeded since open (see `commit_unless_since`).
     commits: AtomicU64,
+    /// Writes that ran short of metadata room and waited for a commit.
+    room_waits: AtomicU64,
     /// Held by `commit` and `commit_unless_since` from before their
     /// flushes to the end: writers short of room wait here for the commit
     /// under way, then find it done.
@@ -116,6 +118,7 @@ impl ThinPool {
             log,
             maps: Default::default(),
             commits: AtomicU64::new(0),
+            room_waits: AtomicU64::new(0),
             committing: parking_lot::Mutex::new(()),
         }
     }
@@ -481,12 +484,19 @@ impl ThinPool {
         self.commits.load(Ordering::Acquire)
     }
 
+    /// Times a write ran short of metadata room and waited for a commit
+    /// (`commit_unless_since`) since open.
+    pub fn room_waits(&self) -> u64 {
+        self.room_waits.load(Ordering::Relaxed)
+    }
+
     /// Commit, unless one succeeded since the stamp `seen` (a
     /// `commit_count` taken before the caller ran short of room) or nothing
     /// is left to commit. Writers that run out of metadata room together
     /// then wait for one commit and go on, instead of each committing in
     /// turn while every volume waits at the gate.
     pub fn commit_unless_since(&self, seen: u64) -> Result<()> {
+        self.room_waits.fetch_add(1, Ordering::Relaxed);
         let _one = self.committing.lock();
         if self.commit_count() != seen || !self.has_changes() {
             return Ok(());
