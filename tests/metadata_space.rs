@@ -695,7 +695,6 @@ fn writers_short_of_room_together_share_one_commit() {
         let after = pool.info();
         // What `pool status` and the metrics report.
         assert!(after.room_waits > before.room_waits, "{after:?}");
-        assert_eq!(after.commits, pool.commit_count());
         after.commits - before.commits
     };
     let alone = commits(1);

@@ -126,13 +126,6 @@ impl Pool {
         self.s.thin.flush_stats()
     }
 
-    /// Commits that succeeded since the pool was opened, for whatever
-    /// reason (flushes, the daemon's timer, a full log, writers short of
-    /// metadata room, metadata operations).
-    pub fn commit_count(&self) -> u64 {
-        self.s.thin.commit_count()
-    }
-
     /// The last commit before the pool is let go: also clears the write
     /// intents, so the next open has nothing to resync.
     pub fn close(&self) -> Result<()> {
